@@ -1,0 +1,92 @@
+"""Data classes of the benchmark traffic: one stream per account, and the whole split."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class AccountStream:
+    """All prompts one account sent, in time order, with ground truth.
+
+    ``label`` is 1 for an account that takes part in extraction (pure, mixed or split
+    campaign), 0 for a benign account. ``is_attack`` marks the individual prompts that came
+    from the extraction strategy (all of them for pure attacks, a share for mixed accounts).
+    ``source_groups`` names the source units (conversation, document, dataset item) the
+    prompts came from, so tests can prove calibration and test never share a source.
+    """
+
+    account: str
+    label: int
+    kind: str
+    prompts: list[str]
+    ts: list[float]
+    is_attack: list[bool]
+    campaign: str | None = None
+    source_groups: frozenset[str] = field(default_factory=frozenset, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def attack_share(self) -> float:
+        return sum(self.is_attack) / len(self.is_attack) if self.is_attack else 0.0
+
+
+@dataclass
+class Traffic:
+    """Calibration accounts (benign only), benign test accounts and attack scenarios."""
+
+    size: str
+    seed: int
+    calibration: list[AccountStream]
+    test_benign: list[AccountStream]
+    attacks: dict[str, list[AccountStream]]
+
+    def all_streams(self) -> list[AccountStream]:
+        streams = list(self.calibration) + list(self.test_benign)
+        for accounts in self.attacks.values():
+            streams.extend(accounts)
+        return streams
+
+    def all_texts(self) -> list[str]:
+        """Every distinct prompt text once, in first-seen order (embed these once)."""
+        seen: dict[str, None] = {}
+        for stream in self.all_streams():
+            for text in stream.prompts:
+                seen.setdefault(text, None)
+        return list(seen)
+
+    def describe(self) -> str:
+        """Plain-text table: accounts, prompts, attack prompts and distinct texts per kind."""
+        rows: list[tuple[str, str, int, int, int, int, int, int]] = []
+
+        def add(section: str, streams: list[AccountStream]) -> None:
+            by_kind: dict[str, list[AccountStream]] = {}
+            for stream in streams:
+                by_kind.setdefault(stream.kind, []).append(stream)
+            for kind in sorted(by_kind):
+                group = by_kind[kind]
+                lengths = sorted(len(s) for s in group)
+                rows.append((
+                    section, kind, len(group), sum(lengths), sum(sum(s.is_attack) for s in group),
+                    lengths[len(lengths) // 2], lengths[-1], len({t for s in group for t in s.prompts}),
+                ))
+
+        add("calibration", self.calibration)
+        add("test_benign", self.test_benign)
+        for scenario, streams in self.attacks.items():
+            add(scenario, streams)
+        header = ("section", "kind", "accounts", "prompts", "attack", "median", "max", "unique")
+        widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+        lines = ["  ".join(str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+                 for row in [header] + rows]
+        streams = self.all_streams()
+        kinds = Counter("attack" if s.label else "benign" for s in streams)
+        lines.append(
+            f"total: {len(streams)} accounts ({kinds['benign']} benign, {kinds['attack']} extraction), "
+            f"{sum(len(s) for s in streams)} prompts, {len(self.all_texts())} unique texts "
+            f"[size={self.size}, seed={self.seed}]"
+        )
+        return "\n".join(lines)

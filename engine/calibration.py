@@ -1,0 +1,119 @@
+"""Fitting the benign reference and the calibration tables from known-benign traffic.
+
+Nothing here ever sees attack traffic. The steps:
+
+1. A quarter of the benign accounts (at least 10) fit the reference bank and codebook;
+   the others fit the tables, so no account is compared with its own queries.
+2. The table accounts are streamed through a scratch pipeline exactly as live traffic
+   would be, and every query's feature vector is kept with its history length.
+3. Two-fold cross-fitting: tables from one half score the other half, so the benign
+   lifetime-maximum scores (which set the flag threshold) are out-of-sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from .config import EngineConfig
+from .detector import MAX_BIN_SAMPLES, N_BINS, Calibration, bin_of
+from .errors import CalibrationError
+from .pipeline import Pipeline
+from .reference import BenignReference
+from .store import IndexBackend
+
+MIN_CALIBRATION_ACCOUNTS = 20
+MIN_REFERENCE_ACCOUNTS = 10
+OFF_REFERENCE_QUANTILE = 0.02
+STREAM_CHUNK = 64
+
+
+def group_by_account(accounts: Sequence[str], vectors: np.ndarray, ts: Sequence[float | None] | None):
+    """{account: (row indices in arrival order)} preserving first-seen order."""
+    groups: dict[str, list[int]] = {}
+    for i, a in enumerate(accounts):
+        groups.setdefault(a, []).append(i)
+    return {a: np.asarray(rows, dtype=np.int64) for a, rows in groups.items()}
+
+
+def _stream_features(config: EngineConfig, reference: BenignReference, backend: IndexBackend, off_ref: float,
+                     groups: dict[str, np.ndarray], vectors: np.ndarray, ts: list, progress: Callable[[int], None] | None):
+    pipeline = Pipeline(config, reference, backend, off_ref)
+    feats, ns, owner = [], [], []
+    for k, (account, rows) in enumerate(groups.items()):
+        for start in range(0, rows.size, STREAM_CHUNK):
+            chunk = rows[start : start + STREAM_CHUNK]
+            results = pipeline.step([account] * chunk.size, vectors[chunk], [ts[i] for i in chunk],
+                                    lambda _i, _a, state, f: (state.n, f))
+            for n, f in results:
+                feats.append(f)
+                ns.append(n)
+                owner.append(k)
+            if progress is not None:
+                progress(chunk.size)
+        pipeline.forget(account)  # accounts are independent; keep the scratch store small
+    return np.asarray(feats), np.asarray(ns, dtype=np.int64), np.asarray(owner, dtype=np.int64)
+
+
+def _bin_samples(features: np.ndarray, ns: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    bins = bin_of(ns)
+    out = []
+    for b in range(N_BINS):
+        rows = np.flatnonzero(bins == b)
+        if rows.size > MAX_BIN_SAMPLES:
+            rows = np.sort(rng.choice(rows, size=MAX_BIN_SAMPLES, replace=False))
+        out.append(features[rows])
+    return out
+
+
+def _account_maxima(cal: Calibration, features, ns, owner, accounts_idx) -> np.ndarray:
+    mask = np.isin(owner, accounts_idx)
+    scores = cal.scores(features[mask], ns[mask])
+    maxima = np.full(int(owner.max()) + 1, -np.inf)
+    np.maximum.at(maxima, owner[mask], scores)
+    return maxima[accounts_idx]
+
+
+def fit_calibration(config: EngineConfig, backend: IndexBackend, accounts: Sequence[str], vectors: np.ndarray,
+                    ts: Sequence[float | None] | None, reference: BenignReference | None, refit_reference: bool,
+                    source: str, progress: Callable[[int], None] | None = None) -> tuple[BenignReference, Calibration]:
+    groups = group_by_account(accounts, vectors, ts)
+    ts_list = list(ts) if ts is not None else [None] * len(accounts)
+    rng = np.random.default_rng(config.seed)
+    names = list(groups)
+    need = MIN_CALIBRATION_ACCOUNTS + (MIN_REFERENCE_ACCOUNTS if refit_reference else 0)
+    if len(names) < need:
+        raise CalibrationError(
+            f"calibration needs at least {need} benign accounts (each with its queries in time order); got "
+            f"{len(names)}. Pass more accounts, or refit_reference=False to keep the current reference"
+        )
+    order = rng.permutation(len(names))
+    if refit_reference:
+        n_ref = max(MIN_REFERENCE_ACCOUNTS, len(names) // 4)
+        ref_names = [names[i] for i in order[:n_ref]]
+        table_names = [names[i] for i in order[n_ref:]]
+        ref_rows = np.concatenate([groups[a] for a in ref_names])
+        reference = BenignReference.fit(vectors[ref_rows], seed=config.seed)
+    else:
+        if reference is None:
+            raise CalibrationError("refit_reference=False needs an existing reference; the engine has none")
+        table_names = [names[i] for i in order]
+    table_groups = {a: groups[a] for a in table_names}
+    table_rows = np.concatenate(list(table_groups.values()))
+    ref_sims = reference.query_stats(vectors[table_rows]).ref_similarity
+    off_ref = float(np.quantile(ref_sims, OFF_REFERENCE_QUANTILE))
+
+    features, ns, owner = _stream_features(config, reference, backend, off_ref, table_groups, vectors, ts_list, progress)
+
+    n_accounts = len(table_names)
+    fold = rng.permutation(n_accounts) % 2
+    folds = [np.flatnonzero(fold == 0), np.flatnonzero(fold == 1)]
+    maxima = []
+    for fit_idx, score_idx in ((folds[0], folds[1]), (folds[1], folds[0])):
+        mask = np.isin(owner, fit_idx)
+        fold_cal = Calibration(_bin_samples(features[mask], ns[mask], rng), None, off_ref)
+        maxima.append(_account_maxima(fold_cal, features, ns, owner, score_idx))
+    calibration = Calibration(_bin_samples(features, ns, rng), np.concatenate(maxima), off_ref,
+                              source=source, n_accounts=n_accounts)
+    return reference, calibration

@@ -1,0 +1,89 @@
+"""Engine configuration: every knob, its default, and its valid range."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+STORAGE_DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Settings of an :class:`~probewatch.Engine`. All have working defaults.
+
+    History policy: each account keeps a sliding window of its most recent
+    ``history_cap`` queries; when it grows past the cap the oldest ``eviction_block``
+    queries are dropped at once (amortises FAISS's O(n) removal). Whole accounts that
+    have been idle longest are evicted when the engine holds more than
+    ``memory_budget_bytes`` of vectors and statistics.
+    """
+
+    model: str | None = None
+    """sentence-transformers model name or local path; None = bundled all-MiniLM-L6-v2."""
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu' or 'cuda[:N]'."""
+    embed_batch_size: int = 16
+    history_cap: int = 10_000
+    eviction_block: int = 512
+    storage: str = "float32"
+    """'float32' (exact) or 'float16' (half the memory; similarities within ~1e-3)."""
+    memory_budget_bytes: int = 2 * 1024**3
+    k_neighbors: int = 8
+    """Neighbours searched per query among the account's earlier queries."""
+    window: int = 128
+    """Recent queries per account that window features (dispersion, coverage, MMD, structure) use."""
+    refresh_every: int = 8
+    """Once an account is past ``window // 4`` queries, Gram-based window features refresh every this many queries."""
+    near_duplicate_similarity: float = 0.95
+    max_prompt_chars: int = 200_000
+    target_fpr: float = 1e-3
+    """Share of benign accounts allowed to reach ``flag`` over their lifetime."""
+    watch_fpr: float = 1e-2
+    """Share of benign accounts allowed to reach ``watch``."""
+    segmented_max_history: int = 2048
+    """Accounts with at most this many stored queries are searched together in one segmented k-NN call."""
+    gpu_temp_memory_bytes: int = 256 * 1024**2
+    population_update_every: int = 0
+    """Refit calibration tables from the live population every N observations (0 = off). Off by
+    default: an attacker who evades for a while would otherwise widen the benign envelope."""
+    population_max_share: float = 0.5
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, what: str, value: Any) -> None:
+            if not cond:
+                raise ConfigError(f"config {what}; got {value!r}")
+
+        need(self.embed_batch_size >= 1, "embed_batch_size must be >= 1", self.embed_batch_size)
+        need(self.history_cap >= 16, "history_cap must be >= 16", self.history_cap)
+        need(1 <= self.eviction_block <= self.history_cap, "eviction_block must be in [1, history_cap]", self.eviction_block)
+        need(self.storage in STORAGE_DTYPES, f"storage must be one of {STORAGE_DTYPES}", self.storage)
+        need(self.memory_budget_bytes >= 1024**2, "memory_budget_bytes must be >= 1 MiB", self.memory_budget_bytes)
+        need(1 <= self.k_neighbors <= 32, "k_neighbors must be in [1, 32]", self.k_neighbors)
+        need(16 <= self.window <= 4096, "window must be in [16, 4096]", self.window)
+        need(1 <= self.refresh_every <= self.window, "refresh_every must be in [1, window]", self.refresh_every)
+        need(0.0 < self.near_duplicate_similarity < 1.0, "near_duplicate_similarity must be in (0, 1)", self.near_duplicate_similarity)
+        need(self.max_prompt_chars >= 1, "max_prompt_chars must be >= 1", self.max_prompt_chars)
+        need(0.0 < self.target_fpr < self.watch_fpr < 1.0, "needs 0 < target_fpr < watch_fpr < 1", (self.target_fpr, self.watch_fpr))
+        need(self.segmented_max_history >= 0, "segmented_max_history must be >= 0", self.segmented_max_history)
+        need(self.population_update_every >= 0, "population_update_every must be >= 0", self.population_update_every)
+        need(0.0 <= self.population_max_share < 1.0, "population_max_share must be in [0, 1)", self.population_max_share)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EngineConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; valid keys are {sorted(known)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "EngineConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,184 @@
+"""Per-account running state and the feature vector the detector scores.
+
+Each account keeps O(window) numbers besides its FAISS history: ring buffers of the
+recent queries' nearest-neighbour similarities, reference similarities and codebook
+cells; all-time histograms; and window statistics that need the recent vectors (MMD,
+participation ratio, pairwise similarity), refreshed from the store on a fixed schedule.
+The schedule depends only on the account's query count, so replaying a stream gives the
+same features whatever the batch boundaries were.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from probewatch.kernels import (
+    coverage_stats,
+    mean_pairwise_similarity_from_gram,
+    mmd2_from_parts,
+    participation_ratio_from_gram,
+    shapiro_wilk_w,
+)
+
+# name -> what it measures (shown in verdict reasons)
+FEATURES: dict[str, str] = {
+    "nn_similarity_mean": "mean similarity of recent queries to their nearest earlier query",
+    "nn_similarity_spread": "spread (std) of recent nearest-neighbour similarities",
+    "knn_similarity_mean": "mean similarity of recent queries to their k nearest earlier queries",
+    "near_duplicate_rate": "share of recent queries that nearly duplicate an earlier one",
+    "min_distance_normality": "Shapiro-Wilk W of recent minimum distances (PRADA)",
+    "reference_similarity": "mean similarity of recent queries to the nearest benign reference traffic",
+    "mmd_to_benign": "MMD^2 between recent queries and benign reference traffic",
+    "cell_entropy": "normalised entropy of the codebook cells recent queries fall in",
+    "distinct_cell_rate": "distinct codebook cells per recent query",
+    "participation_ratio": "effective number of dimensions of recent queries",
+    "mean_pairwise_similarity": "mean similarity between recent queries (topical focus)",
+    "off_reference_rate": "share of all queries unlike any benign reference traffic",
+    "new_cell_rate": "distinct codebook cells per query over the account's lifetime",
+    "near_duplicate_rate_lifetime": "share of all queries that nearly duplicate an earlier one",
+}
+FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)
+N_FEATURES = len(FEATURE_NAMES)
+_F = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+# Histogram of similarities in [-0.2, 1.0]: lifetime rates at any threshold from 48 counters.
+SIM_HIST_EDGES = np.linspace(-0.2, 1.0, 49)
+MIN_NORMALITY_SAMPLES = 8
+
+
+def _hist_index(values: np.ndarray) -> np.ndarray:
+    return np.clip(np.searchsorted(SIM_HIST_EDGES, values, side="right") - 1, 0, len(SIM_HIST_EDGES) - 2)
+
+
+def share_below(hist: np.ndarray, threshold: float) -> float:
+    """Share of histogram mass below ``threshold`` (linear inside the straddling bin)."""
+    total = hist.sum()
+    if total == 0:
+        return math.nan
+    i = int(_hist_index(np.asarray([threshold]))[0])
+    lo, hi = SIM_HIST_EDGES[i], SIM_HIST_EDGES[i + 1]
+    frac = min(max((threshold - lo) / (hi - lo), 0.0), 1.0)
+    return float((hist[:i].sum() + frac * hist[i]) / total)
+
+
+@dataclass
+class QueryFacts:
+    """What the pipeline knows about one query when it updates its account."""
+
+    nn_similarity: float  # NaN for an account's first query
+    knn_similarity: float
+    ref_similarity: float
+    ref_kernel_mean: float
+    cell: int
+
+
+class AccountState:
+    """Running statistics of one account. Plain arrays and scalars, so snapshots are exact."""
+
+    __slots__ = (
+        "window", "n", "first_ts", "last_ts", "ring_nn", "ring_knn", "ring_ref", "ring_kmean",
+        "ring_cell", "nn_hist", "ref_hist", "cell_counts", "gram_stats", "peak_score", "peak_risk",
+        "level", "flagged_at", "history",
+    )
+
+    def __init__(self, window: int, n_cells: int):
+        self.window = window
+        self.n = 0
+        self.first_ts = math.nan
+        self.last_ts = math.nan
+        self.ring_nn = np.full(window, np.nan, dtype=np.float32)
+        self.ring_knn = np.full(window, np.nan, dtype=np.float32)
+        self.ring_ref = np.full(window, np.nan, dtype=np.float32)
+        self.ring_kmean = np.full(window, np.nan, dtype=np.float32)
+        self.ring_cell = np.full(window, -1, dtype=np.int16)
+        self.nn_hist = np.zeros(len(SIM_HIST_EDGES) - 1, dtype=np.int64)
+        self.ref_hist = np.zeros(len(SIM_HIST_EDGES) - 1, dtype=np.int64)
+        self.cell_counts = np.zeros(n_cells, dtype=np.int64)
+        # [participation_ratio, mean_pairwise_similarity, mmd2] of the window at the last refresh
+        self.gram_stats = np.full(3, np.nan, dtype=np.float64)
+        self.peak_score = 0.0
+        self.peak_risk = 0.0
+        self.level = "ok"
+        self.flagged_at = -1
+        self.history: list[tuple[int, float]] = []  # (n, risk) samples for reports, bounded
+
+    def update(self, facts: QueryFacts, ts: float | None) -> None:
+        slot = self.n % self.window
+        self.ring_nn[slot] = facts.nn_similarity
+        self.ring_knn[slot] = facts.knn_similarity
+        self.ring_ref[slot] = facts.ref_similarity
+        self.ring_kmean[slot] = facts.ref_kernel_mean
+        self.ring_cell[slot] = facts.cell
+        if not math.isnan(facts.nn_similarity):
+            self.nn_hist[_hist_index(np.asarray([facts.nn_similarity]))[0]] += 1
+        self.ref_hist[_hist_index(np.asarray([facts.ref_similarity]))[0]] += 1
+        self.cell_counts[facts.cell] += 1
+        self.n += 1
+        if ts is not None:
+            if math.isnan(self.first_ts):
+                self.first_ts = ts
+            self.last_ts = ts
+
+    def needs_gram_refresh(self, refresh_every: int) -> bool:
+        """Refresh every query while young (features move fast), then every ``refresh_every``."""
+        return self.n >= 2 and (self.n <= self.window // 4 or self.n % refresh_every == 0)
+
+    def refresh_gram_stats(self, recent_vectors: np.ndarray, reference_self_kernel: float, gamma: float) -> None:
+        """Recompute the Gram-based window statistics from the account's most recent vectors."""
+        x = recent_vectors[-self.window :].astype(np.float64)
+        m = x.shape[0]
+        if m < 2:
+            return
+        gram = x @ x.T
+        kmean = self._window_values(self.ring_kmean)[-m:]
+        self.gram_stats[0] = participation_ratio_from_gram(gram)
+        self.gram_stats[1] = mean_pairwise_similarity_from_gram(gram)
+        self.gram_stats[2] = mmd2_from_parts(gram, kmean, reference_self_kernel, gamma)
+
+    def _window_values(self, ring: np.ndarray) -> np.ndarray:
+        """Ring contents oldest -> newest (only the filled part)."""
+        if self.n < self.window:
+            return ring[: self.n]
+        start = self.n % self.window
+        return np.concatenate([ring[start:], ring[:start]])
+
+    def features(self, near_duplicate_similarity: float, off_reference_similarity: float) -> np.ndarray:
+        """The feature vector (order of FEATURE_NAMES); NaN where there is too little data."""
+        f = np.full(N_FEATURES, np.nan, dtype=np.float64)
+        nn = self._window_values(self.ring_nn)
+        nn = nn[~np.isnan(nn)].astype(np.float64)
+        if nn.size:
+            f[_F["nn_similarity_mean"]] = nn.mean()
+            f[_F["nn_similarity_spread"]] = nn.std()
+            knn = self._window_values(self.ring_knn)
+            f[_F["knn_similarity_mean"]] = np.nanmean(knn.astype(np.float64))
+            f[_F["near_duplicate_rate"]] = float((nn >= near_duplicate_similarity).mean())
+            f[_F["near_duplicate_rate_lifetime"]] = 1.0 - share_below(self.nn_hist, near_duplicate_similarity)
+        if nn.size >= MIN_NORMALITY_SAMPLES:
+            f[_F["min_distance_normality"]] = float(shapiro_wilk_w(1.0 - nn))
+        ref = self._window_values(self.ring_ref).astype(np.float64)
+        f[_F["reference_similarity"]] = ref.mean()
+        cells = self._window_values(self.ring_cell)
+        counts = np.bincount(cells, minlength=self.cell_counts.shape[0])
+        distinct, _, normalised = coverage_stats(counts)
+        f[_F["cell_entropy"]] = normalised if cells.size > 1 else np.nan
+        f[_F["distinct_cell_rate"]] = distinct / cells.size
+        f[_F["participation_ratio"]] = self.gram_stats[0]
+        f[_F["mean_pairwise_similarity"]] = self.gram_stats[1]
+        f[_F["mmd_to_benign"]] = self.gram_stats[2]
+        f[_F["off_reference_rate"]] = share_below(self.ref_hist, off_reference_similarity)
+        f[_F["new_cell_rate"]] = float((self.cell_counts > 0).sum()) / self.n
+        return f
+
+    def record_risk(self, risk: float, max_points: int = 256) -> None:
+        """Keep a bounded risk trajectory: every point while short, then thinned by half."""
+        self.history.append((self.n, round(float(risk), 6)))
+        if len(self.history) > max_points:
+            self.history = self.history[::2]
+
+    # -- snapshots ------------------------------------------------------------------
+    SCALARS = ("n", "first_ts", "last_ts", "peak_score", "peak_risk", "level", "flagged_at")
+    ARRAYS = ("ring_nn", "ring_knn", "ring_ref", "ring_kmean", "ring_cell", "nn_hist", "ref_hist", "cell_counts", "gram_stats")

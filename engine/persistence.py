@@ -1,0 +1,187 @@
+"""Snapshots of an engine's complete state, and calibration files.
+
+A snapshot is an uncompressed ``.npz`` (NumPy arrays only, never pickles) holding a JSON
+header with the format name and version, the configuration, every account's scalar state,
+the reference, the calibration tables, and every account's history vectors (copied from
+its FAISS index through the host, so a GPU engine's snapshot loads on a CPU and back).
+Files are written to a temporary name in the same folder, flushed, fsynced, then renamed
+over the target: a crash leaves the old snapshot or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import EngineConfig
+from .detector import Calibration
+from .errors import CalibrationError, ConfigError, ProbewatchError, SnapshotError
+from .features import AccountState
+from .reference import BenignReference
+
+SNAPSHOT_FORMAT = "probewatch-snapshot"
+CALIBRATION_FORMAT = "probewatch-calibration"
+FORMAT_VERSION = 1
+
+
+def _atomic_write(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise SnapshotError(f"cannot write {path}: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _header(kind: str, body: dict[str, Any]) -> np.ndarray:
+    body = {"format": kind, "version": FORMAT_VERSION, **body}
+    return np.frombuffer(json.dumps(body).encode("utf-8"), dtype=np.uint8)
+
+
+def _open(path: str | Path, kind: str):
+    """(header, arrays) of a probewatch file of ``kind``, or SnapshotError saying what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise SnapshotError(f"no {kind} file at {path}")
+    try:
+        data = np.load(path, allow_pickle=False)
+        arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise SnapshotError(f"{path} is not a readable {kind} file (expected a .npz written by probewatch): {exc}") from exc
+    if "header" not in arrays:
+        raise SnapshotError(f"{path} is a .npz file but not a {kind}: it has no probewatch header")
+    try:
+        header = json.loads(arrays["header"].tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SnapshotError(f"{path}: the header is corrupt ({exc})") from exc
+    if header.get("format") != kind:
+        raise SnapshotError(f"{path} is a {header.get('format')!r} file, expected {kind!r}")
+    if header.get("version") != FORMAT_VERSION:
+        raise SnapshotError(
+            f"{path} has format version {header.get('version')}; this probewatch reads version {FORMAT_VERSION}"
+        )
+    return header, arrays
+
+
+def _reference_and_calibration(path, header, arrays) -> tuple[BenignReference, Calibration]:
+    try:
+        reference = BenignReference.from_arrays(arrays)
+        calibration = Calibration.from_arrays(arrays, header["calibration"])
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        raise SnapshotError(f"{path}: reference or calibration arrays are missing or malformed ({exc})") from exc
+    except CalibrationError as exc:
+        raise SnapshotError(f"{path}: {exc}") from exc
+    return reference, calibration
+
+
+def write_calibration(path: str | Path, reference: BenignReference, calibration: Calibration) -> None:
+    arrays = {"header": _header(CALIBRATION_FORMAT, {"calibration": calibration.meta()})}
+    arrays.update(reference.to_arrays())
+    arrays.update(calibration.to_arrays())
+    _atomic_write(path, arrays)
+
+
+def read_calibration(path: str | Path) -> tuple[BenignReference, Calibration]:
+    path = Path(path)
+    if not path.is_file():
+        raise CalibrationError(
+            f"no calibration file at {path}; the default ships inside the probewatch package "
+            "(reinstall it) or build one with scripts/build_default_calibration.py"
+        )
+    header, arrays = _open(path, CALIBRATION_FORMAT)
+    return _reference_and_calibration(path, header, arrays)
+
+
+def write_snapshot(path: str | Path, engine) -> None:
+    pipeline = engine.pipeline
+    ids, offsets, flat = pipeline.store.export()
+    states = [pipeline.states[a] for a in ids]
+    header = {
+        "config": engine.config.to_dict(),
+        "calibration": engine.calibration.meta(),
+        "observations": engine._observations,
+        "dim": pipeline.dim,
+        "accounts": ids,
+        "scalars": [[getattr(s, name) for name in AccountState.SCALARS] for s in states],
+        "histories": [s.history for s in states],
+    }
+    # NaN is not JSON: timestamps are written as null.
+    for row in header["scalars"]:
+        for j, v in enumerate(row):
+            if isinstance(v, float) and v != v:
+                row[j] = None
+    arrays = {"header": _header(SNAPSHOT_FORMAT, header), "store_offsets": offsets,
+              "store_vectors": flat.astype(np.float16 if engine.config.storage == "float16" else np.float32)}
+    arrays.update(engine.reference.to_arrays())
+    arrays.update(engine.calibration.to_arrays())
+    for name in AccountState.ARRAYS:
+        if states:
+            arrays[f"state_{name}"] = np.stack([getattr(s, name) for s in states])
+    _atomic_write(path, arrays)
+
+
+def read_snapshot(cls, path: str | Path, embedder=None, overrides: dict[str, Any] | None = None):
+    """Build a new engine from a snapshot; the caller's running engine is never touched."""
+    header, arrays = _open(path, SNAPSHOT_FORMAT)
+    reference, calibration = _reference_and_calibration(path, header, arrays)
+    try:
+        config = EngineConfig.from_dict(header["config"])
+        if overrides:
+            config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
+        ids = list(header["accounts"])
+        scalars = header["scalars"]
+        histories = header["histories"]
+        offsets = np.asarray(arrays["store_offsets"], dtype=np.int64)
+        flat = np.asarray(arrays["store_vectors"], dtype=np.float32)
+        if offsets.shape != (len(ids) + 1,) or offsets[-1] != flat.shape[0] or len(scalars) != len(ids):
+            raise SnapshotError(f"{path}: account tables disagree ({len(ids)} ids, offsets {offsets.shape}, {flat.shape[0]} vectors)")
+        if flat.ndim != 2 or flat.shape[1] != reference.dim:
+            raise SnapshotError(f"{path}: stored vectors have shape {flat.shape}, expected (n, {reference.dim})")
+        state_arrays = {name: arrays[f"state_{name}"] for name in AccountState.ARRAYS} if ids else {}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SnapshotError(f"{path}: snapshot content is malformed ({exc})") from exc
+    except ConfigError as exc:
+        raise SnapshotError(f"{path}: stored configuration is invalid ({exc})") from exc
+
+    engine = cls.__new__(cls)
+    try:
+        engine._init_from_parts(config, embedder, reference, calibration)
+        engine.pipeline.store.import_(ids, offsets, flat)
+        for i, account in enumerate(ids):
+            state = AccountState(config.window, reference.n_cells)
+            for name, value in zip(AccountState.SCALARS, scalars[i]):
+                setattr(state, name, float("nan") if value is None else value)
+            for name in AccountState.ARRAYS:
+                src = state_arrays[name][i]
+                dst = getattr(state, name)
+                if src.shape != dst.shape:
+                    raise SnapshotError(f"{path}: state array {name} of {account!r} has shape {src.shape}, expected {dst.shape}")
+                dst[...] = src
+            state.history = [(int(n), float(r)) for n, r in histories[i]]
+            engine.pipeline.states[account] = state
+        engine._observations = int(header.get("observations", 0))
+    except ProbewatchError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise SnapshotError(f"{path}: snapshot content is malformed ({exc})") from exc
+    return engine

@@ -1,0 +1,274 @@
+"""Per-account FAISS indexes: search each query against its account's history, then add it.
+
+Every account owns one FAISS index (inner product on unit vectors), the store of record
+for its history. :meth:`AccountStore.search_then_add` takes a batch of queries from many
+accounts and returns, for each query, its ``k`` most similar earlier queries of the same
+account, counting the earlier queries of the same batch, exactly as if the batch had been
+observed one query at a time. Accounts with short histories are searched together by one
+segmented k-NN call (one CUDA launch on GPU); long ones by their own FAISS index, which on
+GPU lives on the device and shares one ``StandardGpuResources``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from probewatch.kernels import segmented_topk
+from probewatch.kernels.backend import cupy_module, to_numpy
+
+from .errors import BackendUnavailableError, UnknownAccountError
+
+
+def import_faiss():
+    """The ``faiss`` module, or an error that names the extra to install."""
+    try:
+        import faiss  # noqa: PLC0415
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "probewatch needs FAISS but neither faiss-cpu nor faiss-gpu is installed; run "
+            "`pip install 'probewatch[cpu]'` (CPU) or `pip install 'probewatch[gpu]'` (CUDA 12)"
+        ) from exc
+    return faiss
+
+
+@dataclass
+class IndexBackend:
+    """Where indexes and search arrays live: the host (NumPy, CPU FAISS) or a CUDA device."""
+
+    on_gpu: bool
+    temp_memory_bytes: int = 256 * 1024**2
+    gpu_device: int = 0
+
+    def __post_init__(self) -> None:
+        self.faiss = import_faiss()
+        self._resources = None
+        if self.on_gpu:
+            if not hasattr(self.faiss, "StandardGpuResources") or self.faiss.get_num_gpus() < 1:
+                raise BackendUnavailableError(
+                    "GPU indexes need faiss with GPU support and a visible CUDA device; install "
+                    "`probewatch[gpu]` (and not faiss-cpu), or run with device='cpu'"
+                )
+            self.xp = cupy_module()
+            # One resource object for every account's index; bounded scratch memory.
+            self._resources = self.faiss.StandardGpuResources()
+            self._resources.setTempMemory(int(self.temp_memory_bytes))
+        else:
+            self.xp = np
+
+    def new_index(self, dim: int, storage: str):
+        faiss = self.faiss
+        if storage == "float16":
+            return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        return faiss.IndexFlatIP(dim)
+
+    def to_device(self, cpu_index, storage: str):
+        """A GPU copy of a CPU index (only on GPU; float16 storage stays float16 there)."""
+        options = self.faiss.GpuClonerOptions()
+        options.useFloat16 = storage == "float16"
+        return self.faiss.index_cpu_to_gpu(self._resources, self.gpu_device, cpu_index, options)
+
+    def to_host(self, index):
+        if self.on_gpu and not isinstance(index, (self.faiss.IndexFlat, self.faiss.IndexScalarQuantizer)):
+            return self.faiss.index_gpu_to_cpu(index)
+        return index
+
+
+class AccountIndex:
+    """One account's history: a FAISS index holding the most recent queries, oldest first."""
+
+    __slots__ = ("index", "on_device")
+
+    def __init__(self, index: Any, on_device: bool = False):
+        self.index = index
+        self.on_device = on_device
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    def vectors(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Host float32 copy of rows ``start:stop`` (decoded when stored as float16)."""
+        stop = self.size if stop is None else stop
+        if stop <= start:
+            return np.zeros((0, self.index.d), dtype=np.float32)
+        return self.index.reconstruct_n(start, stop - start)
+
+
+class AccountStore:
+    """All accounts' indexes, with the history cap and idle-account eviction.
+
+    Not thread-safe on its own; :class:`~probewatch.Engine` serialises access.
+    """
+
+    def __init__(self, dim: int, storage: str, history_cap: int, eviction_block: int,
+                 segmented_max_history: int, backend: IndexBackend):
+        self.dim = dim
+        self.storage = storage
+        self.history_cap = history_cap
+        self.eviction_block = eviction_block
+        self.segmented_max_history = segmented_max_history
+        self.backend = backend
+        self.bytes_per_vector = dim * (2 if storage == "float16" else 4)
+        # Least recently observed first: the order idle-account eviction walks.
+        self._accounts: OrderedDict[str, AccountIndex] = OrderedDict()
+
+    # -- bookkeeping ----------------------------------------------------------------
+    def __contains__(self, account: str) -> bool:
+        return account in self._accounts
+
+    def __len__(self) -> int:
+        return len(self._accounts)
+
+    def accounts(self) -> list[str]:
+        return list(self._accounts)
+
+    def get(self, account: str) -> AccountIndex:
+        try:
+            return self._accounts[account]
+        except KeyError:
+            raise UnknownAccountError(f"account {account!r} has no stored history (never observed, forgotten or evicted)") from None
+
+    def history_size(self, account: str) -> int:
+        entry = self._accounts.get(account)
+        return entry.size if entry is not None else 0
+
+    def total_vectors(self) -> int:
+        return sum(entry.size for entry in self._accounts.values())
+
+    def vector_bytes(self) -> int:
+        return self.total_vectors() * self.bytes_per_vector
+
+    def least_recent(self) -> list[str]:
+        return list(self._accounts)
+
+    def remove(self, account: str) -> None:
+        self._accounts.pop(account, None)
+
+    def clear(self) -> None:
+        self._accounts.clear()
+
+    def _entry_for(self, account: str) -> AccountIndex:
+        entry = self._accounts.get(account)
+        if entry is None:
+            entry = AccountIndex(self.backend.new_index(self.dim, self.storage))
+            self._accounts[account] = entry
+        return entry
+
+    # -- the hot path ---------------------------------------------------------------
+    def search_then_add(self, accounts: list[str], vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """k-NN of each query among its account's earlier queries, then insert the batch.
+
+        ``vectors`` are unit-norm float32 rows (host or device). Returns host arrays
+        ``sims`` (n, k) descending, ``-inf`` where fewer than k earlier queries exist, and
+        ``counts`` (n,) how many earlier queries each query was searched against.
+        """
+        n = len(accounts)
+        sims = np.full((n, k), -np.inf, dtype=np.float32)
+        counts = np.zeros(n, dtype=np.int64)
+        if n == 0:
+            return sims, counts
+        host_vectors = to_numpy(vectors).astype(np.float32, copy=False)
+
+        # Group the batch by account, keeping arrival order inside each group.
+        groups: dict[str, list[int]] = {}
+        for i, account in enumerate(accounts):
+            groups.setdefault(account, []).append(i)
+
+        short: list[tuple[str, list[int]]] = []
+        for account, rows in groups.items():
+            history = self.history_size(account)
+            counts[rows] = history + np.arange(len(rows))
+            if history > 0 and history + len(rows) - 1 > self.segmented_max_history:
+                self._search_long(account, rows, host_vectors, k, sims)
+            else:
+                short.append((account, rows))
+        if short:
+            self._search_short(short, host_vectors, vectors, k, sims)
+
+        for account, rows in groups.items():
+            self._add(account, host_vectors[rows])
+        return sims, counts
+
+    def _search_short(self, short, host_vectors, vectors, k, sims) -> None:
+        """One segmented top-k call: segment = account history followed by its batch rows."""
+        xp = self.backend.xp
+        pieces, offsets, query_rows, query_segment, query_visible = [], [0], [], [], []
+        for seg, (account, rows) in enumerate(short):
+            entry = self._accounts.get(account)
+            history = entry.vectors() if entry is not None else np.zeros((0, self.dim), np.float32)
+            pieces.append(history)
+            pieces.append(host_vectors[rows])
+            offsets.append(offsets[-1] + history.shape[0] + len(rows))
+            query_rows.extend(rows)
+            query_segment.extend([seg] * len(rows))
+            query_visible.extend(history.shape[0] + np.arange(len(rows)))
+        base = np.concatenate(pieces, axis=0)
+        query_rows_arr = np.asarray(query_rows, dtype=np.int64)
+        queries = host_vectors[query_rows_arr]
+        if xp is not np:  # one host->device copy for the whole batch
+            base, queries = xp.asarray(base), xp.asarray(queries)
+        top, _ = segmented_topk(queries, base, np.asarray(offsets, np.int64),
+                                np.asarray(query_segment, np.int64), np.asarray(query_visible, np.int64), k)
+        sims[query_rows_arr] = to_numpy(top)
+
+    def _search_long(self, account, rows, host_vectors, k, sims) -> None:
+        """FAISS search of the stored history, merged with the earlier rows of this batch."""
+        entry = self._accounts[account]
+        if self.backend.on_gpu and not entry.on_device:
+            entry.index = self.backend.to_device(entry.index, self.storage)
+            entry.on_device = True
+        batch = host_vectors[rows]
+        kk = min(k, entry.size)
+        hist_sims, _ = entry.index.search(batch, kk)
+        # Earlier queries of the same batch are visible too (causal mask on the batch Gram).
+        intra = batch @ batch.T
+        intra[np.triu_indices(len(rows))] = -np.inf
+        merged = np.concatenate([hist_sims.astype(np.float32), intra.astype(np.float32)], axis=1)
+        merged.sort(axis=1)
+        top = merged[:, ::-1][:, :k]
+        sims[rows, : top.shape[1]] = top
+
+    def _add(self, account: str, rows: np.ndarray) -> None:
+        entry = self._entry_for(account)
+        self._accounts.move_to_end(account)
+        entry.index.add(np.ascontiguousarray(rows, dtype=np.float32))
+        overflow = entry.size - self.history_cap
+        if overflow > 0:
+            # Drop whole blocks of the oldest rows: FAISS removal is O(n) per call.
+            drop = min(entry.size, -(-overflow // self.eviction_block) * self.eviction_block)
+            if entry.on_device:  # GPU flat indexes cannot remove; rebuild from the kept tail
+                kept = entry.vectors(drop)
+                fresh = self.backend.new_index(self.dim, self.storage)
+                fresh.add(kept)
+                entry.index = self.backend.to_device(fresh, self.storage)
+            else:
+                entry.index.remove_ids(self.backend.faiss.IDSelectorRange(0, drop))
+
+    def recent_vectors(self, account: str, count: int) -> np.ndarray:
+        entry = self.get(account)
+        return entry.vectors(max(0, entry.size - count))
+
+    # -- persistence ----------------------------------------------------------------
+    def export(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(account ids in LRU order, offsets, concatenated history vectors) via host copies."""
+        ids = list(self._accounts)
+        parts = [self._accounts[a].vectors() for a in ids]
+        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+        if parts:
+            offsets[1:] = np.cumsum([p.shape[0] for p in parts])
+            flat = np.concatenate(parts, axis=0) if offsets[-1] else np.zeros((0, self.dim), np.float32)
+        else:
+            flat = np.zeros((0, self.dim), np.float32)
+        return ids, offsets, flat
+
+    def import_(self, ids: list[str], offsets: np.ndarray, flat: np.ndarray) -> None:
+        self._accounts.clear()
+        for i, account in enumerate(ids):
+            entry = self._entry_for(account)
+            rows = flat[offsets[i] : offsets[i + 1]]
+            if rows.shape[0]:
+                entry.index.add(np.ascontiguousarray(rows, dtype=np.float32))

@@ -1,0 +1,88 @@
+"""The one array-backend switch: NumPy on the CPU, CuPy on CUDA devices.
+
+Kernels call :func:`get_array_module` on their inputs and write the rest of their code
+against ``xp``; CuPy is imported lazily so that importing probewatch never touches CUDA.
+Launch geometry for the hand-written CUDA kernels lives here too, so that no kernel
+carries its own copy of the constants.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+# Threads per block for every RawKernel in this package. 128 keeps a block's shared-memory
+# top-k buffers (128 * MAX_TOPK * 8 bytes) well under the 48 KiB default.
+THREADS_PER_BLOCK = 128
+# Compile-time bound on k for the segmented top-k kernel (registers per thread).
+MAX_TOPK = 32
+
+
+@functools.lru_cache(maxsize=1)
+def _cupy() -> ModuleType | None:
+    try:
+        import cupy  # noqa: PLC0415 - optional dependency, imported on first use
+    except Exception:  # ImportError, or a CUDA runtime that fails to initialise
+        return None
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return None
+    except Exception:
+        return None
+    return cupy
+
+
+def cupy_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    return _cupy() is not None
+
+
+def cupy_module() -> ModuleType:
+    """CuPy itself; raises ``BackendUnavailableError`` naming the extra when it is missing."""
+    cp = _cupy()
+    if cp is None:
+        from probewatch.errors import BackendUnavailableError
+
+        raise BackendUnavailableError(
+            "the GPU backend needs CuPy and a CUDA device, but CuPy is not installed or sees no "
+            "device; install the GPU extra (pip install 'probewatch[gpu]') on a CUDA 12 machine, "
+            "or use device='cpu'"
+        )
+    return cp
+
+
+def get_array_module(*arrays: Any) -> ModuleType:
+    """``cupy`` if any argument is a CuPy array, else ``numpy`` (like ``cupy.get_array_module``)."""
+    cp = _cupy()
+    if cp is not None:
+        for a in arrays:
+            if isinstance(a, cp.ndarray):
+                return cp
+    return np
+
+
+def is_device_array(x: Any) -> bool:
+    cp = _cupy()
+    return cp is not None and isinstance(x, cp.ndarray)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Host copy of a CuPy array; NumPy arrays pass through unchanged."""
+    if is_device_array(x):
+        return x.get()
+    return np.asarray(x)
+
+
+def to_device(x: Any, xp: ModuleType) -> Any:
+    """``x`` as an array of backend ``xp`` (a no-op when it already is one)."""
+    if xp is np:
+        return to_numpy(x)
+    return xp.asarray(x)
+
+
+def blocks_for(n: int, threads: int = THREADS_PER_BLOCK) -> int:
+    """Number of blocks that cover ``n`` items at ``threads`` per block (at least one)."""
+    return max(1, (int(n) + threads - 1) // threads)

@@ -94,7 +94,7 @@ def fit_calibration(config: EngineConfig, backend: IndexBackend, accounts: Seque
         ref_names = [names[i] for i in order[:n_ref]]
         table_names = [names[i] for i in order[n_ref:]]
         ref_rows = np.concatenate([groups[a] for a in ref_names])
-        reference = BenignReference.fit(vectors[ref_rows], seed=config.seed)
+        reference = BenignReference.fit(vectors[ref_rows], codebook_vectors=vectors, seed=config.seed)
     else:
         if reference is None:
             raise CalibrationError("refit_reference=False needs an existing reference; the engine has none")

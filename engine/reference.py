@@ -56,22 +56,29 @@ class BenignReference:
         return int(self.codebook.shape[0])
 
     @classmethod
-    def fit(cls, vectors: np.ndarray, n_bank: int = 2048, n_cells: int = 64, seed: int = 0) -> "BenignReference":
-        """Sample the bank, fit a spherical k-means codebook, set the bandwidth (median heuristic)."""
+    def fit(cls, vectors: np.ndarray, codebook_vectors: np.ndarray | None = None, n_bank: int = 2048,
+            n_cells: int = 64, seed: int = 0) -> "BenignReference":
+        """Sample the bank from ``vectors``, fit a spherical k-means codebook (on
+        ``codebook_vectors`` when given: a partition does not need held-out data), and set the
+        RBF bandwidth by the median heuristic."""
         from .store import import_faiss  # noqa: PLC0415
 
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.shape[0] < max(2 * n_cells, REFERENCE_TOP_K + 1):
+        train = vectors if codebook_vectors is None else np.ascontiguousarray(codebook_vectors, dtype=np.float32)
+        if vectors.shape[0] < REFERENCE_TOP_K + 1 or train.shape[0] < 2 * n_cells:
             raise CalibrationError(
-                f"fitting a reference needs at least {max(2 * n_cells, REFERENCE_TOP_K + 1)} benign vectors; "
-                f"got {vectors.shape[0]}. Calibrate with more benign traffic or keep the default reference"
+                f"fitting a reference needs at least {REFERENCE_TOP_K + 1} bank vectors and {2 * n_cells} codebook "
+                f"vectors; got {vectors.shape[0]} and {train.shape[0]}. Calibrate with more benign traffic or keep "
+                "the default reference"
             )
         rng = np.random.default_rng(seed)
         take = rng.choice(vectors.shape[0], size=min(n_bank, vectors.shape[0]), replace=False)
         bank = vectors[np.sort(take)]
         faiss = import_faiss()
-        kmeans = faiss.Kmeans(vectors.shape[1], n_cells, niter=25, seed=int(seed) + 1, spherical=True, verbose=False)
-        kmeans.train(vectors)
+        # faiss warns below 39 points per centroid; 2 per centroid is enough for a coarse partition.
+        kmeans = faiss.Kmeans(train.shape[1], n_cells, niter=25, seed=int(seed) + 1, spherical=True, verbose=False,
+                              min_points_per_centroid=1)
+        kmeans.train(train)
         codebook = kmeans.centroids / np.linalg.norm(kmeans.centroids, axis=1, keepdims=True)
         sample = bank[rng.choice(bank.shape[0], size=min(1024, bank.shape[0]), replace=False)]
         return cls(bank, codebook, median_heuristic_gamma(sample))

@@ -189,7 +189,8 @@ class AccountStore:
         if short:
             self._search_short(short, host_vectors, vectors, k, sims)
 
-        for account, rows in groups.items():
+        # Insert in order of each account's last item, so the LRU order matches arrival order.
+        for account, rows in sorted(groups.items(), key=lambda item: item[1][-1]):
             self._add(account, host_vectors[rows])
         return sims, counts
 

@@ -112,6 +112,7 @@ class Calibration:
                     q[b, :, j] = np.quantile(col, [0.01, 0.5, 0.99])
                     pooled[j].append(col)
         # Bins with too little benign data borrow the nearest populated bin (shorter first).
+        donors = np.tile(np.arange(N_BINS)[:, None], (1, N_FEATURES))
         for j in range(N_FEATURES):
             have = np.flatnonzero(~np.isnan(q[:, 1, j]))
             if have.size == 0:
@@ -120,6 +121,8 @@ class Calibration:
                 if np.isnan(q[b, 1, j]):
                     donor = have[np.argmin(np.abs(have - b) + (have > b) * 0.5)]
                     q[b, :, j] = q[donor, :, j]
+                    donors[b, j] = donor
+        self.donor_bin = donors  # bin whose samples stand in for (bin, feature): percentiles use it too
         # A spread floor per feature, so a feature that benign accounts hold constant in one
         # bin (say, no near-duplicates) does not turn the tiniest change into infinite z.
         floor = np.ones(N_FEATURES)
@@ -150,7 +153,7 @@ class Calibration:
         return self.combine(self.deviations(features, n))
 
     def percentile(self, feature_index: int, value: float, n: int) -> float:
-        s = self.samples[int(bin_of(n))]
+        s = self.samples[int(self.donor_bin[int(bin_of(n)), feature_index])]
         col = s[:, feature_index] if s.shape[0] else np.zeros(0)
         col = col[~np.isnan(col)]
         if col.size == 0:

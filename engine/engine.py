@@ -87,6 +87,7 @@ class Engine:
     def _install(self, reference: BenignReference, calibration: Calibration) -> None:
         self.reference = reference
         self.calibration = calibration
+        self._base_calibration = calibration  # population refits blend into this, never into a blend
         self.detector = Detector(calibration, self.config.target_fpr, self.config.watch_fpr)
         self.pipeline = Pipeline(self.config, reference, self._backend, calibration.off_reference_similarity)
 
@@ -216,7 +217,7 @@ class Engine:
         ns = np.asarray([n for n, _ in self._population])
         feats = np.asarray([f for _, f in self._population])
         bins = bin_of(ns)
-        base = self.calibration
+        base = self._base_calibration
         samples = []
         for b, s in enumerate(base.samples):
             live = feats[bins == b]

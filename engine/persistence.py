@@ -65,7 +65,12 @@ def _open(path: str | Path, kind: str):
         raise SnapshotError(f"no {kind} file at {path}")
     try:
         data = np.load(path, allow_pickle=False)
-        arrays = {name: data[name] for name in data.files}
+        if not isinstance(data, np.lib.npyio.NpzFile):  # a bare .npy array, not an archive
+            raise SnapshotError(
+                f"{path} is a single .npy array, not a {kind} (expected a .npz archive written by probewatch)"
+            )
+        with data:
+            arrays = {name: data[name] for name in data.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
         raise SnapshotError(f"{path} is not a readable {kind} file (expected a .npz written by probewatch): {exc}") from exc
     if "header" not in arrays:
@@ -74,6 +79,8 @@ def _open(path: str | Path, kind: str):
         header = json.loads(arrays["header"].tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SnapshotError(f"{path}: the header is corrupt ({exc})") from exc
+    if not isinstance(header, dict):
+        raise SnapshotError(f"{path}: the header is corrupt (expected a JSON object, got {type(header).__name__})")
     if header.get("format") != kind:
         raise SnapshotError(f"{path} is a {header.get('format')!r} file, expected {kind!r}")
     if header.get("version") != FORMAT_VERSION:
@@ -158,10 +165,10 @@ def read_snapshot(cls, path: str | Path, embedder=None, overrides: dict[str, Any
         if flat.ndim != 2 or flat.shape[1] != reference.dim:
             raise SnapshotError(f"{path}: stored vectors have shape {flat.shape}, expected (n, {reference.dim})")
         state_arrays = {name: arrays[f"state_{name}"] for name in AccountState.ARRAYS} if ids else {}
+    except ConfigError as exc:  # before ValueError, which ConfigError subclasses
+        raise SnapshotError(f"{path}: stored configuration is invalid ({exc})") from exc
     except (KeyError, TypeError, ValueError) as exc:
         raise SnapshotError(f"{path}: snapshot content is malformed ({exc})") from exc
-    except ConfigError as exc:
-        raise SnapshotError(f"{path}: stored configuration is invalid ({exc})") from exc
 
     engine = cls.__new__(cls)
     try:

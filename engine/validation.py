@@ -126,7 +126,8 @@ def check_embeddings(vectors: Any, dim: int) -> np.ndarray:
         raise InvalidEmbeddingError(
             f"vectors must be finite; rows {bad[:10].tolist()} hold NaN or infinity ({bad.size} rows in all)"
         )
-    norms = np.linalg.norm(arr, axis=1)
+    # float64: a float32 norm overflows to inf (large finite rows) or underflows to 0 (tiny rows)
+    norms = np.linalg.norm(arr.astype(np.float64), axis=1)
     if (norms <= 1e-12).any():
         bad = np.flatnonzero(norms <= 1e-12)
         raise InvalidEmbeddingError(f"vectors must have a non-zero norm; rows {bad[:10].tolist()} are zero")

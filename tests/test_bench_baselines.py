@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
+from scipy.spatial.distance import pdist
 
 try:
     import bench.baselines  # noqa: F401
@@ -28,6 +30,7 @@ from bench.baselines import (  # noqa: E402
     all_baselines,
 )
 from bench.baselines.benign_mmd import unbiased_mmd2  # noqa: E402
+from bench.baselines.prada import _shapiro_w  # noqa: E402
 from probewatch.errors import CalibrationError, ConfigError, InputError, ProbewatchError  # noqa: E402
 
 DIM = 384
@@ -104,7 +107,6 @@ def test_score_is_float64_one_per_query_nan_only_at_start(name, fitted, streams)
         s = fitted[name].score_stream(X)
         assert s.dtype == np.float64 and s.shape == (len(X),)
         nan = np.isnan(s)
-        assert nan.any() or True
         first_finite = int(np.argmin(nan)) if not nan.all() else len(s)
         assert not nan[first_finite:].any(), "NaN after the first finite score"
         assert first_finite < 40, "a detector should score a 70+ query account"
@@ -244,8 +246,18 @@ def test_prada_matches_a_direct_implementation_of_algorithm_1(fitted, streams):
             growing_dists.append(d_min)
         if len(dists) >= 30:
             expected[i] = 1.0 - stats.shapiro(dists).statistic
-    np.testing.assert_allclose(fitted["prada"].score_stream(X), expected, rtol=1e-7, atol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(fitted["prada"].score_stream(X), expected, rtol=1e-7, atol=1e-8, equal_nan=True)
     assert np.isnan(expected[:30]).all() and np.isfinite(expected[30:]).all()
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 6, 7, 11, 30, 31, 257, 2000, 6000])
+def test_prada_shapiro_w_matches_scipy(n):
+    rng = np.random.default_rng(n)
+    for x in (rng.standard_normal(n), rng.exponential(size=n), np.round(3 * rng.random(n)), rng.random(n) ** 4):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # n > 5000 p-value note
+            assert _shapiro_w(x) == pytest.approx(stats.shapiro(x).statistic, abs=1e-8)
+    assert _shapiro_w(np.full(n, 0.3)) == 1.0  # zero range: W = 1 as in scipy
 
 
 def test_stateful_knn_matches_brute_force_and_flags_near_duplicate_chain(fitted, benign_accounts, streams):
@@ -295,8 +307,7 @@ def test_benign_mmd_incremental_equals_direct_unbiased_mmd():
     benign = [mixed_topic_account(rng, 100) for _ in range(8)]
     det = BenignMmd(window=40, min_window=20, reference_size=300, seed=1).fit(benign)
     assert det.reference_.shape == (300, DIM)
-    ref_d = np.linalg.norm(det.reference_[:, None] - det.reference_[None], axis=-1)
-    assert det.bandwidth_ == pytest.approx(np.median(ref_d[np.triu_indices(300, 1)]), rel=1e-9)
+    assert det.bandwidth_ == pytest.approx(np.median(pdist(det.reference_)), rel=1e-9)
     X = np.vstack([mixed_topic_account(rng, 60), uniform_account(rng, 40), near_duplicate_chain(rng, 50)])
     s = det.score_stream(X)  # 150 queries, window 40: exercises eviction many times
     assert np.isnan(s[:19]).all() and np.isfinite(s[19:]).all()
@@ -320,7 +331,7 @@ def test_benign_mmd_block_boundaries_and_default_window():
 def test_benign_mmd_flags_traffic_unlike_the_reference():
     rng = np.random.default_rng(6)
     benign = [mixed_topic_account(rng, 120) for _ in range(20)]
-    det = BenignMmd(seed=0).fit(benign[:10])
+    det = BenignMmd(reference_size=500, seed=0).fit(benign[:10])
     threshold = det.calibrated_threshold([det.score_stream(a) for a in benign[10:]], fpr=0.1)
     far = [near_duplicate_chain(rng, 120, step=0.05) for _ in range(2)] + [topical_account(rng, 120, n_topics=1)]
     assert all(np.nanmax(det.score_stream(a)) >= threshold for a in far)
@@ -335,7 +346,7 @@ def test_blacklight_fingerprints_match_duplicates_not_unrelated_queries(fitted, 
     assert all(len(np.unique(p)) == 50 for p in prints)
     # unrelated queries share (almost) no hashes; an exact repeat shares all 50
     np.testing.assert_array_equal(det.match_counts(np.vstack([base, base[:5]]))[40:], 50)
-    assert det.match_counts(base).max() <= 5
+    assert det.match_counts(base).max() < det.match_threshold / 2
     # an account that keeps re-sending slight variants of a few seeds is flagged
     seeds = uniform_account(rng, 4)
     variants = _unit(seeds[rng.integers(0, 4, 60)] + 0.004 * rng.standard_normal((60, DIM)))  # cos ~0.997

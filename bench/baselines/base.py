@@ -46,8 +46,9 @@ class StreamingBaseline(abc.ABC):
         """Smallest threshold that at most ``fpr`` of the given benign accounts ever reach.
 
         An account "reaches" threshold t when the maximum of its score stream (NaNs ignored)
-        is >= t; an account whose stream is all NaN never reaches any threshold. With N
-        accounts, at most ``floor(fpr * N)`` of them may reach the threshold, so the result
+        is >= t; an account whose stream is all NaN never reaches any threshold but still
+        counts among the N accounts (so if at most ``floor(fpr * N)`` accounts have any finite
+        score, the result is the lowest finite float). With N accounts, at most ``floor(fpr * N)`` of them may reach the threshold, so the result
         is the next float above the ``(floor(fpr * N) + 1)``-th largest account maximum.
 
         With fewer than ``1 / fpr`` accounts no account may be flagged at all, so the result
@@ -55,7 +56,7 @@ class StreamingBaseline(abc.ABC):
         -- i.e. the benign data cannot support the requested rate and the threshold falls back
         to "above every benign account seen". Flag an account when ``max score >= threshold``.
         """
-        if not isinstance(fpr, (int, float)) or not (0.0 < float(fpr) < 1.0) or math.isnan(fpr):
+        if isinstance(fpr, bool) or not isinstance(fpr, (int, float, np.floating)) or not (0.0 < float(fpr) < 1.0):
             raise ConfigError(f"fpr must be a float in (0, 1); got {fpr!r}. Pass e.g. 0.01 for 1 % of accounts.")
         if len(benign_scores_per_account) == 0:
             raise CalibrationError(

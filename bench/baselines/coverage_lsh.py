@@ -29,8 +29,11 @@ class CoverageLsh(StreamingBaseline):
     accounts are dropped). The scale is ``max(1.4826 * MAD, min_scale)`` -- the floor stops
     sizes where every benign account has c(n) = n from dividing by zero. Both are linearly
     interpolated over log n; beyond the largest fitted size the median continues with the
-    log-log slope of the upper half of the fitted curve (least squares, clipped to [0, 1];
-    coverage grows at most linearly; 0 with a single fitted size) and is capped at log(min(n, 2**n_bits)); the scale stays at its last value.
+    log-log slope of the upper half of the fitted curve (least squares, clipped to [0, 1]:
+    coverage grows at most linearly; 0 with a single fitted size), capped at the log of the
+    expected coverage of n uniformly random queries, ``B (1 - (1 - 1/B)^n)`` with
+    B = 2**n_bits (no traffic covers more in expectation); the scale stays at its last value. Calibrate with
+    benign accounts about as long as the scored ones: the extrapolation is a guess.
 
     Score after query n (n >= ``min_queries``; NaN before):
     ``z(n) = (log c(n) - median(n)) / scale(n)`` -- higher = covers more of the space than
@@ -101,15 +104,15 @@ class CoverageLsh(StreamingBaseline):
         upper = self._log_n >= (self._log_n[0] + self._log_n[-1]) / 2  # upper half of the fitted log-n range
         if upper.sum() < 2:
             upper[:] = True
-        if upper.sum() >= 2:
-            slope = np.polyfit(self._log_n[upper], self._median[upper], 1)[0]
-            self._tail_slope = float(np.clip(slope, 0.0, 1.0))
-        else:  # a single fitted size: no slope to extrapolate with
-            self._tail_slope = 0.0
+        self._tail_slope = (
+            float(np.clip(np.polyfit(self._log_n[upper], self._median[upper], 1)[0], 0.0, 1.0)) if len(kept) >= 2 else 0.0
+        )
         return self
 
     def bucket_ids(self, X: np.ndarray) -> np.ndarray:
         """LSH bucket id of each row (int64 in [0, 2**n_bits))."""
+        if self._planes is None:
+            raise CalibrationError("CoverageLsh is not fitted: call fit(benign_accounts) first; fit draws the LSH planes.")
         bits = (np.asarray(X, dtype=np.float64) @ self._planes.T) > 0
         return bits.astype(np.int64) @ (np.int64(1) << np.arange(self.n_bits, dtype=np.int64))
 
@@ -131,7 +134,9 @@ class CoverageLsh(StreamingBaseline):
         median = np.interp(log_n, self._log_n, self._median)
         beyond = log_n > self._log_n[-1]
         median[beyond] = self._median[-1] + self._tail_slope * (log_n[beyond] - self._log_n[-1])
-        median = np.minimum(median, np.log(np.minimum(sizes, 2.0**self.n_bits)))  # c(n) <= min(n, buckets)
+        buckets = 2.0**self.n_bits
+        # no distribution over buckets beats uniform in expected distinct buckets: B (1 - (1 - 1/B)^n)
+        median = np.minimum(median, np.log(-buckets * np.expm1(sizes * np.log1p(-1.0 / buckets))))
         scale = np.interp(log_n, self._log_n, self._scale)  # clamps at both ends
         z = (np.log(self.coverage_curve(X))[self.min_queries - 1 :] - median) / scale
         scores[self.min_queries - 1 :] = np.abs(z) if self.two_sided else z

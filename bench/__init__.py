@@ -1,0 +1,1 @@
+"""probewatch benchmarks: detection (traffic, baselines, eval) and speed/memory (test_perf.py)."""

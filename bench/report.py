@@ -1,0 +1,384 @@
+"""Writes the detection benchmark's outputs from the results of ``bench.eval``:
+report.md (tables and protocol), results.json (every number) and PNG plots.
+
+Everything here reads only the results dictionary, so a report can be redrawn from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.metrics import detection_curve, roc_curve
+
+ROC_PLOT = "roc.png"
+DELAY_PLOT = "detection_delay.png"
+RISK_PLOT = "risk_over_time.png"
+# Plot floor for 1 - risk on a log axis (risk can be exactly 1 far in the tail).
+MIN_EXCEEDANCE = 1e-6
+PLOT_COLUMNS = 4
+
+
+# -- formatting ----------------------------------------------------------------------------------
+def _missing(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def fmt_rate(x) -> str:
+    return "–" if _missing(x) else f"{x:.2f}"
+
+
+def fmt_queries(x) -> str:
+    return "–" if _missing(x) else f"{x:.0f}"
+
+
+def _pct(key: str) -> str:
+    return f"{float(key) * 100:g}%"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _detectors(results: dict) -> list[str]:
+    return list(results["meta"]["detectors"]) if "meta" in results else list(results["detectors"])
+
+
+# -- tables ------------------------------------------------------------------------------------
+def main_table(results: dict) -> str:
+    """Scenario x detector: TPR at the primary operating point (median queries to detection)."""
+    primary = results["meta"]["primary_fpr"]
+    detectors = _detectors(results)
+    rows = []
+    for scenario, block in results["scenarios"].items():
+        row = [scenario, str(block["accounts"])]
+        for name in detectors:
+            m = block["detectors"][name]
+            row.append(f"{fmt_rate(m['tpr'][primary])} ({fmt_queries(m['queries_until_detection'][primary]['median'])})")
+        rows.append(row)
+    fpr_row = ["*benign test FPR*", str(results["meta"]["benign_test_accounts"])]
+    fpr_row += [fmt_rate(results["detectors"][name]["benign"]["fpr"][primary]) for name in detectors]
+    rows.append(fpr_row)
+    title = (f"TPR at {_pct(primary)} account-level FPR (median queries until detection); "
+             f"size={results['meta']['size']}, seed={results['meta']['seed']}")
+    return title + "\n\n" + _table(["scenario", "accounts"] + detectors, rows)
+
+
+def thresholds_table(results: dict) -> str:
+    header = ["detector"]
+    for key in results["meta"]["operating_fprs"]:
+        header += [f"threshold @{_pct(key)}", f"benign test FPR @{_pct(key)}"]
+    header += ["fit (s)", "score (s)"]
+    rows = []
+    for name in _detectors(results):
+        d = results["detectors"][name]
+        row = [name]
+        for key in results["meta"]["operating_fprs"]:
+            row += [f"{d['thresholds'][key]:.4g}", fmt_rate(d["benign"]["fpr"][key])]
+        row += [f"{d['fit_seconds']:.1f}", f"{d['score_seconds']:.1f}"]
+        rows.append(row)
+    return _table(header, rows)
+
+
+def hard_benign_table(results: dict) -> str:
+    detectors = _detectors(results)
+    keys = results["meta"]["operating_fprs"]
+    header = ["benign class", "accounts"] + [f"{name} ({' / '.join(_pct(k) for k in keys)})" for name in detectors]
+    has_reasons = "probewatch" in detectors
+    if has_reasons:
+        header.append("probewatch: top reasons of flagged accounts")
+    first = results["detectors"][detectors[0]]["benign"]
+    rows = []
+    for kind in list(first["by_kind"]) + ["all"]:
+        blocks = {name: (results["detectors"][name]["benign"] if kind == "all"
+                         else results["detectors"][name]["benign"]["by_kind"][kind]) for name in detectors}
+        row = [kind if kind != "all" else "**all benign test**", str(blocks[detectors[0]]["accounts"])]
+        row += [" / ".join(fmt_rate(blocks[name]["fpr"][k]) for k in keys) for name in detectors]
+        if has_reasons:
+            parts = []
+            for k in keys:
+                reasons = blocks["probewatch"]["top_reasons"][k]
+                if reasons:
+                    parts.append(f"@{_pct(k)}: " + ", ".join(f"`{n}` ({c})" for n, c in reasons))
+            row.append("; ".join(parts) or "–")
+        rows.append(row)
+    return _table(header, rows)
+
+
+def scenario_table(results: dict, scenario: str) -> str:
+    keys = results["meta"]["operating_fprs"]
+    primary = results["meta"]["primary_fpr"]
+    block = results["scenarios"][scenario]
+    header = ["detector", "AUC"] + [f"TPR @{_pct(k)}" for k in keys]
+    header += [f"detected @{_pct(primary)}", "median queries", "p90 queries"]
+    header += [f"median queries @{_pct(k)}" for k in keys if k != primary]
+    campaigns = next(iter(block["detectors"].values())).get("campaigns", {})
+    if campaigns:
+        header += [f"campaign flagged share ({' / '.join(_pct(k) for k in keys)})"]
+    rows = []
+    for name in _detectors(results):
+        m = block["detectors"][name]
+        delay = m["queries_until_detection"][primary]
+        row = [name, fmt_rate(m["auc"])] + [fmt_rate(m["tpr"][k]) for k in keys]
+        row += [f"{delay['detected']}/{delay['accounts']}", fmt_queries(delay["median"]), fmt_queries(delay["p90"])]
+        row += [fmt_queries(m["queries_until_detection"][k]["median"]) for k in keys if k != primary]
+        if campaigns:
+            row.append("; ".join(" / ".join(fmt_rate(c["flagged_share"][k]) for k in keys)
+                                 for c in m["campaigns"].values()))
+        rows.append(row)
+    return _table(header, rows)
+
+
+PROTOCOL = """\
+Every detector is fitted on the benign **calibration** accounts only, and its two operating
+points come from that benign data only: probewatch is calibrated from scratch on these
+accounts (`Engine.from_benign_embeddings`) and operated at its own `flag` threshold
+(target FPR 0.1 %) and `watch` threshold (1 %); each baseline is fitted on them and its
+thresholds are the smallest scores that at most 0.1 % / 1 % of the calibration accounts ever
+reach (`StreamingBaseline.calibrated_threshold`). Calibration and test accounts share no
+account, source unit or prompt text. Every test account (the benign test pool: ordinary users
+and six hard-benign classes; and every attack scenario) is then streamed through each detector
+as a fresh account, query by query in time order, with a score recorded after every query
+(probewatch: `observe_embeddings` in chunks of one account, which gives the same verdicts as
+one-at-a-time calls; online population updates off). An account's score is the maximum over
+its stream; it is *flagged* at an operating point once any score reaches the threshold, and its
+*queries until detection* are the number of its queries up to and including that one (for
+mixed accounts, all queries, benign ones included). Each scenario's attack accounts are compared
+with the whole benign test pool: ROC AUC over accounts, TPR at each threshold, the realised
+benign test FPR (which can differ from the target: it is measured on accounts the thresholds
+never saw), queries until detection over the detected accounts (median and 90th percentile),
+and for split campaigns the share of the campaign's accounts flagged."""
+
+
+def markdown(results: dict) -> str:
+    meta = results["meta"]
+    primary = meta["primary_fpr"]
+    parts = [
+        f"# Detection benchmark: {', '.join(_detectors(results))}",
+        "",
+        f"Traffic size `{meta['size']}`, seed {meta['seed']}: {meta['calibration_accounts']} calibration accounts, "
+        f"{meta['benign_test_accounts']} benign test accounts, {meta['attack_accounts']} attack accounts, "
+        f"{meta['distinct_texts']} distinct texts embedded with {meta['embedding_model']}.",
+        "",
+        "Reproduce with:",
+        "",
+        "```",
+        meta["command"],
+        "```",
+        "",
+        "## Main table",
+        "",
+        main_table(results),
+        "",
+        "## Protocol",
+        "",
+        PROTOCOL,
+        "",
+        "## Thresholds (from calibration) and realised benign test FPR",
+        "",
+        thresholds_table(results),
+        "",
+        "## False positives per benign class",
+        "",
+        f"Share of each benign test class flagged at {' / '.join(_pct(k) for k in meta['operating_fprs'])} FPR. "
+        "For probewatch, the reasons are the features named by the verdict at the query where a flagged "
+        "account first reached the threshold (count of flagged accounts naming each).",
+        "",
+        hard_benign_table(results),
+        "",
+        "## Per scenario",
+        "",
+        f"Queries until detection at {_pct(primary)} FPR over detected accounts; `–` = none detected.",
+    ]
+    for scenario, block in results["scenarios"].items():
+        parts += ["", f"### {scenario}", "",
+                  f"{block['accounts']} accounts ({', '.join(block['kinds'])}), {block['queries']} queries, "
+                  f"{block['attack_queries']} of them extraction queries.", "",
+                  scenario_table(results, scenario)]
+    parts += ["", "## Plots", "",
+              f"- ROC curves per scenario (accounts; log FPR axis): ![ROC]({ROC_PLOT})",
+              f"- Share of attack accounts detected vs queries sent, at {_pct(primary)} FPR: "
+              f"![detection delay]({DELAY_PLOT})"]
+    if results.get("risk_traces"):
+        parts.append(f"- probewatch risk over time for a few attack and hard-benign accounts: ![risk]({RISK_PLOT})")
+    timings = meta.get("timings_seconds", {})
+    parts += ["", "## Traffic", "", "```", meta["traffic"], "```", "",
+              "## Timings", "", ", ".join(f"{k}: {v:.1f} s" for k, v in timings.items()), ""]
+    return "\n".join(parts)
+
+
+# -- results.json ---------------------------------------------------------------------------
+def _jsonable(value: Any) -> Any:
+    """NaN and +-inf become null (JSON has no such numbers): a null score means "never scored"."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def write_results_json(results: dict, out_dir: Path) -> Path:
+    path = Path(out_dir) / "results.json"
+    path.write_text(json.dumps(_jsonable(results), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    return path
+
+
+# -- plots -------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib  # noqa: PLC0415 - optional dependency (the bench extra)
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
+def _styles(detectors: list[str]) -> dict[str, dict[str, Any]]:
+    palette = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f"]
+    styles, i = {}, 0
+    for name in detectors:
+        if name == "probewatch":  # the subject of the benchmark: drawn heavier, always black
+            styles[name] = {"color": "black", "linewidth": 2.2, "zorder": 5}
+        else:
+            styles[name] = {"color": palette[i % len(palette)], "linewidth": 1.2, "alpha": 0.85}
+            i += 1
+    return styles
+
+
+def _grid(plt, n: int, title: str):
+    cols = min(PLOT_COLUMNS, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    fig.suptitle(title)
+    return fig, list(axes.flat[:n])
+
+
+def _scores(records: list[dict], pool: str, name: str) -> list[float]:
+    # results.json turns -inf (never scored) into null; read both forms
+    return [float("-inf") if r["score"][name] is None else r["score"][name] for r in records if r["pool"] == pool]
+
+
+def plot_roc(results: dict, out_dir: Path) -> Path:
+    plt = _pyplot()
+    detectors = _detectors(results)
+    styles = _styles(detectors)
+    records = results["accounts"]
+    n_benign = sum(r["pool"] == "test_benign" for r in records)
+    floor = 0.5 / max(n_benign, 1)  # FPR 0 drawn at half the smallest non-zero FPR on the log axis
+    scenarios = list(results["scenarios"])
+    fig, axes = _grid(plt, len(scenarios), f"Account-level ROC vs {n_benign} benign test accounts")
+    for ax, scenario in zip(axes, scenarios):
+        for name in detectors:
+            fpr, tpr = roc_curve(_scores(records, "test_benign", name), _scores(records, scenario, name))
+            auc = results["scenarios"][scenario]["detectors"][name]["auc"]
+            ax.plot(np.maximum(fpr, floor), tpr, drawstyle="steps-post", label=f"{name} ({fmt_rate(auc)})",
+                    **styles[name])
+        for fpr in results["meta"]["operating_fprs"]:
+            ax.axvline(float(fpr), color="grey", linestyle=":", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlim(floor, 1.0)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(scenario, fontsize=10)
+        ax.set_xlabel("benign FPR")
+        ax.set_ylabel("TPR")
+        ax.legend(fontsize=6, loc="lower right", title="AUC", title_fontsize=6)
+    fig.tight_layout()
+    path = Path(out_dir) / ROC_PLOT
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_detection_delay(results: dict, out_dir: Path) -> Path:
+    plt = _pyplot()
+    detectors = _detectors(results)
+    styles = _styles(detectors)
+    primary = results["meta"]["primary_fpr"]
+    records = results["accounts"]
+    scenarios = list(results["scenarios"])
+    fig, axes = _grid(plt, len(scenarios), f"Share of attack accounts detected vs queries sent ({_pct(primary)} FPR)")
+    for ax, scenario in zip(axes, scenarios):
+        members = [r for r in records if r["pool"] == scenario]
+        longest = max(r["queries"] for r in members)
+        for name in detectors:
+            queries, share = detection_curve([r["queries_until_detection"][name][primary] for r in members], longest)
+            ax.plot(queries, share, drawstyle="steps-post", label=name, **styles[name])
+        ax.set_xscale("log")
+        ax.set_xlim(1, longest)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(scenario, fontsize=10)
+        ax.set_xlabel("queries sent by the account")
+        ax.set_ylabel("share detected")
+        ax.legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
+    path = Path(out_dir) / DELAY_PLOT
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_risk_over_time(results: dict, out_dir: Path) -> Path | None:
+    traces = results.get("risk_traces") or []
+    if not traces:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True, squeeze=False)
+    groups = (("attack accounts", [t for t in traces if t["label"] == 1]),
+              ("hard-benign accounts (most suspicious of their class)", [t for t in traces if t["label"] == 0]))
+    for ax, (title, group) in zip(axes[0], groups):
+        for trace in group:
+            exceedance = np.maximum(1.0 - np.asarray(trace["risk"], dtype=np.float64), MIN_EXCEEDANCE)
+            x = np.arange(1, len(exceedance) + 1)
+            line, = ax.plot(x, exceedance, linewidth=1.3, label=f"{trace['kind']} ({trace['account'][-6:]})")
+            attack = np.asarray(trace["is_attack"], dtype=bool)
+            if attack.any() and not attack.all():  # mixed account: mark which queries were extraction
+                ax.plot(x[attack], exceedance[attack], "|", color=line.get_color(), markersize=6)
+        for fpr, label in zip(results["meta"]["operating_fprs"], ("flag", "watch")):
+            ax.axhline(float(fpr), color="grey", linestyle=":", linewidth=0.9)
+            ax.annotate(f"{label} ({_pct(fpr)})", (1, float(fpr)), fontsize=7, color="grey",
+                        xytext=(2, 2), textcoords="offset points")
+        ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("queries sent by the account")
+        ax.legend(fontsize=7, loc="lower left")
+    axes[0][0].set_ylabel("1 − risk (share of benign accounts\never scoring this high)")
+    axes[0][0].set_ylim(1.0 + 0.5, MIN_EXCEEDANCE / 2)  # inverted: riskier is higher
+    fig.suptitle("probewatch risk over time (| marks extraction queries in mixed accounts)")
+    fig.tight_layout()
+    path = Path(out_dir) / RISK_PLOT
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_text_outputs(results: dict, out_dir: Path) -> list[Path]:
+    """results.json and report.md (cheap: rewrite them when the results change)."""
+    out_dir = Path(out_dir)
+    report = out_dir / "report.md"
+    report.write_text(markdown(results), encoding="utf-8")
+    return [write_results_json(results, out_dir), report]
+
+
+def write_all(results: dict, out_dir: Path) -> list[Path]:
+    """Plots, results.json and report.md into ``out_dir``; returns the paths written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [plot_roc(results, out_dir), plot_detection_delay(results, out_dir)]
+    risk = plot_risk_over_time(results, out_dir)
+    if risk is not None:
+        written.append(risk)
+    return write_text_outputs(results, out_dir) + written

@@ -1,0 +1,144 @@
+"""Speed and memory of the pipeline (pytest-benchmark; not part of the default test run).
+
+    make bench        # or: python -m pytest bench --benchmark-only
+
+Targets on a 2-core CPU (see README): the whole ``observe_batch`` pipeline at >= 0.9x the
+throughput of embedding alone; detection <= 1 ms per query at a 10k-query history;
+<= 1.6 KB per stored query in float32 and <= 0.8 KB in float16.
+GPU variants synchronise the device inside the timed function.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+
+import numpy as np
+import psutil
+import pytest
+
+import probewatch as pw
+from probewatch.kernels import cupy_available
+
+from .conftest import unit_rows
+
+BATCH = 16  # the batch size at which MiniLM runs fastest on 2 cores
+HISTORIES = (1_000, 10_000, 100_000)
+
+
+def _engine(**overrides) -> pw.Engine:
+    return pw.Engine(device="cpu", **overrides)
+
+
+def test_embedding_only(benchmark, cpu_embedder, prompts):
+    batches = itertools.cycle([prompts[i : i + BATCH] for i in range(0, len(prompts) - BATCH, BATCH)])
+    benchmark.extra_info["prompts_per_call"] = BATCH
+    benchmark(lambda: cpu_embedder.encode(next(batches)))
+
+
+def test_observe_batch_pipeline(benchmark, cpu_embedder, prompts):
+    """Embedding + k-NN + features + verdicts, the same batches as test_embedding_only."""
+    engine = pw.Engine(device="cpu", embedder=cpu_embedder)
+    accounts = [f"acct-{i % 40}" for i in range(len(prompts))]
+    batches = itertools.cycle(
+        [(accounts[i : i + BATCH], prompts[i : i + BATCH]) for i in range(0, len(prompts) - BATCH, BATCH)]
+    )
+    benchmark.extra_info["prompts_per_call"] = BATCH
+
+    def run():
+        a, p = next(batches)
+        return engine.observe_batch(a, p)
+
+    benchmark(run)
+
+
+def _engine_with_history(history: int, storage: str = "float32") -> tuple[pw.Engine, np.ndarray]:
+    engine = _engine(history_cap=max(history, 1024), storage=storage, eviction_block=512)
+    rows = unit_rows(history + 4096, seed=history)
+    for start in range(0, history, 8192):
+        chunk = rows[start : min(start + 8192, history)]
+        engine.observe_embeddings(["big"] * len(chunk), chunk)
+    return engine, rows[history:]
+
+
+@pytest.mark.parametrize("history", HISTORIES)
+def test_detection_cost_one_query(benchmark, history):
+    """One query to an account holding `history` earlier queries (no embedding)."""
+    engine, fresh = _engine_with_history(history)
+    queries = itertools.cycle(fresh[:, None, :])
+    benchmark.extra_info["history"] = history
+    benchmark(lambda: engine.observe_embeddings(["big"], next(queries)))
+
+
+@pytest.mark.parametrize("history", HISTORIES)
+def test_detection_cost_batch_of_64(benchmark, history):
+    """64 queries of the same account in one call (how a busy account arrives in a micro-batch)."""
+    engine, fresh = _engine_with_history(history)
+    batches = itertools.cycle([fresh[i : i + 64] for i in range(0, 4096, 64)])
+    benchmark.extra_info["history"] = history
+    benchmark.extra_info["queries_per_call"] = 64
+    benchmark(lambda: engine.observe_embeddings(["big"] * 64, next(batches)))
+
+
+def test_detection_cost_many_short_accounts(benchmark):
+    """A batch of 256 queries from 256 different accounts with ~50 queries each (the common case)."""
+    engine = _engine()
+    rows = unit_rows(256 * 60, seed=3)
+    accounts = [f"a{i}" for i in range(256)]
+    for r in range(50):
+        engine.observe_embeddings(accounts, rows[r * 256 : (r + 1) * 256])
+    more = itertools.cycle([rows[r * 256 : (r + 1) * 256] for r in range(50, 60)])
+    benchmark.extra_info["queries_per_call"] = 256
+    benchmark(lambda: engine.observe_embeddings(accounts, next(more)))
+
+
+def _rss() -> int:
+    gc.collect()
+    return psutil.Process().memory_info().rss
+
+
+@pytest.mark.parametrize("storage", ["float32", "float16"])
+def test_memory_per_stored_query(benchmark, storage):
+    """Resident memory added per stored query, measured over 200 accounts x 1,000 queries."""
+    n_accounts, per_account = 200, 1000
+    rows = unit_rows(per_account * 4, seed=5)
+
+    def fill():
+        engine = _engine(storage=storage, history_cap=per_account)
+        before = _rss()
+        for r in range(0, per_account, 250):
+            for a in range(0, n_accounts, 50):
+                accounts = [f"acct-{i}" for i in range(a, a + 50) for _ in range(250)]
+                engine.observe_embeddings(accounts, np.tile(rows[r : r + 250], (50, 1)))
+        added = _rss() - before
+        return engine, added
+
+    engine, added = benchmark.pedantic(fill, rounds=1, iterations=1)
+    stored = engine.stats()["stored_queries"]
+    per_query = added / stored
+    benchmark.extra_info["stored_queries"] = stored
+    benchmark.extra_info["rss_bytes_per_query"] = round(per_query, 1)
+    benchmark.extra_info["held_bytes_per_query"] = round(engine.stats()["bytes_held"] / stored, 1)
+    print(f"\n{storage}: {per_query:.0f} B RSS per stored query, {engine.stats()['bytes_held'] / stored:.0f} B accounted")
+    assert stored == n_accounts * per_account
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cupy_available(), reason="needs CuPy and a CUDA device")
+@pytest.mark.parametrize("history", HISTORIES)
+def test_detection_cost_gpu(benchmark, history):
+    import cupy as cp
+
+    engine = pw.Engine(device="cuda", history_cap=max(history, 1024))
+    rows = unit_rows(history + 4096, seed=history)
+    for start in range(0, history, 8192):
+        chunk = rows[start : min(start + 8192, history)]
+        engine.observe_embeddings(["big"] * len(chunk), chunk)
+    batches = itertools.cycle([rows[history + i : history + i + 64] for i in range(0, 4096, 64)])
+
+    def run():
+        out = engine.observe_embeddings(["big"] * 64, next(batches))
+        cp.cuda.Device().synchronize()
+        return out
+
+    benchmark(run)

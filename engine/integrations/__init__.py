@@ -1,0 +1,11 @@
+"""probewatch.integrations: plug the engine into serving stacks.
+
+* :mod:`probewatch.integrations.litellm`: a LiteLLM ``CustomGuardrail`` (in-process engine).
+* :mod:`probewatch.integrations.asgi`: ASGI middleware for vLLM's OpenAI server or any ASGI app.
+
+Each module imports its framework lazily, so importing this package needs neither.
+"""
+
+from ._prompts import account_from_metadata, last_user_text, prompt_from_openai_body
+
+__all__ = ["account_from_metadata", "last_user_text", "prompt_from_openai_body"]

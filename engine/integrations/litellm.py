@@ -1,0 +1,97 @@
+"""A LiteLLM ``CustomGuardrail`` that runs the probewatch engine inside the LiteLLM proxy.
+
+Proxy configuration (``config.yaml``)::
+
+    guardrails:
+      - guardrail_name: probewatch
+        litellm_params:
+          guardrail: probewatch.integrations.litellm.ProbewatchGuardrail
+          mode: pre_call          # or during_call
+          default_on: true
+
+``pre_call`` observes the prompt before the model is called and blocks the request when
+the account is flagged; ``during_call`` observes in parallel with the model call (no added
+latency) and fails the request when the account is flagged. Use one mode per guardrail
+so each prompt is observed once. Settings come from the constructor or, when LiteLLM
+builds the guardrail from config, from ``PROBEWATCH_*`` variables (``PROBEWATCH_ENGINE_DEVICE``,
+``PROBEWATCH_GUARDRAIL_ACCOUNT_FIELD``, ``PROBEWATCH_SNAPSHOT_PATH``).
+
+The engine state lives in this process only. For several proxy workers, or to keep state
+across restarts with a journal, run ``probewatch serve`` and use LiteLLM's
+``generic_guardrail_api`` pointing at it instead (docs/sidecar.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from fastapi import HTTPException
+from litellm.integrations.custom_guardrail import CustomGuardrail
+
+from ..engine import Engine
+from ..errors import ProbewatchError
+from ._prompts import account_from_metadata, last_user_text
+
+log = logging.getLogger("probewatch.integrations.litellm")
+
+BLOCK_STATUS = 403
+
+
+class ProbewatchGuardrail(CustomGuardrail):
+    """Observe each request's newest user message under its account; refuse flagged accounts."""
+
+    # Our own hooks run in every mode (not LiteLLM's unified apply_guardrail path).
+    use_native_lifecycle_hooks = True
+    use_native_during_call_hook = True
+
+    def __init__(self, engine: Engine | None = None, account_field: str | None = None,
+                 block_levels: tuple[str, ...] = ("flag",), fail_open: bool = True, **kwargs: Any):
+        self.engine = engine if engine is not None else _engine_from_env()
+        self.account_field = account_field or os.environ.get("PROBEWATCH_GUARDRAIL_ACCOUNT_FIELD", "user_api_key_hash")
+        account_from_metadata(self.account_field)  # validates the name now, not on the first request
+        self.block_levels = tuple(block_levels)
+        self.fail_open = fail_open
+        super().__init__(**kwargs)
+
+    async def _check(self, data: dict, user_api_key_dict: Any) -> None:
+        account = account_from_metadata(self.account_field, user_api_key_dict, data)
+        prompt = last_user_text(data.get("messages")) or (data.get("prompt") if isinstance(data.get("prompt"), str) else None)
+        if not account or not prompt:
+            return  # nothing to attribute or read: never block on missing metadata
+        try:
+            verdict = await asyncio.to_thread(self.engine.observe, account, prompt)
+        except ProbewatchError as exc:
+            log.debug("probewatch did not observe this request: %s", exc)
+            return
+        except Exception:  # noqa: BLE001 - an engine failure must follow the failure policy
+            log.exception("probewatch engine failure")
+            if self.fail_open:
+                return
+            raise HTTPException(status_code=503, detail={"error": "probewatch unavailable; failing closed"}) from None
+        data.setdefault("metadata", {})["probewatch_level"] = verdict.level
+        if verdict.level in self.block_levels:
+            raise HTTPException(status_code=BLOCK_STATUS, detail={
+                "error": f"probewatch: this account's traffic looks like model extraction (level {verdict.level})",
+                "probewatch": {"level": verdict.level, "risk": verdict.risk},
+            })
+
+    async def async_pre_call_hook(self, user_api_key_dict, cache, data: dict, call_type) -> dict | None:
+        await self._check(data, user_api_key_dict)
+        return data
+
+    async def async_moderation_hook(self, data: dict, user_api_key_dict, call_type) -> None:
+        await self._check(data, user_api_key_dict)
+
+
+def _engine_from_env() -> Engine:
+    """An engine for a guardrail LiteLLM builds from config: a snapshot if one is named."""
+    from ..server.config import load_config  # noqa: PLC0415
+
+    snapshot = os.environ.get("PROBEWATCH_SNAPSHOT_PATH")
+    engine_config = load_config().engine
+    if snapshot and os.path.exists(snapshot):
+        return Engine.load(snapshot, device=engine_config.device)
+    return Engine(config=engine_config)

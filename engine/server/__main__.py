@@ -1,0 +1,5 @@
+import sys
+
+from .runner import main_serve
+
+sys.exit(main_serve())

@@ -1,0 +1,53 @@
+"""Starting the sidecar: ``run(config)`` for code, ``main_serve(argv)`` for the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .config import ServerConfig, load_config
+
+
+def run(config: ServerConfig | None = None) -> None:
+    """Serve until SIGINT/SIGTERM: uvicorn stops accepting, in-flight requests finish (up to
+    ``shutdown_drain_s``), then the service drains its queue and writes a final snapshot."""
+    import uvicorn  # noqa: PLC0415
+
+    from .app import create_app  # noqa: PLC0415
+
+    config = config or load_config()
+    _configure_logging(config.log_level)
+    logging.getLogger("probewatch.server").info("starting with settings %s", config.public_dict())
+    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=config.log_level,
+                timeout_graceful_shutdown=max(1, int(config.shutdown_drain_s)), access_log=False,
+                server_header=False, lifespan="on")
+
+
+def main_serve(argv: Sequence[str] | None = None) -> int:
+    """``probewatch serve [--config FILE] [--host H] [--port P] [--data-dir D] [--device DEV]``."""
+    parser = argparse.ArgumentParser(prog="probewatch serve", description="Run the probewatch HTTP sidecar.")
+    parser.add_argument("--config", help="YAML settings file (PROBEWATCH_* environment variables override it)")
+    parser.add_argument("--host", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default 8321)")
+    parser.add_argument("--data-dir", help="journal and snapshots folder (default ./probewatch-data)")
+    parser.add_argument("--device", help="engine device: auto, cpu or cuda[:N]")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    engine = {"device": args.device} if args.device else None
+    config = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir, engine=engine)
+    run(config)
+    return 0
+
+
+def _configure_logging(level: str) -> None:
+    logger = logging.getLogger("probewatch")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level.upper())
+
+
+if __name__ == "__main__":
+    sys.exit(main_serve())

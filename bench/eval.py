@@ -42,8 +42,9 @@ BENIGN_POOL = "test_benign"
 OPERATING_FPRS = (0.001, 0.01)
 PRIMARY_FPR = OPERATING_FPRS[0]
 # Queries per observe_embeddings call: one account's chunk gives the same verdicts as
-# one-at-a-time calls, and batching amortises the per-call overhead.
-ENGINE_CHUNK = 64
+# one-at-a-time calls (to float32 rounding), and larger calls amortise the per-call
+# overhead (~20 % faster than 64 on 2,000-query accounts).
+ENGINE_CHUNK = 256
 # Texts per embedding call: each call writes one cache shard, so progress is saved this often.
 EMBED_CHUNK = 512
 # Accounts whose probewatch risk is traced query by query for the risk-over-time plot.
@@ -82,7 +83,8 @@ def embed_traffic(traffic: Traffic, cache, show_progress: bool = True) -> Embedd
     """Embed every distinct prompt once; texts already in ``cache`` are read back, not re-encoded."""
     texts = traffic.all_texts()
     missing = [text for text in texts if text not in cache]
-    with tqdm(total=len(missing), desc="embedding", unit="text", disable=not show_progress or not missing) as bar:
+    with tqdm(total=len(missing), desc="embedding", unit="text", mininterval=1.0,
+              disable=not show_progress or not missing) as bar:
         for start in range(0, len(missing), EMBED_CHUNK):
             part = missing[start:start + EMBED_CHUNK]
             cache.embed(part)
@@ -225,7 +227,7 @@ def run_detector(detector: DetectorUnderTest, data: EmbeddedTraffic, show_progre
     leaked = calibration_ids & {s.account for s in tests}
     if leaked:  # the protocol's one hard rule; the traffic build guarantees it, this proves it per run
         raise RuntimeError(f"{len(leaked)} calibration accounts are also test accounts, e.g. {sorted(leaked)[:3]}")
-    with tqdm(total=len(calibration) + len(tests), desc=f"{detector.name:>14}", unit="acct",
+    with tqdm(total=len(calibration) + len(tests), desc=f"{detector.name:>14}", unit="acct", mininterval=1.0,
               disable=not show_progress) as bar:
         bar.set_postfix_str("fitting on calibration")
         started = time.perf_counter()

@@ -60,7 +60,8 @@ def main_table(results: dict) -> str:
         row = [scenario, str(block["accounts"])]
         for name in detectors:
             m = block["detectors"][name]
-            row.append(f"{fmt_rate(m['tpr'][primary])} ({fmt_queries(m['queries_until_detection'][primary]['median'])})")
+            median = m["queries_until_detection"][primary]["median"]
+            row.append(f"{fmt_rate(m['tpr'][primary])} ({fmt_queries(median)})")
         rows.append(row)
     fpr_row = ["*benign test FPR*", str(results["meta"]["benign_test_accounts"])]
     fpr_row += [fmt_rate(results["detectors"][name]["benign"]["fpr"][primary]) for name in detectors]
@@ -156,6 +157,18 @@ never saw), queries until detection over the detected accounts (median and 90th 
 and for split campaigns the share of the campaign's accounts flagged."""
 
 
+def _resolution_caveat(meta: dict) -> list[str]:
+    """A note when the calibration set is too small to resolve an operating point."""
+    n = meta["calibration_accounts"]
+    unresolved = [_pct(k) for k in meta["operating_fprs"] if float(k) * n < 1]
+    if not unresolved:
+        return []
+    return [f"With {n} calibration accounts, a rate of {' or '.join(unresolved)} allows no calibration account to "
+            "be flagged, so a baseline's threshold there is just above the highest calibration account "
+            "(the operating points may coincide), and probewatch's is extrapolated from the exponential tail "
+            "of its benign lifetime scores. Use `--size default` for meaningful low-FPR numbers.", ""]
+
+
 def markdown(results: dict) -> str:
     meta = results["meta"]
     primary = meta["primary_fpr"]
@@ -184,6 +197,7 @@ def markdown(results: dict) -> str:
         "",
         thresholds_table(results),
         "",
+        *_resolution_caveat(meta),
         "## False positives per benign class",
         "",
         f"Share of each benign test class flagged at {' / '.join(_pct(k) for k in meta['operating_fprs'])} FPR. "
@@ -305,6 +319,8 @@ def plot_roc(results: dict, out_dir: Path) -> Path:
 
 def plot_detection_delay(results: dict, out_dir: Path) -> Path:
     plt = _pyplot()
+    from matplotlib.ticker import NullFormatter  # noqa: PLC0415
+
     detectors = _detectors(results)
     styles = _styles(detectors)
     primary = results["meta"]["primary_fpr"]
@@ -318,13 +334,15 @@ def plot_detection_delay(results: dict, out_dir: Path) -> Path:
             queries, share = detection_curve([r["queries_until_detection"][name][primary] for r in members], longest)
             ax.plot(queries, share, drawstyle="steps-post", label=name, **styles[name])
         ax.set_xscale("log")
-        ax.set_xlim(1, longest)
+        ax.xaxis.set_minor_formatter(NullFormatter())  # short streams would get crowded minor labels
+        ax.set_xlim(1, max(longest, 2))
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(scenario, fontsize=10)
         ax.set_xlabel("queries sent by the account")
         ax.set_ylabel("share detected")
-        ax.legend(fontsize=6, loc="upper left")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(detectors), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     path = Path(out_dir) / DELAY_PLOT
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -336,27 +354,33 @@ def plot_risk_over_time(results: dict, out_dir: Path) -> Path | None:
     if not traces:
         return None
     plt = _pyplot()
+    fprs = [float(f) for f in results["meta"]["operating_fprs"]]
+    exceedances = [np.maximum(1.0 - np.asarray(t["risk"], dtype=np.float64), MIN_EXCEEDANCE) for t in traces]
+    # the axis reaches a little past the riskiest point or the flag line, whichever is higher
+    floor = max(MIN_EXCEEDANCE, min(min(float(e.min()) for e in exceedances if e.size), min(fprs)) / 3)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True, squeeze=False)
-    groups = (("attack accounts", [t for t in traces if t["label"] == 1]),
-              ("hard-benign accounts (most suspicious of their class)", [t for t in traces if t["label"] == 0]))
-    for ax, (title, group) in zip(axes[0], groups):
-        for trace in group:
-            exceedance = np.maximum(1.0 - np.asarray(trace["risk"], dtype=np.float64), MIN_EXCEEDANCE)
+    groups = (("attack accounts", [i for i, t in enumerate(traces) if t["label"] == 1]),
+              ("hard-benign accounts (most suspicious of their class)",
+               [i for i, t in enumerate(traces) if t["label"] == 0]))
+    for ax, (title, members) in zip(axes[0], groups):
+        for i in members:
+            trace, exceedance = traces[i], exceedances[i]
             x = np.arange(1, len(exceedance) + 1)
             line, = ax.plot(x, exceedance, linewidth=1.3, label=f"{trace['kind']} ({trace['account'][-6:]})")
             attack = np.asarray(trace["is_attack"], dtype=bool)
             if attack.any() and not attack.all():  # mixed account: mark which queries were extraction
-                ax.plot(x[attack], exceedance[attack], "|", color=line.get_color(), markersize=6)
-        for fpr, label in zip(results["meta"]["operating_fprs"], ("flag", "watch")):
-            ax.axhline(float(fpr), color="grey", linestyle=":", linewidth=0.9)
-            ax.annotate(f"{label} ({_pct(fpr)})", (1, float(fpr)), fontsize=7, color="grey",
-                        xytext=(2, 2), textcoords="offset points")
+                ax.plot(x[attack], exceedance[attack], "|", color=line.get_color(), markersize=7)
+        for fpr, label in zip(fprs, ("flag", "watch")):
+            ax.axhline(fpr, color="grey", linestyle=":", linewidth=0.9)
+            ax.annotate(f"{label} ({_pct(fpr)})", (0, fpr), xycoords=("axes fraction", "data"), fontsize=7,
+                        color="grey", xytext=(3, 2), textcoords="offset points")
         ax.set_yscale("log")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("queries sent by the account")
-        ax.legend(fontsize=7, loc="lower left")
+        if members:
+            ax.legend(fontsize=7, loc="best")
     axes[0][0].set_ylabel("1 − risk (share of benign accounts\never scoring this high)")
-    axes[0][0].set_ylim(1.0 + 0.5, MIN_EXCEEDANCE / 2)  # inverted: riskier is higher
+    axes[0][0].set_ylim(1.5, floor)  # inverted: riskier is higher
     fig.suptitle("probewatch risk over time (| marks extraction queries in mixed accounts)")
     fig.tight_layout()
     path = Path(out_dir) / RISK_PLOT
@@ -381,4 +405,6 @@ def write_all(results: dict, out_dir: Path) -> list[Path]:
     risk = plot_risk_over_time(results, out_dir)
     if risk is not None:
         written.append(risk)
+    else:  # no probewatch in this run: a plot left by an earlier run would be stale
+        (out_dir / RISK_PLOT).unlink(missing_ok=True)
     return write_text_outputs(results, out_dir) + written

@@ -27,6 +27,7 @@ MIN_CALIBRATION_ACCOUNTS = 20
 MIN_REFERENCE_ACCOUNTS = 10
 OFF_REFERENCE_QUANTILE = 0.02
 STREAM_CHUNK = 64
+NEAR_COPY_SIMILARITY = 0.9
 
 
 def group_by_account(accounts: Sequence[str], vectors: np.ndarray, ts: Sequence[float | None] | None):
@@ -75,6 +76,20 @@ def _account_maxima(cal: Calibration, features, ns, owner, accounts_idx) -> np.n
     return maxima[accounts_idx]
 
 
+def _has_near_copy(candidates: np.ndarray, others: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Which candidate rows nearly duplicate (similarity >= NEAR_COPY_SIMILARITY) a row of ``others``.
+
+    A prompt (or a small edit of it) sent by both a reference account and a table account
+    would let the table account find itself in the bank and look more benign than a new
+    account ever can; dropping such rows errs on the side of fewer false positives.
+    """
+    out = np.zeros(candidates.shape[0], dtype=bool)
+    for start in range(0, others.shape[0], chunk):
+        sims = candidates @ others[start : start + chunk].T
+        out |= (sims >= NEAR_COPY_SIMILARITY).any(axis=1)
+    return out
+
+
 def fit_calibration(config: EngineConfig, backend: IndexBackend, accounts: Sequence[str], vectors: np.ndarray,
                     ts: Sequence[float | None] | None, reference: BenignReference | None, refit_reference: bool,
                     source: str, progress: Callable[[int], None] | None = None) -> tuple[BenignReference, Calibration]:
@@ -94,7 +109,9 @@ def fit_calibration(config: EngineConfig, backend: IndexBackend, accounts: Seque
         ref_names = [names[i] for i in order[:n_ref]]
         table_names = [names[i] for i in order[n_ref:]]
         ref_rows = np.concatenate([groups[a] for a in ref_names])
-        reference = BenignReference.fit(vectors[ref_rows], codebook_vectors=vectors, seed=config.seed)
+        table_rows = np.concatenate([groups[a] for a in table_names])
+        bank_rows = ref_rows[~_has_near_copy(vectors[ref_rows], vectors[table_rows])]
+        reference = BenignReference.fit(vectors[bank_rows], codebook_vectors=vectors, seed=config.seed)
     else:
         if reference is None:
             raise CalibrationError("refit_reference=False needs an existing reference; the engine has none")

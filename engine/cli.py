@@ -165,6 +165,9 @@ def cmd_serve(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
+    # The benchmark lives in the repository, not in the installed package.
+    if Path("bench/eval.py").is_file() and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
     try:
         from bench.eval import main as eval_main  # noqa: PLC0415
     except ImportError as exc:

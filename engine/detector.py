@@ -38,6 +38,20 @@ def bin_of(n: np.ndarray | int) -> np.ndarray:
     return np.clip(np.searchsorted(BIN_EDGES, n, side="right") - 1, 0, N_BINS - 1)
 
 
+# Each bin's benign quantiles describe accounts near the bin's geometric centre; between
+# centres they are interpolated in log2(n), so an account at the top of a bin is not judged
+# against the shorter accounts at its bottom.
+_BIN_CENTRES = np.log2(np.sqrt(BIN_EDGES * np.append(BIN_EDGES[1:], BIN_EDGES[-1] * 2)))
+
+
+def _interpolation(n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x = np.log2(np.maximum(np.asarray(n, dtype=np.float64), 1.0))
+    hi = np.clip(np.searchsorted(_BIN_CENTRES, x, side="right"), 1, N_BINS - 1)
+    lo = hi - 1
+    w = np.clip((x - _BIN_CENTRES[lo]) / (_BIN_CENTRES[hi] - _BIN_CENTRES[lo]), 0.0, 1.0)
+    return lo, hi, w
+
+
 @dataclass(frozen=True)
 class Reason:
     feature: str
@@ -125,11 +139,14 @@ class Calibration:
         self.donor_bin = donors  # bin whose samples stand in for (bin, feature): percentiles use it too
         # A spread floor per feature, so a feature that benign accounts hold constant in one
         # bin (say, no near-duplicates) does not turn the tiniest change into infinite z.
+        # The pooled standard deviation still sees a rare benign tail (a few retries) where
+        # the 1-99 % range is zero.
         floor = np.ones(N_FEATURES)
         for j in range(N_FEATURES):
             if pooled[j]:
                 allv = np.concatenate(pooled[j])
-                floor[j] = max(0.25 * float(np.quantile(allv, 0.99) - np.quantile(allv, 0.01)), 1e-6)
+                spread = 0.25 * float(np.quantile(allv, 0.99) - np.quantile(allv, 0.01))
+                floor[j] = max(spread, float(allv.std()), 1e-9)
         self.q = q
         self.spread_floor = floor
         self.has_feature = ~np.isnan(q[:, 1, :])
@@ -137,8 +154,9 @@ class Calibration:
     def deviations(self, features: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Signed z per feature (positive = above the benign median); NaN where unknown."""
         features = np.atleast_2d(features)
-        b = bin_of(np.atleast_1d(n))
-        lo, med, hi = self.q[b, 0, :], self.q[b, 1, :], self.q[b, 2, :]
+        b0, b1, w = _interpolation(np.atleast_1d(n))
+        q = self.q[b0] * (1.0 - w)[:, None, None] + self.q[b1] * w[:, None, None]
+        lo, med, hi = q[:, 0, :], q[:, 1, :], q[:, 2, :]
         up = np.maximum(hi - med, self.spread_floor)
         down = np.maximum(med - lo, self.spread_floor)
         diff = features - med

@@ -101,7 +101,6 @@ def test_asgi_middleware_blocks_flagged_annotates_others_and_passes_bodies_intac
 
 
 def test_litellm_guardrail_hooks_block_flagged_and_pass_normal(engine):
-    pytest.importorskip("litellm")
     from fastapi import HTTPException
     from litellm.proxy._types import UserAPIKeyAuth
 

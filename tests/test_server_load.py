@@ -8,11 +8,10 @@ from __future__ import annotations
 import asyncio
 import time
 
+import psutil
 import pytest
 
 from test_server_support import AUTH, SidecarProcess, httpx
-
-psutil = pytest.importorskip("psutil")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

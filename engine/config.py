@@ -44,6 +44,9 @@ class EngineConfig:
     """Share of benign accounts allowed to reach ``flag`` over their lifetime."""
     watch_fpr: float = 1e-2
     """Share of benign accounts allowed to reach ``watch``."""
+    detection_blas_threads: int = 1
+    """BLAS threads for detection math (0 = leave BLAS as configured). One is fastest for the
+    small matrices involved and leaves the other cores to the embedding model."""
     segmented_max_history: int = 2048
     """Accounts with at most this many stored queries are searched together in one segmented k-NN call."""
     gpu_temp_memory_bytes: int = 256 * 1024**2
@@ -70,6 +73,7 @@ class EngineConfig:
         need(0.0 < self.near_duplicate_similarity < 1.0, "near_duplicate_similarity must be in (0, 1)", self.near_duplicate_similarity)
         need(self.max_prompt_chars >= 1, "max_prompt_chars must be >= 1", self.max_prompt_chars)
         need(0.0 < self.target_fpr < self.watch_fpr < 1.0, "needs 0 < target_fpr < watch_fpr < 1", (self.target_fpr, self.watch_fpr))
+        need(self.detection_blas_threads >= 0, "detection_blas_threads must be >= 0", self.detection_blas_threads)
         need(self.segmented_max_history >= 0, "segmented_max_history must be >= 0", self.segmented_max_history)
         need(self.population_update_every >= 0, "population_update_every must be >= 0", self.population_update_every)
         need(0.0 <= self.population_max_share < 1.0, "population_max_share must be in [0, 1)", self.population_max_share)

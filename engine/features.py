@@ -49,8 +49,12 @@ SIM_HIST_EDGES = np.linspace(-0.2, 1.0, 49)
 MIN_NORMALITY_SAMPLES = 8
 
 
-def _hist_index(values: np.ndarray) -> np.ndarray:
-    return np.clip(np.searchsorted(SIM_HIST_EDGES, values, side="right") - 1, 0, len(SIM_HIST_EDGES) - 2)
+_HIST_LO, _HIST_WIDTH, _HIST_BINS = float(SIM_HIST_EDGES[0]), float(SIM_HIST_EDGES[1] - SIM_HIST_EDGES[0]), len(SIM_HIST_EDGES) - 1
+
+
+def _hist_index(value: float) -> int:
+    # Scalar arithmetic: this runs for every query, where np.searchsorted's overhead dominates.
+    return min(max(int((value - _HIST_LO) // _HIST_WIDTH), 0), _HIST_BINS - 1)
 
 
 def share_below(hist: np.ndarray, threshold: float) -> float:
@@ -58,9 +62,9 @@ def share_below(hist: np.ndarray, threshold: float) -> float:
     total = hist.sum()
     if total == 0:
         return math.nan
-    i = int(_hist_index(np.asarray([threshold]))[0])
-    lo, hi = SIM_HIST_EDGES[i], SIM_HIST_EDGES[i + 1]
-    frac = min(max((threshold - lo) / (hi - lo), 0.0), 1.0)
+    i = _hist_index(threshold)
+    lo = _HIST_LO + i * _HIST_WIDTH
+    frac = min(max((threshold - lo) / _HIST_WIDTH, 0.0), 1.0)
     return float((hist[:i].sum() + frac * hist[i]) / total)
 
 
@@ -113,8 +117,8 @@ class AccountState:
         self.ring_kmean[slot] = facts.ref_kernel_mean
         self.ring_cell[slot] = facts.cell
         if not math.isnan(facts.nn_similarity):
-            self.nn_hist[_hist_index(np.asarray([facts.nn_similarity]))[0]] += 1
-        self.ref_hist[_hist_index(np.asarray([facts.ref_similarity]))[0]] += 1
+            self.nn_hist[_hist_index(facts.nn_similarity)] += 1
+        self.ref_hist[_hist_index(facts.ref_similarity)] += 1
         self.cell_counts[facts.cell] += 1
         self.n += 1
         if ts is not None:
@@ -128,11 +132,11 @@ class AccountState:
 
     def refresh_gram_stats(self, recent_vectors: np.ndarray, reference_self_kernel: float, gamma: float) -> None:
         """Recompute the Gram-based window statistics from the account's most recent vectors."""
-        x = recent_vectors[-self.window :].astype(np.float64)
+        x = np.ascontiguousarray(recent_vectors[-self.window :], dtype=np.float32)
         m = x.shape[0]
         if m < 2:
             return
-        gram = x @ x.T
+        gram = (x @ x.T).astype(np.float64)  # float32 product (BLAS sgemm), float64 statistics
         kmean = self._window_values(self.ring_kmean)[-m:]
         self.gram_stats[0] = participation_ratio_from_gram(gram)
         self.gram_stats[1] = mean_pairwise_similarity_from_gram(gram)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .config import EngineConfig
-from .detector import MAX_BIN_SAMPLES, N_BINS, Calibration, bin_of
+from .detector import MAX_BIN_SAMPLES, MIN_BIN_SAMPLES, N_BINS, Calibration, bin_of
 from .errors import CalibrationError
 from .pipeline import Pipeline
 from .reference import BenignReference
@@ -68,12 +68,27 @@ def _bin_samples(features: np.ndarray, ns: np.ndarray, rng: np.random.Generator)
     return out
 
 
-def _account_maxima(cal: Calibration, features, ns, owner, accounts_idx) -> np.ndarray:
-    mask = np.isin(owner, accounts_idx)
-    scores = cal.scores(features[mask], ns[mask])
+def _account_maxima(scores: np.ndarray, owner: np.ndarray, accounts_idx: np.ndarray) -> np.ndarray:
     maxima = np.full(int(owner.max()) + 1, -np.inf)
-    np.maximum.at(maxima, owner[mask], scores)
+    np.maximum.at(maxima, owner, scores)
     return maxima[accounts_idx]
+
+
+def _distance_norm(distances: np.ndarray, ns: np.ndarray) -> np.ndarray:
+    """Per bin: median and 99th percentile of out-of-sample benign kNN distances."""
+    bins = bin_of(ns)
+    norm = np.full((N_BINS, 2), np.nan)
+    for b in range(N_BINS):
+        d = distances[bins == b]
+        if d.size >= MIN_BIN_SAMPLES:
+            norm[b] = np.quantile(d, [0.5, 0.99])
+    have = np.flatnonzero(~np.isnan(norm[:, 0]))
+    if have.size == 0:
+        raise CalibrationError("calibration produced no history bin with enough benign queries to set a scale")
+    for b in range(N_BINS):  # sparse bins borrow the nearest populated one, shorter first
+        if np.isnan(norm[b, 0]):
+            norm[b] = norm[have[np.argmin(np.abs(have - b) + (have > b) * 0.5)]]
+    return norm
 
 
 def _has_near_copy(candidates: np.ndarray, others: np.ndarray, chunk: int = 4096) -> np.ndarray:
@@ -126,11 +141,16 @@ def fit_calibration(config: EngineConfig, backend: IndexBackend, accounts: Seque
     n_accounts = len(table_names)
     fold = rng.permutation(n_accounts) % 2
     folds = [np.flatnonzero(fold == 0), np.flatnonzero(fold == 1)]
-    maxima = []
+    # Out-of-sample distances: each half is judged by tables fitted on the other half, so the
+    # scale and the lifetime maxima describe benign accounts the tables have never seen.
+    oof = np.empty(features.shape[0])
     for fit_idx, score_idx in ((folds[0], folds[1]), (folds[1], folds[0])):
-        mask = np.isin(owner, fit_idx)
-        fold_cal = Calibration(_bin_samples(features[mask], ns[mask], rng), None, off_ref)
-        maxima.append(_account_maxima(fold_cal, features, ns, owner, score_idx))
-    calibration = Calibration(_bin_samples(features, ns, rng), np.concatenate(maxima), off_ref,
-                              source=source, n_accounts=n_accounts)
-    return reference, calibration
+        fit_mask, score_mask = np.isin(owner, fit_idx), np.isin(owner, score_idx)
+        fold_cal = Calibration(_bin_samples(features[fit_mask], ns[fit_mask], rng), None, off_ref)
+        oof[score_mask] = fold_cal.raw_distances(features[score_mask], ns[score_mask])
+    norm = _distance_norm(oof, ns)
+    final = Calibration(_bin_samples(features, ns, rng), None, off_ref, distance_norm=norm)
+    maxima = _account_maxima(final.standardise(oof, ns), owner, np.arange(n_accounts))
+    final.set_account_max_scores(maxima)
+    final.source, final.n_accounts = source, n_accounts
+    return reference, final

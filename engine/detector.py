@@ -1,20 +1,22 @@
 """From features to a calibrated risk, a level and the reasons behind it.
 
-Calibration is benign-only. For each feature and each history-length bin, the benign
-distribution gives a median and 1st/99th percentiles; a feature's deviation ``z`` is its
-distance from the median in units of that spread (scaled so the 99th percentile sits at
-z = 2.33, as for a normal), in either direction, extrapolated linearly past the sample.
-An account's score is the root sum of squares of the deviations beyond z = 1, so several
-moderately unusual features add up. The score is turned into a risk by the distribution of
-benign accounts' *lifetime maximum* scores (empirical, with an exponential tail fitted to
-its top decile), so ``risk = 1 - (share of benign accounts that ever score this high)``
-and the flag threshold holds the target false-positive rate per account, over the whole
-life of the account.
+Calibration is benign-only. Benign traffic is not one population: chat users, retry-heavy
+users, translation and retrieval apps each have their own typical feature values, so an
+account is judged by how far it is from its *nearest benign look-alikes* (k-nearest
+neighbours among benign feature vectors at the same history length, every feature scaled
+by its benign spread), not by how far each feature is from one benign median. That raw
+distance is put on a common scale per history bin using out-of-sample benign distances,
+and the distribution of benign accounts' *lifetime maximum* scores (cross-fitted, with an
+exponential tail fitted to its top decile) turns a score into a risk:
+``risk = 1 - (share of benign accounts that ever score this high)``. The flag threshold
+therefore holds the target false-positive rate per account over its whole life. Reasons
+name the features that most separate the account from its look-alikes.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +31,10 @@ N_BINS = len(BIN_EDGES)
 MIN_BIN_SAMPLES = 40
 MAX_BIN_SAMPLES = 2048
 Z_AT_Q99 = 2.3263  # normal quantile of 0.99
-Z_FLOOR = 1.0  # deviations below this are ordinary fluctuation
+Z_SPAN = 2 * Z_AT_Q99  # the 1st-99th percentile range of a normal, in standard deviations
+NEIGHBOURS = 5  # benign look-alikes an account must be close to
+MIN_SCORED_QUERIES = 10  # fewer queries are too little evidence to act on at a 0.1 % false-positive rate
+REASON_MIN_GAP = 0.5  # scaled differences smaller than this do not explain anything
 TAIL_FRACTION = 0.1
 LEVELS = ("ok", "watch", "flag")
 
@@ -101,80 +106,114 @@ class Verdict:
 
 
 class Calibration:
-    """Benign feature tables per history bin, and the tail of benign lifetime-max scores."""
+    """Benign feature vectors per history bin, and the tail of benign lifetime-max scores.
+
+    ``samples[b]`` holds benign feature vectors (rows) observed at history lengths in bin
+    ``b``. Each feature is scaled by its benign spread in that bin, and a query's raw score
+    is the distance from its scaled feature vector to the ``NEIGHBOURS``-th nearest benign
+    row: small when some benign accounts behaved alike, whatever kind of benign account
+    that was (chat user, translation app, retry-heavy user ...). ``distance_norm[b]``
+    (median and 99th percentile of *out-of-sample* benign distances in bin ``b``) turns the
+    raw distance into the score, so accounts of every length are on one scale.
+    """
 
     def __init__(self, samples: list[np.ndarray], account_max_scores: np.ndarray | None, off_reference_similarity: float,
-                 source: str = "", n_accounts: int = 0):
+                 distance_norm: np.ndarray | None = None, source: str = "", n_accounts: int = 0):
         if len(samples) != N_BINS:
             raise CalibrationError(f"calibration needs one sample table per bin ({N_BINS}); got {len(samples)}")
-        self.samples = [np.sort(np.asarray(s, dtype=np.float64), axis=0) if len(s) else np.zeros((0, N_FEATURES)) for s in samples]
+        self.samples = [np.asarray(s, dtype=np.float64).reshape(-1, N_FEATURES) for s in samples]
         self.off_reference_similarity = float(off_reference_similarity)
+        self.distance_norm = None if distance_norm is None else np.asarray(distance_norm, dtype=np.float64)
         self.source = source
         self.n_accounts = int(n_accounts)
-        self._build_quantiles()
+        self._build_tables()
         if account_max_scores is not None:  # None only while calibration cross-fits its folds
             self.set_account_max_scores(account_max_scores)
 
-    # -- per-feature deviations ---------------------------------------------------------
-    def _build_quantiles(self) -> None:
-        q = np.full((N_BINS, 3, N_FEATURES), np.nan)
-        pooled = [[] for _ in range(N_FEATURES)]
-        for b, s in enumerate(self.samples):
-            for j in range(N_FEATURES):
-                col = s[:, j][~np.isnan(s[:, j])] if s.shape[0] else np.zeros(0)
-                if col.size >= MIN_BIN_SAMPLES:
-                    q[b, :, j] = np.quantile(col, [0.01, 0.5, 0.99])
-                    pooled[j].append(col)
+    # -- per-bin tables ------------------------------------------------------------------
+    def _build_tables(self) -> None:
+        populated = np.flatnonzero([s.shape[0] >= MIN_BIN_SAMPLES for s in self.samples])
+        if populated.size == 0:
+            raise CalibrationError(
+                f"calibration needs at least {MIN_BIN_SAMPLES} benign queries in some history-length bin; got "
+                f"{[s.shape[0] for s in self.samples]} per bin. Calibrate with more benign traffic"
+            )
         # Bins with too little benign data borrow the nearest populated bin (shorter first).
-        donors = np.tile(np.arange(N_BINS)[:, None], (1, N_FEATURES))
-        for j in range(N_FEATURES):
-            have = np.flatnonzero(~np.isnan(q[:, 1, j]))
-            if have.size == 0:
-                continue
-            for b in range(N_BINS):
-                if np.isnan(q[b, 1, j]):
-                    donor = have[np.argmin(np.abs(have - b) + (have > b) * 0.5)]
-                    q[b, :, j] = q[donor, :, j]
-                    donors[b, j] = donor
-        self.donor_bin = donors  # bin whose samples stand in for (bin, feature): percentiles use it too
-        # A spread floor per feature, so a feature that benign accounts hold constant in one
-        # bin (say, no near-duplicates) does not turn the tiniest change into infinite z.
-        # The pooled standard deviation still sees a rare benign tail (a few retries) where
-        # the 1-99 % range is zero.
-        floor = np.ones(N_FEATURES)
-        for j in range(N_FEATURES):
-            if pooled[j]:
-                allv = np.concatenate(pooled[j])
-                spread = 0.25 * float(np.quantile(allv, 0.99) - np.quantile(allv, 0.01))
-                floor[j] = max(spread, float(allv.std()), 1e-9)
-        self.q = q
-        self.spread_floor = floor
-        self.has_feature = ~np.isnan(q[:, 1, :])
+        self.donor_bin = np.array([populated[np.argmin(np.abs(populated - b) + (populated > b) * 0.5)] for b in range(N_BINS)])
+        pooled = np.concatenate([self.samples[b] for b in populated])
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (feature not defined yet)
+            pooled_std = np.nan_to_num(np.nanstd(pooled, axis=0), nan=1.0)
+            self.median = np.zeros((N_BINS, N_FEATURES))
+            self.scale = np.ones((N_BINS, N_FEATURES))
+            self.lo = np.zeros((N_BINS, N_FEATURES))
+            self.hi = np.zeros((N_BINS, N_FEATURES))
+            self._scaled: list[np.ndarray | None] = [None] * N_BINS
+            self._sorted: list[np.ndarray | None] = [None] * N_BINS
+            for b in populated:
+                rows = self.samples[b]
+                lo, med, hi = np.nanquantile(rows, [0.01, 0.5, 0.99], axis=0)
+                med = np.nan_to_num(med)
+                self.median[b], self.lo[b], self.hi[b] = med, np.nan_to_num(lo), np.nan_to_num(hi)
+                # The pooled standard deviation floors the spread: a feature benign accounts
+                # hold constant in one bin (no near-duplicates) must not make any change infinite.
+                self.scale[b] = np.maximum(np.nan_to_num((hi - lo) / Z_SPAN), np.maximum(0.25 * pooled_std, 1e-9))
+                self._scaled[b] = np.nan_to_num((rows - med) / self.scale[b]).astype(np.float32)
+                self._sorted[b] = np.sort(rows, axis=0)  # NaN sort last; percentiles skip them
 
-    def deviations(self, features: np.ndarray, n: np.ndarray) -> np.ndarray:
-        """Signed z per feature (positive = above the benign median); NaN where unknown."""
+    def _scaled_point(self, features: np.ndarray, b: int) -> np.ndarray:
+        return np.nan_to_num((features - self.median[b]) / self.scale[b]).astype(np.float32)
+
+    def neighbours(self, features: np.ndarray, n: int) -> tuple[float, np.ndarray, np.ndarray]:
+        """(raw kNN distance, scaled query, mean scaled vector of its nearest benign rows)."""
+        b = int(self.donor_bin[int(bin_of(n))])
+        u = self._scaled_point(np.asarray(features, dtype=np.float64), b)
+        table = self._scaled[b]
+        d2 = ((table - u) ** 2).sum(axis=1)
+        k = min(NEIGHBOURS, d2.size)
+        nearest = np.argpartition(d2, k - 1)[:k]
+        return float(np.sqrt(d2[nearest].max())), u, table[nearest].mean(axis=0)
+
+    def raw_distances(self, features: np.ndarray, n: np.ndarray, chunk: int = 2048) -> np.ndarray:
+        """Vectorised raw kNN distances for many queries (used by calibration)."""
         features = np.atleast_2d(features)
-        b0, b1, w = _interpolation(np.atleast_1d(n))
-        q = self.q[b0] * (1.0 - w)[:, None, None] + self.q[b1] * w[:, None, None]
-        lo, med, hi = q[:, 0, :], q[:, 1, :], q[:, 2, :]
-        up = np.maximum(hi - med, self.spread_floor)
-        down = np.maximum(med - lo, self.spread_floor)
-        diff = features - med
-        return np.where(diff >= 0, Z_AT_Q99 * diff / up, Z_AT_Q99 * diff / down)
+        bins = self.donor_bin[bin_of(np.asarray(n))]
+        out = np.empty(features.shape[0])
+        for b in np.unique(bins):
+            rows = np.flatnonzero(bins == b)
+            table = self._scaled[b].astype(np.float64)
+            t2 = (table**2).sum(axis=1)
+            k = min(NEIGHBOURS, table.shape[0])
+            for start in range(0, rows.size, chunk):
+                r = rows[start : start + chunk]
+                u = np.nan_to_num((features[r] - self.median[b]) / self.scale[b])
+                d2 = (u**2).sum(axis=1)[:, None] + t2[None, :] - 2.0 * u @ table.T
+                out[r] = np.sqrt(np.maximum(np.partition(d2, k - 1, axis=1)[:, k - 1], 0.0))
+        return out
 
-    @staticmethod
-    def combine(z: np.ndarray) -> np.ndarray:
-        excess = np.maximum(np.abs(np.nan_to_num(z, nan=0.0)) - Z_FLOOR, 0.0)
-        return np.sqrt((excess**2).sum(axis=-1))
+    def standardise(self, distances: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Raw distance -> score on the benign scale of the bin (0 = as typical as the benign
+        median or more; 2.33 = benign 99th percentile); 0 before MIN_SCORED_QUERIES."""
+        n = np.asarray(n)
+        d = np.asarray(distances, dtype=np.float64)
+        if self.distance_norm is not None:
+            med, q99 = self.distance_norm[self.donor_bin[bin_of(n)]].T
+            d = Z_AT_Q99 * (d - med) / np.maximum(q99 - med, 1e-9)
+        return np.where(n >= MIN_SCORED_QUERIES, np.maximum(d, 0.0), 0.0)
 
     def scores(self, features: np.ndarray, n: np.ndarray) -> np.ndarray:
-        return self.combine(self.deviations(features, n))
+        return self.standardise(self.raw_distances(features, n), n)
+
+    def deviations(self, features: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Signed marginal deviation per feature from the benign median, in benign spreads."""
+        features = np.atleast_2d(features)
+        b = self.donor_bin[bin_of(np.atleast_1d(n))]
+        return (features - self.median[b]) / self.scale[b]
 
     def percentile(self, feature_index: int, value: float, n: int) -> float:
-        s = self.samples[int(self.donor_bin[int(bin_of(n)), feature_index])]
-        col = s[:, feature_index] if s.shape[0] else np.zeros(0)
+        col = self._sorted[int(self.donor_bin[int(bin_of(n))])][:, feature_index]
         col = col[~np.isnan(col)]
-        if col.size == 0:
+        if col.size == 0 or math.isnan(value):
             return math.nan
         return 100.0 * float(np.searchsorted(col, value, side="right")) / col.size
 
@@ -211,6 +250,7 @@ class Calibration:
         out = {f"cal_bin_{b}": s.astype(np.float32) for b, s in enumerate(self.samples)}
         out["cal_account_max_scores"] = self.account_max_scores
         out["cal_off_reference_similarity"] = np.float64(self.off_reference_similarity)
+        out["cal_distance_norm"] = self.distance_norm if self.distance_norm is not None else np.zeros((0, 2))
         return out
 
     def meta(self) -> dict[str, Any]:
@@ -224,8 +264,11 @@ class Calibration:
                 f"{list(FEATURE_NAMES)}; recalibrate with this version"
             )
         samples = [np.asarray(arrays[f"cal_bin_{b}"], dtype=np.float64) for b in range(N_BINS)]
+        norm = np.asarray(arrays["cal_distance_norm"], dtype=np.float64)
+        if norm.shape != (N_BINS, 2):
+            raise CalibrationError(f"calibration distance table must have shape ({N_BINS}, 2); got {norm.shape}")
         return cls(samples, np.asarray(arrays["cal_account_max_scores"]), float(arrays["cal_off_reference_similarity"]),
-                   source=meta.get("source", ""), n_accounts=meta.get("n_accounts", 0))
+                   distance_norm=norm, source=meta.get("source", ""), n_accounts=meta.get("n_accounts", 0))
 
 
 class Detector:
@@ -239,12 +282,13 @@ class Detector:
         self.flag_threshold = calibration.threshold_for(target_fpr)
         self.watch_threshold = calibration.threshold_for(watch_fpr)
 
-    def judge(self, features: np.ndarray, n: int) -> tuple[float, float, np.ndarray]:
-        """(score, risk, signed deviations) for one feature vector at history length n."""
-        z = self.calibration.deviations(features, np.asarray([n]))[0]
-        score = float(Calibration.combine(z[None, :])[0])
-        risk = 1.0 - float(self.calibration.exceedance(score))
-        return score, risk, z
+    def judge(self, features: np.ndarray, n: int) -> tuple[float, float, tuple[Reason, ...]]:
+        """(score, risk, reasons) for one feature vector at history length n."""
+        cal = self.calibration
+        distance, u, nearest = cal.neighbours(features, n)
+        score = float(cal.standardise(np.asarray([distance]), np.asarray([n]))[0])
+        risk = 1.0 - float(cal.exceedance(score))
+        return score, risk, self._reasons(features, u - nearest, n)
 
     def level_for(self, score: float) -> str:
         if score >= self.flag_threshold:
@@ -253,17 +297,17 @@ class Detector:
             return "watch"
         return "ok"
 
-    def reasons(self, features: np.ndarray, z: np.ndarray, n: int) -> tuple[Reason, ...]:
-        order = np.argsort(-np.abs(np.nan_to_num(z, nan=0.0)))
+    def _reasons(self, features: np.ndarray, gap: np.ndarray, n: int) -> tuple[Reason, ...]:
+        """The features that most separate the account from its nearest benign look-alikes."""
         out = []
-        for j in order[: self.n_reasons]:
-            if not np.isfinite(z[j]) or abs(z[j]) <= Z_FLOOR:
+        for j in np.argsort(-np.abs(gap))[: self.n_reasons]:
+            if abs(gap[j]) <= REASON_MIN_GAP or not np.isfinite(features[j]):
                 break
             out.append(Reason(
                 feature=FEATURE_NAMES[j],
                 value=float(features[j]),
                 benign_percentile=self.calibration.percentile(int(j), float(features[j]), n),
-                direction="above" if z[j] > 0 else "below",
-                deviation=float(abs(z[j])),
+                direction="above" if gap[j] > 0 else "below",
+                deviation=float(abs(gap[j])),
             ))
         return tuple(out)

@@ -167,7 +167,7 @@ class Engine:
         return verdicts  # type: ignore[return-value]
 
     def _verdict(self, account: str, state: AccountState, features: np.ndarray) -> Verdict:
-        score, risk, z = self.detector.judge(features, state.n)
+        score, risk, reasons = self.detector.judge(features, state.n)
         if score > state.peak_score:
             state.peak_score = score
             state.peak_risk = risk
@@ -181,7 +181,7 @@ class Engine:
             self._remember_population_sample(state.n, features)
         return Verdict(account=account, risk=risk, level=state.level, flagged=state.level == "flag",
                        n_queries=state.n, score=score, peak_risk=state.peak_risk,
-                       reasons=self.detector.reasons(features, z, state.n))
+                       reasons=reasons)
 
     def _after_batch(self, n_items: int) -> None:
         self._observations += n_items
@@ -224,7 +224,8 @@ class Engine:
             cap = int(share / (1 - share) * max(len(s), 1))
             samples.append(np.concatenate([s, live[:cap]]) if live.size else s)
         merged = Calibration(samples, base.account_max_scores, base.off_reference_similarity,
-                             source=base.source + " + live population", n_accounts=base.n_accounts)
+                             distance_norm=base.distance_norm, source=base.source + " + live population",
+                             n_accounts=base.n_accounts)
         self.calibration = merged
         self.detector = Detector(merged, self.config.target_fpr, self.config.watch_fpr)
 
@@ -288,7 +289,8 @@ class Engine:
             if state is None:
                 raise UnknownAccountError(f"no account {account!r}: it was never observed, or was forgotten or evicted")
             features = state.features(self.config.near_duplicate_similarity, self.calibration.off_reference_similarity)
-            score, risk, z = self.detector.judge(features, state.n)
+            score, risk, reasons = self.detector.judge(features, state.n)
+            z = self.calibration.deviations(features, np.asarray([state.n]))[0]
             feature_report = {}
             for j, name in enumerate(FEATURE_NAMES):
                 value = features[j]
@@ -310,7 +312,7 @@ class Engine:
                 "score": score,
                 "peak_risk": state.peak_risk,
                 "features": feature_report,
-                "reasons": [r.to_dict() for r in self.detector.reasons(features, z, state.n)],
+                "reasons": [r.to_dict() for r in reasons],
                 "risk_over_time": [{"n_queries": n, "risk": r} for n, r in state.history],
             }
 

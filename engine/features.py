@@ -46,7 +46,7 @@ _F = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
 # Histogram of similarities in [-0.2, 1.0]: lifetime rates at any threshold from 48 counters.
 SIM_HIST_EDGES = np.linspace(-0.2, 1.0, 49)
-MIN_NORMALITY_SAMPLES = 8
+MIN_NORMALITY_SAMPLES = 16  # Shapiro-Wilk on fewer minimum distances is mostly noise
 
 
 _HIST_LO, _HIST_WIDTH, _HIST_BINS = float(SIM_HIST_EDGES[0]), float(SIM_HIST_EDGES[1] - SIM_HIST_EDGES[0]), len(SIM_HIST_EDGES) - 1

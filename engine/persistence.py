@@ -30,6 +30,15 @@ CALIBRATION_FORMAT = "probewatch-calibration"
 FORMAT_VERSION = 1
 
 
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename or a new file in ``folder`` durable (the directory entry itself)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _atomic_write(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
@@ -42,11 +51,7 @@ def _atomic_write(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(folder)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

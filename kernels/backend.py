@@ -9,6 +9,7 @@ carries its own copy of the constants.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -81,6 +82,18 @@ def to_device(x: Any, xp: ModuleType) -> Any:
     if xp is np:
         return to_numpy(x)
     return xp.asarray(x)
+
+
+_compiled_kernels: dict[str, Any] = {}
+
+
+def compiled_kernel(name: str, build: Callable[[ModuleType], Any]) -> Any:
+    """The CuPy kernel ``name``, built by ``build(cupy)`` once per process (CuPy also caches
+    the compiled binary on disk)."""
+    kernel = _compiled_kernels.get(name)
+    if kernel is None:
+        kernel = _compiled_kernels[name] = build(cupy_module())
+    return kernel
 
 
 def blocks_for(n: int, threads: int = THREADS_PER_BLOCK) -> int:

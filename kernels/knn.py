@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import MAX_TOPK, THREADS_PER_BLOCK, cupy_module, get_array_module
+from .backend import MAX_TOPK, THREADS_PER_BLOCK, compiled_kernel, cupy_module, get_array_module
 
 _SEGMENTED_TOPK_SOURCE = r"""
 extern "C" __global__
@@ -80,21 +80,12 @@ void segmented_topk(const float* __restrict__ queries, const float* __restrict__
 }
 """
 
-_kernel_cache: dict[str, object] = {}
-
-
 def _segmented_topk_kernel():
-    # Compiled once per process, on first use (CuPy caches the binary on disk as well).
-    kernel = _kernel_cache.get("segmented_topk")
-    if kernel is None:
-        cp = cupy_module()
-        kernel = cp.RawKernel(
-            _SEGMENTED_TOPK_SOURCE,
-            "segmented_topk",
-            options=(f"-DMAX_TOPK={MAX_TOPK}", f"-DTHREADS={THREADS_PER_BLOCK}"),
-        )
-        _kernel_cache["segmented_topk"] = kernel
-    return kernel
+    return compiled_kernel("segmented_topk", lambda cp: cp.RawKernel(
+        _SEGMENTED_TOPK_SOURCE,
+        "segmented_topk",
+        options=(f"-DMAX_TOPK={MAX_TOPK}", f"-DTHREADS={THREADS_PER_BLOCK}"),
+    ))
 
 
 def _check_arguments(queries, base, base_offsets, query_segment, query_visible, k):

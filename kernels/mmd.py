@@ -11,20 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import cupy_module, get_array_module
-
-_kernel_cache: dict[str, object] = {}
-
+from .backend import compiled_kernel, get_array_module
 
 def _rbf_kernel():
-    kernel = _kernel_cache.get("rbf")
-    if kernel is None:
-        cp = cupy_module()
-        kernel = cp.ElementwiseKernel(
-            "T sim, T gamma", "T k", "k = exp(-gamma * (2 - 2 * sim))", "probewatch_rbf_from_similarity"
-        )
-        _kernel_cache["rbf"] = kernel
-    return kernel
+    return compiled_kernel("rbf", lambda cp: cp.ElementwiseKernel(
+        "T sim, T gamma", "T k", "k = exp(-gamma * (2 - 2 * sim))", "probewatch_rbf_from_similarity"
+    ))
 
 
 def rbf_from_similarity_numpy(sims, gamma: float):

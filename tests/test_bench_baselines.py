@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,11 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 from scipy.spatial.distance import pdist
-
-try:
-    import bench.baselines  # noqa: F401
-except ImportError:  # plain `pytest` does not put the repo root on sys.path; `python -m pytest` does
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.baselines import (  # noqa: E402
     BenignMmd,

@@ -9,16 +9,10 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-try:
-    import bench.metrics  # noqa: F401
-except ImportError:  # plain `pytest` does not put the repo root on sys.path; `python -m pytest` does
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.eval import (  # noqa: E402
     BENIGN_POOL,

@@ -7,20 +7,24 @@ packages are required (CI installs the bench extra); a missing one fails loudly.
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `bench` is a folder of the repository, not an installed package
-    sys.path.insert(0, str(REPO))
+from bench.embedcache import ENV_CACHE_DIR, EmbeddingCache, default_cache_dir
+from bench.traffic import (
+    HARD_BENIGN,
+    MIXED_SHARES,
+    STRATEGIES,
+    AccountStream,
+    Traffic,
+    build_traffic,
+    sources,
+)
+from bench.traffic.attacks import k_center_greedy
 
-from bench.embedcache import ENV_CACHE_DIR, EmbeddingCache, default_cache_dir  # noqa: E402
-from bench.traffic import HARD_BENIGN, MIXED_SHARES, STRATEGIES, AccountStream, Traffic, build_traffic  # noqa: E402
-from bench.traffic import sources  # noqa: E402
-from bench.traffic.attacks import k_center_greedy  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SCENARIOS = list(STRATEGIES) + list(MIXED_SHARES) + ["split_10", "split_50", "split_200"]
 

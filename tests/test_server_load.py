@@ -10,7 +10,6 @@ import time
 
 import psutil
 import pytest
-
 from test_server_support import AUTH, SidecarProcess, httpx
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]

@@ -11,8 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 import httpx  # noqa: E402 - the serve extra is part of the test install
 
 TOKEN = "test-token-0123456789abcdef"

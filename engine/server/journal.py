@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..persistence import fsync_dir
+
 log = logging.getLogger("probewatch.server.journal")
 
 SEGMENT_PREFIX = "journal-"
@@ -41,14 +43,6 @@ def _segment_first_seq(path: Path) -> int | None:
         return int(name[len(SEGMENT_PREFIX):-len(SEGMENT_SUFFIX)])
     except ValueError:
         return None
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Journal:

@@ -22,7 +22,8 @@ from ..engine import Engine
 from ..errors import BatchError, InvalidPromptError, ProbewatchError, SnapshotError
 from ..validation import check_account, check_prompt, check_timestamp
 from .config import ServerConfig
-from .journal import Journal, fsync_dir
+from ..persistence import fsync_dir
+from .journal import Journal
 from .metrics import ServerMetrics
 
 log = logging.getLogger("probewatch.server")

@@ -2,7 +2,7 @@
 
 Nothing here ever sees attack traffic. The steps:
 
-1. A quarter of the benign accounts (at least 10) fit the reference bank and codebook;
+1. 15 % of the benign accounts (at least 10) fit the reference bank and codebook;
    the others fit the tables, so no account is compared with its own queries.
 2. The table accounts are streamed through a scratch pipeline exactly as live traffic
    would be, and every query's feature vector is kept with its history length.
@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .config import EngineConfig
-from .detector import MAX_BIN_SAMPLES, MIN_BIN_SAMPLES, N_BINS, Calibration, bin_of
+from .detector import MAX_BIN_SAMPLES, MIN_BIN_SAMPLES, N_BINS, Calibration, bin_of, rolling_mean_per_account
 from .errors import CalibrationError
 from .pipeline import Pipeline
 from .reference import BenignReference
@@ -25,6 +25,9 @@ from .store import IndexBackend
 
 MIN_CALIBRATION_ACCOUNTS = 20
 MIN_REFERENCE_ACCOUNTS = 10
+# Accounts that fit the reference bank and not the tables: enough for a 2k-query bank,
+# few enough that the rarer kinds of benign account stay well represented in the tables.
+REFERENCE_SHARE = 0.15
 OFF_REFERENCE_QUANTILE = 0.02
 STREAM_CHUNK = 64
 NEAR_COPY_SIMILARITY = 0.9
@@ -58,6 +61,8 @@ def _stream_features(config: EngineConfig, reference: BenignReference, backend: 
 
 
 def _bin_samples(features: np.ndarray, ns: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Benign feature rows per history bin; a uniform sample where a bin has too many, so each
+    kind of benign traffic is represented in proportion to its volume."""
     bins = bin_of(ns)
     out = []
     for b in range(N_BINS):
@@ -120,7 +125,7 @@ def fit_calibration(config: EngineConfig, backend: IndexBackend, accounts: Seque
         )
     order = rng.permutation(len(names))
     if refit_reference:
-        n_ref = max(MIN_REFERENCE_ACCOUNTS, len(names) // 4)
+        n_ref = max(MIN_REFERENCE_ACCOUNTS, round(len(names) * REFERENCE_SHARE))
         ref_names = [names[i] for i in order[:n_ref]]
         table_names = [names[i] for i in order[n_ref:]]
         ref_rows = np.concatenate([groups[a] for a in ref_names])
@@ -150,7 +155,8 @@ def fit_calibration(config: EngineConfig, backend: IndexBackend, accounts: Seque
         oof[score_mask] = fold_cal.raw_distances(features[score_mask], ns[score_mask])
     norm = _distance_norm(oof, ns)
     final = Calibration(_bin_samples(features, ns, rng), None, off_ref, distance_norm=norm)
-    maxima = _account_maxima(final.standardise(oof, ns), owner, np.arange(n_accounts))
+    account_scores = rolling_mean_per_account(final.standardise(oof, ns), owner)
+    maxima = _account_maxima(account_scores, owner, np.arange(n_accounts))
     final.set_account_max_scores(maxima)
     final.source, final.n_accounts = source, n_accounts
     return reference, final

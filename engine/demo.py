@@ -171,10 +171,9 @@ def _perturb(text: str, rng: random.Random) -> str:
 
 def extracting_accounts(seed: int = 7) -> dict[str, list[str]]:
     rng = random.Random(seed)
-    cot = []
-    for subject in _SUBJECTS:
-        for form in _QUESTION_FORMS[:2]:
-            cot.append(rng.choice(_COT_WRAPPERS).format(q=form.format(s=subject)))
+    # Campaigns send far more than ordinary users: every wrapper x question form x subject.
+    cot = [wrapper.format(q=form.format(s=subject))
+           for subject in _SUBJECTS for form in _QUESTION_FORMS for wrapper in _COT_WRAPPERS]
     rng.shuffle(cot)
     chains = []
     for seed_prompt in _PERTURBATION_SEEDS:
@@ -182,7 +181,7 @@ def extracting_accounts(seed: int = 7) -> dict[str, list[str]]:
         for _ in range(20):
             current = _perturb(current if rng.random() < 0.7 else seed_prompt, rng)
             chains.append(current)
-    words = [" ".join(rng.sample(_WORD_POOL, rng.randint(4, 9))) for _ in range(40)]
+    words = [" ".join(rng.sample(_WORD_POOL, rng.randint(4, 9))) for _ in range(150)]
     return {"cot-harvester": cot, "perturb-bot": chains, "word-salad": words}
 
 

@@ -23,17 +23,19 @@ from typing import Any
 import numpy as np
 
 from .errors import CalibrationError
-from .features import FEATURE_NAMES, FEATURES, N_FEATURES
+from .features import FEATURE_NAMES, FEATURES, N_FEATURES, SMOOTHING_QUERIES
 
 # History-length bins: features of a 5-query account are compared with benign 4-7 query accounts.
 BIN_EDGES = np.array([1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192], dtype=np.int64)
 N_BINS = len(BIN_EDGES)
 MIN_BIN_SAMPLES = 40
-MAX_BIN_SAMPLES = 2048
+MAX_BIN_SAMPLES = 4096
 Z_AT_Q99 = 2.3263  # normal quantile of 0.99
-Z_SPAN = 2 * Z_AT_Q99  # the 1st-99th percentile range of a normal, in standard deviations
+IQR_PER_SIGMA = 1.349  # interquartile range of a normal, in standard deviations
 NEIGHBOURS = 5  # benign look-alikes an account must be close to
 MIN_SCORED_QUERIES = 10  # fewer queries are too little evidence to act on at a 0.1 % false-positive rate
+# An account's score is the mean of its last SMOOTHING_QUERIES per-query scores: extraction
+# persists, while one odd benign query (a burst of retries, a history-bin boundary) does not.
 REASON_MIN_GAP = 0.5  # scaled differences smaller than this do not explain anything
 TAIL_FRACTION = 0.1
 LEVELS = ("ok", "watch", "flag")
@@ -43,18 +45,17 @@ def bin_of(n: np.ndarray | int) -> np.ndarray:
     return np.clip(np.searchsorted(BIN_EDGES, n, side="right") - 1, 0, N_BINS - 1)
 
 
-# Each bin's benign quantiles describe accounts near the bin's geometric centre; between
-# centres they are interpolated in log2(n), so an account at the top of a bin is not judged
-# against the shorter accounts at its bottom.
-_BIN_CENTRES = np.log2(np.sqrt(BIN_EDGES * np.append(BIN_EDGES[1:], BIN_EDGES[-1] * 2)))
-
-
-def _interpolation(n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    x = np.log2(np.maximum(np.asarray(n, dtype=np.float64), 1.0))
-    hi = np.clip(np.searchsorted(_BIN_CENTRES, x, side="right"), 1, N_BINS - 1)
-    lo = hi - 1
-    w = np.clip((x - _BIN_CENTRES[lo]) / (_BIN_CENTRES[hi] - _BIN_CENTRES[lo]), 0.0, 1.0)
-    return lo, hi, w
+def rolling_mean_per_account(scores: np.ndarray, owner: np.ndarray, window: int = SMOOTHING_QUERIES) -> np.ndarray:
+    """Mean of each query's last ``window`` scores within its account (rows of one account
+    contiguous and in stream order), exactly as :meth:`Detector.judge` accumulates them."""
+    out = np.empty(scores.shape[0])
+    bounds = np.flatnonzero(np.diff(owner)) + 1
+    for start, stop in zip(np.r_[0, bounds], np.r_[bounds, owner.size]):
+        c = np.concatenate([[0.0], np.cumsum(scores[start:stop])])
+        idx = np.arange(1, stop - start + 1)
+        lo = np.maximum(idx - window, 0)
+        out[start:stop] = (c[idx] - c[lo]) / (idx - lo)
+    return out
 
 
 @dataclass(frozen=True)
@@ -146,18 +147,18 @@ class Calibration:
             pooled_std = np.nan_to_num(np.nanstd(pooled, axis=0), nan=1.0)
             self.median = np.zeros((N_BINS, N_FEATURES))
             self.scale = np.ones((N_BINS, N_FEATURES))
-            self.lo = np.zeros((N_BINS, N_FEATURES))
-            self.hi = np.zeros((N_BINS, N_FEATURES))
             self._scaled: list[np.ndarray | None] = [None] * N_BINS
             self._sorted: list[np.ndarray | None] = [None] * N_BINS
             for b in populated:
                 rows = self.samples[b]
-                lo, med, hi = np.nanquantile(rows, [0.01, 0.5, 0.99], axis=0)
+                q1, med, q3 = np.nanquantile(rows, [0.25, 0.5, 0.75], axis=0)
                 med = np.nan_to_num(med)
-                self.median[b], self.lo[b], self.hi[b] = med, np.nan_to_num(lo), np.nan_to_num(hi)
-                # The pooled standard deviation floors the spread: a feature benign accounts
-                # hold constant in one bin (no near-duplicates) must not make any change infinite.
-                self.scale[b] = np.maximum(np.nan_to_num((hi - lo) / Z_SPAN), np.maximum(0.25 * pooled_std, 1e-9))
+                self.median[b] = med
+                # Interquartile spread: the bulk of benign traffic sets the unit, not the gaps
+                # between benign kinds. The pooled standard deviation floors it, so a feature
+                # benign accounts hold constant in one bin (no near-duplicates) cannot make
+                # every change infinite.
+                self.scale[b] = np.maximum(np.nan_to_num((q3 - q1) / IQR_PER_SIGMA), np.maximum(0.25 * pooled_std, 1e-9))
                 self._scaled[b] = np.nan_to_num((rows - med) / self.scale[b]).astype(np.float32)
                 self._sorted[b] = np.sort(rows, axis=0)  # NaN sort last; percentiles skip them
 
@@ -282,11 +283,16 @@ class Detector:
         self.flag_threshold = calibration.threshold_for(target_fpr)
         self.watch_threshold = calibration.threshold_for(watch_fpr)
 
-    def judge(self, features: np.ndarray, n: int) -> tuple[float, float, tuple[Reason, ...]]:
-        """(score, risk, reasons) for one feature vector at history length n."""
+    def judge(self, features: np.ndarray, n: int, recent_scores: np.ndarray) -> tuple[float, float, tuple[Reason, ...]]:
+        """(score, risk, reasons) for one feature vector at history length n.
+
+        ``recent_scores`` is the account's ring of per-query scores (SMOOTHING_QUERIES long);
+        this query's score is written into it and the account score is their mean.
+        """
         cal = self.calibration
         distance, u, nearest = cal.neighbours(features, n)
-        score = float(cal.standardise(np.asarray([distance]), np.asarray([n]))[0])
+        recent_scores[(n - 1) % recent_scores.size] = cal.standardise(np.asarray([distance]), np.asarray([n]))[0]
+        score = float(recent_scores[: min(n, recent_scores.size)].mean())
         risk = 1.0 - float(cal.exceedance(score))
         return score, risk, self._reasons(features, u - nearest, n)
 

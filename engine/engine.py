@@ -167,7 +167,7 @@ class Engine:
         return verdicts  # type: ignore[return-value]
 
     def _verdict(self, account: str, state: AccountState, features: np.ndarray) -> Verdict:
-        score, risk, reasons = self.detector.judge(features, state.n)
+        score, risk, reasons = self.detector.judge(features, state.n, state.recent_scores)
         if score > state.peak_score:
             state.peak_score = score
             state.peak_risk = risk
@@ -289,7 +289,7 @@ class Engine:
             if state is None:
                 raise UnknownAccountError(f"no account {account!r}: it was never observed, or was forgotten or evicted")
             features = state.features(self.config.near_duplicate_similarity, self.calibration.off_reference_similarity)
-            score, risk, reasons = self.detector.judge(features, state.n)
+            score, risk, reasons = self.detector.judge(features, state.n, state.recent_scores.copy())
             z = self.calibration.deviations(features, np.asarray([state.n]))[0]
             feature_report = {}
             for j, name in enumerate(FEATURE_NAMES):

@@ -44,6 +44,9 @@ FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)
 N_FEATURES = len(FEATURE_NAMES)
 _F = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
+# Per-query scores averaged into an account's score (see probewatch.detector).
+SMOOTHING_QUERIES = 16
+
 # Histogram of similarities in [-0.2, 1.0]: lifetime rates at any threshold from 48 counters.
 SIM_HIST_EDGES = np.linspace(-0.2, 1.0, 49)
 MIN_NORMALITY_SAMPLES = 16  # Shapiro-Wilk on fewer minimum distances is mostly noise
@@ -85,7 +88,7 @@ class AccountState:
     __slots__ = (
         "window", "n", "first_ts", "last_ts", "ring_nn", "ring_knn", "ring_ref", "ring_kmean",
         "ring_cell", "nn_hist", "ref_hist", "cell_counts", "gram_stats", "peak_score", "peak_risk",
-        "level", "flagged_at", "history",
+        "level", "flagged_at", "history", "recent_scores",
     )
 
     def __init__(self, window: int, n_cells: int):
@@ -108,6 +111,7 @@ class AccountState:
         self.level = "ok"
         self.flagged_at = -1
         self.history: list[tuple[int, float]] = []  # (n, risk) samples for reports, bounded
+        self.recent_scores = np.zeros(SMOOTHING_QUERIES, dtype=np.float64)  # per-query scores, a ring
 
     def update(self, facts: QueryFacts, ts: float | None) -> None:
         slot = self.n % self.window
@@ -185,4 +189,5 @@ class AccountState:
 
     # -- snapshots ------------------------------------------------------------------
     SCALARS = ("n", "first_ts", "last_ts", "peak_score", "peak_risk", "level", "flagged_at")
-    ARRAYS = ("ring_nn", "ring_knn", "ring_ref", "ring_kmean", "ring_cell", "nn_hist", "ref_hist", "cell_counts", "gram_stats")
+    ARRAYS = ("ring_nn", "ring_knn", "ring_ref", "ring_kmean", "ring_cell", "nn_hist", "ref_hist", "cell_counts", "gram_stats",
+              "recent_scores")

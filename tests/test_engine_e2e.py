@@ -241,12 +241,24 @@ def test_stream_sizes():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("account", ["perturb", "sweep"])
-def test_extraction_patterns_are_flagged(results, account):
+def test_perturbation_chain_is_flagged(results):
     engine, last = results
-    assert last[account].n_queries == 60
-    assert last[account].flagged, _describe(engine, account)
-    assert last[account].reasons or engine.report(account)["reasons"]
+    assert last["perturb"].n_queries == 60
+    assert last["perturb"].flagged, _describe(engine, "perturb")
+    assert last["perturb"].reasons or engine.report("perturb")["reasons"]
+
+
+@pytest.mark.slow
+def test_template_sweep_is_at_least_watched_and_outranks_every_normal_user(results):
+    # 60 queries of one template look much like a benign wrapper app (translation,
+    # summarisation) at a 0.1 % false-positive budget: the shipped calibration puts this sweep
+    # on watch, not flag. What must hold: it is singled out, and ranked above every normal user.
+    engine, last = results
+    sweep = engine.report("sweep")
+    assert last["sweep"].n_queries == 60
+    assert sweep["level"] in ("watch", "flag"), _describe(engine, "sweep")
+    for account in ("cook", "pydebug", "travel"):
+        assert sweep["peak_risk"] > engine.report(account)["peak_risk"], _describe(engine, account)
 
 
 @pytest.mark.slow

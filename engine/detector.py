@@ -15,6 +15,7 @@ name the features that most separate the account from its look-alikes.
 
 from __future__ import annotations
 
+import bisect
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from .features import FEATURE_NAMES, FEATURES, N_FEATURES, SMOOTHING_QUERIES
 # History-length bins: features of a 5-query account are compared with benign 4-7 query accounts.
 BIN_EDGES = np.array([1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192], dtype=np.int64)
 N_BINS = len(BIN_EDGES)
+_BIN_EDGES_LIST = BIN_EDGES.tolist()
 MIN_BIN_SAMPLES = 40
 MAX_BIN_SAMPLES = 4096
 Z_AT_Q99 = 2.3263  # normal quantile of 0.99
@@ -41,8 +43,11 @@ TAIL_FRACTION = 0.1
 LEVELS = ("ok", "watch", "flag")
 
 
-def bin_of(n: np.ndarray | int) -> np.ndarray:
-    return np.clip(np.searchsorted(BIN_EDGES, n, side="right") - 1, 0, N_BINS - 1)
+def bin_of(n: np.ndarray | int) -> np.ndarray | int:
+    """History-length bin of ``n`` queries (an int for an int, an array for an array)."""
+    if isinstance(n, (int, np.integer)):  # the per-query path: bisect beats NumPy call overhead
+        return min(max(bisect.bisect_right(_BIN_EDGES_LIST, int(n)) - 1, 0), N_BINS - 1)
+    return np.minimum(np.maximum(np.searchsorted(BIN_EDGES, n, side="right") - 1, 0), N_BINS - 1)
 
 
 def rolling_mean_per_account(scores: np.ndarray, owner: np.ndarray, window: int = SMOOTHING_QUERIES) -> np.ndarray:
@@ -148,7 +153,8 @@ class Calibration:
             self.median = np.zeros((N_BINS, N_FEATURES))
             self.scale = np.ones((N_BINS, N_FEATURES))
             self._scaled: list[np.ndarray | None] = [None] * N_BINS
-            self._sorted: list[np.ndarray | None] = [None] * N_BINS
+            self._scaled_sq: list[np.ndarray | None] = [None] * N_BINS
+            self._sorted: list[list[np.ndarray] | None] = [None] * N_BINS
             for b in populated:
                 rows = self.samples[b]
                 q1, med, q3 = np.nanquantile(rows, [0.25, 0.5, 0.75], axis=0)
@@ -159,8 +165,10 @@ class Calibration:
                 # benign accounts hold constant in one bin (no near-duplicates) cannot make
                 # every change infinite.
                 self.scale[b] = np.maximum(np.nan_to_num((q3 - q1) / IQR_PER_SIGMA), np.maximum(0.25 * pooled_std, 1e-9))
-                self._scaled[b] = np.nan_to_num((rows - med) / self.scale[b]).astype(np.float32)
-                self._sorted[b] = np.sort(rows, axis=0)  # NaN sort last; percentiles skip them
+                self._scaled[b] = np.ascontiguousarray(np.nan_to_num((rows - med) / self.scale[b]), dtype=np.float32)
+                self._scaled_sq[b] = (self._scaled[b].astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
+                # Sorted non-NaN benign values per feature: a percentile is one binary search.
+                self._sorted[b] = [np.sort(col[~np.isnan(col)]) for col in rows.T]
 
     def _scaled_point(self, features: np.ndarray, b: int) -> np.ndarray:
         return np.nan_to_num((features - self.median[b]) / self.scale[b]).astype(np.float32)
@@ -170,10 +178,16 @@ class Calibration:
         b = int(self.donor_bin[int(bin_of(n))])
         u = self._scaled_point(np.asarray(features, dtype=np.float64), b)
         table = self._scaled[b]
-        d2 = ((table - u) ** 2).sum(axis=1)
+        d2 = self._squared_distances(u[None, :], b)[0]
         k = min(NEIGHBOURS, d2.size)
         nearest = np.argpartition(d2, k - 1)[:k]
-        return float(np.sqrt(d2[nearest].max())), u, table[nearest].mean(axis=0)
+        return float(np.sqrt(max(float(d2[nearest].max()), 0.0))), u, table[nearest].mean(axis=0)
+
+    def _squared_distances(self, u: np.ndarray, b: int) -> np.ndarray:
+        """(m, rows) squared distances from scaled points ``u`` to bin ``b``'s benign rows; one
+        matrix product, the same arithmetic for one query and for calibration's thousands."""
+        u = np.ascontiguousarray(u, dtype=np.float32)
+        return (u * u).sum(axis=1)[:, None] + self._scaled_sq[b][None, :] - 2.0 * (u @ self._scaled[b].T)
 
     def raw_distances(self, features: np.ndarray, n: np.ndarray, chunk: int = 2048) -> np.ndarray:
         """Vectorised raw kNN distances for many queries (used by calibration)."""
@@ -182,13 +196,10 @@ class Calibration:
         out = np.empty(features.shape[0])
         for b in np.unique(bins):
             rows = np.flatnonzero(bins == b)
-            table = self._scaled[b].astype(np.float64)
-            t2 = (table**2).sum(axis=1)
-            k = min(NEIGHBOURS, table.shape[0])
+            k = min(NEIGHBOURS, self._scaled[b].shape[0])
             for start in range(0, rows.size, chunk):
                 r = rows[start : start + chunk]
-                u = np.nan_to_num((features[r] - self.median[b]) / self.scale[b])
-                d2 = (u**2).sum(axis=1)[:, None] + t2[None, :] - 2.0 * u @ table.T
+                d2 = self._squared_distances(self._scaled_point(features[r], int(b)), int(b))
                 out[r] = np.sqrt(np.maximum(np.partition(d2, k - 1, axis=1)[:, k - 1], 0.0))
         return out
 
@@ -212,8 +223,7 @@ class Calibration:
         return (features - self.median[b]) / self.scale[b]
 
     def percentile(self, feature_index: int, value: float, n: int) -> float:
-        col = self._sorted[int(self.donor_bin[int(bin_of(n))])][:, feature_index]
-        col = col[~np.isnan(col)]
+        col = self._sorted[int(self.donor_bin[int(bin_of(n))])][feature_index]
         if col.size == 0 or math.isnan(value):
             return math.nan
         return 100.0 * float(np.searchsorted(col, value, side="right")) / col.size

@@ -7,6 +7,15 @@
 
 from __future__ import annotations
 
+import os
+
+# Tests reach nothing but 127.0.0.1: LiteLLM would otherwise try to download its model
+# price map, and the Hugging Face libraries to look up model revisions. Subprocesses the
+# tests start (the sidecar, the LiteLLM proxy) inherit these.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
 import numpy as np
 import pytest
 

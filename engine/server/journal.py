@@ -31,16 +31,18 @@ SEGMENT_PREFIX = "journal-"
 SEGMENT_SUFFIX = ".jsonl"
 
 
-def _segment_name(first_seq: int) -> str:
-    return f"{SEGMENT_PREFIX}{first_seq:015d}{SEGMENT_SUFFIX}"
+def sequenced_name(prefix: str, seq: int, suffix: str) -> str:
+    """File name carrying a journal sequence number (journal segments, snapshots)."""
+    return f"{prefix}{seq:015d}{suffix}"
 
 
-def _segment_first_seq(path: Path) -> int | None:
+def sequence_of(path: Path, prefix: str, suffix: str) -> int | None:
+    """The sequence number in a :func:`sequenced_name`, or None for any other file."""
     name = path.name
-    if not (name.startswith(SEGMENT_PREFIX) and name.endswith(SEGMENT_SUFFIX)):
+    if not (name.startswith(prefix) and name.endswith(suffix)):
         return None
     try:
-        return int(name[len(SEGMENT_PREFIX):-len(SEGMENT_SUFFIX)])
+        return int(name[len(prefix):-len(suffix)])
     except ValueError:
         return None
 
@@ -63,7 +65,7 @@ class Journal:
 
     # -- reading -----------------------------------------------------------------------
     def segments(self) -> list[tuple[int, Path]]:
-        found = [(_segment_first_seq(p), p) for p in self.folder.iterdir()]
+        found = [(sequence_of(p, SEGMENT_PREFIX, SEGMENT_SUFFIX), p) for p in self.folder.iterdir()]
         return sorted((s, p) for s, p in found if s is not None)
 
     def replay(self, after_seq: int) -> Iterator[dict[str, Any]]:
@@ -106,7 +108,7 @@ class Journal:
                 self._fh.flush()
                 os.fsync(self._fh.fileno())
                 self._fh.close()
-            path = self.folder / _segment_name(first_seq)
+            path = self.folder / sequenced_name(SEGMENT_PREFIX, first_seq, SEGMENT_SUFFIX)
             self._fh = open(path, "ab")
             self._segment_first = first_seq
             fsync_dir(self.folder)

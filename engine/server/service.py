@@ -23,7 +23,7 @@ from ..errors import BatchError, InvalidPromptError, ProbewatchError, SnapshotEr
 from ..validation import check_account, check_prompt, check_timestamp
 from .config import ServerConfig
 from ..persistence import fsync_dir
-from .journal import Journal
+from .journal import Journal, sequence_of, sequenced_name
 from .metrics import ServerMetrics
 
 log = logging.getLogger("probewatch.server")
@@ -60,17 +60,11 @@ class Outcome:
 
 
 def snapshot_name(seq: int) -> str:
-    return f"{SNAPSHOT_PREFIX}{seq:015d}{SNAPSHOT_SUFFIX}"
+    return sequenced_name(SNAPSHOT_PREFIX, seq, SNAPSHOT_SUFFIX)
 
 
 def snapshot_seq(path: Path) -> int | None:
-    name = path.name
-    if not (name.startswith(SNAPSHOT_PREFIX) and name.endswith(SNAPSHOT_SUFFIX)):
-        return None
-    try:
-        return int(name[len(SNAPSHOT_PREFIX):-len(SNAPSHOT_SUFFIX)])
-    except ValueError:
-        return None
+    return sequence_of(path, SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX)
 
 
 class ObservationService:

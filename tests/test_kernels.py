@@ -75,12 +75,18 @@ def segmented_layouts(draw, integer_valued: bool):
     return queries, base, offsets, segment, visible, k
 
 
-@FAST
-@given(segmented_layouts(integer_valued=True))
-def test_segmented_topk_numpy_exact_ties_go_to_lower_index(layout):
+def _twin_and_brute_force(layout):
+    """(queries, visible, k, twin sims, twin idx, reference sims, reference idx) for one layout."""
     queries, base, offsets, segment, visible, k = layout
     sims, idx = segmented_topk_numpy(queries, base, offsets, segment, visible, k)
     ref_s, ref_i = brute_topk(queries, base, offsets, segment, visible, k)
+    return queries, visible, k, sims, idx, ref_s, ref_i
+
+
+@FAST
+@given(segmented_layouts(integer_valued=True))
+def test_segmented_topk_numpy_exact_ties_go_to_lower_index(layout):
+    queries, visible, k, sims, idx, ref_s, ref_i = _twin_and_brute_force(layout)
     assert sims.shape == (len(queries), k) and idx.shape == (len(queries), k)
     np.testing.assert_array_equal(sims, ref_s.astype(np.float32))
     np.testing.assert_array_equal(idx, ref_i)
@@ -94,9 +100,7 @@ def test_segmented_topk_numpy_exact_ties_go_to_lower_index(layout):
 @FAST
 @given(segmented_layouts(integer_valued=False))
 def test_segmented_topk_numpy_random_matches_brute_force(layout):
-    queries, base, offsets, segment, visible, k = layout
-    sims, idx = segmented_topk_numpy(queries, base, offsets, segment, visible, k)
-    ref_s, ref_i = brute_topk(queries, base, offsets, segment, visible, k)
+    queries, visible, k, sims, idx, ref_s, ref_i = _twin_and_brute_force(layout)
     finite = np.isfinite(ref_s)
     np.testing.assert_array_equal(np.isfinite(sims), finite)
     np.testing.assert_allclose(sims[finite], ref_s[finite], rtol=0, atol=1e-5)

@@ -17,7 +17,15 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .config import EngineConfig
-from .detector import MAX_BIN_SAMPLES, MIN_BIN_SAMPLES, N_BINS, Calibration, bin_of, rolling_mean_per_account
+from .detector import (
+    MAX_BIN_SAMPLES,
+    MIN_BIN_SAMPLES,
+    N_BINS,
+    Calibration,
+    bin_of,
+    nearest_populated_bins,
+    rolling_mean_per_account,
+)
 from .errors import CalibrationError
 from .pipeline import Pipeline
 from .reference import BenignReference
@@ -90,10 +98,7 @@ def _distance_norm(distances: np.ndarray, ns: np.ndarray) -> np.ndarray:
     have = np.flatnonzero(~np.isnan(norm[:, 0]))
     if have.size == 0:
         raise CalibrationError("calibration produced no history bin with enough benign queries to set a scale")
-    for b in range(N_BINS):  # sparse bins borrow the nearest populated one, shorter first
-        if np.isnan(norm[b, 0]):
-            norm[b] = norm[have[np.argmin(np.abs(have - b) + (have > b) * 0.5)]]
-    return norm
+    return norm[nearest_populated_bins(have)]
 
 
 def _has_near_copy(candidates: np.ndarray, others: np.ndarray, chunk: int = 4096) -> np.ndarray:

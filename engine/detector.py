@@ -50,6 +50,13 @@ def bin_of(n: np.ndarray | int) -> np.ndarray | int:
     return np.minimum(np.maximum(np.searchsorted(BIN_EDGES, n, side="right") - 1, 0), N_BINS - 1)
 
 
+def nearest_populated_bins(populated: np.ndarray) -> np.ndarray:
+    """For every bin, the populated bin that stands in for it: itself, else the nearest one,
+    the shorter on a tie (a sparse long-history bin borrows from shorter accounts)."""
+    populated = np.asarray(populated)
+    return np.array([populated[np.argmin(np.abs(populated - b) + (populated > b) * 0.5)] for b in range(N_BINS)])
+
+
 def rolling_mean_per_account(scores: np.ndarray, owner: np.ndarray, window: int = SMOOTHING_QUERIES) -> np.ndarray:
     """Mean of each query's last ``window`` scores within its account (rows of one account
     contiguous and in stream order), exactly as :meth:`Detector.judge` accumulates them."""
@@ -145,7 +152,7 @@ class Calibration:
                 f"{[s.shape[0] for s in self.samples]} per bin. Calibrate with more benign traffic"
             )
         # Bins with too little benign data borrow the nearest populated bin (shorter first).
-        self.donor_bin = np.array([populated[np.argmin(np.abs(populated - b) + (populated > b) * 0.5)] for b in range(N_BINS)])
+        self.donor_bin = nearest_populated_bins(populated)
         pooled = np.concatenate([self.samples[b] for b in populated])
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (feature not defined yet)
@@ -212,9 +219,6 @@ class Calibration:
             med, q99 = self.distance_norm[self.donor_bin[bin_of(n)]].T
             d = Z_AT_Q99 * (d - med) / np.maximum(q99 - med, 1e-9)
         return np.where(n >= MIN_SCORED_QUERIES, np.maximum(d, 0.0), 0.0)
-
-    def scores(self, features: np.ndarray, n: np.ndarray) -> np.ndarray:
-        return self.standardise(self.raw_distances(features, n), n)
 
     def deviations(self, features: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Signed marginal deviation per feature from the benign median, in benign spreads."""

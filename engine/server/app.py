@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect
 
+from ..detector import LEVELS
 from ..engine import Engine
 from ..errors import InvalidAccountError, ProbewatchError, UnknownAccountError
 from ..validation import check_account
@@ -33,7 +34,6 @@ log = logging.getLogger("probewatch.server")
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 GUARDRAIL_PATH = "/beta/litellm_basic_guardrail_api"
-LEVELS = ("ok", "watch", "flag")
 
 
 # -- request documents (for the OpenAPI document; bodies are parsed by hand for clear errors) --

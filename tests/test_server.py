@@ -124,14 +124,21 @@ def test_report_accounts_pagination_and_forget(http):
     assert http.delete("/v1/accounts/dave").json()["forgotten"] is False
 
 
-def test_word_salad_account_is_flagged_and_listed(http):
+@pytest.fixture(scope="module")
+def flagged_attacker(http):
+    """Results of feeding the account "attacker" word salad, once per module: the tests that
+    need a flagged account ask for this instead of relying on test order."""
     items = [{"account": "attacker", "prompt": p} for p in random_word_prompts(48)]
-    results = http.post("/v1/observe", json={"items": items}).json()["results"]
+    return http.post("/v1/observe", json={"items": items}).json()["results"]
+
+
+def test_word_salad_account_is_flagged_and_listed(http, flagged_attacker):
+    results = flagged_attacker
     assert results[-1]["flagged"] is True and results[-1]["action"] == "BLOCKED"
     assert "attacker" in http.get("/v1/accounts", params={"level": "flag"}).json()["accounts"]
 
 
-def test_guardrail_endpoint_contract(http):
+def test_guardrail_endpoint_contract(http, flagged_attacker):
     def ask(**body):
         body.setdefault("input_type", "request")
         return http.post("/beta/litellm_basic_guardrail_api", json=body).json()
@@ -147,7 +154,7 @@ def test_guardrail_endpoint_contract(http):
     assert http.get("/v1/accounts/alice").json()["n_queries"] == 3
 
 
-def test_metrics_parse_and_never_name_an_account(sidecar):
+def test_metrics_parse_and_never_name_an_account(sidecar, flagged_attacker):
     text = httpx.get(sidecar.url + "/metrics").text
     samples = parse_prometheus(text)
     names = {name for name, _ in samples}
@@ -174,7 +181,7 @@ def _litellm_proxy_binary() -> str | None:
     return candidate if probe.returncode == 0 else None
 
 
-def test_real_litellm_proxy_blocks_the_flagged_account_and_passes_a_normal_one(sidecar, tmp_path):
+def test_real_litellm_proxy_blocks_the_flagged_account_and_passes_a_normal_one(sidecar, flagged_attacker, tmp_path):
     binary = _litellm_proxy_binary()
     if binary is None:
         message = ("no litellm proxy: `make test` builds one in .venv-litellm; or pip install 'litellm[proxy]' "

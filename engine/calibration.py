@@ -27,6 +27,7 @@ from .detector import (
     rolling_mean_per_account,
 )
 from .errors import CalibrationError
+from .features import N_FEATURES
 from .pipeline import Pipeline
 from .reference import BenignReference
 from .store import IndexBackend
@@ -56,16 +57,16 @@ def _stream_features(config: EngineConfig, reference: BenignReference, backend: 
     for k, (account, rows) in enumerate(groups.items()):
         for start in range(0, rows.size, STREAM_CHUNK):
             chunk = rows[start : start + STREAM_CHUNK]
-            results = pipeline.step([account] * chunk.size, vectors[chunk], [ts[i] for i in chunk],
-                                    lambda _i, _a, state, f: (state.n, f))
-            for n, f in results:
-                feats.append(f)
-                ns.append(n)
-                owner.append(k)
+            result = pipeline.step([account] * chunk.size, vectors[chunk], [ts[i] for i in chunk])
+            feats.append(result.features)
+            ns.append(result.n)
+            owner.append(np.full(chunk.size, k, dtype=np.int64))
             if progress is not None:
                 progress(chunk.size)
         pipeline.forget(account)  # accounts are independent; keep the scratch store small
-    return np.asarray(feats), np.asarray(ns, dtype=np.int64), np.asarray(owner, dtype=np.int64)
+    if not feats:
+        return np.zeros((0, N_FEATURES)), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(feats), np.concatenate(ns), np.concatenate(owner)
 
 
 def _bin_samples(features: np.ndarray, ns: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:

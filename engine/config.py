@@ -47,8 +47,10 @@ class EngineConfig:
     detection_blas_threads: int = 1
     """BLAS threads for detection math (0 = leave BLAS as configured). One is fastest for the
     small matrices involved and leaves the other cores to the embedding model."""
-    segmented_max_history: int = 2048
-    """Accounts with at most this many stored queries are searched together in one segmented k-NN call."""
+    segmented_max_history: int | None = None
+    """Accounts with at most this many stored queries are searched together in one segmented
+    k-NN call. None = 2048 on GPU (one launch instead of one per account) and 0 on CPU, where
+    a FAISS search of an account costs ~12 us and copying histories would cost more."""
     gpu_temp_memory_bytes: int = 256 * 1024**2
     population_update_every: int = 0
     """Refit calibration tables from the live population every N observations (0 = off). Off by
@@ -74,7 +76,8 @@ class EngineConfig:
         need(self.max_prompt_chars >= 1, "max_prompt_chars must be >= 1", self.max_prompt_chars)
         need(0.0 < self.target_fpr < self.watch_fpr < 1.0, "needs 0 < target_fpr < watch_fpr < 1", (self.target_fpr, self.watch_fpr))
         need(self.detection_blas_threads >= 0, "detection_blas_threads must be >= 0", self.detection_blas_threads)
-        need(self.segmented_max_history >= 0, "segmented_max_history must be >= 0", self.segmented_max_history)
+        need(self.segmented_max_history is None or self.segmented_max_history >= 0,
+             "segmented_max_history must be None or >= 0", self.segmented_max_history)
         need(self.population_update_every >= 0, "population_update_every must be >= 0", self.population_update_every)
         need(0.0 <= self.population_max_share < 1.0, "population_max_share must be in [0, 1)", self.population_max_share)
 

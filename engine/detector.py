@@ -180,15 +180,22 @@ class Calibration:
     def _scaled_point(self, features: np.ndarray, b: int) -> np.ndarray:
         return np.nan_to_num((features - self.median[b]) / self.scale[b]).astype(np.float32)
 
-    def neighbours(self, features: np.ndarray, n: int) -> tuple[float, np.ndarray, np.ndarray]:
-        """(raw kNN distance, scaled query, mean scaled vector of its nearest benign rows)."""
-        b = int(self.donor_bin[int(bin_of(n))])
-        u = self._scaled_point(np.asarray(features, dtype=np.float64), b)
-        table = self._scaled[b]
-        d2 = self._squared_distances(u[None, :], b)[0]
-        k = min(NEIGHBOURS, d2.size)
-        nearest = np.argpartition(d2, k - 1)[:k]
-        return float(np.sqrt(max(float(d2[nearest].max()), 0.0))), u, table[nearest].mean(axis=0)
+    def neighbours(self, features: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per row: the raw kNN distance to benign rows of its bin, and the gap (scaled row
+        minus the mean scaled vector of its nearest benign rows) that reasons are read from."""
+        features = np.atleast_2d(np.asarray(features, dtype=np.float64))
+        bins = self.donor_bin[bin_of(np.atleast_1d(np.asarray(n)))]
+        distance = np.empty(features.shape[0])
+        gap = np.empty(features.shape, dtype=np.float32)
+        for b in np.unique(bins).tolist():
+            rows = np.flatnonzero(bins == b)
+            u = self._scaled_point(features[rows], b)
+            d2 = self._squared_distances(u, b)
+            k = min(NEIGHBOURS, d2.shape[1])
+            nearest = np.argpartition(d2, k - 1, axis=1)[:, :k]
+            distance[rows] = np.sqrt(np.maximum(np.take_along_axis(d2, nearest, axis=1).max(axis=1), 0.0))
+            gap[rows] = u - self._scaled[b][nearest].mean(axis=1)
+        return distance, gap
 
     def _squared_distances(self, u: np.ndarray, b: int) -> np.ndarray:
         """(m, rows) squared distances from scaled points ``u`` to bin ``b``'s benign rows; one
@@ -297,18 +304,24 @@ class Detector:
         self.flag_threshold = calibration.threshold_for(target_fpr)
         self.watch_threshold = calibration.threshold_for(watch_fpr)
 
-    def judge(self, features: np.ndarray, n: int, recent_scores: np.ndarray) -> tuple[float, float, tuple[Reason, ...]]:
-        """(score, risk, reasons) for one feature vector at history length n.
+    def judge(self, features: np.ndarray, n: np.ndarray, recent_scores: list[np.ndarray]
+              ) -> tuple[np.ndarray, np.ndarray, list[tuple[Reason, ...]]]:
+        """(scores, risks, reasons) for feature rows at history lengths ``n``, in order.
 
-        ``recent_scores`` is the account's ring of per-query scores (SMOOTHING_QUERIES long);
-        this query's score is written into it and the account score is their mean.
+        ``recent_scores[i]`` is row i's account ring of per-query scores (SMOOTHING_QUERIES
+        long); each row's per-query score is written into it in order (rows of one account
+        share a ring) and the account score is the mean of the ring.
         """
         cal = self.calibration
-        distance, u, nearest = cal.neighbours(features, n)
-        recent_scores[(n - 1) % recent_scores.size] = cal.standardise(np.asarray([distance]), np.asarray([n]))[0]
-        score = float(recent_scores[: min(n, recent_scores.size)].mean())
-        risk = 1.0 - float(cal.exceedance(score))
-        return score, risk, self._reasons(features, u - nearest, n)
+        n = np.asarray(n, dtype=np.int64)
+        distance, gap = cal.neighbours(features, n)
+        per_query = cal.standardise(distance, n).tolist()
+        scores = np.empty(n.shape[0])
+        for i, (ring, count) in enumerate(zip(recent_scores, n.tolist())):
+            ring[(count - 1) % ring.size] = per_query[i]
+            scores[i] = ring[: min(count, ring.size)].mean()
+        risks = 1.0 - cal.exceedance(scores)
+        return scores, risks, self._reasons(np.atleast_2d(features), gap, n)
 
     def level_for(self, score: float) -> str:
         if score >= self.flag_threshold:
@@ -317,17 +330,24 @@ class Detector:
             return "watch"
         return "ok"
 
-    def _reasons(self, features: np.ndarray, gap: np.ndarray, n: int) -> tuple[Reason, ...]:
-        """The features that most separate the account from its nearest benign look-alikes."""
+    def _reasons(self, features: np.ndarray, gap: np.ndarray, n: np.ndarray) -> list[tuple[Reason, ...]]:
+        """Per row, the features that most separate it from its nearest benign look-alikes."""
+        strength = np.where(np.isfinite(features), np.abs(gap), 0.0)
+        order = np.argsort(-strength, axis=1, kind="stable")[:, : self.n_reasons]
+        top = np.take_along_axis(strength, order, axis=1)
         out = []
-        for j in np.argsort(-np.abs(gap))[: self.n_reasons]:
-            if abs(gap[j]) <= REASON_MIN_GAP or not np.isfinite(features[j]):
-                break
-            out.append(Reason(
-                feature=FEATURE_NAMES[j],
-                value=float(features[j]),
-                benign_percentile=self.calibration.percentile(int(j), float(features[j]), n),
-                direction="above" if gap[j] > 0 else "below",
-                deviation=float(abs(gap[j])),
-            ))
-        return tuple(out)
+        for i in range(features.shape[0]):
+            reasons = []
+            for j, size in zip(order[i].tolist(), top[i].tolist()):
+                if size <= REASON_MIN_GAP:
+                    break
+                value = float(features[i, j])
+                reasons.append(Reason(
+                    feature=FEATURE_NAMES[j],
+                    value=value,
+                    benign_percentile=self.calibration.percentile(j, value, int(n[i])),
+                    direction="above" if gap[i, j] > 0 else "below",
+                    deviation=size,
+                ))
+            out.append(tuple(reasons))
+        return out

@@ -16,7 +16,7 @@ from .detector import Calibration, Detector, Verdict, bin_of
 from .embedder import Embedder, resolve_device
 from .errors import BatchError, CalibrationError, InvalidEmbeddingError, ProbewatchError, UnknownAccountError
 from .features import FEATURE_NAMES, AccountState
-from .pipeline import Pipeline
+from .pipeline import Pipeline, limit_host_blas
 from .reference import BenignReference
 from .store import IndexBackend
 from .validation import check_account, check_embeddings, check_prompt, check_same_length, check_timestamp
@@ -157,31 +157,36 @@ class Engine:
             accs = [accounts[i] for i in good]
             stamps = [None if ts is None else check_timestamp(ts[i]) for i in good]
             with self._lock:
-                results = self.pipeline.step(accs, vectors, stamps,
-                                             lambda _, account, state, features: self._verdict(account, state, features))
-                for i, verdict in zip(good, results):
-                    verdicts[i] = verdict
+                # Judging runs under the same BLAS limit as the pipeline: a multi-threaded
+                # OpenBLAS call here leaves threads spinning against the embedding model.
+                with limit_host_blas(self.config.detection_blas_threads):
+                    step = self.pipeline.step(accs, vectors, stamps)
+                    for i, verdict in zip(good, self._verdicts(accs, step.states, step.features, step.n)):
+                        verdicts[i] = verdict
                 self._after_batch(len(good))
         if errors:
             raise BatchError(errors, verdicts)
         return verdicts  # type: ignore[return-value]
 
-    def _verdict(self, account: str, state: AccountState, features: np.ndarray) -> Verdict:
-        score, risk, reasons = self.detector.judge(features, state.n, state.recent_scores)
-        if score > state.peak_score:
-            state.peak_score = score
-            state.peak_risk = risk
-            level = self.detector.level_for(score)
-            if level == "flag" and state.level != "flag":
-                state.flagged_at = state.n
-            if _LEVEL_RANK[level] > _LEVEL_RANK[state.level]:
-                state.level = level
-        state.record_risk(risk)
-        if self.config.population_update_every and state.level == "ok":
-            self._remember_population_sample(state.n, features)
-        return Verdict(account=account, risk=risk, level=state.level, flagged=state.level == "flag",
-                       n_queries=state.n, score=score, peak_risk=state.peak_risk,
-                       reasons=reasons)
+    def _verdicts(self, accounts: list[str], states: list[AccountState], features: np.ndarray, ns: np.ndarray) -> list[Verdict]:
+        scores, risks, reasons = self.detector.judge(features, ns, [s.recent_scores for s in states])
+        out = []
+        for i, (account, state) in enumerate(zip(accounts, states)):
+            score, risk, n = float(scores[i]), float(risks[i]), int(ns[i])
+            if score > state.peak_score:
+                state.peak_score = score
+                state.peak_risk = risk
+                level = self.detector.level_for(score)
+                if level == "flag" and state.level != "flag":
+                    state.flagged_at = n
+                if _LEVEL_RANK[level] > _LEVEL_RANK[state.level]:
+                    state.level = level
+            state.record_risk(risk, n)
+            if self.config.population_update_every and state.level == "ok":
+                self._remember_population_sample(n, features[i])
+            out.append(Verdict(account=account, risk=risk, level=state.level, flagged=state.level == "flag",
+                               n_queries=n, score=score, peak_risk=state.peak_risk, reasons=reasons[i]))
+        return out
 
     def _after_batch(self, n_items: int) -> None:
         self._observations += n_items
@@ -289,7 +294,8 @@ class Engine:
             if state is None:
                 raise UnknownAccountError(f"no account {account!r}: it was never observed, or was forgotten or evicted")
             features = state.features(self.config.near_duplicate_similarity, self.calibration.off_reference_similarity)
-            score, risk, reasons = self.detector.judge(features, state.n, state.recent_scores.copy())
+            scores, risks, reasons = self.detector.judge(features[None, :], np.asarray([state.n]), [state.recent_scores.copy()])
+            score, risk, reasons = float(scores[0]), float(risks[0]), reasons[0]
             z = self.calibration.deviations(features, np.asarray([state.n]))[0]
             feature_report = {}
             for j, name in enumerate(FEATURE_NAMES):

@@ -154,36 +154,14 @@ class AccountState:
         return np.concatenate([ring[start:], ring[:start]])
 
     def features(self, near_duplicate_similarity: float, off_reference_similarity: float) -> np.ndarray:
-        """The feature vector (order of FEATURE_NAMES); NaN where there is too little data."""
-        f = np.full(N_FEATURES, np.nan, dtype=np.float64)
-        nn = self._window_values(self.ring_nn)
-        nn = nn[~np.isnan(nn)].astype(np.float64)
-        if nn.size:
-            f[_F["nn_similarity_mean"]] = nn.mean()
-            f[_F["nn_similarity_spread"]] = nn.std()
-            knn = self._window_values(self.ring_knn)
-            f[_F["knn_similarity_mean"]] = np.nanmean(knn.astype(np.float64))
-            f[_F["near_duplicate_rate"]] = float((nn >= near_duplicate_similarity).mean())
-            f[_F["near_duplicate_rate_lifetime"]] = 1.0 - share_below(self.nn_hist, near_duplicate_similarity)
-        if nn.size >= MIN_NORMALITY_SAMPLES:
-            f[_F["min_distance_normality"]] = float(shapiro_wilk_w(1.0 - nn))
-        ref = self._window_values(self.ring_ref).astype(np.float64)
-        f[_F["reference_similarity"]] = ref.mean()
-        cells = self._window_values(self.ring_cell)
-        counts = np.bincount(cells, minlength=self.cell_counts.shape[0])
-        distinct, _, normalised = coverage_stats(counts)
-        f[_F["cell_entropy"]] = normalised if cells.size > 1 else np.nan
-        f[_F["distinct_cell_rate"]] = distinct / cells.size
-        f[_F["participation_ratio"]] = self.gram_stats[0]
-        f[_F["mean_pairwise_similarity"]] = self.gram_stats[1]
-        f[_F["mmd_to_benign"]] = self.gram_stats[2]
-        f[_F["off_reference_rate"]] = share_below(self.ref_hist, off_reference_similarity)
-        f[_F["new_cell_rate"]] = float((self.cell_counts > 0).sum()) / self.n
-        return f
+        """The feature vector now (order of FEATURE_NAMES); NaN where there is too little data."""
+        batch = FeatureBatch(1, self.window, self.cell_counts.shape[0])
+        batch.capture(0, self)
+        return batch.features(near_duplicate_similarity, off_reference_similarity)[0]
 
-    def record_risk(self, risk: float, max_points: int = 256) -> None:
+    def record_risk(self, risk: float, n: int, max_points: int = 256) -> None:
         """Keep a bounded risk trajectory: every point while short, then thinned by half."""
-        self.history.append((self.n, round(float(risk), 6)))
+        self.history.append((n, round(float(risk), 6)))
         if len(self.history) > max_points:
             self.history = self.history[::2]
 
@@ -191,3 +169,89 @@ class AccountState:
     SCALARS = ("n", "first_ts", "last_ts", "peak_score", "peak_risk", "level", "flagged_at")
     ARRAYS = ("ring_nn", "ring_knn", "ring_ref", "ring_kmean", "ring_cell", "nn_hist", "ref_hist", "cell_counts", "gram_stats",
               "recent_scores")
+
+
+class FeatureBatch:
+    """Copies of the state behind each item's features, so a batch is scored in array calls.
+
+    :meth:`capture` runs right after an item updates its account (a few small copies);
+    :meth:`features` then computes every captured row at once. Ring order does not matter
+    to any feature, so rings are copied as they are; unfilled slots hold NaN (cells: -1).
+    """
+
+    def __init__(self, m: int, window: int, n_cells: int):
+        self.nn = np.empty((m, window), dtype=np.float32)
+        self.knn = np.empty((m, window), dtype=np.float32)
+        self.ref = np.empty((m, window), dtype=np.float32)
+        self.cell = np.empty((m, window), dtype=np.int16)
+        self.nn_hist = np.empty((m, _HIST_BINS), dtype=np.int64)
+        self.ref_hist = np.empty((m, _HIST_BINS), dtype=np.int64)
+        self.cell_counts = np.empty((m, n_cells), dtype=np.int64)
+        self.gram_stats = np.empty((m, 3), dtype=np.float64)
+        self.n = np.empty(m, dtype=np.int64)
+
+    def capture(self, i: int, state: AccountState) -> None:
+        self.nn[i] = state.ring_nn
+        self.knn[i] = state.ring_knn
+        self.ref[i] = state.ring_ref
+        self.cell[i] = state.ring_cell
+        self.nn_hist[i] = state.nn_hist
+        self.ref_hist[i] = state.ref_hist
+        self.cell_counts[i] = state.cell_counts
+        self.gram_stats[i] = state.gram_stats
+        self.n[i] = state.n
+
+    def features(self, near_duplicate_similarity: float, off_reference_similarity: float) -> np.ndarray:
+        """(m, N_FEATURES) feature rows; NaN where there is too little data."""
+        m = self.n.shape[0]
+        f = np.full((m, N_FEATURES), np.nan, dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            nn = self.nn.astype(np.float64)
+            valid = ~np.isnan(nn)
+            count = valid.sum(axis=1)
+            has = count > 0
+            safe = np.maximum(count, 1)
+            nn0 = np.where(valid, nn, 0.0)
+            mean = nn0.sum(axis=1) / safe
+            spread = np.sqrt((np.where(valid, nn - mean[:, None], 0.0) ** 2).sum(axis=1) / safe)
+            knn = self.knn.astype(np.float64)
+            knn_valid = ~np.isnan(knn)
+            knn_mean = np.where(knn_valid, knn, 0.0).sum(axis=1) / np.maximum(knn_valid.sum(axis=1), 1)
+            near = (valid & (nn >= near_duplicate_similarity)).sum(axis=1) / safe
+            near_life = 1.0 - share_below_rows(self.nn_hist, near_duplicate_similarity)
+            for name, values in (("nn_similarity_mean", mean), ("nn_similarity_spread", spread),
+                                 ("knn_similarity_mean", knn_mean), ("near_duplicate_rate", near),
+                                 ("near_duplicate_rate_lifetime", near_life)):
+                f[has, _F[name]] = values[has]
+            # PRADA's statistic per sample size: NaN sorts last, so a row's first `count` values are its own.
+            distances = np.sort(1.0 - nn, axis=1)
+            for size in np.unique(count[count >= MIN_NORMALITY_SAMPLES]):
+                rows = np.flatnonzero(count == size)
+                f[rows, _F["min_distance_normality"]] = shapiro_wilk_w(distances[rows, :size])
+            ref = self.ref.astype(np.float64)
+            ref_valid = ~np.isnan(ref)
+            f[:, _F["reference_similarity"]] = np.where(ref_valid, ref, 0.0).sum(axis=1) / np.maximum(ref_valid.sum(axis=1), 1)
+            cells_seen = (self.cell >= 0).sum(axis=1)
+            n_cells = self.cell_counts.shape[1]
+            flat = (np.arange(m)[:, None] * n_cells + self.cell.astype(np.int64))[self.cell >= 0]
+            window_counts = np.bincount(flat, minlength=m * n_cells).reshape(m, n_cells)
+            stats = coverage_stats(window_counts)
+            f[:, _F["cell_entropy"]] = np.where(cells_seen > 1, stats[:, 2], np.nan)
+            f[:, _F["distinct_cell_rate"]] = stats[:, 0] / np.maximum(cells_seen, 1)
+            f[:, _F["participation_ratio"]] = self.gram_stats[:, 0]
+            f[:, _F["mean_pairwise_similarity"]] = self.gram_stats[:, 1]
+            f[:, _F["mmd_to_benign"]] = self.gram_stats[:, 2]
+            f[:, _F["off_reference_rate"]] = share_below_rows(self.ref_hist, off_reference_similarity)
+            f[:, _F["new_cell_rate"]] = (self.cell_counts > 0).sum(axis=1) / np.maximum(self.n, 1)
+        return f
+
+
+def share_below_rows(hist: np.ndarray, threshold: float) -> np.ndarray:
+    """:func:`share_below` for each row of ``hist`` (NaN for an empty row)."""
+    total = hist.sum(axis=1)
+    i = _hist_index(threshold)
+    lo = _HIST_LO + i * _HIST_WIDTH
+    frac = min(max((threshold - lo) / _HIST_WIDTH, 0.0), 1.0)
+    below = hist[:, :i].sum(axis=1) + frac * hist[:, i]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, below / np.maximum(total, 1), np.nan)

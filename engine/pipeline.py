@@ -8,17 +8,16 @@ runs one for live traffic; calibration runs a scratch one over benign traffic.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from probewatch.kernels.backend import to_numpy
 
 from .config import EngineConfig
-from .features import AccountState, QueryFacts
+from .features import AccountState, FeatureBatch, QueryFacts
 from .reference import BenignReference
 from .store import AccountStore, IndexBackend
 
@@ -26,11 +25,13 @@ _blas_controller = None
 
 
 def limit_host_blas(threads: int):
-    """Context limiting NumPy's, SciPy's and FAISS's BLAS (not torch's) to ``threads``.
+    """Context limiting NumPy's, SciPy's and FAISS's BLAS and OpenMP (not torch's) to ``threads``.
 
-    Detection multiplies small matrices (a 128-query window, a batch against a 2k bank);
-    multi-threaded OpenBLAS on those is slower than one thread, and far slower when the
-    embedding model keeps the other cores busy (measured 0.2 ms vs 14 ms for a 128x384 Gram).
+    Detection multiplies small matrices (a 128-query window, a batch against a 2k bank) and
+    searches small FAISS indexes one query at a time; multi-threaded OpenBLAS or OpenMP on
+    those is slower than one thread, and far slower when the embedding model keeps the other
+    cores busy (measured 0.2 ms vs 14 ms for a 128x384 Gram). FAISS ships its own OpenMP
+    runtime, whose idle threads spin against torch's unless it is held to one thread.
     """
     global _blas_controller
     if threads <= 0:
@@ -39,8 +40,7 @@ def limit_host_blas(threads: int):
         from threadpoolctl import ThreadpoolController  # noqa: PLC0415
 
         controller = ThreadpoolController()
-        ours = [lib.filepath for lib in controller.select(user_api="blas").lib_controllers
-                if f"{os.sep}torch{os.sep}" not in lib.filepath]
+        ours = [lib.filepath for lib in controller.lib_controllers if f"{os.sep}torch{os.sep}" not in lib.filepath]
         _blas_controller = controller.select(filepath=ours)
     return _blas_controller.limit(limits=threads)
 
@@ -56,7 +56,7 @@ class Pipeline:
             storage=config.storage,
             history_cap=config.history_cap,
             eviction_block=config.eviction_block,
-            segmented_max_history=config.segmented_max_history,
+            segmented_max_history=resolved_segmented_max_history(config, backend),
             backend=backend,
         )
         self.states: dict[str, AccountState] = {}
@@ -77,49 +77,68 @@ class Pipeline:
         self.store.remove(account)
         self.states.pop(account, None)
 
-    def step(self, accounts: Sequence[str], vectors, ts: Sequence[float | None],
-             on_item: Callable[[int, str, AccountState, np.ndarray], Any] | None = None) -> list[Any]:
-        """Process validated unit rows (host or device) in order.
+    def step(self, accounts: Sequence[str], vectors, ts: Sequence[float | None]) -> StepResult:
+        """Process validated unit rows (host or device) in order; features of every item.
 
-        After each item's account state is updated, ``on_item(i, account, state, features)``
-        runs (before the next item touches the state) and its return value is collected;
-        without a callback the features are collected.
+        Each item updates its account's state in arrival order and its state is captured
+        right then, so an account seen twice in a batch gets two different feature rows,
+        exactly as if the items had arrived one call at a time. The features of the whole
+        batch are then computed in array calls.
         """
         with limit_host_blas(self.config.detection_blas_threads):
-            return self._step(accounts, vectors, ts, on_item)
+            return self._step(accounts, vectors, ts)
 
-    def _step(self, accounts, vectors, ts, on_item) -> list[Any]:
+    def _step(self, accounts, vectors, ts) -> StepResult:
         cfg = self.config
+        m = len(accounts)
         ref = self.reference.query_stats(vectors)
         sims, counts = self.store.search_then_add(list(accounts), vectors, cfg.k_neighbors)
+        available = np.minimum(counts, cfg.k_neighbors)
+        with np.errstate(invalid="ignore"):
+            nn = np.where(available > 0, sims[:, 0], np.nan).tolist()
+            knn = np.where(available > 0, np.where(np.isfinite(sims), sims, 0.0).sum(axis=1) / np.maximum(available, 1),
+                           np.nan).tolist()
+        ref_similarity, ref_kernel_mean, cells = (ref.ref_similarity.tolist(), ref.ref_kernel_mean.tolist(),
+                                                  ref.cell.tolist())
         # How many later items of the same account follow each item in this batch: the
         # window an item sees must end at the item itself.
-        later = np.zeros(len(accounts), dtype=np.int64)
+        later = [0] * m
         seen: dict[str, int] = {}
-        for i in range(len(accounts) - 1, -1, -1):
+        for i in range(m - 1, -1, -1):
             later[i] = seen.get(accounts[i], 0)
             seen[accounts[i]] = later[i] + 1
-        out = []
+        batch = FeatureBatch(m, cfg.window, self.reference.n_cells)
+        states = []
         for i, account in enumerate(accounts):
             state = self.states.get(account)
             if state is None:
                 state = AccountState(cfg.window, self.reference.n_cells)
                 self.states[account] = state
-            available = min(int(counts[i]), cfg.k_neighbors)
-            if available:
-                nn = float(sims[i, 0])
-                knn = float(sims[i, :available].mean())
-            else:
-                nn = knn = math.nan
-            state.update(QueryFacts(nn, knn, float(ref.ref_similarity[i]), float(ref.ref_kernel_mean[i]), int(ref.cell[i])), ts[i])
+            state.update(QueryFacts(nn[i], knn[i], ref_similarity[i], ref_kernel_mean[i], cells[i]), ts[i])
             if state.needs_gram_refresh(cfg.refresh_every):
                 entry = self.store.get(account)
-                end = entry.size - int(later[i])
+                end = entry.size - later[i]
                 recent = entry.vectors(max(0, end - cfg.window), end)
                 state.refresh_gram_stats(recent, self.reference.self_kernel_mean, self.reference.gamma)
-            features = state.features(cfg.near_duplicate_similarity, self.off_reference_similarity)
-            out.append(features if on_item is None else on_item(i, account, state, features))
-        return out
+            batch.capture(i, state)
+            states.append(state)
+        features = batch.features(cfg.near_duplicate_similarity, self.off_reference_similarity)
+        return StepResult(states, features, batch.n.copy())
+
+
+@dataclass
+class StepResult:
+    """What :meth:`Pipeline.step` hands the detector: per item, in input order."""
+
+    states: list[AccountState]  # the item's account state (shared by items of one account)
+    features: np.ndarray  # (m, N_FEATURES) as of each item
+    n: np.ndarray  # (m,) the account's query count right after each item
+
+
+def resolved_segmented_max_history(config: EngineConfig, backend: IndexBackend) -> int:
+    if config.segmented_max_history is not None:
+        return config.segmented_max_history
+    return 2048 if backend.on_gpu else 0
 
 
 def to_host_rows(vectors) -> np.ndarray:

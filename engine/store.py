@@ -225,6 +225,9 @@ class AccountStore:
         batch = host_vectors[rows]
         kk = min(k, entry.size)
         hist_sims, _ = entry.index.search(batch, kk)
+        if len(rows) == 1:  # the common case: nothing earlier in this batch to merge
+            sims[rows[0], :kk] = hist_sims[0]
+            return
         # Earlier queries of the same batch are visible too (causal mask on the batch Gram).
         intra = batch @ batch.T
         intra[np.triu_indices(len(rows))] = -np.inf

@@ -1,9 +1,11 @@
-"""A small built-in scenario: five ordinary accounts and three extracting ones.
+"""A small built-in scenario: five ordinary accounts and two extracting ones.
 
 The text is written for probewatch. Ordinary users stay on a few related subjects, come
-back to earlier questions and follow up; the extracting accounts do what published
-campaigns did: a chain-of-thought elicitation wrapper swept over many unrelated topics,
-perturbation chains around seed prompts, and random-word queries.
+back to earlier questions and follow up; the extracting accounts map a decision boundary
+the way published campaigns did, with perturbation chains around seed prompts and
+one-word edits that probe where a classifier's label flips. The other strategies
+(templated sweeps, chain-of-thought wrappers, random or corpus-sampled queries, split and
+mixed campaigns) are in the detection benchmark, with what probewatch catches of each.
 """
 
 from __future__ import annotations
@@ -123,35 +125,20 @@ NORMAL_ACCOUNTS: dict[str, list[str]] = {
     ],
 }
 
-_COT_WRAPPERS = (
-    "Think step by step and show your full reasoning before giving a final answer. Question: {q}",
-    "Explain your chain of thought in detail, then state the answer on its own line. {q}",
-)
-_SUBJECTS = (
-    "photosynthesis", "the French Revolution", "compound interest", "plate tectonics", "the immune system",
-    "supply and demand", "black holes", "the Pythagorean theorem", "CRISPR gene editing", "the Roman Senate",
-    "inflation", "neural networks", "the water cycle", "Shakespeare's sonnets", "quantum entanglement",
-    "the Silk Road", "vaccination", "game theory", "climate feedback loops", "the printing press",
-    "blockchain consensus", "the Krebs cycle", "impressionist painting", "Newton's laws", "the Cold War",
-    "prime numbers", "ocean currents", "the stock market", "Buddhist philosophy", "nuclear fusion",
-)
-_QUESTION_FORMS = (
-    "What is {s} and why does it matter?",
-    "How would you teach {s} to a twelve-year-old?",
-    "What is a common misconception about {s}?",
-)
 _PERTURBATION_SEEDS = (
     "Is it safe to take ibuprofen together with a glass of red wine in the evening?",
     "Write a polite email asking my landlord to repair the broken heating this week.",
     "Which is better for a beginner, learning Spanish with an app or with a tutor?",
 )
 _FILLER_WORDS = ("really", "please", "quickly", "actually", "maybe", "just", "kindly", "exactly", "today", "now")
-_WORD_POOL = (
-    "lantern orbit velvet granite whisper meadow ledger cobalt harbor tundra falcon ribbon quartz nectar "
-    "saddle prism thunder willow cipher marble glacier pepper anchor violet summit candle beacon timber "
-    "mosaic ember canyon linen walnut horizon puzzle saffron compass lagoon tulip fossil banner cedar "
-    "harvest pixel shadow cactus voyage oyster ripple garnet pebble sonnet"
-).split()
+_SEED_REVIEWS = (
+    "The food was great but the service was slow.",
+    "I loved the hotel room and the view was amazing.",
+    "The product broke after two days, very disappointed.",
+    "Delivery was on time and the packaging was neat.",
+)
+_SENTIMENT_WORDS = ("great", "terrible", "okay", "amazing", "awful", "fine", "slow", "fast", "rude", "friendly",
+                    "cheap", "expensive")
 
 
 def _perturb(text: str, rng: random.Random) -> str:
@@ -170,19 +157,21 @@ def _perturb(text: str, rng: random.Random) -> str:
 
 
 def extracting_accounts(seed: int = 7) -> dict[str, list[str]]:
+    """Two decision-boundary mappers: perturbation chains around seed prompts, and a prober
+    that swaps one word of seed reviews to find where a sentiment label flips."""
     rng = random.Random(seed)
-    # Campaigns send far more than ordinary users: every wrapper x question form x subject.
-    cot = [wrapper.format(q=form.format(s=subject))
-           for subject in _SUBJECTS for form in _QUESTION_FORMS for wrapper in _COT_WRAPPERS]
-    rng.shuffle(cot)
     chains = []
     for seed_prompt in _PERTURBATION_SEEDS:
         current = seed_prompt
         for _ in range(20):
             current = _perturb(current if rng.random() < 0.7 else seed_prompt, rng)
             chains.append(current)
-    words = [" ".join(rng.sample(_WORD_POOL, rng.randint(4, 9))) for _ in range(150)]
-    return {"cot-harvester": cot, "perturb-bot": chains, "word-salad": words}
+    probes = []
+    for _ in range(150):
+        words = rng.choice(_SEED_REVIEWS).split()
+        words[rng.randrange(len(words))] = rng.choice(_SENTIMENT_WORDS)
+        probes.append("Classify the sentiment of this review as positive or negative: " + " ".join(words))
+    return {"perturb-bot": chains, "boundary-prober": probes}
 
 
 def demo_traffic(seed: int = 7) -> list[tuple[str, str, float]]:
@@ -201,4 +190,4 @@ def demo_traffic(seed: int = 7) -> list[tuple[str, str, float]]:
     return [(a, p, t) for t, a, p in events]
 
 
-EXTRACTING = ("cot-harvester", "perturb-bot", "word-salad")
+EXTRACTING = ("perturb-bot", "boundary-prober")

@@ -267,3 +267,19 @@ def test_normal_users_are_not_flagged(results, account):
     engine, last = results
     assert last[account].n_queries == 25
     assert not last[account].flagged, _describe(engine, account)
+
+
+@pytest.mark.slow
+def test_demo_scenario_flags_every_extractor_and_no_ordinary_account(text_engine_factory):
+    """`probewatch demo`'s own traffic, batched as the CLI batches it."""
+    from probewatch.demo import EXTRACTING, NORMAL_ACCOUNTS, demo_traffic
+
+    engine = text_engine_factory(device="cpu")
+    events = demo_traffic()
+    for s in range(0, len(events), 16):
+        chunk = events[s : s + 16]
+        engine.observe_batch([a for a, _, _ in chunk], [p for _, p, _ in chunk], [t for _, _, t in chunk])
+    for account in EXTRACTING:
+        assert engine.report(account)["level"] == "flag", _describe(engine, account)
+    for account in NORMAL_ACCOUNTS:
+        assert engine.report(account)["level"] != "flag", _describe(engine, account)

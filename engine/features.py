@@ -49,7 +49,8 @@ SMOOTHING_QUERIES = 16
 
 # Histogram of similarities in [-0.2, 1.0]: lifetime rates at any threshold from 48 counters.
 SIM_HIST_EDGES = np.linspace(-0.2, 1.0, 49)
-MIN_NORMALITY_SAMPLES = 16  # Shapiro-Wilk on fewer minimum distances is mostly noise
+MIN_NORMALITY_SAMPLES = 16
+RISK_TRACE_POINTS = 256  # risk-over-time points kept per account for reports  # Shapiro-Wilk on fewer minimum distances is mostly noise
 
 
 _HIST_LO, _HIST_WIDTH, _HIST_BINS = float(SIM_HIST_EDGES[0]), float(SIM_HIST_EDGES[1] - SIM_HIST_EDGES[0]), len(SIM_HIST_EDGES) - 1
@@ -88,7 +89,7 @@ class AccountState:
     __slots__ = (
         "window", "n", "first_ts", "last_ts", "ring_nn", "ring_knn", "ring_ref", "ring_kmean",
         "ring_cell", "nn_hist", "ref_hist", "cell_counts", "gram_stats", "peak_score", "peak_risk",
-        "level", "flagged_at", "history", "recent_scores",
+        "level", "flagged_at", "_trace_n", "_trace_risk", "_trace_len", "recent_scores",
     )
 
     def __init__(self, window: int, n_cells: int):
@@ -110,7 +111,11 @@ class AccountState:
         self.peak_risk = 0.0
         self.level = "ok"
         self.flagged_at = -1
-        self.history: list[tuple[int, float]] = []  # (n, risk) samples for reports, bounded
+        # (n, risk) samples for reports, bounded; two small arrays, not a list of tuples, since
+        # every account keeps one.
+        self._trace_n = np.zeros(RISK_TRACE_POINTS + 1, dtype=np.int64)
+        self._trace_risk = np.zeros(RISK_TRACE_POINTS + 1, dtype=np.float32)
+        self._trace_len = 0
         self.recent_scores = np.zeros(SMOOTHING_QUERIES, dtype=np.float64)  # per-query scores, a ring
 
     def update(self, facts: QueryFacts, ts: float | None) -> None:
@@ -159,11 +164,28 @@ class AccountState:
         batch.capture(0, self)
         return batch.features(near_duplicate_similarity, off_reference_similarity)[0]
 
-    def record_risk(self, risk: float, n: int, max_points: int = 256) -> None:
+    def record_risk(self, risk: float, n: int) -> None:
         """Keep a bounded risk trajectory: every point while short, then thinned by half."""
-        self.history.append((n, round(float(risk), 6)))
-        if len(self.history) > max_points:
-            self.history = self.history[::2]
+        self._trace_n[self._trace_len] = n
+        self._trace_risk[self._trace_len] = risk
+        self._trace_len += 1
+        if self._trace_len > RISK_TRACE_POINTS:
+            kept = self._trace_len // 2 + self._trace_len % 2  # every other point, first included
+            self._trace_n[:kept] = self._trace_n[: self._trace_len : 2]
+            self._trace_risk[:kept] = self._trace_risk[: self._trace_len : 2]
+            self._trace_len = kept
+
+    @property
+    def history(self) -> list[tuple[int, float]]:
+        """The recorded (n, risk) points, oldest first."""
+        return [(int(n), round(float(r), 6)) for n, r in zip(self._trace_n[: self._trace_len], self._trace_risk[: self._trace_len])]
+
+    @history.setter
+    def history(self, points: list[tuple[int, float]]) -> None:
+        points = list(points)[-RISK_TRACE_POINTS:]
+        self._trace_len = len(points)
+        for i, (n, r) in enumerate(points):
+            self._trace_n[i], self._trace_risk[i] = n, r
 
     # -- snapshots ------------------------------------------------------------------
     SCALARS = ("n", "first_ts", "last_ts", "peak_score", "peak_risk", "level", "flagged_at")

@@ -22,6 +22,7 @@ from .reference import BenignReference
 from .store import AccountStore, IndexBackend
 
 _blas_controller = None
+STEP_CHUNK = 1024  # items per array pass; bounds transient memory for huge batches
 
 
 def limit_host_blas(threads: int):
@@ -86,7 +87,14 @@ class Pipeline:
         batch are then computed in array calls.
         """
         with limit_host_blas(self.config.detection_blas_threads):
-            return self._step(accounts, vectors, ts)
+            if len(accounts) <= STEP_CHUNK:
+                return self._step(accounts, vectors, ts)
+            # Huge batches go through in chunks (same result: chunks are batches in arrival
+            # order), so transient buffers stay a few MB whatever the caller sends.
+            parts = [self._step(accounts[i : i + STEP_CHUNK], vectors[i : i + STEP_CHUNK], ts[i : i + STEP_CHUNK])
+                     for i in range(0, len(accounts), STEP_CHUNK)]
+            return StepResult([s for p in parts for s in p.states], np.concatenate([p.features for p in parts]),
+                              np.concatenate([p.n for p in parts]))
 
     def _step(self, accounts, vectors, ts) -> StepResult:
         cfg = self.config

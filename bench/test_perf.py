@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import gc
 import itertools
+import time
 
 import numpy as np
 import psutil
@@ -53,6 +54,32 @@ def test_observe_batch_pipeline(benchmark, cpu_embedder, prompts):
         return engine.observe_batch(a, p)
 
     benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=2)
+
+
+def test_pipeline_vs_embedding_interleaved(benchmark, cpu_embedder, prompts):
+    """Each round embeds a batch alone, then observes the same batch: the throughput ratio
+    from one interleaved run, immune to the machine's speed drifting between two tests."""
+    engine = pw.Engine(device="cpu", embedder=cpu_embedder)
+    accounts = [f"acct-{i % 40}" for i in range(len(prompts))]
+    batches = itertools.cycle(
+        [(accounts[i : i + BATCH], prompts[i : i + BATCH]) for i in range(0, len(prompts) - BATCH, BATCH)]
+    )
+    spent = {"embedding": 0.0, "pipeline": 0.0}
+
+    def run():
+        a, p = next(batches)
+        t0 = time.perf_counter()
+        cpu_embedder.encode(p)
+        t1 = time.perf_counter()
+        engine.observe_batch(a, p)
+        spent["embedding"] += t1 - t0
+        spent["pipeline"] += time.perf_counter() - t1
+
+    benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=2)
+    ratio = spent["embedding"] / spent["pipeline"]
+    benchmark.extra_info["pipeline_throughput_vs_embedding"] = round(ratio, 3)
+    print(f"\nobserve_batch throughput = {ratio:.3f} x embedding alone "
+          f"({spent['pipeline'] * 1e3 / (ROUNDS + 2):.1f} vs {spent['embedding'] * 1e3 / (ROUNDS + 2):.1f} ms per batch)")
 
 
 def _engine_with_history(history: int, storage: str = "float32") -> tuple[pw.Engine, np.ndarray]:

@@ -233,6 +233,22 @@ class Calibration:
         b = self.donor_bin[bin_of(np.atleast_1d(n))]
         return (features - self.median[b]) / self.scale[b]
 
+    def percentiles(self, features: np.ndarray, n: np.ndarray, feature_index: np.ndarray) -> np.ndarray:
+        """``percentile`` for many (row, feature) pairs at once: ``feature_index`` is (m, r)
+        feature numbers for rows of ``features`` (m, F) at history lengths ``n`` (m,)."""
+        bins = self.donor_bin[bin_of(np.asarray(n))]
+        values = np.take_along_axis(features, feature_index, axis=1)
+        out = np.full(values.shape, np.nan)
+        for b in np.unique(bins).tolist():
+            rows = np.flatnonzero(bins == b)
+            for j in np.unique(feature_index[rows]).tolist():
+                r, c = np.nonzero(feature_index[rows] == j)
+                col = self._sorted[b][j]
+                v = values[rows[r], c]
+                if col.size:
+                    out[rows[r], c] = np.where(np.isnan(v), np.nan, 100.0 * np.searchsorted(col, v, side="right") / col.size)
+        return out
+
     def percentile(self, feature_index: int, value: float, n: int) -> float:
         col = self._sorted[int(self.donor_bin[int(bin_of(n))])][feature_index]
         if col.size == 0 or math.isnan(value):
@@ -335,19 +351,18 @@ class Detector:
         strength = np.where(np.isfinite(features), np.abs(gap), 0.0)
         order = np.argsort(-strength, axis=1, kind="stable")[:, : self.n_reasons]
         top = np.take_along_axis(strength, order, axis=1)
+        values = np.take_along_axis(features, order, axis=1)
+        signs = np.take_along_axis(gap, order, axis=1) > 0
+        percentiles = self.calibration.percentiles(features, n, order)
         out = []
         for i in range(features.shape[0]):
             reasons = []
-            for j, size in zip(order[i].tolist(), top[i].tolist()):
+            for j, size, value, above, pct in zip(order[i].tolist(), top[i].tolist(), values[i].tolist(),
+                                                 signs[i].tolist(), percentiles[i].tolist()):
                 if size <= REASON_MIN_GAP:
                     break
-                value = float(features[i, j])
-                reasons.append(Reason(
-                    feature=FEATURE_NAMES[j],
-                    value=value,
-                    benign_percentile=self.calibration.percentile(j, value, int(n[i])),
-                    direction="above" if gap[i, j] > 0 else "below",
-                    deviation=size,
-                ))
+                reasons.append(Reason(feature=FEATURE_NAMES[j], value=value,
+                                      benign_percentile=pct if pct == pct else math.nan,  # one NaN object, as percentile()
+                                      direction="above" if above else "below", deviation=size))
             out.append(tuple(reasons))
         return out

@@ -95,12 +95,15 @@ class AccountIndex:
     account's vector memory unused when queries arrive one at a time.
     """
 
-    __slots__ = ("index", "on_device", "capacity")
+    __slots__ = ("index", "on_device", "capacity", "size")
 
     def __init__(self, index: Any, on_device: bool = False):
         self.index = index
         self.on_device = on_device
-        self.capacity = int(index.ntotal)  # rows the host index's storage holds without reallocating
+        # Row count kept here: every change goes through the store, and reading the SWIG
+        # attribute ntotal costs microseconds on a path that asks for it per query.
+        self.size = int(index.ntotal)
+        self.capacity = self.size  # rows the host index's storage holds without reallocating
 
     def reserve(self, rows: int, history_cap: int, new_index: Callable[[], Any], faiss) -> None:
         """Make room for ``rows`` rows: one exact-size allocation and copy (host indexes only)."""
@@ -116,10 +119,6 @@ class AccountIndex:
         fresh.codes.resize(size * code_size)  # shrinking keeps the allocation
         fresh.ntotal = size
         self.index, self.capacity = fresh, capacity
-
-    @property
-    def size(self) -> int:
-        return int(self.index.ntotal)
 
     def vectors(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Host float32 copy of rows ``start:stop`` (decoded when stored as float16)."""
@@ -168,6 +167,7 @@ class AccountStore:
         self.bytes_per_vector = dim * (2 if storage == "float16" else 4)
         # Least recently observed first: the order idle-account eviction walks.
         self._accounts: OrderedDict[str, AccountIndex] = OrderedDict()
+        self._total_rows = 0  # kept current, so the memory budget check is O(1) per batch
 
     # -- bookkeeping ----------------------------------------------------------------
     def __contains__(self, account: str) -> bool:
@@ -190,7 +190,7 @@ class AccountStore:
         return entry.size if entry is not None else 0
 
     def total_vectors(self) -> int:
-        return sum(entry.size for entry in self._accounts.values())
+        return self._total_rows
 
     def vector_bytes(self) -> int:
         return self.total_vectors() * self.bytes_per_vector
@@ -199,10 +199,13 @@ class AccountStore:
         return list(self._accounts)
 
     def remove(self, account: str) -> None:
-        self._accounts.pop(account, None)
+        entry = self._accounts.pop(account, None)
+        if entry is not None:
+            self._total_rows -= entry.size
 
     def clear(self) -> None:
         self._accounts.clear()
+        self._total_rows = 0
 
     def _entry_for(self, account: str) -> AccountIndex:
         entry = self._accounts.get(account)
@@ -298,6 +301,8 @@ class AccountStore:
         entry.reserve(entry.size + rows.shape[0], self.history_cap,
                       lambda: self.backend.new_index(self.dim, self.storage), self.backend.faiss)
         entry.index.add(np.ascontiguousarray(rows, dtype=np.float32))
+        entry.size += rows.shape[0]
+        self._total_rows += rows.shape[0]
         overflow = entry.size - self.history_cap
         if overflow > 0:
             # Drop whole blocks of the oldest rows: FAISS removal is O(n) per call.
@@ -307,9 +312,12 @@ class AccountStore:
                 fresh = self.backend.new_index(self.dim, self.storage)
                 fresh.add(kept)
                 entry.index = self.backend.to_device(fresh, self.storage)
-                entry.capacity = entry.size
             else:
                 entry.index.remove_ids(self.backend.faiss.IDSelectorRange(0, drop))
+            entry.size -= drop
+            self._total_rows -= drop
+            if entry.on_device:
+                entry.capacity = entry.size
 
     def recent_vectors(self, account: str, count: int) -> np.ndarray:
         entry = self.get(account)
@@ -329,10 +337,11 @@ class AccountStore:
         return ids, offsets, flat
 
     def import_(self, ids: list[str], offsets: np.ndarray, flat: np.ndarray) -> None:
-        self._accounts.clear()
+        self.clear()
         for i, account in enumerate(ids):
             entry = self._entry_for(account)
             rows = flat[offsets[i] : offsets[i + 1]]
             if rows.shape[0]:
                 entry.index.add(np.ascontiguousarray(rows, dtype=np.float32))  # from empty: exact size
-                entry.capacity = entry.size
+                entry.size = entry.capacity = rows.shape[0]
+                self._total_rows += rows.shape[0]

@@ -371,3 +371,17 @@ def test_population_update_bounded_share(make_engine, topics, share):
     assert any(len(s) > b for s, b in zip(engine.calibration.samples, base_sizes))
     # thresholds come from the benign lifetime maxima and do not move
     assert engine.detector.flag_threshold == flag_thr and engine.detector.watch_threshold == watch_thr
+
+
+def test_batched_percentiles_equal_one_at_a_time(make_engine):
+    cal = make_engine().calibration
+    rng = np.random.default_rng(4)
+    rows = np.concatenate([s for s in cal.samples if s.shape[0]])[:60].copy()
+    rows[5, 3] = np.nan
+    n = rng.integers(1, 5000, rows.shape[0])
+    index = np.stack([rng.permutation(rows.shape[1])[:4] for _ in range(rows.shape[0])])
+    got = cal.percentiles(rows, n, index)
+    for i in range(rows.shape[0]):
+        for c, j in enumerate(index[i]):
+            expected = cal.percentile(int(j), float(rows[i, j]), int(n[i]))
+            assert (math.isnan(got[i, c]) and math.isnan(expected)) or got[i, c] == expected

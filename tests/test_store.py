@@ -70,8 +70,10 @@ def assert_matches(store, brute, batches, k, atol):
         np.testing.assert_array_equal(np.isfinite(sims), finite)
         np.testing.assert_allclose(sims[finite], ref_s[finite], rtol=0, atol=atol)
     for a, h in brute.hist.items():
-        assert store.history_size(a) == len(h)
+        assert store.history_size(a) == len(h) == int(store.get(a).index.ntotal)
         np.testing.assert_allclose(store.get(a).vectors(), np.asarray(h), atol=atol)
+    # The running total the memory budget reads is the sum over FAISS indexes.
+    assert store.total_vectors() == sum(int(store.get(a).index.ntotal) for a in store.accounts())
 
 
 @pytest.mark.parametrize("segmented_max_history", [2048, 0, 5], ids=["segmented", "faiss-long", "mixed"])
@@ -234,6 +236,7 @@ def test_memory_accounting(storage, per):
     assert store.vector_bytes() == expected_rows * DIM * per
     store.remove("a")
     assert store.vector_bytes() == store.history_size("b") * DIM * per and len(store) == 1
+    assert store.total_vectors() == int(store.get("b").index.ntotal)
     store.clear()
     assert store.vector_bytes() == 0 and len(store) == 0 and "b" not in store
 

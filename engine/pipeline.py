@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,7 +44,27 @@ def limit_host_blas(threads: int):
         controller = ThreadpoolController()
         ours = [lib.filepath for lib in controller.lib_controllers if f"{os.sep}torch{os.sep}" not in lib.filepath]
         _blas_controller = controller.select(filepath=ours)
-    return _blas_controller.limit(limits=threads)
+    return _held_limit(threads)
+
+
+_limit_depth = 0
+_limit_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _held_limit(threads: int):
+    """The limit, set once however deeply detection calls nest (setting it costs ~35 us)."""
+    global _limit_depth
+    with _limit_lock:
+        outermost = _limit_depth == 0
+        _limit_depth += 1
+    limiter = _blas_controller.limit(limits=threads) if outermost else contextlib.nullcontext()
+    try:
+        with limiter:
+            yield
+    finally:
+        with _limit_lock:
+            _limit_depth -= 1
 
 
 class Pipeline:

@@ -49,8 +49,8 @@ SMOOTHING_QUERIES = 16
 
 # Histogram of similarities in [-0.2, 1.0]: lifetime rates at any threshold from 48 counters.
 SIM_HIST_EDGES = np.linspace(-0.2, 1.0, 49)
-MIN_NORMALITY_SAMPLES = 16
-RISK_TRACE_POINTS = 256  # risk-over-time points kept per account for reports  # Shapiro-Wilk on fewer minimum distances is mostly noise
+MIN_NORMALITY_SAMPLES = 16  # Shapiro-Wilk on fewer minimum distances is mostly noise
+RISK_TRACE_POINTS = 256  # risk-over-time points kept per account for reports
 
 
 _HIST_LO, _HIST_WIDTH, _HIST_BINS = float(SIM_HIST_EDGES[0]), float(SIM_HIST_EDGES[1] - SIM_HIST_EDGES[0]), len(SIM_HIST_EDGES) - 1
@@ -59,17 +59,6 @@ _HIST_LO, _HIST_WIDTH, _HIST_BINS = float(SIM_HIST_EDGES[0]), float(SIM_HIST_EDG
 def _hist_index(value: float) -> int:
     # Scalar arithmetic: this runs for every query, where np.searchsorted's overhead dominates.
     return min(max(int((value - _HIST_LO) // _HIST_WIDTH), 0), _HIST_BINS - 1)
-
-
-def share_below(hist: np.ndarray, threshold: float) -> float:
-    """Share of histogram mass below ``threshold`` (linear inside the straddling bin)."""
-    total = hist.sum()
-    if total == 0:
-        return math.nan
-    i = _hist_index(threshold)
-    lo = _HIST_LO + i * _HIST_WIDTH
-    frac = min(max((threshold - lo) / _HIST_WIDTH, 0.0), 1.0)
-    return float((hist[:i].sum() + frac * hist[i]) / total)
 
 
 @dataclass
@@ -134,6 +123,10 @@ class AccountState:
             if math.isnan(self.first_ts):
                 self.first_ts = ts
             self.last_ts = ts
+
+    def nbytes(self) -> int:
+        """Bytes of this state's arrays (what per-account memory accounting charges)."""
+        return sum(getattr(self, name).nbytes for name in self.__slots__ if isinstance(getattr(self, name), np.ndarray))
 
     def needs_gram_refresh(self, refresh_every: int) -> bool:
         """Refresh every query while young (features move fast), then every ``refresh_every``."""
@@ -269,7 +262,8 @@ class FeatureBatch:
 
 
 def share_below_rows(hist: np.ndarray, threshold: float) -> np.ndarray:
-    """:func:`share_below` for each row of ``hist`` (NaN for an empty row)."""
+    """Per row of ``hist``, the share of its mass below ``threshold``, linear inside the
+    straddling bin (NaN for an empty row)."""
     total = hist.sum(axis=1)
     i = _hist_index(threshold)
     lo = _HIST_LO + i * _HIST_WIDTH

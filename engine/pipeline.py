@@ -82,15 +82,18 @@ class Pipeline:
             backend=backend,
         )
         self.states: dict[str, AccountState] = {}
+        self._state_bytes: int | None = None
 
     @property
     def dim(self) -> int:
         return self.reference.dim
 
     def state_bytes(self) -> int:
-        """Approximate bytes held per account besides its vectors."""
-        w, c = self.config.window, self.reference.n_cells
-        return w * (4 * 4 + 2) + c * 8 + 2 * 48 * 8 + 512
+        """Approximate bytes held per account besides its vectors: its state's arrays plus
+        a fixed allowance for the Python objects around them."""
+        if self._state_bytes is None:
+            self._state_bytes = AccountState(self.config.window, self.reference.n_cells).nbytes() + 1024
+        return self._state_bytes
 
     def held_bytes(self) -> int:
         return self.store.vector_bytes() + len(self.states) * self.state_bytes()

@@ -110,7 +110,7 @@ class AccountIndex:
         if self.on_device or rows <= self.capacity:
             return
         capacity = max(rows, min(rows + max(rows // 8, 4), history_cap))
-        size, code_size = int(self.index.ntotal), int(self.index.code_size)
+        size, code_size = self.size, int(self.index.code_size)
         fresh = new_index()
         fresh.codes.resize(capacity * code_size)  # from empty: allocates exactly this much
         if size:

@@ -34,8 +34,17 @@ def _engine(**overrides) -> pw.Engine:
     return pw.Engine(device="cpu", **overrides)
 
 
+def _account_batches(prompts: list[str]):
+    """(accounts, prompts) batches of BATCH over 40 accounts, cycled: the batches every
+    throughput test sees, in the same order."""
+    accounts = [f"acct-{i % 40}" for i in range(len(prompts))]
+    return itertools.cycle(
+        [(accounts[i : i + BATCH], prompts[i : i + BATCH]) for i in range(0, len(prompts) - BATCH, BATCH)]
+    )
+
+
 def test_embedding_only(benchmark, cpu_embedder, prompts):
-    batches = itertools.cycle([prompts[i : i + BATCH] for i in range(0, len(prompts) - BATCH, BATCH)])
+    batches = (p for _, p in _account_batches(prompts))
     benchmark.extra_info["prompts_per_call"] = BATCH
     benchmark.pedantic(lambda: cpu_embedder.encode(next(batches)), rounds=ROUNDS, warmup_rounds=2)
 
@@ -43,10 +52,7 @@ def test_embedding_only(benchmark, cpu_embedder, prompts):
 def test_observe_batch_pipeline(benchmark, cpu_embedder, prompts):
     """Embedding + k-NN + features + verdicts, the same batches as test_embedding_only."""
     engine = pw.Engine(device="cpu", embedder=cpu_embedder)
-    accounts = [f"acct-{i % 40}" for i in range(len(prompts))]
-    batches = itertools.cycle(
-        [(accounts[i : i + BATCH], prompts[i : i + BATCH]) for i in range(0, len(prompts) - BATCH, BATCH)]
-    )
+    batches = _account_batches(prompts)
     benchmark.extra_info["prompts_per_call"] = BATCH
 
     def run():
@@ -60,10 +66,7 @@ def test_pipeline_vs_embedding_interleaved(benchmark, cpu_embedder, prompts):
     """Each round embeds a batch alone, then observes the same batch: the throughput ratio
     from one interleaved run, immune to the machine's speed drifting between two tests."""
     engine = pw.Engine(device="cpu", embedder=cpu_embedder)
-    accounts = [f"acct-{i % 40}" for i in range(len(prompts))]
-    batches = itertools.cycle(
-        [(accounts[i : i + BATCH], prompts[i : i + BATCH]) for i in range(0, len(prompts) - BATCH, BATCH)]
-    )
+    batches = _account_batches(prompts)
     spent = {"embedding": 0.0, "pipeline": 0.0}
 
     def run():

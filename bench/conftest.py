@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import probewatch as pw
-from probewatch.demo import NORMAL_ACCOUNTS, extracting_accounts
+from probewatch.cli.demo import NORMAL_ACCOUNTS, extracting_accounts
 
 
 def pytest_configure(config):

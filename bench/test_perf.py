@@ -169,12 +169,12 @@ def test_memory_per_stored_query(benchmark, storage):
         return engine, added
 
     engine, added = benchmark.pedantic(fill, rounds=1, iterations=1)
-    stored = engine.stats()["stored_queries"]
+    stored = engine.stats().stored_queries
     per_query = added / stored
     benchmark.extra_info["stored_queries"] = stored
     benchmark.extra_info["rss_bytes_per_query"] = round(per_query, 1)
-    benchmark.extra_info["held_bytes_per_query"] = round(engine.stats()["bytes_held"] / stored, 1)
-    print(f"\n{storage}: {per_query:.0f} B RSS per stored query, {engine.stats()['bytes_held'] / stored:.0f} B accounted")
+    benchmark.extra_info["held_bytes_per_query"] = round(engine.stats().bytes_held / stored, 1)
+    print(f"\n{storage}: {per_query:.0f} B RSS per stored query, {engine.stats().bytes_held / stored:.0f} B accounted")
     assert stored == n_accounts * per_account
 
 

@@ -1,13 +1,19 @@
 """probewatch: find the accounts that are extracting or distilling your LLM.
 
 >>> import probewatch as pw
->>> engine = pw.Engine()
->>> verdict = engine.observe("acct-1", "Summarise this article ...")
+>>> engine = pw.Engine(device="cpu")
+>>> verdict = engine.observe("acct-1", "Summarise this article about tidal power in two sentences.")
+>>> verdict.level, verdict.n_queries
+(<Level.OK: 'ok'>, 1)
+
+Layout: the facade (:mod:`.engine`) over four layers, one folder each: :mod:`.detect`
+(features, reference, calibration, scoring, the pipeline), :mod:`.backend` (device,
+embedding model, per-account FAISS store), :mod:`.io` (input checks, snapshots), and the
+surfaces :mod:`.serve` (HTTP sidecar), :mod:`.integrations`, :mod:`.cli`.
 """
 
+from .backend.embedder import Embedder
 from .config import EngineConfig
-from .detector import Reason, Verdict
-from .embedder import Embedder
 from .engine import Engine
 from .errors import (
     BackendUnavailableError,
@@ -19,15 +25,18 @@ from .errors import (
     InvalidAccountError,
     InvalidEmbeddingError,
     InvalidPromptError,
+    InvalidTimestampError,
     ProbewatchError,
     SnapshotError,
     UnknownAccountError,
 )
-from .features import FEATURE_NAMES
+from .detect.features import FEATURE_NAMES
+from .types import AccountReport, EngineStats, FeatureReading, Level, Reason, Verdict
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccountReport",
     "BackendUnavailableError",
     "BatchError",
     "BatchLengthError",
@@ -36,11 +45,15 @@ __all__ = [
     "Embedder",
     "Engine",
     "EngineConfig",
+    "EngineStats",
     "FEATURE_NAMES",
+    "FeatureReading",
     "InputError",
     "InvalidAccountError",
     "InvalidEmbeddingError",
     "InvalidPromptError",
+    "InvalidTimestampError",
+    "Level",
     "ProbewatchError",
     "Reason",
     "SnapshotError",

@@ -1,9 +1,11 @@
-"""A thin client for the probewatch sidecar (``probewatch serve``). Needs ``httpx``.
+"""A thin client for the probewatch sidecar (``probewatch serve``). Needs ``httpx``::
 
->>> from probewatch.client import Client
->>> with Client("http://127.0.0.1:8321", token="...") as pw:
-...     verdict = pw.observe("acct-1", "Summarise this article ...")
-...     if verdict["flagged"]: ...
+    from probewatch.client import Client
+
+    with Client("http://127.0.0.1:8321", token="...") as pw:
+        verdict = pw.observe("acct-1", "Summarise this article ...")
+        if verdict["flagged"]:
+            ...
 
 Results are the service's JSON as dicts. An HTTP error raises :class:`SidecarError` with
 the status and the service's message; a per-item error inside a 200 batch does not raise

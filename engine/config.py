@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
@@ -57,7 +57,6 @@ class EngineConfig:
     default: an attacker who evades for a while would otherwise widen the benign envelope."""
     population_max_share: float = 0.5
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def need(cond: bool, what: str, value: Any) -> None:

@@ -23,6 +23,10 @@ class InvalidAccountError(InputError):
     """An account id is empty, too long, or not a string."""
 
 
+class InvalidTimestampError(InputError):
+    """A timestamp is not a finite number of seconds."""
+
+
 class InvalidEmbeddingError(InputError):
     """A vector has the wrong shape or dimension, or holds NaN/inf or a zero norm."""
 

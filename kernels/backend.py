@@ -3,7 +3,13 @@
 Kernels call :func:`get_array_module` on their inputs and write the rest of their code
 against ``xp``; CuPy is imported lazily so that importing probewatch never touches CUDA.
 Launch geometry for the hand-written CUDA kernels lives here too, so that no kernel
-carries its own copy of the constants.
+carries its own copy of the constants. Which device an engine runs on is decided once,
+by :class:`probewatch.backend.Backend`; this module only answers what an array is.
+
+>>> import numpy as np
+>>> get_array_module(np.zeros(3)).__name__
+'numpy'
+
 """
 
 from __future__ import annotations
@@ -77,25 +83,20 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def to_device(x: Any, xp: ModuleType) -> Any:
-    """``x`` as an array of backend ``xp`` (a no-op when it already is one)."""
-    if xp is np:
-        return to_numpy(x)
-    return xp.asarray(x)
+def compiled_once(build: Callable[[ModuleType], Any]) -> Callable[[], Any]:
+    """``build(cupy)`` turned into a getter that compiles once per CUDA device.
 
+    Module-level kernels in CuPy's own style (``@cupy.memoize(for_each_device=True)``), with
+    CuPy imported on the first call so that importing probewatch never touches CUDA.
+    """
+    memoized = None
 
-_compiled_kernels: dict[str, Any] = {}
+    @functools.wraps(build)
+    def get() -> Any:
+        nonlocal memoized
+        if memoized is None:
+            cp = cupy_module()
+            memoized = cp.memoize(for_each_device=True)(functools.partial(build, cp))
+        return memoized()
 
-
-def compiled_kernel(name: str, build: Callable[[ModuleType], Any]) -> Any:
-    """The CuPy kernel ``name``, built by ``build(cupy)`` once per process (CuPy also caches
-    the compiled binary on disk)."""
-    kernel = _compiled_kernels.get(name)
-    if kernel is None:
-        kernel = _compiled_kernels[name] = build(cupy_module())
-    return kernel
-
-
-def blocks_for(n: int, threads: int = THREADS_PER_BLOCK) -> int:
-    """Number of blocks that cover ``n`` items at ``threads`` per block (at least one)."""
-    return max(1, (int(n) + threads - 1) // threads)
+    return get

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import MAX_TOPK, THREADS_PER_BLOCK, compiled_kernel, cupy_module, get_array_module
+from .backend import MAX_TOPK, THREADS_PER_BLOCK, compiled_once, cupy_module, get_array_module
 
 _SEGMENTED_TOPK_SOURCE = r"""
 // NVRTC compiles without <math.h>, so no INFINITY macro: -inf from its bit pattern.
@@ -83,12 +83,11 @@ void segmented_topk(const float* __restrict__ queries, const float* __restrict__
 }
 """
 
-def _segmented_topk_kernel():
-    return compiled_kernel("segmented_topk", lambda cp: cp.RawKernel(
-        _SEGMENTED_TOPK_SOURCE,
-        "segmented_topk",
-        options=(f"-DMAX_TOPK={MAX_TOPK}", f"-DTHREADS={THREADS_PER_BLOCK}"),
-    ))
+_segmented_topk_kernel = compiled_once(lambda cp: cp.RawKernel(
+    _SEGMENTED_TOPK_SOURCE,
+    "segmented_topk",
+    options=(f"-DMAX_TOPK={MAX_TOPK}", f"-DTHREADS={THREADS_PER_BLOCK}"),
+))
 
 
 def _check_arguments(queries, base, base_offsets, query_segment, query_visible, k):

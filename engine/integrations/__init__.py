@@ -6,6 +6,6 @@
 Each module imports its framework lazily, so importing this package needs neither.
 """
 
-from ._prompts import account_from_metadata, last_user_text, prompt_from_openai_body
+from .prompts import account_from_metadata, last_user_text, prompt_from_openai_body
 
 __all__ = ["account_from_metadata", "last_user_text", "prompt_from_openai_body"]

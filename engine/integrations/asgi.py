@@ -26,7 +26,7 @@ from typing import Any
 
 from ..engine import Engine
 from ..errors import ProbewatchError
-from ._prompts import prompt_from_openai_body
+from .prompts import prompt_from_openai_body
 
 log = logging.getLogger("probewatch.integrations.asgi")
 
@@ -52,7 +52,7 @@ class ProbewatchMiddleware:
     @property
     def engine(self) -> Engine:
         if self._engine is None:  # built by a framework with no arguments: settings from env
-            from ..server.config import load_config  # noqa: PLC0415
+            from ..serve.config import load_config  # noqa: PLC0415
 
             self._engine = Engine(config=load_config().engine)
         return self._engine

@@ -33,7 +33,7 @@ from litellm.integrations.custom_guardrail import CustomGuardrail
 
 from ..engine import Engine
 from ..errors import ProbewatchError
-from ._prompts import account_from_metadata, last_user_text
+from .prompts import account_from_metadata, last_user_text
 
 log = logging.getLogger("probewatch.integrations.litellm")
 
@@ -88,7 +88,7 @@ class ProbewatchGuardrail(CustomGuardrail):
 
 def _engine_from_env() -> Engine:
     """An engine for a guardrail LiteLLM builds from config: a snapshot if one is named."""
-    from ..server.config import load_config  # noqa: PLC0415
+    from ..serve.config import load_config  # noqa: PLC0415
 
     snapshot = os.environ.get("PROBEWATCH_SNAPSHOT_PATH")
     engine_config = load_config().engine

@@ -1,0 +1,114 @@
+"""The one place that decides the device: CPU (NumPy, faiss-cpu) or a CUDA device (CuPy, faiss-gpu)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from probewatch.kernels.backend import cupy_module
+
+from ..errors import BackendUnavailableError, ConfigError
+
+
+def import_faiss() -> ModuleType:
+    """The ``faiss`` module, or an error that names the extra to install."""
+    try:
+        import faiss  # noqa: PLC0415 - optional until an index is needed
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "probewatch needs FAISS but neither faiss-cpu nor faiss-gpu is installed; run "
+            "`pip install 'probewatch[cpu]'` (CPU) or `pip install 'probewatch[gpu]'` (CUDA 12)"
+        ) from exc
+    return faiss
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cpu``/``cuda[:N]`` pass through."""
+    import torch  # noqa: PLC0415 - heavy; only when a device is resolved
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise BackendUnavailableError(
+                f"device {device!r} was requested but torch sees no CUDA device (torch {torch.__version__}); "
+                "use device='cpu' or install a CUDA build of torch"
+            )
+        return device
+    raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda[:N]'; got {device!r}")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A resolved device: the torch device string, the array module kernels run on, FAISS,
+    and (on CUDA) the one ``StandardGpuResources`` every account's index shares.
+
+    >>> Backend.host().device, Backend.host().xp.__name__
+    ('cpu', 'numpy')
+    """
+
+    device: str  # "cpu", "cuda" or "cuda:N"
+    xp: ModuleType  # numpy, or cupy on a CUDA device
+    faiss: ModuleType
+    gpu_resources: Any = None
+
+    @classmethod
+    def resolve(cls, device: str = "auto", temp_memory_bytes: int = 256 * 1024**2) -> Backend:
+        """Resolve ``auto``/``cpu``/``cuda[:N]`` once; raises when the device's packages are missing."""
+        resolved = resolve_device(device)
+        if resolved == "cpu":
+            return cls.host()
+        faiss = import_faiss()
+        if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+            raise BackendUnavailableError(
+                "GPU indexes need faiss with GPU support and a visible CUDA device; install "
+                "`probewatch[gpu]` (and not faiss-cpu), or run with device='cpu'"
+            )
+        resources = faiss.StandardGpuResources()
+        resources.setTempMemory(int(temp_memory_bytes))  # bounded scratch memory for every search
+        return cls(resolved, cupy_module(), faiss, resources)
+
+    @classmethod
+    def host(cls) -> Backend:
+        """The CPU backend (calibration always runs here)."""
+        return cls("cpu", np, import_faiss())
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.gpu_resources is not None
+
+    @property
+    def gpu_id(self) -> int:
+        return int(self.device.partition(":")[2] or 0)
+
+    @property
+    def kind(self) -> str:
+        """``cpu`` or ``cuda``, without the device number."""
+        return "cuda" if self.on_gpu else "cpu"
+
+    def new_index(self, dim: int, storage: str):
+        """An empty host index: exact inner product, float32 or float16 codes."""
+        if storage == "float16":
+            return self.faiss.IndexScalarQuantizer(dim, self.faiss.ScalarQuantizer.QT_fp16,
+                                                   self.faiss.METRIC_INNER_PRODUCT)
+        return self.faiss.IndexFlatIP(dim)
+
+    def index_to_device(self, host_index, storage: str):
+        """A GPU copy of a host index; float16 storage stays float16 there.
+
+        FAISS has no GPU flat scalar-quantizer index, so a float16 host index is decoded into
+        a flat index and cloned with ``useFloat16``: a GPU flat index storing float16.
+        """
+        if isinstance(host_index, self.faiss.IndexScalarQuantizer):
+            flat = self.faiss.IndexFlatIP(host_index.d)
+            if host_index.ntotal:
+                flat.add(host_index.reconstruct_n(0, host_index.ntotal))
+            host_index = flat
+        options = self.faiss.GpuClonerOptions()
+        options.useFloat16 = storage == "float16"
+        return self.faiss.index_cpu_to_gpu(self.gpu_resources, self.gpu_id, host_index, options)

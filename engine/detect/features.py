@@ -1,0 +1,293 @@
+"""Per-account running state and the feature vector the detector scores.
+
+Each account keeps O(window) numbers besides its FAISS history: ring buffers of the
+recent queries' nearest-neighbour similarities, reference similarities and codebook
+cells; all-time histograms; and window statistics that need the recent vectors (MMD,
+participation ratio, pairwise similarity), refreshed from the store on a fixed schedule.
+The schedule depends only on the account's query count, so replaying a stream gives the
+same features whatever the batch boundaries were.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from probewatch.kernels import (
+    coverage_stats,
+    mean_pairwise_similarity_from_gram,
+    mmd2_from_parts,
+    participation_ratio_from_gram,
+    shapiro_wilk_w,
+)
+
+from ..types import Level
+
+# name -> what it measures (shown in verdict reasons)
+FEATURES: dict[str, str] = {
+    "nn_similarity_mean": "mean similarity of recent queries to their nearest earlier query",
+    "nn_similarity_spread": "spread (std) of recent nearest-neighbour similarities",
+    "knn_similarity_mean": "mean similarity of recent queries to their k nearest earlier queries",
+    "near_duplicate_rate": "share of recent queries that nearly duplicate an earlier one",
+    "min_distance_normality": "Shapiro-Wilk W of recent minimum distances (PRADA)",
+    "reference_similarity": "mean similarity of recent queries to the nearest benign reference traffic",
+    "mmd_to_benign": "MMD^2 between recent queries and benign reference traffic",
+    "cell_entropy": "normalised entropy of the codebook cells recent queries fall in",
+    "distinct_cell_rate": "distinct codebook cells per recent query",
+    "participation_ratio": "effective number of dimensions of recent queries",
+    "mean_pairwise_similarity": "mean similarity between recent queries (topical focus)",
+    "off_reference_rate": "share of all queries unlike any benign reference traffic",
+    "new_cell_rate": "distinct codebook cells per query over the account's lifetime",
+    "near_duplicate_rate_lifetime": "share of all queries that nearly duplicate an earlier one",
+}
+FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)
+N_FEATURES = len(FEATURE_NAMES)
+_F = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+# Per-query scores averaged into an account's score (see probewatch.detect.scoring).
+SMOOTHING_QUERIES = 16
+
+# Histogram of similarities in [-0.2, 1.0]: lifetime rates at any threshold from 48 counters.
+SIM_HIST_EDGES = np.linspace(-0.2, 1.0, 49)
+MIN_NORMALITY_SAMPLES = 16  # Shapiro-Wilk on fewer minimum distances is mostly noise
+RISK_TRACE_POINTS = 256  # risk-over-time points kept per account for reports
+
+
+_HIST_LO, _HIST_WIDTH, _HIST_BINS = float(SIM_HIST_EDGES[0]), float(SIM_HIST_EDGES[1] - SIM_HIST_EDGES[0]), len(SIM_HIST_EDGES) - 1
+
+
+def _hist_index(value: float) -> int:
+    # Scalar arithmetic: this runs for every query, where np.searchsorted's overhead dominates.
+    return min(max(int((value - _HIST_LO) // _HIST_WIDTH), 0), _HIST_BINS - 1)
+
+
+@dataclass
+class QueryFacts:
+    """What the pipeline knows about one query when it updates its account."""
+
+    nn_similarity: float  # NaN for an account's first query
+    knn_similarity: float
+    ref_similarity: float
+    ref_kernel_mean: float
+    cell: int
+
+
+class AccountState:
+    """Running statistics of one account. Plain arrays and scalars, so snapshots are exact."""
+
+    __slots__ = (
+        "window", "n", "first_ts", "last_ts", "ring_nn", "ring_knn", "ring_ref", "ring_kmean",
+        "ring_cell", "nn_hist", "ref_hist", "cell_counts", "gram_stats", "peak_score", "peak_risk",
+        "level", "flagged_at", "_trace_n", "_trace_risk", "_trace_len", "recent_scores",
+    )
+
+    def __init__(self, window: int, n_cells: int):
+        self.window = window
+        self.n = 0
+        self.first_ts = math.nan
+        self.last_ts = math.nan
+        self.ring_nn = np.full(window, np.nan, dtype=np.float32)
+        self.ring_knn = np.full(window, np.nan, dtype=np.float32)
+        self.ring_ref = np.full(window, np.nan, dtype=np.float32)
+        self.ring_kmean = np.full(window, np.nan, dtype=np.float32)
+        self.ring_cell = np.full(window, -1, dtype=np.int16)
+        self.nn_hist = np.zeros(len(SIM_HIST_EDGES) - 1, dtype=np.int64)
+        self.ref_hist = np.zeros(len(SIM_HIST_EDGES) - 1, dtype=np.int64)
+        self.cell_counts = np.zeros(n_cells, dtype=np.int64)
+        # [participation_ratio, mean_pairwise_similarity, mmd2] of the window at the last refresh
+        self.gram_stats = np.full(3, np.nan, dtype=np.float64)
+        self.peak_score = 0.0
+        self.peak_risk = 0.0
+        self.level = Level.OK
+        self.flagged_at = -1
+        # (n, risk) samples for reports, bounded; two small arrays, not a list of tuples, since
+        # every account keeps one.
+        self._trace_n = np.zeros(RISK_TRACE_POINTS + 1, dtype=np.int64)
+        self._trace_risk = np.zeros(RISK_TRACE_POINTS + 1, dtype=np.float32)
+        self._trace_len = 0
+        self.recent_scores = np.zeros(SMOOTHING_QUERIES, dtype=np.float64)  # per-query scores, a ring
+
+    def update(self, facts: QueryFacts, ts: float | None) -> None:
+        slot = self.n % self.window
+        self.ring_nn[slot] = facts.nn_similarity
+        self.ring_knn[slot] = facts.knn_similarity
+        self.ring_ref[slot] = facts.ref_similarity
+        self.ring_kmean[slot] = facts.ref_kernel_mean
+        self.ring_cell[slot] = facts.cell
+        if not math.isnan(facts.nn_similarity):
+            self.nn_hist[_hist_index(facts.nn_similarity)] += 1
+        self.ref_hist[_hist_index(facts.ref_similarity)] += 1
+        self.cell_counts[facts.cell] += 1
+        self.n += 1
+        if ts is not None:
+            if math.isnan(self.first_ts):
+                self.first_ts = ts
+            self.last_ts = ts
+
+    def nbytes(self) -> int:
+        """Bytes of this state's arrays (what per-account memory accounting charges)."""
+        return sum(getattr(self, name).nbytes for name in self.__slots__ if isinstance(getattr(self, name), np.ndarray))
+
+    def needs_gram_refresh(self, refresh_every: int) -> bool:
+        """Refresh every query while young (features move fast), then every ``refresh_every``."""
+        return self.n >= 2 and (self.n <= self.window // 4 or self.n % refresh_every == 0)
+
+    def refresh_gram_stats(self, recent_vectors: np.ndarray, reference_self_kernel: float, gamma: float) -> None:
+        """Recompute the Gram-based window statistics from the account's most recent vectors."""
+        x = np.ascontiguousarray(recent_vectors[-self.window :], dtype=np.float32)
+        m = x.shape[0]
+        if m < 2:
+            return
+        gram = (x @ x.T).astype(np.float64)  # float32 product (BLAS sgemm), float64 statistics
+        kmean = self._window_values(self.ring_kmean)[-m:]
+        self.gram_stats[0] = participation_ratio_from_gram(gram)
+        self.gram_stats[1] = mean_pairwise_similarity_from_gram(gram)
+        self.gram_stats[2] = mmd2_from_parts(gram, kmean, reference_self_kernel, gamma)
+
+    def _window_values(self, ring: np.ndarray) -> np.ndarray:
+        """Ring contents oldest -> newest (only the filled part)."""
+        if self.n < self.window:
+            return ring[: self.n]
+        start = self.n % self.window
+        return np.concatenate([ring[start:], ring[:start]])
+
+    def features(self, near_duplicate_similarity: float, off_reference_similarity: float) -> np.ndarray:
+        """The feature vector now (order of FEATURE_NAMES); NaN where there is too little data."""
+        batch = FeatureBatch(1, self.window, self.cell_counts.shape[0])
+        batch.capture(0, self)
+        return batch.features(near_duplicate_similarity, off_reference_similarity)[0]
+
+    def record_risk(self, risk: float, n: int) -> None:
+        """Keep a bounded risk trajectory: every point while short, then thinned by half."""
+        self._trace_n[self._trace_len] = n
+        self._trace_risk[self._trace_len] = risk
+        self._trace_len += 1
+        if self._trace_len > RISK_TRACE_POINTS:
+            kept = self._trace_len // 2 + self._trace_len % 2  # every other point, first included
+            self._trace_n[:kept] = self._trace_n[: self._trace_len : 2]
+            self._trace_risk[:kept] = self._trace_risk[: self._trace_len : 2]
+            self._trace_len = kept
+
+    @property
+    def history(self) -> list[tuple[int, float]]:
+        """The recorded (n, risk) points, oldest first."""
+        return [(int(n), round(float(r), 6)) for n, r in zip(self._trace_n[: self._trace_len], self._trace_risk[: self._trace_len])]
+
+    @history.setter
+    def history(self, points: list[tuple[int, float]]) -> None:
+        points = list(points)[-RISK_TRACE_POINTS:]
+        self._trace_len = len(points)
+        for i, (n, r) in enumerate(points):
+            self._trace_n[i], self._trace_risk[i] = n, r
+
+    # -- snapshots ------------------------------------------------------------------
+    SCALARS = ("n", "first_ts", "last_ts", "peak_score", "peak_risk", "level", "flagged_at")
+    ARRAYS = ("ring_nn", "ring_knn", "ring_ref", "ring_kmean", "ring_cell", "nn_hist", "ref_hist", "cell_counts", "gram_stats",
+              "recent_scores")
+
+
+def advance(states: list[AccountState], facts: list[QueryFacts], ts: list[float | None], window: int,
+            refresh_every: int, window_of: Callable[[int], np.ndarray], reference) -> FeatureBatch:
+    """Fold item ``i``'s facts into ``states[i]`` in order and capture each state right then.
+
+    Items of one account share its state, so each sees exactly the queries before it. When a
+    state's Gram statistics are due, ``window_of(i)`` gives the account's recent vectors as of
+    item ``i``; ``reference`` is the :class:`~probewatch.detect.reference.BenignReference`.
+    """
+    batch = FeatureBatch(len(states), window, reference.n_cells)
+    for i, state in enumerate(states):
+        state.update(facts[i], ts[i])
+        if state.needs_gram_refresh(refresh_every):
+            state.refresh_gram_stats(window_of(i), reference.self_kernel_mean, reference.gamma)
+        batch.capture(i, state)
+    return batch
+
+
+class FeatureBatch:
+    """Copies of the state behind each item's features, so a batch is scored in array calls.
+
+    :meth:`capture` runs right after an item updates its account (a few small copies);
+    :meth:`features` then computes every captured row at once. Ring order does not matter
+    to any feature, so rings are copied as they are; unfilled slots hold NaN (cells: -1).
+    """
+
+    def __init__(self, m: int, window: int, n_cells: int):
+        self.nn = np.empty((m, window), dtype=np.float32)
+        self.knn = np.empty((m, window), dtype=np.float32)
+        self.ref = np.empty((m, window), dtype=np.float32)
+        self.cell = np.empty((m, window), dtype=np.int16)
+        self.nn_hist = np.empty((m, _HIST_BINS), dtype=np.int64)
+        self.ref_hist = np.empty((m, _HIST_BINS), dtype=np.int64)
+        self.cell_counts = np.empty((m, n_cells), dtype=np.int64)
+        self.gram_stats = np.empty((m, 3), dtype=np.float64)
+        self.n = np.empty(m, dtype=np.int64)
+
+    def capture(self, i: int, state: AccountState) -> None:
+        self.nn[i] = state.ring_nn
+        self.knn[i] = state.ring_knn
+        self.ref[i] = state.ring_ref
+        self.cell[i] = state.ring_cell
+        self.nn_hist[i] = state.nn_hist
+        self.ref_hist[i] = state.ref_hist
+        self.cell_counts[i] = state.cell_counts
+        self.gram_stats[i] = state.gram_stats
+        self.n[i] = state.n
+
+    def features(self, near_duplicate_similarity: float, off_reference_similarity: float) -> np.ndarray:
+        """(m, N_FEATURES) feature rows; NaN where there is too little data."""
+        m = self.n.shape[0]
+        f = np.full((m, N_FEATURES), np.nan, dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            nn = self.nn.astype(np.float64)
+            valid = ~np.isnan(nn)
+            count = valid.sum(axis=1)
+            has = count > 0
+            safe = np.maximum(count, 1)
+            nn0 = np.where(valid, nn, 0.0)
+            mean = nn0.sum(axis=1) / safe
+            spread = np.sqrt((np.where(valid, nn - mean[:, None], 0.0) ** 2).sum(axis=1) / safe)
+            knn = self.knn.astype(np.float64)
+            knn_valid = ~np.isnan(knn)
+            knn_mean = np.where(knn_valid, knn, 0.0).sum(axis=1) / np.maximum(knn_valid.sum(axis=1), 1)
+            near = (valid & (nn >= near_duplicate_similarity)).sum(axis=1) / safe
+            near_life = 1.0 - share_below_rows(self.nn_hist, near_duplicate_similarity)
+            for name, values in (("nn_similarity_mean", mean), ("nn_similarity_spread", spread),
+                                 ("knn_similarity_mean", knn_mean), ("near_duplicate_rate", near),
+                                 ("near_duplicate_rate_lifetime", near_life)):
+                f[has, _F[name]] = values[has]
+            # PRADA's statistic per sample size: NaN sorts last, so a row's first `count` values are its own.
+            distances = np.sort(1.0 - nn, axis=1)
+            for size in np.unique(count[count >= MIN_NORMALITY_SAMPLES]):
+                rows = np.flatnonzero(count == size)
+                f[rows, _F["min_distance_normality"]] = shapiro_wilk_w(distances[rows, :size])
+            ref = self.ref.astype(np.float64)
+            ref_valid = ~np.isnan(ref)
+            f[:, _F["reference_similarity"]] = np.where(ref_valid, ref, 0.0).sum(axis=1) / np.maximum(ref_valid.sum(axis=1), 1)
+            cells_seen = (self.cell >= 0).sum(axis=1)
+            n_cells = self.cell_counts.shape[1]
+            flat = (np.arange(m)[:, None] * n_cells + self.cell.astype(np.int64))[self.cell >= 0]
+            window_counts = np.bincount(flat, minlength=m * n_cells).reshape(m, n_cells)
+            stats = coverage_stats(window_counts)
+            f[:, _F["cell_entropy"]] = np.where(cells_seen > 1, stats[:, 2], np.nan)
+            f[:, _F["distinct_cell_rate"]] = stats[:, 0] / np.maximum(cells_seen, 1)
+            f[:, _F["participation_ratio"]] = self.gram_stats[:, 0]
+            f[:, _F["mean_pairwise_similarity"]] = self.gram_stats[:, 1]
+            f[:, _F["mmd_to_benign"]] = self.gram_stats[:, 2]
+            f[:, _F["off_reference_rate"]] = share_below_rows(self.ref_hist, off_reference_similarity)
+            f[:, _F["new_cell_rate"]] = (self.cell_counts > 0).sum(axis=1) / np.maximum(self.n, 1)
+        return f
+
+
+def share_below_rows(hist: np.ndarray, threshold: float) -> np.ndarray:
+    """Per row of ``hist``, the share of its mass below ``threshold``, linear inside the
+    straddling bin (NaN for an empty row)."""
+    total = hist.sum(axis=1)
+    i = _hist_index(threshold)
+    lo = _HIST_LO + i * _HIST_WIDTH
+    frac = min(max((threshold - lo) / _HIST_WIDTH, 0.0), 1.0)
+    below = hist[:, :i].sum(axis=1) + frac * hist[:, i]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, below / np.maximum(total, 1), np.nan)

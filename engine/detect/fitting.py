@@ -1,0 +1,225 @@
+"""Fitting what benign looks like: the reference and calibration tables, and live refits.
+
+Nothing here ever sees attack traffic. The steps of :func:`fit_calibration`:
+
+1. 15 % of the benign accounts (at least 10) fit the reference bank and codebook;
+   the others fit the tables, so no account is compared with its own queries.
+2. The table accounts are streamed through a scratch pipeline exactly as live traffic
+   would be, and every query's feature vector is kept with its history length.
+3. Two-fold cross-fitting: tables from one half score the other half, so the benign
+   lifetime-maximum scores (which set the flag threshold) are out-of-sample.
+
+:class:`PopulationSample` is the opt-in live refit: a reservoir of feature rows of live
+accounts still at ``ok``, blended into the tables with a bounded share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ..backend.device import Backend
+from ..config import EngineConfig
+from ..errors import CalibrationError
+from .features import N_FEATURES
+from .reference import BenignReference
+from .scoring import (
+    MAX_BIN_SAMPLES,
+    MIN_BIN_SAMPLES,
+    N_BINS,
+    BenignModel,
+    Calibration,
+    bin_of,
+    nearest_populated_bins,
+    rolling_mean_per_account,
+)
+from .stream import FeatureStream
+
+MIN_CALIBRATION_ACCOUNTS = 20
+MIN_REFERENCE_ACCOUNTS = 10
+# Accounts that fit the reference bank and not the tables: enough for a 2k-query bank,
+# few enough that the rarer kinds of benign account stay well represented in the tables.
+REFERENCE_SHARE = 0.15
+OFF_REFERENCE_QUANTILE = 0.02
+STREAM_CHUNK = 64
+NEAR_COPY_SIMILARITY = 0.9
+POPULATION_RESERVOIR = 20_000  # live feature rows kept for population refits
+MIN_POPULATION_ROWS = 100  # fewer live rows are not worth a refit
+
+
+def group_by_account(accounts: Sequence[str]) -> dict[str, np.ndarray]:
+    """{account: (row indices in arrival order)} preserving first-seen order.
+
+    >>> {a: rows.tolist() for a, rows in group_by_account(["a", "b", "a"]).items()}
+    {'a': [0, 2], 'b': [1]}
+    """
+    groups: dict[str, list[int]] = {}
+    for i, a in enumerate(accounts):
+        groups.setdefault(a, []).append(i)
+    return {a: np.asarray(rows, dtype=np.int64) for a, rows in groups.items()}
+
+
+def _stream_features(config: EngineConfig, reference: BenignReference, off_ref: float,
+                     groups: dict[str, np.ndarray], vectors: np.ndarray, ts: list, progress: Callable[[int], None] | None):
+    stream = FeatureStream(config, reference, Backend.host(), off_ref)
+    feats, ns, owner = [], [], []
+    for k, (account, rows) in enumerate(groups.items()):
+        for start in range(0, rows.size, STREAM_CHUNK):
+            chunk = rows[start : start + STREAM_CHUNK]
+            result = stream.step([account] * chunk.size, vectors[chunk], [ts[i] for i in chunk])
+            feats.append(result.features)
+            ns.append(result.n)
+            owner.append(np.full(chunk.size, k, dtype=np.int64))
+            if progress is not None:
+                progress(chunk.size)
+        stream.forget(account)  # accounts are independent; keep the scratch store small
+    if not feats:
+        return np.zeros((0, N_FEATURES)), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(feats), np.concatenate(ns), np.concatenate(owner)
+
+
+def _bin_samples(features: np.ndarray, ns: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Benign feature rows per history bin; a uniform sample where a bin has too many, so each
+    kind of benign traffic is represented in proportion to its volume."""
+    bins = bin_of(ns)
+    out = []
+    for b in range(N_BINS):
+        rows = np.flatnonzero(bins == b)
+        if rows.size > MAX_BIN_SAMPLES:
+            rows = np.sort(rng.choice(rows, size=MAX_BIN_SAMPLES, replace=False))
+        out.append(features[rows])
+    return out
+
+
+def _account_maxima(scores: np.ndarray, owner: np.ndarray, accounts_idx: np.ndarray) -> np.ndarray:
+    maxima = np.full(int(owner.max()) + 1, -np.inf)
+    np.maximum.at(maxima, owner, scores)
+    return maxima[accounts_idx]
+
+
+def _distance_norm(distances: np.ndarray, ns: np.ndarray) -> np.ndarray:
+    """Per bin: median and 99th percentile of out-of-sample benign kNN distances."""
+    bins = bin_of(ns)
+    norm = np.full((N_BINS, 2), np.nan)
+    for b in range(N_BINS):
+        d = distances[bins == b]
+        if d.size >= MIN_BIN_SAMPLES:
+            norm[b] = np.quantile(d, [0.5, 0.99])
+    have = np.flatnonzero(~np.isnan(norm[:, 0]))
+    if have.size == 0:
+        raise CalibrationError("calibration produced no history bin with enough benign queries to set a scale")
+    return norm[nearest_populated_bins(have)]
+
+
+def _has_near_copy(candidates: np.ndarray, others: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Which candidate rows nearly duplicate (similarity >= NEAR_COPY_SIMILARITY) a row of ``others``.
+
+    A prompt (or a small edit of it) sent by both a reference account and a table account
+    would let the table account find itself in the bank and look more benign than a new
+    account ever can; dropping such rows errs on the side of fewer false positives.
+    """
+    out = np.zeros(candidates.shape[0], dtype=bool)
+    for start in range(0, others.shape[0], chunk):
+        sims = candidates @ others[start : start + chunk].T
+        out |= (sims >= NEAR_COPY_SIMILARITY).any(axis=1)
+    return out
+
+
+def fit_calibration(config: EngineConfig, accounts: Sequence[str], vectors: np.ndarray,
+                    ts: Sequence[float | None] | None, reference: BenignReference | None, refit_reference: bool,
+                    source: str, progress: Callable[[int], None] | None = None) -> BenignModel:
+    """Fit on validated benign traffic (unit rows, each account's queries in time order), on the CPU.
+
+    ``refit_reference=False`` keeps ``reference`` and refits only the tables.
+    """
+    groups = group_by_account(accounts)
+    ts_list = list(ts) if ts is not None else [None] * len(accounts)
+    rng = np.random.default_rng(config.seed)
+    names = list(groups)
+    need = MIN_CALIBRATION_ACCOUNTS + (MIN_REFERENCE_ACCOUNTS if refit_reference else 0)
+    if len(names) < need:
+        raise CalibrationError(
+            f"calibration needs at least {need} benign accounts (each with its queries in time order); got "
+            f"{len(names)}. Pass more accounts, or refit_reference=False to keep the current reference"
+        )
+    order = rng.permutation(len(names))
+    if refit_reference:
+        n_ref = max(MIN_REFERENCE_ACCOUNTS, round(len(names) * REFERENCE_SHARE))
+        ref_names = [names[i] for i in order[:n_ref]]
+        table_names = [names[i] for i in order[n_ref:]]
+        ref_rows = np.concatenate([groups[a] for a in ref_names])
+        table_rows = np.concatenate([groups[a] for a in table_names])
+        bank_rows = ref_rows[~_has_near_copy(vectors[ref_rows], vectors[table_rows])]
+        reference = BenignReference.fit(vectors[bank_rows], codebook_vectors=vectors, seed=config.seed)
+    else:
+        if reference is None:
+            raise CalibrationError("refit_reference=False needs an existing reference; the engine has none")
+        table_names = [names[i] for i in order]
+    table_groups = {a: groups[a] for a in table_names}
+    table_rows = np.concatenate(list(table_groups.values()))
+    ref_sims = reference.query_stats(vectors[table_rows]).ref_similarity
+    off_ref = float(np.quantile(ref_sims, OFF_REFERENCE_QUANTILE))
+
+    features, ns, owner = _stream_features(config, reference, off_ref, table_groups, vectors, ts_list, progress)
+
+    n_accounts = len(table_names)
+    fold = rng.permutation(n_accounts) % 2
+    folds = [np.flatnonzero(fold == 0), np.flatnonzero(fold == 1)]
+    # Out-of-sample distances: each half is judged by tables fitted on the other half, so the
+    # scale and the lifetime maxima describe benign accounts the tables have never seen.
+    oof = np.empty(features.shape[0])
+    for fit_idx, score_idx in ((folds[0], folds[1]), (folds[1], folds[0])):
+        fit_mask, score_mask = np.isin(owner, fit_idx), np.isin(owner, score_idx)
+        fold_cal = Calibration(_bin_samples(features[fit_mask], ns[fit_mask], rng), None, off_ref)
+        oof[score_mask] = fold_cal.raw_distances(features[score_mask], ns[score_mask])
+    norm = _distance_norm(oof, ns)
+    final = Calibration(_bin_samples(features, ns, rng), None, off_ref, distance_norm=norm)
+    account_scores = rolling_mean_per_account(final.standardise(oof, ns), owner)
+    maxima = _account_maxima(account_scores, owner, np.arange(n_accounts))
+    final.set_account_max_scores(maxima)
+    final.source, final.n_accounts = source, n_accounts
+    return BenignModel(reference, final)
+
+
+class PopulationSample:
+    """A uniform reservoir of (history length, feature row) of live accounts at ``ok``.
+
+    :meth:`refit` blends it into a base calibration's tables, at most ``max_share`` of each
+    bin; the lifetime-maximum tail and so the thresholds stay the base's.
+    """
+
+    def __init__(self, capacity: int = POPULATION_RESERVOIR):
+        self.capacity = capacity
+        self.rows: list[tuple[int, np.ndarray]] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def clear(self) -> None:
+        self.rows.clear()
+
+    def remember(self, n: int, features: np.ndarray, seen: int) -> None:
+        """Offer one row; ``seen`` counts the observations so far (it seeds the replacement)."""
+        if len(self.rows) < self.capacity:
+            self.rows.append((n, features))
+            return
+        slot = int(np.random.default_rng(seen + n).integers(0, seen + 1))
+        if slot < self.capacity:
+            self.rows[slot] = (n, features)
+
+    def refit(self, base: Calibration, max_share: float) -> Calibration | None:
+        """``base`` with live rows added to its tables, or None while the sample is too small."""
+        if len(self.rows) < MIN_POPULATION_ROWS:
+            return None
+        ns = np.asarray([n for n, _ in self.rows])
+        feats = np.asarray([f for _, f in self.rows])
+        bins = bin_of(ns)
+        samples = []
+        for b, s in enumerate(base.samples):
+            live = feats[bins == b]
+            cap = int(max_share / (1 - max_share) * max(len(s), 1))
+            samples.append(np.concatenate([s, live[:cap]]) if live.size else s)
+        return Calibration(samples, base.account_max_scores, base.off_reference_similarity,
+                           distance_norm=base.distance_norm, source=base.source + " + live population",
+                           n_accounts=base.n_accounts)

@@ -1,0 +1,329 @@
+"""From features to a calibrated risk, a level and the reasons behind it.
+
+Calibration is benign-only. Benign traffic is not one population: chat users, retry-heavy
+users, translation and retrieval apps each have their own typical feature values, so an
+account is judged by how far it is from its *nearest benign look-alikes* (k-nearest
+neighbours among benign feature vectors at the same history length, every feature scaled
+by its benign spread), not by how far each feature is from one benign median. That raw
+distance is put on a common scale per history bin using out-of-sample benign distances,
+and the distribution of benign accounts' *lifetime maximum* scores (cross-fitted, with an
+exponential tail fitted to its top decile) turns a score into a risk:
+``risk = 1 - (share of benign accounts that ever score this high)``. The flag threshold
+therefore holds the target false-positive rate per account over its whole life. Reasons
+name the features that most separate the account from its look-alikes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import warnings
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..errors import CalibrationError
+from ..types import Level, Reason
+from .features import FEATURE_NAMES, FEATURES, N_FEATURES, SMOOTHING_QUERIES
+from .reference import BenignReference
+
+# History-length bins: features of a 5-query account are compared with benign 4-7 query accounts.
+BIN_EDGES = np.array([1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192], dtype=np.int64)
+N_BINS = len(BIN_EDGES)
+_BIN_EDGES_LIST = BIN_EDGES.tolist()
+MIN_BIN_SAMPLES = 40
+MAX_BIN_SAMPLES = 4096
+Z_AT_Q99 = 2.3263  # normal quantile of 0.99
+IQR_PER_SIGMA = 1.349  # interquartile range of a normal, in standard deviations
+NEIGHBOURS = 5  # benign look-alikes an account must be close to
+MIN_SCORED_QUERIES = 10  # fewer queries are too little evidence to act on at a 0.1 % false-positive rate
+# An account's score is the mean of its last SMOOTHING_QUERIES per-query scores: extraction
+# persists, while one odd benign query (a burst of retries, a history-bin boundary) does not.
+REASON_MIN_GAP = 0.5  # scaled differences smaller than this do not explain anything
+TAIL_FRACTION = 0.1
+
+
+def bin_of(n: np.ndarray | int) -> np.ndarray | int:
+    """History-length bin of ``n`` queries (an int for an int, an array for an array)."""
+    if isinstance(n, (int, np.integer)):  # the per-query path: bisect beats NumPy call overhead
+        return min(max(bisect.bisect_right(_BIN_EDGES_LIST, int(n)) - 1, 0), N_BINS - 1)
+    return np.minimum(np.maximum(np.searchsorted(BIN_EDGES, n, side="right") - 1, 0), N_BINS - 1)
+
+
+def nearest_populated_bins(populated: np.ndarray) -> np.ndarray:
+    """For every bin, the populated bin that stands in for it: itself, else the nearest one,
+    the shorter on a tie (a sparse long-history bin borrows from shorter accounts)."""
+    populated = np.asarray(populated)
+    return np.array([populated[np.argmin(np.abs(populated - b) + (populated > b) * 0.5)] for b in range(N_BINS)])
+
+
+def rolling_mean_per_account(scores: np.ndarray, owner: np.ndarray, window: int = SMOOTHING_QUERIES) -> np.ndarray:
+    """Mean of each query's last ``window`` scores within its account (rows of one account
+    contiguous and in stream order), exactly as :meth:`Detector.judge` accumulates them."""
+    out = np.empty(scores.shape[0])
+    bounds = np.flatnonzero(np.diff(owner)) + 1
+    for start, stop in zip(np.r_[0, bounds], np.r_[bounds, owner.size]):
+        c = np.concatenate([[0.0], np.cumsum(scores[start:stop])])
+        idx = np.arange(1, stop - start + 1)
+        lo = np.maximum(idx - window, 0)
+        out[start:stop] = (c[idx] - c[lo]) / (idx - lo)
+    return out
+
+
+class Calibration:
+    """Benign feature vectors per history bin, and the tail of benign lifetime-max scores.
+
+    ``samples[b]`` holds benign feature vectors (rows) observed at history lengths in bin
+    ``b``. Each feature is scaled by its benign spread in that bin, and a query's raw score
+    is the distance from its scaled feature vector to the ``NEIGHBOURS``-th nearest benign
+    row: small when some benign accounts behaved alike, whatever kind of benign account
+    that was (chat user, translation app, retry-heavy user ...). ``distance_norm[b]``
+    (median and 99th percentile of *out-of-sample* benign distances in bin ``b``) turns the
+    raw distance into the score, so accounts of every length are on one scale.
+    """
+
+    def __init__(self, samples: list[np.ndarray], account_max_scores: np.ndarray | None, off_reference_similarity: float,
+                 distance_norm: np.ndarray | None = None, source: str = "", n_accounts: int = 0):
+        if len(samples) != N_BINS:
+            raise CalibrationError(f"calibration needs one sample table per bin ({N_BINS}); got {len(samples)}")
+        self.samples = [np.asarray(s, dtype=np.float64).reshape(-1, N_FEATURES) for s in samples]
+        self.off_reference_similarity = float(off_reference_similarity)
+        self.distance_norm = None if distance_norm is None else np.asarray(distance_norm, dtype=np.float64)
+        self.source = source
+        self.n_accounts = int(n_accounts)
+        self._build_tables()
+        if account_max_scores is not None:  # None only while calibration cross-fits its folds
+            self.set_account_max_scores(account_max_scores)
+
+    # -- per-bin tables ------------------------------------------------------------------
+    def _build_tables(self) -> None:
+        populated = np.flatnonzero([s.shape[0] >= MIN_BIN_SAMPLES for s in self.samples])
+        if populated.size == 0:
+            raise CalibrationError(
+                f"calibration needs at least {MIN_BIN_SAMPLES} benign queries in some history-length bin; got "
+                f"{[s.shape[0] for s in self.samples]} per bin. Calibrate with more benign traffic"
+            )
+        # Bins with too little benign data borrow the nearest populated bin (shorter first).
+        self.donor_bin = nearest_populated_bins(populated)
+        pooled = np.concatenate([self.samples[b] for b in populated])
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (feature not defined yet)
+            pooled_std = np.nan_to_num(np.nanstd(pooled, axis=0), nan=1.0)
+            self.median = np.zeros((N_BINS, N_FEATURES))
+            self.scale = np.ones((N_BINS, N_FEATURES))
+            self._scaled: list[np.ndarray | None] = [None] * N_BINS
+            self._scaled_sq: list[np.ndarray | None] = [None] * N_BINS
+            self._sorted: list[list[np.ndarray] | None] = [None] * N_BINS
+            for b in populated:
+                rows = self.samples[b]
+                q1, med, q3 = np.nanquantile(rows, [0.25, 0.5, 0.75], axis=0)
+                med = np.nan_to_num(med)
+                self.median[b] = med
+                # Interquartile spread: the bulk of benign traffic sets the unit, not the gaps
+                # between benign kinds. The pooled standard deviation floors it, so a feature
+                # benign accounts hold constant in one bin (no near-duplicates) cannot make
+                # every change infinite.
+                self.scale[b] = np.maximum(np.nan_to_num((q3 - q1) / IQR_PER_SIGMA), np.maximum(0.25 * pooled_std, 1e-9))
+                self._scaled[b] = np.ascontiguousarray(np.nan_to_num((rows - med) / self.scale[b]), dtype=np.float32)
+                self._scaled_sq[b] = (self._scaled[b].astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
+                # Sorted non-NaN benign values per feature: a percentile is one binary search.
+                self._sorted[b] = [np.sort(col[~np.isnan(col)]) for col in rows.T]
+
+    def _scaled_point(self, features: np.ndarray, b: int) -> np.ndarray:
+        return np.nan_to_num((features - self.median[b]) / self.scale[b]).astype(np.float32)
+
+    def neighbours(self, features: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per row: the raw kNN distance to benign rows of its bin, and the gap (scaled row
+        minus the mean scaled vector of its nearest benign rows) that reasons are read from."""
+        features = np.atleast_2d(np.asarray(features, dtype=np.float64))
+        bins = self.donor_bin[bin_of(np.atleast_1d(np.asarray(n)))]
+        distance = np.empty(features.shape[0])
+        gap = np.empty(features.shape, dtype=np.float32)
+        for b in np.unique(bins).tolist():
+            rows = np.flatnonzero(bins == b)
+            u = self._scaled_point(features[rows], b)
+            d2 = self._squared_distances(u, b)
+            k = min(NEIGHBOURS, d2.shape[1])
+            nearest = np.argpartition(d2, k - 1, axis=1)[:, :k]
+            distance[rows] = np.sqrt(np.maximum(np.take_along_axis(d2, nearest, axis=1).max(axis=1), 0.0))
+            gap[rows] = u - self._scaled[b][nearest].mean(axis=1)
+        return distance, gap
+
+    def _squared_distances(self, u: np.ndarray, b: int) -> np.ndarray:
+        """(m, rows) squared distances from scaled points ``u`` to bin ``b``'s benign rows; one
+        matrix product, the same arithmetic for one query and for calibration's thousands."""
+        u = np.ascontiguousarray(u, dtype=np.float32)
+        return (u * u).sum(axis=1)[:, None] + self._scaled_sq[b][None, :] - 2.0 * (u @ self._scaled[b].T)
+
+    def raw_distances(self, features: np.ndarray, n: np.ndarray, chunk: int = 2048) -> np.ndarray:
+        """Vectorised raw kNN distances for many queries (used by calibration)."""
+        features = np.atleast_2d(features)
+        bins = self.donor_bin[bin_of(np.asarray(n))]
+        out = np.empty(features.shape[0])
+        for b in np.unique(bins):
+            rows = np.flatnonzero(bins == b)
+            k = min(NEIGHBOURS, self._scaled[b].shape[0])
+            for start in range(0, rows.size, chunk):
+                r = rows[start : start + chunk]
+                d2 = self._squared_distances(self._scaled_point(features[r], int(b)), int(b))
+                out[r] = np.sqrt(np.maximum(np.partition(d2, k - 1, axis=1)[:, k - 1], 0.0))
+        return out
+
+    def standardise(self, distances: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Raw distance -> score on the benign scale of the bin (0 = as typical as the benign
+        median or more; 2.33 = benign 99th percentile); 0 before MIN_SCORED_QUERIES."""
+        n = np.asarray(n)
+        d = np.asarray(distances, dtype=np.float64)
+        if self.distance_norm is not None:
+            med, q99 = self.distance_norm[self.donor_bin[bin_of(n)]].T
+            d = Z_AT_Q99 * (d - med) / np.maximum(q99 - med, 1e-9)
+        return np.where(n >= MIN_SCORED_QUERIES, np.maximum(d, 0.0), 0.0)
+
+    def deviations(self, features: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Signed marginal deviation per feature from the benign median, in benign spreads."""
+        features = np.atleast_2d(features)
+        b = self.donor_bin[bin_of(np.atleast_1d(n))]
+        return (features - self.median[b]) / self.scale[b]
+
+    def percentiles(self, features: np.ndarray, n: np.ndarray, feature_index: np.ndarray) -> np.ndarray:
+        """``percentile`` for many (row, feature) pairs at once: ``feature_index`` is (m, r)
+        feature numbers for rows of ``features`` (m, F) at history lengths ``n`` (m,)."""
+        bins = self.donor_bin[bin_of(np.asarray(n))]
+        values = np.take_along_axis(features, feature_index, axis=1)
+        out = np.full(values.shape, np.nan)
+        for b in np.unique(bins).tolist():
+            rows = np.flatnonzero(bins == b)
+            for j in np.unique(feature_index[rows]).tolist():
+                r, c = np.nonzero(feature_index[rows] == j)
+                col = self._sorted[b][j]
+                v = values[rows[r], c]
+                if col.size:
+                    out[rows[r], c] = np.where(np.isnan(v), np.nan, 100.0 * np.searchsorted(col, v, side="right") / col.size)
+        return out
+
+    def percentile(self, feature_index: int, value: float, n: int) -> float:
+        col = self._sorted[int(self.donor_bin[int(bin_of(n))])][feature_index]
+        if col.size == 0 or math.isnan(value):
+            return math.nan
+        return 100.0 * float(np.searchsorted(col, value, side="right")) / col.size
+
+    # -- score -> risk ---------------------------------------------------------------
+    def set_account_max_scores(self, maxima: np.ndarray) -> None:
+        m = np.sort(np.asarray(maxima, dtype=np.float64))
+        m = m[np.isfinite(m)]
+        if m.size < 10:
+            raise CalibrationError(
+                f"calibration needs lifetime scores of at least 10 benign accounts; got {m.size}. "
+                "Calibrate with more benign accounts"
+            )
+        self.account_max_scores = m
+        self.tail_start = float(np.quantile(m, 1.0 - TAIL_FRACTION))
+        excess = m[m > self.tail_start] - self.tail_start
+        self.tail_scale = max(float(excess.mean()) if excess.size else 0.0, 0.05)
+
+    def exceedance(self, score: float | np.ndarray) -> np.ndarray:
+        """Estimated share of benign accounts whose lifetime maximum reaches ``score``."""
+        s = np.asarray(score, dtype=np.float64)
+        m = self.account_max_scores
+        empirical = 1.0 - np.searchsorted(m, s, side="left") / m.size
+        tail = TAIL_FRACTION * np.exp(-(s - self.tail_start) / self.tail_scale)
+        return np.clip(np.where(s > self.tail_start, tail, empirical), 0.0, 1.0)
+
+    def threshold_for(self, fpr: float) -> float:
+        """Score at which the estimated benign lifetime exceedance equals ``fpr``."""
+        if fpr >= TAIL_FRACTION:
+            return float(np.quantile(self.account_max_scores, 1.0 - fpr))
+        return self.tail_start + self.tail_scale * math.log(TAIL_FRACTION / fpr)
+
+    # -- snapshots --------------------------------------------------------------------
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        out = {f"cal_bin_{b}": s.astype(np.float32) for b, s in enumerate(self.samples)}
+        out["cal_account_max_scores"] = self.account_max_scores
+        out["cal_off_reference_similarity"] = np.float64(self.off_reference_similarity)
+        out["cal_distance_norm"] = self.distance_norm if self.distance_norm is not None else np.zeros((0, 2))
+        return out
+
+    def meta(self) -> dict[str, Any]:
+        return {"source": self.source, "n_accounts": self.n_accounts, "features": list(FEATURE_NAMES)}
+
+    @classmethod
+    def from_arrays(cls, arrays, meta: dict[str, Any]) -> "Calibration":
+        if list(meta.get("features", [])) != list(FEATURE_NAMES):
+            raise CalibrationError(
+                f"calibration was made for features {meta.get('features')} but this probewatch computes "
+                f"{list(FEATURE_NAMES)}; recalibrate with this version"
+            )
+        samples = [np.asarray(arrays[f"cal_bin_{b}"], dtype=np.float64) for b in range(N_BINS)]
+        norm = np.asarray(arrays["cal_distance_norm"], dtype=np.float64)
+        if norm.shape != (N_BINS, 2):
+            raise CalibrationError(f"calibration distance table must have shape ({N_BINS}, 2); got {norm.shape}")
+        return cls(samples, np.asarray(arrays["cal_account_max_scores"]), float(arrays["cal_off_reference_similarity"]),
+                   distance_norm=norm, source=meta.get("source", ""), n_accounts=meta.get("n_accounts", 0))
+
+
+class BenignModel(NamedTuple):
+    """What benign traffic looks like: the reference (bank, codebook, bandwidth) and the
+    calibration tables fitted with it. A calibration file holds exactly this."""
+
+    reference: BenignReference
+    calibration: Calibration
+
+
+class Detector:
+    """Applies a :class:`Calibration`: scores, risks, levels and reasons for feature rows."""
+
+    def __init__(self, calibration: Calibration, target_fpr: float, watch_fpr: float, n_reasons: int = 3):
+        self.calibration = calibration
+        self.target_fpr = target_fpr
+        self.watch_fpr = watch_fpr
+        self.n_reasons = n_reasons
+        self.flag_threshold = calibration.threshold_for(target_fpr)
+        self.watch_threshold = calibration.threshold_for(watch_fpr)
+
+    def judge(self, features: np.ndarray, n: np.ndarray, recent_scores: list[np.ndarray]
+              ) -> tuple[np.ndarray, np.ndarray, list[tuple[Reason, ...]]]:
+        """(scores, risks, reasons) for feature rows at history lengths ``n``, in order.
+
+        ``recent_scores[i]`` is row i's account ring of per-query scores (SMOOTHING_QUERIES
+        long); each row's per-query score is written into it in order (rows of one account
+        share a ring) and the account score is the mean of the ring.
+        """
+        cal = self.calibration
+        n = np.asarray(n, dtype=np.int64)
+        distance, gap = cal.neighbours(features, n)
+        per_query = cal.standardise(distance, n).tolist()
+        scores = np.empty(n.shape[0])
+        for i, (ring, count) in enumerate(zip(recent_scores, n.tolist())):
+            ring[(count - 1) % ring.size] = per_query[i]
+            scores[i] = ring[: min(count, ring.size)].mean()
+        risks = 1.0 - cal.exceedance(scores)
+        return scores, risks, self._reasons(np.atleast_2d(features), gap, n)
+
+    def level_for(self, score: float) -> Level:
+        if score >= self.flag_threshold:
+            return Level.FLAG
+        if score >= self.watch_threshold:
+            return Level.WATCH
+        return Level.OK
+
+    def _reasons(self, features: np.ndarray, gap: np.ndarray, n: np.ndarray) -> list[tuple[Reason, ...]]:
+        """Per row, the features that most separate it from its nearest benign look-alikes."""
+        strength = np.where(np.isfinite(features), np.abs(gap), 0.0)
+        order = np.argsort(-strength, axis=1, kind="stable")[:, : self.n_reasons]
+        top = np.take_along_axis(strength, order, axis=1)
+        values = np.take_along_axis(features, order, axis=1)
+        signs = np.take_along_axis(gap, order, axis=1) > 0
+        percentiles = self.calibration.percentiles(features, n, order)
+        out = []
+        for i in range(features.shape[0]):
+            reasons = []
+            for j, size, value, above, pct in zip(order[i].tolist(), top[i].tolist(), values[i].tolist(),
+                                                 signs[i].tolist(), percentiles[i].tolist()):
+                if size <= REASON_MIN_GAP:
+                    break
+                reasons.append(Reason(feature=FEATURE_NAMES[j], value=value,
+                                      benign_percentile=pct if pct == pct else math.nan,  # one NaN object, as percentile()
+                                      direction="above" if above else "below", deviation=size,
+                                      description=FEATURES[FEATURE_NAMES[j]]))
+            out.append(tuple(reasons))
+        return out

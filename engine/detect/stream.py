@@ -1,0 +1,128 @@
+"""Queries in, feature rows out: reference facts, k-NN in the account's history, account state.
+
+:class:`FeatureStream` turns a batch of (account, unit vector, timestamp) into one feature
+vector per item, in order, exactly as if the items had arrived one at a time. The live
+:class:`~probewatch.detect.pipeline.Pipeline` runs one; calibration runs a scratch one
+over benign traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backend.device import Backend
+from ..backend.store import AccountStore
+from ..backend.threads import limit_host_blas
+from ..config import EngineConfig
+from .features import AccountState, QueryFacts, advance
+from .reference import BenignReference
+
+STEP_CHUNK = 1024  # items per array pass; bounds transient memory for huge batches
+GPU_SEGMENTED_MAX_HISTORY = 2048  # on GPU, short histories of a batch share one kernel launch
+
+
+@dataclass
+class StepResult:
+    """Per item, in input order: what the scoring stage needs."""
+
+    states: list[AccountState]  # the item's account state (shared by items of one account)
+    features: np.ndarray  # (m, N_FEATURES) as of each item
+    n: np.ndarray  # (m,) the account's query count right after each item
+
+
+class FeatureStream:
+    """Every account's FAISS history and running state; :meth:`step` advances them.
+
+    Not thread-safe on its own; the engine serialises access.
+    """
+
+    def __init__(self, config: EngineConfig, reference: BenignReference, backend: Backend,
+                 off_reference_similarity: float):
+        self.config = config
+        self.reference = reference
+        self.off_reference_similarity = off_reference_similarity
+        segmented = config.segmented_max_history
+        if segmented is None:
+            segmented = GPU_SEGMENTED_MAX_HISTORY if backend.on_gpu else 0
+        self.store = AccountStore(dim=reference.dim, storage=config.storage, history_cap=config.history_cap,
+                                  eviction_block=config.eviction_block, segmented_max_history=segmented,
+                                  backend=backend)
+        self.states: dict[str, AccountState] = {}
+        self._state_bytes: int | None = None
+
+    @property
+    def dim(self) -> int:
+        return self.reference.dim
+
+    def state_bytes(self) -> int:
+        """Approximate bytes held per account besides its vectors: its state's arrays plus
+        a fixed allowance for the Python objects around them."""
+        if self._state_bytes is None:
+            self._state_bytes = AccountState(self.config.window, self.reference.n_cells).nbytes() + 1024
+        return self._state_bytes
+
+    def held_bytes(self) -> int:
+        return self.store.vector_bytes() + len(self.states) * self.state_bytes()
+
+    def forget(self, account: str) -> bool:
+        """Drop an account's history and state; True if it existed."""
+        self.store.remove(account)
+        return self.states.pop(account, None) is not None
+
+    def clear(self) -> None:
+        self.store.clear()
+        self.states.clear()
+
+    def step(self, accounts: Sequence[str], vectors, ts: Sequence[float | None]) -> StepResult:
+        """Process validated unit rows (host or device) in order; features of every item.
+
+        Each item updates its account's state in arrival order and its state is captured
+        right then, so an account seen twice in a batch gets two different feature rows,
+        exactly as if the items had arrived one call at a time. The features of the whole
+        batch are then computed in array calls.
+        """
+        with limit_host_blas(self.config.detection_blas_threads):
+            if len(accounts) <= STEP_CHUNK:
+                return self._step(accounts, vectors, ts)
+            # Huge batches go through in chunks (same result: chunks are batches in arrival
+            # order), so transient buffers stay a few MB whatever the caller sends.
+            parts = [self._step(accounts[i : i + STEP_CHUNK], vectors[i : i + STEP_CHUNK], ts[i : i + STEP_CHUNK])
+                     for i in range(0, len(accounts), STEP_CHUNK)]
+            return StepResult([s for p in parts for s in p.states], np.concatenate([p.features for p in parts]),
+                              np.concatenate([p.n for p in parts]))
+
+    def _step(self, accounts, vectors, ts) -> StepResult:
+        cfg = self.config
+        ref = self.reference.query_stats(vectors)
+        sims, counts = self.store.search_then_add(list(accounts), vectors, cfg.k_neighbors)
+        available = np.minimum(counts, cfg.k_neighbors)
+        with np.errstate(invalid="ignore"):
+            nn = np.where(available > 0, sims[:, 0], np.nan).tolist()
+            knn = np.where(available > 0, np.where(np.isfinite(sims), sims, 0.0).sum(axis=1) / np.maximum(available, 1),
+                           np.nan).tolist()
+        facts = [QueryFacts(*row) for row in zip(nn, knn, ref.ref_similarity.tolist(), ref.ref_kernel_mean.tolist(),
+                                                  ref.cell.tolist())]
+        states = [self._state_of(account) for account in accounts]
+        # How many later items of the same account follow each item: the store already holds
+        # the whole batch, and the window an item sees must end at the item itself.
+        later = [0] * len(accounts)
+        seen: dict[str, int] = {}
+        for i in range(len(accounts) - 1, -1, -1):
+            later[i] = seen.get(accounts[i], 0)
+            seen[accounts[i]] = later[i] + 1
+
+        def window_of(i: int) -> np.ndarray:
+            return self.store.window(accounts[i], cfg.window, end=self.store.history_size(accounts[i]) - later[i])
+
+        batch = advance(states, facts, list(ts), cfg.window, cfg.refresh_every, window_of, self.reference)
+        features = batch.features(cfg.near_duplicate_similarity, self.off_reference_similarity)
+        return StepResult(states, features, batch.n.copy())
+
+    def _state_of(self, account: str) -> AccountState:
+        state = self.states.get(account)
+        if state is None:
+            state = self.states[account] = AccountState(self.config.window, self.reference.n_cells)
+        return state

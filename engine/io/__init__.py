@@ -1,0 +1,1 @@
+"""What crosses probewatch's edges: input checks, snapshots and calibration files."""

@@ -1,0 +1,208 @@
+"""Snapshots of an engine's complete state, and calibration files.
+
+A snapshot is an uncompressed ``.npz`` (NumPy arrays only, never pickles) holding a JSON
+header with the format name and version, the configuration, every account's scalar state,
+the reference, the calibration tables, and every account's history vectors (copied from
+its FAISS index through the host, so a GPU engine's snapshot loads on a CPU and back).
+It is written from :meth:`Engine.state_dict` and read back into the same dictionary for
+:meth:`Engine.from_state`; nothing here knows the engine's insides.
+Files are written to a temporary name in the same folder, flushed, fsynced, then renamed
+over the target: a crash leaves the old snapshot or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import EngineConfig
+from ..detect.features import AccountState
+from ..detect.reference import BenignReference
+from ..detect.scoring import BenignModel, Calibration
+from ..errors import CalibrationError, ConfigError, SnapshotError
+from ..types import Level
+
+SNAPSHOT_FORMAT = "probewatch-snapshot"
+CALIBRATION_FORMAT = "probewatch-calibration"
+FORMAT_VERSION = 1
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename or a new file in ``folder`` durable (the directory entry itself)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise SnapshotError(f"cannot write {path}: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(folder)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _header(kind: str, body: dict[str, Any]) -> np.ndarray:
+    body = {"format": kind, "version": FORMAT_VERSION, **body}
+    return np.frombuffer(json.dumps(body).encode("utf-8"), dtype=np.uint8)
+
+
+def _open(path: str | Path, kind: str):
+    """(header, arrays) of a probewatch file of ``kind``, or SnapshotError saying what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise SnapshotError(f"no {kind} file at {path}")
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # a bare .npy array, not an archive
+            raise SnapshotError(
+                f"{path} is a single .npy array, not a {kind} (expected a .npz archive written by probewatch)"
+            )
+        with data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise SnapshotError(f"{path} is not a readable {kind} file (expected a .npz written by probewatch): {exc}") from exc
+    if "header" not in arrays:
+        raise SnapshotError(f"{path} is a .npz file but not a {kind}: it has no probewatch header")
+    try:
+        header = json.loads(arrays["header"].tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SnapshotError(f"{path}: the header is corrupt ({exc})") from exc
+    if not isinstance(header, dict):
+        raise SnapshotError(f"{path}: the header is corrupt (expected a JSON object, got {type(header).__name__})")
+    if header.get("format") != kind:
+        raise SnapshotError(f"{path} is a {header.get('format')!r} file, expected {kind!r}")
+    if header.get("version") != FORMAT_VERSION:
+        raise SnapshotError(
+            f"{path} has format version {header.get('version')}; this probewatch reads version {FORMAT_VERSION}"
+        )
+    return header, arrays
+
+
+def _benign_model(path, header, arrays) -> BenignModel:
+    try:
+        return BenignModel(BenignReference.from_arrays(arrays), Calibration.from_arrays(arrays, header["calibration"]))
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        raise SnapshotError(f"{path}: reference or calibration arrays are missing or malformed ({exc})") from exc
+    except CalibrationError as exc:
+        raise SnapshotError(f"{path}: {exc}") from exc
+
+
+def _benign_arrays(benign: BenignModel) -> dict[str, np.ndarray]:
+    return {**benign.reference.to_arrays(), **benign.calibration.to_arrays()}
+
+
+def write_calibration(path: str | Path, benign: BenignModel) -> None:
+    arrays = {"header": _header(CALIBRATION_FORMAT, {"calibration": benign.calibration.meta()}), **_benign_arrays(benign)}
+    _atomic_write(path, arrays)
+
+
+def read_calibration(path: str | Path) -> BenignModel:
+    path = Path(path)
+    if not path.is_file():
+        raise CalibrationError(
+            f"no calibration file at {path}; the default ships inside the probewatch package "
+            "(reinstall it) or build one with scripts/build_default_calibration.py"
+        )
+    header, arrays = _open(path, CALIBRATION_FORMAT)
+    return _benign_model(path, header, arrays)
+
+
+def write_snapshot(path: str | Path, state: dict[str, Any]) -> None:
+    """Write an :meth:`Engine.state_dict` atomically."""
+    config: EngineConfig = state["config"]
+    benign: BenignModel = state["benign"]
+    states: list[AccountState] = state["states"]
+    header = {
+        "config": config.to_dict(),
+        "calibration": benign.calibration.meta(),
+        "observations": state["observations"],
+        "dim": benign.reference.dim,
+        "accounts": list(state["accounts"]),
+        # NaN is not JSON: timestamps are written as null; levels as their string value.
+        "scalars": [[_json_scalar(getattr(s, name)) for name in AccountState.SCALARS] for s in states],
+        "histories": [s.history for s in states],
+    }
+    arrays = {"header": _header(SNAPSHOT_FORMAT, header), "store_offsets": state["offsets"],
+              "store_vectors": state["vectors"].astype(np.float16 if config.storage == "float16" else np.float32),
+              **_benign_arrays(benign)}
+    for name in AccountState.ARRAYS:
+        if states:
+            arrays[f"state_{name}"] = np.stack([getattr(s, name) for s in states])
+    _atomic_write(path, arrays)
+
+
+def _json_scalar(value: Any) -> Any:
+    if isinstance(value, Level):
+        return value.value
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The :meth:`Engine.state_dict` a snapshot holds, with runtime ``overrides`` applied to
+    its configuration; a :class:`SnapshotError` says what is wrong with a bad file."""
+    header, arrays = _open(path, SNAPSHOT_FORMAT)
+    benign = _benign_model(path, header, arrays)
+    try:
+        stored_config = dict(header["config"])
+        stored_config.pop("extra", None)  # an unused field snapshots of 0.1.0 carry
+        config = EngineConfig.from_dict(stored_config)
+        if overrides:
+            config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
+        ids = list(header["accounts"])
+        scalars = header["scalars"]
+        histories = header["histories"]
+        offsets = np.asarray(arrays["store_offsets"], dtype=np.int64)
+        flat = np.asarray(arrays["store_vectors"], dtype=np.float32)
+        if offsets.shape != (len(ids) + 1,) or offsets[-1] != flat.shape[0] or len(scalars) != len(ids):
+            raise SnapshotError(f"{path}: account tables disagree ({len(ids)} ids, offsets {offsets.shape}, {flat.shape[0]} vectors)")
+        if flat.ndim != 2 or flat.shape[1] != benign.reference.dim:
+            raise SnapshotError(f"{path}: stored vectors have shape {flat.shape}, expected (n, {benign.reference.dim})")
+        state_arrays = {name: arrays[f"state_{name}"] for name in AccountState.ARRAYS} if ids else {}
+        states = [_account_state(path, account, config.window, benign.reference.n_cells, scalars[i], histories[i],
+                                 {name: state_arrays[name][i] for name in AccountState.ARRAYS})
+                  for i, account in enumerate(ids)]
+        observations = int(header.get("observations", 0))
+    except ConfigError as exc:  # before ValueError, which ConfigError subclasses
+        raise SnapshotError(f"{path}: stored configuration is invalid ({exc})") from exc
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise SnapshotError(f"{path}: snapshot content is malformed ({exc})") from exc
+    return {"config": config, "benign": benign, "observations": observations, "accounts": ids, "offsets": offsets,
+            "vectors": flat, "states": states}
+
+
+def _account_state(path, account: str, window: int, n_cells: int, scalars: list, history: list,
+                   arrays: dict[str, np.ndarray]) -> AccountState:
+    state = AccountState(window, n_cells)
+    for name, value in zip(AccountState.SCALARS, scalars):
+        setattr(state, name, float("nan") if value is None else value)
+    state.level = Level(state.level)
+    for name, src in arrays.items():
+        dst = getattr(state, name)
+        if src.shape != dst.shape:
+            raise SnapshotError(f"{path}: state array {name} of {account!r} has shape {src.shape}, expected {dst.shape}")
+        dst[...] = src
+    state.history = [(int(n), float(r)) for n, r in history]
+    return state

@@ -1,0 +1,183 @@
+"""Input checks shared by the engine, the CLI and the sidecar.
+
+Each check either returns the cleaned value or raises a specific
+:class:`~probewatch.errors.InputError` saying what was expected and what came.
+
+>>> check_account("acct-1")
+'acct-1'
+>>> check_prompt("café".encode(), max_chars=100)
+'café'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import (
+    BatchLengthError,
+    InvalidAccountError,
+    InvalidEmbeddingError,
+    InvalidPromptError,
+    InvalidTimestampError,
+    ProbewatchError,
+)
+
+MAX_ACCOUNT_ID_LENGTH = 256
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_account(account: Any) -> str:
+    """An account id: a non-empty str of at most 256 characters with no control characters."""
+    if not isinstance(account, str):
+        raise InvalidAccountError(
+            f"an account id must be a str; got {type(account).__name__} {_describe(account)}"
+        )
+    if not account or not account.strip():
+        raise InvalidAccountError(f"an account id must be non-empty and not only whitespace; got {account!r}")
+    if len(account) > MAX_ACCOUNT_ID_LENGTH:
+        raise InvalidAccountError(
+            f"an account id must be at most {MAX_ACCOUNT_ID_LENGTH} characters; got {len(account)} "
+            f"(starting {account[:40]!r}); hash long ids before passing them"
+        )
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in account):
+        raise InvalidAccountError(
+            f"an account id must not contain control characters (newlines, NUL, ...); got {_describe(account)}"
+        )
+    try:
+        account.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidAccountError(
+            f"an account id must be valid Unicode text; got lone surrogates in {_describe(account)}"
+        ) from exc
+    return account
+
+
+def check_prompt(prompt: Any, max_chars: int) -> str:
+    """A prompt: str (or UTF-8 bytes), not blank, no NUL, at most ``max_chars`` characters."""
+    if isinstance(prompt, (bytes, bytearray, memoryview)):
+        raw = bytes(prompt)
+        try:
+            prompt = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidPromptError(
+                f"a prompt given as bytes must be valid UTF-8; byte {exc.start} is {raw[exc.start:exc.start + 1]!r} "
+                f"({exc.reason}); decode it yourself or send text"
+            ) from exc
+    if not isinstance(prompt, str):
+        raise InvalidPromptError(f"a prompt must be a str or UTF-8 bytes; got {type(prompt).__name__} {_describe(prompt)}")
+    if "\x00" in prompt:
+        raise InvalidPromptError(
+            f"a prompt must be text without NUL characters; got one at position {prompt.index(chr(0))}; "
+            "binary payloads are not prompts"
+        )
+    if not prompt.strip():
+        raise InvalidPromptError(f"a prompt must contain non-whitespace text; got {_describe(prompt)}")
+    if len(prompt) > max_chars:
+        raise InvalidPromptError(
+            f"a prompt must be at most {max_chars} characters (config max_prompt_chars); got {len(prompt)}. "
+            "Send the text the model actually sees, or raise the limit"
+        )
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidPromptError(
+            f"a prompt must be valid Unicode; got a lone surrogate at position {exc.start} "
+            "(text decoded with errors='surrogateescape'?)"
+        ) from exc
+    return prompt
+
+
+def check_timestamp(ts: Any) -> float | None:
+    """A timestamp: None, or a finite number of seconds, returned as float."""
+    if ts is None:
+        return None
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+        raise InvalidTimestampError(f"a timestamp must be a number of seconds or None; got {_describe(ts)}")
+    try:
+        value = float(ts)
+    except OverflowError:
+        raise InvalidTimestampError(f"a timestamp must be a number of seconds; got an integer of {len(str(ts))} digits") from None
+    if not math.isfinite(value):
+        raise InvalidTimestampError(f"a timestamp must be finite; got {value}")
+    return value
+
+
+def check_same_length(**named: Sequence[Any] | None) -> int:
+    """All given sequences (None ones skipped) have one length; returns it."""
+    lengths = {name: len(seq) for name, seq in named.items() if seq is not None}
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{name}={n}" for name, n in lengths.items())
+        raise BatchLengthError(f"batch inputs must have one length each item; got {detail}")
+    return next(iter(lengths.values()), 0)
+
+
+def check_embeddings(vectors: Any, dim: int) -> np.ndarray:
+    """An (n, dim) finite, non-zero matrix, returned as unit-norm C-contiguous float32."""
+    try:
+        arr = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidEmbeddingError(f"vectors must be a numeric (n, {dim}) array; got {type(vectors).__name__}: {exc}") from exc
+    if arr.ndim == 1 and arr.shape[0] == dim:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise InvalidEmbeddingError(
+            f"vectors must have shape (n, {dim}) to match the engine's embedding dimension; got {arr.shape}"
+        )
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise InvalidEmbeddingError(
+            f"vectors must be finite; rows {bad[:10].tolist()} hold NaN or infinity ({bad.size} rows in all)"
+        )
+    # float64: a float32 norm overflows to inf (large finite rows) or underflows to 0 (tiny rows)
+    norms = np.linalg.norm(arr.astype(np.float64), axis=1)
+    if (norms <= 1e-12).any():
+        bad = np.flatnonzero(norms <= 1e-12)
+        raise InvalidEmbeddingError(f"vectors must have a non-zero norm; rows {bad[:10].tolist()} are zero")
+    return np.ascontiguousarray(arr / norms[:, None], dtype=np.float32)
+
+
+def check_vectors(accounts: Sequence[str], vectors: Any, dim: int, ts: Sequence[float | None] | None = None) -> np.ndarray:
+    """One unit row of ``dim`` (see :func:`check_embeddings`) per account; lengths must agree."""
+    n = check_same_length(accounts=accounts, ts=ts)
+    arr = check_embeddings(vectors, dim)
+    if arr.shape[0] != n:
+        raise InvalidEmbeddingError(f"expected one vector per account: {n} accounts but {arr.shape[0]} vectors")
+    return arr
+
+
+def check_items(accounts: Sequence[Any], ts: Sequence[Any] | None, prompts: Sequence[Any] | None = None,
+                max_prompt_chars: int = 0) -> tuple[list[int], list[str], list[float | None], dict[int, ProbewatchError]]:
+    """Check each item of a batch on its own: ``(valid indices, their prompts, their
+    timestamps, {index: error})``. Lengths must agree (else the whole batch is rejected).
+
+    >>> good, texts, stamps, errors = check_items(["a", ""], [None, 5], ["hi", "there"], 100)
+    >>> good, texts, stamps, type(errors[1]).__name__
+    ([0], ['hi'], [None], 'InvalidAccountError')
+    """
+    check_same_length(accounts=accounts, prompts=prompts, ts=ts)
+    good: list[int] = []
+    texts: list[str] = []
+    stamps: list[float | None] = []
+    errors: dict[int, ProbewatchError] = {}
+    for i, account in enumerate(accounts):
+        try:
+            check_account(account)
+            text = check_prompt(prompts[i], max_prompt_chars) if prompts is not None else None
+            stamp = check_timestamp(None if ts is None else ts[i])
+        except ProbewatchError as exc:
+            errors[i] = exc
+            continue
+        good.append(i)
+        stamps.append(stamp)
+        if text is not None:
+            texts.append(text)
+    return good, texts, stamps, errors

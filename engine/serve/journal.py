@@ -1,0 +1,172 @@
+"""Append-only journal of acknowledged state changes (observations and forgets).
+
+One JSON object per line, each with a strictly increasing ``seq``. The journal is split
+into segments named by the first seq they may hold (``journal-000000000042.jsonl``); a
+snapshot covering seq S lets every segment whose entries are all <= S be deleted.
+
+Records are written before the client is answered. Fsync policies:
+
+* ``always``: fsync after every record.
+* ``batch``: one fsync per append call (one micro-batch) before anyone is answered.
+* ``interval``: flushed to the OS per append (survives a process crash), fsynced in the
+  background every ``fsync_interval_s`` (a power loss may lose that window).
+* ``never``: flushed to the OS per append, never fsynced by us.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..io.persistence import fsync_dir
+
+log = logging.getLogger("probewatch.server.journal")
+
+SEGMENT_PREFIX = "journal-"
+SEGMENT_SUFFIX = ".jsonl"
+
+
+def sequenced_name(prefix: str, seq: int, suffix: str) -> str:
+    """File name carrying a journal sequence number (journal segments, snapshots)."""
+    return f"{prefix}{seq:015d}{suffix}"
+
+
+def sequence_of(path: Path, prefix: str, suffix: str) -> int | None:
+    """The sequence number in a :func:`sequenced_name`, or None for any other file."""
+    name = path.name
+    if not (name.startswith(prefix) and name.endswith(suffix)):
+        return None
+    try:
+        return int(name[len(prefix):-len(suffix)])
+    except ValueError:
+        return None
+
+
+class Journal:
+    """Segmented JSONL journal; ``append`` is called from one thread at a time."""
+
+    def __init__(self, folder: str | os.PathLike, fsync: str = "batch", fsync_interval_s: float = 0.2):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.fsync_policy = fsync
+        self.fsync_interval_s = fsync_interval_s
+        self._fh = None
+        self._segment_first = 0
+        self._last_seq = 0
+        self._dirty = False
+        self._io_lock = threading.Lock()  # append vs the background fsync thread
+        self._stop = threading.Event()
+        self._syncer: threading.Thread | None = None
+
+    # -- reading -----------------------------------------------------------------------
+    def segments(self) -> list[tuple[int, Path]]:
+        found = [(sequence_of(p, SEGMENT_PREFIX, SEGMENT_SUFFIX), p) for p in self.folder.iterdir()]
+        return sorted((s, p) for s, p in found if s is not None)
+
+    def replay(self, after_seq: int) -> Iterator[dict[str, Any]]:
+        """Records with seq > after_seq, in order. A torn final line (crash mid-write; never
+        acknowledged) is skipped with a warning; so is any other unreadable line."""
+        for _, path in self.segments():
+            with open(path, "rb") as fh:
+                lines = fh.read().split(b"\n")
+            for lineno, raw in enumerate(lines, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw)
+                    seq = int(record["seq"])
+                except (ValueError, KeyError, TypeError):
+                    torn = lineno == len(lines)
+                    log.warning("journal %s line %d is %s; skipping it", path.name, lineno,
+                                "torn (crash during write)" if torn else "unreadable")
+                    continue
+                self._last_seq = max(self._last_seq, seq)
+                if seq > after_seq:
+                    yield record
+
+    # -- writing -----------------------------------------------------------------------
+    def open(self, next_seq: int) -> None:
+        """Start a fresh segment at ``next_seq`` (never append to a possibly torn file)."""
+        self._last_seq = max(self._last_seq, next_seq - 1)
+        self._open_segment(next_seq)
+        if self.fsync_policy == "interval" and self._syncer is None:
+            self._syncer = threading.Thread(target=self._sync_loop, name="probewatch-journal-fsync", daemon=True)
+            self._syncer.start()
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    def _open_segment(self, first_seq: int) -> None:
+        with self._io_lock:
+            if self._fh is not None:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+                self._fh.close()
+            path = self.folder / sequenced_name(SEGMENT_PREFIX, first_seq, SEGMENT_SUFFIX)
+            self._fh = open(path, "ab")
+            self._segment_first = first_seq
+            fsync_dir(self.folder)
+
+    def append(self, records: list[dict[str, Any]]) -> int:
+        """Assign seqs to ``records`` (in place), write them durably per the policy; returns
+        the last seq written."""
+        if self._fh is None:
+            raise RuntimeError("journal.open() was not called")
+        with self._io_lock:
+            for record in records:
+                self._last_seq += 1
+                record["seq"] = self._last_seq
+                self._fh.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n")
+                if self.fsync_policy == "always":
+                    self._fh.flush()
+                    os.fsync(self._fh.fileno())
+            self._fh.flush()
+            if self.fsync_policy == "batch":
+                os.fsync(self._fh.fileno())
+            else:
+                self._dirty = True
+            return self._last_seq
+
+    def rotate(self) -> None:
+        """Close the current segment and start the next one at last_seq + 1."""
+        self._open_segment(self._last_seq + 1)
+
+    def drop_through(self, seq: int) -> int:
+        """Delete segments whose records are all <= seq (never the open one); returns how many."""
+        segs = self.segments()
+        dropped = 0
+        for (first, path), (next_first, _) in zip(segs, segs[1:]):
+            if next_first - 1 <= seq and first != self._segment_first:
+                path.unlink(missing_ok=True)
+                dropped += 1
+        if dropped:
+            fsync_dir(self.folder)
+        return dropped
+
+    def _sync_loop(self) -> None:
+        while not self._stop.wait(self.fsync_interval_s):
+            self.sync()
+
+    def sync(self) -> None:
+        with self._io_lock:
+            if self._fh is not None and self._dirty:
+                os.fsync(self._fh.fileno())
+                self._dirty = False
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._syncer is not None:
+            self._syncer.join(timeout=5)
+        with self._io_lock:
+            if self._fh is not None:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+                self._fh.close()
+                self._fh = None
+

@@ -1,0 +1,385 @@
+"""The sidecar's core, independent of HTTP: micro-batching, journal, snapshots, failure policy.
+
+Ordering and durability: one single-thread executor runs every state change (a micro-batch
+is "journal append, then engine.observe_batch" in one job; a forget is "journal, then
+engine.forget") and every snapshot. So the engine state a snapshot sees is exactly the
+journal up to ``journal.last_seq``; that seq goes into the snapshot's file name. A client
+is answered only after its batch job finished, i.e. after its records reached the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..engine import Engine
+from ..errors import BatchError, InvalidPromptError, ProbewatchError, SnapshotError
+from ..io.validation import check_account, check_prompt, check_timestamp
+from .config import ServerConfig
+from ..io.persistence import fsync_dir
+from .journal import Journal, sequence_of, sequenced_name
+from .metrics import ServerMetrics
+
+log = logging.getLogger("probewatch.server")
+
+SNAPSHOT_PREFIX = "snapshot-"
+SNAPSHOT_SUFFIX = ".pwsnap"
+REPLAY_CHUNK = 256
+
+
+@dataclass
+class Item:
+    """One observation on its way through the micro-batcher."""
+
+    account: str
+    prompt: str
+    ts: float
+    truncated: bool = False
+    future: asyncio.Future | None = None
+    enqueued_at: float = 0.0
+    abandoned: bool = False  # the caller was already answered by the failure policy
+    batched: bool = False  # taken into a micro-batch: it will be journaled and applied
+
+
+@dataclass
+class Outcome:
+    """What a caller gets for one item: a verdict, an item error, or a policy fallback."""
+
+    verdict: dict[str, Any] | None = None
+    error: ProbewatchError | None = None
+    fallback: str | None = None  # "deadline" | "overloaded" | "not_ready" | "engine_error"
+    queued: bool = False
+    truncated: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def snapshot_name(seq: int) -> str:
+    return sequenced_name(SNAPSHOT_PREFIX, seq, SNAPSHOT_SUFFIX)
+
+
+def snapshot_seq(path: Path) -> int | None:
+    return sequence_of(path, SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX)
+
+
+class ObservationService:
+    def __init__(self, config: ServerConfig, engine: Engine | None = None):
+        self.config = config
+        self.engine: Engine | None = engine
+        self._given_engine = engine is not None
+        self.metrics = ServerMetrics(self._stats_for_metrics, lambda: len(self._queue))
+        self.ready = False
+        self.load_error: str | None = None
+        self.covered_seq = 0  # journal seq the newest snapshot covers
+        self._consistent = True  # False after an engine failure between journal and apply
+        self._queue: deque[Item] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+        self._snapshotter: asyncio.Task | None = None
+        self._closing = False
+        # One thread for every state change and snapshot: that is what orders them.
+        self._state_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="probewatch-state")
+        self.journal = Journal(config.data_path / "journal", config.journal_fsync,
+                               config.journal_fsync_interval_ms / 1000.0)
+        self.snapshot_dir = config.data_path / "snapshots"
+        self._since_snapshot = 0
+        self._last_snapshot_at = time.monotonic()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Restore state and load the model in the state thread; the service is ready after."""
+        loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        try:
+            await loop.run_in_executor(self._state_executor, self._restore_and_warm)
+        except Exception as exc:  # noqa: BLE001 - reported by /readyz and the log; the process stays up
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("probewatch could not restore its state or load the model")
+            return
+        self._worker = asyncio.create_task(self._batch_loop(), name="probewatch-batcher")
+        self._snapshotter = asyncio.create_task(self._snapshot_loop(), name="probewatch-snapshots")
+        self.ready = True
+        log.info("probewatch ready: %s", {k: v for k, v in self.engine.stats().to_dict().items() if k != "calibration"})
+
+    async def stop(self) -> None:
+        """Drain queued items, write a final snapshot, close the journal."""
+        self._closing = True
+        loop = asyncio.get_running_loop()
+        if self._worker is not None:
+            deadline = loop.time() + self.config.shutdown_drain_s
+            while self._queue and loop.time() < deadline:
+                self._wakeup.set()
+                await asyncio.sleep(0.01)
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+        if self._snapshotter is not None:
+            self._snapshotter.cancel()
+            await asyncio.gather(self._snapshotter, return_exceptions=True)
+        if self.ready:
+            await loop.run_in_executor(self._state_executor, self._snapshot_job, "shutdown")
+        await loop.run_in_executor(self._state_executor, self.journal.close)
+        self._state_executor.shutdown(wait=True)
+        self.ready = False
+
+    def _restore_and_warm(self) -> None:
+        cfg = self.config
+        cfg.data_path.mkdir(parents=True, exist_ok=True)
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        if not self._given_engine:
+            self.engine = self._load_newest_snapshot() or Engine(config=cfg.engine, calibration_path=cfg.calibration_path)
+        replayed = self._replay_journal()
+        self.journal.open(max(self.journal.last_seq, self.covered_seq) + 1)
+        # Pay for model loading and the first forward pass now, not on the first request.
+        self.engine.embedder.encode(["probewatch warm-up"])
+        log.info("restored snapshot seq %d and replayed %d journal records", self.covered_seq, replayed)
+
+    def _load_newest_snapshot(self) -> Engine | None:
+        runtime = {"device": self.config.engine.device, "embed_batch_size": self.config.engine.embed_batch_size,
+                   "memory_budget_bytes": self.config.engine.memory_budget_bytes,
+                   "max_prompt_chars": self.config.engine.max_prompt_chars}
+        for seq, path in sorted(self._snapshots(), reverse=True):
+            try:
+                engine = Engine.load(path, **runtime)
+            except (SnapshotError, OSError, ValueError) as exc:
+                log.error("snapshot %s is unreadable (%s); trying an older one", path.name, exc)
+                continue
+            self.covered_seq = seq
+            return engine
+        return None
+
+    def _snapshots(self) -> list[tuple[int, Path]]:
+        found = [(snapshot_seq(p), p) for p in self.snapshot_dir.iterdir()]
+        return [(s, p) for s, p in found if s is not None]
+
+    def _replay_journal(self) -> int:
+        pending: list[dict[str, Any]] = []
+        count = 0
+
+        def flush() -> None:
+            if not pending:
+                return
+            try:
+                self.engine.observe_batch([r["account"] for r in pending], [r["prompt"] for r in pending],
+                                          [r.get("ts") for r in pending])
+            except BatchError as exc:
+                log.warning("journal replay: %d records were rejected by the engine: %s", len(exc.errors), exc)
+            pending.clear()
+
+        for record in self.journal.replay(self.covered_seq):
+            count += 1
+            if record.get("op") == "forget":
+                flush()
+                self.engine.forget(record["account"])
+            else:
+                pending.append(record)
+                if len(pending) >= REPLAY_CHUNK:
+                    flush()
+        flush()
+        self._since_snapshot = count
+        return count
+
+    # -- observing ------------------------------------------------------------------------
+    def prepare_item(self, raw_account: Any, raw_prompt: Any, raw_ts: Any, received_at: float) -> Item:
+        """Check one item; raises the error the caller should see for it.
+
+        Prompt size rule: a prompt longer than ``max_prompt_chars`` is cut to its first
+        ``max_prompt_chars`` characters and marked ``truncated`` (``prompt_overflow:
+        truncate``), or rejected (``prompt_overflow: reject``). The embedding model reads
+        only its first 256 tokens (~1,000 characters), so truncation loses no signal.
+        """
+        account = check_account(raw_account)
+        truncated = False
+        if isinstance(raw_prompt, str) and len(raw_prompt) > self.config.max_prompt_chars:
+            if self.config.prompt_overflow == "reject":
+                raise InvalidPromptError(
+                    f"a prompt must be at most {self.config.max_prompt_chars} characters (sidecar max_prompt_chars); "
+                    f"got {len(raw_prompt)}; shorten it or set prompt_overflow: truncate")
+            raw_prompt = raw_prompt[: self.config.max_prompt_chars]
+            truncated = True
+        prompt = check_prompt(raw_prompt, self.config.engine.max_prompt_chars)
+        ts = check_timestamp(raw_ts)
+        # A server receive time keeps time features meaningful and makes replay exact.
+        return Item(account, prompt, received_at if ts is None else ts, truncated)
+
+    async def observe(self, items: list[Item]) -> list[Outcome]:
+        """Verdicts for prepared items, answered within the request deadline whatever happens."""
+        loop = asyncio.get_running_loop()
+        if not self.ready or self._closing:
+            return [self._fallback(it, "not_ready") for it in items]
+        if len(self._queue) + len(items) > self.config.queue_capacity:
+            return [self._fallback(it, "overloaded") for it in items]
+        now = loop.time()
+        for it in items:
+            it.future = loop.create_future()
+            it.enqueued_at = now
+            self._queue.append(it)
+        self._wakeup.set()
+        timeout = self.config.request_deadline_ms / 1000.0
+        await asyncio.wait([it.future for it in items], timeout=timeout)
+        outcomes = []
+        for it in items:
+            if it.future.done():
+                outcomes.append(it.future.result())
+            else:
+                it.abandoned = True
+                outcomes.append(self._fallback(it, "deadline"))
+        return outcomes
+
+    def _fallback(self, item: Item, cause: str) -> Outcome:
+        closed = self.config.fail_mode == "closed"
+        self.metrics.fallbacks.inc(cause)
+        verdict = {"account": item.account, "level": "unknown", "flagged": closed, "risk": None,
+                   "n_queries": None, "score": None, "peak_risk": None, "reasons": []}
+        return Outcome(verdict=verdict, fallback=cause, queued=item.batched, truncated=item.truncated)
+
+    async def _batch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        max_wait = self.config.max_wait_ms / 1000.0
+        while True:
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            # Give concurrent requests max_wait_ms to join this batch (unless it is full).
+            if len(self._queue) < self.config.max_batch_size and max_wait > 0 and not self._closing:
+                first = self._queue[0].enqueued_at
+                while len(self._queue) < self.config.max_batch_size:
+                    left = first + max_wait - loop.time()
+                    if left <= 0:
+                        break
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), left)
+                    except asyncio.TimeoutError:
+                        break
+            batch: list[Item] = []
+            while self._queue and len(batch) < self.config.max_batch_size:
+                it = self._queue.popleft()
+                if it.abandoned:  # answered by the failure policy, never journaled: drop it
+                    continue
+                it.batched = True
+                batch.append(it)
+            if not batch:
+                continue
+            started = loop.time()
+            for it in batch:
+                self.metrics.queue_wait.observe(started - it.enqueued_at)
+            self.metrics.batch_size.observe(len(batch))
+            try:
+                outcomes = await loop.run_in_executor(self._state_executor, self._apply_batch, batch)
+            except Exception as exc:  # noqa: BLE001 - answer every caller; the loop must survive
+                log.exception("micro-batch of %d items failed in the engine", len(batch))
+                outcomes = [self._fallback(it, "engine_error") for it in batch]
+                for o in outcomes:
+                    o.extra["detail"] = f"{type(exc).__name__}: {exc}"
+            self.metrics.batch_latency.observe(loop.time() - started)
+            for it, outcome in zip(batch, outcomes):
+                if not it.future.done():
+                    it.future.set_result(outcome)
+            self._since_snapshot += len(batch)
+            if self._since_snapshot >= self.config.snapshot_every_observations:
+                self._request_snapshot()
+
+    def _apply_batch(self, batch: list[Item]) -> list[Outcome]:
+        """Runs in the state thread: journal first, then the engine."""
+        records = [{"op": "observe", "account": it.account, "prompt": it.prompt, "ts": it.ts} for it in batch]
+        self.journal.append(records)
+        try:
+            verdicts = self.engine.observe_batch([it.account for it in batch], [it.prompt for it in batch],
+                                                 [it.ts for it in batch])
+            errors: dict[int, ProbewatchError] = {}
+        except BatchError as exc:  # items were pre-checked, so this is rare (e.g. config drift)
+            verdicts, errors = exc.verdicts, exc.errors
+        except Exception:
+            self._consistent = False  # journaled but not applied: keep the journal, skip snapshots
+            raise
+        outcomes = []
+        for i, it in enumerate(batch):
+            if i in errors:
+                outcomes.append(Outcome(error=errors[i], queued=True, truncated=it.truncated))
+            else:
+                outcomes.append(Outcome(verdict=verdicts[i].to_dict(), queued=True, truncated=it.truncated))
+        return outcomes
+
+    # -- other state changes and reads ----------------------------------------------------------
+    async def forget(self, account: str) -> bool:
+        check_account(account)
+        loop = asyncio.get_running_loop()
+        existed = await loop.run_in_executor(self._state_executor, self._forget_job, account)
+        if self.config.snapshot_after_forget:
+            # The journal still holds the account's prompts until the next snapshot drops it.
+            self._request_snapshot()
+        return existed
+
+    def _forget_job(self, account: str) -> bool:
+        self.journal.append([{"op": "forget", "account": account}])
+        return self.engine.forget(account)
+
+    async def report(self, account: str) -> dict[str, Any]:
+        report = await asyncio.get_running_loop().run_in_executor(None, self.engine.report, account)
+        return report.to_dict()
+
+    async def accounts(self, level: str | None) -> list[str]:
+        return await asyncio.get_running_loop().run_in_executor(None, self.engine.accounts, level)
+
+    def _stats_for_metrics(self) -> dict:
+        return self.engine.stats().to_dict() if self.ready and self.engine is not None else {}
+
+    # -- snapshots ---------------------------------------------------------------------------------
+    def _request_snapshot(self) -> None:
+        if self._closing:
+            return
+        self._since_snapshot = 0
+        asyncio.get_running_loop().run_in_executor(self._state_executor, self._snapshot_job, "threshold")
+
+    async def _snapshot_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(self.config.snapshot_interval_s, 5.0))
+            due = time.monotonic() - self._last_snapshot_at >= self.config.snapshot_interval_s
+            if due and self.journal.last_seq > self.covered_seq:
+                self._since_snapshot = 0
+                await loop.run_in_executor(self._state_executor, self._snapshot_job, "interval")
+
+    def _snapshot_job(self, reason: str) -> None:
+        """Runs in the state thread, so no batch is half-applied while it runs."""
+        seq = self.journal.last_seq
+        self._last_snapshot_at = time.monotonic()
+        if not self._consistent:
+            log.error("skipping the %s snapshot: an engine failure left journaled records unapplied; "
+                      "restart the service to replay them", reason)
+            self.metrics.snapshots.inc("skipped")
+            return
+        if seq <= self.covered_seq and reason != "shutdown":
+            return
+        started = time.perf_counter()
+        path = self.snapshot_dir / snapshot_name(seq)
+        try:
+            if seq > self.covered_seq or not path.exists():
+                self.engine.save(path)
+        except Exception:  # noqa: BLE001 - the journal still holds everything; try again next time
+            log.exception("writing snapshot %s failed; the journal is kept", path.name)
+            self.metrics.snapshots.inc("failed")
+            return
+        self.covered_seq = seq
+        self.journal.rotate()
+        kept = sorted(self._snapshots(), reverse=True)
+        for _, old in kept[self.config.snapshot_keep:]:
+            old.unlink(missing_ok=True)
+        fsync_dir(self.snapshot_dir)
+        # Keep journal records newer than the oldest snapshot we still hold, in case the
+        # newest one turns out unreadable at the next start.
+        oldest_kept = min(s for s, _ in kept[: self.config.snapshot_keep])
+        dropped = self.journal.drop_through(oldest_kept)
+        self.metrics.snapshots.inc("written")
+        self.metrics.snapshot_latency.observe(time.perf_counter() - started)
+        log.info("snapshot %s written (%s, %.2fs, %d journal segments dropped)", path.name, reason,
+                 time.perf_counter() - started, dropped)
+
+
+def verdict_action(verdict: dict[str, Any]) -> str:
+    return "BLOCKED" if verdict.get("flagged") else "NONE"

@@ -1,0 +1,182 @@
+"""What the engine hands back: levels, verdicts and their reasons, account reports, stats.
+
+Every result is a frozen dataclass whose ``to_dict()`` is the JSON the sidecar serves.
+
+>>> Level.WATCH > Level.OK, max(Level.FLAG, Level.WATCH), str(Level.FLAG), Level("watch") is Level.WATCH
+(True, <Level.FLAG: 'flag'>, 'flag', True)
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+
+class Level(str, enum.Enum):
+    """How far an account has gone; ordered ``OK < WATCH < FLAG`` and sticky at its peak.
+
+    String-valued, so ``Level.FLAG == "flag"`` and JSON carries the plain string.
+    """
+
+    OK = "ok"
+    WATCH = "watch"
+    FLAG = "flag"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+    # Ordered by rank, not alphabetically as the str mixin would.
+    def __lt__(self, other: object) -> bool:
+        return self.rank < other.rank if isinstance(other, Level) else NotImplemented
+
+    def __le__(self, other: object) -> bool:
+        return self.rank <= other.rank if isinstance(other, Level) else NotImplemented
+
+    def __gt__(self, other: object) -> bool:
+        return self.rank > other.rank if isinstance(other, Level) else NotImplemented
+
+    def __ge__(self, other: object) -> bool:
+        return self.rank >= other.rank if isinstance(other, Level) else NotImplemented
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__  # f"{level}" is the value on every Python version
+
+
+_RANK = {Level.OK: 0, Level.WATCH: 1, Level.FLAG: 2}
+LEVELS: tuple[str, ...] = tuple(level.value for level in Level)
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One feature that separates an account from its nearest benign look-alikes."""
+
+    feature: str
+    value: float
+    benign_percentile: float  # 0-100: share of benign accounts (same history length) below this value
+    direction: str  # "above" or "below" the benign look-alikes
+    deviation: float  # scaled distance from the look-alikes
+    description: str = ""  # what the feature measures, in words
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "feature": self.feature,
+            "description": self.description,
+            "value": round(self.value, 6),
+            "benign_percentile": round(self.benign_percentile, 3),
+            "direction": self.direction,
+            "deviation": round(self.deviation, 3),
+        }
+
+    def __str__(self) -> str:
+        return (f"{self.feature}={self.value:.4g} ({self.direction} benign; percentile "
+                f"{self.benign_percentile:.1f}, z={self.deviation:.1f})")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """probewatch's judgement of an account right after one of its queries."""
+
+    account: str
+    risk: float  # 1 - share of benign accounts that ever reach this score
+    level: Level  # sticky at the account's peak
+    flagged: bool
+    n_queries: int
+    score: float
+    peak_risk: float
+    reasons: tuple[Reason, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "risk": round(self.risk, 6),
+            "level": self.level.value,
+            "flagged": self.flagged,
+            "n_queries": self.n_queries,
+            "score": round(self.score, 4),
+            "peak_risk": round(self.peak_risk, 6),
+            "reasons": [r.to_dict() for r in self.reasons],
+        }
+
+
+@dataclass(frozen=True)
+class FeatureReading:
+    """One feature of an account now, against benign accounts of the same history length."""
+
+    value: float | None  # None while the account has too few queries for it
+    benign_percentile: float | None
+    deviation: float | None  # signed, in benign spreads from the benign median
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "benign_percentile": self.benign_percentile, "deviation": self.deviation}
+
+
+@dataclass(frozen=True)
+class AccountReport:
+    """Everything probewatch holds about one account (``Engine.report``)."""
+
+    account: str
+    n_queries: int
+    history_size: int  # queries kept in its FAISS index (at most history_cap)
+    first_ts: float | None
+    last_ts: float | None
+    level: Level
+    flagged_at_query: int | None
+    risk: float
+    score: float
+    peak_risk: float
+    features: dict[str, FeatureReading]
+    reasons: tuple[Reason, ...]
+    risk_over_time: tuple[tuple[int, float], ...]  # (n_queries, risk), thinned to a bounded length
+
+    @property
+    def flagged(self) -> bool:
+        return self.level is Level.FLAG
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "n_queries": self.n_queries,
+            "history_size": self.history_size,
+            "first_ts": self.first_ts,
+            "last_ts": self.last_ts,
+            "level": self.level.value,
+            "flagged": self.flagged,
+            "flagged_at_query": self.flagged_at_query,
+            "risk": self.risk,
+            "score": self.score,
+            "peak_risk": self.peak_risk,
+            "features": {name: reading.to_dict() for name, reading in self.features.items()},
+            "reasons": [r.to_dict() for r in self.reasons],
+            "risk_over_time": [{"n_queries": n, "risk": r} for n, r in self.risk_over_time],
+        }
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """Counts and settings of an engine now (``Engine.stats``)."""
+
+    accounts: int
+    stored_queries: int
+    bytes_held: int
+    levels: dict[str, int]  # accounts per level value
+    observations: int
+    device: str  # "cpu" or "cuda"
+    flag_threshold: float
+    calibration: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accounts": self.accounts,
+            "stored_queries": self.stored_queries,
+            "bytes_held": self.bytes_held,
+            "levels": dict(self.levels),
+            "observations": self.observations,
+            "device": self.device,
+            "flag_threshold": self.flag_threshold,
+            "calibration": dict(self.calibration),
+        }

@@ -1,0 +1,120 @@
+"""In-process integrations: the ASGI middleware with a tiny app, and the LiteLLM guardrail hooks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+import probewatch as pw
+from probewatch.integrations import account_from_metadata, prompt_from_openai_body
+
+WORDS = ("apple river quantum tax violin sodium gothic harbor lemma sprint tundra opera fiscal neuron "
+         "basalt cipher mango lattice pigment walrus").split()
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """One engine for the module, with an attacker already flagged (lenient test thresholds)."""
+    import random
+
+    rng = random.Random(0)
+    eng = pw.Engine(device="cpu", target_fpr=0.2, watch_fpr=0.4)
+    verdicts = eng.observe_batch(["attacker"] * 48, [" ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(48)])
+    assert verdicts[-1].flagged
+    return eng
+
+
+def test_prompt_and_account_extraction():
+    chat = {"messages": [{"role": "system", "content": "be nice"}, {"role": "user", "content": "first"},
+                         {"role": "assistant", "content": "a"},
+                         {"role": "user", "content": [{"type": "text", "text": "second"}, {"type": "image_url"}]}]}
+    assert prompt_from_openai_body("/v1/chat/completions", chat) == "second"
+    assert prompt_from_openai_body("/v1/completions", {"prompt": "once upon"}) == "once upon"
+    assert prompt_from_openai_body("/v1/completions", {"prompt": [1, 2, 3]}) is None
+
+    class Auth:
+        token, team_id, end_user_id = "hash123", "team-a", None
+
+    assert account_from_metadata("user_api_key_hash", Auth()) == "hash123"
+    assert account_from_metadata("user_api_key_team_id", Auth()) == "team-a"
+    assert account_from_metadata("user_api_key_end_user_id", Auth(), {"user": "eve"}) == "eve"
+    with pytest.raises(ValueError):
+        account_from_metadata("nonsense")
+
+
+async def _call(app, path: str, body: dict, headers: dict[str, str]):
+    """Drive an ASGI app by hand; returns (status, headers, body)."""
+    raw = json.dumps(body).encode()
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [(k.lower().encode(), v.encode())
+                                                                        for k, v in headers.items()]}
+    sent = []
+    parts = [{"type": "http.request", "body": raw[:10], "more_body": True},
+             {"type": "http.request", "body": raw[10:], "more_body": False}]
+
+    async def receive():
+        return parts.pop(0) if parts else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body_bytes = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), body_bytes
+
+
+async def echo_app(scope, receive, send):
+    """A tiny OpenAI-ish app that echoes the body it received (proves the body is passed on intact)."""
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_asgi_middleware_blocks_flagged_annotates_others_and_passes_bodies_intact(engine):
+    from probewatch.integrations.asgi import ProbewatchMiddleware
+
+    app = ProbewatchMiddleware(echo_app, engine=engine, account_header="X-Account-Id")
+    chat = {"model": "m", "messages": [{"role": "user", "content": "How do rainbows form?"}]}
+    status, headers, body = asyncio.run(_call(app, "/v1/chat/completions", chat, {"x-account-id": "normal-user"}))
+    assert status == 200 and json.loads(body) == chat
+    assert headers[b"x-probewatch-level"] in (b"ok", b"watch")
+
+    status, _, body = asyncio.run(_call(app, "/v1/completions", {"prompt": "tax violin opera"}, {"x-account-id": "attacker"}))
+    assert status == 403 and json.loads(body)["error"]["type"] == "probewatch_blocked"
+
+    n_before = engine.report("normal-user").n_queries
+    status, headers, _ = asyncio.run(_call(app, "/v1/chat/completions", chat, {}))  # no account header
+    assert status == 200 and b"x-probewatch-level" not in headers
+    status, _, _ = asyncio.run(_call(app, "/v1/models", chat, {"x-account-id": "normal-user"}))  # other path
+    assert status == 200 and engine.report("normal-user").n_queries == n_before
+
+    annotate = ProbewatchMiddleware(echo_app, engine=engine, account_header="x-account-id", mode="annotate")
+    status, headers, _ = asyncio.run(_call(annotate, "/v1/completions", {"prompt": "gothic harbor"},
+                                           {"x-account-id": "attacker"}))
+    assert status == 200 and headers[b"x-probewatch-level"] == b"flag"
+
+
+def test_litellm_guardrail_hooks_block_flagged_and_pass_normal(engine):
+    from fastapi import HTTPException
+    from litellm.proxy._types import UserAPIKeyAuth
+
+    from probewatch.integrations.litellm import ProbewatchGuardrail
+
+    guard = ProbewatchGuardrail(engine=engine, account_field="user_api_key_end_user_id",
+                                guardrail_name="probewatch", event_hook="pre_call", default_on=True)
+    data = {"model": "m", "messages": [{"role": "user", "content": "Best way to learn piano?"}]}
+    out = asyncio.run(guard.async_pre_call_hook(UserAPIKeyAuth(end_user_id="pianist"), None, data, "completion"))
+    assert out["metadata"]["probewatch_level"] in ("ok", "watch")
+    with pytest.raises(HTTPException) as blocked:
+        asyncio.run(guard.async_pre_call_hook(UserAPIKeyAuth(end_user_id="attacker"), None,
+                                              {"messages": [{"role": "user", "content": "lemma sprint"}]}, "completion"))
+    assert blocked.value.status_code == 403
+    with pytest.raises(HTTPException):  # during_call flags the same way, in parallel with the model call
+        asyncio.run(guard.async_moderation_hook({"messages": [{"role": "user", "content": "cipher mango"}]},
+                                                UserAPIKeyAuth(end_user_id="attacker"), "completion"))

@@ -1,0 +1,255 @@
+"""The sidecar over real HTTP: a `probewatch serve` subprocess on 127.0.0.1 shared by this module."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import AUTH, TOKEN, SidecarProcess, free_port, httpx, parse_prometheus, random_word_prompts
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def sidecar(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sidecar")
+    # A lenient flag threshold (benign FPR 20 %) makes word-salad accounts flag within ~20 queries.
+    server = SidecarProcess(root / "data", root / "server.log", engine_target_fpr=0.2, engine_watch_fpr=0.4,
+                            request_deadline_ms=30000, guardrail_account_field="user_api_key_end_user_id",
+                            max_body_bytes=256 * 1024, max_prompt_chars=2000)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.terminate()
+
+
+@pytest.fixture(scope="module")
+def http(sidecar):
+    with sidecar.client() as client:
+        yield client
+
+
+def test_health_and_metrics_are_open_everything_else_needs_the_token(sidecar):
+    assert httpx.get(sidecar.url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(sidecar.url + "/readyz").status_code == 200
+    assert httpx.get(sidecar.url + "/metrics").status_code == 200
+    for method, path in (("POST", "/v1/observe"), ("GET", "/v1/accounts"), ("GET", "/v1/accounts/a"),
+                         ("DELETE", "/v1/accounts/a"), ("POST", "/beta/litellm_basic_guardrail_api"),
+                         ("GET", "/openapi.json")):
+        r = httpx.request(method, sidecar.url + path, json={"account": "a", "prompt": "hi"})
+        assert r.status_code == 401, (path, r.text)
+        assert "token" in r.json()["error"]["message"]
+        wrong = httpx.request(method, sidecar.url + path, headers={"Authorization": "Bearer wrong-token-xxxxxxxx"})
+        assert wrong.status_code == 401
+    # LiteLLM's generic guardrail sends its api_key as x-api-key.
+    r = httpx.post(sidecar.url + "/beta/litellm_basic_guardrail_api", headers={"x-api-key": TOKEN},
+                   json={"input_type": "response", "texts": ["x"], "request_data": {}})
+    assert r.json() == {"action": "NONE"}
+
+
+def test_observe_returns_verdicts_in_order_with_per_item_errors(http):
+    r = http.post("/v1/observe", json={"items": [
+        {"account": "alice", "prompt": "How do I bake sourdough bread?"},
+        {"account": "alice", "prompt": "   "},
+        {"account": "bob", "prompt": "What is the capital of France?", "ts": 1700000000.0},
+        {"account": 7, "prompt": "typed wrong"},
+        {"account": "carol"},
+    ]})
+    assert r.status_code == 200
+    results = r.json()["results"]
+    assert [x["index"] for x in results] == [0, 1, 2, 3, 4]
+    assert results[0]["account"] == "alice" and results[0]["level"] in ("ok", "watch", "flag")
+    assert results[0]["action"] in ("NONE", "BLOCKED") and results[0]["n_queries"] == 1
+    assert "non-whitespace" in results[1]["error"]["message"]
+    assert results[2]["account"] == "bob"
+    assert results[3]["error"]["type"] == "InvalidAccountError" and "str" in results[3]["error"]["message"]
+    assert "missing ['prompt']" in results[4]["error"]["message"]
+    assert r.json()["errors"] == 3
+    single = http.post("/v1/observe", json={"account": "alice", "prompt": "And with rye flour?"})
+    assert single.status_code == 200 and single.json()["results"][0]["n_queries"] == 2
+
+
+@pytest.mark.parametrize("body, status, words", [
+    (b"{not json", 400, "not valid JSON"),
+    (b"", 400, "empty"),
+    (b'"a string"', 422, "got a JSON str"),
+    (b'{"items": "abc"}', 422, "must be a list"),
+    (b'{"items": []}', 422, "no items"),
+    (b'{"items": [{"account": "a", "prompt": "x"}], "extra": 1}', 422, "unexpected keys"),
+    (b'[{"account": 1, "prompt": 2}]', 422, "must be a str"),
+])
+def test_malformed_bodies_get_a_4xx_with_a_clear_message(http, body, status, words):
+    r = http.post("/v1/observe", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert words in r.text
+
+
+def test_body_limit_413_before_reading_and_for_chunked_bodies(http):
+    big = b'{"account": "a", "prompt": "' + b"x" * (300 * 1024) + b'"}'
+    r = http.post("/v1/observe", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "max_body_bytes" in r.json()["error"]["message"]
+
+    def chunks():
+        for _ in range(40):
+            yield b"y" * 8192
+
+    r = http.post("/v1/observe", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_long_prompts_are_truncated_and_marked(http):
+    r = http.post("/v1/observe", json={"account": "dave", "prompt": "Tell me about whales. " * 200})
+    assert r.status_code == 200
+    assert r.json()["results"][0]["truncated"] is True
+
+
+def test_report_accounts_pagination_and_forget(http):
+    report = http.get("/v1/accounts/alice").json()
+    assert report["account"] == "alice" and report["n_queries"] == 2 and "features" in report
+    assert http.get("/v1/accounts/nobody").status_code == 404
+    first = http.get("/v1/accounts", params={"limit": 1}).json()
+    assert len(first["accounts"]) == 1 and first["next_after"] == first["accounts"][0]
+    second = http.get("/v1/accounts", params={"limit": 1, "after": first["next_after"]}).json()
+    assert second["accounts"][0] > first["accounts"][0]
+    assert http.get("/v1/accounts", params={"level": "purple"}).status_code == 422
+    assert http.delete("/v1/accounts/dave").json() == {"account": "dave", "forgotten": True}
+    assert http.get("/v1/accounts/dave").status_code == 404
+    assert http.delete("/v1/accounts/dave").json()["forgotten"] is False
+
+
+@pytest.fixture(scope="module")
+def flagged_attacker(http):
+    """Results of feeding the account "attacker" word salad, once per module: the tests that
+    need a flagged account ask for this instead of relying on test order."""
+    items = [{"account": "attacker", "prompt": p} for p in random_word_prompts(48)]
+    return http.post("/v1/observe", json={"items": items}).json()["results"]
+
+
+def test_word_salad_account_is_flagged_and_listed(http, flagged_attacker):
+    results = flagged_attacker
+    assert results[-1]["flagged"] is True and results[-1]["action"] == "BLOCKED"
+    assert "attacker" in http.get("/v1/accounts", params={"level": "flag"}).json()["accounts"]
+
+
+def test_guardrail_endpoint_contract(http, flagged_attacker):
+    def ask(**body):
+        body.setdefault("input_type", "request")
+        return http.post("/beta/litellm_basic_guardrail_api", json=body).json()
+
+    assert ask(texts=["hi"], request_data={}) == {"action": "NONE"}  # no account id: never blocks
+    blocked = ask(texts=["violin sodium"], request_data={"user_api_key_end_user_id": "attacker"})
+    assert blocked["action"] == "BLOCKED" and "extraction" in blocked["blocked_reason"]
+    normal = ask(texts=["You are helpful.", "How long should sourdough proof?"],
+                 structured_messages=[{"role": "system", "content": "You are helpful."},
+                                      {"role": "user", "content": "How long should sourdough proof?"}],
+                 request_data={"user_api_key_end_user_id": "alice", "user_api_key_hash": "abc"})
+    assert normal == {"action": "NONE"}
+    assert http.get("/v1/accounts/alice").json()["n_queries"] == 3
+
+
+def test_metrics_parse_and_never_name_an_account(sidecar, flagged_attacker):
+    text = httpx.get(sidecar.url + "/metrics").text
+    samples = parse_prometheus(text)
+    names = {name for name, _ in samples}
+    for needed in ("probewatch_http_requests_total", "probewatch_verdicts_total", "probewatch_batch_size_bucket",
+                   "probewatch_http_request_duration_seconds_bucket", "probewatch_batch_duration_seconds_sum",
+                   "probewatch_accounts", "probewatch_bytes_held"):
+        assert needed in names, needed
+    assert samples[("probewatch_http_requests_total",
+                    (("endpoint", "/v1/observe"), ("method", "POST"), ("status", "401")))] >= 1
+    assert samples[("probewatch_verdicts_total", (("level", "flag"),))] >= 1
+    assert samples[("probewatch_accounts", ())] >= 3 and samples[("probewatch_bytes_held", ())] > 0
+    for account in ("alice", "bob", "attacker", "carol"):
+        assert account not in text
+
+
+def _litellm_proxy_binary() -> str | None:
+    """The `litellm` CLI of an environment with the proxy extra (PROBEWATCH_TEST_LITELLM_BIN or ours)."""
+    candidate = os.environ.get("PROBEWATCH_TEST_LITELLM_BIN") or shutil.which("litellm",
+                                                                             path=str(Path(sys.executable).parent))
+    if not candidate:
+        return None
+    python = Path(candidate).parent / "python"
+    probe = subprocess.run([str(python), "-c", "import litellm.proxy.proxy_server, openai"], capture_output=True)
+    return candidate if probe.returncode == 0 else None
+
+
+def test_real_litellm_proxy_blocks_the_flagged_account_and_passes_a_normal_one(sidecar, flagged_attacker, tmp_path):
+    binary = _litellm_proxy_binary()
+    if binary is None:
+        message = ("no litellm proxy: `make test` builds one in .venv-litellm; or pip install 'litellm[proxy]' "
+                   "somewhere and set PROBEWATCH_TEST_LITELLM_BIN to its litellm executable")
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI must exercise the real proxy
+        pytest.skip(message)
+    import openai
+    port = free_port()
+    (tmp_path / "config.yaml").write_text(f"""
+model_list:
+  - model_name: mock-gpt
+    litellm_params:
+      model: openai/mock-gpt
+      mock_response: "hello from the mock model"
+      api_key: sk-not-used
+guardrails:
+  - guardrail_name: probewatch
+    litellm_params:
+      guardrail: generic_guardrail_api
+      mode: pre_call
+      api_base: {sidecar.url}
+      api_key: {TOKEN}
+      default_on: true
+general_settings:
+  master_key: sk-master-test-1234
+""")
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False"}
+    log = open(tmp_path / "proxy.log", "wb")
+    proxy = subprocess.Popen([binary, "--config", str(tmp_path / "config.yaml"), "--host", "127.0.0.1",
+                              "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proxy.poll() is None, (tmp_path / "proxy.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health/liveliness", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "LiteLLM proxy did not start"
+            time.sleep(0.5)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}", api_key="sk-master-test-1234", max_retries=0)
+        ok = client.chat.completions.create(model="mock-gpt", user="erin",
+                                            messages=[{"role": "user", "content": "Any tips for a first marathon?"}])
+        assert ok.choices[0].message.content == "hello from the mock model"
+        with pytest.raises(openai.APIStatusError) as blocked:
+            client.chat.completions.create(model="mock-gpt", user="attacker",
+                                           messages=[{"role": "user", "content": "opera fiscal neuron basalt"}])
+        assert blocked.value.status_code == 400 and "model extraction" in str(blocked.value)
+        with httpx.Client(base_url=sidecar.url, headers=AUTH) as http:
+            assert http.get("/v1/accounts/erin").json()["n_queries"] == 1
+    finally:
+        proxy.terminate()
+        try:
+            proxy.wait(20)
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+        log.close()
+
+
+def test_sigterm_drains_and_writes_a_final_snapshot(sidecar):
+    ready = httpx.get(sidecar.url + "/readyz").json()
+    # uvicorn re-raises the SIGTERM it handled once shutdown is complete, so -15 is a clean exit.
+    assert sidecar.terminate() in (0, -15)
+    snapshots = sorted((Path(sidecar.log_path).parent / "data" / "snapshots").glob("snapshot-*.pwsnap"))
+    assert snapshots, sidecar.log_tail()
+    covered = int(snapshots[-1].stem.split("-")[1])
+    assert covered >= ready["journal_seq"] > 0
+    log = sidecar.log_tail(20000)
+    assert "(shutdown," in log and "Application shutdown complete" in log

@@ -1,0 +1,78 @@
+"""Crash safety: SIGKILL the sidecar mid-load; every acknowledged observation is restored."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from tests.support import SidecarProcess, httpx
+
+pytestmark = pytest.mark.timeout(300)
+
+ACCOUNTS = [f"acct-{i}" for i in range(6)]
+
+
+def test_sigkill_mid_load_loses_no_acknowledged_observation(tmp_path):
+    data = tmp_path / "data"
+    # Small snapshot threshold: snapshots, journal rotation and replay-after-snapshot all happen.
+    settings = dict(journal_fsync="batch", snapshot_every_observations=30, request_deadline_ms=60000)
+    server = SidecarProcess(data, tmp_path / "first.log", **settings)
+    acked: Counter = Counter()
+    attempted: Counter = Counter()
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(worker: int) -> None:
+        with server.client() as http:
+            n = 0
+            while not stop.is_set():
+                batch = [{"account": ACCOUNTS[(worker + n + j) % len(ACCOUNTS)],
+                          "prompt": f"worker {worker} question {n}.{j}: how do tides work near estuaries?"}
+                         for j in range(1 + n % 3)]
+                n += 1
+                with lock:
+                    attempted.update(item["account"] for item in batch)
+                try:
+                    results = http.post("/v1/observe", json={"items": batch}).json()["results"]
+                except (httpx.TransportError, ValueError):
+                    return  # the server died under us: this batch was never acknowledged
+                with lock:
+                    acked.update(r["account"] for r in results if "fallback" not in r and "error" not in r)
+
+    try:
+        server.wait_ready()
+        workers = [threading.Thread(target=client, args=(w,)) for w in range(4)]
+        for t in workers:
+            t.start()
+        deadline = time.monotonic() + 40
+        while sum(acked.values()) < 90 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.kill()  # mid-load: requests are in flight
+    finally:
+        stop.set()
+        if server.proc.poll() is None:
+            server.kill()
+    for t in workers:
+        t.join(30)
+    assert sum(acked.values()) >= 90, server.log_tail()
+    assert list(data.glob("snapshots/snapshot-*.pwsnap")), "the load should have crossed a snapshot"
+
+    restarted = SidecarProcess(data, tmp_path / "second.log", **settings)
+    try:
+        restarted.wait_ready()
+        with restarted.client() as http:
+            for account in ACCOUNTS:
+                if not attempted[account]:
+                    continue
+                r = http.get(f"/v1/accounts/{account}")
+                n = r.json()["n_queries"] if r.status_code == 200 else 0
+                assert acked[account] <= n <= attempted[account], (account, acked[account], n, attempted[account])
+            ready = httpx.get(restarted.url + "/readyz").json()
+        assert restarted.terminate() in (0, -15)
+        snaps = sorted(data.glob("snapshots/snapshot-*.pwsnap"))
+        assert int(snaps[-1].stem.split("-")[1]) == ready["journal_seq"], "the final snapshot covers the journal"
+    finally:
+        restarted.terminate()

@@ -1,0 +1,185 @@
+"""Helpers the tests import (not collected): skip markers, synthetic traffic, a real sidecar.
+
+- ``requires_gpu`` / ``requires_faiss_gpu`` / ``requires_cuda_engine``: skip markers with the reason spelled out.
+- ``unit_rows``, ``topical_stream``: synthetic benign traffic (accounts that stay near a topic).
+- ``SidecarProcess``: a real `python -m probewatch.serve` on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+import probewatch.kernels
+
+
+def _faiss_gpu_available() -> bool:
+    try:
+        import faiss
+    except ImportError:
+        return False
+    try:
+        return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    except Exception:
+        return False
+
+
+CUPY_OK = probewatch.kernels.cupy_available()
+FAISS_GPU_OK = _faiss_gpu_available()
+
+requires_gpu = pytest.mark.skipif(
+    not CUPY_OK, reason="needs CuPy with a visible CUDA device (pip install 'probewatch[gpu]' on a CUDA 12 machine)"
+)
+requires_faiss_gpu = pytest.mark.skipif(
+    not (CUPY_OK and FAISS_GPU_OK),
+    reason="needs CuPy and faiss built with GPU support seeing a CUDA device (faiss-gpu, not faiss-cpu)",
+)
+
+
+def _torch_cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+requires_cuda_engine = pytest.mark.skipif(
+    not (CUPY_OK and FAISS_GPU_OK and _torch_cuda()),
+    reason="needs a CUDA build of torch, CuPy and faiss-gpu, all seeing a CUDA device",
+)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def topical_stream(rng: np.random.Generator, n_accounts: int, dim: int, q_range=(12, 40), n_topics: int = 24,
+                   prefix: str = "benign", topics: np.ndarray | None = None, interleave: bool = False):
+    """Benign-looking synthetic traffic: each account wanders around one topic centre.
+
+    Returns (accounts, vectors) with each account's queries in time order; when
+    ``interleave`` the accounts' queries are shuffled together (order inside an account kept).
+    """
+    if topics is None:
+        topics = rng.standard_normal((n_topics, dim))
+    accounts: list[str] = []
+    rows: list[np.ndarray] = []
+    for a in range(n_accounts):
+        centre = topics[rng.integers(len(topics))] + 0.35 * rng.standard_normal(dim)
+        spread = rng.uniform(0.7, 1.1)
+        n_q = int(rng.integers(q_range[0], q_range[1] + 1))
+        rows.append(centre + spread * rng.standard_normal((n_q, dim)))
+        accounts.extend([f"{prefix}-{a}"] * n_q)
+    vectors = unit_rows(np.concatenate(rows))
+    if interleave:
+        order = rng.permutation(len(accounts))
+        # stable per account: reassign each account's rows in arrival order
+        acc_arr = np.asarray(accounts)
+        new_rows = np.empty_like(vectors)
+        new_acc = acc_arr[order]
+        for name in np.unique(acc_arr):
+            src = np.flatnonzero(acc_arr == name)
+            dst = np.flatnonzero(new_acc == name)
+            new_rows[dst] = vectors[src]
+        return list(new_acc), new_rows
+    return accounts, vectors
+
+
+TOKEN = "test-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+WORDS = ("apple river quantum tax violin sodium gothic harbor lemma sprint tundra opera fiscal neuron "
+         "basalt cipher mango lattice pigment walrus").split()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def random_word_prompts(n: int, seed: int = 0) -> list[str]:
+    """Word salad: the random-query extraction pattern, flagged quickly by a lenient test config."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(n)]
+
+
+class SidecarProcess:
+    """`probewatch serve` in a subprocess; settings through PROBEWATCH_* variables."""
+
+    def __init__(self, data_dir: Path, log_path: Path, **settings):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROBEWATCH_")}
+        env.update({"PROBEWATCH_ENGINE_DEVICE": "cpu", "PROBEWATCH_API_TOKEN": TOKEN, "PROBEWATCH_LOG_LEVEL": "info",
+                    "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2"})
+        env.update({f"PROBEWATCH_{k.upper()}": str(v) for k, v in settings.items()})
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "probewatch.serve", "--data-dir", str(data_dir),
+                                     "--port", str(self.port)], env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sidecar exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"sidecar not ready after {timeout}s:\n{self.log_tail()}")
+
+    def client(self, **kwargs) -> "httpx.Client":
+        return httpx.Client(base_url=self.url, headers=AUTH, timeout=60, **kwargs)
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        self._log.close()
+
+    def log_tail(self, n: int = 4000) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_bytes()[-n:].decode("utf-8", "replace")
+
+
+def parse_prometheus(text: str) -> dict[tuple[str, tuple], float]:
+    """{(name, sorted label pairs): value} from the text format; asserts every line parses."""
+    samples = {}
+    line_re = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$')
+    label_re = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = line_re.match(line)
+        assert m, f"unparseable metrics line {line!r}"
+        labels = tuple(sorted(label_re.findall(m.group(3) or "")))
+        samples[(m.group(1), labels)] = float(m.group(4))
+    return samples

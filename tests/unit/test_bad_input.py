@@ -1,0 +1,381 @@
+"""Bad input: a specific probewatch exception naming what was expected and what came, and
+no other account's state changes. Vector tests use observe_embeddings (no model); prompt
+tests use the real model (session fixture)."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+import probewatch as pw
+from probewatch.io.persistence import FORMAT_VERSION
+
+from tests.support import unit_rows
+
+DIM = 384  # the shipped default calibration's dimension
+
+
+def state_of(engine):
+    return {"accounts": engine.accounts(), "reports": {a: engine.report(a) for a in engine.accounts()},
+            "observations": engine.stats().observations, "stored": engine.stats().stored_queries}
+
+
+@pytest.fixture()
+def vec_engine():
+    """Default calibration, CPU, a few accounts with history; no text model is loaded."""
+    engine = pw.Engine(device="cpu")
+    rng = np.random.default_rng(0)
+    engine.observe_embeddings(["alice"] * 12 + ["bob"] * 12, unit_rows(rng.standard_normal((24, DIM))))
+    return engine
+
+
+@pytest.fixture()
+def text_engine(text_engine_factory):
+    engine = text_engine_factory()
+    # history seeded from vectors: the model is only needed for the prompts under test
+    engine.observe_embeddings(["alice", "bob", "alice"], unit_rows(np.random.default_rng(2).standard_normal((3, DIM))))
+    return engine
+
+
+def pattern_in(pattern, text):
+    import re
+
+    return re.search(pattern, text) is not None
+
+
+def rows(n, seed=1):
+    return unit_rows(np.random.default_rng(seed).standard_normal((n, DIM)))
+
+
+# ---------------------------------------------------------------------------------------
+# prompts (real model)
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "prompt,pattern",
+    [
+        ("", "non-whitespace"),
+        ("   \n\t  ", "non-whitespace"),
+        (42, "must be a str or UTF-8 bytes; got int"),
+        (None, "got NoneType"),
+        (["a list"], "got list"),
+        (3.5, "got float"),
+        ("before\x00after", "NUL characters; got one at position 6"),
+        (b"ok \x00 bytes", "NUL"),
+        (b"\xff\xfe not utf8", "valid UTF-8; byte 0"),
+        (b"caf\xc3", "valid UTF-8; byte 3"),
+        ("lone \ud800 surrogate", "lone surrogate at position 5"),
+    ],
+    ids=["empty", "whitespace", "int", "none", "list", "float", "nul", "nul-bytes", "bad-utf8", "cut-utf8", "surrogate"],
+)
+def test_bad_prompt(text_engine, prompt, pattern):
+    before = state_of(text_engine)
+    with pytest.raises(pw.InvalidPromptError, match=pattern) as info:
+        text_engine.observe("carol", prompt)
+    assert isinstance(info.value, pw.InputError) and isinstance(info.value, pw.ProbewatchError)
+    assert "carol" not in text_engine.accounts()
+    assert state_of(text_engine) == before
+
+
+def test_megabyte_prompt_over_limit(text_engine):
+    before = state_of(text_engine)
+    limit = text_engine.config.max_prompt_chars
+    with pytest.raises(pw.InvalidPromptError, match=f"at most {limit} characters.*got {1_000_000}"):
+        text_engine.observe("alice", "x" * 1_000_000)
+    assert state_of(text_engine) == before
+    small = type(text_engine)(embedder=text_engine.embedder, max_prompt_chars=50)
+    with pytest.raises(pw.InvalidPromptError, match="at most 50 characters"):
+        small.observe("alice", "y" * 51)
+
+
+def test_long_prompt_under_limit_is_truncated_and_embedded(text_engine, embedder):
+    words = " ".join(f"word{i}" for i in range(30_000))  # ~240k chars
+    prompt = words[: text_engine.config.max_prompt_chars - 10]
+    verdict = text_engine.observe("longwriter", prompt)
+    assert verdict.n_queries == 1 and 0.0 <= verdict.risk <= 1.0
+    vec = embedder.encode([prompt])
+    assert vec.shape == (1, embedder.dim) and np.isfinite(vec).all()
+    assert abs(float(np.linalg.norm(vec)) - 1.0) < 1e-4
+    # only the head of the text reaches the model
+    np.testing.assert_allclose(vec, embedder.encode([prompt[:20_000]]), atol=1e-5)
+
+
+def test_valid_utf8_bytes_are_accepted(text_engine):
+    v = text_engine.observe("dave", "Wie kocht man Spätzle? café".encode("utf-8"))
+    assert v.account == "dave" and v.n_queries == 1
+
+
+# ---------------------------------------------------------------------------------------
+# account ids
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "account,pattern",
+    [
+        ("", "non-empty"),
+        ("   ", "non-empty"),
+        ("a" * 257, "at most 256 characters; got 257"),
+        ("line\nbreak", "control characters"),
+        ("nul\x00id", "control characters"),
+        ("del\x7f", "control characters"),
+        ("tab\tid", "control characters"),
+        ("sur\udc80rogate", "lone surrogates"),
+        (123, "must be a str; got int"),
+        (None, "must be a str; got NoneType"),
+        (b"bytes-id", "must be a str; got bytes"),
+    ],
+    ids=["empty", "blank", "too-long", "newline", "nul", "del", "tab", "surrogate", "int", "none", "bytes"],
+)
+def test_bad_account_id(vec_engine, account, pattern):
+    before = state_of(vec_engine)
+    with pytest.raises(pw.BatchError) as info:  # batch API: the item's error inside a BatchError
+        vec_engine.observe_embeddings([account], rows(1))
+    assert list(info.value.errors) == [0] and info.value.verdicts == [None]
+    assert isinstance(info.value.errors[0], pw.InvalidAccountError)
+    assert pattern_in(pattern, str(info.value.errors[0]))
+    assert state_of(vec_engine) == before
+    with pytest.raises(pw.InvalidAccountError, match=pattern):
+        vec_engine.report(account)
+    with pytest.raises(pw.InvalidAccountError, match=pattern):
+        vec_engine.forget(account)
+    assert state_of(vec_engine) == before
+
+
+def test_longest_account_id_is_fine(vec_engine):
+    assert vec_engine.observe_embeddings(["z" * 256], rows(1))[0].n_queries == 1
+
+
+def test_bad_account_id_in_text_path(text_engine):
+    before = state_of(text_engine)
+    with pytest.raises(pw.InvalidAccountError, match="control characters"):
+        text_engine.observe("bad\nid", "Hello there")
+    assert state_of(text_engine) == before
+
+
+# ---------------------------------------------------------------------------------------
+# batch shapes and vectors
+# ---------------------------------------------------------------------------------------
+def test_mismatched_batch_lengths_process_nothing(vec_engine, text_engine):
+    before = state_of(vec_engine)
+    with pytest.raises(pw.BatchLengthError, match="accounts=3, ts=2"):
+        vec_engine.observe_embeddings(["alice", "bob", "carol"], rows(3), ts=[1.0, 2.0])
+    with pytest.raises(pw.InvalidEmbeddingError, match="3 accounts but 2 vectors"):
+        vec_engine.observe_embeddings(["alice", "bob", "carol"], rows(2))
+    assert state_of(vec_engine) == before
+
+    before = state_of(text_engine)
+    with pytest.raises(pw.BatchLengthError, match="accounts=2, prompts=3"):
+        text_engine.observe_batch(["alice", "carol"], ["a", "b", "c"])
+    with pytest.raises(pw.BatchLengthError, match="ts=1"):
+        text_engine.observe_batch(["alice", "carol"], ["a", "b"], ts=[1.0])
+    assert state_of(text_engine) == before
+
+
+@pytest.mark.parametrize(
+    "make,pattern",
+    [
+        (lambda: np.ones((2, 100), np.float32), r"shape \(n, 384\).*got \(2, 100\)"),
+        (lambda: np.ones((2, 3, DIM), np.float32), r"shape \(n, 384\).*got \(2, 3, 384\)"),
+        (lambda: np.ones(7, np.float32), r"shape \(n, 384\).*got \(1, 7\)|shape \(n, 384\).*got \(7,\)"),
+        (lambda: np.where(np.arange(DIM) == 5, np.nan, 0.1)[None].repeat(2, 0), r"finite; rows \[0, 1\]"),
+        (lambda: np.concatenate([rows(1), np.full((1, DIM), np.inf)]), r"finite; rows \[1\]"),
+        (lambda: np.concatenate([rows(1), np.zeros((1, DIM))]), r"non-zero norm; rows \[1\]"),
+        (lambda: [[1.0, 2.0], [3.0]], r"numeric \(n, 384\) array"),
+        (lambda: "not a matrix", r"numeric \(n, 384\) array"),
+    ],
+    ids=["dim", "3d", "1d", "nan", "inf", "zero", "ragged", "string"],
+)
+def test_bad_vectors(vec_engine, make, pattern):
+    before = state_of(vec_engine)
+    vecs = make()
+    n = 1 if isinstance(vecs, str) or (isinstance(vecs, np.ndarray) and vecs.ndim == 1) else len(vecs)
+    with pytest.raises(pw.InvalidEmbeddingError, match=pattern):
+        vec_engine.observe_embeddings(["alice", "carol"][:n], vecs)
+    assert state_of(vec_engine) == before
+
+
+def test_large_and_tiny_vectors_are_normalised(vec_engine):
+    big = np.full((1, DIM), 1e30, np.float32)  # float32 norm would overflow
+    tiny = np.full((1, DIM), 1e-9, np.float32)
+    v = vec_engine.observe_embeddings(["big", "tiny"], np.concatenate([big, tiny]))
+    assert [x.n_queries for x in v] == [1, 1]
+    stored = vec_engine.pipeline.store.get("big").vectors()
+    assert abs(float(np.linalg.norm(stored)) - 1.0) < 1e-5
+
+
+def test_bad_timestamps(vec_engine):
+    before = state_of(vec_engine)
+    for ts, pattern in ((float("nan"), "finite"), ("yesterday", "number of seconds"), (True, "number of seconds"),
+                        (10**400, "401 digits")):
+        with pytest.raises(pw.BatchError) as info:
+            vec_engine.observe_embeddings(["alice", "bob"], rows(2), ts=[ts, 1.0])
+        assert list(info.value.errors) == [0]
+        assert isinstance(info.value.errors[0], pw.InvalidTimestampError)
+        assert pattern in str(info.value.errors[0])
+        assert info.value.verdicts[0] is None and info.value.verdicts[1].account == "bob"
+        before["reports"]["bob"] = vec_engine.report("bob")  # bob's item was processed
+        before["observations"] += 1
+        before["stored"] += 1
+        before["accounts"] = vec_engine.accounts()
+    assert state_of(vec_engine)["reports"]["alice"] == before["reports"]["alice"]
+
+
+def test_unknown_account_in_report(vec_engine):
+    with pytest.raises(pw.UnknownAccountError, match="'mallory'.*never observed") as info:
+        vec_engine.report("mallory")
+    assert isinstance(info.value, KeyError)
+    assert vec_engine.forget("mallory") is False
+
+
+# ---------------------------------------------------------------------------------------
+# batch semantics
+# ---------------------------------------------------------------------------------------
+def test_batch_error_text(text_engine):
+    alice_before = text_engine.report("alice")
+    accounts = ["erin", "frank", "", "erin", "gina", "hank"]
+    prompts = ["Plan a trip to Rome", "", "Valid text", b"\xff bad", "How do tides work?", "x\x00y"]
+    with pytest.raises(pw.BatchError) as info:
+        text_engine.observe_batch(accounts, prompts)
+    err = info.value
+    assert sorted(err.errors) == [1, 2, 3, 5]
+    assert isinstance(err.errors[1], pw.InvalidPromptError)
+    assert isinstance(err.errors[2], pw.InvalidAccountError)
+    assert isinstance(err.errors[3], pw.InvalidPromptError) and "UTF-8" in str(err.errors[3])
+    assert isinstance(err.errors[5], pw.InvalidPromptError) and "NUL" in str(err.errors[5])
+    assert "4 of 6 batch items were rejected" in str(err)
+    assert [v is None for v in err.verdicts] == [False, True, True, True, False, True]
+    assert [v.account for v in err.verdicts if v is not None] == ["erin", "gina"]
+    assert text_engine.report("erin").n_queries == 1 and text_engine.report("gina").n_queries == 1
+    assert "frank" not in text_engine.accounts() and "hank" not in text_engine.accounts()
+    assert text_engine.report("alice") == alice_before
+
+
+def test_batch_error_embeddings_order_kept(vec_engine):
+    vecs = rows(5, seed=3)
+    twin = pw.Engine(device="cpu")
+    rng = np.random.default_rng(0)
+    twin.observe_embeddings(["alice"] * 12 + ["bob"] * 12, unit_rows(rng.standard_normal((24, DIM))))
+    with pytest.raises(pw.BatchError) as info:
+        vec_engine.observe_embeddings(["alice", 7, "carol", "a\nb", "alice"], vecs)
+    err = info.value
+    assert sorted(err.errors) == [1, 3]
+    assert all(isinstance(e, pw.InvalidAccountError) for e in err.errors.values())
+    got = [v for v in err.verdicts if v is not None]
+    # the valid items were processed in order, exactly as a clean batch of just them
+    want = twin.observe_embeddings(["alice", "carol", "alice"], vecs[[0, 2, 4]])
+    assert [(v.account, v.n_queries, v.score, v.level) for v in got] == [(v.account, v.n_queries, v.score, v.level) for v in want]
+    assert [v.n_queries for v in got] == [13, 1, 14]
+
+
+def test_single_observe_raises_the_item_error_not_batch_error(text_engine):
+    with pytest.raises(pw.InvalidPromptError) as info:
+        text_engine.observe("alice", "")
+    assert not isinstance(info.value, pw.BatchError)
+
+
+# ---------------------------------------------------------------------------------------
+# corrupt snapshots
+# ---------------------------------------------------------------------------------------
+@pytest.fixture()
+def good_snapshot(vec_engine, tmp_path):
+    path = tmp_path / "good.npz"
+    vec_engine.save(path)
+    return path
+
+
+def _rewrite(src, dst, mutate):
+    with np.load(src, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    mutate(arrays)
+    with open(dst, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _header_edit(edit):
+    def mutate(arrays):
+        header = json.loads(arrays["header"].tobytes().decode())
+        edit(header)
+        arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+
+    return mutate
+
+
+def _drop(name):
+    return lambda arrays: arrays.pop(name)
+
+
+CORRUPTIONS = {
+    "truncated": (lambda src, dst: dst.write_bytes(src.read_bytes()[: len(src.read_bytes()) // 2]), "not a readable"),
+    "random-bytes": (lambda src, dst: dst.write_bytes(np.random.default_rng(0).bytes(4096)), "not a readable"),
+    "empty-file": (lambda src, dst: dst.write_bytes(b""), "not a readable"),
+    "foreign-npz": (lambda src, dst: np.savez(dst, weights=np.ones(3)), "no probewatch header"),
+    "npy-array": (lambda src, dst: np.save(open(dst, "wb"), np.ones(3)), "single .npy array"),
+    "zip-of-text": (lambda src, dst: zipfile.ZipFile(dst, "w").writestr("hello.txt", "hi"), "no probewatch header"),
+    "header-garbage": (lambda src, dst: _rewrite(src, dst, lambda a: a.__setitem__("header", np.frombuffer(b"\xff{{", np.uint8))),
+                       "header is corrupt"),
+    "header-not-object": (lambda src, dst: _rewrite(src, dst, lambda a: a.__setitem__("header", np.frombuffer(b"[1, 2]", np.uint8))),
+                          "header is corrupt"),
+    "wrong-version": (lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h.__setitem__("version", FORMAT_VERSION + 1))),
+                      f"format version {FORMAT_VERSION + 1}; this probewatch reads version {FORMAT_VERSION}"),
+    "calibration-file": (lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h.__setitem__("format", "probewatch-calibration"))),
+                         "expected 'probewatch-snapshot'"),
+    "missing-store-vectors": (lambda src, dst: _rewrite(src, dst, _drop("store_vectors")), "malformed"),
+    "missing-state-array": (lambda src, dst: _rewrite(src, dst, _drop("state_ring_nn")), "malformed"),
+    "missing-reference": (lambda src, dst: _rewrite(src, dst, _drop("ref_bank")), "missing or malformed"),
+    "missing-calibration-bin": (lambda src, dst: _rewrite(src, dst, _drop("cal_bin_3")), "missing or malformed"),
+    "wrong-vector-width": (lambda src, dst: _rewrite(src, dst, lambda a: a.__setitem__("store_vectors", a["store_vectors"][:, :10])),
+                           "expected \\(n, 384\\)"),
+    "offsets-disagree": (lambda src, dst: _rewrite(src, dst, lambda a: a.__setitem__("store_offsets", a["store_offsets"][:-1])),
+                         "account tables disagree"),
+    "bad-config": (lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h["config"].__setitem__("window", 3))),
+                   "stored configuration is invalid"),
+    "unknown-config-key": (lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h["config"].__setitem__("bogus", 1))),
+                           "stored configuration is invalid"),
+    "state-shape": (lambda src, dst: _rewrite(src, dst, lambda a: a.__setitem__("state_ring_nn", a["state_ring_nn"][:, :5])),
+                    "state array ring_nn"),
+    "missing-header-key": (lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h.pop("accounts"))), "malformed"),
+}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_corrupt_snapshot(vec_engine, good_snapshot, tmp_path, corruption):
+    make, pattern = CORRUPTIONS[corruption]
+    bad = tmp_path / f"bad-{corruption}.npz"
+    make(good_snapshot, bad)
+    with pytest.raises(pw.SnapshotError, match=pattern):
+        pw.Engine.load(bad)
+    before = state_of(vec_engine)
+    config, calibration = vec_engine.config, vec_engine.calibration
+    with pytest.raises(pw.SnapshotError, match=pattern):
+        vec_engine.restore(bad)
+    assert state_of(vec_engine) == before
+    assert vec_engine.config is config and vec_engine.calibration is calibration
+    # and it keeps working exactly like a twin restored from the good snapshot
+    twin = pw.Engine.load(good_snapshot)
+    new = rows(2, seed=9)
+    a = vec_engine.observe_embeddings(["alice", "carol"], new)
+    b = twin.observe_embeddings(["alice", "carol"], new)
+    assert [(v.score, v.level, v.n_queries) for v in a] == [(v.score, v.level, v.n_queries) for v in b]
+
+
+def test_missing_snapshot_file(vec_engine, tmp_path):
+    with pytest.raises(pw.SnapshotError, match="no probewatch-snapshot file at"):
+        vec_engine.restore(tmp_path / "nope.npz")
+    with pytest.raises(pw.SnapshotError, match="folder .* does not exist"):
+        vec_engine.save(tmp_path / "no-such-dir" / "s.npz")
+
+
+def test_bad_calibration_file(tmp_path):
+    with pytest.raises(pw.CalibrationError, match="no calibration file"):
+        pw.Engine(device="cpu", calibration_path=tmp_path / "missing.npz")
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(pw.ProbewatchError, match="not a readable"):
+        pw.Engine(device="cpu", calibration_path=tmp_path / "junk.npz")
+
+
+def test_bad_config_values():
+    with pytest.raises(pw.ConfigError, match="k_neighbors must be in \\[1, 32\\]; got 0"):
+        pw.Engine(device="cpu", k_neighbors=0)
+    with pytest.raises(pw.ConfigError, match="device must be"):
+        pw.Engine(device="tpu")

@@ -1,0 +1,390 @@
+"""The detector contract on an engine calibrated from synthetic benign embeddings.
+
+Benign calibration traffic: ~100 accounts, each wandering around one of a few topic centres.
+Everything here goes through ``observe_embeddings``; no text model is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+
+import probewatch as pw
+from probewatch.detect.scoring import bin_of
+
+from tests.support import topical_stream, unit_rows
+
+DIM = 48
+SEED_DATA = 2024
+
+
+@pytest.fixture(scope="module")
+def topics():
+    return np.random.default_rng(SEED_DATA).standard_normal((24, DIM))
+
+
+@pytest.fixture(scope="module")
+def calibration_path(tmp_path_factory, topics):
+    rng = np.random.default_rng(SEED_DATA + 1)
+    accounts, vectors = topical_stream(rng, 100, DIM, q_range=(10, 40), topics=topics)
+    engine = pw.Engine.from_benign_embeddings(accounts, vectors, device="cpu")
+    path = tmp_path_factory.mktemp("calibration") / "synthetic_calibration.npz"
+    engine.save_calibration(path)
+    return path
+
+
+@pytest.fixture()
+def make_engine(calibration_path):
+    def make(**overrides):
+        return pw.Engine(calibration_path=calibration_path, device="cpu", **overrides)
+
+    return make
+
+
+def mixed_stream(topics, seed=7, n_benign=6):
+    """(accounts, vectors) interleaved: benign topical accounts, a template sweep, a scatter."""
+    rng = np.random.default_rng(seed)
+    acc, vec = topical_stream(rng, n_benign, DIM, q_range=(30, 60), topics=topics, prefix="live")
+    centre = rng.standard_normal(DIM)
+    tmpl = unit_rows(centre + 0.45 * rng.standard_normal((90, DIM)))
+    scatter = unit_rows(rng.standard_normal((90, DIM)))
+    accounts = list(acc) + ["sweep"] * 90 + ["scatter"] * 90
+    vectors = np.concatenate([vec, tmpl, scatter])
+    # interleave, keeping each account's own order
+    order = rng.permutation(len(accounts))
+    acc_arr = np.asarray(accounts)
+    new_acc = acc_arr[order]
+    out = np.empty_like(vectors)
+    for name in np.unique(acc_arr):
+        out[np.flatnonzero(new_acc == name)] = vectors[np.flatnonzero(acc_arr == name)]
+    return list(new_acc), out
+
+
+def feed(engine, accounts, vectors, batch_sizes=(1, 5, 17, 3, 40)):
+    """Observe in batches of varying size; verdicts in input order."""
+    out, i, j = [], 0, 0
+    while i < len(accounts):
+        b = batch_sizes[j % len(batch_sizes)]
+        out.extend(engine.observe_embeddings(accounts[i : i + b], vectors[i : i + b]))
+        i += b
+        j += 1
+    return out
+
+
+def key(v: pw.Verdict):
+    return (v.account, v.n_queries, v.level, v.flagged, v.score, v.risk, v.peak_risk,
+            tuple((r.feature, r.value, r.benign_percentile, r.direction, r.deviation) for r in v.reasons))
+
+
+@pytest.fixture(scope="module")
+def stream(topics):
+    return mixed_stream(topics)
+
+
+# ---------------------------------------------------------------------------------------
+# snapshots, reset, replay
+# ---------------------------------------------------------------------------------------
+def test_save_continue_reload_replay_identical(make_engine, stream, tmp_path):
+    accounts, vectors = stream
+    t = len(accounts) // 2
+    engine = make_engine()
+    first = feed(engine, accounts[:t], vectors[:t])
+    snap = tmp_path / "at_t.npz"
+    engine.save(snap)
+    continued = feed(engine, accounts[t:], vectors[t:])
+
+    loaded = pw.Engine.load(snap)
+    replayed = feed(loaded, accounts[t:], vectors[t:])
+    assert [key(v) for v in replayed] == [key(v) for v in continued]
+    assert loaded.stats().observations == engine.stats().observations == len(accounts)
+
+    # restore() into an engine with other state, then replay: identical again
+    other = make_engine()
+    other.observe_embeddings(["someone-else"] * 3, vectors[:3])
+    other.restore(snap)
+    assert "someone-else" not in other.accounts()
+    assert [key(v) for v in feed(other, accounts[t:], vectors[t:])] == [key(v) for v in continued]
+
+    # reset() then replay from scratch reproduces the original stream's scores
+    engine.reset()
+    assert engine.accounts() == [] and engine.stats().stored_queries == 0
+    again = feed(engine, accounts[:t], vectors[:t]) + feed(engine, accounts[t:], vectors[t:])
+    assert [key(v) for v in again] == [key(v) for v in first + continued]
+    assert {v.level for v in first + continued} >= {"ok", "flag"}
+
+
+def test_reports_identical_after_reload(make_engine, stream, tmp_path):
+    accounts, vectors = stream
+    engine = make_engine()
+    feed(engine, accounts, vectors)
+    engine.save(tmp_path / "s.npz")
+    loaded = pw.Engine.load(tmp_path / "s.npz")
+    assert loaded.accounts() == engine.accounts()
+    for a in set(accounts):
+        assert loaded.report(a) == engine.report(a)
+
+
+# ---------------------------------------------------------------------------------------
+# determinism
+# ---------------------------------------------------------------------------------------
+def test_same_seed_same_calibration_and_scores(topics, stream):
+    rng = np.random.default_rng(99)
+    accounts, vectors = topical_stream(rng, 36, DIM, q_range=(8, 20), topics=topics, prefix="cal")
+    a = pw.Engine.from_benign_embeddings(accounts, vectors, device="cpu", seed=5)
+    b = pw.Engine.from_benign_embeddings(accounts, vectors, device="cpu", seed=5)
+    assert a.detector.flag_threshold == b.detector.flag_threshold
+    assert a.detector.watch_threshold == b.detector.watch_threshold
+    np.testing.assert_array_equal(a.reference.bank, b.reference.bank)
+    np.testing.assert_array_equal(a.reference.codebook, b.reference.codebook)
+    np.testing.assert_array_equal(a.calibration.account_max_scores, b.calibration.account_max_scores)
+    acc, vec = stream
+    assert [key(v) for v in feed(a, acc, vec)] == [key(v) for v in feed(b, acc, vec)]
+
+
+# ---------------------------------------------------------------------------------------
+# batch boundaries
+# ---------------------------------------------------------------------------------------
+def test_batch_equals_one_at_a_time(make_engine, stream):
+    accounts, vectors = stream
+    whole = make_engine().observe_embeddings(accounts, vectors)
+    single = make_engine()
+    ones = [single.observe_embeddings([a], vectors[i : i + 1])[0] for i, a in enumerate(accounts)]
+    mixed = feed(make_engine(), accounts, vectors, batch_sizes=(7, 1, 33, 2))
+    for w, o, m in zip(whole, ones, mixed):
+        assert w.account == o.account == m.account and w.n_queries == o.n_queries == m.n_queries
+        assert abs(w.score - o.score) <= 1e-4 * max(1.0, abs(o.score))
+        assert abs(m.score - o.score) <= 1e-4 * max(1.0, abs(o.score))
+        assert abs(w.risk - o.risk) <= 1e-4 and abs(m.risk - o.risk) <= 1e-4
+    # sticky levels agree except where a score sits within rounding of a threshold
+    for w, o in zip(whole, ones):
+        if w.level != o.level:
+            thr = [single.detector.flag_threshold, single.detector.watch_threshold]
+            assert min(abs(w.score - t) for t in thr) < 1e-3
+
+
+# ---------------------------------------------------------------------------------------
+# verdicts, reasons, reports
+# ---------------------------------------------------------------------------------------
+def test_verdict_fields(make_engine, stream):
+    accounts, vectors = stream
+    engine = make_engine()
+    verdicts = feed(engine, accounts, vectors)
+    rank = {"ok": 0, "watch": 1, "flag": 2}
+    last: dict[str, pw.Verdict] = {}
+    for v in verdicts:
+        assert 0.0 <= v.risk <= 1.0 and 0.0 <= v.peak_risk <= 1.0
+        assert v.level in ("ok", "watch", "flag")
+        assert v.flagged == (v.level == "flag")
+        assert math.isfinite(v.score) and v.score >= 0
+        prev = last.get(v.account)
+        if prev is None:
+            assert v.n_queries == 1
+        else:
+            assert v.n_queries == prev.n_queries + 1
+            assert rank[v.level] >= rank[prev.level]  # sticky at the peak
+            assert v.peak_risk >= prev.peak_risk
+        last[v.account] = v
+        if v.level == "flag":
+            assert v.score >= engine.detector.flag_threshold or v.peak_risk >= v.risk
+    assert last["sweep"].flagged and last["scatter"].flagged
+    benign_levels = [last[a].level for a in last if a.startswith("live")]
+    assert benign_levels.count("flag") <= 1
+    d = last["sweep"].to_dict()
+    assert d["flagged"] is True and d["level"] == "flag" and isinstance(d["reasons"], list)
+
+    # the level stays at its peak when the account then behaves normally
+    rng = np.random.default_rng(3)
+    calm, calm_vec = topical_stream(rng, 1, DIM, q_range=(40, 40), topics=np.zeros((1, DIM)) + 3.0, prefix="x")
+    after = engine.observe_embeddings(["sweep"] * 40, calm_vec)
+    assert all(v.level == "flag" for v in after)
+    assert after[-1].peak_risk == pytest.approx(last["sweep"].peak_risk) or after[-1].peak_risk >= last["sweep"].peak_risk
+
+
+def test_reasons_name_features_with_benign_percentiles(make_engine, stream):
+    accounts, vectors = stream
+    engine = make_engine()
+    verdicts = feed(engine, accounts, vectors)
+    flagged = [v for v in verdicts if v.account in ("sweep", "scatter") and v.level == "flag"]
+    assert flagged
+    for v in flagged[-10:]:
+        assert 1 <= len(v.reasons) <= 3
+        for r in v.reasons:
+            assert r.feature in pw.FEATURE_NAMES
+            assert math.isfinite(r.benign_percentile) and 0.0 <= r.benign_percentile <= 100.0
+            assert r.direction in ("above", "below") and r.deviation > 1.0
+            # an 'above' reason sits in the top of the benign distribution, 'below' at the bottom
+            assert r.benign_percentile >= 50.0 if r.direction == "above" else r.benign_percentile <= 50.0
+            assert r.feature in str(r)
+        devs = [r.deviation for r in v.reasons]
+        assert devs == sorted(devs, reverse=True)
+    # the account is longer than any benign calibration account: percentiles come from the
+    # borrowed bin, never NaN
+    assert flagged[-1].n_queries >= 64 and engine.calibration.samples[int(bin_of(flagged[-1].n_queries))].shape[0] == 0
+
+
+def test_report_content(make_engine, topics):
+    engine = make_engine()
+    rng = np.random.default_rng(4)
+    acc, vec = topical_stream(rng, 1, DIM, q_range=(600, 600), topics=topics, prefix="long")
+    ts = [1000.0 + i for i in range(600)]
+    for s in range(0, 600, 50):
+        engine.observe_embeddings(acc[s : s + 50], vec[s : s + 50], ts=ts[s : s + 50])
+    report = engine.report("long-0")
+    assert isinstance(report, pw.AccountReport) and report.level in pw.Level
+    rep = report.to_dict()  # the sidecar's JSON
+    assert rep["level"] == report.level.value and rep["n_queries"] == report.n_queries
+    assert rep["account"] == "long-0" and rep["n_queries"] == 600 and rep["history_size"] == 600
+    assert rep["first_ts"] == 1000.0 and rep["last_ts"] == 1599.0
+    assert set(rep["features"]) == set(pw.FEATURE_NAMES)
+    for name, f in rep["features"].items():
+        assert f["value"] is not None and math.isfinite(f["value"]), name
+        assert f["benign_percentile"] is not None and 0.0 <= f["benign_percentile"] <= 100.0, name
+    assert 0.0 <= rep["risk"] <= 1.0 and rep["level"] in ("ok", "watch", "flag")
+    assert rep["flagged"] == (rep["level"] == "flag")
+    rot = rep["risk_over_time"]
+    assert 0 < len(rot) <= 256  # bounded though 600 queries were observed
+    ns = [p["n_queries"] for p in rot]
+    assert ns == sorted(ns) and ns[-1] <= 600 and all(0.0 <= p["risk"] <= 1.0 for p in rot)
+    with pytest.raises(pw.UnknownAccountError, match="never-seen"):
+        engine.report("never-seen")
+
+
+def test_forget_removes_only_that_account(make_engine, stream):
+    accounts, vectors = stream
+    engine = make_engine()
+    feed(engine, accounts, vectors)
+    before = engine.report("live-0")
+    total = engine.stats().stored_queries
+    n_sweep = engine.report("sweep").history_size
+    assert engine.forget("sweep") is True
+    assert "sweep" not in engine.accounts() and "sweep" not in engine.accounts("flag")
+    with pytest.raises(pw.UnknownAccountError):
+        engine.report("sweep")
+    assert engine.stats().stored_queries == total - n_sweep
+    assert engine.forget("sweep") is False
+    assert engine.report("live-0") == before
+    # a forgotten account starts again from nothing
+    v = engine.observe_embeddings(["sweep"], vectors[:1])[0]
+    assert v.n_queries == 1 and engine.report("sweep").history_size == 1
+
+
+def test_memory_budget_evicts_least_recently_seen(make_engine, topics):
+    budget = 1024**2
+    engine = make_engine(memory_budget_bytes=budget)
+    per_account = engine.pipeline.state_bytes() + DIM * 4
+    n = int(1.4 * budget / per_account)
+    rng = np.random.default_rng(6)
+    vecs = unit_rows(rng.standard_normal((n + 1, DIM)))
+    names = [f"u{i:04d}" for i in range(n)]
+    half = n // 2
+    for s in range(0, half, 10):
+        engine.observe_embeddings(names[s : min(s + 10, half)], vecs[s : min(s + 10, half)])
+    engine.observe_embeddings([names[0]], vecs[n : n + 1])  # u0000 becomes recent again
+    for s in range(half, n, 10):
+        e = min(s + 10, n)
+        engine.observe_embeddings(names[s:e], vecs[s:e])
+        assert engine.stats().bytes_held <= budget
+    held = engine.accounts()
+    assert len(held) < n
+    assert names[0] in held  # re-touched: survived
+    evicted = [a for a in names if a not in held]
+    assert evicted and names[1] in evicted
+    # evicted accounts are the least recently seen ones: every evicted account was seen
+    # before every surviving account (u0000 aside, which was seen again)
+    survivors = [a for a in names[1:] if a in held]
+    assert max(names.index(a) for a in evicted) < min(names.index(a) for a in survivors)
+    assert held[-1] == names[-1]
+    with pytest.raises(pw.UnknownAccountError):
+        engine.report(names[1])
+
+
+def test_thread_safety_matches_sequential(make_engine, topics):
+    rng = np.random.default_rng(8)
+    per_thread = []
+    for t in range(4):
+        acc, vec = topical_stream(rng, 2, DIM, q_range=(40, 60), topics=topics, prefix=f"t{t}", interleave=True)
+        per_thread.append([(acc[s : s + 6], vec[s : s + 6]) for s in range(0, len(acc), 6)])
+
+    sequential = make_engine()
+    want = {}
+    for batches in per_thread:
+        for acc, vec in batches:
+            for v in sequential.observe_embeddings(acc, vec):
+                want.setdefault(v.account, []).append(key(v))
+
+    concurrent = make_engine()
+    got: dict[str, list] = {}
+    errors = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(len(per_thread))
+
+    def run(batches):
+        try:
+            barrier.wait()
+            for acc, vec in batches:
+                vs = concurrent.observe_embeddings(acc, vec)
+                with lock:
+                    for v in vs:
+                        got.setdefault(v.account, []).append(key(v))
+        except Exception as exc:  # pragma: no cover - surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(b,)) for b in per_thread]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert not errors
+    assert got == want
+    assert concurrent.stats().observations == sequential.stats().observations
+
+
+def test_population_update_off_by_default(make_engine, stream):
+    engine = make_engine()
+    assert engine.config.population_update_every == 0
+    cal = engine.calibration
+    sizes = [len(s) for s in cal.samples]
+    feed(engine, *stream)
+    assert engine.calibration is cal and [len(s) for s in engine.calibration.samples] == sizes
+    assert len(engine.pipeline.population) == 0
+
+
+@pytest.mark.parametrize("share", [0.2, 0.5])
+def test_population_update_bounded_share(make_engine, topics, share):
+    engine = make_engine(population_update_every=200, population_max_share=share)
+    base_sizes = [len(s) for s in engine.calibration.samples]
+    flag_thr, watch_thr = engine.detector.flag_threshold, engine.detector.watch_threshold
+    rng = np.random.default_rng(10)
+    acc, vec = topical_stream(rng, 40, DIM, q_range=(20, 40), topics=topics, prefix="pop", interleave=True)
+    refits = 0
+    for s in range(0, len(acc), 100):
+        engine.observe_embeddings(acc[s : s + 100], vec[s : s + 100])
+        if "live population" in engine.calibration.source:
+            refits += 1
+            for b, s_ in enumerate(engine.calibration.samples):
+                live = len(s_) - base_sizes[b]
+                assert live >= 0
+                if base_sizes[b]:
+                    assert live <= share / (1 - share) * base_sizes[b] + 1
+                    assert live / len(s_) <= share + 1e-9
+    assert refits >= 3  # several refits, none compounding past the bound
+    assert any(len(s) > b for s, b in zip(engine.calibration.samples, base_sizes))
+    # thresholds come from the benign lifetime maxima and do not move
+    assert engine.detector.flag_threshold == flag_thr and engine.detector.watch_threshold == watch_thr
+
+
+def test_batched_percentiles_equal_one_at_a_time(make_engine):
+    cal = make_engine().calibration
+    rng = np.random.default_rng(4)
+    rows = np.concatenate([s for s in cal.samples if s.shape[0]])[:60].copy()
+    rows[5, 3] = np.nan
+    n = rng.integers(1, 5000, rows.shape[0])
+    index = np.stack([rng.permutation(rows.shape[1])[:4] for _ in range(rows.shape[0])])
+    got = cal.percentiles(rows, n, index)
+    for i in range(rows.shape[0]):
+        for c, j in enumerate(index[i]):
+            expected = cal.percentile(int(j), float(rows[i, j]), int(n[i]))
+            assert (math.isnan(got[i, c]) and math.isnan(expected)) or got[i, c] == expected

@@ -1,0 +1,127 @@
+"""Batched feature rows against a plain per-account reference.
+
+:class:`~probewatch.detect.features.FeatureBatch` computes a whole batch's features in array
+calls from copies of each account's rings. The reference below recomputes each feature
+from one account's ring contents with nothing but scalar NumPy reductions, the way the
+definitions in ``FEATURES`` read.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from probewatch.detect.features import (
+    FEATURE_NAMES,
+    MIN_NORMALITY_SAMPLES,
+    SIM_HIST_EDGES,
+    AccountState,
+    FeatureBatch,
+    QueryFacts,
+)
+
+N_CELLS = 16
+NEAR_DUP, OFF_REF = 0.95, 0.3
+
+
+def filled(ring: np.ndarray, n: int) -> np.ndarray:
+    return ring[: min(n, ring.size)]
+
+
+def lifetime_share_at_least(hist: np.ndarray, threshold: float) -> float:
+    """Share of histogram mass at or above ``threshold``, linear inside the straddling bin."""
+    width = SIM_HIST_EDGES[1] - SIM_HIST_EDGES[0]
+    total = 0.0
+    for count, lo in zip(hist, SIM_HIST_EDGES[:-1]):
+        overlap = min(max((lo + width - threshold) / width, 0.0), 1.0)
+        total += count * overlap
+    return total / hist.sum() if hist.sum() else math.nan
+
+
+def reference_features(state: AccountState) -> dict[str, float]:
+    n = state.n
+    out = dict.fromkeys(FEATURE_NAMES, math.nan)
+    nn = filled(state.ring_nn, n).astype(np.float64)
+    nn = nn[~np.isnan(nn)]
+    if nn.size:
+        out["nn_similarity_mean"] = nn.mean()
+        out["nn_similarity_spread"] = nn.std()
+        knn = filled(state.ring_knn, n).astype(np.float64)
+        out["knn_similarity_mean"] = knn[~np.isnan(knn)].mean()
+        out["near_duplicate_rate"] = np.mean(nn >= NEAR_DUP)
+        out["near_duplicate_rate_lifetime"] = lifetime_share_at_least(state.nn_hist, NEAR_DUP)
+    if nn.size >= MIN_NORMALITY_SAMPLES:
+        out["min_distance_normality"] = stats.shapiro(1.0 - nn).statistic
+    out["reference_similarity"] = filled(state.ring_ref, n).astype(np.float64).mean()
+    cells = filled(state.ring_cell, n)
+    _, counts = np.unique(cells, return_counts=True)
+    p = counts / counts.sum()
+    if cells.size > 1:
+        out["cell_entropy"] = -(p * np.log2(p)).sum() / math.log2(min(cells.size, N_CELLS))
+    out["distinct_cell_rate"] = counts.size / cells.size
+    out["participation_ratio"], out["mean_pairwise_similarity"], out["mmd_to_benign"] = state.gram_stats
+    out["off_reference_rate"] = 1.0 - lifetime_share_at_least(state.ref_hist, OFF_REF)
+    out["new_cell_rate"] = (state.cell_counts > 0).sum() / n
+    return out
+
+
+def random_state(rng: np.random.Generator, window: int, n: int) -> AccountState:
+    state = AccountState(window, N_CELLS)
+    tight = rng.random() < 0.5  # a template-like account: near-duplicates, few cells
+    for i in range(n):
+        nn = math.nan if i == 0 else float(np.clip(rng.normal(0.97 if tight else 0.5, 0.05 if tight else 0.2), -0.2, 1.0))
+        knn = math.nan if i == 0 else nn - abs(rng.normal(0, 0.05))
+        cell = int(rng.integers(0, 3 if tight else N_CELLS))
+        state.update(QueryFacts(nn, knn, float(rng.uniform(0.1, 0.9)), float(rng.uniform(0, 1)), cell), None)
+    state.gram_stats[:] = rng.random(3)
+    return state
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_batch_matches_reference(seed):
+    rng = np.random.default_rng(seed)
+    window = 32
+    # Every regime: first query, short of the normality minimum, partly filled, wrapped rings.
+    sizes = [1, 2, 3, MIN_NORMALITY_SAMPLES - 1, MIN_NORMALITY_SAMPLES, 20, window, window + 1, 3 * window + 7]
+    states = [random_state(rng, window, n) for n in sizes]
+    batch = FeatureBatch(len(states), window, N_CELLS)
+    for i, state in enumerate(states):
+        batch.capture(i, state)
+    rows = batch.features(NEAR_DUP, OFF_REF)
+    for state, row in zip(states, rows):
+        expected = reference_features(state)
+        for j, name in enumerate(FEATURE_NAMES):
+            if math.isnan(expected[name]):
+                assert math.isnan(row[j]), (state.n, name, row[j])
+            else:
+                # Shapiro-Wilk: Royston's coefficients here vs SciPy's algorithm (AS R94), ~1e-4 apart.
+                tol = 2e-3 if name == "min_distance_normality" else 1e-9
+                assert row[j] == pytest.approx(expected[name], abs=tol), (state.n, name)
+
+
+def test_one_state_features_equal_its_batch_row():
+    rng = np.random.default_rng(11)
+    states = [random_state(rng, 32, n) for n in (5, 40, 90)]
+    batch = FeatureBatch(3, 32, N_CELLS)
+    for i, s in enumerate(states):
+        batch.capture(i, s)
+    rows = batch.features(NEAR_DUP, OFF_REF)
+    for s, row in zip(states, rows):  # equal up to BLAS summation order
+        np.testing.assert_allclose(s.features(NEAR_DUP, OFF_REF), row, rtol=1e-12, atol=0)
+
+
+def test_capture_copies_state_at_that_moment():
+    rng = np.random.default_rng(3)
+    state = random_state(rng, 32, 10)
+    batch = FeatureBatch(2, 32, N_CELLS)
+    batch.capture(0, state)
+    before = state.features(NEAR_DUP, OFF_REF)
+    state.update(QueryFacts(0.99, 0.98, 0.5, 0.5, 0), None)
+    batch.capture(1, state)
+    rows = batch.features(NEAR_DUP, OFF_REF)
+    np.testing.assert_allclose(rows[0], before, rtol=1e-12, atol=0)
+    assert batch.n.tolist() == [10, 11]
+    assert not np.array_equal(rows[0], rows[1], equal_nan=True)

@@ -85,12 +85,12 @@ class EmbeddingCache:
     def embed(self, texts: list[str]) -> np.ndarray:
         keys = [text_key(t) for t in texts]
         missing: dict[str, str] = {}
-        for key, text in zip(keys, texts):
+        for key, text in zip(keys, texts, strict=True):
             if key not in self._where and key not in missing:
                 missing[key] = text
         todo = list(missing.items())
         for start in range(0, len(todo), SHARD_ROWS):
-            part = todo[start:start + SHARD_ROWS]
+            part = todo[start : start + SHARD_ROWS]
             vectors = np.asarray(self.embedder.encode([text for _, text in part]), dtype=np.float32)
             if vectors.shape != (len(part), self.dim):
                 raise ValueError(f"embedder returned shape {vectors.shape}; expected ({len(part)}, {self.dim})")
@@ -104,6 +104,6 @@ class EmbeddingCache:
 
 def default_embedder_cache(cache_dir: str | Path | None = None) -> EmbeddingCache:
     """The engine's default embedder (all-MiniLM-L6-v2) behind the on-disk cache."""
-    from probewatch import Embedder  # noqa: PLC0415 - loads torch; ~10 s
+    from probewatch import Embedder
 
     return EmbeddingCache(Embedder(), cache_dir)

@@ -83,10 +83,11 @@ def embed_traffic(traffic: Traffic, cache, show_progress: bool = True) -> Embedd
     """Embed every distinct prompt once; texts already in ``cache`` are read back, not re-encoded."""
     texts = traffic.all_texts()
     missing = [text for text in texts if text not in cache]
-    with tqdm(total=len(missing), desc="embedding", unit="text", mininterval=1.0,
-              disable=not show_progress or not missing) as bar:
+    with tqdm(
+        total=len(missing), desc="embedding", unit="text", mininterval=1.0, disable=not show_progress or not missing
+    ) as bar:
         for start in range(0, len(missing), EMBED_CHUNK):
-            part = missing[start:start + EMBED_CHUNK]
+            part = missing[start : start + EMBED_CHUNK]
             cache.embed(part)
             bar.update(len(part))
     vectors = cache.embed(texts)
@@ -113,8 +114,7 @@ class DetectorUnderTest(abc.ABC):
         self.fitted_accounts: list[str] = []
 
     @abc.abstractmethod
-    def fit(self, calibration: list[AccountStream], data: EmbeddedTraffic,
-            on_account: Callable[[], None]) -> None:
+    def fit(self, calibration: list[AccountStream], data: EmbeddedTraffic, on_account: Callable[[], None]) -> None:
         """Fit on benign calibration streams and set ``thresholds``; calls ``on_account`` per stream done."""
 
     @abc.abstractmethod
@@ -135,19 +135,29 @@ class ProbewatchUnderTest(DetectorUnderTest):
         self._fresh = 0
 
     def fit(self, calibration, data, on_account) -> None:
-        import probewatch as pw  # noqa: PLC0415 - heavy import, only when probewatch is evaluated
+        import probewatch as pw
 
         accounts = [s.account for s in calibration for _ in s.prompts]
         vectors = np.concatenate([data.vectors_of(s) for s in calibration])
         ts = [t for s in calibration for t in s.ts]
         # population updates off: the live population (test accounts) must never shape the tables
         self.engine = pw.Engine.from_benign_embeddings(
-            accounts, vectors, ts, device="cpu", embedder=self.embedder, seed=self.seed,
-            target_fpr=OPERATING_FPRS[0], watch_fpr=OPERATING_FPRS[1], population_update_every=0,
-            source="bench.eval calibration accounts")
+            accounts,
+            vectors,
+            ts,
+            device="cpu",
+            embedder=self.embedder,
+            seed=self.seed,
+            target_fpr=OPERATING_FPRS[0],
+            watch_fpr=OPERATING_FPRS[1],
+            population_update_every=0,
+            source="bench.eval calibration accounts",
+        )
         detector = self.engine.detector
-        self.thresholds = {OPERATING_FPRS[0]: float(detector.flag_threshold),
-                           OPERATING_FPRS[1]: float(detector.watch_threshold)}
+        self.thresholds = {
+            OPERATING_FPRS[0]: float(detector.flag_threshold),
+            OPERATING_FPRS[1]: float(detector.watch_threshold),
+        }
         self.fitted_accounts = [s.account for s in calibration]
         for _ in calibration:
             on_account()
@@ -159,8 +169,9 @@ class ProbewatchUnderTest(DetectorUnderTest):
         verdicts = []
         for start in range(0, len(stream), ENGINE_CHUNK):
             stop = min(start + ENGINE_CHUNK, len(stream))
-            verdicts.extend(self.engine.observe_embeddings([account] * (stop - start), vectors[start:stop],
-                                                           stream.ts[start:stop]))
+            verdicts.extend(
+                self.engine.observe_embeddings([account] * (stop - start), vectors[start:stop], stream.ts[start:stop])
+            )
         self.engine.forget(account)
         scores = np.array([v.score for v in verdicts], dtype=np.float64)
         reasons = {}
@@ -185,8 +196,9 @@ class BaselineUnderTest(DetectorUnderTest):
         for stream in calibration:
             benign_streams.append(self.baseline.score_stream(data.vectors_of(stream)))
             on_account()
-        self.thresholds = {fpr: float(self.baseline.calibrated_threshold(benign_streams, fpr))
-                           for fpr in OPERATING_FPRS}
+        self.thresholds = {
+            fpr: float(self.baseline.calibrated_threshold(benign_streams, fpr)) for fpr in OPERATING_FPRS
+        }
         self.fitted_accounts = [s.account for s in calibration]
 
     def score(self, stream, data) -> StreamScores:
@@ -194,17 +206,19 @@ class BaselineUnderTest(DetectorUnderTest):
 
 
 def detector_names(seed: int = 0) -> list[str]:
-    from bench.baselines import all_baselines  # noqa: PLC0415
+    from bench.baselines import all_baselines
 
     return [PROBEWATCH] + [b.name for b in all_baselines(seed)]
 
 
 def make_detectors(names: Sequence[str], embedder, seed: int) -> list[DetectorUnderTest]:
-    from bench.baselines import all_baselines  # noqa: PLC0415
+    from bench.baselines import all_baselines
 
     baselines = {b.name: b for b in all_baselines(seed)}
-    return [ProbewatchUnderTest(embedder, seed) if name == PROBEWATCH else BaselineUnderTest(baselines[name])
-            for name in names]
+    return [
+        ProbewatchUnderTest(embedder, seed) if name == PROBEWATCH else BaselineUnderTest(baselines[name])
+        for name in names
+    ]
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -227,8 +241,13 @@ def run_detector(detector: DetectorUnderTest, data: EmbeddedTraffic, show_progre
     leaked = calibration_ids & {s.account for s in tests}
     if leaked:  # the protocol's one hard rule; the traffic build guarantees it, this proves it per run
         raise RuntimeError(f"{len(leaked)} calibration accounts are also test accounts, e.g. {sorted(leaked)[:3]}")
-    with tqdm(total=len(calibration) + len(tests), desc=f"{detector.name:>14}", unit="acct", mininterval=1.0,
-              disable=not show_progress) as bar:
+    with tqdm(
+        total=len(calibration) + len(tests),
+        desc=f"{detector.name:>14}",
+        unit="acct",
+        mininterval=1.0,
+        disable=not show_progress,
+    ) as bar:
         bar.set_postfix_str("fitting on calibration")
         started = time.perf_counter()
         detector.fit(calibration, data, lambda: bar.update(1))
@@ -242,8 +261,9 @@ def run_detector(detector: DetectorUnderTest, data: EmbeddedTraffic, show_progre
             scores[stream.account] = detector.score(stream, data)
             bar.update(1)
         score_seconds = time.perf_counter() - started
-    return DetectorRun(detector.name, dict(detector.thresholds), list(detector.fitted_accounts), scores,
-                       fit_seconds, score_seconds)
+    return DetectorRun(
+        detector.name, dict(detector.thresholds), list(detector.fitted_accounts), scores, fit_seconds, score_seconds
+    )
 
 
 # -- metrics ---------------------------------------------------------------------------------
@@ -254,9 +274,15 @@ def account_records(data: EmbeddedTraffic, runs: list[DetectorRun]) -> list[dict
     for pool, streams in data.test_pools().items():
         for stream in streams:
             record: dict[str, Any] = {
-                "account": stream.account, "pool": pool, "kind": stream.kind, "label": stream.label,
-                "campaign": stream.campaign, "queries": len(stream), "attack_queries": int(sum(stream.is_attack)),
-                "score": {}, "queries_until_detection": {},
+                "account": stream.account,
+                "pool": pool,
+                "kind": stream.kind,
+                "label": stream.label,
+                "campaign": stream.campaign,
+                "queries": len(stream),
+                "attack_queries": int(sum(stream.is_attack)),
+                "score": {},
+                "queries_until_detection": {},
             }
             for run in runs:
                 stream_scores = run.scores[stream.account]
@@ -301,7 +327,7 @@ def scenario_metrics(benign: list[dict], attack: list[dict], run: DetectorRun) -
 def benign_metrics(benign: list[dict], run: DetectorRun) -> dict[str, Any]:
     """Realised false-positive rate on the benign test pool, overall and per benign class, with
     (for probewatch) the most frequent reasons of the flagged accounts."""
-    kinds = ["benign:normal"] + [k for k in HARD_BENIGN]
+    kinds = ["benign:normal", *list(HARD_BENIGN)]
     kinds += sorted({r["kind"] for r in benign} - set(kinds))
 
     def block(records: list[dict]) -> dict[str, Any]:
@@ -314,14 +340,21 @@ def benign_metrics(benign: list[dict], run: DetectorRun) -> dict[str, Any]:
         if run.name == PROBEWATCH:
             out["top_reasons"] = {}
             for fpr, threshold in run.thresholds.items():
-                counts = Counter(name for r in records if r["score"][run.name] >= threshold
-                                 for name in r.get("reasons", {}).get(fpr_key(fpr), []))
+                counts = Counter(
+                    name
+                    for r in records
+                    if r["score"][run.name] >= threshold
+                    for name in r.get("reasons", {}).get(fpr_key(fpr), [])
+                )
                 out["top_reasons"][fpr_key(fpr)] = [[name, n] for name, n in counts.most_common(3)]
         return out
 
     result = block(benign)
-    result["by_kind"] = {kind: block([r for r in benign if r["kind"] == kind])
-                         for kind in kinds if any(r["kind"] == kind for r in benign)}
+    result["by_kind"] = {
+        kind: block([r for r in benign if r["kind"] == kind])
+        for kind in kinds
+        if any(r["kind"] == kind for r in benign)
+    }
     return result
 
 
@@ -343,8 +376,16 @@ def risk_traces(data: EmbeddedTraffic, runs: list[DetectorRun], records: list[di
     traces = []
     for stream, pool in picked:
         risks = run.scores[stream.account].risks
-        traces.append({"account": stream.account, "pool": pool, "kind": stream.kind, "label": stream.label,
-                       "risk": [float(x) for x in risks], "is_attack": [bool(x) for x in stream.is_attack]})
+        traces.append(
+            {
+                "account": stream.account,
+                "pool": pool,
+                "kind": stream.kind,
+                "label": stream.label,
+                "risk": [float(x) for x in risks],
+                "is_attack": [bool(x) for x in stream.is_attack],
+            }
+        )
     return traces
 
 
@@ -352,7 +393,7 @@ def compute_results(data: EmbeddedTraffic, runs: list[DetectorRun]) -> dict[str,
     records = account_records(data, runs)
     benign = [r for r in records if r["pool"] == BENIGN_POOL]
     scenarios = {}
-    for scenario, streams in data.traffic.attacks.items():
+    for scenario, _streams in data.traffic.attacks.items():
         attack = [r for r in records if r["pool"] == scenario]
         scenarios[scenario] = {
             "accounts": len(attack),
@@ -382,13 +423,21 @@ def compute_results(data: EmbeddedTraffic, runs: list[DetectorRun]) -> dict[str,
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.eval",
-        description="Detection benchmark: probewatch and published baselines on labelled account traffic.")
-    parser.add_argument("--size", choices=("quick", "default"), default="quick",
-                        help="traffic size: quick (~1.7k distinct texts, CI) or default (~44k)")
+        description="Detection benchmark: probewatch and published baselines on labelled account traffic.",
+    )
+    parser.add_argument(
+        "--size",
+        choices=("quick", "default"),
+        default="quick",
+        help="traffic size: quick (~1.7k distinct texts, CI) or default (~44k)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="traffic and detector seed")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default bench/out/<size>)")
-    parser.add_argument("--detectors", default=None,
-                        help="comma-separated detectors to run (default: all): " + ",".join(detector_names()))
+    parser.add_argument(
+        "--detectors",
+        default=None,
+        help="comma-separated detectors to run (default: all): " + ",".join(detector_names()),
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -411,20 +460,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def reproducing_command(args: argparse.Namespace) -> str:
-    return "python -m bench.eval " + shlex.join([
-        "--size", args.size, "--seed", str(args.seed), "--out", str(args.out),
-        "--detectors", ",".join(args.detectors)])
+    return "python -m bench.eval " + shlex.join(
+        ["--size", args.size, "--seed", str(args.seed), "--out", str(args.out), "--detectors", ",".join(args.detectors)]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from bench import report  # noqa: PLC0415 - imports matplotlib
-    from bench.embedcache import EmbeddingCache  # noqa: PLC0415
+    from bench import report
+    from bench.embedcache import EmbeddingCache
 
     timings: dict[str, float] = {}
     show = not args.quiet
     started = time.perf_counter()
-    import probewatch as pw  # noqa: PLC0415 - loads torch
+    import probewatch as pw
 
     embedder = pw.Embedder(device="cpu")
     cache = EmbeddingCache(embedder)

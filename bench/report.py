@@ -66,9 +66,11 @@ def main_table(results: dict) -> str:
     fpr_row = ["*benign test FPR*", str(results["meta"]["benign_test_accounts"])]
     fpr_row += [fmt_rate(results["detectors"][name]["benign"]["fpr"][primary]) for name in detectors]
     rows.append(fpr_row)
-    title = (f"TPR at {_pct(primary)} account-level FPR (median queries until detection); "
-             f"size={results['meta']['size']}, seed={results['meta']['seed']}")
-    return title + "\n\n" + _table(["scenario", "accounts"] + detectors, rows)
+    title = (
+        f"TPR at {_pct(primary)} account-level FPR (median queries until detection); "
+        f"size={results['meta']['size']}, seed={results['meta']['seed']}"
+    )
+    return title + "\n\n" + _table(["scenario", "accounts", *detectors], rows)
 
 
 def thresholds_table(results: dict) -> str:
@@ -96,9 +98,15 @@ def hard_benign_table(results: dict) -> str:
         header.append("probewatch: top reasons of flagged accounts")
     first = results["detectors"][detectors[0]]["benign"]
     rows = []
-    for kind in list(first["by_kind"]) + ["all"]:
-        blocks = {name: (results["detectors"][name]["benign"] if kind == "all"
-                         else results["detectors"][name]["benign"]["by_kind"][kind]) for name in detectors}
+    for kind in [*list(first["by_kind"]), "all"]:
+        blocks = {
+            name: (
+                results["detectors"][name]["benign"]
+                if kind == "all"
+                else results["detectors"][name]["benign"]["by_kind"][kind]
+            )
+            for name in detectors
+        }
         row = [kind if kind != "all" else "**all benign test**", str(blocks[detectors[0]]["accounts"])]
         row += [" / ".join(fmt_rate(blocks[name]["fpr"][k]) for k in keys) for name in detectors]
         if has_reasons:
@@ -130,8 +138,9 @@ def scenario_table(results: dict, scenario: str) -> str:
         row += [f"{delay['detected']}/{delay['accounts']}", fmt_queries(delay["median"]), fmt_queries(delay["p90"])]
         row += [fmt_queries(m["queries_until_detection"][k]["median"]) for k in keys if k != primary]
         if campaigns:
-            row.append("; ".join(" / ".join(fmt_rate(c["flagged_share"][k]) for k in keys)
-                                 for c in m["campaigns"].values()))
+            row.append(
+                "; ".join(" / ".join(fmt_rate(c["flagged_share"][k]) for k in keys) for c in m["campaigns"].values())
+            )
         rows.append(row)
     return _table(header, rows)
 
@@ -163,10 +172,13 @@ def _resolution_caveat(meta: dict) -> list[str]:
     unresolved = [_pct(k) for k in meta["operating_fprs"] if float(k) * n < 1]
     if not unresolved:
         return []
-    return [f"With {n} calibration accounts, a rate of {' or '.join(unresolved)} allows no calibration account to "
-            "be flagged, so a baseline's threshold there is just above the highest calibration account "
-            "(the operating points may coincide), and probewatch's is extrapolated from the exponential tail "
-            "of its benign lifetime scores. Use `--size default` for meaningful low-FPR numbers.", ""]
+    return [
+        f"With {n} calibration accounts, a rate of {' or '.join(unresolved)} allows no calibration account to "
+        "be flagged, so a baseline's threshold there is just above the highest calibration account "
+        "(the operating points may coincide), and probewatch's is extrapolated from the exponential tail "
+        "of its benign lifetime scores. Use `--size default` for meaningful low-FPR numbers.",
+        "",
+    ]
 
 
 def markdown(results: dict) -> str:
@@ -211,19 +223,39 @@ def markdown(results: dict) -> str:
         f"Queries until detection at {_pct(primary)} FPR over detected accounts; `–` = none detected.",
     ]
     for scenario, block in results["scenarios"].items():
-        parts += ["", f"### {scenario}", "",
-                  f"{block['accounts']} accounts ({', '.join(block['kinds'])}), {block['queries']} queries, "
-                  f"{block['attack_queries']} of them extraction queries.", "",
-                  scenario_table(results, scenario)]
-    parts += ["", "## Plots", "",
-              f"- ROC curves per scenario (accounts; log FPR axis): ![ROC]({ROC_PLOT})",
-              f"- Share of attack accounts detected vs queries sent, at {_pct(primary)} FPR: "
-              f"![detection delay]({DELAY_PLOT})"]
+        parts += [
+            "",
+            f"### {scenario}",
+            "",
+            f"{block['accounts']} accounts ({', '.join(block['kinds'])}), {block['queries']} queries, "
+            f"{block['attack_queries']} of them extraction queries.",
+            "",
+            scenario_table(results, scenario),
+        ]
+    parts += [
+        "",
+        "## Plots",
+        "",
+        f"- ROC curves per scenario (accounts; log FPR axis): ![ROC]({ROC_PLOT})",
+        f"- Share of attack accounts detected vs queries sent, at {_pct(primary)} FPR: "
+        f"![detection delay]({DELAY_PLOT})",
+    ]
     if results.get("risk_traces"):
         parts.append(f"- probewatch risk over time for a few attack and hard-benign accounts: ![risk]({RISK_PLOT})")
     timings = meta.get("timings_seconds", {})
-    parts += ["", "## Traffic", "", "```", meta["traffic"], "```", "",
-              "## Timings", "", ", ".join(f"{k}: {v:.1f} s" for k, v in timings.items()), ""]
+    parts += [
+        "",
+        "## Traffic",
+        "",
+        "```",
+        meta["traffic"],
+        "```",
+        "",
+        "## Timings",
+        "",
+        ", ".join(f"{k}: {v:.1f} s" for k, v in timings.items()),
+        "",
+    ]
     return "\n".join(parts)
 
 
@@ -251,10 +283,10 @@ def write_results_json(results: dict, out_dir: Path) -> Path:
 
 # -- plots -------------------------------------------------------------------------------------
 def _pyplot():
-    import matplotlib  # noqa: PLC0415 - optional dependency (the bench extra)
+    import matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     return plt
 
@@ -295,12 +327,13 @@ def plot_roc(results: dict, out_dir: Path) -> Path:
     floor = 0.5 / max(n_benign, 1)  # FPR 0 drawn at half the smallest non-zero FPR on the log axis
     scenarios = list(results["scenarios"])
     fig, axes = _grid(plt, len(scenarios), f"Account-level ROC vs {n_benign} benign test accounts")
-    for ax, scenario in zip(axes, scenarios):
+    for ax, scenario in zip(axes, scenarios, strict=True):
         for name in detectors:
             fpr, tpr = roc_curve(_scores(records, "test_benign", name), _scores(records, scenario, name))
             auc = results["scenarios"][scenario]["detectors"][name]["auc"]
-            ax.plot(np.maximum(fpr, floor), tpr, drawstyle="steps-post", label=f"{name} ({fmt_rate(auc)})",
-                    **styles[name])
+            ax.plot(
+                np.maximum(fpr, floor), tpr, drawstyle="steps-post", label=f"{name} ({fmt_rate(auc)})", **styles[name]
+            )
         for fpr in results["meta"]["operating_fprs"]:
             ax.axvline(float(fpr), color="grey", linestyle=":", linewidth=0.8)
         ax.set_xscale("log")
@@ -319,7 +352,7 @@ def plot_roc(results: dict, out_dir: Path) -> Path:
 
 def plot_detection_delay(results: dict, out_dir: Path) -> Path:
     plt = _pyplot()
-    from matplotlib.ticker import NullFormatter  # noqa: PLC0415
+    from matplotlib.ticker import NullFormatter
 
     detectors = _detectors(results)
     styles = _styles(detectors)
@@ -327,7 +360,7 @@ def plot_detection_delay(results: dict, out_dir: Path) -> Path:
     records = results["accounts"]
     scenarios = list(results["scenarios"])
     fig, axes = _grid(plt, len(scenarios), f"Share of attack accounts detected vs queries sent ({_pct(primary)} FPR)")
-    for ax, scenario in zip(axes, scenarios):
+    for ax, scenario in zip(axes, scenarios, strict=True):
         members = [r for r in records if r["pool"] == scenario]
         longest = max(r["queries"] for r in members)
         for name in detectors:
@@ -359,21 +392,29 @@ def plot_risk_over_time(results: dict, out_dir: Path) -> Path | None:
     # the axis reaches a little past the riskiest point or the flag line, whichever is higher
     floor = max(MIN_EXCEEDANCE, min(min(float(e.min()) for e in exceedances if e.size), min(fprs)) / 3)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True, squeeze=False)
-    groups = (("attack accounts", [i for i, t in enumerate(traces) if t["label"] == 1]),
-              ("hard-benign accounts (most suspicious of their class)",
-               [i for i, t in enumerate(traces) if t["label"] == 0]))
-    for ax, (title, members) in zip(axes[0], groups):
+    groups = (
+        ("attack accounts", [i for i, t in enumerate(traces) if t["label"] == 1]),
+        ("hard-benign accounts (most suspicious of their class)", [i for i, t in enumerate(traces) if t["label"] == 0]),
+    )
+    for ax, (title, members) in zip(axes[0], groups, strict=True):
         for i in members:
             trace, exceedance = traces[i], exceedances[i]
             x = np.arange(1, len(exceedance) + 1)
-            line, = ax.plot(x, exceedance, linewidth=1.3, label=f"{trace['kind']} ({trace['account'][-6:]})")
+            (line,) = ax.plot(x, exceedance, linewidth=1.3, label=f"{trace['kind']} ({trace['account'][-6:]})")
             attack = np.asarray(trace["is_attack"], dtype=bool)
             if attack.any() and not attack.all():  # mixed account: mark which queries were extraction
                 ax.plot(x[attack], exceedance[attack], "|", color=line.get_color(), markersize=7)
-        for fpr, label in zip(fprs, ("flag", "watch")):
+        for fpr, label in zip(fprs, ("flag", "watch"), strict=True):
             ax.axhline(fpr, color="grey", linestyle=":", linewidth=0.9)
-            ax.annotate(f"{label} ({_pct(fpr)})", (0, fpr), xycoords=("axes fraction", "data"), fontsize=7,
-                        color="grey", xytext=(3, 2), textcoords="offset points")
+            ax.annotate(
+                f"{label} ({_pct(fpr)})",
+                (0, fpr),
+                xycoords=("axes fraction", "data"),
+                fontsize=7,
+                color="grey",
+                xytext=(3, 2),
+                textcoords="offset points",
+            )
         ax.set_yscale("log")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("queries sent by the account")

@@ -81,8 +81,10 @@ def test_pipeline_vs_embedding_interleaved(benchmark, cpu_embedder, prompts):
     benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=2)
     ratio = spent["embedding"] / spent["pipeline"]
     benchmark.extra_info["pipeline_throughput_vs_embedding"] = round(ratio, 3)
-    print(f"\nobserve_batch throughput = {ratio:.3f} x embedding alone "
-          f"({spent['pipeline'] * 1e3 / (ROUNDS + 2):.1f} vs {spent['embedding'] * 1e3 / (ROUNDS + 2):.1f} ms per batch)")
+    print(
+        f"\nobserve_batch throughput = {ratio:.3f} x embedding alone "
+        f"({spent['pipeline'] * 1e3 / (ROUNDS + 2):.1f} vs {spent['embedding'] * 1e3 / (ROUNDS + 2):.1f} ms per batch)"
+    )
 
 
 def _engine_with_history(history: int, storage: str = "float32") -> tuple[pw.Engine, np.ndarray]:

@@ -14,6 +14,7 @@ surfaces :mod:`.serve` (HTTP sidecar), :mod:`.integrations`, :mod:`.cli`.
 
 from .backend.embedder import Embedder
 from .config import EngineConfig
+from .detect.features import FEATURE_NAMES
 from .engine import Engine
 from .errors import (
     BackendUnavailableError,
@@ -30,12 +31,12 @@ from .errors import (
     SnapshotError,
     UnknownAccountError,
 )
-from .detect.features import FEATURE_NAMES
 from .types import AccountReport, EngineStats, FeatureReading, Level, Reason, Verdict
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FEATURE_NAMES",
     "AccountReport",
     "BackendUnavailableError",
     "BatchError",
@@ -46,7 +47,6 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "EngineStats",
-    "FEATURE_NAMES",
     "FeatureReading",
     "InputError",
     "InvalidAccountError",

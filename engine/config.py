@@ -65,31 +65,48 @@ class EngineConfig:
 
         need(self.embed_batch_size >= 1, "embed_batch_size must be >= 1", self.embed_batch_size)
         need(self.history_cap >= 16, "history_cap must be >= 16", self.history_cap)
-        need(1 <= self.eviction_block <= self.history_cap, "eviction_block must be in [1, history_cap]", self.eviction_block)
+        need(
+            1 <= self.eviction_block <= self.history_cap,
+            "eviction_block must be in [1, history_cap]",
+            self.eviction_block,
+        )
         need(self.storage in STORAGE_DTYPES, f"storage must be one of {STORAGE_DTYPES}", self.storage)
         need(self.memory_budget_bytes >= 1024**2, "memory_budget_bytes must be >= 1 MiB", self.memory_budget_bytes)
         need(1 <= self.k_neighbors <= 32, "k_neighbors must be in [1, 32]", self.k_neighbors)
         need(16 <= self.window <= 4096, "window must be in [16, 4096]", self.window)
         need(1 <= self.refresh_every <= self.window, "refresh_every must be in [1, window]", self.refresh_every)
-        need(0.0 < self.near_duplicate_similarity < 1.0, "near_duplicate_similarity must be in (0, 1)", self.near_duplicate_similarity)
+        need(
+            0.0 < self.near_duplicate_similarity < 1.0,
+            "near_duplicate_similarity must be in (0, 1)",
+            self.near_duplicate_similarity,
+        )
         need(self.max_prompt_chars >= 1, "max_prompt_chars must be >= 1", self.max_prompt_chars)
-        need(0.0 < self.target_fpr < self.watch_fpr < 1.0, "needs 0 < target_fpr < watch_fpr < 1", (self.target_fpr, self.watch_fpr))
+        need(
+            0.0 < self.target_fpr < self.watch_fpr < 1.0,
+            "needs 0 < target_fpr < watch_fpr < 1",
+            (self.target_fpr, self.watch_fpr),
+        )
         need(self.detection_blas_threads >= 0, "detection_blas_threads must be >= 0", self.detection_blas_threads)
-        need(self.segmented_max_history is None or self.segmented_max_history >= 0,
-             "segmented_max_history must be None or >= 0", self.segmented_max_history)
+        need(
+            self.segmented_max_history is None or self.segmented_max_history >= 0,
+            "segmented_max_history must be None or >= 0",
+            self.segmented_max_history,
+        )
         need(self.population_update_every >= 0, "population_update_every must be >= 0", self.population_update_every)
-        need(0.0 <= self.population_max_share < 1.0, "population_max_share must be in [0, 1)", self.population_max_share)
+        need(
+            0.0 <= self.population_max_share < 1.0, "population_max_share must be in [0, 1)", self.population_max_share
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EngineConfig":
+    def from_dict(cls, data: dict[str, Any]) -> EngineConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown config keys {unknown}; valid keys are {sorted(known)}")
         return cls(**data)
 
-    def replace(self, **changes: Any) -> "EngineConfig":
+    def replace(self, **changes: Any) -> EngineConfig:
         return dataclasses.replace(self, **changes)

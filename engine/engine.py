@@ -18,7 +18,7 @@ from .detect.reference import BenignReference
 from .detect.scoring import BenignModel, Calibration, Detector
 from .errors import BatchError, CalibrationError, InvalidEmbeddingError, ProbewatchError
 from .io.persistence import read_calibration, read_snapshot, write_calibration, write_snapshot
-from .io.validation import check_account, check_items, check_prompt, check_vectors
+from .io.validation import check_account, check_items, check_vectors
 from .types import AccountReport, EngineStats, Level, Verdict
 
 DEFAULT_CALIBRATION_PATH = Path(__file__).resolve().parent / "data" / "default_calibration.npz"
@@ -37,8 +37,15 @@ class Engine:
     A mismatched batch length is rejected whole before anything is processed.
     """
 
-    def __init__(self, config: EngineConfig | None = None, *, embedder: Embedder | None = None,
-                 calibration_path: str | Path | None = None, benign: BenignModel | None = None, **overrides: Any):
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        *,
+        embedder: Embedder | None = None,
+        calibration_path: str | Path | None = None,
+        benign: BenignModel | None = None,
+        **overrides: Any,
+    ):
         """``benign`` (a fitted reference and calibration) replaces the calibration file."""
         config = config or EngineConfig()
         if overrides:
@@ -48,14 +55,24 @@ class Engine:
         self.config = config
         self._lock = threading.RLock()
         self._embedder = embedder
-        self._backend = Backend.resolve(embedder.device if embedder is not None else config.device,
-                                        config.gpu_temp_memory_bytes)
+        self._backend = Backend.resolve(
+            embedder.device if embedder is not None else config.device, config.gpu_temp_memory_bytes
+        )
         self.pipeline = Pipeline(config, benign, self._backend)
 
     @classmethod
-    def from_benign_embeddings(cls, accounts: Sequence[str], vectors: Any, ts: Sequence[float | None] | None = None,
-                               config: EngineConfig | None = None, *, embedder: Embedder | None = None,
-                               source: str = "from_benign_embeddings()", progress=None, **overrides: Any) -> Engine:
+    def from_benign_embeddings(
+        cls,
+        accounts: Sequence[str],
+        vectors: Any,
+        ts: Sequence[float | None] | None = None,
+        config: EngineConfig | None = None,
+        *,
+        embedder: Embedder | None = None,
+        source: str = "from_benign_embeddings()",
+        progress=None,
+        **overrides: Any,
+    ) -> Engine:
         """An engine calibrated from scratch on benign vectors (no default calibration needed)."""
         config = config or EngineConfig()
         if overrides:
@@ -97,22 +114,30 @@ class Engine:
         except BatchError as exc:
             raise exc.errors[0] from None
 
-    def observe_batch(self, accounts: Sequence[str], prompts: Sequence[str | bytes],
-                      ts: Sequence[float | None] | None = None) -> list[Verdict]:
+    def observe_batch(
+        self, accounts: Sequence[str], prompts: Sequence[str | bytes], ts: Sequence[float | None] | None = None
+    ) -> list[Verdict]:
         """Observe many prompts (one embedding batch); verdicts in input order."""
         good, texts, stamps, errors = check_items(accounts, ts, prompts, self.config.max_prompt_chars)
         vectors = self.embedder.encode_device(texts) if texts else None
         return self._observe_valid(accounts, good, vectors, stamps, errors)
 
-    def observe_embeddings(self, accounts: Sequence[str], vectors: Any, ts: Sequence[float | None] | None = None
-                           ) -> list[Verdict]:
+    def observe_embeddings(
+        self, accounts: Sequence[str], vectors: Any, ts: Sequence[float | None] | None = None
+    ) -> list[Verdict]:
         """Observe precomputed (n, d) vectors (normalised to unit length here)."""
         arr = check_vectors(accounts, vectors, self.dim, ts)
         good, _, stamps, errors = check_items(accounts, ts)
         return self._observe_valid(accounts, good, arr[good] if errors else arr, stamps, errors)
 
-    def _observe_valid(self, accounts: Sequence[str], good: list[int], vectors, stamps: list[float | None],
-                       errors: dict[int, ProbewatchError]) -> list[Verdict]:
+    def _observe_valid(
+        self,
+        accounts: Sequence[str],
+        good: list[int],
+        vectors,
+        stamps: list[float | None],
+        errors: dict[int, ProbewatchError],
+    ) -> list[Verdict]:
         verdicts: list[Verdict | None] = [None] * len(accounts)
         if good:
             if vectors.shape[1] != self.dim:
@@ -121,30 +146,48 @@ class Engine:
                     "calibrate the engine with this model (engine.calibrate)"
                 )
             with self._lock:
-                for i, verdict in zip(good, self.pipeline.observe([accounts[i] for i in good], vectors, stamps)):
+                for i, verdict in zip(
+                    good, self.pipeline.observe([accounts[i] for i in good], vectors, stamps), strict=True
+                ):
                     verdicts[i] = verdict
         if errors:
             raise BatchError(errors, verdicts)
         return verdicts  # type: ignore[return-value]
 
     # -- calibration -----------------------------------------------------------------------
-    def calibrate(self, accounts: Sequence[str], prompts: Sequence[str], ts: Sequence[float | None] | None = None,
-                  *, refit_reference: bool = True, source: str = "calibrate()") -> None:
+    def calibrate(
+        self,
+        accounts: Sequence[str],
+        prompts: Sequence[str],
+        ts: Sequence[float | None] | None = None,
+        *,
+        refit_reference: bool = True,
+        source: str = "calibrate()",
+    ) -> None:
         """Calibrate on known-benign traffic (accounts' prompts in time order)."""
         _, texts, _, errors = check_items(accounts, ts, prompts, self.config.max_prompt_chars)
         if errors:
             raise errors[min(errors)]
-        self.calibrate_embeddings(accounts, self.embedder.encode(texts), ts, refit_reference=refit_reference,
-                                  source=source)
+        self.calibrate_embeddings(
+            accounts, self.embedder.encode(texts), ts, refit_reference=refit_reference, source=source
+        )
 
-    def calibrate_embeddings(self, accounts: Sequence[str], vectors: Any, ts: Sequence[float | None] | None = None,
-                             *, refit_reference: bool = True, source: str = "calibrate_embeddings()",
-                             progress=None) -> None:
+    def calibrate_embeddings(
+        self,
+        accounts: Sequence[str],
+        vectors: Any,
+        ts: Sequence[float | None] | None = None,
+        *,
+        refit_reference: bool = True,
+        source: str = "calibrate_embeddings()",
+        progress=None,
+    ) -> None:
         """Like :meth:`calibrate` with precomputed vectors. Replaces the calibration; account
         histories are kept and judged by the new calibration from their next query on."""
         arr = _checked_calibration_vectors(accounts, vectors, _width(vectors) if refit_reference else self.dim, ts)
-        benign = fit_calibration(self.config, list(accounts), arr, ts, self.reference, refit_reference, source,
-                                 progress)
+        benign = fit_calibration(
+            self.config, list(accounts), arr, ts, self.reference, refit_reference, source, progress
+        )
         with self._lock:
             if benign.reference.dim != self.dim and len(self.pipeline.states):
                 raise CalibrationError(
@@ -172,9 +215,16 @@ class Engine:
     def stats(self) -> EngineStats:
         with self._lock:
             p = self.pipeline
-            return EngineStats(accounts=len(p.states), stored_queries=p.store.total_vectors(), bytes_held=p.held_bytes(),
-                               levels=p.level_counts(), observations=p.observations, device=self._backend.kind,
-                               flag_threshold=p.detector.flag_threshold, calibration=p.calibration.meta())
+            return EngineStats(
+                accounts=len(p.states),
+                stored_queries=p.store.total_vectors(),
+                bytes_held=p.held_bytes(),
+                levels=p.level_counts(),
+                observations=p.observations,
+                device=self._backend.kind,
+                flag_threshold=p.detector.flag_threshold,
+                calibration=p.calibration.meta(),
+            )
 
     # -- state management -------------------------------------------------------------------------
     def forget(self, account: str) -> bool:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-
 class Level(str, enum.Enum):
     """How far an account has gone; ordered ``OK < WATCH < FLAG`` and sticky at its peak.
 
@@ -73,8 +72,10 @@ class Reason:
         }
 
     def __str__(self) -> str:
-        return (f"{self.feature}={self.value:.4g} ({self.direction} benign; percentile "
-                f"{self.benign_percentile:.1f}, z={self.deviation:.1f})")
+        return (
+            f"{self.feature}={self.value:.4g} ({self.direction} benign; percentile "
+            f"{self.benign_percentile:.1f}, z={self.deviation:.1f})"
+        )
 
 
 @dataclass(frozen=True)

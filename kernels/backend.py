@@ -30,16 +30,14 @@ MAX_TOPK = 32
 
 @functools.lru_cache(maxsize=1)
 def _cupy() -> ModuleType | None:
+    # Any failure means "no usable GPU": ImportError, a missing or broken CUDA runtime, a
+    # driver that raises its own error type on initialisation.
     try:
-        import cupy  # noqa: PLC0415 - optional dependency, imported on first use
-    except Exception:  # ImportError, or a CUDA runtime that fails to initialise
+        import cupy
+
+        return cupy if cupy.cuda.runtime.getDeviceCount() >= 1 else None
+    except Exception:  # noqa: BLE001 - see above; the CPU path is the fallback
         return None
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            return None
-    except Exception:
-        return None
-    return cupy
 
 
 def cupy_available() -> bool:

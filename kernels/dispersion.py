@@ -22,7 +22,7 @@ SUMMARY_QUANTILES = (0.1, 0.5, 0.9)
 @functools.lru_cache(maxsize=512)
 def _shapiro_wilk_coefficients(n: int) -> np.ndarray:
     """Royston's (1992) approximation of the Shapiro–Wilk coefficients for sample size n."""
-    from scipy.special import ndtri  # noqa: PLC0415 - scipy is heavy; only needed here
+    from scipy.special import ndtri
 
     i = np.arange(1, n + 1, dtype=np.float64)
     m = ndtri((i - 0.375) / (n + 0.25))

@@ -83,18 +83,18 @@ void segmented_topk(const float* __restrict__ queries, const float* __restrict__
 }
 """
 
-_segmented_topk_kernel = compiled_once(lambda cp: cp.RawKernel(
-    _SEGMENTED_TOPK_SOURCE,
-    "segmented_topk",
-    options=(f"-DMAX_TOPK={MAX_TOPK}", f"-DTHREADS={THREADS_PER_BLOCK}"),
-))
+_segmented_topk_kernel = compiled_once(
+    lambda cp: cp.RawKernel(
+        _SEGMENTED_TOPK_SOURCE,
+        "segmented_topk",
+        options=(f"-DMAX_TOPK={MAX_TOPK}", f"-DTHREADS={THREADS_PER_BLOCK}"),
+    )
+)
 
 
 def _check_arguments(queries, base, base_offsets, query_segment, query_visible, k):
     if queries.ndim != 2 or base.ndim != 2 or queries.shape[1] != base.shape[1]:
-        raise ValueError(
-            f"queries and base must be 2-D with the same width; got {queries.shape} and {base.shape}"
-        )
+        raise ValueError(f"queries and base must be 2-D with the same width; got {queries.shape} and {base.shape}")
     n_q = queries.shape[0]
     if query_segment.shape != (n_q,) or query_visible.shape != (n_q,):
         raise ValueError(
@@ -157,8 +157,18 @@ def segmented_topk_cupy(queries, base, base_offsets, query_segment, query_visibl
     _segmented_topk_kernel()(
         (n_q,),
         (THREADS_PER_BLOCK,),
-        (queries, base, base_offsets, query_segment, query_visible,
-         np.int32(n_q), np.int32(dim), np.int32(k), sims, idx),
+        (
+            queries,
+            base,
+            base_offsets,
+            query_segment,
+            query_visible,
+            np.int32(n_q),
+            np.int32(dim),
+            np.int32(k),
+            sims,
+            idx,
+        ),
     )
     return sims, idx
 

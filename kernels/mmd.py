@@ -13,9 +13,11 @@ import numpy as np
 
 from .backend import compiled_once, get_array_module
 
-_rbf_kernel = compiled_once(lambda cp: cp.ElementwiseKernel(
-    "T sim, T gamma", "T k", "k = exp(-gamma * (2 - 2 * sim))", "probewatch_rbf_from_similarity"
-))
+_rbf_kernel = compiled_once(
+    lambda cp: cp.ElementwiseKernel(
+        "T sim, T gamma", "T k", "k = exp(-gamma * (2 - 2 * sim))", "probewatch_rbf_from_similarity"
+    )
+)
 
 
 def rbf_from_similarity_numpy(sims, gamma: float):

@@ -44,12 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     embedder = pw.Embedder(device="cpu")
     vectors = EmbeddingCache(embedder).embed(texts)
     engine = pw.Engine.from_benign_embeddings(
-        accounts, vectors, stamps, embedder=embedder, device="cpu",
+        accounts,
+        vectors,
+        stamps,
+        embedder=embedder,
+        device="cpu",
         source=f"bench.traffic calibration half (size={args.size}, seed={args.seed}): {len(streams)} benign accounts",
     )
     engine.save_calibration(args.out)
-    print(f"wrote {args.out} from {len(streams)} accounts, {len(texts)} prompts in {time.time() - started:.0f}s; "
-          f"flag threshold {engine.detector.flag_threshold:.3f}, watch {engine.detector.watch_threshold:.3f}")
+    print(
+        f"wrote {args.out} from {len(streams)} accounts, {len(texts)} prompts in {time.time() - started:.0f}s; "
+        f"flag threshold {engine.detector.flag_threshold:.3f}, watch {engine.detector.watch_threshold:.3f}"
+    )
     print(f"{np.unique(accounts).size} accounts; {args.out.stat().st_size / 1e6:.2f} MB")
     return 0
 

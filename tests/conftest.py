@@ -19,6 +19,7 @@ import pytest
 
 import probewatch as pw
 
+
 @pytest.fixture(scope="session")
 def embedder():
     """The real bundled all-MiniLM-L6-v2 on the CPU (one load per test session)."""

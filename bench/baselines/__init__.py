@@ -15,13 +15,13 @@ from .seat import Seat
 from .stateful_knn import StatefulKnn
 
 __all__ = [
-    "StreamingBaseline",
-    "Prada",
-    "StatefulKnn",
-    "CoverageLsh",
     "BenignMmd",
     "Blacklight",
+    "CoverageLsh",
+    "Prada",
     "Seat",
+    "StatefulKnn",
+    "StreamingBaseline",
     "all_baselines",
 ]
 

@@ -35,7 +35,7 @@ class StreamingBaseline(abc.ABC):
 
     # -- the contract ------------------------------------------------------------------
     @abc.abstractmethod
-    def fit(self, benign_accounts: list[np.ndarray]) -> "StreamingBaseline":
+    def fit(self, benign_accounts: list[np.ndarray]) -> StreamingBaseline:
         """Learn benign statistics from benign calibration accounts; returns self."""
 
     @abc.abstractmethod
@@ -69,7 +69,7 @@ class StreamingBaseline(abc.ABC):
                 f"none of the {len(maxima)} benign score streams has a finite score (all NaN: streams too short "
                 f"for {self.name}). Use longer calibration accounts."
             )
-        allowed = int(math.floor(float(fpr) * len(maxima) + 1e-9))  # tolerance: 0.07 * 100 must give 7
+        allowed = math.floor(float(fpr) * len(maxima) + 1e-9)  # tolerance: 0.07 * 100 must give 7
         ordered = np.sort(maxima)[::-1]
         # Thresholds just above the (allowed+1)-th largest maximum exclude it and everything
         # below it (ties included), and admit at most `allowed` accounts.
@@ -128,7 +128,9 @@ def _as_matrix(X, what: str) -> np.ndarray:
     try:
         X = np.asarray(X, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"{what}: expected a numeric (n, d) array of embeddings; could not convert it ({exc}).") from exc
+        raise InputError(
+            f"{what}: expected a numeric (n, d) array of embeddings; could not convert it ({exc})."
+        ) from exc
     if X.ndim != 2:
         raise InputError(
             f"{what}: expected a 2-D (n, d) array of embeddings (one row per query); got shape {X.shape}. "
@@ -146,7 +148,12 @@ def check_positive_int(value, what: str, minimum: int = 1) -> int:
 
 
 def check_positive_float(value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not (value > 0) or not np.isfinite(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.floating))
+        or not (value > 0)
+        or not np.isfinite(value)
+    ):
         raise ConfigError(f"{what} must be a finite number > 0; got {value!r}.")
     return float(value)
 

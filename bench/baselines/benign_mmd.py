@@ -57,7 +57,7 @@ class BenignMmd(StreamingBaseline):
         self._gamma: float | None = None
         self._ref_pair_mean: float | None = None
 
-    def fit(self, benign_accounts: list[np.ndarray]) -> "BenignMmd":
+    def fit(self, benign_accounts: list[np.ndarray]) -> BenignMmd:
         accounts = self._check_benign_accounts(benign_accounts)
         pooled = np.vstack(accounts)
         if len(pooled) < 2:

@@ -15,7 +15,6 @@ from probewatch.errors import ConfigError
 from .base import StreamingBaseline, blocks, check_positive_float, check_positive_int
 
 
-
 def _splitmix64(h: np.ndarray) -> np.ndarray:
     """splitmix64 finalizer on uint64 arrays (wrapping arithmetic): spreads every input bit over the output."""
     h = h ^ (h >> np.uint64(30))
@@ -85,7 +84,7 @@ class Blacklight(StreamingBaseline):
         self._window_keys: np.ndarray | None = None
         self._position_keys: np.ndarray | None = None
 
-    def fit(self, benign_accounts: list[np.ndarray]) -> "Blacklight":
+    def fit(self, benign_accounts: list[np.ndarray]) -> Blacklight:
         accounts = self._check_benign_accounts(benign_accounts)
         d = self._dim
         if d - self.window_size + 1 < self.top_k:

@@ -76,15 +76,17 @@ class CoverageLsh(StreamingBaseline):
         self._scale: np.ndarray | None = None
         self._tail_slope = 0.0
 
-    def fit(self, benign_accounts: list[np.ndarray]) -> "CoverageLsh":
+    def fit(self, benign_accounts: list[np.ndarray]) -> CoverageLsh:
         accounts = self._check_benign_accounts(benign_accounts)
         self._planes = np.random.default_rng(self.seed).standard_normal((self.n_bits, self._dim))
         curves = [np.log(self.coverage_curve(a)) for a in accounts]
         lengths = np.array([len(c) for c in curves])
-        sizes = np.unique(np.round(np.geomspace(self.min_queries, max(lengths.max(), self.min_queries), self.grid_points)))
+        sizes = np.unique(
+            np.round(np.geomspace(self.min_queries, max(lengths.max(), self.min_queries), self.grid_points))
+        )
         kept, medians, scales = [], [], []
         for size in sizes.astype(int):
-            vals = np.array([c[size - 1] for c, length in zip(curves, lengths) if length >= size])
+            vals = np.array([c[size - 1] for c, length in zip(curves, lengths, strict=True) if length >= size])
             if len(vals) < self.min_accounts_per_point:
                 break  # larger sizes have even fewer accounts
             med = np.median(vals)
@@ -105,14 +107,18 @@ class CoverageLsh(StreamingBaseline):
         if upper.sum() < 2:
             upper[:] = True
         self._tail_slope = (
-            float(np.clip(np.polyfit(self._log_n[upper], self._median[upper], 1)[0], 0.0, 1.0)) if len(kept) >= 2 else 0.0
+            float(np.clip(np.polyfit(self._log_n[upper], self._median[upper], 1)[0], 0.0, 1.0))
+            if len(kept) >= 2
+            else 0.0
         )
         return self
 
     def bucket_ids(self, X: np.ndarray) -> np.ndarray:
         """LSH bucket id of each row (int64 in [0, 2**n_bits))."""
         if self._planes is None:
-            raise CalibrationError("CoverageLsh is not fitted: call fit(benign_accounts) first; fit draws the LSH planes.")
+            raise CalibrationError(
+                "CoverageLsh is not fitted: call fit(benign_accounts) first; fit draws the LSH planes."
+            )
         bits = (np.asarray(X, dtype=np.float64) @ self._planes.T) > 0
         return bits.astype(np.int64) @ (np.int64(1) << np.arange(self.n_bits, dtype=np.int64))
 

@@ -47,7 +47,7 @@ class Prada(StreamingBaseline):
         super().__init__()
         self.min_distances = check_positive_int(min_distances, "Prada.min_distances", minimum=3)  # W needs >= 3 values
 
-    def fit(self, benign_accounts: list[np.ndarray]) -> "Prada":
+    def fit(self, benign_accounts: list[np.ndarray]) -> Prada:
         self._check_benign_accounts(benign_accounts)
         return self
 

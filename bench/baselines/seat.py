@@ -36,14 +36,16 @@ class Seat(StreamingBaseline):
 
     def __init__(self, similarity_threshold: float = 0.9, min_queries: int = 20) -> None:
         super().__init__()
-        if isinstance(similarity_threshold, bool) or not isinstance(similarity_threshold, (int, float)) or not (
-            -1.0 < similarity_threshold <= 1.0
+        if (
+            isinstance(similarity_threshold, bool)
+            or not isinstance(similarity_threshold, (int, float))
+            or not (-1.0 < similarity_threshold <= 1.0)
         ):
             raise ConfigError(f"Seat.similarity_threshold must be a cosine in (-1, 1]; got {similarity_threshold!r}.")
         self.similarity_threshold = float(similarity_threshold)
         self.min_queries = check_positive_int(min_queries, "Seat.min_queries")
 
-    def fit(self, benign_accounts: list[np.ndarray]) -> "Seat":
+    def fit(self, benign_accounts: list[np.ndarray]) -> Seat:
         self._check_benign_accounts(benign_accounts)
         return self
 

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import StreamingBaseline, blocks, check_positive_float, check_positive_int, sq_dists_to_history, squared_norms
+from .base import (
+    StreamingBaseline,
+    blocks,
+    check_positive_float,
+    check_positive_int,
+    sq_dists_to_history,
+    squared_norms,
+)
 
 
 class StatefulKnn(StreamingBaseline):
@@ -49,7 +56,7 @@ class StatefulKnn(StreamingBaseline):
         self.benign_knn_distances_: np.ndarray | None = None
         self.paper_threshold_: float | None = None
 
-    def fit(self, benign_accounts: list[np.ndarray]) -> "StatefulKnn":
+    def fit(self, benign_accounts: list[np.ndarray]) -> StatefulKnn:
         accounts = self._check_benign_accounts(benign_accounts)
         dists = np.concatenate([-self._scores(a) for a in accounts])
         dists = np.sort(dists[~np.isnan(dists)])

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy import stats
 from scipy.spatial.distance import pdist
 
-from bench.baselines import (  # noqa: E402
+from bench.baselines import (
     BenignMmd,
     Blacklight,
     CoverageLsh,
@@ -22,9 +22,9 @@ from bench.baselines import (  # noqa: E402
     StreamingBaseline,
     all_baselines,
 )
-from bench.baselines.benign_mmd import unbiased_mmd2  # noqa: E402
-from bench.baselines.prada import _shapiro_w  # noqa: E402
-from probewatch.errors import CalibrationError, ConfigError, InputError, ProbewatchError  # noqa: E402
+from bench.baselines.benign_mmd import unbiased_mmd2
+from bench.baselines.prada import _shapiro_w
+from probewatch.errors import CalibrationError, ConfigError, InputError, ProbewatchError
 
 DIM = 384
 N_TOPICS = 24
@@ -144,7 +144,7 @@ def test_float32_and_float64_inputs_agree(name, fitted, streams):
 @pytest.mark.parametrize("name", NAMES)
 def test_scoring_before_fit_raises_clear_error(name, streams):
     baseline = {b.name: b for b in all_baselines()}[name]
-    with pytest.raises(CalibrationError, match="not fitted.*fit"):
+    with pytest.raises(CalibrationError, match=r"not fitted.*fit"):
         baseline.score_stream(streams["a"])
 
 

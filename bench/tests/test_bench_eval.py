@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.eval import (  # noqa: E402
+from bench.eval import (
     BENIGN_POOL,
     OPERATING_FPRS,
     DetectorRun,
@@ -25,7 +25,7 @@ from bench.eval import (  # noqa: E402
     parse_args,
     scenario_metrics,
 )
-from bench.metrics import (  # noqa: E402
+from bench.metrics import (
     account_score,
     delay_summary,
     detection_curve,
@@ -118,11 +118,17 @@ def _record(account, pool, kind, scores, label, campaign=None, reasons=None):
     thresholds = {0.001: 0.8, 0.01: 0.5}
     scores = np.asarray(scores, dtype=np.float64)
     record = {
-        "account": account, "pool": pool, "kind": kind, "label": label, "campaign": campaign,
-        "queries": len(scores), "attack_queries": len(scores) * label,
+        "account": account,
+        "pool": pool,
+        "kind": kind,
+        "label": label,
+        "campaign": campaign,
+        "queries": len(scores),
+        "attack_queries": len(scores) * label,
         "score": {"det": account_score(scores)},
-        "queries_until_detection": {"det": {fpr_key(f): queries_until_detection(scores, t)
-                                            for f, t in thresholds.items()}},
+        "queries_until_detection": {
+            "det": {fpr_key(f): queries_until_detection(scores, t) for f, t in thresholds.items()}
+        },
     }
     if reasons:
         record["reasons"] = reasons
@@ -134,11 +140,15 @@ def _run(name="det"):
 
 
 def test_scenario_metrics_tpr_fpr_delay_and_campaign_share_at_the_thresholds():
-    benign = [_record(f"b{i}", BENIGN_POOL, "benign:normal", s, 0)
-              for i, s in enumerate([[0.1, 0.2], [0.6, 0.3], [np.nan], [0.4]])]
-    attack = [_record("a0", "split", "split:3:x", [0.2, 0.9, 0.3], 1, campaign="c"),
-              _record("a1", "split", "split:3:x", [0.55, 0.6], 1, campaign="c"),
-              _record("a2", "split", "split:3:x", [0.1, 0.2, 0.3, 0.85], 1, campaign="c")]
+    benign = [
+        _record(f"b{i}", BENIGN_POOL, "benign:normal", s, 0)
+        for i, s in enumerate([[0.1, 0.2], [0.6, 0.3], [np.nan], [0.4]])
+    ]
+    attack = [
+        _record("a0", "split", "split:3:x", [0.2, 0.9, 0.3], 1, campaign="c"),
+        _record("a1", "split", "split:3:x", [0.55, 0.6], 1, campaign="c"),
+        _record("a2", "split", "split:3:x", [0.1, 0.2, 0.3, 0.85], 1, campaign="c"),
+    ]
     m = scenario_metrics(benign, attack, _run())
     assert m["tpr"] == {"0.001": pytest.approx(2 / 3), "0.01": 1.0}
     assert m["benign_fpr"] == {"0.001": 0.0, "0.01": 0.25}
@@ -155,8 +165,9 @@ def test_scenario_metrics_tpr_fpr_delay_and_campaign_share_at_the_thresholds():
 def test_benign_metrics_per_class_with_probewatch_reasons():
     benign = [
         _record("b0", BENIGN_POOL, "benign:normal", [0.1], 0),
-        _record("b1", BENIGN_POOL, "benign:rag_app", [0.9], 0,
-                reasons={"0.001": ["coverage", "dim"], "0.01": ["coverage"]}),
+        _record(
+            "b1", BENIGN_POOL, "benign:rag_app", [0.9], 0, reasons={"0.001": ["coverage", "dim"], "0.01": ["coverage"]}
+        ),
         _record("b2", BENIGN_POOL, "benign:rag_app", [0.6], 0, reasons={"0.01": ["coverage", "drift"]}),
     ]
     for record in benign:
@@ -194,7 +205,7 @@ def test_quick_pipeline_writes_report_results_and_plots(quick_run):
     for name in ("roc.png", "detection_delay.png", "risk_over_time.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG_SIGNATURE), name
-        import matplotlib.image  # noqa: PLC0415
+        import matplotlib.image
 
         image = matplotlib.image.imread(out / name)
         assert image.shape[0] > 100 and image.shape[1] > 100
@@ -207,7 +218,7 @@ def test_quick_pipeline_writes_report_results_and_plots(quick_run):
 
 @pytest.mark.slow
 def test_quick_results_cover_every_scenario_and_detector_with_valid_metrics(quick_run):
-    from bench.traffic import MIXED_SHARES, SIZES, STRATEGIES  # noqa: PLC0415
+    from bench.traffic import MIXED_SHARES, SIZES, STRATEGIES
 
     _, results = quick_run
     detectors = detector_names()
@@ -262,7 +273,7 @@ def test_quick_thresholds_come_from_calibration_accounts_only(quick_run):
 
 @pytest.mark.slow
 def test_report_can_be_redrawn_from_results_json(quick_run, tmp_path):
-    from bench import report  # noqa: PLC0415
+    from bench import report
 
     out, results = quick_run
     written = report.write_all(results, tmp_path)

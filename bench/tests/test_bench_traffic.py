@@ -7,6 +7,7 @@ packages are required (CI installs the bench extra); a missing one fails loudly.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +44,10 @@ def traffic() -> Traffic:
 
 
 def _fingerprint(t: Traffic) -> list[tuple]:
-    return [(s.account, s.label, s.kind, tuple(s.prompts), tuple(s.ts), tuple(s.is_attack), s.campaign)
-            for s in t.all_streams()]
+    return [
+        (s.account, s.label, s.kind, tuple(s.prompts), tuple(s.ts), tuple(s.is_attack), s.campaign)
+        for s in t.all_streams()
+    ]
 
 
 def test_same_seed_same_traffic_other_seed_differs(traffic):
@@ -66,7 +69,7 @@ def test_every_stream_is_well_formed(traffic):
         assert isinstance(stream, AccountStream)
         assert len(stream.prompts) == len(stream.ts) == len(stream.is_attack) > 0
         assert all(isinstance(p, str) and p for p in stream.prompts)
-        assert all(b >= a for a, b in zip(stream.ts, stream.ts[1:])), stream.kind
+        assert all(b >= a for a, b in itertools.pairwise(stream.ts)), stream.kind
     assert len({s.account for s in traffic.all_streams()}) == len(traffic.all_streams())
 
 

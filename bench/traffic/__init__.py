@@ -12,5 +12,13 @@ from .build import HARD_BENIGN, MIXED_SHARES, SIZES, build_traffic
 from .model import AccountStream, Traffic
 from .sources import MissingDataPackageError
 
-__all__ = ["AccountStream", "Traffic", "build_traffic", "STRATEGIES", "HARD_BENIGN", "MIXED_SHARES", "SIZES",
-           "MissingDataPackageError"]
+__all__ = [
+    "HARD_BENIGN",
+    "MIXED_SHARES",
+    "SIZES",
+    "STRATEGIES",
+    "AccountStream",
+    "MissingDataPackageError",
+    "Traffic",
+    "build_traffic",
+]

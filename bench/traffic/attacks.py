@@ -22,28 +22,54 @@ import numpy as np
 from . import sources
 from .edits import perturb
 
-STRATEGIES = ("random_words", "corpus_sentences", "template_sweep", "cot_elicitation",
-              "perturbation_chain", "coverage_kcenter")
+STRATEGIES = (
+    "random_words",
+    "corpus_sentences",
+    "template_sweep",
+    "cot_elicitation",
+    "perturbation_chain",
+    "coverage_kcenter",
+)
 
 Query = tuple[str, str]  # (text, source unit key)
 Embed = Callable[[list[str]], np.ndarray]
 
 _RANDOM_WORD_FORMATS = ["{words}", "{words}?", "{Words}.", "{comma}", "Q: {words}?\nA:", "{words} ..."]
-_CORPUS_WORDINGS = ["{s}", "{s}", "Continue the text: {s}", "{s}\n\nWhat do you make of this?",
-                    "Respond to the following passage.\n\n{s}", "Explain: {s}"]
+_CORPUS_WORDINGS = [
+    "{s}",
+    "{s}",
+    "Continue the text: {s}",
+    "{s}\n\nWhat do you make of this?",
+    "Respond to the following passage.\n\n{s}",
+    "Explain: {s}",
+]
 _SWEEP_TEMPLATES = {
-    "snips": ["Classify the intent of this utterance (PlayMusic, GetWeather, BookRestaurant, RateBook, "
-              "SearchScreeningEvent, SearchCreativeWork, AddToPlaylist): {x}",
-              "Extract the slots and intent from: \"{x}\"\nReturn JSON.",
-              "User said: {x}\nWhat should a voice assistant do? Answer in one line."],
-    "fanoutqa": ["Answer the following question concisely.\nQuestion: {x}\nAnswer:",
-                 "{x} Give the final answer only.", "Q: {x}\nA (short, factual):"],
-    "freshqa": ["Answer as of today, briefly: {x}", "Question: {x}\nRespond with a short factual answer.",
-                "Fact check and answer: {x}"],
-    "headlines": ["Write a 200-word news article for the headline: {x}",
-                  "Headline: {x}\nWrite the opening paragraph.", "Classify the topic of this headline: {x}"],
-    "mind2web": ["Plan the browser actions to: {x}. List each click and input.",
-                 "Task: {x}\nDescribe the steps a web agent should take.", "How do I {x} on the website? Steps:"],
+    "snips": [
+        "Classify the intent of this utterance (PlayMusic, GetWeather, BookRestaurant, RateBook, "
+        "SearchScreeningEvent, SearchCreativeWork, AddToPlaylist): {x}",
+        'Extract the slots and intent from: "{x}"\nReturn JSON.',
+        "User said: {x}\nWhat should a voice assistant do? Answer in one line.",
+    ],
+    "fanoutqa": [
+        "Answer the following question concisely.\nQuestion: {x}\nAnswer:",
+        "{x} Give the final answer only.",
+        "Q: {x}\nA (short, factual):",
+    ],
+    "freshqa": [
+        "Answer as of today, briefly: {x}",
+        "Question: {x}\nRespond with a short factual answer.",
+        "Fact check and answer: {x}",
+    ],
+    "headlines": [
+        "Write a 200-word news article for the headline: {x}",
+        "Headline: {x}\nWrite the opening paragraph.",
+        "Classify the topic of this headline: {x}",
+    ],
+    "mind2web": [
+        "Plan the browser actions to: {x}. List each click and input.",
+        "Task: {x}\nDescribe the steps a web agent should take.",
+        "How do I {x} on the website? Steps:",
+    ],
 }
 _COT_WRAPPERS = [
     "Think step by step and show your full reasoning before the final answer.\n\n{q}",
@@ -100,15 +126,21 @@ def build_attack_pools(rng: random.Random, pool_size: int, kcenter_size: int) ->
     for items in sweep_items.values():
         items.sort()  # a sweep walks a dataset in a fixed order
 
-    chat_questions = [(t, u.key) for u in test(sources.sharegpt) for t in u.texts
-                      if 20 <= len(t) <= 300 and t.rstrip().endswith("?")]
-    cot = (_sample(rng, chat_questions, pool_size // 3)
-           + _sample(rng, [(u.texts[0], u.key) for u in test(sources.fanoutqa) + test(sources.freshqa)], pool_size // 3)
-           + _sample(rng, [(f"{u.texts[0]}: what happened and why does it matter?", u.key) for u in bbc_units], pool_size // 3))
+    chat_questions = [
+        (t, u.key) for u in test(sources.sharegpt) for t in u.texts if 20 <= len(t) <= 300 and t.rstrip().endswith("?")
+    ]
+    cot = (
+        _sample(rng, chat_questions, pool_size // 3)
+        + _sample(rng, [(u.texts[0], u.key) for u in test(sources.fanoutqa) + test(sources.freshqa)], pool_size // 3)
+        + _sample(
+            rng, [(f"{u.texts[0]}: what happened and why does it matter?", u.key) for u in bbc_units], pool_size // 3
+        )
+    )
     rng.shuffle(cot)
 
-    seeds = (_sample(rng, [(t, u.key) for u in test(sources.sharegpt) for t in u.texts[:1] if 15 <= len(t) <= 400], pool_size // 20)
-             + _sample(rng, [(u.texts[0], u.key) for u in test(sources.snips) + test(sources.fanoutqa)], pool_size // 20))
+    seeds = _sample(
+        rng, [(t, u.key) for u in test(sources.sharegpt) for t in u.texts[:1] if 15 <= len(t) <= 400], pool_size // 20
+    ) + _sample(rng, [(u.texts[0], u.key) for u in test(sources.snips) + test(sources.fanoutqa)], pool_size // 20)
     chains = []
     for seed_text, key in seeds:
         chain, current = [(seed_text, key)], seed_text

@@ -37,21 +37,84 @@ _SLOT_VALUES = {
     "PEOPLE": [str(i) for i in range(1, 9)],
     "STAY": [str(i) for i in range(1, 6)],
     "PRICE": ["cheap", "moderate", "expensive", "moderately priced"],
-    "STARS": [str(i) for i in range(0, 6)],
-    "FOOD": ["italian", "chinese", "indian", "british", "thai", "french", "japanese", "korean", "turkish",
-             "mediterranean", "vietnamese", "gastropub", "seafood", "spanish", "european", "lebanese"],
+    "STARS": [str(i) for i in range(6)],
+    "FOOD": [
+        "italian",
+        "chinese",
+        "indian",
+        "british",
+        "thai",
+        "french",
+        "japanese",
+        "korean",
+        "turkish",
+        "mediterranean",
+        "vietnamese",
+        "gastropub",
+        "seafood",
+        "spanish",
+        "european",
+        "lebanese",
+    ],
     "DEPARTMENT": ["cardiology", "paediatrics", "neurology", "emergency department", "oncology", "urology"],
     "TIME": [f"{h:02d}:{m:02d}" for h in range(7, 23) for m in (0, 15, 30, 45)],
-    "PLACE": ["cambridge", "london kings cross", "ely", "norwich", "stansted airport", "peterborough",
-              "leicester", "bishops stortford", "stevenage", "birmingham new street", "broxbourne", "kings lynn"],
-    "HOTEL-NAME": ["the acorn guest house", "hamilton lodge", "the lensfield hotel", "alexander bed and breakfast",
-                   "the gonville hotel", "warkworth house", "city centre north b and b", "the cambridge belfry"],
-    "RESTAURANT-NAME": ["the golden curry", "pizza hut city centre", "la margherita", "the nirala", "curry garden",
-                        "the cow pizza kitchen and bar", "meze bar", "saigon city", "the copper kettle"],
-    "ATTRACTION-NAME": ["kettle's yard", "the fitzwilliam museum", "king's college", "cherry hinton water play",
-                        "the cambridge arts theatre", "byard art", "christ's college", "the junction"],
-    "ATTRACTION-TYPE": ["museum", "college", "architecture", "nightclub", "park", "theatre", "swimming pool",
-                        "cinema", "boat", "entertainment"],
+    "PLACE": [
+        "cambridge",
+        "london kings cross",
+        "ely",
+        "norwich",
+        "stansted airport",
+        "peterborough",
+        "leicester",
+        "bishops stortford",
+        "stevenage",
+        "birmingham new street",
+        "broxbourne",
+        "kings lynn",
+    ],
+    "HOTEL-NAME": [
+        "the acorn guest house",
+        "hamilton lodge",
+        "the lensfield hotel",
+        "alexander bed and breakfast",
+        "the gonville hotel",
+        "warkworth house",
+        "city centre north b and b",
+        "the cambridge belfry",
+    ],
+    "RESTAURANT-NAME": [
+        "the golden curry",
+        "pizza hut city centre",
+        "la margherita",
+        "the nirala",
+        "curry garden",
+        "the cow pizza kitchen and bar",
+        "meze bar",
+        "saigon city",
+        "the copper kettle",
+    ],
+    "ATTRACTION-NAME": [
+        "kettle's yard",
+        "the fitzwilliam museum",
+        "king's college",
+        "cherry hinton water play",
+        "the cambridge arts theatre",
+        "byard art",
+        "christ's college",
+        "the junction",
+    ],
+    "ATTRACTION-TYPE": [
+        "museum",
+        "college",
+        "architecture",
+        "nightclub",
+        "park",
+        "theatre",
+        "swimming pool",
+        "cinema",
+        "boat",
+        "entertainment",
+    ],
     "HOTEL-TYPE": ["guesthouse", "hotel", "guest house"],
 }
 
@@ -113,7 +176,7 @@ def _grouped_sessions(rng: random.Random, units: list[sources.Unit], source: str
         rng.shuffle(members)
         sessions, i = [], 0
         while i < len(members):
-            take = members[i:i + rng.choice([1, 1, 2, 3, 4])]
+            take = members[i : i + rng.choice([1, 1, 2, 3, 4])]
             i += len(take)
             sessions.append((tuple(u.texts[0] for u in take), tuple(u.key for u in take)))
         out[f"{source}:{topic}"] = sessions
@@ -137,9 +200,14 @@ def build_pools(rng: random.Random, half: str, caps: dict[str, int]) -> BenignPo
     chats = take(sources.sharegpt, "sharegpt")
     for unit in chats:
         interests.setdefault(f"sharegpt:{unit.topic}", []).append((unit.texts[:12], (unit.key,)))
-    for name, loader in (("snips", sources.snips), ("fanoutqa", sources.fanoutqa), ("freshqa", sources.freshqa),
-                         ("writingbench", sources.writingbench), ("mind2web", sources.mind2web),
-                         ("roleprompt", sources.role_prompts)):
+    for name, loader in (
+        ("snips", sources.snips),
+        ("fanoutqa", sources.fanoutqa),
+        ("freshqa", sources.freshqa),
+        ("writingbench", sources.writingbench),
+        ("mind2web", sources.mind2web),
+        ("roleprompt", sources.role_prompts),
+    ):
         interests.update(_grouped_sessions(rng, take(loader, name), name))
     woz_units = sources.split_units(sources.multiwoz_templates())[half]
     woz = multiwoz_sessions(rng, woz_units, caps["multiwoz_per_domain"])
@@ -164,7 +232,7 @@ def build_pools(rng: random.Random, half: str, caps: dict[str, int]) -> BenignPo
                 translation_items.append((text, unit.key))
             elif len(text) >= 600:
                 summary_items.append((text, unit.key))
-    support = {f"multiwoz:{d}": s[len(s) // 2:] for d, s in woz.items() if len(s) > 1}
+    support = {f"multiwoz:{d}": s[len(s) // 2 :] for d, s in woz.items() if len(s) > 1}
     for key, sessions in _grouped_sessions(rng, take(sources.snips, "snips_support"), "snips").items():
         support[key] = sessions
     edit_bases = [(u.texts[0], u.key) for u in chats if 20 <= len(u.texts[0]) <= 800]
@@ -173,6 +241,7 @@ def build_pools(rng: random.Random, half: str, caps: dict[str, int]) -> BenignPo
 
 
 # --- account builders --------------------------------------------------------------------
+
 
 def _weighted_sample(rng: random.Random, weights: dict[str, float], k: int) -> list[str]:
     keys = sorted(weights)
@@ -185,12 +254,28 @@ def _weighted_sample(rng: random.Random, weights: dict[str, float], k: int) -> l
 
 
 def _stream(account: str, kind: str, prompts: list[str], ts: list[float], groups: set[str]) -> AccountStream:
-    return AccountStream(account=account, label=0, kind=kind, prompts=prompts, ts=ts,
-                         is_attack=[False] * len(prompts), campaign=None, source_groups=frozenset(groups))
+    return AccountStream(
+        account=account,
+        label=0,
+        kind=kind,
+        prompts=prompts,
+        ts=ts,
+        is_attack=[False] * len(prompts),
+        campaign=None,
+        source_groups=frozenset(groups),
+    )
 
 
-def chat_user(rng: random.Random, pools: BenignPools, account: str, n: int, n_interests: int,
-              kind: str = "benign:normal", p_retry: float = 0.03, p_edit: float = 0.05) -> AccountStream:
+def chat_user(
+    rng: random.Random,
+    pools: BenignPools,
+    account: str,
+    n: int,
+    n_interests: int,
+    kind: str = "benign:normal",
+    p_retry: float = 0.03,
+    p_edit: float = 0.05,
+) -> AccountStream:
     """Sessions from a few interests; sometimes resends a turn or a slightly edited one."""
     interests = _weighted_sample(rng, pools.interest_weights, n_interests)
     preference = {key: rng.expovariate(1.0) + 0.05 for key in interests}
@@ -242,15 +327,22 @@ _RAG_TEMPLATES = [
     "Answer the question based on the retrieved text. Cite the sentence you used.\nRetrieved: {context}\nQ: {question}\nA:",
 ]
 _QUESTION_STEMS = [
-    "What does the text say about {x}?", "Who is {x}?", "What happened with {x}?", "Why is {x} mentioned?",
-    "Summarise the role of {x}.", "When did {x} happen?", "What is the main point about {x}?",
-    "How is {x} described?", "what about {x}", "Is {x} important here? Why?",
+    "What does the text say about {x}?",
+    "Who is {x}?",
+    "What happened with {x}?",
+    "Why is {x} mentioned?",
+    "Summarise the role of {x}.",
+    "When did {x} happen?",
+    "What is the main point about {x}?",
+    "How is {x} described?",
+    "what about {x}",
+    "Is {x} important here? Why?",
 ]
 
 
 def _key_phrases(text: str) -> list[str]:
     found = re.findall(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-z]+(?:\s+[A-Z][a-z]+)*)", text)
-    return [p for p in found if len(p) > 3] or [w for w in re.findall(r"[a-z]{7,}", text)][:5]
+    return [p for p in found if len(p) > 3] or list(re.findall(r"[a-z]{7,}", text))[:5]
 
 
 def rag_app(rng: random.Random, pools: BenignPools, account: str, n: int) -> AccountStream:
@@ -261,7 +353,7 @@ def rag_app(rng: random.Random, pools: BenignPools, account: str, n: int) -> Acc
     for doc in docs:
         body = sources.sentences(" ".join(doc.texts))
         for i in range(0, max(1, len(body) - 1), 2):
-            chunks.append((" ".join(body[i:i + 3]), doc.key))
+            chunks.append((" ".join(body[i : i + 3]), doc.key))
     template = rng.choice(_RAG_TEMPLATES)
     prompts, seen = [], set()
     for _ in range(n * 3):
@@ -280,16 +372,32 @@ def rag_app(rng: random.Random, pools: BenignPools, account: str, n: int) -> Acc
 
 
 _TRANSLATE_TEMPLATES = [
-    "Translate the following text into {lang}:\n\n{text}", "Translate to {lang}. Keep the tone.\n\"{text}\"",
+    "Translate the following text into {lang}:\n\n{text}",
+    'Translate to {lang}. Keep the tone.\n"{text}"',
     "You are a professional translator. Output only the {lang} translation.\nText: {text}",
-    "{lang} translation please:\n{text}", "Please translate this from English to {lang}: {text}",
+    "{lang} translation please:\n{text}",
+    "Please translate this from English to {lang}: {text}",
     "[translate en->{lang}] {text}",
 ]
-_LANGUAGES = ["French", "German", "Spanish", "Italian", "Portuguese", "Japanese", "Korean", "Chinese", "Dutch", "Polish", "Turkish"]
+_LANGUAGES = [
+    "French",
+    "German",
+    "Spanish",
+    "Italian",
+    "Portuguese",
+    "Japanese",
+    "Korean",
+    "Chinese",
+    "Dutch",
+    "Polish",
+    "Turkish",
+]
 _SUMMARY_TEMPLATES = [
-    "Summarise the following article in three bullet points:\n\n{text}", "TL;DR this:\n{text}",
+    "Summarise the following article in three bullet points:\n\n{text}",
+    "TL;DR this:\n{text}",
     "Write a one-paragraph summary of the text below for a busy executive.\n\n{text}",
-    "Summarize:\n\"\"\"\n{text}\n\"\"\"", "Give me the key takeaways (max 5) from this text.\n---\n{text}",
+    'Summarize:\n"""\n{text}\n"""',
+    "Give me the key takeaways (max 5) from this text.\n---\n{text}",
     "You summarise documents for our newsletter. Keep it under 80 words.\nDocument: {text}",
 ]
 
@@ -307,8 +415,17 @@ def wrapper_app(rng: random.Random, pools: BenignPools, account: str, n: int, ki
     return _stream(account, kind, prompts, app_times(rng, len(prompts)), {key for _, key in chosen})
 
 
-_COMPANIES = ["CityStay", "Fenland Travel", "Granta Bookings", "Riverside Hospitality", "Camtown Rail", "QuickCab",
-              "Harmony Voice", "Orbit Assistant", "Lumen Home"]
+_COMPANIES = [
+    "CityStay",
+    "Fenland Travel",
+    "Granta Bookings",
+    "Riverside Hospitality",
+    "Camtown Rail",
+    "QuickCab",
+    "Harmony Voice",
+    "Orbit Assistant",
+    "Lumen Home",
+]
 _SUPPORT_PREFIXES = [
     "You are the customer support assistant for {company}. Be polite and brief.\nCustomer: {turn}",
     "System: {company} helpdesk bot. Resolve bookings and answer questions.\nUser message: {turn}",

@@ -12,8 +12,14 @@ from .edits import human_edit
 from .model import AccountStream, Traffic
 from .timing import script_times
 
-HARD_BENIGN = ("benign:power_user", "benign:rag_app", "benign:translation_app",
-               "benign:summarisation_app", "benign:support_bot", "benign:edit_resender")
+HARD_BENIGN = (
+    "benign:power_user",
+    "benign:rag_app",
+    "benign:translation_app",
+    "benign:summarisation_app",
+    "benign:support_bot",
+    "benign:edit_resender",
+)
 MIXED_SHARES = {"mixed_5pct": 0.05, "mixed_10pct": 0.10, "mixed_25pct": 0.25}
 
 
@@ -41,24 +47,69 @@ class SizeSpec:
 
 SIZES = {
     "quick": SizeSpec(
-        calibration_accounts=64, test_accounts=64, hard_share=(0.45, 0.5),
-        normal_median=7, normal_sigma=0.8, normal_cap=30, power_range=(20, 40),
-        app_median=10, app_sigma=0.5, app_cap=25,
-        source_caps=dict(sharegpt=40, snips=30, fanoutqa=15, freshqa=12, writingbench=5, mind2web=8,
-                         roleprompt=5, bbc=12, lee=4, snips_support=15, writingbench_edits=3, multiwoz_per_domain=5),
-        attack_accounts=3, attack_queries=(30, 50), attack_pool=64, kcenter_pool=100,
-        mixed_accounts=3, mixed_base=(60, 100),
+        calibration_accounts=64,
+        test_accounts=64,
+        hard_share=(0.45, 0.5),
+        normal_median=7,
+        normal_sigma=0.8,
+        normal_cap=30,
+        power_range=(20, 40),
+        app_median=10,
+        app_sigma=0.5,
+        app_cap=25,
+        source_caps={
+            "sharegpt": 40,
+            "snips": 30,
+            "fanoutqa": 15,
+            "freshqa": 12,
+            "writingbench": 5,
+            "mind2web": 8,
+            "roleprompt": 5,
+            "bbc": 12,
+            "lee": 4,
+            "snips_support": 15,
+            "writingbench_edits": 3,
+            "multiwoz_per_domain": 5,
+        },
+        attack_accounts=3,
+        attack_queries=(30, 50),
+        attack_pool=64,
+        kcenter_pool=100,
+        mixed_accounts=3,
+        mixed_base=(60, 100),
         splits={"split_10": (10, 30), "split_50": (50, 12), "split_200": (200, 6)},
     ),
     "default": SizeSpec(
-        calibration_accounts=640, test_accounts=1050, hard_share=(0.2, 0.36),
-        normal_median=12, normal_sigma=1.2, normal_cap=2000, power_range=(100, 500),
-        app_median=25, app_sigma=0.9, app_cap=300,
-        source_caps=dict(sharegpt=1000, snips=700, fanoutqa=250, freshqa=150, writingbench=80, mind2web=60,
-                         roleprompt=120, bbc=250, lee=70, snips_support=400, writingbench_edits=40,
-                         multiwoz_per_domain=120),
-        attack_accounts=20, attack_queries=(100, 400), attack_pool=600, kcenter_pool=1200,
-        mixed_accounts=10, mixed_base=(1000, 2000),
+        calibration_accounts=640,
+        test_accounts=1050,
+        hard_share=(0.2, 0.36),
+        normal_median=12,
+        normal_sigma=1.2,
+        normal_cap=2000,
+        power_range=(100, 500),
+        app_median=25,
+        app_sigma=0.9,
+        app_cap=300,
+        source_caps={
+            "sharegpt": 1000,
+            "snips": 700,
+            "fanoutqa": 250,
+            "freshqa": 150,
+            "writingbench": 80,
+            "mind2web": 60,
+            "roleprompt": 120,
+            "bbc": 250,
+            "lee": 70,
+            "snips_support": 400,
+            "writingbench_edits": 40,
+            "multiwoz_per_domain": 120,
+        },
+        attack_accounts=20,
+        attack_queries=(100, 400),
+        attack_pool=600,
+        kcenter_pool=1200,
+        mixed_accounts=10,
+        mixed_base=(1000, 2000),
         splits={"split_10": (10, 300), "split_50": (50, 200), "split_200": (200, 150)},
     ),
 }
@@ -78,8 +129,9 @@ def _lognormal_count(rng: random.Random, median: float, sigma: float, cap: int, 
     return int(min(cap, max(floor, round(median * math.exp(rng.gauss(0, sigma))))))
 
 
-def _benign_accounts(spec: SizeSpec, rng: random.Random, pools: benign.BenignPools, count: int,
-                     size: str, seed: int, section: str) -> list[AccountStream]:
+def _benign_accounts(
+    spec: SizeSpec, rng: random.Random, pools: benign.BenignPools, count: int, size: str, seed: int, section: str
+) -> list[AccountStream]:
     share = spec.hard_share[0] if section == "calibration" else spec.hard_share[1]
     per_hard = max(1, round(count * share / len(HARD_BENIGN)))
     kinds = [k for k in HARD_BENIGN for _ in range(per_hard)]
@@ -106,36 +158,51 @@ def _benign_accounts(spec: SizeSpec, rng: random.Random, pools: benign.BenignPoo
     return streams
 
 
-def _attack_stream(account: str, kind: str, picked: list[tuple[str, str]], ts: list[float],
-                   campaign: str | None = None) -> AccountStream:
-    return AccountStream(account=account, label=1, kind=kind, prompts=[t for t, _ in picked], ts=ts,
-                         is_attack=[True] * len(picked), campaign=campaign,
-                         source_groups=frozenset(k for _, k in picked))
+def _attack_stream(
+    account: str, kind: str, picked: list[tuple[str, str]], ts: list[float], campaign: str | None = None
+) -> AccountStream:
+    return AccountStream(
+        account=account,
+        label=1,
+        kind=kind,
+        prompts=[t for t, _ in picked],
+        ts=ts,
+        is_attack=[True] * len(picked),
+        campaign=campaign,
+        source_groups=frozenset(k for _, k in picked),
+    )
 
 
 def _mix(rng: random.Random, base: AccountStream, attack: list[tuple[str, str]], kind: str) -> AccountStream:
     """Insert attack queries into a benign stream as short scripted bursts at random times."""
     start, end = base.ts[0], base.ts[-1]
-    events = [(t, p, False) for t, p in zip(base.ts, base.prompts)]
+    events = [(t, p, False) for t, p in zip(base.ts, base.prompts, strict=True)]
     i = 0
     while i < len(attack):
-        burst = attack[i:i + rng.randint(3, 20)]
+        burst = attack[i : i + rng.randint(3, 20)]
         t = rng.uniform(start, end)
         for text, _ in burst:
             t += rng.uniform(0.5, 4.0)
             events.append((t, text, True))
         i += len(burst)
     events.sort(key=lambda e: e[0])
-    return AccountStream(account=base.account, label=1, kind=kind, prompts=[e[1] for e in events],
-                         ts=[e[0] for e in events], is_attack=[e[2] for e in events], campaign=None,
-                         source_groups=base.source_groups | frozenset(k for _, k in attack))
+    return AccountStream(
+        account=base.account,
+        label=1,
+        kind=kind,
+        prompts=[e[1] for e in events],
+        ts=[e[0] for e in events],
+        is_attack=[e[2] for e in events],
+        campaign=None,
+        source_groups=base.source_groups | frozenset(k for _, k in attack),
+    )
 
 
 def _keep_disjoint(rng: random.Random, calibration: list[AccountStream], others: list[AccountStream]) -> None:
     """Edits and slot filling can, rarely, recreate a calibration text verbatim: re-edit it."""
     taken = {t for s in calibration for t in s.prompts}
     for stream in others:
-        for i, text in enumerate(stream.prompts):
+        for i, _text in enumerate(stream.prompts):
             while stream.prompts[i] in taken:
                 stream.prompts[i] = human_edit(rng, stream.prompts[i])
 
@@ -154,14 +221,16 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
 
     calibration_pools = benign.build_pools(_rng(size, seed, "calibration-pools"), "calibration", spec.source_caps)
     test_pools = benign.build_pools(_rng(size, seed, "test-pools"), "test", spec.source_caps)
-    calibration = _benign_accounts(spec, _rng(size, seed, "calibration"), calibration_pools,
-                                   spec.calibration_accounts, size, seed, "calibration")
-    test_benign = _benign_accounts(spec, _rng(size, seed, "test-benign"), test_pools,
-                                   spec.test_accounts, size, seed, "test")
+    calibration = _benign_accounts(
+        spec, _rng(size, seed, "calibration"), calibration_pools, spec.calibration_accounts, size, seed, "calibration"
+    )
+    test_benign = _benign_accounts(
+        spec, _rng(size, seed, "test-benign"), test_pools, spec.test_accounts, size, seed, "test"
+    )
 
     pools = attacks.build_attack_pools(_rng(size, seed, "attack-pools"), spec.attack_pool, spec.kcenter_pool)
     if embed is None:
-        from bench.embedcache import default_embedder_cache  # noqa: PLC0415 - loads the model
+        from bench.embedcache import default_embedder_cache
 
         embed = default_embedder_cache().embed
     pools.kcenter_vectors = embed([text for text, _ in pools.kcenter_pool])
@@ -172,8 +241,14 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
         streams = []
         for index in range(spec.attack_accounts):
             picked = attacks.queries(strategy, rng, pools, rng.randint(*spec.attack_queries))
-            streams.append(_attack_stream(_account_id(size, seed, strategy, index), f"attack:{strategy}",
-                                          picked, script_times(rng, len(picked))))
+            streams.append(
+                _attack_stream(
+                    _account_id(size, seed, strategy, index),
+                    f"attack:{strategy}",
+                    picked,
+                    script_times(rng, len(picked)),
+                )
+            )
         scenarios[strategy] = streams
 
     rng = _rng(size, seed, "mixed")
@@ -191,21 +266,25 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
 
     rng = _rng(size, seed, "split")
     split_strategies = rng.sample(attacks.STRATEGIES, len(spec.splits))  # one campaign each, all different
-    for (scenario, (n_accounts, per_account)), strategy in zip(spec.splits.items(), split_strategies):
+    for (scenario, (n_accounts, per_account)), strategy in zip(spec.splits.items(), split_strategies, strict=True):
         campaign = f"campaign-{hashlib.sha256(f'{size}/{seed}/{scenario}'.encode()).hexdigest()[:10]}"
         counts = [max(2, round(per_account * rng.uniform(0.8, 1.2))) for _ in range(n_accounts)]
         picked = attacks.queries(strategy, rng, pools, sum(counts), campaign=True)
         streams, cursor = [], 0
         for index, count in enumerate(counts):
-            part = picked[cursor:cursor + count]
+            part = picked[cursor : cursor + count]
             cursor += count
             # each member stays quiet: a steady trickle or low-and-slow
             ts = script_times(rng, len(part), rng.choice(["steady", "slow"]))
-            streams.append(_attack_stream(_account_id(size, seed, scenario, index),
-                                          f"split:{n_accounts}:{strategy}", part, ts, campaign))
+            streams.append(
+                _attack_stream(
+                    _account_id(size, seed, scenario, index), f"split:{n_accounts}:{strategy}", part, ts, campaign
+                )
+            )
         scenarios[scenario] = streams
 
     ordered = {name: scenarios[name] for name in attacks.STRATEGIES + tuple(MIXED_SHARES) + tuple(spec.splits)}
-    _keep_disjoint(_rng(size, seed, "disjoint"), calibration,
-                   test_benign + [s for streams in ordered.values() for s in streams])
+    _keep_disjoint(
+        _rng(size, seed, "disjoint"), calibration, test_benign + [s for streams in ordered.values() for s in streams]
+    )
     return Traffic(size=size, seed=seed, calibration=calibration, test_benign=test_benign, attacks=ordered)

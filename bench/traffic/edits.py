@@ -8,9 +8,20 @@ import re
 
 # What people add or change when they resend a prompt.
 _FOLLOW_UP_TWEAKS = [
-    " Make it shorter.", " Please be more detailed.", " Use bullet points.", " Keep it under 100 words.",
-    " In simple terms.", " Give an example.", " Thanks!", " please", " Answer in English.",
-    " Be concise.", " with code", " Also explain why.", " (again)", " in a table",
+    " Make it shorter.",
+    " Please be more detailed.",
+    " Use bullet points.",
+    " Keep it under 100 words.",
+    " In simple terms.",
+    " Give an example.",
+    " Thanks!",
+    " please",
+    " Answer in English.",
+    " Be concise.",
+    " with code",
+    " Also explain why.",
+    " (again)",
+    " in a table",
 ]
 _FILLERS = ["please", "actually", "exactly", "briefly", "really", "now", "just", "also", "again"]
 
@@ -25,7 +36,7 @@ def typo(rng: random.Random, text: str) -> str:
     if not spots:
         return text + "?"
     i = rng.choice(spots)
-    return text[:i] + text[i + 1] + text[i] + text[i + 2:]
+    return text[:i] + text[i + 1] + text[i] + text[i + 2 :]
 
 
 def human_edit(rng: random.Random, text: str) -> str:
@@ -38,15 +49,15 @@ def human_edit(rng: random.Random, text: str) -> str:
         edited = typo(rng, text)
     elif choice < 0.75:
         i = rng.randrange(len(words))
-        edited = " ".join(words[:i] + [rng.choice(_FILLERS)] + words[i:])
+        edited = " ".join([*words[:i], rng.choice(_FILLERS), *words[i:]])
     elif choice < 0.9:
         i = rng.randrange(len(words))
-        edited = " ".join(words[:i] + words[i + 1:])
+        edited = " ".join(words[:i] + words[i + 1 :])
     else:
         numbers = list(re.finditer(r"\d+", text))
         if numbers:
             m = rng.choice(numbers)
-            edited = text[:m.start()] + str(int(m.group()) + rng.randint(1, 9)) + text[m.end():]
+            edited = text[: m.start()] + str(int(m.group()) + rng.randint(1, 9)) + text[m.end() :]
         else:
             edited = text.rstrip(" .?!") + rng.choice(["?", ".", "!", " ..."])
     return edited if edited != text else text + " "

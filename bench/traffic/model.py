@@ -69,19 +69,31 @@ class Traffic:
             for kind in sorted(by_kind):
                 group = by_kind[kind]
                 lengths = sorted(len(s) for s in group)
-                rows.append((
-                    section, kind, len(group), sum(lengths), sum(sum(s.is_attack) for s in group),
-                    lengths[len(lengths) // 2], lengths[-1], len({t for s in group for t in s.prompts}),
-                ))
+                rows.append(
+                    (
+                        section,
+                        kind,
+                        len(group),
+                        sum(lengths),
+                        sum(sum(s.is_attack) for s in group),
+                        lengths[len(lengths) // 2],
+                        lengths[-1],
+                        len({t for s in group for t in s.prompts}),
+                    )
+                )
 
         add("calibration", self.calibration)
         add("test_benign", self.test_benign)
         for scenario, streams in self.attacks.items():
             add(scenario, streams)
         header = ("section", "kind", "accounts", "prompts", "attack", "median", "max", "unique")
-        widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-        lines = ["  ".join(str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
-                 for row in [header] + rows]
+        widths = [max(len(str(r[i])) for r in [*rows, header]) for i in range(len(header))]
+        lines = [
+            "  ".join(
+                str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True))
+            )
+            for row in [header, *rows]
+        ]
         streams = self.all_streams()
         kinds = Counter("attack" if s.label else "benign" for s in streams)
         lines.append(

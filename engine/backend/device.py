@@ -16,7 +16,7 @@ from ..errors import BackendUnavailableError, ConfigError
 def import_faiss() -> ModuleType:
     """The ``faiss`` module, or an error that names the extra to install."""
     try:
-        import faiss  # noqa: PLC0415 - optional until an index is needed
+        import faiss
     except ImportError as exc:
         raise BackendUnavailableError(
             "probewatch needs FAISS but neither faiss-cpu nor faiss-gpu is installed; run "
@@ -27,7 +27,7 @@ def import_faiss() -> ModuleType:
 
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cpu``/``cuda[:N]`` pass through."""
-    import torch  # noqa: PLC0415 - heavy; only when a device is resolved
+    import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -94,8 +94,9 @@ class Backend:
     def new_index(self, dim: int, storage: str):
         """An empty host index: exact inner product, float32 or float16 codes."""
         if storage == "float16":
-            return self.faiss.IndexScalarQuantizer(dim, self.faiss.ScalarQuantizer.QT_fp16,
-                                                   self.faiss.METRIC_INNER_PRODUCT)
+            return self.faiss.IndexScalarQuantizer(
+                dim, self.faiss.ScalarQuantizer.QT_fp16, self.faiss.METRIC_INNER_PRODUCT
+            )
         return self.faiss.IndexFlatIP(dim)
 
     def index_to_device(self, host_index, storage: str):

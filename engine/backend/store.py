@@ -33,7 +33,7 @@ class AccountIndex:
     account's vector memory unused when queries arrive one at a time.
     """
 
-    __slots__ = ("index", "on_device", "capacity", "size")
+    __slots__ = ("capacity", "index", "on_device", "size")
 
     def __init__(self, index: Any, on_device: bool = False):
         self.index = index
@@ -87,8 +87,15 @@ class AccountStore:
     Not thread-safe on its own; :class:`~probewatch.Engine` serialises access.
     """
 
-    def __init__(self, dim: int, storage: str, history_cap: int, eviction_block: int,
-                 segmented_max_history: int, backend: Backend):
+    def __init__(
+        self,
+        dim: int,
+        storage: str,
+        history_cap: int,
+        eviction_block: int,
+        segmented_max_history: int,
+        backend: Backend,
+    ):
         self.dim = dim
         self.storage = storage
         self.history_cap = history_cap
@@ -115,7 +122,9 @@ class AccountStore:
         try:
             return self._accounts[account]
         except KeyError:
-            raise UnknownAccountError(f"account {account!r} has no stored history (never observed, forgotten or evicted)") from None
+            raise UnknownAccountError(
+                f"account {account!r} has no stored history (never observed, forgotten or evicted)"
+            ) from None
 
     def history_size(self, account: str) -> int:
         entry = self._accounts.get(account)
@@ -197,8 +206,14 @@ class AccountStore:
         queries = host_vectors[query_rows_arr]
         if xp is not np:  # one host->device copy for the whole batch
             base, queries = xp.asarray(base), xp.asarray(queries)
-        top, _ = segmented_topk(queries, base, np.asarray(offsets, np.int64),
-                                np.asarray(query_segment, np.int64), np.asarray(query_visible, np.int64), k)
+        top, _ = segmented_topk(
+            queries,
+            base,
+            np.asarray(offsets, np.int64),
+            np.asarray(query_segment, np.int64),
+            np.asarray(query_visible, np.int64),
+            k,
+        )
         sims[query_rows_arr] = to_numpy(top)
 
     def _search_long(self, account, rows, host_vectors, k, sims) -> None:
@@ -227,8 +242,12 @@ class AccountStore:
     def _add(self, account: str, rows: np.ndarray) -> None:
         entry = self._entry_for(account)
         self._accounts.move_to_end(account)
-        entry.reserve(entry.size + rows.shape[0], self.history_cap,
-                      lambda: self.backend.new_index(self.dim, self.storage), self.backend.faiss)
+        entry.reserve(
+            entry.size + rows.shape[0],
+            self.history_cap,
+            lambda: self.backend.new_index(self.dim, self.storage),
+            self.backend.faiss,
+        )
         entry.index.add(np.ascontiguousarray(rows, dtype=np.float32))
         entry.size += rows.shape[0]
         self._total_rows += rows.shape[0]

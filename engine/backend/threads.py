@@ -24,7 +24,7 @@ def limit_host_blas(threads: int):
     if threads <= 0:
         return contextlib.nullcontext()
     if _blas_controller is None:
-        from threadpoolctl import ThreadpoolController  # noqa: PLC0415 - scans loaded libraries once
+        from threadpoolctl import ThreadpoolController
 
         controller = ThreadpoolController()
         ours = [lib.filepath for lib in controller.lib_controllers if f"{os.sep}torch{os.sep}" not in lib.filepath]

@@ -72,4 +72,3 @@ def demo_traffic(seed: int = 7) -> list[tuple[str, str, float]]:
             events.append((t, account, prompt))
     events.sort()
     return [(a, p, t) for t, a, p in events]
-

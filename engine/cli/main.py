@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -14,7 +15,7 @@ TOP_ACCOUNTS = 10
 
 
 def _engine(args: argparse.Namespace):
-    import probewatch as pw  # noqa: PLC0415 - keep `probewatch --help` fast
+    import probewatch as pw
 
     if getattr(args, "load", None):
         return pw.Engine.load(args.load, device=args.device)
@@ -31,26 +32,33 @@ def _risk_table(engine, accounts: list[str], out: TextIO, limit: int = TOP_ACCOU
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import EXTRACTING, NORMAL_ACCOUNTS, demo_traffic  # noqa: PLC0415
+    from .demo import EXTRACTING, NORMAL_ACCOUNTS, demo_traffic
 
     started = time.time()
-    print(f"probewatch demo: {len(NORMAL_ACCOUNTS)} ordinary accounts and {len(EXTRACTING)} extracting ones, "
-          "interleaved in time order", file=sys.stderr)
+    print(
+        f"probewatch demo: {len(NORMAL_ACCOUNTS)} ordinary accounts and {len(EXTRACTING)} extracting ones, "
+        "interleaved in time order",
+        file=sys.stderr,
+    )
     engine = _engine(args)
     events = demo_traffic()
     print(f"loading the embedding model on {engine.config.device} ...", file=sys.stderr)
     _ = engine.embedder
     first_flag: dict[str, int] = {}
-    from tqdm import tqdm  # noqa: PLC0415
+    from tqdm import tqdm
 
     with tqdm(total=len(events), desc="observing", unit="prompt", file=sys.stderr, disable=args.quiet) as bar:
         for start in range(0, len(events), args.batch_size):
             chunk = events[start : start + args.batch_size]
-            verdicts = engine.observe_batch([a for a, _, _ in chunk], [p for _, p, _ in chunk], [t for _, _, t in chunk])
+            verdicts = engine.observe_batch(
+                [a for a, _, _ in chunk], [p for _, p, _ in chunk], [t for _, _, t in chunk]
+            )
             for v in verdicts:
                 if v.flagged and v.account not in first_flag:
                     first_flag[v.account] = v.n_queries
-                    bar.write(f"FLAG  {v.account} after {v.n_queries} queries: " + "; ".join(str(r) for r in v.reasons[:2]))
+                    bar.write(
+                        f"FLAG  {v.account} after {v.n_queries} queries: " + "; ".join(str(r) for r in v.reasons[:2])
+                    )
             bar.update(len(chunk))
     accounts = sorted({a for a, _, _ in events})
     _risk_table(engine, accounts, sys.stdout, limit=len(accounts))
@@ -59,15 +67,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     watched = [a for a in EXTRACTING if levels[a] == "watch"]
     false = [a for a in accounts if a not in EXTRACTING and levels[a] == "flag"]
     ordinary = len(accounts) - len(EXTRACTING)
-    print(f"\nextracting accounts: {len(caught)}/{len(EXTRACTING)} flagged, {len(watched)} on watch; "
-          f"ordinary accounts flagged: {len(false)}/{ordinary}; {time.time() - started:.1f}s")
+    print(
+        f"\nextracting accounts: {len(caught)}/{len(EXTRACTING)} flagged, {len(watched)} on watch; "
+        f"ordinary accounts flagged: {len(false)}/{ordinary}; {time.time() - started:.1f}s"
+    )
     # The demo fails (exit 1) when an ordinary account is flagged or an extractor is missed.
     return 1 if false or len(caught) < len(EXTRACTING) else 0
 
 
 def _read_jsonl(path: str) -> Iterator[tuple[int, Any]]:
-    handle = sys.stdin.buffer if path == "-" else open(path, "rb")
-    with handle:
+    with contextlib.nullcontext(sys.stdin.buffer) if path == "-" else open(path, "rb") as handle:
         for lineno, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
@@ -77,57 +86,64 @@ def _read_jsonl(path: str) -> Iterator[tuple[int, Any]]:
                 yield lineno, exc
 
 
+def _replay_batch(engine, batch: list[tuple[int, str, Any, Any]], out: TextIO, seen: set[str]) -> int:
+    """Observe one batch of JSONL rows, write a verdict line per good row; returns rows skipped."""
+    import probewatch as pw
+
+    try:
+        verdicts = engine.observe_batch([b[1] for b in batch], [b[2] for b in batch], [b[3] for b in batch])
+        errors: dict[int, Exception] = {}
+    except pw.BatchError as exc:
+        verdicts, errors = exc.verdicts, exc.errors
+    except pw.InputError as exc:  # e.g. a timestamp list the engine rejects whole: report each row
+        verdicts, errors = [None] * len(batch), dict.fromkeys(range(len(batch)), exc)
+    for i, (lineno, account, _, _) in enumerate(batch):
+        if i in errors:
+            print(f"line {lineno}: skipped: {errors[i]}", file=sys.stderr)
+        else:
+            seen.add(account)
+            out.write(json.dumps({"line": lineno, **verdicts[i].to_dict()}) + "\n")
+    return len(errors)
+
+
+def _count_rows(path: str) -> int | None:
+    if path == "-":
+        return None
+    with open(path, "rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
-    import probewatch as pw  # noqa: PLC0415
-    from tqdm import tqdm  # noqa: PLC0415
+    from tqdm import tqdm
 
     if args.file != "-" and not Path(args.file).is_file():
         print(f"probewatch replay: no such file {args.file}", file=sys.stderr)
         return 2
     engine = _engine(args)
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     bad = 0
     seen: set[str] = set()
     batch: list[tuple[int, str, Any, Any]] = []
-
-    def flush() -> None:
-        nonlocal bad
-        if not batch:
-            return
-        try:
-            verdicts = engine.observe_batch([b[1] for b in batch], [b[2] for b in batch], [b[3] for b in batch])
-            errors: dict[int, Exception] = {}
-        except pw.BatchError as exc:
-            verdicts, errors = exc.verdicts, exc.errors
-        except pw.InputError as exc:  # e.g. a timestamp of the wrong type: report each row
-            verdicts, errors = [None] * len(batch), {i: exc for i in range(len(batch))}
-        for i, (lineno, account, _, _) in enumerate(batch):
-            if i in errors:
-                bad += 1
-                print(f"line {lineno}: skipped: {errors[i]}", file=sys.stderr)
-            else:
-                seen.add(account)
-                out.write(json.dumps({"line": lineno, **verdicts[i].to_dict()}) + "\n")
-        batch.clear()
-
-    total = None
-    if args.file != "-":
-        with open(args.file, "rb") as fh:
-            total = sum(1 for line in fh if line.strip())
-    with tqdm(total=total, desc="replaying", unit="row", file=sys.stderr, disable=args.quiet) as bar:
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(args.out, "w", encoding="utf-8")) if args.out else sys.stdout
+        bar = stack.enter_context(
+            tqdm(total=_count_rows(args.file), desc="replaying", unit="row", file=sys.stderr, disable=args.quiet)
+        )
         for lineno, row in _read_jsonl(args.file):
             bar.update(1)
             if isinstance(row, Exception) or not isinstance(row, dict) or "account" not in row or "prompt" not in row:
                 bad += 1
                 what = row if isinstance(row, Exception) else f"got {type(row).__name__} {str(row)[:80]}"
-                print(f'line {lineno}: skipped: expected a JSON object {{"account", "prompt", "ts"?}}; {what}', file=sys.stderr)
+                print(
+                    f'line {lineno}: skipped: expected a JSON object {{"account", "prompt", "ts"?}}; {what}',
+                    file=sys.stderr,
+                )
                 continue
             batch.append((lineno, row["account"], row["prompt"], row.get("ts")))
             if len(batch) >= args.batch_size:
-                flush()
-        flush()
-    if out is not sys.stdout:
-        out.close()
+                bad += _replay_batch(engine, batch, out, seen)
+                batch.clear()
+        if batch:
+            bad += _replay_batch(engine, batch, out, seen)
     if seen:
         _risk_table(engine, sorted(seen), sys.stderr)
     if args.save:
@@ -138,7 +154,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    import probewatch as pw  # noqa: PLC0415
+    import probewatch as pw
 
     accounts, prompts, stamps = [], [], []
     for lineno, row in _read_jsonl(args.file):
@@ -151,14 +167,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     engine = pw.Engine(device=args.device)
     engine.calibrate(accounts, prompts, stamps, source=f"probewatch calibrate {args.file}")
     engine.save_calibration(args.out)
-    print(f"calibration from {len(set(accounts))} benign accounts written to {args.out}; "
-          f"flag threshold {engine.detector.flag_threshold:.3f}")
+    print(
+        f"calibration from {len(set(accounts))} benign accounts written to {args.out}; "
+        f"flag threshold {engine.detector.flag_threshold:.3f}"
+    )
     return 0
 
 
 def cmd_serve(rest: list[str]) -> int:
     try:
-        from probewatch.serve import main_serve  # noqa: PLC0415 - needs the serve extra
+        from probewatch.serve import main_serve
     except ImportError as exc:
         print(f"probewatch serve needs the serve extra: pip install 'probewatch[serve]' ({exc})", file=sys.stderr)
         return 2
@@ -175,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=int, default=16)
     demo.add_argument("--quiet", action="store_true")
 
-    replay = sub.add_parser("replay", help="stream a JSONL file of {account, prompt, ts?} rows; print verdicts as JSONL")
+    replay = sub.add_parser(
+        "replay", help="stream a JSONL file of {account, prompt, ts?} rows; print verdicts as JSONL"
+    )
     replay.add_argument("file", help="JSONL file, or - for standard input")
     replay.add_argument("--device", default="auto")
     replay.add_argument("--batch-size", type=int, default=32)
@@ -202,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_serve(argv[1:])
     args = parser.parse_args(argv)
     if args.version:
-        from probewatch import __version__  # noqa: PLC0415
+        from probewatch import __version__
 
         print(__version__)
         return 0

@@ -56,7 +56,11 @@ MIN_NORMALITY_SAMPLES = 16  # Shapiro-Wilk on fewer minimum distances is mostly 
 RISK_TRACE_POINTS = 256  # risk-over-time points kept per account for reports
 
 
-_HIST_LO, _HIST_WIDTH, _HIST_BINS = float(SIM_HIST_EDGES[0]), float(SIM_HIST_EDGES[1] - SIM_HIST_EDGES[0]), len(SIM_HIST_EDGES) - 1
+_HIST_LO, _HIST_WIDTH, _HIST_BINS = (
+    float(SIM_HIST_EDGES[0]),
+    float(SIM_HIST_EDGES[1] - SIM_HIST_EDGES[0]),
+    len(SIM_HIST_EDGES) - 1,
+)
 
 
 def _hist_index(value: float) -> int:
@@ -79,9 +83,27 @@ class AccountState:
     """Running statistics of one account. Plain arrays and scalars, so snapshots are exact."""
 
     __slots__ = (
-        "window", "n", "first_ts", "last_ts", "ring_nn", "ring_knn", "ring_ref", "ring_kmean",
-        "ring_cell", "nn_hist", "ref_hist", "cell_counts", "gram_stats", "peak_score", "peak_risk",
-        "level", "flagged_at", "_trace_n", "_trace_risk", "_trace_len", "recent_scores",
+        "_trace_len",
+        "_trace_n",
+        "_trace_risk",
+        "cell_counts",
+        "first_ts",
+        "flagged_at",
+        "gram_stats",
+        "last_ts",
+        "level",
+        "n",
+        "nn_hist",
+        "peak_risk",
+        "peak_score",
+        "recent_scores",
+        "ref_hist",
+        "ring_cell",
+        "ring_kmean",
+        "ring_knn",
+        "ring_nn",
+        "ring_ref",
+        "window",
     )
 
     def __init__(self, window: int, n_cells: int):
@@ -174,7 +196,10 @@ class AccountState:
     @property
     def history(self) -> list[tuple[int, float]]:
         """The recorded (n, risk) points, oldest first."""
-        return [(int(n), round(float(r), 6)) for n, r in zip(self._trace_n[: self._trace_len], self._trace_risk[: self._trace_len])]
+        return [
+            (int(n), round(float(r), 6))
+            for n, r in zip(self._trace_n[: self._trace_len], self._trace_risk[: self._trace_len], strict=True)
+        ]
 
     @history.setter
     def history(self, points: list[tuple[int, float]]) -> None:
@@ -185,12 +210,29 @@ class AccountState:
 
     # -- snapshots ------------------------------------------------------------------
     SCALARS = ("n", "first_ts", "last_ts", "peak_score", "peak_risk", "level", "flagged_at")
-    ARRAYS = ("ring_nn", "ring_knn", "ring_ref", "ring_kmean", "ring_cell", "nn_hist", "ref_hist", "cell_counts", "gram_stats",
-              "recent_scores")
+    ARRAYS = (
+        "ring_nn",
+        "ring_knn",
+        "ring_ref",
+        "ring_kmean",
+        "ring_cell",
+        "nn_hist",
+        "ref_hist",
+        "cell_counts",
+        "gram_stats",
+        "recent_scores",
+    )
 
 
-def advance(states: list[AccountState], facts: list[QueryFacts], ts: list[float | None], window: int,
-            refresh_every: int, window_of: Callable[[int], np.ndarray], reference) -> FeatureBatch:
+def advance(
+    states: list[AccountState],
+    facts: list[QueryFacts],
+    ts: list[float | None],
+    window: int,
+    refresh_every: int,
+    window_of: Callable[[int], np.ndarray],
+    reference,
+) -> FeatureBatch:
     """Fold item ``i``'s facts into ``states[i]`` in order and capture each state right then.
 
     Items of one account share its state, so each sees exactly the queries before it. When a
@@ -254,9 +296,13 @@ class FeatureBatch:
             knn_mean = np.where(knn_valid, knn, 0.0).sum(axis=1) / np.maximum(knn_valid.sum(axis=1), 1)
             near = (valid & (nn >= near_duplicate_similarity)).sum(axis=1) / safe
             near_life = 1.0 - share_below_rows(self.nn_hist, near_duplicate_similarity)
-            for name, values in (("nn_similarity_mean", mean), ("nn_similarity_spread", spread),
-                                 ("knn_similarity_mean", knn_mean), ("near_duplicate_rate", near),
-                                 ("near_duplicate_rate_lifetime", near_life)):
+            for name, values in (
+                ("nn_similarity_mean", mean),
+                ("nn_similarity_spread", spread),
+                ("knn_similarity_mean", knn_mean),
+                ("near_duplicate_rate", near),
+                ("near_duplicate_rate_lifetime", near_life),
+            ):
                 f[has, _F[name]] = values[has]
             # PRADA's statistic per sample size: NaN sorts last, so a row's first `count` values are its own.
             distances = np.sort(1.0 - nn, axis=1)
@@ -265,7 +311,9 @@ class FeatureBatch:
                 f[rows, _F["min_distance_normality"]] = shapiro_wilk_w(distances[rows, :size])
             ref = self.ref.astype(np.float64)
             ref_valid = ~np.isnan(ref)
-            f[:, _F["reference_similarity"]] = np.where(ref_valid, ref, 0.0).sum(axis=1) / np.maximum(ref_valid.sum(axis=1), 1)
+            f[:, _F["reference_similarity"]] = np.where(ref_valid, ref, 0.0).sum(axis=1) / np.maximum(
+                ref_valid.sum(axis=1), 1
+            )
             cells_seen = (self.cell >= 0).sum(axis=1)
             n_cells = self.cell_counts.shape[1]
             flat = (np.arange(m)[:, None] * n_cells + self.cell.astype(np.int64))[self.cell >= 0]

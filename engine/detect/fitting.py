@@ -60,8 +60,15 @@ def group_by_account(accounts: Sequence[str]) -> dict[str, np.ndarray]:
     return {a: np.asarray(rows, dtype=np.int64) for a, rows in groups.items()}
 
 
-def _stream_features(config: EngineConfig, reference: BenignReference, off_ref: float,
-                     groups: dict[str, np.ndarray], vectors: np.ndarray, ts: list, progress: Callable[[int], None] | None):
+def _stream_features(
+    config: EngineConfig,
+    reference: BenignReference,
+    off_ref: float,
+    groups: dict[str, np.ndarray],
+    vectors: np.ndarray,
+    ts: list,
+    progress: Callable[[int], None] | None,
+):
     stream = FeatureStream(config, reference, Backend.host(), off_ref)
     feats, ns, owner = [], [], []
     for k, (account, rows) in enumerate(groups.items()):
@@ -126,9 +133,16 @@ def _has_near_copy(candidates: np.ndarray, others: np.ndarray, chunk: int = 4096
     return out
 
 
-def fit_calibration(config: EngineConfig, accounts: Sequence[str], vectors: np.ndarray,
-                    ts: Sequence[float | None] | None, reference: BenignReference | None, refit_reference: bool,
-                    source: str, progress: Callable[[int], None] | None = None) -> BenignModel:
+def fit_calibration(
+    config: EngineConfig,
+    accounts: Sequence[str],
+    vectors: np.ndarray,
+    ts: Sequence[float | None] | None,
+    reference: BenignReference | None,
+    refit_reference: bool,
+    source: str,
+    progress: Callable[[int], None] | None = None,
+) -> BenignModel:
     """Fit on validated benign traffic (unit rows, each account's queries in time order), on the CPU.
 
     ``refit_reference=False`` keeps ``reference`` and refits only the tables.
@@ -220,6 +234,11 @@ class PopulationSample:
             live = feats[bins == b]
             cap = int(max_share / (1 - max_share) * max(len(s), 1))
             samples.append(np.concatenate([s, live[:cap]]) if live.size else s)
-        return Calibration(samples, base.account_max_scores, base.off_reference_similarity,
-                           distance_norm=base.distance_norm, source=base.source + " + live population",
-                           n_accounts=base.n_accounts)
+        return Calibration(
+            samples,
+            base.account_max_scores,
+            base.off_reference_similarity,
+            distance_norm=base.distance_norm,
+            source=base.source + " + live population",
+            n_accounts=base.n_accounts,
+        )

@@ -87,7 +87,7 @@ class Pipeline:
         scores, risks, reasons = self.detector.judge(step.features, step.n, [s.recent_scores for s in step.states])
         remember = bool(self.config.population_update_every)
         out = []
-        for i, (account, state) in enumerate(zip(accounts, step.states)):
+        for i, (account, state) in enumerate(zip(accounts, step.states, strict=True)):
             score, risk, n = float(scores[i]), float(risks[i]), int(step.n[i])
             if score > state.peak_score:
                 state.peak_score = score
@@ -99,8 +99,18 @@ class Pipeline:
             state.record_risk(risk, n)
             if remember and state.level is Level.OK:
                 self.population.remember(n, step.features[i], self.observations)
-            out.append(Verdict(account=account, risk=risk, level=state.level, flagged=state.level is Level.FLAG,
-                               n_queries=n, score=score, peak_risk=state.peak_risk, reasons=reasons[i]))
+            out.append(
+                Verdict(
+                    account=account,
+                    risk=risk,
+                    level=state.level,
+                    flagged=state.level is Level.FLAG,
+                    n_queries=n,
+                    score=score,
+                    peak_risk=state.peak_risk,
+                    reasons=reasons[i],
+                )
+            )
         return out
 
     def _after_batch(self, n_items: int) -> None:
@@ -125,8 +135,9 @@ class Pipeline:
     def recalibrate(self, benign: BenignModel) -> None:
         """Judge by ``benign`` from now on. Histories are kept when the dimension matches."""
         if benign.reference.dim != self.dim:
-            self.stream = FeatureStream(self.config, benign.reference, self.backend,
-                                        benign.calibration.off_reference_similarity)
+            self.stream = FeatureStream(
+                self.config, benign.reference, self.backend, benign.calibration.off_reference_similarity
+            )
         else:
             self.stream.reference = benign.reference
             self.stream.off_reference_similarity = benign.calibration.off_reference_similarity
@@ -160,12 +171,19 @@ class Pipeline:
                 deviation=None if math.isnan(deviations[j]) else float(deviations[j]),
             )
         return AccountReport(
-            account=account, n_queries=state.n, history_size=self.store.history_size(account),
+            account=account,
+            n_queries=state.n,
+            history_size=self.store.history_size(account),
             first_ts=None if math.isnan(state.first_ts) else state.first_ts,
             last_ts=None if math.isnan(state.last_ts) else state.last_ts,
-            level=state.level, flagged_at_query=state.flagged_at if state.flagged_at >= 0 else None,
-            risk=float(risks[0]), score=float(scores[0]), peak_risk=state.peak_risk, features=readings,
-            reasons=reasons[0], risk_over_time=tuple(state.history),
+            level=state.level,
+            flagged_at_query=state.flagged_at if state.flagged_at >= 0 else None,
+            risk=float(risks[0]),
+            score=float(scores[0]),
+            peak_risk=state.peak_risk,
+            features=readings,
+            reasons=reasons[0],
+            risk_over_time=tuple(state.history),
         )
 
     def level_counts(self) -> dict[str, int]:
@@ -186,12 +204,17 @@ class Pipeline:
     def state_dict(self) -> dict[str, Any]:
         """Every account's history and state, plus the observation count (host copies)."""
         ids, offsets, vectors = self.store.export()
-        return {"observations": self.observations, "accounts": ids, "offsets": offsets, "vectors": vectors,
-                "states": [self.states[a] for a in ids]}
+        return {
+            "observations": self.observations,
+            "accounts": ids,
+            "offsets": offsets,
+            "vectors": vectors,
+            "states": [self.states[a] for a in ids],
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Replace every account with those of a :meth:`state_dict` (same dimension)."""
         self.reset()
         self.store.import_(state["accounts"], state["offsets"], state["vectors"])
-        self.states.update(zip(state["accounts"], state["states"]))
+        self.states.update(zip(state["accounts"], state["states"], strict=True))
         self.observations = int(state["observations"])

@@ -38,9 +38,13 @@ class BenignReference:
         self.bank = np.ascontiguousarray(np.asarray(bank, dtype=np.float16), dtype=np.float32)
         self.codebook = np.ascontiguousarray(codebook, dtype=np.float32)
         if self.bank.ndim != 2 or self.codebook.ndim != 2 or self.bank.shape[1] != self.codebook.shape[1]:
-            raise CalibrationError(f"reference bank and codebook must be (n, d) with one d; got {self.bank.shape}, {self.codebook.shape}")
+            raise CalibrationError(
+                f"reference bank and codebook must be (n, d) with one d; got {self.bank.shape}, {self.codebook.shape}"
+            )
         if self.bank.shape[0] < REFERENCE_TOP_K + 1:
-            raise CalibrationError(f"reference bank needs more than {REFERENCE_TOP_K} vectors; got {self.bank.shape[0]}")
+            raise CalibrationError(
+                f"reference bank needs more than {REFERENCE_TOP_K} vectors; got {self.bank.shape[0]}"
+            )
         self.gamma = float(gamma)
         gram = self.bank.astype(np.float64) @ self.bank.T.astype(np.float64)
         k = rbf_from_similarity(gram, self.gamma)
@@ -57,8 +61,14 @@ class BenignReference:
         return int(self.codebook.shape[0])
 
     @classmethod
-    def fit(cls, vectors: np.ndarray, codebook_vectors: np.ndarray | None = None, n_bank: int = 2048,
-            n_cells: int = 64, seed: int = 0) -> "BenignReference":
+    def fit(
+        cls,
+        vectors: np.ndarray,
+        codebook_vectors: np.ndarray | None = None,
+        n_bank: int = 2048,
+        n_cells: int = 64,
+        seed: int = 0,
+    ) -> BenignReference:
         """Sample the bank from ``vectors``, fit a spherical k-means codebook (on
         ``codebook_vectors`` when given: a partition does not need held-out data), and set the
         RBF bandwidth by the median heuristic."""
@@ -75,8 +85,15 @@ class BenignReference:
         bank = vectors[np.sort(take)]
         faiss = import_faiss()
         # faiss warns below 39 points per centroid; 2 per centroid is enough for a coarse partition.
-        kmeans = faiss.Kmeans(train.shape[1], n_cells, niter=25, seed=int(seed) + 1, spherical=True, verbose=False,
-                              min_points_per_centroid=1)
+        kmeans = faiss.Kmeans(
+            train.shape[1],
+            n_cells,
+            niter=25,
+            seed=int(seed) + 1,
+            spherical=True,
+            verbose=False,
+            min_points_per_centroid=1,
+        )
         kmeans.train(train)
         codebook = kmeans.centroids / np.linalg.norm(kmeans.centroids, axis=1, keepdims=True)
         sample = bank[rng.choice(bank.shape[0], size=min(1024, bank.shape[0]), replace=False)]
@@ -107,8 +124,16 @@ class BenignReference:
         )
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"ref_bank": self.bank.astype(np.float16), "ref_codebook": self.codebook, "ref_gamma": np.float64(self.gamma)}
+        return {
+            "ref_bank": self.bank.astype(np.float16),
+            "ref_codebook": self.codebook,
+            "ref_gamma": np.float64(self.gamma),
+        }
 
     @classmethod
-    def from_arrays(cls, arrays) -> "BenignReference":
-        return cls(np.asarray(arrays["ref_bank"], dtype=np.float32), np.asarray(arrays["ref_codebook"]), float(arrays["ref_gamma"]))
+    def from_arrays(cls, arrays) -> BenignReference:
+        return cls(
+            np.asarray(arrays["ref_bank"], dtype=np.float32),
+            np.asarray(arrays["ref_codebook"]),
+            float(arrays["ref_gamma"]),
+        )

@@ -62,7 +62,7 @@ def rolling_mean_per_account(scores: np.ndarray, owner: np.ndarray, window: int 
     contiguous and in stream order), exactly as :meth:`Detector.judge` accumulates them."""
     out = np.empty(scores.shape[0])
     bounds = np.flatnonzero(np.diff(owner)) + 1
-    for start, stop in zip(np.r_[0, bounds], np.r_[bounds, owner.size]):
+    for start, stop in zip(np.r_[0, bounds], np.r_[bounds, owner.size], strict=True):
         c = np.concatenate([[0.0], np.cumsum(scores[start:stop])])
         idx = np.arange(1, stop - start + 1)
         lo = np.maximum(idx - window, 0)
@@ -82,8 +82,15 @@ class Calibration:
     raw distance into the score, so accounts of every length are on one scale.
     """
 
-    def __init__(self, samples: list[np.ndarray], account_max_scores: np.ndarray | None, off_reference_similarity: float,
-                 distance_norm: np.ndarray | None = None, source: str = "", n_accounts: int = 0):
+    def __init__(
+        self,
+        samples: list[np.ndarray],
+        account_max_scores: np.ndarray | None,
+        off_reference_similarity: float,
+        distance_norm: np.ndarray | None = None,
+        source: str = "",
+        n_accounts: int = 0,
+    ):
         if len(samples) != N_BINS:
             raise CalibrationError(f"calibration needs one sample table per bin ({N_BINS}); got {len(samples)}")
         self.samples = [np.asarray(s, dtype=np.float64).reshape(-1, N_FEATURES) for s in samples]
@@ -123,7 +130,9 @@ class Calibration:
                 # between benign kinds. The pooled standard deviation floors it, so a feature
                 # benign accounts hold constant in one bin (no near-duplicates) cannot make
                 # every change infinite.
-                self.scale[b] = np.maximum(np.nan_to_num((q3 - q1) / IQR_PER_SIGMA), np.maximum(0.25 * pooled_std, 1e-9))
+                self.scale[b] = np.maximum(
+                    np.nan_to_num((q3 - q1) / IQR_PER_SIGMA), np.maximum(0.25 * pooled_std, 1e-9)
+                )
                 self._scaled[b] = np.ascontiguousarray(np.nan_to_num((rows - med) / self.scale[b]), dtype=np.float32)
                 self._scaled_sq[b] = (self._scaled[b].astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
                 # Sorted non-NaN benign values per feature: a percentile is one binary search.
@@ -198,7 +207,9 @@ class Calibration:
                 col = self._sorted[b][j]
                 v = values[rows[r], c]
                 if col.size:
-                    out[rows[r], c] = np.where(np.isnan(v), np.nan, 100.0 * np.searchsorted(col, v, side="right") / col.size)
+                    out[rows[r], c] = np.where(
+                        np.isnan(v), np.nan, 100.0 * np.searchsorted(col, v, side="right") / col.size
+                    )
         return out
 
     def percentile(self, feature_index: int, value: float, n: int) -> float:
@@ -247,7 +258,7 @@ class Calibration:
         return {"source": self.source, "n_accounts": self.n_accounts, "features": list(FEATURE_NAMES)}
 
     @classmethod
-    def from_arrays(cls, arrays, meta: dict[str, Any]) -> "Calibration":
+    def from_arrays(cls, arrays, meta: dict[str, Any]) -> Calibration:
         if list(meta.get("features", [])) != list(FEATURE_NAMES):
             raise CalibrationError(
                 f"calibration was made for features {meta.get('features')} but this probewatch computes "
@@ -257,8 +268,14 @@ class Calibration:
         norm = np.asarray(arrays["cal_distance_norm"], dtype=np.float64)
         if norm.shape != (N_BINS, 2):
             raise CalibrationError(f"calibration distance table must have shape ({N_BINS}, 2); got {norm.shape}")
-        return cls(samples, np.asarray(arrays["cal_account_max_scores"]), float(arrays["cal_off_reference_similarity"]),
-                   distance_norm=norm, source=meta.get("source", ""), n_accounts=meta.get("n_accounts", 0))
+        return cls(
+            samples,
+            np.asarray(arrays["cal_account_max_scores"]),
+            float(arrays["cal_off_reference_similarity"]),
+            distance_norm=norm,
+            source=meta.get("source", ""),
+            n_accounts=meta.get("n_accounts", 0),
+        )
 
 
 class BenignModel(NamedTuple):
@@ -280,8 +297,9 @@ class Detector:
         self.flag_threshold = calibration.threshold_for(target_fpr)
         self.watch_threshold = calibration.threshold_for(watch_fpr)
 
-    def judge(self, features: np.ndarray, n: np.ndarray, recent_scores: list[np.ndarray]
-              ) -> tuple[np.ndarray, np.ndarray, list[tuple[Reason, ...]]]:
+    def judge(
+        self, features: np.ndarray, n: np.ndarray, recent_scores: list[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray, list[tuple[Reason, ...]]]:
         """(scores, risks, reasons) for feature rows at history lengths ``n``, in order.
 
         ``recent_scores[i]`` is row i's account ring of per-query scores (SMOOTHING_QUERIES
@@ -293,7 +311,7 @@ class Detector:
         distance, gap = cal.neighbours(features, n)
         per_query = cal.standardise(distance, n).tolist()
         scores = np.empty(n.shape[0])
-        for i, (ring, count) in enumerate(zip(recent_scores, n.tolist())):
+        for i, (ring, count) in enumerate(zip(recent_scores, n.tolist(), strict=True)):
             ring[(count - 1) % ring.size] = per_query[i]
             scores[i] = ring[: min(count, ring.size)].mean()
         risks = 1.0 - cal.exceedance(scores)
@@ -317,13 +335,25 @@ class Detector:
         out = []
         for i in range(features.shape[0]):
             reasons = []
-            for j, size, value, above, pct in zip(order[i].tolist(), top[i].tolist(), values[i].tolist(),
-                                                 signs[i].tolist(), percentiles[i].tolist()):
+            for j, size, value, above, pct in zip(
+                order[i].tolist(),
+                top[i].tolist(),
+                values[i].tolist(),
+                signs[i].tolist(),
+                percentiles[i].tolist(),
+                strict=True,
+            ):
                 if size <= REASON_MIN_GAP:
                     break
-                reasons.append(Reason(feature=FEATURE_NAMES[j], value=value,
-                                      benign_percentile=pct if pct == pct else math.nan,  # one NaN object, as percentile()
-                                      direction="above" if above else "below", deviation=size,
-                                      description=FEATURES[FEATURE_NAMES[j]]))
+                reasons.append(
+                    Reason(
+                        feature=FEATURE_NAMES[j],
+                        value=value,
+                        benign_percentile=pct if pct == pct else math.nan,  # one NaN object, as percentile()
+                        direction="above" if above else "below",
+                        deviation=size,
+                        description=FEATURES[FEATURE_NAMES[j]],
+                    )
+                )
             out.append(tuple(reasons))
         return out

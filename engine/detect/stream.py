@@ -39,17 +39,23 @@ class FeatureStream:
     Not thread-safe on its own; the engine serialises access.
     """
 
-    def __init__(self, config: EngineConfig, reference: BenignReference, backend: Backend,
-                 off_reference_similarity: float):
+    def __init__(
+        self, config: EngineConfig, reference: BenignReference, backend: Backend, off_reference_similarity: float
+    ):
         self.config = config
         self.reference = reference
         self.off_reference_similarity = off_reference_similarity
         segmented = config.segmented_max_history
         if segmented is None:
             segmented = GPU_SEGMENTED_MAX_HISTORY if backend.on_gpu else 0
-        self.store = AccountStore(dim=reference.dim, storage=config.storage, history_cap=config.history_cap,
-                                  eviction_block=config.eviction_block, segmented_max_history=segmented,
-                                  backend=backend)
+        self.store = AccountStore(
+            dim=reference.dim,
+            storage=config.storage,
+            history_cap=config.history_cap,
+            eviction_block=config.eviction_block,
+            segmented_max_history=segmented,
+            backend=backend,
+        )
         self.states: dict[str, AccountState] = {}
         self._state_bytes: int | None = None
 
@@ -89,10 +95,15 @@ class FeatureStream:
                 return self._step(accounts, vectors, ts)
             # Huge batches go through in chunks (same result: chunks are batches in arrival
             # order), so transient buffers stay a few MB whatever the caller sends.
-            parts = [self._step(accounts[i : i + STEP_CHUNK], vectors[i : i + STEP_CHUNK], ts[i : i + STEP_CHUNK])
-                     for i in range(0, len(accounts), STEP_CHUNK)]
-            return StepResult([s for p in parts for s in p.states], np.concatenate([p.features for p in parts]),
-                              np.concatenate([p.n for p in parts]))
+            parts = [
+                self._step(accounts[i : i + STEP_CHUNK], vectors[i : i + STEP_CHUNK], ts[i : i + STEP_CHUNK])
+                for i in range(0, len(accounts), STEP_CHUNK)
+            ]
+            return StepResult(
+                [s for p in parts for s in p.states],
+                np.concatenate([p.features for p in parts]),
+                np.concatenate([p.n for p in parts]),
+            )
 
     def _step(self, accounts, vectors, ts) -> StepResult:
         cfg = self.config
@@ -101,10 +112,15 @@ class FeatureStream:
         available = np.minimum(counts, cfg.k_neighbors)
         with np.errstate(invalid="ignore"):
             nn = np.where(available > 0, sims[:, 0], np.nan).tolist()
-            knn = np.where(available > 0, np.where(np.isfinite(sims), sims, 0.0).sum(axis=1) / np.maximum(available, 1),
-                           np.nan).tolist()
-        facts = [QueryFacts(*row) for row in zip(nn, knn, ref.ref_similarity.tolist(), ref.ref_kernel_mean.tolist(),
-                                                  ref.cell.tolist())]
+            knn = np.where(
+                available > 0, np.where(np.isfinite(sims), sims, 0.0).sum(axis=1) / np.maximum(available, 1), np.nan
+            ).tolist()
+        facts = [
+            QueryFacts(*row)
+            for row in zip(
+                nn, knn, ref.ref_similarity.tolist(), ref.ref_kernel_mean.tolist(), ref.cell.tolist(), strict=True
+            )
+        ]
         states = [self._state_of(account) for account in accounts]
         # How many later items of the same account follow each item: the store already holds
         # the whole batch, and the window an item sees must end at the item itself.

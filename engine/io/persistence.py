@@ -81,7 +81,9 @@ def _open(path: str | Path, kind: str):
         with data:
             arrays = {name: data[name] for name in data.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
-        raise SnapshotError(f"{path} is not a readable {kind} file (expected a .npz written by probewatch): {exc}") from exc
+        raise SnapshotError(
+            f"{path} is not a readable {kind} file (expected a .npz written by probewatch): {exc}"
+        ) from exc
     if "header" not in arrays:
         raise SnapshotError(f"{path} is a .npz file but not a {kind}: it has no probewatch header")
     try:
@@ -113,7 +115,10 @@ def _benign_arrays(benign: BenignModel) -> dict[str, np.ndarray]:
 
 
 def write_calibration(path: str | Path, benign: BenignModel) -> None:
-    arrays = {"header": _header(CALIBRATION_FORMAT, {"calibration": benign.calibration.meta()}), **_benign_arrays(benign)}
+    arrays = {
+        "header": _header(CALIBRATION_FORMAT, {"calibration": benign.calibration.meta()}),
+        **_benign_arrays(benign),
+    }
     _atomic_write(path, arrays)
 
 
@@ -143,9 +148,12 @@ def write_snapshot(path: str | Path, state: dict[str, Any]) -> None:
         "scalars": [[_json_scalar(getattr(s, name)) for name in AccountState.SCALARS] for s in states],
         "histories": [s.history for s in states],
     }
-    arrays = {"header": _header(SNAPSHOT_FORMAT, header), "store_offsets": state["offsets"],
-              "store_vectors": state["vectors"].astype(np.float16 if config.storage == "float16" else np.float32),
-              **_benign_arrays(benign)}
+    arrays = {
+        "header": _header(SNAPSHOT_FORMAT, header),
+        "store_offsets": state["offsets"],
+        "store_vectors": state["vectors"].astype(np.float16 if config.storage == "float16" else np.float32),
+        **_benign_arrays(benign),
+    }
     for name in AccountState.ARRAYS:
         if states:
             arrays[f"state_{name}"] = np.stack([getattr(s, name) for s in states])
@@ -177,32 +185,53 @@ def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         offsets = np.asarray(arrays["store_offsets"], dtype=np.int64)
         flat = np.asarray(arrays["store_vectors"], dtype=np.float32)
         if offsets.shape != (len(ids) + 1,) or offsets[-1] != flat.shape[0] or len(scalars) != len(ids):
-            raise SnapshotError(f"{path}: account tables disagree ({len(ids)} ids, offsets {offsets.shape}, {flat.shape[0]} vectors)")
+            raise SnapshotError(
+                f"{path}: account tables disagree ({len(ids)} ids, offsets {offsets.shape}, {flat.shape[0]} vectors)"
+            )
         if flat.ndim != 2 or flat.shape[1] != benign.reference.dim:
             raise SnapshotError(f"{path}: stored vectors have shape {flat.shape}, expected (n, {benign.reference.dim})")
         state_arrays = {name: arrays[f"state_{name}"] for name in AccountState.ARRAYS} if ids else {}
-        states = [_account_state(path, account, config.window, benign.reference.n_cells, scalars[i], histories[i],
-                                 {name: state_arrays[name][i] for name in AccountState.ARRAYS})
-                  for i, account in enumerate(ids)]
+        states = [
+            _account_state(
+                path,
+                account,
+                config.window,
+                benign.reference.n_cells,
+                scalars[i],
+                histories[i],
+                {name: state_arrays[name][i] for name in AccountState.ARRAYS},
+            )
+            for i, account in enumerate(ids)
+        ]
         observations = int(header.get("observations", 0))
     except ConfigError as exc:  # before ValueError, which ConfigError subclasses
         raise SnapshotError(f"{path}: stored configuration is invalid ({exc})") from exc
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise SnapshotError(f"{path}: snapshot content is malformed ({exc})") from exc
-    return {"config": config, "benign": benign, "observations": observations, "accounts": ids, "offsets": offsets,
-            "vectors": flat, "states": states}
+    return {
+        "config": config,
+        "benign": benign,
+        "observations": observations,
+        "accounts": ids,
+        "offsets": offsets,
+        "vectors": flat,
+        "states": states,
+    }
 
 
-def _account_state(path, account: str, window: int, n_cells: int, scalars: list, history: list,
-                   arrays: dict[str, np.ndarray]) -> AccountState:
+def _account_state(
+    path, account: str, window: int, n_cells: int, scalars: list, history: list, arrays: dict[str, np.ndarray]
+) -> AccountState:
     state = AccountState(window, n_cells)
-    for name, value in zip(AccountState.SCALARS, scalars):
+    for name, value in zip(AccountState.SCALARS, scalars, strict=True):
         setattr(state, name, float("nan") if value is None else value)
     state.level = Level(state.level)
     for name, src in arrays.items():
         dst = getattr(state, name)
         if src.shape != dst.shape:
-            raise SnapshotError(f"{path}: state array {name} of {account!r} has shape {src.shape}, expected {dst.shape}")
+            raise SnapshotError(
+                f"{path}: state array {name} of {account!r} has shape {src.shape}, expected {dst.shape}"
+            )
         dst[...] = src
     state.history = [(int(n), float(r)) for n, r in history]
     return state

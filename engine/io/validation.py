@@ -37,9 +37,7 @@ def _describe(value: Any) -> str:
 def check_account(account: Any) -> str:
     """An account id: a non-empty str of at most 256 characters with no control characters."""
     if not isinstance(account, str):
-        raise InvalidAccountError(
-            f"an account id must be a str; got {type(account).__name__} {_describe(account)}"
-        )
+        raise InvalidAccountError(f"an account id must be a str; got {type(account).__name__} {_describe(account)}")
     if not account or not account.strip():
         raise InvalidAccountError(f"an account id must be non-empty and not only whitespace; got {account!r}")
     if len(account) > MAX_ACCOUNT_ID_LENGTH:
@@ -68,11 +66,13 @@ def check_prompt(prompt: Any, max_chars: int) -> str:
             prompt = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InvalidPromptError(
-                f"a prompt given as bytes must be valid UTF-8; byte {exc.start} is {raw[exc.start:exc.start + 1]!r} "
+                f"a prompt given as bytes must be valid UTF-8; byte {exc.start} is {raw[exc.start : exc.start + 1]!r} "
                 f"({exc.reason}); decode it yourself or send text"
             ) from exc
     if not isinstance(prompt, str):
-        raise InvalidPromptError(f"a prompt must be a str or UTF-8 bytes; got {type(prompt).__name__} {_describe(prompt)}")
+        raise InvalidPromptError(
+            f"a prompt must be a str or UTF-8 bytes; got {type(prompt).__name__} {_describe(prompt)}"
+        )
     if "\x00" in prompt:
         raise InvalidPromptError(
             f"a prompt must be text without NUL characters; got one at position {prompt.index(chr(0))}; "
@@ -104,7 +104,9 @@ def check_timestamp(ts: Any) -> float | None:
     try:
         value = float(ts)
     except OverflowError:
-        raise InvalidTimestampError(f"a timestamp must be a number of seconds; got an integer of {len(str(ts))} digits") from None
+        raise InvalidTimestampError(
+            f"a timestamp must be a number of seconds; got an integer of {len(str(ts))} digits"
+        ) from None
     if not math.isfinite(value):
         raise InvalidTimestampError(f"a timestamp must be finite; got {value}")
     return value
@@ -124,7 +126,9 @@ def check_embeddings(vectors: Any, dim: int) -> np.ndarray:
     try:
         arr = np.asarray(vectors, dtype=np.float32)
     except (TypeError, ValueError) as exc:
-        raise InvalidEmbeddingError(f"vectors must be a numeric (n, {dim}) array; got {type(vectors).__name__}: {exc}") from exc
+        raise InvalidEmbeddingError(
+            f"vectors must be a numeric (n, {dim}) array; got {type(vectors).__name__}: {exc}"
+        ) from exc
     if arr.ndim == 1 and arr.shape[0] == dim:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[1] != dim:
@@ -145,7 +149,9 @@ def check_embeddings(vectors: Any, dim: int) -> np.ndarray:
     return np.ascontiguousarray(arr / norms[:, None], dtype=np.float32)
 
 
-def check_vectors(accounts: Sequence[str], vectors: Any, dim: int, ts: Sequence[float | None] | None = None) -> np.ndarray:
+def check_vectors(
+    accounts: Sequence[str], vectors: Any, dim: int, ts: Sequence[float | None] | None = None
+) -> np.ndarray:
     """One unit row of ``dim`` (see :func:`check_embeddings`) per account; lengths must agree."""
     n = check_same_length(accounts=accounts, ts=ts)
     arr = check_embeddings(vectors, dim)
@@ -154,8 +160,9 @@ def check_vectors(accounts: Sequence[str], vectors: Any, dim: int, ts: Sequence[
     return arr
 
 
-def check_items(accounts: Sequence[Any], ts: Sequence[Any] | None, prompts: Sequence[Any] | None = None,
-                max_prompt_chars: int = 0) -> tuple[list[int], list[str], list[float | None], dict[int, ProbewatchError]]:
+def check_items(
+    accounts: Sequence[Any], ts: Sequence[Any] | None, prompts: Sequence[Any] | None = None, max_prompt_chars: int = 0
+) -> tuple[list[int], list[str], list[float | None], dict[int, ProbewatchError]]:
     """Check each item of a batch on its own: ``(valid indices, their prompts, their
     timestamps, {index: error})``. Lengths must agree (else the whole batch is rejected).
 

@@ -12,7 +12,6 @@ import pytest
 import probewatch as pw
 from probewatch.backend import Backend
 from probewatch.backend.store import AccountStore
-
 from tests.support import requires_cuda_engine, requires_faiss_gpu, unit_rows
 from tests.unit.test_store import BruteStore, assert_matches, random_batches
 
@@ -72,7 +71,7 @@ def test_engine_cuda_vs_cpu_same_levels():
     cpu, gpu = pw.Engine(device="cpu"), pw.Engine(device="cuda")
     assert gpu.stats().device == "cuda" and cpu.stats().device == "cpu"
     vc, vg = feed(cpu, acc, vecs), feed(gpu, acc, vecs)
-    for a, b in zip(vc, vg):
+    for a, b in zip(vc, vg, strict=True):
         assert a.account == b.account and a.n_queries == b.n_queries
         assert abs(a.score - b.score) <= 1e-3 * max(1.0, abs(a.score))
         if a.level != b.level:  # only where the score sits on a threshold
@@ -90,7 +89,7 @@ def test_engine_cuda_text_stream_matches_cpu(embedder):
     vc = cpu.observe_batch(accounts, PROMPTS)
     vg = gpu.observe_batch(accounts, PROMPTS)
     assert [v.level for v in vc] == [v.level for v in vg]
-    for a, b in zip(vc, vg):
+    for a, b in zip(vc, vg, strict=True):
         assert abs(a.score - b.score) <= 0.05 * max(1.0, a.score)
 
 
@@ -109,7 +108,7 @@ def test_snapshot_gpu_to_cpu_and_back(tmp_path, storage):
         assert on_cpu.report(a) == gpu.report(a)
     a_gpu = feed(gpu, acc[half:], vecs[half:])
     a_cpu = feed(on_cpu, acc[half:], vecs[half:])
-    for x, y in zip(a_gpu, a_cpu):
+    for x, y in zip(a_gpu, a_cpu, strict=True):
         assert x.n_queries == y.n_queries and abs(x.score - y.score) <= 1e-3 * max(1.0, x.score)
 
     on_cpu.save(tmp_path / "cpu.npz")
@@ -121,7 +120,8 @@ def test_snapshot_gpu_to_cpu_and_back(tmp_path, storage):
     x = feed(back, more_acc, more_vecs)
     y = feed(on_cpu, more_acc, more_vecs)
     assert [v.level for v in x] == [v.level for v in y] or all(
-        abs(p.score - q.score) <= 1e-3 * max(1.0, p.score) for p, q in zip(x, y))
+        abs(p.score - q.score) <= 1e-3 * max(1.0, p.score) for p, q in zip(x, y, strict=True)
+    )
 
 
 @requires_faiss_gpu
@@ -129,8 +129,14 @@ def test_snapshot_gpu_to_cpu_and_back(tmp_path, storage):
 @pytest.mark.parametrize("k", [1, 8, 32])
 def test_gpu_store_matches_brute_force(segmented_max_history, k):
     rng = np.random.default_rng(k + segmented_max_history)
-    store = AccountStore(dim=24, storage="float32", history_cap=10_000, eviction_block=512,
-                         segmented_max_history=segmented_max_history, backend=Backend.resolve("cuda"))
+    store = AccountStore(
+        dim=24,
+        storage="float32",
+        history_cap=10_000,
+        eviction_block=512,
+        segmented_max_history=segmented_max_history,
+        backend=Backend.resolve("cuda"),
+    )
     brute = BruteStore(store.history_cap, store.eviction_block)
     assert_matches(store, brute, random_batches(rng, n_accounts=7, n_batches=15, max_batch=40), k, atol=1e-5)
     if segmented_max_history == 0:
@@ -139,8 +145,14 @@ def test_gpu_store_matches_brute_force(segmented_max_history, k):
 
 @requires_faiss_gpu
 def test_gpu_store_eviction_on_device_keeps_newest():
-    store = AccountStore(dim=24, storage="float32", history_cap=32, eviction_block=8, segmented_max_history=0,
-                         backend=Backend.resolve("cuda"))
+    store = AccountStore(
+        dim=24,
+        storage="float32",
+        history_cap=32,
+        eviction_block=8,
+        segmented_max_history=0,
+        backend=Backend.resolve("cuda"),
+    )
     rng = np.random.default_rng(3)
     added = []
     for _ in range(20):
@@ -155,8 +167,14 @@ def test_gpu_store_eviction_on_device_keeps_newest():
 
 @requires_faiss_gpu
 def test_gpu_store_float16_long_path():
-    store = AccountStore(dim=24, storage="float16", history_cap=10_000, eviction_block=512, segmented_max_history=0,
-                         backend=Backend.resolve("cuda"))
+    store = AccountStore(
+        dim=24,
+        storage="float16",
+        history_cap=10_000,
+        eviction_block=512,
+        segmented_max_history=0,
+        backend=Backend.resolve("cuda"),
+    )
     brute = BruteStore(store.history_cap, store.eviction_block)
     rng = np.random.default_rng(4)
     assert_matches(store, brute, random_batches(rng, n_accounts=4, n_batches=10, max_batch=20), 6, atol=3e-3)
@@ -164,14 +182,26 @@ def test_gpu_store_float16_long_path():
 
 @requires_faiss_gpu
 def test_gpu_store_export_import_to_cpu():
-    gpu = AccountStore(dim=24, storage="float32", history_cap=10_000, eviction_block=512, segmented_max_history=0,
-                       backend=Backend.resolve("cuda"))
+    gpu = AccountStore(
+        dim=24,
+        storage="float32",
+        history_cap=10_000,
+        eviction_block=512,
+        segmented_max_history=0,
+        backend=Backend.resolve("cuda"),
+    )
     rng = np.random.default_rng(5)
     for acc, vecs in random_batches(rng, n_accounts=4, n_batches=6, max_batch=20):
         gpu.search_then_add(acc, vecs, 4)
     ids, offsets, flat = gpu.export()
-    cpu = AccountStore(dim=24, storage="float32", history_cap=10_000, eviction_block=512, segmented_max_history=0,
-                       backend=Backend.host())
+    cpu = AccountStore(
+        dim=24,
+        storage="float32",
+        history_cap=10_000,
+        eviction_block=512,
+        segmented_max_history=0,
+        backend=Backend.host(),
+    )
     cpu.import_(ids, offsets, flat)
     for acc, vecs in random_batches(rng, n_accounts=4, n_batches=3, max_batch=20):
         s1, c1 = gpu.search_then_add(acc, vecs, 4)

@@ -4,6 +4,7 @@ tests use the real model (session fixture)."""
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 
@@ -12,18 +13,21 @@ import pytest
 
 import probewatch as pw
 from probewatch.io.persistence import FORMAT_VERSION
-
 from tests.support import unit_rows
 
 DIM = 384  # the shipped default calibration's dimension
 
 
 def state_of(engine):
-    return {"accounts": engine.accounts(), "reports": {a: engine.report(a) for a in engine.accounts()},
-            "observations": engine.stats().observations, "stored": engine.stats().stored_queries}
+    return {
+        "accounts": engine.accounts(),
+        "reports": {a: engine.report(a) for a in engine.accounts()},
+        "observations": engine.stats().observations,
+        "stored": engine.stats().stored_queries,
+    }
 
 
-@pytest.fixture()
+@pytest.fixture
 def vec_engine():
     """Default calibration, CPU, a few accounts with history; no text model is loaded."""
     engine = pw.Engine(device="cpu")
@@ -32,7 +36,7 @@ def vec_engine():
     return engine
 
 
-@pytest.fixture()
+@pytest.fixture
 def text_engine(text_engine_factory):
     engine = text_engine_factory()
     # history seeded from vectors: the model is only needed for the prompts under test
@@ -54,7 +58,7 @@ def rows(n, seed=1):
 # prompts (real model)
 # ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "prompt,pattern",
+    ("prompt", "pattern"),
     [
         ("", "non-whitespace"),
         ("   \n\t  ", "non-whitespace"),
@@ -68,7 +72,19 @@ def rows(n, seed=1):
         (b"caf\xc3", "valid UTF-8; byte 3"),
         ("lone \ud800 surrogate", "lone surrogate at position 5"),
     ],
-    ids=["empty", "whitespace", "int", "none", "list", "float", "nul", "nul-bytes", "bad-utf8", "cut-utf8", "surrogate"],
+    ids=[
+        "empty",
+        "whitespace",
+        "int",
+        "none",
+        "list",
+        "float",
+        "nul",
+        "nul-bytes",
+        "bad-utf8",
+        "cut-utf8",
+        "surrogate",
+    ],
 )
 def test_bad_prompt(text_engine, prompt, pattern):
     before = state_of(text_engine)
@@ -103,7 +119,7 @@ def test_long_prompt_under_limit_is_truncated_and_embedded(text_engine, embedder
 
 
 def test_valid_utf8_bytes_are_accepted(text_engine):
-    v = text_engine.observe("dave", "Wie kocht man Spätzle? café".encode("utf-8"))
+    v = text_engine.observe("dave", "Wie kocht man Spätzle? café".encode())
     assert v.account == "dave" and v.n_queries == 1
 
 
@@ -111,7 +127,7 @@ def test_valid_utf8_bytes_are_accepted(text_engine):
 # account ids
 # ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "account,pattern",
+    ("account", "pattern"),
     [
         ("", "non-empty"),
         ("   ", "non-empty"),
@@ -173,7 +189,7 @@ def test_mismatched_batch_lengths_process_nothing(vec_engine, text_engine):
 
 
 @pytest.mark.parametrize(
-    "make,pattern",
+    ("make", "pattern"),
     [
         (lambda: np.ones((2, 100), np.float32), r"shape \(n, 384\).*got \(2, 100\)"),
         (lambda: np.ones((2, 3, DIM), np.float32), r"shape \(n, 384\).*got \(2, 3, 384\)"),
@@ -206,8 +222,12 @@ def test_large_and_tiny_vectors_are_normalised(vec_engine):
 
 def test_bad_timestamps(vec_engine):
     before = state_of(vec_engine)
-    for ts, pattern in ((float("nan"), "finite"), ("yesterday", "number of seconds"), (True, "number of seconds"),
-                        (10**400, "401 digits")):
+    for ts, pattern in (
+        (float("nan"), "finite"),
+        ("yesterday", "number of seconds"),
+        (True, "number of seconds"),
+        (10**400, "401 digits"),
+    ):
         with pytest.raises(pw.BatchError) as info:
             vec_engine.observe_embeddings(["alice", "bob"], rows(2), ts=[ts, 1.0])
         assert list(info.value.errors) == [0]
@@ -222,7 +242,7 @@ def test_bad_timestamps(vec_engine):
 
 
 def test_unknown_account_in_report(vec_engine):
-    with pytest.raises(pw.UnknownAccountError, match="'mallory'.*never observed") as info:
+    with pytest.raises(pw.UnknownAccountError, match=r"'mallory'.*never observed") as info:
         vec_engine.report("mallory")
     assert isinstance(info.value, KeyError)
     assert vec_engine.forget("mallory") is False
@@ -264,7 +284,9 @@ def test_batch_error_embeddings_order_kept(vec_engine):
     got = [v for v in err.verdicts if v is not None]
     # the valid items were processed in order, exactly as a clean batch of just them
     want = twin.observe_embeddings(["alice", "carol", "alice"], vecs[[0, 2, 4]])
-    assert [(v.account, v.n_queries, v.score, v.level) for v in got] == [(v.account, v.n_queries, v.score, v.level) for v in want]
+    assert [(v.account, v.n_queries, v.score, v.level) for v in got] == [
+        (v.account, v.n_queries, v.score, v.level) for v in want
+    ]
     assert [v.n_queries for v in got] == [13, 1, 14]
 
 
@@ -277,7 +299,7 @@ def test_single_observe_raises_the_item_error_not_batch_error(text_engine):
 # ---------------------------------------------------------------------------------------
 # corrupt snapshots
 # ---------------------------------------------------------------------------------------
-@pytest.fixture()
+@pytest.fixture
 def good_snapshot(vec_engine, tmp_path):
     path = tmp_path / "good.npz"
     vec_engine.save(path)
@@ -305,35 +327,59 @@ def _drop(name):
     return lambda arrays: arrays.pop(name)
 
 
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
 CORRUPTIONS = {
     "truncated": (lambda src, dst: dst.write_bytes(src.read_bytes()[: len(src.read_bytes()) // 2]), "not a readable"),
     "random-bytes": (lambda src, dst: dst.write_bytes(np.random.default_rng(0).bytes(4096)), "not a readable"),
     "empty-file": (lambda src, dst: dst.write_bytes(b""), "not a readable"),
     "foreign-npz": (lambda src, dst: np.savez(dst, weights=np.ones(3)), "no probewatch header"),
-    "npy-array": (lambda src, dst: np.save(open(dst, "wb"), np.ones(3)), "single .npy array"),
+    "npy-array": (lambda src, dst: dst.write_bytes(_npy_bytes(np.ones(3))), "single .npy array"),
     "zip-of-text": (lambda src, dst: zipfile.ZipFile(dst, "w").writestr("hello.txt", "hi"), "no probewatch header"),
-    "header-garbage": (lambda src, dst: _rewrite(src, dst, lambda a: a.__setitem__("header", np.frombuffer(b"\xff{{", np.uint8))),
-                       "header is corrupt"),
-    "header-not-object": (lambda src, dst: _rewrite(src, dst, lambda a: a.__setitem__("header", np.frombuffer(b"[1, 2]", np.uint8))),
-                          "header is corrupt"),
-    "wrong-version": (lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h.__setitem__("version", FORMAT_VERSION + 1))),
-                      f"format version {FORMAT_VERSION + 1}; this probewatch reads version {FORMAT_VERSION}"),
-    "calibration-file": (lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h.__setitem__("format", "probewatch-calibration"))),
-                         "expected 'probewatch-snapshot'"),
+    "header-garbage": (
+        lambda src, dst: _rewrite(src, dst, lambda a: a.__setitem__("header", np.frombuffer(b"\xff{{", np.uint8))),
+        "header is corrupt",
+    ),
+    "header-not-object": (
+        lambda src, dst: _rewrite(src, dst, lambda a: a.__setitem__("header", np.frombuffer(b"[1, 2]", np.uint8))),
+        "header is corrupt",
+    ),
+    "wrong-version": (
+        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h.__setitem__("version", FORMAT_VERSION + 1))),
+        f"format version {FORMAT_VERSION + 1}; this probewatch reads version {FORMAT_VERSION}",
+    ),
+    "calibration-file": (
+        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h.__setitem__("format", "probewatch-calibration"))),
+        "expected 'probewatch-snapshot'",
+    ),
     "missing-store-vectors": (lambda src, dst: _rewrite(src, dst, _drop("store_vectors")), "malformed"),
     "missing-state-array": (lambda src, dst: _rewrite(src, dst, _drop("state_ring_nn")), "malformed"),
     "missing-reference": (lambda src, dst: _rewrite(src, dst, _drop("ref_bank")), "missing or malformed"),
     "missing-calibration-bin": (lambda src, dst: _rewrite(src, dst, _drop("cal_bin_3")), "missing or malformed"),
-    "wrong-vector-width": (lambda src, dst: _rewrite(src, dst, lambda a: a.__setitem__("store_vectors", a["store_vectors"][:, :10])),
-                           "expected \\(n, 384\\)"),
-    "offsets-disagree": (lambda src, dst: _rewrite(src, dst, lambda a: a.__setitem__("store_offsets", a["store_offsets"][:-1])),
-                         "account tables disagree"),
-    "bad-config": (lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h["config"].__setitem__("window", 3))),
-                   "stored configuration is invalid"),
-    "unknown-config-key": (lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h["config"].__setitem__("bogus", 1))),
-                           "stored configuration is invalid"),
-    "state-shape": (lambda src, dst: _rewrite(src, dst, lambda a: a.__setitem__("state_ring_nn", a["state_ring_nn"][:, :5])),
-                    "state array ring_nn"),
+    "wrong-vector-width": (
+        lambda src, dst: _rewrite(src, dst, lambda a: a.__setitem__("store_vectors", a["store_vectors"][:, :10])),
+        "expected \\(n, 384\\)",
+    ),
+    "offsets-disagree": (
+        lambda src, dst: _rewrite(src, dst, lambda a: a.__setitem__("store_offsets", a["store_offsets"][:-1])),
+        "account tables disagree",
+    ),
+    "bad-config": (
+        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h["config"].__setitem__("window", 3))),
+        "stored configuration is invalid",
+    ),
+    "unknown-config-key": (
+        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h["config"].__setitem__("bogus", 1))),
+        "stored configuration is invalid",
+    ),
+    "state-shape": (
+        lambda src, dst: _rewrite(src, dst, lambda a: a.__setitem__("state_ring_nn", a["state_ring_nn"][:, :5])),
+        "state array ring_nn",
+    ),
     "missing-header-key": (lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h.pop("accounts"))), "malformed"),
 }
 
@@ -362,7 +408,7 @@ def test_corrupt_snapshot(vec_engine, good_snapshot, tmp_path, corruption):
 def test_missing_snapshot_file(vec_engine, tmp_path):
     with pytest.raises(pw.SnapshotError, match="no probewatch-snapshot file at"):
         vec_engine.restore(tmp_path / "nope.npz")
-    with pytest.raises(pw.SnapshotError, match="folder .* does not exist"):
+    with pytest.raises(pw.SnapshotError, match=r"folder .* does not exist"):
         vec_engine.save(tmp_path / "no-such-dir" / "s.npz")
 
 

@@ -14,7 +14,6 @@ import pytest
 
 import probewatch as pw
 from probewatch.detect.scoring import bin_of
-
 from tests.support import topical_stream, unit_rows
 
 DIM = 48
@@ -36,7 +35,7 @@ def calibration_path(tmp_path_factory, topics):
     return path
 
 
-@pytest.fixture()
+@pytest.fixture
 def make_engine(calibration_path):
     def make(**overrides):
         return pw.Engine(calibration_path=calibration_path, device="cpu", **overrides)
@@ -75,8 +74,16 @@ def feed(engine, accounts, vectors, batch_sizes=(1, 5, 17, 3, 40)):
 
 
 def key(v: pw.Verdict):
-    return (v.account, v.n_queries, v.level, v.flagged, v.score, v.risk, v.peak_risk,
-            tuple((r.feature, r.value, r.benign_percentile, r.direction, r.deviation) for r in v.reasons))
+    return (
+        v.account,
+        v.n_queries,
+        v.level,
+        v.flagged,
+        v.score,
+        v.risk,
+        v.peak_risk,
+        tuple((r.feature, r.value, r.benign_percentile, r.direction, r.deviation) for r in v.reasons),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -153,13 +160,13 @@ def test_batch_equals_one_at_a_time(make_engine, stream):
     single = make_engine()
     ones = [single.observe_embeddings([a], vectors[i : i + 1])[0] for i, a in enumerate(accounts)]
     mixed = feed(make_engine(), accounts, vectors, batch_sizes=(7, 1, 33, 2))
-    for w, o, m in zip(whole, ones, mixed):
+    for w, o, m in zip(whole, ones, mixed, strict=True):
         assert w.account == o.account == m.account and w.n_queries == o.n_queries == m.n_queries
         assert abs(w.score - o.score) <= 1e-4 * max(1.0, abs(o.score))
         assert abs(m.score - o.score) <= 1e-4 * max(1.0, abs(o.score))
         assert abs(w.risk - o.risk) <= 1e-4 and abs(m.risk - o.risk) <= 1e-4
     # sticky levels agree except where a score sits within rounding of a threshold
-    for w, o in zip(whole, ones):
+    for w, o in zip(whole, ones, strict=True):
         if w.level != o.level:
             thr = [single.detector.flag_threshold, single.detector.watch_threshold]
             assert min(abs(w.score - t) for t in thr) < 1e-3
@@ -197,10 +204,12 @@ def test_verdict_fields(make_engine, stream):
 
     # the level stays at its peak when the account then behaves normally
     rng = np.random.default_rng(3)
-    calm, calm_vec = topical_stream(rng, 1, DIM, q_range=(40, 40), topics=np.zeros((1, DIM)) + 3.0, prefix="x")
+    _calm, calm_vec = topical_stream(rng, 1, DIM, q_range=(40, 40), topics=np.zeros((1, DIM)) + 3.0, prefix="x")
     after = engine.observe_embeddings(["sweep"] * 40, calm_vec)
     assert all(v.level == "flag" for v in after)
-    assert after[-1].peak_risk == pytest.approx(last["sweep"].peak_risk) or after[-1].peak_risk >= last["sweep"].peak_risk
+    assert (
+        after[-1].peak_risk == pytest.approx(last["sweep"].peak_risk) or after[-1].peak_risk >= last["sweep"].peak_risk
+    )
 
 
 def test_reasons_name_features_with_benign_percentiles(make_engine, stream):
@@ -329,7 +338,7 @@ def test_thread_safety_matches_sequential(make_engine, topics):
                 with lock:
                     for v in vs:
                         got.setdefault(v.account, []).append(key(v))
-        except Exception as exc:  # pragma: no cover - surfaced below
+        except Exception as exc:  # noqa: BLE001 - a thread's failure of any kind is re-raised below
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(b,)) for b in per_thread]
@@ -371,7 +380,7 @@ def test_population_update_bounded_share(make_engine, topics, share):
                     assert live <= share / (1 - share) * base_sizes[b] + 1
                     assert live / len(s_) <= share + 1e-9
     assert refits >= 3  # several refits, none compounding past the bound
-    assert any(len(s) > b for s, b in zip(engine.calibration.samples, base_sizes))
+    assert any(len(s) > b for s, b in zip(engine.calibration.samples, base_sizes, strict=True))
     # thresholds come from the benign lifetime maxima and do not move
     assert engine.detector.flag_threshold == flag_thr and engine.detector.watch_threshold == watch_thr
 

@@ -216,7 +216,7 @@ def results(text_engine_factory):
     items = [(a, i) for a, prompts in streams.items() for i in range(len(prompts))]
     rng.shuffle(items)
     # keep each account's own order after the shuffle
-    cursor = {a: 0 for a in streams}
+    cursor = dict.fromkeys(streams, 0)
     ordered = []
     for a, _ in items:
         ordered.append((a, streams[a][cursor[a]]))
@@ -231,8 +231,10 @@ def results(text_engine_factory):
 
 def _describe(engine, account):
     rep = engine.report(account).to_dict()
-    return (f"{account}: level={rep['level']} peak_risk={rep['peak_risk']:.4f} score={rep['score']:.2f} "
-            f"flag_threshold={engine.detector.flag_threshold:.2f} reasons={rep['reasons']}")
+    return (
+        f"{account}: level={rep['level']} peak_risk={rep['peak_risk']:.4f} score={rep['score']:.2f} "
+        f"flag_threshold={engine.detector.flag_threshold:.2f} reasons={rep['reasons']}"
+    )
 
 
 def test_stream_sizes():

@@ -35,7 +35,7 @@ def lifetime_share_at_least(hist: np.ndarray, threshold: float) -> float:
     """Share of histogram mass at or above ``threshold``, linear inside the straddling bin."""
     width = SIM_HIST_EDGES[1] - SIM_HIST_EDGES[0]
     total = 0.0
-    for count, lo in zip(hist, SIM_HIST_EDGES[:-1]):
+    for count, lo in zip(hist, SIM_HIST_EDGES[:-1], strict=True):
         overlap = min(max((lo + width - threshold) / width, 0.0), 1.0)
         total += count * overlap
     return total / hist.sum() if hist.sum() else math.nan
@@ -72,7 +72,11 @@ def random_state(rng: np.random.Generator, window: int, n: int) -> AccountState:
     state = AccountState(window, N_CELLS)
     tight = rng.random() < 0.5  # a template-like account: near-duplicates, few cells
     for i in range(n):
-        nn = math.nan if i == 0 else float(np.clip(rng.normal(0.97 if tight else 0.5, 0.05 if tight else 0.2), -0.2, 1.0))
+        nn = (
+            math.nan
+            if i == 0
+            else float(np.clip(rng.normal(0.97 if tight else 0.5, 0.05 if tight else 0.2), -0.2, 1.0))
+        )
         knn = math.nan if i == 0 else nn - abs(rng.normal(0, 0.05))
         cell = int(rng.integers(0, 3 if tight else N_CELLS))
         state.update(QueryFacts(nn, knn, float(rng.uniform(0.1, 0.9)), float(rng.uniform(0, 1)), cell), None)
@@ -91,7 +95,7 @@ def test_batch_matches_reference(seed):
     for i, state in enumerate(states):
         batch.capture(i, state)
     rows = batch.features(NEAR_DUP, OFF_REF)
-    for state, row in zip(states, rows):
+    for state, row in zip(states, rows, strict=True):
         expected = reference_features(state)
         for j, name in enumerate(FEATURE_NAMES):
             if math.isnan(expected[name]):
@@ -109,7 +113,7 @@ def test_one_state_features_equal_its_batch_row():
     for i, s in enumerate(states):
         batch.capture(i, s)
     rows = batch.features(NEAR_DUP, OFF_REF)
-    for s, row in zip(states, rows):  # equal up to BLAS summation order
+    for s, row in zip(states, rows, strict=True):  # equal up to BLAS summation order
         np.testing.assert_allclose(s.features(NEAR_DUP, OFF_REF), row, rtol=1e-12, atol=0)
 
 

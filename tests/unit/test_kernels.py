@@ -27,7 +27,6 @@ from probewatch.kernels import (
     shapiro_wilk_w,
 )
 from probewatch.kernels.backend import MAX_TOPK
-
 from tests.support import requires_gpu, unit_rows
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -100,7 +99,7 @@ def test_segmented_topk_numpy_exact_ties_go_to_lower_index(layout):
 @FAST
 @given(segmented_layouts(integer_valued=False))
 def test_segmented_topk_numpy_random_matches_brute_force(layout):
-    queries, visible, k, sims, idx, ref_s, ref_i = _twin_and_brute_force(layout)
+    queries, _visible, k, sims, idx, ref_s, ref_i = _twin_and_brute_force(layout)
     finite = np.isfinite(ref_s)
     np.testing.assert_array_equal(np.isfinite(sims), finite)
     np.testing.assert_allclose(sims[finite], ref_s[finite], rtol=0, atol=1e-5)
@@ -146,14 +145,14 @@ def test_segmented_topk_k_bounds_and_shapes():
 @pytest.mark.parametrize("dist", ["normal", "uniform", "exponential", "heavy", "bimodal"])
 def test_shapiro_wilk_w_matches_scipy(dist):
     rng = np.random.default_rng(hash(dist) % 2**32)
-    for n in list(range(8, 21)) + [25, 37, 50, 64, 100, 128, 200, 333, 500]:
+    for n in [*list(range(8, 21)), 25, 37, 50, 64, 100, 128, 200, 333, 500]:
         x = {
-            "normal": lambda: rng.standard_normal(n),
-            "uniform": lambda: rng.uniform(size=n),
-            "exponential": lambda: rng.exponential(size=n),
-            "heavy": lambda: rng.standard_t(2, size=n),
-            "bimodal": lambda: np.concatenate([rng.normal(0, 1, n // 2), rng.normal(6, 1, n - n // 2)]),
-        }[dist]()
+            "normal": lambda n: rng.standard_normal(n),
+            "uniform": lambda n: rng.uniform(size=n),
+            "exponential": lambda n: rng.exponential(size=n),
+            "heavy": lambda n: rng.standard_t(2, size=n),
+            "bimodal": lambda n: np.concatenate([rng.normal(0, 1, n // 2), rng.normal(6, 1, n - n // 2)]),
+        }[dist](n)
         w = float(shapiro_wilk_w(x))
         assert abs(w - stats.shapiro(x).statistic) < 2e-3, (dist, n)
 
@@ -202,8 +201,11 @@ def direct_coverage(counts):
 
 
 @FAST
-@given(st.lists(st.lists(st.integers(0, 30), min_size=1, max_size=20), min_size=1, max_size=6).filter(
-    lambda rows: len({len(r) for r in rows}) == 1))
+@given(
+    st.lists(st.lists(st.integers(0, 30), min_size=1, max_size=20), min_size=1, max_size=6).filter(
+        lambda rows: len({len(r) for r in rows}) == 1
+    )
+)
 def test_coverage_stats_matches_direct_entropy(rows):
     counts = np.asarray(rows)
     got = coverage_stats(counts)
@@ -408,8 +410,14 @@ class TestCupyTwins:
         gs, gi = segmented_topk_cupy(queries, base, offsets, segment, visible, 16)
         np.testing.assert_array_equal(gs.get(), ns)
         np.testing.assert_array_equal(gi.get(), ni)
-        es, ei = segmented_topk_cupy(queries, np.zeros((0, 4), np.float32), np.zeros(4, np.int64),
-                                     np.zeros(6, np.int64), np.zeros(6, np.int64), 3)
+        es, ei = segmented_topk_cupy(
+            queries,
+            np.zeros((0, 4), np.float32),
+            np.zeros(4, np.int64),
+            np.zeros(6, np.int64),
+            np.zeros(6, np.int64),
+            3,
+        )
         assert np.isneginf(es.get()).all() and (ei.get() == -1).all()
 
     def test_rbf_elementwise_kernel_matches_numpy(self):
@@ -435,8 +443,12 @@ class TestCupyTwins:
         np.testing.assert_array_equal(assign_cells(cp.asarray(v), cp.asarray(cb)).get(), assign_cells(v, cb))
         x = v.astype(np.float64)
         g = x @ x.T
-        assert float(participation_ratio_from_gram(cp.asarray(g))) == pytest.approx(float(participation_ratio_from_gram(g)), rel=1e-10)
-        assert mean_pairwise_similarity_from_gram(cp.asarray(g)) == pytest.approx(mean_pairwise_similarity_from_gram(g), rel=1e-10)
+        assert float(participation_ratio_from_gram(cp.asarray(g))) == pytest.approx(
+            float(participation_ratio_from_gram(g)), rel=1e-10
+        )
+        assert mean_pairwise_similarity_from_gram(cp.asarray(g)) == pytest.approx(
+            mean_pairwise_similarity_from_gram(g), rel=1e-10
+        )
         y = unit_rows(rng.standard_normal((20, 16))).astype(np.float64)
         assert mmd2_unbiased(cp.asarray(x), cp.asarray(y), 0.8) == pytest.approx(mmd2_unbiased(x, y, 0.8), abs=1e-10)
         assert median_heuristic_gamma(cp.asarray(x)) == pytest.approx(median_heuristic_gamma(x), rel=1e-10)

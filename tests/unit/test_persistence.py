@@ -10,7 +10,6 @@ import pytest
 
 import probewatch as pw
 import probewatch.io.persistence as persistence
-
 from tests.support import unit_rows
 
 DIM = 384
@@ -118,7 +117,9 @@ def test_round_trip_scores_identically(tmp_path, storage):
         assert loaded.report(a) == engine.report(a)
     assert loaded.report("no-ts").first_ts is None
     acc, vecs = stream(1)
-    assert [key(v) for v in loaded.observe_embeddings(acc, vecs)] == [key(v) for v in engine.observe_embeddings(acc, vecs)]
+    assert [key(v) for v in loaded.observe_embeddings(acc, vecs)] == [
+        key(v) for v in engine.observe_embeddings(acc, vecs)
+    ]
     # and a snapshot of the reloaded engine is the same again
     loaded.save(tmp_path / "again.npz")
     assert pw.Engine.load(tmp_path / "again.npz").report("acct-0") == loaded.report("acct-0")
@@ -161,7 +162,9 @@ def test_calibration_file_round_trip(tmp_path):
     np.testing.assert_array_equal(other.reference.bank, engine.reference.bank)
     assert math.isclose(other.reference.gamma, engine.reference.gamma)
     acc, vecs = stream(2)
-    assert [key(v) for v in other.observe_embeddings(acc, vecs)] == [key(v) for v in engine.observe_embeddings(acc, vecs)]
+    assert [key(v) for v in other.observe_embeddings(acc, vecs)] == [
+        key(v) for v in engine.observe_embeddings(acc, vecs)
+    ]
     # a calibration file is not a snapshot and vice versa
     with pytest.raises(pw.SnapshotError, match="expected 'probewatch-snapshot'"):
         pw.Engine.load(tmp_path / "cal.npz")

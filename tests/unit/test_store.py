@@ -7,19 +7,25 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from probewatch.errors import UnknownAccountError
 from probewatch.backend import Backend
 from probewatch.backend.store import AccountStore
-
+from probewatch.errors import UnknownAccountError
 from tests.support import unit_rows
 
 DIM = 24
 
 
-def make_store(*, storage="float32", history_cap=10_000, eviction_block=512, segmented_max_history=2048,
-               on_gpu=False, dim=DIM) -> AccountStore:
-    return AccountStore(dim=dim, storage=storage, history_cap=history_cap, eviction_block=eviction_block,
-                        segmented_max_history=segmented_max_history, backend=Backend.resolve("cuda" if on_gpu else "cpu"))
+def make_store(
+    *, storage="float32", history_cap=10_000, eviction_block=512, segmented_max_history=2048, on_gpu=False, dim=DIM
+) -> AccountStore:
+    return AccountStore(
+        dim=dim,
+        storage=storage,
+        history_cap=history_cap,
+        eviction_block=eviction_block,
+        segmented_max_history=segmented_max_history,
+        backend=Backend.resolve("cuda" if on_gpu else "cpu"),
+    )
 
 
 class BruteStore:
@@ -88,8 +94,14 @@ def test_search_then_add_matches_brute_force(segmented_max_history, k):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**32 - 1), seg_max=st.sampled_from([0, 1, 3, 2048]), k=st.integers(1, 10),
-       n_accounts=st.integers(1, 6), cap=st.integers(16, 40), block=st.integers(1, 16))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    seg_max=st.sampled_from([0, 1, 3, 2048]),
+    k=st.integers(1, 10),
+    n_accounts=st.integers(1, 6),
+    cap=st.integers(16, 40),
+    block=st.integers(1, 16),
+)
 def test_search_then_add_property(seed, seg_max, k, n_accounts, cap, block):
     """Any batch layout, either route, with the history cap biting: same as the brute model."""
     rng = np.random.default_rng(seed)
@@ -164,7 +176,7 @@ def test_history_cap_drops_oldest_blocks(batch):
         else:
             assert size == len(added)
         # the kept rows are exactly the newest ones, oldest first
-        np.testing.assert_array_equal(store.get("acct").vectors(), np.asarray(added[len(added) - size:]))
+        np.testing.assert_array_equal(store.get("acct").vectors(), np.asarray(added[len(added) - size :]))
     assert len(added) > cap
 
 
@@ -225,7 +237,7 @@ def test_export_import_round_trip(storage):
     assert ids == [] and offsets.tolist() == [0] and flat.shape == (0, DIM)
 
 
-@pytest.mark.parametrize("storage,per", [("float32", 4), ("float16", 2)])
+@pytest.mark.parametrize(("storage", "per"), [("float32", 4), ("float16", 2)])
 def test_memory_accounting(storage, per):
     store = make_store(storage=storage, history_cap=20, eviction_block=4)
     rng = np.random.default_rng(1)

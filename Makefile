@@ -1,7 +1,7 @@
 # Two entry points for a fresh machine:
 #   make demo   install probewatch (CPU) into .venv and run the built-in demo
-#   make test   install probewatch with every test extra into .venv and run the test suite
-# Other targets: make bench (speed/memory benchmarks), make eval (detection benchmark report).
+#   make test   install probewatch with every test extra into .venv, lint (ruff), run the test suite
+# Other targets: make lint, make bench (speed/memory benchmarks), make eval (detection benchmark report).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,7 +15,7 @@ LITELLM_VENV ?= .venv-litellm
 # resolves here); bump it deliberately.
 LITELLM_PROXY_VERSION ?= 1.108.7
 
-.PHONY: demo test bench eval install install-test clean
+.PHONY: demo test lint bench eval install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,11 +45,15 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(BIN)/probewatch demo
 
-test: install-test $(LITELLM_VENV)/.installed
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint $(LITELLM_VENV)/.installed
 	PROBEWATCH_TEST_LITELLM_BIN=$(abspath $(LITELLM_VENV))/bin/litellm $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install-test
-	$(BIN)/python -m pytest bench -p no:cacheprovider --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
+	$(BIN)/python -m pytest bench/test_perf.py -p no:cacheprovider --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
 
 eval: install-test
 	$(BIN)/python -m bench.eval

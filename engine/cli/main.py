@@ -11,15 +11,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
+from .. import __version__
+from ..engine import Engine
+from ..errors import BatchError, InputError
+from ..types import Level
+from .demo import EXTRACTING, NORMAL_ACCOUNTS, demo_traffic
+
 TOP_ACCOUNTS = 10
 
 
 def _engine(args: argparse.Namespace):
-    import probewatch as pw
-
     if getattr(args, "load", None):
-        return pw.Engine.load(args.load, device=args.device)
-    return pw.Engine(device=args.device, calibration_path=getattr(args, "calibration", None))
+        return Engine.load(args.load, device=args.device)
+    return Engine(device=args.device, calibration_path=getattr(args, "calibration", None))
 
 
 def _risk_table(engine, accounts: list[str], out: TextIO, limit: int = TOP_ACCOUNTS) -> None:
@@ -32,8 +38,6 @@ def _risk_table(engine, accounts: list[str], out: TextIO, limit: int = TOP_ACCOU
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import EXTRACTING, NORMAL_ACCOUNTS, demo_traffic
-
     started = time.time()
     print(
         f"probewatch demo: {len(NORMAL_ACCOUNTS)} ordinary accounts and {len(EXTRACTING)} extracting ones, "
@@ -45,8 +49,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"loading the embedding model on {engine.config.device} ...", file=sys.stderr)
     _ = engine.embedder
     first_flag: dict[str, int] = {}
-    from tqdm import tqdm
-
     with tqdm(total=len(events), desc="observing", unit="prompt", file=sys.stderr, disable=args.quiet) as bar:
         for start in range(0, len(events), args.batch_size):
             chunk = events[start : start + args.batch_size]
@@ -63,9 +65,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     accounts = sorted({a for a, _, _ in events})
     _risk_table(engine, accounts, sys.stdout, limit=len(accounts))
     levels = {a: engine.report(a).level for a in accounts}
-    caught = [a for a in EXTRACTING if levels[a] == "flag"]
-    watched = [a for a in EXTRACTING if levels[a] == "watch"]
-    false = [a for a in accounts if a not in EXTRACTING and levels[a] == "flag"]
+    caught = [a for a in EXTRACTING if levels[a] is Level.FLAG]
+    watched = [a for a in EXTRACTING if levels[a] is Level.WATCH]
+    false = [a for a in accounts if a not in EXTRACTING and levels[a] is Level.FLAG]
     ordinary = len(accounts) - len(EXTRACTING)
     print(
         f"\nextracting accounts: {len(caught)}/{len(EXTRACTING)} flagged, {len(watched)} on watch; "
@@ -88,14 +90,12 @@ def _read_jsonl(path: str) -> Iterator[tuple[int, Any]]:
 
 def _replay_batch(engine, batch: list[tuple[int, str, Any, Any]], out: TextIO, seen: set[str]) -> int:
     """Observe one batch of JSONL rows, write a verdict line per good row; returns rows skipped."""
-    import probewatch as pw
-
     try:
         verdicts = engine.observe_batch([b[1] for b in batch], [b[2] for b in batch], [b[3] for b in batch])
         errors: dict[int, Exception] = {}
-    except pw.BatchError as exc:
+    except BatchError as exc:
         verdicts, errors = exc.verdicts, exc.errors
-    except pw.InputError as exc:  # e.g. a timestamp list the engine rejects whole: report each row
+    except InputError as exc:  # e.g. a timestamp list the engine rejects whole: report each row
         verdicts, errors = [None] * len(batch), dict.fromkeys(range(len(batch)), exc)
     for i, (lineno, account, _, _) in enumerate(batch):
         if i in errors:
@@ -114,8 +114,6 @@ def _count_rows(path: str) -> int | None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     if args.file != "-" and not Path(args.file).is_file():
         print(f"probewatch replay: no such file {args.file}", file=sys.stderr)
         return 2
@@ -154,8 +152,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    import probewatch as pw
-
     accounts, prompts, stamps = [], [], []
     for lineno, row in _read_jsonl(args.file):
         if isinstance(row, Exception) or not isinstance(row, dict) or "account" not in row or "prompt" not in row:
@@ -164,7 +160,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         accounts.append(row["account"])
         prompts.append(row["prompt"])
         stamps.append(row.get("ts"))
-    engine = pw.Engine(device=args.device)
+    engine = Engine(device=args.device)
     engine.calibrate(accounts, prompts, stamps, source=f"probewatch calibrate {args.file}")
     engine.save_calibration(args.out)
     print(
@@ -175,8 +171,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(rest: list[str]) -> int:
-    try:
-        from probewatch.serve import main_serve
+    try:  # the sidecar's packages are an extra
+        from ..serve import main_serve
     except ImportError as exc:
         print(f"probewatch serve needs the serve extra: pip install 'probewatch[serve]' ({exc})", file=sys.stderr)
         return 2
@@ -222,8 +218,6 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_serve(argv[1:])
     args = parser.parse_args(argv)
     if args.version:
-        from probewatch import __version__
-
         print(__version__)
         return 0
     if args.command == "demo":

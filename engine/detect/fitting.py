@@ -148,52 +148,60 @@ def fit_calibration(
     ``refit_reference=False`` keeps ``reference`` and refits only the tables.
     """
     groups = group_by_account(accounts)
-    ts_list = list(ts) if ts is not None else [None] * len(accounts)
-    rng = np.random.default_rng(config.seed)
-    names = list(groups)
     need = MIN_CALIBRATION_ACCOUNTS + (MIN_REFERENCE_ACCOUNTS if refit_reference else 0)
-    if len(names) < need:
+    if len(groups) < need:
         raise CalibrationError(
             f"calibration needs at least {need} benign accounts (each with its queries in time order); got "
-            f"{len(names)}. Pass more accounts, or refit_reference=False to keep the current reference"
+            f"{len(groups)}. Pass more accounts, or refit_reference=False to keep the current reference"
         )
-    order = rng.permutation(len(names))
+    if not refit_reference and reference is None:
+        raise CalibrationError("refit_reference=False needs an existing reference; the engine has none")
+    rng = np.random.default_rng(config.seed)
+    names = list(groups)
+    shuffled = [names[i] for i in rng.permutation(len(names))]
     if refit_reference:
-        n_ref = max(MIN_REFERENCE_ACCOUNTS, round(len(names) * REFERENCE_SHARE))
-        ref_names = [names[i] for i in order[:n_ref]]
-        table_names = [names[i] for i in order[n_ref:]]
-        ref_rows = np.concatenate([groups[a] for a in ref_names])
-        table_rows = np.concatenate([groups[a] for a in table_names])
-        bank_rows = ref_rows[~_has_near_copy(vectors[ref_rows], vectors[table_rows])]
-        reference = BenignReference.fit(vectors[bank_rows], codebook_vectors=vectors, seed=config.seed)
-    else:
-        if reference is None:
-            raise CalibrationError("refit_reference=False needs an existing reference; the engine has none")
-        table_names = [names[i] for i in order]
-    table_groups = {a: groups[a] for a in table_names}
-    table_rows = np.concatenate(list(table_groups.values()))
-    ref_sims = reference.query_stats(vectors[table_rows]).ref_similarity
+        reference, shuffled = _fit_reference(groups, shuffled, vectors, config.seed)
+    table_groups = {a: groups[a] for a in shuffled}
+    ref_sims = reference.query_stats(vectors[np.concatenate(list(table_groups.values()))]).ref_similarity
     off_ref = float(np.quantile(ref_sims, OFF_REFERENCE_QUANTILE))
-
+    ts_list = list(ts) if ts is not None else [None] * len(accounts)
     features, ns, owner = _stream_features(config, reference, off_ref, table_groups, vectors, ts_list, progress)
+    calibration = _cross_fitted(features, ns, owner, len(table_groups), off_ref, rng)
+    calibration.source, calibration.n_accounts = source, len(table_groups)
+    return BenignModel(reference, calibration)
 
-    n_accounts = len(table_names)
+
+def _fit_reference(
+    groups: dict[str, np.ndarray], shuffled: list[str], vectors: np.ndarray, seed: int
+) -> tuple[BenignReference, list[str]]:
+    """The reference from the first REFERENCE_SHARE of the shuffled accounts (their prompts
+    that nearly copy a table account's left out); returns it and the table accounts."""
+    n_ref = max(MIN_REFERENCE_ACCOUNTS, round(len(shuffled) * REFERENCE_SHARE))
+    ref_rows = np.concatenate([groups[a] for a in shuffled[:n_ref]])
+    table_rows = np.concatenate([groups[a] for a in shuffled[n_ref:]])
+    bank_rows = ref_rows[~_has_near_copy(vectors[ref_rows], vectors[table_rows])]
+    return BenignReference.fit(vectors[bank_rows], codebook_vectors=vectors, seed=seed), shuffled[n_ref:]
+
+
+def _cross_fitted(
+    features: np.ndarray, ns: np.ndarray, owner: np.ndarray, n_accounts: int, off_ref: float, rng: np.random.Generator
+) -> Calibration:
+    """Tables from every account; the distance scale and the lifetime maxima out-of-sample.
+
+    Each half of the accounts is judged by tables fitted on the other half, so the scale and
+    the maxima (which set the flag threshold) describe benign accounts the tables never saw.
+    """
     fold = rng.permutation(n_accounts) % 2
     folds = [np.flatnonzero(fold == 0), np.flatnonzero(fold == 1)]
-    # Out-of-sample distances: each half is judged by tables fitted on the other half, so the
-    # scale and the lifetime maxima describe benign accounts the tables have never seen.
     oof = np.empty(features.shape[0])
     for fit_idx, score_idx in ((folds[0], folds[1]), (folds[1], folds[0])):
         fit_mask, score_mask = np.isin(owner, fit_idx), np.isin(owner, score_idx)
         fold_cal = Calibration(_bin_samples(features[fit_mask], ns[fit_mask], rng), None, off_ref)
         oof[score_mask] = fold_cal.raw_distances(features[score_mask], ns[score_mask])
-    norm = _distance_norm(oof, ns)
-    final = Calibration(_bin_samples(features, ns, rng), None, off_ref, distance_norm=norm)
+    final = Calibration(_bin_samples(features, ns, rng), None, off_ref, distance_norm=_distance_norm(oof, ns))
     account_scores = rolling_mean_per_account(final.standardise(oof, ns), owner)
-    maxima = _account_maxima(account_scores, owner, np.arange(n_accounts))
-    final.set_account_max_scores(maxima)
-    final.source, final.n_accounts = source, n_accounts
-    return BenignModel(reference, final)
+    final.set_account_max_scores(_account_maxima(account_scores, owner, np.arange(n_accounts)))
+    return final
 
 
 class PopulationSample:

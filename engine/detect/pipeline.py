@@ -139,8 +139,7 @@ class Pipeline:
                 self.config, benign.reference, self.backend, benign.calibration.off_reference_similarity
             )
         else:
-            self.stream.reference = benign.reference
-            self.stream.off_reference_similarity = benign.calibration.off_reference_similarity
+            self.stream.use_reference(benign.reference, benign.calibration.off_reference_similarity)
         self._install(benign)
         self.population.clear()
 

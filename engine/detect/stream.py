@@ -63,6 +63,13 @@ class FeatureStream:
     def dim(self) -> int:
         return self.reference.dim
 
+    def use_reference(self, reference: BenignReference, off_reference_similarity: float) -> None:
+        """Judge the next queries against another reference of the same dimension; every
+        account's history and state stay."""
+        self.reference = reference
+        self.off_reference_similarity = off_reference_similarity
+        self._state_bytes = None
+
     def state_bytes(self) -> int:
         """Approximate bytes held per account besides its vectors: its state's arrays plus
         a fixed allowance for the Python objects around them."""

@@ -8,8 +8,9 @@
             ...
 
 Results are the service's JSON as dicts. An HTTP error raises :class:`SidecarError` with
-the status and the service's message; a per-item error inside a 200 batch does not raise
-(look for the ``error`` key of that item).
+the status and what the sidecar's error body ``{"error": {"type", "message", "field"?}}``
+says; a per-item error inside a 200 batch does not raise (look for the ``error`` key of that
+item).
 """
 
 from __future__ import annotations
@@ -24,13 +25,23 @@ DEFAULT_URL = "http://127.0.0.1:8321"
 
 
 class SidecarError(ProbewatchError):
-    """The sidecar answered with an HTTP error status (or could not be reached: status 0)."""
+    """The sidecar answered with an HTTP error status (or could not be reached: status 0,
+    ``error_type`` ``"Unreachable"``).
 
-    def __init__(self, status: int, message: str, body: Any = None):
-        super().__init__(f"probewatch sidecar answered {status}: {message}")
+    ``error_type`` is the error body's ``type`` (``"Unauthorized"``, ``"UnknownAccountError"``,
+    ...) and ``field`` the request field or parameter at fault, when the sidecar names one.
+    """
+
+    def __init__(
+        self, status: int, message: str, body: Any = None, error_type: str | None = None, field: str | None = None
+    ):
+        answered = f"{status} {error_type}" if error_type else str(status)
+        super().__init__(f"probewatch sidecar answered {answered}: {message}")
         self.status = status
         self.message = message
         self.body = body
+        self.error_type = error_type
+        self.field = field
 
 
 def _items(items: Iterable[Mapping[str, Any] | tuple]) -> list[dict[str, Any]]:
@@ -49,10 +60,14 @@ def _raise_for(response) -> Any:
         body = response.json()
     except ValueError:
         body = response.text
-    if response.status_code >= 400 and not (response.status_code == 422 and isinstance(body, dict) and "results" in body):
-        message = body.get("error", {}).get("message") if isinstance(body, dict) else str(body)
-        raise SidecarError(response.status_code, message or response.reason_phrase, body)
-    return body
+    status = response.status_code
+    if status < 400 or (status == 422 and isinstance(body, dict) and "results" in body):
+        return body  # a 422 with results is a batch whose every item was invalid: per-item errors inside
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):  # not the sidecar answering (a proxy in between, say)
+        raise SidecarError(status, str(body) or response.reason_phrase, body)
+    message = error.get("message") or response.reason_phrase
+    raise SidecarError(status, message, body, error.get("type"), error.get("field"))
 
 
 def _headers(token: str | None) -> dict[str, str]:
@@ -64,7 +79,7 @@ class Client:
     """Synchronous client; ``token`` defaults to $PROBEWATCH_API_TOKEN."""
 
     def __init__(self, base_url: str = DEFAULT_URL, token: str | None = None, timeout: float = 10.0, **httpx_kwargs):
-        import httpx  # noqa: PLC0415
+        import httpx
 
         self._http = httpx.Client(base_url=base_url, headers=_headers(token), timeout=timeout, **httpx_kwargs)
         self._httpx = httpx
@@ -73,13 +88,13 @@ class Client:
         try:
             return _raise_for(self._http.request(method, path, **kwargs))
         except self._httpx.TransportError as exc:
-            raise SidecarError(0, f"cannot reach the sidecar: {exc}") from exc
+            raise SidecarError(0, f"cannot reach the sidecar: {exc}", error_type="Unreachable") from exc
 
     def observe(self, account: str, prompt: str, ts: float | None = None) -> dict[str, Any]:
         """One verdict dict (``level``, ``flagged``, ``risk``, ``action`` ...)."""
         result = self.observe_many([(account, prompt) if ts is None else (account, prompt, ts)])[0]
         if "error" in result:
-            raise SidecarError(422, result["error"]["message"], result)
+            raise SidecarError(422, result["error"]["message"], result, result["error"]["type"])
         return result
 
     def observe_many(self, items: Iterable[Mapping[str, Any] | tuple]) -> list[dict[str, Any]]:
@@ -111,7 +126,7 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -122,7 +137,7 @@ class AsyncClient:
     """The same calls for asyncio code."""
 
     def __init__(self, base_url: str = DEFAULT_URL, token: str | None = None, timeout: float = 10.0, **httpx_kwargs):
-        import httpx  # noqa: PLC0415
+        import httpx
 
         self._http = httpx.AsyncClient(base_url=base_url, headers=_headers(token), timeout=timeout, **httpx_kwargs)
         self._httpx = httpx
@@ -131,12 +146,12 @@ class AsyncClient:
         try:
             return _raise_for(await self._http.request(method, path, **kwargs))
         except self._httpx.TransportError as exc:
-            raise SidecarError(0, f"cannot reach the sidecar: {exc}") from exc
+            raise SidecarError(0, f"cannot reach the sidecar: {exc}", error_type="Unreachable") from exc
 
     async def observe(self, account: str, prompt: str, ts: float | None = None) -> dict[str, Any]:
         result = (await self.observe_many([(account, prompt) if ts is None else (account, prompt, ts)]))[0]
         if "error" in result:
-            raise SidecarError(422, result["error"]["message"], result)
+            raise SidecarError(422, result["error"]["message"], result, result["error"]["type"])
         return result
 
     async def observe_many(self, items: Iterable[Mapping[str, Any] | tuple]) -> list[dict[str, Any]]:
@@ -151,7 +166,7 @@ class AsyncClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -22,17 +22,16 @@ import numpy as np
 import pytest
 
 import probewatch.kernels
+from probewatch.backend import import_faiss
+from probewatch.errors import BackendUnavailableError
 
 
 def _faiss_gpu_available() -> bool:
     try:
-        import faiss
-    except ImportError:
+        faiss = import_faiss()
+    except BackendUnavailableError:
         return False
-    try:
-        return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-    except Exception:
-        return False
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
 CUPY_OK = probewatch.kernels.cupy_available()
@@ -48,12 +47,9 @@ requires_faiss_gpu = pytest.mark.skipif(
 
 
 def _torch_cuda() -> bool:
-    try:
-        import torch
+    import torch  # heavy; only when the GPU markers are evaluated
 
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
+    return bool(torch.cuda.is_available())
 
 
 requires_cuda_engine = pytest.mark.skipif(
@@ -67,8 +63,16 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def topical_stream(rng: np.random.Generator, n_accounts: int, dim: int, q_range=(12, 40), n_topics: int = 24,
-                   prefix: str = "benign", topics: np.ndarray | None = None, interleave: bool = False):
+def topical_stream(
+    rng: np.random.Generator,
+    n_accounts: int,
+    dim: int,
+    q_range=(12, 40),
+    n_topics: int = 24,
+    prefix: str = "benign",
+    topics: np.ndarray | None = None,
+    interleave: bool = False,
+):
     """Benign-looking synthetic traffic: each account wanders around one topic centre.
 
     Returns (accounts, vectors) with each account's queries in time order; when
@@ -101,8 +105,11 @@ def topical_stream(rng: np.random.Generator, n_accounts: int, dim: int, q_range=
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-WORDS = ("apple river quantum tax violin sodium gothic harbor lemma sprint tundra opera fiscal neuron "
-         "basalt cipher mango lattice pigment walrus").split()
+_WORD_LIST = (
+    "apple river quantum tax violin sodium gothic harbor lemma sprint tundra opera fiscal neuron "
+    "basalt cipher mango lattice pigment walrus"
+)
+WORDS = _WORD_LIST.split()
 
 
 def free_port() -> int:
@@ -124,13 +131,24 @@ class SidecarProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("PROBEWATCH_")}
-        env.update({"PROBEWATCH_ENGINE_DEVICE": "cpu", "PROBEWATCH_API_TOKEN": TOKEN, "PROBEWATCH_LOG_LEVEL": "info",
-                    "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2"})
+        env.update(
+            {
+                "PROBEWATCH_ENGINE_DEVICE": "cpu",
+                "PROBEWATCH_API_TOKEN": TOKEN,
+                "PROBEWATCH_LOG_LEVEL": "info",
+                "TOKENIZERS_PARALLELISM": "false",
+                "OMP_NUM_THREADS": "2",
+            }
+        )
         env.update({f"PROBEWATCH_{k.upper()}": str(v) for k, v in settings.items()})
         self.log_path = log_path
-        self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "probewatch.serve", "--data-dir", str(data_dir),
-                                     "--port", str(self.port)], env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self._log = open(log_path, "ab")  # noqa: SIM115 - the server writes it until terminate() or kill() closes it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "probewatch.serve", "--data-dir", str(data_dir), "--port", str(self.port)],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -145,7 +163,7 @@ class SidecarProcess:
             time.sleep(0.3)
         raise TimeoutError(f"sidecar not ready after {timeout}s:\n{self.log_tail()}")
 
-    def client(self, **kwargs) -> "httpx.Client":
+    def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers=AUTH, timeout=60, **kwargs)
 
     def terminate(self, timeout: float = 60.0) -> int:
@@ -173,7 +191,7 @@ class SidecarProcess:
 def parse_prometheus(text: str) -> dict[tuple[str, tuple], float]:
     """{(name, sorted label pairs): value} from the text format; asserts every line parses."""
     samples = {}
-    line_re = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$')
+    line_re = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$")
     label_re = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
     for line in text.splitlines():
         if not line or line.startswith("#"):

@@ -3,9 +3,16 @@
 * :mod:`probewatch.integrations.litellm`: a LiteLLM ``CustomGuardrail`` (in-process engine).
 * :mod:`probewatch.integrations.asgi`: ASGI middleware for vLLM's OpenAI server or any ASGI app.
 
-Each module imports its framework lazily, so importing this package needs neither.
+Both take ``failure_policy="open"|"closed"`` (:mod:`probewatch.integrations.policy`), the
+sidecar's ``failure_policy`` setting under the same name. Each module imports its framework
+lazily, so importing this package needs neither.
 """
 
-from .prompts import account_from_metadata, last_user_text, prompt_from_openai_body
+from .prompts import account_from_metadata, last_user_text, prompt_from_guardrail_request, prompt_from_openai_body
 
-__all__ = ["account_from_metadata", "last_user_text", "prompt_from_openai_body"]
+__all__ = [
+    "account_from_metadata",
+    "last_user_text",
+    "prompt_from_guardrail_request",
+    "prompt_from_openai_body",
+]

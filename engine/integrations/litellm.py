@@ -14,7 +14,8 @@ the account is flagged; ``during_call`` observes in parallel with the model call
 latency) and fails the request when the account is flagged. Use one mode per guardrail
 so each prompt is observed once. Settings come from the constructor or, when LiteLLM
 builds the guardrail from config, from ``PROBEWATCH_*`` variables (``PROBEWATCH_ENGINE_DEVICE``,
-``PROBEWATCH_GUARDRAIL_ACCOUNT_FIELD``, ``PROBEWATCH_SNAPSHOT_PATH``).
+``PROBEWATCH_GUARDRAIL_ACCOUNT_FIELD``, ``PROBEWATCH_SNAPSHOT_PATH``). When the engine fails,
+``failure_policy`` decides: ``"open"`` lets the request through (default), ``"closed"`` answers 503.
 
 The engine state lives in this process only. For several proxy workers, or to keep state
 across restarts with a journal, run ``probewatch serve`` and use LiteLLM's
@@ -33,6 +34,7 @@ from litellm.integrations.custom_guardrail import CustomGuardrail
 
 from ..engine import Engine
 from ..errors import ProbewatchError
+from .policy import check_failure_policy
 from .prompts import account_from_metadata, last_user_text
 
 log = logging.getLogger("probewatch.integrations.litellm")
@@ -47,18 +49,26 @@ class ProbewatchGuardrail(CustomGuardrail):
     use_native_lifecycle_hooks = True
     use_native_during_call_hook = True
 
-    def __init__(self, engine: Engine | None = None, account_field: str | None = None,
-                 block_levels: tuple[str, ...] = ("flag",), fail_open: bool = True, **kwargs: Any):
-        self.engine = engine if engine is not None else _engine_from_env()
+    def __init__(
+        self,
+        engine: Engine | None = None,
+        account_field: str | None = None,
+        block_levels: tuple[str, ...] = ("flag",),
+        failure_policy: str = "open",
+        **kwargs: Any,
+    ):
         self.account_field = account_field or os.environ.get("PROBEWATCH_GUARDRAIL_ACCOUNT_FIELD", "user_api_key_hash")
         account_from_metadata(self.account_field)  # validates the name now, not on the first request
         self.block_levels = tuple(block_levels)
-        self.fail_open = fail_open
+        self.failure_policy = check_failure_policy(failure_policy)
+        self.engine = engine if engine is not None else _engine_from_env()  # last: loading a model is slow
         super().__init__(**kwargs)
 
     async def _check(self, data: dict, user_api_key_dict: Any) -> None:
         account = account_from_metadata(self.account_field, user_api_key_dict, data)
-        prompt = last_user_text(data.get("messages")) or (data.get("prompt") if isinstance(data.get("prompt"), str) else None)
+        prompt = last_user_text(data.get("messages")) or (
+            data.get("prompt") if isinstance(data.get("prompt"), str) else None
+        )
         if not account or not prompt:
             return  # nothing to attribute or read: never block on missing metadata
         try:
@@ -66,17 +76,20 @@ class ProbewatchGuardrail(CustomGuardrail):
         except ProbewatchError as exc:
             log.debug("probewatch did not observe this request: %s", exc)
             return
-        except Exception:  # noqa: BLE001 - an engine failure must follow the failure policy
+        except Exception:  # an engine failure must follow the failure policy
             log.exception("probewatch engine failure")
-            if self.fail_open:
+            if self.failure_policy == "open":
                 return
             raise HTTPException(status_code=503, detail={"error": "probewatch unavailable; failing closed"}) from None
         data.setdefault("metadata", {})["probewatch_level"] = verdict.level
         if verdict.level in self.block_levels:
-            raise HTTPException(status_code=BLOCK_STATUS, detail={
-                "error": f"probewatch: this account's traffic looks like model extraction (level {verdict.level})",
-                "probewatch": {"level": verdict.level, "risk": verdict.risk},
-            })
+            raise HTTPException(
+                status_code=BLOCK_STATUS,
+                detail={
+                    "error": f"probewatch: this account's traffic looks like model extraction (level {verdict.level})",
+                    "probewatch": {"level": verdict.level, "risk": verdict.risk},
+                },
+            )
 
     async def async_pre_call_hook(self, user_api_key_dict, cache, data: dict, call_type) -> dict | None:
         await self._check(data, user_api_key_dict)
@@ -88,7 +101,7 @@ class ProbewatchGuardrail(CustomGuardrail):
 
 def _engine_from_env() -> Engine:
     """An engine for a guardrail LiteLLM builds from config: a snapshot if one is named."""
-    from ..serve.config import load_config  # noqa: PLC0415
+    from ..serve.config import load_config
 
     snapshot = os.environ.get("PROBEWATCH_SNAPSHOT_PATH")
     engine_config = load_config().engine

@@ -1,9 +1,31 @@
-"""Reading the prompt and the account out of OpenAI-style requests (shared by integrations)."""
+"""Reading the prompt and the account out of OpenAI-style and LiteLLM requests (shared by the
+integrations and the sidecar's LiteLLM guardrail route).
+
+>>> last_user_text([{"role": "user", "content": "first"}, {"role": "user", "content": "second"}])
+'second'
+>>> prompt_from_guardrail_request({"texts": ["You are helpful.", "Hi"]}, source="joined")
+'You are helpful.\\nHi'
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, get_args
+
+from ..errors import ConfigError
+
+GuardrailPromptSource = Literal["last_user", "joined"]
+GUARDRAIL_PROMPT_SOURCES: tuple[str, ...] = get_args(GuardrailPromptSource)
+
+
+def _nonblank_texts(parts: Any) -> list[str]:
+    """The strings of ``parts`` that hold more than whitespace ([] unless ``parts`` is a list)."""
+    return [p for p in parts if isinstance(p, str) and p.strip()] if isinstance(parts, list) else []
+
+
+def _joined_text(parts: Any) -> str | None:
+    texts = _nonblank_texts(parts)
+    return "\n".join(texts) if texts else None
 
 
 def _content_text(content: Any) -> str | None:
@@ -37,13 +59,39 @@ def prompt_from_openai_body(path: str, body: Any) -> str | None:
         return last_user_text(body.get("messages"))
     prompt = body.get("prompt")
     if isinstance(prompt, list):  # a batch of prompts, or token ids (not text: skipped)
-        texts = [p for p in prompt if isinstance(p, str) and p.strip()]
-        return "\n".join(texts) if texts else None
+        return _joined_text(prompt)
     return prompt if isinstance(prompt, str) and prompt.strip() else None
 
 
+def prompt_from_guardrail_request(payload: Mapping[str, Any], source: str = "last_user") -> str | None:
+    """The prompt of a LiteLLM Generic Guardrail API request (None if it carries no text).
+
+    ``source="last_user"``: the newest user message of ``structured_messages``, else the last
+    of ``texts``. ``source="joined"``: every text of ``texts``, joined by newlines.
+    """
+    if source not in GUARDRAIL_PROMPT_SOURCES:
+        raise ConfigError(f"the guardrail prompt source must be one of {GUARDRAIL_PROMPT_SOURCES}; got {source!r}")
+    if source == "joined":
+        return _joined_text(payload.get("texts"))
+    newest_user = last_user_text(payload.get("structured_messages"))
+    if newest_user is not None:
+        return newest_user
+    texts = _nonblank_texts(payload.get("texts"))
+    return texts[-1] if texts else None
+
+
+AccountField = Literal[
+    "user_api_key_hash",
+    "user_api_key_team_id",
+    "user_api_key_end_user_id",
+    "user_api_key_user_id",
+    "user_api_key_org_id",
+    "user_api_key_alias",
+]
+ACCOUNT_FIELDS: tuple[str, ...] = get_args(AccountField)
+
 # Which attribute of LiteLLM's UserAPIKeyAuth holds each id the Generic Guardrail API names.
-_AUTH_ATTRIBUTES = {
+_AUTH_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "user_api_key_hash": ("token", "api_key"),
     "user_api_key_team_id": ("team_id",),
     "user_api_key_end_user_id": ("end_user_id",),
@@ -56,7 +104,7 @@ _AUTH_ATTRIBUTES = {
 def account_from_metadata(field: str, auth: Any = None, data: Mapping[str, Any] | None = None) -> str | None:
     """The account id named ``field`` from LiteLLM's auth object, else the request metadata."""
     if field not in _AUTH_ATTRIBUTES:
-        raise ValueError(f"account field must be one of {sorted(_AUTH_ATTRIBUTES)}; got {field!r}")
+        raise ConfigError(f"the account field must be one of {ACCOUNT_FIELDS}; got {field!r}")
     for attribute in _AUTH_ATTRIBUTES[field]:
         value = getattr(auth, attribute, None) if auth is not None else None
         if value:

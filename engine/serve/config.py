@@ -1,193 +1,262 @@
-"""Sidecar settings: defaults, a YAML file, then ``PROBEWATCH_*`` environment overrides.
+"""Sidecar settings: built-in defaults < a YAML file < ``PROBEWATCH_*`` environment < keyword overrides.
 
-Precedence (later wins): built-in defaults < YAML file < environment. Engine settings live
-under the YAML key ``engine:`` and in the environment as ``PROBEWATCH_ENGINE_<FIELD>``
-(for example ``PROBEWATCH_ENGINE_DEVICE=cpu``). Every setting is listed with its default
+Sidecar settings are read from ``PROBEWATCH_<NAME>`` (``PROBEWATCH_MAX_BATCH_SIZE=128``);
+engine settings from the YAML mapping ``engine:`` and from ``PROBEWATCH_ENGINE_<FIELD>``
+(``PROBEWATCH_ENGINE_DEVICE=cpu``). pydantic-settings reads the environment and pydantic
+converts and checks every value; a bad one is a :class:`~probewatch.errors.ConfigError`
+naming the setting, what it expects and what came. Every setting is listed with its default
 in docs/sidecar.md.
+
+>>> config = load_config(env={"PROBEWATCH_MAX_BATCH_SIZE": "128", "PROBEWATCH_ENGINE_DEVICE": "cpu"})
+>>> config.max_batch_size, config.engine.device, config.failure_policy
+(128, 'cpu', 'open')
+>>> config.replace(failure_policy="closed").failure_policy
+'closed'
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ..config import EngineConfig
 from ..errors import ConfigError
+from ..integrations.policy import FailurePolicy
+from ..integrations.prompts import AccountField, GuardrailPromptSource
 
 ENV_PREFIX = "PROBEWATCH_"
 ENGINE_ENV_PREFIX = "PROBEWATCH_ENGINE_"
+SECRET_SETTINGS = frozenset({"api_token"})
+RENAMED_SETTINGS = {"fail_mode": "failure_policy"}
+UNSET_WORDS = ("", "none", "null")
 
-FSYNC_POLICIES = ("always", "batch", "interval", "never")
-FAIL_MODES = ("open", "closed")
-PROMPT_OVERFLOW_RULES = ("truncate", "reject")
-GUARDRAIL_ACCOUNT_FIELDS = (
-    "user_api_key_hash",
-    "user_api_key_team_id",
-    "user_api_key_end_user_id",
-    "user_api_key_user_id",
-    "user_api_key_org_id",
-    "user_api_key_alias",
-)
-GUARDRAIL_PROMPT_SOURCES = ("last_user", "joined")
-GUARDRAIL_ACTIONS = ("NONE", "BLOCKED")
+FsyncPolicy = Literal["always", "batch", "interval", "never"]
+PromptOverflow = Literal["truncate", "reject"]
+GuardrailAction = Literal["NONE", "BLOCKED"]
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    """Every sidecar setting with its default; see docs/sidecar.md for the long form."""
+class _GivenValuesOnly(BaseSettings):
+    """Settings built from the values passed in and the defaults, never from os.environ behind the
+    caller's back: :func:`load_config` layers the file and the environment (which tests pass in)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+class _Environment(EnvSettingsSource):
+    """The settings of ``settings_cls`` found in ``environ`` (its env_prefix + the setting name, any case)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str], ignore: Iterable[str] = ()):
+        self._environ = environ  # read by _load_env_vars, which the base __init__ calls
+        self._ignore = frozenset(ignore)
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str]:
+        return {name.lower(): value for name, value in self._environ.items()}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        if field_name in self._ignore:
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
+
+
+def _none_if_unset(value: Any) -> Any:
+    """None for text that means "not set" (empty, 'none' or 'null', any case); other values as they are."""
+    return None if isinstance(value, str) and value.strip().lower() in UNSET_WORDS else value
+
+
+class _EngineSettingsBase(_GivenValuesOnly):
+    model_config = SettingsConfigDict(env_prefix=ENGINE_ENV_PREFIX, extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _unset_words_mean_none(cls, value: Any, info: ValidationInfo) -> Any:
+        return _none_if_unset(value) if cls.model_fields[info.field_name].default is None else value
+
+
+def _engine_settings_class() -> type[_EngineSettingsBase]:
+    """EngineConfig's fields as a settings class, so values from text get EngineConfig's types."""
+    hints = typing.get_type_hints(EngineConfig)
+    fields: dict[str, Any] = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(EngineConfig)}
+    return create_model("EngineSettings", __base__=_EngineSettingsBase, **fields)
+
+
+EngineSettings = _engine_settings_class()
+
+
+def engine_config_from(values: Mapping[str, Any]) -> EngineConfig:
+    """An :class:`EngineConfig` from engine setting values (text from the environment is converted)."""
+    try:
+        checked = EngineSettings.model_validate(dict(values))
+    except ValidationError as exc:
+        raise _config_error(exc, EngineSettings, scope="engine") from None
+    try:
+        return EngineConfig.from_dict(checked.model_dump())
+    except ConfigError as exc:  # EngineConfig's own range checks
+        raise ConfigError(f"engine settings: {exc}") from None
+
+
+class ServerConfig(_GivenValuesOnly):
+    """Every sidecar setting with its default; see docs/sidecar.md for the long form.
+
+    Immutable: :meth:`replace` returns a changed copy. Built directly it holds the values
+    given and the defaults; :func:`load_config` adds the YAML file and the environment.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
 
     host: str = "127.0.0.1"
-    port: int = 8321
+    port: int = Field(8321, ge=0, le=65535)
     data_dir: str = "./probewatch-data"
     log_level: str = "info"
 
     # security
     api_token: str | None = None
-    max_body_bytes: int = 4 * 1024**2
-    max_items_per_request: int = 256
-    max_prompt_chars: int = 16_384
-    prompt_overflow: str = "truncate"
+    max_body_bytes: int = Field(4 * 1024**2, ge=1024)
+    max_items_per_request: int = Field(256, ge=1)
+    max_prompt_chars: int = Field(16_384, ge=1)
+    prompt_overflow: PromptOverflow = "truncate"
 
     # micro-batching and the failure policy
-    max_batch_size: int = 64
-    max_wait_ms: float = 5.0
+    max_batch_size: int = Field(64, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0)
     queue_capacity: int = 4096
-    request_deadline_ms: float = 2000.0
-    fail_mode: str = "open"
+    request_deadline_ms: float = Field(2000.0, gt=0)
+    failure_policy: FailurePolicy = "open"
 
     # durability
-    journal_fsync: str = "batch"
-    journal_fsync_interval_ms: float = 200.0
-    snapshot_interval_s: float = 300.0
-    snapshot_every_observations: int = 100_000
-    snapshot_keep: int = 2
+    journal_fsync: FsyncPolicy = "batch"
+    journal_fsync_interval_ms: float = Field(200.0, gt=0)
+    snapshot_interval_s: float = Field(300.0, gt=0)
+    snapshot_every_observations: int = Field(100_000, ge=1)
+    snapshot_keep: int = Field(2, ge=1)
     snapshot_after_forget: bool = True
-    shutdown_drain_s: float = 10.0
+    shutdown_drain_s: float = Field(10.0, ge=0)
 
     # pagination of GET /v1/accounts
-    page_size_default: int = 100
+    page_size_default: int = Field(100, ge=1)
     page_size_max: int = 1000
 
     # LiteLLM Generic Guardrail API
-    guardrail_account_field: str = "user_api_key_hash"
-    guardrail_prompt_source: str = "last_user"
-    guardrail_action_on_flag: str = "BLOCKED"
-    guardrail_action_on_watch: str = "NONE"
+    guardrail_account_field: AccountField = "user_api_key_hash"
+    guardrail_prompt_source: GuardrailPromptSource = "last_user"
+    guardrail_action_on_flag: GuardrailAction = "BLOCKED"
+    guardrail_action_on_watch: GuardrailAction = "NONE"
 
     # the engine
     calibration_path: str | None = None
-    engine: EngineConfig = field(default_factory=lambda: EngineConfig(device="auto"))
+    engine: EngineConfig = Field(default_factory=EngineConfig)
 
-    def __post_init__(self) -> None:
-        def need(cond: bool, what: str, value: Any) -> None:
-            if not cond:
-                raise ConfigError(f"server config {what}; got {value!r}")
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _config_error(exc, ServerConfig) from None
 
-        need(0 <= self.port <= 65535, "port must be in [0, 65535]", self.port)
-        need(self.max_body_bytes >= 1024, "max_body_bytes must be >= 1024", self.max_body_bytes)
-        need(self.max_items_per_request >= 1, "max_items_per_request must be >= 1", self.max_items_per_request)
-        need(1 <= self.max_prompt_chars <= self.engine.max_prompt_chars,
-             f"max_prompt_chars must be in [1, engine.max_prompt_chars={self.engine.max_prompt_chars}]",
-             self.max_prompt_chars)
-        need(self.prompt_overflow in PROMPT_OVERFLOW_RULES, f"prompt_overflow must be one of {PROMPT_OVERFLOW_RULES}",
-             self.prompt_overflow)
-        need(self.max_batch_size >= 1, "max_batch_size must be >= 1", self.max_batch_size)
-        need(self.max_wait_ms >= 0, "max_wait_ms must be >= 0", self.max_wait_ms)
-        need(self.queue_capacity >= self.max_items_per_request,
-             "queue_capacity must be >= max_items_per_request", self.queue_capacity)
-        need(self.request_deadline_ms > 0, "request_deadline_ms must be > 0", self.request_deadline_ms)
-        need(self.fail_mode in FAIL_MODES, f"fail_mode must be one of {FAIL_MODES}", self.fail_mode)
-        need(self.journal_fsync in FSYNC_POLICIES, f"journal_fsync must be one of {FSYNC_POLICIES}", self.journal_fsync)
-        need(self.journal_fsync_interval_ms > 0, "journal_fsync_interval_ms must be > 0", self.journal_fsync_interval_ms)
-        need(self.snapshot_interval_s > 0, "snapshot_interval_s must be > 0", self.snapshot_interval_s)
-        need(self.snapshot_every_observations >= 1, "snapshot_every_observations must be >= 1",
-             self.snapshot_every_observations)
-        need(self.snapshot_keep >= 1, "snapshot_keep must be >= 1", self.snapshot_keep)
-        need(self.shutdown_drain_s >= 0, "shutdown_drain_s must be >= 0", self.shutdown_drain_s)
-        need(1 <= self.page_size_default <= self.page_size_max, "needs 1 <= page_size_default <= page_size_max",
-             (self.page_size_default, self.page_size_max))
-        need(self.guardrail_account_field in GUARDRAIL_ACCOUNT_FIELDS,
-             f"guardrail_account_field must be one of {GUARDRAIL_ACCOUNT_FIELDS}", self.guardrail_account_field)
-        need(self.guardrail_prompt_source in GUARDRAIL_PROMPT_SOURCES,
-             f"guardrail_prompt_source must be one of {GUARDRAIL_PROMPT_SOURCES}", self.guardrail_prompt_source)
-        for name in ("guardrail_action_on_flag", "guardrail_action_on_watch"):
-            need(getattr(self, name) in GUARDRAIL_ACTIONS, f"{name} must be one of {GUARDRAIL_ACTIONS}",
-                 getattr(self, name))
-        if self.api_token is not None:
-            need(len(self.api_token) >= 16, "api_token must be at least 16 characters (use a random secret)", "<hidden>")
+    @field_validator("api_token", "calibration_path", mode="before")
+    @classmethod
+    def _unset_words_mean_none(cls, value: Any) -> Any:
+        return _none_if_unset(value)
+
+    @field_validator("api_token")
+    @classmethod
+    def _token_is_long_enough(cls, token: str | None) -> str | None:
+        if token is not None and len(token) < 16:
+            raise ValueError("api_token must be at least 16 characters (use a random secret); got <hidden>")
+        return token
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _engine_from_mapping(cls, value: Any) -> Any:
+        return engine_config_from(value) if isinstance(value, Mapping) else value
+
+    @model_validator(mode="after")
+    def _settings_agree(self) -> ServerConfig:
+        limit = self.engine.max_prompt_chars
+        if self.max_prompt_chars > limit:
+            raise ValueError(
+                f"max_prompt_chars must be <= engine.max_prompt_chars ({limit}); got {self.max_prompt_chars}"
+            )
+        if self.queue_capacity < self.max_items_per_request:
+            raise ValueError(
+                f"queue_capacity must be >= max_items_per_request ({self.max_items_per_request}); got {self.queue_capacity}"
+            )
+        if self.page_size_default > self.page_size_max:
+            raise ValueError(
+                f"page_size_default must be <= page_size_max ({self.page_size_max}); got {self.page_size_default}"
+            )
+        return self
 
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
 
-    def replace(self, **changes: Any) -> "ServerConfig":
-        return dataclasses.replace(self, **changes)
+    def replace(self, **changes: Any) -> ServerConfig:
+        """A copy with ``changes`` applied and checked like any other setting."""
+        return type(self)(**{**dict(self), **changes})
 
     def public_dict(self) -> dict[str, Any]:
         """The settings with the token hidden, for logs."""
-        out = dataclasses.asdict(self)
+        out = self.model_dump()
         out["api_token"] = None if self.api_token is None else "<set>"
         return out
 
 
-_SERVER_FIELDS = {f.name: f for f in dataclasses.fields(ServerConfig) if f.name != "engine"}
-_ENGINE_FIELDS = {f.name: f for f in dataclasses.fields(EngineConfig) if f.name != "extra"}
+SIDECAR_SETTINGS = tuple(name for name in ServerConfig.model_fields if name != "engine")
 
 
-def _coerce(name: str, raw: str, default: Any) -> Any:
-    """Convert an environment string to the type of the setting's default."""
-    text = raw.strip()
-    if text.lower() in ("", "none", "null") and (default is None or name in ("api_token", "calibration_path", "model")):
-        return None
-    try:
-        if isinstance(default, bool):
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError("expected true/false")
-        if isinstance(default, int):
-            return int(text.replace("_", ""))
-        if isinstance(default, float):
-            return float(text)
-    except ValueError as exc:
-        raise ConfigError(f"environment setting for {name!r} must be a {type(default).__name__}; got {raw!r}") from exc
-    return raw
-
-
-def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
-                **overrides: Any) -> ServerConfig:
+def load_config(
+    path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None, **overrides: Any
+) -> ServerConfig:
     """Defaults, then the YAML file at ``path`` (if given), then ``env`` (default: os.environ),
-    then keyword ``overrides`` (what the command line passes)."""
-    env = os.environ if env is None else env
-    values: dict[str, Any] = {}
-    engine_values: dict[str, Any] = {}
-    if path is not None:
-        values, engine_values = _read_yaml(Path(path))
-
-    defaults = ServerConfig()
-    for name in _SERVER_FIELDS:
-        key = ENV_PREFIX + name.upper()
-        if key in env and not key.startswith(ENGINE_ENV_PREFIX):
-            values[name] = _coerce(name, env[key], getattr(defaults, name))
-    default_engine = defaults.engine
-    for name in _ENGINE_FIELDS:
-        key = ENGINE_ENV_PREFIX + name.upper()
-        if key in env:
-            engine_values[name] = _coerce(name, env[key], getattr(default_engine, name))
-
-    engine_overrides = overrides.pop("engine", None) or {}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    engine_values.update(engine_overrides)
-    engine = EngineConfig.from_dict({**default_engine.to_dict(), **engine_values})
-    return ServerConfig(**values, engine=engine)
+    then keyword ``overrides`` (what the command line passes; None means "not given", and
+    ``engine=`` takes a mapping of engine settings)."""
+    environ = os.environ if env is None else env
+    layers = (
+        _read_yaml(Path(path)) if path is not None else {},
+        _environment_layer(environ),
+        {name: value for name, value in overrides.items() if value is not None},
+    )
+    return ServerConfig(**_merge(layers))
 
 
-def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    import yaml  # noqa: PLC0415  (an extra: only needed when a file is given)
+def _merge(layers: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Later layers win, setting by setting; engine settings too, not the engine mapping as a whole."""
+    merged: dict[str, Any] = {}
+    engine: dict[str, Any] = {}
+    for layer in layers:
+        engine.update(layer.get("engine") or {})
+        merged.update({name: value for name, value in layer.items() if name != "engine"})
+    return {**merged, "engine": engine}
+
+
+def _environment_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    names = {name.upper() for name in environ}
+    for old, new in RENAMED_SETTINGS.items():
+        if ENV_PREFIX + old.upper() in names:
+            raise _renamed(f"the environment sets {ENV_PREFIX}{old.upper()}", f"{ENV_PREFIX}{new.upper()}")
+    sidecar = _Environment(ServerConfig, environ, ignore={"engine"})()  # engine: PROBEWATCH_ENGINE_<FIELD>
+    return {**sidecar, "engine": _Environment(EngineSettings, environ)()}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml  # only needed when a file is given; the integrations read settings without it
 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -197,10 +266,38 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ConfigError(f"the config file {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"the config file {path} must hold a mapping of settings; got {type(data).__name__}")
-    engine_values = data.pop("engine", None) or {}
-    if not isinstance(engine_values, dict):
-        raise ConfigError(f"{path}: 'engine' must be a mapping of engine settings; got {type(engine_values).__name__}")
-    unknown = sorted(set(data) - set(_SERVER_FIELDS))
+    engine = data.get("engine") or {}
+    if not isinstance(engine, dict):
+        raise ConfigError(f"{path}: 'engine' must be a mapping of engine settings; got {type(engine).__name__}")
+    for old, new in RENAMED_SETTINGS.items():
+        if old in data:
+            raise _renamed(f"{path} sets {old}", new)
+    unknown = sorted(str(name) for name in data if name not in SIDECAR_SETTINGS and name != "engine")
     if unknown:
-        raise ConfigError(f"{path}: unknown settings {unknown}; valid ones are {sorted(_SERVER_FIELDS)} and 'engine'")
-    return data, engine_values
+        raise ConfigError(f"{path}: unknown settings {unknown}; valid ones are {sorted(SIDECAR_SETTINGS)} and 'engine'")
+    return {**data, "engine": engine}
+
+
+def _renamed(what: str, new_name: str) -> ConfigError:
+    # Ignoring a setting under its old name would silently change the behaviour: refuse it.
+    return ConfigError(f"{what}, a setting renamed {new_name} in this version; use {new_name} (same values)")
+
+
+def _config_error(exc: ValidationError, settings_cls: type[BaseSettings], scope: str = "") -> ConfigError:
+    """One ConfigError naming each bad setting, what it expects and what came (never a secret)."""
+    prefix = f"{scope}." if scope else ""
+    errors = exc.errors()
+    problems = [_describe(error, prefix) for error in errors if error["type"] != "extra_forbidden"]
+    unknown = sorted(prefix + str(error["loc"][0]) for error in errors if error["type"] == "extra_forbidden")
+    if unknown:
+        valid = sorted(prefix + name for name in settings_cls.model_fields)
+        problems.append(f"unknown settings {unknown}; valid ones are {valid}")
+    return ConfigError("; ".join(problems))
+
+
+def _describe(error: ErrorDetails, prefix: str) -> str:
+    if error["type"] == "value_error":  # raised by our own checks, whose message names the setting
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    name = prefix + ".".join(str(part) for part in error["loc"])
+    came = "<hidden>" if name in SECRET_SETTINGS else repr(error["input"])
+    return f"setting {name}: {error['msg']}; got {came}"

@@ -15,6 +15,7 @@ Records are written before the client is answered. Fsync policies:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ def sequence_of(path: Path, prefix: str, suffix: str) -> int | None:
     if not (name.startswith(prefix) and name.endswith(suffix)):
         return None
     try:
-        return int(name[len(prefix):-len(suffix)])
+        return int(name[len(prefix) : -len(suffix)])
     except ValueError:
         return None
 
@@ -82,8 +83,12 @@ class Journal:
                     seq = int(record["seq"])
                 except (ValueError, KeyError, TypeError):
                     torn = lineno == len(lines)
-                    log.warning("journal %s line %d is %s; skipping it", path.name, lineno,
-                                "torn (crash during write)" if torn else "unreadable")
+                    log.warning(
+                        "journal %s line %d is %s; skipping it",
+                        path.name,
+                        lineno,
+                        "torn (crash during write)" if torn else "unreadable",
+                    )
                     continue
                 self._last_seq = max(self._last_seq, seq)
                 if seq > after_seq:
@@ -109,7 +114,7 @@ class Journal:
                 os.fsync(self._fh.fileno())
                 self._fh.close()
             path = self.folder / sequenced_name(SEGMENT_PREFIX, first_seq, SEGMENT_SUFFIX)
-            self._fh = open(path, "ab")
+            self._fh = open(path, "ab")  # noqa: SIM115 - the segment stays open across appends; close() closes it
             self._segment_first = first_seq
             fsync_dir(self.folder)
 
@@ -141,7 +146,7 @@ class Journal:
         """Delete segments whose records are all <= seq (never the open one); returns how many."""
         segs = self.segments()
         dropped = 0
-        for (first, path), (next_first, _) in zip(segs, segs[1:]):
+        for (first, path), (next_first, _) in itertools.pairwise(segs):
             if next_first - 1 <= seq and first != self._segment_first:
                 path.unlink(missing_ok=True)
                 dropped += 1
@@ -169,4 +174,3 @@ class Journal:
                 os.fsync(self._fh.fileno())
                 self._fh.close()
                 self._fh = None
-

@@ -7,22 +7,30 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from ..errors import ConfigError
 from .config import ServerConfig, load_config
 
 
 def run(config: ServerConfig | None = None) -> None:
     """Serve until SIGINT/SIGTERM: uvicorn stops accepting, in-flight requests finish (up to
     ``shutdown_drain_s``), then the service drains its queue and writes a final snapshot."""
-    import uvicorn  # noqa: PLC0415
+    import uvicorn  # the serve extra; imported here so the command line can print its help without it
 
-    from .app import create_app  # noqa: PLC0415
+    from .app import create_app
 
     config = config or load_config()
     _configure_logging(config.log_level)
     logging.getLogger("probewatch.server").info("starting with settings %s", config.public_dict())
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=config.log_level,
-                timeout_graceful_shutdown=max(1, int(config.shutdown_drain_s)), access_log=False,
-                server_header=False, lifespan="on")
+    uvicorn.run(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        log_level=config.log_level,
+        timeout_graceful_shutdown=max(1, int(config.shutdown_drain_s)),
+        access_log=False,
+        server_header=False,
+        lifespan="on",
+    )
 
 
 def main_serve(argv: Sequence[str] | None = None) -> int:
@@ -35,7 +43,10 @@ def main_serve(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", help="engine device: auto, cpu or cuda[:N]")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     engine = {"device": args.device} if args.device else None
-    config = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir, engine=engine)
+    try:
+        config = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir, engine=engine)
+    except ConfigError as exc:
+        parser.error(str(exc))  # the message says which setting and why; a traceback would bury it
     run(config)
     return 0
 

@@ -20,9 +20,10 @@ from typing import Any
 
 from ..engine import Engine
 from ..errors import BatchError, InvalidPromptError, ProbewatchError, SnapshotError
-from ..io.validation import check_account, check_prompt, check_timestamp
-from .config import ServerConfig
 from ..io.persistence import fsync_dir
+from ..io.validation import check_account, check_prompt, check_timestamp
+from ..types import EngineStats
+from .config import ServerConfig
 from .journal import Journal, sequence_of, sequenced_name
 from .metrics import ServerMetrics
 
@@ -84,8 +85,9 @@ class ObservationService:
         self._closing = False
         # One thread for every state change and snapshot: that is what orders them.
         self._state_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="probewatch-state")
-        self.journal = Journal(config.data_path / "journal", config.journal_fsync,
-                               config.journal_fsync_interval_ms / 1000.0)
+        self.journal = Journal(
+            config.data_path / "journal", config.journal_fsync, config.journal_fsync_interval_ms / 1000.0
+        )
         self.snapshot_dir = config.data_path / "snapshots"
         self._since_snapshot = 0
         self._last_snapshot_at = time.monotonic()
@@ -97,7 +99,7 @@ class ObservationService:
         self._wakeup = asyncio.Event()
         try:
             await loop.run_in_executor(self._state_executor, self._restore_and_warm)
-        except Exception as exc:  # noqa: BLE001 - reported by /readyz and the log; the process stays up
+        except Exception as exc:  # reported by /readyz and the log; the process stays up
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("probewatch could not restore its state or load the model")
             return
@@ -131,7 +133,9 @@ class ObservationService:
         cfg.data_path.mkdir(parents=True, exist_ok=True)
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         if not self._given_engine:
-            self.engine = self._load_newest_snapshot() or Engine(config=cfg.engine, calibration_path=cfg.calibration_path)
+            self.engine = self._load_newest_snapshot() or Engine(
+                config=cfg.engine, calibration_path=cfg.calibration_path
+            )
         replayed = self._replay_journal()
         self.journal.open(max(self.journal.last_seq, self.covered_seq) + 1)
         # Pay for model loading and the first forward pass now, not on the first request.
@@ -139,9 +143,12 @@ class ObservationService:
         log.info("restored snapshot seq %d and replayed %d journal records", self.covered_seq, replayed)
 
     def _load_newest_snapshot(self) -> Engine | None:
-        runtime = {"device": self.config.engine.device, "embed_batch_size": self.config.engine.embed_batch_size,
-                   "memory_budget_bytes": self.config.engine.memory_budget_bytes,
-                   "max_prompt_chars": self.config.engine.max_prompt_chars}
+        runtime = {
+            "device": self.config.engine.device,
+            "embed_batch_size": self.config.engine.embed_batch_size,
+            "memory_budget_bytes": self.config.engine.memory_budget_bytes,
+            "max_prompt_chars": self.config.engine.max_prompt_chars,
+        }
         for seq, path in sorted(self._snapshots(), reverse=True):
             try:
                 engine = Engine.load(path, **runtime)
@@ -164,8 +171,9 @@ class ObservationService:
             if not pending:
                 return
             try:
-                self.engine.observe_batch([r["account"] for r in pending], [r["prompt"] for r in pending],
-                                          [r.get("ts") for r in pending])
+                self.engine.observe_batch(
+                    [r["account"] for r in pending], [r["prompt"] for r in pending], [r.get("ts") for r in pending]
+                )
             except BatchError as exc:
                 log.warning("journal replay: %d records were rejected by the engine: %s", len(exc.errors), exc)
             pending.clear()
@@ -198,7 +206,8 @@ class ObservationService:
             if self.config.prompt_overflow == "reject":
                 raise InvalidPromptError(
                     f"a prompt must be at most {self.config.max_prompt_chars} characters (sidecar max_prompt_chars); "
-                    f"got {len(raw_prompt)}; shorten it or set prompt_overflow: truncate")
+                    f"got {len(raw_prompt)}; shorten it or set prompt_overflow: truncate"
+                )
             raw_prompt = raw_prompt[: self.config.max_prompt_chars]
             truncated = True
         prompt = check_prompt(raw_prompt, self.config.engine.max_prompt_chars)
@@ -231,66 +240,88 @@ class ObservationService:
         return outcomes
 
     def _fallback(self, item: Item, cause: str) -> Outcome:
-        closed = self.config.fail_mode == "closed"
-        self.metrics.fallbacks.inc(cause)
-        verdict = {"account": item.account, "level": "unknown", "flagged": closed, "risk": None,
-                   "n_queries": None, "score": None, "peak_risk": None, "reasons": []}
+        closed = self.config.failure_policy == "closed"
+        self.metrics.fallbacks.labels(cause).inc()
+        verdict = {
+            "account": item.account,
+            "level": "unknown",
+            "flagged": closed,
+            "risk": None,
+            "n_queries": None,
+            "score": None,
+            "peak_risk": None,
+            "reasons": [],
+        }
         return Outcome(verdict=verdict, fallback=cause, queued=item.batched, truncated=item.truncated)
 
     async def _batch_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        max_wait = self.config.max_wait_ms / 1000.0
         while True:
             while not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            # Give concurrent requests max_wait_ms to join this batch (unless it is full).
-            if len(self._queue) < self.config.max_batch_size and max_wait > 0 and not self._closing:
-                first = self._queue[0].enqueued_at
-                while len(self._queue) < self.config.max_batch_size:
-                    left = first + max_wait - loop.time()
-                    if left <= 0:
-                        break
-                    self._wakeup.clear()
-                    try:
-                        await asyncio.wait_for(self._wakeup.wait(), left)
-                    except asyncio.TimeoutError:
-                        break
-            batch: list[Item] = []
-            while self._queue and len(batch) < self.config.max_batch_size:
-                it = self._queue.popleft()
-                if it.abandoned:  # answered by the failure policy, never journaled: drop it
-                    continue
-                it.batched = True
-                batch.append(it)
-            if not batch:
-                continue
-            started = loop.time()
-            for it in batch:
-                self.metrics.queue_wait.observe(started - it.enqueued_at)
-            self.metrics.batch_size.observe(len(batch))
+            await self._let_batch_fill()
+            batch = self._take_batch()
+            if batch:
+                await self._run_batch(batch)
+
+    async def _let_batch_fill(self) -> None:
+        """Give concurrent requests max_wait_ms (from the first queued item) to join this batch,
+        unless it is full already or the service is closing."""
+        loop = asyncio.get_running_loop()
+        max_wait = self.config.max_wait_ms / 1000.0
+        if max_wait <= 0 or self._closing:
+            return
+        first = self._queue[0].enqueued_at
+        while len(self._queue) < self.config.max_batch_size:
+            left = first + max_wait - loop.time()
+            if left <= 0:
+                return
+            self._wakeup.clear()
             try:
-                outcomes = await loop.run_in_executor(self._state_executor, self._apply_batch, batch)
-            except Exception as exc:  # noqa: BLE001 - answer every caller; the loop must survive
-                log.exception("micro-batch of %d items failed in the engine", len(batch))
-                outcomes = [self._fallback(it, "engine_error") for it in batch]
-                for o in outcomes:
-                    o.extra["detail"] = f"{type(exc).__name__}: {exc}"
-            self.metrics.batch_latency.observe(loop.time() - started)
-            for it, outcome in zip(batch, outcomes):
-                if not it.future.done():
-                    it.future.set_result(outcome)
-            self._since_snapshot += len(batch)
-            if self._since_snapshot >= self.config.snapshot_every_observations:
-                self._request_snapshot()
+                await asyncio.wait_for(self._wakeup.wait(), left)
+            except asyncio.TimeoutError:
+                return
+
+    def _take_batch(self) -> list[Item]:
+        batch: list[Item] = []
+        while self._queue and len(batch) < self.config.max_batch_size:
+            it = self._queue.popleft()
+            if it.abandoned:  # answered by the failure policy, never journaled: drop it
+                continue
+            it.batched = True
+            batch.append(it)
+        return batch
+
+    async def _run_batch(self, batch: list[Item]) -> None:
+        """Apply one micro-batch in the state thread and answer its callers."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for it in batch:
+            self.metrics.queue_wait.observe(started - it.enqueued_at)
+        self.metrics.batch_size.observe(len(batch))
+        try:
+            outcomes = await loop.run_in_executor(self._state_executor, self._apply_batch, batch)
+        except Exception as exc:  # answer every caller; the loop must survive
+            log.exception("micro-batch of %d items failed in the engine", len(batch))
+            outcomes = [self._fallback(it, "engine_error") for it in batch]
+            for outcome in outcomes:
+                outcome.extra["detail"] = f"{type(exc).__name__}: {exc}"
+        self.metrics.batch_latency.observe(loop.time() - started)
+        for it, outcome in zip(batch, outcomes, strict=True):
+            if not it.future.done():
+                it.future.set_result(outcome)
+        self._since_snapshot += len(batch)
+        if self._since_snapshot >= self.config.snapshot_every_observations:
+            self._request_snapshot()
 
     def _apply_batch(self, batch: list[Item]) -> list[Outcome]:
         """Runs in the state thread: journal first, then the engine."""
         records = [{"op": "observe", "account": it.account, "prompt": it.prompt, "ts": it.ts} for it in batch]
         self.journal.append(records)
         try:
-            verdicts = self.engine.observe_batch([it.account for it in batch], [it.prompt for it in batch],
-                                                 [it.ts for it in batch])
+            verdicts = self.engine.observe_batch(
+                [it.account for it in batch], [it.prompt for it in batch], [it.ts for it in batch]
+            )
             errors: dict[int, ProbewatchError] = {}
         except BatchError as exc:  # items were pre-checked, so this is rare (e.g. config drift)
             verdicts, errors = exc.verdicts, exc.errors
@@ -326,8 +357,8 @@ class ObservationService:
     async def accounts(self, level: str | None) -> list[str]:
         return await asyncio.get_running_loop().run_in_executor(None, self.engine.accounts, level)
 
-    def _stats_for_metrics(self) -> dict:
-        return self.engine.stats().to_dict() if self.ready and self.engine is not None else {}
+    def _stats_for_metrics(self) -> EngineStats | None:
+        return self.engine.stats() if self.ready and self.engine is not None else None
 
     # -- snapshots ---------------------------------------------------------------------------------
     def _request_snapshot(self) -> None:
@@ -350,9 +381,12 @@ class ObservationService:
         seq = self.journal.last_seq
         self._last_snapshot_at = time.monotonic()
         if not self._consistent:
-            log.error("skipping the %s snapshot: an engine failure left journaled records unapplied; "
-                      "restart the service to replay them", reason)
-            self.metrics.snapshots.inc("skipped")
+            log.error(
+                "skipping the %s snapshot: an engine failure left journaled records unapplied; "
+                "restart the service to replay them",
+                reason,
+            )
+            self.metrics.snapshots.labels("skipped").inc()
             return
         if seq <= self.covered_seq and reason != "shutdown":
             return
@@ -361,24 +395,34 @@ class ObservationService:
         try:
             if seq > self.covered_seq or not path.exists():
                 self.engine.save(path)
-        except Exception:  # noqa: BLE001 - the journal still holds everything; try again next time
+        except Exception:  # the journal still holds everything; try again next time
             log.exception("writing snapshot %s failed; the journal is kept", path.name)
-            self.metrics.snapshots.inc("failed")
+            self.metrics.snapshots.labels("failed").inc()
             return
         self.covered_seq = seq
+        dropped = self._prune_after_snapshot()
+        self.metrics.snapshots.labels("written").inc()
+        self.metrics.snapshot_latency.observe(time.perf_counter() - started)
+        log.info(
+            "snapshot %s written (%s, %.2fs, %d journal segments dropped)",
+            path.name,
+            reason,
+            time.perf_counter() - started,
+            dropped,
+        )
+
+    def _prune_after_snapshot(self) -> int:
+        """Start a new journal segment, delete snapshots beyond ``snapshot_keep`` and the journal
+        segments every kept snapshot covers; returns how many segments were dropped."""
         self.journal.rotate()
         kept = sorted(self._snapshots(), reverse=True)
-        for _, old in kept[self.config.snapshot_keep:]:
+        for _, old in kept[self.config.snapshot_keep :]:
             old.unlink(missing_ok=True)
         fsync_dir(self.snapshot_dir)
         # Keep journal records newer than the oldest snapshot we still hold, in case the
         # newest one turns out unreadable at the next start.
         oldest_kept = min(s for s, _ in kept[: self.config.snapshot_keep])
-        dropped = self.journal.drop_through(oldest_kept)
-        self.metrics.snapshots.inc("written")
-        self.metrics.snapshot_latency.observe(time.perf_counter() - started)
-        log.info("snapshot %s written (%s, %.2fs, %d journal segments dropped)", path.name, reason,
-                 time.perf_counter() - started, dropped)
+        return self.journal.drop_through(oldest_kept)
 
 
 def verdict_action(verdict: dict[str, Any]) -> str:

@@ -8,28 +8,29 @@ import json
 import pytest
 
 import probewatch as pw
-from probewatch.integrations import account_from_metadata, prompt_from_openai_body
-
-WORDS = ("apple river quantum tax violin sodium gothic harbor lemma sprint tundra opera fiscal neuron "
-         "basalt cipher mango lattice pigment walrus").split()
+from probewatch.errors import ConfigError
+from probewatch.integrations import account_from_metadata, prompt_from_guardrail_request, prompt_from_openai_body
+from tests.support import random_word_prompts
 
 
 @pytest.fixture(scope="module")
 def engine():
     """One engine for the module, with an attacker already flagged (lenient test thresholds)."""
-    import random
-
-    rng = random.Random(0)
     eng = pw.Engine(device="cpu", target_fpr=0.2, watch_fpr=0.4)
-    verdicts = eng.observe_batch(["attacker"] * 48, [" ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(48)])
+    verdicts = eng.observe_batch(["attacker"] * 48, random_word_prompts(48))
     assert verdicts[-1].flagged
     return eng
 
 
 def test_prompt_and_account_extraction():
-    chat = {"messages": [{"role": "system", "content": "be nice"}, {"role": "user", "content": "first"},
-                         {"role": "assistant", "content": "a"},
-                         {"role": "user", "content": [{"type": "text", "text": "second"}, {"type": "image_url"}]}]}
+    chat = {
+        "messages": [
+            {"role": "system", "content": "be nice"},
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "a"},
+            {"role": "user", "content": [{"type": "text", "text": "second"}, {"type": "image_url"}]},
+        ]
+    }
     assert prompt_from_openai_body("/v1/chat/completions", chat) == "second"
     assert prompt_from_openai_body("/v1/completions", {"prompt": "once upon"}) == "once upon"
     assert prompt_from_openai_body("/v1/completions", {"prompt": [1, 2, 3]}) is None
@@ -40,18 +41,35 @@ def test_prompt_and_account_extraction():
     assert account_from_metadata("user_api_key_hash", Auth()) == "hash123"
     assert account_from_metadata("user_api_key_team_id", Auth()) == "team-a"
     assert account_from_metadata("user_api_key_end_user_id", Auth(), {"user": "eve"}) == "eve"
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match=r"one of \('user_api_key_hash'.*got 'nonsense'"):
         account_from_metadata("nonsense")
+
+
+def test_guardrail_request_prompt():
+    messages = [{"role": "system", "content": "be nice"}, {"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    request = {"texts": ["be nice", "  ", "hi there"], "structured_messages": messages}
+    assert prompt_from_guardrail_request(request) == "hi"
+    assert prompt_from_guardrail_request({"texts": ["a", "b"]}) == "b"  # no messages: the last text
+    assert prompt_from_guardrail_request(request, source="joined") == "be nice\nhi there"
+    assert prompt_from_guardrail_request({"texts": ["  "]}) is None
+    with pytest.raises(ConfigError):
+        prompt_from_guardrail_request(request, source="first")
 
 
 async def _call(app, path: str, body: dict, headers: dict[str, str]):
     """Drive an ASGI app by hand; returns (status, headers, body)."""
     raw = json.dumps(body).encode()
-    scope = {"type": "http", "method": "POST", "path": path, "headers": [(k.lower().encode(), v.encode())
-                                                                        for k, v in headers.items()]}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
     sent = []
-    parts = [{"type": "http.request", "body": raw[:10], "more_body": True},
-             {"type": "http.request", "body": raw[10:], "more_body": False}]
+    parts = [
+        {"type": "http.request", "body": raw[:10], "more_body": True},
+        {"type": "http.request", "body": raw[10:], "more_body": False},
+    ]
 
     async def receive():
         return parts.pop(0) if parts else {"type": "http.disconnect"}
@@ -85,7 +103,9 @@ def test_asgi_middleware_blocks_flagged_annotates_others_and_passes_bodies_intac
     assert status == 200 and json.loads(body) == chat
     assert headers[b"x-probewatch-level"] in (b"ok", b"watch")
 
-    status, _, body = asyncio.run(_call(app, "/v1/completions", {"prompt": "tax violin opera"}, {"x-account-id": "attacker"}))
+    status, _, body = asyncio.run(
+        _call(app, "/v1/completions", {"prompt": "tax violin opera"}, {"x-account-id": "attacker"})
+    )
     assert status == 403 and json.loads(body)["error"]["type"] == "probewatch_blocked"
 
     n_before = engine.report("normal-user").n_queries
@@ -95,8 +115,9 @@ def test_asgi_middleware_blocks_flagged_annotates_others_and_passes_bodies_intac
     assert status == 200 and engine.report("normal-user").n_queries == n_before
 
     annotate = ProbewatchMiddleware(echo_app, engine=engine, account_header="x-account-id", mode="annotate")
-    status, headers, _ = asyncio.run(_call(annotate, "/v1/completions", {"prompt": "gothic harbor"},
-                                           {"x-account-id": "attacker"}))
+    status, headers, _ = asyncio.run(
+        _call(annotate, "/v1/completions", {"prompt": "gothic harbor"}, {"x-account-id": "attacker"})
+    )
     assert status == 200 and headers[b"x-probewatch-level"] == b"flag"
 
 
@@ -106,15 +127,86 @@ def test_litellm_guardrail_hooks_block_flagged_and_pass_normal(engine):
 
     from probewatch.integrations.litellm import ProbewatchGuardrail
 
-    guard = ProbewatchGuardrail(engine=engine, account_field="user_api_key_end_user_id",
-                                guardrail_name="probewatch", event_hook="pre_call", default_on=True)
+    guard = ProbewatchGuardrail(
+        engine=engine,
+        account_field="user_api_key_end_user_id",
+        guardrail_name="probewatch",
+        event_hook="pre_call",
+        default_on=True,
+    )
     data = {"model": "m", "messages": [{"role": "user", "content": "Best way to learn piano?"}]}
     out = asyncio.run(guard.async_pre_call_hook(UserAPIKeyAuth(end_user_id="pianist"), None, data, "completion"))
     assert out["metadata"]["probewatch_level"] in ("ok", "watch")
     with pytest.raises(HTTPException) as blocked:
-        asyncio.run(guard.async_pre_call_hook(UserAPIKeyAuth(end_user_id="attacker"), None,
-                                              {"messages": [{"role": "user", "content": "lemma sprint"}]}, "completion"))
+        asyncio.run(
+            guard.async_pre_call_hook(
+                UserAPIKeyAuth(end_user_id="attacker"),
+                None,
+                {"messages": [{"role": "user", "content": "lemma sprint"}]},
+                "completion",
+            )
+        )
     assert blocked.value.status_code == 403
     with pytest.raises(HTTPException):  # during_call flags the same way, in parallel with the model call
-        asyncio.run(guard.async_moderation_hook({"messages": [{"role": "user", "content": "cipher mango"}]},
-                                                UserAPIKeyAuth(end_user_id="attacker"), "completion"))
+        asyncio.run(
+            guard.async_moderation_hook(
+                {"messages": [{"role": "user", "content": "cipher mango"}]},
+                UserAPIKeyAuth(end_user_id="attacker"),
+                "completion",
+            )
+        )
+
+
+class BrokenEngine:
+    """An engine whose every observation fails, as a crashed or overloaded one would."""
+
+    def observe(self, account: str, prompt: str):
+        raise RuntimeError("engine down")
+
+
+def test_failure_policy_decides_when_the_engine_fails():
+    from probewatch.integrations.asgi import ProbewatchMiddleware
+
+    chat = {"messages": [{"role": "user", "content": "hello"}]}
+    request = ("/v1/chat/completions", chat, {"x-account-id": "someone"})
+    status, _, _ = asyncio.run(_call(ProbewatchMiddleware(echo_app, engine=BrokenEngine()), *request))
+    assert status == 200  # open, the default: the request passes
+    closed = ProbewatchMiddleware(echo_app, engine=BrokenEngine(), failure_policy="closed")
+    status, _, body = asyncio.run(_call(closed, *request))
+    assert status == 503 and json.loads(body)["error"]["type"] == "probewatch_unavailable"
+
+
+def test_litellm_guardrail_fails_closed_when_asked():
+    from fastapi import HTTPException
+    from litellm.proxy._types import UserAPIKeyAuth
+
+    from probewatch.integrations.litellm import ProbewatchGuardrail
+
+    data = {"messages": [{"role": "user", "content": "hello"}]}
+    auth = UserAPIKeyAuth(end_user_id="someone")
+    for policy in ("open", "closed"):
+        guard = ProbewatchGuardrail(
+            engine=BrokenEngine(),
+            account_field="user_api_key_end_user_id",
+            failure_policy=policy,
+            guardrail_name="probewatch",
+            event_hook="pre_call",
+        )
+        if policy == "open":
+            assert asyncio.run(guard.async_pre_call_hook(auth, None, dict(data), "completion")) is not None
+        else:
+            with pytest.raises(HTTPException) as refused:
+                asyncio.run(guard.async_pre_call_hook(auth, None, dict(data), "completion"))
+            assert refused.value.status_code == 503
+
+
+def test_integrations_reject_bad_settings_with_config_errors():
+    from probewatch.integrations.asgi import ProbewatchMiddleware
+    from probewatch.integrations.litellm import ProbewatchGuardrail
+
+    with pytest.raises(ConfigError, match=r"mode must be one of \('block', 'annotate'\); got 'shout'"):
+        ProbewatchMiddleware(echo_app, engine=BrokenEngine(), mode="shout")
+    with pytest.raises(ConfigError, match=r"failure_policy must be one of \('open', 'closed'\); got True"):
+        ProbewatchMiddleware(echo_app, engine=BrokenEngine(), failure_policy=True)
+    with pytest.raises(ConfigError, match="failure_policy"):
+        ProbewatchGuardrail(engine=BrokenEngine(), failure_policy="ajar", guardrail_name="probewatch")

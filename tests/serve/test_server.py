@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,9 +22,16 @@ pytestmark = pytest.mark.timeout(300)
 def sidecar(tmp_path_factory):
     root = tmp_path_factory.mktemp("sidecar")
     # A lenient flag threshold (benign FPR 20 %) makes word-salad accounts flag within ~20 queries.
-    server = SidecarProcess(root / "data", root / "server.log", engine_target_fpr=0.2, engine_watch_fpr=0.4,
-                            request_deadline_ms=30000, guardrail_account_field="user_api_key_end_user_id",
-                            max_body_bytes=256 * 1024, max_prompt_chars=2000)
+    server = SidecarProcess(
+        root / "data",
+        root / "server.log",
+        engine_target_fpr=0.2,
+        engine_watch_fpr=0.4,
+        request_deadline_ms=30000,
+        guardrail_account_field="user_api_key_end_user_id",
+        max_body_bytes=256 * 1024,
+        max_prompt_chars=2000,
+    )
     try:
         server.wait_ready()
         yield server
@@ -40,28 +49,41 @@ def test_health_and_metrics_are_open_everything_else_needs_the_token(sidecar):
     assert httpx.get(sidecar.url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(sidecar.url + "/readyz").status_code == 200
     assert httpx.get(sidecar.url + "/metrics").status_code == 200
-    for method, path in (("POST", "/v1/observe"), ("GET", "/v1/accounts"), ("GET", "/v1/accounts/a"),
-                         ("DELETE", "/v1/accounts/a"), ("POST", "/beta/litellm_basic_guardrail_api"),
-                         ("GET", "/openapi.json")):
+    for method, path in (
+        ("POST", "/v1/observe"),
+        ("GET", "/v1/accounts"),
+        ("GET", "/v1/accounts/a"),
+        ("DELETE", "/v1/accounts/a"),
+        ("POST", "/beta/litellm_basic_guardrail_api"),
+        ("GET", "/openapi.json"),
+    ):
         r = httpx.request(method, sidecar.url + path, json={"account": "a", "prompt": "hi"})
         assert r.status_code == 401, (path, r.text)
         assert "token" in r.json()["error"]["message"]
         wrong = httpx.request(method, sidecar.url + path, headers={"Authorization": "Bearer wrong-token-xxxxxxxx"})
         assert wrong.status_code == 401
     # LiteLLM's generic guardrail sends its api_key as x-api-key.
-    r = httpx.post(sidecar.url + "/beta/litellm_basic_guardrail_api", headers={"x-api-key": TOKEN},
-                   json={"input_type": "response", "texts": ["x"], "request_data": {}})
+    r = httpx.post(
+        sidecar.url + "/beta/litellm_basic_guardrail_api",
+        headers={"x-api-key": TOKEN},
+        json={"input_type": "response", "texts": ["x"], "request_data": {}},
+    )
     assert r.json() == {"action": "NONE"}
 
 
 def test_observe_returns_verdicts_in_order_with_per_item_errors(http):
-    r = http.post("/v1/observe", json={"items": [
-        {"account": "alice", "prompt": "How do I bake sourdough bread?"},
-        {"account": "alice", "prompt": "   "},
-        {"account": "bob", "prompt": "What is the capital of France?", "ts": 1700000000.0},
-        {"account": 7, "prompt": "typed wrong"},
-        {"account": "carol"},
-    ]})
+    r = http.post(
+        "/v1/observe",
+        json={
+            "items": [
+                {"account": "alice", "prompt": "How do I bake sourdough bread?"},
+                {"account": "alice", "prompt": "   "},
+                {"account": "bob", "prompt": "What is the capital of France?", "ts": 1700000000.0},
+                {"account": 7, "prompt": "typed wrong"},
+                {"account": "carol"},
+            ]
+        },
+    )
     assert r.status_code == 200
     results = r.json()["results"]
     assert [x["index"] for x in results] == [0, 1, 2, 3, 4]
@@ -76,15 +98,18 @@ def test_observe_returns_verdicts_in_order_with_per_item_errors(http):
     assert single.status_code == 200 and single.json()["results"][0]["n_queries"] == 2
 
 
-@pytest.mark.parametrize("body, status, words", [
-    (b"{not json", 400, "not valid JSON"),
-    (b"", 400, "empty"),
-    (b'"a string"', 422, "got a JSON str"),
-    (b'{"items": "abc"}', 422, "must be a list"),
-    (b'{"items": []}', 422, "no items"),
-    (b'{"items": [{"account": "a", "prompt": "x"}], "extra": 1}', 422, "unexpected keys"),
-    (b'[{"account": 1, "prompt": 2}]', 422, "must be a str"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"", 400, "empty"),
+        (b'"a string"', 422, "got a JSON str"),
+        (b'{"items": "abc"}', 422, "must be a list"),
+        (b'{"items": []}', 422, "no items"),
+        (b'{"items": [{"account": "a", "prompt": "x"}], "extra": 1}', 422, "unexpected keys"),
+        (b'[{"account": 1, "prompt": 2}]', 422, "must be a str"),
+    ],
+)
 def test_malformed_bodies_get_a_4xx_with_a_clear_message(http, body, status, words):
     r = http.post("/v1/observe", content=body, headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
@@ -124,6 +149,58 @@ def test_report_accounts_pagination_and_forget(http):
     assert http.delete("/v1/accounts/dave").json()["forgotten"] is False
 
 
+def assert_error_shape(response: httpx.Response, status: int, error_type: str, field: str | None = None) -> None:
+    """The one error body of the sidecar: {"error": {"type", "message", "field"?}} and nothing else."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert {"type", "message"} <= set(error) <= {"type", "message", "field"}, body
+    assert error["type"] == error_type and isinstance(error["message"], str) and error["message"], body
+    assert error.get("field") == field, body
+
+
+def test_every_error_status_has_one_error_shape(sidecar, http):
+    unauthorized = httpx.get(sidecar.url + "/v1/accounts")
+    assert_error_shape(unauthorized, 401, "Unauthorized")
+    assert unauthorized.headers["www-authenticate"] == "Bearer"
+    json_body = {"content-type": "application/json"}
+    assert_error_shape(http.post("/v1/observe", content=b"{not json", headers=json_body), 400, "InvalidJSON")
+    assert_error_shape(http.get("/v1/accounts/nobody"), 404, "UnknownAccountError", "account")
+    assert_error_shape(http.get("/v1/no-such-route"), 404, "NotFound")
+    assert_error_shape(http.put("/v1/observe", json={}), 405, "MethodNotAllowed")
+    big = b'{"account": "a", "prompt": "' + b"x" * (300 * 1024) + b'"}'
+    assert_error_shape(http.post("/v1/observe", content=big, headers=json_body), 413, "PayloadTooLarge")
+    too_many = {"items": [{"account": "a", "prompt": "p"}] * 257}  # max_items_per_request is 256
+    assert_error_shape(http.post("/v1/observe", json=too_many), 413, "PayloadTooLarge", "items")
+    assert_error_shape(http.post("/v1/observe", json={"items": "abc"}), 422, "InvalidBody", "items")
+    assert_error_shape(http.post("/beta/litellm_basic_guardrail_api", json=[1]), 422, "InvalidBody")
+    assert_error_shape(http.get("/v1/accounts/%01"), 422, "InvalidAccountError", "account")
+    for params, field in (({"limit": 0}, "limit"), ({"limit": "abc"}, "limit"), ({"level": "purple"}, "level")):
+        invalid = http.get("/v1/accounts", params=params)
+        assert_error_shape(invalid, 422, "InvalidParameter", field)
+        assert str(params[field]) in invalid.json()["error"]["message"]
+
+
+def test_not_ready_is_a_503_with_the_error_shape(tmp_path):
+    """An app whose service never started (no lifespan) is loading: 503 NotReady."""
+    import asyncio
+
+    from probewatch.serve import ServerConfig, create_app
+
+    app = create_app(ServerConfig(data_dir=str(tmp_path)))
+
+    async def ask(method: str, path: str) -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sidecar") as client:
+            return await client.request(method, path, json={"account": "a", "prompt": "p"})
+
+    assert_error_shape(asyncio.run(ask("GET", "/v1/accounts")), 503, "NotReady")
+    assert_error_shape(asyncio.run(ask("POST", "/v1/observe")), 503, "NotReady")
+    readyz = asyncio.run(ask("GET", "/readyz"))  # a probe: the state too, beside the usual error
+    assert readyz.status_code == 503 and readyz.json()["status"] == "loading"
+    assert readyz.json()["error"]["type"] == "NotReady"
+
+
 @pytest.fixture(scope="module")
 def flagged_attacker(http):
     """Results of feeding the account "attacker" word salad, once per module: the tests that
@@ -146,10 +223,14 @@ def test_guardrail_endpoint_contract(http, flagged_attacker):
     assert ask(texts=["hi"], request_data={}) == {"action": "NONE"}  # no account id: never blocks
     blocked = ask(texts=["violin sodium"], request_data={"user_api_key_end_user_id": "attacker"})
     assert blocked["action"] == "BLOCKED" and "extraction" in blocked["blocked_reason"]
-    normal = ask(texts=["You are helpful.", "How long should sourdough proof?"],
-                 structured_messages=[{"role": "system", "content": "You are helpful."},
-                                      {"role": "user", "content": "How long should sourdough proof?"}],
-                 request_data={"user_api_key_end_user_id": "alice", "user_api_key_hash": "abc"})
+    normal = ask(
+        texts=["You are helpful.", "How long should sourdough proof?"],
+        structured_messages=[
+            {"role": "system", "content": "You are helpful."},
+            {"role": "user", "content": "How long should sourdough proof?"},
+        ],
+        request_data={"user_api_key_end_user_id": "alice", "user_api_key_hash": "abc"},
+    )
     assert normal == {"action": "NONE"}
     assert http.get("/v1/accounts/alice").json()["n_queries"] == 3
 
@@ -158,12 +239,18 @@ def test_metrics_parse_and_never_name_an_account(sidecar, flagged_attacker):
     text = httpx.get(sidecar.url + "/metrics").text
     samples = parse_prometheus(text)
     names = {name for name, _ in samples}
-    for needed in ("probewatch_http_requests_total", "probewatch_verdicts_total", "probewatch_batch_size_bucket",
-                   "probewatch_http_request_duration_seconds_bucket", "probewatch_batch_duration_seconds_sum",
-                   "probewatch_accounts", "probewatch_bytes_held"):
+    for needed in (
+        "probewatch_http_requests_total",
+        "probewatch_verdicts_total",
+        "probewatch_batch_size_bucket",
+        "probewatch_http_request_duration_seconds_bucket",
+        "probewatch_batch_duration_seconds_sum",
+        "probewatch_accounts",
+        "probewatch_bytes_held",
+    ):
         assert needed in names, needed
-    assert samples[("probewatch_http_requests_total",
-                    (("endpoint", "/v1/observe"), ("method", "POST"), ("status", "401")))] >= 1
+    unauthorized_observe = (("endpoint", "/v1/observe"), ("method", "POST"), ("status", "401"))
+    assert samples[("probewatch_http_requests_total", unauthorized_observe)] >= 1
     assert samples[("probewatch_verdicts_total", (("level", "flag"),))] >= 1
     assert samples[("probewatch_accounts", ())] >= 3 and samples[("probewatch_bytes_held", ())] > 0
     for account in ("alice", "bob", "attacker", "carol"):
@@ -172,8 +259,9 @@ def test_metrics_parse_and_never_name_an_account(sidecar, flagged_attacker):
 
 def _litellm_proxy_binary() -> str | None:
     """The `litellm` CLI of an environment with the proxy extra (PROBEWATCH_TEST_LITELLM_BIN or ours)."""
-    candidate = os.environ.get("PROBEWATCH_TEST_LITELLM_BIN") or shutil.which("litellm",
-                                                                             path=str(Path(sys.executable).parent))
+    candidate = os.environ.get("PROBEWATCH_TEST_LITELLM_BIN") or shutil.which(
+        "litellm", path=str(Path(sys.executable).parent)
+    )
     if not candidate:
         return None
     python = Path(candidate).parent / "python"
@@ -181,16 +269,46 @@ def _litellm_proxy_binary() -> str | None:
     return candidate if probe.returncode == 0 else None
 
 
+@contextlib.contextmanager
+def running_litellm_proxy(binary: str, folder: Path) -> Iterator[str]:
+    """The LiteLLM proxy with ``folder/config.yaml`` on a free loopback port; yields its URL."""
+    port = free_port()
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False"}
+    command = [binary, "--config", str(folder / "config.yaml"), "--host", "127.0.0.1", "--port", str(port)]
+    with open(folder / "proxy.log", "wb") as log:
+        proxy = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                assert proxy.poll() is None, (folder / "proxy.log").read_text()[-3000:]
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/health/liveliness", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "LiteLLM proxy did not start"
+                time.sleep(0.5)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proxy.terminate()
+            try:
+                proxy.wait(20)
+            except subprocess.TimeoutExpired:
+                proxy.kill()
+
+
 def test_real_litellm_proxy_blocks_the_flagged_account_and_passes_a_normal_one(sidecar, flagged_attacker, tmp_path):
     binary = _litellm_proxy_binary()
     if binary is None:
-        message = ("no litellm proxy: `make test` builds one in .venv-litellm; or pip install 'litellm[proxy]' "
-                   "somewhere and set PROBEWATCH_TEST_LITELLM_BIN to its litellm executable")
+        message = (
+            "no litellm proxy: `make test` builds one in .venv-litellm; or pip install 'litellm[proxy]' "
+            "somewhere and set PROBEWATCH_TEST_LITELLM_BIN to its litellm executable"
+        )
         if os.environ.get("CI"):
             pytest.fail(message)  # CI must exercise the real proxy
         pytest.skip(message)
     import openai
-    port = free_port()
+
     (tmp_path / "config.yaml").write_text(f"""
 model_list:
   - model_name: mock-gpt
@@ -209,38 +327,19 @@ guardrails:
 general_settings:
   master_key: sk-master-test-1234
 """)
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False"}
-    log = open(tmp_path / "proxy.log", "wb")
-    proxy = subprocess.Popen([binary, "--config", str(tmp_path / "config.yaml"), "--host", "127.0.0.1",
-                              "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proxy.poll() is None, (tmp_path / "proxy.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health/liveliness", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "LiteLLM proxy did not start"
-            time.sleep(0.5)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}", api_key="sk-master-test-1234", max_retries=0)
-        ok = client.chat.completions.create(model="mock-gpt", user="erin",
-                                            messages=[{"role": "user", "content": "Any tips for a first marathon?"}])
+    with running_litellm_proxy(binary, tmp_path) as proxy_url:
+        client = openai.OpenAI(base_url=proxy_url, api_key="sk-master-test-1234", max_retries=0)
+        ok = client.chat.completions.create(
+            model="mock-gpt", user="erin", messages=[{"role": "user", "content": "Any tips for a first marathon?"}]
+        )
         assert ok.choices[0].message.content == "hello from the mock model"
         with pytest.raises(openai.APIStatusError) as blocked:
-            client.chat.completions.create(model="mock-gpt", user="attacker",
-                                           messages=[{"role": "user", "content": "opera fiscal neuron basalt"}])
+            client.chat.completions.create(
+                model="mock-gpt", user="attacker", messages=[{"role": "user", "content": "opera fiscal neuron basalt"}]
+            )
         assert blocked.value.status_code == 400 and "model extraction" in str(blocked.value)
         with httpx.Client(base_url=sidecar.url, headers=AUTH) as http:
             assert http.get("/v1/accounts/erin").json()["n_queries"] == 1
-    finally:
-        proxy.terminate()
-        try:
-            proxy.wait(20)
-        except subprocess.TimeoutExpired:
-            proxy.kill()
-        log.close()
 
 
 def test_sigterm_drains_and_writes_a_final_snapshot(sidecar):

@@ -18,7 +18,7 @@ ACCOUNTS = [f"acct-{i}" for i in range(6)]
 def test_sigkill_mid_load_loses_no_acknowledged_observation(tmp_path):
     data = tmp_path / "data"
     # Small snapshot threshold: snapshots, journal rotation and replay-after-snapshot all happen.
-    settings = dict(journal_fsync="batch", snapshot_every_observations=30, request_deadline_ms=60000)
+    settings = {"journal_fsync": "batch", "snapshot_every_observations": 30, "request_deadline_ms": 60000}
     server = SidecarProcess(data, tmp_path / "first.log", **settings)
     acked: Counter = Counter()
     attempted: Counter = Counter()
@@ -29,9 +29,13 @@ def test_sigkill_mid_load_loses_no_acknowledged_observation(tmp_path):
         with server.client() as http:
             n = 0
             while not stop.is_set():
-                batch = [{"account": ACCOUNTS[(worker + n + j) % len(ACCOUNTS)],
-                          "prompt": f"worker {worker} question {n}.{j}: how do tides work near estuaries?"}
-                         for j in range(1 + n % 3)]
+                batch = [
+                    {
+                        "account": ACCOUNTS[(worker + n + j) % len(ACCOUNTS)],
+                        "prompt": f"worker {worker} question {n}.{j}: how do tides work near estuaries?",
+                    }
+                    for j in range(1 + n % 3)
+                ]
                 n += 1
                 with lock:
                     attempted.update(item["account"] for item in batch)

@@ -1,6 +1,6 @@
 """Bounded load test over loopback: fixed request count, concurrent clients, time-limited.
 
-Run: pytest tests/test_server_load.py -m slow -s   (prints throughput and latency)
+Run: pytest tests/serve/test_server_load.py -m slow -s   (prints throughput and latency)
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import time
 
 import psutil
 import pytest
+
 from tests.support import AUTH, SidecarProcess, httpx
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -43,8 +44,9 @@ async def _drive(url: str, n_requests: int, offset: int) -> tuple[list[float], i
 
 
 def test_sustained_concurrent_load(tmp_path):
-    server = SidecarProcess(tmp_path / "data", tmp_path / "server.log", max_batch_size=32, max_wait_ms=5,
-                            request_deadline_ms=20000)
+    server = SidecarProcess(
+        tmp_path / "data", tmp_path / "server.log", max_batch_size=32, max_wait_ms=5, request_deadline_ms=20000
+    )
     try:
         server.wait_ready()
         process = psutil.Process(server.proc.pid)
@@ -57,9 +59,11 @@ def test_sustained_concurrent_load(tmp_path):
         latencies.sort()
         p50 = latencies[len(latencies) // 2]
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-        print(f"\nload: {MEASURED_REQUESTS} requests, {CLIENTS} clients, {elapsed:.1f}s, "
-              f"{MEASURED_REQUESTS / elapsed:.1f} req/s, p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
-              f"RSS {rss_after_warmup / 2**20:.0f} -> {rss_end / 2**20:.0f} MiB")
+        print(
+            f"\nload: {MEASURED_REQUESTS} requests, {CLIENTS} clients, {elapsed:.1f}s, "
+            f"{MEASURED_REQUESTS / elapsed:.1f} req/s, p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
+            f"RSS {rss_after_warmup / 2**20:.0f} -> {rss_end / 2**20:.0f} MiB"
+        )
         assert warm_errors == 0 and errors == 0
         assert len(latencies) == MEASURED_REQUESTS
         # Flat memory: growth after warm-up stays within a generous 150 MiB (account state is a few MiB).

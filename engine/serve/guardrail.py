@@ -1,0 +1,95 @@
+"""The LiteLLM Generic Guardrail API (``POST /beta/litellm_basic_guardrail_api``).
+
+LiteLLM sends each request's texts and metadata; the sidecar observes the prompt under the
+account id named by ``guardrail_account_field`` and answers ``{"action": "NONE"}`` or
+``{"action": "BLOCKED", "blocked_reason": ...}``. Missing metadata never blocks; a
+failure-policy fallback blocks only with ``failure_policy: closed``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+
+from ..errors import ProbewatchError
+from ..integrations.prompts import prompt_from_guardrail_request
+from .http import RequestError, Service, read_json
+from .service import Item, ObservationService, Outcome
+
+log = logging.getLogger("probewatch.server")
+
+router = APIRouter(tags=["litellm"])
+
+GUARDRAIL_PATH = "/beta/litellm_basic_guardrail_api"
+ALLOW = {"action": "NONE"}
+
+
+# The request document for the OpenAPI document only: the body is parsed by hand.
+class GuardrailRequest(BaseModel):
+    input_type: str = Field(description="'request' (observed) or 'response' (always NONE).")
+    texts: list[str] | None = None
+    structured_messages: list[dict[str, Any]] | None = None
+    request_data: dict[str, Any] = Field(description="user_api_key_hash, user_api_key_team_id, ...")
+    litellm_call_id: str | None = None
+    model: str | None = None
+
+
+_REQUEST_BODY = {"required": True, "content": {"application/json": {"schema": GuardrailRequest.model_json_schema()}}}
+
+
+@router.post(GUARDRAIL_PATH, openapi_extra={"requestBody": _REQUEST_BODY})
+async def litellm_guardrail(request: Request, service: Service) -> dict[str, str]:
+    """LiteLLM Generic Guardrail API: observe the request's prompt under the configured
+    account id and answer NONE or BLOCKED."""
+    received_at = time.time()
+    payload = await read_json(request)
+    if not isinstance(payload, dict):
+        raise RequestError(422, "InvalidBody", "the guardrail request must be a JSON object")
+    if payload.get("input_type", "request") != "request":
+        return ALLOW  # responses are not prompts: nothing to observe
+    item = _item_to_observe(payload, service, received_at)
+    if item is None:
+        return ALLOW
+    outcome = (await service.observe([item]))[0]
+    return _decide(outcome, service)
+
+
+def _item_to_observe(payload: dict[str, Any], service: ObservationService, received_at: float) -> Item | None:
+    """The request's prompt under its account id; None when either is missing or invalid."""
+    request_data = payload.get("request_data") or {}
+    if not isinstance(request_data, dict):
+        raise RequestError(422, "InvalidBody", "request_data must be an object", field="request_data")
+    config = service.config
+    account = request_data.get(config.guardrail_account_field)
+    prompt = prompt_from_guardrail_request(payload, config.guardrail_prompt_source)
+    if not account or prompt is None:
+        return None  # nothing to attribute or nothing to read: never block on missing metadata
+    try:
+        return service.prepare_item(str(account), prompt, None, received_at)
+    except ProbewatchError as exc:
+        log.debug("guardrail item not observed: %s", exc)
+        return None
+
+
+def _decide(outcome: Outcome, service: ObservationService) -> dict[str, str]:
+    verdict = outcome.verdict
+    if verdict is None:
+        return ALLOW
+    service.metrics.verdicts.labels(verdict["level"]).inc()
+    config = service.config
+    if outcome.fallback is not None:
+        if config.failure_policy == "closed":
+            return _blocked(f"probewatch unavailable ({outcome.fallback}); failing closed")
+        return ALLOW
+    actions = {"flag": config.guardrail_action_on_flag, "watch": config.guardrail_action_on_watch}
+    if actions.get(verdict["level"], "NONE") == "BLOCKED":
+        return _blocked(f"probewatch: this account's traffic looks like model extraction (level {verdict['level']})")
+    return ALLOW
+
+
+def _blocked(reason: str) -> dict[str, str]:
+    return {"action": "BLOCKED", "blocked_reason": reason}

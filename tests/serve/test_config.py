@@ -1,0 +1,131 @@
+"""Sidecar settings: precedence, environment text, the YAML layout, and the errors for bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from probewatch.config import EngineConfig
+from probewatch.errors import ConfigError
+from probewatch.serve.config import ServerConfig, load_config
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+TOKEN = "a-secret-token-0123456789"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_without_file_or_environment():
+    config = load_config(env={})
+    assert config == ServerConfig()
+    assert config.port == 8321 and config.failure_policy == "open" and config.api_token is None
+    assert config.engine == EngineConfig(device="auto")
+    assert config.data_path == Path("./probewatch-data")
+
+
+def test_precedence_defaults_file_environment_overrides(tmp_path):
+    path = write(tmp_path, "port: 9000\nmax_batch_size: 8\nhost: 0.0.0.0\nengine:\n  device: cpu\n  history_cap: 500\n")
+    env = {"PROBEWATCH_PORT": "9100", "PROBEWATCH_ENGINE_HISTORY_CAP": "600", "PROBEWATCH_ENGINE_WINDOW": "64"}
+    config = load_config(path, env=env, port=9200, host=None, engine={"window": 32})
+    assert config.port == 9200  # keyword override beats the environment, which beats the file
+    assert config.host == "0.0.0.0"  # None means "not given": the file's value stays
+    assert config.max_batch_size == 8 and config.queue_capacity == 4096  # file, default
+    assert (config.engine.device, config.engine.history_cap, config.engine.window) == ("cpu", 600, 32)
+
+
+def test_environment_text_is_converted_to_each_setting_type():
+    env = {
+        "PROBEWATCH_SNAPSHOT_EVERY_OBSERVATIONS": "50_000",
+        "PROBEWATCH_MAX_WAIT_MS": "2.5",
+        "PROBEWATCH_SNAPSHOT_AFTER_FORGET": "off",
+        "PROBEWATCH_FAILURE_POLICY": "closed",
+        "probewatch_log_level": "debug",  # names match in any case
+        "PROBEWATCH_API_TOKEN": TOKEN,
+        "PROBEWATCH_CALIBRATION_PATH": "none",
+        "PROBEWATCH_ENGINE_TARGET_FPR": "0.01",
+        "PROBEWATCH_ENGINE_WATCH_FPR": "0.05",
+        "PROBEWATCH_ENGINE_MODEL": "",
+        "PROBEWATCH_ACCOUNT_HEADER": "x-user",  # the ASGI middleware's: not a sidecar setting, ignored here
+    }
+    config = load_config(env=env)
+    assert config.snapshot_every_observations == 50_000 and config.max_wait_ms == 2.5
+    assert config.snapshot_after_forget is False and config.failure_policy == "closed"
+    assert config.log_level == "debug" and config.api_token == TOKEN and config.calibration_path is None
+    assert (config.engine.target_fpr, config.engine.watch_fpr, config.engine.model) == (0.01, 0.05, None)
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"PROBEWATCH_PORT": "eighty"}, ["setting port", "valid integer", "got 'eighty'"]),
+        ({"PROBEWATCH_PORT": "70000"}, ["setting port", "less than or equal to 65535", "got '70000'"]),
+        ({"PROBEWATCH_FAILURE_POLICY": "ajar"}, ["failure_policy", "'open' or 'closed'", "got 'ajar'"]),
+        ({"PROBEWATCH_JOURNAL_FSYNC": "sometimes"}, ["journal_fsync", "'always'", "got 'sometimes'"]),
+        ({"PROBEWATCH_QUEUE_CAPACITY": "10"}, ["queue_capacity must be >= max_items_per_request (256); got 10"]),
+        ({"PROBEWATCH_PAGE_SIZE_DEFAULT": "5000"}, ["page_size_default must be <= page_size_max (1000); got 5000"]),
+        ({"PROBEWATCH_MAX_PROMPT_CHARS": "300000"}, ["max_prompt_chars must be <= engine.max_prompt_chars"]),
+        ({"PROBEWATCH_ENGINE_EMBED_BATCH_SIZE": "many"}, ["setting engine.embed_batch_size", "got 'many'"]),
+        ({"PROBEWATCH_ENGINE_HISTORY_CAP": "3"}, ["engine settings", "history_cap must be >= 16; got 3"]),
+        ({"PROBEWATCH_FAIL_MODE": "closed"}, ["PROBEWATCH_FAIL_MODE", "renamed PROBEWATCH_FAILURE_POLICY"]),
+    ],
+)
+def test_bad_values_name_the_setting_what_it_expects_and_what_came(env, words):
+    with pytest.raises(ConfigError) as error:
+        load_config(env=env)
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_the_token_is_never_shown():
+    with pytest.raises(ConfigError, match="at least 16 characters") as error:
+        load_config(env={"PROBEWATCH_API_TOKEN": "short-secret"})
+    assert "short-secret" not in str(error.value) and "<hidden>" in str(error.value)
+    config = ServerConfig(api_token=TOKEN)
+    assert config.public_dict()["api_token"] == "<set>" and TOKEN not in str(config.public_dict())
+    assert ServerConfig(api_token="").api_token is None  # empty means "no token", as in the environment
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("prot: 80\n", ["unknown settings ['prot']", "valid ones are", "'port'", "and 'engine'"]),
+        ("fail_mode: closed\n", ["sets fail_mode", "renamed failure_policy"]),
+        ("engine: cpu\n", ["'engine' must be a mapping"]),
+        ("- port\n", ["must hold a mapping of settings; got list"]),
+        ("port: [1\n", ["not valid YAML"]),
+        ("engine:\n  devize: cpu\n", ["unknown settings ['engine.devize']", "'engine.device'"]),
+    ],
+)
+def test_bad_yaml_files(tmp_path, text, words):
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, text), env={})
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_a_missing_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_config(tmp_path / "absent.yaml", env={})
+
+
+def test_the_example_file_loads():
+    config = load_config(EXAMPLES / "sidecar.yaml", env={})
+    assert config.failure_policy == "open" and config.engine.history_cap == 10_000
+
+
+def test_config_is_immutable_and_replace_checks_its_changes():
+    config = ServerConfig()
+    with pytest.raises(ValueError, match="frozen"):
+        config.port = 1
+    changed = config.replace(port=9000, engine={"device": "cpu"})
+    assert (changed.port, changed.engine.device, config.port) == (9000, "cpu", 8321)
+    assert changed.replace(max_batch_size=2).engine == changed.engine
+    with pytest.raises(ConfigError, match="max_batch_size"):
+        config.replace(max_batch_size=0)
+    with pytest.raises(ConfigError, match=r"unknown settings \['fail_mode'\]"):
+        config.replace(fail_mode="closed")

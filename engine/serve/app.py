@@ -41,7 +41,7 @@ from .http import RequestError, error_response
 from .metrics import ServerMetrics
 from .service import ObservationService
 
-log = logging.getLogger("probewatch.server")
+log = logging.getLogger("probewatch.serve")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

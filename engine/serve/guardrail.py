@@ -20,7 +20,7 @@ from ..integrations.prompts import prompt_from_guardrail_request
 from .http import RequestError, Service, read_json
 from .service import Item, ObservationService, Outcome
 
-log = logging.getLogger("probewatch.server")
+log = logging.getLogger("probewatch.serve")
 
 router = APIRouter(tags=["litellm"])
 

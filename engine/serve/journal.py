@@ -26,7 +26,7 @@ from typing import Any
 
 from ..io.persistence import fsync_dir
 
-log = logging.getLogger("probewatch.server.journal")
+log = logging.getLogger("probewatch.serve.journal")
 
 SEGMENT_PREFIX = "journal-"
 SEGMENT_SUFFIX = ".jsonl"

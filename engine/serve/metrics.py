@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from ..types import EngineStats
 
-log = logging.getLogger("probewatch.server")
+log = logging.getLogger("probewatch.serve")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -20,7 +20,7 @@ def run(config: ServerConfig | None = None) -> None:
 
     config = config or load_config()
     _configure_logging(config.log_level)
-    logging.getLogger("probewatch.server").info("starting with settings %s", config.public_dict())
+    logging.getLogger("probewatch.serve").info("starting with settings %s", config.public_dict())
     uvicorn.run(
         create_app(config),
         host=config.host,

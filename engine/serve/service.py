@@ -27,7 +27,7 @@ from .config import ServerConfig
 from .journal import Journal, sequence_of, sequenced_name
 from .metrics import ServerMetrics
 
-log = logging.getLogger("probewatch.server")
+log = logging.getLogger("probewatch.serve")
 
 SNAPSHOT_PREFIX = "snapshot-"
 SNAPSHOT_SUFFIX = ".pwsnap"

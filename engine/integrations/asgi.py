@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Literal
 
@@ -30,6 +31,7 @@ from ..errors import ConfigError, ProbewatchError
 from ..types import Verdict
 from .policy import check_failure_policy
 from .prompts import prompt_from_openai_body
+from .settings import engine_config_from_env
 
 log = logging.getLogger("probewatch.integrations.asgi")
 
@@ -61,6 +63,10 @@ class ProbewatchMiddleware:
     ):
         self.app = app
         self._engine = engine
+        # Settings are read now, so a missing extra or a bad setting fails at start-up; the
+        # model itself loads on the first request that needs it.
+        self._engine_config = engine_config_from_env("ProbewatchMiddleware") if engine is None else None
+        self._engine_lock = threading.Lock()
         header = account_header or os.environ.get("PROBEWATCH_ACCOUNT_HEADER", "x-account-id")
         self.account_header = header.lower().encode()
         self.mode = mode or os.environ.get("PROBEWATCH_MIDDLEWARE_MODE", "block")
@@ -74,11 +80,10 @@ class ProbewatchMiddleware:
 
     @property
     def engine(self) -> Engine:
-        if self._engine is None:  # built by a framework with no arguments: settings from env
-            from ..serve.config import load_config
-
-            self._engine = Engine(config=load_config().engine)
-        return self._engine
+        with self._engine_lock:  # two first requests at once must not load two models
+            if self._engine is None:
+                self._engine = Engine(config=self._engine_config)
+            return self._engine
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
         watched = scope["type"] == "http" and scope.get("method") == "POST" and scope.get("path") in self.paths

@@ -36,6 +36,7 @@ from ..engine import Engine
 from ..errors import ProbewatchError
 from .policy import check_failure_policy
 from .prompts import account_from_metadata, last_user_text
+from .settings import engine_config_from_env
 
 log = logging.getLogger("probewatch.integrations.litellm")
 
@@ -101,10 +102,8 @@ class ProbewatchGuardrail(CustomGuardrail):
 
 def _engine_from_env() -> Engine:
     """An engine for a guardrail LiteLLM builds from config: a snapshot if one is named."""
-    from ..serve.config import load_config
-
     snapshot = os.environ.get("PROBEWATCH_SNAPSHOT_PATH")
-    engine_config = load_config().engine
+    engine_config = engine_config_from_env("ProbewatchGuardrail")
     if snapshot and os.path.exists(snapshot):
         return Engine.load(snapshot, device=engine_config.device)
     return Engine(config=engine_config)

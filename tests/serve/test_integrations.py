@@ -210,3 +210,14 @@ def test_integrations_reject_bad_settings_with_config_errors():
         ProbewatchMiddleware(echo_app, engine=BrokenEngine(), failure_policy=True)
     with pytest.raises(ConfigError, match="failure_policy"):
         ProbewatchGuardrail(engine=BrokenEngine(), failure_policy="ajar", guardrail_name="probewatch")
+
+
+def test_middleware_without_an_engine_reads_its_settings_when_built(monkeypatch):
+    from probewatch.integrations.asgi import ProbewatchMiddleware
+
+    monkeypatch.setenv("PROBEWATCH_ENGINE_K_NEIGHBORS", "99")  # out of range: refused at start-up
+    with pytest.raises(pw.ConfigError, match="k_neighbors"):
+        ProbewatchMiddleware(echo_app)
+    monkeypatch.setenv("PROBEWATCH_ENGINE_K_NEIGHBORS", "4")
+    middleware = ProbewatchMiddleware(echo_app)  # settings fine: the model is not loaded yet
+    assert middleware._engine is None

@@ -1,0 +1,27 @@
+"""Engine settings for an integration that a framework builds with no arguments.
+
+vLLM builds :class:`~probewatch.integrations.asgi.ProbewatchMiddleware` and LiteLLM builds
+:class:`~probewatch.integrations.litellm.ProbewatchGuardrail` from their own configuration,
+so the engine's settings come from the same ``PROBEWATCH_ENGINE_*`` environment the sidecar
+reads, through the sidecar's settings loader.
+"""
+
+from __future__ import annotations
+
+from ..config import EngineConfig
+from ..errors import BackendUnavailableError
+
+
+def engine_config_from_env(integration: str) -> EngineConfig:
+    """``PROBEWATCH_ENGINE_*`` as an :class:`EngineConfig`; an error naming the extra to
+    install when the settings loader is missing (raised when the integration is built,
+    not at its first request)."""
+    try:
+        from ..serve.config import load_config  # pydantic-settings: the serve extra
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"{integration} built without an engine reads its settings from PROBEWATCH_ENGINE_* with the "
+            f"sidecar's settings loader, which is not installed ({exc}); install 'probewatch[serve]' or pass "
+            "engine=probewatch.Engine(...)"
+        ) from exc
+    return load_config().engine

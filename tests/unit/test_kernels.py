@@ -452,3 +452,38 @@ class TestCupyTwins:
         y = unit_rows(rng.standard_normal((20, 16))).astype(np.float64)
         assert mmd2_unbiased(cp.asarray(x), cp.asarray(y), 0.8) == pytest.approx(mmd2_unbiased(x, y, 0.8), abs=1e-10)
         assert median_heuristic_gamma(cp.asarray(x)) == pytest.approx(median_heuristic_gamma(x), rel=1e-10)
+
+
+# ---------------------------------------------------------------------------------------
+# kernel compilation
+# ---------------------------------------------------------------------------------------
+def test_compiled_once_builds_lazily_and_once_per_device(monkeypatch):
+    """The glue around cupy.memoize, with a stand-in CuPy that memoizes per current device."""
+    import probewatch.kernels.backend as backend
+
+    class FakeCupy:
+        device = 0
+
+        def memoize(self, for_each_device=False):
+            assert for_each_device
+
+            def decorate(build):
+                memo = {}
+
+                def get():
+                    if self.device not in memo:
+                        memo[self.device] = build()
+                    return memo[self.device]
+
+                return get
+
+            return decorate
+
+    fake, built = FakeCupy(), []
+    monkeypatch.setattr(backend, "cupy_module", lambda: fake)
+    kernel = backend.compiled_once(lambda cp: built.append(cp) or f"kernel-{len(built)}")
+    assert built == []  # nothing is compiled (or imported) until first use
+    assert kernel() == kernel() == "kernel-1" and built == [fake]
+    fake.device = 1
+    assert kernel() == "kernel-2" and kernel() == "kernel-2"
+    assert len(built) == 2

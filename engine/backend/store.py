@@ -82,7 +82,8 @@ def _flat_topk_gemm(index, queries: np.ndarray, k: int, faiss) -> np.ndarray:
 
 
 class AccountStore:
-    """All accounts' indexes, with the history cap and idle-account eviction.
+    """All accounts' indexes, with the history cap, least recently observed first (the
+    order in which the pipeline's memory budget evicts idle accounts).
 
     Not thread-safe on its own; :class:`~probewatch.Engine` serialises access.
     """

@@ -56,6 +56,20 @@ class EngineConfig:
     """Refit calibration tables from the live population every N observations (0 = off). Off by
     default: an attacker who evades for a while would otherwise widen the benign envelope."""
     population_max_share: float = 0.5
+    campaigns: bool = True
+    """Run the cross-account campaign layer (needs a calibration with benign group tables)."""
+    campaign_max_groups: int = 20_000
+    """Candidate groups (indicator values shared by 2+ accounts) kept; least recently updated go first."""
+    campaign_max_memberships: int = 200_000
+    """(group, member) sums kept, 4 * dim bytes each (the layer's main memory)."""
+    campaign_max_pending: int = 500_000
+    """Indicator values seen from one account so far, kept without vectors (~160 bytes each)."""
+    campaign_common_meta_share: float = 0.05
+    """A metadata value shared by more than this share of all accounts (and 20+) is common: a
+    popular browser, a big ISP or a campus NAT, which links nobody on its own."""
+    campaign_salt: str | None = None
+    """Hex key (16+ bytes) for hashing request metadata. None = random per engine (kept in its
+    snapshots); set one shared value where several engines must link the same IPs (workers)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -96,6 +110,20 @@ class EngineConfig:
         need(
             0.0 <= self.population_max_share < 1.0, "population_max_share must be in [0, 1)", self.population_max_share
         )
+
+        need(
+            0.0 < self.campaign_common_meta_share <= 1.0,
+            "campaign_common_meta_share must be in (0, 1]",
+            self.campaign_common_meta_share,
+        )
+        if self.campaign_salt is not None:
+            try:
+                salt_bytes = len(bytes.fromhex(self.campaign_salt))
+            except (TypeError, ValueError):
+                salt_bytes = 0
+            need(salt_bytes >= 16, "campaign_salt must be a hex string of at least 16 bytes", "<hidden>")
+        for name in ("campaign_max_groups", "campaign_max_memberships", "campaign_max_pending"):
+            need(getattr(self, name) >= 16, f"{name} must be >= 16", getattr(self, name))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -11,15 +11,16 @@ import numpy as np
 
 from .backend.device import Backend
 from .backend.embedder import Embedder
+from .campaigns.metadata import check_meta
 from .config import EngineConfig
 from .detect.fitting import fit_calibration
 from .detect.pipeline import Pipeline
 from .detect.reference import BenignReference
 from .detect.scoring import BenignModel, Calibration, Detector
-from .errors import BatchError, CalibrationError, InvalidEmbeddingError, ProbewatchError
+from .errors import BatchError, CalibrationError, InvalidEmbeddingError, ProbewatchError, SnapshotError
 from .io.persistence import read_calibration, read_snapshot, write_calibration, write_snapshot
-from .io.validation import check_account, check_items, check_vectors
-from .types import AccountReport, EngineStats, Level, Verdict
+from .io.validation import check_account, check_items, check_same_length, check_vectors
+from .types import AccountReport, CampaignReport, EngineStats, Level, Verdict
 
 DEFAULT_CALIBRATION_PATH = Path(__file__).resolve().parent / "data" / "default_calibration.npz"
 
@@ -107,28 +108,50 @@ class Engine:
         return self.pipeline.dim
 
     # -- observing ------------------------------------------------------------------------
-    def observe(self, account: str, prompt: str | bytes, ts: float | None = None) -> Verdict:
-        """Observe one prompt; raises the item's own error when it is invalid."""
+    def observe(
+        self, account: str, prompt: str | bytes, ts: float | None = None, meta: dict[str, str] | None = None
+    ) -> Verdict:
+        """Observe one prompt; raises the item's own error when it is invalid.
+
+        ``meta`` (optional request metadata: ``ip``, ``network``, ``user_agent``, ``org``,
+        ``payment``, ``key_created``) links accounts that share infrastructure; only salted
+        hashes of the values are kept.
+        """
         try:
-            return self.observe_batch([account], [prompt], None if ts is None else [ts])[0]
+            return self.observe_batch([account], [prompt], None if ts is None else [ts], [meta])[0]
         except BatchError as exc:
             raise exc.errors[0] from None
 
     def observe_batch(
-        self, accounts: Sequence[str], prompts: Sequence[str | bytes], ts: Sequence[float | None] | None = None
+        self,
+        accounts: Sequence[str],
+        prompts: Sequence[str | bytes],
+        ts: Sequence[float | None] | None = None,
+        metas: Sequence[dict[str, str] | None] | None = None,
     ) -> list[Verdict]:
         """Observe many prompts (one embedding batch); verdicts in input order."""
-        good, texts, stamps, errors = check_items(accounts, ts, prompts, self.config.max_prompt_chars)
+        good, texts, stamps, errors = check_items(accounts, ts, prompts, self.config.max_prompt_chars, metas)
         vectors = self.embedder.encode_device(texts) if texts else None
-        return self._observe_valid(accounts, good, vectors, stamps, errors)
+        return self._observe_valid(accounts, good, vectors, stamps, errors, texts, metas)
 
     def observe_embeddings(
-        self, accounts: Sequence[str], vectors: Any, ts: Sequence[float | None] | None = None
+        self,
+        accounts: Sequence[str],
+        vectors: Any,
+        ts: Sequence[float | None] | None = None,
+        metas: Sequence[dict[str, str] | None] | None = None,
+        prompts: Sequence[str | None] | None = None,
     ) -> list[Verdict]:
-        """Observe precomputed (n, d) vectors (normalised to unit length here)."""
+        """Observe precomputed (n, d) vectors (normalised to unit length here). ``prompts``,
+        when the caller has them, let the campaign layer see shared templates."""
         arr = check_vectors(accounts, vectors, self.dim, ts)
-        good, _, stamps, errors = check_items(accounts, ts)
-        return self._observe_valid(accounts, good, arr[good] if errors else arr, stamps, errors)
+        good, _, stamps, errors = check_items(accounts, ts, None, 0, metas)
+        if prompts is not None:
+            check_same_length(accounts=accounts, prompts=prompts)
+            texts = [prompts[i] if isinstance(prompts[i], str) else None for i in good]
+        else:
+            texts = None
+        return self._observe_valid(accounts, good, arr[good] if errors else arr, stamps, errors, texts, metas)
 
     def _observe_valid(
         self,
@@ -137,6 +160,8 @@ class Engine:
         vectors,
         stamps: list[float | None],
         errors: dict[int, ProbewatchError],
+        texts: list[str | None] | None = None,
+        metas: Sequence[dict[str, str] | None] | None = None,
     ) -> list[Verdict]:
         verdicts: list[Verdict | None] = [None] * len(accounts)
         if good:
@@ -145,9 +170,12 @@ class Engine:
                     f"the embedding model gives {vectors.shape[1]}-d vectors but the calibration is for {self.dim}-d; "
                     "calibrate the engine with this model (engine.calibrate)"
                 )
+            good_metas = [check_meta(metas[i]) for i in good] if metas is not None else None
             with self._lock:
                 for i, verdict in zip(
-                    good, self.pipeline.observe([accounts[i] for i in good], vectors, stamps), strict=True
+                    good,
+                    self.pipeline.observe([accounts[i] for i in good], vectors, stamps, texts, good_metas),
+                    strict=True,
                 ):
                     verdicts[i] = verdict
         if errors:
@@ -206,6 +234,17 @@ class Engine:
         with self._lock:
             return self.pipeline.accounts(level)
 
+    def campaigns(self, level: Level | str | None = None) -> list[CampaignReport]:
+        """Campaigns at ``watch`` or ``flag`` now (optionally only at ``level``), riskiest first."""
+        with self._lock:
+            reports = [self.pipeline.campaign(c) for c in self.pipeline.campaign_ids(level)]
+        return sorted(reports, key=lambda r: (-r.score, r.id))
+
+    def campaign(self, campaign_id: str) -> CampaignReport:
+        """One campaign: members, linking indicators, features, reasons, timeline."""
+        with self._lock:
+            return self.pipeline.campaign(campaign_id)
+
     def report(self, account: str) -> AccountReport:
         """History size, current features with benign percentiles, risk over time."""
         check_account(account)
@@ -257,7 +296,11 @@ class Engine:
     @classmethod
     def load(cls, path: str | Path, *, embedder: Embedder | None = None, **overrides: Any) -> Engine:
         """A new engine from a snapshot; ``overrides`` may change runtime settings such as device."""
-        return cls.from_state(read_snapshot(path, overrides), embedder=embedder)
+        state = read_snapshot(path, overrides)
+        try:
+            return cls.from_state(state, embedder=embedder)
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            raise SnapshotError(f"{path}: snapshot content is malformed ({type(exc).__name__}: {exc})") from exc
 
     def restore(self, path: str | Path) -> None:
         """Replace this engine's state with a snapshot's; on any error the engine is untouched."""

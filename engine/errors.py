@@ -61,6 +61,13 @@ class UnknownAccountError(ProbewatchError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnknownCampaignError(ProbewatchError, KeyError):
+    """No campaign has this id (never formed, or its groups were forgotten or evicted)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class ConfigError(ProbewatchError, ValueError):
     """A configuration value is out of range or inconsistent."""
 

@@ -79,6 +79,28 @@ class Reason:
 
 
 @dataclass(frozen=True)
+class CampaignSummary:
+    """The campaign an account belongs to, as its verdicts carry it."""
+
+    id: str
+    size: int  # member accounts
+    risk: float  # 1 - share of benign groups that ever reach the campaign's score
+    level: Level
+    reasons: tuple[str, ...] = ()  # plain sentences: what links the members, never raw metadata
+    indicator_kinds: tuple[str, ...] = ()  # "template", "meta:ip", "payload", ...
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "size": self.size,
+            "risk": round(self.risk, 6),
+            "level": self.level.value,
+            "reasons": list(self.reasons),
+            "indicator_kinds": list(self.indicator_kinds),
+        }
+
+
+@dataclass(frozen=True)
 class Verdict:
     """probewatch's judgement of an account right after one of its queries."""
 
@@ -90,6 +112,7 @@ class Verdict:
     score: float
     peak_risk: float
     reasons: tuple[Reason, ...] = field(default_factory=tuple)
+    campaign: CampaignSummary | None = None  # set while the account belongs to a campaign at watch or flag
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,6 +124,7 @@ class Verdict:
             "score": round(self.score, 4),
             "peak_risk": round(self.peak_risk, 6),
             "reasons": [r.to_dict() for r in self.reasons],
+            "campaign": None if self.campaign is None else self.campaign.to_dict(),
         }
 
 
@@ -154,6 +178,44 @@ class AccountReport:
             "features": {name: reading.to_dict() for name, reading in self.features.items()},
             "reasons": [r.to_dict() for r in self.reasons],
             "risk_over_time": [{"n_queries": n, "risk": r} for n, r in self.risk_over_time],
+        }
+
+
+@dataclass(frozen=True)
+class CampaignReport:
+    """Everything probewatch holds about one campaign (``Engine.campaign``)."""
+
+    id: str
+    level: Level
+    risk: float
+    score: float
+    members: tuple[str, ...]  # member account ids (those tracked), most queries first
+    size: int  # member accounts
+    queries: int  # the members' queries that carry the linking indicators
+    indicators: tuple[dict[str, Any], ...]  # per linking group: kind, label, members, features
+    reasons: tuple[str, ...]
+    first_ts: float | None
+    last_ts: float | None
+    flagged_at_queries: int | None  # campaign queries seen when it was first flagged
+
+    def summary(self) -> CampaignSummary:
+        kinds = tuple(dict.fromkeys(i["kind"] for i in self.indicators))
+        return CampaignSummary(self.id, self.size, self.risk, self.level, self.reasons, kinds)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "level": self.level.value,
+            "risk": self.risk,
+            "score": self.score,
+            "size": self.size,
+            "queries": self.queries,
+            "members": list(self.members),
+            "indicators": [dict(i) for i in self.indicators],
+            "reasons": list(self.reasons),
+            "first_ts": self.first_ts,
+            "last_ts": self.last_ts,
+            "flagged_at_queries": self.flagged_at_queries,
         }
 
 

@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..backend.device import Backend
+from ..campaigns.elicitation_default import default_elicitation_head
+from ..campaigns.fitting import fit_group_calibration
 from ..config import EngineConfig
 from ..errors import CalibrationError
 from .features import N_FEATURES
@@ -166,9 +168,20 @@ def fit_calibration(
     off_ref = float(np.quantile(ref_sims, OFF_REFERENCE_QUANTILE))
     ts_list = list(ts) if ts is not None else [None] * len(accounts)
     features, ns, owner = _stream_features(config, reference, off_ref, table_groups, vectors, ts_list, progress)
-    calibration = _cross_fitted(features, ns, owner, len(table_groups), off_ref, rng)
+    calibration, evidence = _cross_fitted(features, ns, owner, len(table_groups), off_ref, rng)
     calibration.source, calibration.n_accounts = source, len(table_groups)
-    return BenignModel(reference, calibration)
+    # the stream visits table accounts in order, each one's queries in order
+    rows = np.concatenate(list(table_groups.values()))
+    head = default_elicitation_head(reference.dim)
+    groups = fit_group_calibration(
+        [accounts[i] for i in rows],
+        vectors[rows],
+        evidence,
+        head.probability(vectors[rows]) if head is not None else None,
+        seed=config.seed,
+        source=source,
+    )
+    return BenignModel(reference, calibration, groups)
 
 
 def _fit_reference(
@@ -185,8 +198,9 @@ def _fit_reference(
 
 def _cross_fitted(
     features: np.ndarray, ns: np.ndarray, owner: np.ndarray, n_accounts: int, off_ref: float, rng: np.random.Generator
-) -> Calibration:
-    """Tables from every account; the distance scale and the lifetime maxima out-of-sample.
+) -> tuple[Calibration, np.ndarray]:
+    """Tables from every account; the distance scale, the lifetime maxima and each query's
+    signed score (returned with the calibration, for the benign groups) out-of-sample.
 
     Each half of the accounts is judged by tables fitted on the other half, so the scale and
     the maxima (which set the flag threshold) describe benign accounts the tables never saw.
@@ -201,7 +215,7 @@ def _cross_fitted(
     final = Calibration(_bin_samples(features, ns, rng), None, off_ref, distance_norm=_distance_norm(oof, ns))
     account_scores = rolling_mean_per_account(final.standardise(oof, ns), owner)
     final.set_account_max_scores(_account_maxima(account_scores, owner, np.arange(n_accounts)))
-    return final
+    return final, final.signed_scores(oof, ns)
 
 
 class PopulationSample:

@@ -9,17 +9,22 @@ and the memory budget. The facade validates, embeds, takes the lock and calls
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from probewatch.kernels.backend import to_numpy
+
 from ..backend.device import Backend
 from ..backend.threads import limit_host_blas
+from ..campaigns.elicitation_default import default_elicitation_head
+from ..campaigns.layer import CampaignLayer
 from ..config import EngineConfig
-from ..errors import UnknownAccountError
-from ..types import AccountReport, FeatureReading, Level, Verdict
+from ..errors import UnknownAccountError, UnknownCampaignError
+from ..types import AccountReport, CampaignReport, FeatureReading, Level, Verdict
 from .features import FEATURE_NAMES, AccountState
 from .fitting import PopulationSample
 from .scoring import BenignModel, Detector
@@ -28,6 +33,8 @@ from .stream import FeatureStream, StepResult
 # Share of the memory budget eviction brings the engine back down to: some headroom, so
 # eviction does not run again on the very next batch.
 EVICT_TO_SHARE = 0.9
+DIVERSE_PERCENTILE = 10.0
+_MEAN_PAIRWISE = FEATURE_NAMES.index("mean_pairwise_similarity")
 
 
 class Pipeline:
@@ -39,12 +46,34 @@ class Pipeline:
         self.observations = 0
         self.population = PopulationSample()
         self.stream = FeatureStream(config, benign.reference, backend, benign.calibration.off_reference_similarity)
+        self.campaigns: CampaignLayer | None = None
         self._install(benign)
 
     def _install(self, benign: BenignModel) -> None:
         self.reference = benign.reference
         self.base_calibration = benign.calibration  # population refits blend into this, never into a blend
+        self.group_calibration = benign.groups
         self._set_calibration(benign.calibration)
+        if not self.config.campaigns or benign.groups is None:
+            self.campaigns = None
+        elif self.campaigns is None or self.campaigns.dim != self.dim:
+            self.campaigns = CampaignLayer(
+                self.config,
+                self.dim,
+                benign.groups,
+                codebook=self.reference.codebook,
+                diverse_below=self._unusually_diverse,
+                elicitation=default_elicitation_head(self.dim),
+                salt=bytes.fromhex(self.config.campaign_salt) if self.config.campaign_salt else None,
+            )
+        else:
+            self.campaigns.use_calibration(benign.groups)
+            self.campaigns.codebook = self.reference.codebook
+
+    def _unusually_diverse(self, mean_pairwise_similarity: float, n: int) -> bool:
+        """Below the benign DIVERSE_PERCENTILE of accounts of the same length: a payload-region candidate."""
+        pct = self.calibration.percentile(_MEAN_PAIRWISE, mean_pairwise_similarity, n)
+        return pct == pct and pct <= DIVERSE_PERCENTILE
 
     def _set_calibration(self, calibration) -> None:
         self.calibration = calibration
@@ -52,7 +81,7 @@ class Pipeline:
 
     @property
     def benign(self) -> BenignModel:
-        return BenignModel(self.reference, self.calibration)
+        return BenignModel(self.reference, self.calibration, self.group_calibration)
 
     @property
     def dim(self) -> int:
@@ -70,21 +99,55 @@ class Pipeline:
         return self.stream.state_bytes()
 
     def held_bytes(self) -> int:
-        return self.stream.held_bytes()
+        return self.stream.held_bytes() + (self.campaigns.nbytes() if self.campaigns is not None else 0)
 
     # -- observing ----------------------------------------------------------------------
-    def observe(self, accounts: Sequence[str], vectors, ts: Sequence[float | None]) -> list[Verdict]:
+    def observe(
+        self,
+        accounts: Sequence[str],
+        vectors,
+        ts: Sequence[float | None],
+        texts: Sequence[str | None] | None = None,
+        metas: Sequence[dict[str, str] | None] | None = None,
+    ) -> list[Verdict]:
         """Verdicts for validated unit rows (host or device), in order; then the batch's
-        housekeeping (population refit when due, memory budget)."""
+        housekeeping (population refit when due, memory budget). ``texts`` (for template
+        anchors) and ``metas`` (checked request metadata) feed the campaign layer."""
+        accounts = list(accounts)
         # Judging runs under the same BLAS limit as the feature step: a multi-threaded
         # OpenBLAS call here leaves threads spinning against the embedding model.
         with limit_host_blas(self.config.detection_blas_threads):
-            verdicts = self._judge(list(accounts), self.stream.step(accounts, vectors, ts))
+            step = self.stream.step(accounts, vectors, ts)
+            verdicts, evidence = self._judge(accounts, step)
+            if self.campaigns is not None:
+                verdicts = self._campaign_step(accounts, to_numpy(vectors), texts, metas, ts, evidence, verdicts)
         self._after_batch(len(verdicts))
         return verdicts
 
-    def _judge(self, accounts: list[str], step: StepResult) -> list[Verdict]:
-        scores, risks, reasons = self.detector.judge(step.features, step.n, [s.recent_scores for s in step.states])
+    def _campaign_step(self, accounts, vectors, texts, metas, ts, evidence, verdicts: list[Verdict]) -> list[Verdict]:
+        """Fold the batch into the campaign layer, raise the members of campaigns that became
+        hot (their sticky level), and give each verdict its account's campaign as of its item."""
+        events = self.campaigns.observe(accounts, np.asarray(vectors, dtype=np.float32), texts, metas, ts, evidence)
+        raised_so_far: dict[str, Level] = {}
+        out = []
+        for v, (campaign, raised) in zip(verdicts, events, strict=True):
+            for account, level in raised.items():
+                raised_so_far[account] = max(level, raised_so_far.get(account, Level.OK))
+                state = self.states.get(account)
+                if state is not None and level > state.level:
+                    if level is Level.FLAG:
+                        state.flagged_at = state.n
+                    state.level = level
+            level = max(v.level, raised_so_far.get(v.account, Level.OK))
+            if campaign is not None or level is not v.level:
+                v = dataclasses.replace(v, campaign=campaign, level=level, flagged=level is Level.FLAG)
+            out.append(v)
+        return out
+
+    def _judge(self, accounts: list[str], step: StepResult) -> tuple[list[Verdict], np.ndarray]:
+        scores, risks, reasons, evidence = self.detector.judge_with_evidence(
+            step.features, step.n, [s.recent_scores for s in step.states]
+        )
         remember = bool(self.config.population_update_every)
         out = []
         for i, (account, state) in enumerate(zip(accounts, step.states, strict=True)):
@@ -111,7 +174,7 @@ class Pipeline:
                     reasons=reasons[i],
                 )
             )
-        return out
+        return out, evidence
 
     def _after_batch(self, n_items: int) -> None:
         before, self.observations = self.observations, self.observations + n_items
@@ -129,7 +192,7 @@ class Pipeline:
         for account in self.store.accounts():  # least recently observed first
             if self.held_bytes() <= EVICT_TO_SHARE * budget:
                 break
-            self.stream.forget(account)
+            self.forget(account)
 
     # -- calibration ----------------------------------------------------------------------
     def recalibrate(self, benign: BenignModel) -> None:
@@ -193,12 +256,29 @@ class Pipeline:
 
     # -- state management ----------------------------------------------------------------------
     def forget(self, account: str) -> bool:
+        if self.campaigns is not None:
+            self.campaigns.forget(account)
         return self.stream.forget(account)
 
     def reset(self) -> None:
         self.stream.clear()
         self.observations = 0
         self.population.clear()
+        if self.campaigns is not None:
+            self.campaigns = None
+            self._install(self.benign)
+
+    # -- campaigns ------------------------------------------------------------------------------
+    def campaign_ids(self, level: Level | str | None = None) -> list[str]:
+        return [] if self.campaigns is None else self.campaigns.campaign_ids(level)
+
+    def campaign(self, campaign_id: str) -> CampaignReport:
+        if self.campaigns is None:
+            raise UnknownCampaignError(
+                f"no campaign {campaign_id!r}: the campaign layer is off (config campaigns=False, or a "
+                "calibration without benign group tables)"
+            )
+        return self.campaigns.campaign(campaign_id)
 
     def state_dict(self) -> dict[str, Any]:
         """Every account's history and state, plus the observation count (host copies)."""
@@ -209,6 +289,7 @@ class Pipeline:
             "offsets": offsets,
             "vectors": vectors,
             "states": [self.states[a] for a in ids],
+            "campaigns": self.campaigns.state_dict() if self.campaigns is not None else None,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -217,3 +298,5 @@ class Pipeline:
         self.store.import_(state["accounts"], state["offsets"], state["vectors"])
         self.states.update(zip(state["accounts"], state["states"], strict=True))
         self.observations = int(state["observations"])
+        if self.campaigns is not None and state.get("campaigns") is not None:
+            self.campaigns.load_state(state["campaigns"])

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..campaigns.scoring import GroupCalibration
 from ..errors import CalibrationError
 from ..types import Level, Reason
 from .features import FEATURE_NAMES, FEATURES, N_FEATURES, SMOOTHING_QUERIES
@@ -178,15 +179,21 @@ class Calibration:
                 out[r] = np.sqrt(np.maximum(np.partition(d2, k - 1, axis=1)[:, k - 1], 0.0))
         return out
 
-    def standardise(self, distances: np.ndarray, n: np.ndarray) -> np.ndarray:
-        """Raw distance -> score on the benign scale of the bin (0 = as typical as the benign
-        median or more; 2.33 = benign 99th percentile); 0 before MIN_SCORED_QUERIES."""
+    def signed_scores(self, distances: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Raw distance -> position on the benign scale of the bin (0 = the benign median,
+        2.33 = benign 99th percentile), negative below the median, at any history length."""
         n = np.asarray(n)
         d = np.asarray(distances, dtype=np.float64)
         if self.distance_norm is not None:
             med, q99 = self.distance_norm[self.donor_bin[bin_of(n)]].T
             d = Z_AT_Q99 * (d - med) / np.maximum(q99 - med, 1e-9)
-        return np.where(n >= MIN_SCORED_QUERIES, np.maximum(d, 0.0), 0.0)
+        return d
+
+    def standardise(self, distances: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Per-query score: :meth:`signed_scores` floored at 0 (as typical as the benign
+        median or more), and 0 before MIN_SCORED_QUERIES."""
+        n = np.asarray(n)
+        return np.where(n >= MIN_SCORED_QUERIES, np.maximum(self.signed_scores(distances, n), 0.0), 0.0)
 
     def deviations(self, features: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Signed marginal deviation per feature from the benign median, in benign spreads."""
@@ -279,11 +286,13 @@ class Calibration:
 
 
 class BenignModel(NamedTuple):
-    """What benign traffic looks like: the reference (bank, codebook, bandwidth) and the
-    calibration tables fitted with it. A calibration file holds exactly this."""
+    """What benign traffic looks like: the reference (bank, codebook, bandwidth), the
+    calibration tables fitted with it, and the benign group tables of the campaign layer.
+    A calibration file holds exactly this."""
 
     reference: BenignReference
     calibration: Calibration
+    groups: GroupCalibration | None = None  # benign groups, for the campaign layer
 
 
 class Detector:
@@ -306,16 +315,24 @@ class Detector:
         long); each row's per-query score is written into it in order (rows of one account
         share a ring) and the account score is the mean of the ring.
         """
+        scores, risks, reasons, _ = self.judge_with_evidence(features, n, recent_scores)
+        return scores, risks, reasons
+
+    def judge_with_evidence(
+        self, features: np.ndarray, n: np.ndarray, recent_scores: list[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray, list[tuple[Reason, ...]], np.ndarray]:
+        """:meth:`judge` plus each row's signed per-query score (the campaign layer pools it)."""
         cal = self.calibration
         n = np.asarray(n, dtype=np.int64)
         distance, gap = cal.neighbours(features, n)
-        per_query = cal.standardise(distance, n).tolist()
+        signed = cal.signed_scores(distance, n)
+        per_query = np.where(n >= MIN_SCORED_QUERIES, np.maximum(signed, 0.0), 0.0).tolist()
         scores = np.empty(n.shape[0])
         for i, (ring, count) in enumerate(zip(recent_scores, n.tolist(), strict=True)):
             ring[(count - 1) % ring.size] = per_query[i]
             scores[i] = ring[: min(count, ring.size)].mean()
         risks = 1.0 - cal.exceedance(scores)
-        return scores, risks, self._reasons(np.atleast_2d(features), gap, n)
+        return scores, risks, self._reasons(np.atleast_2d(features), gap, n), signed
 
     def level_for(self, score: float) -> Level:
         if score >= self.flag_threshold:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..campaigns.scoring import GroupCalibration
 from ..config import EngineConfig
 from ..detect.features import AccountState
 from ..detect.reference import BenignReference
@@ -103,7 +104,9 @@ def _open(path: str | Path, kind: str):
 
 def _benign_model(path, header, arrays) -> BenignModel:
     try:
-        return BenignModel(BenignReference.from_arrays(arrays), Calibration.from_arrays(arrays, header["calibration"]))
+        meta = header["calibration"]
+        groups = GroupCalibration.from_arrays(arrays, meta.get("source", "")) if "group_max_scores" in arrays else None
+        return BenignModel(BenignReference.from_arrays(arrays), Calibration.from_arrays(arrays, meta), groups)
     except (KeyError, ValueError, TypeError, IndexError) as exc:
         raise SnapshotError(f"{path}: reference or calibration arrays are missing or malformed ({exc})") from exc
     except CalibrationError as exc:
@@ -111,7 +114,8 @@ def _benign_model(path, header, arrays) -> BenignModel:
 
 
 def _benign_arrays(benign: BenignModel) -> dict[str, np.ndarray]:
-    return {**benign.reference.to_arrays(), **benign.calibration.to_arrays()}
+    groups = benign.groups.to_arrays() if benign.groups is not None else {}
+    return {**benign.reference.to_arrays(), **benign.calibration.to_arrays(), **groups}
 
 
 def write_calibration(path: str | Path, benign: BenignModel) -> None:
@@ -157,6 +161,11 @@ def write_snapshot(path: str | Path, state: dict[str, Any]) -> None:
     for name in AccountState.ARRAYS:
         if states:
             arrays[f"state_{name}"] = np.stack([getattr(s, name) for s in states])
+    campaigns = state.get("campaigns")
+    if campaigns is not None:
+        header["campaigns"] = campaigns["header"]
+        arrays.update({f"campaign_{name}": value for name, value in campaigns["arrays"].items()})
+        arrays["header"] = _header(SNAPSHOT_FORMAT, header)
     _atomic_write(path, arrays)
 
 
@@ -204,6 +213,13 @@ def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> 
             for i, account in enumerate(ids)
         ]
         observations = int(header.get("observations", 0))
+        campaigns = None
+        if "campaigns" in header:  # snapshots of 0.2.0 and earlier have none: the layer starts empty
+            prefix = "campaign_"
+            campaigns = {
+                "header": header["campaigns"],
+                "arrays": {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)},
+            }
     except ConfigError as exc:  # before ValueError, which ConfigError subclasses
         raise SnapshotError(f"{path}: stored configuration is invalid ({exc})") from exc
     except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -216,6 +232,7 @@ def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         "offsets": offsets,
         "vectors": flat,
         "states": states,
+        "campaigns": campaigns,
     }
 
 

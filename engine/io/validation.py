@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..campaigns.metadata import check_meta
 from ..errors import (
     BatchLengthError,
     InvalidAccountError,
@@ -161,16 +162,21 @@ def check_vectors(
 
 
 def check_items(
-    accounts: Sequence[Any], ts: Sequence[Any] | None, prompts: Sequence[Any] | None = None, max_prompt_chars: int = 0
+    accounts: Sequence[Any],
+    ts: Sequence[Any] | None,
+    prompts: Sequence[Any] | None = None,
+    max_prompt_chars: int = 0,
+    metas: Sequence[Any] | None = None,
 ) -> tuple[list[int], list[str], list[float | None], dict[int, ProbewatchError]]:
     """Check each item of a batch on its own: ``(valid indices, their prompts, their
     timestamps, {index: error})``. Lengths must agree (else the whole batch is rejected).
+    ``metas`` (request metadata per item, see :func:`check_meta`) are checked in place.
 
     >>> good, texts, stamps, errors = check_items(["a", ""], [None, 5], ["hi", "there"], 100)
     >>> good, texts, stamps, type(errors[1]).__name__
     ([0], ['hi'], [None], 'InvalidAccountError')
     """
-    check_same_length(accounts=accounts, prompts=prompts, ts=ts)
+    check_same_length(accounts=accounts, prompts=prompts, ts=ts, metas=metas)
     good: list[int] = []
     texts: list[str] = []
     stamps: list[float | None] = []
@@ -180,6 +186,8 @@ def check_items(
             check_account(account)
             text = check_prompt(prompts[i], max_prompt_chars) if prompts is not None else None
             stamp = check_timestamp(None if ts is None else ts[i])
+            if metas is not None:
+                check_meta(metas[i])
         except ProbewatchError as exc:
             errors[i] = exc
             continue

@@ -10,7 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE_DIRS = {"probewatch": REPO / "engine", "probewatch.kernels": REPO / "kernels"}
 SURFACES = ("probewatch.serve", "probewatch.integrations", "probewatch.cli")
-CORE_LAYERS = ("probewatch.detect", "probewatch.backend", "probewatch.io", "probewatch.kernels")
+CORE_LAYERS = ("probewatch.detect", "probewatch.campaigns", "probewatch.backend", "probewatch.io", "probewatch.kernels")
 
 
 def module_name(path: Path) -> str:

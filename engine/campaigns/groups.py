@@ -1,0 +1,164 @@
+"""Candidate groups: the accounts that share one indicator, and their pooled statistics.
+
+Every indicator value (a template anchor, a hashed metadata value, a payload region) that
+two or more accounts share is a candidate group. A group keeps, for each tracked member,
+the sum of the member's unit vectors that carry the indicator, and for the whole group the
+sum of all of them. From sums alone the mean similarity of query pairs *within* members
+and *between* members follows exactly (for unit vectors, ``|s|^2 = n + 2 * sum of pair
+similarities``), so each query updates a group in O(d) and judging needs no search:
+
+* a campaign deals one pool of payloads out to its accounts: a member's queries are no
+  more alike than queries of two different members (``member_focus`` near 0);
+* independent users who share a template or a NAT each bring their own documents and
+  topics: their own queries are more alike than other users' (``member_focus`` > 0).
+
+A shared template adds the same component to every vector and cancels out of the
+difference. :func:`pair_similarities` is the brute-force definition the tests compare with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..types import Level
+
+
+def fingerprint(vector: np.ndarray) -> int:
+    """A stable 64-bit id of a query vector: one prompt always embeds to one vector, so
+    equal fingerprints are (nearly always) one prompt sent again. Stable across processes,
+    unlike ``hash``, so snapshots keep them."""
+    digest = hashlib.blake2b(np.asarray(vector, dtype=np.float16).tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+@dataclass
+class PairStats:
+    """Mean similarity of query pairs within members and between members."""
+
+    within: float  # NaN without within-member pairs
+    between: float  # NaN without between-member pairs
+    within_pairs: int
+    between_pairs: int
+
+    @property
+    def focus(self) -> float:
+        return self.within - self.between
+
+
+def pair_similarities(vectors_by_member: list[np.ndarray]) -> PairStats:
+    """Brute force over every pair of queries (the reference for tests)."""
+    within_sum, within_n, between_sum, between_n = 0.0, 0, 0.0, 0
+    for i, a in enumerate(vectors_by_member):
+        a = np.asarray(a, dtype=np.float64)
+        for r in range(a.shape[0]):
+            for s in range(r + 1, a.shape[0]):
+                within_sum += float(a[r] @ a[s])
+                within_n += 1
+        for b in vectors_by_member[i + 1 :]:
+            b = np.asarray(b, dtype=np.float64)
+            between_sum += float((a @ b.T).sum())
+            between_n += a.shape[0] * b.shape[0]
+    return PairStats(
+        within_sum / within_n if within_n else math.nan,
+        between_sum / between_n if between_n else math.nan,
+        within_n,
+        between_n,
+    )
+
+
+def pair_stats_from_sums(total: np.ndarray, n: int, member_sq_norms: float, member_sq_counts: float) -> PairStats:
+    """:class:`PairStats` from the group sum ``total`` of ``n`` unit vectors, the sum over
+    members of their squared sum norms, and the sum over members of their squared counts."""
+    all_pairs = n * (n - 1) / 2
+    within_pairs = (member_sq_counts - n) / 2
+    between_pairs = all_pairs - within_pairs
+    all_sum = (float(total @ total) - n) / 2
+    within_sum = (member_sq_norms - n) / 2
+    between_sum = all_sum - within_sum
+    return PairStats(
+        within_sum / within_pairs if within_pairs > 0 else math.nan,
+        between_sum / between_pairs if between_pairs > 0 else math.nan,
+        round(within_pairs),
+        round(between_pairs),
+    )
+
+
+class MembershipPool:
+    """Per (group, member) sums in preallocated rows, so memory is capped by ``capacity``."""
+
+    def __init__(self, dim: int, capacity: int):
+        self.dim = dim
+        self.capacity = capacity
+        self.vectors = np.zeros((0, dim), dtype=np.float32)
+        self.counts = np.zeros(0, dtype=np.int64)
+        self.sq_norms = np.zeros(0, dtype=np.float64)
+        self.first_ts = np.zeros(0, dtype=np.float64)
+        self._free: list[int] = []
+        self.used = 0
+
+    def allocate(self) -> int | None:
+        """A zeroed row, or None when the pool is full."""
+        if not self._free:
+            size = self.vectors.shape[0]
+            if size >= self.capacity:
+                return None
+            grown = min(self.capacity, max(64, 2 * size))
+            self.vectors = np.concatenate([self.vectors, np.zeros((grown - size, self.dim), dtype=np.float32)])
+            self.counts = np.concatenate([self.counts, np.zeros(grown - size, dtype=np.int64)])
+            self.sq_norms = np.concatenate([self.sq_norms, np.zeros(grown - size)])
+            self.first_ts = np.concatenate([self.first_ts, np.full(grown - size, np.nan)])
+            self._free = list(range(grown - 1, size - 1, -1))
+        slot = self._free.pop()
+        self.vectors[slot] = 0.0
+        self.counts[slot] = 0
+        self.sq_norms[slot] = 0.0
+        self.first_ts[slot] = math.nan
+        self.used += 1
+        return slot
+
+    def release(self, slot: int) -> None:
+        self._free.append(slot)
+        self.used -= 1
+
+    def nbytes(self) -> int:
+        return self.vectors.nbytes + self.counts.nbytes + self.sq_norms.nbytes + self.first_ts.nbytes
+
+
+@dataclass
+class Group:
+    """One indicator's accounts and their pooled statistics (see the module docstring)."""
+
+    key: str
+    kind: str  # "template", "meta" or "payload"
+    label: str  # template anchor words, or the metadata kind; never a raw metadata value
+    dim: int
+    members: dict[str, int] = field(default_factory=dict)  # account -> pool row
+    total: np.ndarray | None = None  # float64 sum of every tracked member's vectors
+    n: int = 0  # queries summed into total
+    member_sq_norms: float = 0.0
+    member_sq_counts: float = 0.0
+    accounts_seen: int = 0  # members ever, tracked or not
+    elicitation_sum: float = 0.0
+    evidence_sum: float = 0.0
+    duplicates: int = 0  # queries another member had already sent
+    fingerprints: dict[int, str] = field(default_factory=dict)  # query fingerprint -> first sender
+    first_ts: float = math.nan
+    last_ts: float = math.nan
+    last_seen: int = 0  # engine observation count at the last update (eviction order)
+    judged_at: int = 0  # n at the last judgement
+    score: float = 0.0
+    risk: float = 0.0
+    level: Level = Level.OK
+    peak_score: float = 0.0
+    flagged_at_n: int = -1
+
+    def __post_init__(self) -> None:
+        if self.total is None:
+            self.total = np.zeros(self.dim, dtype=np.float64)
+
+    def pair_stats(self) -> PairStats:
+        return pair_stats_from_sums(self.total, self.n, self.member_sq_norms, self.member_sq_counts)

@@ -1,0 +1,681 @@
+"""The campaign layer: linking signals in, candidate groups, judged groups, campaigns out.
+
+Fed by the same observe path as the per-account detector, after it: each query adds to
+the groups of its indicators (template anchors of its text, hashed metadata values, the
+payload region of a diverse account), groups are judged as they grow, and the groups at
+``watch`` or ``flag`` that share members form one campaign (a campaign that rotates its
+wrappers shows up as one group per wrapper, linked by the members that used two).
+
+Memory is capped by configuration: indicator values seen by one account wait in a bounded
+LRU table without vectors; groups and (group, member) sums live in bounded tables, and the
+least recently updated group at ``ok`` is evicted first. A group at ``watch`` or ``flag``
+is only evicted when nothing else is left, and then counted and logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..config import EngineConfig
+from ..errors import UnknownCampaignError
+from ..types import CampaignReport, CampaignSummary, Level
+from .groups import Group, MembershipPool
+from .groups import fingerprint as query_fingerprint
+from .metadata import MetadataHasher
+from .scoring import EVIDENCE_CLIP, MIN_MEMBER_QUERIES, GroupCalibration, GroupFeatures, GroupJudge
+from .templates import template_anchors
+
+log = logging.getLogger("probewatch.campaigns")
+
+
+def _json_number(value: Any) -> Any:
+    """NaN is not JSON: written as None."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _from_json_number(value: Any) -> Any:
+    return math.nan if value is None else value
+
+
+# Judge a group after this many new queries (and on every new member while it is small).
+JUDGE_EVERY = 8
+MAX_FINGERPRINTS = 4096  # per group: enough to see a harness re-run, bounded
+# Payload regions: an account is placed when its query count reaches one of these, if it
+# is unusually diverse for its size (``diverse_below``, the pipeline's benign percentile test),
+# into the coarse cell of its mean vector. Coarse, because a light account's mean is noisy:
+# a dealt-out pool's accounts must land together.
+REGION_CHECKPOINTS = frozenset({8, 16, 32, 64, 128, 256, 512, 1024})
+REGION_CELLS = 8
+# Two hot groups are one campaign when they share this many active members, and at least
+# this share of the smaller one's: a campaign rotating wrappers has members that used two,
+# while one benign account in two groups links nothing.
+LINK_MIN_SHARED = 2
+COMMON_MIN_ACCOUNTS = 20
+LINK_MIN_SHARE = 0.1
+
+
+def coarse_regions(codebook: np.ndarray, k: int, iterations: int = 20) -> np.ndarray:
+    """``k`` unit centres grouping the codebook's cells (spherical k-means, farthest-point
+    start: deterministic for one codebook).
+
+    >>> c = coarse_regions(np.eye(4, dtype=np.float32), 2)
+    >>> c.shape, bool(np.allclose(np.linalg.norm(c, axis=1), 1.0))
+    ((2, 4), True)
+    """
+    x = np.asarray(codebook, dtype=np.float64)
+    k = min(k, x.shape[0])
+    chosen = [0]
+    for _ in range(k - 1):
+        chosen.append(int(np.argmin((x @ x[chosen].T).max(axis=1))))
+    centres = x[chosen]
+    for _ in range(iterations):
+        owner = np.argmax(x @ centres.T, axis=1)
+        for j in range(k):
+            if (owner == j).any():
+                centres[j] = x[owner == j].sum(axis=0)
+        centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    return centres.astype(np.float32)
+
+
+class AccountLinks:
+    """What the layer keeps per account: its whole-history sum (for payload regions) and
+    the groups it is in."""
+
+    __slots__ = ("elicitation_sum", "evidence_sum", "groups", "n", "region", "sq_norm", "total")
+
+    def __init__(self, dim: int):
+        self.total = np.zeros(dim, dtype=np.float32)
+        self.sq_norm = 0.0
+        self.n = 0
+        self.evidence_sum = 0.0
+        self.elicitation_sum = 0.0
+        self.region: str | None = None
+        self.groups: set[str] = set()
+
+
+class CampaignLayer:
+    """Cross-account state. Takes host NumPy unit vectors; not thread-safe on its own."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        dim: int,
+        calibration: GroupCalibration,
+        *,
+        codebook: np.ndarray | None = None,
+        diverse_below: Callable[[float, int], bool] | None = None,
+        elicitation=None,
+        salt: bytes | None = None,
+    ):
+        self.config = config
+        self.dim = dim
+        self.use_calibration(calibration)
+        self.codebook = codebook  # sets self.regions
+        self.diverse_below = diverse_below  # (mean pairwise similarity, n) -> bool
+        self.elicitation = elicitation
+        self.hasher = MetadataHasher(salt)
+        self.pool = MembershipPool(dim, config.campaign_max_memberships)
+        self.groups: OrderedDict[str, Group] = OrderedDict()  # least recently updated first
+        # key -> (first account, its queries, kind, label, fingerprint of its first query)
+        self.pending: OrderedDict[str, tuple[str, int, str, str, int | None]] = OrderedDict()
+        self.accounts: dict[str, AccountLinks] = {}
+        self.observations = 0
+        self.evicted_flagged = 0
+        self._campaign_of: dict[str, str] | None = None  # group key -> campaign id, rebuilt lazily
+        self._campaign_groups: dict[str, list[str]] = {}
+        self._summaries: dict[str, CampaignSummary] = {}  # campaign id -> summary, until a hot group changes
+
+    def _hot_changed(self, relinked: bool) -> None:
+        """A group at watch/flag changed: summaries are stale; ``relinked``: so may be the campaigns."""
+        self._summaries.clear()
+        if relinked:
+            self._campaign_of = None
+
+    @property
+    def codebook(self) -> np.ndarray | None:
+        return self._codebook
+
+    @codebook.setter
+    def codebook(self, value: np.ndarray | None) -> None:
+        self._codebook = value
+        self.regions = None if value is None else coarse_regions(value, REGION_CELLS)
+
+    def use_calibration(self, calibration: GroupCalibration) -> None:
+        """Judge groups by ``calibration`` from their next query on."""
+        self.judge = GroupJudge(calibration, self.config.target_fpr, self.config.watch_fpr)
+
+    # -- observing ------------------------------------------------------------------------
+    def observe(
+        self,
+        accounts: Sequence[str],
+        vectors: np.ndarray,
+        texts: Sequence[str | None] | None,
+        metas: Sequence[dict[str, str] | None] | None,
+        ts: Sequence[float | None],
+        evidence: np.ndarray,
+    ) -> list[tuple[CampaignSummary | None, dict[str, Level]]]:
+        """Fold a batch in, in order; ``evidence`` is each item's signed per-query score from
+        the account detector. Per item, right after it: its account's campaign, and the
+        accounts whose campaign level it raised, with the level (the pipeline raises their
+        sticky levels), so a batch reads exactly like its items one at a time."""
+        elicit = self.elicitation.probability(vectors) if self.elicitation is not None else None
+        out: list[tuple[CampaignSummary | None, dict[str, Level]]] = []
+        for i, account in enumerate(accounts):
+            raised: dict[str, Level] = {}
+            self.observations += 1
+            x = vectors[i]
+            links = self.accounts.get(account)
+            if links is None:
+                links = self.accounts[account] = AccountLinks(self.dim)
+            keys: list[tuple[str, str, str]] = []  # (key, kind, label)
+            if texts is not None and texts[i] is not None:
+                keys += [(key, "template", label) for key, label in template_anchors(texts[i])]
+            if metas is not None and metas[i]:
+                keys += [(key, "meta", kind) for key, kind in self.hasher.indicators(metas[i])]
+            fingerprint = query_fingerprint(x)
+            p = float(elicit[i]) if elicit is not None else math.nan
+            e = min(max(float(evidence[i]), EVIDENCE_CLIP[0]), EVIDENCE_CLIP[1])
+            stamp = ts[i]
+            # the account's own sum first: a payload region needs it, and its query count
+            links.sq_norm += 2.0 * float(links.total @ x) + 1.0
+            links.total += x
+            links.n += 1
+            links.evidence_sum += e
+            if not math.isnan(p):
+                links.elicitation_sum += p
+            for key, kind, label in dict.fromkeys(keys):
+                self._add(key, kind, label, account, links, x, 1, 1.0, (p, e), fingerprint, stamp, raised)
+            if links.region is not None:
+                self._add(links.region, "payload", "", account, links, x, 1, 1.0, (p, e), fingerprint, stamp, raised)
+            elif links.n in REGION_CHECKPOINTS:
+                self._place_region(account, links, stamp, raised)
+            out.append((self.summary_for(account), raised))
+        self._enforce_caps()
+        return out
+
+    def _place_region(self, account: str, links: AccountLinks, stamp, raised) -> None:
+        """Put a diverse account into the payload region of its mean vector, whole history at once."""
+        if self.codebook is None or self.diverse_below is None:
+            return
+        n = links.n
+        mean_pairwise = (links.sq_norm - n) / (n * (n - 1))
+        if not self.diverse_below(mean_pairwise, n):
+            return
+        cell = int(np.argmax(self.regions @ links.total))
+        links.region = f"payload:{cell}"
+        # the history joins as a block; its evidence and elicitation are the account's means so far
+        scores = (links.elicitation_sum / n, links.evidence_sum / n)
+        self._add(
+            links.region,
+            "payload",
+            f"cell {cell}",
+            account,
+            links,
+            links.total,
+            n,
+            links.sq_norm,
+            scores,
+            None,
+            stamp,
+            raised,
+        )
+
+    def _add(self, key, kind, label, account, links, x, count, sq_norm, scores, fingerprint, stamp, raised) -> None:
+        """Add ``count`` vectors summing to ``x`` (squared norm ``sq_norm``) of ``account`` to
+        the group of ``key``; ``scores`` = (elicitation probability, evidence) per vector."""
+        group = self.groups.get(key)
+        if group is None:
+            waiting = self.pending.get(key)
+            # a second account sending the very same prompt shares a prompt, not a template:
+            # the value stays pending until a different prompt carries it
+            if waiting is None or waiting[0] == account or (kind == "template" and waiting[4] == fingerprint):
+                if waiting is None:
+                    self.pending[key] = (account, count, kind, label, fingerprint)
+                elif waiting[0] == account:
+                    self.pending[key] = (*waiting[:1], waiting[1] + count, *waiting[2:])
+                self.pending.move_to_end(key)
+                return
+            del self.pending[key]
+            group = self.groups[key] = Group(key, kind, label, self.dim)
+            first = waiting[0]
+            if first in self.accounts:
+                # its earlier queries were never summed (no vectors are kept while a value is
+                # unshared); it joins with its count so it can qualify as a member. A payload
+                # region's first account brings its whole history, which the layer holds.
+                first_links = self.accounts[first]
+                first_slot = self._join(group, first, first_links)
+                if kind == "payload" and first_slot is not None:
+                    self._fill_block(group, first_slot, first_links)
+        self.groups.move_to_end(key)
+        slot = group.members.get(account)
+        if slot is None:
+            slot = self._join(group, account, links)
+            if slot is None:
+                return
+        pool = self.pool
+        c = int(pool.counts[slot])
+        cross = float(pool.vectors[slot] @ x)
+        member_sq = pool.sq_norms[slot] + 2.0 * cross + sq_norm
+        group.member_sq_norms += member_sq - pool.sq_norms[slot]
+        group.member_sq_counts += (c + count) ** 2 - c**2
+        pool.sq_norms[slot] = member_sq
+        pool.vectors[slot] += x
+        pool.counts[slot] = c + count
+        if math.isnan(pool.first_ts[slot]) and stamp is not None:
+            pool.first_ts[slot] = stamp
+        group.total += x
+        group.n += count
+        p, e = scores
+        if not math.isnan(p):
+            group.elicitation_sum += p * count
+        group.evidence_sum += e * count
+        if fingerprint is not None:
+            sender = group.fingerprints.get(fingerprint)
+            if sender is None:
+                if len(group.fingerprints) < MAX_FINGERPRINTS:
+                    group.fingerprints[fingerprint] = account
+            elif sender != account:
+                group.duplicates += 1
+        if stamp is not None:
+            group.first_ts = stamp if math.isnan(group.first_ts) else min(group.first_ts, stamp)
+            group.last_ts = stamp if math.isnan(group.last_ts) else max(group.last_ts, stamp)
+        group.last_seen = self.observations
+        hot_member = group.level > Level.OK and c + count >= MIN_MEMBER_QUERIES and not self.is_common(group)
+        if hot_member and raised.get(account, Level.OK) < group.level and self._fitting(group, np.array([slot]))[0]:
+            # a member of a hot group: raised like the others once it fits, and it may link groups
+            raised[account] = group.level
+            self._hot_changed(relinked=c < MIN_MEMBER_QUERIES)
+        if group.n - group.judged_at >= JUDGE_EVERY or (c == 0 and len(group.members) <= 64):
+            self._judge(group, raised)
+
+    def _fill_block(self, group: Group, slot: int, links: AccountLinks) -> None:
+        """An empty membership row takes an account's whole history (payload regions)."""
+        n = links.n
+        self.pool.vectors[slot] = links.total
+        self.pool.counts[slot] = n
+        self.pool.sq_norms[slot] = links.sq_norm
+        group.total += links.total
+        group.n += n
+        group.member_sq_norms += links.sq_norm
+        group.member_sq_counts += n * n
+        group.evidence_sum += links.evidence_sum
+        group.elicitation_sum += links.elicitation_sum
+
+    def _join(self, group: Group, account: str, links: AccountLinks) -> int | None:
+        slot = self.pool.allocate()
+        if slot is None:
+            self._evict_one(protect=group.key)
+            slot = self.pool.allocate()
+            if slot is None:
+                return None
+        group.members[account] = slot
+        group.accounts_seen += 1
+        links.groups.add(group.key)
+        return slot
+
+    # -- judging --------------------------------------------------------------------------
+    def features(self, group: Group) -> GroupFeatures:
+        slots = np.fromiter(group.members.values(), dtype=np.int64, count=len(group.members))
+        counts = self.pool.counts[slots]
+        active = counts >= MIN_MEMBER_QUERIES
+        pairs = group.pair_stats()
+        starts = self.pool.first_ts[slots[active]]
+        starts = starts[np.isfinite(starts)]
+        spread = float(np.subtract(*np.quantile(starts, [0.75, 0.25]))) / 3600 if starts.size >= 4 else math.nan
+        return GroupFeatures(
+            members=int(active.sum()),
+            accounts_seen=group.accounts_seen,
+            queries=group.n,
+            member_focus=pairs.focus,
+            member_evidence=group.evidence_sum / group.n if group.n else math.nan,
+            within_similarity=pairs.within,
+            between_similarity=pairs.between,
+            duplicate_share=group.duplicates / group.n if group.n else 0.0,
+            elicitation_rate=group.elicitation_sum / group.n if group.n and self.elicitation is not None else math.nan,
+            start_spread_hours=spread,
+        )
+
+    def is_common(self, group: Group) -> bool:
+        """A metadata value shared by more than ``campaign_common_meta_share`` of every account
+        seen (a popular browser, a big ISP, a university NAT) links nobody on its own."""
+        share = self.config.campaign_common_meta_share
+        return group.kind == "meta" and group.accounts_seen >= COMMON_MIN_ACCOUNTS and (
+            group.accounts_seen > share * len(self.accounts)
+        )
+
+    def _judge(self, group: Group, raised: dict[str, Level]) -> None:
+        group.judged_at = group.n
+        features = self.features(group)
+        score, risk = (0.0, 0.0) if self.is_common(group) else self.judge.judge(features)
+        group.score, group.risk = score, risk
+        if group.level > Level.OK:
+            self._hot_changed(relinked=False)
+        if score <= group.peak_score:
+            return
+        group.peak_score = score
+        level = self.judge.level_for(score)
+        if level <= group.level:
+            return
+        if level is Level.FLAG:
+            group.flagged_at_n = group.n
+        group.level = level
+        self._hot_changed(relinked=True)
+        for account in self._active_members(group):
+            if raised.get(account, Level.OK) < level:
+                raised[account] = level
+
+    # -- campaigns ------------------------------------------------------------------------
+    def _campaigns(self) -> dict[str, str]:
+        """group key -> campaign id, for groups at watch or flag linked by shared members."""
+        if self._campaign_of is not None:
+            return self._campaign_of
+        hot = [g for g in self.groups.values() if g.level > Level.OK]
+        parent = {g.key: g.key for g in hot}
+
+        def find(k: str) -> str:
+            while parent[k] != k:
+                parent[k] = parent[parent[k]]
+                k = parent[k]
+            return k
+
+        owner: dict[str, list[str]] = {}
+        active: dict[str, int] = {}
+        for g in hot:
+            members = self._active_members(g)
+            active[g.key] = len(members)
+            for account in members:
+                owner.setdefault(account, []).append(g.key)
+        shared: dict[tuple[str, str], int] = {}
+        for keys in owner.values():
+            for a in range(len(keys)):
+                for b in range(a + 1, len(keys)):
+                    pair = (keys[a], keys[b])
+                    shared[pair] = shared.get(pair, 0) + 1
+        for (a, b), count in shared.items():
+            if count >= max(LINK_MIN_SHARED, LINK_MIN_SHARE * min(active[a], active[b])):
+                parent[find(a)] = find(b)
+        components: dict[str, list[str]] = {}
+        for g in hot:
+            components.setdefault(find(g.key), []).append(g.key)
+        self._campaign_of, self._campaign_groups = {}, {}
+        for keys in components.values():
+            keys.sort()
+            cid = "cmp-" + hashlib.blake2b(keys[0].encode(), digest_size=6).hexdigest()
+            self._campaign_groups[cid] = keys
+            for k in keys:
+                self._campaign_of[k] = cid
+        return self._campaign_of
+
+    def _active_members(self, group: Group) -> list[str]:
+        """Members that sent MIN_MEMBER_QUERIES of the group's queries and themselves look
+        dealt from the group's pool (see :meth:`_fitting`): the campaign's members."""
+        accounts = list(group.members)
+        slots = np.fromiter(group.members.values(), dtype=np.int64, count=len(accounts))
+        keep = self._fitting(group, slots)
+        return [a for a, k in zip(accounts, keep.tolist(), strict=True) if k]
+
+    def _fitting(self, group: Group, slots: np.ndarray) -> np.ndarray:
+        """Which members (pool rows) count: enough queries, and a member focus (own pairs
+        minus pairs with the rest of the group) no higher than the group's by more than the
+        benign spread of small crowds. A benign account that shares a popular user agent
+        with a campaign keeps to its own topic; a campaign member does not."""
+        pool = self.pool
+        counts = pool.counts[slots].astype(np.float64)
+        active = counts >= MIN_MEMBER_QUERIES
+        if group.level is Level.OK or not active.any():
+            return active
+        own = pool.vectors[slots].astype(np.float64)
+        rest = group.total[None, :] - own
+        with np.errstate(invalid="ignore", divide="ignore"):
+            within = (pool.sq_norms[slots] - counts) / (counts * (counts - 1))
+            between = (own * rest).sum(axis=1) / (counts * (group.n - counts))
+        cal = self.judge.calibration
+        tolerance = float(cal.focus_median[0] - cal.focus_q01[0])
+        focus = within - between
+        return active & ~(focus > group.pair_stats().focus + tolerance)
+
+    def summary_for(self, account: str) -> CampaignSummary | None:
+        links = self.accounts.get(account)
+        if links is None:
+            return None
+        campaign_of = self._campaigns()
+        best = None
+        for key in links.groups:
+            cid = campaign_of.get(key)
+            group = self.groups.get(key)
+            if cid is None or group is None or not self._fitting(group, np.array([group.members[account]]))[0]:
+                continue
+            if best is None or group.score > best[1]:
+                best = (cid, group.score)
+        if best is None:
+            return None
+        summary = self._summaries.get(best[0])
+        if summary is None:
+            summary = self._summaries[best[0]] = self.campaign(best[0]).summary()
+        return summary
+
+    def campaign_ids(self, level: Level | str | None = None) -> list[str]:
+        self._campaigns()
+        ids = sorted(self._campaign_groups)
+        if level is None:
+            return ids
+        wanted = Level(level)
+        return [c for c in ids if max(self.groups[k].level for k in self._campaign_groups[c]) is wanted]
+
+    def campaign(self, campaign_id: str) -> CampaignReport:
+        self._campaigns()
+        keys = self._campaign_groups.get(campaign_id)
+        if keys is None:
+            raise UnknownCampaignError(
+                f"no campaign {campaign_id!r}: ids come from engine.campaigns(); a campaign whose groups "
+                "were evicted or forgotten is gone"
+            )
+        groups = [self.groups[k] for k in keys]
+        counts: dict[str, int] = {}
+        for g in groups:
+            for account in self._active_members(g):
+                counts[account] = counts.get(account, 0) + int(self.pool.counts[g.members[account]])
+        top = max(groups, key=lambda g: g.score)
+        indicators = []
+        for g in sorted(groups, key=lambda g: -g.score):
+            f = self.features(g)
+            indicators.append(
+                {
+                    "kind": g.kind if g.kind != "meta" else f"meta:{g.label}",
+                    "label": g.label if g.kind == "template" else "",
+                    "level": g.level.value,
+                    "score": round(g.score, 4),
+                    "features": f.to_dict(),
+                }
+            )
+        flagged = [g.flagged_at_n for g in groups if g.flagged_at_n >= 0]
+        firsts = [g.first_ts for g in groups if not math.isnan(g.first_ts)]
+        lasts = [g.last_ts for g in groups if not math.isnan(g.last_ts)]
+        return CampaignReport(
+            id=campaign_id,
+            level=max(g.level for g in groups),
+            risk=top.risk,
+            score=top.score,
+            members=tuple(sorted(counts, key=lambda a: (-counts[a], a))),
+            size=len(counts),
+            queries=sum(g.n for g in groups),
+            indicators=tuple(indicators),
+            reasons=self._reasons(groups),
+            first_ts=min(firsts) if firsts else None,
+            last_ts=max(lasts) if lasts else None,
+            flagged_at_queries=min(flagged) if flagged else None,
+        )
+
+    def _reasons(self, groups: list[Group]) -> tuple[str, ...]:
+        out = []
+        for g in sorted(groups, key=lambda g: -g.score)[:3]:
+            f = self.features(g)
+            what = {
+                "template": f'share the prompt template "{g.label}"',
+                "meta": f"share one {g.label} value",
+                "payload": "send unusually diverse queries from one region of embedding space",
+            }[g.kind]
+            out.append(
+                f"{f.members} accounts {what}; their queries are no more alike within an account than across "
+                f"accounts (member focus {f.member_focus:.3f}), as when one pool of prompts is dealt out"
+            )
+            if not math.isnan(f.elicitation_rate) and f.elicitation_rate >= 0.5:
+                out.append(f"{f.elicitation_rate:.0%} of these queries ask the model to write out its reasoning")
+        return tuple(dict.fromkeys(out))
+
+    # -- forgetting, caps -------------------------------------------------------------------
+    def forget(self, account: str) -> None:
+        links = self.accounts.pop(account, None)
+        if links is None:
+            return
+        for key in list(links.groups):
+            group = self.groups.get(key)
+            if group is not None:
+                self._leave(group, account)
+        for key in [k for k, v in self.pending.items() if v[0] == account]:
+            del self.pending[key]
+
+    def _leave(self, group: Group, account: str) -> None:
+        slot = group.members.pop(account)
+        pool = self.pool
+        c = int(pool.counts[slot])
+        group.total -= pool.vectors[slot]
+        group.n -= c
+        group.member_sq_norms -= pool.sq_norms[slot]
+        group.member_sq_counts -= c * c
+        pool.release(slot)
+        group.fingerprints = {f: a for f, a in group.fingerprints.items() if a != account}
+        self._hot_changed(relinked=True)
+        if not group.members:
+            del self.groups[group.key]
+
+    def _drop_group(self, key: str) -> None:
+        group = self.groups.pop(key)
+        for account, slot in group.members.items():
+            self.pool.release(slot)
+            links = self.accounts.get(account)
+            if links is not None:
+                links.groups.discard(key)
+                if links.region == key:
+                    links.region = None
+        self._hot_changed(relinked=True)
+
+    def _evict_one(self, protect: str | None = None) -> bool:
+        for key, group in self.groups.items():  # least recently updated first
+            if group.level is Level.OK and key != protect:
+                self._drop_group(key)
+                return True
+        for key in self.groups:
+            if key != protect:
+                self.evicted_flagged += 1
+                log.warning(
+                    "campaign group %s at %s evicted: the group table is full of watched and flagged groups "
+                    "(raise campaign_max_groups / campaign_max_memberships); its members keep their raised level",
+                    key,
+                    self.groups[key].level.value,
+                )
+                self._drop_group(key)
+                return True
+        return False
+
+    def _enforce_caps(self) -> None:
+        while len(self.pending) > self.config.campaign_max_pending:
+            self.pending.popitem(last=False)
+        while len(self.groups) > self.config.campaign_max_groups and self._evict_one():
+            pass
+
+    def nbytes(self) -> int:
+        """Approximate bytes held: membership rows, group sums, and a per-entry allowance."""
+        return (
+            self.pool.nbytes()
+            + len(self.groups) * (self.dim * 8 + 512)
+            + len(self.pending) * 160
+            + len(self.accounts) * (self.dim * 4 + 200)
+        )
+
+    # -- state ------------------------------------------------------------------------------
+    GROUP_SCALARS = (
+        "key", "kind", "label", "n", "member_sq_norms", "member_sq_counts", "accounts_seen", "elicitation_sum",
+        "evidence_sum", "duplicates", "first_ts", "last_ts", "last_seen", "judged_at", "score", "risk",
+        "peak_score", "flagged_at_n",
+    )  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything as ``{"header": JSON-able dict, "arrays": {name: ndarray}}`` (host copies)."""
+        groups = list(self.groups.values())
+        member_ids = [list(g.members) for g in groups]
+        rows = np.array([g.members[a] for g, ids in zip(groups, member_ids, strict=True) for a in ids], dtype=np.int64)
+        account_ids = list(self.accounts)
+        links = [self.accounts[a] for a in account_ids]
+        header = {
+            "salt": self.hasher.salt.hex(),
+            "observations": self.observations,
+            "evicted_flagged": self.evicted_flagged,
+            "groups": [
+                {
+                    **{name: _json_number(getattr(g, name)) for name in self.GROUP_SCALARS},
+                    "level": g.level.value,
+                    "members": ids,
+                    "fingerprints": [[f, a] for f, a in g.fingerprints.items()],
+                }
+                for g, ids in zip(groups, member_ids, strict=True)
+            ],
+            "pending": [[k, *v] for k, v in self.pending.items()],
+            "accounts": account_ids,
+            "account_scalars": [[x.n, x.sq_norm, x.evidence_sum, x.elicitation_sum, x.region] for x in links],
+        }
+        d = self.dim
+        arrays = {
+            "group_totals": np.stack([g.total for g in groups]) if groups else np.zeros((0, d)),
+            "member_vectors": self.pool.vectors[rows] if rows.size else np.zeros((0, d), dtype=np.float32),
+            "member_counts": self.pool.counts[rows],
+            "member_sq_norms": self.pool.sq_norms[rows],
+            "member_first_ts": self.pool.first_ts[rows],
+            "account_totals": np.stack([x.total for x in links]) if links else np.zeros((0, d), dtype=np.float32),
+        }
+        return {"header": header, "arrays": arrays}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Replace everything with a :meth:`state_dict` (same dimension and caps or larger)."""
+        header, arrays = state["header"], state["arrays"]
+        self.hasher = MetadataHasher(bytes.fromhex(header["salt"]))
+        self.observations = int(header["observations"])
+        self.evicted_flagged = int(header["evicted_flagged"])
+        self.pool = MembershipPool(self.dim, self.config.campaign_max_memberships)
+        self.groups = OrderedDict()
+        self.accounts = {}
+        for account, (n, sq_norm, evidence_sum, elicitation_sum, region), total in zip(
+            header["accounts"], header["account_scalars"], arrays["account_totals"], strict=True
+        ):
+            links = self.accounts[account] = AccountLinks(self.dim)
+            links.n, links.sq_norm, links.region = int(n), float(sq_norm), region
+            links.evidence_sum, links.elicitation_sum = float(evidence_sum), float(elicitation_sum)
+            links.total[:] = total
+        row = 0
+        for entry, total in zip(header["groups"], arrays["group_totals"], strict=True):
+            scalars = {name: _from_json_number(entry[name]) for name in self.GROUP_SCALARS}
+            group = Group(dim=self.dim, total=np.array(total, dtype=np.float64), **scalars)
+            group.level = Level(entry["level"])
+            group.fingerprints = {int(f): a for f, a in entry["fingerprints"]}
+            for account in entry["members"]:
+                slot = self.pool.allocate()
+                if slot is None:
+                    raise ValueError("the snapshot holds more memberships than campaign_max_memberships allows")
+                self.pool.vectors[slot] = arrays["member_vectors"][row]
+                self.pool.counts[slot] = arrays["member_counts"][row]
+                self.pool.sq_norms[slot] = arrays["member_sq_norms"][row]
+                self.pool.first_ts[slot] = arrays["member_first_ts"][row]
+                row += 1
+                group.members[account] = slot
+                if account in self.accounts:
+                    self.accounts[account].groups.add(group.key)
+            self.groups[group.key] = group
+        self.pending = OrderedDict((k, (a, int(n), kind, label, f)) for k, a, n, kind, label, f in header["pending"])
+        self._hot_changed(relinked=True)

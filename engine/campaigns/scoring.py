@@ -1,0 +1,247 @@
+"""Judging a candidate group against benign groups of the same size.
+
+A group's features (:class:`GroupFeatures`) come from its pooled sums. Two questions, each
+answered on a calibrated scale, and a group scores only as high as the weaker answer:
+
+* *coordination*: how much less do its members keep to their own topics than benign groups
+  of as many members? (``member_focus`` deficit; 2.33 at the benign 1st percentile);
+* *content*: how much higher is the per-account detector's mean evidence on the members'
+  queries than in benign groups of as many members? (2.33 at the benign 99th percentile).
+  Light accounts are each too short to flag; a thousand of them, each a little off, are not.
+
+A summarisation app's users are as unfocused as a campaign but send nothing extraction-like;
+a class doing one assignment is focused on one topic. Queries that another member had
+already sent (an evaluation harness re-running one benchmark from several keys) count for
+neither. Benign groups (random crowds and look-alike crowds of benign accounts, see
+:mod:`.fitting`) set the tables; risk is one minus the share of benign groups whose score
+reaches the group's, with the same exponential tail beyond the calibrated range as
+account risk.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import CalibrationError
+from ..types import Level
+
+# Member-count bins: [2, 4), [4, 8), ... [128, inf)
+MEMBER_BIN_EDGES = np.array([2, 4, 8, 16, 32, 64, 128])
+N_MEMBER_BINS = len(MEMBER_BIN_EDGES)
+MIN_BIN_GROUPS = 8
+Z_AT_Q01 = 2.326  # standard-normal z of the 1st percentile, for a familiar scale
+TAIL_FRACTION = 0.05
+# A member counts once it sent this many of the group's queries: one shared "think step by
+# step" prefix makes nobody a member of a campaign.
+MIN_MEMBER_QUERIES = 2
+MIN_GROUP_MEMBERS = 4
+DISTINCT_CROWD_MAX_DUPLICATES = 0.2
+# Per-query evidence is clipped before it is pooled, so no single odd query carries a group.
+EVIDENCE_CLIP = (-3.0, 6.0)
+
+
+def member_bin(members: int | np.ndarray) -> np.ndarray:
+    return np.clip(np.searchsorted(MEMBER_BIN_EDGES, np.asarray(members), side="right") - 1, 0, N_MEMBER_BINS - 1)
+
+
+@dataclass(frozen=True)
+class GroupFeatures:
+    """What a group looks like now."""
+
+    members: int  # members with at least MIN_MEMBER_QUERIES of the group's queries
+    accounts_seen: int
+    queries: int
+    member_focus: float  # mean within-member minus between-member query similarity
+    within_similarity: float
+    between_similarity: float
+    member_evidence: float  # mean per-query score (signed) the account detector gave these queries
+    duplicate_share: float  # share of queries another member had already sent
+    elicitation_rate: float  # mean reasoning-trace elicitation probability (NaN without a head)
+    start_spread_hours: float  # interquartile range of members' first queries (NaN without timestamps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in self.__dict__.items()}
+
+
+class GroupCalibration:
+    """Per member-count bin: benign ``member_focus`` (median, 1st percentile) over every
+    benign crowd; benign mean evidence and mean elicitation probability (median, 99th
+    percentile) over *look-alike* crowds; and benign group score maxima.
+
+    Content is read against look-alike crowds on purpose: the mean of a random benign crowd
+    varies less and less as the crowd grows, so against random crowds any app whose traffic
+    is a little unusual (a summariser, a support bot) would look certain. Look-alike crowds
+    are the benign accounts most like each other, the nearest thing to one app's users.
+    """
+
+    TABLES = (
+        "focus_median",
+        "focus_q01",
+        "between_median",
+        "between_q01",
+        "evidence_median",
+        "evidence_q99",
+        "elicitation_median",
+        "elicitation_q99",
+    )
+
+    def __init__(self, tables: dict[str, np.ndarray], max_scores: np.ndarray, source: str = ""):
+        for name in self.TABLES:
+            table = np.asarray(tables[name], dtype=np.float64)
+            if table.shape != (N_MEMBER_BINS,) or not np.isfinite(table).all():
+                raise CalibrationError(
+                    f"group calibration table {name} must hold {N_MEMBER_BINS} finite values; got {table.shape}"
+                )
+            setattr(self, name, table)
+        m = np.sort(np.asarray(max_scores, dtype=np.float64))
+        m = m[np.isfinite(m)]
+        if m.size < 10:
+            raise CalibrationError(f"group calibration needs scores of at least 10 benign groups; got {m.size}")
+        self.max_scores = m
+        self.tail_start = float(np.quantile(m, 1.0 - TAIL_FRACTION))
+        excess = m[m > self.tail_start] - self.tail_start
+        self.tail_scale = max(float(excess.mean()) if excess.size else 0.0, 0.05)
+        self.source = source
+
+    @classmethod
+    def fit(cls, crowds: dict[str, np.ndarray], source: str = "") -> GroupCalibration:
+        """From benign crowds (``focus``, ``evidence``, ``elicitation`` (NaN without a head),
+        ``members``, ``duplicate_share``, ``lookalike`` per crowd): the tables (bins with too
+        few crowds borrow from their nearest populated bin), then every benign crowd's score
+        on them for the risk tail."""
+        focus = np.asarray(crowds["focus"], dtype=np.float64)
+        evidence = np.asarray(crowds["evidence"], dtype=np.float64)
+        elicitation = np.asarray(crowds["elicitation"], dtype=np.float64)
+        members = np.asarray(crowds["members"])
+        lookalike = np.asarray(crowds["lookalike"], dtype=bool)
+        duplicate_share = np.asarray(crowds["duplicate_share"], dtype=np.float64)
+        between = np.asarray(crowds["between"], dtype=np.float64)
+        ok = np.isfinite(focus) & np.isfinite(evidence) & np.isfinite(between) & (members >= MEMBER_BIN_EDGES[0])
+        bins = member_bin(members)
+        tables = {name: np.full(N_MEMBER_BINS, np.nan) for name in cls.TABLES}
+        for b in range(N_MEMBER_BINS):
+            every, alike = ok & (bins == b), ok & (bins == b) & lookalike
+            if every.sum() < MIN_BIN_GROUPS or alike.sum() < MIN_BIN_GROUPS // 2:
+                continue
+            # the coordination scale comes from crowds that do not re-send each other's prompts:
+            # a class or a harness run is coordinated, and is told apart by its duplicates
+            distinct = every & (duplicate_share < DISTINCT_CROWD_MAX_DUPLICATES)
+            scale = focus[distinct] if distinct.sum() >= MIN_BIN_GROUPS else focus[every]
+            tables["focus_median"][b], tables["focus_q01"][b] = np.quantile(scale, [0.5, 0.01])
+            random_crowds = every & ~lookalike
+            tables["between_median"][b], tables["between_q01"][b] = np.quantile(
+                between[random_crowds] if random_crowds.sum() >= MIN_BIN_GROUPS else between[every], [0.5, 0.01]
+            )
+            tables["evidence_median"][b], tables["evidence_q99"][b] = np.quantile(evidence[alike], [0.5, 0.99])
+            p = elicitation[alike]
+            p = p[np.isfinite(p)]
+            # without an elicitation head no rate can reach 2: its content evidence stays 0
+            tables["elicitation_median"][b], tables["elicitation_q99"][b] = (
+                np.quantile(p, [0.5, 0.99]) if p.size else (2.0, 3.0)
+            )
+        populated = np.flatnonzero(np.isfinite(tables["focus_median"]))
+        if populated.size == 0:
+            raise CalibrationError(
+                f"group calibration needs at least {MIN_BIN_GROUPS} benign groups of one size; got {int(ok.sum())}"
+            )
+        for b in range(N_MEMBER_BINS):
+            if not np.isfinite(tables["focus_median"][b]):
+                donor = populated[np.argmin(np.abs(populated - b))]
+                for table in tables.values():
+                    table[b] = table[donor]
+        draft = cls(tables, np.zeros(10), source)
+        scores = draft.score(focus[ok], between[ok], evidence[ok], elicitation[ok], members[ok], duplicate_share[ok])
+        return cls(tables, scores, source)
+
+    def coordination(self, focus, members) -> np.ndarray:
+        """Focus deficit against benign groups of the size, in benign spreads (0 = as
+        member-focused as the benign median or more; 2.33 = the benign 1st percentile)."""
+        b = member_bin(members)
+        med, q01 = self.focus_median[b], self.focus_q01[b]
+        z = Z_AT_Q01 * (med - np.asarray(focus, dtype=np.float64)) / np.maximum(med - q01, 1e-6)
+        return np.where(np.isfinite(z), np.maximum(z, 0.0), 0.0)
+
+    def content(self, between, evidence, elicitation, members) -> np.ndarray:
+        """How extraction-like the members' queries are, on benign crowds' scales (2.33 = the
+        benign 1st or 99th percentile), by the strongest of three signals:
+
+        * dispersion: pairs of queries from different members less alike than in random
+          benign crowds (coverage-maximising selection spreads its picks on purpose);
+        * the account detector's mean signed per-query score (against look-alike crowds);
+        * the mean reasoning-trace elicitation probability (against look-alike crowds).
+        """
+        b = member_bin(members)
+        scales = (
+            (-np.asarray(between, dtype=np.float64), -self.between_median[b], -self.between_q01[b]),
+            (evidence, self.evidence_median[b], self.evidence_q99[b]),
+            (elicitation, self.elicitation_median[b], self.elicitation_q99[b]),
+        )
+        out = np.zeros(np.broadcast(np.asarray(evidence), b).shape)
+        for value, med, tail in scales:
+            z = Z_AT_Q01 * (np.asarray(value, dtype=np.float64) - med) / np.maximum(tail - med, 1e-6)
+            out = np.maximum(out, np.where(np.isfinite(z), z, 0.0))
+        return out
+
+    def score(self, focus, between, evidence, elicitation, members, duplicate_share) -> np.ndarray:
+        """Both must hold: members act as one (coordination) and what they send looks like
+        extraction (content). Queries another member already sent count for neither."""
+        both = np.minimum(self.coordination(focus, members), self.content(between, evidence, elicitation, members))
+        return both * (1.0 - np.clip(np.asarray(duplicate_share, dtype=np.float64), 0.0, 1.0))
+
+    def exceedance(self, score) -> np.ndarray:
+        s = np.asarray(score, dtype=np.float64)
+        m = self.max_scores
+        empirical = 1.0 - np.searchsorted(m, s, side="left") / m.size
+        tail = TAIL_FRACTION * np.exp(-(s - self.tail_start) / self.tail_scale)
+        return np.clip(np.where(s > self.tail_start, tail, empirical), 0.0, 1.0)
+
+    def threshold_for(self, fpr: float) -> float:
+        if fpr >= TAIL_FRACTION:
+            return float(np.quantile(self.max_scores, 1.0 - fpr))
+        return self.tail_start + self.tail_scale * math.log(TAIL_FRACTION / fpr)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        out = {f"group_{name}": getattr(self, name) for name in self.TABLES}
+        out["group_max_scores"] = self.max_scores
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays, source: str = "") -> GroupCalibration:
+        tables = {name: np.asarray(arrays[f"group_{name}"]) for name in cls.TABLES}
+        return cls(tables, np.asarray(arrays["group_max_scores"]), source)
+
+
+class GroupJudge:
+    """Scores, risks and levels of groups under one :class:`GroupCalibration`."""
+
+    def __init__(self, calibration: GroupCalibration, target_fpr: float, watch_fpr: float):
+        self.calibration = calibration
+        self.flag_threshold = calibration.threshold_for(target_fpr)
+        self.watch_threshold = calibration.threshold_for(watch_fpr)
+
+    def judge(self, features: GroupFeatures) -> tuple[float, float]:
+        """(score, risk); 0 for groups below MIN_GROUP_MEMBERS members."""
+        if features.members < MIN_GROUP_MEMBERS:
+            return 0.0, 0.0
+        score = float(
+            self.calibration.score(
+                features.member_focus,
+                features.between_similarity,
+                features.member_evidence,
+                features.elicitation_rate,
+                features.members,
+                features.duplicate_share,
+            )
+        )
+        return score, float(1.0 - self.calibration.exceedance(score))
+
+    def level_for(self, score: float) -> Level:
+        if score >= self.flag_threshold:
+            return Level.FLAG
+        if score >= self.watch_threshold:
+            return Level.WATCH
+        return Level.OK

@@ -1,0 +1,321 @@
+"""The campaign layer: each linking signal, the group statistics against brute force, group
+scoring, the layer end to end on synthetic traffic, its state, and its caps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import probewatch as pw
+from probewatch.campaigns.fitting import benign_crowd_features, fit_group_calibration
+from probewatch.campaigns.groups import fingerprint, pair_similarities, pair_stats_from_sums
+from probewatch.campaigns.metadata import META_KEYS, MetadataHasher, check_meta
+from probewatch.campaigns.scoring import MIN_MEMBER_QUERIES, N_MEMBER_BINS, GroupCalibration
+from probewatch.campaigns.templates import template_anchors, tokens
+from probewatch.errors import BatchError, InputError, UnknownCampaignError
+from tests.support import topical_stream, unit_rows
+
+DIM = 48
+
+
+# -- linking signals ------------------------------------------------------------------------
+WRAPPER = "Think step by step and write out all of your reasoning. Question: {q} Then give the final answer on its own line."
+
+
+def test_a_wrapper_gives_the_same_anchors_whatever_the_payload():
+    a = template_anchors(WRAPPER.format(q="what is the boiling point of ethanol at sea level"))
+    b = template_anchors(WRAPPER.format(q="who designed the first programmable loom and when"))
+    assert [k for k, _ in a] == [k for k, _ in b]
+    assert a[0][1] == "think step by step and write"
+
+
+def test_anchors_need_room_for_a_payload_and_mask_numbers():
+    assert template_anchors("thanks, that works") == []
+    assert template_anchors("continue") == []
+    assert tokens("Order 66 and 1984") == ["order", "#", "and", "#"]
+    one = template_anchors("Translate into French, keep the tone: invoice 1234 is due on the 5th of May, 2026 please")
+    two = template_anchors("Translate into French, keep the tone: invoice 98 is due on the 17th of May, 2025 please")
+    assert [k for k, _ in one] == [k for k, _ in two]
+
+
+def test_meta_checks_name_the_key_and_the_problem():
+    assert check_meta(None) is None
+    assert check_meta({"ip": "203.0.113.9", "key_created": 1700000000}) == {
+        "ip": "203.0.113.9",
+        "key_created": "1700000000",
+    }
+    for bad, word in (
+        ({"ipv4": "1.2.3.4"}, "ipv4"),
+        ({"ip": ["1.2.3.4"]}, "ip"),
+        ({"org": "x" * 513}, "org"),
+        ({"payment": "  "}, "payment"),
+        ({"user_agent": True}, "user_agent"),
+        ("ip=1.2.3.4", "mapping"),
+    ):
+        with pytest.raises(InputError, match=word):
+            check_meta(bad)
+
+
+def test_meta_values_are_kept_only_as_salted_hashes():
+    hasher, other = MetadataHasher(b"a" * 16), MetadataHasher(b"b" * 16)
+    meta = {"ip": "198.51.100.23", "payment": "card-4242"}
+    keys = hasher.indicators(meta)
+    assert [kind for _, kind in keys] == ["ip", "payment"]
+    assert keys == hasher.indicators(dict(meta))
+    assert {k for k, _ in keys}.isdisjoint(k for k, _ in other.indicators(meta))
+    assert not any("198.51" in k or "4242" in k for k, _ in keys)
+    assert set(META_KEYS) == {"ip", "network", "user_agent", "org", "payment", "key_created"}
+
+
+def test_fingerprints_are_stable_and_tell_prompts_apart():
+    x = unit_rows(np.random.default_rng(0).standard_normal((2, DIM)))
+    assert fingerprint(x[0]) == fingerprint(x[0].copy()) and fingerprint(x[0]) != fingerprint(x[1])
+
+
+# -- group statistics against brute force -------------------------------------------------
+@pytest.mark.parametrize("sizes", [(1, 1), (3, 1, 4), (5, 5, 5, 5), (2, 7, 1, 3, 9)])
+def test_pair_statistics_from_sums_equal_brute_force(sizes):
+    rng = np.random.default_rng(sum(sizes))
+    members = [unit_rows(rng.standard_normal((n, DIM))) for n in sizes]
+    sums = [m.astype(np.float64).sum(axis=0) for m in members]
+    fast = pair_stats_from_sums(
+        np.sum(sums, axis=0), sum(sizes), sum(float(s @ s) for s in sums), sum(n * n for n in sizes)
+    )
+    slow = pair_similarities(members)
+    assert (fast.within_pairs, fast.between_pairs) == (slow.within_pairs, slow.between_pairs)
+    for a, b in ((fast.within, slow.within), (fast.between, slow.between)):
+        assert (math.isnan(a) and math.isnan(b)) or abs(a - b) < 1e-7
+
+
+def test_member_focus_separates_dealt_out_pools_from_own_topics():
+    rng = np.random.default_rng(1)
+    pool = unit_rows(rng.standard_normal((400, DIM)))
+    dealt = [pool[i::20] for i in range(20)]  # one pool dealt round-robin to 20 accounts
+    centres = rng.standard_normal((20, DIM))
+    own = [unit_rows(c + 0.6 * rng.standard_normal((20, DIM))) for c in centres]
+    assert abs(pair_similarities(dealt).focus) < 0.02
+    assert pair_similarities(own).focus > 0.2
+
+
+# -- scoring -----------------------------------------------------------------------------------
+def _calibration() -> GroupCalibration:
+    values = {
+        "focus_median": 0.1,
+        "focus_q01": 0.02,
+        "between_median": 0.1,
+        "between_q01": 0.05,
+        "evidence_median": 0.0,
+        "evidence_q99": 1.0,
+        "elicitation_median": 0.1,
+        "elicitation_q99": 0.5,
+    }
+    return GroupCalibration({k: np.full(N_MEMBER_BINS, v) for k, v in values.items()}, np.linspace(0.0, 1.0, 200))
+
+
+def test_group_score_needs_both_coordination_and_content():
+    cal = _calibration()
+    coordinated, independent = 0.0, 0.2
+    extraction_like, ordinary = 3.0, 0.0
+    score = lambda focus, evidence, dup=0.0, elicit=math.nan, between=0.1: float(  # noqa: E731
+        cal.score(focus, between, evidence, elicit, 50, dup)
+    )
+    assert score(coordinated, extraction_like) > 2.0
+    assert score(independent, extraction_like) == 0.0  # a crowd of unusual but independent users
+    assert score(coordinated, ordinary) == 0.0  # a summariser's users: unfocused, ordinary content
+    assert score(coordinated, ordinary, elicit=0.9) > 2.0  # reasoning harvesting is content enough
+    assert score(coordinated, ordinary, between=0.0) > 2.0  # so is picking queries far apart (k-center)
+    assert score(coordinated, extraction_like, dup=0.9) < 0.2 * score(coordinated, extraction_like)
+    assert score(-0.1, extraction_like) >= score(0.05, extraction_like)
+    assert cal.exceedance(5.0) < cal.exceedance(1.0) < cal.exceedance(0.1) <= 1.0
+
+
+def test_group_calibration_round_trips_and_rejects_bad_tables():
+    cal = _calibration()
+    again = GroupCalibration.from_arrays(cal.to_arrays())
+    assert again.threshold_for(1e-3) == cal.threshold_for(1e-3)
+    np.testing.assert_array_equal(again.focus_q01, cal.focus_q01)
+    bad = {**cal.to_arrays(), "group_focus_median": np.zeros(3)}
+    with pytest.raises(pw.CalibrationError, match="focus_median"):
+        GroupCalibration.from_arrays(bad)
+
+
+def test_benign_crowds_are_member_focused_and_fit_a_calibration():
+    rng = np.random.default_rng(2)
+    accounts, vectors = topical_stream(rng, 80, DIM, q_range=(6, 30))
+    evidence = rng.normal(0.0, 1.0, len(accounts))
+    crowds = benign_crowd_features(accounts, vectors, evidence)
+    assert np.median(crowds["focus"]) > 0.05
+    cal = fit_group_calibration(accounts, vectors, evidence)
+    assert (cal.focus_q01 <= cal.focus_median).all()
+    # benign crowds themselves rarely pass the 1 % line
+    assert np.mean(cal.max_scores >= cal.threshold_for(0.01)) <= 0.03
+
+
+# -- the layer end to end ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def topics():
+    return np.random.default_rng(11).standard_normal((24, DIM))
+
+
+@pytest.fixture(scope="module")
+def calibration_path(tmp_path_factory, topics):
+    accounts, vectors = topical_stream(np.random.default_rng(12), 160, DIM, q_range=(6, 40), topics=topics)
+    engine = pw.Engine.from_benign_embeddings(accounts, vectors, device="cpu")
+    assert engine.pipeline.campaigns is not None and engine.pipeline.group_calibration is not None
+    path = tmp_path_factory.mktemp("campaign-calibration") / "calibration.npz"
+    engine.save_calibration(path)
+    return path
+
+
+SALT = "5a" * 16  # one metadata key for every engine of a test, so campaign ids compare
+
+
+def make_engine(calibration_path, **overrides):
+    return pw.Engine(calibration_path=calibration_path, device="cpu", campaign_salt=SALT, **overrides)
+
+
+def hydra_traffic(topics, seed=0, members=40, per_member=6, crowd=40):
+    """Interleaved (accounts, vectors, prompts, metas): a campaign dealing one broad pool of
+    payloads to light accounts under one wrapper, and a benign crowd of light users sharing
+    one framework template, each about their own topic."""
+    rng = np.random.default_rng(seed)
+    pool = unit_rows(rng.standard_normal((members * per_member, DIM)))  # broad, unlike any one topic
+    events = []
+    for m in range(members):
+        for j in range(per_member):
+            q = m * per_member + j
+            prompt = WRAPPER.format(q=f"payload item number {q} drawn from the shared dataset of questions")
+            events.append((f"hydra-{m}", pool[q], prompt, {"payment": "pm-shared"}))
+    accounts, vectors = topical_stream(rng, crowd, DIM, q_range=(per_member, per_member), topics=topics, prefix="rag")
+    rag = "Use the following pieces of context to answer the question at the end. Context: {c} Question: {q} Helpful answer:"
+    for i, (account, v) in enumerate(zip(accounts, vectors, strict=True)):
+        prompt = rag.format(c=f"the {account} notes, part {i}", q=f"what does section {i} of my own file say")
+        events.append((account, v, prompt, {"ip": "10.0.0.1"}))  # the whole crowd behind one NAT
+    order = rng.permutation(len(events))
+    # keep each account's own order: sort by (random slot of the account's k-th event)
+    events = [events[i] for i in order]
+    return (
+        [e[0] for e in events],
+        np.stack([e[1] for e in events]),
+        [e[2] for e in events],
+        [e[3] for e in events],
+    )
+
+
+def feed(engine, accounts, vectors, prompts, metas, batch=16):
+    out = []
+    for s in range(0, len(accounts), batch):
+        sl = slice(s, s + batch)
+        out += engine.observe_embeddings(accounts[sl], vectors[sl], metas=metas[sl], prompts=prompts[sl])
+    return out
+
+
+def test_a_hydra_campaign_is_found_and_a_benign_template_crowd_is_not(calibration_path, topics):
+    engine = make_engine(calibration_path)
+    accounts, vectors, prompts, metas = hydra_traffic(topics)
+    verdicts = feed(engine, accounts, vectors, prompts, metas)
+    campaigns = engine.campaigns()
+    assert campaigns, "the campaign was not found"
+    top = campaigns[0]
+    assert top.level is pw.Level.FLAG
+    members = set(top.members)
+    hydra = {a for a in accounts if a.startswith("hydra-")}
+    assert len(members & hydra) >= 0.9 * len(hydra)
+    assert not members - hydra, f"benign accounts in the campaign: {sorted(members - hydra)[:5]}"
+    assert not any(c.members and set(c.members) - hydra for c in campaigns)
+    flagged = set(engine.accounts("flag"))
+    assert flagged >= set(members)
+    assert not {a for a in flagged if a.startswith("rag-")}
+    # verdicts carry the campaign, never a raw metadata value
+    last = {v.account: v for v in verdicts}
+    some_member = next(iter(members))
+    assert last[some_member].campaign is not None and last[some_member].campaign.id == top.id
+    text = str(engine.campaign(top.id).to_dict())
+    assert "pm-shared" not in text and "10.0.0.1" not in text
+    assert any(k.startswith("meta:payment") or k == "template" for k in top.summary().indicator_kinds)
+
+
+def test_batch_boundaries_do_not_change_campaign_verdicts(calibration_path, topics):
+    accounts, vectors, prompts, metas = hydra_traffic(topics, seed=3, members=20, crowd=10)
+    whole = feed(make_engine(calibration_path), accounts, vectors, prompts, metas, batch=len(accounts))
+    ones = feed(make_engine(calibration_path), accounts, vectors, prompts, metas, batch=1)
+    assert [(v.level, v.campaign and v.campaign.id) for v in whole] == [
+        (v.level, v.campaign and v.campaign.id) for v in ones
+    ]
+
+
+def test_save_at_t_reload_and_continue_equals_uninterrupted(calibration_path, topics, tmp_path):
+    accounts, vectors, prompts, metas = hydra_traffic(topics, seed=4, members=24, crowd=12)
+    t = len(accounts) // 2
+    straight = make_engine(calibration_path)
+    expected = feed(straight, accounts, vectors, prompts, metas)
+    first = make_engine(calibration_path)
+    feed(first, accounts[:t], vectors[:t], prompts[:t], metas[:t])
+    first.save(tmp_path / "t.npz")
+    again = pw.Engine.load(tmp_path / "t.npz")
+    rest = feed(again, accounts[t:], vectors[t:], prompts[t:], metas[t:])
+    key = lambda v: (v.account, v.level, round(v.risk, 6), v.campaign and (v.campaign.id, v.campaign.level))  # noqa: E731
+    assert [key(v) for v in rest] == [key(v) for v in expected[t:]]
+    assert [c.to_dict() for c in again.campaigns()] == [c.to_dict() for c in straight.campaigns()]
+
+
+def test_forget_takes_an_account_out_of_every_group(calibration_path, topics):
+    engine = make_engine(calibration_path)
+    accounts, vectors, prompts, metas = hydra_traffic(topics, seed=5, members=12, crowd=6)
+    feed(engine, accounts, vectors, prompts, metas)
+    layer = engine.pipeline.campaigns
+    victim = "hydra-3"
+    assert any(victim in g.members for g in layer.groups.values())
+    used = layer.pool.used
+    engine.forget(victim)
+    assert not any(victim in g.members for g in layer.groups.values())
+    assert victim not in layer.accounts and layer.pool.used < used
+    # what is left equals the sums of what the other members sent
+    for group in layer.groups.values():
+        slots = list(group.members.values())
+        np.testing.assert_allclose(group.total, layer.pool.vectors[slots].astype(np.float64).sum(axis=0), atol=1e-4)
+        assert group.n == int(layer.pool.counts[slots].sum())
+
+
+def test_unknown_campaign_and_bad_meta_are_clear_errors(calibration_path):
+    engine = make_engine(calibration_path)
+    with pytest.raises(UnknownCampaignError, match="no campaign"):
+        engine.campaign("cmp-nope")
+    x = unit_rows(np.random.default_rng(6).standard_normal((3, DIM)))
+    with pytest.raises(BatchError) as info:
+        engine.observe_embeddings(["a", "b", "c"], x, metas=[{"ip": "1.2.3.4"}, {"ipaddr": "x"}, None])
+    assert list(info.value.errors) == [1] and "ipaddr" in str(info.value.errors[1])
+    assert info.value.verdicts[0] is not None and info.value.verdicts[2] is not None
+    assert engine.stats().observations == 2
+
+
+def test_caps_bound_memory_under_a_flood_of_templates(calibration_path):
+    engine = make_engine(calibration_path, campaign_max_groups=32, campaign_max_pending=64, campaign_max_memberships=64)
+    rng = np.random.default_rng(7)
+    n = 600
+    x = unit_rows(rng.standard_normal((n, DIM)))
+    accounts = [f"flood-{i % 150}" for i in range(n)]
+    # every template shared by two accounts: many groups, each pending first
+    prompts = [
+        f"template number {i % 200} says hello with words {i} and more words and yet more words here {i % 200} end"
+        for i in range(n)
+    ]
+    for s in range(0, n, 50):
+        engine.observe_embeddings(accounts[s : s + 50], x[s : s + 50], prompts=prompts[s : s + 50])
+    layer = engine.pipeline.campaigns
+    assert len(layer.groups) <= 32 and len(layer.pending) <= 64 and layer.pool.used <= 64
+    assert engine.stats().bytes_held >= layer.nbytes() > 0
+
+
+def test_campaigns_can_be_switched_off(calibration_path, topics):
+    engine = make_engine(calibration_path, campaigns=False)
+    accounts, vectors, prompts, metas = hydra_traffic(topics, seed=8, members=10, crowd=4)
+    verdicts = feed(engine, accounts, vectors, prompts, metas)
+    assert engine.pipeline.campaigns is None and engine.campaigns() == []
+    assert all(v.campaign is None for v in verdicts)
+
+
+def test_member_threshold_is_what_the_scoring_module_says():
+    assert MIN_MEMBER_QUERIES >= 2  # one shared prefix makes nobody a member

@@ -199,3 +199,62 @@ def test_detection_cost_gpu(benchmark, history):
         return out
 
     benchmark(run)
+
+
+def test_campaign_layer_replay_100k_accounts(benchmark):
+    """The campaign layer alone over 100k accounts x 10 queries (1M queries): the extra cost
+    per query it adds to the pipeline, and the memory it holds under its default caps.
+
+    Traffic: every account sends prompts from one of 2,000 templates (Zipf popularity: a few
+    frameworks dominate), each with its own payload, and metadata from a 20k-address pool;
+    vectors are clustered unit rows. The account detector's per-query evidence is zero.
+    """
+    n_accounts, per_account, batch = 100_000, 10, 1_000
+    engine = _engine()
+    layer = engine.pipeline.campaigns
+    rng = np.random.default_rng(9)
+    template_of = np.minimum(rng.zipf(1.3, size=n_accounts), 2_000) - 1
+    ip_of = rng.integers(0, 20_000, size=n_accounts)
+    order = np.repeat(np.arange(n_accounts), per_account)
+    rng.shuffle(order)
+    centres = rng.normal(size=(64, 384)).astype(np.float32)
+    evidence = np.zeros(batch)
+
+    def replay():
+        before = _rss()
+        spent = 0.0
+        for start in range(0, order.size, batch):
+            ids = order[start : start + batch]
+            x = centres[ids % 64] + 0.6 * rng.normal(size=(ids.size, 384)).astype(np.float32)
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            accounts = [f"acct-{i}" for i in ids.tolist()]
+            texts = [
+                f"Template {t} for the task at hand, please follow the format exactly: payload {i}-{start + j} "
+                f"then answer in the style the template {t} asks for, citing sources."
+                for j, (t, i) in enumerate(zip(template_of[ids].tolist(), ids.tolist(), strict=True))
+            ]
+            metas = [{"ip": f"198.51.{a % 256}.{a // 256 % 256}"} for a in ip_of[ids].tolist()]
+            t0 = time.perf_counter()
+            layer.observe(accounts, x, texts, metas, [None] * ids.size, evidence[: ids.size])
+            spent += time.perf_counter() - t0
+        return spent, _rss() - before
+
+    spent, added = benchmark.pedantic(replay, rounds=1, iterations=1)
+    per_query_ms = 1000 * spent / order.size
+    benchmark.extra_info.update(
+        {
+            "queries": int(order.size),
+            "ms_per_query": round(per_query_ms, 4),
+            "groups": len(layer.groups),
+            "pending": len(layer.pending),
+            "memberships": layer.pool.used,
+            "layer_bytes_accounted": layer.nbytes(),
+            "rss_bytes_added": added,
+        }
+    )
+    print(
+        f"\ncampaign layer: {per_query_ms:.3f} ms/query over {order.size} queries; {len(layer.groups)} groups, "
+        f"{layer.pool.used} memberships, {layer.nbytes() / 2**20:.0f} MiB accounted, {added / 2**20:.0f} MiB RSS added"
+    )
+    config = engine.config
+    assert len(layer.groups) <= config.campaign_max_groups and layer.pool.used <= config.campaign_max_memberships

@@ -4,21 +4,47 @@
     traffic = build_traffic(size="quick", seed=0)
     print(traffic.describe())
 
+    from bench.traffic import build_hydra  # cross-account campaigns, crowds, request metadata
+    hydra = build_hydra(size="quick", seed=0)
+    print(hydra.describe())
+
 See README.md in this folder for the sources, account classes, strategies and sizes.
 """
 
 from .attacks import STRATEGIES
 from .build import HARD_BENIGN, MIXED_SHARES, SIZES, build_traffic
+from .hydra import (
+    CROWD_TEMPLATES,
+    HYDRA_ATTACKS,
+    HYDRA_BENIGN,
+    HYDRA_CROWDS,
+    HYDRA_SCENARIOS,
+    HYDRA_SIZES,
+    META_KEYS,
+    HydraSizeSpec,
+    HydraTraffic,
+    build_hydra,
+)
 from .model import AccountStream, Traffic
 from .sources import MissingDataPackageError
 
 __all__ = [
+    "CROWD_TEMPLATES",
     "HARD_BENIGN",
+    "HYDRA_ATTACKS",
+    "HYDRA_BENIGN",
+    "HYDRA_CROWDS",
+    "HYDRA_SCENARIOS",
+    "HYDRA_SIZES",
+    "META_KEYS",
     "MIXED_SHARES",
     "SIZES",
     "STRATEGIES",
     "AccountStream",
+    "HydraSizeSpec",
+    "HydraTraffic",
     "MissingDataPackageError",
     "Traffic",
+    "build_hydra",
     "build_traffic",
 ]

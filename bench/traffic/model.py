@@ -15,6 +15,10 @@ class AccountStream:
     from the extraction strategy (all of them for pure attacks, a share for mixed accounts).
     ``source_groups`` names the source units (conversation, document, dataset item) the
     prompts came from, so tests can prove calibration and test never share a source.
+    ``meta`` is optional request metadata, one dict per prompt (keys among ``ip``,
+    ``network``, ``user_agent``, ``org``, ``payment``, ``key_created``; all values ``str``;
+    dicts may be shared between prompts, treat them as read-only), or ``None`` where the
+    traffic carries none (``build_traffic`` sets none; ``build_hydra`` sets it everywhere).
     """
 
     account: str
@@ -25,6 +29,7 @@ class AccountStream:
     is_attack: list[bool]
     campaign: str | None = None
     source_groups: frozenset[str] = field(default_factory=frozenset, repr=False)
+    meta: list[dict[str, str]] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.prompts)

@@ -109,7 +109,11 @@ def replay(engine, data: Embedded, scenarios: Sequence[str]) -> Replay:
         chunk = events[start : start + REPLAY_BATCH]
         vectors = data.vectors[[data.row_of[e[2]] for e in chunk]]
         verdicts = engine.observe_embeddings(
-            [e[1] for e in chunk], vectors, [e[0] for e in chunk], metas=[e[3] for e in chunk], prompts=[e[2] for e in chunk]
+            [e[1] for e in chunk],
+            vectors,
+            [e[0] for e in chunk],
+            metas=[e[3] for e in chunk],
+            prompts=[e[2] for e in chunk],
         )
         for event, verdict in zip(chunk, verdicts, strict=True):
             account = event[1]

@@ -3,9 +3,11 @@
     from probewatch.client import Client
 
     with Client("http://127.0.0.1:8321", token="...") as pw:
-        verdict = pw.observe("acct-1", "Summarise this article ...")
+        verdict = pw.observe("acct-1", "Summarise this article ...", meta={"ip": "203.0.113.7"})
         if verdict["flagged"]:
             ...
+        for campaign in pw.campaigns(level="flag")["campaigns"]:
+            print(pw.campaign(campaign["id"])["members"])
 
 Results are the service's JSON as dicts. An HTTP error raises :class:`SidecarError` with
 the status and what the sidecar's error body ``{"error": {"type", "message", "field"?}}``
@@ -18,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 from .errors import ProbewatchError
 
@@ -45,14 +48,53 @@ class SidecarError(ProbewatchError):
 
 
 def _items(items: Iterable[Mapping[str, Any] | tuple]) -> list[dict[str, Any]]:
+    """Request items from mappings (``{account, prompt, ts?, meta?}``) or tuples
+    ``(account, prompt[, ts[, meta]])``; a None ts or meta is left out."""
     out = []
     for item in items:
         if isinstance(item, Mapping):
             out.append(dict(item))
         else:
             account, prompt, *rest = item
-            out.append({"account": account, "prompt": prompt, **({"ts": rest[0]} if rest else {})})
+            ts, meta = (*rest, None, None)[:2]
+            out.append(_item(account, prompt, ts, meta))
     return out
+
+
+def _item(account: str, prompt: str, ts: float | None, meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    item: dict[str, Any] = {"account": account, "prompt": prompt}
+    if ts is not None:
+        item["ts"] = ts
+    if meta is not None:
+        item["meta"] = dict(meta)
+    return item
+
+
+def _segment(value: str) -> str:
+    """``value`` as one URL path segment: every reserved character percent-encoded (an id
+    holding ``?``, ``#``, ``/`` or ``%`` reaches the sidecar whole), and ``.`` / ``..``
+    spelled ``%2E`` so that no URL normalisation turns them into a step up the path."""
+    segment = quote(value, safe="")
+    return segment.replace(".", "%2E") if segment in (".", "..") else segment
+
+
+def _account_path(account: str) -> str:
+    return f"/v1/accounts/{_segment(account)}"
+
+
+def _campaign_path(campaign_id: str) -> str:
+    return f"/v1/campaigns/{_segment(campaign_id)}"
+
+
+def _page_params(level: str | None, limit: int | None, after: str | None) -> dict[str, Any]:
+    return {k: v for k, v in (("level", level), ("limit", limit), ("after", after)) if v is not None}
+
+
+def _single(result: dict[str, Any]) -> dict[str, Any]:
+    """The one result of a one-item observe; its item error raised."""
+    if "error" in result:
+        raise SidecarError(422, result["error"]["message"], result, result["error"]["type"])
+    return result
 
 
 def _raise_for(response) -> Any:
@@ -90,26 +132,38 @@ class Client:
         except self._httpx.TransportError as exc:
             raise SidecarError(0, f"cannot reach the sidecar: {exc}", error_type="Unreachable") from exc
 
-    def observe(self, account: str, prompt: str, ts: float | None = None) -> dict[str, Any]:
-        """One verdict dict (``level``, ``flagged``, ``risk``, ``action`` ...)."""
-        result = self.observe_many([(account, prompt) if ts is None else (account, prompt, ts)])[0]
-        if "error" in result:
-            raise SidecarError(422, result["error"]["message"], result, result["error"]["type"])
-        return result
+    def observe(
+        self, account: str, prompt: str, ts: float | None = None, meta: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """One verdict dict (``level``, ``flagged``, ``risk``, ``action``, ``campaign`` ...).
+        ``meta``: optional request metadata (``ip``, ``network``, ``user_agent``, ``org``,
+        ``payment``, ``key_created``); an invalid one raises :class:`SidecarError` (422)."""
+        return _single(self.observe_many([_item(account, prompt, ts, meta)])[0])
 
     def observe_many(self, items: Iterable[Mapping[str, Any] | tuple]) -> list[dict[str, Any]]:
-        """One result per item, in order: a verdict, or ``{"index", "error"}``."""
+        """One result per item, in order: a verdict, or ``{"index", "error"}``. Items are
+        ``{account, prompt, ts?, meta?}`` mappings or ``(account, prompt[, ts[, meta]])`` tuples."""
         return self._call("POST", "/v1/observe", json={"items": _items(items)})["results"]
 
     def report(self, account: str) -> dict[str, Any]:
-        return self._call("GET", f"/v1/accounts/{account}")
+        return self._call("GET", _account_path(account))
 
     def accounts(self, level: str | None = None, limit: int | None = None, after: str | None = None) -> dict[str, Any]:
-        params = {k: v for k, v in (("level", level), ("limit", limit), ("after", after)) if v is not None}
-        return self._call("GET", "/v1/accounts", params=params)
+        """``{"accounts": [ids], "level", "next_after"}``: one page of account ids, sorted."""
+        return self._call("GET", "/v1/accounts", params=_page_params(level, limit, after))
 
     def forget(self, account: str) -> bool:
-        return self._call("DELETE", f"/v1/accounts/{account}")["forgotten"]
+        return self._call("DELETE", _account_path(account))["forgotten"]
+
+    def campaigns(self, level: str | None = None, limit: int | None = None, after: str | None = None) -> dict[str, Any]:
+        """``{"campaigns": [summaries], "level", "next_after"}``: one page of the campaigns at
+        watch or flag, sorted by id; pass ``next_after`` as ``after`` for the next page."""
+        return self._call("GET", "/v1/campaigns", params=_page_params(level, limit, after))
+
+    def campaign(self, campaign_id: str) -> dict[str, Any]:
+        """One campaign's report (members, indicators, reasons); 404 ``UnknownCampaignError``
+        raises :class:`SidecarError`."""
+        return self._call("GET", _campaign_path(campaign_id))
 
     def ready(self) -> bool:
         try:
@@ -148,20 +202,32 @@ class AsyncClient:
         except self._httpx.TransportError as exc:
             raise SidecarError(0, f"cannot reach the sidecar: {exc}", error_type="Unreachable") from exc
 
-    async def observe(self, account: str, prompt: str, ts: float | None = None) -> dict[str, Any]:
-        result = (await self.observe_many([(account, prompt) if ts is None else (account, prompt, ts)]))[0]
-        if "error" in result:
-            raise SidecarError(422, result["error"]["message"], result, result["error"]["type"])
-        return result
+    async def observe(
+        self, account: str, prompt: str, ts: float | None = None, meta: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return _single((await self.observe_many([_item(account, prompt, ts, meta)]))[0])
 
     async def observe_many(self, items: Iterable[Mapping[str, Any] | tuple]) -> list[dict[str, Any]]:
         return (await self._call("POST", "/v1/observe", json={"items": _items(items)}))["results"]
 
     async def report(self, account: str) -> dict[str, Any]:
-        return await self._call("GET", f"/v1/accounts/{account}")
+        return await self._call("GET", _account_path(account))
+
+    async def accounts(
+        self, level: str | None = None, limit: int | None = None, after: str | None = None
+    ) -> dict[str, Any]:
+        return await self._call("GET", "/v1/accounts", params=_page_params(level, limit, after))
 
     async def forget(self, account: str) -> bool:
-        return (await self._call("DELETE", f"/v1/accounts/{account}"))["forgotten"]
+        return (await self._call("DELETE", _account_path(account)))["forgotten"]
+
+    async def campaigns(
+        self, level: str | None = None, limit: int | None = None, after: str | None = None
+    ) -> dict[str, Any]:
+        return await self._call("GET", "/v1/campaigns", params=_page_params(level, limit, after))
+
+    async def campaign(self, campaign_id: str) -> dict[str, Any]:
+        return await self._call("GET", _campaign_path(campaign_id))
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from .detect.scoring import BenignModel, Calibration, Detector
 from .errors import BatchError, CalibrationError, InvalidEmbeddingError, ProbewatchError, SnapshotError
 from .io.persistence import read_calibration, read_snapshot, write_calibration, write_snapshot
 from .io.validation import check_account, check_items, check_same_length, check_vectors
-from .types import AccountReport, CampaignReport, EngineStats, Level, Verdict
+from .types import AccountReport, CampaignReport, CampaignStats, EngineStats, Level, Verdict
 
 DEFAULT_CALIBRATION_PATH = Path(__file__).resolve().parent / "data" / "default_calibration.npz"
 
@@ -239,6 +240,33 @@ class Engine:
         with self._lock:
             reports = [self.pipeline.campaign(c) for c in self.pipeline.campaign_ids(level)]
         return sorted(reports, key=lambda r: (-r.score, r.id))
+
+    def campaign_page(
+        self, level: Level | str | None = None, after: str | None = None, limit: int = 100
+    ) -> tuple[list[CampaignReport], str | None]:
+        """Campaigns at ``level`` (watch or flag when None) in id order after ``after``, at most
+        ``limit``, and the cursor of the next page (None on the last). Ids and reports are read
+        in one hold of the lock, so a page never names a campaign a concurrent batch merged away."""
+        with self._lock:
+            ids = self.pipeline.campaign_ids(level)
+            if after is not None:
+                ids = ids[bisect.bisect_right(ids, after) :]
+            reports = [self.pipeline.campaign(c) for c in ids[:limit]]
+        return reports, (reports[-1].id if len(ids) > limit else None)
+
+    def campaign_stats(self) -> CampaignStats:
+        """The campaign layer's table sizes (all zero while it is off)."""
+        with self._lock:
+            layer = self.pipeline.campaigns
+            if layer is None:
+                return CampaignStats({"watch": 0, "flag": 0}, 0, 0, 0, 0)
+            return CampaignStats(
+                campaigns={level: len(layer.campaign_ids(level)) for level in ("watch", "flag")},
+                groups=len(layer.groups),
+                pending=len(layer.pending),
+                memberships=layer.pool.used,
+                evicted_flagged=layer.evicted_flagged,
+            )
 
     def campaign(self, campaign_id: str) -> CampaignReport:
         """One campaign: members, linking indicators, features, reasons, timeline."""

@@ -220,6 +220,26 @@ class CampaignReport:
 
 
 @dataclass(frozen=True)
+class CampaignStats:
+    """The campaign layer's table sizes now (``Engine.campaign_stats``; all zero while it is off)."""
+
+    campaigns: dict[str, int]  # campaigns per level ("watch", "flag")
+    groups: int  # candidate groups: indicator values that two or more accounts share
+    pending: int  # indicator values seen from one account so far, waiting for a second
+    memberships: int  # (group, member) rows in use, capped by campaign_max_memberships
+    evicted_flagged: int  # groups at watch or flag evicted because the tables were full
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "campaigns": dict(self.campaigns),
+            "groups": self.groups,
+            "pending": self.pending,
+            "memberships": self.memberships,
+            "evicted_flagged": self.evicted_flagged,
+        }
+
+
+@dataclass(frozen=True)
 class EngineStats:
     """Counts and settings of an engine now (``Engine.stats``)."""
 

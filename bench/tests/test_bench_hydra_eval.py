@@ -98,4 +98,10 @@ def test_quick_hydra_run(tmp_path):
         # the campaign layer only raises levels: it never loses a member the account detector finds
         assert rows[PROBEWATCH]["member_recall"] >= rows[PER_ACCOUNT]["member_recall"]
     for run in RUNS:
-        assert set(results["benign"][run][PROBEWATCH]) >= {"ordinary", "nat", "class_assignment", "all"}
+        benign = results["benign"][run][PROBEWATCH]
+        assert set(benign) >= {"ordinary", "nat", "class_assignment", "all"}
+        # end to end on real text: the reasoning-harvesting campaigns are found, and no user of a
+        # shared framework template is flagged through a campaign
+        assert results["scenarios"][RUNS[run][0]][PROBEWATCH]["campaigns_detected"] >= 0.5
+        for crowd in ("crowd_rag", "crowd_json", "crowd_agent", "eval_harness"):
+            assert benign[crowd]["flagged_via_campaign"] == 0, (run, crowd)

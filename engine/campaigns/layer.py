@@ -57,8 +57,9 @@ REGION_CELLS = 8
 # this share of the smaller one's: a campaign rotating wrappers has members that used two,
 # while one benign account in two groups links nothing.
 LINK_MIN_SHARED = 2
-COMMON_MIN_ACCOUNTS = 20
 LINK_MIN_SHARE = 0.1
+# A metadata value is only called common once this many accounts share it (see is_common).
+COMMON_MIN_ACCOUNTS = 20
 
 
 def coarse_regions(codebook: np.ndarray, k: int, iterations: int = 20) -> np.ndarray:
@@ -346,8 +347,10 @@ class CampaignLayer:
         """A metadata value shared by more than ``campaign_common_meta_share`` of every account
         seen (a popular browser, a big ISP, a university NAT) links nobody on its own."""
         share = self.config.campaign_common_meta_share
-        return group.kind == "meta" and group.accounts_seen >= COMMON_MIN_ACCOUNTS and (
-            group.accounts_seen > share * len(self.accounts)
+        return (
+            group.kind == "meta"
+            and group.accounts_seen >= COMMON_MIN_ACCOUNTS
+            and (group.accounts_seen > share * len(self.accounts))
         )
 
     def _judge(self, group: Group, raised: dict[str, Level]) -> None:

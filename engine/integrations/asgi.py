@@ -14,11 +14,18 @@ error; ``mode="annotate"`` lets every request through and adds ``x-probewatch-le
 Requests without the header, other paths and bodies over ``max_body_bytes`` pass untouched.
 When the engine fails or exceeds ``deadline_s``, ``failure_policy`` decides: ``"open"`` passes
 the request (default), ``"closed"`` answers 503.
+
+With ``request_meta=True`` (default; ``PROBEWATCH_MIDDLEWARE_REQUEST_META``) the client
+address and ``User-Agent`` go to the engine as ``meta``, linking accounts that share them
+into campaigns (only salted hashes are kept). Behind a reverse proxy the client address is
+the proxy's unless the server rewrites it from trusted proxy headers (uvicorn
+``--proxy-headers --forwarded-allow-ips``); otherwise turn it off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -29,9 +36,10 @@ from typing import Any, Literal
 from ..engine import Engine
 from ..errors import ConfigError, ProbewatchError
 from ..types import Verdict
+from .meta import meta_from_asgi_scope
 from .policy import check_failure_policy
 from .prompts import prompt_from_openai_body
-from .settings import engine_config_from_env
+from .settings import engine_config_from_env, env_flag
 
 log = logging.getLogger("probewatch.integrations.asgi")
 
@@ -60,6 +68,7 @@ class ProbewatchMiddleware:
         failure_policy: str = "open",
         deadline_s: float = 2.0,
         max_body_bytes: int = 4 * 1024**2,
+        request_meta: bool | None = None,
     ):
         self.app = app
         self._engine = engine
@@ -77,6 +86,9 @@ class ProbewatchMiddleware:
         self.failure_policy = check_failure_policy(failure_policy)
         self.deadline_s = deadline_s
         self.max_body_bytes = max_body_bytes
+        if request_meta is None:
+            request_meta = env_flag("PROBEWATCH_MIDDLEWARE_REQUEST_META", True)
+        self.request_meta = bool(request_meta)
 
     @property
     def engine(self) -> Engine:
@@ -95,7 +107,8 @@ class ProbewatchMiddleware:
         if body is None:  # the client left, or the body is over the limit: the app deals with it
             await self.app(scope, replay, send)
             return
-        verdict = await self._judge(account.decode("utf-8", "replace"), _prompt_of(scope["path"], body))
+        meta = meta_from_asgi_scope(scope) if self.request_meta else None
+        verdict = await self._judge(account.decode("utf-8", "replace"), _prompt_of(scope["path"], body), meta)
         if verdict == "unavailable":
             if self.failure_policy == "closed":
                 await _json_reply(send, 503, "probewatch is unavailable; failing closed", "probewatch_unavailable")
@@ -113,12 +126,15 @@ class ProbewatchMiddleware:
             return
         await self.app(scope, replay, _annotating(send, verdict) if verdict is not None else send)
 
-    async def _judge(self, account: str, prompt: str | None) -> Verdict | Literal["unavailable"] | None:
+    async def _judge(
+        self, account: str, prompt: str | None, meta: dict[str, str] | None = None
+    ) -> Verdict | Literal["unavailable"] | None:
         """The verdict; None when there is nothing to judge; "unavailable" on failure or timeout."""
         if not prompt:
             return None
+        observe = functools.partial(self.engine.observe, account, prompt, meta=meta)
         try:
-            return await asyncio.wait_for(asyncio.to_thread(self.engine.observe, account, prompt), self.deadline_s)
+            return await asyncio.wait_for(asyncio.to_thread(observe), self.deadline_s)
         except ProbewatchError as exc:
             log.debug("probewatch did not observe this request: %s", exc)
             return None

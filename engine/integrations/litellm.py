@@ -17,6 +17,11 @@ builds the guardrail from config, from ``PROBEWATCH_*`` variables (``PROBEWATCH_
 ``PROBEWATCH_GUARDRAIL_ACCOUNT_FIELD``, ``PROBEWATCH_SNAPSHOT_PATH``). When the engine fails,
 ``failure_policy`` decides: ``"open"`` lets the request through (default), ``"closed"`` answers 503.
 
+With ``request_meta=True`` (default; ``PROBEWATCH_GUARDRAIL_REQUEST_META``) the request's
+client address and user agent (as LiteLLM records them in the request metadata) and the
+key's organisation and creation time go to the engine as ``meta``, linking accounts that
+share them into campaigns (only salted hashes are kept).
+
 The engine state lives in this process only. For several proxy workers, or to keep state
 across restarts with a journal, run ``probewatch serve`` and use LiteLLM's
 ``generic_guardrail_api`` pointing at it instead (docs/sidecar.md).
@@ -25,6 +30,7 @@ across restarts with a journal, run ``probewatch serve`` and use LiteLLM's
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from typing import Any
@@ -34,9 +40,10 @@ from litellm.integrations.custom_guardrail import CustomGuardrail
 
 from ..engine import Engine
 from ..errors import ProbewatchError
+from .meta import meta_from_litellm
 from .policy import check_failure_policy
 from .prompts import account_from_metadata, last_user_text
-from .settings import engine_config_from_env
+from .settings import engine_config_from_env, env_flag
 
 log = logging.getLogger("probewatch.integrations.litellm")
 
@@ -56,12 +63,16 @@ class ProbewatchGuardrail(CustomGuardrail):
         account_field: str | None = None,
         block_levels: tuple[str, ...] = ("flag",),
         failure_policy: str = "open",
+        request_meta: bool | None = None,
         **kwargs: Any,
     ):
         self.account_field = account_field or os.environ.get("PROBEWATCH_GUARDRAIL_ACCOUNT_FIELD", "user_api_key_hash")
         account_from_metadata(self.account_field)  # validates the name now, not on the first request
         self.block_levels = tuple(block_levels)
         self.failure_policy = check_failure_policy(failure_policy)
+        if request_meta is None:
+            request_meta = env_flag("PROBEWATCH_GUARDRAIL_REQUEST_META", True)
+        self.request_meta = bool(request_meta)
         self.engine = engine if engine is not None else _engine_from_env()  # last: loading a model is slow
         super().__init__(**kwargs)
 
@@ -72,8 +83,9 @@ class ProbewatchGuardrail(CustomGuardrail):
         )
         if not account or not prompt:
             return  # nothing to attribute or read: never block on missing metadata
+        meta = meta_from_litellm(user_api_key_dict, data) if self.request_meta else None
         try:
-            verdict = await asyncio.to_thread(self.engine.observe, account, prompt)
+            verdict = await asyncio.to_thread(functools.partial(self.engine.observe, account, prompt, meta=meta))
         except ProbewatchError as exc:
             log.debug("probewatch did not observe this request: %s", exc)
             return

@@ -8,8 +8,13 @@ reads, through the sidecar's settings loader.
 
 from __future__ import annotations
 
+import os
+
 from ..config import EngineConfig
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, ConfigError
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
 
 
 def engine_config_from_env(integration: str) -> EngineConfig:
@@ -25,3 +30,16 @@ def engine_config_from_env(integration: str) -> EngineConfig:
             "engine=probewatch.Engine(...)"
         ) from exc
     return load_config().engine
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """The boolean environment setting ``name`` (true/false, yes/no, on/off, 1/0; any case),
+    ``default`` when unset or empty; a :class:`~probewatch.errors.ConfigError` otherwise."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in TRUE_WORDS:
+        return True
+    if raw in FALSE_WORDS:
+        return False
+    raise ConfigError(f"{name} must be one of {TRUE_WORDS + FALSE_WORDS}; got {raw!r}")

@@ -2,9 +2,10 @@
 and the :class:`Gatekeeper` in front of it.
 
 One router per surface: :mod:`.observe` (``POST /v1/observe``), :mod:`.accounts`
-(``/v1/accounts``), :mod:`.guardrail` (LiteLLM's Generic Guardrail API) and
-:mod:`.operations` (``/healthz``, ``/readyz``, ``/metrics``). Every HTTP error has the body
-``{"error": {"type", "message", "field"?}}`` (see :mod:`.http`). Serve it with uvicorn::
+(``/v1/accounts``), :mod:`.campaigns` (``/v1/campaigns``), :mod:`.guardrail` (LiteLLM's
+Generic Guardrail API) and :mod:`.operations` (``/healthz``, ``/readyz``, ``/metrics``).
+Every HTTP error has the body ``{"error": {"type", "message", "field"?}}`` (see
+:mod:`.http`). Serve it with uvicorn::
 
     uvicorn.run(create_app(load_config()), host="127.0.0.1", port=8321)
 """
@@ -34,8 +35,9 @@ from ..errors import (
     InvalidTimestampError,
     ProbewatchError,
     UnknownAccountError,
+    UnknownCampaignError,
 )
-from . import accounts, guardrail, observe, operations
+from . import accounts, campaigns, guardrail, observe, operations
 from .config import ServerConfig
 from .http import RequestError, error_response
 from .metrics import ServerMetrics
@@ -49,11 +51,12 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-ROUTERS = (observe.router, accounts.router, guardrail.router, operations.router)
+ROUTERS = (observe.router, accounts.router, campaigns.router, guardrail.router, operations.router)
 # The request field each probewatch error is about.
 ERROR_FIELDS = {
     InvalidAccountError: "account",
     UnknownAccountError: "account",
+    UnknownCampaignError: "campaign",
     InvalidPromptError: "prompt",
     InvalidTimestampError: "ts",
 }
@@ -117,7 +120,7 @@ async def _request_error(_request: Request, exc: RequestError) -> JSONResponse:
 
 
 async def _probewatch_error(_request: Request, exc: ProbewatchError) -> JSONResponse:
-    if isinstance(exc, UnknownAccountError):
+    if isinstance(exc, (UnknownAccountError, UnknownCampaignError)):
         status = 404
     elif isinstance(exc, InputError):
         status = 422

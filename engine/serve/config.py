@@ -34,7 +34,7 @@ from ..integrations.prompts import AccountField, GuardrailPromptSource
 
 ENV_PREFIX = "PROBEWATCH_"
 ENGINE_ENV_PREFIX = "PROBEWATCH_ENGINE_"
-SECRET_SETTINGS = frozenset({"api_token"})
+SECRET_SETTINGS = frozenset({"api_token", "engine.campaign_salt"})  # never logged or echoed in errors
 RENAMED_SETTINGS = {"fail_mode": "failure_policy"}
 UNSET_WORDS = ("", "none", "null")
 
@@ -158,6 +158,7 @@ class ServerConfig(_GivenValuesOnly):
     guardrail_prompt_source: GuardrailPromptSource = "last_user"
     guardrail_action_on_flag: GuardrailAction = "BLOCKED"
     guardrail_action_on_watch: GuardrailAction = "NONE"
+    guardrail_request_meta: bool = True  # pass the request's user agent and org to the campaign layer
 
     # the engine
     calibration_path: str | None = None
@@ -212,9 +213,15 @@ class ServerConfig(_GivenValuesOnly):
         return type(self)(**{**dict(self), **changes})
 
     def public_dict(self) -> dict[str, Any]:
-        """The settings with the token hidden, for logs."""
+        """The settings with the secrets (the token, the campaign metadata salt) hidden, for logs."""
         out = self.model_dump()
-        out["api_token"] = None if self.api_token is None else "<set>"
+        for name in SECRET_SETTINGS:
+            *parents, key = name.split(".")
+            where = out
+            for parent in parents:
+                where = where.get(parent) if isinstance(where, dict) else None
+            if isinstance(where, dict) and where.get(key) is not None:
+                where[key] = "<set>"
         return out
 
 

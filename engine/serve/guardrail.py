@@ -3,7 +3,10 @@
 LiteLLM sends each request's texts and metadata; the sidecar observes the prompt under the
 account id named by ``guardrail_account_field`` and answers ``{"action": "NONE"}`` or
 ``{"action": "BLOCKED", "blocked_reason": ...}``. Missing metadata never blocks; a
-failure-policy fallback blocks only with ``failure_policy: closed``.
+failure-policy fallback blocks only with ``failure_policy: closed``. With
+``guardrail_request_meta`` (default on) the request's ``User-Agent`` (from
+``request_headers``) and ``request_data.user_api_key_org_id`` go with the prompt as ``meta``
+for the campaign layer.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from ..errors import ProbewatchError
+from ..integrations.meta import meta_from_guardrail_request
 from ..integrations.prompts import prompt_from_guardrail_request
 from .http import RequestError, Service, read_json
 from .service import Item, ObservationService, Outcome
@@ -34,6 +38,9 @@ class GuardrailRequest(BaseModel):
     texts: list[str] | None = None
     structured_messages: list[dict[str, Any]] | None = None
     request_data: dict[str, Any] = Field(description="user_api_key_hash, user_api_key_team_id, ...")
+    request_headers: dict[str, str] | None = Field(
+        default=None, description="The inbound request's headers as LiteLLM forwards them (user-agent, ...)."
+    )
     litellm_call_id: str | None = None
     model: str | None = None
 
@@ -68,8 +75,9 @@ def _item_to_observe(payload: dict[str, Any], service: ObservationService, recei
     prompt = prompt_from_guardrail_request(payload, config.guardrail_prompt_source)
     if not account or prompt is None:
         return None  # nothing to attribute or nothing to read: never block on missing metadata
+    meta = meta_from_guardrail_request(payload) if config.guardrail_request_meta else None
     try:
-        return service.prepare_item(str(account), prompt, None, received_at)
+        return service.prepare_item(str(account), prompt, None, received_at, meta)
     except ProbewatchError as exc:
         log.debug("guardrail item not observed: %s", exc)
         return None

@@ -1,8 +1,9 @@
 """The sidecar's Prometheus metrics (prometheus_client), one registry per app.
 
 Labels are closed sets (route templates, methods, status codes, levels, causes, outcomes):
-an account id is never a label, so cardinality stays bounded whatever the traffic. Engine
-gauges are read at scrape time, from one ``Engine.stats()`` call per scrape.
+an account id or a campaign id is never a label, so cardinality stays bounded whatever the
+traffic. Engine gauges are read at scrape time, from one ``Engine.stats()`` call and one
+reading of the campaign layer's table sizes per scrape.
 
 >>> metrics = ServerMetrics(read_stats=lambda: None, read_queue_depth=lambda: 0)
 >>> metrics.verdicts.labels(level="ok").inc()
@@ -17,10 +18,10 @@ import logging
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..types import EngineStats
+from ..types import CampaignStats, EngineStats
 
 log = logging.getLogger("probewatch.serve")
 
@@ -38,35 +39,93 @@ ENGINE_GAUGES: tuple[tuple[str, str, Callable[[EngineStats], float]], ...] = (
 )
 QUEUE_DEPTH = ("probewatch_queue_depth", "Observation items waiting for a micro-batch.")
 
+# The levels a campaign can have: only groups at watch or flag form campaigns.
+CAMPAIGN_LEVELS = ("watch", "flag")
+
+
+CAMPAIGNS = ("probewatch_campaigns", "Campaigns (linked groups of accounts) at level watch or flag.")
+# (name, help, reading); all zero while the engine loads.
+CAMPAIGN_GAUGES: tuple[tuple[str, str, Callable[[CampaignStats], float]], ...] = (
+    (
+        "probewatch_campaign_groups",
+        "Candidate groups: indicator values (template, metadata, payload region) shared by two or more accounts.",
+        lambda stats: stats.groups,
+    ),
+    (
+        "probewatch_campaign_pending_values",
+        "Indicator values seen from one account so far, waiting for a second.",
+        lambda stats: stats.pending,
+    ),
+    (
+        "probewatch_campaign_memberships",
+        "Group memberships in use (capped by engine.campaign_max_memberships).",
+        lambda stats: stats.memberships,
+    ),
+)
+EVICTED_FLAGGED = (
+    "probewatch_campaign_groups_evicted_flagged",
+    "Groups at watch or flag evicted because the campaign tables were full (raise campaign_max_groups / "
+    "campaign_max_memberships when this grows).",
+)
+
 
 class EngineGauges(Collector):
-    """Gauges read when Prometheus scrapes: the engine's stats and the batcher's queue depth."""
+    """Metrics read when Prometheus scrapes: the engine's stats, the campaign layer's table
+    sizes and the batcher's queue depth."""
 
-    def __init__(self, read_stats: Callable[[], EngineStats | None], read_queue_depth: Callable[[], int]):
+    def __init__(
+        self,
+        read_stats: Callable[[], EngineStats | None],
+        read_queue_depth: Callable[[], int],
+        read_campaigns: Callable[[], CampaignStats | None] | None = None,
+    ):
         self._read_stats = read_stats
         self._read_queue_depth = read_queue_depth
+        self._read_campaigns = read_campaigns or (lambda: None)
 
-    def describe(self) -> list[GaugeMetricFamily]:
-        return [GaugeMetricFamily(name, help_text) for name, help_text, _ in ENGINE_GAUGES] + [
-            GaugeMetricFamily(*QUEUE_DEPTH)
+    def describe(self) -> list[Metric]:
+        return [
+            *(GaugeMetricFamily(name, help_text) for name, help_text, _ in ENGINE_GAUGES),
+            GaugeMetricFamily(*QUEUE_DEPTH),
+            GaugeMetricFamily(*CAMPAIGNS, labels=("level",)),
+            *(GaugeMetricFamily(name, help_text) for name, help_text, _ in CAMPAIGN_GAUGES),
+            CounterMetricFamily(*EVICTED_FLAGGED),
         ]
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        try:
-            stats = self._read_stats()
-        except Exception:  # a scrape must not fail because the engine is busy or still loading
-            log.debug("engine stats unavailable for this scrape", exc_info=True)
-            stats = None
+    def collect(self) -> Iterator[Metric]:
+        stats = _read_or_none(self._read_stats, "engine stats")
         for name, help_text, read in ENGINE_GAUGES:
             yield GaugeMetricFamily(name, help_text, value=float(read(stats)) if stats is not None else 0.0)
         yield GaugeMetricFamily(*QUEUE_DEPTH, value=float(self._read_queue_depth()))
+        campaigns = _read_or_none(self._read_campaigns, "campaign stats")
+        by_level = GaugeMetricFamily(*CAMPAIGNS, labels=("level",))
+        for level in CAMPAIGN_LEVELS:
+            by_level.add_metric((level,), float(campaigns.campaigns.get(level, 0)) if campaigns is not None else 0.0)
+        yield by_level
+        for name, help_text, read in CAMPAIGN_GAUGES:
+            yield GaugeMetricFamily(name, help_text, value=float(read(campaigns)) if campaigns is not None else 0.0)
+        evicted = float(campaigns.evicted_flagged) if campaigns is not None else 0.0
+        yield CounterMetricFamily(*EVICTED_FLAGGED, value=evicted)
+
+
+def _read_or_none(read: Callable[[], object], what: str):
+    try:
+        return read()
+    except Exception:  # a scrape must not fail because the engine is busy or still loading
+        log.debug("%s unavailable for this scrape", what, exc_info=True)
+        return None
 
 
 class ServerMetrics:
     """Every metric the sidecar exports, in a registry of its own (several apps in one process
     do not collide). Counters are declared without ``_total``: prometheus_client appends it."""
 
-    def __init__(self, read_stats: Callable[[], EngineStats | None], read_queue_depth: Callable[[], int]):
+    def __init__(
+        self,
+        read_stats: Callable[[], EngineStats | None],
+        read_queue_depth: Callable[[], int],
+        read_campaigns: Callable[[], CampaignStats | None] | None = None,
+    ):
         self.registry = CollectorRegistry()
         counter = functools.partial(Counter, registry=self.registry)
         histogram = functools.partial(Histogram, registry=self.registry)
@@ -106,7 +165,7 @@ class ServerMetrics:
         self.snapshot_latency = histogram(
             "probewatch_snapshot_duration_seconds", "Time to write one snapshot.", buckets=LATENCY_BUCKETS
         )
-        self.registry.register(EngineGauges(read_stats, read_queue_depth))
+        self.registry.register(EngineGauges(read_stats, read_queue_depth, read_campaigns))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric (media type :data:`CONTENT_TYPE`)."""

@@ -1,5 +1,11 @@
 """``POST /v1/observe``: one or many prompts in, one result per item out, in order.
 
+An item is ``{account, prompt, ts?, meta?}``; ``meta`` is optional request metadata (``ip``,
+``network``, ``user_agent``, ``org``, ``payment``, ``key_created``: strings of at most 512
+characters) that links accounts sharing infrastructure into campaigns. A bad ``meta`` is
+that item's error, naming the key. Verdicts carry ``campaign`` (null unless the account is
+in a campaign at watch or flag).
+
 Status codes: 200 with one result per item, each either a verdict or that item's error;
 422 when *every* item was invalid (same body shape), so a client that sent only garbage
 notices; 400 for a body that is not JSON; 422 for JSON of the wrong shape; 413 for more
@@ -14,8 +20,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from ..campaigns.metadata import MAX_META_VALUE_CHARS, META_KEYS
 from ..errors import ProbewatchError
 from .http import RequestError, Service, read_json, require_ready
 from .metrics import ServerMetrics
@@ -23,22 +30,55 @@ from .service import Item, ObservationService, Outcome, verdict_action
 
 router = APIRouter(tags=["observe"])
 
-ITEM_KEYS = ("account", "prompt", "ts")
+ITEM_KEYS = ("account", "prompt", "ts", "meta")
 REQUIRED_ITEM_KEYS = ("account", "prompt")
 
-
 # Request documents for the OpenAPI document only: bodies are parsed by hand, for clear errors.
+ObserveMeta = create_model(
+    "ObserveMeta",
+    __config__=ConfigDict(extra="forbid"),
+    __doc__="Request metadata; every key optional. Only salted hashes of the values are kept, never returned.",
+    **{
+        key: (str | None, Field(default=None, max_length=MAX_META_VALUE_CHARS, description=what))
+        for key, what in META_KEYS.items()
+    },
+)
+
+
 class ObserveItem(BaseModel):
     account: str = Field(description="Account id (<= 256 chars, no control characters).")
     prompt: str = Field(description="The prompt text; longer than max_prompt_chars is truncated or rejected.")
     ts: float | None = Field(default=None, description="Unix seconds; default: the time the sidecar received it.")
+    meta: ObserveMeta | None = Field(  # type: ignore[valid-type]
+        default=None, description="Request metadata that links accounts sharing infrastructure into campaigns."
+    )
 
 
 class ObserveRequest(BaseModel):
     items: list[ObserveItem] = Field(description="One or more items; a bare item object or a JSON list also works.")
 
 
-_REQUEST_BODY = {"required": True, "content": {"application/json": {"schema": ObserveRequest.model_json_schema()}}}
+def inlined_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema with its ``$defs`` written in place: a request body given as
+    ``openapi_extra`` keeps no ``$defs`` of its own, so a ``#/$defs/...`` reference would
+    point nowhere in the OpenAPI document."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    return resolve(schema)
+
+
+_REQUEST_BODY = {"required": True, "content": {"application/json": {"schema": inlined_schema(ObserveRequest)}}}
 
 
 @router.post("/v1/observe", openapi_extra={"requestBody": _REQUEST_BODY})
@@ -70,7 +110,7 @@ def _items_of(payload: Any, max_items: int) -> list[Any]:
             raise RequestError(
                 422,
                 "InvalidBody",
-                f"'items' must be a list of {{account, prompt, ts?}} objects; got {type(items).__name__}",
+                f"'items' must be a list of {{account, prompt, ts?, meta?}} objects; got {type(items).__name__}",
                 field="items",
             )
     elif isinstance(payload, dict):
@@ -81,11 +121,11 @@ def _items_of(payload: Any, max_items: int) -> list[Any]:
         raise RequestError(
             422,
             "InvalidBody",
-            'the body must be an {account, prompt, ts?} object, a list of them, or {"items": [...]}; '
+            'the body must be an {account, prompt, ts?, meta?} object, a list of them, or {"items": [...]}; '
             f"got a JSON {type(payload).__name__}",
         )
     if not items:
-        raise RequestError(422, "InvalidBody", "no items: send at least one {account, prompt, ts?} object")
+        raise RequestError(422, "InvalidBody", "no items: send at least one {account, prompt, ts?, meta?} object")
     if len(items) > max_items:
         raise RequestError(
             413,
@@ -109,20 +149,21 @@ def _prepare(
             results[index] = _item_error(index, "InvalidItem", problem)
             continue
         try:
-            prepared.append((index, service.prepare_item(raw["account"], raw["prompt"], raw.get("ts"), received_at)))
+            item = service.prepare_item(raw["account"], raw["prompt"], raw.get("ts"), received_at, raw.get("meta"))
+            prepared.append((index, item))
         except ProbewatchError as exc:
             results[index] = _item_error(index, type(exc).__name__, str(exc))
     return results, prepared
 
 
 def _shape_problem(raw: Any) -> str | None:
-    """Why ``raw`` is not an ``{account, prompt, ts?}`` object, or None when it is one."""
+    """Why ``raw`` is not an ``{account, prompt, ts?, meta?}`` object, or None when it is one."""
     if not isinstance(raw, dict):
-        return f"an item must be an object {{account, prompt, ts?}}; got a JSON {type(raw).__name__}"
+        return f"an item must be an object {{account, prompt, ts?, meta?}}; got a JSON {type(raw).__name__}"
     unknown = sorted(set(raw) - set(ITEM_KEYS))
     missing = [key for key in REQUIRED_ITEM_KEYS if key not in raw]
     if unknown or missing:
-        return f"an item has keys account, prompt and optional ts; missing {missing}, unexpected {unknown}"
+        return f"an item has keys account, prompt and optional ts and meta; missing {missing}, unexpected {unknown}"
     return None
 
 

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..campaigns.metadata import check_meta
 from ..engine import Engine
 from ..errors import BatchError, InvalidPromptError, ProbewatchError, SnapshotError
 from ..io.persistence import fsync_dir
 from ..io.validation import check_account, check_prompt, check_timestamp
-from ..types import EngineStats
+from ..types import CampaignStats, EngineStats
 from .config import ServerConfig
 from .journal import Journal, sequence_of, sequenced_name
 from .metrics import ServerMetrics
@@ -42,6 +43,7 @@ class Item:
     prompt: str
     ts: float
     truncated: bool = False
+    meta: dict[str, str] | None = None  # checked request metadata (engine.observe's ``meta``)
     future: asyncio.Future | None = None
     enqueued_at: float = 0.0
     abandoned: bool = False  # the caller was already answered by the failure policy
@@ -73,7 +75,9 @@ class ObservationService:
         self.config = config
         self.engine: Engine | None = engine
         self._given_engine = engine is not None
-        self.metrics = ServerMetrics(self._stats_for_metrics, lambda: len(self._queue))
+        self.metrics = ServerMetrics(
+            self._stats_for_metrics, lambda: len(self._queue), read_campaigns=self._campaign_stats_for_metrics
+        )
         self.ready = False
         self.load_error: str | None = None
         self.covered_seq = 0  # journal seq the newest snapshot covers
@@ -133,14 +137,28 @@ class ObservationService:
         cfg.data_path.mkdir(parents=True, exist_ok=True)
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         if not self._given_engine:
-            self.engine = self._load_newest_snapshot() or Engine(
-                config=cfg.engine, calibration_path=cfg.calibration_path
-            )
+            self.engine = self._load_newest_snapshot() or self._new_engine()
         replayed = self._replay_journal()
         self.journal.open(max(self.journal.last_seq, self.covered_seq) + 1)
         # Pay for model loading and the first forward pass now, not on the first request.
         self.engine.embedder.encode(["probewatch warm-up"])
         log.info("restored snapshot seq %d and replayed %d journal records", self.covered_seq, replayed)
+
+    def _new_engine(self) -> Engine:
+        """A fresh engine, saved at once as the snapshot of journal seq 0.
+
+        An engine draws its metadata salt when it is made, and campaign ids derive from
+        salted keys: replaying the journal into another fresh engine after a crash would give
+        the same campaigns other ids. Saved before the first observation, the salt is durable
+        from then on (every later snapshot carries it too).
+        """
+        engine = Engine(config=self.config.engine, calibration_path=self.config.calibration_path)
+        path = self.snapshot_dir / snapshot_name(0)
+        engine.save(path)
+        fsync_dir(self.snapshot_dir)
+        self.metrics.snapshots.labels("written").inc()
+        log.info("new engine saved as %s", path.name)
+        return engine
 
     def _load_newest_snapshot(self) -> Engine | None:
         runtime = {
@@ -172,7 +190,10 @@ class ObservationService:
                 return
             try:
                 self.engine.observe_batch(
-                    [r["account"] for r in pending], [r["prompt"] for r in pending], [r.get("ts") for r in pending]
+                    [r["account"] for r in pending],
+                    [r["prompt"] for r in pending],
+                    [r.get("ts") for r in pending],
+                    _metas_or_none([r.get("meta") for r in pending]),  # lines written before meta have none
                 )
             except BatchError as exc:
                 log.warning("journal replay: %d records were rejected by the engine: %s", len(exc.errors), exc)
@@ -192,8 +213,11 @@ class ObservationService:
         return count
 
     # -- observing ------------------------------------------------------------------------
-    def prepare_item(self, raw_account: Any, raw_prompt: Any, raw_ts: Any, received_at: float) -> Item:
-        """Check one item; raises the error the caller should see for it.
+    def prepare_item(
+        self, raw_account: Any, raw_prompt: Any, raw_ts: Any, received_at: float, raw_meta: Any = None
+    ) -> Item:
+        """Check one item; raises the error the caller should see for it (for ``raw_meta``,
+        request metadata, an :class:`~probewatch.errors.InputError` naming the key).
 
         Prompt size rule: a prompt longer than ``max_prompt_chars`` is cut to its first
         ``max_prompt_chars`` characters and marked ``truncated`` (``prompt_overflow:
@@ -212,8 +236,9 @@ class ObservationService:
             truncated = True
         prompt = check_prompt(raw_prompt, self.config.engine.max_prompt_chars)
         ts = check_timestamp(raw_ts)
+        meta = check_meta(raw_meta)
         # A server receive time keeps time features meaningful and makes replay exact.
-        return Item(account, prompt, received_at if ts is None else ts, truncated)
+        return Item(account, prompt, received_at if ts is None else ts, truncated, meta)
 
     async def observe(self, items: list[Item]) -> list[Outcome]:
         """Verdicts for prepared items, answered within the request deadline whatever happens."""
@@ -251,6 +276,7 @@ class ObservationService:
             "score": None,
             "peak_risk": None,
             "reasons": [],
+            "campaign": None,
         }
         return Outcome(verdict=verdict, fallback=cause, queued=item.batched, truncated=item.truncated)
 
@@ -315,12 +341,16 @@ class ObservationService:
             self._request_snapshot()
 
     def _apply_batch(self, batch: list[Item]) -> list[Outcome]:
-        """Runs in the state thread: journal first, then the engine."""
-        records = [{"op": "observe", "account": it.account, "prompt": it.prompt, "ts": it.ts} for it in batch]
+        """Runs in the state thread: journal first, then the engine. A record holds what the
+        engine is given (prompt text, ts, meta when sent), so replay repeats it exactly."""
+        records = [_journal_record(it) for it in batch]
         self.journal.append(records)
         try:
             verdicts = self.engine.observe_batch(
-                [it.account for it in batch], [it.prompt for it in batch], [it.ts for it in batch]
+                [it.account for it in batch],
+                [it.prompt for it in batch],
+                [it.ts for it in batch],
+                _metas_or_none([it.meta for it in batch]),
             )
             errors: dict[int, ProbewatchError] = {}
         except BatchError as exc:  # items were pre-checked, so this is rare (e.g. config drift)
@@ -357,8 +387,29 @@ class ObservationService:
     async def accounts(self, level: str | None) -> list[str]:
         return await asyncio.get_running_loop().run_in_executor(None, self.engine.accounts, level)
 
+    async def campaign(self, campaign_id: str) -> dict[str, Any]:
+        """``CampaignReport.to_dict()``; :class:`~probewatch.errors.UnknownCampaignError` if none has the id."""
+        report = await asyncio.get_running_loop().run_in_executor(None, self.engine.campaign, campaign_id)
+        return report.to_dict()
+
+    async def campaign_page(
+        self, level: str | None, after: str | None, size: int
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Summaries of the campaigns at ``level`` (any when None) with ids after ``after``, in
+        id order, at most ``size``; and the cursor of the next page (None on the last page)."""
+        return await asyncio.get_running_loop().run_in_executor(None, self._campaign_page, level, after, size)
+
+    def _campaign_page(
+        self, level: str | None, after: str | None, size: int
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        reports, next_after = self.engine.campaign_page(level, after, size)
+        return [campaign_summary(report.to_dict()) for report in reports], next_after
+
     def _stats_for_metrics(self) -> EngineStats | None:
         return self.engine.stats() if self.ready and self.engine is not None else None
+
+    def _campaign_stats_for_metrics(self) -> CampaignStats | None:
+        return self.engine.campaign_stats() if self.ready and self.engine is not None else None
 
     # -- snapshots ---------------------------------------------------------------------------------
     def _request_snapshot(self) -> None:
@@ -427,3 +478,29 @@ class ObservationService:
 
 def verdict_action(verdict: dict[str, Any]) -> str:
     return "BLOCKED" if verdict.get("flagged") else "NONE"
+
+
+# What GET /v1/campaigns lists of each campaign: the report without its member ids and
+# per-indicator details (GET /v1/campaigns/{id} has them).
+SUMMARY_KEYS = (
+    "id", "level", "risk", "score", "size", "queries", "indicator_kinds", "reasons", "first_ts", "last_ts",
+    "flagged_at_queries",
+)  # fmt: skip
+
+
+def campaign_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """A campaign's list entry from its ``CampaignReport.to_dict()``."""
+    kinds = list(dict.fromkeys(indicator["kind"] for indicator in report["indicators"]))
+    return {key: kinds if key == "indicator_kinds" else report[key] for key in SUMMARY_KEYS}
+
+
+def _journal_record(item: Item) -> dict[str, Any]:
+    record: dict[str, Any] = {"op": "observe", "account": item.account, "prompt": item.prompt, "ts": item.ts}
+    if item.meta is not None:  # absent, not null: lines without meta read as they always did
+        record["meta"] = item.meta
+    return record
+
+
+def _metas_or_none(metas: list[dict[str, str] | None]) -> list[dict[str, str] | None] | None:
+    """The batch's metas, or None when no item has any (the engine then skips them)."""
+    return metas if any(meta is not None for meta in metas) else None

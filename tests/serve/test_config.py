@@ -90,6 +90,17 @@ def test_the_token_is_never_shown():
     assert ServerConfig(api_token="").api_token is None  # empty means "no token", as in the environment
 
 
+def test_the_campaign_salt_is_never_shown():
+    salt = "5a17" * 8  # the key of the metadata hashes: whoever holds it can test guesses of an IP
+    config = load_config(env={"PROBEWATCH_ENGINE_CAMPAIGN_SALT": salt})
+    assert config.engine.campaign_salt == salt
+    assert config.public_dict()["engine"]["campaign_salt"] == "<set>" and salt not in str(config.public_dict())
+    assert load_config(env={}).public_dict()["engine"]["campaign_salt"] is None
+    with pytest.raises(ConfigError) as error:
+        load_config(env={"PROBEWATCH_ENGINE_CAMPAIGN_SALT": "not-hex-" + salt})
+    assert salt not in str(error.value)
+
+
 @pytest.mark.parametrize(
     ("text", "words"),
     [

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 
 import pytest
 
 import probewatch as pw
 from probewatch.errors import ConfigError
-from probewatch.integrations import account_from_metadata, prompt_from_guardrail_request, prompt_from_openai_body
+from probewatch.integrations import (
+    account_from_metadata,
+    clean_meta,
+    meta_from_asgi_scope,
+    meta_from_guardrail_request,
+    meta_from_litellm,
+    prompt_from_guardrail_request,
+    prompt_from_openai_body,
+)
 from tests.support import random_word_prompts
 
 
@@ -56,13 +65,94 @@ def test_guardrail_request_prompt():
         prompt_from_guardrail_request(request, source="first")
 
 
+def test_request_meta_extraction():
+    assert clean_meta({"ip": " 10.0.0.1 ", "org": "", "user_agent": "[present]", "colour": "red"}) == {"ip": "10.0.0.1"}
+    assert clean_meta({"user_agent": "x\x00" * 600})["user_agent"] == "x" * 512  # cut, never an item error
+    assert clean_meta({"payment": True, "network": ["a"]}) is None
+
+    class Auth:
+        org_id = "org-9"
+        created_at = datetime.datetime(2026, 2, 2, 9, 30, 5)  # naive: UTC, as LiteLLM stores it
+
+    data = {"metadata": {"requester_ip_address": "203.0.113.7, 10.0.0.2", "user_agent": "OpenAI/Python 1.54.0"}}
+    assert meta_from_litellm(Auth(), data) == {
+        "ip": "203.0.113.7",
+        "user_agent": "OpenAI/Python 1.54.0",
+        "org": "org-9",
+        "key_created": "2026-02-02T09:30:05Z",
+    }
+    assert meta_from_litellm(
+        None, {"litellm_metadata": {"user_api_key_org_id": "org-2", "requester_ip_address": ""}}
+    ) == {"org": "org-2"}
+    assert meta_from_litellm(None, {}) is None
+    request = {"request_headers": {"User-Agent": "curl/8.5", "X-Forwarded-For": "[present]"}, "request_data": {}}
+    assert meta_from_guardrail_request(request) == {"user_agent": "curl/8.5"}
+    assert meta_from_guardrail_request({"request_headers": "junk", "request_data": None}) is None
+    scope = {"client": ("198.51.100.4", 5000), "headers": [(b"user-agent", b"python-httpx/0.27")]}
+    assert meta_from_asgi_scope(scope) == {"ip": "198.51.100.4", "user_agent": "python-httpx/0.27"}
+    assert meta_from_asgi_scope({"client": None, "headers": []}) is None
+
+
+class RecordingEngine:
+    """Records what each observe call was given; every account stays at ok."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, str, dict | None]] = []
+
+    def observe(self, account: str, prompt: str, ts=None, meta=None):
+        self.calls.append((account, prompt, meta))
+        return pw.Verdict(
+            account=account, risk=0.0, level=pw.Level.OK, flagged=False, n_queries=1, score=0.0, peak_risk=0.0
+        )
+
+
+def test_integrations_pass_request_meta_unless_told_not_to():
+    from litellm.proxy._types import UserAPIKeyAuth
+
+    from probewatch.integrations.asgi import ProbewatchMiddleware
+    from probewatch.integrations.litellm import ProbewatchGuardrail
+
+    chat = {"messages": [{"role": "user", "content": "hello"}]}
+    headers = {"x-account-id": "someone", "user-agent": "relaykit/1.2"}
+    for request_meta, expected in ((True, {"ip": "192.0.2.10", "user_agent": "relaykit/1.2"}), (False, None)):
+        engine = RecordingEngine()
+        app = ProbewatchMiddleware(echo_app, engine=engine, request_meta=request_meta)
+        status, _, _ = asyncio.run(_call(app, "/v1/chat/completions", chat, headers))
+        assert status == 200 and engine.calls == [("someone", "hello", expected)]
+
+        engine = RecordingEngine()
+        guard = ProbewatchGuardrail(
+            engine=engine,
+            account_field="user_api_key_end_user_id",
+            request_meta=request_meta,
+            guardrail_name="probewatch",
+            event_hook="pre_call",
+        )
+        data = {**chat, "metadata": {"requester_ip_address": "203.0.113.7", "user_agent": "OpenAI/Python 1.54.0"}}
+        auth = UserAPIKeyAuth(end_user_id="someone", org_id="org-9")
+        asyncio.run(guard.async_pre_call_hook(auth, None, data, "completion"))
+        wanted = {"ip": "203.0.113.7", "user_agent": "OpenAI/Python 1.54.0", "org": "org-9"} if request_meta else None
+        assert engine.calls == [("someone", "hello", wanted)]
+
+
+def test_integration_request_meta_settings_from_the_environment(monkeypatch):
+    from probewatch.integrations.asgi import ProbewatchMiddleware
+
+    monkeypatch.setenv("PROBEWATCH_MIDDLEWARE_REQUEST_META", "off")
+    assert ProbewatchMiddleware(echo_app, engine=BrokenEngine()).request_meta is False
+    monkeypatch.setenv("PROBEWATCH_MIDDLEWARE_REQUEST_META", "maybe")
+    with pytest.raises(ConfigError, match="PROBEWATCH_MIDDLEWARE_REQUEST_META"):
+        ProbewatchMiddleware(echo_app, engine=BrokenEngine())
+
+
 async def _call(app, path: str, body: dict, headers: dict[str, str]):
-    """Drive an ASGI app by hand; returns (status, headers, body)."""
+    """Drive an ASGI app by hand (the client at 192.0.2.10); returns (status, headers, body)."""
     raw = json.dumps(body).encode()
     scope = {
         "type": "http",
         "method": "POST",
         "path": path,
+        "client": ("192.0.2.10", 41000),
         "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
     }
     sent = []
@@ -160,7 +250,7 @@ def test_litellm_guardrail_hooks_block_flagged_and_pass_normal(engine):
 class BrokenEngine:
     """An engine whose every observation fails, as a crashed or overloaded one would."""
 
-    def observe(self, account: str, prompt: str):
+    def observe(self, account: str, prompt: str, ts=None, meta=None):
         raise RuntimeError("engine down")
 
 

@@ -54,6 +54,8 @@ def test_health_and_metrics_are_open_everything_else_needs_the_token(sidecar):
         ("GET", "/v1/accounts"),
         ("GET", "/v1/accounts/a"),
         ("DELETE", "/v1/accounts/a"),
+        ("GET", "/v1/campaigns"),
+        ("GET", "/v1/campaigns/cmp-1"),
         ("POST", "/beta/litellm_basic_guardrail_api"),
         ("GET", "/openapi.json"),
     ):
@@ -89,6 +91,7 @@ def test_observe_returns_verdicts_in_order_with_per_item_errors(http):
     assert [x["index"] for x in results] == [0, 1, 2, 3, 4]
     assert results[0]["account"] == "alice" and results[0]["level"] in ("ok", "watch", "flag")
     assert results[0]["action"] in ("NONE", "BLOCKED") and results[0]["n_queries"] == 1
+    assert results[0]["campaign"] is None  # a verdict always carries the key
     assert "non-whitespace" in results[1]["error"]["message"]
     assert results[2]["account"] == "bob"
     assert results[3]["error"]["type"] == "InvalidAccountError" and "str" in results[3]["error"]["message"]
@@ -167,6 +170,7 @@ def test_every_error_status_has_one_error_shape(sidecar, http):
     json_body = {"content-type": "application/json"}
     assert_error_shape(http.post("/v1/observe", content=b"{not json", headers=json_body), 400, "InvalidJSON")
     assert_error_shape(http.get("/v1/accounts/nobody"), 404, "UnknownAccountError", "account")
+    assert_error_shape(http.get("/v1/campaigns/nope"), 404, "UnknownCampaignError", "campaign")
     assert_error_shape(http.get("/v1/no-such-route"), 404, "NotFound")
     assert_error_shape(http.put("/v1/observe", json={}), 405, "MethodNotAllowed")
     big = b'{"account": "a", "prompt": "' + b"x" * (300 * 1024) + b'"}'
@@ -177,9 +181,12 @@ def test_every_error_status_has_one_error_shape(sidecar, http):
     assert_error_shape(http.post("/beta/litellm_basic_guardrail_api", json=[1]), 422, "InvalidBody")
     assert_error_shape(http.get("/v1/accounts/%01"), 422, "InvalidAccountError", "account")
     for params, field in (({"limit": 0}, "limit"), ({"limit": "abc"}, "limit"), ({"level": "purple"}, "level")):
-        invalid = http.get("/v1/accounts", params=params)
-        assert_error_shape(invalid, 422, "InvalidParameter", field)
-        assert str(params[field]) in invalid.json()["error"]["message"]
+        for listing in ("/v1/accounts", "/v1/campaigns"):
+            invalid = http.get(listing, params=params)
+            assert_error_shape(invalid, 422, "InvalidParameter", field)
+            assert str(params[field]) in invalid.json()["error"]["message"]
+    bad_meta = http.post("/v1/observe", json={"account": "a", "prompt": "p", "meta": {"ip": 1.5, "zone": "x"}})
+    assert bad_meta.status_code == 422 and bad_meta.json()["results"][0]["error"]["type"] == "InputError"
 
 
 def test_not_ready_is_a_503_with_the_error_shape(tmp_path):
@@ -195,6 +202,8 @@ def test_not_ready_is_a_503_with_the_error_shape(tmp_path):
             return await client.request(method, path, json={"account": "a", "prompt": "p"})
 
     assert_error_shape(asyncio.run(ask("GET", "/v1/accounts")), 503, "NotReady")
+    assert_error_shape(asyncio.run(ask("GET", "/v1/campaigns")), 503, "NotReady")
+    assert_error_shape(asyncio.run(ask("GET", "/v1/campaigns/cmp-1")), 503, "NotReady")
     assert_error_shape(asyncio.run(ask("POST", "/v1/observe")), 503, "NotReady")
     readyz = asyncio.run(ask("GET", "/readyz"))  # a probe: the state too, beside the usual error
     assert readyz.status_code == 503 and readyz.json()["status"] == "loading"
@@ -247,6 +256,11 @@ def test_metrics_parse_and_never_name_an_account(sidecar, flagged_attacker):
         "probewatch_batch_duration_seconds_sum",
         "probewatch_accounts",
         "probewatch_bytes_held",
+        "probewatch_campaigns",
+        "probewatch_campaign_groups",
+        "probewatch_campaign_pending_values",
+        "probewatch_campaign_memberships",
+        "probewatch_campaign_groups_evicted_flagged_total",
     ):
         assert needed in names, needed
     unauthorized_observe = (("endpoint", "/v1/observe"), ("method", "POST"), ("status", "401"))

@@ -21,7 +21,9 @@ DIM = 48
 
 
 # -- linking signals ------------------------------------------------------------------------
-WRAPPER = "Think step by step and write out all of your reasoning. Question: {q} Then give the final answer on its own line."
+WRAPPER = (
+    "Think step by step and write out all of your reasoning. Question: {q} Then give the final answer on its own line."
+)
 
 
 def test_a_wrapper_gives_the_same_anchors_whatever_the_payload():
@@ -232,6 +234,9 @@ def test_a_hydra_campaign_is_found_and_a_benign_template_crowd_is_not(calibratio
     last = {v.account: v for v in verdicts}
     some_member = next(iter(members))
     assert last[some_member].campaign is not None and last[some_member].campaign.id == top.id
+    layer = engine.pipeline.campaigns
+    nat = [g for g in layer.groups.values() if g.kind == "meta" and g.label == "ip"]
+    assert nat and all(layer.is_common(g) for g in nat)  # half of every account behind one address
     text = str(engine.campaign(top.id).to_dict())
     assert "pm-shared" not in text and "10.0.0.1" not in text
     assert any(k.startswith("meta:payment") or k == "template" for k in top.summary().indicator_kinds)

@@ -9,12 +9,14 @@ Protocol (``bench/traffic/README.md``, "Hydra campaigns", describes the traffic)
 2. fit every detector on the benign *calibration* accounts only; thresholds at 0.1 % account
    FPR from that benign data (probewatch: its own calibrated ``flag`` level for accounts and
    for groups);
-3. replay, for each of two runs, the whole benign test traffic (ordinary users and every
+3. replay, for each of three runs, the whole benign test traffic (ordinary users and every
    benign look-alike crowd) with every attack scenario of the run interleaved in time
    through ONE probewatch engine: run ``content`` holds the campaigns whose members share
    no infrastructure (rotating residential proxies), run ``meta`` their twins with shared
-   infrastructure (same prompts, other accounts and metadata). Per-account detectors
-   (probewatch with its campaign layer off, and the baselines) score each account alone;
+   infrastructure (same prompts, other accounts and metadata), run ``split`` the main
+   benchmark's split campaigns (``bench.eval`` scores those accounts one at a time).
+   Per-account detectors (probewatch with its campaign layer off, and the baselines)
+   score each account alone;
 4. per scenario: share of campaigns detected (a member flagged within the first
    ``DETECTION_BUDGET`` campaign queries), member recall and precision, campaign queries
    until detection; per benign scenario: account FPR and the share of crowds with a member
@@ -24,6 +26,7 @@ Protocol (``bench/traffic/README.md``, "Hydra campaigns", describes the traffic)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -35,15 +38,21 @@ from typing import Any
 import numpy as np
 
 from bench.eval import OPERATING_FPRS, PRIMARY_FPR, BaselineUnderTest, fpr_label
-from bench.traffic import AccountStream
+from bench.traffic import AccountStream, Traffic, build_traffic
 from bench.traffic.hydra import HYDRA_ATTACKS, HydraTraffic, build_hydra
+
+DAY = 86_400.0
 
 PROBEWATCH = "probewatch"
 PER_ACCOUNT = "probewatch (per-account only)"
 DETECTION_BUDGET = 2000  # campaign queries within which a campaign counts as detected (issue 9)
 REPLAY_BATCH = 64
 SALT = "70726f62657761746368" * 2  # fixed metadata key: runs are reproducible
-RUNS = {"content": tuple(HYDRA_ATTACKS), "meta": tuple(f"{a}_meta" for a in HYDRA_ATTACKS)}
+RUNS = {
+    "content": tuple(HYDRA_ATTACKS),
+    "meta": tuple(f"{a}_meta" for a in HYDRA_ATTACKS),
+    "split": ("split_10", "split_50", "split_200"),  # bench.eval's split campaigns, replayed interleaved
+}
 
 
 @dataclass
@@ -56,6 +65,17 @@ class Embedded:
 
     def vectors_of(self, stream: AccountStream) -> np.ndarray:
         return self.vectors[[self.row_of[t] for t in stream.prompts]]
+
+
+def add_split_campaigns(traffic: HydraTraffic, main: Traffic) -> None:
+    """The main benchmark's split campaigns (one strategy dealt out in slices to 10, 50 or
+    200 quiet accounts, no metadata) as attack scenarios here, moved into the test period:
+    bench.eval scores their accounts one by one; here they meet the benign traffic."""
+    offset = traffic.period[0] + DAY - min(t for name in RUNS["split"] for s in main.attacks[name] for t in s.ts)
+    for name in RUNS["split"]:
+        traffic.attacks[name] = [
+            dataclasses.replace(s, ts=[t + offset for t in s.ts], meta=None) for s in main.attacks[name]
+        ]
 
 
 def embed(traffic: HydraTraffic, cache) -> Embedded:
@@ -307,6 +327,7 @@ def run(size: str, seed: int, detectors: Sequence[str], embedder, cache, show=Tr
     timings: dict[str, float] = {}
     mark = time.perf_counter()
     traffic = build_hydra(size, seed, embed=cache.embed)
+    add_split_campaigns(traffic, build_traffic(size, seed, embed=cache.embed))
     timings["build_traffic"] = time.perf_counter() - mark
     mark = time.perf_counter()
     data = embed(traffic, cache)

@@ -157,6 +157,8 @@ class AccountReport:
     features: dict[str, FeatureReading]
     reasons: tuple[Reason, ...]
     risk_over_time: tuple[tuple[int, float], ...]  # (n_queries, risk), thinned to a bounded length
+    elicitation_rate: float | None = None  # mean reasoning-trace elicitation probability of its queries
+    campaign: CampaignSummary | None = None  # the campaign it belongs to, at watch or flag
 
     @property
     def flagged(self) -> bool:
@@ -178,6 +180,8 @@ class AccountReport:
             "features": {name: reading.to_dict() for name, reading in self.features.items()},
             "reasons": [r.to_dict() for r in self.reasons],
             "risk_over_time": [{"n_queries": n, "risk": r} for n, r in self.risk_over_time],
+            "elicitation_rate": self.elicitation_rate,
+            "campaign": None if self.campaign is None else self.campaign.to_dict(),
         }
 
 

@@ -154,6 +154,7 @@ class Group:
     risk: float = 0.0
     level: Level = Level.OK
     peak_score: float = 0.0
+    campaign_score: float = 0.0  # peak score of its campaign judged as one group (layer._judge_campaign)
     flagged_at_n: int = -1
 
     def __post_init__(self) -> None:

@@ -26,10 +26,17 @@ import numpy as np
 from ..config import EngineConfig
 from ..errors import UnknownCampaignError
 from ..types import CampaignReport, CampaignSummary, Level
-from .groups import Group, MembershipPool
+from .groups import Group, MembershipPool, pair_stats_from_sums
 from .groups import fingerprint as query_fingerprint
 from .metadata import MetadataHasher
-from .scoring import EVIDENCE_CLIP, MIN_MEMBER_QUERIES, GroupCalibration, GroupFeatures, GroupJudge
+from .scoring import (
+    EVIDENCE_CLIP,
+    MIN_GROUP_MEMBERS,
+    MIN_MEMBER_QUERIES,
+    GroupCalibration,
+    GroupFeatures,
+    GroupJudge,
+)
 from .templates import template_anchors
 
 log = logging.getLogger("probewatch.campaigns")
@@ -360,18 +367,66 @@ class CampaignLayer:
         group.score, group.risk = score, risk
         if group.level > Level.OK:
             self._hot_changed(relinked=False)
-        if score <= group.peak_score:
+        if score > group.peak_score:
+            group.peak_score = score
+            level = self.judge.level_for(score)
+            if level > group.level:
+                if level is Level.FLAG:
+                    group.flagged_at_n = group.n
+                group.level = level
+                self._hot_changed(relinked=True)
+                for account in self._active_members(group):
+                    if raised.get(account, Level.OK) < level:
+                        raised[account] = level
+        if group.level > Level.OK:
+            self._judge_campaign(group, raised)
+
+    def _judge_campaign(self, group: Group, raised: dict[str, Level]) -> None:
+        """Judge the campaign a hot group belongs to as one group: the whole histories of the
+        members of its template groups, pooled. A campaign that rotates wrappers is many groups of a few members
+        each, every one a little short of the flag line; together they are not. Members rise
+        with the campaign only if they themselves look dealt from its pool."""
+        keys = self._campaign_groups.get(self._campaigns().get(group.key, ""), [])
+        # pooled over the wrappers the members sent: a shared metadata value or a payload
+        # region can hold a campaign and bystanders in one group, a rare wrapper does not
+        groups = [self.groups[k] for k in keys if self.groups[k].kind == "template"]
+        if len(groups) < 2 or group.kind != "template":
             return
-        group.peak_score = score
+        accounts = sorted({a for g in groups for a in self._active_members(g)})
+        if len(accounts) < MIN_GROUP_MEMBERS:
+            return
+        links = [self.accounts[a] for a in accounts]
+        totals = np.stack([x.total for x in links]).astype(np.float64)
+        counts = np.array([x.n for x in links], dtype=np.float64)
+        sq_norms = np.array([x.sq_norm for x in links])
+        n = int(counts.sum())
+        everything = totals.sum(axis=0)
+        pairs = pair_stats_from_sums(everything, n, float(sq_norms.sum()), float((counts**2).sum()))
+        pooled = GroupFeatures(
+            members=len(accounts),
+            accounts_seen=len(accounts),
+            queries=n,
+            member_focus=pairs.focus,
+            within_similarity=pairs.within,
+            between_similarity=pairs.between,
+            member_evidence=sum(x.evidence_sum for x in links) / n,
+            duplicate_share=max(g.duplicates / g.n if g.n else 0.0 for g in groups),
+            elicitation_rate=(sum(x.elicitation_sum for x in links) / n) if self.elicitation is not None else math.nan,
+            start_spread_hours=math.nan,
+        )
+        score, _ = self.judge.judge(pooled)
+        for g in groups:
+            g.campaign_score = max(g.campaign_score, score)
         level = self.judge.level_for(score)
-        if level <= group.level:
+        if level is Level.OK:
             return
-        if level is Level.FLAG:
-            group.flagged_at_n = group.n
-        group.level = level
-        self._hot_changed(relinked=True)
-        for account in self._active_members(group):
-            if raised.get(account, Level.OK) < level:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            within = (sq_norms - counts) / (counts * (counts - 1))
+            between = (totals @ everything - np.einsum("ij,ij->i", totals, totals)) / (counts * (n - counts))
+        cal = self.judge.calibration
+        tolerance = float(cal.focus_median[0] - cal.focus_q01[0])
+        for account, member_focus in zip(accounts, (within - between).tolist(), strict=True):
+            if not member_focus > pairs.focus + tolerance and raised.get(account, Level.OK) < level:
                 raised[account] = level
 
     # -- campaigns ------------------------------------------------------------------------
@@ -379,7 +434,7 @@ class CampaignLayer:
         """group key -> campaign id, for groups at watch or flag linked by shared members."""
         if self._campaign_of is not None:
             return self._campaign_of
-        hot = [g for g in self.groups.values() if g.level > Level.OK]
+        hot = [g for g in self.groups.values() if g.level > Level.OK and not self.is_common(g)]
         parent = {g.key: g.key for g in hot}
 
         def find(k: str) -> str:
@@ -444,6 +499,13 @@ class CampaignLayer:
         focus = within - between
         return active & ~(focus > group.pair_stats().focus + tolerance)
 
+    def elicitation_rate(self, account: str) -> float | None:
+        """Mean reasoning-trace elicitation probability of an account's queries (None without a head)."""
+        links = self.accounts.get(account)
+        if links is None or self.elicitation is None or links.n == 0:
+            return None
+        return links.elicitation_sum / links.n
+
     def summary_for(self, account: str) -> CampaignSummary | None:
         links = self.accounts.get(account)
         if links is None:
@@ -485,7 +547,8 @@ class CampaignLayer:
         for g in groups:
             for account in self._active_members(g):
                 counts[account] = counts.get(account, 0) + int(self.pool.counts[g.members[account]])
-        top = max(groups, key=lambda g: g.score)
+        top = max(groups, key=lambda g: max(g.score, g.campaign_score))
+        top_score = max(top.score, top.campaign_score)
         indicators = []
         for g in sorted(groups, key=lambda g: -g.score):
             f = self.features(g)
@@ -503,9 +566,9 @@ class CampaignLayer:
         lasts = [g.last_ts for g in groups if not math.isnan(g.last_ts)]
         return CampaignReport(
             id=campaign_id,
-            level=max(g.level for g in groups),
-            risk=top.risk,
-            score=top.score,
+            level=max(max(g.level for g in groups), self.judge.level_for(top_score)),
+            risk=float(1.0 - self.judge.calibration.exceedance(top_score)),
+            score=top_score,
             members=tuple(sorted(counts, key=lambda a: (-counts[a], a))),
             size=len(counts),
             queries=sum(g.n for g in groups),
@@ -607,7 +670,7 @@ class CampaignLayer:
     GROUP_SCALARS = (
         "key", "kind", "label", "n", "member_sq_norms", "member_sq_counts", "accounts_seen", "elicitation_sum",
         "evidence_sum", "duplicates", "first_ts", "last_ts", "last_seen", "judged_at", "score", "risk",
-        "peak_score", "flagged_at_n",
+        "peak_score", "flagged_at_n", "campaign_score",
     )  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:

@@ -246,6 +246,8 @@ class Pipeline:
             features=readings,
             reasons=reasons[0],
             risk_over_time=tuple(state.history),
+            elicitation_rate=self.campaigns.elicitation_rate(account) if self.campaigns is not None else None,
+            campaign=self.campaigns.summary_for(account) if self.campaigns is not None else None,
         )
 
     def level_counts(self) -> dict[str, int]:

@@ -234,6 +234,10 @@ def test_a_hydra_campaign_is_found_and_a_benign_template_crowd_is_not(calibratio
     last = {v.account: v for v in verdicts}
     some_member = next(iter(members))
     assert last[some_member].campaign is not None and last[some_member].campaign.id == top.id
+    report = engine.report(some_member)
+    assert report.campaign is not None and report.campaign.id == top.id
+    assert report.elicitation_rate is None  # 48-d synthetic vectors: the shipped 384-d head does not apply
+    assert report.to_dict()["campaign"]["level"] == "flag"
     layer = engine.pipeline.campaigns
     nat = [g for g in layer.groups.values() if g.kind == "meta" and g.label == "ip"]
     assert nat and all(layer.is_common(g) for g in nat)  # half of every account behind one address
@@ -324,3 +328,26 @@ def test_campaigns_can_be_switched_off(calibration_path, topics):
 
 def test_member_threshold_is_what_the_scoring_module_says():
     assert MIN_MEMBER_QUERIES >= 2  # one shared prefix makes nobody a member
+
+
+def test_campaign_pages_and_table_sizes(calibration_path, topics):
+    engine = make_engine(calibration_path)
+    assert engine.campaign_page() == ([], None)
+    assert engine.campaign_stats().to_dict() == {
+        "campaigns": {"watch": 0, "flag": 0},
+        "groups": 0,
+        "pending": 0,
+        "memberships": 0,
+        "evicted_flagged": 0,
+    }
+    accounts, vectors, prompts, metas = hydra_traffic(topics, seed=9)
+    feed(engine, accounts, vectors, prompts, metas)
+    ids = sorted(c.id for c in engine.campaigns())
+    first, cursor = engine.campaign_page(limit=1)
+    assert [c.id for c in first] == ids[:1] and (cursor == ids[0] if len(ids) > 1 else cursor is None)
+    rest, _ = engine.campaign_page(after=cursor, limit=100) if cursor else ([], None)
+    assert [c.id for c in first + rest] == ids
+    stats = engine.campaign_stats()
+    layer = engine.pipeline.campaigns
+    assert stats.groups == len(layer.groups) > 0 and stats.memberships == layer.pool.used
+    assert sum(stats.campaigns.values()) == len(ids)

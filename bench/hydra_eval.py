@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from bench.eval import OPERATING_FPRS, PRIMARY_FPR, BaselineUnderTest, fpr_label
 from bench.traffic import AccountStream, Traffic, build_traffic
@@ -117,7 +118,7 @@ class Replay:
     campaigns: list[dict[str, Any]]  # probewatch's campaigns at the end
 
 
-def replay(engine, data: Embedded, scenarios: Sequence[str]) -> Replay:
+def replay(engine, data: Embedded, scenarios: Sequence[str], show: bool = True) -> Replay:
     events = data.traffic.events(list(scenarios))
     first_flag: dict[str, int] = {}
     via: set[str] = set()
@@ -125,6 +126,7 @@ def replay(engine, data: Embedded, scenarios: Sequence[str]) -> Replay:
     detected_at: dict[str, int | None] = {c: None for s in scenarios for c in _campaign_ids(data, s)}
     member_of = {s.account: s.campaign for name in scenarios for s in data.traffic.test_streams([name]) if s.campaign}
     started = time.perf_counter()
+    bar = tqdm(total=len(events), desc="replay", unit="q", mininterval=10.0, disable=not show)
     for start in range(0, len(events), REPLAY_BATCH):
         chunk = events[start : start + REPLAY_BATCH]
         vectors = data.vectors[[data.row_of[e[2]] for e in chunk]]
@@ -135,6 +137,7 @@ def replay(engine, data: Embedded, scenarios: Sequence[str]) -> Replay:
             metas=[e[3] for e in chunk],
             prompts=[e[2] for e in chunk],
         )
+        bar.update(len(chunk))
         for event, verdict in zip(chunk, verdicts, strict=True):
             account = event[1]
             campaign = member_of.get(account)
@@ -146,6 +149,7 @@ def replay(engine, data: Embedded, scenarios: Sequence[str]) -> Replay:
                     via.add(account)
                 if campaign is not None and detected_at[campaign] is None:
                     detected_at[campaign] = seen_per_campaign[campaign]
+    bar.close()
     # members raised by their campaign after their last query are flagged too
     for account in engine.accounts("flag"):
         if account not in first_flag:
@@ -338,7 +342,7 @@ def run(size: str, seed: int, detectors: Sequence[str], embedder, cache, show=Tr
     for run_name, attack_names in RUNS.items():
         mark = time.perf_counter()
         engine = fit_probewatch(data, embedder, seed)
-        outcome = replay(engine, data, [*benign_names, *attack_names])
+        outcome = replay(engine, data, [*benign_names, *attack_names], show)
         timings[f"probewatch_{run_name}"] = time.perf_counter() - mark
         flagged = dict(outcome.first_flag)
         for scenario in attack_names:

@@ -154,6 +154,7 @@ class Group:
     risk: float = 0.0
     level: Level = Level.OK
     peak_score: float = 0.0
+    campaign_judged_at: int = 0  # n when its campaign was last judged as one group
     campaign_score: float = 0.0  # peak score of its campaign judged as one group (layer._judge_campaign)
     flagged_at_n: int = -1
 

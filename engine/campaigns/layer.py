@@ -14,6 +14,7 @@ is only evicted when nothing else is left, and then counted and logged.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -64,6 +65,11 @@ REGION_CELLS = 8
 # this share of the smaller one's: a campaign rotating wrappers has members that used two,
 # while one benign account in two groups links nothing.
 LINK_MIN_SHARED = 2
+# A campaign is judged as one group when one of its groups has grown this much (or by an
+# eighth) since; a verdict's campaign size, risk and reasons are at most this many
+# observations old (its level is always current).
+CAMPAIGN_JUDGE_EVERY = 32
+SUMMARY_REFRESH = 256
 LINK_MIN_SHARE = 0.1
 # A metadata value is only called common once this many accounts share it (see is_common).
 COMMON_MIN_ACCOUNTS = 20
@@ -138,12 +144,14 @@ class CampaignLayer:
         self.evicted_flagged = 0
         self._campaign_of: dict[str, str] | None = None  # group key -> campaign id, rebuilt lazily
         self._campaign_groups: dict[str, list[str]] = {}
-        self._summaries: dict[str, CampaignSummary] = {}  # campaign id -> summary, until a hot group changes
+        # campaign id -> (summary, observation count when built); its level is read fresh
+        self._summaries: dict[str, tuple[CampaignSummary, int]] = {}
 
     def _hot_changed(self, relinked: bool) -> None:
-        """A group at watch/flag changed: summaries are stale; ``relinked``: so may be the campaigns."""
-        self._summaries.clear()
+        """A group at watch/flag changed. ``relinked``: campaigns may have new members or
+        groups, so they are recomputed; otherwise summaries just age (SUMMARY_REFRESH)."""
         if relinked:
+            self._summaries.clear()
             self._campaign_of = None
 
     @property
@@ -378,7 +386,9 @@ class CampaignLayer:
                 for account in self._active_members(group):
                     if raised.get(account, Level.OK) < level:
                         raised[account] = level
-        if group.level > Level.OK:
+        due = group.n - group.campaign_judged_at >= max(CAMPAIGN_JUDGE_EVERY, group.n // 8)
+        if group.level > Level.OK and (due or group.campaign_judged_at == 0):
+            group.campaign_judged_at = group.n
             self._judge_campaign(group, raised)
 
     def _judge_campaign(self, group: Group, raised: dict[str, Level]) -> None:
@@ -521,10 +531,15 @@ class CampaignLayer:
                 best = (cid, group.score)
         if best is None:
             return None
-        summary = self._summaries.get(best[0])
-        if summary is None:
-            summary = self._summaries[best[0]] = self.campaign(best[0]).summary()
-        return summary
+        cached = self._summaries.get(best[0])
+        if cached is None or self.observations - cached[1] >= SUMMARY_REFRESH:
+            cached = self._summaries[best[0]] = (self.campaign(best[0]).summary(), self.observations)
+        level = self._campaign_level(best[0])
+        return cached[0] if cached[0].level is level else dataclasses.replace(cached[0], level=level)
+
+    def _campaign_level(self, campaign_id: str) -> Level:
+        groups = [self.groups[k] for k in self._campaign_groups[campaign_id]]
+        return max(max(g.level for g in groups), self.judge.level_for(max(g.campaign_score for g in groups)))
 
     def campaign_ids(self, level: Level | str | None = None) -> list[str]:
         self._campaigns()
@@ -566,7 +581,7 @@ class CampaignLayer:
         lasts = [g.last_ts for g in groups if not math.isnan(g.last_ts)]
         return CampaignReport(
             id=campaign_id,
-            level=max(max(g.level for g in groups), self.judge.level_for(top_score)),
+            level=self._campaign_level(campaign_id),
             risk=float(1.0 - self.judge.calibration.exceedance(top_score)),
             score=top_score,
             members=tuple(sorted(counts, key=lambda a: (-counts[a], a))),
@@ -670,7 +685,7 @@ class CampaignLayer:
     GROUP_SCALARS = (
         "key", "kind", "label", "n", "member_sq_norms", "member_sq_counts", "accounts_seen", "elicitation_sum",
         "evidence_sum", "duplicates", "first_ts", "last_ts", "last_seen", "judged_at", "score", "risk",
-        "peak_score", "flagged_at_n", "campaign_score",
+        "peak_score", "flagged_at_n", "campaign_score", "campaign_judged_at",
     )  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:

@@ -325,7 +325,9 @@ def plot_detection(results: dict[str, Any], out: Path) -> Path | None:
 
 
 # -- main -----------------------------------------------------------------------------------------
-def run(size: str, seed: int, detectors: Sequence[str], embedder, cache, show=True) -> dict[str, Any]:
+def run(
+    size: str, seed: int, detectors: Sequence[str], embedder, cache, show=True, **engine_overrides
+) -> dict[str, Any]:
     from bench.eval import make_detectors
 
     timings: dict[str, float] = {}
@@ -341,7 +343,7 @@ def run(size: str, seed: int, detectors: Sequence[str], embedder, cache, show=Tr
     benign_names = list(traffic.test_benign)
     for run_name, attack_names in RUNS.items():
         mark = time.perf_counter()
-        engine = fit_probewatch(data, embedder, seed)
+        engine = fit_probewatch(data, embedder, seed, **engine_overrides)
         outcome = replay(engine, data, [*benign_names, *attack_names], show)
         timings[f"probewatch_{run_name}"] = time.perf_counter() - mark
         flagged = dict(outcome.first_flag)
@@ -412,6 +414,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
+        "--campaign-fpr-share",
+        type=float,
+        default=None,
+        help="engine campaign_fpr_share (default: the engine's); the group flag rate is target_fpr times this",
+    )
+    parser.add_argument(
         "--detectors",
         default=None,
         help="comma-separated per-account detectors to compare (default: probewatch per-account and every baseline)",
@@ -430,8 +438,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     embedder = pw.Embedder(device="cpu")
     cache = EmbeddingCache(embedder)
-    results = run(args.size, args.seed, detectors, embedder, cache)
+    overrides = {} if args.campaign_fpr_share is None else {"campaign_fpr_share": args.campaign_fpr_share}
+    results = run(args.size, args.seed, detectors, embedder, cache, **overrides)
     command = f"python -m bench.hydra_eval --size {args.size} --seed {args.seed} --out {out}"
+    if overrides:
+        command += f" --campaign-fpr-share {args.campaign_fpr_share}"
     if args.detectors is not None:
         command += f" --detectors {','.join(detectors)}"
     results["meta"]["command"] = command

@@ -64,6 +64,11 @@ class EngineConfig:
     """(group, member) sums kept, 4 * dim bytes each (the layer's main memory)."""
     campaign_max_pending: int = 500_000
     """Indicator values seen from one account so far, kept without vectors (~160 bytes each)."""
+    campaign_fpr_share: float = 0.03
+    """Groups are flagged at ``target_fpr * campaign_fpr_share`` of benign groups (watched at
+    ``watch_fpr * campaign_fpr_share``): a provider has many candidate groups, each of many
+    accounts, so a group-level rate equal to the account-level one would flag far more benign
+    accounts than ``target_fpr`` allows."""
     campaign_common_meta_share: float = 0.05
     """A metadata value shared by more than this share of all accounts (and 20+) is common: a
     popular browser, a big ISP or a campus NAT, which links nobody on its own."""
@@ -111,6 +116,7 @@ class EngineConfig:
             0.0 <= self.population_max_share < 1.0, "population_max_share must be in [0, 1)", self.population_max_share
         )
 
+        need(0.0 < self.campaign_fpr_share <= 1.0, "campaign_fpr_share must be in (0, 1]", self.campaign_fpr_share)
         need(
             0.0 < self.campaign_common_meta_share <= 1.0,
             "campaign_common_meta_share must be in (0, 1]",

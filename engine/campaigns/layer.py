@@ -55,6 +55,7 @@ def _from_json_number(value: Any) -> Any:
 # Judge a group after this many new queries (and on every new member while it is small).
 JUDGE_EVERY = 8
 MAX_FINGERPRINTS = 4096  # per group: enough to see a harness re-run, bounded
+MAX_TRACKED_MEMBERS = 4096  # members with sums per group while it is at ok
 # Payload regions: an account is placed when its query count reaches one of these, if it
 # is unusually diverse for its size (``diverse_below``, the pipeline's benign percentile test),
 # into the coarse cell of its mean vector. Coarse, because a light account's mean is noisy:
@@ -165,7 +166,8 @@ class CampaignLayer:
 
     def use_calibration(self, calibration: GroupCalibration) -> None:
         """Judge groups by ``calibration`` from their next query on."""
-        self.judge = GroupJudge(calibration, self.config.target_fpr, self.config.watch_fpr)
+        share = self.config.campaign_fpr_share
+        self.judge = GroupJudge(calibration, self.config.target_fpr * share, self.config.watch_fpr * share)
 
     # -- observing ------------------------------------------------------------------------
     def observe(
@@ -272,6 +274,10 @@ class CampaignLayer:
         self.groups.move_to_end(key)
         slot = group.members.get(account)
         if slot is None:
+            if group.level is Level.OK and len(group.members) >= MAX_TRACKED_MEMBERS:
+                # a popular default prompt: its first members are sample enough, and rows stay
+                # for groups that matter (a hot group tracks every new member)
+                return
             slot = self._join(group, account, links)
             if slot is None:
                 return
@@ -308,7 +314,10 @@ class CampaignLayer:
             # a member of a hot group: raised like the others once it fits, and it may link groups
             raised[account] = group.level
             self._hot_changed(relinked=c < MIN_MEMBER_QUERIES)
-        if group.n - group.judged_at >= JUDGE_EVERY or (c == 0 and len(group.members) <= 64):
+        # judged as it grows by JUDGE_EVERY queries or a sixteenth, whichever is more: judging
+        # reads every member, so a popular template's group costs O(1) per query, not O(members)
+        due = group.n - group.judged_at >= max(JUDGE_EVERY, group.n // 16)
+        if due or (c == 0 and len(group.members) <= 64):
             self._judge(group, raised)
 
     def _fill_block(self, group: Group, slot: int, links: AccountLinks) -> None:

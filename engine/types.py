@@ -113,6 +113,8 @@ class Verdict:
     peak_risk: float
     reasons: tuple[Reason, ...] = field(default_factory=tuple)
     campaign: CampaignSummary | None = None  # set while the account belongs to a campaign at watch or flag
+    one_in: float = 1.0  # about 1 in this many benign accounts ever scores this high (extrapolated past the data)
+    peak_one_in: float = 1.0  # the same at the account's peak score: rank accounts by this, risk saturates
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -123,6 +125,8 @@ class Verdict:
             "n_queries": self.n_queries,
             "score": round(self.score, 4),
             "peak_risk": round(self.peak_risk, 6),
+            "one_in": float(f"{self.one_in:.4g}"),
+            "peak_one_in": float(f"{self.peak_one_in:.4g}"),
             "reasons": [r.to_dict() for r in self.reasons],
             "campaign": None if self.campaign is None else self.campaign.to_dict(),
         }
@@ -157,6 +161,7 @@ class AccountReport:
     features: dict[str, FeatureReading]
     reasons: tuple[Reason, ...]
     risk_over_time: tuple[tuple[int, float], ...]  # (n_queries, risk), thinned to a bounded length
+    peak_one_in: float = 1.0  # about 1 in this many benign accounts ever reach its peak score
     elicitation_rate: float | None = None  # mean reasoning-trace elicitation probability of its queries
     campaign: CampaignSummary | None = None  # the campaign it belongs to, at watch or flag
 
@@ -180,6 +185,7 @@ class AccountReport:
             "features": {name: reading.to_dict() for name, reading in self.features.items()},
             "reasons": [r.to_dict() for r in self.reasons],
             "risk_over_time": [{"n_queries": n, "risk": r} for n, r in self.risk_over_time],
+            "peak_one_in": float(f"{self.peak_one_in:.4g}"),
             "elicitation_rate": self.elicitation_rate,
             "campaign": None if self.campaign is None else self.campaign.to_dict(),
         }

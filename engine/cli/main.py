@@ -29,12 +29,14 @@ def _engine(args: argparse.Namespace):
 
 
 def _risk_table(engine, accounts: list[str], out: TextIO, limit: int = TOP_ACCOUNTS) -> None:
-    reports = sorted((engine.report(a) for a in accounts), key=lambda r: (-r.peak_risk, r.account))
-    out.write(f"\n{'account':<22} {'queries':>7} {'level':<6} {'peak risk':>9}  top reasons\n")
-    out.write("-" * 100 + "\n")
+    # ranked by "1 in N benign accounts": risk rounds to 1.0 for every clear extractor
+    reports = sorted((engine.report(a) for a in accounts), key=lambda r: (-r.peak_one_in, r.account))
+    out.write(f"\n{'account':<22} {'queries':>7} {'level':<6} {'peak: 1 in N benign':>20}  top reasons\n")
+    out.write("-" * 110 + "\n")
     for r in reports[:limit]:
         reasons = "; ".join(f"{x.feature} {x.direction} benign (p{x.benign_percentile:.0f})" for x in r.reasons[:2])
-        out.write(f"{r.account[:22]:<22} {r.n_queries:>7} {r.level:<6} {r.peak_risk:>9.4f}  {reasons or '-'}\n")
+        rarity = f"1 in {r.peak_one_in:,.0f}" if r.peak_one_in < 1e6 else f"1 in {r.peak_one_in:.1e}"
+        out.write(f"{r.account[:22]:<22} {r.n_queries:>7} {r.level:<6} {rarity:>20}  {reasons or '-'}\n")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -149,7 +149,7 @@ class Pipeline:
             step.features, step.n, [s.recent_scores for s in step.states]
         )
         remember = bool(self.config.population_update_every)
-        out = []
+        rows = []
         for i, (account, state) in enumerate(zip(accounts, step.states, strict=True)):
             score, risk, n = float(scores[i]), float(risks[i]), int(step.n[i])
             if score > state.peak_score:
@@ -162,18 +162,25 @@ class Pipeline:
             state.record_risk(risk, n)
             if remember and state.level is Level.OK:
                 self.population.remember(n, step.features[i], self.observations)
-            out.append(
-                Verdict(
-                    account=account,
-                    risk=risk,
-                    level=state.level,
-                    flagged=state.level is Level.FLAG,
-                    n_queries=n,
-                    score=score,
-                    peak_risk=state.peak_risk,
-                    reasons=reasons[i],
-                )
+            rows.append((account, risk, state.level, n, score, state.peak_risk, state.peak_score))
+        # "1 in N benign accounts", now and at the peak: keeps ranking where risk rounds to 1
+        one_in = np.power(10.0, self.calibration.log10_one_in(scores)).tolist()
+        peak_one_in = np.power(10.0, self.calibration.log10_one_in([r[6] for r in rows])).tolist()
+        out = [
+            Verdict(
+                account=account,
+                risk=risk,
+                level=level,
+                flagged=level is Level.FLAG,
+                n_queries=n,
+                score=score,
+                peak_risk=peak_risk,
+                reasons=reasons[i],
+                one_in=one_in[i],
+                peak_one_in=peak_one_in[i],
             )
+            for i, (account, risk, level, n, score, peak_risk, _) in enumerate(rows)
+        ]
         return out, evidence
 
     def _after_batch(self, n_items: int) -> None:
@@ -246,6 +253,7 @@ class Pipeline:
             features=readings,
             reasons=reasons[0],
             risk_over_time=tuple(state.history),
+            peak_one_in=float(10.0 ** cal.log10_one_in(state.peak_score)),
             elicitation_rate=self.campaigns.elicitation_rate(account) if self.campaigns is not None else None,
             campaign=self.campaigns.summary_for(account) if self.campaigns is not None else None,
         )

@@ -42,6 +42,7 @@ MIN_SCORED_QUERIES = 10  # fewer queries are too little evidence to act on at a 
 # persists, while one odd benign query (a burst of retries, a history-bin boundary) does not.
 REASON_MIN_GAP = 0.5  # scaled differences smaller than this do not explain anything
 TAIL_FRACTION = 0.1
+MAX_LOG10_ONE_IN = 300.0  # "1 in 1e300" is already past any meaning, and stays a finite float
 
 
 def bin_of(n: np.ndarray | int) -> np.ndarray | int:
@@ -246,6 +247,17 @@ class Calibration:
         empirical = 1.0 - np.searchsorted(m, s, side="left") / m.size
         tail = TAIL_FRACTION * np.exp(-(s - self.tail_start) / self.tail_scale)
         return np.clip(np.where(s > self.tail_start, tail, empirical), 0.0, 1.0)
+
+    def log10_one_in(self, score: float | np.ndarray) -> np.ndarray:
+        """log10 of N in "1 in N benign accounts ever score this high": ``-log10(exceedance)``
+        computed in log space, so it keeps growing with the score where ``exceedance`` (and
+        ``1 - risk``) underflow. Inside the calibrated range N is at most the number of
+        benign accounts, beyond it the exponential tail extrapolates."""
+        s = np.asarray(score, dtype=np.float64)
+        m = self.account_max_scores
+        empirical = np.maximum(1.0 - np.searchsorted(m, s, side="left") / m.size, 1.0 / m.size)
+        tail = -math.log10(TAIL_FRACTION) + (s - self.tail_start) / (self.tail_scale * math.log(10.0))
+        return np.minimum(np.where(s > self.tail_start, tail, -np.log10(empirical)), MAX_LOG10_ONE_IN)
 
     def threshold_for(self, fpr: float) -> float:
         """Score at which the estimated benign lifetime exceedance equals ``fpr``."""

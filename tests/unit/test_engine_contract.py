@@ -212,6 +212,26 @@ def test_verdict_fields(make_engine, stream):
     )
 
 
+def test_one_in_keeps_ranking_where_risk_saturates(make_engine, stream):
+    engine = make_engine()
+    cal = engine.calibration
+    scores = np.linspace(0.0, cal.tail_start + 200 * cal.tail_scale, 400)
+    log_n = cal.log10_one_in(scores)
+    risks = 1.0 - cal.exceedance(scores)
+    beyond = scores > cal.tail_start
+    assert (np.diff(log_n[beyond]) > 0).all()  # strictly increasing past the calibrated range
+    assert (risks[beyond][-50:] == 1.0).all()  # where risk itself can no longer tell scores apart
+    assert (np.diff(log_n) >= -1e-12).all() and log_n.min() >= 0.0
+    # the flag line keeps its calibrated meaning: 1 in 1/target_fpr benign accounts
+    flag = engine.detector.flag_threshold
+    assert float(cal.log10_one_in(flag)) == pytest.approx(-math.log10(engine.config.target_fpr), rel=1e-9)
+    accounts, vectors = stream
+    last = {v.account: v for v in feed(engine, accounts, vectors)}
+    for v in last.values():
+        assert v.peak_one_in >= 1.0 and (v.peak_one_in >= 1.0 / engine.config.target_fpr) == (v.level == "flag")
+    assert last["sweep"].to_dict()["peak_one_in"] == pytest.approx(last["sweep"].peak_one_in, rel=1e-3)
+
+
 def test_reasons_name_features_with_benign_percentiles(make_engine, stream):
     accounts, vectors = stream
     engine = make_engine()

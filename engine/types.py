@@ -43,6 +43,15 @@ class Level(str, enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+    @classmethod
+    def for_score(cls, score: float, flag_threshold: float, watch_threshold: float) -> Level:
+        """The level a score reaches: ``flag`` at or above the flag threshold, then ``watch``."""
+        if score >= flag_threshold:
+            return cls.FLAG
+        if score >= watch_threshold:
+            return cls.WATCH
+        return cls.OK
+
     __format__ = str.__format__  # f"{level}" is the value on every Python version
 
 

@@ -253,7 +253,8 @@ def _weighted_sample(rng: random.Random, weights: dict[str, float], k: int) -> l
     return chosen
 
 
-def _stream(account: str, kind: str, prompts: list[str], ts: list[float], groups: set[str]) -> AccountStream:
+def benign_stream(account: str, kind: str, prompts: list[str], ts: list[float], groups) -> AccountStream:
+    """A label-0 account stream (no attack prompts) over the given source groups."""
     return AccountStream(
         account=account,
         label=0,
@@ -316,7 +317,7 @@ def chat_user(
         if gaps:
             sessions.append(gaps)
             groups.update(keys)
-    return _stream(account, kind, prompts, session_times(rng, sessions), groups)
+    return benign_stream(account, kind, prompts, session_times(rng, sessions), groups)
 
 
 _RAG_TEMPLATES = [
@@ -368,7 +369,7 @@ def rag_app(rng: random.Random, pools: BenignPools, account: str, n: int) -> Acc
         if prompt not in seen:
             seen.add(prompt)
             prompts.append(prompt)
-    return _stream(account, "benign:rag_app", prompts, app_times(rng, len(prompts)), {d.key for d in docs})
+    return benign_stream(account, "benign:rag_app", prompts, app_times(rng, len(prompts)), {d.key for d in docs})
 
 
 _TRANSLATE_TEMPLATES = [
@@ -412,7 +413,7 @@ def wrapper_app(rng: random.Random, pools: BenignPools, account: str, n: int, ki
         template = rng.choice(_SUMMARY_TEMPLATES)
     chosen = rng.sample(items, min(n, len(items)))
     prompts = [template.format(text=text) for text, _ in chosen]
-    return _stream(account, kind, prompts, app_times(rng, len(prompts)), {key for _, key in chosen})
+    return benign_stream(account, kind, prompts, app_times(rng, len(prompts)), {key for _, key in chosen})
 
 
 _COMPANIES = [
@@ -461,7 +462,7 @@ def support_bot(rng: random.Random, pools: BenignPools, account: str, n: int) ->
             break
     # many customers in parallel: dialogue turns keep their order, starts follow the app's rhythm
     ts = sorted(app_times(rng, len(prompts)))
-    return _stream(account, "benign:support_bot", prompts, ts, groups)
+    return benign_stream(account, "benign:support_bot", prompts, ts, groups)
 
 
 def edit_resender(rng: random.Random, pools: BenignPools, account: str, n: int) -> AccountStream:
@@ -488,4 +489,4 @@ def edit_resender(rng: random.Random, pools: BenignPools, account: str, n: int) 
         if gaps:
             sessions.append(gaps)
             groups.add(key)
-    return _stream(account, "benign:edit_resender", prompts, session_times(rng, sessions), groups)
+    return benign_stream(account, "benign:edit_resender", prompts, session_times(rng, sessions), groups)

@@ -296,19 +296,6 @@ def _fill(template: str, **values: str) -> str:
     return template
 
 
-def _benign_stream(account: str, kind: str, prompts: list[str], ts: list[float], groups) -> AccountStream:
-    return AccountStream(
-        account=account,
-        label=0,
-        kind=kind,
-        prompts=prompts,
-        ts=ts,
-        is_attack=[False] * len(prompts),
-        campaign=None,
-        source_groups=frozenset(groups),
-    )
-
-
 # --- time ---------------------------------------------------------------------------------
 
 
@@ -1467,7 +1454,9 @@ def _crowd_rag(rng: random.Random, half: _Half, n_accounts: int) -> list[Account
         if not prompts:
             continue
         ts, style = _crowd_times(rng, len(prompts), half.start, half.days)
-        stream = _benign_stream(half.account("crowd_rag", i), "benign:crowd_rag", prompts, ts, [d.key for d in docs])
+        stream = benign.benign_stream(
+            half.account("crowd_rag", i), "benign:crowd_rag", prompts, ts, [d.key for d in docs]
+        )
         stream.meta = (person_meta if style == "person" else app_meta)(rng, stream, "OpenAI/Python 1.66.3")
         streams.append(stream)
     return streams
@@ -1493,7 +1482,9 @@ def _crowd_json(rng: random.Random, half: _Half, n_accounts: int) -> list[Accoun
         template = rng.choices(templates, weights=[3, 2][: len(templates)])[0]
         prompts = [_fill(template, fields=", ".join(fields), schema=_schema(fields), doc=text) for text, _ in docs]
         ts, style = _crowd_times(rng, len(prompts), half.start, half.days)
-        stream = _benign_stream(half.account("crowd_json", i), "benign:crowd_json", prompts, ts, [k for _, k in docs])
+        stream = benign.benign_stream(
+            half.account("crowd_json", i), "benign:crowd_json", prompts, ts, [k for _, k in docs]
+        )
         stream.meta = (person_meta if style == "person" else app_meta)(rng, stream, "python-requests/2.32.3")
         streams.append(stream)
     return streams
@@ -1525,7 +1516,7 @@ def _crowd_agent(rng: random.Random, half: _Half, n_accounts: int) -> list[Accou
             for text, _ in tasks
         ]
         ts, style = _crowd_times(rng, len(prompts), half.start, half.days)
-        stream = _benign_stream(
+        stream = benign.benign_stream(
             half.account("crowd_agent", i), "benign:crowd_agent", prompts, ts, [k for _, k in tasks]
         )
         stream.meta = (person_meta if style == "person" else app_meta)(rng, stream, "OpenAI/Python 1.66.3")
@@ -1562,7 +1553,7 @@ def _eval_harness(rng: random.Random, half: _Half, runs: int) -> list[AccountStr
             for _ in prompts:
                 ts.append(t)
                 t += rng.uniform(0.4, 4.0)
-            stream = _benign_stream(
+            stream = benign.benign_stream(
                 half.account("eval_harness", index), "benign:eval_harness", list(prompts), ts, [k for _, k in items]
             )
             key = _key_created_before(rng, ts[0])
@@ -1667,7 +1658,7 @@ def _class(rng: random.Random, half: _Half, classes: int) -> list[AccountStream]
             for _ in prompts:
                 ts.append(t)
                 t += 70.0 * math.exp(rng.gauss(0.0, 0.6))
-            stream = _benign_stream(
+            stream = benign.benign_stream(
                 half.account("class_assignment", index),
                 "benign:class_assignment",
                 prompts,

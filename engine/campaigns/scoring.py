@@ -240,8 +240,4 @@ class GroupJudge:
         return score, float(1.0 - self.calibration.exceedance(score))
 
     def level_for(self, score: float) -> Level:
-        if score >= self.flag_threshold:
-            return Level.FLAG
-        if score >= self.watch_threshold:
-            return Level.WATCH
-        return Level.OK
+        return Level.for_score(score, self.flag_threshold, self.watch_threshold)

@@ -347,11 +347,7 @@ class Detector:
         return scores, risks, self._reasons(np.atleast_2d(features), gap, n), signed
 
     def level_for(self, score: float) -> Level:
-        if score >= self.flag_threshold:
-            return Level.FLAG
-        if score >= self.watch_threshold:
-            return Level.WATCH
-        return Level.OK
+        return Level.for_score(score, self.flag_threshold, self.watch_threshold)
 
     def _reasons(self, features: np.ndarray, gap: np.ndarray, n: np.ndarray) -> list[tuple[Reason, ...]]:
         """Per row, the features that most separate it from its nearest benign look-alikes."""

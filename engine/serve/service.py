@@ -275,6 +275,8 @@ class ObservationService:
             "n_queries": None,
             "score": None,
             "peak_risk": None,
+            "one_in": None,
+            "peak_one_in": None,
             "reasons": [],
             "campaign": None,
         }

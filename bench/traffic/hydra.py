@@ -32,9 +32,9 @@ from datetime import datetime, timezone
 import numpy as np
 
 from . import attacks, benign, sources
-from .build import SIZES, _account_id, _rng, build_traffic
+from .build import SIZES, _account_id, _attack_stream, _rng, build_traffic
 from .edits import human_edit
-from .model import AccountStream
+from .model import AccountStream, text_table
 from .timing import DAY, EPOCH, app_times, session_times
 
 Query = tuple[str, str]  # (text, source unit key)
@@ -236,13 +236,7 @@ class HydraTraffic:
         for name, streams in self.attacks.items():
             add(name, streams)
         header = ("section", "kind", "accounts", "campaigns", "prompts", "attack", "median", "max", "unique")
-        widths = [max(len(str(r[i])) for r in [*rows, header]) for i in range(len(header))]
-        lines = [
-            "  ".join(
-                str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True))
-            )
-            for row in [header, *rows]
-        ]
+        lines = text_table(header, rows)
         streams = self.all_streams()
         kinds = Counter("attack" if s.label else "benign" for s in streams)
         days = (self.period[1] - self.period[0]) / DAY
@@ -1053,19 +1047,6 @@ def _deal(rng: random.Random, decks: list[list[Query]], wrappers, plans: list[_M
             positions[p] += 1
         out.append(merged)
     return out
-
-
-def _attack_stream(account: str, kind: str, picked: list[Query], ts: list[float], campaign: str) -> AccountStream:
-    return AccountStream(
-        account=account,
-        label=1,
-        kind=kind,
-        prompts=[t for t, _ in picked],
-        ts=ts,
-        is_attack=[True] * len(picked),
-        campaign=campaign,
-        source_groups=frozenset(k for _, k in picked),
-    )
 
 
 def _window(rng: random.Random, spec: HydraSizeSpec, start: float) -> tuple[float, float]:

@@ -6,6 +6,21 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 
+def text_table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
+    """Aligned plain-text lines: the first two columns (section, kind) left, numbers right.
+
+    >>> text_table(("section", "kind", "n"), [("a", "benign:normal", 12)])
+    ['section  kind            n', 'a        benign:normal  12']
+    """
+    widths = [max(len(str(r[i])) for r in [*rows, header]) for i in range(len(header))]
+    return [
+        "  ".join(
+            str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *rows]
+    ]
+
+
 @dataclass
 class AccountStream:
     """All prompts one account sent, in time order, with ground truth.
@@ -92,13 +107,7 @@ class Traffic:
         for scenario, streams in self.attacks.items():
             add(scenario, streams)
         header = ("section", "kind", "accounts", "prompts", "attack", "median", "max", "unique")
-        widths = [max(len(str(r[i])) for r in [*rows, header]) for i in range(len(header))]
-        lines = [
-            "  ".join(
-                str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths, strict=True))
-            )
-            for row in [header, *rows]
-        ]
+        lines = text_table(header, rows)
         streams = self.all_streams()
         kinds = Counter("attack" if s.label else "benign" for s in streams)
         lines.append(

@@ -13,13 +13,22 @@ Protocol (the README of bench/traffic describes the traffic):
 3. stream every test account (the benign test pool and every attack scenario) through each
    detector in time order, one fresh account at a time, recording a score after every query;
 4. compare each scenario's attack accounts with the benign test pool (``bench/metrics.py``)
-   and write report.md, results.json and plots (``bench/report.py``) to ``--out``.
+   and write report.md, results.json and plots (``bench/report.py``) to ``--out``;
+5. (``--unseen``, on by default) probewatch on apps its calibration never saw: leave one
+   benign population out, learning the provider's normal, and a poisoned warm-up
+   (``bench/unseen.py``).
+
+Calibration (``--calibration populations``, the default) is the calibration half of every
+benign population of ``bench/traffic/populations.py``; their test half joins the benign test
+pool next to ``build_traffic``'s own benign test accounts, a generator the calibration never
+saw. ``--calibration traffic`` uses ``build_traffic``'s calibration accounts instead.
 """
 
 from __future__ import annotations
 
 import abc
 import argparse
+import random
 import shlex
 import sys
 import time
@@ -34,6 +43,7 @@ from tqdm import tqdm
 
 from bench.metrics import account_score, delay_summary, flagged_share, queries_until_detection, roc_auc
 from bench.traffic import HARD_BENIGN, AccountStream, MissingDataPackageError, Traffic, build_traffic
+from bench.traffic.build import keep_disjoint
 
 PROBEWATCH = "probewatch"
 BENIGN_POOL = "test_benign"
@@ -50,6 +60,19 @@ EMBED_CHUNK = 512
 # Accounts whose probewatch risk is traced query by query for the risk-over-time plot.
 TRACED_ATTACK_SCENARIOS = ("template_sweep", "perturbation_chain", "coverage_kcenter", "mixed_10pct")
 TRACED_BENIGN_KINDS = ("benign:power_user", "benign:edit_resender", "benign:rag_app")
+
+
+PURE_AND_MIXED = (
+    "random_words",
+    "corpus_sentences",
+    "template_sweep",
+    "cot_elicitation",
+    "perturbation_chain",
+    "coverage_kcenter",
+    "mixed_5pct",
+    "mixed_10pct",
+    "mixed_25pct",
+)
 
 
 def fpr_key(fpr: float) -> str:
@@ -92,6 +115,18 @@ def embed_traffic(traffic: Traffic, cache, show_progress: bool = True) -> Embedd
             bar.update(len(part))
     vectors = cache.embed(texts)
     return EmbeddedTraffic(traffic, vectors, {text: row for row, text in enumerate(texts)})
+
+
+def with_populations(traffic: Traffic, populations) -> Traffic:
+    """``traffic`` calibrated on every population's calibration half, with the populations'
+    test half added to the benign test pool. A test or attack prompt that equals a calibration
+    prompt is re-edited (``keep_disjoint``), as ``build_traffic`` does for its own split."""
+    calibration = [s for streams in populations.calibration.values() for s in streams]
+    test_benign = list(traffic.test_benign) + [s for streams in populations.test.values() for s in streams]
+    attacks = {name: list(streams) for name, streams in traffic.attacks.items()}
+    others = test_benign + [s for streams in attacks.values() for s in streams]
+    keep_disjoint(random.Random(f"{traffic.size}:{traffic.seed}:populations"), calibration, others)
+    return Traffic(traffic.size, traffic.seed, calibration, test_benign, attacks)
 
 
 # -- detectors under test -------------------------------------------------------------------
@@ -419,6 +454,26 @@ def compute_results(data: EmbeddedTraffic, runs: list[DetectorRun]) -> dict[str,
     }
 
 
+def run_unseen(data: EmbeddedTraffic, populations, embedder, seed: int, show_progress: bool) -> dict[str, Any]:
+    """bench/unseen.py's three measurements over the embedded traffic."""
+    from bench import unseen
+
+    factory = unseen.EngineFactory(data.vectors_of, embedder, seed, OPERATING_FPRS[0], OPERATING_FPRS[1])
+    with tqdm(total=len(populations.calibration), desc="unseen apps", unit="pop", disable=not show_progress) as bar:
+
+        def step(name: str) -> None:
+            bar.set_postfix_str(name)
+            bar.update(1)
+
+        by_population = unseen.leave_one_population_out(
+            factory, populations.calibration, populations.test, seed, progress=step
+        )
+    chat_users = [s for s in data.traffic.test_benign if s.kind == "benign:normal"]
+    attacks = {name: data.traffic.attacks[name] for name in PURE_AND_MIXED if name in data.traffic.attacks}
+    poisoning = unseen.poisoning(factory, populations.calibration, populations.test, chat_users, attacks, seed)
+    return {"populations": by_population, "poisoning": poisoning}
+
+
 # -- command line ---------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -437,6 +492,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--detectors",
         default=None,
         help="comma-separated detectors to run (default: all): " + ",".join(detector_names()),
+    )
+    parser.add_argument(
+        "--calibration",
+        choices=("populations", "traffic"),
+        default="populations",
+        help="calibration accounts: every benign population's calibration half (default) or build_traffic's",
+    )
+    parser.add_argument(
+        "--unseen",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run leave-one-population-out, warm-up and poisoning (bench/unseen.py; default on)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -460,9 +527,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def reproducing_command(args: argparse.Namespace) -> str:
-    return "python -m bench.eval " + shlex.join(
-        ["--size", args.size, "--seed", str(args.seed), "--out", str(args.out), "--detectors", ",".join(args.detectors)]
-    )
+    words = ["--size", args.size, "--seed", str(args.seed), "--out", str(args.out)]
+    words += ["--detectors", ",".join(args.detectors), "--calibration", args.calibration]
+    return "python -m bench.eval " + shlex.join(words + ([] if args.unseen else ["--no-unseen"]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -482,9 +549,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     mark = time.perf_counter()
     try:
         traffic = build_traffic(args.size, args.seed, embed=cache.embed)
+        populations = None
+        if args.calibration == "populations":
+            from bench.traffic.populations import build_populations
+
+            populations = build_populations(args.size, args.seed)
     except MissingDataPackageError as exc:
         print(f"bench.eval: {exc}", file=sys.stderr)
         return 2
+    if populations is not None:
+        traffic = with_populations(traffic, populations)
     timings["build_traffic"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -498,6 +572,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     mark = time.perf_counter()
     results = compute_results(data, runs)
     timings["metrics"] = time.perf_counter() - mark
+    if args.unseen and populations is not None:
+        mark = time.perf_counter()
+        results["unseen"] = run_unseen(data, populations, embedder, args.seed, show)
+        timings["unseen"] = time.perf_counter() - mark
     timings["detectors"] = sum(r.fit_seconds + r.score_seconds for r in runs)
 
     results["meta"] = {

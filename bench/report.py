@@ -166,6 +166,90 @@ never saw), queries until detection over the detected accounts (median and 90th 
 and for split campaigns the share of the campaign's accounts flagged."""
 
 
+def _fw(block: dict) -> str:
+    """'flag / watch' rates of a bench.unseen rates block, in percent."""
+    return f"{100 * block['flag']:.1f} / {100 * block['watch']:.1f}"
+
+
+def unseen_population_table(unseen: dict) -> str:
+    rows = []
+    for row in unseen["populations"]:
+        warm = row["warm_up"]
+        rows.append(
+            [
+                row["population"],
+                str(row["unseen"]["accounts"]),
+                _fw(row["unseen"]),
+                str(row["test_half_before"]["accounts"]),
+                _fw(row["test_half_before"]),
+                _fw(row["test_half_after_warm_up"]),
+                f"{warm.get('accounts', 0)} ({warm.get('rows', 0)} rows)" if warm.get("learned") else "warming up",
+            ]
+        )
+    worst = max(unseen["populations"], key=lambda r: (r["unseen"]["flag"], r["unseen"]["watch"]))
+    after = max(r["test_half_after_warm_up"]["flag"] for r in unseen["populations"])
+    table = _table(
+        [
+            "held-out population",
+            "accounts",
+            "out of the box: % flag / % watch",
+            "test-half accounts",
+            "before warm-up",
+            "after warm-up",
+            "warm-up: accounts that taught",
+        ],
+        rows,
+    )
+    return (
+        table
+        + f"\n\nWorst population out of the box: `{worst['population']}` ({_fw(worst['unseen'])} % flag / watch); "
+        f"highest flag rate after warm-up: {100 * after:.1f} %."
+    )
+
+
+def poisoning_table(unseen: dict) -> str:
+    p = unseen["poisoning"]
+    rows = [
+        [
+            scenario,
+            str(block["accounts"]),
+            f"{100 * block['before']['flag']:.0f} → {100 * block['after']['flag']:.0f}",
+            f"{100 * block['before']['watch']:.0f} → {100 * block['after']['watch']:.0f}",
+        ]
+        for scenario, block in p["attacks"].items()
+    ]
+    rows.append(
+        [
+            "*benign test accounts not in the warm-up* (FPR)",
+            str(p["benign_before"]["accounts"]),
+            f"{100 * p['benign_before']['flag']:.1f} → {100 * p['benign_after']['flag']:.1f}",
+            f"{100 * p['benign_before']['watch']:.1f} → {100 * p['benign_after']['watch']:.1f}",
+        ]
+    )
+    warm = p["warm_up"]
+    return (
+        f"Warm-up: {warm['benign_accounts']} benign accounts and {warm['poisoners']} patient attackers; "
+        f"{warm['poisoners_reaching_watch']} attackers reached watch during the warm-up; "
+        f"{warm.get('accounts', 0)} accounts ({warm.get('rows', 0)} feature rows) taught the tables.\n\n"
+        + _table(["scenario", "accounts", "% flagged: before → after", "% watched: before → after"], rows)
+    )
+
+
+UNSEEN_PROTOCOL = """\
+probewatch only (the campaign layer off: each account is judged alone), at its own `flag`
+(0.1 %) and `watch` (1 %) thresholds. **Out of the box**: calibrated on every other benign
+population's calibration half; the held-out population's accounts (both halves, none seen)
+are streamed as new accounts. **Warm-up**: the same calibration learns the provider's
+normal (`probewatch.detect.learning`, shipped rules: accounts with 16+ queries, a day old,
+never at watch, at most 16 rows each, live rows at most half of each table) from the
+held-out population's calibration half plus 8 test accounts of every other population,
+interleaved in time; its test half is then scored before and after. **Poisoning**: the full
+calibration learns from half of every population's test accounts plus 10 patient attackers
+per scenario, each an ordinary chat user for 40-120 queries who then runs the scenario's
+extraction stream; every account of the scenario (those streams included) is then scored
+by the plain and the learned engine. Thresholds never move with learning."""
+
+
 def _resolution_caveat(meta: dict) -> list[str]:
     """A note when the calibration set is too small to resolve an operating point."""
     n = meta["calibration_accounts"]
@@ -231,6 +315,19 @@ def markdown(results: dict) -> str:
             f"{block['attack_queries']} of them extraction queries.",
             "",
             scenario_table(results, scenario),
+        ]
+    if results.get("unseen"):
+        parts += [
+            "",
+            "## Unseen apps: leave one population out, then learn the provider's normal",
+            "",
+            UNSEEN_PROTOCOL,
+            "",
+            unseen_population_table(results["unseen"]),
+            "",
+            "### Poisoned warm-up",
+            "",
+            poisoning_table(results["unseen"]),
         ]
     parts += [
         "",

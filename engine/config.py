@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,9 +54,19 @@ class EngineConfig:
     a FAISS search of an account costs ~12 us and copying histories would cost more."""
     gpu_temp_memory_bytes: int = 256 * 1024**2
     population_update_every: int = 0
-    """Refit calibration tables from the live population every N observations (0 = off). Off by
-    default: an attacker who evades for a while would otherwise widen the benign envelope."""
+    """Learn the provider's normal: refit the calibration tables from live benign accounts every
+    N observations (0 = off; the sidecar turns it on). Who may teach, and how much, is bounded by
+    the population_* settings below (see probewatch.detect.learning)."""
     population_max_share: float = 0.5
+    """Live rows are at most this share of each history bin's table; the prior's rows stay."""
+    population_rows_per_account: int = 16
+    """Feature rows one account may contribute (a uniform sample over its life)."""
+    population_min_queries: int = 16
+    """Accounts teach only after this many queries..."""
+    population_min_age_s: float = 86_400.0
+    """...and this many seconds since their first query (when timestamps are given)."""
+    population_min_accounts: int = 50
+    """Warm-up: no refit until this many accounts are eligible to teach."""
     campaigns: bool = True
     """Run the cross-account campaign layer (needs a calibration with benign group tables)."""
     campaign_max_groups: int = 20_000
@@ -114,6 +125,13 @@ class EngineConfig:
         need(self.population_update_every >= 0, "population_update_every must be >= 0", self.population_update_every)
         need(
             0.0 <= self.population_max_share < 1.0, "population_max_share must be in [0, 1)", self.population_max_share
+        )
+        for name in ("population_rows_per_account", "population_min_queries", "population_min_accounts"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1", getattr(self, name))
+        need(
+            self.population_min_age_s >= 0 and math.isfinite(self.population_min_age_s),
+            "population_min_age_s must be a finite number of seconds >= 0",
+            self.population_min_age_s,
         )
 
         need(0.0 < self.campaign_fpr_share <= 1.0, "campaign_fpr_share must be in (0, 1]", self.campaign_fpr_share)

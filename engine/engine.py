@@ -290,7 +290,7 @@ class Engine:
                 observations=p.observations,
                 device=self._backend.kind,
                 flag_threshold=p.detector.flag_threshold,
-                calibration=p.calibration.meta(),
+                calibration={**p.calibration.meta(), "learned": dict(p.population.last_refit)},
             )
 
     # -- state management -------------------------------------------------------------------------

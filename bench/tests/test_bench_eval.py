@@ -190,6 +190,20 @@ def test_unknown_detector_is_refused_with_the_valid_names(capsys):
     assert args.detectors == ["prada", "probewatch"] and args.out == Path("bench/out/quick")
 
 
+def test_population_calibration_shares_no_account_or_prompt_with_what_is_scored():
+    from bench.eval import with_populations
+    from bench.traffic import build_traffic
+    from bench.traffic.populations import POPULATIONS, build_populations
+
+    traffic = with_populations(build_traffic("quick", 0, embed=None), build_populations("quick", 0))
+    calibration = {t for s in traffic.calibration for t in s.prompts}
+    scored = list(traffic.test_benign) + [s for streams in traffic.attacks.values() for s in streams]
+    assert {s.kind for s in traffic.calibration} == {f"benign:{name}" for name in POPULATIONS}
+    assert not calibration & {t for s in scored for t in s.prompts}
+    assert not {s.account for s in traffic.calibration} & {s.account for s in scored}
+    assert {s.kind for s in traffic.test_benign} >= {"benign:normal", *(f"benign:{n}" for n in POPULATIONS)}
+
+
 # -- the whole quick pipeline ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
@@ -252,6 +266,34 @@ def test_quick_results_cover_every_scenario_and_detector_with_valid_metrics(quic
         for block in [d["benign"], *d["benign"]["by_kind"].values()]:
             assert all(rate(block["fpr"][k]) for k in keys)
     assert any(t["label"] == 1 for t in results["risk_traces"]) and any(t["label"] == 0 for t in results["risk_traces"])
+
+
+@pytest.mark.slow
+def test_quick_unseen_apps_hold_out_every_population_and_measure_poisoning(quick_run):
+    from bench.traffic.populations import POPULATIONS, build_populations
+
+    out, results = quick_run
+    unseen = results["unseen"]
+    populations = build_populations("quick", 0)
+    assert [row["population"] for row in unseen["populations"]] == list(POPULATIONS)
+    for row in unseen["populations"]:
+        name = row["population"]
+        both = len(populations.calibration[name]) + len(populations.test[name])
+        assert row["unseen"]["accounts"] == both
+        assert (
+            row["test_half_before"]["accounts"]
+            == row["test_half_after_warm_up"]["accounts"]
+            == len(populations.test[name])
+        )
+        for block in (row["unseen"], row["test_half_before"], row["test_half_after_warm_up"]):
+            assert 0.0 <= block["flag"] <= block["watch"] <= 1.0
+    poison = unseen["poisoning"]
+    assert set(poison["attacks"]) == {name for name in results["scenarios"] if not name.startswith("split_")}
+    assert poison["warm_up"]["poisoners"] > 0
+    # poisoners are scored among their scenario's accounts: the streams they ended with
+    for block in poison["attacks"].values():
+        assert block["before"]["accounts"] == block["after"]["accounts"] == block["accounts"]
+    assert "## Unseen apps" in (out / "report.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow

@@ -8,6 +8,10 @@
     hydra = build_hydra(size="quick", seed=0)
     print(hydra.describe())
 
+    from bench.traffic import build_populations  # 24 benign populations, for calibration / LOPO
+    pop = build_populations(size="quick", seed=0)
+    print(pop.describe())
+
 See README.md in this folder for the sources, account classes, strategies and sizes.
 """
 
@@ -26,6 +30,7 @@ from .hydra import (
     build_hydra,
 )
 from .model import AccountStream, Traffic
+from .populations import POPULATIONS, Population, Populations, build_populations
 from .sources import MissingDataPackageError
 
 __all__ = [
@@ -38,13 +43,17 @@ __all__ = [
     "HYDRA_SIZES",
     "META_KEYS",
     "MIXED_SHARES",
+    "POPULATIONS",
     "SIZES",
     "STRATEGIES",
     "AccountStream",
     "HydraSizeSpec",
     "HydraTraffic",
     "MissingDataPackageError",
+    "Population",
+    "Populations",
     "Traffic",
     "build_hydra",
+    "build_populations",
     "build_traffic",
 ]

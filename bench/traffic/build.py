@@ -198,7 +198,7 @@ def _mix(rng: random.Random, base: AccountStream, attack: list[tuple[str, str]],
     )
 
 
-def _keep_disjoint(rng: random.Random, calibration: list[AccountStream], others: list[AccountStream]) -> None:
+def keep_disjoint(rng: random.Random, calibration: list[AccountStream], others: list[AccountStream]) -> None:
     """Edits and slot filling can, rarely, recreate a calibration text verbatim: re-edit it."""
     taken = {t for s in calibration for t in s.prompts}
     for stream in others:
@@ -284,7 +284,7 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
         scenarios[scenario] = streams
 
     ordered = {name: scenarios[name] for name in attacks.STRATEGIES + tuple(MIXED_SHARES) + tuple(spec.splits)}
-    _keep_disjoint(
+    keep_disjoint(
         _rng(size, seed, "disjoint"), calibration, test_benign + [s for streams in ordered.values() for s in streams]
     )
     return Traffic(size=size, seed=seed, calibration=calibration, test_benign=test_benign, attacks=ordered)

@@ -518,6 +518,13 @@ class CampaignLayer:
         focus = within - between
         return active & ~(focus > group.pair_stats().focus + tolerance)
 
+    def suspected(self, account: str) -> bool:
+        """Whether the account is in a group at ``watch`` or above (it may not teach the tables)."""
+        links = self.accounts.get(account)
+        if links is None:
+            return False
+        return any(g.level >= Level.WATCH for g in (self.groups.get(k) for k in links.groups) if g is not None)
+
     def elicitation_rate(self, account: str) -> float | None:
         """Mean reasoning-trace elicitation probability of an account's queries (None without a head)."""
         links = self.accounts.get(account)

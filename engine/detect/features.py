@@ -42,10 +42,16 @@ FEATURES: dict[str, str] = {
     "off_reference_rate": "share of all queries unlike any benign reference traffic",
     "new_cell_rate": "distinct codebook cells per query over the account's lifetime",
     "near_duplicate_rate_lifetime": "share of all queries that nearly duplicate an earlier one",
+    "follow_up_similarity": (
+        "how much more each recent query resembles the one just before it than the rest of the window "
+        "(people build on their last turn; extraction scripts send independent samples)"
+    ),
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)
 N_FEATURES = len(FEATURE_NAMES)
 _F = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+GRAM_STATS = 4  # window statistics kept from the last Gram refresh
 
 # Per-query scores averaged into an account's score (see probewatch.detect.scoring).
 SMOOTHING_QUERIES = 16
@@ -119,8 +125,8 @@ class AccountState:
         self.nn_hist = np.zeros(len(SIM_HIST_EDGES) - 1, dtype=np.int64)
         self.ref_hist = np.zeros(len(SIM_HIST_EDGES) - 1, dtype=np.int64)
         self.cell_counts = np.zeros(n_cells, dtype=np.int64)
-        # [participation_ratio, mean_pairwise_similarity, mmd2] of the window at the last refresh
-        self.gram_stats = np.full(3, np.nan, dtype=np.float64)
+        # [participation_ratio, mean_pairwise_similarity, mmd2, follow_up] of the window at the last refresh
+        self.gram_stats = np.full(GRAM_STATS, np.nan, dtype=np.float64)
         self.peak_score = 0.0
         self.peak_risk = 0.0
         self.level = Level.OK
@@ -168,6 +174,8 @@ class AccountState:
         self.gram_stats[0] = participation_ratio_from_gram(gram)
         self.gram_stats[1] = mean_pairwise_similarity_from_gram(gram)
         self.gram_stats[2] = mmd2_from_parts(gram, kmean, reference_self_kernel, gamma)
+        # consecutive queries (the Gram's first off-diagonal) against all pairs of the window
+        self.gram_stats[3] = float(np.diagonal(gram, 1).mean()) - self.gram_stats[1]
 
     def _window_values(self, ring: np.ndarray) -> np.ndarray:
         """Ring contents oldest -> newest (only the filled part)."""
@@ -264,7 +272,7 @@ class FeatureBatch:
         self.nn_hist = np.empty((m, _HIST_BINS), dtype=np.int64)
         self.ref_hist = np.empty((m, _HIST_BINS), dtype=np.int64)
         self.cell_counts = np.empty((m, n_cells), dtype=np.int64)
-        self.gram_stats = np.empty((m, 3), dtype=np.float64)
+        self.gram_stats = np.empty((m, GRAM_STATS), dtype=np.float64)
         self.n = np.empty(m, dtype=np.int64)
 
     def capture(self, i: int, state: AccountState) -> None:
@@ -324,6 +332,7 @@ class FeatureBatch:
             f[:, _F["participation_ratio"]] = self.gram_stats[:, 0]
             f[:, _F["mean_pairwise_similarity"]] = self.gram_stats[:, 1]
             f[:, _F["mmd_to_benign"]] = self.gram_stats[:, 2]
+            f[:, _F["follow_up_similarity"]] = self.gram_stats[:, 3]
             f[:, _F["off_reference_rate"]] = share_below_rows(self.ref_hist, off_reference_similarity)
             f[:, _F["new_cell_rate"]] = (self.cell_counts > 0).sum(axis=1) / np.maximum(self.n, 1)
         return f

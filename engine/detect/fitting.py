@@ -1,4 +1,4 @@
-"""Fitting what benign looks like: the reference and calibration tables, and live refits.
+"""Fitting what benign looks like: the reference and calibration tables.
 
 Nothing here ever sees attack traffic. The steps of :func:`fit_calibration`:
 
@@ -9,8 +9,7 @@ Nothing here ever sees attack traffic. The steps of :func:`fit_calibration`:
 3. Two-fold cross-fitting: tables from one half score the other half, so the benign
    lifetime-maximum scores (which set the flag threshold) are out-of-sample.
 
-:class:`PopulationSample` is the opt-in live refit: a reservoir of feature rows of live
-accounts still at ``ok``, blended into the tables with a bounded share.
+Learning from the provider's own live traffic is :mod:`probewatch.detect.learning`.
 """
 
 from __future__ import annotations
@@ -46,8 +45,6 @@ REFERENCE_SHARE = 0.15
 OFF_REFERENCE_QUANTILE = 0.02
 STREAM_CHUNK = 64
 NEAR_COPY_SIMILARITY = 0.9
-POPULATION_RESERVOIR = 20_000  # live feature rows kept for population refits
-MIN_POPULATION_ROWS = 100  # fewer live rows are not worth a refit
 
 
 def group_by_account(accounts: Sequence[str]) -> dict[str, np.ndarray]:
@@ -216,51 +213,3 @@ def _cross_fitted(
     account_scores = rolling_mean_per_account(final.standardise(oof, ns), owner)
     final.set_account_max_scores(_account_maxima(account_scores, owner, np.arange(n_accounts)))
     return final, final.signed_scores(oof, ns)
-
-
-class PopulationSample:
-    """A uniform reservoir of (history length, feature row) of live accounts at ``ok``.
-
-    :meth:`refit` blends it into a base calibration's tables, at most ``max_share`` of each
-    bin; the lifetime-maximum tail and so the thresholds stay the base's.
-    """
-
-    def __init__(self, capacity: int = POPULATION_RESERVOIR):
-        self.capacity = capacity
-        self.rows: list[tuple[int, np.ndarray]] = []
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def clear(self) -> None:
-        self.rows.clear()
-
-    def remember(self, n: int, features: np.ndarray, seen: int) -> None:
-        """Offer one row; ``seen`` counts the observations so far (it seeds the replacement)."""
-        if len(self.rows) < self.capacity:
-            self.rows.append((n, features))
-            return
-        slot = int(np.random.default_rng(seen + n).integers(0, seen + 1))
-        if slot < self.capacity:
-            self.rows[slot] = (n, features)
-
-    def refit(self, base: Calibration, max_share: float) -> Calibration | None:
-        """``base`` with live rows added to its tables, or None while the sample is too small."""
-        if len(self.rows) < MIN_POPULATION_ROWS:
-            return None
-        ns = np.asarray([n for n, _ in self.rows])
-        feats = np.asarray([f for _, f in self.rows])
-        bins = bin_of(ns)
-        samples = []
-        for b, s in enumerate(base.samples):
-            live = feats[bins == b]
-            cap = int(max_share / (1 - max_share) * max(len(s), 1))
-            samples.append(np.concatenate([s, live[:cap]]) if live.size else s)
-        return Calibration(
-            samples,
-            base.account_max_scores,
-            base.off_reference_similarity,
-            distance_norm=base.distance_norm,
-            source=base.source + " + live population",
-            n_accounts=base.n_accounts,
-        )

@@ -26,7 +26,7 @@ from ..config import EngineConfig
 from ..errors import UnknownAccountError, UnknownCampaignError
 from ..types import AccountReport, CampaignReport, FeatureReading, Level, Verdict
 from .features import FEATURE_NAMES, AccountState
-from .fitting import PopulationSample
+from .learning import AccountStanding, LearningRules, ProviderNormal
 from .scoring import BenignModel, Detector
 from .stream import FeatureStream, StepResult
 
@@ -44,7 +44,8 @@ class Pipeline:
         self.config = config
         self.backend = backend
         self.observations = 0
-        self.population = PopulationSample()
+        self.population = ProviderNormal(LearningRules.from_config(config))
+        self.clock = math.nan  # latest timestamp observed: account ages for learning
         self.stream = FeatureStream(config, benign.reference, backend, benign.calibration.off_reference_similarity)
         self.campaigns: CampaignLayer | None = None
         self._install(benign)
@@ -81,7 +82,9 @@ class Pipeline:
 
     @property
     def benign(self) -> BenignModel:
-        return BenignModel(self.reference, self.calibration, self.group_calibration)
+        """The prior (what was installed): snapshots keep it and the live rows apart, so a
+        reload re-learns from the same rows instead of compounding them into the prior."""
+        return BenignModel(self.reference, self.base_calibration, self.group_calibration)
 
     @property
     def dim(self) -> int:
@@ -118,11 +121,18 @@ class Pipeline:
         # OpenBLAS call here leaves threads spinning against the embedding model.
         with limit_host_blas(self.config.detection_blas_threads):
             step = self.stream.step(accounts, vectors, ts)
+            self._advance_clock(ts)
             verdicts, evidence = self._judge(accounts, step)
             if self.campaigns is not None:
                 verdicts = self._campaign_step(accounts, to_numpy(vectors), texts, metas, ts, evidence, verdicts)
         self._after_batch(len(verdicts))
         return verdicts
+
+    def _advance_clock(self, ts: Sequence[float | None]) -> None:
+        known = [t for t in ts if t is not None]
+        if known:
+            latest = max(known)
+            self.clock = latest if math.isnan(self.clock) else max(self.clock, latest)
 
     def _campaign_step(self, accounts, vectors, texts, metas, ts, evidence, verdicts: list[Verdict]) -> list[Verdict]:
         """Fold the batch into the campaign layer, raise the members of campaigns that became
@@ -161,7 +171,7 @@ class Pipeline:
                 state.level = max(state.level, level)
             state.record_risk(risk, n)
             if remember and state.level is Level.OK:
-                self.population.remember(n, step.features[i], self.observations)
+                self.population.remember(account, n, step.features[i])
             rows.append((account, risk, state.level, n, score, state.peak_risk, state.peak_score))
         # "1 in N benign accounts", now and at the peak: keeps ranking where risk rounds to 1
         one_in = np.power(10.0, self.calibration.log10_one_in(scores)).tolist()
@@ -187,10 +197,24 @@ class Pipeline:
         before, self.observations = self.observations, self.observations + n_items
         every = self.config.population_update_every
         if every and self.observations // every != before // every:
-            refitted = self.population.refit(self.base_calibration, self.config.population_max_share)
-            if refitted is not None:
-                self._set_calibration(refitted)
+            self.learn_normal()
         self._enforce_memory_budget()
+
+    def learn_normal(self) -> bool:
+        """Refit the tables from eligible live accounts now (see probewatch.detect.learning);
+        False while warming up. Runs on its own schedule when population_update_every is set."""
+        refitted = self.population.refit(self.base_calibration, self._standing, self.clock)
+        if refitted is None:
+            return False
+        self._set_calibration(refitted)
+        return True
+
+    def _standing(self, account: str) -> AccountStanding | None:
+        state = self.states.get(account)
+        if state is None:
+            return None
+        suspected = self.campaigns is not None and self.campaigns.suspected(account)
+        return AccountStanding(state.n, state.first_ts, state.level is Level.OK, suspected)
 
     def _enforce_memory_budget(self) -> None:
         budget = self.config.memory_budget_bytes
@@ -266,6 +290,7 @@ class Pipeline:
 
     # -- state management ----------------------------------------------------------------------
     def forget(self, account: str) -> bool:
+        self.population.forget(account)
         if self.campaigns is not None:
             self.campaigns.forget(account)
         return self.stream.forget(account)
@@ -273,6 +298,7 @@ class Pipeline:
     def reset(self) -> None:
         self.stream.clear()
         self.observations = 0
+        self.clock = math.nan
         self.population.clear()
         if self.campaigns is not None:
             self.campaigns = None
@@ -300,6 +326,8 @@ class Pipeline:
             "vectors": vectors,
             "states": [self.states[a] for a in ids],
             "campaigns": self.campaigns.state_dict() if self.campaigns is not None else None,
+            "population": self.population.state_dict(),
+            "clock": self.clock,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -308,5 +336,10 @@ class Pipeline:
         self.store.import_(state["accounts"], state["offsets"], state["vectors"])
         self.states.update(zip(state["accounts"], state["states"], strict=True))
         self.observations = int(state["observations"])
+        self.clock = float(state.get("clock", math.nan))
+        if state.get("population") is not None:
+            self.population.load_state(state["population"])
+        if self.config.population_update_every:
+            self.learn_normal()  # the tables the saved engine had learned, not the prior's
         if self.campaigns is not None and state.get("campaigns") is not None:
             self.campaigns.load_state(state["campaigns"])

@@ -118,6 +118,9 @@ class Calibration:
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (feature not defined yet)
             pooled_std = np.nan_to_num(np.nanstd(pooled, axis=0), nan=1.0)
+            # A feature no benign row has (a calibration made before the feature existed) cannot
+            # tell benign from not: it is left out of every distance.
+            self.known = (~np.isnan(pooled).all(axis=0)).astype(np.float64)
             self.median = np.zeros((N_BINS, N_FEATURES))
             self.scale = np.ones((N_BINS, N_FEATURES))
             self._scaled: list[np.ndarray | None] = [None] * N_BINS
@@ -141,7 +144,7 @@ class Calibration:
                 self._sorted[b] = [np.sort(col[~np.isnan(col)]) for col in rows.T]
 
     def _scaled_point(self, features: np.ndarray, b: int) -> np.ndarray:
-        return np.nan_to_num((features - self.median[b]) / self.scale[b]).astype(np.float32)
+        return (np.nan_to_num((features - self.median[b]) / self.scale[b]) * self.known).astype(np.float32)
 
     def neighbours(self, features: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per row: the raw kNN distance to benign rows of its bin, and the gap (scaled row
@@ -278,12 +281,23 @@ class Calibration:
 
     @classmethod
     def from_arrays(cls, arrays, meta: dict[str, Any]) -> Calibration:
-        if list(meta.get("features", [])) != list(FEATURE_NAMES):
+        stored = list(meta.get("features", []))
+        if not stored or not set(stored) <= set(FEATURE_NAMES):
             raise CalibrationError(
                 f"calibration was made for features {meta.get('features')} but this probewatch computes "
                 f"{list(FEATURE_NAMES)}; recalibrate with this version"
             )
-        samples = [np.asarray(arrays[f"cal_bin_{b}"], dtype=np.float64) for b in range(N_BINS)]
+        # A calibration from before a feature existed loads with that feature unknown (NaN):
+        # judged on the features it has, until it is rebuilt.
+        columns = [stored.index(name) if name in stored else -1 for name in FEATURE_NAMES]
+        samples = []
+        for b in range(N_BINS):
+            old = np.asarray(arrays[f"cal_bin_{b}"], dtype=np.float64).reshape(-1, len(stored))
+            new = np.full((old.shape[0], N_FEATURES), np.nan)
+            for j, c in enumerate(columns):
+                if c >= 0:
+                    new[:, j] = old[:, c]
+            samples.append(new)
         norm = np.asarray(arrays["cal_distance_norm"], dtype=np.float64)
         if norm.shape != (N_BINS, 2):
             raise CalibrationError(f"calibration distance table must have shape ({N_BINS}, 2); got {norm.shape}")

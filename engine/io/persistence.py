@@ -151,6 +151,7 @@ def write_snapshot(path: str | Path, state: dict[str, Any]) -> None:
         # NaN is not JSON: timestamps are written as null; levels as their string value.
         "scalars": [[_json_scalar(getattr(s, name)) for name in AccountState.SCALARS] for s in states],
         "histories": [s.history for s in states],
+        "clock": _json_scalar(float(state.get("clock", math.nan))),
     }
     arrays = {
         "header": _header(SNAPSHOT_FORMAT, header),
@@ -161,11 +162,15 @@ def write_snapshot(path: str | Path, state: dict[str, Any]) -> None:
     for name in AccountState.ARRAYS:
         if states:
             arrays[f"state_{name}"] = np.stack([getattr(s, name) for s in states])
+    population = state.get("population")
+    if population is not None:
+        header["population"] = True
+        arrays.update({f"population_{name}": value for name, value in population.items()})
     campaigns = state.get("campaigns")
     if campaigns is not None:
         header["campaigns"] = campaigns["header"]
         arrays.update({f"campaign_{name}": value for name, value in campaigns["arrays"].items()})
-        arrays["header"] = _header(SNAPSHOT_FORMAT, header)
+    arrays["header"] = _header(SNAPSHOT_FORMAT, header)
     _atomic_write(path, arrays)
 
 
@@ -220,6 +225,10 @@ def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> 
                 "header": header["campaigns"],
                 "arrays": {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)},
             }
+        population = None
+        if header.get("population"):  # snapshots before 0.3.0 have none: learning starts over
+            population = {name: arrays[f"population_{name}"] for name in ("rows", "ns", "owners", "admitted")}
+        clock = header.get("clock")
     except ConfigError as exc:  # before ValueError, which ConfigError subclasses
         raise SnapshotError(f"{path}: stored configuration is invalid ({exc})") from exc
     except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -233,6 +242,8 @@ def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         "vectors": flat,
         "states": states,
         "campaigns": campaigns,
+        "population": population,
+        "clock": math.nan if clock is None else float(clock),
     }
 
 
@@ -245,6 +256,8 @@ def _account_state(
     state.level = Level(state.level)
     for name, src in arrays.items():
         dst = getattr(state, name)
+        if name == "gram_stats" and src.shape == (3,):  # 0.2.0 kept three; the fourth refreshes on schedule
+            src = np.concatenate([src, np.full(dst.size - 3, np.nan)])
         if src.shape != dst.shape:
             raise SnapshotError(
                 f"{path}: state array {name} of {account!r} has shape {src.shape}, expected {dst.shape}"

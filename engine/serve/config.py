@@ -34,6 +34,9 @@ from ..integrations.prompts import AccountField, GuardrailPromptSource
 
 ENV_PREFIX = "PROBEWATCH_"
 ENGINE_ENV_PREFIX = "PROBEWATCH_ENGINE_"
+# Where the sidecar's engine differs from a library Engine(): it learns the provider's normal
+# (after its warm-up: 50 accounts at least a day old; see probewatch.detect.learning).
+SIDECAR_ENGINE_DEFAULTS: dict[str, Any] = {"population_update_every": 10_000}
 SECRET_SETTINGS = frozenset({"api_token", "engine.campaign_salt"})  # never logged or echoed in errors
 RENAMED_SETTINGS = {"fail_mode": "failure_policy"}
 UNSET_WORDS = ("", "none", "null")
@@ -162,7 +165,7 @@ class ServerConfig(_GivenValuesOnly):
 
     # the engine
     calibration_path: str | None = None
-    engine: EngineConfig = Field(default_factory=EngineConfig)
+    engine: EngineConfig = Field(default_factory=lambda: EngineConfig(**SIDECAR_ENGINE_DEFAULTS))
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -185,7 +188,7 @@ class ServerConfig(_GivenValuesOnly):
     @field_validator("engine", mode="before")
     @classmethod
     def _engine_from_mapping(cls, value: Any) -> Any:
-        return engine_config_from(value) if isinstance(value, Mapping) else value
+        return engine_config_from({**SIDECAR_ENGINE_DEFAULTS, **value}) if isinstance(value, Mapping) else value
 
     @model_validator(mode="after")
     def _settings_agree(self) -> ServerConfig:

@@ -24,8 +24,19 @@ def test_defaults_without_file_or_environment():
     config = load_config(env={})
     assert config == ServerConfig()
     assert config.port == 8321 and config.failure_policy == "open" and config.api_token is None
-    assert config.engine == EngineConfig(device="auto")
+    # the sidecar learns the provider's normal after its warm-up; a library Engine() does not
+    assert config.engine == EngineConfig(device="auto", population_update_every=10_000)
+    assert EngineConfig().population_update_every == 0
     assert config.data_path == Path("./probewatch-data")
+
+
+def test_learning_stays_on_when_other_engine_settings_are_given_and_can_be_turned_off(tmp_path):
+    path = write(tmp_path, "engine:\n  device: cpu\n")
+    assert load_config(path, env={}).engine.population_update_every == 10_000
+    off = load_config(path, env={"PROBEWATCH_ENGINE_POPULATION_UPDATE_EVERY": "0"})
+    assert off.engine.population_update_every == 0
+    with pytest.raises(ConfigError, match="population_min_accounts"):
+        load_config(env={"PROBEWATCH_ENGINE_POPULATION_MIN_ACCOUNTS": "0"})
 
 
 def test_precedence_defaults_file_environment_overrides(tmp_path):

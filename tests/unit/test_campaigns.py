@@ -257,7 +257,9 @@ def test_batch_boundaries_do_not_change_campaign_verdicts(calibration_path, topi
 
 def test_save_at_t_reload_and_continue_equals_uninterrupted(calibration_path, topics, tmp_path):
     accounts, vectors, prompts, metas = hydra_traffic(topics, seed=4, members=24, crowd=12)
-    t = len(accounts) // 2
+    # save on a batch boundary of the uninterrupted run: float32 matrix products round by batch
+    # shape in the last bit, and this test is about the snapshot being exact
+    t = len(accounts) // 2 // 16 * 16
     straight = make_engine(calibration_path)
     expected = feed(straight, accounts, vectors, prompts, metas)
     first = make_engine(calibration_path)

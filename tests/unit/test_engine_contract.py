@@ -371,40 +371,6 @@ def test_thread_safety_matches_sequential(make_engine, topics):
     assert concurrent.stats().observations == sequential.stats().observations
 
 
-def test_population_update_off_by_default(make_engine, stream):
-    engine = make_engine()
-    assert engine.config.population_update_every == 0
-    cal = engine.calibration
-    sizes = [len(s) for s in cal.samples]
-    feed(engine, *stream)
-    assert engine.calibration is cal and [len(s) for s in engine.calibration.samples] == sizes
-    assert len(engine.pipeline.population) == 0
-
-
-@pytest.mark.parametrize("share", [0.2, 0.5])
-def test_population_update_bounded_share(make_engine, topics, share):
-    engine = make_engine(population_update_every=200, population_max_share=share)
-    base_sizes = [len(s) for s in engine.calibration.samples]
-    flag_thr, watch_thr = engine.detector.flag_threshold, engine.detector.watch_threshold
-    rng = np.random.default_rng(10)
-    acc, vec = topical_stream(rng, 40, DIM, q_range=(20, 40), topics=topics, prefix="pop", interleave=True)
-    refits = 0
-    for s in range(0, len(acc), 100):
-        engine.observe_embeddings(acc[s : s + 100], vec[s : s + 100])
-        if "live population" in engine.calibration.source:
-            refits += 1
-            for b, s_ in enumerate(engine.calibration.samples):
-                live = len(s_) - base_sizes[b]
-                assert live >= 0
-                if base_sizes[b]:
-                    assert live <= share / (1 - share) * base_sizes[b] + 1
-                    assert live / len(s_) <= share + 1e-9
-    assert refits >= 3  # several refits, none compounding past the bound
-    assert any(len(s) > b for s, b in zip(engine.calibration.samples, base_sizes, strict=True))
-    # thresholds come from the benign lifetime maxima and do not move
-    assert engine.detector.flag_threshold == flag_thr and engine.detector.watch_threshold == watch_thr
-
-
 def test_batched_percentiles_equal_one_at_a_time(make_engine):
     cal = make_engine().calibration
     rng = np.random.default_rng(4)

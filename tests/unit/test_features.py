@@ -62,7 +62,12 @@ def reference_features(state: AccountState) -> dict[str, float]:
     if cells.size > 1:
         out["cell_entropy"] = -(p * np.log2(p)).sum() / math.log2(min(cells.size, N_CELLS))
     out["distinct_cell_rate"] = counts.size / cells.size
-    out["participation_ratio"], out["mean_pairwise_similarity"], out["mmd_to_benign"] = state.gram_stats
+    (
+        out["participation_ratio"],
+        out["mean_pairwise_similarity"],
+        out["mmd_to_benign"],
+        out["follow_up_similarity"],
+    ) = state.gram_stats
     out["off_reference_rate"] = 1.0 - lifetime_share_at_least(state.ref_hist, OFF_REF)
     out["new_cell_rate"] = (state.cell_counts > 0).sum() / n
     return out
@@ -80,7 +85,7 @@ def random_state(rng: np.random.Generator, window: int, n: int) -> AccountState:
         knn = math.nan if i == 0 else nn - abs(rng.normal(0, 0.05))
         cell = int(rng.integers(0, 3 if tight else N_CELLS))
         state.update(QueryFacts(nn, knn, float(rng.uniform(0.1, 0.9)), float(rng.uniform(0, 1)), cell), None)
-    state.gram_stats[:] = rng.random(3)
+    state.gram_stats[:] = rng.random(state.gram_stats.size)
     return state
 
 
@@ -129,3 +134,30 @@ def test_capture_copies_state_at_that_moment():
     np.testing.assert_allclose(rows[0], before, rtol=1e-12, atol=0)
     assert batch.n.tolist() == [10, 11]
     assert not np.array_equal(rows[0], rows[1], equal_nan=True)
+
+
+def test_follow_up_similarity_separates_conversations_from_independent_samples():
+    rng = np.random.default_rng(3)
+    dim, m = 64, 32
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    # a conversation: each turn a small step from the last; samples: independent draws
+    chain = [unit(rng.standard_normal(dim))]
+    for _ in range(m - 1):
+        chain.append(unit(chain[-1] + 0.6 * unit(rng.standard_normal(dim))))
+    chain = np.asarray(chain, dtype=np.float32)
+    centre = unit(rng.standard_normal(dim))
+    samples = unit(centre + 0.5 * rng.standard_normal((m, dim)) / np.sqrt(dim) * 8).astype(np.float32)
+    got = {}
+    for name, x in (("chain", chain), ("samples", samples)):
+        state = AccountState(m, N_CELLS)
+        state.n = m
+        state.refresh_gram_stats(x, 1.0, 1.0)
+        gram = x.astype(np.float64) @ x.T.astype(np.float64)
+        consecutive = np.mean([gram[i, i + 1] for i in range(m - 1)])
+        pairs = gram[np.triu_indices(m, 1)].mean()
+        assert state.gram_stats[3] == pytest.approx(consecutive - pairs, abs=1e-5)  # brute force
+        got[name] = state.gram_stats[3]
+    assert got["chain"] > 0.2 and abs(got["samples"]) < 0.05

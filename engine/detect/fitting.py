@@ -28,6 +28,7 @@ from .reference import BenignReference
 from .scoring import (
     MAX_BIN_SAMPLES,
     MIN_BIN_SAMPLES,
+    MIN_SCORED_QUERIES,
     N_BINS,
     BenignModel,
     Calibration,
@@ -211,5 +212,10 @@ def _cross_fitted(
         oof[score_mask] = fold_cal.raw_distances(features[score_mask], ns[score_mask])
     final = Calibration(_bin_samples(features, ns, rng), None, off_ref, distance_norm=_distance_norm(oof, ns))
     account_scores = rolling_mean_per_account(final.standardise(oof, ns), owner)
-    final.set_account_max_scores(_account_maxima(account_scores, owner, np.arange(n_accounts)))
+    # The rate is over accounts that can be scored at all: accounts that never reach
+    # MIN_SCORED_QUERIES score 0 whatever they send, and counting them would set a lower
+    # threshold the lighter the calibration traffic is, and so a higher false-positive rate
+    # for every account active enough to be judged.
+    scored = np.flatnonzero(np.bincount(owner, minlength=n_accounts) >= MIN_SCORED_QUERIES)
+    final.set_account_max_scores(_account_maxima(account_scores, owner, scored))
     return final, final.signed_scores(oof, ns)

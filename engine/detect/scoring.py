@@ -235,8 +235,8 @@ class Calibration:
         m = m[np.isfinite(m)]
         if m.size < 10:
             raise CalibrationError(
-                f"calibration needs lifetime scores of at least 10 benign accounts; got {m.size}. "
-                "Calibrate with more benign accounts"
+                f"calibration needs lifetime scores of at least 10 benign accounts with {MIN_SCORED_QUERIES}+ queries; "
+                f"got {m.size}. Calibrate with more (or longer) benign accounts"
             )
         self.account_max_scores = m
         self.tail_start = float(np.quantile(m, 1.0 - TAIL_FRACTION))

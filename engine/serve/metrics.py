@@ -36,6 +36,16 @@ ENGINE_GAUGES: tuple[tuple[str, str, Callable[[EngineStats], float]], ...] = (
     ("probewatch_stored_queries", "Query vectors held by the engine.", lambda stats: stats.stored_queries),
     ("probewatch_accounts_flagged", "Accounts currently at level flag.", lambda stats: stats.levels.get("flag", 0)),
     ("probewatch_accounts_watch", "Accounts currently at level watch.", lambda stats: stats.levels.get("watch", 0)),
+    (
+        "probewatch_learned_accounts",
+        "Live accounts whose rows the calibration tables learned at the last refit (0 while warming up).",
+        lambda stats: stats.calibration.get("learned", {}).get("accounts", 0),
+    ),
+    (
+        "probewatch_learned_rows",
+        "Live feature rows the calibration tables learned at the last refit.",
+        lambda stats: stats.calibration.get("learned", {}).get("rows", 0),
+    ),
 )
 QUEUE_DEPTH = ("probewatch_queue_depth", "Observation items waiting for a micro-batch.")
 

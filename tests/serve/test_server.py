@@ -267,6 +267,8 @@ def test_metrics_parse_and_never_name_an_account(sidecar, flagged_attacker):
     assert samples[("probewatch_http_requests_total", unauthorized_observe)] >= 1
     assert samples[("probewatch_verdicts_total", (("level", "flag"),))] >= 1
     assert samples[("probewatch_accounts", ())] >= 3 and samples[("probewatch_bytes_held", ())] > 0
+    # learning is on in the sidecar, but a handful of new accounts is still its warm-up
+    assert samples[("probewatch_learned_accounts", ())] == samples[("probewatch_learned_rows", ())] == 0
     for account in ("alice", "bob", "attacker", "carol"):
         assert account not in text
 

@@ -86,9 +86,16 @@ COT = "Think step by step and write out your complete reasoning before the final
 EXPLAIN = "{q} Explain your thought process in detail, step by step, and only then state the final answer clearly."
 MEMBERS = 12
 ROUNDS = 5
-# Moderate thresholds (benign group FPR 1 % to flag, 10 % to watch), so a recalibrated
-# default calibration still lifts a campaign this plain to watch at least.
-SETTINGS = {"engine_target_fpr": 0.01, "engine_watch_fpr": 0.1, "request_deadline_ms": 60000}
+# Loose thresholds (benign groups flagged at 1 %, watched at 10 %: campaign_fpr_share 1): this
+# tests the plumbing, not detection. At the shipped group rates a campaign this small and plain
+# stays at ok, because the shipped calibration's benign crowds include tutoring apps whose
+# users all ask for step-by-step explanations; the hydra benchmark measures detection.
+SETTINGS = {
+    "engine_target_fpr": 0.01,
+    "engine_watch_fpr": 0.1,
+    "engine_campaign_fpr_share": 1.0,
+    "request_deadline_ms": 60000,
+}
 SUMMARY_KEYS = {
     "id", "level", "risk", "score", "size", "queries", "indicator_kinds", "reasons", "first_ts", "last_ts",
     "flagged_at_queries",
@@ -254,7 +261,8 @@ def test_a_campaign_appears_end_to_end(http, campaigns):
             assert "card-" not in json.dumps(indicator)  # metadata values never come back
         # a member's verdicts carry the campaign, and its level is at least the campaign's
         verdict = next(v for v in last_round if v["account"] == report["members"][0])
-        assert verdict["campaign"]["id"] == summary["id"] and verdict["campaign"]["size"] == summary["size"]
+        # the verdict's campaign is as of its item: members later in the same round may join after
+        assert verdict["campaign"]["id"] == summary["id"] and 4 <= verdict["campaign"]["size"] <= summary["size"]
         rank = {"ok": 0, "watch": 1, "flag": 2}
         assert rank[verdict["level"]] >= rank[summary["level"]]
 

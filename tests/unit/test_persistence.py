@@ -172,3 +172,47 @@ def test_calibration_file_round_trip(tmp_path):
     with pytest.raises(pw.SnapshotError, match="expected 'probewatch-calibration'"):
         pw.Engine(device="cpu", calibration_path=tmp_path / "snap.npz")
     assert os.path.getsize(tmp_path / "cal.npz") > 0
+
+
+def _as_previous_version(path, out):
+    """Rewrite a snapshot as 0.2.0 wrote it: 14 features (no follow_up_similarity), three window
+    statistics per account, no learning state."""
+    import json
+
+    from probewatch.detect.features import FEATURE_NAMES
+
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    header = json.loads(arrays["header"].tobytes().decode("utf-8"))
+    drop = FEATURE_NAMES.index("follow_up_similarity")
+    header["calibration"]["features"] = [f for f in FEATURE_NAMES if f != "follow_up_similarity"]
+    header.pop("population", None)
+    header.pop("clock", None)
+    for name in list(arrays):
+        if name.startswith("cal_bin_"):
+            arrays[name] = np.delete(arrays[name], drop, axis=1)
+        elif name.startswith("population_"):
+            del arrays[name]
+    arrays["state_gram_stats"] = arrays["state_gram_stats"][:, :3]
+    arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+    np.savez(out, **arrays)
+
+
+def test_a_previous_version_snapshot_loads_and_judges_without_the_new_feature(tmp_path):
+    from probewatch.detect.features import FEATURE_NAMES
+
+    engine = engine_with_state()
+    engine.save(tmp_path / "now.npz")
+    _as_previous_version(tmp_path / "now.npz", tmp_path / "old.npz")
+    old = pw.Engine.load(tmp_path / "old.npz")
+    column = FEATURE_NAMES.index("follow_up_similarity")
+    assert old.calibration.known[column] == 0 and old.calibration.known.sum() == len(FEATURE_NAMES) - 1
+    assert all(np.isnan(s[:, column]).all() for s in old.calibration.samples)
+    assert old.stats().accounts == engine.stats().accounts
+    acc, vecs = stream(9, per=10)
+    verdicts = old.observe_embeddings(acc, vecs)
+    assert all(math.isfinite(v.score) for v in verdicts)
+    # the unknown feature never explains anything
+    assert all(r.feature != "follow_up_similarity" for v in verdicts for r in v.reasons)
+    # and once its window statistics refresh, the restored accounts carry the new one too
+    assert not np.isnan(old.pipeline.states[acc[-1]].gram_stats[3])

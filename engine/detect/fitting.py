@@ -39,6 +39,7 @@ from .scoring import (
 from .stream import FeatureStream
 
 MIN_CALIBRATION_ACCOUNTS = 20
+MIN_TAIL_ACCOUNTS = 10  # Calibration.set_account_max_scores needs this many lifetime maxima
 MIN_REFERENCE_ACCOUNTS = 10
 # Accounts that fit the reference bank and not the tables: enough for a 2k-query bank,
 # few enough that the rarer kinds of benign account stay well represented in the tables.
@@ -215,7 +216,10 @@ def _cross_fitted(
     # The rate is over accounts that can be scored at all: accounts that never reach
     # MIN_SCORED_QUERIES score 0 whatever they send, and counting them would set a lower
     # threshold the lighter the calibration traffic is, and so a higher false-positive rate
-    # for every account active enough to be judged.
+    # for every account active enough to be judged. (A tiny calibration with too few such
+    # accounts falls back to all of them.)
     scored = np.flatnonzero(np.bincount(owner, minlength=n_accounts) >= MIN_SCORED_QUERIES)
+    if scored.size < MIN_TAIL_ACCOUNTS:
+        scored = np.arange(n_accounts)
     final.set_account_max_scores(_account_maxima(account_scores, owner, scored))
     return final, final.signed_scores(oof, ns)

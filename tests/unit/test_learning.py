@@ -219,3 +219,19 @@ def test_learning_makes_an_unseen_app_look_benign_but_not_an_extractor(make_engi
     assert flagged(fresh_after) <= flagged(fresh_before) // 4
     assert peak(fresh_after) < peak(fresh_before)
     assert flagged(extractors_after) == flagged(extractors_before) == len(sweeps)
+
+
+def test_flag_tail_counts_only_accounts_long_enough_to_be_scored(topics):
+    from probewatch.detect.scoring import MIN_SCORED_QUERIES
+
+    rng = np.random.default_rng(SEED + 7)
+    heavy = topical_stream(rng, 40, DIM, q_range=(20, 40), topics=topics, prefix="heavy")
+    light = topical_stream(rng, 200, DIM, q_range=(3, MIN_SCORED_QUERIES - 1), topics=topics, prefix="light")
+    with_light = pw.Engine.from_benign_embeddings(heavy[0] + light[0], np.concatenate([heavy[1], light[1]]))
+    alone = pw.Engine.from_benign_embeddings(*heavy)
+    # 200 accounts too light to ever score are not in the tail (about 170 of them would be
+    # table accounts), so they do not pull the threshold down for the accounts that can score
+    tail = with_light.calibration.account_max_scores
+    assert tail.size <= 40 and (tail > 0).mean() > 0.5
+    ratio = with_light.detector.flag_threshold / alone.detector.flag_threshold
+    assert 0.8 < ratio < 1.25

@@ -209,14 +209,25 @@ def unseen_population_table(unseen: dict) -> str:
     )
 
 
+def _control(block: dict, level: str) -> str:
+    """'clean → ' when the results carry the no-attacker control."""
+    clean = block.get("after_clean_warm_up")
+    return "" if clean is None else f"{100 * clean[level]:.0f} → "
+
+
+def _control_benign(p: dict, level: str) -> str:
+    clean = p.get("benign_after_clean_warm_up")
+    return "" if clean is None else f"{100 * clean[level]:.1f} → "
+
+
 def poisoning_table(unseen: dict) -> str:
     p = unseen["poisoning"]
     rows = [
         [
             scenario,
             str(block["accounts"]),
-            f"{100 * block['before']['flag']:.0f} → {100 * block['after']['flag']:.0f}",
-            f"{100 * block['before']['watch']:.0f} → {100 * block['after']['watch']:.0f}",
+            f"{100 * block['before']['flag']:.0f} → {_control(block, 'flag')}{100 * block['after']['flag']:.0f}",
+            f"{100 * block['before']['watch']:.0f} → {_control(block, 'watch')}{100 * block['after']['watch']:.0f}",
         ]
         for scenario, block in p["attacks"].items()
     ]
@@ -224,8 +235,9 @@ def poisoning_table(unseen: dict) -> str:
         [
             "*benign test accounts not in the warm-up* (FPR)",
             str(p["benign_before"]["accounts"]),
-            f"{100 * p['benign_before']['flag']:.1f} → {100 * p['benign_after']['flag']:.1f}",
-            f"{100 * p['benign_before']['watch']:.1f} → {100 * p['benign_after']['watch']:.1f}",
+            f"{100 * p['benign_before']['flag']:.1f} → {_control_benign(p, 'flag')}{100 * p['benign_after']['flag']:.1f}",
+            f"{100 * p['benign_before']['watch']:.1f} → {_control_benign(p, 'watch')}"
+            f"{100 * p['benign_after']['watch']:.1f}",
         ]
     )
     warm = p["warm_up"]
@@ -233,7 +245,15 @@ def poisoning_table(unseen: dict) -> str:
         f"Warm-up: {warm['benign_accounts']} benign accounts and {warm['poisoners']} patient attackers; "
         f"{warm['poisoners_reaching_watch']} attackers reached watch during the warm-up; "
         f"{warm.get('accounts', 0)} accounts ({warm.get('rows', 0)} feature rows) taught the tables.\n\n"
-        + _table(["scenario", "accounts", "% flagged: before → after", "% watched: before → after"], rows)
+        + _table(
+            [
+                "scenario",
+                "accounts",
+                "% flagged: before → after a clean warm-up → after the poisoned one",
+                "% watched: before → clean → poisoned",
+            ],
+            rows,
+        )
     )
 
 

@@ -14,7 +14,8 @@ population has its own accounts; calibration and test halves share no source uni
    order as a provider would see them. P's test-half accounts are then scored fresh.
 3. **Poisoning.** The full calibration learns from a warm-up that includes patient attackers:
    each starts as an ordinary chat user and then runs one extraction strategy (the very query
-   streams later scored). The pure and mixed scenarios' TPR is measured before and after.
+   streams later scored). The pure and mixed scenarios' TPR is measured before and after, and
+   after the same warm-up without the attackers (the control).
 
 Thresholds are probewatch's own ``flag`` (0.1 %) and ``watch`` (1 %) from the calibration;
 learning never moves them. The campaign layer is off here (accounts are judged alone).
@@ -221,6 +222,10 @@ def poisoning(
         for i, attack in enumerate(streams[:POISONERS_PER_STRATEGY]):
             poisoners.append(poisoned_stream(rng, rng.choice(users), attack, f"poison-{scenario}-{i}"))
     plain = factory.engine(benign, learn=False)
+    # the control: the same warm-up without the attackers, so what learning itself moves is
+    # told apart from what the attackers moved
+    clean = factory.engine(benign, learn=True)
+    warm_up(clean, warm, factory.vectors_of, "warm")
     learner = factory.engine(benign, learn=True)
     learned = warm_up(learner, warm + poisoners, factory.vectors_of, "warm")
     caught_in_warm_up = sum(
@@ -233,6 +238,7 @@ def poisoning(
         rows[scenario] = {
             "accounts": len(streams),
             "before": rates(levels_of(plain, streams, factory.vectors_of, "a0")),
+            "after_clean_warm_up": rates(levels_of(clean, streams, factory.vectors_of, "a2")),
             "after": rates(levels_of(learner, streams, factory.vectors_of, "a1")),
         }
     return {
@@ -244,5 +250,6 @@ def poisoning(
         },
         "attacks": rows,
         "benign_before": rates(levels_of(plain, held, factory.vectors_of, "b0")),
+        "benign_after_clean_warm_up": rates(levels_of(clean, held, factory.vectors_of, "b2")),
         "benign_after": rates(levels_of(learner, held, factory.vectors_of, "b1")),
     }

@@ -296,6 +296,7 @@ def test_quick_unseen_apps_hold_out_every_population_and_measure_poisoning(quick
     # poisoners are scored among their scenario's accounts: the streams they ended with
     for block in poison["attacks"].values():
         assert block["before"]["accounts"] == block["after"]["accounts"] == block["accounts"]
+        assert block["after_clean_warm_up"]["accounts"] == block["accounts"]
     assert "## Unseen apps" in (out / "report.md").read_text(encoding="utf-8")
 
 

@@ -235,3 +235,16 @@ def test_flag_tail_counts_only_accounts_long_enough_to_be_scored(topics):
     assert tail.size <= 40 and (tail > 0).mean() > 0.5
     ratio = with_light.detector.flag_threshold / alone.detector.flag_threshold
     assert 0.8 < ratio < 1.25
+
+
+def test_members_of_suspected_campaigns_do_not_teach(calibration_path, topics, monkeypatch):
+    engine = pw.Engine(calibration_path=calibration_path, device="cpu", **LEARN)
+    assert engine.pipeline.campaigns is not None
+    acc, vec = topical_stream(np.random.default_rng(SEED + 11), 12, DIM, q_range=(20, 30), topics=topics)
+    engine.observe_embeddings(acc, vec)
+    pipeline = engine.pipeline
+    everyone = set(pipeline.population.eligible(pipeline._standing, pipeline.clock))
+    assert len(everyone) >= 8  # old enough, at ok, in no suspected group
+    member = sorted(everyone)[0]
+    monkeypatch.setattr(pipeline.campaigns, "suspected", lambda account: account == member)
+    assert set(pipeline.population.eligible(pipeline._standing, pipeline.clock)) == everyone - {member}

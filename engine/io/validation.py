@@ -12,6 +12,7 @@ Each check either returns the cleaned value or raises a specific
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,13 @@ from ..errors import (
 )
 
 MAX_ACCOUNT_ID_LENGTH = 256
+# Unicode categories an account id may not contain: controls (C0 and C1, e.g. U+0085), format
+# characters (U+200B zero width space, U+202E right-to-left override), line and paragraph
+# separators (U+2028, U+2029).
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+# Unix seconds: from the epoch to year 5138. A millisecond timestamp of today is above it.
+MIN_TIMESTAMP = 0.0
+MAX_TIMESTAMP = 1e11
 
 
 def _describe(value: Any) -> str:
@@ -36,7 +44,8 @@ def _describe(value: Any) -> str:
 
 
 def check_account(account: Any) -> str:
-    """An account id: a non-empty str of at most 256 characters with no control characters."""
+    """An account id: a non-empty str of at most 256 characters, without control, format
+    (zero-width, direction override) or line-separator characters."""
     if not isinstance(account, str):
         raise InvalidAccountError(f"an account id must be a str; got {type(account).__name__} {_describe(account)}")
     if not account or not account.strip():
@@ -49,6 +58,13 @@ def check_account(account: Any) -> str:
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in account):
         raise InvalidAccountError(
             f"an account id must not contain control characters (newlines, NUL, ...); got {_describe(account)}"
+        )
+    hidden = next((ch for ch in account if unicodedata.category(ch) in _INVISIBLE_CATEGORIES), None)
+    if hidden is not None:
+        # invisible and direction-changing characters make two ids look alike in logs and consoles
+        raise InvalidAccountError(
+            f"an account id must not contain control, format or line-separator characters; got "
+            f"U+{ord(hidden):04X} ({unicodedata.name(hidden, 'unnamed')}) in {_describe(account)}"
         )
     try:
         account.encode("utf-8")
@@ -110,6 +126,11 @@ def check_timestamp(ts: Any) -> float | None:
         ) from None
     if not math.isfinite(value):
         raise InvalidTimestampError(f"a timestamp must be finite; got {value}")
+    if not MIN_TIMESTAMP <= value <= MAX_TIMESTAMP:
+        raise InvalidTimestampError(
+            f"a timestamp must be Unix seconds between {MIN_TIMESTAMP:.0f} and {MAX_TIMESTAMP:.0f} (years 1970-5138); "
+            f"got {value:g} (milliseconds? divide by 1000)"
+        )
     return value
 
 

@@ -137,11 +137,31 @@ def test_valid_utf8_bytes_are_accepted(text_engine):
         ("del\x7f", "control characters"),
         ("tab\tid", "control characters"),
         ("sur\udc80rogate", "lone surrogates"),
+        ("next\u0085line", r"U\+0085"),
+        ("line\u2028sep", r"U\+2028 \(LINE SEPARATOR\)"),
+        ("user\u202egnp.exe", r"U\+202E \(RIGHT-TO-LEFT OVERRIDE\)"),
+        ("\u200b", r"U\+200B \(ZERO WIDTH SPACE\)"),
         (123, "must be a str; got int"),
         (None, "must be a str; got NoneType"),
         (b"bytes-id", "must be a str; got bytes"),
     ],
-    ids=["empty", "blank", "too-long", "newline", "nul", "del", "tab", "surrogate", "int", "none", "bytes"],
+    ids=[
+        "empty",
+        "blank",
+        "too-long",
+        "newline",
+        "nul",
+        "del",
+        "tab",
+        "surrogate",
+        "c1-next-line",
+        "line-separator",
+        "rtl-override",
+        "only-zero-width",
+        "int",
+        "none",
+        "bytes",
+    ],
 )
 def test_bad_account_id(vec_engine, account, pattern):
     before = state_of(vec_engine)
@@ -227,6 +247,9 @@ def test_bad_timestamps(vec_engine):
         ("yesterday", "number of seconds"),
         (True, "number of seconds"),
         (10**400, "401 digits"),
+        (1e308, "between 0 and 100000000000"),
+        (-1.0, "between 0 and"),
+        (1_764_620_000_000, "milliseconds? divide by 1000"),
     ):
         with pytest.raises(pw.BatchError) as info:
             vec_engine.observe_embeddings(["alice", "bob"], rows(2), ts=[ts, 1.0])

@@ -56,6 +56,7 @@ async def litellm_guardrail(request: Request, service: Service) -> dict[str, str
     payload = await read_json(request)
     if not isinstance(payload, dict):
         raise RequestError(422, "InvalidBody", "the guardrail request must be a JSON object")
+    _check_fields(payload)
     if payload.get("input_type", "request") != "request":
         return ALLOW  # responses are not prompts: nothing to observe
     item = _item_to_observe(payload, service, received_at)
@@ -63,6 +64,29 @@ async def litellm_guardrail(request: Request, service: Service) -> dict[str, str
         return ALLOW
     outcome = (await service.observe([item]))[0]
     return _decide(outcome, service)
+
+
+def _check_fields(payload: dict[str, Any]) -> None:
+    """The fields the route reads have the request document's types, or a 422 names the field:
+    a malformed request is the caller's error to see, never a silent NONE."""
+
+    def wrong(field: str, expected: str) -> RequestError:
+        got = payload[field]
+        return RequestError(
+            422, "InvalidBody", f"{field} must be {expected}; got {type(got).__name__} {str(got)[:40]!r}", field=field
+        )
+
+    if "input_type" in payload and not isinstance(payload["input_type"], str):
+        raise wrong("input_type", "a string ('request' or 'response')")
+    texts = payload.get("texts")
+    if texts is not None and not (isinstance(texts, list) and all(isinstance(t, str) for t in texts)):
+        raise wrong("texts", "a list of strings")
+    messages = payload.get("structured_messages")
+    if messages is not None and not (isinstance(messages, list) and all(isinstance(m, dict) for m in messages)):
+        raise wrong("structured_messages", "a list of message objects")
+    headers = payload.get("request_headers")
+    if headers is not None and not isinstance(headers, dict):
+        raise wrong("request_headers", "an object")
 
 
 def _item_to_observe(payload: dict[str, Any], service: ObservationService, received_at: float) -> Item | None:

@@ -82,3 +82,7 @@ async def read_json(request: Request) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(400, "InvalidJSON", f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:  # arrays or objects nested thousands deep
+        raise RequestError(
+            400, "InvalidJSON", "the request body nests arrays or objects too deeply to parse; send a flat document"
+        ) from None

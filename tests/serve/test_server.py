@@ -179,6 +179,21 @@ def test_every_error_status_has_one_error_shape(sidecar, http):
     assert_error_shape(http.post("/v1/observe", json=too_many), 413, "PayloadTooLarge", "items")
     assert_error_shape(http.post("/v1/observe", json={"items": "abc"}), 422, "InvalidBody", "items")
     assert_error_shape(http.post("/beta/litellm_basic_guardrail_api", json=[1]), 422, "InvalidBody")
+    guardrail = "/beta/litellm_basic_guardrail_api"
+    for field, value in (
+        ("texts", 5),
+        ("texts", "hello"),  # a string is not a list of texts (it was read as the prompt "o")
+        ("texts", ["ok", 7]),
+        ("structured_messages", 7),
+        ("structured_messages", ["hi"]),
+        ("input_type", 1),
+        ("request_headers", ["user-agent"]),
+    ):
+        body = {"input_type": "request", "request_data": {"user_api_key_hash": "k"}, field: value}
+        assert_error_shape(http.post(guardrail, json=body), 422, "InvalidBody", field)
+    deep = b"[" * 5000 + b"]" * 5000
+    assert_error_shape(http.post("/v1/observe", content=deep, headers=json_body), 400, "InvalidJSON")
+    assert http.get("/healthz").status_code == 200  # the keep-alive connection survives each of them
     assert_error_shape(http.get("/v1/accounts/%01"), 422, "InvalidAccountError", "account")
     for params, field in (({"limit": 0}, "limit"), ({"limit": "abc"}, "limit"), ({"level": "purple"}, "level")):
         for listing in ("/v1/accounts", "/v1/campaigns"):

@@ -173,10 +173,22 @@ class ServerConfig(_GivenValuesOnly):
         except ValidationError as exc:
             raise _config_error(exc, ServerConfig) from None
 
-    @field_validator("api_token", "calibration_path", mode="before")
+    @field_validator("calibration_path", mode="before")
     @classmethod
     def _unset_words_mean_none(cls, value: Any) -> Any:
         return _none_if_unset(value)
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _set_token_is_a_secret(cls, value: Any) -> Any:
+        # A token variable that is set but blank, 'none' or 'null' is a deployment mistake (a
+        # missing secret), not a request to turn authentication off.
+        if isinstance(value, str) and value.strip().lower() in UNSET_WORDS:
+            raise ValueError(
+                "api_token is set but empty (blank, 'none' or 'null'): set a random secret of at least 16 "
+                "characters, or leave api_token unset to run without authentication"
+            )
+        return value
 
     @field_validator("api_token")
     @classmethod

@@ -98,7 +98,16 @@ def test_the_token_is_never_shown():
     assert "short-secret" not in str(error.value) and "<hidden>" in str(error.value)
     config = ServerConfig(api_token=TOKEN)
     assert config.public_dict()["api_token"] == "<set>" and TOKEN not in str(config.public_dict())
-    assert ServerConfig(api_token="").api_token is None  # empty means "no token", as in the environment
+    assert ServerConfig().api_token is None  # unset: no token (the service warns loudly at start)
+
+
+@pytest.mark.parametrize("value", ["", "   ", "none", "NULL"])
+def test_a_token_set_but_empty_refuses_to_start(value):
+    # an empty secret is a deployment mistake, never a way to turn authentication off
+    with pytest.raises(ConfigError, match="api_token is set but empty"):
+        load_config(env={"PROBEWATCH_API_TOKEN": value})
+    with pytest.raises(ConfigError, match="api_token is set but empty"):
+        ServerConfig(api_token=value)
 
 
 def test_the_campaign_salt_is_never_shown():

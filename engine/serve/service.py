@@ -21,7 +21,7 @@ from typing import Any
 from ..campaigns.metadata import check_meta
 from ..engine import Engine
 from ..errors import BatchError, InvalidPromptError, ProbewatchError, SnapshotError
-from ..io.persistence import fsync_dir
+from ..io.persistence import fsync_dir, read_snapshot
 from ..io.validation import check_account, check_prompt, check_timestamp
 from ..types import CampaignStats, EngineStats
 from .config import ServerConfig
@@ -70,6 +70,15 @@ def snapshot_seq(path: Path) -> int | None:
     return sequence_of(path, SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX)
 
 
+# A forget's snapshot waits this long, so a burst of DELETEs is served by one snapshot.
+FORGET_SNAPSHOT_DELAY_S = 1.0
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the snapshot after a forget failed: %s", task.exception())
+
+
 class ObservationService:
     def __init__(self, config: ServerConfig, engine: Engine | None = None):
         self.config = config
@@ -86,6 +95,7 @@ class ObservationService:
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._snapshotter: asyncio.Task | None = None
+        self._forget_snapshot: asyncio.Task | None = None  # one pending snapshot for a burst of forgets
         self._closing = False
         # One thread for every state change and snapshot: that is what orders them.
         self._state_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="probewatch-state")
@@ -123,9 +133,10 @@ class ObservationService:
                 await asyncio.sleep(0.01)
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
-        if self._snapshotter is not None:
-            self._snapshotter.cancel()
-            await asyncio.gather(self._snapshotter, return_exceptions=True)
+        for task in (self._snapshotter, self._forget_snapshot):  # the final snapshot covers both
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.ready:
             await loop.run_in_executor(self._state_executor, self._snapshot_job, "shutdown")
         await loop.run_in_executor(self._state_executor, self.journal.close)
@@ -373,10 +384,23 @@ class ObservationService:
         check_account(account)
         loop = asyncio.get_running_loop()
         existed = await loop.run_in_executor(self._state_executor, self._forget_job, account)
-        if self.config.snapshot_after_forget:
+        if existed and self.config.snapshot_after_forget:
             # The journal still holds the account's prompts until the next snapshot drops it.
-            self._request_snapshot()
+            # One snapshot serves every forget of a burst; an unknown id has nothing to drop.
+            self._schedule_forget_snapshot()
         return existed
+
+    def _schedule_forget_snapshot(self) -> None:
+        if self._closing or self._forget_snapshot is not None:
+            return
+
+        async def after_a_moment() -> None:
+            await asyncio.sleep(FORGET_SNAPSHOT_DELAY_S)
+            self._forget_snapshot = None  # forgets from now on need the next one
+            await asyncio.get_running_loop().run_in_executor(self._state_executor, self._snapshot_job, "forget")
+
+        self._forget_snapshot = asyncio.create_task(after_a_moment(), name="probewatch-forget-snapshot")
+        self._forget_snapshot.add_done_callback(_log_failure)
 
     def _forget_job(self, account: str) -> bool:
         self.journal.append([{"op": "forget", "account": account}])
@@ -453,7 +477,10 @@ class ObservationService:
             self.metrics.snapshots.labels("failed").inc()
             return
         self.covered_seq = seq
-        dropped = self._prune_after_snapshot()
+        # After a forget, older snapshots and journal segments still hold the forgotten
+        # prompts: once the new snapshot reads back whole, it alone is kept.
+        keep = 1 if reason == "forget" and self._reads_back(path) else self.config.snapshot_keep
+        dropped = self._prune_after_snapshot(keep)
         self.metrics.snapshots.labels("written").inc()
         self.metrics.snapshot_latency.observe(time.perf_counter() - started)
         log.info(
@@ -464,17 +491,25 @@ class ObservationService:
             dropped,
         )
 
-    def _prune_after_snapshot(self) -> int:
-        """Start a new journal segment, delete snapshots beyond ``snapshot_keep`` and the journal
-        segments every kept snapshot covers; returns how many segments were dropped."""
+    def _reads_back(self, path: Path) -> bool:
+        try:
+            read_snapshot(path)
+        except SnapshotError as exc:
+            log.error("snapshot %s does not read back (%s); older snapshots and the journal are kept", path.name, exc)
+            return False
+        return True
+
+    def _prune_after_snapshot(self, keep: int) -> int:
+        """Start a new journal segment, delete snapshots beyond the newest ``keep`` and the
+        journal segments every kept snapshot covers; returns how many segments were dropped."""
         self.journal.rotate()
         kept = sorted(self._snapshots(), reverse=True)
-        for _, old in kept[self.config.snapshot_keep :]:
+        for _, old in kept[keep:]:
             old.unlink(missing_ok=True)
         fsync_dir(self.snapshot_dir)
         # Keep journal records newer than the oldest snapshot we still hold, in case the
         # newest one turns out unreadable at the next start.
-        oldest_kept = min(s for s, _ in kept[: self.config.snapshot_keep])
+        oldest_kept = min(s for s, _ in kept[:keep])
         return self.journal.drop_through(oldest_kept)
 
 

@@ -81,3 +81,30 @@ def test_sigkill_mid_load_loses_no_acknowledged_observation(tmp_path):
         assert int(snaps[-1].stem.split("-")[1]) == ready["journal_seq"], "the final snapshot covers the journal"
     finally:
         restarted.terminate()
+
+
+def test_a_burst_of_forgets_costs_one_snapshot_and_unknown_ids_none(tmp_path):
+    server = SidecarProcess(tmp_path / "data", tmp_path / "forget.log", snapshot_interval_s=3600)
+    try:
+        server.wait_ready()
+        with server.client() as http:
+            items = [{"account": f"gone-{i}", "prompt": f"secret question number {i}?"} for i in range(6)]
+            assert http.post("/v1/observe", json={"items": items}).status_code == 200
+            for i in range(6):
+                assert http.delete(f"/v1/accounts/gone-{i}").json()["forgotten"] is True
+            for i in range(6):  # unknown ids: nothing to drop from the journal, so no snapshot
+                assert http.delete(f"/v1/accounts/never-{i}").json()["forgotten"] is False
+            deadline = time.monotonic() + 30
+            while "(forget," not in server.log_tail(20000) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(1.5)  # a second snapshot would have been scheduled by now
+            assert server.log_tail(20000).count("(forget,") == 1, server.log_tail()
+            assert http.get("/v1/accounts").json()["accounts"] == []
+    finally:
+        server.terminate()
+    # once it read back, the forget's snapshot replaced every older snapshot and journal segment
+    # that held the forgotten accounts
+    journal = "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "data" / "journal").glob("*"))
+    assert "secret question" not in journal
+    snapshots = list((tmp_path / "data" / "snapshots").glob("*"))
+    assert snapshots and not any(b"gone-" in p.read_bytes() for p in snapshots)

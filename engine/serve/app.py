@@ -116,7 +116,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 # -- exception handlers: every error body is {"error": {"type", "message", "field"?}} ----------------
 async def _request_error(_request: Request, exc: RequestError) -> JSONResponse:
-    return error_response(exc.status, exc.error_type, exc.message, exc.field)
+    return error_response(exc.status, exc.error_type, exc.message, exc.field, headers=exc.headers)
 
 
 async def _probewatch_error(_request: Request, exc: ProbewatchError) -> JSONResponse:

@@ -62,7 +62,7 @@ async def litellm_guardrail(request: Request, service: Service) -> dict[str, str
     item = _item_to_observe(payload, service, received_at)
     if item is None:
         return ALLOW
-    outcome = (await service.observe([item]))[0]
+    outcome = (await service.observe([item], reserved=True))[0]
     return _decide(outcome, service)
 
 

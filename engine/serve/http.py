@@ -25,12 +25,20 @@ from .service import ObservationService
 class RequestError(Exception):
     """An HTTP error status with the sidecar's error body; raised by routes and dependencies."""
 
-    def __init__(self, status: int, error_type: str, message: str, field: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        error_type: str,
+        message: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.error_type = error_type
         self.message = message
         self.field = field
+        self.headers = headers
 
 
 def error_document(error_type: str, message: str, field: str | None = None) -> dict[str, Any]:

@@ -88,6 +88,17 @@ async def observe(request: Request, service: Service) -> JSONResponse:
     raw_items = _items_of(await read_json(request), service.config.max_items_per_request)
     require_ready(service)  # after the body checks: a malformed request is told so even while loading
     results, prepared = _prepare(service, raw_items, received_at)
+    if prepared and not service.has_room(len(prepared)):
+        # Nothing of this request is observed: say so with a status a client backs off on,
+        # never with verdicts that look like answers.
+        service.metrics.fallbacks.labels("overloaded").inc(len(prepared))
+        raise RequestError(
+            429,
+            "Overloaded",
+            f"the observation queue is full ({service.config.queue_capacity} items); none of the {len(prepared)} "
+            f"items was observed: retry after {service.config.overload_retry_after_s} s",
+            headers={"Retry-After": str(service.config.overload_retry_after_s)},
+        )
     outcomes = await service.observe([item for _, item in prepared]) if prepared else []
     for (index, item), outcome in zip(prepared, outcomes, strict=True):
         results[index] = _outcome_dict(index, outcome)

@@ -251,12 +251,18 @@ class ObservationService:
         # A server receive time keeps time features meaningful and makes replay exact.
         return Item(account, prompt, received_at if ts is None else ts, truncated, meta)
 
-    async def observe(self, items: list[Item]) -> list[Outcome]:
+    def has_room(self, n_items: int, reserved: bool = False) -> bool:
+        """Whether ``n_items`` more fit in the queue; ``reserved`` callers (the guardrail route)
+        may also use ``guardrail_reserved_capacity``, so bulk observation cannot starve them."""
+        capacity = self.config.queue_capacity + (self.config.guardrail_reserved_capacity if reserved else 0)
+        return len(self._queue) + n_items <= capacity
+
+    async def observe(self, items: list[Item], reserved: bool = False) -> list[Outcome]:
         """Verdicts for prepared items, answered within the request deadline whatever happens."""
         loop = asyncio.get_running_loop()
         if not self.ready or self._closing:
             return [self._fallback(it, "not_ready") for it in items]
-        if len(self._queue) + len(items) > self.config.queue_capacity:
+        if not self.has_room(len(items), reserved):
             return [self._fallback(it, "overloaded") for it in items]
         now = loop.time()
         for it in items:

@@ -108,3 +108,53 @@ def test_a_burst_of_forgets_costs_one_snapshot_and_unknown_ids_none(tmp_path):
     assert "secret question" not in journal
     snapshots = list((tmp_path / "data" / "snapshots").glob("*"))
     assert snapshots and not any(b"gone-" in p.read_bytes() for p in snapshots)
+
+
+def test_a_full_queue_answers_429_with_retry_after_and_the_guardrail_keeps_its_room(tmp_path):
+    settings = {"queue_capacity": 16, "max_items_per_request": 16, "max_batch_size": 8, "request_deadline_ms": 60000}
+    server = SidecarProcess(tmp_path / "data", tmp_path / "overload.log", **settings)
+    accepted: Counter = Counter()
+    statuses: Counter = Counter()
+    guardrail_actions: Counter = Counter()
+    lock = threading.Lock()
+
+    def bulk(worker: int) -> None:
+        with server.client() as http:
+            for round_ in range(6):
+                items = [{"account": f"bulk-{worker}", "prompt": f"bulk prompt {round_} {i}"} for i in range(16)]
+                r = http.post("/v1/observe", json={"items": items})
+                with lock:
+                    statuses[r.status_code] += 1
+                    if r.status_code == 200:
+                        accepted[f"bulk-{worker}"] += 16
+                    else:
+                        assert r.status_code == 429, r.text
+                        assert r.headers["retry-after"] == "1" and r.json()["error"]["type"] == "Overloaded"
+
+    def guardrail() -> None:
+        with server.client() as http:
+            for i in range(6):
+                body = {
+                    "input_type": "request",
+                    "texts": [f"how do I bake bread, take {i}?"],
+                    "request_data": {"user_api_key_hash": "gatekeeper"},
+                }
+                r = http.post("/beta/litellm_basic_guardrail_api", json=body)
+                with lock:
+                    guardrail_actions[r.status_code, r.json().get("action")] += 1
+
+    try:
+        server.wait_ready()
+        threads = [threading.Thread(target=bulk, args=(w,)) for w in range(6)] + [threading.Thread(target=guardrail)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(240)
+        assert statuses[429] > 0, statuses  # six bulk clients at once overfill a 16-item queue
+        assert guardrail_actions == Counter({(200, "NONE"): 6}), guardrail_actions
+        with server.client() as http:
+            for account, n in accepted.items():  # exactly the accepted items were observed
+                assert http.get(f"/v1/accounts/{account}").json()["n_queries"] == n
+            assert http.get("/v1/accounts/gatekeeper").json()["n_queries"] == 6  # none fell back for lack of room
+    finally:
+        server.terminate()

@@ -33,6 +33,9 @@ from .stream import FeatureStream, StepResult
 # Share of the memory budget eviction brings the engine back down to: some headroom, so
 # eviction does not run again on the very next batch.
 EVICT_TO_SHARE = 0.9
+# What an evicted account at watch or flag leaves behind (level, peak score and risk, the query
+# at which it was flagged, its query count): its level comes back when the account does.
+EVICTED_RECORD_BYTES = 256
 DIVERSE_PERCENTILE = 10.0
 _MEAN_PAIRWISE = FEATURE_NAMES.index("mean_pairwise_similarity")
 
@@ -46,6 +49,9 @@ class Pipeline:
         self.observations = 0
         self.population = ProviderNormal(LearningRules.from_config(config))
         self.clock = math.nan  # latest timestamp observed: account ages for learning
+        # account -> (level, peak_score, peak_risk, flagged_at, n) of accounts at watch or flag
+        # that memory pressure evicted: an attacker cannot shed its level by flooding new accounts
+        self.evicted: dict[str, tuple[str, float, float, int, int]] = {}
         self.stream = FeatureStream(config, benign.reference, backend, benign.calibration.off_reference_similarity)
         self.campaigns: CampaignLayer | None = None
         self._install(benign)
@@ -102,7 +108,8 @@ class Pipeline:
         return self.stream.state_bytes()
 
     def held_bytes(self) -> int:
-        return self.stream.held_bytes() + (self.campaigns.nbytes() if self.campaigns is not None else 0)
+        campaigns = self.campaigns.nbytes() if self.campaigns is not None else 0
+        return self.stream.held_bytes() + campaigns + len(self.evicted) * EVICTED_RECORD_BYTES
 
     # -- observing ----------------------------------------------------------------------
     def observe(
@@ -120,6 +127,8 @@ class Pipeline:
         # Judging runs under the same BLAS limit as the feature step: a multi-threaded
         # OpenBLAS call here leaves threads spinning against the embedding model.
         with limit_host_blas(self.config.detection_blas_threads):
+            if self.evicted:
+                self._restore_evicted(accounts)
             step = self.stream.step(accounts, vectors, ts)
             self._advance_clock(ts)
             verdicts, evidence = self._judge(accounts, step)
@@ -217,13 +226,41 @@ class Pipeline:
         return AccountStanding(state.n, state.first_ts, state.level is Level.OK, suspected)
 
     def _enforce_memory_budget(self) -> None:
+        """Evict least recently observed accounts at ok first; accounts at watch or flag only
+        when nothing else is left, and then they leave a compact record behind."""
         budget = self.config.memory_budget_bytes
         if self.held_bytes() <= budget:
             return
-        for account in self.store.accounts():  # least recently observed first
-            if self.held_bytes() <= EVICT_TO_SHARE * budget:
-                break
-            self.forget(account)
+        for suspicious_too in (False, True):
+            for account in self.store.accounts():  # least recently observed first
+                if self.held_bytes() <= EVICT_TO_SHARE * budget:
+                    return
+                state = self.states[account]
+                suspicious = state.level is not Level.OK or (
+                    self.campaigns is not None and self.campaigns.suspected(account)
+                )
+                if suspicious and not suspicious_too:
+                    continue
+                if state.level is not Level.OK:
+                    self.evicted[account] = (
+                        state.level.value,
+                        float(state.peak_score),
+                        float(state.peak_risk),
+                        int(state.flagged_at),
+                        int(state.n),
+                    )
+                self.forget(account, keep_record=True)
+
+    def _restore_evicted(self, accounts: Sequence[str]) -> None:
+        """An evicted account that comes back starts a new history at its old level."""
+        for account in accounts:
+            record = self.evicted.pop(account, None)
+            if record is None or account in self.states:
+                continue
+            level, peak_score, peak_risk, flagged_at, _n = record
+            state = self.stream._state_of(account)
+            state.level, state.peak_score, state.peak_risk = Level(level), peak_score, peak_risk
+            state.flagged_at = flagged_at
 
     # -- calibration ----------------------------------------------------------------------
     def recalibrate(self, benign: BenignModel) -> None:
@@ -289,7 +326,11 @@ class Pipeline:
         return counts
 
     # -- state management ----------------------------------------------------------------------
-    def forget(self, account: str) -> bool:
+    def forget(self, account: str, keep_record: bool = False) -> bool:
+        """Drop the account; ``keep_record`` (eviction) keeps its evicted record, a forget
+        (a privacy request) drops that too."""
+        if not keep_record and self.evicted.pop(account, None) is not None and account not in self.states:
+            return True
         self.population.forget(account)
         if self.campaigns is not None:
             self.campaigns.forget(account)
@@ -298,6 +339,7 @@ class Pipeline:
     def reset(self) -> None:
         self.stream.clear()
         self.observations = 0
+        self.evicted.clear()
         self.clock = math.nan
         self.population.clear()
         if self.campaigns is not None:
@@ -328,6 +370,7 @@ class Pipeline:
             "campaigns": self.campaigns.state_dict() if self.campaigns is not None else None,
             "population": self.population.state_dict(),
             "clock": self.clock,
+            "evicted": dict(self.evicted),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -337,6 +380,7 @@ class Pipeline:
         self.states.update(zip(state["accounts"], state["states"], strict=True))
         self.observations = int(state["observations"])
         self.clock = float(state.get("clock", math.nan))
+        self.evicted = {a: tuple(r) for a, r in (state.get("evicted") or {}).items()}
         if state.get("population") is not None:
             self.population.load_state(state["population"])
         if self.config.population_update_every:

@@ -152,6 +152,7 @@ def write_snapshot(path: str | Path, state: dict[str, Any]) -> None:
         "scalars": [[_json_scalar(getattr(s, name)) for name in AccountState.SCALARS] for s in states],
         "histories": [s.history for s in states],
         "clock": _json_scalar(float(state.get("clock", math.nan))),
+        "evicted": {a: list(r) for a, r in (state.get("evicted") or {}).items()},
     }
     arrays = {
         "header": _header(SNAPSHOT_FORMAT, header),
@@ -229,6 +230,10 @@ def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         if header.get("population"):  # snapshots before 0.3.0 have none: learning starts over
             population = {name: arrays[f"population_{name}"] for name in ("rows", "ns", "owners", "admitted")}
         clock = header.get("clock")
+        evicted = {
+            str(a): (str(r[0]), float(r[1]), float(r[2]), int(r[3]), int(r[4]))
+            for a, r in header.get("evicted", {}).items()
+        }
     except ConfigError as exc:  # before ValueError, which ConfigError subclasses
         raise SnapshotError(f"{path}: stored configuration is invalid ({exc})") from exc
     except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -244,6 +249,7 @@ def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         "campaigns": campaigns,
         "population": population,
         "clock": math.nan if clock is None else float(clock),
+        "evicted": evicted,
     }
 
 

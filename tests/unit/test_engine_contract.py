@@ -383,3 +383,34 @@ def test_batched_percentiles_equal_one_at_a_time(make_engine):
         for c, j in enumerate(index[i]):
             expected = cal.percentile(int(j), float(rows[i, j]), int(n[i]))
             assert (math.isnan(got[i, c]) and math.isnan(expected)) or got[i, c] == expected
+
+
+def test_a_flood_of_new_accounts_cannot_evict_a_flagged_account_out_of_its_level(make_engine, topics, tmp_path):
+    budget = 1024**2
+    engine = make_engine(memory_budget_bytes=budget)
+    rng = np.random.default_rng(8)
+    scatter = unit_rows(rng.standard_normal((120, DIM)))
+    assert engine.observe_embeddings(["sweeper"] * 120, scatter)[-1].level is pw.Level.FLAG
+    per_account = engine.pipeline.state_bytes() + DIM * 4
+    flood = int(3 * budget / per_account)
+    vecs = unit_rows(rng.standard_normal((flood, DIM)))
+    for s in range(0, flood, 50):
+        engine.observe_embeddings([f"f{i}" for i in range(s, min(s + 50, flood))], vecs[s : s + 50])
+    # ok accounts go first: the flagged account is still held whole
+    assert "sweeper" in engine.accounts(pw.Level.FLAG)
+    # a budget too small for anything: it is evicted too, but leaves its level behind, which
+    # survives a snapshot and comes back with the account
+    tiny = make_engine(memory_budget_bytes=budget)
+    tiny.observe_embeddings(["sweeper"] * 120, scatter)
+    # flagged floods: nothing at ok is left to evict first
+    flagged_flood = [unit_rows(rng.standard_normal((120, DIM))) for _ in range(int(1.5 * budget / (120 * DIM * 4)) + 8)]
+    for i, rows in enumerate(flagged_flood):
+        tiny.observe_embeddings([f"g{i}"] * 120, rows)
+    assert "sweeper" not in tiny.accounts() and "sweeper" in tiny.pipeline.evicted
+    tiny.save(tmp_path / "tiny.npz")
+    again = pw.Engine.load(tmp_path / "tiny.npz")
+    back = again.observe_embeddings(["sweeper"], scatter[:1])[0]
+    assert back.level is pw.Level.FLAG and back.flagged and back.peak_risk > 0.99
+    # a privacy forget drops the record as well
+    assert tiny.forget("sweeper") is True and "sweeper" not in tiny.pipeline.evicted
+    assert tiny.observe_embeddings(["sweeper"], scatter[:1])[0].level is pw.Level.OK

@@ -20,7 +20,9 @@ class EngineConfig:
     ``history_cap`` queries; when it grows past the cap the oldest ``eviction_block``
     queries are dropped at once (amortises FAISS's O(n) removal). Whole accounts that
     have been idle longest are evicted when the engine holds more than
-    ``memory_budget_bytes`` of vectors and statistics.
+    ``memory_budget_bytes`` of vectors and statistics: accounts at ``ok`` first; one at
+    ``watch`` or ``flag`` only when nothing else is left, and it leaves a small record that
+    gives it its level back when it returns (flooding new accounts does not launder one).
     """
 
     model: str | None = None

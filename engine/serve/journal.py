@@ -15,6 +15,7 @@ Records are written before the client is answered. Fsync policies:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -30,6 +31,15 @@ log = logging.getLogger("probewatch.serve.journal")
 
 SEGMENT_PREFIX = "journal-"
 SEGMENT_SUFFIX = ".jsonl"
+
+
+class JournalFailure(RuntimeError):
+    """A journal write or fsync failed: nothing more is written to it until a restart.
+
+    After a failed fsync the kernel may have dropped the dirty pages, and a retried write
+    would land after a partial line: the only safe course is to stop acknowledging, and let
+    the next start cut the torn tail and replay what is whole.
+    """
 
 
 def sequenced_name(prefix: str, seq: int, suffix: str) -> str:
@@ -63,6 +73,7 @@ class Journal:
         self._io_lock = threading.Lock()  # append vs the background fsync thread
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
+        self.failed: str | None = None  # why the journal stopped taking writes (JournalFailure)
 
     # -- reading -----------------------------------------------------------------------
     def segments(self) -> list[tuple[int, Path]]:
@@ -109,12 +120,14 @@ class Journal:
 
     def _open_segment(self, first_seq: int) -> None:
         with self._io_lock:
+            self._check_usable()
             if self._fh is not None:
-                self._fh.flush()
                 os.fsync(self._fh.fileno())
                 self._fh.close()
             path = self.folder / sequenced_name(SEGMENT_PREFIX, first_seq, SEGMENT_SUFFIX)
-            self._fh = open(path, "ab")  # noqa: SIM115 - the segment stays open across appends; close() closes it
+            # Unbuffered: a failed write leaves nothing in a Python buffer that a later flush or
+            # close could append after the partial line.
+            self._fh = open(path, "ab", buffering=0)  # noqa: SIM115 - stays open across appends; close() closes it
             self._segment_first = first_seq
             fsync_dir(self.folder)
 
@@ -124,19 +137,46 @@ class Journal:
         if self._fh is None:
             raise RuntimeError("journal.open() was not called")
         with self._io_lock:
-            for record in records:
-                self._last_seq += 1
-                record["seq"] = self._last_seq
-                self._fh.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n")
-                if self.fsync_policy == "always":
-                    self._fh.flush()
+            self._check_usable()
+            first = self._last_seq
+            try:
+                lines = []
+                for record in records:
+                    self._last_seq += 1
+                    record["seq"] = self._last_seq
+                    line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+                    if self.fsync_policy == "always":
+                        self._write_all(line)
+                        os.fsync(self._fh.fileno())
+                    else:
+                        lines.append(line)
+                if lines:
+                    self._write_all(b"".join(lines))
+                if self.fsync_policy == "batch":
                     os.fsync(self._fh.fileno())
-            self._fh.flush()
-            if self.fsync_policy == "batch":
-                os.fsync(self._fh.fileno())
-            else:
-                self._dirty = True
+                elif self.fsync_policy != "always":
+                    self._dirty = True
+            except OSError as exc:
+                self._last_seq = first  # none of these records was acknowledged
+                raise self._fail(f"writing records {first + 1}-{first + len(records)}", exc) from exc
             return self._last_seq
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = self._fh.write(view)
+            if not written:
+                raise OSError("the journal file took no bytes")
+            view = view[written:]
+
+    def _check_usable(self) -> None:
+        if self.failed is not None:
+            raise JournalFailure(f"the journal stopped taking writes: {self.failed}; restart after fixing the storage")
+
+    def _fail(self, what: str, exc: OSError) -> JournalFailure:
+        self.failed = f"{what} failed: {exc}"
+        log.error("journal failure, no more writes until restart: %s", self.failed)
+        return JournalFailure(f"the journal stopped taking writes: {self.failed}; restart after fixing the storage")
 
     def rotate(self) -> None:
         """Close the current segment and start the next one at last_seq + 1."""
@@ -160,8 +200,12 @@ class Journal:
 
     def sync(self) -> None:
         with self._io_lock:
-            if self._fh is not None and self._dirty:
-                os.fsync(self._fh.fileno())
+            if self._fh is not None and self._dirty and self.failed is None:
+                try:
+                    os.fsync(self._fh.fileno())
+                except OSError as exc:  # the background thread: the next append reports it
+                    self._fail("the background fsync", exc)
+                    return
                 self._dirty = False
 
     def close(self) -> None:
@@ -170,7 +214,8 @@ class Journal:
             self._syncer.join(timeout=5)
         with self._io_lock:
             if self._fh is not None:
-                self._fh.flush()
-                os.fsync(self._fh.fileno())
-                self._fh.close()
+                if self.failed is None:
+                    os.fsync(self._fh.fileno())
+                with contextlib.suppress(OSError):
+                    self._fh.close()
                 self._fh = None

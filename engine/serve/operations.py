@@ -26,7 +26,7 @@ async def readyz(service: Service) -> dict[str, Any] | JSONResponse:
     if service.ready:
         return {"status": "ready", "snapshot_seq": service.covered_seq, "journal_seq": service.journal.last_seq}
     if service.load_error:
-        status, message = "failed", f"loading failed: {service.load_error}"
+        status, message = "failed", service.load_error
     else:
         status, message = "loading", "the model is loading and state is being restored; retry shortly"
     return JSONResponse({"status": status, **error_document("NotReady", message)}, status_code=503)

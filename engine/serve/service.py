@@ -25,7 +25,7 @@ from ..io.persistence import fsync_dir, read_snapshot
 from ..io.validation import check_account, check_prompt, check_timestamp
 from ..types import CampaignStats, EngineStats
 from .config import ServerConfig
-from .journal import Journal, sequence_of, sequenced_name
+from .journal import Journal, JournalFailure, sequence_of, sequenced_name
 from .metrics import ServerMetrics
 
 log = logging.getLogger("probewatch.serve")
@@ -56,7 +56,7 @@ class Outcome:
 
     verdict: dict[str, Any] | None = None
     error: ProbewatchError | None = None
-    fallback: str | None = None  # "deadline" | "overloaded" | "not_ready" | "engine_error"
+    fallback: str | None = None  # "deadline" | "overloaded" | "not_ready" | "engine_error" | "journal_failed"
     queued: bool = False
     truncated: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -114,7 +114,7 @@ class ObservationService:
         try:
             await loop.run_in_executor(self._state_executor, self._restore_and_warm)
         except Exception as exc:  # reported by /readyz and the log; the process stays up
-            self.load_error = f"{type(exc).__name__}: {exc}"
+            self.load_error = f"loading failed: {type(exc).__name__}: {exc}"
             log.exception("probewatch could not restore its state or load the model")
             return
         self._worker = asyncio.create_task(self._batch_loop(), name="probewatch-batcher")
@@ -346,6 +346,14 @@ class ObservationService:
         self.metrics.batch_size.observe(len(batch))
         try:
             outcomes = await loop.run_in_executor(self._state_executor, self._apply_batch, batch)
+        except JournalFailure as exc:
+            # Storage failed: nothing of this batch was journaled or applied, and nothing more
+            # is acknowledged until a restart (the observe path answers 503, /readyz says why).
+            self.ready = False
+            self.load_error = f"storage failed, no longer acknowledging observations: {exc}"
+            outcomes = [self._fallback(it, "journal_failed") for it in batch]
+            for outcome in outcomes:
+                outcome.queued = False
         except Exception as exc:  # answer every caller; the loop must survive
             log.exception("micro-batch of %d items failed in the engine", len(batch))
             outcomes = [self._fallback(it, "engine_error") for it in batch]
@@ -472,6 +480,10 @@ class ObservationService:
             self.metrics.snapshots.labels("skipped").inc()
             return
         if seq <= self.covered_seq and reason != "shutdown":
+            return
+        if self.journal.failed is not None:
+            log.error("skipping the %s snapshot: the storage failed (%s)", reason, self.journal.failed)
+            self.metrics.snapshots.labels("skipped").inc()
             return
         started = time.perf_counter()
         path = self.snapshot_dir / snapshot_name(seq)

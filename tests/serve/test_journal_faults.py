@@ -1,0 +1,98 @@
+"""Storage faults under the journal: a failed write or fsync stops acknowledging, never glues a
+later record to a partial line, and the service says so (503, /readyz) until it restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+
+import pytest
+
+from probewatch.serve import ServerConfig
+from probewatch.serve.journal import Journal, JournalFailure
+from probewatch.serve.service import ObservationService
+from tests.support import TOKEN
+
+
+class FullDisk:
+    """A raw file that takes ``room`` more bytes, then fails with ENOSPC (after a short write)."""
+
+    def __init__(self, inner, room: int):
+        self.inner, self.room = inner, room
+
+    def write(self, data) -> int:
+        if self.room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = self.inner.write(bytes(data[: self.room]))
+        self.room -= n
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def records(n: int, start: int = 0) -> list[dict]:
+    return [{"op": "observe", "account": f"a{i}", "prompt": f"prompt {i}", "ts": 1.0} for i in range(start, start + n)]
+
+
+def test_a_full_disk_stops_the_journal_and_replay_keeps_every_acknowledged_record(tmp_path):
+    journal = Journal(tmp_path, "batch")
+    journal.open(1)
+    assert journal.append(records(3)) == 3  # acknowledged
+    journal._fh = FullDisk(journal._fh, room=40)  # the next batch is cut mid-line
+    with pytest.raises(JournalFailure, match="No space left"):
+        journal.append(records(3, start=3))
+    assert journal.failed and journal.last_seq == 3
+    journal._fh.room = 10**6  # space is freed: the journal still refuses (no record glued to the cut line)
+    with pytest.raises(JournalFailure, match="restart after fixing the storage"):
+        journal.append(records(1, start=6))
+    journal.close()
+    again = Journal(tmp_path, "batch")
+    assert [r["seq"] for r in again.replay(0)] == [1, 2, 3]
+    assert [r["account"] for r in again.replay(0)] == ["a0", "a1", "a2"]
+
+
+def test_a_failed_fsync_is_fatal(tmp_path, monkeypatch):
+    journal = Journal(tmp_path, "batch")
+    journal.open(1)
+    journal.append(records(2))
+    size = sum(p.stat().st_size for _, p in journal.segments())
+
+    def eio(_fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", eio)
+    with pytest.raises(JournalFailure, match="Input/output error"):
+        journal.append(records(1, start=2))
+    monkeypatch.undo()
+    written = sum(p.stat().st_size for _, p in journal.segments())
+    with pytest.raises(JournalFailure):  # never written to again, even though fsync works now
+        journal.append(records(1, start=3))
+    assert sum(p.stat().st_size for _, p in journal.segments()) == written > size
+    with pytest.raises(JournalFailure):
+        journal.rotate()
+
+
+def test_the_service_stops_acknowledging_and_reports_why(tmp_path, text_engine_factory):
+    config = ServerConfig(data_dir=str(tmp_path), api_token=TOKEN, engine={"device": "cpu"})
+    service = ObservationService(config, engine=text_engine_factory(device="cpu"))
+
+    async def scenario():
+        await service.start()
+        assert service.ready
+        first = service.prepare_item("alice", "How do I repot a cactus?", None, 1.7e9, None)
+        (ok,) = await service.observe([first])
+        assert ok.fallback is None and ok.verdict["n_queries"] == 1
+        service.journal._fh = FullDisk(service.journal._fh, room=0)
+        second = service.prepare_item("alice", "And how often should I water it?", None, 1.7e9, None)
+        (failed,) = await service.observe([second])
+        assert failed.fallback == "journal_failed" and failed.queued is False  # told: not observed
+        assert not service.ready and "storage failed" in service.load_error
+        third = service.prepare_item("bob", "Hello?", None, 1.7e9, None)
+        (refused,) = await service.observe([third])
+        assert refused.fallback == "not_ready"
+        assert service.engine.report("alice").n_queries == 1  # the failed item was never applied
+        await service.stop()
+
+    asyncio.run(scenario())

@@ -70,6 +70,11 @@ def snapshot_seq(path: Path) -> int | None:
     return sequence_of(path, SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX)
 
 
+class StateDamagedError(ProbewatchError):
+    """The data directory cannot give back the acknowledged state (unreadable snapshots, a gap
+    in the journal): the service stays unready instead of serving part of it."""
+
+
 # A forget's snapshot waits this long, so a burst of DELETEs is served by one snapshot.
 FORGET_SNAPSHOT_DELAY_S = 1.0
 
@@ -178,7 +183,8 @@ class ObservationService:
             "memory_budget_bytes": self.config.engine.memory_budget_bytes,
             "max_prompt_chars": self.config.engine.max_prompt_chars,
         }
-        for seq, path in sorted(self._snapshots(), reverse=True):
+        snapshots = sorted(self._snapshots(), reverse=True)
+        for seq, path in snapshots:
             try:
                 engine = Engine.load(path, **runtime)
             except (SnapshotError, OSError, ValueError) as exc:
@@ -186,6 +192,13 @@ class ObservationService:
                 continue
             self.covered_seq = seq
             return engine
+        if snapshots:
+            # Starting empty would serve (and soon snapshot over) a fraction of the acknowledged state.
+            raise StateDamagedError(
+                f"none of the {len(snapshots)} snapshots in {self.snapshot_dir} can be read, so the acknowledged "
+                "state cannot be restored; restore them from a backup, or move the data directory aside to start "
+                "empty on purpose"
+            )
         return None
 
     def _snapshots(self) -> list[tuple[int, Path]]:
@@ -210,7 +223,16 @@ class ObservationService:
                 log.warning("journal replay: %d records were rejected by the engine: %s", len(exc.errors), exc)
             pending.clear()
 
+        expected = self.covered_seq + 1
         for record in self.journal.replay(self.covered_seq):
+            if record["seq"] != expected:
+                # a damaged or missing middle: what came between was acknowledged and is gone
+                raise StateDamagedError(
+                    f"journal records {expected}-{record['seq'] - 1} are missing or unreadable (after snapshot seq "
+                    f"{self.covered_seq}); restore the journal from a backup, or move the data directory aside to "
+                    "start empty on purpose"
+                )
+            expected += 1
             count += 1
             if record.get("op") == "forget":
                 flush()

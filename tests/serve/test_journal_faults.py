@@ -96,3 +96,72 @@ def test_the_service_stops_acknowledging_and_reports_why(tmp_path, text_engine_f
         await service.stop()
 
     asyncio.run(scenario())
+
+
+def _run(config, engine_factory, steps):
+    service = ObservationService(config, engine=None)
+
+    async def scenario():
+        await service.start()
+        result = await steps(service)
+        await service.stop()
+        return result
+
+    return service, asyncio.run(scenario())
+
+
+def test_damaged_state_keeps_the_service_unready_instead_of_serving_part_of_it(tmp_path, text_engine_factory):
+    config = ServerConfig(
+        data_dir=str(tmp_path), api_token=TOKEN, engine={"device": "cpu"}, snapshot_every_observations=2
+    )
+
+    async def observe_five(service):
+        assert service.ready, service.load_error
+        for i in range(5):  # snapshots every 2 observations: several segments and snapshots
+            item = service.prepare_item(f"acct-{i % 2}", f"question number {i}?", None, 1.7e9 + i, None)
+            (outcome,) = await service.observe([item])
+            assert outcome.fallback is None
+            await asyncio.sleep(0.3)  # let the threshold snapshot run between items
+
+    async def nothing(service):
+        return service.ready
+
+    _run(config, text_engine_factory, observe_five)
+    service, ready = _run(config, text_engine_factory, nothing)
+    assert ready and service.engine.stats().observations == 5  # intact: restored whole
+
+    snapshots = sorted((tmp_path / "snapshots").iterdir())
+    saved = {p: p.read_bytes() for p in snapshots}
+    for p in snapshots:  # every snapshot zero-filled
+        p.write_bytes(b"\0" * len(saved[p]))
+    service, ready = _run(config, text_engine_factory, nothing)
+    assert not ready and "none of the" in service.load_error and "snapshots" in service.load_error
+    for p, data in saved.items():
+        p.write_bytes(data)
+
+
+def test_a_damaged_middle_of_the_journal_keeps_the_service_unready(tmp_path, text_engine_factory):
+    config = ServerConfig(data_dir=str(tmp_path), api_token=TOKEN, engine={"device": "cpu"})
+
+    async def observe_then_crash(service):
+        for i in range(5):
+            item = service.prepare_item("acct", f"question number {i}?", None, 1.7e9 + i, None)
+            assert (await service.observe([item]))[0].fallback is None
+        service.ready = False  # as after a crash: no shutdown snapshot, the journal holds 1-5
+
+    async def nothing(service):
+        return service.ready
+
+    _run(config, text_engine_factory, observe_then_crash)
+    (segment,) = [p for p in (tmp_path / "journal").iterdir() if p.stat().st_size]
+    lines = segment.read_bytes().split(b"\n")
+    assert len([x for x in lines if x]) == 5
+    damaged = list(lines)
+    damaged[2] = b"x" * len(lines[2])  # one byte pattern over record 3
+    segment.write_bytes(b"\n".join(damaged))
+    service, ready = _run(config, text_engine_factory, nothing)
+    assert not ready and "journal records 3-3 are missing or unreadable" in service.load_error
+    # a torn tail is different: never acknowledged, cut and reported, and the service starts
+    segment.write_bytes(b"\n".join(lines[:4]) + b"\n" + lines[4][:10])
+    service, ready = _run(config, text_engine_factory, nothing)
+    assert ready and service.engine.report("acct").n_queries == 4

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,30 @@ log = logging.getLogger("probewatch.serve.journal")
 
 SEGMENT_PREFIX = "journal-"
 SEGMENT_SUFFIX = ".jsonl"
+
+
+class JournalDamaged(RuntimeError):
+    """A complete journal line does not read back: acknowledged data was damaged."""
+
+
+def _format_line(record: dict[str, Any]) -> bytes:
+    """``<json>\\t<crc32 hex>\\n``: JSON never holds a raw tab, so the tab splits them."""
+    body = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return body + b"\t" + format(zlib.crc32(body), "08x").encode() + b"\n"
+
+
+def _parse_line(raw: bytes) -> dict[str, Any] | None:
+    """The record of a line, or None when it does not read back. Lines written before the
+    checksum (no tab) are read as JSON alone."""
+    body, tab, crc = raw.partition(b"\t")
+    if tab and format(zlib.crc32(body), "08x").encode() != crc.strip():
+        return None
+    try:
+        record = json.loads(body)
+        int(record["seq"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 class JournalFailure(RuntimeError):
@@ -81,26 +106,28 @@ class Journal:
         return sorted((s, p) for s, p in found if s is not None)
 
     def replay(self, after_seq: int) -> Iterator[dict[str, Any]]:
-        """Records with seq > after_seq, in order. A torn final line (crash mid-write; never
-        acknowledged) is skipped with a warning; so is any other unreadable line."""
+        """Records with seq > after_seq, in order.
+
+        A segment's last line without its newline is torn (a crash mid-write; never
+        acknowledged): skipped with a warning. Any complete line that does not read back (bad
+        JSON, or a checksum that does not match: a flipped byte) raises
+        :class:`JournalDamaged`, because it was acknowledged.
+        """
         for _, path in self.segments():
             with open(path, "rb") as fh:
                 lines = fh.read().split(b"\n")
+            tail = lines.pop()  # b"" when the segment ends with a newline
+            if tail.strip():
+                log.warning("journal %s ends in a torn line (crash during write); skipping it", path.name)
             for lineno, raw in enumerate(lines, 1):
                 if not raw.strip():
                     continue
-                try:
-                    record = json.loads(raw)
-                    seq = int(record["seq"])
-                except (ValueError, KeyError, TypeError):
-                    torn = lineno == len(lines)
-                    log.warning(
-                        "journal %s line %d is %s; skipping it",
-                        path.name,
-                        lineno,
-                        "torn (crash during write)" if torn else "unreadable",
+                record = _parse_line(raw)
+                if record is None:
+                    raise JournalDamaged(
+                        f"journal {path.name} line {lineno} is damaged (unreadable or checksum mismatch)"
                     )
-                    continue
+                seq = int(record["seq"])
                 self._last_seq = max(self._last_seq, seq)
                 if seq > after_seq:
                     yield record
@@ -144,7 +171,7 @@ class Journal:
                 for record in records:
                     self._last_seq += 1
                     record["seq"] = self._last_seq
-                    line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+                    line = _format_line(record)
                     if self.fsync_policy == "always":
                         self._write_all(line)
                         os.fsync(self._fh.fileno())

@@ -25,7 +25,7 @@ from ..io.persistence import fsync_dir, read_snapshot
 from ..io.validation import check_account, check_prompt, check_timestamp
 from ..types import CampaignStats, EngineStats
 from .config import ServerConfig
-from .journal import Journal, JournalFailure, sequence_of, sequenced_name
+from .journal import Journal, JournalDamaged, JournalFailure, sequence_of, sequenced_name
 from .metrics import ServerMetrics
 
 log = logging.getLogger("probewatch.serve")
@@ -224,7 +224,13 @@ class ObservationService:
             pending.clear()
 
         expected = self.covered_seq + 1
-        for record in self.journal.replay(self.covered_seq):
+        try:
+            records = list(self.journal.replay(self.covered_seq))
+        except JournalDamaged as exc:
+            raise StateDamagedError(
+                f"{exc}; restore the journal from a backup, or move the data directory aside to start empty on purpose"
+            ) from exc
+        for record in records:
             if record["seq"] != expected:
                 # a damaged or missing middle: what came between was acknowledged and is gone
                 raise StateDamagedError(

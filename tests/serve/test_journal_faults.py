@@ -160,7 +160,18 @@ def test_a_damaged_middle_of_the_journal_keeps_the_service_unready(tmp_path, tex
     damaged[2] = b"x" * len(lines[2])  # one byte pattern over record 3
     segment.write_bytes(b"\n".join(damaged))
     service, ready = _run(config, text_engine_factory, nothing)
-    assert not ready and "journal records 3-3 are missing or unreadable" in service.load_error
+    assert not ready and "line 3 is damaged" in service.load_error
+    # one flipped byte in an account name: the checksum catches what JSON would read happily
+    flipped = list(lines)
+    flipped[1] = lines[1].replace(b'"acct"', b'"acca"')
+    assert flipped[1] != lines[1]
+    segment.write_bytes(b"\n".join(flipped))
+    service, ready = _run(config, text_engine_factory, nothing)
+    assert not ready and "line 2 is damaged" in service.load_error
+    # so is a damaged last complete line (it was acknowledged)
+    segment.write_bytes(b"\n".join([*lines[:4], lines[4].replace(b"question", b"qvestion"), b""]))
+    service, ready = _run(config, text_engine_factory, nothing)
+    assert not ready and "line 5 is damaged" in service.load_error
     # a torn tail is different: never acknowledged, cut and reported, and the service starts
     segment.write_bytes(b"\n".join(lines[:4]) + b"\n" + lines[4][:10])
     service, ready = _run(config, text_engine_factory, nothing)

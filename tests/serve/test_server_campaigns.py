@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from probewatch.client import AsyncClient, Client, SidecarError
+from probewatch.serve.journal import Journal
 from tests.support import TOKEN, SidecarProcess, httpx, parse_prometheus
 
 pytestmark = pytest.mark.timeout(300)
@@ -128,12 +129,8 @@ def feed(http: httpx.Client, rounds: list[list[dict]]) -> list[dict]:
 
 
 def journal_records(data: Path) -> list[dict]:
-    return [
-        json.loads(line)
-        for path in sorted((data / "journal").glob("journal-*.jsonl"))
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
+    """Every record, as the journal's own reader reads it (each line carries a checksum)."""
+    return list(Journal(data / "journal").replay(0))
 
 
 def campaign_state(http: httpx.Client) -> dict[str, dict]:

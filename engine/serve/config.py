@@ -141,6 +141,7 @@ class ServerConfig(_GivenValuesOnly):
     max_wait_ms: float = Field(5.0, ge=0)
     queue_capacity: int = 4096
     guardrail_reserved_capacity: int = Field(256, ge=0)  # queue room only the guardrail route may use
+    max_connections: int = Field(1024, ge=1)  # uvicorn limit_concurrency: 503 past it
     overload_retry_after_s: int = Field(1, ge=1)  # Retry-After of a 429 when the queue is full
     request_deadline_ms: float = Field(2000.0, gt=0)
     failure_policy: FailurePolicy = "open"

@@ -30,6 +30,9 @@ def run(config: ServerConfig | None = None) -> None:
         access_log=False,
         server_header=False,
         lifespan="on",
+        # connections past this get 503 from uvicorn itself, before any work: the queue's 429s
+        # and deadlines hold only while the event loop is not drowned in connections
+        limit_concurrency=config.max_connections,
     )
 
 

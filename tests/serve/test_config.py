@@ -160,3 +160,16 @@ def test_config_is_immutable_and_replace_checks_its_changes():
         config.replace(max_batch_size=0)
     with pytest.raises(ConfigError, match=r"unknown settings \['fail_mode'\]"):
         config.replace(fail_mode="closed")
+
+
+def test_the_runner_caps_concurrent_connections(monkeypatch, tmp_path):
+    import uvicorn
+
+    from probewatch.serve import runner
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))
+    runner.run(ServerConfig(data_dir=str(tmp_path), max_connections=64))
+    assert seen["limit_concurrency"] == 64
+    with pytest.raises(ConfigError, match="max_connections"):
+        ServerConfig(max_connections=0)

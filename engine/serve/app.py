@@ -22,6 +22,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match, Route
@@ -81,7 +82,58 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
     app.add_exception_handler(RequestValidationError, _invalid_parameter)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
+    app.openapi = lambda: _openapi_with_errors(app)
     return Gatekeeper(app, config, service.metrics, _labelled_routes(app))
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "the body is not JSON (or nests too deeply)",
+    401: "missing or wrong bearer token",
+    404: "unknown account or campaign",
+    413: "body or item count over the limit",
+    422: "a field or parameter of the wrong shape; the error names it",
+    429: "the observation queue is full: nothing observed, see Retry-After",
+    503: "loading, or unable to acknowledge (see /readyz)",
+}
+
+
+def _openapi_with_errors(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document plus what the Gatekeeper and the handlers add: the bearer scheme and
+    every error status a route can answer, all with the one error body."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {})
+    components.setdefault("securitySchemes", {})["bearer"] = {"type": "http", "scheme": "bearer"}
+    components.setdefault("schemas", {})["ErrorDocument"] = {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["type", "message"],
+                "properties": {"type": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}},
+            }
+        },
+    }
+    error_body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorDocument"}}}
+    for path, by_method in schema.get("paths", {}).items():
+        for method, operation in by_method.items():
+            statuses = {503}
+            if path not in OPEN_PATHS:
+                operation["security"] = [{"bearer": []}]
+                statuses |= {401, 422}
+            if method == "post":
+                statuses |= {400, 413}
+            if "{" in path:
+                statuses.add(404)
+            if path == "/v1/observe":
+                statuses.add(429)
+            responses = operation.setdefault("responses", {})
+            for status in sorted(statuses):
+                responses.setdefault(str(status), {"description": _ERROR_DESCRIPTIONS[status], "content": error_body})
+    app.openapi_schema = schema
+    return schema
 
 
 def _labelled_routes(app: FastAPI) -> list[BaseRoute]:

@@ -436,3 +436,16 @@ def test_campaign_state_survives_restarts_from_journal_and_snapshot(tmp_path):
             assert_same_campaigns(before, campaign_state(http))
     finally:
         third.terminate()
+
+
+def test_openapi_declares_the_bearer_scheme_and_every_error_status(http):
+    spec = http.get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
+    observe = spec["paths"]["/v1/observe"]["post"]
+    assert observe["security"] == [{"bearer": []}]
+    assert {"200", "400", "401", "413", "422", "429", "503"} <= set(observe["responses"])
+    error = {"$ref": "#/components/schemas/ErrorDocument"}
+    assert observe["responses"]["429"]["content"]["application/json"]["schema"] == error
+    assert "404" in spec["paths"]["/v1/accounts/{account}"]["delete"]["responses"]
+    assert "security" not in spec["paths"]["/healthz"]["get"]  # open
+    assert "503" in spec["paths"]["/readyz"]["get"]["responses"]

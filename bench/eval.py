@@ -46,6 +46,7 @@ from tqdm import tqdm
 from bench.metrics import account_score, delay_summary, flagged_share, queries_until_detection, roc_auc
 from bench.traffic import HARD_BENIGN, AccountStream, MissingDataPackageError, Traffic, build_traffic
 from bench.traffic.build import keep_disjoint
+from bench.unseen import calibrated_engine, verdicts_as_new_account
 
 PROBEWATCH = "probewatch"
 BENIGN_POOL = "test_benign"
@@ -53,10 +54,6 @@ BENIGN_POOL = "test_benign"
 # headline (probewatch's flag level), the second probewatch's watch level.
 OPERATING_FPRS = (0.001, 0.01)
 PRIMARY_FPR = OPERATING_FPRS[0]
-# Queries per observe_embeddings call: one account's chunk gives the same verdicts as
-# one-at-a-time calls (to float32 rounding), and larger calls amortise the per-call
-# overhead (~20 % faster than 64 on 2,000-query accounts).
-ENGINE_CHUNK = 256
 # Texts per embedding call: each call writes one cache shard, so progress is saved this often.
 EMBED_CHUNK = 512
 # Accounts whose probewatch risk is traced query by query for the risk-over-time plot.
@@ -175,23 +172,14 @@ class ProbewatchUnderTest(DetectorUnderTest):
         self._fresh = 0
 
     def fit(self, calibration, data, on_account) -> None:
-        import probewatch as pw
-
-        accounts = [s.account for s in calibration for _ in s.prompts]
-        vectors = np.concatenate([data.vectors_of(s) for s in calibration])
-        ts = [t for s in calibration for t in s.ts]
-        # population updates off: the live population (test accounts) must never shape the tables
-        self.engine = pw.Engine.from_benign_embeddings(
-            accounts,
-            vectors,
-            ts,
-            device="cpu",
-            embedder=self.embedder,
-            seed=self.seed,
-            target_fpr=OPERATING_FPRS[0],
-            watch_fpr=OPERATING_FPRS[1],
-            population_update_every=0,
-            source="bench.eval calibration accounts",
+        self.engine = calibrated_engine(
+            calibration,
+            data.vectors_of,
+            self.embedder,
+            self.seed,
+            OPERATING_FPRS[0],
+            OPERATING_FPRS[1],
+            "bench.eval calibration accounts",
         )
         detector = self.engine.detector
         self.thresholds = {
@@ -205,14 +193,7 @@ class ProbewatchUnderTest(DetectorUnderTest):
     def score(self, stream, data) -> StreamScores:
         self._fresh += 1
         account = f"eval-{self._fresh}"  # never seen by the engine before
-        vectors = data.vectors_of(stream)
-        verdicts = []
-        for start in range(0, len(stream), ENGINE_CHUNK):
-            stop = min(start + ENGINE_CHUNK, len(stream))
-            verdicts.extend(
-                self.engine.observe_embeddings([account] * (stop - start), vectors[start:stop], stream.ts[start:stop])
-            )
-        self.engine.forget(account)
+        verdicts = verdicts_as_new_account(self.engine, stream, data.vectors_of(stream), account)
         scores = np.array([v.score for v in verdicts], dtype=np.float64)
         reasons = {}
         for fpr, threshold in self.thresholds.items():

@@ -37,7 +37,39 @@ NEVER = 10**12
 WARM_UP_OTHERS_PER_POPULATION = 8  # other populations' test accounts in each warm-up
 POISONERS_PER_STRATEGY = 10
 POISON_BENIGN_QUERIES = (40, 120)  # the patient phase: ordinary chat before extraction
+# Queries per observe_embeddings call: one account's chunk gives the same verdicts as
+# one-at-a-time calls (to float32 rounding), and larger calls amortise the per-call
+# overhead (~20 % faster than 64 on 2,000-query accounts).
 SCORE_CHUNK = 256
+
+
+def calibrated_engine(
+    streams: Sequence[AccountStream],
+    vectors_of: Callable[[AccountStream], np.ndarray],
+    embedder,
+    seed: int,
+    target_fpr: float,
+    watch_fpr: float,
+    source: str,
+    **config,
+):
+    """probewatch calibrated from scratch on benign ``streams`` (each account's queries in
+    time order), learning off: the live (test) accounts must never shape the tables."""
+    import probewatch as pw
+
+    return pw.Engine.from_benign_embeddings(
+        [s.account for s in streams for _ in s.prompts],
+        np.concatenate([vectors_of(s) for s in streams]),
+        [t for s in streams for t in s.ts],
+        device="cpu",
+        embedder=embedder,
+        seed=seed,
+        target_fpr=target_fpr,
+        watch_fpr=watch_fpr,
+        population_update_every=0,
+        source=source,
+        **config,
+    )
 
 
 @dataclass
@@ -51,25 +83,9 @@ class EngineFactory:
     watch_fpr: float
 
     def fit(self, streams: Sequence[AccountStream], source: str):
-        import probewatch as pw
-
-        accounts = [s.account for s in streams for _ in s.prompts]
-        vectors = np.concatenate([self.vectors_of(s) for s in streams])
-        ts = [t for s in streams for t in s.ts]
-        engine = pw.Engine.from_benign_embeddings(
-            accounts,
-            vectors,
-            ts,
-            device="cpu",
-            embedder=self.embedder,
-            seed=self.seed,
-            target_fpr=self.target_fpr,
-            watch_fpr=self.watch_fpr,
-            population_update_every=0,
-            campaigns=False,
-            source=source,
-        )
-        return engine.pipeline.benign
+        return calibrated_engine(
+            streams, self.vectors_of, self.embedder, self.seed, self.target_fpr, self.watch_fpr, source, campaigns=False
+        ).pipeline.benign
 
     def engine(self, benign, learn: bool):
         import probewatch as pw
@@ -86,21 +102,23 @@ class EngineFactory:
         )
 
 
+def verdicts_as_new_account(engine, stream: AccountStream, vectors: np.ndarray, account: str) -> list:
+    """Every verdict of ``stream`` observed as ``account`` (never seen before), in chunks of
+    one account, which give the same verdicts as one-at-a-time calls; forgotten after."""
+    verdicts = []
+    for start in range(0, len(stream), SCORE_CHUNK):
+        stop = min(start + SCORE_CHUNK, len(stream))
+        verdicts += engine.observe_embeddings([account] * (stop - start), vectors[start:stop], stream.ts[start:stop])
+    engine.forget(account)
+    return verdicts
+
+
 def levels_of(engine, streams: Sequence[AccountStream], vectors_of, prefix: str) -> list[str]:
     """Each stream as a new account (forgotten after, so none teaches): its sticky level at the end."""
-    out = []
-    for i, stream in enumerate(streams):
-        verdict = None
-        vectors = vectors_of(stream)
-        account = f"{prefix}-{i}"
-        for start in range(0, len(stream), SCORE_CHUNK):
-            stop = min(start + SCORE_CHUNK, len(stream))
-            verdict = engine.observe_embeddings([account] * (stop - start), vectors[start:stop], stream.ts[start:stop])[
-                -1
-            ]
-        engine.forget(account)
-        out.append(verdict.level.value)
-    return out
+    return [
+        verdicts_as_new_account(engine, stream, vectors_of(stream), f"{prefix}-{i}")[-1].level.value
+        for i, stream in enumerate(streams)
+    ]
 
 
 def rates(levels: Sequence[str]) -> dict[str, float | int]:

@@ -291,6 +291,8 @@ class Engine:
                 device=self._backend.kind,
                 flag_threshold=p.detector.flag_threshold,
                 calibration={**p.calibration.meta(), "learned": dict(p.population.last_refit)},
+                evicted=p.evictions,
+                evicted_records=len(p.evicted),
             )
 
     # -- state management -------------------------------------------------------------------------

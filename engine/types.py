@@ -270,9 +270,13 @@ class EngineStats:
     device: str  # "cpu" or "cuda"
     flag_threshold: float
     calibration: dict[str, Any]
+    evicted: int = 0  # accounts evicted for memory since the engine started (or was reset)
+    evicted_records: int = 0  # evicted accounts at watch or flag whose level is kept until they return
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "evicted": self.evicted,
+            "evicted_records": self.evicted_records,
             "accounts": self.accounts,
             "stored_queries": self.stored_queries,
             "bytes_held": self.bytes_held,

@@ -52,6 +52,7 @@ class Pipeline:
         # account -> (level, peak_score, peak_risk, flagged_at, n) of accounts at watch or flag
         # that memory pressure evicted: an attacker cannot shed its level by flooding new accounts
         self.evicted: dict[str, tuple[str, float, float, int, int]] = {}
+        self.evictions = 0  # accounts evicted for memory (not forgotten on request)
         self.stream = FeatureStream(config, benign.reference, backend, benign.calibration.off_reference_similarity)
         self.campaigns: CampaignLayer | None = None
         self._install(benign)
@@ -250,6 +251,7 @@ class Pipeline:
                         int(state.n),
                     )
                 self.forget(account, keep_record=True)
+                self.evictions += 1
 
     def _restore_evicted(self, accounts: Sequence[str]) -> None:
         """An evicted account that comes back starts a new history at its old level."""
@@ -340,6 +342,7 @@ class Pipeline:
         self.stream.clear()
         self.observations = 0
         self.evicted.clear()
+        self.evictions = 0
         self.clock = math.nan
         self.population.clear()
         if self.campaigns is not None:

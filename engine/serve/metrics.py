@@ -37,6 +37,16 @@ ENGINE_GAUGES: tuple[tuple[str, str, Callable[[EngineStats], float]], ...] = (
     ("probewatch_accounts_flagged", "Accounts currently at level flag.", lambda stats: stats.levels.get("flag", 0)),
     ("probewatch_accounts_watch", "Accounts currently at level watch.", lambda stats: stats.levels.get("watch", 0)),
     (
+        "probewatch_evicted_accounts",
+        "Accounts evicted for memory since start (raise engine.memory_budget_bytes when it grows).",
+        lambda stats: stats.evicted,
+    ),
+    (
+        "probewatch_evicted_records",
+        "Evicted accounts at watch or flag whose level is kept until they return.",
+        lambda stats: stats.evicted_records,
+    ),
+    (
         "probewatch_learned_accounts",
         "Live accounts whose rows the calibration tables learned at the last refit (0 while warming up).",
         lambda stats: stats.calibration.get("learned", {}).get("accounts", 0),

@@ -276,6 +276,8 @@ def test_metrics_parse_and_never_name_an_account(sidecar, flagged_attacker):
         "probewatch_campaign_pending_values",
         "probewatch_campaign_memberships",
         "probewatch_campaign_groups_evicted_flagged_total",
+        "probewatch_evicted_accounts",
+        "probewatch_evicted_records",
     ):
         assert needed in names, needed
     unauthorized_observe = (("endpoint", "/v1/observe"), ("method", "POST"), ("status", "401"))

@@ -407,6 +407,9 @@ def test_a_flood_of_new_accounts_cannot_evict_a_flagged_account_out_of_its_level
     for i, rows in enumerate(flagged_flood):
         tiny.observe_embeddings([f"g{i}"] * 120, rows)
     assert "sweeper" not in tiny.accounts() and "sweeper" in tiny.pipeline.evicted
+    stats = tiny.stats()
+    assert stats.evicted_records >= 1 and stats.evicted >= stats.evicted_records
+    assert stats.to_dict()["evicted_records"] == stats.evicted_records
     tiny.save(tmp_path / "tiny.npz")
     again = pw.Engine.load(tmp_path / "tiny.npz")
     back = again.observe_embeddings(["sweeper"], scatter[:1])[0]

@@ -44,7 +44,15 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.metrics import account_score, delay_summary, flagged_share, queries_until_detection, roc_auc
-from bench.traffic import HARD_BENIGN, AccountStream, MissingDataPackageError, Traffic, build_traffic
+from bench.traffic import (
+    HARD_BENIGN,
+    MIXED_SHARES,
+    STRATEGIES,
+    AccountStream,
+    MissingDataPackageError,
+    Traffic,
+    build_traffic,
+)
 from bench.traffic.build import keep_disjoint
 from bench.unseen import calibrated_engine, verdicts_as_new_account
 
@@ -61,17 +69,8 @@ TRACED_ATTACK_SCENARIOS = ("template_sweep", "perturbation_chain", "coverage_kce
 TRACED_BENIGN_KINDS = ("benign:power_user", "benign:edit_resender", "benign:rag_app")
 
 
-PURE_AND_MIXED = (
-    "random_words",
-    "corpus_sentences",
-    "template_sweep",
-    "cot_elicitation",
-    "perturbation_chain",
-    "coverage_kcenter",
-    "mixed_5pct",
-    "mixed_10pct",
-    "mixed_25pct",
-)
+# the scenarios the poisoning measurement replays: every pure strategy and every mixed share
+PURE_AND_MIXED = (*STRATEGIES, *MIXED_SHARES)
 
 
 def fpr_key(fpr: float) -> str:

@@ -103,6 +103,16 @@ def topical_stream(
     return accounts, vectors
 
 
+def topical_calibration_engine(topics: np.ndarray, seed: int, n_accounts: int = 100, q_range=(10, 40)):
+    """An engine calibrated from scratch on :func:`topical_stream` accounts around ``topics``
+    (module fixtures save its calibration for the engines under test)."""
+    import probewatch as pw
+
+    rng = np.random.default_rng(seed)
+    accounts, vectors = topical_stream(rng, n_accounts, topics.shape[1], q_range=q_range, topics=topics)
+    return pw.Engine.from_benign_embeddings(accounts, vectors, device="cpu")
+
+
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 _WORD_LIST = (

@@ -34,7 +34,7 @@ import numpy as np
 from . import attacks, benign, sources
 from .build import SIZES, _account_id, _attack_stream, _rng, build_traffic
 from .edits import human_edit
-from .model import AccountStream, text_table
+from .model import AccountStream, distinct_texts, text_table
 from .timing import DAY, EPOCH, app_times, session_times
 
 Query = tuple[str, str]  # (text, source unit key)
@@ -198,11 +198,7 @@ class HydraTraffic:
 
     def all_texts(self) -> list[str]:
         """Every distinct prompt once, in first-seen order (embed these once)."""
-        seen: dict[str, None] = {}
-        for stream in self.all_streams():
-            for text in stream.prompts:
-                seen.setdefault(text, None)
-        return list(seen)
+        return distinct_texts(self.all_streams())
 
     def describe(self) -> str:
         """Plain-text table per section and kind: accounts, campaigns, prompts, attack prompts,

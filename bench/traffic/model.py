@@ -21,6 +21,15 @@ def text_table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
     ]
 
 
+def distinct_texts(streams) -> list[str]:
+    """Every distinct prompt of ``streams`` once, in first-seen order (embed these once).
+
+    >>> distinct_texts([AccountStream("a", 0, "k", ["x", "y", "x"], [0, 1, 2], [False] * 3)])
+    ['x', 'y']
+    """
+    return list(dict.fromkeys(text for stream in streams for text in stream.prompts))
+
+
 @dataclass
 class AccountStream:
     """All prompts one account sent, in time order, with ground truth.
@@ -72,11 +81,7 @@ class Traffic:
 
     def all_texts(self) -> list[str]:
         """Every distinct prompt text once, in first-seen order (embed these once)."""
-        seen: dict[str, None] = {}
-        for stream in self.all_streams():
-            for text in stream.prompts:
-                seen.setdefault(text, None)
-        return list(seen)
+        return distinct_texts(self.all_streams())
 
     def describe(self) -> str:
         """Plain-text table: accounts, prompts, attack prompts and distinct texts per kind."""

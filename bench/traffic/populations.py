@@ -39,7 +39,7 @@ from functools import lru_cache
 
 from . import benign, sources
 from .hydra import _AGENT_DOMAINS, _ASK, _CODEISH, _GENERIC_TOOLS, _JSON_FIELDS, _MATH, _fill, _schema
-from .model import AccountStream, text_table
+from .model import AccountStream, distinct_texts, text_table
 from .sources import Unit
 from .timing import app_times, session_times
 
@@ -610,18 +610,26 @@ _TUTOR_FRAMES = (
 )
 
 
+def _draw(a: _Account, decks: list[str]) -> tuple[str, Unit] | None:
+    """(deck, unit) from a random deck of ``decks``, dropping decks found empty on the way;
+    None once every deck is empty."""
+    while decks:
+        deck = a.rng.choice(decks)
+        unit = a.pool.take(deck)
+        if unit is not None:
+            return deck, unit
+        decks.remove(deck)
+    return None
+
+
 def gen_tutoring(a: _Account) -> Generated:
     """Students: a question in the student's own step-by-step framing (1-3 framings per
     student), sometimes with the conversation's next turns as follow-ups."""
     rng = a.rng
     frames = rng.sample(_TUTOR_FRAMES, rng.randint(1, 3))
     decks = a.pool.names("")
-    while not a.full and decks:
-        deck = rng.choice(decks)
-        unit = a.pool.take(deck)
-        if unit is None:
-            decks.remove(deck)
-            continue
+    while not a.full and (drawn := _draw(a, decks)) is not None:
+        deck, unit = drawn
         if deck == "math":
             turns = _math_turns(unit)[:3]
         elif deck == "question":
@@ -638,13 +646,8 @@ def gen_edit_resender(a: _Account) -> Generated:
     """benign.edit_resender over the account's own base prompts."""
     bases = []
     decks = a.pool.names("")
-    while len(bases) < max(1, a.n // 3) and decks:
-        deck = a.rng.choice(decks)
-        unit = a.pool.take(deck)
-        if unit is None:
-            decks.remove(deck)
-            continue
-        bases.append((unit.texts[0], unit.key))
+    while len(bases) < max(1, a.n // 3) and (drawn := _draw(a, decks)) is not None:
+        bases.append((drawn[1].texts[0], drawn[1].key))
     if not bases:
         return [], [], set()
     pools = benign.BenignPools({}, {}, [], [], {}, bases)
@@ -1056,12 +1059,8 @@ def gen_summarisation(a: _Account) -> Generated:
     rng = a.rng
     template = _app_choice(a, _SUMMARY_APPS)
     decks = a.pool.names("")
-    while not a.full and decks:
-        deck = rng.choice(decks)
-        unit = a.pool.take(deck)
-        if unit is None:
-            decks.remove(deck)
-            continue
+    while not a.full and (drawn := _draw(a, decks)) is not None:
+        deck, unit = drawn
         if deck == "long":
             texts = [t for t in unit.texts if len(t) >= 600][:4]
         elif unit.source == "bbc":  # the whole article, or it part by part (a long document in sections)
@@ -1080,12 +1079,8 @@ def gen_translation(a: _Account) -> Generated:
     rng = a.rng
     template = _fill(_app_choice(a, benign._TRANSLATE_TEMPLATES), lang=rng.choice(benign._LANGUAGES))
     decks = a.pool.names("")
-    while not a.full and decks:
-        deck = rng.choice(decks)
-        unit = a.pool.take(deck)
-        if unit is None:
-            decks.remove(deck)
-            continue
+    while not a.full and (drawn := _draw(a, decks)) is not None:
+        deck, unit = drawn
         if deck == "short":
             texts = [t for t in unit.texts if _short(t)][: rng.randint(1, 4)]
         else:
@@ -1486,11 +1481,7 @@ class Populations:
 
     def all_texts(self) -> list[str]:
         """Every distinct prompt once, in first-seen order."""
-        seen: dict[str, None] = {}
-        for stream in self.all_streams():
-            for text in stream.prompts:
-                seen.setdefault(text, None)
-        return list(seen)
+        return distinct_texts(self.all_streams())
 
     def describe(self) -> str:
         rows = []

@@ -15,7 +15,7 @@ from probewatch.campaigns.metadata import META_KEYS, MetadataHasher, check_meta
 from probewatch.campaigns.scoring import MIN_MEMBER_QUERIES, N_MEMBER_BINS, GroupCalibration
 from probewatch.campaigns.templates import template_anchors, tokens
 from probewatch.errors import BatchError, InputError, UnknownCampaignError
-from tests.support import topical_stream, unit_rows
+from tests.support import topical_calibration_engine, topical_stream, unit_rows
 
 DIM = 48
 
@@ -163,8 +163,7 @@ def topics():
 
 @pytest.fixture(scope="module")
 def calibration_path(tmp_path_factory, topics):
-    accounts, vectors = topical_stream(np.random.default_rng(12), 160, DIM, q_range=(6, 40), topics=topics)
-    engine = pw.Engine.from_benign_embeddings(accounts, vectors, device="cpu")
+    engine = topical_calibration_engine(topics, 12, n_accounts=160, q_range=(6, 40))
     assert engine.pipeline.campaigns is not None and engine.pipeline.group_calibration is not None
     path = tmp_path_factory.mktemp("campaign-calibration") / "calibration.npz"
     engine.save_calibration(path)

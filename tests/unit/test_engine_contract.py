@@ -14,7 +14,7 @@ import pytest
 
 import probewatch as pw
 from probewatch.detect.scoring import bin_of
-from tests.support import topical_stream, unit_rows
+from tests.support import topical_calibration_engine, topical_stream, unit_rows
 
 DIM = 48
 SEED_DATA = 2024
@@ -27,11 +27,8 @@ def topics():
 
 @pytest.fixture(scope="module")
 def calibration_path(tmp_path_factory, topics):
-    rng = np.random.default_rng(SEED_DATA + 1)
-    accounts, vectors = topical_stream(rng, 100, DIM, q_range=(10, 40), topics=topics)
-    engine = pw.Engine.from_benign_embeddings(accounts, vectors, device="cpu")
     path = tmp_path_factory.mktemp("calibration") / "synthetic_calibration.npz"
-    engine.save_calibration(path)
+    topical_calibration_engine(topics, SEED_DATA + 1).save_calibration(path)
     return path
 
 

@@ -10,7 +10,7 @@ import probewatch as pw
 from probewatch.detect.features import N_FEATURES
 from probewatch.detect.learning import AccountStanding, LearningRules, ProviderNormal
 from probewatch.detect.scoring import N_BINS
-from tests.support import topical_stream, unit_rows
+from tests.support import topical_calibration_engine, topical_stream, unit_rows
 
 DIM = 48
 SEED = 2031
@@ -29,10 +29,8 @@ def topics():
 
 @pytest.fixture(scope="module")
 def calibration_path(tmp_path_factory, topics):
-    accounts, vectors = topical_stream(np.random.default_rng(SEED + 1), 100, DIM, q_range=(10, 40), topics=topics)
-    engine = pw.Engine.from_benign_embeddings(accounts, vectors, device="cpu")
     path = tmp_path_factory.mktemp("calibration") / "learning_calibration.npz"
-    engine.save_calibration(path)
+    topical_calibration_engine(topics, SEED + 1).save_calibration(path)
     return path
 
 

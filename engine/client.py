@@ -11,8 +11,11 @@
 
 Results are the service's JSON as dicts. An HTTP error raises :class:`SidecarError` with
 the status and what the sidecar's error body ``{"error": {"type", "message", "field"?}}``
-says; a per-item error inside a 200 batch does not raise (look for the ``error`` key of that
-item).
+says (a batch with an item that breaks the schema is one 422 naming ``items[i].field``,
+nothing observed; 429 ``Overloaded`` / ``RateLimited`` carry ``retry_after``). A prompt
+that cannot be observed is that item's error inside a 200 batch and does not raise with
+:meth:`Client.observe_many` (look for the ``error`` key of that item).
+``client_id`` is sent as the sidecar's rate-limit client header (``x-probewatch-client``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from urllib.parse import quote
 from .errors import ProbewatchError
 
 DEFAULT_URL = "http://127.0.0.1:8321"
+CLIENT_HEADER = "x-probewatch-client"  # the sidecar's default rate_limit_client_header
 
 
 class SidecarError(ProbewatchError):
@@ -36,7 +40,13 @@ class SidecarError(ProbewatchError):
     """
 
     def __init__(
-        self, status: int, message: str, body: Any = None, error_type: str | None = None, field: str | None = None
+        self,
+        status: int,
+        message: str,
+        body: Any = None,
+        error_type: str | None = None,
+        field: str | None = None,
+        retry_after: float | None = None,
     ):
         answered = f"{status} {error_type}" if error_type else str(status)
         super().__init__(f"probewatch sidecar answered {answered}: {message}")
@@ -45,6 +55,7 @@ class SidecarError(ProbewatchError):
         self.body = body
         self.error_type = error_type
         self.field = field
+        self.retry_after = retry_after  # seconds, from Retry-After (429, 503)
 
 
 def _items(items: Iterable[Mapping[str, Any] | tuple]) -> list[dict[str, Any]]:
@@ -103,27 +114,46 @@ def _raise_for(response) -> Any:
     except ValueError:
         body = response.text
     status = response.status_code
-    if status < 400 or (status == 422 and isinstance(body, dict) and "results" in body):
-        return body  # a 422 with results is a batch whose every item was invalid: per-item errors inside
+    if status < 400:
+        return body
+    retry_after = _seconds(response.headers.get("retry-after"))
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):  # not the sidecar answering (a proxy in between, say)
-        raise SidecarError(status, str(body) or response.reason_phrase, body)
+        raise SidecarError(status, str(body) or response.reason_phrase, body, retry_after=retry_after)
     message = error.get("message") or response.reason_phrase
-    raise SidecarError(status, message, body, error.get("type"), error.get("field"))
+    raise SidecarError(status, message, body, error.get("type"), error.get("field"), retry_after)
 
 
-def _headers(token: str | None) -> dict[str, str]:
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:  # an HTTP date: not what the sidecar sends
+        return None
+
+
+def _headers(token: str | None, client_id: str | None = None) -> dict[str, str]:
     token = token if token is not None else os.environ.get("PROBEWATCH_API_TOKEN")
-    return {"Authorization": f"Bearer {token}"} if token else {}
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if client_id:
+        headers[CLIENT_HEADER] = client_id
+    return headers
 
 
 class Client:
     """Synchronous client; ``token`` defaults to $PROBEWATCH_API_TOKEN."""
 
-    def __init__(self, base_url: str = DEFAULT_URL, token: str | None = None, timeout: float = 10.0, **httpx_kwargs):
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        token: str | None = None,
+        timeout: float = 10.0,
+        client_id: str | None = None,
+        **httpx_kwargs,
+    ):
         import httpx
 
-        self._http = httpx.Client(base_url=base_url, headers=_headers(token), timeout=timeout, **httpx_kwargs)
+        headers = _headers(token, client_id)
+        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, **httpx_kwargs)
         self._httpx = httpx
 
     def _call(self, method: str, path: str, **kwargs) -> Any:
@@ -137,11 +167,13 @@ class Client:
     ) -> dict[str, Any]:
         """One verdict dict (``level``, ``flagged``, ``risk``, ``action``, ``campaign`` ...).
         ``meta``: optional request metadata (``ip``, ``network``, ``user_agent``, ``org``,
-        ``payment``, ``key_created``); an invalid one raises :class:`SidecarError` (422)."""
+        ``payment``, ``key_created``); an invalid one, or a prompt that cannot be observed,
+        raises :class:`SidecarError` (422)."""
         return _single(self.observe_many([_item(account, prompt, ts, meta)])[0])
 
     def observe_many(self, items: Iterable[Mapping[str, Any] | tuple]) -> list[dict[str, Any]]:
-        """One result per item, in order: a verdict, or ``{"index", "error"}``. Items are
+        """One result per item, in order: a verdict, or ``{"index", "error"}`` for a prompt that
+        cannot be observed (an item breaking the schema raises for the whole batch). Items are
         ``{account, prompt, ts?, meta?}`` mappings or ``(account, prompt[, ts[, meta]])`` tuples."""
         return self._call("POST", "/v1/observe", json={"items": _items(items)})["results"]
 
@@ -190,10 +222,18 @@ class Client:
 class AsyncClient:
     """The same calls for asyncio code."""
 
-    def __init__(self, base_url: str = DEFAULT_URL, token: str | None = None, timeout: float = 10.0, **httpx_kwargs):
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        token: str | None = None,
+        timeout: float = 10.0,
+        client_id: str | None = None,
+        **httpx_kwargs,
+    ):
         import httpx
 
-        self._http = httpx.AsyncClient(base_url=base_url, headers=_headers(token), timeout=timeout, **httpx_kwargs)
+        headers = _headers(token, client_id)
+        self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout, **httpx_kwargs)
         self._httpx = httpx
 
     async def _call(self, method: str, path: str, **kwargs) -> Any:

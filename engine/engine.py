@@ -293,6 +293,7 @@ class Engine:
                 calibration={**p.calibration.meta(), "learned": dict(p.population.last_refit)},
                 evicted=p.evictions,
                 evicted_records=len(p.evicted),
+                memory_pressure=p.memory_pressure,
             )
 
     # -- state management -------------------------------------------------------------------------
@@ -301,6 +302,38 @@ class Engine:
         check_account(account)
         with self._lock:
             return self.pipeline.forget(account)
+
+    # -- memory-budget evictions (the sidecar journals them and replays them by name) --------------
+    def evict(self, accounts: Sequence[str]) -> list[str]:
+        """Evict ``accounts`` as the memory budget would: history dropped, a compact record kept
+        for those at watch or flag (their level returns with them). Returns those that were held."""
+        for account in accounts:
+            check_account(account)
+        with self._lock:
+            return self.pipeline.evict(accounts)
+
+    def take_evicted(self) -> list[str]:
+        """Accounts the memory budget evicted at the end of the last observe call, in order; once
+        (a second call returns [] until another observe evicts), so none is reported twice."""
+        with self._lock:
+            evicted, self.pipeline.last_evicted = self.pipeline.last_evicted, []
+            return evicted
+
+    @property
+    def auto_evict(self) -> bool:
+        """Whether observe calls evict for the memory budget (off while replaying recorded evictions)."""
+        return self.pipeline.auto_evict
+
+    @auto_evict.setter
+    def auto_evict(self, on: bool) -> None:
+        with self._lock:
+            self.pipeline.auto_evict = bool(on)
+
+    @property
+    def memory_pressure(self) -> str | None:
+        """Why the memory budget could not be kept cleanly at the last batch (None when it was):
+        still over it after evicting everything evictable, or accounts at watch or flag evicted."""
+        return self.pipeline.memory_pressure
 
     def reset(self) -> None:
         """Forget every account; calibration and configuration stay."""

@@ -272,11 +272,13 @@ class EngineStats:
     calibration: dict[str, Any]
     evicted: int = 0  # accounts evicted for memory since the engine started (or was reset)
     evicted_records: int = 0  # evicted accounts at watch or flag whose level is kept until they return
+    memory_pressure: str | None = None  # why the memory budget could not be kept cleanly (Engine.memory_pressure)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "evicted": self.evicted,
             "evicted_records": self.evicted_records,
+            "memory_pressure": self.memory_pressure,
             "accounts": self.accounts,
             "stored_queries": self.stored_queries,
             "bytes_held": self.bytes_held,

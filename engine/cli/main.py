@@ -1,4 +1,4 @@
-"""The ``probewatch`` commands: demo, replay, calibrate, serve."""
+"""The ``probewatch`` commands: demo, replay, calibrate, serve, repair-state."""
 
 from __future__ import annotations
 
@@ -69,14 +69,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     levels = {a: engine.report(a).level for a in accounts}
     caught = [a for a in EXTRACTING if levels[a] is Level.FLAG]
     watched = [a for a in EXTRACTING if levels[a] is Level.WATCH]
+    missed = [a for a in EXTRACTING if levels[a] is Level.OK]
     false = [a for a in accounts if a not in EXTRACTING and levels[a] is Level.FLAG]
     ordinary = len(accounts) - len(EXTRACTING)
     print(
-        f"\nextracting accounts: {len(caught)}/{len(EXTRACTING)} flagged, {len(watched)} on watch; "
-        f"ordinary accounts flagged: {len(false)}/{ordinary}; {time.time() - started:.1f}s"
+        f"\nextracting accounts: {len(caught)}/{len(EXTRACTING)} flagged, {len(watched)} on watch, "
+        f"{len(missed)} missed; ordinary accounts flagged: {len(false)}/{ordinary}; {time.time() - started:.1f}s"
     )
-    # The demo fails (exit 1) when an ordinary account is flagged or an extractor is missed.
-    return 1 if false or len(caught) < len(EXTRACTING) else 0
+    # The demo fails (exit 1) when an ordinary account is flagged or an extractor is missed
+    # (left at ok: `watch` puts an account in front of an analyst at a 1 % benign budget).
+    return 1 if false or missed else 0
 
 
 def _read_jsonl(path: str) -> Iterator[tuple[int, Any]]:
@@ -181,6 +183,34 @@ def cmd_serve(rest: list[str]) -> int:
     return int(main_serve(rest) or 0)
 
 
+def cmd_repair_state(args: argparse.Namespace) -> int:
+    """Exit 0: nothing to drop, or dropped (--yes); 1: a dry run found something to drop; 2: bad input."""
+    try:  # the sidecar's settings need the serve extra
+        from ..errors import ConfigError, ProbewatchError
+        from ..serve.config import load_config
+        from ..serve.repair import apply_repair, plan_repair
+    except ImportError as exc:
+        print(
+            f"probewatch repair-state needs the serve extra: pip install 'probewatch[serve]' ({exc})", file=sys.stderr
+        )
+        return 2
+    try:
+        config = load_config(args.config, data_dir=args.data_dir)
+        plan = plan_repair(config.data_path)
+    except (ConfigError, ProbewatchError, FileNotFoundError) as exc:
+        print(f"probewatch repair-state: {exc}", file=sys.stderr)
+        return 2
+    print(plan.describe())
+    if plan.clean:
+        return 0
+    if not args.yes:
+        print("dry run: nothing was changed; stop the sidecar and run again with --yes to drop the above")
+        return 1
+    apply_repair(plan)
+    print(f"dropped; recorded in {config.data_path / 'repair.json'}; the sidecar can start")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="probewatch", description="Find the accounts that are extracting your LLM.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -210,6 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--device", default="auto")
 
     sub.add_parser("serve", help="run the HTTP sidecar (see docs/sidecar.md)", add_help=False)
+
+    repair = sub.add_parser(
+        "repair-state",
+        help="report what of the sidecar's data directory cannot be restored; with --yes, drop it so it can start",
+        description="Report exactly what the sidecar cannot restore from its data directory (unreadable snapshots, "
+        "damaged journal lines, missing seqs and the records after them, torn tails); with --yes, drop it so the "
+        "sidecar can start. Stop the sidecar first. Exit 0: nothing to drop or dropped; 1: a dry run found "
+        "something; 2: bad input.",
+    )
+    repair.add_argument("--config", help="the sidecar's YAML settings file (for data_dir)")
+    repair.add_argument("--data-dir", help="the sidecar's journal and snapshots folder (default: as probewatch serve)")
+    repair.add_argument("--yes", action="store_true", help="drop what is reported (default: a dry run)")
     return parser
 
 
@@ -228,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_replay(args)
     if args.command == "calibrate":
         return cmd_calibrate(args)
+    if args.command == "repair-state":
+        return cmd_repair_state(args)
     parser.print_help()
     return 2
 

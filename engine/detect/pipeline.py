@@ -53,6 +53,9 @@ class Pipeline:
         # that memory pressure evicted: an attacker cannot shed its level by flooding new accounts
         self.evicted: dict[str, tuple[str, float, float, int, int]] = {}
         self.evictions = 0  # accounts evicted for memory (not forgotten on request)
+        self.last_evicted: list[str] = []  # what the last observe evicted (the sidecar journals it)
+        self.auto_evict = True  # off while the sidecar replays its journal: its evict records say what goes
+        self.memory_pressure: str | None = None  # why the budget could not be kept cleanly, at the last batch
         self.stream = FeatureStream(config, benign.reference, backend, benign.calibration.off_reference_similarity)
         self.campaigns: CampaignLayer | None = None
         self._install(benign)
@@ -229,29 +232,61 @@ class Pipeline:
     def _enforce_memory_budget(self) -> None:
         """Evict least recently observed accounts at ok first; accounts at watch or flag only
         when nothing else is left, and then they leave a compact record behind."""
+        self.last_evicted = []
         budget = self.config.memory_budget_bytes
-        if self.held_bytes() <= budget:
+        if not self.auto_evict or self.held_bytes() <= budget:
+            if self.auto_evict:
+                self.memory_pressure = None
             return
+        suspicious_evicted = 0
         for suspicious_too in (False, True):
             for account in self.store.accounts():  # least recently observed first
                 if self.held_bytes() <= EVICT_TO_SHARE * budget:
-                    return
-                state = self.states[account]
-                suspicious = state.level is not Level.OK or (
-                    self.campaigns is not None and self.campaigns.suspected(account)
-                )
+                    break
+                suspicious = self._suspicious(account)
                 if suspicious and not suspicious_too:
                     continue
-                if state.level is not Level.OK:
-                    self.evicted[account] = (
-                        state.level.value,
-                        float(state.peak_score),
-                        float(state.peak_risk),
-                        int(state.flagged_at),
-                        int(state.n),
-                    )
-                self.forget(account, keep_record=True)
-                self.evictions += 1
+                suspicious_evicted += suspicious
+                self._evict(account)
+                self.last_evicted.append(account)
+        held = self.held_bytes()
+        if held > budget:
+            self.memory_pressure = (
+                f"{held:,} bytes held after evicting every account that could go, over the memory budget of "
+                f"{budget:,} (evicted-account records and campaign tables remain): raise memory_budget_bytes"
+            )
+        elif suspicious_evicted:
+            self.memory_pressure = (
+                f"{suspicious_evicted} accounts at watch or flag (or in suspected campaigns) were evicted to compact "
+                "records at the last batch because nothing else was left: raise memory_budget_bytes"
+            )
+        else:
+            self.memory_pressure = None
+
+    def _suspicious(self, account: str) -> bool:
+        state = self.states[account]
+        return state.level is not Level.OK or (self.campaigns is not None and self.campaigns.suspected(account))
+
+    def _evict(self, account: str) -> None:
+        state = self.states[account]
+        if state.level is not Level.OK:
+            self.evicted[account] = (
+                state.level.value,
+                float(state.peak_score),
+                float(state.peak_risk),
+                int(state.flagged_at),
+                int(state.n),
+            )
+        self.forget(account, keep_record=True)
+        self.evictions += 1
+
+    def evict(self, accounts: Sequence[str]) -> list[str]:
+        """Evict ``accounts`` as memory pressure would (a record kept for those at watch or flag);
+        returns those that were held. The sidecar replays its journaled evictions with this."""
+        held = [account for account in dict.fromkeys(accounts) if account in self.states]
+        for account in held:
+            self._evict(account)
+        return held
 
     def _restore_evicted(self, accounts: Sequence[str]) -> None:
         """An evicted account that comes back starts a new history at its old level."""
@@ -343,6 +378,8 @@ class Pipeline:
         self.observations = 0
         self.evicted.clear()
         self.evictions = 0
+        self.last_evicted = []
+        self.memory_pressure = None
         self.clock = math.nan
         self.population.clear()
         if self.campaigns is not None:

@@ -8,7 +8,8 @@ Modules: :mod:`.config` (settings), :mod:`.runner` (uvicorn and the command line
 :mod:`.app` (app factory, Gatekeeper, error handlers), one router per surface
 (:mod:`.observe`, :mod:`.accounts`, :mod:`.campaigns`, :mod:`.guardrail`,
 :mod:`.operations`) sharing :mod:`.http`, and under them :mod:`.service` (micro-batching,
-failure policy), :mod:`.journal` and :mod:`.metrics`.
+failure policy), :mod:`.journal`, :mod:`.repair` (``probewatch repair-state``) and
+:mod:`.metrics`.
 """
 
 from __future__ import annotations

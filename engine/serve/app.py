@@ -39,8 +39,9 @@ from ..errors import (
     UnknownCampaignError,
 )
 from . import accounts, campaigns, guardrail, observe, operations
-from .config import ServerConfig
-from .http import RequestError, error_response
+from .config import ServerConfig, require_auth_choice
+from .guardrail import GUARDRAIL_PATH
+from .http import ACCOUNT_SCHEMA, RateLimits, RequestError, error_response
 from .metrics import ServerMetrics
 from .service import ObservationService
 
@@ -65,8 +66,12 @@ HTTP_ERROR_TYPES = {404: "NotFound", 405: "MethodNotAllowed"}
 
 
 def create_app(config: ServerConfig | None = None, engine: Engine | None = None) -> Gatekeeper:
-    """The ASGI application. ``engine`` lets tests and embedders pass a ready engine."""
+    """The ASGI application. ``engine`` lets tests and embedders pass a ready engine.
+
+    Raises :class:`~probewatch.errors.ConfigError` when ``config`` has no ``api_token`` and
+    not ``no_auth``: the service never serves open by accident."""
     config = config or ServerConfig()
+    require_auth_choice(config)
     service = ObservationService(config, engine)
     app = FastAPI(
         title="probewatch sidecar",
@@ -75,6 +80,7 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
         description="Per-account model-extraction detection for LLM inference nodes.",
     )
     app.state.service = service  # what the routers' dependencies hand them
+    app.state.rate_limits = RateLimits(config)
     for router in ROUTERS:
         app.include_router(router)
     app.add_exception_handler(RequestError, _request_error)
@@ -83,7 +89,8 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
     app.openapi = lambda: _openapi_with_errors(app)
-    return Gatekeeper(app, config, service.metrics, _labelled_routes(app))
+    app.state.routes = _labelled_routes(app)
+    return Gatekeeper(app, config, service.metrics, app.state.routes)
 
 
 _ERROR_DESCRIPTIONS = {
@@ -92,7 +99,7 @@ _ERROR_DESCRIPTIONS = {
     404: "unknown account or campaign",
     413: "body or item count over the limit",
     422: "a field or parameter of the wrong shape; the error names it",
-    429: "the observation queue is full: nothing observed, see Retry-After",
+    429: "the observation queue is full, or this client is over its rate limit: nothing observed, see Retry-After",
     503: "loading, or unable to acknowledge (see /readyz)",
 }
 
@@ -127,13 +134,34 @@ def _openapi_with_errors(app: FastAPI) -> dict[str, Any]:
                 statuses |= {400, 413}
             if "{" in path:
                 statuses.add(404)
-            if path == "/v1/observe":
+            if path in ("/v1/observe", GUARDRAIL_PATH):
                 statuses.add(429)
             responses = operation.setdefault("responses", {})
             for status in sorted(statuses):
                 responses.setdefault(str(status), {"description": _ERROR_DESCRIPTIONS[status], "content": error_body})
+            if 429 in statuses:
+                responses["429"]["headers"] = {
+                    "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}
+                }
+            for parameter in operation.get("parameters", []):
+                _tighten_parameter(parameter)
     app.openapi_schema = schema
     return schema
+
+
+def _tighten_parameter(parameter: dict[str, Any]) -> None:
+    """A parameter's schema as the route checks it: an account id's rules, and no ``null``
+    branch for an optional query parameter (a query string has no null; absent is absent)."""
+    schema = parameter.get("schema", {})
+    if parameter.get("in") == "path" and parameter.get("name") == "account":
+        parameter["schema"] = {**ACCOUNT_SCHEMA, "title": schema.get("title", "Account")}
+        return
+    branches = schema.get("anyOf")
+    if parameter.get("in") == "query" and branches:
+        kept = [branch for branch in branches if branch.get("type") != "null"]
+        if len(kept) == 1:
+            rest = {key: value for key, value in schema.items() if key != "anyOf"}
+            parameter["schema"] = {**rest, **kept[0]}
 
 
 def _labelled_routes(app: FastAPI) -> list[BaseRoute]:
@@ -149,11 +177,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load the model and restore state in the background (``/readyz`` turns 200 after);
     at shutdown, drain the queue and write a final snapshot."""
     service: ObservationService = app.state.service
-    if service.config.api_token is None:
+    if service.config.no_auth:
         log.warning("!" * 78)
         log.warning(
-            "NO API TOKEN CONFIGURED: every endpoint, including account reports and forget, is open to "
-            "anyone who can reach %s:%s. Set PROBEWATCH_API_TOKEN or api_token.",
+            "--no-auth: every endpoint, including account reports and forget, is open to every process on "
+            "this machine (%s:%s). For development only; set PROBEWATCH_API_TOKEN anywhere else.",
             service.config.host,
             service.config.port,
         )
@@ -192,10 +220,24 @@ async def _invalid_parameter(_request: Request, exc: RequestValidationError) -> 
     return error_response(422, error_type, "; ".join(problems), field)
 
 
-async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """Routing errors (no such path, wrong method)."""
     error_type = HTTP_ERROR_TYPES.get(exc.status_code, "HTTPError")
-    return error_response(exc.status_code, error_type, str(exc.detail), headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route that matched the path; GET and DELETE
+        # of /v1/accounts/{account} are two routes, so Allow lists every route's.
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+    return error_response(exc.status_code, error_type, str(exc.detail), headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.state.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 async def _internal_error(_request: Request, _exc: Exception) -> JSONResponse:

@@ -17,6 +17,7 @@ in docs/sidecar.md.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import typing
 from collections.abc import Iterable, Mapping
@@ -131,6 +132,7 @@ class ServerConfig(_GivenValuesOnly):
 
     # security
     api_token: str | None = None
+    no_auth: bool = False  # run without a token on purpose: loopback hosts only, for development
     max_body_bytes: int = Field(4 * 1024**2, ge=1024)
     max_items_per_request: int = Field(256, ge=1)
     max_prompt_chars: int = Field(16_384, ge=1)
@@ -145,6 +147,13 @@ class ServerConfig(_GivenValuesOnly):
     overload_retry_after_s: int = Field(1, ge=1)  # Retry-After of a 429 when the queue is full
     request_deadline_ms: float = Field(2000.0, gt=0)
     failure_policy: FailurePolicy = "open"
+
+    # per-client token buckets (a client: the rate_limit_client_header value, else the token); 0 = off
+    rate_limit_items_per_s: float = Field(0.0, ge=0)  # POST /v1/observe items a second, per client
+    rate_limit_burst: int = Field(1024, ge=1)  # items at once (>= max_items_per_request)
+    guardrail_rate_limit_per_s: float = Field(0.0, ge=0)  # guardrail calls a second, per client
+    guardrail_rate_limit_burst: int = Field(64, ge=1)
+    rate_limit_client_header: str = Field("x-probewatch-client", pattern=r"^[A-Za-z0-9-]+$")
 
     # durability
     journal_fsync: FsyncPolicy = "batch"
@@ -189,7 +198,7 @@ class ServerConfig(_GivenValuesOnly):
         if isinstance(value, str) and value.strip().lower() in UNSET_WORDS:
             raise ValueError(
                 "api_token is set but empty (blank, 'none' or 'null'): set a random secret of at least 16 "
-                "characters, or leave api_token unset to run without authentication"
+                "characters, or unset it and pass --no-auth (loopback development only)"
             )
         return value
 
@@ -215,6 +224,18 @@ class ServerConfig(_GivenValuesOnly):
         if self.queue_capacity < self.max_items_per_request:
             raise ValueError(
                 f"queue_capacity must be >= max_items_per_request ({self.max_items_per_request}); got {self.queue_capacity}"
+            )
+        if self.no_auth and self.api_token is not None:
+            raise ValueError("no_auth is set together with api_token: choose one (the token, outside development)")
+        if self.no_auth and not is_loopback(self.host):
+            raise ValueError(
+                f"no_auth serves every endpoint without a token, so it binds only to a loopback host (127.0.0.1, ::1, "
+                f"localhost); got host {self.host!r}: set PROBEWATCH_API_TOKEN to listen there"
+            )
+        if self.rate_limit_items_per_s > 0 and self.rate_limit_burst < self.max_items_per_request:
+            raise ValueError(
+                f"rate_limit_burst must be >= max_items_per_request ({self.max_items_per_request}) so a full request "
+                f"can pass; got {self.rate_limit_burst}"
             )
         if self.page_size_default > self.page_size_max:
             raise ValueError(
@@ -244,6 +265,26 @@ class ServerConfig(_GivenValuesOnly):
 
 
 SIDECAR_SETTINGS = tuple(name for name in ServerConfig.model_fields if name != "engine")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a bind address) reaches only this machine."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def require_auth_choice(config: ServerConfig) -> None:
+    """Refuse to serve unless a token is set or ``no_auth`` was chosen on purpose (a missing
+    secret must never open every endpoint by accident)."""
+    if config.api_token is None and not config.no_auth:
+        raise ConfigError(
+            "no API token: set PROBEWATCH_API_TOKEN (a random secret of at least 16 characters), or pass --no-auth "
+            "(PROBEWATCH_NO_AUTH=true) to serve without authentication on a loopback host for development"
+        )
 
 
 def load_config(

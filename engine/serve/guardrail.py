@@ -6,22 +6,26 @@ account id named by ``guardrail_account_field`` and answers ``{"action": "NONE"}
 failure-policy fallback blocks only with ``failure_policy: closed``. With
 ``guardrail_request_meta`` (default on) the request's ``User-Agent`` (from
 ``request_headers``) and ``request_data.user_api_key_org_id`` go with the prompt as ``meta``
-for the campaign layer.
+for the campaign layer. An answer for a prompt that was not observed (no account id, no
+prompt, queue full, deadline, ...) adds ``observed: false`` and ``reason`` (LiteLLM reads
+only ``action`` and ``blocked_reason``), and is counted in ``probewatch_unobserved_items``.
+A body that breaks the request schema is a 422; a client over
+``guardrail_rate_limit_per_s`` gets 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ProbewatchError
 from ..integrations.meta import meta_from_guardrail_request
 from ..integrations.prompts import prompt_from_guardrail_request
-from .http import RequestError, Service, read_json
+from .http import RequestError, Service, read_json, require_rate
 from .service import Item, ObservationService, Outcome
 
 log = logging.getLogger("probewatch.serve")
@@ -32,9 +36,13 @@ GUARDRAIL_PATH = "/beta/litellm_basic_guardrail_api"
 ALLOW = {"action": "NONE"}
 
 
-# The request document for the OpenAPI document only: the body is parsed by hand.
 class GuardrailRequest(BaseModel):
-    input_type: str = Field(description="'request' (observed) or 'response' (always NONE).")
+    """What LiteLLM sends; the body is checked against it (strictly: no type coercion), and
+    other keys LiteLLM adds (``litellm_trace_id``, ``images``, ``tools`` ...) pass."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    input_type: Literal["request", "response"] = Field(description="'request' (observed) or 'response' (never).")
     texts: list[str] | None = None
     structured_messages: list[dict[str, Any]] | None = None
     request_data: dict[str, Any] = Field(description="user_api_key_hash, user_api_key_team_id, ...")
@@ -45,66 +53,87 @@ class GuardrailRequest(BaseModel):
     model: str | None = None
 
 
+class GuardrailResponse(BaseModel):
+    action: Literal["NONE", "BLOCKED"]
+    blocked_reason: str | None = Field(None, description="Why, when BLOCKED.")
+    observed: bool | None = Field(
+        None, description="false when the prompt was not observed (and will not be); absent when it was."
+    )
+    reason: str | None = Field(None, description="Why it was not observed: no_account, no_prompt, overloaded, ...")
+
+
 _REQUEST_BODY = {"required": True, "content": {"application/json": {"schema": GuardrailRequest.model_json_schema()}}}
 
 
-@router.post(GUARDRAIL_PATH, openapi_extra={"requestBody": _REQUEST_BODY})
-async def litellm_guardrail(request: Request, service: Service) -> dict[str, str]:
+@router.post(
+    GUARDRAIL_PATH,
+    openapi_extra={"requestBody": _REQUEST_BODY},
+    response_model=GuardrailResponse,
+    response_model_exclude_none=True,
+)
+async def litellm_guardrail(request: Request, service: Service) -> dict[str, Any]:
     """LiteLLM Generic Guardrail API: observe the request's prompt under the configured
-    account id and answer NONE or BLOCKED."""
+    account id and answer NONE or BLOCKED; an answer for a prompt that was not observed
+    says so (``observed: false`` and the ``reason``)."""
     received_at = time.time()
     payload = await read_json(request)
-    if not isinstance(payload, dict):
-        raise RequestError(422, "InvalidBody", "the guardrail request must be a JSON object")
     _check_fields(payload)
-    if payload.get("input_type", "request") != "request":
+    if payload["input_type"] != "request":
         return ALLOW  # responses are not prompts: nothing to observe
     item = _item_to_observe(payload, service, received_at)
-    if item is None:
-        return ALLOW
+    if isinstance(item, str):
+        return _unobserved(service, item, ALLOW)
+    require_rate(request, request.app.state.rate_limits.guardrail, 1, GUARDRAIL_PATH)
     outcome = (await service.observe([item], reserved=True))[0]
-    return _decide(outcome, service)
+    answer = _decide(outcome, service)
+    if outcome.fallback is not None and not outcome.queued:
+        return _unobserved(service, outcome.fallback, answer)
+    return answer
 
 
-def _check_fields(payload: dict[str, Any]) -> None:
-    """The fields the route reads have the request document's types, or a 422 names the field:
-    a malformed request is the caller's error to see, never a silent NONE."""
-
-    def wrong(field: str, expected: str) -> RequestError:
-        got = payload[field]
-        return RequestError(
-            422, "InvalidBody", f"{field} must be {expected}; got {type(got).__name__} {str(got)[:40]!r}", field=field
+def _check_fields(payload: Any) -> None:
+    """The body matches :class:`GuardrailRequest`, or a 422 names the field: a malformed
+    request is the caller's error to see (LiteLLM then applies its own failure policy),
+    never a silent NONE."""
+    if not isinstance(payload, dict):
+        raise RequestError(
+            422, "InvalidBody", f"the guardrail request must be a JSON object; got a JSON {type(payload).__name__}"
         )
+    try:
+        GuardrailRequest.model_validate(payload)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else None
+        where = ".".join(str(part) for part in error["loc"])
+        got = (
+            "missing"
+            if error["type"] == "missing"
+            else f"got {type(error['input']).__name__} {str(error['input'])[:40]!r}"
+        )
+        more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
+        raise RequestError(422, "InvalidBody", f"{where}: {error['msg']}; {got}{more}", field=field) from None
 
-    if "input_type" in payload and not isinstance(payload["input_type"], str):
-        raise wrong("input_type", "a string ('request' or 'response')")
-    texts = payload.get("texts")
-    if texts is not None and not (isinstance(texts, list) and all(isinstance(t, str) for t in texts)):
-        raise wrong("texts", "a list of strings")
-    messages = payload.get("structured_messages")
-    if messages is not None and not (isinstance(messages, list) and all(isinstance(m, dict) for m in messages)):
-        raise wrong("structured_messages", "a list of message objects")
-    headers = payload.get("request_headers")
-    if headers is not None and not isinstance(headers, dict):
-        raise wrong("request_headers", "an object")
 
-
-def _item_to_observe(payload: dict[str, Any], service: ObservationService, received_at: float) -> Item | None:
-    """The request's prompt under its account id; None when either is missing or invalid."""
-    request_data = payload.get("request_data") or {}
-    if not isinstance(request_data, dict):
-        raise RequestError(422, "InvalidBody", "request_data must be an object", field="request_data")
+def _item_to_observe(payload: dict[str, Any], service: ObservationService, received_at: float) -> Item | str:
+    """The request's prompt under its account id, or why there is nothing to observe."""
     config = service.config
-    account = request_data.get(config.guardrail_account_field)
+    account = payload["request_data"].get(config.guardrail_account_field)
+    if not account:
+        return "no_account"  # nothing to attribute: never block on missing metadata
     prompt = prompt_from_guardrail_request(payload, config.guardrail_prompt_source)
-    if not account or prompt is None:
-        return None  # nothing to attribute or nothing to read: never block on missing metadata
+    if prompt is None:
+        return "no_prompt"
     meta = meta_from_guardrail_request(payload) if config.guardrail_request_meta else None
     try:
         return service.prepare_item(str(account), prompt, None, received_at, meta)
     except ProbewatchError as exc:
         log.debug("guardrail item not observed: %s", exc)
-        return None
+        return "invalid_item"
+
+
+def _unobserved(service: ObservationService, reason: str, answer: dict[str, str]) -> dict[str, Any]:
+    service.metrics.unobserved.labels(GUARDRAIL_PATH, reason).inc()
+    return {**answer, "observed": False, "reason": reason}
 
 
 def _decide(outcome: Outcome, service: ObservationService) -> dict[str, str]:

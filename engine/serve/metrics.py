@@ -47,6 +47,12 @@ ENGINE_GAUGES: tuple[tuple[str, str, Callable[[EngineStats], float]], ...] = (
         lambda stats: stats.evicted_records,
     ),
     (
+        "probewatch_memory_pressure",
+        "1 when the last batch could keep the memory budget only by evicting accounts at watch or flag, or "
+        "not at all (what is left is evicted-account records and campaign tables); /readyz says which.",
+        lambda stats: stats.memory_pressure is not None,
+    ),
+    (
         "probewatch_learned_accounts",
         "Live accounts whose rows the calibration tables learned at the last refit (0 while warming up).",
         lambda stats: stats.calibration.get("learned", {}).get("accounts", 0),
@@ -167,6 +173,16 @@ class ServerMetrics:
         self.truncated = counter("probewatch_truncated_prompts", "Prompts truncated to max_prompt_chars.")
         self.fallbacks = counter(
             "probewatch_fallback_verdicts", "Items answered by the failure policy, by cause.", ("cause",)
+        )
+        self.unobserved = counter(
+            "probewatch_unobserved_items",
+            "Items answered without being observed or queued to be (the answer says so), by route template and reason.",
+            ("endpoint", "reason"),
+        )
+        self.rate_limited = counter(
+            "probewatch_rate_limited_requests",
+            "Requests answered 429 because their client was over its token-bucket limit, by route template.",
+            ("endpoint",),
         )
         self.batch_size = histogram(
             "probewatch_batch_size", "Items per micro-batch sent to the engine.", buckets=BATCH_SIZE_BUCKETS

@@ -24,7 +24,10 @@ async def healthz() -> dict[str, str]:
 async def readyz(service: Service) -> dict[str, Any] | JSONResponse:
     """Readiness: the model is loaded and state restored from snapshot and journal (else 503)."""
     if service.ready:
-        return {"status": "ready", "snapshot_seq": service.covered_seq, "journal_seq": service.journal.last_seq}
+        ready = {"status": "ready", "snapshot_seq": service.covered_seq, "journal_seq": service.journal.last_seq}
+        if service.engine.memory_pressure is not None:  # still ready: detection holds, at a cost
+            ready["memory_pressure"] = service.engine.memory_pressure
+        return ready
     if service.load_error:
         status, message = "failed", service.load_error
     else:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import ConfigError
-from .config import ServerConfig, load_config
+from .config import ServerConfig, load_config, require_auth_choice
 
 
 def run(config: ServerConfig | None = None) -> None:
@@ -19,6 +19,7 @@ def run(config: ServerConfig | None = None) -> None:
     from .app import create_app
 
     config = config or load_config()
+    require_auth_choice(config)  # before the model loads: a missing token is told at once
     _configure_logging(config.log_level)
     logging.getLogger("probewatch.serve").info("starting with settings %s", config.public_dict())
     uvicorn.run(
@@ -37,17 +38,26 @@ def run(config: ServerConfig | None = None) -> None:
 
 
 def main_serve(argv: Sequence[str] | None = None) -> int:
-    """``probewatch serve [--config FILE] [--host H] [--port P] [--data-dir D] [--device DEV]``."""
+    """``probewatch serve [--config FILE] [--host H] [--port P] [--data-dir D] [--device DEV] [--no-auth]``."""
     parser = argparse.ArgumentParser(prog="probewatch serve", description="Run the probewatch HTTP sidecar.")
     parser.add_argument("--config", help="YAML settings file (PROBEWATCH_* environment variables override it)")
     parser.add_argument("--host", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8321)")
     parser.add_argument("--data-dir", help="journal and snapshots folder (default ./probewatch-data)")
     parser.add_argument("--device", help="engine device: auto, cpu or cuda[:N]")
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        default=None,
+        help="serve without a token (loopback hosts only, for development); otherwise PROBEWATCH_API_TOKEN is required",
+    )
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     engine = {"device": args.device} if args.device else None
     try:
-        config = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir, engine=engine)
+        config = load_config(
+            args.config, host=args.host, port=args.port, data_dir=args.data_dir, engine=engine, no_auth=args.no_auth
+        )
+        require_auth_choice(config)
     except ConfigError as exc:
         parser.error(str(exc))  # the message says which setting and why; a traceback would bury it
     run(config)

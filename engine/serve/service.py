@@ -27,6 +27,7 @@ from ..types import CampaignStats, EngineStats
 from .config import ServerConfig
 from .journal import Journal, JournalDamaged, JournalFailure, sequence_of, sequenced_name
 from .metrics import ServerMetrics
+from .repair import RepairRecord, read_repair_record
 
 log = logging.getLogger("probewatch.serve")
 
@@ -48,6 +49,7 @@ class Item:
     enqueued_at: float = 0.0
     abandoned: bool = False  # the caller was already answered by the failure policy
     batched: bool = False  # taken into a micro-batch: it will be journaled and applied
+    reserved: bool = False  # from the guardrail route: goes ahead of queued bulk items
 
 
 @dataclass
@@ -73,6 +75,14 @@ def snapshot_seq(path: Path) -> int | None:
 class StateDamagedError(ProbewatchError):
     """The data directory cannot give back the acknowledged state (unreadable snapshots, a gap
     in the journal): the service stays unready instead of serving part of it."""
+
+
+def repair_hint(data_path: Path) -> str:
+    """The way out every StateDamagedError names."""
+    return (
+        f"run `probewatch repair-state --data-dir {data_path}` to see exactly what would be dropped, and again "
+        "with --yes to drop it so the service can start (or restore the data directory from a backup)"
+    )
 
 
 # A forget's snapshot waits this long, so a burst of DELETEs is served by one snapshot.
@@ -110,6 +120,7 @@ class ObservationService:
         self.snapshot_dir = config.data_path / "snapshots"
         self._since_snapshot = 0
         self._last_snapshot_at = time.monotonic()
+        self._repaired = RepairRecord()
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -152,10 +163,15 @@ class ObservationService:
         cfg = self.config
         cfg.data_path.mkdir(parents=True, exist_ok=True)
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        self._repaired = read_repair_record(cfg.data_path)  # ranges repair-state dropped: not gaps
+        for partial in self.snapshot_dir.glob(".*.tmp"):  # a snapshot write a kill interrupted
+            log.warning("removing %s, a snapshot that was never completed", partial.name)
+            partial.unlink(missing_ok=True)
         if not self._given_engine:
             self.engine = self._load_newest_snapshot() or self._new_engine()
         replayed = self._replay_journal()
-        self.journal.open(max(self.journal.last_seq, self.covered_seq) + 1)
+        # never below a seq handed out before, even one a repair dropped
+        self.journal.open(max(self.journal.last_seq, self.covered_seq, self._repaired.high_water) + 1)
         # Pay for model loading and the first forward pass now, not on the first request.
         self.engine.embedder.encode(["probewatch warm-up"])
         log.info("restored snapshot seq %d and replayed %d journal records", self.covered_seq, replayed)
@@ -168,6 +184,16 @@ class ObservationService:
         the same campaigns other ids. Saved before the first observation, the salt is durable
         from then on (every later snapshot carries it too).
         """
+        segments = self.journal.segments()
+        resumes_at = self._repaired.skip(1)
+        if segments and segments[0][0] > resumes_at:
+            # Before the first snapshot is saved: a snapshot-0 would hide that one went missing.
+            first, path = segments[0]
+            raise StateDamagedError(
+                f"the snapshot directory {self.snapshot_dir} holds no snapshot, but the journal's oldest segment "
+                f"{path.name} starts at seq {first}: the snapshot covering seq {first - 1} (or journal records "
+                f"{resumes_at}-{first - 1}) is missing; {repair_hint(self.config.data_path)}"
+            )
         engine = Engine(config=self.config.engine, calibration_path=self.config.calibration_path)
         path = self.snapshot_dir / snapshot_name(0)
         engine.save(path)
@@ -196,8 +222,7 @@ class ObservationService:
             # Starting empty would serve (and soon snapshot over) a fraction of the acknowledged state.
             raise StateDamagedError(
                 f"none of the {len(snapshots)} snapshots in {self.snapshot_dir} can be read, so the acknowledged "
-                "state cannot be restored; restore them from a backup, or move the data directory aside to start "
-                "empty on purpose"
+                f"state cannot be restored; {repair_hint(self.config.data_path)}"
             )
         return None
 
@@ -223,31 +248,44 @@ class ObservationService:
                 log.warning("journal replay: %d records were rejected by the engine: %s", len(exc.errors), exc)
             pending.clear()
 
-        expected = self.covered_seq + 1
+        expected = self._repaired.skip(self.covered_seq + 1)
         try:
             records = list(self.journal.replay(self.covered_seq))
         except JournalDamaged as exc:
-            raise StateDamagedError(
-                f"{exc}; restore the journal from a backup, or move the data directory aside to start empty on purpose"
-            ) from exc
-        for record in records:
-            if record["seq"] != expected:
-                # a damaged or missing middle: what came between was acknowledged and is gone
-                raise StateDamagedError(
-                    f"journal records {expected}-{record['seq'] - 1} are missing or unreadable (after snapshot seq "
-                    f"{self.covered_seq}); restore the journal from a backup, or move the data directory aside to "
-                    "start empty on purpose"
-                )
-            expected += 1
-            count += 1
-            if record.get("op") == "forget":
-                flush()
-                self.engine.forget(record["account"])
-            else:
-                pending.append(record)
-                if len(pending) >= REPLAY_CHUNK:
+            raise StateDamagedError(f"{exc}; {repair_hint(self.config.data_path)}") from exc
+        self.engine.auto_evict = False  # the journal's evict records say what memory pressure evicted, and when
+        try:
+            for record in records:
+                if record["seq"] != expected:
+                    # a damaged or missing middle: what came between was acknowledged and is gone
+                    raise StateDamagedError(
+                        f"journal records {expected}-{record['seq'] - 1} are missing or unreadable (the newest "
+                        f"readable snapshot covers seq {self.covered_seq}, the journal resumes at seq "
+                        f"{record['seq']}); {repair_hint(self.config.data_path)}"
+                    )
+                expected = self._repaired.skip(expected + 1)
+                count += 1
+                op = record.get("op")
+                if op == "forget":
                     flush()
-        flush()
+                    self.engine.forget(record["account"])
+                elif op == "evict":
+                    flush()
+                    self.engine.evict(record["accounts"])
+                else:
+                    pending.append(record)
+                    if len(pending) >= REPLAY_CHUNK:
+                        flush()
+            flush()
+        finally:
+            self.engine.auto_evict = True
+        for first, path in self.journal.segments():
+            if first > expected:  # a segment opens at the seq after the last one handed out
+                raise StateDamagedError(
+                    f"journal records {expected}-{first - 1} are missing: segment {path.name} starts at seq {first} "
+                    f"but the snapshot (seq {self.covered_seq}) and the journal reach only seq {expected - 1}; "
+                    f"{repair_hint(self.config.data_path)}"
+                )
         self._since_snapshot = count
         return count
 
@@ -281,22 +319,45 @@ class ObservationService:
 
     def has_room(self, n_items: int, reserved: bool = False) -> bool:
         """Whether ``n_items`` more fit in the queue; ``reserved`` callers (the guardrail route)
-        may also use ``guardrail_reserved_capacity``, so bulk observation cannot starve them."""
+        may also use ``guardrail_reserved_capacity``, so bulk observation cannot starve them.
+
+        Bulk callers are also refused while the oldest queued item has waited a quarter of the
+        request deadline (an item queued behind it waits about as long again, plus its batch):
+        a queue that drains slower than it fills would answer their items by the deadline
+        fallback (often unobserved) instead of a 429 they can back off on, and would hold the
+        guardrail's items behind them past their deadline."""
         capacity = self.config.queue_capacity + (self.config.guardrail_reserved_capacity if reserved else 0)
-        return len(self._queue) + n_items <= capacity
+        if len(self._queue) + n_items > capacity:
+            return False
+        if reserved or not self._queue:
+            return True
+        waited = asyncio.get_running_loop().time() - self._queue[0].enqueued_at
+        return waited < self.config.request_deadline_ms / 4000.0
 
     async def observe(self, items: list[Item], reserved: bool = False) -> list[Outcome]:
-        """Verdicts for prepared items, answered within the request deadline whatever happens."""
+        """Verdicts for prepared items, answered within the request deadline whatever happens.
+
+        ``reserved`` items (the guardrail route, a user waiting on each) go ahead of queued bulk
+        items, behind earlier reserved ones: they make the next micro-batch."""
         loop = asyncio.get_running_loop()
         if not self.ready or self._closing:
             return [self._fallback(it, "not_ready") for it in items]
         if not self.has_room(len(items), reserved):
             return [self._fallback(it, "overloaded") for it in items]
         now = loop.time()
+        ahead = 0
+        if reserved:
+            while ahead < len(self._queue) and self._queue[ahead].reserved:
+                ahead += 1
         for it in items:
             it.future = loop.create_future()
             it.enqueued_at = now
-            self._queue.append(it)
+            if reserved:
+                it.reserved = True
+                self._queue.insert(ahead, it)
+                ahead += 1
+            else:
+                self._queue.append(it)
         self._wakeup.set()
         timeout = self.config.request_deadline_ms / 1000.0
         await asyncio.wait([it.future for it in items], timeout=timeout)
@@ -387,6 +448,9 @@ class ObservationService:
             outcomes = [self._fallback(it, "engine_error") for it in batch]
             for outcome in outcomes:
                 outcome.extra["detail"] = f"{type(exc).__name__}: {exc}"
+        if self.journal.failed is not None and self.ready:  # failed after this batch was journaled
+            self.ready = False
+            self.load_error = f"storage failed, no longer acknowledging observations: {self.journal.failed}"
         self.metrics.batch_latency.observe(loop.time() - started)
         for it, outcome in zip(batch, outcomes, strict=True):
             if not it.future.done():
@@ -413,6 +477,7 @@ class ObservationService:
         except Exception:
             self._consistent = False  # journaled but not applied: keep the journal, skip snapshots
             raise
+        self._journal_evictions()
         outcomes = []
         for i, it in enumerate(batch):
             if i in errors:
@@ -420,6 +485,19 @@ class ObservationService:
             else:
                 outcomes.append(Outcome(verdict=verdicts[i].to_dict(), queued=True, truncated=it.truncated))
         return outcomes
+
+    def _journal_evictions(self) -> None:
+        """After the batch whose records are journaled: the accounts its memory budget evicted,
+        so replay evicts the same ones at the same point (and keeps the same records)."""
+        evicted = self.engine.take_evicted()
+        if not evicted:
+            return
+        try:
+            self.journal.append([{"op": "evict", "accounts": evicted}])
+        except JournalFailure:
+            # The batch itself is durable and answered; replay would keep these accounts resident
+            # (more state, never less). _run_batch sees journal.failed and stops acknowledging.
+            log.error("journaling the eviction of %d accounts failed; the service stops acknowledging", len(evicted))
 
     # -- other state changes and reads ----------------------------------------------------------
     async def forget(self, account: str) -> bool:
@@ -526,7 +604,12 @@ class ObservationService:
         # After a forget, older snapshots and journal segments still hold the forgotten
         # prompts: once the new snapshot reads back whole, it alone is kept.
         keep = 1 if reason == "forget" and self._reads_back(path) else self.config.snapshot_keep
-        dropped = self._prune_after_snapshot(keep)
+        try:
+            dropped = self._prune_after_snapshot(keep)
+        except JournalFailure as exc:  # the journal could not start its next segment: unready now
+            self.ready = False
+            self.load_error = f"storage failed, no longer acknowledging observations: {exc}"
+            return
         self.metrics.snapshots.labels("written").inc()
         self.metrics.snapshot_latency.observe(time.perf_counter() - started)
         log.info(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -169,7 +170,68 @@ def test_the_runner_caps_concurrent_connections(monkeypatch, tmp_path):
 
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))
-    runner.run(ServerConfig(data_dir=str(tmp_path), max_connections=64))
+    runner.run(ServerConfig(data_dir=str(tmp_path), max_connections=64, api_token=TOKEN))
     assert seen["limit_concurrency"] == 64
     with pytest.raises(ConfigError, match="max_connections"):
         ServerConfig(max_connections=0)
+
+
+def test_no_token_refuses_to_start_unless_no_auth_on_loopback(monkeypatch, tmp_path, capsys):
+    import uvicorn
+
+    from probewatch.serve import create_app, runner
+
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: started.append(kwargs["host"]))
+    with pytest.raises(ConfigError, match=r"set PROBEWATCH_API_TOKEN .* or pass --no-auth"):
+        runner.run(ServerConfig(data_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match="no API token"):
+        create_app(ServerConfig(data_dir=str(tmp_path)))
+    assert started == []
+    # the command line says the same, before any model is loaded
+    monkeypatch.setattr(os, "environ", {})
+    with pytest.raises(SystemExit) as usage:
+        runner.main_serve(["--data-dir", str(tmp_path)])
+    assert usage.value.code == 2 and "PROBEWATCH_API_TOKEN" in capsys.readouterr().err
+    assert runner.main_serve(["--data-dir", str(tmp_path), "--no-auth"]) == 0
+    assert runner.main_serve(["--data-dir", str(tmp_path), "--no-auth", "--host", "::1"]) == 0
+    assert started == ["127.0.0.1", "::1"]
+    assert load_config(env={"PROBEWATCH_NO_AUTH": "true", "PROBEWATCH_HOST": "localhost"}).no_auth
+    for host in ("0.0.0.0", "192.168.1.7", "example.internal"):
+        with pytest.raises(ConfigError, match=f"loopback host .* got host '{host}'"):
+            load_config(env={"PROBEWATCH_NO_AUTH": "1", "PROBEWATCH_HOST": host})
+    with pytest.raises(SystemExit):
+        runner.main_serve(["--no-auth", "--host", "0.0.0.0"])
+    with pytest.raises(ConfigError, match="no_auth is set together with api_token"):
+        ServerConfig(no_auth=True, api_token=TOKEN)
+
+
+def test_rate_limit_settings():
+    config = load_config(
+        env={"PROBEWATCH_RATE_LIMIT_ITEMS_PER_S": "200", "PROBEWATCH_GUARDRAIL_RATE_LIMIT_PER_S": "50.5"}
+    )
+    assert (config.rate_limit_items_per_s, config.rate_limit_burst) == (200.0, 1024)
+    assert (config.guardrail_rate_limit_per_s, config.guardrail_rate_limit_burst) == (50.5, 64)
+    assert ServerConfig().rate_limit_items_per_s == ServerConfig().guardrail_rate_limit_per_s == 0  # off by default
+    with pytest.raises(
+        ConfigError,
+        match=r"rate_limit_burst must be >= max_items_per_request \(256\) so a full request can pass; got 10",
+    ):
+        ServerConfig(rate_limit_items_per_s=5, rate_limit_burst=10)
+    with pytest.raises(ConfigError, match="rate_limit_items_per_s"):
+        load_config(env={"PROBEWATCH_RATE_LIMIT_ITEMS_PER_S": "-1"})
+    with pytest.raises(ConfigError, match="rate_limit_client_header"):
+        ServerConfig(rate_limit_client_header="x client")
+
+
+def test_token_buckets_refill_at_their_rate_per_client():
+    from probewatch.serve.ratelimit import TokenBuckets
+
+    buckets = TokenBuckets(rate=10.0, burst=20, max_clients=2)
+    assert buckets.take("a", 20, now=0.0) == 0.0
+    assert buckets.take("a", 5, now=0.0) == pytest.approx(0.5)  # refused: nothing taken
+    assert buckets.take("a", 5, now=0.5) == 0.0  # 5 tokens came back in 0.5 s
+    assert buckets.take("b", 20, now=0.5) == 0.0  # its own bucket
+    assert buckets.take("c", 1, now=0.5) == 0.0  # a third client drops the least recent ("a")
+    assert buckets.take("a", 20, now=0.5) == 0.0  # so "a" starts full again
+    assert TokenBuckets(rate=0, burst=1).take("a", 10**6) == 0.0  # rate 0: no limit

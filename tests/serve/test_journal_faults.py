@@ -127,8 +127,11 @@ def test_damaged_state_keeps_the_service_unready_instead_of_serving_part_of_it(t
         return service.ready
 
     _run(config, text_engine_factory, observe_five)
+    partial = tmp_path / "snapshots" / ".snapshot-000000000009.npz.x1y2.tmp"  # what a kill mid-snapshot leaves
+    partial.write_bytes(b"half a snapshot")
     service, ready = _run(config, text_engine_factory, nothing)
     assert ready and service.engine.stats().observations == 5  # intact: restored whole
+    assert not partial.exists()  # the unfinished write is cleared, not left to fill the disk
 
     snapshots = sorted((tmp_path / "snapshots").iterdir())
     saved = {p: p.read_bytes() for p in snapshots}

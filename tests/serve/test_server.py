@@ -81,24 +81,44 @@ def test_observe_returns_verdicts_in_order_with_per_item_errors(http):
                 {"account": "alice", "prompt": "How do I bake sourdough bread?"},
                 {"account": "alice", "prompt": "   "},
                 {"account": "bob", "prompt": "What is the capital of France?", "ts": 1700000000.0},
-                {"account": 7, "prompt": "typed wrong"},
-                {"account": "carol"},
+                {"account": "bob", "prompt": "nul\x00byte"},
             ]
         },
     )
     assert r.status_code == 200
     results = r.json()["results"]
-    assert [x["index"] for x in results] == [0, 1, 2, 3, 4]
+    assert [x["index"] for x in results] == [0, 1, 2, 3]
     assert results[0]["account"] == "alice" and results[0]["level"] in ("ok", "watch", "flag")
     assert results[0]["action"] in ("NONE", "BLOCKED") and results[0]["n_queries"] == 1
     assert results[0]["campaign"] is None  # a verdict always carries the key
-    assert "non-whitespace" in results[1]["error"]["message"]
+    assert "non-whitespace" in results[1]["error"]["message"]  # a prompt that cannot be observed: that item only
     assert results[2]["account"] == "bob"
-    assert results[3]["error"]["type"] == "InvalidAccountError" and "str" in results[3]["error"]["message"]
-    assert "missing ['prompt']" in results[4]["error"]["message"]
-    assert r.json()["errors"] == 3
+    assert "NUL" in results[3]["error"]["message"]
+    assert r.json()["errors"] == 2
     single = http.post("/v1/observe", json={"account": "alice", "prompt": "And with rye flour?"})
     assert single.status_code == 200 and single.json()["results"][0]["n_queries"] == 2
+
+
+def test_an_item_breaking_the_schema_refuses_the_whole_request(http):
+    before = http.get("/v1/accounts/alice").json()["n_queries"]
+    r = http.post(
+        "/v1/observe",
+        json={
+            "items": [
+                {"account": "alice", "prompt": "Is this one observed?"},
+                {"account": 7, "prompt": "typed wrong"},
+                {"account": "carol"},
+                {"account": "a\u202eb", "prompt": "direction override"},
+            ]
+        },
+    )
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["type"] == "InvalidItem" and error["field"] == "items[1].account"
+    assert "3 of 4 items are invalid, so none was observed" in error["message"]
+    assert "must be a str" in error["message"] and "missing ['prompt']" in error["message"]
+    assert "U+202E" in error["message"]
+    assert http.get("/v1/accounts/alice").json()["n_queries"] == before  # nothing of it was observed
 
 
 @pytest.mark.parametrize(
@@ -201,7 +221,8 @@ def test_every_error_status_has_one_error_shape(sidecar, http):
             assert_error_shape(invalid, 422, "InvalidParameter", field)
             assert str(params[field]) in invalid.json()["error"]["message"]
     bad_meta = http.post("/v1/observe", json={"account": "a", "prompt": "p", "meta": {"ip": 1.5, "zone": "x"}})
-    assert bad_meta.status_code == 422 and bad_meta.json()["results"][0]["error"]["type"] == "InputError"
+    assert_error_shape(bad_meta, 422, "InvalidItem", "items[0].meta")
+    assert "'zone'" in bad_meta.json()["error"]["message"]
 
 
 def test_not_ready_is_a_503_with_the_error_shape(tmp_path):
@@ -210,7 +231,7 @@ def test_not_ready_is_a_503_with_the_error_shape(tmp_path):
 
     from probewatch.serve import ServerConfig, create_app
 
-    app = create_app(ServerConfig(data_dir=str(tmp_path)))
+    app = create_app(ServerConfig(data_dir=str(tmp_path), no_auth=True))
 
     async def ask(method: str, path: str) -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sidecar") as client:
@@ -244,7 +265,10 @@ def test_guardrail_endpoint_contract(http, flagged_attacker):
         body.setdefault("input_type", "request")
         return http.post("/beta/litellm_basic_guardrail_api", json=body).json()
 
-    assert ask(texts=["hi"], request_data={}) == {"action": "NONE"}  # no account id: never blocks
+    # no account id: never blocks, and says it was not observed
+    assert ask(texts=["hi"], request_data={}) == {"action": "NONE", "observed": False, "reason": "no_account"}
+    empty = http.post("/beta/litellm_basic_guardrail_api", json={})  # never a silent NONE
+    assert empty.status_code == 422 and empty.json()["error"]["field"] == "input_type"
     blocked = ask(texts=["violin sodium"], request_data={"user_api_key_end_user_id": "attacker"})
     assert blocked["action"] == "BLOCKED" and "extraction" in blocked["blocked_reason"]
     normal = ask(

@@ -179,41 +179,33 @@ def campaigns(http):
     return feed(http, [items for pair in rounds for items in pair])
 
 
-def test_meta_is_checked_per_item_and_nothing_else_is_lost(sidecar, http):
-    items = [
+def test_bad_meta_refuses_the_request_naming_item_and_key(sidecar, http):
+    good = [
         {"account": "meta-ok", "prompt": "How do I repot a cactus?", "meta": {"ip": "203.0.113.7", "org": "acme"}},
-        {"account": "meta-ok", "prompt": "And how often should I water it?", "meta": {"colour": "red"}},
-        {"account": "meta-ok", "prompt": "Does it need full sun?", "meta": {"ip": ["203.0.113.7"]}},
-        {"account": "meta-ok", "prompt": "What soil mix works best?", "meta": {"user_agent": "x" * 513}},
-        {"account": "meta-ok", "prompt": "Is a clay pot better?", "meta": "203.0.113.7"},
-        {"account": "meta-ok", "prompt": "Can it live outdoors in winter?", "meta": {"payment": True}},
         {"account": "meta-ok", "prompt": "Why are its spines turning brown?"},
         {"account": "meta-ok", "prompt": "Should I fertilise it?", "meta": {"network": None, "key_created": 17}},
     ]
-    r = http.post("/v1/observe", json={"items": items})
-    assert r.status_code == 200, r.text
-    body = r.json()
-    results = body["results"]
-    assert [x["index"] for x in results] == list(range(len(items)))
-    assert body["errors"] == 5
-    for index, words in (
-        (1, "'colour'"),
-        (2, "meta['ip']"),
-        (3, "meta['user_agent']"),
-        (4, "meta must be"),
-        (5, "meta['payment']"),
+    for bad_meta, words in (
+        ({"colour": "red"}, "'colour'"),
+        ({"ip": ["203.0.113.7"]}, "meta['ip']"),
+        ("203.0.113.7", "meta must be"),
+        ({"payment": True}, "meta['payment']"),
+        ({"key_created": 1e300}, "meta['key_created']"),
     ):
-        error = results[index]["error"]
-        assert error["type"] == "InputError", error
-        assert words in error["message"], error
-    assert "512" in results[3]["error"]["message"] and "list" in results[2]["error"]["message"]
-    assert [results[i]["n_queries"] for i in (0, 6, 7)] == [1, 2, 3]
-    assert all(results[i]["campaign"] is None for i in (0, 6, 7))  # the key is always there
-    assert http.get("/v1/accounts/meta-ok").json()["n_queries"] == 3
+        items = [*good, {"account": "meta-ok", "prompt": "And how often should I water it?", "meta": bad_meta}]
+        r = http.post("/v1/observe", json={"items": items})
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert error["type"] == "InvalidItem" and error["field"] == "items[3].meta", error
+        assert words in error["message"] and "none was observed" in error["message"], error
+    assert http.get("/v1/accounts/meta-ok").status_code == 404  # nothing of those requests was observed
 
-    # every item invalid: 422 with the same body, so a client sending only garbage notices
-    bad = http.post("/v1/observe", json={"items": [{"account": "meta-ok", "prompt": "p", "meta": {"ipv6": "::1"}}]})
-    assert bad.status_code == 422 and "'ipv6'" in bad.json()["results"][0]["error"]["message"]
+    r = http.post("/v1/observe", json={"items": good})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [results[i]["n_queries"] for i in (0, 1, 2)] == [1, 2, 3]
+    assert all(result["campaign"] is None for result in results)  # the key is always there
+    assert http.get("/v1/accounts/meta-ok").json()["n_queries"] == 3
 
     # the journal holds what the engine was given, meta included, so a restart replays it
     logged = [rec for rec in journal_records(sidecar.log_path.parent / "data") if rec.get("account") == "meta-ok"]
@@ -305,9 +297,11 @@ def test_openapi_documents_the_campaign_routes(http):
     }
     assert {"members", "indicators"} <= set(schemas["CampaignReport"]["properties"])
     body = spec["paths"]["/v1/observe"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    meta = body["properties"]["items"]["items"]["properties"]["meta"]["anyOf"][0]
+    wrapped, bare_item, item_list = body["anyOf"]  # {"items": [...]}, one item, or a list of items
+    assert bare_item == item_list["items"] == wrapped["properties"]["items"]["items"]
+    meta = bare_item["properties"]["meta"]["anyOf"][0]
     assert set(meta["properties"]) == {"ip", "network", "user_agent", "org", "payment", "key_created"}
-    assert meta["properties"]["ip"]["anyOf"][0]["maxLength"] == 512
+    assert "cut" in meta["properties"]["ip"]["anyOf"][0]["description"]  # cleaned, never refused
     assert "#/$defs/" not in json.dumps(spec)  # every reference resolves inside the document
 
 
@@ -343,14 +337,23 @@ def test_client_campaign_calls_and_meta(sidecar, campaigns):
         assert verdict["n_queries"] == 1 and verdict["campaign"] is None
         with pytest.raises(SidecarError) as rejected:
             client.observe("client-meta", "And a second one?", meta={"mac": "00:11"})
-        assert rejected.value.error_type == "InputError" and "'mac'" in rejected.value.message
+        assert rejected.value.error_type == "InvalidItem" and "'mac'" in rejected.value.message
+        assert rejected.value.status == 422 and rejected.value.field == "items[0].meta"
+        # an end user's blank or huge header costs neither its item nor the batch: it is cleaned
+        odd = client.observe_many(
+            [
+                ("client-meta", "Is a snake plant hard to kill?", None, {"user_agent": "   ", "org": "acme"}),
+                ("client-meta", "How often to water it?", None, {"user_agent": "x" * 5000}),
+            ]
+        )
+        assert [r["n_queries"] for r in odd] == [2, 3]
         results = client.observe_many(
             [
                 ("client-meta", "Which one needs least light?", None, {"org": "acme"}),
                 {"account": "client-meta", "prompt": "Any that clean the air?", "meta": {"org": "acme"}},
             ]
         )
-        assert [r["n_queries"] for r in results] == [2, 3]
+        assert [r["n_queries"] for r in results] == [4, 5]
 
     async def use_async_client() -> None:
         async with AsyncClient(sidecar.url, token=TOKEN) as client:
@@ -359,7 +362,7 @@ def test_client_campaign_calls_and_meta(sidecar, campaigns):
             first = (await client.campaigns())["campaigns"][0]
             assert (await client.campaign(first["id"]))["size"] == first["size"]
             verdict = await client.observe("client-meta", "Do succulents need misting?", meta={"ip": "198.51.100.9"})
-            assert verdict["n_queries"] == 4
+            assert verdict["n_queries"] == 6
             assert (await client.accounts(limit=1))["accounts"]
             with pytest.raises(SidecarError) as unknown:
                 await client.campaign("nope")

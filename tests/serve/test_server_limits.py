@@ -1,0 +1,139 @@
+"""Per-client rate limits, honest fail-open answers and the auth choice, over real HTTP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import AUTH, SidecarProcess, httpx, parse_prometheus
+
+pytestmark = pytest.mark.timeout(300)
+
+GUARDRAIL = "/beta/litellm_basic_guardrail_api"
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory):
+    root = tmp_path_factory.mktemp("limited")
+    server = SidecarProcess(
+        root / "data",
+        root / "server.log",
+        request_deadline_ms=30000,
+        max_items_per_request=8,
+        rate_limit_items_per_s=0.2,  # 8 items at once, then one every 5 s
+        rate_limit_burst=8,
+        guardrail_rate_limit_per_s=0.2,
+        guardrail_rate_limit_burst=3,
+    )
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.terminate()
+
+
+def _observe(url: str, client: str, n: int) -> httpx.Response:
+    items = [{"account": f"limited-{client}", "prompt": f"Question {i} about gardening?"} for i in range(n)]
+    return httpx.post(url + "/v1/observe", json={"items": items}, headers={**AUTH, "x-probewatch-client": client})
+
+
+def _guardrail(url: str, client: str, account: str | None = "guarded") -> httpx.Response:
+    request_data = {"user_api_key_hash": account} if account else {}
+    body = {"input_type": "request", "texts": ["How tall do sunflowers grow?"], "request_data": request_data}
+    return httpx.post(url + GUARDRAIL, json=body, headers={**AUTH, "x-probewatch-client": client})
+
+
+def test_a_client_over_its_rate_gets_429_and_others_and_the_guardrail_do_not(limited):
+    url = limited.url
+    assert _observe(url, "bulk-a", 8).status_code == 200  # the whole burst
+    over = _observe(url, "bulk-a", 2)
+    assert over.status_code == 429, over.text
+    assert over.json()["error"]["type"] == "RateLimited" and "none of the 2 items was observed" in over.text
+    assert 1 <= int(over.headers["retry-after"]) <= 10
+    assert httpx.get(url + "/v1/accounts/limited-bulk-a", headers=AUTH).json()["n_queries"] == 8
+    # another client has its own bucket; the guardrail route has its own buckets too
+    assert _observe(url, "bulk-b", 8).status_code == 200
+    answers = [_guardrail(url, "bulk-a") for _ in range(4)]
+    assert [r.status_code for r in answers] == [200, 200, 200, 429]
+    assert answers[0].json() == {"action": "NONE"}  # observed: nothing more to say
+    assert "retry-after" in answers[3].headers and answers[3].json()["error"]["type"] == "RateLimited"
+
+    samples = parse_prometheus(httpx.get(url + "/metrics").text)
+    for endpoint, items in (("/v1/observe", 2), (GUARDRAIL, 1)):
+        assert samples[("probewatch_rate_limited_requests_total", (("endpoint", endpoint),))] == 1
+        labels = (("endpoint", endpoint), ("reason", "rate_limited"))
+        assert samples[("probewatch_unobserved_items_total", labels)] == items
+    text = httpx.get(url + "/metrics").text
+    assert "bulk-a" not in text and "limited-" not in text and "guarded" not in text  # never a label
+
+
+def test_unobserved_guardrail_answers_say_so_and_are_counted(limited):
+    answer = _guardrail(limited.url, "gw-unobserved", account=None)
+    assert answer.json() == {"action": "NONE", "observed": False, "reason": "no_account"}
+    samples = parse_prometheus(httpx.get(limited.url + "/metrics").text)
+    assert samples[("probewatch_unobserved_items_total", (("endpoint", GUARDRAIL), ("reason", "no_account")))] == 1
+    invalid = httpx.post(limited.url + GUARDRAIL, json={"input_type": "request"}, headers=AUTH)
+    assert invalid.status_code == 422 and invalid.json()["error"]["field"] == "request_data"
+
+
+def test_a_prompt_that_cannot_be_observed_is_counted(limited):
+    items = [{"account": "limited-prompt", "prompt": " "}]
+    r = httpx.post(limited.url + "/v1/observe", json=items, headers={**AUTH, "x-probewatch-client": "prompts"})
+    assert r.status_code == 200 and r.json()["errors"] == 1 and "error" in r.json()["results"][0]
+    samples = parse_prometheus(httpx.get(limited.url + "/metrics").text)
+    labels = (("endpoint", "/v1/observe"), ("reason", "invalid_prompt"))
+    assert samples[("probewatch_unobserved_items_total", labels)] == 1
+
+
+def _serve(*args: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PROBEWATCH_")}
+    return subprocess.run(
+        [sys.executable, "-m", "probewatch.serve", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_without_a_token_the_service_refuses_to_start():
+    refused = _serve("--port", "1")
+    assert refused.returncode == 2
+    assert "set PROBEWATCH_API_TOKEN" in refused.stderr and "--no-auth" in refused.stderr
+    public = _serve("--no-auth", "--host", "0.0.0.0", "--port", "1")
+    assert public.returncode == 2 and "loopback" in public.stderr
+
+
+def test_a_wrong_method_lists_every_method_of_the_path(limited):
+    r = httpx.options(limited.url + "/v1/accounts/someone", headers=AUTH)
+    assert r.status_code == 405 and r.json()["error"]["type"] == "MethodNotAllowed"
+    assert {"GET", "DELETE"} <= {m.strip() for m in r.headers["allow"].split(",")}
+
+
+def test_the_published_account_rule_is_the_one_the_sidecar_checks():
+    import random
+    import re
+    import sys
+
+    from probewatch.errors import InvalidAccountError
+    from probewatch.io.validation import check_account
+    from probewatch.serve.http import ACCOUNT_SCHEMA
+
+    pattern = re.compile(ACCOUNT_SCHEMA["pattern"])
+    rng = random.Random(11)
+    edges = ["a", " ", " a ", "\u3000", "a\u2028", "a\u200b", "\u202e", "x\U000e0001", "p/q?x#1%", "\u00a0b"]
+    randoms = ["".join(chr(rng.randrange(sys.maxunicode)) for _ in range(rng.randrange(1, 4))) for _ in range(20000)]
+    checked = 0
+    for text in edges + [t for t in randoms if not any(0xD800 <= ord(c) <= 0xDFFF for c in t)]:
+        try:
+            check_account(text)
+            accepted = True
+        except InvalidAccountError:
+            accepted = False
+        published = bool(pattern.search(text)) and len(text) <= ACCOUNT_SCHEMA["maxLength"]
+        assert published == accepted, (text, published, accepted)
+        checked += 1
+    assert checked > 10000

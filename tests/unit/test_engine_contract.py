@@ -414,3 +414,52 @@ def test_a_flood_of_new_accounts_cannot_evict_a_flagged_account_out_of_its_level
     # a privacy forget drops the record as well
     assert tiny.forget("sweeper") is True and "sweeper" not in tiny.pipeline.evicted
     assert tiny.observe_embeddings(["sweeper"], scatter[:1])[0].level is pw.Level.OK
+
+
+def test_rank_scaling_matches_brute_force_normal_scores():
+    """The two-binary-search rank table against ranks counted one value at a time."""
+    from scipy.stats import norm
+
+    from probewatch.detect.scoring import _RankTable
+
+    rng = np.random.default_rng(5)
+    rows = rng.standard_normal((300, 4))
+    rows[:, 1] = np.round(rows[:, 1])  # ties: most benign values piled on a few points
+    rows[rng.random(300) < 0.2, 2] = np.nan
+    rows[:, 3] = np.nan  # a feature no benign row has
+    columns = [np.sort(c[~np.isnan(c)]) for c in rows.T]
+    median = np.nan_to_num(np.nanmedian(rows[:, :3], axis=0))
+    median = np.append(median, 0.0)
+    scale = np.array([0.7, 0.5, 1.1, 1.0])
+    table = _RankTable(columns, median, scale)
+    queries = 3.0 * rng.standard_normal((200, 4))
+    queries[0, 0] = np.nan
+    got = table.normal_scores(queries)
+    for i, j in np.ndindex(queries.shape):
+        x, col = queries[i, j], columns[j]
+        if np.isnan(x) or col.size == 0:
+            expected = 0.0
+        else:
+            share = ((col < x).sum() + (col <= x).sum()) / (2.0 * col.size)
+            expected = norm.ppf(np.clip(share, 0.5 / col.size, 1 - 0.5 / col.size))
+            expected += min(x - col[0], 0.0) / scale[j] + max(x - col[-1], 0.0) / scale[j]
+        assert got[i, j] == pytest.approx(expected, abs=1e-9), (i, j)
+    # beyond the benign range the score keeps growing, so farther is always rarer
+    far = table.normal_scores(np.array([[10.0, 10.0, 10.0, 10.0], [20.0, 20.0, 20.0, 20.0]]))
+    assert (far[1, :3] > far[0, :3]).all() and (far[0, :3] > 3.0).all()
+
+
+def test_a_history_bin_held_by_few_accounts_borrows_a_well_covered_one(topics):
+    """Rows of a handful of long accounts are not a benign population: their bin is left
+    empty and judged by the nearest well-covered bin."""
+    from probewatch.detect.scoring import MIN_BIN_ACCOUNTS
+
+    rng = np.random.default_rng(SEED_DATA + 11)
+    many = topical_stream(rng, 60, DIM, q_range=(20, 40), topics=topics, prefix="u")
+    few = topical_stream(rng, 6, DIM, q_range=(140, 160), topics=topics, prefix="long")
+    engine = pw.Engine.from_benign_embeddings(many[0] + few[0], np.concatenate([many[1], few[1]]), device="cpu")
+    cal = engine.calibration
+    long_bin = bin_of(140)
+    assert MIN_BIN_ACCOUNTS > 6
+    assert cal.samples[long_bin].shape[0] == 0  # 6 accounts (fewer after the reference share) are too few
+    assert cal.donor_bin[long_bin] < long_bin and cal.samples[cal.donor_bin[long_bin]].shape[0] > 0

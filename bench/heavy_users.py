@@ -1,0 +1,102 @@
+"""Heavy benign accounts: does the 0.1 % promise hold past the calibrated history length?
+
+The benchmark's benign test accounts are all shorter than 512 queries, while the mixed
+scenarios' accounts send 1,100 to 2,000: the false-positive rate of long accounts is not
+measured by ``bench.eval``. This builds heavy benign users from the benign test pool, each
+the test accounts of one kind sent one after another by one account (in time order, every
+prompt once), until it passes ``--min-queries``; probewatch is calibrated exactly as
+``bench.eval --calibration both`` calibrates it, and each heavy user is streamed as a new
+account. Stitching different users of one kind gives a more varied heavy user than one
+person would be, so this errs towards more false positives; it is a measurement of where the
+calibration runs out, not a benign class of its own.
+
+    python -m bench.heavy_users [--size default] [--min-queries 512] [--per-kind 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+
+from bench.traffic import AccountStream
+
+MIN_PART_QUERIES = 10
+
+
+def stitched_heavy_users(
+    benign: Sequence[AccountStream], min_queries: int, per_kind: int, seed: int
+) -> list[AccountStream]:
+    """Up to ``per_kind`` heavy users per benign kind, each at least ``min_queries`` long, made
+    of whole test accounts of that kind (each used once) with their timestamps shifted so
+    the parts follow one another."""
+    by_kind: dict[str, list[AccountStream]] = defaultdict(list)
+    for stream in benign:
+        if len(stream) >= MIN_PART_QUERIES:
+            by_kind[stream.kind].append(stream)
+    rng = random.Random(f"{seed}:heavy-users")
+    heavy = []
+    for kind, streams in sorted(by_kind.items()):
+        pool = rng.sample(streams, len(streams))
+        for n in range(per_kind):
+            parts: list[AccountStream] = []
+            while pool and sum(len(p) for p in parts) < min_queries:
+                parts.append(pool.pop())
+            if sum(len(p) for p in parts) < min_queries:
+                break
+            prompts, ts, clock = [], [], 0.0
+            for part in parts:
+                offset = clock - part.ts[0]
+                prompts += part.prompts
+                ts += [t + offset for t in part.ts]
+                clock = ts[-1] + 3600.0  # the next part starts an hour later
+            heavy.append(AccountStream(f"heavy-{kind}-{n}", 0, kind, prompts, ts, [False] * len(prompts)))
+    return heavy
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="default", choices=["quick", "default"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-queries", type=int, default=512)
+    parser.add_argument("--per-kind", type=int, default=10)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+    import probewatch as pw
+    from bench.embedcache import EmbeddingCache
+    from bench.eval import OPERATING_FPRS, embed_traffic, with_populations
+    from bench.traffic import build_traffic
+    from bench.traffic.populations import build_populations
+    from bench.unseen import calibrated_engine, levels_of, rates
+
+    embedder = pw.Embedder(device="cpu")
+    cache = EmbeddingCache(embedder)
+    traffic = with_populations(
+        build_traffic(args.size, args.seed, embed=cache.embed), build_populations(args.size, args.seed)
+    )
+    data = embed_traffic(traffic, cache, show_progress=False)
+    heavy = stitched_heavy_users(traffic.test_benign, args.min_queries, args.per_kind, args.seed)
+    if not heavy:
+        print(f"no benign kind has {args.min_queries} queries of test accounts to stitch", file=sys.stderr)
+        return 2
+    engine = calibrated_engine(
+        traffic.calibration, data.vectors_of, embedder, args.seed, *OPERATING_FPRS, "bench.heavy_users calibration"
+    )
+    levels = levels_of(engine, heavy, data.vectors_of, "heavy")
+    lengths = sorted(len(s) for s in heavy)
+    print(
+        f"{len(heavy)} heavy benign users ({lengths[0]}-{lengths[-1]} queries), calibrated on "
+        f"{len(traffic.calibration)} accounts; flag threshold {engine.detector.flag_threshold:.3f}"
+    )
+    overall = rates(levels)
+    print(f"all: {overall['flag']:.1%} flagged, {overall['watch']:.1%} at watch or above (targets 0.1 % / 1 %)")
+    for kind, count in sorted(Counter(s.kind for s in heavy).items()):
+        mine = rates([lv for lv, s in zip(levels, heavy, strict=True) if s.kind == kind])
+        print(f"  {kind:32s} {count:3d}  {mine['flag']:6.1%} flagged  {mine['watch']:6.1%} watch+")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -24,7 +24,7 @@ from ..campaigns.elicitation_default import default_elicitation_head
 from ..campaigns.layer import CampaignLayer
 from ..config import EngineConfig
 from ..errors import UnknownAccountError, UnknownCampaignError
-from ..types import AccountReport, CampaignReport, FeatureReading, Level, Verdict
+from ..types import AccountReport, CampaignReport, FeatureReading, Level, Reason, Verdict
 from .features import FEATURE_NAMES, AccountState
 from .learning import AccountStanding, LearningRules, ProviderNormal
 from .scoring import BenignModel, Detector
@@ -34,8 +34,9 @@ from .stream import FeatureStream, StepResult
 # eviction does not run again on the very next batch.
 EVICT_TO_SHARE = 0.9
 # What an evicted account at watch or flag leaves behind (level, peak score and risk, the query
-# at which it was flagged, its query count): its level comes back when the account does.
-EVICTED_RECORD_BYTES = 256
+# at which it was flagged, its query count, the reasons it was judged by): its level and
+# reasons come back when the account does.
+EVICTED_RECORD_BYTES = 1024
 DIVERSE_PERCENTILE = 10.0
 _MEAN_PAIRWISE = FEATURE_NAMES.index("mean_pairwise_similarity")
 
@@ -49,9 +50,11 @@ class Pipeline:
         self.observations = 0
         self.population = ProviderNormal(LearningRules.from_config(config))
         self.clock = math.nan  # latest timestamp observed: account ages for learning
-        # account -> (level, peak_score, peak_risk, flagged_at, n) of accounts at watch or flag
-        # that memory pressure evicted: an attacker cannot shed its level by flooding new accounts
-        self.evicted: dict[str, tuple[str, float, float, int, int]] = {}
+        # account -> (level, peak_score, peak_risk, flagged_at, n, reasons) of accounts at watch
+        # or flag that memory pressure evicted: an attacker cannot shed its level by flooding new accounts
+        self.evicted: dict[str, tuple[str, float, float, int, int, tuple[Reason, ...]]] = {}
+        # reasons a returned account was evicted with, shown until its own history gives some
+        self.carried_reasons: dict[str, tuple[Reason, ...]] = {}
         self.evictions = 0  # accounts evicted for memory (not forgotten on request)
         self.last_evicted: list[str] = []  # what the last observe evicted (the sidecar journals it)
         self.auto_evict = True  # off while the sidecar replays its journal: its evict records say what goes
@@ -276,6 +279,7 @@ class Pipeline:
                 float(state.peak_risk),
                 int(state.flagged_at),
                 int(state.n),
+                self.report(account).reasons,
             )
         self.forget(account, keep_record=True)
         self.evictions += 1
@@ -294,10 +298,12 @@ class Pipeline:
             record = self.evicted.pop(account, None)
             if record is None or account in self.states:
                 continue
-            level, peak_score, peak_risk, flagged_at, _n = record
+            level, peak_score, peak_risk, flagged_at, _n, reasons = record
             state = self.stream._state_of(account)
             state.level, state.peak_score, state.peak_risk = Level(level), peak_score, peak_risk
             state.flagged_at = flagged_at
+            if reasons:
+                self.carried_reasons[account] = reasons
 
     # -- calibration ----------------------------------------------------------------------
     def recalibrate(self, benign: BenignModel) -> None:
@@ -349,7 +355,7 @@ class Pipeline:
             score=float(scores[0]),
             peak_risk=state.peak_risk,
             features=readings,
-            reasons=reasons[0],
+            reasons=reasons[0] or self.carried_reasons.get(account, ()),
             risk_over_time=tuple(state.history),
             peak_one_in=float(10.0 ** cal.log10_one_in(state.peak_score)),
             elicitation_rate=self.campaigns.elicitation_rate(account) if self.campaigns is not None else None,
@@ -366,6 +372,7 @@ class Pipeline:
     def forget(self, account: str, keep_record: bool = False) -> bool:
         """Drop the account; ``keep_record`` (eviction) keeps its evicted record, a forget
         (a privacy request) drops that too."""
+        self.carried_reasons.pop(account, None)  # an evicted record carries them on, a forget drops them
         if not keep_record and self.evicted.pop(account, None) is not None and account not in self.states:
             return True
         self.population.forget(account)
@@ -377,6 +384,7 @@ class Pipeline:
         self.stream.clear()
         self.observations = 0
         self.evicted.clear()
+        self.carried_reasons.clear()
         self.evictions = 0
         self.last_evicted = []
         self.memory_pressure = None
@@ -411,6 +419,7 @@ class Pipeline:
             "population": self.population.state_dict(),
             "clock": self.clock,
             "evicted": dict(self.evicted),
+            "carried_reasons": dict(self.carried_reasons),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -421,6 +430,7 @@ class Pipeline:
         self.observations = int(state["observations"])
         self.clock = float(state.get("clock", math.nan))
         self.evicted = {a: tuple(r) for a, r in (state.get("evicted") or {}).items()}
+        self.carried_reasons = dict(state.get("carried_reasons") or {})
         if state.get("population") is not None:
             self.population.load_state(state["population"])
         if self.config.population_update_every:

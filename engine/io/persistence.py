@@ -28,7 +28,7 @@ from ..detect.features import AccountState
 from ..detect.reference import BenignReference
 from ..detect.scoring import BenignModel, Calibration
 from ..errors import CalibrationError, ConfigError, SnapshotError
-from ..types import Level
+from ..types import Level, Reason
 
 SNAPSHOT_FORMAT = "probewatch-snapshot"
 CALIBRATION_FORMAT = "probewatch-calibration"
@@ -152,7 +152,8 @@ def write_snapshot(path: str | Path, state: dict[str, Any]) -> None:
         "scalars": [[_json_scalar(getattr(s, name)) for name in AccountState.SCALARS] for s in states],
         "histories": [s.history for s in states],
         "clock": _json_scalar(float(state.get("clock", math.nan))),
-        "evicted": {a: list(r) for a, r in (state.get("evicted") or {}).items()},
+        "evicted": {a: [*r[:5], [x.to_dict() for x in r[5]]] for a, r in (state.get("evicted") or {}).items()},
+        "carried_reasons": {a: [x.to_dict() for x in r] for a, r in (state.get("carried_reasons") or {}).items()},
     }
     arrays = {
         "header": _header(SNAPSHOT_FORMAT, header),
@@ -173,6 +174,21 @@ def write_snapshot(path: str | Path, state: dict[str, Any]) -> None:
         arrays.update({f"campaign_{name}": value for name, value in campaigns["arrays"].items()})
     arrays["header"] = _header(SNAPSHOT_FORMAT, header)
     _atomic_write(path, arrays)
+
+
+def _reasons(stored: Any) -> tuple[Reason, ...]:
+    """Reasons kept for an evicted account, from their ``Reason.to_dict()`` form."""
+    return tuple(
+        Reason(
+            feature=str(r["feature"]),
+            value=float(r["value"]),
+            benign_percentile=float(r["benign_percentile"]),
+            direction=str(r["direction"]),
+            deviation=float(r["deviation"]),
+            description=str(r.get("description", "")),
+        )
+        for r in stored
+    )
 
 
 def _json_scalar(value: Any) -> Any:
@@ -230,10 +246,12 @@ def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         if header.get("population"):  # snapshots before 0.3.0 have none: learning starts over
             population = {name: arrays[f"population_{name}"] for name in ("rows", "ns", "owners", "admitted")}
         clock = header.get("clock")
+        # records of 0.3.0 snapshots have no reasons
         evicted = {
-            str(a): (str(r[0]), float(r[1]), float(r[2]), int(r[3]), int(r[4]))
+            str(a): (str(r[0]), float(r[1]), float(r[2]), int(r[3]), int(r[4]), _reasons(r[5] if len(r) > 5 else []))
             for a, r in header.get("evicted", {}).items()
         }
+        carried_reasons = {str(a): _reasons(r) for a, r in header.get("carried_reasons", {}).items()}
     except ConfigError as exc:  # before ValueError, which ConfigError subclasses
         raise SnapshotError(f"{path}: stored configuration is invalid ({exc})") from exc
     except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -250,6 +268,7 @@ def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         "population": population,
         "clock": math.nan if clock is None else float(clock),
         "evicted": evicted,
+        "carried_reasons": carried_reasons,
     }
 
 

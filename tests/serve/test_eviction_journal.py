@@ -43,7 +43,8 @@ def _snapshot_of(engine) -> dict:
     stats = engine.stats()
     return {
         "resident": sorted(engine.accounts()),
-        "records": {a: list(r) for a, r in sorted(engine.pipeline.evicted.items())},
+        # a record's reasons by feature: their values are float32 sums, rounded by batch shape
+        "records": {a: [*r[:5], [x.feature for x in r[5]]] for a, r in sorted(engine.pipeline.evicted.items())},
         "evictions": stats.evicted,
         "levels": stats.levels,
     }

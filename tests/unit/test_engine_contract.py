@@ -399,6 +399,8 @@ def test_a_flood_of_new_accounts_cannot_evict_a_flagged_account_out_of_its_level
     # survives a snapshot and comes back with the account
     tiny = make_engine(memory_budget_bytes=budget)
     tiny.observe_embeddings(["sweeper"] * 120, scatter)
+    judged_by = [r.feature for r in tiny.report("sweeper").reasons]
+    assert judged_by
     # flagged floods: nothing at ok is left to evict first
     flagged_flood = [unit_rows(rng.standard_normal((120, DIM))) for _ in range(int(1.5 * budget / (120 * DIM * 4)) + 8)]
     for i, rows in enumerate(flagged_flood):
@@ -411,6 +413,10 @@ def test_a_flood_of_new_accounts_cannot_evict_a_flagged_account_out_of_its_level
     again = pw.Engine.load(tmp_path / "tiny.npz")
     back = again.observe_embeddings(["sweeper"], scatter[:1])[0]
     assert back.level is pw.Level.FLAG and back.flagged and back.peak_risk > 0.99
+    # the analyst still sees why: the reasons it was evicted with, until its new history has some
+    assert [r.feature for r in again.report("sweeper").reasons] == judged_by
+    again.save(tmp_path / "again.npz")
+    assert [r.feature for r in pw.Engine.load(tmp_path / "again.npz").report("sweeper").reasons] == judged_by
     # a privacy forget drops the record as well
     assert tiny.forget("sweeper") is True and "sweeper" not in tiny.pipeline.evicted
     assert tiny.observe_embeddings(["sweeper"], scatter[:1])[0].level is pw.Level.OK

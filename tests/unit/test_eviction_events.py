@@ -46,7 +46,8 @@ def _state(engine: pw.Engine) -> dict:
     stats = engine.stats()
     return {
         "resident": sorted(engine.accounts()),
-        "records": dict(sorted(engine.pipeline.evicted.items())),
+        # a record's reasons by feature: their values are float32 sums, rounded by batch shape
+        "records": {a: (*r[:5], tuple(x.feature for x in r[5])) for a, r in sorted(engine.pipeline.evicted.items())},
         "evictions": stats.evicted,
         "levels": stats.levels,
     }

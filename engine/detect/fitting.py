@@ -14,7 +14,6 @@ Learning from the provider's own live traffic is :mod:`probewatch.detect.learnin
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -28,7 +27,6 @@ from .features import N_FEATURES
 from .reference import BenignReference
 from .scoring import (
     MAX_BIN_SAMPLES,
-    MIN_BIN_ACCOUNTS,
     MIN_BIN_SAMPLES,
     MIN_SCORED_QUERIES,
     N_BINS,
@@ -89,24 +87,13 @@ def _stream_features(
     return np.concatenate(feats), np.concatenate(ns), np.concatenate(owner)
 
 
-def _well_covered_bins(ns: np.ndarray, owner: np.ndarray) -> np.ndarray:
-    """Which history bins hold rows of enough accounts to stand for benign traffic:
-    MIN_BIN_ACCOUNTS, or in a calibration too small for that, half as many accounts as the
-    best-covered bin."""
+def _bin_samples(features: np.ndarray, ns: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Benign feature rows per history bin; a uniform sample where a bin has too many, so each
+    kind of benign traffic is represented in proportion to its volume."""
     bins = bin_of(ns)
-    accounts = np.array([np.unique(owner[bins == b]).size for b in range(N_BINS)])
-    return accounts >= min(MIN_BIN_ACCOUNTS, max(1, math.ceil(accounts.max(initial=0) / 2)))
-
-
-def _bin_samples(features: np.ndarray, ns: np.ndarray, owner: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
-    """Benign feature rows per well-covered history bin (none for the others); a uniform
-    sample where a bin has too many, so each kind of benign traffic is represented in
-    proportion to its volume."""
-    bins = bin_of(ns)
-    covered = _well_covered_bins(ns, owner)
     out = []
     for b in range(N_BINS):
-        rows = np.flatnonzero(bins == b) if covered[b] else np.zeros(0, dtype=np.int64)
+        rows = np.flatnonzero(bins == b)
         if rows.size > MAX_BIN_SAMPLES:
             rows = np.sort(rng.choice(rows, size=MAX_BIN_SAMPLES, replace=False))
         out.append(features[rows])
@@ -119,15 +106,13 @@ def _account_maxima(scores: np.ndarray, owner: np.ndarray, accounts_idx: np.ndar
     return maxima[accounts_idx]
 
 
-def _distance_norm(distances: np.ndarray, ns: np.ndarray, owner: np.ndarray) -> np.ndarray:
-    """Per bin: median and 99th percentile of out-of-sample benign kNN distances (well-covered
-    bins; the others borrow, as the tables do)."""
+def _distance_norm(distances: np.ndarray, ns: np.ndarray) -> np.ndarray:
+    """Per bin: median and 99th percentile of out-of-sample benign kNN distances."""
     bins = bin_of(ns)
-    covered = _well_covered_bins(ns, owner)
     norm = np.full((N_BINS, 2), np.nan)
     for b in range(N_BINS):
         d = distances[bins == b]
-        if covered[b] and d.size >= MIN_BIN_SAMPLES:
+        if d.size >= MIN_BIN_SAMPLES:
             norm[b] = np.quantile(d, [0.5, 0.99])
     have = np.flatnonzero(~np.isnan(norm[:, 0]))
     if have.size == 0:
@@ -224,11 +209,9 @@ def _cross_fitted(
     oof = np.empty(features.shape[0])
     for fit_idx, score_idx in ((folds[0], folds[1]), (folds[1], folds[0])):
         fit_mask, score_mask = np.isin(owner, fit_idx), np.isin(owner, score_idx)
-        fold_cal = Calibration(_bin_samples(features[fit_mask], ns[fit_mask], owner[fit_mask], rng), None, off_ref)
+        fold_cal = Calibration(_bin_samples(features[fit_mask], ns[fit_mask], rng), None, off_ref)
         oof[score_mask] = fold_cal.raw_distances(features[score_mask], ns[score_mask])
-    final = Calibration(
-        _bin_samples(features, ns, owner, rng), None, off_ref, distance_norm=_distance_norm(oof, ns, owner)
-    )
+    final = Calibration(_bin_samples(features, ns, rng), None, off_ref, distance_norm=_distance_norm(oof, ns))
     account_scores = rolling_mean_per_account(final.standardise(oof, ns), owner)
     # The rate is over accounts that can be scored at all: accounts that never reach
     # MIN_SCORED_QUERIES score 0 whatever they send, and counting them would set a lower

@@ -185,7 +185,6 @@ class ProviderNormal:
             distance_norm=base.distance_norm,
             source=base.source + LIVE_SOURCE,
             n_accounts=base.n_accounts,
-            scaling=base.scaling,
         )
 
     # -- snapshots ------------------------------------------------------------------------

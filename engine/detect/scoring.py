@@ -3,13 +3,8 @@
 Calibration is benign-only. Benign traffic is not one population: chat users, retry-heavy
 users, translation and retrieval apps each have their own typical feature values, so an
 account is judged by how far it is from its *nearest benign look-alikes* (k-nearest
-neighbours among benign feature vectors at the same history length), not by how far each
-feature is from one benign median. Each feature is put on a common scale by its benign
-rank: a value is replaced by the normal quantile of its share among benign values of its bin
-(a value below every benign one keeps going down in units of the benign spread). Ranks
-weigh "rarer than any benign account" the same for every feature, whether benign values of
-that feature are spread out or piled on one value (a spread-based unit lets a feature most
-benign accounts hold at zero, like the near-duplicate rate, swamp every distance). That raw
+neighbours among benign feature vectors at the same history length, every feature scaled
+by its benign spread), not by how far each feature is from one benign median. That raw
 distance is put on a common scale per history bin using out-of-sample benign distances,
 and the distribution of benign accounts' *lifetime maximum* scores (cross-fitted, with an
 exponential tail fitted to its top decile) turns a score into a risk:
@@ -26,7 +21,6 @@ import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
-from scipy.special import ndtri
 
 from ..campaigns.scoring import GroupCalibration
 from ..errors import CalibrationError
@@ -39,10 +33,6 @@ BIN_EDGES = np.array([1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8
 N_BINS = len(BIN_EDGES)
 _BIN_EDGES_LIST = BIN_EDGES.tolist()
 MIN_BIN_SAMPLES = 40
-# A bin's benign spread must come from this many accounts: rows of one long account are a
-# trajectory, not a population, and a bin held by a handful of heavy users would judge every
-# long account by whether it resembles one of them. Thinner bins borrow a populated one.
-MIN_BIN_ACCOUNTS = 10
 MAX_BIN_SAMPLES = 4096
 Z_AT_Q99 = 2.3263  # normal quantile of 0.99
 IQR_PER_SIGMA = 1.349  # interquartile range of a normal, in standard deviations
@@ -52,11 +42,6 @@ MIN_SCORED_QUERIES = 10  # fewer queries are too little evidence to act on at a 
 # persists, while one odd benign query (a burst of retries, a history-bin boundary) does not.
 REASON_MIN_GAP = 0.5  # scaled differences smaller than this do not explain anything
 TAIL_FRACTION = 0.1
-# How features are put on one scale before the kNN distance (see the module docstring):
-# benign rank (normal scores), or the benign spread (interquartile range), which calibration
-# files made before 0.4.0 were fitted with.
-RANK_SCALING, SPREAD_SCALING = "rank", "spread"
-SCALINGS = (RANK_SCALING, SPREAD_SCALING)
 MAX_LOG10_ONE_IN = 300.0  # "1 in 1e300" is already past any meaning, and stays a finite float
 
 
@@ -87,44 +72,6 @@ def rolling_mean_per_account(scores: np.ndarray, owner: np.ndarray, window: int 
     return out
 
 
-class _RankTable:
-    """Benign normal scores of one history bin: value -> normal quantile of its mid-rank
-    among the bin's benign values of that feature, for all features in two binary searches.
-
-    Each feature's sorted values are squashed monotonically into (0, 1) and shifted by twice
-    the feature's index, so one sorted key array holds every feature in its own block. Ranks
-    are clipped to half a row from either end (at most about 3.8 for 4,096 benign values);
-    beyond the benign minimum or maximum the score continues in units of the benign spread,
-    so an account twice as far out scores higher. A missing value (NaN) or a feature without
-    benign values scores 0, the benign median.
-    """
-
-    def __init__(self, sorted_columns: list[np.ndarray], median: np.ndarray, scale: np.ndarray):
-        self.median, self.scale = median, scale
-        self.count = np.array([c.size for c in sorted_columns], dtype=np.float64)
-        self.start = np.concatenate([[0], np.cumsum(self.count)[:-1]])
-        self.keys = np.concatenate([self._key(c, j) for j, c in enumerate(sorted_columns)])
-        self.present = self.count > 0
-        self.low = np.array([c[0] if c.size else 0.0 for c in sorted_columns])
-        self.high = np.array([c[-1] if c.size else 0.0 for c in sorted_columns])
-
-    def _key(self, values: np.ndarray, feature: int | np.ndarray) -> np.ndarray:
-        return 2.0 * feature + 0.5 + np.arctan((values - self.median[feature]) / self.scale[feature]) / math.pi
-
-    def normal_scores(self, features: np.ndarray) -> np.ndarray:
-        x = np.atleast_2d(np.asarray(features, dtype=np.float64))
-        feature = np.arange(x.shape[1])
-        with np.errstate(invalid="ignore"):
-            keys = self._key(x, feature)
-        below = np.searchsorted(self.keys, keys, side="left") - self.start
-        not_above = np.searchsorted(self.keys, keys, side="right") - self.start
-        count = np.maximum(self.count, 1.0)
-        share = np.clip((below + not_above) / (2.0 * count), 0.5 / count, 1.0 - 0.5 / count)
-        z = ndtri(share)
-        z += np.minimum(x - self.low, 0.0) / self.scale + np.maximum(x - self.high, 0.0) / self.scale
-        return np.where(np.isnan(x) | ~self.present, 0.0, z)
-
-
 class Calibration:
     """Benign feature vectors per history bin, and the tail of benign lifetime-max scores.
 
@@ -145,11 +92,7 @@ class Calibration:
         distance_norm: np.ndarray | None = None,
         source: str = "",
         n_accounts: int = 0,
-        scaling: str = RANK_SCALING,
     ):
-        if scaling not in SCALINGS:
-            raise CalibrationError(f"calibration scaling must be one of {SCALINGS}; got {scaling!r}")
-        self.scaling = scaling
         if len(samples) != N_BINS:
             raise CalibrationError(f"calibration needs one sample table per bin ({N_BINS}); got {len(samples)}")
         self.samples = [np.asarray(s, dtype=np.float64).reshape(-1, N_FEATURES) for s in samples]
@@ -183,7 +126,6 @@ class Calibration:
             self._scaled: list[np.ndarray | None] = [None] * N_BINS
             self._scaled_sq: list[np.ndarray | None] = [None] * N_BINS
             self._sorted: list[list[np.ndarray] | None] = [None] * N_BINS
-            self._ranks: list[_RankTable | None] = [None] * N_BINS
             for b in populated:
                 rows = self.samples[b]
                 q1, med, q3 = np.nanquantile(rows, [0.25, 0.5, 0.75], axis=0)
@@ -196,15 +138,12 @@ class Calibration:
                 self.scale[b] = np.maximum(
                     np.nan_to_num((q3 - q1) / IQR_PER_SIGMA), np.maximum(0.25 * pooled_std, 1e-9)
                 )
+                self._scaled[b] = np.ascontiguousarray(np.nan_to_num((rows - med) / self.scale[b]), dtype=np.float32)
+                self._scaled_sq[b] = (self._scaled[b].astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
                 # Sorted non-NaN benign values per feature: a percentile is one binary search.
                 self._sorted[b] = [np.sort(col[~np.isnan(col)]) for col in rows.T]
-                self._ranks[b] = _RankTable(self._sorted[b], med, self.scale[b])
-                self._scaled[b] = np.ascontiguousarray(self._scaled_point(rows, b), dtype=np.float32)
-                self._scaled_sq[b] = (self._scaled[b].astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
 
     def _scaled_point(self, features: np.ndarray, b: int) -> np.ndarray:
-        if self.scaling == RANK_SCALING:
-            return (self._ranks[b].normal_scores(features) * self.known).astype(np.float32)
         return (np.nan_to_num((features - self.median[b]) / self.scale[b]) * self.known).astype(np.float32)
 
     def neighbours(self, features: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -338,12 +277,7 @@ class Calibration:
         return out
 
     def meta(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "n_accounts": self.n_accounts,
-            "features": list(FEATURE_NAMES),
-            "scaling": self.scaling,
-        }
+        return {"source": self.source, "n_accounts": self.n_accounts, "features": list(FEATURE_NAMES)}
 
     @classmethod
     def from_arrays(cls, arrays, meta: dict[str, Any]) -> Calibration:
@@ -374,9 +308,6 @@ class Calibration:
             distance_norm=norm,
             source=meta.get("source", ""),
             n_accounts=meta.get("n_accounts", 0),
-            # files from before 0.4.0 (no "scaling") were fitted on spread-scaled features; their distance
-            # scale and thresholds only hold for that scaling
-            scaling=meta.get("scaling", SPREAD_SCALING),
         )
 
 

@@ -11,8 +11,6 @@ import random
 
 import pytest
 
-import probewatch as pw
-
 SEED_PROMPT = (
     "Explain in simple terms why the sky looks blue during the day but turns red and orange "
     "at sunset, and mention what role the atmosphere plays"
@@ -277,11 +275,8 @@ def test_normal_users_are_not_flagged(results, account):
 
 
 @pytest.mark.slow
-def test_demo_scenario_surfaces_every_extractor_and_flags_no_ordinary_account(text_engine_factory):
-    """`probewatch demo`'s own traffic, batched as the CLI batches it. The perturbation chain
-    is flagged; the one-word sentiment prober (150 near-copies of one classification
-    template, what editing-and-resending users also send) reaches watch, and outranks every
-    ordinary account."""
+def test_demo_scenario_flags_every_extractor_and_no_ordinary_account(text_engine_factory):
+    """`probewatch demo`'s own traffic, batched as the CLI batches it."""
     from probewatch.cli.demo import EXTRACTING, NORMAL_ACCOUNTS, demo_traffic
 
     engine = text_engine_factory(device="cpu")
@@ -289,10 +284,7 @@ def test_demo_scenario_surfaces_every_extractor_and_flags_no_ordinary_account(te
     for s in range(0, len(events), 16):
         chunk = events[s : s + 16]
         engine.observe_batch([a for a, _, _ in chunk], [p for _, p, _ in chunk], [t for _, _, t in chunk])
-    assert engine.report("perturb-bot").level == "flag", _describe(engine, "perturb-bot")
     for account in EXTRACTING:
-        assert engine.report(account).level >= pw.Level.WATCH, _describe(engine, account)
+        assert engine.report(account).level == "flag", _describe(engine, account)
     for account in NORMAL_ACCOUNTS:
         assert engine.report(account).level != "flag", _describe(engine, account)
-    lowest_extractor = min(engine.report(a).peak_one_in for a in EXTRACTING)
-    assert all(engine.report(a).peak_one_in < lowest_extractor for a in NORMAL_ACCOUNTS)

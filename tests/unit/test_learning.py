@@ -184,14 +184,12 @@ def test_snapshot_keeps_prior_and_live_rows_apart(make_engine, topics, tmp_path)
     assert [(v.account, v.level, round(v.score, 9)) for v in a] == [(v.account, v.level, round(v.score, 9)) for v in b]
 
 
-def _unseen_app_before_and_after_learning(make_engine, topics, spread):
-    """Verdicts of a fresh app's accounts and of sweepers, without and with learning from
-    ordinary users, the app's earlier accounts and a poisoner (app-like, then sweeping)."""
+def test_learning_makes_an_unseen_app_look_benign_but_not_an_extractor(make_engine, topics):
     rng = np.random.default_rng(18)
     centre = 1.3 * rng.standard_normal(DIM)
     users = topical_stream(rng, 60, DIM, q_range=(20, 40), topics=topics, prefix="user")
-    app = app_accounts(rng, centre, 40, 40, "app", spread=spread)
-    fresh_app = app_accounts(rng, centre, 20, 40, "fresh-app", spread=spread)
+    app = app_accounts(rng, centre, 40, 40, "app")
+    fresh_app = app_accounts(rng, centre, 20, 40, "fresh-app")
     # a poisoner warms up looking like the app, then sweeps: it must not teach the sweep
     poison_warm = app_accounts(rng, centre, 8, 24, "poison")
     sweeps = [unit_rows(rng.standard_normal((120, DIM))) for _ in range(8)]
@@ -211,35 +209,14 @@ def _unseen_app_before_and_after_learning(make_engine, topics, spread):
             extractors[name] = engine.observe_embeddings([name] * rows.shape[0], rows)[-1]
         return fresh, extractors
 
-    return run(learn=False), run(learn=True)
-
-
-def _watched(verdicts):
-    return sum(v.level >= pw.Level.WATCH for v in verdicts.values())
-
-
-def test_learning_makes_an_unseen_app_look_benign_but_not_an_extractor(make_engine, topics):
-    # An app at the edge of what the prior knows: most of its accounts reach watch, some do
-    # not, and those teach (with the ordinary users) until the app's next accounts look normal.
-    (fresh_before, extractors_before), (fresh_after, extractors_after) = _unseen_app_before_and_after_learning(
-        make_engine, topics, spread=0.8
-    )
+    fresh_before, extractors_before = run(learn=False)
+    fresh_after, extractors_after = run(learn=True)
     peak = lambda vs: np.mean([v.peak_risk for v in vs.values()])  # noqa: E731
-    assert _watched(fresh_before) >= 10  # the unseen app looks odd to the prior alone
-    assert _watched(fresh_after) <= _watched(fresh_before) // 4
+    flagged = lambda vs: sum(v.level >= pw.Level.WATCH for v in vs.values())  # noqa: E731
+    assert flagged(fresh_before) >= 10  # the unseen app looks odd to the prior alone
+    assert flagged(fresh_after) <= flagged(fresh_before) // 4
     assert peak(fresh_after) < peak(fresh_before)
-    assert _watched(extractors_after) == _watched(extractors_before) == len(extractors_before)
-
-
-def test_an_app_the_prior_watches_outright_cannot_teach_itself(make_engine, topics):
-    # When every account of the app reaches watch, none of them may teach: learning cannot
-    # tell such an app from a campaign, so it stays on watch for an analyst (or a recalibration).
-    (fresh_before, _), (fresh_after, extractors_after) = _unseen_app_before_and_after_learning(
-        make_engine, topics, spread=0.55
-    )
-    assert _watched(fresh_before) == len(fresh_before)
-    assert _watched(fresh_after) == len(fresh_after)
-    assert _watched(extractors_after) == len(extractors_after)
+    assert flagged(extractors_after) == flagged(extractors_before) == len(sweeps)
 
 
 def test_flag_tail_counts_only_accounts_long_enough_to_be_scored(topics):
@@ -254,13 +231,8 @@ def test_flag_tail_counts_only_accounts_long_enough_to_be_scored(topics):
     # table accounts), so they do not pull the threshold down for the accounts that can score
     tail = with_light.calibration.account_max_scores
     assert tail.size <= 40 and (tail > 0).mean() > 0.5
-    # What the tail is for: accounts that can be scored keep about the watch rate (1 %) the
-    # calibration promises, light accounts in it or not (counting them used to push it up)
-    fresh = topical_stream(rng, 300, DIM, q_range=(20, 40), topics=topics, prefix="fresh")
-    for engine in (with_light, alone):
-        engine.observe_embeddings(*fresh)
-        watched = sum(engine.report(a).level >= pw.Level.WATCH for a in set(fresh[0]))
-        assert watched <= 9, f"{watched} of 300 fresh benign accounts at watch (target 1 %)"
+    ratio = with_light.detector.flag_threshold / alone.detector.flag_threshold
+    assert 0.8 < ratio < 1.25
 
 
 def test_members_of_suspected_campaigns_do_not_teach(calibration_path, topics, monkeypatch):

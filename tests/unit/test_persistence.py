@@ -186,7 +186,6 @@ def _as_previous_version(path, out):
     header = json.loads(arrays["header"].tobytes().decode("utf-8"))
     drop = FEATURE_NAMES.index("follow_up_similarity")
     header["calibration"]["features"] = [f for f in FEATURE_NAMES if f != "follow_up_similarity"]
-    header["calibration"].pop("scaling", None)
     header.pop("population", None)
     header.pop("clock", None)
     for name in list(arrays):
@@ -206,8 +205,6 @@ def test_a_previous_version_snapshot_loads_and_judges_without_the_new_feature(tm
     engine.save(tmp_path / "now.npz")
     _as_previous_version(tmp_path / "now.npz", tmp_path / "old.npz")
     old = pw.Engine.load(tmp_path / "old.npz")
-    # 0.2.0 files were fitted on spread-scaled features, and are judged that way
-    assert old.calibration.scaling == "spread" and engine.calibration.scaling == "rank"
     column = FEATURE_NAMES.index("follow_up_similarity")
     assert old.calibration.known[column] == 0 and old.calibration.known.sum() == len(FEATURE_NAMES) - 1
     assert all(np.isnan(s[:, column]).all() for s in old.calibration.samples)

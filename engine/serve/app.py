@@ -42,6 +42,7 @@ from . import accounts, campaigns, guardrail, observe, operations
 from .config import ServerConfig, require_auth_choice
 from .guardrail import GUARDRAIL_PATH
 from .http import ACCOUNT_SCHEMA, RateLimits, RequestError, error_response
+from .logs import REQUEST_ID_HEADER, request_id, request_id_from
 from .metrics import ServerMetrics
 from .service import ObservationService
 
@@ -246,8 +247,8 @@ async def _internal_error(_request: Request, _exc: Exception) -> JSONResponse:
 
 
 class Gatekeeper:
-    """Outermost ASGI layer: request metrics, bearer-token check and body size limit, all
-    before the body is read."""
+    """Outermost ASGI layer: request id (``X-Request-ID``), request metrics, bearer-token check
+    and body size limit, all before the body is read."""
 
     def __init__(self, app: FastAPI, config: ServerConfig, metrics: ServerMetrics, routes: list[BaseRoute]):
         self.app = app
@@ -261,10 +262,13 @@ class Gatekeeper:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        reply = _Reply(send)
+        rid = request_id_from(dict(scope.get("headers") or []).get(REQUEST_ID_HEADER))
+        token = request_id.set(rid)
+        reply = _Reply(send, rid)
         try:
             await self._admit(scope, receive, reply)
         finally:
+            request_id.reset(token)
             endpoint = self._route_label(scope)
             self.metrics.requests.labels(endpoint, scope.get("method", ""), str(reply.status)).inc()
             self.metrics.request_latency.labels(endpoint).observe(time.perf_counter() - started)
@@ -325,8 +329,9 @@ class _Reply:
     """The send() side of one request: remembers the status, and once the Gatekeeper has
     answered by itself, drops the app's late reply."""
 
-    def __init__(self, send: Send):
+    def __init__(self, send: Send, request_id: str | None = None):
         self._send = send
+        self._request_id = request_id.encode() if request_id else None
         self.status = 500  # what the metrics record if nothing is ever sent
         self.started = False
         self._closed = False
@@ -337,6 +342,9 @@ class _Reply:
         if message["type"] == "http.response.start":
             self.status = message["status"]
             self.started = True
+            if self._request_id is not None:  # echoed, so a client can find this request in the log
+                kept = [(k, v) for k, v in message.get("headers") or [] if k.lower() != REQUEST_ID_HEADER]
+                message = {**message, "headers": [*kept, (REQUEST_ID_HEADER, self._request_id)]}
         await self._send(message)
 
     async def error(self, status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> None:

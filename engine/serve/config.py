@@ -38,13 +38,14 @@ ENGINE_ENV_PREFIX = "PROBEWATCH_ENGINE_"
 # Where the sidecar's engine differs from a library Engine(): it learns the provider's normal
 # (after its warm-up: 50 accounts at least a day old; see probewatch.detect.learning).
 SIDECAR_ENGINE_DEFAULTS: dict[str, Any] = {"population_update_every": 10_000}
-SECRET_SETTINGS = frozenset({"api_token", "engine.campaign_salt"})  # never logged or echoed in errors
+SECRET_SETTINGS = frozenset({"api_token", "engine.campaign_salt", "log_hash_key"})  # never logged or echoed in errors
 RENAMED_SETTINGS = {"fail_mode": "failure_policy"}
 UNSET_WORDS = ("", "none", "null")
 
 FsyncPolicy = Literal["always", "batch", "interval", "never"]
 PromptOverflow = Literal["truncate", "reject"]
 GuardrailAction = Literal["NONE", "BLOCKED"]
+LogFormat = Literal["text", "json"]
 
 
 class _GivenValuesOnly(BaseSettings):
@@ -129,6 +130,9 @@ class ServerConfig(_GivenValuesOnly):
     port: int = Field(8321, ge=0, le=65535)
     data_dir: str = "./probewatch-data"
     log_level: str = "info"
+    log_format: LogFormat = "text"  # json: one object a line with ts, level, logger, event, request_id
+    log_account_ids: bool = False  # log raw account ids; otherwise only account_hash (keyed HMAC)
+    log_hash_key: str | None = None  # the account_hash key; unset: a random key per process
 
     # security
     api_token: str | None = None
@@ -185,7 +189,7 @@ class ServerConfig(_GivenValuesOnly):
         except ValidationError as exc:
             raise _config_error(exc, ServerConfig) from None
 
-    @field_validator("calibration_path", mode="before")
+    @field_validator("calibration_path", "log_hash_key", mode="before")
     @classmethod
     def _unset_words_mean_none(cls, value: Any) -> Any:
         return _none_if_unset(value)

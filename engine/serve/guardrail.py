@@ -26,6 +26,7 @@ from ..errors import ProbewatchError
 from ..integrations.meta import meta_from_guardrail_request
 from ..integrations.prompts import prompt_from_guardrail_request
 from .http import RequestError, Service, read_json, require_rate
+from .logs import account_fields
 from .service import Item, ObservationService, Outcome
 
 log = logging.getLogger("probewatch.serve")
@@ -127,7 +128,8 @@ def _item_to_observe(payload: dict[str, Any], service: ObservationService, recei
     try:
         return service.prepare_item(str(account), prompt, None, received_at, meta)
     except ProbewatchError as exc:
-        log.debug("guardrail item not observed: %s", exc)
+        # the error's text may quote the account id: log its kind and the account's hash only
+        log.debug("guardrail item not observed: %s", type(exc).__name__, extra=account_fields(str(account)))
         return "invalid_item"
 
 

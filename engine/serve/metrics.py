@@ -64,6 +64,8 @@ ENGINE_GAUGES: tuple[tuple[str, str, Callable[[EngineStats], float]], ...] = (
     ),
 )
 QUEUE_DEPTH = ("probewatch_queue_depth", "Observation items waiting for a micro-batch.")
+QUEUE_CAPACITY = ("probewatch_queue_capacity", "Items the observation queue holds for bulk callers (queue_capacity).")
+READY = ("probewatch_ready", "1 while the sidecar acknowledges observations (/readyz 200), else 0 (/readyz says why).")
 
 # The levels a campaign can have: only groups at watch or flag form campaigns.
 CAMPAIGN_LEVELS = ("watch", "flag")
@@ -104,15 +106,21 @@ class EngineGauges(Collector):
         read_stats: Callable[[], EngineStats | None],
         read_queue_depth: Callable[[], int],
         read_campaigns: Callable[[], CampaignStats | None] | None = None,
+        read_ready: Callable[[], bool] | None = None,
+        queue_capacity: int = 0,
     ):
         self._read_stats = read_stats
         self._read_queue_depth = read_queue_depth
         self._read_campaigns = read_campaigns or (lambda: None)
+        self._read_ready = read_ready or (lambda: False)
+        self._queue_capacity = queue_capacity
 
     def describe(self) -> list[Metric]:
         return [
             *(GaugeMetricFamily(name, help_text) for name, help_text, _ in ENGINE_GAUGES),
             GaugeMetricFamily(*QUEUE_DEPTH),
+            GaugeMetricFamily(*QUEUE_CAPACITY),
+            GaugeMetricFamily(*READY),
             GaugeMetricFamily(*CAMPAIGNS, labels=("level",)),
             *(GaugeMetricFamily(name, help_text) for name, help_text, _ in CAMPAIGN_GAUGES),
             CounterMetricFamily(*EVICTED_FLAGGED),
@@ -123,6 +131,8 @@ class EngineGauges(Collector):
         for name, help_text, read in ENGINE_GAUGES:
             yield GaugeMetricFamily(name, help_text, value=float(read(stats)) if stats is not None else 0.0)
         yield GaugeMetricFamily(*QUEUE_DEPTH, value=float(self._read_queue_depth()))
+        yield GaugeMetricFamily(*QUEUE_CAPACITY, value=float(self._queue_capacity))
+        yield GaugeMetricFamily(*READY, value=1.0 if self._read_ready() else 0.0)
         campaigns = _read_or_none(self._read_campaigns, "campaign stats")
         by_level = GaugeMetricFamily(*CAMPAIGNS, labels=("level",))
         for level in CAMPAIGN_LEVELS:
@@ -151,6 +161,8 @@ class ServerMetrics:
         read_stats: Callable[[], EngineStats | None],
         read_queue_depth: Callable[[], int],
         read_campaigns: Callable[[], CampaignStats | None] | None = None,
+        read_ready: Callable[[], bool] | None = None,
+        queue_capacity: int = 0,
     ):
         self.registry = CollectorRegistry()
         counter = functools.partial(Counter, registry=self.registry)
@@ -201,7 +213,7 @@ class ServerMetrics:
         self.snapshot_latency = histogram(
             "probewatch_snapshot_duration_seconds", "Time to write one snapshot.", buckets=LATENCY_BUCKETS
         )
-        self.registry.register(EngineGauges(read_stats, read_queue_depth, read_campaigns))
+        self.registry.register(EngineGauges(read_stats, read_queue_depth, read_campaigns, read_ready, queue_capacity))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric (media type :data:`CONTENT_TYPE`)."""

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from ..errors import ConfigError
 from .config import ServerConfig, load_config, require_auth_choice
+from .logs import RequestIdFilter, configure_account_logging, make_formatter
 
 
 def run(config: ServerConfig | None = None) -> None:
@@ -20,7 +21,7 @@ def run(config: ServerConfig | None = None) -> None:
 
     config = config or load_config()
     require_auth_choice(config)  # before the model loads: a missing token is told at once
-    _configure_logging(config.log_level)
+    _configure_logging(config)
     logging.getLogger("probewatch.serve").info("starting with settings %s", config.public_dict())
     uvicorn.run(
         create_app(config),
@@ -29,6 +30,8 @@ def run(config: ServerConfig | None = None) -> None:
         log_level=config.log_level,
         timeout_graceful_shutdown=max(1, int(config.shutdown_drain_s)),
         access_log=False,
+        # json: uvicorn's own records go through the probewatch handler (see _configure_logging)
+        log_config=None if config.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         server_header=False,
         lifespan="on",
         # connections past this get 503 from uvicorn itself, before any work: the queue's 429s
@@ -45,6 +48,7 @@ def main_serve(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, help="port (default 8321)")
     parser.add_argument("--data-dir", help="journal and snapshots folder (default ./probewatch-data)")
     parser.add_argument("--device", help="engine device: auto, cpu or cuda[:N]")
+    parser.add_argument("--log-format", choices=("text", "json"), help="log lines: text (default) or json")
     parser.add_argument(
         "--no-auth",
         action="store_true",
@@ -55,7 +59,13 @@ def main_serve(argv: Sequence[str] | None = None) -> int:
     engine = {"device": args.device} if args.device else None
     try:
         config = load_config(
-            args.config, host=args.host, port=args.port, data_dir=args.data_dir, engine=engine, no_auth=args.no_auth
+            args.config,
+            host=args.host,
+            port=args.port,
+            data_dir=args.data_dir,
+            engine=engine,
+            no_auth=args.no_auth,
+            log_format=args.log_format,
         )
         require_auth_choice(config)
     except ConfigError as exc:
@@ -64,13 +74,21 @@ def main_serve(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(config: ServerConfig) -> None:
+    configure_account_logging(config.log_account_ids, config.log_hash_key)
     logger = logging.getLogger("probewatch")
     if not logger.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(RequestIdFilter())
+        handler.probewatch_owned = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
-    logger.setLevel(level.upper())
+    for handler in logger.handlers:  # ours only: an embedder's handlers keep their formatters
+        if getattr(handler, "probewatch_owned", False):
+            handler.setFormatter(make_formatter(config.log_format))
+    logger.setLevel(config.log_level.upper())
+    server_logger = logging.getLogger("uvicorn")
+    if config.log_format == "json" and not server_logger.handlers:
+        server_logger.handlers = list(logger.handlers)
 
 
 if __name__ == "__main__":

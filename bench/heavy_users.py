@@ -10,6 +10,12 @@ account. Stitching different users of one kind gives a more varied heavy user th
 person would be, so this errs towards more false positives; it is a measurement of where the
 calibration runs out, not a benign class of its own.
 
+Then learning the provider's normal (:mod:`probewatch.detect.learning`): half of each kind's
+heavy users are live accounts the engine learns from, the other half are scored after the
+refit. Once with the default rules (accounts that reached ``watch`` never teach, so heavy
+users the calibration cannot place teach nothing), once with the teaching half vouched for
+up front (``Engine.mark_benign``: a provider marking the app-backend keys it knows).
+
     python -m bench.heavy_users [--size default] [--min-queries 512] [--per-kind 10]
 """
 
@@ -20,6 +26,7 @@ import random
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 
 from bench.traffic import AccountStream
 
@@ -54,6 +61,33 @@ def stitched_heavy_users(
                 clock = ts[-1] + 3600.0  # the next part starts an hour later
             heavy.append(AccountStream(f"heavy-{kind}-{n}", 0, kind, prompts, ts, [False] * len(prompts)))
     return heavy
+
+
+def learned_rates(benign, heavy: Sequence[AccountStream], vectors_of, embedder, seed: int, vouch: bool) -> dict:
+    """Learn from every other heavy user of each kind (vouched for first when ``vouch``), then
+    the sticky levels of the rest as new accounts; the warm-up rule is lowered to the number of
+    teachers, since a benchmark has tens of heavy users where a provider has thousands."""
+    import probewatch as pw
+    from bench.unseen import NEVER, levels_of, rates, warm_up
+
+    teach = [s for i, s in enumerate(heavy) if i % 2 == 0]
+    score = [s for i, s in enumerate(heavy) if i % 2 == 1]
+    engine = pw.Engine(
+        embedder=embedder,
+        benign=benign,
+        device="cpu",
+        seed=seed,
+        campaigns=False,
+        population_update_every=NEVER,
+        population_min_accounts=len(teach),
+    )
+    if vouch:
+        for k, stream in enumerate(teach):  # warm_up names its accounts "teach-<k>"
+            engine.observe_embeddings([f"teach-{k}"], vectors_of(stream)[:1], stream.ts[:1])
+            engine.mark_benign(f"teach-{k}")
+        teach = [replace(s, prompts=s.prompts[1:], ts=s.ts[1:], is_attack=s.is_attack[1:]) for s in teach]
+    learned = warm_up(engine, teach, vectors_of, "teach")
+    return {**rates(levels_of(engine, score, vectors_of, "scored")), "warm_up": learned}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,6 +129,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for kind, count in sorted(Counter(s.kind for s in heavy).items()):
         mine = rates([lv for lv, s in zip(levels, heavy, strict=True) if s.kind == kind])
         print(f"  {kind:32s} {count:3d}  {mine['flag']:6.1%} flagged  {mine['watch']:6.1%} watch+")
+    benign = engine.pipeline.benign
+    for vouch in (False, True):
+        after = learned_rates(benign, heavy, data.vectors_of, embedder, args.seed, vouch)
+        how = "the teaching half vouched for" if vouch else "default rules"
+        print(
+            f"after learning ({how}; {after['warm_up']}): {after['flag']:.1%} flagged, "
+            f"{after['watch']:.1%} at watch or above, of {after['accounts']} other heavy users"
+        )
     return 0
 
 

@@ -10,6 +10,9 @@ from typing import Any
 from .errors import ConfigError
 
 STORAGE_DTYPES = ("float32", "float16")
+EMBED_BACKENDS = ("auto", "torch", "onnx", "openvino")
+EMBED_PRECISIONS = ("auto", "fp32", "bf16")
+EMBED_QUANTIZE = ("none", "int8")
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,19 @@ class EngineConfig:
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu' or 'cuda[:N]'."""
     embed_batch_size: int = 16
+    embed_backend: str = "torch"
+    """Embedding runtime: 'torch', 'openvino' or 'onnx' (CPU; need probewatch[openvino] /
+    probewatch[onnx]), or 'auto': torch on CUDA; on CPU OpenVINO when installed, else torch.
+    'auto' (OpenVINO bf16 here) is 2-5x faster on a bf16 CPU, but not the default yet:
+    detection rounds differently by batch shape, and with those vectors a journal replay (which
+    batches differently) no longer lands on bit-identical scores (issue 14 note)."""
+    embed_precision: str = "auto"
+    """'fp32', 'bf16' or 'auto': float16 on CUDA; on CPU fp32 for an explicitly chosen torch
+    backend, else bf16 where the CPU has native bf16 (fp32 where it has not)."""
+    embed_quantize: str = "none"
+    """'none' or 'int8' (onnx backend: dynamic int8 weights; faster, vectors drift from fp32)."""
+    embed_cache_size: int = 16_384
+    """Distinct prompts whose vectors the exact-repeat cache keeps in memory (0 = off)."""
     history_cap: int = 10_000
     eviction_block: int = 512
     storage: str = "float32"
@@ -96,6 +112,18 @@ class EngineConfig:
                 raise ConfigError(f"config {what}; got {value!r}")
 
         need(self.embed_batch_size >= 1, "embed_batch_size must be >= 1", self.embed_batch_size)
+        need(self.embed_backend in EMBED_BACKENDS, f"embed_backend must be one of {EMBED_BACKENDS}", self.embed_backend)
+        need(
+            self.embed_precision in EMBED_PRECISIONS,
+            f"embed_precision must be one of {EMBED_PRECISIONS}",
+            self.embed_precision,
+        )
+        need(
+            self.embed_quantize in EMBED_QUANTIZE,
+            f"embed_quantize must be one of {EMBED_QUANTIZE}",
+            self.embed_quantize,
+        )
+        need(self.embed_cache_size >= 0, "embed_cache_size must be >= 0 (0 = off)", self.embed_cache_size)
         need(self.history_cap >= 16, "history_cap must be >= 16", self.history_cap)
         need(
             1 <= self.eviction_block <= self.history_cap,

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .backend.device import Backend
-from .backend.embedder import Embedder
+from .backend.embedder import Embedder, RepeatCacheStats
 from .campaigns.metadata import check_meta
 from .config import EngineConfig
 from .detect.fitting import fit_calibration
@@ -101,8 +101,24 @@ class Engine:
         """The text encoder, loaded on first use (observe_embeddings never needs it)."""
         with self._lock:
             if self._embedder is None:
-                self._embedder = Embedder(self.config.model, self._backend.device, self.config.embed_batch_size)
+                cfg = self.config
+                self._embedder = Embedder(
+                    cfg.model,
+                    self._backend.device,
+                    cfg.embed_batch_size,
+                    backend=cfg.embed_backend,
+                    precision=cfg.embed_precision,
+                    quantize=cfg.embed_quantize,
+                    cache_size=cfg.embed_cache_size,
+                )
             return self._embedder
+
+    def repeat_cache_stats(self) -> RepeatCacheStats:
+        """Hits and misses of the embedder's exact-repeat cache (all zero before the model loads)."""
+        embedder = self._embedder
+        if embedder is None:
+            return RepeatCacheStats(0, 0, 0, self.config.embed_cache_size)
+        return embedder.cache.stats()
 
     @property
     def dim(self) -> int:
@@ -302,6 +318,19 @@ class Engine:
         check_account(account)
         with self._lock:
             return self.pipeline.forget(account)
+
+    def mark_benign(self, account: str) -> bool:
+        """An analyst vouches that ``account`` is benign: its feature rows teach the live benign
+        population (see :mod:`probewatch.detect.learning`) whatever its level, which stays as
+        it is. True if the account is held."""
+        check_account(account)
+        with self._lock:
+            return self.pipeline.mark_benign(account)
+
+    def known_benign(self, account: str) -> bool:
+        """Whether ``account`` was marked with :meth:`mark_benign` (and not forgotten since)."""
+        with self._lock:
+            return account in self.pipeline.population.vouched
 
     # -- memory-budget evictions (the sidecar journals them and replays them by name) --------------
     def evict(self, accounts: Sequence[str]) -> list[str]:

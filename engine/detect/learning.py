@@ -9,12 +9,16 @@ from the provider's own traffic, and is built so that an attacker cannot teach i
   where timestamps are given, ``population_min_age_s`` seconds since their first query), that
   never reached ``watch`` (levels are sticky, so ``ok`` now means ok all along) and that belong
   to no campaign group at ``watch`` or above. Eligibility is decided at every refit, so an
-  account that reaches ``watch`` later takes its rows back out at the next refit.
+  account that reaches ``watch`` later takes its rows back out at the next refit. An account an
+  analyst marked known-benign (:meth:`ProviderNormal.vouch`, journaled by the sidecar) teaches
+  whatever its level: a person vouched for it.
 * **How much each teaches.** At most ``population_rows_per_account`` rows per account, a
   uniform sample over its life (a per-account reservoir): a thousand-query account weighs as
   much as a sixteen-query one.
 * **How much all of them teach.** Live rows are at most ``population_max_share`` of each
-  history bin's table; the prior's rows stay (the floor). The lifetime-maximum tail, and so
+  history bin's table; the prior's rows stay (the floor). A bin the prior has (almost) no
+  rows for, such as histories longer than any shipped account, takes the rows of the bin it
+  borrowed as its floor, so heavy accounts teach their own history lengths. The lifetime-maximum tail, and so
   the ``flag`` and ``watch`` thresholds, stay the prior's: learning makes look-alikes of
   benign apps findable, it never moves what ``flag`` means.
 * **Warm-up.** No refit until ``population_min_accounts`` accounts are eligible.
@@ -32,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .features import N_FEATURES
-from .scoring import Calibration, bin_of
+from .scoring import MIN_BIN_SAMPLES, Calibration, bin_of
 
 POPULATION_RESERVOIR = 20_000  # live feature rows kept
 LIVE_SOURCE = " + live population"
@@ -92,6 +96,7 @@ class ProviderNormal:
         self.free = list(range(self.capacity - 1, -1, -1))
         self.admitted = 0  # offers that took a slot of their own (global reservoir count)
         self.last_refit: dict[str, int] = {}
+        self.vouched: set[str] = set()  # accounts an analyst marked known-benign: they teach whatever their level
 
     def __len__(self) -> int:
         return self.capacity - len(self.free)
@@ -142,7 +147,13 @@ class ProviderNormal:
                 del self.slots[owner]
         self.owners[slot] = None
 
+    def vouch(self, account: str) -> None:
+        """An analyst says ``account`` is benign: its rows teach from now on, even at watch or
+        flag or in a suspected campaign (the age and query-count rules are waived too)."""
+        self.vouched.add(account)
+
     def forget(self, account: str) -> None:
+        self.vouched.discard(account)
         for slot in self.slots.pop(account, []):
             self.owners[slot] = None
             self.free.append(slot)
@@ -152,6 +163,9 @@ class ProviderNormal:
         rules, out = self.rules, []
         for account in self.slots:
             s = standing(account)
+            if s is not None and account in self.vouched:
+                out.append(account)
+                continue
             if s is None or not s.ok or s.in_suspected_campaign or s.n < rules.min_queries:
                 continue
             if not math.isnan(s.first_ts) and not math.isnan(clock) and clock - s.first_ts < rules.min_age_s:
@@ -175,8 +189,15 @@ class ProviderNormal:
         samples = []
         for b, prior in enumerate(base.samples):
             live = feats[bins == b]
-            cap = int(share / (1 - share) * max(len(prior), 1))
-            samples.append(np.concatenate([prior, live[:cap]]) if live.size else prior)
+            if not live.size:
+                samples.append(prior)
+                continue
+            # A bin the prior left (nearly) empty borrows its nearest populated bin, so that
+            # bin's rows are its floor: long histories the shipped traffic never reached are
+            # learned from the provider's heavy accounts, never from live rows alone.
+            floor = prior if len(prior) >= MIN_BIN_SAMPLES else base.samples[int(base.donor_bin[b])]
+            cap = int(share / (1 - share) * len(floor))
+            samples.append(np.concatenate([floor, live[:cap]]))
         self.last_refit = {"accounts": len(teachers), "rows": int(slots.size)}
         return Calibration(
             samples,
@@ -195,6 +216,7 @@ class ProviderNormal:
             "ns": self.ns[used],
             "owners": np.asarray([self.owners[s] for s in used.tolist()], dtype=str),
             "admitted": np.int64(self.admitted),
+            "vouched": np.asarray(sorted(self.vouched), dtype=str),
         }
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
@@ -210,3 +232,4 @@ class ProviderNormal:
             self.slots.setdefault(str(owner), []).append(slot)
             self._write(slot, str(owner), int(n), row)
         self.admitted = int(state["admitted"])
+        self.vouched = {str(account) for account in np.asarray(state.get("vouched", ())).tolist()}

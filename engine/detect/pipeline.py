@@ -186,7 +186,7 @@ class Pipeline:
                     state.flagged_at = n
                 state.level = max(state.level, level)
             state.record_risk(risk, n)
-            if remember and state.level is Level.OK:
+            if remember and (state.level is Level.OK or account in self.population.vouched):
                 self.population.remember(account, n, step.features[i])
             rows.append((account, risk, state.level, n, score, state.peak_risk, state.peak_score))
         # "1 in N benign accounts", now and at the peak: keeps ranking where risk rounds to 1
@@ -361,6 +361,19 @@ class Pipeline:
             elicitation_rate=self.campaigns.elicitation_rate(account) if self.campaigns is not None else None,
             campaign=self.campaigns.summary_for(account) if self.campaigns is not None else None,
         )
+
+    def mark_benign(self, account: str) -> bool:
+        """An analyst vouches for ``account``: its feature rows (from now on, and its current
+        one) teach the live benign population at the next refit; its level stays what it
+        reached. False when the account is not held."""
+        state = self.states.get(account)
+        if state is None:
+            return False
+        self.population.vouch(account)
+        if self.config.population_update_every:
+            features = state.features(self.config.near_duplicate_similarity, self.calibration.off_reference_similarity)
+            self.population.remember(account, state.n, features)
+        return True
 
     def level_counts(self) -> dict[str, int]:
         counts = {level.value: 0 for level in Level}

@@ -245,6 +245,8 @@ def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         population = None
         if header.get("population"):  # snapshots before 0.3.0 have none: learning starts over
             population = {name: arrays[f"population_{name}"] for name in ("rows", "ns", "owners", "admitted")}
+            if "population_vouched" in arrays:  # snapshots from before known-benign marks have none
+                population["vouched"] = arrays["population_vouched"]
         clock = header.get("clock")
         # records of 0.3.0 snapshots have no reasons
         evicted = {

@@ -24,12 +24,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from prometheus_client import Gauge
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match, Route
 
 from .. import __version__
 from ..engine import Engine
 from ..errors import (
+    ConfigError,
     InputError,
     InvalidAccountError,
     InvalidPromptError,
@@ -38,7 +40,7 @@ from ..errors import (
     UnknownAccountError,
     UnknownCampaignError,
 )
-from . import accounts, campaigns, guardrail, observe, operations
+from . import accounts, campaigns, console, guardrail, observe, operations
 from .config import ServerConfig, require_auth_choice
 from .guardrail import GUARDRAIL_PATH
 from .http import ACCOUNT_SCHEMA, RateLimits, RequestError, error_response
@@ -54,7 +56,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-ROUTERS = (observe.router, accounts.router, campaigns.router, guardrail.router, operations.router)
+ROUTERS = (observe.router, accounts.router, campaigns.router, guardrail.router, operations.router, console.router)
 # The request field each probewatch error is about.
 ERROR_FIELDS = {
     InvalidAccountError: "account",
@@ -73,7 +75,19 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
     not ``no_auth``: the service never serves open by accident."""
     config = config or ServerConfig()
     require_auth_choice(config)
-    service = ObservationService(config, engine)
+    if config.kafka_mode:  # the Kafka workers hold the state (probewatch.stream.frontend)
+        from ..stream.frontend import KafkaObservationService
+
+        if engine is not None:
+            raise ConfigError("kafka_mode answers from the Kafka workers' verdicts; it takes no local engine")
+        config = config.replace(console=False)  # the console reads a local engine's accounts
+        service: ObservationService = KafkaObservationService(config)  # type: ignore[assignment]
+    else:
+        service = ObservationService(config, engine)
+    Gauge(
+        "probewatch_sidecar_mode", "1 for the mode this sidecar runs in: local or kafka", ("mode",),
+        registry=service.metrics.registry,
+    ).labels("kafka" if config.kafka_mode else "local").set(1)  # fmt: skip
     app = FastAPI(
         title="probewatch sidecar",
         version=__version__,
@@ -82,6 +96,10 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
     )
     app.state.service = service  # what the routers' dependencies hand them
     app.state.rate_limits = RateLimits(config)
+    if config.kafka_mode:  # first: its /readyz says what ready means there
+        from ..stream.frontend import router as kafka_router
+
+        app.include_router(kafka_router)
     for router in ROUTERS:
         app.include_router(router)
     app.add_exception_handler(RequestError, _request_error)
@@ -256,6 +274,7 @@ class Gatekeeper:
         self.routes = routes
         self.max_body_bytes = config.max_body_bytes
         self._token = config.api_token.encode() if config.api_token else None
+        self._console = config.console  # the console checks the token or its session cookie itself
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -275,7 +294,8 @@ class Gatekeeper:
 
     async def _admit(self, scope: Scope, receive: Receive, reply: _Reply) -> None:
         headers = dict(scope.get("headers") or [])
-        if scope["path"] not in OPEN_PATHS and not self._authorized(headers):
+        console_page = self._console and console.is_console_path(scope["path"])
+        if scope["path"] not in OPEN_PATHS and not console_page and not self._authorized(headers):
             message = "missing or wrong API token: send 'Authorization: Bearer <token>'"
             await reply.error(401, "Unauthorized", message, {"www-authenticate": "Bearer"})
             return

@@ -20,13 +20,30 @@ import dataclasses
 import ipaddress
 import os
 import typing
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from ..config import EngineConfig
 from ..errors import ConfigError
@@ -41,11 +58,139 @@ SIDECAR_ENGINE_DEFAULTS: dict[str, Any] = {"population_update_every": 10_000}
 SECRET_SETTINGS = frozenset({"api_token", "engine.campaign_salt", "log_hash_key"})  # never logged or echoed in errors
 RENAMED_SETTINGS = {"fail_mode": "failure_policy"}
 UNSET_WORDS = ("", "none", "null")
+_TOPIC_NAME = r"^[A-Za-z0-9._-]{1,249}$"
 
 FsyncPolicy = Literal["always", "batch", "interval", "never"]
 PromptOverflow = Literal["truncate", "reject"]
 GuardrailAction = Literal["NONE", "BLOCKED"]
 LogFormat = Literal["text", "json"]
+
+
+AlertSinkKind = Literal["webhook", "kafka"]  # probewatch.serve.alerts.SINK_KINDS has a class for each
+_SECRET_PROPERTY_WORDS = ("password", "secret", "token", "key")  # librdkafka properties never logged
+
+
+class AlertSinkConfig(BaseModel):
+    """One place alerts are delivered to (an item of ``alert_sinks``; docs/sidecar.md "Alerts").
+
+    ``kind: webhook`` POSTs to ``url``, signed with an HMAC secret that comes from exactly one
+    of ``secret`` (inline), ``secret_env`` (the name of an environment variable of the sidecar
+    process) or ``secret_file`` (a file holding it); it is never logged or echoed in errors, and
+    neither is the URL's path (a chat webhook URL is itself a credential).
+
+    ``kind: kafka`` produces to ``topic`` on ``bootstrap_servers`` (the kafka extra), with
+    ``kafka`` holding extra librdkafka properties (security); secret-looking ones are not logged.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")  # the sink's metric label
+    kind: AlertSinkKind = "webhook"
+    # webhook
+    url: str | None = None
+    secret: SecretStr | None = None
+    secret_env: str | None = None
+    secret_file: str | None = None
+    # kafka
+    bootstrap_servers: str | None = None
+    topic: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    kafka: dict[str, str] = Field(default_factory=dict)  # extra librdkafka producer properties
+    rate_per_s: float = Field(1.0, gt=0)  # token bucket: deliveries a second on average ...
+    burst: int = Field(10, ge=1)  # ... and at once; events over it wait in the outbox
+    timeout_s: float = Field(5.0, gt=0)  # one delivery attempt, connect to response
+    retry_initial_s: float = Field(1.0, gt=0)  # backoff after the first failed attempt, doubling ...
+    retry_max_s: float = Field(300.0, gt=0)  # ... up to this, with jitter; retried until delivered
+
+    @field_validator("kafka", mode="before")
+    @classmethod
+    def _properties_as_text(cls, value: Any) -> Any:  # YAML gives numbers and booleans; librdkafka takes text
+        if isinstance(value, Mapping):
+            return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _usable(self) -> AlertSinkConfig:
+        where = f"alert_sinks[{self.name}]"
+        if self.retry_max_s < self.retry_initial_s:
+            raise ValueError(
+                f"{where}.retry_max_s must be >= retry_initial_s ({self.retry_initial_s}); got {self.retry_max_s}"
+            )
+        if self.kind == "kafka":
+            return self._usable_kafka(where)
+        misplaced = [name for name in ("bootstrap_servers", "topic", "kafka") if getattr(self, name)]
+        if misplaced:
+            raise ValueError(f"{where}: {misplaced} are settings of kind kafka; this sink is a webhook")
+        if self.url is None:
+            raise ValueError(f"{where}.url is required for a webhook sink (an http:// or https:// URL)")
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"{where}.url must be an http:// or https:// URL with a host; got one with scheme {parts.scheme!r} "
+                f"and host {parts.hostname!r}"
+            )
+        sources = [name for name in ("secret", "secret_env", "secret_file") if getattr(self, name) is not None]
+        if len(sources) != 1:
+            raise ValueError(
+                f"{where} needs exactly one of secret, secret_env (an environment variable's name) or secret_file "
+                f"(a path) for the HMAC signature; got {sources or 'none'}"
+            )
+        self.read_secret()  # a secret that cannot be read is refused at start, not at the first alert
+        return self
+
+    def _usable_kafka(self, where: str) -> AlertSinkConfig:
+        webhook_only = [
+            name for name in ("url", "secret", "secret_env", "secret_file") if getattr(self, name) is not None
+        ]
+        if webhook_only:
+            raise ValueError(
+                f"{where}: {webhook_only} are settings of kind webhook; a kafka sink needs bootstrap_servers and topic "
+                "(librdkafka security properties go in its kafka mapping)"
+            )
+        missing = [name for name in ("bootstrap_servers", "topic") if not getattr(self, name)]
+        if missing:
+            raise ValueError(f"{where}: a kafka sink needs bootstrap_servers and topic; {missing} not set")
+        reserved = sorted({"bootstrap.servers", "acks", "message.timeout.ms"} & set(self.kafka))
+        if reserved:
+            raise ValueError(
+                f"{where}.kafka sets {reserved}, which the sink sets itself (from bootstrap_servers; acks=all; "
+                "from timeout_s); remove them"
+            )
+        try:
+            import confluent_kafka  # noqa: F401 - the kafka extra, checked at start rather than at the first alert
+        except ImportError:
+            raise ValueError(
+                f"{where} is a kafka sink, which needs the kafka extra (confluent-kafka): pip install 'probewatch[kafka]'"
+            ) from None
+        return self
+
+    def read_secret(self) -> bytes:
+        """The HMAC key, from wherever it is configured; ValueError naming the source (never the value)."""
+        where = f"alert_sinks[{self.name}]"
+        if self.secret is not None:
+            value = self.secret.get_secret_value()
+        elif self.secret_env is not None:
+            value = os.environ.get(self.secret_env, "")
+            if not value.strip():
+                raise ValueError(f"{where}.secret_env names {self.secret_env!r}, which is unset or empty")
+        else:
+            try:
+                value = Path(self.secret_file).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{where}.secret_file {self.secret_file!r} cannot be read: {exc}") from None
+        if len(value) < 16:
+            raise ValueError(f"{where}: the signing secret must be at least 16 characters (use a random one)")
+        return value.encode("utf-8")
+
+    def public_dict(self) -> dict[str, Any]:
+        """The sink's settings for logs: no secret, the URL as scheme://host:port only, and no
+        secret-looking librdkafka property."""
+        out = self.model_dump(exclude={"secret"})
+        if self.url is not None:
+            parts = urllib.parse.urlsplit(self.url)
+            out["url"] = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/..."
+        out["secret"] = "<set>" if self.secret is not None else None
+        out["kafka"] = {k: "<set>" if any(w in k for w in _SECRET_PROPERTY_WORDS) else v for k, v in self.kafka.items()}
+        return out
 
 
 class _GivenValuesOnly(BaseSettings):
@@ -172,12 +317,32 @@ class ServerConfig(_GivenValuesOnly):
     page_size_default: int = Field(100, ge=1)
     page_size_max: int = 1000
 
+    # the analyst's web console at /ui (same token; a login page sets a signed session cookie)
+    console: bool = True
+    console_session_ttl_s: float = Field(8 * 3600.0, gt=0)
+
     # LiteLLM Generic Guardrail API
     guardrail_account_field: AccountField = "user_api_key_hash"
     guardrail_prompt_source: GuardrailPromptSource = "last_user"
     guardrail_action_on_flag: GuardrailAction = "BLOCKED"
     guardrail_action_on_watch: GuardrailAction = "NONE"
     guardrail_request_meta: bool = True  # pass the request's user agent and org to the campaign layer
+
+    # alerts on account and campaign level transitions; none configured: no alerts, no outbox
+    alert_sinks: list[AlertSinkConfig] = Field(default_factory=list)
+
+    # Kafka mode (--kafka; docs/kafka.md "The sidecar in Kafka mode"): /v1/observe publishes to
+    # observations_topic and answers from the verdicts topics; the workers hold the state (no local
+    # engine, journal or snapshots). Topic and broker names are the worker's settings of the same name.
+    kafka_mode: bool = False
+    bootstrap_servers: str = "127.0.0.1:9092"
+    observations_topic: str = Field("probewatch.observations", pattern=_TOPIC_NAME)
+    verdicts_topic: str = Field("probewatch.verdicts", pattern=_TOPIC_NAME)
+    campaign_verdicts_topic: str | None = Field(None, pattern=_TOPIC_NAME)  # set: answers take campaign levels
+    kafka: dict[str, str] = Field(default_factory=dict)  # extra librdkafka properties (security, linger.ms)
+    kafka_verdict_wait_ms: float = Field(500.0, ge=0)  # /v1/observe waits this long for the request's own verdict
+    kafka_guardrail_wait_ms: float = Field(0.0, ge=0)  # the guardrail route's wait; 0: the cached level at once
+    kafka_connect_timeout_s: float = Field(10.0, gt=0)  # per attempt to reach the brokers (retried until they answer)
 
     # the engine
     calibration_path: str | None = None
@@ -189,10 +354,17 @@ class ServerConfig(_GivenValuesOnly):
         except ValidationError as exc:
             raise _config_error(exc, ServerConfig) from None
 
-    @field_validator("calibration_path", "log_hash_key", mode="before")
+    @field_validator("calibration_path", "log_hash_key", "campaign_verdicts_topic", mode="before")
     @classmethod
     def _unset_words_mean_none(cls, value: Any) -> Any:
         return _none_if_unset(value)
+
+    @field_validator("kafka", mode="before")
+    @classmethod
+    def _properties_as_text(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+        return value
 
     @field_validator("api_token", mode="before")
     @classmethod
@@ -241,6 +413,19 @@ class ServerConfig(_GivenValuesOnly):
                 f"rate_limit_burst must be >= max_items_per_request ({self.max_items_per_request}) so a full request "
                 f"can pass; got {self.rate_limit_burst}"
             )
+        names = [sink.name for sink in self.alert_sinks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"alert_sinks: every sink needs a name of its own; got {names}")
+        for wait in ("kafka_verdict_wait_ms", "kafka_guardrail_wait_ms"):
+            if getattr(self, wait) >= self.request_deadline_ms:
+                raise ValueError(
+                    f"{wait} must be < request_deadline_ms ({self.request_deadline_ms}), which also bounds the "
+                    f"publish; got {getattr(self, wait)}"
+                )
+        if "bootstrap.servers" in self.kafka:
+            raise ValueError(
+                "kafka property 'bootstrap.servers' is the setting bootstrap_servers; remove it from kafka"
+            )
         if self.page_size_default > self.page_size_max:
             raise ValueError(
                 f"page_size_default must be <= page_size_max ({self.page_size_max}); got {self.page_size_default}"
@@ -265,6 +450,8 @@ class ServerConfig(_GivenValuesOnly):
                 where = where.get(parent) if isinstance(where, dict) else None
             if isinstance(where, dict) and where.get(key) is not None:
                 where[key] = "<set>"
+        out["alert_sinks"] = [sink.public_dict() for sink in self.alert_sinks]
+        out["kafka"] = {k: "<set>" if any(w in k for w in _SECRET_PROPERTY_WORDS) else v for k, v in self.kafka.items()}
         return out
 
 
@@ -316,16 +503,25 @@ def _merge(layers: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return {**merged, "engine": engine}
 
 
-def _environment_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+def _environment_layer(environ: Mapping[str, str], settings_cls: type[BaseSettings] | None = None) -> dict[str, Any]:
+    """``settings_cls``' settings (default ServerConfig; the Kafka worker passes its own) and the engine's."""
     names = {name.upper() for name in environ}
     for old, new in RENAMED_SETTINGS.items():
         if ENV_PREFIX + old.upper() in names:
             raise _renamed(f"the environment sets {ENV_PREFIX}{old.upper()}", f"{ENV_PREFIX}{new.upper()}")
-    sidecar = _Environment(ServerConfig, environ, ignore={"engine"})()  # engine: PROBEWATCH_ENGINE_<FIELD>
+    # engine: PROBEWATCH_ENGINE_<FIELD>
+    try:
+        sidecar = _Environment(settings_cls or ServerConfig, environ, ignore={"engine"})()
+    except SettingsError as exc:  # a list setting (alert_sinks) whose variable is not JSON
+        raise ConfigError(
+            f"{exc}: a list setting's variable must hold a JSON list, e.g. '[{{\"name\": ...}}]'"
+        ) from None
     return {**sidecar, "engine": _Environment(EngineSettings, environ)()}
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, known: Iterable[str] = SIDECAR_SETTINGS) -> dict[str, Any]:
+    """The settings mapping of a YAML file; ``known``: the valid setting names besides 'engine'."""
+    known = tuple(known)
     import yaml  # only needed when a file is given; the integrations read settings without it
 
     try:
@@ -342,9 +538,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     for old, new in RENAMED_SETTINGS.items():
         if old in data:
             raise _renamed(f"{path} sets {old}", new)
-    unknown = sorted(str(name) for name in data if name not in SIDECAR_SETTINGS and name != "engine")
+    unknown = sorted(str(name) for name in data if name not in known and name != "engine")
     if unknown:
-        raise ConfigError(f"{path}: unknown settings {unknown}; valid ones are {sorted(SIDECAR_SETTINGS)} and 'engine'")
+        raise ConfigError(f"{path}: unknown settings {unknown}; valid ones are {sorted(known)} and 'engine'")
     return {**data, "engine": engine}
 
 
@@ -358,7 +554,13 @@ def _config_error(exc: ValidationError, settings_cls: type[BaseSettings], scope:
     prefix = f"{scope}." if scope else ""
     errors = exc.errors()
     problems = [_describe(error, prefix) for error in errors if error["type"] != "extra_forbidden"]
-    unknown = sorted(prefix + str(error["loc"][0]) for error in errors if error["type"] == "extra_forbidden")
+    nested = [error for error in errors if error["type"] == "extra_forbidden" and len(error["loc"]) > 1]
+    problems += [f"setting {_location(error, prefix)}: not a known key here" for error in nested]
+    unknown = sorted(
+        prefix + str(error["loc"][0])
+        for error in errors
+        if error["type"] == "extra_forbidden" and len(error["loc"]) == 1
+    )
     if unknown:
         valid = sorted(prefix + name for name in settings_cls.model_fields)
         problems.append(f"unknown settings {unknown}; valid ones are {valid}")
@@ -368,6 +570,13 @@ def _config_error(exc: ValidationError, settings_cls: type[BaseSettings], scope:
 def _describe(error: ErrorDetails, prefix: str) -> str:
     if error["type"] == "value_error":  # raised by our own checks, whose message names the setting
         return str(error.get("ctx", {}).get("error", error["msg"]))
-    name = prefix + ".".join(str(part) for part in error["loc"])
-    came = "<hidden>" if name in SECRET_SETTINGS else repr(error["input"])
+    name = _location(error, prefix)
+    hidden = name in SECRET_SETTINGS or (
+        name.startswith("alert_sinks.") and (name.endswith((".secret", ".url")) or ".kafka" in name)
+    )
+    came = "<hidden>" if hidden else repr(error["input"])
     return f"setting {name}: {error['msg']}; got {came}"
+
+
+def _location(error: ErrorDetails, prefix: str) -> str:
+    return prefix + ".".join(str(part) for part in error["loc"])

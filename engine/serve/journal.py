@@ -1,8 +1,14 @@
-"""Append-only journal of acknowledged state changes (observations, forgets, evictions).
+"""Append-only journal of acknowledged state changes.
 
 One JSON object per line, each with a strictly increasing ``seq``. The journal is split
 into segments named by the first seq they may hold (``journal-000000000042.jsonl``); a
 snapshot covering seq S lets every segment whose entries are all <= S be deleted.
+
+The sidecar's records (``op``): ``observe`` (an account, its prompt, ts and meta), ``forget``
+(a privacy deletion), ``evict`` (accounts the memory budget dropped) and ``benign`` (an
+account an analyst marked known-benign in the console, which feeds the calibration's benign
+population). The alert outbox (:mod:`.alerts`, ``<data_dir>/alerts``) is a second journal of
+this format, with its own records (``meta``, ``alert``, ``delivered``) and ``fsync`` on every append.
 
 Records are written before the client is answered. Fsync policies:
 

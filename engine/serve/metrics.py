@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -97,6 +97,39 @@ EVICTED_FLAGGED = (
 )
 
 
+REPEAT_CACHE_HITS = ("probewatch_embed_cache_hits", "Prompts answered by the exact-repeat cache, not the model.")
+REPEAT_CACHE_MISSES = (
+    "probewatch_embed_cache_misses",
+    "Prompts the exact-repeat cache did not hold (embedded by the model).",
+)
+REPEAT_CACHE_ENTRIES = (
+    "probewatch_embed_cache_entries",
+    "Distinct prompts the exact-repeat cache holds (engine.embed_cache_size caps it).",
+)
+
+
+class RepeatCacheGauges(Collector):
+    """The embedder's exact-repeat cache (engine.embed_cache_size): hit rate = hits / (hits + misses)."""
+
+    def __init__(self, read_cache: Callable[[], object | None]):
+        self._read_cache = read_cache
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(
+            (
+                CounterMetricFamily(*REPEAT_CACHE_HITS),
+                CounterMetricFamily(*REPEAT_CACHE_MISSES),
+                GaugeMetricFamily(*REPEAT_CACHE_ENTRIES),
+            )
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        stats = _read_or_none(self._read_cache, "repeat-cache stats")
+        yield CounterMetricFamily(*REPEAT_CACHE_HITS, value=float(stats.hits) if stats is not None else 0.0)
+        yield CounterMetricFamily(*REPEAT_CACHE_MISSES, value=float(stats.misses) if stats is not None else 0.0)
+        yield GaugeMetricFamily(*REPEAT_CACHE_ENTRIES, value=float(stats.entries) if stats is not None else 0.0)
+
+
 class EngineGauges(Collector):
     """Metrics read when Prometheus scrapes: the engine's stats, the campaign layer's table
     sizes and the batcher's queue depth."""
@@ -152,6 +185,35 @@ def _read_or_none(read: Callable[[], object], what: str):
         return None
 
 
+ALERT_BACKLOG = ("probewatch_alert_outbox_depth", "Alert events waiting in the outbox for a sink.")
+ALERT_OLDEST = (
+    "probewatch_alert_oldest_undelivered_age_seconds",
+    "Age of the oldest alert event a sink has not accepted yet (0 when none waits).",
+)
+
+
+class AlertBacklog(Collector):
+    """The alert outbox per sink and kind, read at scrape time ((sink, kind, depth, oldest age) rows)."""
+
+    def __init__(self, read_backlog: Callable[[], Iterable[tuple[str, str, int, float]]]):
+        self._read_backlog = read_backlog
+
+    def describe(self) -> list[Metric]:
+        return [
+            GaugeMetricFamily(*ALERT_BACKLOG, labels=("sink", "kind")),
+            GaugeMetricFamily(*ALERT_OLDEST, labels=("sink", "kind")),
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(*ALERT_BACKLOG, labels=("sink", "kind"))
+        oldest = GaugeMetricFamily(*ALERT_OLDEST, labels=("sink", "kind"))
+        for sink, kind, count, age in _read_or_none(lambda: list(self._read_backlog()), "alert outbox") or ():
+            depth.add_metric((sink, kind), float(count))
+            oldest.add_metric((sink, kind), float(age))
+        yield depth
+        yield oldest
+
+
 class ServerMetrics:
     """Every metric the sidecar exports, in a registry of its own (several apps in one process
     do not collide). Counters are declared without ``_total``: prometheus_client appends it."""
@@ -163,6 +225,8 @@ class ServerMetrics:
         read_campaigns: Callable[[], CampaignStats | None] | None = None,
         read_ready: Callable[[], bool] | None = None,
         queue_capacity: int = 0,
+        read_alert_backlog: Callable[[], Iterable[tuple[str, str, int, float]]] = tuple,
+        read_repeat_cache: Callable[[], object | None] = lambda: None,
     ):
         self.registry = CollectorRegistry()
         counter = functools.partial(Counter, registry=self.registry)
@@ -213,7 +277,20 @@ class ServerMetrics:
         self.snapshot_latency = histogram(
             "probewatch_snapshot_duration_seconds", "Time to write one snapshot.", buckets=LATENCY_BUCKETS
         )
+        self.alerts_created = counter(
+            "probewatch_alerts_created", "Alert events created (level transitions), by kind.", ("kind",)
+        )
+        self.alerts_delivered = counter(
+            "probewatch_alerts_delivered", "Alert events a sink accepted, by sink and kind.", ("sink", "kind")
+        )
+        self.alert_failures = counter(
+            "probewatch_alert_delivery_failures",
+            "Failed alert delivery attempts (each is retried), by sink and kind.",
+            ("sink", "kind"),
+        )
         self.registry.register(EngineGauges(read_stats, read_queue_depth, read_campaigns, read_ready, queue_capacity))
+        self.registry.register(AlertBacklog(read_alert_backlog))
+        self.registry.register(RepeatCacheGauges(read_repeat_cache))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric (media type :data:`CONTENT_TYPE`)."""

@@ -283,7 +283,7 @@ def _outcome_dict(index: int, outcome: Outcome) -> dict[str, Any]:
     if outcome.fallback is not None:
         result["fallback"] = outcome.fallback
         result["queued"] = outcome.queued
-        result.update(outcome.extra)
+    result.update(outcome.extra)  # a fallback's detail; Kafka mode's pending (probewatch.stream.frontend)
     return result
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -41,7 +42,8 @@ def run(config: ServerConfig | None = None) -> None:
 
 
 def main_serve(argv: Sequence[str] | None = None) -> int:
-    """``probewatch serve [--config FILE] [--host H] [--port P] [--data-dir D] [--device DEV] [--no-auth]``."""
+    """``probewatch serve [--config FILE] [--host H] [--port P] [--data-dir D] [--device DEV] [--no-auth]
+    [--alert-sink JSON ...] [--kafka [--bootstrap-servers B]]``."""
     parser = argparse.ArgumentParser(prog="probewatch serve", description="Run the probewatch HTTP sidecar.")
     parser.add_argument("--config", help="YAML settings file (PROBEWATCH_* environment variables override it)")
     parser.add_argument("--host", help="bind address (default 127.0.0.1)")
@@ -50,14 +52,30 @@ def main_serve(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", help="engine device: auto, cpu or cuda[:N]")
     parser.add_argument("--log-format", choices=("text", "json"), help="log lines: text (default) or json")
     parser.add_argument(
+        "--alert-sink",
+        action="append",
+        metavar="JSON",
+        help="one alert sink as a JSON object with the keys of an alert_sinks item (docs/sidecar.md, Alerts), e.g. "
+        '{"name": "bus", "kind": "kafka", "bootstrap_servers": "kafka:9092", "topic": "alerts"}; repeat for more; '
+        "replaces alert_sinks from the file and the environment",
+    )
+    parser.add_argument(
         "--no-auth",
         action="store_true",
         default=None,
         help="serve without a token (loopback hosts only, for development); otherwise PROBEWATCH_API_TOKEN is required",
     )
+    parser.add_argument(
+        "--kafka",
+        action="store_true",
+        default=None,
+        help="Kafka mode: publish observations to Kafka workers and answer from their verdicts (docs/kafka.md)",
+    )
+    parser.add_argument("--bootstrap-servers", help="Kafka mode: the brokers, host:port[,host:port]")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     engine = {"device": args.device} if args.device else None
     try:
+        alert_sinks = _alert_sinks(args.alert_sink)
         config = load_config(
             args.config,
             host=args.host,
@@ -66,12 +84,34 @@ def main_serve(argv: Sequence[str] | None = None) -> int:
             engine=engine,
             no_auth=args.no_auth,
             log_format=args.log_format,
+            alert_sinks=alert_sinks,
+            kafka_mode=args.kafka,
+            bootstrap_servers=args.bootstrap_servers,
         )
         require_auth_choice(config)
     except ConfigError as exc:
         parser.error(str(exc))  # the message says which setting and why; a traceback would bury it
     run(config)
     return 0
+
+
+def _alert_sinks(given: Sequence[str] | None) -> list[dict] | None:
+    """The ``--alert-sink`` values as sink mappings (None when the flag is not given)."""
+    if not given:
+        return None
+    sinks = []
+    for n, text in enumerate(given, 1):
+        try:
+            sink = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--alert-sink #{n} must be one sink as a JSON object; it is not JSON ({exc})") from None
+        if not isinstance(sink, dict):
+            raise ConfigError(
+                f"--alert-sink #{n} must be one sink as a JSON object (repeat the flag for more); got a JSON "
+                f"{type(sink).__name__}"
+            )
+        sinks.append(sink)
+    return sinks
 
 
 def _configure_logging(config: ServerConfig) -> None:

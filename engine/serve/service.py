@@ -24,6 +24,7 @@ from ..errors import BatchError, InvalidPromptError, ProbewatchError, SnapshotEr
 from ..io.persistence import fsync_dir, read_snapshot
 from ..io.validation import check_account, check_prompt, check_timestamp
 from ..types import CampaignStats, EngineStats
+from .alerts import Alerts
 from .config import ServerConfig
 from .journal import Journal, JournalDamaged, JournalFailure, sequence_of, sequenced_name
 from .metrics import ServerMetrics
@@ -105,7 +106,11 @@ class ObservationService:
             read_campaigns=self._campaign_stats_for_metrics,
             read_ready=lambda: self.ready,
             queue_capacity=config.queue_capacity,
+            read_alert_backlog=lambda: self.alerts.backlog() if self.alerts is not None else (),
+            read_repeat_cache=lambda: self.engine.repeat_cache_stats() if self.engine is not None else None,
         )
+        # level-transition alerts (probewatch.serve.alerts); None while no sink is configured
+        self.alerts: Alerts | None = Alerts(config, self.metrics) if config.alert_sinks else None
         self.ready = False
         self.load_error: str | None = None
         self.covered_seq = 0  # journal seq the newest snapshot covers
@@ -139,6 +144,8 @@ class ObservationService:
             return
         self._worker = asyncio.create_task(self._batch_loop(), name="probewatch-batcher")
         self._snapshotter = asyncio.create_task(self._snapshot_loop(), name="probewatch-snapshots")
+        if self.alerts is not None:
+            await self.alerts.start()
         self.ready = True
         log.info("probewatch ready: %s", {k: v for k, v in self.engine.stats().to_dict().items() if k != "calibration"})
 
@@ -159,6 +166,9 @@ class ObservationService:
                 await asyncio.gather(task, return_exceptions=True)
         if self.ready:
             await loop.run_in_executor(self._state_executor, self._snapshot_job, "shutdown")
+        if self.alerts is not None:  # an undelivered event stays in the outbox for the next start
+            await self.alerts.stop()
+            await loop.run_in_executor(self._state_executor, self.alerts.close)
         await loop.run_in_executor(self._state_executor, self.journal.close)
         self._state_executor.shutdown(wait=True)
         self.ready = False
@@ -173,6 +183,8 @@ class ObservationService:
             partial.unlink(missing_ok=True)
         if not self._given_engine:
             self.engine = self._load_newest_snapshot() or self._new_engine()
+        if self.alerts is not None:  # before the replay, which may find transitions the outbox lacks
+            self.alerts.open(self.engine)
         replayed = self._replay_journal()
         # never below a seq handed out before, even one a repair dropped
         self.journal.open(max(self.journal.last_seq, self.covered_seq, self._repaired.high_water) + 1)
@@ -242,7 +254,7 @@ class ObservationService:
             if not pending:
                 return
             try:
-                self.engine.observe_batch(
+                verdicts = self.engine.observe_batch(
                     [r["account"] for r in pending],
                     [r["prompt"] for r in pending],
                     [r.get("ts") for r in pending],
@@ -250,6 +262,9 @@ class ObservationService:
                 )
             except BatchError as exc:
                 log.warning("journal replay: %d records were rejected by the engine: %s", len(exc.errors), exc)
+                verdicts = exc.verdicts
+            if self.alerts is not None:  # transitions a kill kept out of the outbox (alerts module docstring)
+                self.alerts.record(self.engine, verdicts, pending)
             pending.clear()
 
         expected = self._repaired.skip(self.covered_seq + 1)
@@ -273,9 +288,14 @@ class ObservationService:
                 if op == "forget":
                     flush()
                     self.engine.forget(record["account"])
+                    if self.alerts is not None:
+                        self.alerts.forget(record["account"])
                 elif op == "evict":
                     flush()
                     self.engine.evict(record["accounts"])
+                elif op == "benign":
+                    flush()
+                    self.engine.mark_benign(record["account"])
                 else:
                     pending.append(record)
                     if len(pending) >= REPLAY_CHUNK:
@@ -452,6 +472,11 @@ class ObservationService:
             outcomes = [self._fallback(it, "engine_error") for it in batch]
             for outcome in outcomes:
                 outcome.extra["detail"] = f"{type(exc).__name__}: {exc}"
+        if self.alerts is not None:
+            self.alerts.notify()
+            if self.alerts.failed is not None and self.ready:  # the batch is applied, its alerts are not kept
+                self.ready = False
+                self.load_error = f"the alert outbox failed, no longer acknowledging observations: {self.alerts.failed}"
         if self.journal.failed is not None and self.ready:  # failed after this batch was journaled
             self.ready = False
             self.load_error = f"storage failed, no longer acknowledging observations: {self.journal.failed}"
@@ -481,6 +506,8 @@ class ObservationService:
         except Exception:
             self._consistent = False  # journaled but not applied: keep the journal, skip snapshots
             raise
+        if self.alerts is not None:  # durable before any caller of the batch is answered
+            self.alerts.record(self.engine, verdicts, records)
         self._journal_evictions()
         outcomes = []
         for i, it in enumerate(batch):
@@ -528,7 +555,21 @@ class ObservationService:
 
     def _forget_job(self, account: str) -> bool:
         self.journal.append([{"op": "forget", "account": account}])
+        if self.alerts is not None:  # seen again, it starts at ok and alerts again when it rises
+            self.alerts.forget(account)
         return self.engine.forget(account)
+
+    async def mark_benign(self, account: str) -> bool:
+        """An analyst vouches for ``account`` (journaled, then applied, like a forget); False
+        when it is not held, and then nothing is journaled."""
+        check_account(account)
+        return await asyncio.get_running_loop().run_in_executor(self._state_executor, self._mark_benign_job, account)
+
+    def _mark_benign_job(self, account: str) -> bool:
+        if account not in self.engine.pipeline.states:
+            return False
+        self.journal.append([{"op": "benign", "account": account}])
+        return self.engine.mark_benign(account)
 
     async def report(self, account: str) -> dict[str, Any]:
         report = await asyncio.get_running_loop().run_in_executor(None, self.engine.report, account)
@@ -590,6 +631,11 @@ class ObservationService:
             self.metrics.snapshots.labels("skipped").inc()
             return
         if seq <= self.covered_seq and reason != "shutdown":
+            return
+        if self.alerts is not None and self.alerts.failed is not None:
+            # a snapshot would cover transitions whose alerts were lost; the replay at restart recreates them
+            log.error("skipping the %s snapshot: the alert outbox failed (%s)", reason, self.alerts.failed)
+            self.metrics.snapshots.labels("skipped").inc()
             return
         if self.journal.failed is not None:
             log.error("skipping the %s snapshot: the storage failed (%s)", reason, self.journal.failed)

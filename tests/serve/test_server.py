@@ -283,7 +283,11 @@ def test_guardrail_endpoint_contract(http, flagged_attacker):
     assert http.get("/v1/accounts/alice").json()["n_queries"] == 3
 
 
-def test_metrics_parse_and_never_name_an_account(sidecar, flagged_attacker):
+def test_metrics_parse_and_never_name_an_account(sidecar, http, flagged_attacker):
+    before = parse_prometheus(httpx.get(sidecar.url + "/metrics").text)
+    repeated = "What is the boiling point of water at the top of Everest, in Celsius?"
+    for _ in range(2):  # the second is answered by the exact-repeat cache, not the model
+        assert http.post("/v1/observe", json={"account": "carol", "prompt": repeated}).status_code == 200
     text = httpx.get(sidecar.url + "/metrics").text
     samples = parse_prometheus(text)
     names = {name for name, _ in samples}
@@ -310,6 +314,9 @@ def test_metrics_parse_and_never_name_an_account(sidecar, flagged_attacker):
     assert samples[("probewatch_accounts", ())] >= 3 and samples[("probewatch_bytes_held", ())] > 0
     # learning is on in the sidecar, but a handful of new accounts is still its warm-up
     assert samples[("probewatch_learned_accounts", ())] == samples[("probewatch_learned_rows", ())] == 0
+    hits, misses = "probewatch_embed_cache_hits_total", "probewatch_embed_cache_misses_total"
+    assert samples[(hits, ())] >= before[(hits, ())] + 1
+    assert samples[(misses, ())] >= 1 and 1 <= samples[("probewatch_embed_cache_entries", ())] <= samples[(misses, ())]
     for account in ("alice", "bob", "attacker", "carol"):
         assert account not in text
 

@@ -9,7 +9,7 @@ import pytest
 import probewatch as pw
 from probewatch.detect.features import N_FEATURES
 from probewatch.detect.learning import AccountStanding, LearningRules, ProviderNormal
-from probewatch.detect.scoring import N_BINS
+from probewatch.detect.scoring import MIN_BIN_SAMPLES, N_BINS
 from tests.support import topical_calibration_engine, topical_stream, unit_rows
 
 DIM = 48
@@ -77,7 +77,8 @@ def test_learning_off_by_default(make_engine, topics):
 @pytest.mark.parametrize("share", [0.2, 0.5])
 def test_live_rows_bounded_per_bin_and_thresholds_kept(make_engine, topics, share):
     engine = make_engine(**LEARN, population_max_share=share)
-    base = [len(s) for s in engine.calibration.samples]
+    prior = engine.calibration
+    base = [len(s) for s in prior.samples]
     flag_thr, watch_thr = engine.detector.flag_threshold, engine.detector.watch_threshold
     acc, vec = topical_stream(np.random.default_rng(10), 40, DIM, q_range=(20, 40), topics=topics, interleave=True)
     refits = 0
@@ -86,8 +87,11 @@ def test_live_rows_bounded_per_bin_and_thresholds_kept(make_engine, topics, shar
         if "live population" in engine.calibration.source:
             refits += 1
             for b, rows in enumerate(engine.calibration.samples):
-                live = len(rows) - base[b]
-                assert 0 <= live <= share / (1 - share) * max(base[b], 1) + 1
+                if len(rows) == base[b]:
+                    continue  # nothing learned in this bin
+                floor = base[b] if base[b] >= MIN_BIN_SAMPLES else base[prior.donor_bin[b]]
+                live = len(rows) - floor
+                assert 0 < live <= share / (1 - share) * floor
     assert refits >= 3
     assert any(len(s) > b for s, b in zip(engine.calibration.samples, base, strict=True))
     assert engine.detector.flag_threshold == flag_thr and engine.detector.watch_threshold == watch_thr
@@ -246,3 +250,37 @@ def test_members_of_suspected_campaigns_do_not_teach(calibration_path, topics, m
     member = sorted(everyone)[0]
     monkeypatch.setattr(pipeline.campaigns, "suspected", lambda account: account == member)
     assert set(pipeline.population.eligible(pipeline._standing, pipeline.clock)) == everyone - {member}
+
+
+def test_vouched_heavy_accounts_teach_history_lengths_the_prior_never_reached(make_engine, topics):
+    """The prior's accounts stop at 40 queries, so longer histories borrow a short bin, and
+    heavy benign accounts reach watch there (so they never teach on their own). A provider's
+    heavy keys it vouches for fill those bins, on the borrowed rows as a floor, and a new heavy
+    account like them is then judged against heavy look-alikes."""
+    engine = make_engine(**{**LEARN, "population_update_every": 10**9})  # learns when told to, below
+    prior, flag_threshold = engine.calibration, engine.detector.flag_threshold
+    long_bin = 8  # 256-511 queries
+    assert len(prior.samples[long_bin]) < MIN_BIN_SAMPLES and prior.donor_bin[long_bin] != long_bin
+    rng = np.random.default_rng(19)
+    accounts, vectors = topical_stream(rng, 30, DIM, q_range=(300, 400), topics=topics, prefix="heavy")
+    newcomer = topical_stream(rng, 8, DIM, q_range=(300, 400), topics=topics, prefix="new")
+    before = observe_per_account(engine, *newcomer)
+    assert all(v.level >= pw.Level.WATCH for v in before.values())  # the false positives this fixes
+    for account in before:
+        engine.forget(account)
+    acc = np.asarray(accounts)
+    for account in dict.fromkeys(accounts):  # the provider vouches for its heavy keys up front
+        rows = np.flatnonzero(acc == account)
+        engine.observe_embeddings([account], vectors[rows[:1]])
+        assert engine.mark_benign(account)
+        engine.observe_embeddings([account] * (rows.size - 1), vectors[rows[1:]])
+    assert engine.pipeline.learn_normal()
+    learned = engine.calibration
+    assert learned.donor_bin[long_bin] == long_bin
+    floor = prior.samples[prior.donor_bin[long_bin]]
+    np.testing.assert_array_equal(learned.samples[long_bin][: len(floor)], floor)
+    assert len(floor) < len(learned.samples[long_bin]) <= 2 * len(floor)
+    assert engine.detector.flag_threshold == flag_threshold
+    after = observe_per_account(engine, *newcomer)
+    assert np.mean([after[a].score for a in after]) < 0.8 * np.mean([before[a].score for a in before])
+    assert sum(v.level >= pw.Level.WATCH for v in after.values()) < len(after) / 2

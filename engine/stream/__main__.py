@@ -1,0 +1,5 @@
+import sys
+
+from .runner import main_worker
+
+sys.exit(main_worker())

@@ -1,0 +1,203 @@
+"""Campaigns across partitions: per-query campaign records and the campaign aggregator.
+
+The accounts of one campaign are keyed to different partitions, so no worker sees them all.
+Each worker (``summaries_topic`` set) publishes, for every observation, what the campaign
+layer (:class:`probewatch.campaigns.layer.CampaignLayer`) takes for one query: the unit
+vector (float16, base64), the account detector's signed per-query evidence, the prompt (for
+template anchors) and the request metadata. One aggregator (``probewatch worker
+--campaign-aggregator``) consumes that single-partition topic in order, runs one campaign
+layer over every account, and writes campaign verdicts keyed by account to the compacted
+``campaign_verdicts_topic``: the account's campaign and its campaign level. It checkpoints
+and commits exactly like a worker (it is one, with another input).
+
+Records are per query, not per account, because the layer's groups are keyed per query
+(shared templates, metadata, payload regions) and it times when each member joined. The
+worker's own account levels do not take campaign raises back (that would make a partition's
+state depend on other partitions and break its replay); a reader takes the higher of the
+account verdict's level and the campaign verdict's level.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..campaigns.metadata import check_meta
+from ..engine import Engine
+from ..errors import ConfigError, InputError
+from ..io.validation import check_account
+from ..types import Level
+from .schema import SCHEMA_VERSION, Observation, PoisonMessage
+from .worker import Worker, WorkerError, _Item
+
+RECORD_FIELDS = frozenset(
+    {"schema_version", "account", "ts", "vector", "evidence", "prompt", "meta", "partition", "offset"}
+)
+
+
+@dataclass(frozen=True)
+class CampaignRecord:
+    account: str
+    ts: float
+    vector: np.ndarray  # unit, float32
+    evidence: float
+    prompt: str | None
+    meta: dict[str, str] | None
+
+
+def campaign_record(obs: Observation, vector: np.ndarray, evidence: float, partition: int, offset: int) -> bytes:
+    x = np.asarray(vector, dtype=np.float64)
+    unit = (x / np.linalg.norm(x)).astype("<f2")
+    body: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "account": obs.account,
+        "ts": obs.ts,
+        "vector": base64.b64encode(unit.tobytes()).decode("ascii"),
+        "evidence": round(float(evidence), 6),
+        "partition": partition,
+        "offset": offset,
+    }
+    if obs.prompt is not None:
+        body["prompt"] = obs.prompt
+    if obs.meta:
+        body["meta"] = obs.meta
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def parse_campaign_record(value: bytes | None, dim: int, max_bytes: int) -> CampaignRecord:
+    if value is None or len(value) > max_bytes:
+        raise PoisonMessage(
+            "oversized" if value else "empty", f"a campaign record of at most {max_bytes:,} bytes was expected"
+        )
+    try:
+        body = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PoisonMessage("not_json", f"the campaign record is not UTF-8 JSON ({exc})") from None
+    if not isinstance(body, dict) or body.get("schema_version") != SCHEMA_VERSION:
+        raise PoisonMessage("bad_version", f"expected a campaign record object with schema_version {SCHEMA_VERSION}")
+    unknown = sorted(set(body) - RECORD_FIELDS)
+    if unknown:
+        raise PoisonMessage("bad_field", f"unknown campaign record fields {unknown}")
+    try:
+        account = check_account(body.get("account"))
+        meta = check_meta(body.get("meta"))
+        raw = base64.b64decode(body["vector"], validate=True)
+        vector = np.frombuffer(raw, dtype="<f2").astype(np.float32)
+        evidence, ts = float(body["evidence"]), float(body["ts"])
+    except (InputError, KeyError, TypeError, ValueError) as exc:
+        raise PoisonMessage("bad_field", f"campaign record: {exc}") from None
+    if vector.shape != (dim,) or not np.isfinite(vector).all():
+        raise PoisonMessage("wrong_dim", f"campaign record vector has {vector.size} numbers; expected {dim}")
+    prompt = body.get("prompt")
+    return CampaignRecord(account, ts, vector, evidence, prompt if isinstance(prompt, str) else None, meta)
+
+
+class EvidenceTap:
+    """Collects the per-query evidence an engine hands its campaign layer during one observe call
+    (the Engine API returns verdicts, not evidence), in the order of the observed items."""
+
+    def __init__(self, engine: Engine):
+        self.values: list[float] = []
+        layer = self._layer = engine.pipeline.campaigns
+        if layer is None:
+            raise WorkerError("summaries_topic needs the engine's campaign layer (engine setting campaigns: true)")
+        original = type(layer).observe
+
+        def observe(accounts, vectors, texts, metas, ts, evidence):
+            self.values.extend(np.asarray(evidence, dtype=np.float64).tolist())
+            return original(layer, accounts, vectors, texts, metas, ts, evidence)
+
+        layer.observe = observe  # an instance attribute: shadows the method for this call only
+
+    def close(self) -> None:
+        self._layer.__dict__.pop("observe", None)
+
+
+def publish_campaign_records(
+    worker: Worker, partition: int, items: list[_Item], verdicts, evidence: list[float]
+) -> None:
+    observed = [it for it, v in zip(items, verdicts, strict=True) if v is not None]
+    if len(observed) != len(evidence):
+        raise WorkerError(f"the campaign layer saw {len(evidence)} queries of {len(observed)} observed; not publishing")
+    for it, e in zip(observed, evidence, strict=True):
+        worker._produce(
+            worker.config.summaries_topic,  # type: ignore[arg-type]
+            it.obs.account.encode("utf-8"),  # type: ignore[union-attr]
+            campaign_record(it.obs, it.vector, e, partition, it.offset),  # type: ignore[arg-type]
+        )
+
+
+class CampaignAggregator(Worker):
+    """One campaign layer over every account: reads ``summaries_topic``, writes ``campaign_verdicts_topic``."""
+
+    def __init__(self, config, **kwargs: Any):
+        if not config.summaries_topic:
+            raise ConfigError("the campaign aggregator reads summaries_topic: set it (the workers must set it too)")
+        if not config.engine.campaigns:
+            raise ConfigError("the campaign aggregator needs engine setting campaigns: true")
+        super().__init__(config, **kwargs)
+        self.group = f"{config.group_id}.campaigns"
+        self.input_topic = config.summaries_topic
+        self.output_topic = config.campaign_verdicts_topic
+
+    def topics_needed(self) -> list[str]:
+        return [self.input_topic, self.output_topic, self.config.dead_letter_topic]
+
+    def _new_engine(self) -> Engine:
+        engine = super()._new_engine()
+        if engine.pipeline.campaigns is None:
+            raise WorkerError("the calibration has no group calibration, so there is no campaign layer to run")
+        return engine
+
+    def _parse(self, key: bytes | None, value: bytes | None) -> CampaignRecord:
+        return parse_campaign_record(value, self.dim, self.config.max_message_bytes)
+
+    def _embed(self, items: list[_Item]) -> None:
+        for it in items:
+            if it.obs is not None:
+                it.vector = it.obs.vector
+
+    def _observe_partition(self, partition: int, items: list[_Item]) -> None:
+        state = self.partitions[partition]
+        for it in items:
+            if it.poison is not None:
+                self._dead_letter(partition, it, it.poison)
+        good = [it for it in items if it.obs is not None]
+        if good:
+            layer = state.engine.pipeline.campaigns
+            records: list[CampaignRecord] = [it.obs for it in good]  # type: ignore[misc]
+            events = layer.observe(  # type: ignore[union-attr]
+                [r.account for r in records],
+                np.stack([r.vector for r in records]),
+                [r.prompt for r in records],
+                [r.meta for r in records],
+                [r.ts for r in records],
+                np.asarray([r.evidence for r in records]),
+            )
+            for it, (summary, raised) in zip(good, events, strict=True):
+                self._campaign_verdicts(state.engine, it, summary, raised, partition)
+        state.next_offset = items[-1].offset + 1
+        self.metrics.messages.labels(outcome="observed").inc(len(good))
+
+    def _campaign_verdicts(
+        self, engine: Engine, item: _Item, summary, raised: dict[str, Level], partition: int
+    ) -> None:
+        layer = engine.pipeline.campaigns
+        levels = dict(raised)
+        if summary is not None:
+            levels.setdefault(item.obs.account, summary.level)  # type: ignore[union-attr]
+        for account, level in levels.items():
+            mine = layer.summary_for(account)  # type: ignore[union-attr]
+            body = {
+                "schema_version": SCHEMA_VERSION,
+                "account": account,
+                "level": Level(level).value,
+                "campaign": mine.to_dict() if mine is not None else None,
+                "partition": partition,
+                "offset": item.offset,
+            }
+            self._produce(self.output_topic, account.encode("utf-8"), json.dumps(body, separators=(",", ":")).encode())

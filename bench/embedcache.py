@@ -34,6 +34,16 @@ def default_cache_dir() -> Path:
     return Path(override) if override else Path(__file__).resolve().parent / ".cache" / "embeddings"
 
 
+def runtime_identity(embedder) -> str:
+    """The model id, plus the runtime when it is not torch fp32 (OpenVINO bf16, ONNX int8, ...):
+    those vectors differ in the last digits or more, and must not be read as torch's."""
+    model_id = str(embedder.model_id)
+    runtime = (getattr(embedder, "backend", "torch"), getattr(embedder, "precision", "fp32"))
+    if runtime in (("torch", "fp32"), ("torch", "fp16")):  # the vectors every cache so far holds
+        return model_id
+    return f"{model_id} [{runtime[0]} {runtime[1]} {getattr(embedder, 'quantize', 'none')}]"
+
+
 def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -44,7 +54,7 @@ class EmbeddingCache:
     def __init__(self, embedder: TextEmbedder, cache_dir: str | Path | None = None):
         self.embedder = embedder
         self.dim = int(embedder.dim)
-        model_id = str(embedder.model_id)
+        model_id = runtime_identity(embedder)
         root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.directory = root / hashlib.sha256(model_id.encode("utf-8")).hexdigest()[:16]
         self.directory.mkdir(parents=True, exist_ok=True)

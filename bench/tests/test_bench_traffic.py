@@ -156,6 +156,14 @@ def test_embedding_cache_embeds_each_text_once_and_survives_restarts(tmp_path):
     other_model.model_id = "another-model"
     EmbeddingCache(other_model, tmp_path).embed(["a b"])
     assert other_model.encoded == ["a b"]  # keyed by model id too
+    other_runtime = CountingEmbedder()
+    other_runtime.backend, other_runtime.precision = "openvino", "bf16"
+    EmbeddingCache(other_runtime, tmp_path).embed(["a b"])
+    assert other_runtime.encoded == ["a b"]  # and by runtime: bf16 vectors are not torch fp32's
+    same_runtime = CountingEmbedder()
+    same_runtime.backend, same_runtime.precision = "torch", "fp32"
+    EmbeddingCache(same_runtime, tmp_path).embed(["a b"])
+    assert same_runtime.encoded == []  # torch fp32 keeps the folder every earlier cache wrote
 
 
 def test_embedding_cache_directory_can_be_moved_by_environment(monkeypatch, tmp_path):

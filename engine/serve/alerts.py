@@ -31,6 +31,11 @@ which returns once the destination accepted the event and raises otherwise (any 
 is a failed attempt, retried), and ``aclose()``. :data:`SINK_KINDS` maps a config ``kind``
 to its class: :class:`WebhookSink` (a signed POST) and :class:`KafkaSink` (a record on a topic,
 acknowledged by every in-sync replica).
+
+:class:`AlertPipeline` (sinks, outbox folder, metrics, optional fixed instance id) is the part
+that does not depend on the sidecar: the Kafka worker runs one per partition, with the offset
++ 1 as journal seq and ``group/topic/partition`` as instance (docs/kafka.md "Alerts");
+:class:`Alerts` is the sidecar's, built from its settings.
 """
 
 from __future__ import annotations
@@ -574,7 +579,7 @@ class AlertDispatcher:
     receive, once the sink's token bucket allows, one attempt at a time (bounded by
     ``timeout_s``); after a failure the sink waits :func:`backoff_delay` before trying again."""
 
-    def __init__(self, outbox: AlertOutbox, sinks: Sequence[AlertSink], metrics: ServerMetrics):
+    def __init__(self, outbox: AlertOutbox, sinks: Sequence[AlertSink], metrics: ServerMetrics | Any):
         self.outbox = outbox
         self.sinks = list(sinks)
         self.metrics = metrics
@@ -646,14 +651,26 @@ class AlertDispatcher:
 
 
 # -- what the service holds ----------------------------------------------------------------------------
-class Alerts:
-    """The service's alerting: finds transitions in the state thread, keeps them in the outbox,
-    delivers them from the event loop. Built only when ``alert_sinks`` is not empty."""
+class AlertPipeline:
+    """Alerting for one stream of records: finds transitions where the records are applied,
+    keeps them in the outbox in ``folder`` (a local POSIX folder: it is fsynced), delivers them
+    from an event loop. ``metrics`` has the counters ``alerts_created`` (kind),
+    ``alerts_delivered`` and ``alert_failures`` (sink, kind). ``instance`` salts the event ids:
+    None keeps the outbox's own (random, made once and stored in it); a fixed one (the Kafka
+    worker's ``group/topic/partition``) gives the same ids to whoever finds the transition."""
 
-    def __init__(self, config: ServerConfig, metrics: ServerMetrics):
+    def __init__(
+        self,
+        sinks: Sequence[AlertSinkConfig],
+        folder: str | Path,
+        metrics: Any,
+        instance: str | None = None,
+    ):
         self.metrics = metrics
-        self.sinks = [make_sink(settings) for settings in config.alert_sinks]
-        self.outbox = AlertOutbox(config.data_path / OUTBOX_FOLDER, [sink.name for sink in self.sinks])
+        self.sinks = [make_sink(settings) for settings in sinks]
+        self.outbox = AlertOutbox(folder, [sink.name for sink in self.sinks])
+        if instance is not None:
+            self.outbox.instance = instance  # kept by open(): it wins over the one stored
         self.tracker = LevelTracker()
         self.dispatcher = AlertDispatcher(self.outbox, self.sinks, metrics)
 
@@ -709,3 +726,11 @@ class Alerts:
 
     def close(self) -> None:
         self.outbox.close()
+
+
+class Alerts(AlertPipeline):
+    """The sidecar's alerting: the outbox in ``<data_dir>/alerts``, the sinks of ``alert_sinks``.
+    Built only when ``alert_sinks`` is not empty."""
+
+    def __init__(self, config: ServerConfig, metrics: ServerMetrics):
+        super().__init__(config.alert_sinks, config.data_path / OUTBOX_FOLDER, metrics)

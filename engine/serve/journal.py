@@ -4,7 +4,8 @@ One JSON object per line, each with a strictly increasing ``seq``. The journal i
 into segments named by the first seq they may hold (``journal-000000000042.jsonl``); a
 snapshot covering seq S lets every segment whose entries are all <= S be deleted.
 
-The sidecar's records (``op``): ``observe`` (an account, its prompt, ts and meta), ``forget``
+The sidecar's records (``op``): ``observe`` (an account, its prompt, ts and meta; the last of
+each micro-batch carries ``batch_end``, so replay gives the engine the same batches), ``forget``
 (a privacy deletion), ``evict`` (accounts the memory budget dropped) and ``benign`` (an
 account an analyst marked known-benign in the console, which feeds the calibration's benign
 population). The alert outbox (:mod:`.alerts`, ``<data_dir>/alerts``) is a second journal of

@@ -267,6 +267,7 @@ class ObservationService:
                 self.alerts.record(self.engine, verdicts, pending)
             pending.clear()
 
+        marked = False  # journals written before 0.5.0 have no batch boundaries: chunks of REPLAY_CHUNK
         expected = self._repaired.skip(self.covered_seq + 1)
         try:
             records = list(self.journal.replay(self.covered_seq))
@@ -298,7 +299,8 @@ class ObservationService:
                     self.engine.mark_benign(record["account"])
                 else:
                     pending.append(record)
-                    if len(pending) >= REPLAY_CHUNK:
+                    marked = marked or "batch_end" in record
+                    if record.get("batch_end") or (not marked and len(pending) >= REPLAY_CHUNK):
                         flush()
             flush()
         finally:
@@ -492,6 +494,9 @@ class ObservationService:
         """Runs in the state thread: journal first, then the engine. A record holds what the
         engine is given (prompt text, ts, meta when sent), so replay repeats it exactly."""
         records = [_journal_record(it) for it in batch]
+        # replay hands the engine the same batches: batched detection is exact only to float32
+        # rounding, so other batch boundaries would give scores that differ in the last bits
+        records[-1]["batch_end"] = True
         self.journal.append(records)
         try:
             verdicts = self.engine.observe_batch(

@@ -22,6 +22,7 @@ from ..config import EngineConfig
 from ..serve.config import (
     ENV_PREFIX,
     SIDECAR_ENGINE_DEFAULTS,
+    AlertSinkConfig,
     LogFormat,
     _config_error,
     _environment_layer,
@@ -68,6 +69,11 @@ class WorkerConfig(_GivenValuesOnly):
     checkpoint_interval_s: float = Field(60.0, gt=0)
     checkpoint_every_messages: int = Field(50_000, ge=1)
     checkpoint_keep: int = Field(3, ge=1)
+
+    # alerts on level transitions (the sidecar's alert_sinks items); none: no alerts, no outbox.
+    # The outboxes live in a local POSIX folder of this worker (fsynced), one per partition it owned.
+    alert_sinks: list[AlertSinkConfig] = Field(default_factory=list)
+    alert_outbox_dir: str = Field("./probewatch-alerts", min_length=1)
 
     # operations
     host: str = "127.0.0.1"
@@ -116,6 +122,14 @@ class WorkerConfig(_GivenValuesOnly):
             raise ValueError(
                 f"the observations, verdicts, dead-letter, summaries and campaign verdicts topics must differ; got {named}"
             )
+        names = [sink.name for sink in self.alert_sinks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"alert_sinks: every sink needs a name of its own; got {names}")
+        if "://" in self.alert_outbox_dir:
+            raise ValueError(
+                f"alert_outbox_dir must be a local folder (the outbox is fsynced on every write), not a URL; "
+                f"got {self.alert_outbox_dir!r}"
+            )
         if self.summaries_topic and not self.engine.campaigns:
             raise ValueError("summaries_topic carries what the campaign layer needs: set engine.campaigns true with it")
         for reserved in ("group.id", "bootstrap.servers", "enable.auto.commit"):
@@ -132,6 +146,7 @@ class WorkerConfig(_GivenValuesOnly):
     def public_dict(self) -> dict[str, Any]:
         """The settings for logs, secret-looking Kafka properties and the campaign salt hidden."""
         out = self.model_dump()
+        out["alert_sinks"] = [sink.public_dict() for sink in self.alert_sinks]
         for name in ("kafka", "kafka_consumer", "kafka_producer"):
             out[name] = {k: "<set>" if any(w in k for w in _SECRET_WORDS) else v for k, v in out[name].items()}
         if out["engine"].get("campaign_salt") is not None:

@@ -1,6 +1,6 @@
 """The worker's Prometheus metrics (``probewatch_worker_*``) and its small HTTP endpoint.
 
-Labels are partitions, event kinds and reasons, never account ids (unbounded, and personal).
+Labels are partitions, event kinds, alert sinks and reasons, never account ids (unbounded, and personal).
 ``GET /metrics`` (text format), ``/healthz`` (200 while the poll loop turns), ``/readyz``
 (200 while the worker is a group member with its partitions loaded).
 """
@@ -69,6 +69,20 @@ class _PartitionGauges(Collector):
         )
         ready = worker is not None and worker.ready
         yield GaugeMetricFamily("probewatch_worker_ready", "1 while /readyz answers 200", value=1.0 if ready else 0.0)
+        depth = GaugeMetricFamily(
+            "probewatch_worker_alert_outbox_depth",
+            "Alert events waiting in this worker's outboxes for a sink (all partitions)",
+            labels=("sink", "kind"),
+        )
+        oldest = GaugeMetricFamily(
+            "probewatch_worker_alert_oldest_undelivered_age_seconds",
+            "Age of the oldest alert event a sink has not accepted yet (0 when none waits)",
+            labels=("sink", "kind"),
+        )
+        for (sink, kind), (count, age) in sorted(worker.alert_backlog().items() if worker is not None else ()):
+            depth.add_metric([sink, kind], float(count))
+            oldest.add_metric([sink, kind], age)
+        yield from (depth, oldest)
 
 
 class WorkerMetrics:
@@ -107,6 +121,25 @@ class WorkerMetrics:
         )
         self.checkpoint_seconds = Histogram(
             "probewatch_worker_checkpoint_seconds", "Time to write one partition checkpoint", registry=r
+        )
+        # alerts (the names AlertDispatcher and AlertPipeline use)
+        self.alerts_created = Counter(
+            "probewatch_worker_alerts_created",
+            "Alert events created (level transitions), by kind",
+            ["kind"],
+            registry=r,
+        )
+        self.alerts_delivered = Counter(
+            "probewatch_worker_alerts_delivered",
+            "Alert events a sink accepted, by sink and kind",
+            ["sink", "kind"],
+            registry=r,
+        )
+        self.alert_failures = Counter(
+            "probewatch_worker_alert_delivery_failures",
+            "Failed alert delivery attempts (each is retried), by sink and kind",
+            ["sink", "kind"],
+            registry=r,
         )
 
     def watch(self, worker: Worker) -> None:

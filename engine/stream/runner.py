@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from ..errors import ConfigError, ProbewatchError
 from ..serve.logs import make_formatter
+from ..serve.runner import _alert_sinks
 from .config import WorkerConfig, load_worker_config
 
 
@@ -28,6 +29,14 @@ def main_worker(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", help="engine device: auto, cpu or cuda[:N]")
     parser.add_argument("--log-format", choices=("text", "json"), help="log lines: text (default) or json")
     parser.add_argument(
+        "--alert-sink",
+        action="append",
+        metavar="JSON",
+        help="one alert sink as a JSON object with the keys of an alert_sinks item (docs/sidecar.md, Alerts); "
+        "repeat for more; replaces alert_sinks from the file and the environment",
+    )
+    parser.add_argument("--alert-outbox-dir", help="local folder of the alert outboxes (default ./probewatch-alerts)")
+    parser.add_argument(
         "--create-topics",
         type=int,
         metavar="N",
@@ -40,6 +49,7 @@ def main_worker(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
+        alert_sinks = _alert_sinks(args.alert_sink)
         config = load_worker_config(
             args.config,
             bootstrap_servers=args.bootstrap_servers,
@@ -49,6 +59,8 @@ def main_worker(argv: Sequence[str] | None = None) -> int:
             port=args.port,
             engine={"device": args.device} if args.device else None,
             log_format=args.log_format,
+            alert_sinks=alert_sinks,
+            alert_outbox_dir=args.alert_outbox_dir,
         )
     except ConfigError as exc:
         parser.error(str(exc))

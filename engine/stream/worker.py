@@ -10,6 +10,15 @@ acknowledged) is the offset committed. On assignment the newest readable checkpo
 loaded and the partition replayed from its offset; on revocation and on SIGTERM each owned
 partition is checkpointed and committed first.
 
+Alerts (``alert_sinks``): each partition has its own outbox in
+``<alert_outbox_dir>/<group>/<topic>/p<partition>`` and its own level tracker, seeded from the
+engine on assignment. A transition found at offset O is written to the outbox as journal seq
+O + 1, in the poll that observes O, so before any checkpoint covering O; its event id is salted
+with ``group/topic/partition``, so whoever replays O finds the same id. An outbox is kept and
+delivered from (on one asyncio loop thread) for the worker's lifetime, also after its partition
+was revoked, and every outbox folder found at start is reopened: an event is lost only with the
+folder. docs/kafka.md "Alerts" says where at-least-once holds.
+
 Replay gives the uninterrupted state because everything an engine does depends only on the
 partition's order of observations: its housekeeping (population refits, memory-budget
 evictions) runs at fixed observation counts (``housekeeping_every``,
@@ -19,13 +28,16 @@ float32 rounding in the last bit of batched matrix products.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -33,6 +45,7 @@ from ..backend.embedder import Embedder
 from ..engine import DEFAULT_CALIBRATION_PATH, Engine
 from ..errors import BatchError, InputError, ProbewatchError
 from ..io.persistence import read_calibration
+from ..serve.alerts import AlertPipeline
 from .checkpoints import CheckpointStore
 from .config import WorkerConfig
 from .metrics import WorkerMetrics
@@ -101,6 +114,9 @@ class Worker:
         self.loop_at = time.monotonic()
         self._consumer: Any = None
         self._producer: Any = None
+        self._alerts: dict[int, AlertPipeline] = {}  # every partition outbox opened, owned or not
+        self._alert_loop: asyncio.AbstractEventLoop | None = None
+        self._alert_thread: threading.Thread | None = None
 
     # -- the embedding model, loaded on the first prompt -----------------------------------
     @property
@@ -150,6 +166,8 @@ class Worker:
         consumer, producer = self._consumer, self._producer = self._clients()
         try:
             self._check_topics(consumer)
+            if self.alerting:
+                self._start_alerts()
             consumer.subscribe(
                 [self.input_topic],
                 on_assign=self._on_assign,
@@ -174,6 +192,7 @@ class Worker:
             self.ready = False
             consumer.close()  # leaves the group; the revocation callback finds nothing dirty
             producer.flush(10)
+            self._stop_alerts()
 
     def topics_needed(self) -> list[str]:
         wanted = [self.input_topic, self.output_topic, self.config.dead_letter_topic]
@@ -204,6 +223,8 @@ class Worker:
         try:
             for tp in partitions:
                 state = self._restore(tp.partition)
+                if self.alerting:  # the levels the engine holds: transitions are found from there
+                    self._partition_alerts(tp.partition).tracker.seed(state.engine)
                 self.partitions[tp.partition] = state
                 tp.offset = state.next_offset if state.next_offset > 0 else OFFSET_BEGINNING
             self._parked.clear()  # partitions not given back went to other members: free their engines
@@ -249,6 +270,76 @@ class Worker:
             state = self.partitions.pop(tp.partition, None)
             if state is not None:
                 self._parked[tp.partition] = state
+
+    # -- alerts ------------------------------------------------------------------------------
+    @property
+    def alerting(self) -> bool:
+        """Alerts are found by the observation workers (the campaign aggregator reads another topic)."""
+        return bool(self.config.alert_sinks) and self.input_topic == self.config.observations_topic
+
+    def _alert_folder(self) -> Path:
+        return Path(self.config.alert_outbox_dir) / quote(self.group, safe="") / self.input_topic
+
+    def _start_alerts(self) -> None:
+        """The delivery loop's thread, then the outbox of every partition this worker held before:
+        its undelivered events go out whoever owns the partition now."""
+        loop = asyncio.new_event_loop()
+        self._alert_thread = threading.Thread(target=loop.run_forever, name="probewatch-worker-alerts", daemon=True)
+        self._alert_thread.start()
+        self._alert_loop = loop
+        folder = self._alert_folder()
+        found = (
+            sorted(int(m[1]) for d in folder.iterdir() if (m := re.fullmatch(r"p(\d+)", d.name)))
+            if folder.is_dir()
+            else []
+        )
+        for partition in found:
+            self._partition_alerts(partition)
+        log.info("alerts to %s; outboxes in %s", [s.name for s in self.config.alert_sinks], folder)
+
+    def _partition_alerts(self, partition: int) -> AlertPipeline:
+        """The partition's outbox, tracker and delivery, opened once and kept until the worker stops."""
+        alerts = self._alerts.get(partition)
+        if alerts is None:
+            if self._alert_loop is None:
+                raise WorkerError("alerts are configured but their delivery loop is not running (call run())")
+            alerts = AlertPipeline(
+                self.config.alert_sinks,
+                self._alert_folder() / f"p{partition}",
+                self.metrics,
+                instance=f"{self.group}/{self.input_topic}/{partition}",  # the same event ids for every owner
+            )
+            alerts.outbox.open()
+            asyncio.run_coroutine_threadsafe(alerts.start(), self._alert_loop).result(30)
+            self._alerts[partition] = alerts
+        return alerts
+
+    def _stop_alerts(self) -> None:
+        """Stop delivering (what is undelivered stays in the outboxes for the next start)."""
+        loop, self._alert_loop = self._alert_loop, None
+        if loop is None:
+            return
+        for partition, alerts in sorted(self._alerts.items()):
+            try:
+                asyncio.run_coroutine_threadsafe(alerts.stop(), loop).result(30)
+            except Exception as exc:  # noqa: BLE001 - the others still have to be closed
+                log.warning("stopping the alert delivery of partition %d: %s", partition, exc)
+            alerts.close()
+        self._alerts.clear()
+        loop.call_soon_threadsafe(loop.stop)
+        if self._alert_thread is not None:
+            self._alert_thread.join(10)
+        if not loop.is_running():
+            loop.close()
+
+    def alert_backlog(self) -> dict[tuple[str, str], tuple[int, float]]:
+        """{(sink, kind): (events waiting, age of the oldest)} over every outbox (read by /metrics)."""
+        out: dict[tuple[str, str], tuple[int, float]] = {}
+        for alerts in list(self._alerts.values()):
+            for sink, kind, count, age in alerts.backlog():
+                before = out.get((sink, kind), (0, 0.0))
+                out[(sink, kind)] = (before[0] + count, max(before[1], age))
+        return out
 
     # -- observing ---------------------------------------------------------------------------
     def _handle(self, messages: Sequence[Any]) -> None:
@@ -357,6 +448,11 @@ class Worker:
                 verdict.account.encode("utf-8"),
                 verdict_message(verdict, it.obs, partition, it.offset),  # type: ignore[arg-type]
             )
+        alerts = self._alerts.get(partition)
+        if alerts is not None:  # before any checkpoint covering these offsets (the poll ends first)
+            records = [{"seq": it.offset + 1, "ts": it.obs.ts} for it in items]  # type: ignore[union-attr]
+            if alerts.record(engine, verdicts, records):
+                alerts.notify()
 
     def _dead_letter(self, partition: int, item: _Item, poison: PoisonMessage) -> None:
         self.metrics.dead_letters.labels(kind=poison.kind).inc()
@@ -412,6 +508,12 @@ class Worker:
         dirty = [p for p in partitions if p in self.partitions and self.partitions[p].dirty]
         if not dirty:
             return
+        broken = {p: self._alerts[p].failed for p in dirty if p in self._alerts and self._alerts[p].failed}
+        if broken:
+            raise WorkerError(
+                f"the alert outbox of partitions {sorted(broken)} cannot be written ({next(iter(broken.values()))}); "
+                "not checkpointing, so a restart replays those offsets and creates their alerts again"
+            )
         left = self._producer.flush(30)
         if left or self._delivery_errors:
             errors, self._delivery_errors = self._delivery_errors, []

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import httpx
 import numpy as np
@@ -134,7 +135,30 @@ def random_word_prompts(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(n)]
 
 
-class SidecarProcess:
+class ChildProcess:
+    """A server the test started (``self.proc``) writing to its log file (``self._log``)."""
+
+    proc: subprocess.Popen
+    _log: IO[bytes]
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:  # as a crash: no shutdown work at all
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        self._log.close()
+
+
+class SidecarProcess(ChildProcess):
     """`probewatch serve` in a subprocess; settings through PROBEWATCH_* variables."""
 
     def __init__(self, data_dir: Path, log_path: Path, **settings):
@@ -175,22 +199,6 @@ class SidecarProcess:
 
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers=AUTH, timeout=60, **kwargs)
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-        self._log.close()
 
     def log_tail(self, n: int = 4000) -> str:
         if not self._log.closed:

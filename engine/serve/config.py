@@ -103,10 +103,8 @@ class AlertSinkConfig(BaseModel):
 
     @field_validator("kafka", mode="before")
     @classmethod
-    def _properties_as_text(cls, value: Any) -> Any:  # YAML gives numbers and booleans; librdkafka takes text
-        if isinstance(value, Mapping):
-            return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
-        return value
+    def _properties_as_text(cls, value: Any) -> Any:
+        return kafka_properties_as_text(value)
 
     @model_validator(mode="after")
     def _usable(self) -> AlertSinkConfig:
@@ -224,6 +222,13 @@ class _Environment(EnvSettingsSource):
         if field_name in self._ignore:
             return None, field_name, False
         return super().get_field_value(field, field_name)
+
+
+def kafka_properties_as_text(value: Any) -> Any:
+    """librdkafka properties are all text: YAML's ``true`` becomes ``"true"``, numbers their digits."""
+    if isinstance(value, Mapping):
+        return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+    return value
 
 
 def _none_if_unset(value: Any) -> Any:
@@ -362,9 +367,7 @@ class ServerConfig(_GivenValuesOnly):
     @field_validator("kafka", mode="before")
     @classmethod
     def _properties_as_text(cls, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
-        return value
+        return kafka_properties_as_text(value)
 
     @field_validator("api_token", mode="before")
     @classmethod

@@ -399,19 +399,7 @@ class ObservationService:
     def _fallback(self, item: Item, cause: str) -> Outcome:
         closed = self.config.failure_policy == "closed"
         self.metrics.fallbacks.labels(cause).inc()
-        verdict = {
-            "account": item.account,
-            "level": "unknown",
-            "flagged": closed,
-            "risk": None,
-            "n_queries": None,
-            "score": None,
-            "peak_risk": None,
-            "one_in": None,
-            "peak_one_in": None,
-            "reasons": [],
-            "campaign": None,
-        }
+        verdict = unknown_verdict(item.account, flagged=closed)
         return Outcome(verdict=verdict, fallback=cause, queued=item.batched, truncated=item.truncated)
 
     async def _batch_loop(self) -> None:
@@ -713,6 +701,24 @@ def campaign_summary(report: dict[str, Any]) -> dict[str, Any]:
     """A campaign's list entry from its ``CampaignReport.to_dict()``."""
     kinds = list(dict.fromkeys(indicator["kind"] for indicator in report["indicators"]))
     return {key: kinds if key == "indicator_kinds" else report[key] for key in SUMMARY_KEYS}
+
+
+def unknown_verdict(account: str, flagged: bool = False) -> dict[str, Any]:
+    """The verdict shape for an item nothing judged (a fallback, or an account not seen yet):
+    level ``unknown``, ``flagged`` as the failure policy says."""
+    return {
+        "account": account,
+        "level": "unknown",
+        "flagged": flagged,
+        "risk": None,
+        "n_queries": None,
+        "score": None,
+        "peak_risk": None,
+        "one_in": None,
+        "peak_one_in": None,
+        "reasons": [],
+        "campaign": None,
+    }
 
 
 def _journal_record(item: Item) -> dict[str, Any]:

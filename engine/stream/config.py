@@ -31,6 +31,7 @@ from ..serve.config import (
     _none_if_unset,
     _read_yaml,
     engine_config_from,
+    kafka_properties_as_text,
 )
 
 # librdkafka properties whose values are never logged
@@ -99,9 +100,7 @@ class WorkerConfig(_GivenValuesOnly):
     @field_validator("kafka", "kafka_consumer", "kafka_producer", mode="before")
     @classmethod
     def _properties_as_text(cls, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
-        return value
+        return kafka_properties_as_text(value)
 
     @field_validator("engine", mode="before")
     @classmethod

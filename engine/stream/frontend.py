@@ -34,7 +34,7 @@ from ..errors import InputError
 from ..serve.config import ServerConfig
 from ..serve.http import RequestError, error_document
 from ..serve.metrics import LATENCY_BUCKETS, ServerMetrics
-from ..serve.service import Item, ObservationService, Outcome
+from ..serve.service import Item, ObservationService, Outcome, unknown_verdict
 from .schema import PoisonMessage
 
 log = logging.getLogger("probewatch.serve")
@@ -308,14 +308,14 @@ class KafkaObservationService:
             self._in_flight -= len(items)
 
     def _answer(self, body: dict[str, Any] | None, item: Item, pending: bool) -> Outcome:
-        verdict = dict(body["verdict"]) if body is not None else _unknown_verdict(item.account)
+        verdict = dict(body["verdict"]) if body is not None else unknown_verdict(item.account)
         if body is not None and "campaign" in body and verdict.get("campaign") is None:
             verdict["campaign"] = body["campaign"]
         return Outcome(verdict=verdict, queued=True, truncated=item.truncated, extra={"pending": pending})
 
     def _fallback(self, item: Item, cause: str, queued: bool) -> Outcome:
         self.metrics.fallbacks.labels(cause).inc()
-        verdict = {**_unknown_verdict(item.account), "flagged": self.config.failure_policy == "closed"}
+        verdict = unknown_verdict(item.account, flagged=self.config.failure_policy == "closed")
         return Outcome(verdict=verdict, fallback=cause, queued=queued, truncated=item.truncated)
 
     # -- what needs a local engine -------------------------------------------------------------
@@ -344,22 +344,6 @@ class KafkaObservationService:
 
     async def campaign_page(self, level: str | None, after: str | None, size: int) -> tuple[list, str | None]:
         raise self._no_local_state("listing campaigns")
-
-
-def _unknown_verdict(account: str) -> dict[str, Any]:
-    return {
-        "account": account,
-        "level": "unknown",
-        "flagged": False,
-        "risk": None,
-        "n_queries": None,
-        "score": None,
-        "peak_risk": None,
-        "one_in": None,
-        "peak_one_in": None,
-        "reasons": [],
-        "campaign": None,
-    }
 
 
 def _resolver(loop: asyncio.AbstractEventLoop, future: asyncio.Future):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.support import free_port, topical_calibration_engine
+from tests.support import ChildProcess, free_port, topical_calibration_engine
 
 confluent_kafka = pytest.importorskip(
     "confluent_kafka", reason="needs the kafka extra: pip install -e '.[kafka]' (make test installs it)"
@@ -116,7 +115,7 @@ def worker_settings(broker: Broker, state_dir: Path, tag: str, **extra) -> dict[
     return settings
 
 
-class WorkerProcess:
+class WorkerProcess(ChildProcess):
     """``python -m probewatch.stream`` on 127.0.0.1 with its /metrics port; settings as PROBEWATCH_* variables."""
 
     def __init__(self, log_path: Path, settings: dict[str, str], args: tuple[str, ...] = ()):
@@ -156,22 +155,6 @@ class WorkerProcess:
             f"worker {self.url} got no partitions",
             self,
         )
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-        self._log.close()
 
     def log_text(self) -> str:
         if not self._log.closed:

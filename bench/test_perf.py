@@ -11,21 +11,18 @@ prompts, >= 3x with a 30 % exact-repeat share; detection <= 1 ms for a lone quer
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import gc
 import itertools
 import random
 import time
 
 import numpy as np
-import psutil
 import pytest
 
 import probewatch as pw
 from probewatch.kernels import cupy_available
 
 from .conftest import unit_rows
+from .scaling import rss
 
 BATCH = 16  # the batch size at which MiniLM runs fastest on 2 cores
 HISTORIES = (1_000, 10_000, 100_000)
@@ -184,26 +181,6 @@ def test_detection_cost_many_short_accounts(benchmark):
     benchmark(lambda: engine.observe_embeddings(accounts, next(more)))
 
 
-def _rss() -> int:
-    """Resident bytes after freed memory is handed back: glibc keeps freed transient buffers
-    (a batch's feature arrays) in its heap, which is not memory the engine holds."""
-    gc.collect()
-    if _libc is not None:
-        _libc.malloc_trim(0)
-    return psutil.Process().memory_info().rss
-
-
-def _glibc():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-_libc = _glibc()
-
-
 @pytest.mark.parametrize("storage", ["float32", "float16"])
 def test_memory_per_stored_query(benchmark, storage):
     """Resident memory added per stored query, measured over 200 accounts x 1,000 queries.
@@ -219,12 +196,12 @@ def test_memory_per_stored_query(benchmark, storage):
         engine = _engine(storage=storage, history_cap=per_account)
         engine.observe_embeddings(["warm-up"] * per_account, rows[:per_account])
         engine.forget("warm-up")
-        before = _rss()
+        before = rss()
         for r in range(0, per_account, per_call):
             for a in range(0, n_accounts, 50):
                 accounts = [f"acct-{i}" for i in range(a, a + 50) for _ in range(per_call)]
                 engine.observe_embeddings(accounts, np.tile(rows[r : r + per_call], (50, 1)))
-        added = _rss() - before
+        added = rss() - before
         return engine, added
 
     engine, added = benchmark.pedantic(fill, rounds=1, iterations=1)
@@ -278,7 +255,7 @@ def test_campaign_layer_replay_100k_accounts(benchmark):
     evidence = np.zeros(batch)
 
     def replay():
-        before = _rss()
+        before = rss()
         spent = 0.0
         for start in range(0, order.size, batch):
             ids = order[start : start + batch]
@@ -294,7 +271,7 @@ def test_campaign_layer_replay_100k_accounts(benchmark):
             t0 = time.perf_counter()
             layer.observe(accounts, x, texts, metas, [None] * ids.size, evidence[: ids.size])
             spent += time.perf_counter() - t0
-        return spent, _rss() - before
+        return spent, rss() - before
 
     spent, added = benchmark.pedantic(replay, rounds=1, iterations=1)
     per_query_ms = 1000 * spent / order.size

@@ -7,7 +7,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU build of torch keeps the install light. GPU users skip this (or set TORCH_SPEC to
-# their CUDA build) and install '.[gpu]' instead of '.[cpu]'.
+# their CUDA build) and install '.[gpu]' instead of '.[cpu,openvino]' (OpenVINO is the fast
+# CPU embedding runtime; CUDA embeds with torch).
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 LITELLM_VENV ?= .venv-litellm
@@ -23,7 +24,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e '.[cpu]'
+	$(BIN)/pip install --quiet -e '.[cpu,openvino]'
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed bench/traffic/requirements-data.txt

@@ -491,6 +491,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="also run leave-one-population-out, warm-up and poisoning (bench/unseen.py; default on)",
     )
+    parser.add_argument(
+        "--embed-backend",
+        choices=("torch", "openvino", "onnx", "auto"),
+        default="torch",
+        help="embedding runtime for the traffic (default torch fp32; others are cached apart, by runtime)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -515,6 +521,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def reproducing_command(args: argparse.Namespace) -> str:
     words = ["--size", args.size, "--seed", str(args.seed), "--out", str(args.out)]
     words += ["--detectors", ",".join(args.detectors), "--calibration", args.calibration]
+    if args.embed_backend != "torch":
+        words += ["--embed-backend", args.embed_backend]
     return "python -m bench.eval " + shlex.join(words + ([] if args.unseen else ["--no-unseen"]))
 
 
@@ -528,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     import probewatch as pw
 
-    embedder = pw.Embedder(device="cpu")
+    embedder = pw.Embedder(device="cpu", backend=args.embed_backend)
     cache = EmbeddingCache(embedder)
     timings["load_model"] = time.perf_counter() - started
 

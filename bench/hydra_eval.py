@@ -412,6 +412,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.hydra_eval", description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=("quick", "default"), default="quick")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--embed-backend",
+        choices=("torch", "openvino", "onnx", "auto"),
+        default="torch",
+        help="embedding runtime for the traffic (default torch fp32; others are cached apart, by runtime)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--campaign-fpr-share",
@@ -436,11 +442,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown detector(s) {unknown}; choose from {known}")
     out = args.out or Path("bench") / "out" / f"hydra-{args.size}"
     started = time.perf_counter()
-    embedder = pw.Embedder(device="cpu")
+    embedder = pw.Embedder(device="cpu", backend=args.embed_backend)
     cache = EmbeddingCache(embedder)
     overrides = {} if args.campaign_fpr_share is None else {"campaign_fpr_share": args.campaign_fpr_share}
     results = run(args.size, args.seed, detectors, embedder, cache, **overrides)
     command = f"python -m bench.hydra_eval --size {args.size} --seed {args.seed} --out {out}"
+    if args.embed_backend != "torch":
+        command += f" --embed-backend {args.embed_backend}"
     if overrides:
         command += f" --campaign-fpr-share {args.campaign_fpr_share}"
     if args.detectors is not None:

@@ -15,7 +15,7 @@ surfaces :mod:`.serve` (HTTP sidecar), :mod:`.integrations`, :mod:`.cli`.
 from .backend.embedder import Embedder
 from .config import EngineConfig
 from .detect.features import FEATURE_NAMES
-from .engine import Engine
+from .engine import EmbeddedBatch, Engine
 from .errors import (
     BackendUnavailableError,
     BatchError,
@@ -33,7 +33,7 @@ from .errors import (
 )
 from .types import AccountReport, EngineStats, FeatureReading, Level, Reason, Verdict
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 __all__ = [
     "FEATURE_NAMES",
@@ -43,6 +43,7 @@ __all__ = [
     "BatchLengthError",
     "CalibrationError",
     "ConfigError",
+    "EmbeddedBatch",
     "Embedder",
     "Engine",
     "EngineConfig",

@@ -33,12 +33,12 @@ class EngineConfig:
     device: str = "auto"
     """'auto' (CUDA when present, else CPU), 'cpu' or 'cuda[:N]'."""
     embed_batch_size: int = 16
-    embed_backend: str = "torch"
-    """Embedding runtime: 'torch', 'openvino' or 'onnx' (CPU; need probewatch[openvino] /
-    probewatch[onnx]), or 'auto': torch on CUDA; on CPU OpenVINO when installed, else torch.
-    'auto' (OpenVINO bf16 here) is 2-5x faster on a bf16 CPU, but not the default yet:
-    detection rounds differently by batch shape, and with those vectors a journal replay (which
-    batches differently) no longer lands on bit-identical scores (issue 14 note)."""
+    embed_backend: str = "auto"
+    """Embedding runtime: 'auto' (the default): torch on CUDA; on CPU OpenVINO when
+    probewatch[openvino] is installed (bf16 where the CPU has it: ~2x faster here, detection
+    within noise of torch fp32 on the benchmark), else torch. Or by name: 'torch', 'openvino'
+    or 'onnx' (CPU; need probewatch[openvino] / probewatch[onnx]). bf16 vectors depend on how
+    prompts were batched in their last digits: replays that re-batch differ by that much."""
     embed_precision: str = "auto"
     """'fp32', 'bf16' or 'auto': float16 on CUDA; on CPU fp32 for an explicitly chosen torch
     backend, else bf16 where the CPU has native bf16 (fp32 where it has not)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,19 @@ from .io.validation import check_account, check_items, check_same_length, check_
 from .types import AccountReport, CampaignReport, CampaignStats, EngineStats, Level, Verdict
 
 DEFAULT_CALIBRATION_PATH = Path(__file__).resolve().parent / "data" / "default_calibration.npz"
+
+
+@dataclass(frozen=True)
+class EmbeddedBatch:
+    """A batch checked and embedded by :meth:`Engine.embed_batch`, not yet observed."""
+
+    accounts: list[str]
+    good: list[int]  # indices of the valid items, in order
+    vectors: Any  # (len(good), d) embeddings of the valid prompts on the engine's device; None when none
+    stamps: list[float | None]  # the valid items' timestamps
+    errors: dict[int, ProbewatchError]  # index -> why that item was rejected
+    texts: list[str]  # the valid items' prompts (the campaign layer reads shared templates)
+    metas: Sequence[dict[str, str] | None] | None
 
 
 class Engine:
@@ -146,10 +160,36 @@ class Engine:
         ts: Sequence[float | None] | None = None,
         metas: Sequence[dict[str, str] | None] | None = None,
     ) -> list[Verdict]:
-        """Observe many prompts (one embedding batch); verdicts in input order."""
+        """Observe many prompts (one embedding batch); verdicts in input order.
+
+        The same as ``observe_embedded(embed_batch(...))``: callers that have slow work of
+        their own to do (the sidecar's journal fsync) run it between the two phases."""
+        return self.observe_embedded(self.embed_batch(accounts, prompts, ts, metas))
+
+    def embed_batch(
+        self,
+        accounts: Sequence[str],
+        prompts: Sequence[str | bytes],
+        ts: Sequence[float | None] | None = None,
+        metas: Sequence[dict[str, str] | None] | None = None,
+    ) -> EmbeddedBatch:
+        """The first phase of :meth:`observe_batch`: check the items and embed the valid prompts.
+
+        Touches no account state (only the embedder's repeat cache), so it may run while another
+        batch is being observed or while the caller waits on something else; invalid items are
+        kept in the result and reported by :meth:`observe_embedded`. A mismatched batch length
+        raises here, before anything is embedded."""
         good, texts, stamps, errors = check_items(accounts, ts, prompts, self.config.max_prompt_chars, metas)
         vectors = self.embedder.encode_device(texts) if texts else None
-        return self._observe_valid(accounts, good, vectors, stamps, errors, texts, metas)
+        return EmbeddedBatch(list(accounts), good, vectors, stamps, errors, texts, metas)
+
+    def observe_embedded(self, batch: EmbeddedBatch) -> list[Verdict]:
+        """The second phase of :meth:`observe_batch`: detection and the account state update,
+        under the engine's lock. Raises :class:`~probewatch.errors.BatchError` (with the valid
+        items' verdicts) when the batch held invalid items, as observe_batch does."""
+        return self._observe_valid(
+            batch.accounts, batch.good, batch.vectors, batch.stamps, batch.errors, batch.texts, batch.metas
+        )
 
     def observe_embeddings(
         self,

@@ -51,6 +51,17 @@ FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)
 N_FEATURES = len(FEATURE_NAMES)
 _F = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
+_NN_COLUMNS = [
+    _F[name]
+    for name in (
+        "nn_similarity_mean",
+        "nn_similarity_spread",
+        "knn_similarity_mean",
+        "near_duplicate_rate",
+        "near_duplicate_rate_lifetime",
+    )
+]
+
 GRAM_STATS = 4  # window statistics kept from the last Gram refresh
 
 # Per-query scores averaged into an account's score (see probewatch.detect.scoring).
@@ -304,19 +315,17 @@ class FeatureBatch:
             knn_mean = np.where(knn_valid, knn, 0.0).sum(axis=1) / np.maximum(knn_valid.sum(axis=1), 1)
             near = (valid & (nn >= near_duplicate_similarity)).sum(axis=1) / safe
             near_life = 1.0 - share_below_rows(self.nn_hist, near_duplicate_similarity)
-            for name, values in (
-                ("nn_similarity_mean", mean),
-                ("nn_similarity_spread", spread),
-                ("knn_similarity_mean", knn_mean),
-                ("near_duplicate_rate", near),
-                ("near_duplicate_rate_lifetime", near_life),
-            ):
-                f[has, _F[name]] = values[has]
+            # one masked write for the five nearest-neighbour features (NaN without a neighbour yet)
+            f[:, _NN_COLUMNS] = np.where(
+                has[:, None], np.column_stack((mean, spread, knn_mean, near, near_life)), np.nan
+            )
             # PRADA's statistic per sample size: NaN sorts last, so a row's first `count` values are its own.
             distances = np.sort(1.0 - nn, axis=1)
-            for size in np.unique(count[count >= MIN_NORMALITY_SAMPLES]):
-                rows = np.flatnonzero(count == size)
-                f[rows, _F["min_distance_normality"]] = shapiro_wilk_w(distances[rows, :size])
+            sizes = count.tolist() if m == 1 else np.unique(count).tolist()
+            for size in sizes:
+                if size >= MIN_NORMALITY_SAMPLES:
+                    rows = slice(None) if m == 1 else np.flatnonzero(count == size)
+                    f[rows, _F["min_distance_normality"]] = shapiro_wilk_w(distances[rows, :size])
             ref = self.ref.astype(np.float64)
             ref_valid = ~np.isnan(ref)
             f[:, _F["reference_similarity"]] = np.where(ref_valid, ref, 0.0).sum(axis=1) / np.maximum(

@@ -190,8 +190,8 @@ class Pipeline:
                 self.population.remember(account, n, step.features[i])
             rows.append((account, risk, state.level, n, score, state.peak_risk, state.peak_score))
         # "1 in N benign accounts", now and at the peak: keeps ranking where risk rounds to 1
-        one_in = np.power(10.0, self.calibration.log10_one_in(scores)).tolist()
-        peak_one_in = np.power(10.0, self.calibration.log10_one_in([r[6] for r in rows])).tolist()
+        both = np.power(10.0, self.calibration.log10_one_in(np.concatenate([scores, [r[6] for r in rows]]))).tolist()
+        one_in, peak_one_in = both[: len(rows)], both[len(rows) :]
         out = [
             Verdict(
                 account=account,

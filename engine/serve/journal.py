@@ -14,7 +14,9 @@ this format, with its own records (``meta``, ``alert``, ``delivered``) and ``fsy
 Records are written before the client is answered. Fsync policies:
 
 * ``always``: fsync after every record.
-* ``batch``: one fsync per append call (one micro-batch) before anyone is answered.
+* ``batch``: one fsync per micro-batch before anyone is answered: in ``append``, or, with
+  ``append(records, sync=False)``, in a later ``sync_appended()`` (the sidecar runs it on
+  another thread while it embeds the batch, and applies nothing before it returned).
 * ``interval``: flushed to the OS per append (survives a process crash), fsynced in the
   background every ``fsync_interval_s`` (a power loss may lose that window).
 * ``never``: flushed to the OS per append, never fsynced by us.
@@ -138,6 +140,7 @@ class Journal:
         self._segment_first = 0
         self._last_seq = 0
         self._dirty = False
+        self._unsynced_after: int | None = None  # batch policy: last_seq before records not yet fsynced
         self._io_lock = threading.Lock()  # append vs the background fsync thread
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
@@ -200,6 +203,7 @@ class Journal:
             try:
                 if self._fh is not None:
                     os.fsync(self._fh.fileno())
+                    self._unsynced_after = None  # that fsync made them durable
                     self._fh.close()
                 # Unbuffered: a failed write leaves nothing in a Python buffer that a later flush or
                 # close could append after the partial line.
@@ -211,9 +215,13 @@ class Journal:
                 # written from now on might not survive, so nothing more is, as after append.
                 raise self._fail(f"starting segment {path.name}", exc) from exc
 
-    def append(self, records: list[dict[str, Any]]) -> int:
+    def append(self, records: list[dict[str, Any]], sync: bool = True) -> int:
         """Assign seqs to ``records`` (in place), write them durably per the policy; returns
-        the last seq written."""
+        the last seq written.
+
+        ``sync=False`` (policy ``batch`` only) writes without the fsync: the records are not
+        durable, and must not be acknowledged, until :meth:`sync_appended` returns. The
+        sidecar fsyncs on another thread meanwhile, while it embeds the batch."""
         if self._fh is None:
             raise RuntimeError("journal.open() was not called")
         with self._io_lock:
@@ -233,13 +241,42 @@ class Journal:
                 if lines:
                     self._write_all(b"".join(lines))
                 if self.fsync_policy == "batch":
-                    os.fsync(self._fh.fileno())
+                    if self._unsynced_after is None:
+                        self._unsynced_after = first
+                    if sync:
+                        self._fsync_appended()
                 elif self.fsync_policy != "always":
                     self._dirty = True
             except OSError as exc:
-                self._last_seq = first  # none of these records was acknowledged
+                # none of these records was acknowledged, nor those still waiting for their fsync
+                waiting = self._unsynced_after
+                self._last_seq = first if waiting is None else min(first, waiting)
+                self._unsynced_after = None
                 raise self._fail(f"writing records {first + 1}-{first + len(records)}", exc) from exc
             return self._last_seq
+
+    def sync_appended(self) -> None:
+        """Fsync what ``append(..., sync=False)`` wrote (nothing to do for other policies, or
+        when nothing waits). On failure, as an append's own fsync: the journal takes no more
+        writes, the waiting records are not acknowledged (``last_seq`` goes back to before
+        them) and :class:`JournalFailure` is raised."""
+        with self._io_lock:
+            if self._unsynced_after is None:
+                return
+            first, last = self._unsynced_after, self._last_seq
+            try:
+                self._check_usable()
+                self._fsync_appended()
+            except (OSError, JournalFailure) as exc:
+                self._last_seq, self._unsynced_after = first, None
+                if isinstance(exc, JournalFailure):
+                    raise
+                raise self._fail(f"syncing records {first + 1}-{last}", exc) from exc
+
+    def _fsync_appended(self) -> None:
+        """Under the I/O lock: fsync the segment, and the records waiting for it are durable."""
+        os.fsync(self._fh.fileno())
+        self._unsynced_after = None
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)

@@ -1,10 +1,11 @@
 """The sidecar's core, independent of HTTP: micro-batching, journal, snapshots, failure policy.
 
 Ordering and durability: one single-thread executor runs every state change (a micro-batch
-is "journal append, then engine.observe_batch" in one job; a forget is "journal, then
-engine.forget") and every snapshot. So the engine state a snapshot sees is exactly the
-journal up to ``journal.last_seq``; that seq goes into the snapshot's file name. A client
-is answered only after its batch job finished, i.e. after its records reached the journal.
+is "journal write, embed while the fsync runs on the sync thread, then engine.observe_embedded"
+in one job; a forget is "journal, then engine.forget") and every snapshot. So the engine state
+a snapshot sees is exactly the journal up to ``journal.last_seq``; that seq goes into the
+snapshot's file name. A client is answered only after its batch job finished, i.e. after its
+records reached the journal durably, and the engine's state takes a batch only after that too.
 """
 
 from __future__ import annotations
@@ -123,6 +124,8 @@ class ObservationService:
         self._closing = False
         # One thread for every state change and snapshot: that is what orders them.
         self._state_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="probewatch-state")
+        # The journal's batch fsync, overlapped with the embedding in the state thread.
+        self._sync_executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="probewatch-journal-sync")
         self.journal = Journal(
             config.data_path / "journal", config.journal_fsync, config.journal_fsync_interval_ms / 1000.0
         )
@@ -171,6 +174,7 @@ class ObservationService:
             await loop.run_in_executor(self._state_executor, self.alerts.close)
         await loop.run_in_executor(self._state_executor, self.journal.close)
         self._state_executor.shutdown(wait=True)
+        self._sync_executor.shutdown(wait=True)
         self.ready = False
 
     def _restore_and_warm(self) -> None:
@@ -480,19 +484,31 @@ class ObservationService:
 
     def _apply_batch(self, batch: list[Item]) -> list[Outcome]:
         """Runs in the state thread: journal first, then the engine. A record holds what the
-        engine is given (prompt text, ts, meta when sent), so replay repeats it exactly."""
+        engine is given (prompt text, ts, meta when sent), so replay repeats it exactly.
+
+        The journal's fsync (policy ``batch``) runs on the sync thread while this thread embeds
+        the batch, which reads no account state; the engine's state takes the batch only once
+        the fsync returned, so a failed fsync leaves it untouched (JournalFailure, as before)."""
         records = [_journal_record(it) for it in batch]
         # replay hands the engine the same batches: batched detection is exact only to float32
         # rounding, so other batch boundaries would give scores that differ in the last bits
         records[-1]["batch_end"] = True
-        self.journal.append(records)
+        self.journal.append(records, sync=False)
+        synced = self._sync_executor.submit(self.journal.sync_appended)
         try:
-            verdicts = self.engine.observe_batch(
+            embedded = self.engine.embed_batch(
                 [it.account for it in batch],
                 [it.prompt for it in batch],
                 [it.ts for it in batch],
                 _metas_or_none([it.meta for it in batch]),
             )
+        except Exception:
+            synced.result()  # a storage failure wins: the batch was never durable
+            self._consistent = False  # journaled but not applied: keep the journal, skip snapshots
+            raise
+        synced.result()  # raises JournalFailure: nothing applied, nothing acknowledged
+        try:
+            verdicts = self.engine.observe_embedded(embedded)
             errors: dict[int, ProbewatchError] = {}
         except BatchError as exc:  # items were pre-checked, so this is rare (e.g. config drift)
             verdicts, errors = exc.verdicts, exc.errors

@@ -207,7 +207,7 @@ GOES_ON = "journal goes on"  # the journal is intact: every observation acknowle
 STORAGE_FAULTS = [
     pytest.param(Fault("short", "journal"), "batch", GOES_ON, id="short-writes-journal"),
     pytest.param(Fault("enospc", "journal", room=57), "batch", STOPS, id="enospc-journal-mid-record"),
-    pytest.param(Fault("eio", "journal", site="append"), "batch", STOPS, id="eio-journal-append-fsync"),
+    pytest.param(Fault("eio", "journal", site="sync_appended"), "batch", STOPS, id="eio-journal-batch-fsync"),
     pytest.param(Fault("eio", "journal", nth=2, site="append"), "always", STOPS, id="eio-journal-fsync-always"),
     pytest.param(Fault("eio", "journal", site="rotate"), "batch", STOPS, id="eio-journal-fsync-at-rotation"),
     pytest.param(

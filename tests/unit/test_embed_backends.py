@@ -72,6 +72,37 @@ def test_length_sorting_restores_the_callers_order(fp32, prompts):
     np.testing.assert_allclose(unsorted.encode(prompts[::-1])[::-1], vectors, atol=1e-5)
 
 
+def test_direct_tokenisation_gives_sentence_transformers_token_arrays(fp32, prompts):
+    embedder, _ = fp32
+    encoder = embedder._token_encoder
+    assert encoder is not None, "the bundled model's fast tokenizer should take the direct path"
+    encodings, lengths = encoder.encode(prompts)
+    reference = embedder._model.preprocess(prompts)
+    everything = encoder.batch(encodings, lengths, np.arange(len(prompts)))
+    for name in embedder._input_names:
+        np.testing.assert_array_equal(everything[name], reference[name].numpy(), err_msg=name)
+    # A sub-batch, out of order, is padded to its own longest prompt only.
+    rows = np.array([len(prompts) - 1, 3, 0])
+    part = embedder._model.preprocess([prompts[i] for i in rows])
+    picked = encoder.batch(encodings, lengths, rows)
+    for name in embedder._input_names:
+        np.testing.assert_array_equal(picked[name], part[name].numpy(), err_msg=name)
+    assert lengths.max() == embedder.max_seq_length  # the long prompts were truncated, not dropped
+
+
+def test_a_tokenizer_that_disagrees_keeps_sentence_transformers_path(monkeypatch, fp32, prompts):
+    real_encode = embedder_module._TokenEncoder.encode
+
+    def one_token_short(self, texts):
+        encodings, lengths = real_encode(self, texts)
+        return encodings, lengths - 1
+
+    monkeypatch.setattr(embedder_module._TokenEncoder, "encode", one_token_short)
+    fallback = pw.Embedder(device="cpu", backend="torch", precision="fp32", cache_size=0)
+    assert fallback._token_encoder is None
+    np.testing.assert_allclose(fallback.encode(prompts), fp32[1], atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("backend", "precision", "quantize", "module", "bound"),
     [
@@ -143,10 +174,11 @@ def test_auto_falls_back_to_torch_when_the_export_cannot_be_written(tmp_path, ca
     assert embedder.encode(["still embeds"]).shape == (1, embedder.dim)
 
 
-def test_the_default_is_torch_fp32_and_auto_picks_openvino_where_installed(export_dir):
+def test_the_engine_defaults_to_auto_and_auto_picks_openvino_where_installed(export_dir):
+    # a bare Embedder keeps the reference numerics (torch fp32); engines default to the fastest
     default = pw.Embedder(device="cpu", cache_size=0)
     assert (default.backend, default.precision) == ("torch", "fp32")
-    assert (pw.EngineConfig().embed_backend, pw.EngineConfig().embed_precision) == ("torch", "auto")
+    assert (pw.EngineConfig().embed_backend, pw.EngineConfig().embed_precision) == ("auto", "auto")
     pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install 'probewatch[openvino]')")
     fast = pw.Embedder(device="cpu", backend="auto", cache_size=0, cache_dir=export_dir)
     expected = "bf16" if embedder_module.cpu_has_bf16() else "fp32"

@@ -167,6 +167,10 @@ class AccountStore:
         if n == 0:
             return sims, counts
         host_vectors = to_numpy(vectors).astype(np.float32, copy=False)
+        if self.storage == "float16":
+            # Compare at the precision rows are kept in: a query then meets the earlier rows of
+            # its own batch exactly as it would after they were stored (batch == one at a time).
+            host_vectors = host_vectors.astype(np.float16).astype(np.float32)
 
         # Group the batch by account, keeping arrival order inside each group.
         groups: dict[str, list[int]] = {}

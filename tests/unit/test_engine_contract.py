@@ -151,12 +151,13 @@ def test_same_seed_same_calibration_and_scores(topics, stream):
 # ---------------------------------------------------------------------------------------
 # batch boundaries
 # ---------------------------------------------------------------------------------------
-def test_batch_equals_one_at_a_time(make_engine, stream):
+@pytest.mark.parametrize("storage", ["float32", "float16"])
+def test_batch_equals_one_at_a_time(make_engine, stream, storage):
     accounts, vectors = stream
-    whole = make_engine().observe_embeddings(accounts, vectors)
-    single = make_engine()
+    whole = make_engine(storage=storage).observe_embeddings(accounts, vectors)
+    single = make_engine(storage=storage)
     ones = [single.observe_embeddings([a], vectors[i : i + 1])[0] for i, a in enumerate(accounts)]
-    mixed = feed(make_engine(), accounts, vectors, batch_sizes=(7, 1, 33, 2))
+    mixed = feed(make_engine(storage=storage), accounts, vectors, batch_sizes=(7, 1, 33, 2))
     for w, o, m in zip(whole, ones, mixed, strict=True):
         assert w.account == o.account == m.account and w.n_queries == o.n_queries == m.n_queries
         assert abs(w.score - o.score) <= 1e-4 * max(1.0, abs(o.score))

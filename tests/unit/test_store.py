@@ -158,6 +158,22 @@ def test_float16_storage_within_tolerance(segmented_max_history):
         np.testing.assert_array_equal(stored.astype(np.float16).astype(np.float32), stored)
 
 
+@pytest.mark.parametrize("segmented_max_history", [2048, 0])
+def test_float16_storage_batch_equals_one_at_a_time(segmented_max_history):
+    """A query meets the earlier rows of its own batch at the precision they are stored in, so
+    a float16 store answers a batch as it answers the same rows one call at a time (FAISS's
+    float16 encoder can round a last bit differently from NumPy's: 1e-6, far below the ~1e-4
+    that comparing unrounded batch rows gave)."""
+    rng = np.random.default_rng(5)
+    batches = random_batches(rng, n_accounts=3, n_batches=12, max_batch=25)
+    batched = make_store(storage="float16", segmented_max_history=segmented_max_history)
+    single = make_store(storage="float16", segmented_max_history=segmented_max_history)
+    for accounts, vectors in batches:
+        together, _ = batched.search_then_add(accounts, vectors, 6)
+        apart = np.concatenate([single.search_then_add([a], vectors[i : i + 1], 6)[0] for i, a in enumerate(accounts)])
+        np.testing.assert_allclose(together, apart, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("batch", [1, 3, 7, 40])
 def test_history_cap_drops_oldest_blocks(batch):
     cap, block = 16, 5

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import random
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.sidecar_overload import AUTH, Sidecar
+from bench.sidecar_overload import AUTH, Sidecar, percentile
 
 # up to where batches grow and, when other jobs share this 2-core CPU, the first 429s appear
 DEFAULT_RATES = (10.0, 25.0, 50.0, 75.0, 100.0, 150.0, 200.0)
@@ -113,14 +112,6 @@ def poisson_schedule(rate: float, seconds: float, rng: random.Random) -> list[fl
         offsets.append(t)
         t += rng.expovariate(rate)
     return offsets
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in [0, 1]); NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 class LoopbackHttp:

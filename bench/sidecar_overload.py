@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import signal
 import socket
@@ -229,9 +230,12 @@ async def overload(url: str, capacity: float, factor: float, seconds: float, gua
     }
 
 
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 1]); NaN for no values."""
+    if not values:
+        return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def _unobserved_metric(url: str) -> dict[str, float]:
@@ -283,8 +287,8 @@ def run_policy(root: Path, policy: str, capacity: float, args: argparse.Namespac
             bulk_fallback_items=raw["bulk_fallback"],
             guardrail_calls=len(guard),
             guardrail_deadline_ms=DEADLINE_MS,
-            guardrail_p50_ms=round(_percentile(latencies, 0.5), 1),
-            guardrail_p99_ms=round(_percentile(latencies, 0.99), 1),
+            guardrail_p50_ms=round(percentile(latencies, 0.5), 1),
+            guardrail_p99_ms=round(percentile(latencies, 0.99), 1),
             guardrail_max_ms=round(max(latencies, default=float("nan")), 1),
             guardrail_statuses=dict(Counter(str(g["status"]) for g in guard)),
             guardrail_blocked=sum(1 for g in guard if g["status"] == 200 and g["body"]["action"] == "BLOCKED"),

@@ -32,7 +32,7 @@ from ..errors import ConfigError, InputError
 from ..io.validation import check_account
 from ..types import Level
 from .schema import SCHEMA_VERSION, Observation, PoisonMessage
-from .worker import Worker, WorkerError, _Item
+from .worker import PartitionState, Worker, WorkerError, _Item
 
 RECORD_FIELDS = frozenset(
     {"schema_version", "account", "ts", "vector", "evidence", "prompt", "meta", "partition", "offset"}
@@ -161,27 +161,19 @@ class CampaignAggregator(Worker):
             if it.obs is not None:
                 it.vector = it.obs.vector
 
-    def _observe_partition(self, partition: int, items: list[_Item]) -> None:
-        state = self.partitions[partition]
-        for it in items:
-            if it.poison is not None:
-                self._dead_letter(partition, it, it.poison)
-        good = [it for it in items if it.obs is not None]
-        if good:
-            layer = state.engine.pipeline.campaigns
-            records: list[CampaignRecord] = [it.obs for it in good]  # type: ignore[misc]
-            events = layer.observe(  # type: ignore[union-attr]
-                [r.account for r in records],
-                np.stack([r.vector for r in records]),
-                [r.prompt for r in records],
-                [r.meta for r in records],
-                [r.ts for r in records],
-                np.asarray([r.evidence for r in records]),
-            )
-            for it, (summary, raised) in zip(good, events, strict=True):
-                self._campaign_verdicts(state.engine, it, summary, raised, partition)
-        state.next_offset = items[-1].offset + 1
-        self.metrics.messages.labels(outcome="observed").inc(len(good))
+    def _observe_good(self, partition: int, state: PartitionState, good: list[_Item]) -> None:
+        layer = state.engine.pipeline.campaigns
+        records: list[CampaignRecord] = [it.obs for it in good]  # type: ignore[misc]
+        events = layer.observe(  # type: ignore[union-attr]
+            [r.account for r in records],
+            np.stack([r.vector for r in records]),
+            [r.prompt for r in records],
+            [r.meta for r in records],
+            [r.ts for r in records],
+            np.asarray([r.evidence for r in records]),
+        )
+        for it, (summary, raised) in zip(good, events, strict=True):
+            self._campaign_verdicts(state.engine, it, summary, raised, partition)
 
     def _campaign_verdicts(
         self, engine: Engine, item: _Item, summary, raised: dict[str, Level], partition: int

@@ -393,19 +393,25 @@ class Worker:
                 it.vector = it.obs.embedding
 
     def _observe_partition(self, partition: int, items: list[_Item]) -> None:
+        """Poison messages to the dead-letter topic, the rest to :meth:`_observe_good`, then
+        the partition's next offset moves past the whole poll."""
         state = self.partitions[partition]
         for it in items:
             if it.poison is not None:
                 self._dead_letter(partition, it, it.poison)
         good = [it for it in items if it.obs is not None]
+        if good:
+            self._observe_good(partition, state, good)
+        state.next_offset = items[-1].offset + 1
+        self.metrics.messages.labels(outcome="observed").inc(len(good))
+
+    def _observe_good(self, partition: int, state: PartitionState, good: list[_Item]) -> None:
         in_housekeeping_chunks(
             state.engine,
             good,
             self.config.housekeeping_every,
             lambda chunk: self._observe_chunk(partition, state.engine, chunk),
         )
-        state.next_offset = items[-1].offset + 1
-        self.metrics.messages.labels(outcome="observed").inc(len(good))
 
     def _observe_chunk(self, partition: int, engine: Engine, items: list[_Item]) -> None:
         obs = [it.obs for it in items]

@@ -9,6 +9,7 @@ the next run ignores. Concurrent runs may embed a text twice; both copies are id
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import uuid
@@ -27,6 +28,24 @@ class TextEmbedder(Protocol):
     dim: int
 
     def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+EMBED_BACKENDS = ("torch", "openvino", "onnx", "auto")
+
+
+def add_embed_backend_flag(parser: argparse.ArgumentParser) -> None:
+    """``--embed-backend``: the runtime that embeds a benchmark's traffic (both detection benchmarks)."""
+    parser.add_argument(
+        "--embed-backend",
+        choices=EMBED_BACKENDS,
+        default="torch",
+        help="embedding runtime for the traffic (default torch fp32; others are cached apart, by runtime)",
+    )
+
+
+def embed_backend_words(backend: str) -> list[str]:
+    """The flag as a reproducing command spells it (nothing for the default)."""
+    return [] if backend == "torch" else ["--embed-backend", backend]
 
 
 def default_cache_dir() -> Path:

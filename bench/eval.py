@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from bench.embedcache import add_embed_backend_flag, embed_backend_words
 from bench.metrics import account_score, delay_summary, flagged_share, queries_until_detection, roc_auc
 from bench.traffic import (
     HARD_BENIGN,
@@ -491,12 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="also run leave-one-population-out, warm-up and poisoning (bench/unseen.py; default on)",
     )
-    parser.add_argument(
-        "--embed-backend",
-        choices=("torch", "openvino", "onnx", "auto"),
-        default="torch",
-        help="embedding runtime for the traffic (default torch fp32; others are cached apart, by runtime)",
-    )
+    add_embed_backend_flag(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -521,8 +517,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def reproducing_command(args: argparse.Namespace) -> str:
     words = ["--size", args.size, "--seed", str(args.seed), "--out", str(args.out)]
     words += ["--detectors", ",".join(args.detectors), "--calibration", args.calibration]
-    if args.embed_backend != "torch":
-        words += ["--embed-backend", args.embed_backend]
+    words += embed_backend_words(args.embed_backend)
     return "python -m bench.eval " + shlex.join(words + ([] if args.unseen else ["--no-unseen"]))
 
 

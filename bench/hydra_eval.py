@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from bench.embedcache import add_embed_backend_flag, embed_backend_words
 from bench.eval import OPERATING_FPRS, PRIMARY_FPR, BaselineUnderTest, fpr_label
 from bench.traffic import AccountStream, Traffic, build_traffic
 from bench.traffic.hydra import HYDRA_ATTACKS, HydraTraffic, build_hydra
@@ -412,12 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.hydra_eval", description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=("quick", "default"), default="quick")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--embed-backend",
-        choices=("torch", "openvino", "onnx", "auto"),
-        default="torch",
-        help="embedding runtime for the traffic (default torch fp32; others are cached apart, by runtime)",
-    )
+    add_embed_backend_flag(parser)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--campaign-fpr-share",
@@ -447,8 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {} if args.campaign_fpr_share is None else {"campaign_fpr_share": args.campaign_fpr_share}
     results = run(args.size, args.seed, detectors, embedder, cache, **overrides)
     command = f"python -m bench.hydra_eval --size {args.size} --seed {args.seed} --out {out}"
-    if args.embed_backend != "torch":
-        command += f" --embed-backend {args.embed_backend}"
+    command += "".join(f" {word}" for word in embed_backend_words(args.embed_backend))
     if overrides:
         command += f" --campaign-fpr-share {args.campaign_fpr_share}"
     if args.detectors is not None:

@@ -537,8 +537,12 @@ class CampaignLayer:
         if links is None:
             return None
         campaign_of = self._campaigns()
+        if not campaign_of:
+            return None
+        # an account can sit in hundreds of template groups and few of them are hot: walk the smaller side
+        keys = links.groups if len(links.groups) <= len(campaign_of) else links.groups.intersection(campaign_of)
         best = None
-        for key in links.groups:
+        for key in keys:
             cid = campaign_of.get(key)
             group = self.groups.get(key)
             if cid is None or group is None or not self._fitting(group, np.array([group.members[account]]))[0]:

@@ -45,20 +45,10 @@ def main_serve(argv: Sequence[str] | None = None) -> int:
     """``probewatch serve [--config FILE] [--host H] [--port P] [--data-dir D] [--device DEV] [--no-auth]
     [--alert-sink JSON ...] [--kafka [--bootstrap-servers B]]``."""
     parser = argparse.ArgumentParser(prog="probewatch serve", description="Run the probewatch HTTP sidecar.")
-    parser.add_argument("--config", help="YAML settings file (PROBEWATCH_* environment variables override it)")
+    add_shared_flags(parser)
     parser.add_argument("--host", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8321)")
     parser.add_argument("--data-dir", help="journal and snapshots folder (default ./probewatch-data)")
-    parser.add_argument("--device", help="engine device: auto, cpu or cuda[:N]")
-    parser.add_argument("--log-format", choices=("text", "json"), help="log lines: text (default) or json")
-    parser.add_argument(
-        "--alert-sink",
-        action="append",
-        metavar="JSON",
-        help="one alert sink as a JSON object with the keys of an alert_sinks item (docs/sidecar.md, Alerts), e.g. "
-        '{"name": "bus", "kind": "kafka", "bootstrap_servers": "kafka:9092", "topic": "alerts"}; repeat for more; '
-        "replaces alert_sinks from the file and the environment",
-    )
     parser.add_argument(
         "--no-auth",
         action="store_true",
@@ -93,6 +83,22 @@ def main_serve(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))  # the message says which setting and why; a traceback would bury it
     run(config)
     return 0
+
+
+def add_shared_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags ``probewatch serve`` and ``probewatch worker`` share: settings file, device,
+    log format and alert sinks (read back with :func:`_alert_sinks`)."""
+    parser.add_argument("--config", help="YAML settings file (PROBEWATCH_* environment variables override it)")
+    parser.add_argument("--device", help="engine device: auto, cpu or cuda[:N]")
+    parser.add_argument("--log-format", choices=("text", "json"), help="log lines: text (default) or json")
+    parser.add_argument(
+        "--alert-sink",
+        action="append",
+        metavar="JSON",
+        help="one alert sink as a JSON object with the keys of an alert_sinks item (docs/sidecar.md, Alerts), e.g. "
+        '{"name": "bus", "kind": "kafka", "bootstrap_servers": "kafka:9092", "topic": "alerts"}; repeat for more; '
+        "replaces alert_sinks from the file and the environment",
+    )
 
 
 def _alert_sinks(given: Sequence[str] | None) -> list[dict] | None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from ..errors import ConfigError, ProbewatchError
 from ..serve.logs import make_formatter
-from ..serve.runner import _alert_sinks
+from ..serve.runner import _alert_sinks, add_shared_flags
 from .config import WorkerConfig, load_worker_config
 
 
@@ -20,21 +20,12 @@ def main_worker(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="probewatch worker", description="Run a probewatch Kafka worker (a consumer-group member; docs/kafka.md)."
     )
-    parser.add_argument("--config", help="YAML settings file (PROBEWATCH_* environment variables override it)")
+    add_shared_flags(parser)
     parser.add_argument("--bootstrap-servers", help="Kafka brokers, host:port[,host:port] (default 127.0.0.1:9092)")
     parser.add_argument("--group-id", help="consumer group (default probewatch)")
     parser.add_argument("--state-url", help="checkpoint store: file:///path or an fsspec URL")
     parser.add_argument("--host", help="bind address of /metrics, /healthz, /readyz (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="their port (default 8322; 0 picks a free one)")
-    parser.add_argument("--device", help="engine device: auto, cpu or cuda[:N]")
-    parser.add_argument("--log-format", choices=("text", "json"), help="log lines: text (default) or json")
-    parser.add_argument(
-        "--alert-sink",
-        action="append",
-        metavar="JSON",
-        help="one alert sink as a JSON object with the keys of an alert_sinks item (docs/sidecar.md, Alerts); "
-        "repeat for more; replaces alert_sinks from the file and the environment",
-    )
     parser.add_argument("--alert-outbox-dir", help="local folder of the alert outboxes (default ./probewatch-alerts)")
     parser.add_argument(
         "--create-topics",

@@ -20,7 +20,9 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -192,6 +194,7 @@ def main() -> int:
     parser.add_argument("--cycles", type=int, default=10)
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--accounts", type=int, default=300)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (broker log, worker state)")
     args = parser.parse_args()
 
     from tests.support import topical_calibration_engine
@@ -217,6 +220,10 @@ def main() -> int:
     finally:
         broker.kill()
         broker.wait(10)
+        if args.keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)  # hundreds of MB of broker segments and checkpoints
     out["load_average_at_end"] = round(os.getloadavg()[0], 1)
     print(json.dumps(out, indent=2))
     cycles = out.get("kill_cycles")

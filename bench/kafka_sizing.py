@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -347,6 +348,7 @@ def main() -> int:
     parser.add_argument(
         "--fetch-wait-ms", type=int, default=10, help="the latency run's worker fetch.wait.max.ms (librdkafka: 500)"
     )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (broker log, worker state)")
     args = parser.parse_args()
 
     import probewatch as pw
@@ -409,6 +411,10 @@ def main() -> int:
     finally:
         broker.kill()
         broker.wait(10)
+        if args.keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)  # hundreds of MB of broker segments and checkpoints
     print(json.dumps(out, indent=2))
     return 0
 

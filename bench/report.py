@@ -163,7 +163,11 @@ mixed accounts, all queries, benign ones included). Each scenario's attack accou
 with the whole benign test pool: ROC AUC over accounts, TPR at each threshold, the realised
 benign test FPR (which can differ from the target: it is measured on accounts the thresholds
 never saw), queries until detection over the detected accounts (median and 90th percentile),
-and for split campaigns the share of the campaign's accounts flagged."""
+and for split campaigns the share of the campaign's accounts flagged. The `heldout_*` rows are
+the six pure strategies written a second time in other wordings, from other text and by other
+selection code (`bench/traffic/heldout_attacks.py`), fixed before any detector was measured on
+them: the gap between a strategy's row and its `heldout_` row is what tuning to the benchmark's
+own wordings would have bought."""
 
 
 def _fw(block: dict) -> str:

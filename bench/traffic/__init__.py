@@ -17,6 +17,7 @@ See README.md in this folder for the sources, account classes, strategies and si
 
 from .attacks import STRATEGIES
 from .build import HARD_BENIGN, MIXED_SHARES, SIZES, build_traffic
+from .heldout_attacks import HELDOUT_STRATEGIES
 from .hydra import (
     CROWD_TEMPLATES,
     HYDRA_ATTACKS,
@@ -36,6 +37,7 @@ from .sources import MissingDataPackageError
 __all__ = [
     "CROWD_TEMPLATES",
     "HARD_BENIGN",
+    "HELDOUT_STRATEGIES",
     "HYDRA_ATTACKS",
     "HYDRA_BENIGN",
     "HYDRA_CROWDS",

@@ -7,7 +7,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from . import attacks, benign
+from . import attacks, benign, heldout_attacks
 from .edits import human_edit
 from .model import AccountStream, Traffic
 from .timing import script_times
@@ -283,7 +283,22 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
             )
         scenarios[scenario] = streams
 
-    ordered = {name: scenarios[name] for name in attacks.STRATEGIES + tuple(MIXED_SHARES) + tuple(spec.splits)}
+    # the same strategies in other wordings, from other text (heldout_attacks.py): never tuned on
+    heldout_pools = heldout_attacks.build_heldout_pools(
+        _rng(size, seed, "heldout-attack-pools"), spec.attack_pool, spec.kcenter_pool
+    )
+    heldout_pools.kcenter_vectors = embed([text for text, _ in heldout_pools.kcenter_pool])
+    rng = _rng(size, seed, "heldout-attacks")
+    for scenario in heldout_attacks.HELDOUT_STRATEGIES:
+        streams = []
+        for index in range(spec.attack_accounts):
+            picked = heldout_attacks.heldout_queries(scenario, rng, heldout_pools, rng.randint(*spec.attack_queries))
+            account = _account_id(size, seed, scenario, index)
+            streams.append(_attack_stream(account, f"attack:{scenario}", picked, script_times(rng, len(picked))))
+        scenarios[scenario] = streams
+
+    names = attacks.STRATEGIES + tuple(MIXED_SHARES) + tuple(spec.splits) + heldout_attacks.HELDOUT_STRATEGIES
+    ordered = {name: scenarios[name] for name in names}
     keep_disjoint(
         _rng(size, seed, "disjoint"), calibration, test_benign + [s for streams in ordered.values() for s in streams]
     )

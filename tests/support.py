@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import re
@@ -116,11 +117,17 @@ def topical_calibration_engine(topics: np.ndarray, seed: int, n_accounts: int = 
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-_WORD_LIST = (
-    "apple river quantum tax violin sodium gothic harbor lemma sprint tundra opera fiscal neuron "
-    "basalt cipher mango lattice pigment walrus"
-)
-WORDS = _WORD_LIST.split()
+
+
+@functools.lru_cache(maxsize=1)
+def common_words() -> tuple[str, ...]:
+    """English words of frequency rank ~200-2,200 (wordfreq, from the bench extra that
+    `make test` installs): random queries drawn from them look like the random-word
+    extraction of Krishna et al. 2020, not like one narrow topic."""
+    import wordfreq
+
+    ranked = [w for w in wordfreq.top_n_list("en", 5000) if w.isalpha() and len(w) > 2]
+    return tuple(ranked[200:2200])
 
 
 def free_port() -> int:
@@ -130,9 +137,10 @@ def free_port() -> int:
 
 
 def random_word_prompts(n: int, seed: int = 0) -> list[str]:
-    """Word salad: the random-query extraction pattern, flagged quickly by a lenient test config."""
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(n)]
+    """Word salad: the random-query extraction pattern (4-10 random common words per query),
+    flagged within a few dozen queries by a lenient test config."""
+    rng, words = random.Random(seed), common_words()
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(4, 10))) for _ in range(n)]
 
 
 class ChildProcess:

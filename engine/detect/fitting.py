@@ -26,6 +26,7 @@ from ..errors import CalibrationError
 from .features import N_FEATURES
 from .reference import BenignReference
 from .scoring import (
+    CHANNELS,
     MAX_BIN_SAMPLES,
     MIN_BIN_SAMPLES,
     MIN_SCORED_QUERIES,
@@ -206,12 +207,13 @@ def _cross_fitted(
     """
     fold = rng.permutation(n_accounts) % 2
     folds = [np.flatnonzero(fold == 0), np.flatnonzero(fold == 1)]
-    oof = np.empty(features.shape[0])
+    oof = np.empty((features.shape[0], len(CHANNELS)))
     for fit_idx, score_idx in ((folds[0], folds[1]), (folds[1], folds[0])):
         fit_mask, score_mask = np.isin(owner, fit_idx), np.isin(owner, score_idx)
         fold_cal = Calibration(_bin_samples(features[fit_mask], ns[fit_mask], rng), None, off_ref)
         oof[score_mask] = fold_cal.raw_distances(features[score_mask], ns[score_mask])
-    final = Calibration(_bin_samples(features, ns, rng), None, off_ref, distance_norm=_distance_norm(oof, ns))
+    norm = np.stack([_distance_norm(oof[:, c], ns) for c in range(len(CHANNELS))])
+    final = Calibration(_bin_samples(features, ns, rng), None, off_ref, distance_norm=norm)
     account_scores = rolling_mean_per_account(final.standardise(oof, ns), owner)
     # The rate is over accounts that can be scored at all: accounts that never reach
     # MIN_SCORED_QUERIES score 0 whatever they send, and counting them would set a lower
@@ -222,4 +224,4 @@ def _cross_fitted(
     if scored.size < MIN_TAIL_ACCOUNTS:
         scored = np.arange(n_accounts)
     final.set_account_max_scores(_account_maxima(account_scores, owner, scored))
-    return final, final.signed_scores(oof, ns)
+    return final, final.channel_scores(oof, ns)[:, 0]  # the campaign layer's evidence: the spread channel

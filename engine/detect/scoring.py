@@ -3,10 +3,13 @@
 Calibration is benign-only. Benign traffic is not one population: chat users, retry-heavy
 users, translation and retrieval apps each have their own typical feature values, so an
 account is judged by how far it is from its *nearest benign look-alikes* (k-nearest
-neighbours among benign feature vectors at the same history length, every feature scaled
-by its benign spread), not by how far each feature is from one benign median. That raw
-distance is put on a common scale per history bin using out-of-sample benign distances,
-and the distribution of benign accounts' *lifetime maximum* scores (cross-fitted, with an
+neighbours among benign feature vectors at the same history length), not by how far each
+feature is from one benign median. The search runs in two channels, two ways of putting
+features on one scale: each feature in benign spreads (one feature far past every benign
+account counts for a lot) and each feature at its benign percentile (many features each a
+little unusual add up; see ``CHANNELS``). Each channel's raw distance is put on a common
+scale per history bin using out-of-sample benign distances and the query scores their mean
+(unusual both ways: an unseen benign app is rarely far out in both), and the distribution of benign accounts' *lifetime maximum* scores (cross-fitted, with an
 exponential tail fitted to its top decile) turns a score into a risk:
 ``risk = 1 - (share of benign accounts that ever score this high)``. The flag threshold
 therefore holds the target false-positive rate per account over its whole life. Reasons
@@ -21,6 +24,7 @@ import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
+from scipy.special import ndtri
 
 from ..campaigns.scoring import GroupCalibration
 from ..errors import CalibrationError
@@ -42,6 +46,23 @@ MIN_SCORED_QUERIES = 10  # fewer queries are too little evidence to act on at a 
 # persists, while one odd benign query (a burst of retries, a history-bin boundary) does not.
 REASON_MIN_GAP = 0.5  # scaled differences smaller than this do not explain anything
 TAIL_FRACTION = 0.1
+# Two ways to put a feature row on one scale before the look-alike search; a query's score is
+# the mean of the two, each standardised by its own benign distances. (Measured and not used:
+# the higher of the two watched three times as many power users of an unseen population, and
+# the spread score floored at the mean lost most of the gain; issue 10's notes.)
+# - "spread": each feature in benign interquartile spreads. Unbounded, so one feature far past
+#   every benign account (a perturbation chain's near-duplicate rate) counts for a lot.
+# - "rank": each feature at its benign percentile, as a normal quantile. Bounded at the benign
+#   extremes, so a heavy-tailed feature cannot drown the others, and many features each a
+#   little outside the benign bulk (random or coverage-maximising queries) add up.
+CHANNELS = ("spread", "rank")
+# The rank channel leaves out the features that measure *topic* (how close queries are to the
+# benign reference traffic): a user of a subject no reference corpus holds is far out on all
+# three at once, which would add up to a flag for a cook or a lawyer. The spread channel keeps
+# them, where they count as before.
+RANK_CHANNEL_SKIPS = ("reference_similarity", "mmd_to_benign", "off_reference_rate")
+_RANK_MASK = np.array([0.0 if name in RANK_CHANNEL_SKIPS else 1.0 for name in FEATURE_NAMES])
+_RANK_OFFSET = 2.0 * np.arange(N_FEATURES) + 0.5  # feature j's rank keys lie in (2j, 2j + 1)
 MAX_LOG10_ONE_IN = 300.0  # "1 in 1e300" is already past any meaning, and stays a finite float
 
 
@@ -83,16 +104,26 @@ def rolling_mean_per_account(scores: np.ndarray, owner: np.ndarray, window: int 
     return out
 
 
+class Neighbours(NamedTuple):
+    """What the look-alike search found for feature rows (see :meth:`Calibration.neighbours`)."""
+
+    distance: np.ndarray  # (m, channels) raw distance to the NEIGHBOURS-th nearest benign row
+    channel_scores: np.ndarray  # (m, channels) those distances on the benign scale of the bin
+    gap: np.ndarray  # (m, F) row minus its look-alikes' mean, in the top channel's scale
+    nearest: np.ndarray  # (m, NEIGHBOURS) the top channel's look-alikes: rows of the bin's samples
+
+
 class Calibration:
     """Benign feature vectors per history bin, and the tail of benign lifetime-max scores.
 
     ``samples[b]`` holds benign feature vectors (rows) observed at history lengths in bin
-    ``b``. Each feature is scaled by its benign spread in that bin, and a query's raw score
-    is the distance from its scaled feature vector to the ``NEIGHBOURS``-th nearest benign
-    row: small when some benign accounts behaved alike, whatever kind of benign account
-    that was (chat user, translation app, retry-heavy user ...). ``distance_norm[b]``
-    (median and 99th percentile of *out-of-sample* benign distances in bin ``b``) turns the
-    raw distance into the score, so accounts of every length are on one scale.
+    ``b``. In each channel (``CHANNELS``) the features are put on that channel's scale for
+    the bin, and a query's raw distance is the distance to the ``NEIGHBOURS``-th nearest
+    benign row: small when some benign accounts behaved alike, whatever kind of benign
+    account that was (chat user, translation app, retry-heavy user ...).
+    ``distance_norm[c, b]`` (median and 99th percentile of *out-of-sample* benign distances
+    of channel ``c`` in bin ``b``) turns each raw distance into a score, so accounts of every
+    length and both channels are on one scale; the query's score is their mean.
     """
 
     def __init__(
@@ -108,7 +139,11 @@ class Calibration:
             raise CalibrationError(f"calibration needs one sample table per bin ({N_BINS}); got {len(samples)}")
         self.samples = [np.asarray(s, dtype=np.float64).reshape(-1, N_FEATURES) for s in samples]
         self.off_reference_similarity = float(off_reference_similarity)
+        # (channels, bins, 2): per channel and bin, median and 99th percentile of out-of-sample
+        # benign distances; (bins, 2) is the spread channel alone
         self.distance_norm = None if distance_norm is None else np.asarray(distance_norm, dtype=np.float64)
+        if self.distance_norm is not None and self.distance_norm.ndim == 2:
+            self.distance_norm = self.distance_norm[None]
         self.source = source
         self.n_accounts = int(n_accounts)
         self._build_tables()
@@ -132,11 +167,21 @@ class Calibration:
             # A feature no benign row has (a calibration made before the feature existed) cannot
             # tell benign from not: it is left out of every distance.
             self.known = (~np.isnan(pooled).all(axis=0)).astype(np.float64)
+            self._rank_mask = self.known * _RANK_MASK
             self.median = np.zeros((N_BINS, N_FEATURES))
             self.scale = np.ones((N_BINS, N_FEATURES))
-            self._scaled: list[np.ndarray | None] = [None] * N_BINS
-            self._scaled_sq: list[np.ndarray | None] = [None] * N_BINS
+            # per bin: the benign rows in each channel's scale (channels, rows, F) and their squared norms
+            self._tables: list[np.ndarray | None] = [None] * N_BINS
+            self._tables_sq: list[np.ndarray | None] = [None] * N_BINS
             self._sorted: list[list[np.ndarray] | None] = [None] * N_BINS
+            # rank channel: every feature's sorted benign values as keys in one array (see _rank_keys)
+            self._rank_keys: list[np.ndarray | None] = [None] * N_BINS
+            self._rank_start = np.zeros((N_BINS, N_FEATURES), dtype=np.int64)
+            self._rank_count = np.zeros((N_BINS, N_FEATURES), dtype=np.int64)
+            # per bin: the quantile bounds and where the channel has no value (lone-query arithmetic, precomputed)
+            self._rank_lo = np.full((N_BINS, N_FEATURES), 0.5)
+            self._rank_hi = np.full((N_BINS, N_FEATURES), 0.5)
+            self._rank_empty = np.ones((N_BINS, N_FEATURES), dtype=bool)
             for b in populated:
                 rows = self.samples[b]
                 q1, med, q3 = np.nanquantile(rows, [0.25, 0.5, 0.75], axis=0)
@@ -149,62 +194,126 @@ class Calibration:
                 self.scale[b] = np.maximum(
                     np.nan_to_num((q3 - q1) / IQR_PER_SIGMA), np.maximum(0.25 * pooled_std, 1e-9)
                 )
-                self._scaled[b] = np.ascontiguousarray(np.nan_to_num((rows - med) / self.scale[b]), dtype=np.float32)
-                self._scaled_sq[b] = (self._scaled[b].astype(np.float64) ** 2).sum(axis=1).astype(np.float32)
                 # Sorted non-NaN benign values per feature: a percentile is one binary search.
                 self._sorted[b] = [np.sort(col[~np.isnan(col)]) for col in rows.T]
+                counts = np.array([col.size for col in self._sorted[b]])
+                self._rank_count[b] = counts
+                with np.errstate(divide="ignore"):
+                    self._rank_lo[b], self._rank_hi[b] = 0.5 / counts, 1.0 - 0.5 / counts
+                self._rank_empty[b] = counts == 0
+                self._rank_start[b] = np.concatenate([[0], np.cumsum(counts)[:-1]])
+                self._rank_keys[b] = np.concatenate(
+                    [self._rank_key(col[None, :].T, b, j).ravel() for j, col in enumerate(self._sorted[b])]
+                )
+                tables = self._points(rows, b, len(CHANNELS))
+                self._tables[b] = tables
+                self._tables_sq[b] = (tables.astype(np.float64) ** 2).sum(axis=2).astype(np.float32)
 
-    def _scaled_point(self, features: np.ndarray, b: int) -> np.ndarray:
-        scaled = (features - self.median[b]) / self.scale[b]
-        # NaN (too little data for a feature) sits at the benign median; np.where rather than
-        # nan_to_num, which costs 4x more on a lone query's row (features are never infinite)
-        return (np.where(np.isnan(scaled), 0.0, scaled) * self.known).astype(np.float32)
+    @property
+    def n_channels(self) -> int:
+        """Channels this calibration scores with: both, or "spread" alone for a calibration
+        saved before the rank channel existed (its thresholds were set by that score)."""
+        return len(CHANNELS) if self.distance_norm is None else self.distance_norm.shape[0]
 
-    def neighbours(self, features: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per row: the raw kNN distance to benign rows of its bin, and the gap (scaled row
-        minus the mean scaled vector of its nearest benign rows) that reasons are read from."""
+    def _channel_point(self, features: np.ndarray, b: int, channel: int) -> np.ndarray:
+        """Rows of ``features`` in channel ``channel``'s scale for bin ``b``; a NaN feature
+        (too little data yet) sits at the benign median, an unknown one is left out."""
+        if channel == 0:
+            scaled = (features - self.median[b]) / self.scale[b]
+            # np.where rather than nan_to_num, which costs 4x more on a lone query's row
+            return (np.where(np.isnan(scaled), 0.0, scaled) * self.known).astype(np.float32)
+        return (self._normal_scores(features, b) * self._rank_mask).astype(np.float32)
+
+    def _rank_key(self, values: np.ndarray, b: int, j: int | slice = slice(None)) -> np.ndarray:
+        """Feature ``j``'s values mapped, in order, into (2j, 2j + 1): every feature's benign
+        values fit in one sorted array, and one binary search ranks a whole row."""
+        return _RANK_OFFSET[j] + np.arctan((values - self.median[b][j]) / self.scale[b][j]) / np.pi
+
+    def _normal_scores(self, features: np.ndarray, b: int) -> np.ndarray:
+        """Each feature's mid-rank among bin ``b``'s benign values, as a standard normal
+        quantile (0 at the benign median; at most about 3.5 at the benign extreme of 4,096
+        rows); 0 for NaN and for a feature the bin has no benign value of."""
+        keys = _RANK_OFFSET + np.arctan((features - self.median[b]) / self.scale[b]) / np.pi  # as _rank_key
+        table = self._rank_keys[b]
+        mid_rank = (table.searchsorted(keys, side="left") + table.searchsorted(keys, side="right")) / 2.0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = (mid_rank - self._rank_start[b]) / self._rank_count[b]
+            z = ndtri(np.minimum(np.maximum(share, self._rank_lo[b]), self._rank_hi[b]))
+        return np.where(np.isnan(features) | self._rank_empty[b], 0.0, z)
+
+    def neighbours(self, features: np.ndarray, n: np.ndarray) -> Neighbours:
+        """Per row, its nearest benign look-alikes in its bin, in every channel; the gap and the
+        look-alikes reported are those of the channel that scores the row highest."""
         features = np.atleast_2d(np.asarray(features, dtype=np.float64))
-        bins = self.donor_bin[bin_of(np.atleast_1d(np.asarray(n)))]
-        distance = np.empty(features.shape[0])
-        gap = np.empty(features.shape, dtype=np.float32)
+        n = np.atleast_1d(np.asarray(n))
+        bins = self.donor_bin[bin_of(n)]
+        m, channels = features.shape[0], self.n_channels
+        distance = np.empty((m, channels))
+        scores = np.empty((m, channels))
+        gap = np.empty((m, N_FEATURES), dtype=np.float32)
+        nearest_of = np.empty((m, NEIGHBOURS), dtype=np.int64)
         for b, rows in _rows_per_bin(bins):
-            u = self._scaled_point(features[rows], b)
-            d2 = self._squared_distances(u, b)
-            k = min(NEIGHBOURS, d2.shape[1])
-            nearest = np.argpartition(d2, k - 1, axis=1)[:, :k]
-            distance[rows] = np.sqrt(np.maximum(np.take_along_axis(d2, nearest, axis=1).max(axis=1), 0.0))
-            gap[rows] = u - self._scaled[b][nearest].sum(axis=1) / k  # the look-alikes' mean
-        return distance, gap
+            points = self._points(features[rows], b, channels)  # (channels, r, F)
+            d2 = self._squared_distances(points, b)
+            k = min(NEIGHBOURS, d2.shape[2])
+            nearest = np.argpartition(d2, k - 1, axis=2)[:, :, :k]  # (channels, r, k)
+            r = np.arange(points.shape[1])
+            d = np.sqrt(np.maximum(d2[np.arange(channels)[:, None, None], r[None, :, None], nearest].max(axis=2), 0.0))
+            distance[rows] = d.T
+            scores[rows] = s = self.channel_scores(d.T, n[rows])
+            # the gap and look-alikes reported are the top channel's, computed for it alone
+            top = s.argmax(axis=1) if channels > 1 else np.zeros(r.size, dtype=np.int64)
+            pick = nearest[top, r]  # (r, k)
+            gap[rows] = points[top, r] - self._tables[b][top[:, None], pick].sum(axis=1) / k
+            nearest_of[rows] = pick[:, np.minimum(np.arange(NEIGHBOURS), k - 1)]  # a tiny bin repeats
+        return Neighbours(distance, scores, gap, nearest_of)
 
-    def _squared_distances(self, u: np.ndarray, b: int) -> np.ndarray:
-        """(m, rows) squared distances from scaled points ``u`` to bin ``b``'s benign rows; one
-        matrix product, the same arithmetic for one query and for calibration's thousands."""
-        u = np.ascontiguousarray(u, dtype=np.float32)
-        return (u * u).sum(axis=1)[:, None] + self._scaled_sq[b][None, :] - 2.0 * (u @ self._scaled[b].T)
-
-    def raw_distances(self, features: np.ndarray, n: np.ndarray, chunk: int = 2048) -> np.ndarray:
-        """Vectorised raw kNN distances for many queries (used by calibration)."""
-        features = np.atleast_2d(features)
-        bins = self.donor_bin[bin_of(np.asarray(n))]
-        out = np.empty(features.shape[0])
-        for b in np.unique(bins):
-            rows = np.flatnonzero(bins == b)
-            k = min(NEIGHBOURS, self._scaled[b].shape[0])
-            for start in range(0, rows.size, chunk):
-                r = rows[start : start + chunk]
-                d2 = self._squared_distances(self._scaled_point(features[r], int(b)), int(b))
-                out[r] = np.sqrt(np.maximum(np.partition(d2, k - 1, axis=1)[:, k - 1], 0.0))
+    def _points(self, features: np.ndarray, b: int, channels: int) -> np.ndarray:
+        """(channels, r, F) float32: the rows in each channel's scale."""
+        out = np.empty((channels, features.shape[0], N_FEATURES), dtype=np.float32)
+        for c in range(channels):
+            out[c] = self._channel_point(features, b, c)
         return out
 
+    def _squared_distances(self, points: np.ndarray, b: int) -> np.ndarray:
+        """(channels, r, rows) squared distances from ``points`` to bin ``b``'s benign rows in
+        each channel: one batched matrix product, the same arithmetic for one query and for
+        calibration's thousands."""
+        channels = points.shape[0]
+        table = self._tables[b][:channels]
+        return (
+            (points * points).sum(axis=2)[:, :, None]
+            + self._tables_sq[b][:channels, None, :]
+            - 2.0 * np.matmul(points, table.transpose(0, 2, 1))
+        )
+
+    def raw_distances(self, features: np.ndarray, n: np.ndarray, chunk: int = 2048) -> np.ndarray:
+        """Vectorised raw kNN distances for many queries, every channel (m, channels; used by calibration)."""
+        features = np.atleast_2d(features)
+        bins = self.donor_bin[bin_of(np.asarray(n))]
+        out = np.empty((features.shape[0], self.n_channels))
+        for b in np.unique(bins):
+            rows = np.flatnonzero(bins == b)
+            k = min(NEIGHBOURS, self._tables[b].shape[1])
+            for start in range(0, rows.size, chunk):
+                r = rows[start : start + chunk]
+                d2 = self._squared_distances(self._points(features[r], int(b), self.n_channels), int(b))
+                out[r] = np.sqrt(np.maximum(np.partition(d2, k - 1, axis=2)[:, :, k - 1], 0.0)).T
+        return out
+
+    def channel_scores(self, distances: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Raw distances (m, channels) -> each channel's position on the benign scale of the
+        bin (0 = the benign median, 2.33 = benign 99th percentile), negative below the median."""
+        d = np.asarray(distances, dtype=np.float64).reshape(len(np.atleast_1d(n)), -1)
+        if self.distance_norm is None:
+            return d
+        norm = self.distance_norm[: d.shape[1], self.donor_bin[bin_of(np.asarray(n))]]  # (channels, m, 2)
+        med, q99 = norm[..., 0].T, norm[..., 1].T
+        return Z_AT_Q99 * (d - med) / np.maximum(q99 - med, 1e-9)
+
     def signed_scores(self, distances: np.ndarray, n: np.ndarray) -> np.ndarray:
-        """Raw distance -> position on the benign scale of the bin (0 = the benign median,
-        2.33 = benign 99th percentile), negative below the median, at any history length."""
-        n = np.asarray(n)
-        d = np.asarray(distances, dtype=np.float64)
-        if self.distance_norm is not None:
-            med, q99 = self.distance_norm[self.donor_bin[bin_of(n)]].T
-            d = Z_AT_Q99 * (d - med) / np.maximum(q99 - med, 1e-9)
-        return d
+        """A query's signed score: the mean of its channels' (:meth:`channel_scores`)."""
+        return self.channel_scores(distances, n).mean(axis=1)
 
     def standardise(self, distances: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Per-query score: :meth:`signed_scores` floored at 0 (as typical as the benign
@@ -298,7 +407,10 @@ class Calibration:
         out = {f"cal_bin_{b}": s.astype(np.float32) for b, s in enumerate(self.samples)}
         out["cal_account_max_scores"] = self.account_max_scores
         out["cal_off_reference_similarity"] = np.float64(self.off_reference_similarity)
-        out["cal_distance_norm"] = self.distance_norm if self.distance_norm is not None else np.zeros((0, 2))
+        norm = self.distance_norm
+        out["cal_distance_norm"] = norm[0] if norm is not None else np.zeros((0, 2))
+        if norm is not None and norm.shape[0] > 1:
+            out["cal_rank_distance_norm"] = norm[1]  # absent from calibrations older than the rank channel
         return out
 
     def meta(self) -> dict[str, Any]:
@@ -323,9 +435,13 @@ class Calibration:
                 if c >= 0:
                     new[:, j] = old[:, c]
             samples.append(new)
-        norm = np.asarray(arrays["cal_distance_norm"], dtype=np.float64)
-        if norm.shape != (N_BINS, 2):
-            raise CalibrationError(f"calibration distance table must have shape ({N_BINS}, 2); got {norm.shape}")
+        norms = [np.asarray(arrays["cal_distance_norm"], dtype=np.float64)]
+        if "cal_rank_distance_norm" in arrays:
+            norms.append(np.asarray(arrays["cal_rank_distance_norm"], dtype=np.float64))
+        for norm in norms:
+            if norm.shape != (N_BINS, 2):
+                raise CalibrationError(f"calibration distance tables must have shape ({N_BINS}, 2); got {norm.shape}")
+        norm = np.stack(norms)
         return cls(
             samples,
             np.asarray(arrays["cal_account_max_scores"]),
@@ -372,11 +488,12 @@ class Detector:
     def judge_with_evidence(
         self, features: np.ndarray, n: np.ndarray, recent_scores: list[np.ndarray]
     ) -> tuple[np.ndarray, np.ndarray, list[tuple[Reason, ...]], np.ndarray]:
-        """:meth:`judge` plus each row's signed per-query score (the campaign layer pools it)."""
+        """:meth:`judge` plus each row's signed score in the spread channel (the campaign layer pools it)."""
         cal = self.calibration
         n = np.asarray(n, dtype=np.int64)
-        distance, gap = cal.neighbours(features, n)
-        signed = cal.signed_scores(distance, n)
+        found = cal.neighbours(features, n)
+        gap = found.gap
+        signed = found.channel_scores.mean(axis=1)
         per_query = np.where(n >= MIN_SCORED_QUERIES, np.maximum(signed, 0.0), 0.0).tolist()
         scores = np.empty(n.shape[0])
         for i, (ring, count) in enumerate(zip(recent_scores, n.tolist(), strict=True)):
@@ -384,7 +501,9 @@ class Detector:
             filled = min(count, ring.size)
             scores[i] = ring[:filled].sum() / filled  # what .mean() computes, without its overhead
         risks = 1.0 - cal.exceedance(scores)
-        return scores, risks, self._reasons(np.atleast_2d(features), gap, n), signed
+        # The campaign layer pools the spread channel's score: the rank channel says little about
+        # light accounts (most features are undefined before 16 queries) and would dilute it.
+        return scores, risks, self._reasons(np.atleast_2d(features), gap, n), found.channel_scores[:, 0]
 
     def level_for(self, score: float) -> Level:
         return Level.for_score(score, self.flag_threshold, self.watch_threshold)

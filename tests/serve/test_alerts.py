@@ -289,7 +289,7 @@ def test_receiver_gets_exactly_the_transitions_signed_and_none_for_a_benign_acco
     server = start_sidecar(tmp_path, "exact", receiver.url)
     try:
         benign = observe(server, "baker", ORDINARY)
-        attacker = observe(server, "extractor", random_word_prompts(44, seed=3))
+        attacker = observe(server, "extractor", random_word_prompts(64, seed=3))
         expected = transitions_in(attacker)
         assert expected[-1][1] == "flag" and transitions_in(benign) == [], (expected, transitions_in(benign))
         events = receiver.wait_for(len(expected))
@@ -362,7 +362,7 @@ def test_receiver_down_then_up_gets_the_alert_after_retries(tmp_path):
     receiver = Receiver(status=503).start()  # up but refusing: every attempt fails
     server = start_sidecar(tmp_path, "retry", receiver.url)
     try:
-        results = observe(server, "extractor", random_word_prompts(44, seed=5))
+        results = observe(server, "extractor", random_word_prompts(64, seed=5))
         expected = transitions_in(results)
         deadline = time.monotonic() + 30
         while receiver.attempts < 3 and time.monotonic() < deadline:
@@ -389,7 +389,7 @@ def test_kill_9_with_undelivered_alerts_then_restart_delivers_them(tmp_path):
     receiver = Receiver(port=port)  # not listening yet: connections are refused
     server = start_sidecar(tmp_path, "before-kill", receiver.url)
     try:
-        results = observe(server, "extractor", random_word_prompts(44, seed=11))
+        results = observe(server, "extractor", random_word_prompts(64, seed=11))
         expected = transitions_in(results)
         samples = metrics(server)
         assert samples[("probewatch_alert_outbox_depth", (("kind", "account"), ("sink", "ops")))] == len(expected)
@@ -426,7 +426,7 @@ def test_alerts_a_kill_kept_out_of_the_outbox_are_recreated_from_the_journal(tmp
     receiver = Receiver(port=free_port())  # down: nothing is delivered before the kill
     server = start_sidecar(tmp_path, "first", receiver.url)
     try:
-        expected = transitions_in(observe(server, "extractor", random_word_prompts(44, seed=13)))
+        expected = transitions_in(observe(server, "extractor", random_word_prompts(64, seed=13)))
     finally:
         server.kill()
     kept_ids = []
@@ -453,7 +453,7 @@ def test_rate_limit_holds_and_nothing_over_it_is_dropped(tmp_path):
     try:
         expected = 0
         for n in range(4):
-            expected += len(transitions_in(observe(server, f"extractor-{n}", random_word_prompts(44, seed=20 + n))))
+            expected += len(transitions_in(observe(server, f"extractor-{n}", random_word_prompts(64, seed=20 + n))))
         assert expected >= 6
         waiting = metrics(server)[("probewatch_alert_outbox_depth", (("kind", "account"), ("sink", "ops")))]
         assert waiting >= 1, "events over the rate wait in the outbox"

@@ -61,7 +61,7 @@ def test_outbox_write_failure_stops_acknowledging_skips_snapshots_and_a_restart_
     data = tmp_path / "data"
     receiver = Receiver().start()
     disk = FaultyDisk(data).install(monkeypatch)
-    prompts = random_word_prompts(44, seed=7)
+    prompts = random_word_prompts(64, seed=7)
     acked: list[dict] = []
 
     async def first_run() -> tuple[int, int]:

@@ -140,7 +140,7 @@ def test_the_topic_gets_exactly_the_transitions_keyed_by_account(broker, tmp_pat
     try:
         server.wait_ready()
         benign = observe(server, "baker", ORDINARY)
-        attacker = observe(server, "extractor", random_word_prompts(44, seed=3))
+        attacker = observe(server, "extractor", random_word_prompts(64, seed=3))
         expected = transitions_in(attacker)
         assert expected[-1][1] == "flag" and transitions_in(benign) == [], (expected, transitions_in(benign))
         records = read_alerts(broker.bootstrap, topic, len(expected))
@@ -166,7 +166,7 @@ def test_broker_down_then_up_gets_the_alerts_after_retries(tmp_path, monkeypatch
     try:
         server.wait_ready()
         down.stop()
-        expected = transitions_in(observe(server, "extractor", random_word_prompts(44, seed=5)))
+        expected = transitions_in(observe(server, "extractor", random_word_prompts(64, seed=5)))
         assert expected[-1][1] == "flag", expected
         deadline = time.monotonic() + 60
         while metrics(server).get(("probewatch_alert_delivery_failures_total", SINK_LABELS), 0) < 2:

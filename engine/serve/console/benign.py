@@ -52,14 +52,13 @@ def compare_with_benign(calibration: Calibration, report: dict[str, Any]) -> Ben
         ],
         dtype=np.float64,
     )
-    # The detector's own look-alikes: gap = scaled account - mean of its nearest scaled benign rows.
-    _, gap = calibration.neighbours(values[None, :], np.array([n]))
-    mean_scaled = (
-        calibration.median[b]
-        + (np.nan_to_num((values - calibration.median[b]) / calibration.scale[b]) - gap[0]) * calibration.scale[b]
-    )
+    # The detector's own look-alikes (in the channel that scores the account highest); a
+    # feature a benign row has no value for yet counts at the benign median, as in the search.
+    nearest = calibration.neighbours(values[None, :], np.array([n])).nearest[0]
+    rows = table[nearest]
+    mean = np.where(np.isnan(rows), calibration.median[b], rows).mean(axis=0)
     lookalikes = {
-        name: None if math.isnan(values[j]) or not calibration.known[j] else float(mean_scaled[j])
+        name: None if math.isnan(values[j]) or not calibration.known[j] else float(mean[j])
         for j, name in enumerate(FEATURE_NAMES)
     }
     return BenignComparison(

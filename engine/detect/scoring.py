@@ -8,8 +8,8 @@ feature is from one benign median. The search runs in two channels, two ways of 
 features on one scale: each feature in benign spreads (one feature far past every benign
 account counts for a lot) and each feature at its benign percentile (many features each a
 little unusual add up; see ``CHANNELS``). Each channel's raw distance is put on a common
-scale per history bin using out-of-sample benign distances and the query scores their mean
-(unusual both ways: an unseen benign app is rarely far out in both), and the distribution of benign accounts' *lifetime maximum* scores (cross-fitted, with an
+scale per history bin using out-of-sample benign distances and the query scores their mean.
+The distribution of benign accounts' *lifetime maximum* scores (cross-fitted, with an
 exponential tail fitted to its top decile) turns a score into a risk:
 ``risk = 1 - (share of benign accounts that ever score this high)``. The flag threshold
 therefore holds the target false-positive rate per account over its whole life. Reasons
@@ -233,7 +233,7 @@ class Calibration:
         """Each feature's mid-rank among bin ``b``'s benign values, as a standard normal
         quantile (0 at the benign median; at most about 3.5 at the benign extreme of 4,096
         rows); 0 for NaN and for a feature the bin has no benign value of."""
-        keys = _RANK_OFFSET + np.arctan((features - self.median[b]) / self.scale[b]) / np.pi  # as _rank_key
+        keys = self._rank_key(features, b)
         table = self._rank_keys[b]
         mid_rank = (table.searchsorted(keys, side="left") + table.searchsorted(keys, side="right")) / 2.0
         with np.errstate(invalid="ignore", divide="ignore"):

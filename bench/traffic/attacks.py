@@ -167,6 +167,16 @@ def _cycle(rng: random.Random, items: list, n: int) -> list:
     return out
 
 
+def sweep_order(rng: random.Random, items: list, n: int) -> list:
+    """``n`` items of a dataset as a sweep walks them: from a random start, in dataset order;
+    longer than the dataset, it is swept again, shuffled."""
+    start = rng.randrange(len(items))
+    ordered = [items[(start + i) % len(items)] for i in range(min(n, len(items)))]
+    if len(ordered) < n:
+        ordered += _cycle(rng, items, n - len(ordered))
+    return ordered
+
+
 def k_center_greedy(vectors: np.ndarray, k: int, first: int) -> list[int]:
     """Greedy k-center (Sener & Savarese 2018, used by ActiveThief): repeatedly take the
     point farthest from everything chosen so far."""
@@ -197,12 +207,7 @@ def queries(strategy: str, rng: random.Random, pools: AttackPools, n: int, campa
     if strategy == "template_sweep":
         dataset = rng.choice(sorted(pools.sweep_items))
         template = rng.choice(_SWEEP_TEMPLATES[dataset])
-        items = pools.sweep_items[dataset]
-        start = rng.randrange(len(items))
-        ordered = [items[(start + i) % len(items)] for i in range(min(n, len(items)))]
-        while len(ordered) < n:  # longer than the dataset: sweep it again, shuffled
-            ordered += _cycle(rng, items, n - len(ordered))
-        return [(template.format(x=text), key) for text, key in ordered]
+        return [(template.format(x=text), key) for text, key in sweep_order(rng, pools.sweep_items[dataset], n)]
     if strategy == "cot_elicitation":
         wrappers = rng.sample(_COT_WRAPPERS, rng.choice([1, 1, 2]))
         return [(rng.choice(wrappers).format(q=text), key) for text, key in _cycle(rng, pools.cot_questions, n)]

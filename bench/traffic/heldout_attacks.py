@@ -27,7 +27,7 @@ import re
 import numpy as np
 
 from . import sources
-from .attacks import STRATEGIES, AttackPools, Query, _cycle, _sample
+from .attacks import STRATEGIES, AttackPools, Query, _cycle, _sample, sweep_order
 from .benign import fill_template
 
 HELDOUT_PREFIX = "heldout_"
@@ -230,12 +230,7 @@ def heldout_queries(strategy: str, rng: random.Random, pools: AttackPools, n: in
     if strategy == "template_sweep":
         dataset = rng.choice(sorted(pools.sweep_items))
         template = rng.choice(_HELDOUT_SWEEPS[dataset])
-        items = pools.sweep_items[dataset]
-        start = rng.randrange(len(items))
-        ordered = [items[(start + i) % len(items)] for i in range(min(n, len(items)))]
-        if len(ordered) < n:
-            ordered += _cycle(rng, items, n - len(ordered))
-        return [(template.format(x=text), key) for text, key in ordered]
+        return [(template.format(x=text), key) for text, key in sweep_order(rng, pools.sweep_items[dataset], n)]
     if strategy == "cot_elicitation":
         wrappers = rng.sample(_HELDOUT_REASONING_WRAPPERS, rng.choice([1, 2, 3]))
         return [(rng.choice(wrappers).format(q=text), key) for text, key in _cycle(rng, pools.cot_questions, n)]

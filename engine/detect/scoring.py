@@ -66,6 +66,11 @@ _RANK_OFFSET = 2.0 * np.arange(N_FEATURES) + 0.5  # feature j's rank keys lie in
 MAX_LOG10_ONE_IN = 300.0  # "1 in 1e300" is already past any meaning, and stays a finite float
 
 
+def combined_score(channel_scores: np.ndarray) -> np.ndarray:
+    """(m, channels) scores on the benign scale -> a query's signed score: their mean (see CHANNELS)."""
+    return channel_scores.mean(axis=1)
+
+
 def bin_of(n: np.ndarray | int) -> np.ndarray | int:
     """History-length bin of ``n`` queries (an int for an int, an array for an array)."""
     if isinstance(n, (int, np.integer)):  # the per-query path: bisect beats NumPy call overhead
@@ -313,7 +318,7 @@ class Calibration:
 
     def signed_scores(self, distances: np.ndarray, n: np.ndarray) -> np.ndarray:
         """A query's signed score: the mean of its channels' (:meth:`channel_scores`)."""
-        return self.channel_scores(distances, n).mean(axis=1)
+        return combined_score(self.channel_scores(distances, n))
 
     def standardise(self, distances: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Per-query score: :meth:`signed_scores` floored at 0 (as typical as the benign
@@ -493,7 +498,7 @@ class Detector:
         n = np.asarray(n, dtype=np.int64)
         found = cal.neighbours(features, n)
         gap = found.gap
-        signed = found.channel_scores.mean(axis=1)
+        signed = combined_score(found.channel_scores)
         per_query = np.where(n >= MIN_SCORED_QUERIES, np.maximum(signed, 0.0), 0.0).tolist()
         scores = np.empty(n.shape[0])
         for i, (ring, count) in enumerate(zip(recent_scores, n.tolist(), strict=True)):

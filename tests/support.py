@@ -54,9 +54,10 @@ def _torch_cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
+# The engine runs on CUDA with faiss-cpu too (long histories then stay in host indexes).
 requires_cuda_engine = pytest.mark.skipif(
-    not (CUPY_OK and FAISS_GPU_OK and _torch_cuda()),
-    reason="needs a CUDA build of torch, CuPy and faiss-gpu, all seeing a CUDA device",
+    not (CUPY_OK and _torch_cuda()),
+    reason="needs a CUDA build of torch and CuPy, both seeing a CUDA device",
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -11,6 +12,8 @@ import numpy as np
 from probewatch.kernels.backend import cupy_module
 
 from ..errors import BackendUnavailableError, ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def import_faiss() -> ModuleType:
@@ -46,7 +49,11 @@ def resolve_device(device: str) -> str:
 @dataclass(frozen=True)
 class Backend:
     """A resolved device: the torch device string, the array module kernels run on, FAISS,
-    and (on CUDA) the one ``StandardGpuResources`` every account's index shares.
+    and (with faiss-gpu) the one ``StandardGpuResources`` every account's index shares.
+
+    On a CUDA device whose faiss has no GPU support (faiss-cpu: faiss-gpu wheels are built for
+    one CUDA major version), kernels and short histories still run on the GPU and long
+    histories are searched in host indexes; ``device_indexes`` says which.
 
     >>> Backend.host().device, Backend.host().xp.__name__
     ('cpu', 'numpy')
@@ -55,7 +62,7 @@ class Backend:
     device: str  # "cpu", "cuda" or "cuda:N"
     xp: ModuleType  # numpy, or cupy on a CUDA device
     faiss: ModuleType
-    gpu_resources: Any = None
+    gpu_resources: Any = None  # set when account indexes live on the device
 
     @classmethod
     def resolve(cls, device: str = "auto", temp_memory_bytes: int = 256 * 1024**2) -> Backend:
@@ -64,14 +71,18 @@ class Backend:
         if resolved == "cpu":
             return cls.host()
         faiss = import_faiss()
+        xp = cupy_module()
         if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
-            raise BackendUnavailableError(
-                "GPU indexes need faiss with GPU support and a visible CUDA device; install "
-                "`probewatch[gpu]` (and not faiss-cpu), or run with device='cpu'"
+            log.warning(
+                "faiss %s has no GPU support here: account histories longer than segmented_max_history are "
+                "searched in host memory (install probewatch[gpu], not faiss-cpu, to keep them on %s)",
+                getattr(faiss, "__version__", "?"),
+                resolved,
             )
+            return cls(resolved, xp, faiss, None)
         resources = faiss.StandardGpuResources()
         resources.setTempMemory(int(temp_memory_bytes))  # bounded scratch memory for every search
-        return cls(resolved, cupy_module(), faiss, resources)
+        return cls(resolved, xp, faiss, resources)
 
     @classmethod
     def host(cls) -> Backend:
@@ -80,6 +91,12 @@ class Backend:
 
     @property
     def on_gpu(self) -> bool:
+        """Kernels and embeddings run on a CUDA device (CuPy arrays)."""
+        return self.xp is not np
+
+    @property
+    def device_indexes(self) -> bool:
+        """Account FAISS indexes are kept on the device (faiss-gpu)."""
         return self.gpu_resources is not None
 
     @property

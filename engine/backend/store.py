@@ -224,7 +224,7 @@ class AccountStore:
     def _search_long(self, account, rows, host_vectors, k, sims) -> None:
         """FAISS search of the stored history, merged with the earlier rows of this batch."""
         entry = self._accounts[account]
-        if self.backend.on_gpu and not entry.on_device:
+        if self.backend.device_indexes and not entry.on_device:
             entry.index = self.backend.index_to_device(entry.index, self.storage)
             entry.on_device = True
         batch = host_vectors[rows]

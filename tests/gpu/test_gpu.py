@@ -12,7 +12,7 @@ import pytest
 import probewatch as pw
 from probewatch.backend import Backend
 from probewatch.backend.store import AccountStore
-from tests.support import requires_cuda_engine, requires_faiss_gpu, unit_rows
+from tests.support import requires_cuda_engine, requires_faiss_gpu, requires_gpu, unit_rows
 from tests.unit.test_store import BruteStore, assert_matches, random_batches
 
 pytestmark = pytest.mark.gpu
@@ -141,6 +141,31 @@ def test_gpu_store_matches_brute_force(segmented_max_history, k):
     assert_matches(store, brute, random_batches(rng, n_accounts=7, n_batches=15, max_batch=40), k, atol=1e-5)
     if segmented_max_history == 0:
         assert any(store.get(a).on_device for a in store.accounts())
+
+
+@requires_gpu
+@pytest.mark.parametrize("segmented_max_history", [0, 6, 4096], ids=["host-faiss-long", "mixed", "gpu-segmented"])
+def test_cuda_store_with_host_indexes_matches_brute_force(segmented_max_history):
+    """faiss without GPU support on a CUDA device: CuPy kernels for short histories, host
+    FAISS indexes for long ones, and the same neighbours as brute force."""
+    import cupy as cp
+
+    from probewatch.backend import import_faiss
+
+    backend = Backend("cuda", cp, import_faiss(), None)
+    assert backend.on_gpu and not backend.device_indexes
+    store = AccountStore(
+        dim=24,
+        storage="float32",
+        history_cap=10_000,
+        eviction_block=512,
+        segmented_max_history=segmented_max_history,
+        backend=backend,
+    )
+    brute = BruteStore(store.history_cap, store.eviction_block)
+    rng = np.random.default_rng(segmented_max_history)
+    assert_matches(store, brute, random_batches(rng, n_accounts=7, n_batches=15, max_batch=40), 8, atol=1e-5)
+    assert not any(store.get(a).on_device for a in store.accounts())
 
 
 @requires_faiss_gpu

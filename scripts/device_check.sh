@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The GPU checks in one run on a lent device machine (DEVELOPERS.md, "GPU checks"):
+# the `gpu`-marked tests, the GPU benchmarks of bench/test_perf.py and the end-to-end
+# throughput run, each bounded in time, every result under $OUT.
+#
+#   here:   python scripts/device_kit.py prepare      (writes .device/, ~41 MiB)
+#   there:  run(command="bash scripts/device_check.sh", carry=[".device"], timeout_s=420)
+#
+# DEVICE=cpu PROMPTS=256 BATCHES=32 PYTHON=.venv/bin/python bash scripts/device_check.sh
+# runs the same steps here (the GPU tests then skip), to check the script itself.
+set -uo pipefail
+OUT=${OUT:-/tmp/probewatch-device-out}
+PY=${PYTHON:-python3}
+SITE=${SITE:-/tmp/probewatch-site}
+DEVICE=${DEVICE:-cuda}
+PROMPTS=${PROMPTS:-20000}
+BATCHES=${BATCHES:-256 1024}
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT" "$SITE"
+started=$(date +%s)
+step() { echo "== $(( $(date +%s) - started ))s: $*"; }
+
+step "install faiss, the kit's model and probewatch into $SITE"
+[ -d .device/wheels ] || { echo "no .device/: run 'python scripts/device_kit.py prepare' and carry .device"; exit 2; }
+"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .device/wheels/*.whl || exit 1
+"$PY" scripts/device_kit.py unpack --site "$SITE" || exit 1
+"$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --upgrade --target "$SITE" . || exit 1
+export PYTHONPATH="$SITE"
+(nvidia-smi || true) >"$OUT/nvidia-smi.txt" 2>&1
+"$PY" - <<'EOF' 2>&1 | tee "$OUT/versions.txt"
+import faiss, numpy, torch, probewatch, sentence_transformers
+from probewatch.kernels import cupy_available
+print("probewatch", probewatch.__version__, "| torch", torch.__version__, "cuda", torch.cuda.is_available(),
+      "| faiss", faiss.__version__, "gpu indexes", hasattr(faiss, "StandardGpuResources"),
+      "| cupy", cupy_available(), "| numpy", numpy.__version__, "| sentence-transformers", sentence_transformers.__version__)
+EOF
+
+step "pytest -m gpu (tests that need only CuPy, torch or faiss-gpu skip with the reason when those are missing)"
+timeout 180 "$PY" -m pytest -m gpu -rs -p no:cacheprovider tests/gpu tests/unit/test_kernels.py bench/test_perf.py \
+    --benchmark-json="$OUT/bench_gpu.json" --benchmark-columns=min,median,mean,ops,rounds 2>&1 | tee "$OUT/pytest_gpu.txt"
+echo "pytest exit ${PIPESTATUS[0]}" | tee -a "$OUT/pytest_gpu.txt"
+
+step "end-to-end throughput"
+# shellcheck disable=SC2086  # BATCHES is a list of numbers
+timeout 150 "$PY" -m bench.gpu_throughput --device "$DEVICE" --prompts "$PROMPTS" --batch $BATCHES \
+    --out "$OUT/throughput.json" 2>&1 | grep -v "^Loading weights" | tee "$OUT/throughput.txt"
+step "done"

@@ -15,6 +15,13 @@ def flat_rows(index, faiss) -> np.ndarray:
     return faiss.rev_swig_ptr(index.get_xb(), n * d).reshape(n, d)
 
 
+def half_rows(index, faiss) -> np.ndarray:
+    """The (ntotal, d) float16 rows of a host ``IndexScalarQuantizer`` with ``QT_fp16`` codes
+    (its codes are IEEE half floats, row after row): a view, nothing is copied."""
+    n, d = int(index.ntotal), int(index.d)
+    return code_bytes(index, n * d * 2, faiss).view(np.float16).reshape(n, d)
+
+
 def code_bytes(index, n_bytes: int, faiss) -> np.ndarray:
     """The first ``n_bytes`` of a host index's code storage (``index.codes``) as a uint8 view."""
     return faiss.rev_swig_ptr(index.codes.data(), n_bytes)

@@ -22,7 +22,7 @@ from probewatch.kernels.backend import to_numpy
 
 from ..errors import UnknownAccountError
 from .device import Backend
-from .faiss_compat import flat_rows, resized_copy
+from .faiss_compat import flat_rows, half_rows, resized_copy
 
 
 class AccountIndex:
@@ -60,21 +60,25 @@ class AccountIndex:
 
 
 HOST_GEMM_MIN_QUERIES = 16
+# float16 rows are widened block by block before the product, which costs about what faiss's
+# own fp16 scan saves below this many queries of one account (measured at 300-10k rows).
+HOST_GEMM_MIN_QUERIES_FLOAT16 = 64
 _GEMM_ROWS = 16384  # history rows per matrix product: bounds the (queries x rows) block
 
 
 def _flat_topk_gemm(index, queries: np.ndarray, k: int, faiss) -> np.ndarray:
-    """Top-k inner products of ``queries`` against a host IndexFlat's rows, read in place.
+    """Top-k inner products of ``queries`` against a host index's rows, read in place.
 
-    For 16+ queries of one account this is one NumPy sgemm per block of history: measured
+    For many queries of one account this is one NumPy sgemm per block of history: measured
     2-6x faster than faiss-cpu's search on a 2-core machine at 10k-100k rows (its bundled
-    BLAS is slower than NumPy's), with the same exact inner products.
+    BLAS is slower than NumPy's), with the same inner products. float16 rows
+    (``IndexScalarQuantizer`` with fp16 codes) are widened to float32 one block at a time.
     """
-    stored = flat_rows(index, faiss)
+    stored = half_rows(index, faiss) if isinstance(index, faiss.IndexScalarQuantizer) else flat_rows(index, faiss)
     n = stored.shape[0]
     best = np.empty((queries.shape[0], 0), dtype=np.float32)
     for start in range(0, n, _GEMM_ROWS):
-        sims = queries @ stored[start : start + _GEMM_ROWS].T
+        sims = queries @ stored[start : start + _GEMM_ROWS].astype(np.float32, copy=False).T
         take = min(k, sims.shape[1])
         top = np.take_along_axis(sims, np.argpartition(-sims, take - 1, axis=1)[:, :take], axis=1)
         best = np.concatenate([best, top], axis=1)
@@ -229,7 +233,8 @@ class AccountStore:
             entry.on_device = True
         batch = host_vectors[rows]
         kk = min(k, entry.size)
-        if not entry.on_device and self.storage == "float32" and len(rows) >= HOST_GEMM_MIN_QUERIES:
+        gemm_from = HOST_GEMM_MIN_QUERIES if self.storage == "float32" else HOST_GEMM_MIN_QUERIES_FLOAT16
+        if not entry.on_device and len(rows) >= gemm_from:
             hist_sims = _flat_topk_gemm(entry.index, batch, kk, self.backend.faiss)
         else:
             hist_sims, _ = entry.index.search(batch, kk)

@@ -23,8 +23,9 @@ BYSTANDERS = 120
 
 
 def _config(tmp_path) -> ServerConfig:
-    # lenient thresholds: word-salad accounts reach flag within ~20 queries
-    engine = {"device": "cpu", "memory_budget_bytes": BUDGET, "target_fpr": 0.2, "watch_fpr": 0.4}
+    # lenient thresholds: word-salad accounts reach flag within ~20 queries; float32 rows, so
+    # the smallest budget cannot hold every flagged account and has to evict some of them too
+    engine = {"device": "cpu", "memory_budget_bytes": BUDGET, "target_fpr": 0.2, "watch_fpr": 0.4, "storage": "float32"}
     return ServerConfig(
         data_dir=str(tmp_path), api_token=TOKEN, engine=engine, max_batch_size=16, request_deadline_ms=120_000
     )

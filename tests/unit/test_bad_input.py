@@ -237,7 +237,9 @@ def test_large_and_tiny_vectors_are_normalised(vec_engine):
     v = vec_engine.observe_embeddings(["big", "tiny"], np.concatenate([big, tiny]))
     assert [x.n_queries for x in v] == [1, 1]
     stored = vec_engine.pipeline.store.get("big").vectors()
-    assert abs(float(np.linalg.norm(stored)) - 1.0) < 1e-5
+    # unit norm up to the rounding of the stored rows (float16 by default: ~1e-4 here)
+    tolerance = 1e-5 if vec_engine.config.storage == "float32" else 1e-3
+    assert abs(float(np.linalg.norm(stored)) - 1.0) < tolerance
 
 
 def test_bad_timestamps(vec_engine):

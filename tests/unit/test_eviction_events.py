@@ -23,7 +23,8 @@ def calibration_path(tmp_path_factory):
 
 
 def _engine(calibration_path) -> pw.Engine:
-    return pw.Engine(calibration_path=calibration_path, device="cpu", memory_budget_bytes=BUDGET)
+    # float32 rows: the budget is sized so that flagged accounts have to be evicted too
+    return pw.Engine(calibration_path=calibration_path, device="cpu", memory_budget_bytes=BUDGET, storage="float32")
 
 
 def _traffic(seed: int = 5) -> list[tuple[list[str], np.ndarray]]:

@@ -94,7 +94,7 @@ def test_snapshot_is_plain_arrays(tmp_path):
     with np.load(path, allow_pickle=False) as data:  # no pickles anywhere
         for name in data.files:
             assert data[name].dtype != object, name
-        assert data["store_vectors"].dtype == np.float32
+        assert data["store_vectors"].dtype == np.dtype(engine.config.storage)  # as stored: no widening
         assert data["store_vectors"].shape == (engine.stats().stored_queries, DIM)
 
 

@@ -174,6 +174,31 @@ def test_float16_storage_batch_equals_one_at_a_time(segmented_max_history):
         np.testing.assert_allclose(together, apart, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("storage", ["float32", "float16"])
+def test_many_queries_of_one_account_take_the_matrix_product_and_match_faiss(storage, monkeypatch):
+    """Past HOST_GEMM_MIN_QUERIES(_FLOAT16) queries of one account, the stored rows are read in
+    place (float16 codes widened) and multiplied by NumPy: the same neighbours as FAISS's search."""
+    import probewatch.backend.store as store_module
+
+    rng = np.random.default_rng(3)
+    history = unit_rows(rng.standard_normal((3000, DIM)))
+    queries = unit_rows(rng.standard_normal((70, DIM)))
+    stores = {route: make_store(storage=storage, segmented_max_history=0) for route in ("gemm", "faiss")}
+    for store in stores.values():
+        store.search_then_add(["a"] * len(history), history, 8)
+    products = []
+    original = store_module._flat_topk_gemm
+    monkeypatch.setattr(store_module, "_flat_topk_gemm", lambda *a: products.append(1) or original(*a))
+    via_gemm, _ = stores["gemm"].search_then_add(["a"] * len(queries), queries, 8)
+    assert products, "70 queries of one account should take the matrix product"
+    monkeypatch.setattr(store_module, "HOST_GEMM_MIN_QUERIES", 10**9)
+    monkeypatch.setattr(store_module, "HOST_GEMM_MIN_QUERIES_FLOAT16", 10**9)
+    products.clear()
+    via_faiss, _ = stores["faiss"].search_then_add(["a"] * len(queries), queries, 8)
+    assert not products
+    np.testing.assert_allclose(via_gemm, via_faiss, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("batch", [1, 3, 7, 40])
 def test_history_cap_drops_oldest_blocks(batch):
     cap, block = 16, 5

@@ -124,21 +124,27 @@ def test_snapshot_gpu_to_cpu_and_back(tmp_path, storage):
     )
 
 
-@requires_faiss_gpu
-@pytest.mark.parametrize("segmented_max_history", [0, 6, 4096], ids=["gpu-faiss-long", "mixed", "gpu-segmented"])
-@pytest.mark.parametrize("k", [1, 8, 32])
-def test_gpu_store_matches_brute_force(segmented_max_history, k):
-    rng = np.random.default_rng(k + segmented_max_history)
+def _store_checked_against_brute_force(backend: Backend, segmented_max_history: int, k: int) -> AccountStore:
+    """A store on ``backend`` fed random batches of 7 accounts, every answer compared with brute force."""
     store = AccountStore(
         dim=24,
         storage="float32",
         history_cap=10_000,
         eviction_block=512,
         segmented_max_history=segmented_max_history,
-        backend=Backend.resolve("cuda"),
+        backend=backend,
     )
     brute = BruteStore(store.history_cap, store.eviction_block)
+    rng = np.random.default_rng(k + segmented_max_history)
     assert_matches(store, brute, random_batches(rng, n_accounts=7, n_batches=15, max_batch=40), k, atol=1e-5)
+    return store
+
+
+@requires_faiss_gpu
+@pytest.mark.parametrize("segmented_max_history", [0, 6, 4096], ids=["gpu-faiss-long", "mixed", "gpu-segmented"])
+@pytest.mark.parametrize("k", [1, 8, 32])
+def test_gpu_store_matches_brute_force(segmented_max_history, k):
+    store = _store_checked_against_brute_force(Backend.resolve("cuda"), segmented_max_history, k)
     if segmented_max_history == 0:
         assert any(store.get(a).on_device for a in store.accounts())
 
@@ -154,17 +160,7 @@ def test_cuda_store_with_host_indexes_matches_brute_force(segmented_max_history)
 
     backend = Backend("cuda", cp, import_faiss(), None)
     assert backend.on_gpu and not backend.device_indexes
-    store = AccountStore(
-        dim=24,
-        storage="float32",
-        history_cap=10_000,
-        eviction_block=512,
-        segmented_max_history=segmented_max_history,
-        backend=backend,
-    )
-    brute = BruteStore(store.history_cap, store.eviction_block)
-    rng = np.random.default_rng(segmented_max_history)
-    assert_matches(store, brute, random_batches(rng, n_accounts=7, n_batches=15, max_batch=40), 8, atol=1e-5)
+    store = _store_checked_against_brute_force(backend, segmented_max_history, 8)
     assert not any(store.get(a).on_device for a in store.accounts())
 
 

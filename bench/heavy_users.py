@@ -22,45 +22,13 @@ up front (``Engine.mark_benign``: a provider marking the app-backend keys it kno
 from __future__ import annotations
 
 import argparse
-import random
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 
 from bench.traffic import AccountStream
-
-MIN_PART_QUERIES = 10
-
-
-def stitched_heavy_users(
-    benign: Sequence[AccountStream], min_queries: int, per_kind: int, seed: int
-) -> list[AccountStream]:
-    """Up to ``per_kind`` heavy users per benign kind, each at least ``min_queries`` long, made
-    of whole test accounts of that kind (each used once) with their timestamps shifted so
-    the parts follow one another."""
-    by_kind: dict[str, list[AccountStream]] = defaultdict(list)
-    for stream in benign:
-        if len(stream) >= MIN_PART_QUERIES:
-            by_kind[stream.kind].append(stream)
-    rng = random.Random(f"{seed}:heavy-users")
-    heavy = []
-    for kind, streams in sorted(by_kind.items()):
-        pool = rng.sample(streams, len(streams))
-        for n in range(per_kind):
-            parts: list[AccountStream] = []
-            while pool and sum(len(p) for p in parts) < min_queries:
-                parts.append(pool.pop())
-            if sum(len(p) for p in parts) < min_queries:
-                break
-            prompts, ts, clock = [], [], 0.0
-            for part in parts:
-                offset = clock - part.ts[0]
-                prompts += part.prompts
-                ts += [t + offset for t in part.ts]
-                clock = ts[-1] + 3600.0  # the next part starts an hour later
-            heavy.append(AccountStream(f"heavy-{kind}-{n}", 0, kind, prompts, ts, [False] * len(prompts)))
-    return heavy
+from bench.traffic.shared_keys import stitched_heavy_users
 
 
 def learned_rates(benign, heavy: Sequence[AccountStream], vectors_of, embedder, seed: int, vouch: bool) -> dict:

@@ -130,7 +130,14 @@ def test_quick_budget_and_describe(pop):
 def test_default_size_within_budget():
     built = build_populations("default", seed=0)  # ~5 s: no embedding, sources cached
     n_calibration = sum(len(v) for v in built.calibration.values())
-    assert n_calibration >= 2400
+    assert n_calibration >= 2000  # ~2,500 generated, ~400 of them stitched into shared keys
+    keys = {name: [s for s in v if s.account.startswith("shared-key")] for name, v in built.calibration.items()}
+    assert sum(len(k) for k in keys.values()) >= 15  # the calibration's benign histories past 512 queries
+    for name, population_keys in keys.items():
+        queries = sum(len(s) for s in built.calibration[name])
+        assert all(len(k) >= 512 for k in population_keys), name
+        assert sum(len(k) for k in population_keys) <= 0.4 * queries, name
+    assert not any(s.account.startswith("shared-key") for v in built.test.values() for s in v)
     assert len(built.all_texts()) <= 60_000
     for name in POPULATIONS:
         assert len(built.calibration[name]) >= 20 and len(built.test[name]) >= 10, name

@@ -22,6 +22,10 @@ Rules (checked by bench/tests/test_bench_populations.py):
   the owner of every text and drops a generated prompt that another account already sent
   (calibration is built first, so the test half never repeats a calibration text).
   App templates are shared by the accounts of one app, but every full prompt differs.
+* In the calibration half, up to 40 % of each population's queries are whole accounts
+  stitched into shared keys of 512+ queries (an app backend or a team on one key; see
+  ``shared_keys.py``), so the calibration has benign histories that long; the test half keeps
+  every account light (``bench.heavy_users`` stitches it to measure heavy accounts).
 
 See README.md ("Benign populations") for the population table, sizes and licences.
 """
@@ -40,6 +44,7 @@ from functools import lru_cache
 from . import benign, sources
 from .hydra import _AGENT_DOMAINS, _ASK, _CODEISH, _GENERIC_TOOLS, _JSON_FIELDS, _MATH, _fill, _schema
 from .model import AccountStream, distinct_texts, text_table
+from .shared_keys import shared_keys
 from .sources import Unit
 from .timing import app_times, session_times
 
@@ -60,6 +65,9 @@ class PopulationSizeSpec:
     light: tuple[float, float, int, int]  # supply-limited populations (non-English, web agent, ...)
     power: tuple[int, int]  # uniform range for power users
     harness: tuple[int, int]  # items per benchmark slice
+    # calibration half: accounts of a population stitched into shared keys at least this long
+    # (bench/traffic/shared_keys.py), so the calibration knows benign accounts past 500 queries
+    shared_key_queries: int
 
 
 SIZES = {
@@ -72,6 +80,7 @@ SIZES = {
         light=(3, 0.4, 2, 8),
         power=(30, 45),
         harness=(6, 12),
+        shared_key_queries=32,
     ),
     "default": PopulationSizeSpec(
         calibration_accounts=120,
@@ -82,6 +91,7 @@ SIZES = {
         light=(4, 0.6, 2, 30),
         power=(100, 300),
         harness=(5, 25),
+        shared_key_queries=512,
     ),
 }
 
@@ -1568,5 +1578,7 @@ def build_populations(size: str = "quick", seed: int = 0) -> Populations:
                     account, f"benign:{name}", [prompts[i] for i in keep], [ts[i] for i in keep], groups
                 )
                 streams.append(stream)
+            if half == "calibration":
+                streams = shared_keys(streams, spec.shared_key_queries, seed)
             out[half][name] = streams
     return Populations(size=size, seed=seed, calibration=out["calibration"], test=out["test"])

@@ -253,7 +253,8 @@ def test_a_campaign_appears_end_to_end(http, campaigns):
         # the verdict's campaign is as of its item: members later in the same round may join after
         assert verdict["campaign"]["id"] == summary["id"] and 4 <= verdict["campaign"]["size"] <= summary["size"]
         rank = {"ok": 0, "watch": 1, "flag": 2}
-        assert rank[verdict["level"]] >= rank[summary["level"]]
+        assert rank[verdict["level"]] >= rank[verdict["campaign"]["level"]]
+        assert rank[verdict["campaign"]["level"]] <= rank[summary["level"]]  # campaign levels only rise
 
     by_level = {
         level: http.get("/v1/campaigns", params={"level": level}).json()["campaigns"]

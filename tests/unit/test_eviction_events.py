@@ -47,8 +47,12 @@ def _state(engine: pw.Engine) -> dict:
     stats = engine.stats()
     return {
         "resident": sorted(engine.accounts()),
-        # a record's reasons by feature: their values are float32 sums, rounded by batch shape
-        "records": {a: (*r[:5], tuple(x.feature for x in r[5])) for a, r in sorted(engine.pipeline.evicted.items())},
+        # a record's reasons by feature: their values are float32 sums, rounded by batch shape,
+        # and so are its peak score and risk (kept to 6 significant digits)
+        "records": {
+            a: (r[0], *(float(f"{x:.6g}") for x in r[1:3]), *r[3:5], tuple(x.feature for x in r[5]))
+            for a, r in sorted(engine.pipeline.evicted.items())
+        },
         "evictions": stats.evicted,
         "levels": stats.levels,
     }

@@ -76,9 +76,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"\nextracting accounts: {len(caught)}/{len(EXTRACTING)} flagged, {len(watched)} on watch, "
         f"{len(missed)} missed; ordinary accounts flagged: {len(false)}/{ordinary}; {time.time() - started:.1f}s"
     )
-    # The demo fails (exit 1) when an ordinary account is flagged or an extractor is missed
-    # (left at ok: `watch` puts an account in front of an analyst at a 1 % benign budget).
-    return 1 if false or missed else 0
+    # The demo fails (exit 1) when an ordinary account is flagged, no extractor is, or an
+    # extractor ranks no higher than every ordinary account (peak "1 in N benign"): an analyst
+    # works down that ranking, so an extractor below an ordinary user is one they would miss.
+    peak = {a: engine.report(a).peak_one_in for a in accounts}
+    ordinary_top = max(peak[a] for a in accounts if a not in EXTRACTING)
+    outranked = [a for a in EXTRACTING if peak[a] <= ordinary_top]
+    if outranked:
+        print(f"ranked no higher than an ordinary account: {', '.join(outranked)}")
+    return 1 if false or not caught or outranked else 0
 
 
 def _read_jsonl(path: str) -> Iterator[tuple[int, Any]]:

@@ -42,6 +42,10 @@ FEATURES: dict[str, str] = {
     "off_reference_rate": "share of all queries unlike any benign reference traffic",
     "new_cell_rate": "distinct codebook cells per query over the account's lifetime",
     "near_duplicate_rate_lifetime": "share of all queries that nearly duplicate an earlier one",
+    "topic_return_rate": (
+        "share of all queries that return to the subject of an earlier one (people come back to their "
+        "topics; independently drawn samples rarely do)"
+    ),
     "follow_up_similarity": (
         "how much more each recent query resembles the one just before it than the rest of the window "
         "(people build on their last turn; extraction scripts send independent samples)"
@@ -69,6 +73,10 @@ SMOOTHING_QUERIES = 16
 
 # Histogram of similarities in [-0.2, 1.0]: lifetime rates at any threshold from 48 counters.
 SIM_HIST_EDGES = np.linspace(-0.2, 1.0, 49)
+# A query whose nearest earlier query of the account is at least this similar (cosine) returns
+# to that query's subject: MiniLM puts unrelated prompts near 0.1-0.3 and rewordings above 0.8.
+# A histogram edge (SIM_HIST_EDGES), so the lifetime count is exact.
+TOPIC_RETURN_SIMILARITY = 0.7
 MIN_NORMALITY_SAMPLES = 16  # Shapiro-Wilk on fewer minimum distances is mostly noise
 RISK_TRACE_POINTS = 256  # risk-over-time points kept per account for reports
 
@@ -343,6 +351,7 @@ class FeatureBatch:
             f[:, _F["mmd_to_benign"]] = self.gram_stats[:, 2]
             f[:, _F["follow_up_similarity"]] = self.gram_stats[:, 3]
             f[:, _F["off_reference_rate"]] = share_below_rows(self.ref_hist, off_reference_similarity)
+            f[:, _F["topic_return_rate"]] = 1.0 - share_below_rows(self.nn_hist, TOPIC_RETURN_SIMILARITY)
             f[:, _F["new_cell_rate"]] = (self.cell_counts > 0).sum(axis=1) / np.maximum(self.n, 1)
         return f
 

@@ -23,14 +23,17 @@ from ..campaigns.elicitation_default import default_elicitation_head
 from ..campaigns.fitting import fit_group_calibration
 from ..config import EngineConfig
 from ..errors import CalibrationError
-from .features import N_FEATURES
+from .features import FEATURE_NAMES, N_FEATURES
 from .reference import BenignReference
 from .scoring import (
     CHANNELS,
     MAX_BIN_SAMPLES,
     MIN_BIN_SAMPLES,
     MIN_SCORED_QUERIES,
+    MIN_TOPIC_RETURN_ACCOUNTS,
     N_BINS,
+    TOPIC_RETURN_MIN_QUERIES,
+    TOPIC_RETURN_QUANTILE,
     BenignModel,
     Calibration,
     bin_of,
@@ -107,6 +110,35 @@ def _account_maxima(scores: np.ndarray, owner: np.ndarray, accounts_idx: np.ndar
     maxima = np.full(int(owner.max()) + 1, -np.inf)
     np.maximum.at(maxima, owner, scores)
     return maxima[accounts_idx]
+
+
+def _fit_topic_return(
+    calibration: Calibration,
+    features: np.ndarray,
+    ns: np.ndarray,
+    owner: np.ndarray,
+    scored: np.ndarray,
+    lookalike: np.ndarray,
+) -> tuple[float, float] | None:
+    """(p, weight) of the topic-return statistic (``Calibration.topic_return_scores``), or None
+    where too few benign accounts are long enough to say how rarely they return to a topic.
+
+    p is the TOPIC_RETURN_QUANTILE of long accounts' lifetime return rates; the weight puts the
+    statistic's benign lifetime maxima on the look-alike score's scale at their 99th
+    percentiles, so neither statistic's benign tail decides the flag threshold alone."""
+    last = np.r_[np.flatnonzero(np.diff(owner)), owner.size - 1]  # each account's final row
+    long_rows = last[ns[last] >= TOPIC_RETURN_MIN_QUERIES]
+    rates = features[long_rows, FEATURE_NAMES.index("topic_return_rate")]
+    rates = rates[np.isfinite(rates)]
+    if rates.size < MIN_TOPIC_RETURN_ACCOUNTS:
+        return None
+    p = float(np.clip(np.quantile(rates, TOPIC_RETURN_QUANTILE), 1e-3, 0.999))
+    calibration.topic_return = (p, 1.0)
+    raw = calibration.topic_return_scores(features, ns)
+    scale = float(np.quantile(_account_maxima(raw, owner, scored), 0.99))
+    if scale <= 0.0:
+        return None
+    return p, max(float(np.quantile(_account_maxima(lookalike, owner, scored), 0.99)), 1e-6) / scale
 
 
 def _distance_norm(distances: np.ndarray, ns: np.ndarray) -> np.ndarray:
@@ -230,10 +262,10 @@ def _cross_fitted(
     scored = np.flatnonzero(np.bincount(owner, minlength=n_accounts) >= MIN_SCORED_QUERIES)
     if scored.size < MIN_TAIL_ACCOUNTS:
         scored = np.arange(n_accounts)
-    maxima = [
-        _account_maxima(rolling_mean_per_account(final.standardise(oof[r], ns), owner), owner, scored)
-        for r in range(CROSS_FIT_REPEATS)
-    ]
+    lookalike = [rolling_mean_per_account(final.standardise(oof[r], ns), owner) for r in range(CROSS_FIT_REPEATS)]
+    final.topic_return = _fit_topic_return(final, features, ns, owner, scored, lookalike[0])
+    topic = final.topic_return_scores(features, ns)
+    maxima = [_account_maxima(np.maximum(score, topic), owner, scored) for score in lookalike]
     final.set_account_max_scores(np.concatenate(maxima))  # every account once per split
     evidence = np.mean([final.channel_scores(oof[r], ns)[:, 0] for r in range(CROSS_FIT_REPEATS)], axis=0)
     return final, evidence  # the campaign layer's evidence: the spread channel

@@ -206,6 +206,7 @@ class ProviderNormal:
             distance_norm=base.distance_norm,
             source=base.source + LIVE_SOURCE,
             n_accounts=base.n_accounts,
+            topic_return=base.topic_return,
         )
 
     # -- snapshots ------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
-from scipy.special import ndtri
+from scipy.special import bdtr, ndtri
 
 from ..campaigns.scoring import GroupCalibration
 from ..errors import CalibrationError
@@ -61,9 +61,21 @@ CHANNELS = ("spread", "rank")
 # three at once, which would add up to a flag for a cook or a lawyer. The spread channel keeps
 # them, where they count as before.
 RANK_CHANNEL_SKIPS = ("reference_similarity", "mmd_to_benign", "off_reference_rate")
-_RANK_MASK = np.array([0.0 if name in RANK_CHANNEL_SKIPS else 1.0 for name in FEATURE_NAMES])
+# Features that are not look-alike coordinates: the topic return rate is judged on its own (see
+# ``Calibration.topic_return_scores``), as evidence that grows with every query, where a
+# look-alike coordinate among fifteen would dilute it.
+LOOKALIKE_SKIPS = ("topic_return_rate",)
+_LOOKALIKE_MASK = np.array([0.0 if name in LOOKALIKE_SKIPS else 1.0 for name in FEATURE_NAMES])
+_RANK_MASK = np.array([0.0 if name in RANK_CHANNEL_SKIPS else 1.0 for name in FEATURE_NAMES]) * _LOOKALIKE_MASK
+_TOPIC_RETURN = FEATURE_NAMES.index("topic_return_rate")
 _RANK_OFFSET = 2.0 * np.arange(N_FEATURES) + 0.5  # feature j's rank keys lie in (2j, 2j + 1)
 MAX_LOG10_ONE_IN = 300.0  # "1 in 1e300" is already past any meaning, and stays a finite float
+# The topic-return statistic: how improbable an account's few returns to earlier subjects are for
+# an account that returns as rarely as the benign TOPIC_RETURN_QUANTILE (of accounts with
+# TOPIC_RETURN_MIN_QUERIES+ queries, at the end of their history).
+TOPIC_RETURN_QUANTILE = 0.1
+TOPIC_RETURN_MIN_QUERIES = 64
+MIN_TOPIC_RETURN_ACCOUNTS = 20  # fewer long benign accounts cannot set the rate: the statistic stays off
 
 
 def combined_score(channel_scores: np.ndarray) -> np.ndarray:
@@ -139,6 +151,7 @@ class Calibration:
         distance_norm: np.ndarray | None = None,
         source: str = "",
         n_accounts: int = 0,
+        topic_return: tuple[float, float] | None = None,
     ):
         if len(samples) != N_BINS:
             raise CalibrationError(f"calibration needs one sample table per bin ({N_BINS}); got {len(samples)}")
@@ -151,6 +164,8 @@ class Calibration:
             self.distance_norm = self.distance_norm[None]
         self.source = source
         self.n_accounts = int(n_accounts)
+        # (benign return rate p, weight onto the look-alike score's scale), or None: statistic off
+        self.topic_return = None if topic_return is None else (float(topic_return[0]), float(topic_return[1]))
         self._build_tables()
         if account_max_scores is not None:  # None only while calibration cross-fits its folds
             self.set_account_max_scores(account_max_scores)
@@ -172,6 +187,7 @@ class Calibration:
             # A feature no benign row has (a calibration made before the feature existed) cannot
             # tell benign from not: it is left out of every distance.
             self.known = (~np.isnan(pooled).all(axis=0)).astype(np.float64)
+            self._spread_mask = self.known * _LOOKALIKE_MASK
             self._rank_mask = self.known * _RANK_MASK
             self.median = np.zeros((N_BINS, N_FEATURES))
             self.scale = np.ones((N_BINS, N_FEATURES))
@@ -226,7 +242,7 @@ class Calibration:
         if channel == 0:
             scaled = (features - self.median[b]) / self.scale[b]
             # np.where rather than nan_to_num, which costs 4x more on a lone query's row
-            return (np.where(np.isnan(scaled), 0.0, scaled) * self.known).astype(np.float32)
+            return (np.where(np.isnan(scaled), 0.0, scaled) * self._spread_mask).astype(np.float32)
         return (self._normal_scores(features, b) * self._rank_mask).astype(np.float32)
 
     def _rank_key(self, values: np.ndarray, b: int, j: int | slice = slice(None)) -> np.ndarray:
@@ -326,6 +342,26 @@ class Calibration:
         n = np.asarray(n)
         return np.where(n >= MIN_SCORED_QUERIES, np.maximum(self.signed_scores(distances, n), 0.0), 0.0)
 
+    def topic_return_scores(self, features: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Per row, the topic-return statistic on the look-alike score's scale (0 while off).
+
+        After n queries an account has made n - 1 comparisons with its past, k of which returned
+        to an earlier subject. The statistic is -log10 P(Binomial(n - 1, p) <= k), with p the
+        return rate that only TOPIC_RETURN_QUANTILE of long benign accounts fall below: a person
+        comes back to what they asked before, so k grows with n, while an extraction script that
+        draws its queries independently (random or corpus text, coverage-maximising selection,
+        one wrapper around unrelated questions) keeps k near 0, and the evidence against it grows
+        with every query. Times the weight that puts it on the look-alike score's scale."""
+        n = np.asarray(n, dtype=np.float64)
+        if self.topic_return is None:
+            return np.zeros(n.shape)
+        p, weight = self.topic_return
+        rate = np.atleast_2d(features)[:, _TOPIC_RETURN]
+        trials = np.maximum(n - 1.0, 0.0)
+        returns = np.round(np.where(np.isnan(rate), trials, rate * trials)).astype(np.int64)
+        evidence = -np.log10(np.maximum(bdtr(returns, trials.astype(np.int64), p), 1e-300))
+        return np.where(n >= MIN_SCORED_QUERIES, weight * evidence, 0.0)
+
     def deviations(self, features: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Signed marginal deviation per feature from the benign median, in benign spreads."""
         features = np.atleast_2d(features)
@@ -416,6 +452,8 @@ class Calibration:
         out["cal_distance_norm"] = norm[0] if norm is not None else np.zeros((0, 2))
         if norm is not None and norm.shape[0] > 1:
             out["cal_rank_distance_norm"] = norm[1]  # absent from calibrations older than the rank channel
+        if self.topic_return is not None:
+            out["cal_topic_return"] = np.array(self.topic_return)  # absent from older calibrations: off
         return out
 
     def meta(self) -> dict[str, Any]:
@@ -447,6 +485,15 @@ class Calibration:
             if norm.shape != (N_BINS, 2):
                 raise CalibrationError(f"calibration distance tables must have shape ({N_BINS}, 2); got {norm.shape}")
         norm = np.stack(norms)
+        topic_return = None
+        if "cal_topic_return" in arrays:
+            topic_return = np.asarray(arrays["cal_topic_return"], dtype=np.float64)
+            if topic_return.shape != (2,) or not (0.0 < topic_return[0] < 1.0 and topic_return[1] > 0.0):
+                raise CalibrationError(
+                    "calibration topic-return parameters must be (rate in (0, 1), weight > 0); got "
+                    f"{topic_return.tolist()}. Rebuild the calibration"
+                )
+            topic_return = (float(topic_return[0]), float(topic_return[1]))
         return cls(
             samples,
             np.asarray(arrays["cal_account_max_scores"]),
@@ -454,6 +501,7 @@ class Calibration:
             distance_norm=norm,
             source=meta.get("source", ""),
             n_accounts=meta.get("n_accounts", 0),
+            topic_return=topic_return,
         )
 
 
@@ -500,15 +548,36 @@ class Detector:
         gap = found.gap
         signed = combined_score(found.channel_scores)
         per_query = np.where(n >= MIN_SCORED_QUERIES, np.maximum(signed, 0.0), 0.0).tolist()
-        scores = np.empty(n.shape[0])
+        lookalike = np.empty(n.shape[0])
         for i, (ring, count) in enumerate(zip(recent_scores, n.tolist(), strict=True)):
             ring[(count - 1) % ring.size] = per_query[i]
             filled = min(count, ring.size)
-            scores[i] = ring[:filled].sum() / filled  # what .mean() computes, without its overhead
+            lookalike[i] = ring[:filled].sum() / filled  # what .mean() computes, without its overhead
+        features = np.atleast_2d(features)
+        topic = cal.topic_return_scores(features, n)
+        scores = np.maximum(lookalike, topic)
         risks = 1.0 - cal.exceedance(scores)
+        reasons = self._reasons(features, gap, n)
+        for i in np.flatnonzero(topic > lookalike).tolist():
+            reasons[i] = (self._topic_return_reason(features[i], int(n[i]), float(topic[i])), *reasons[i])[
+                : self.n_reasons
+            ]
         # The campaign layer pools the spread channel's score: the rank channel says little about
         # light accounts (most features are undefined before 16 queries) and would dilute it.
-        return scores, risks, self._reasons(np.atleast_2d(features), gap, n), found.channel_scores[:, 0]
+        return scores, risks, reasons, found.channel_scores[:, 0]
+
+    def _topic_return_reason(self, row: np.ndarray, n: int, strength: float) -> Reason:
+        """The reason an account's score is its topic-return statistic."""
+        value = float(row[_TOPIC_RETURN])
+        pct = self.calibration.percentile(_TOPIC_RETURN, value, n)
+        return Reason(
+            feature="topic_return_rate",
+            value=value,
+            benign_percentile=pct,
+            direction="below",
+            deviation=strength,
+            description=FEATURES["topic_return_rate"],
+        )
 
     def level_for(self, score: float) -> Level:
         return Level.for_score(score, self.flag_threshold, self.watch_threshold)

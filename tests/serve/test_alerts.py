@@ -1,8 +1,8 @@
 """Alerts on level transitions: a real webhook receiver on 127.0.0.1 and a real sidecar process.
 
 The receiver checks every signature itself (HMAC-SHA256 of ``timestamp.body``, written out
-here, not with probewatch's helper). A lenient flag threshold (benign FPR 10 %, watch at 30 %)
-makes a word-salad account rise ok -> watch -> flag within 64 queries; a few ordinary
+here, not with probewatch's helper). A lenient flag threshold (benign FPR 2 %, watch at 10 %)
+makes a word-salad account rise ok -> watch -> flag within ~40 queries; a few ordinary
 questions stay at ok.
 """
 
@@ -30,8 +30,7 @@ from tests.support import SidecarProcess, free_port, httpx, parse_prometheus, ra
 pytestmark = pytest.mark.timeout(300)
 
 SECRET = "alert-secret-0123456789abcdef"
-# flag at 10 % (risk 0.9): 64 word-salad prompts get there; what is tested is delivery, not detection
-LENIENT = {"engine_target_fpr": 0.1, "engine_watch_fpr": 0.3, "request_deadline_ms": 60000}
+LENIENT = {"engine_target_fpr": 0.02, "engine_watch_fpr": 0.1, "request_deadline_ms": 60000}
 RANK = {"ok": 0, "watch": 1, "flag": 2}
 ORDINARY = (
     "How do I bake sourdough bread?",

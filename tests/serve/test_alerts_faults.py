@@ -33,7 +33,7 @@ def make_config(data_dir, url: str) -> ServerConfig:
     return ServerConfig(
         data_dir=str(data_dir),
         api_token=TOKEN,
-        engine={"device": "cpu", "target_fpr": 0.1, "watch_fpr": 0.3},  # 64 word-salad prompts reach flag
+        engine={"device": "cpu", "target_fpr": 0.02, "watch_fpr": 0.1},
         request_deadline_ms=60000,
         snapshot_every_observations=1,  # a snapshot is due after every request
         alert_sinks=[sink],

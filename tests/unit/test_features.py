@@ -18,6 +18,7 @@ from probewatch.detect.features import (
     FEATURE_NAMES,
     MIN_NORMALITY_SAMPLES,
     SIM_HIST_EDGES,
+    TOPIC_RETURN_SIMILARITY,
     AccountState,
     FeatureBatch,
     QueryFacts,
@@ -53,6 +54,7 @@ def reference_features(state: AccountState) -> dict[str, float]:
         out["knn_similarity_mean"] = knn[~np.isnan(knn)].mean()
         out["near_duplicate_rate"] = np.mean(nn >= NEAR_DUP)
         out["near_duplicate_rate_lifetime"] = lifetime_share_at_least(state.nn_hist, NEAR_DUP)
+        out["topic_return_rate"] = lifetime_share_at_least(state.nn_hist, TOPIC_RETURN_SIMILARITY)
     if nn.size >= MIN_NORMALITY_SAMPLES:
         out["min_distance_normality"] = stats.shapiro(1.0 - nn).statistic
     out["reference_similarity"] = filled(state.ring_ref, n).astype(np.float64).mean()

@@ -13,6 +13,7 @@ from scipy.special import ndtri
 from probewatch.detect.features import FEATURE_NAMES
 from probewatch.detect.scoring import (
     CHANNELS,
+    LOOKALIKE_SKIPS,
     N_BINS,
     N_FEATURES,
     NEIGHBOURS,
@@ -54,7 +55,7 @@ def _points_by_hand(cal: Calibration, x: np.ndarray, b: int, channel: int) -> np
     x = np.atleast_2d(np.asarray(x, dtype=np.float64))
     out = np.zeros_like(x)
     for j in range(N_FEATURES):
-        if not cal.known[j]:
+        if not cal.known[j] or FEATURE_NAMES[j] in LOOKALIKE_SKIPS:
             continue
         if CHANNELS[channel] == "spread":
             out[:, j] = np.nan_to_num((x[:, j] - cal.median[b, j]) / cal.scale[b, j])

@@ -66,7 +66,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             bar.update(len(chunk))
     accounts = sorted({a for a, _, _ in events})
     _risk_table(engine, accounts, sys.stdout, limit=len(accounts))
-    levels = {a: engine.report(a).level for a in accounts}
+    reports = {a: engine.report(a) for a in accounts}
+    levels = {a: r.level for a, r in reports.items()}
     caught = [a for a in EXTRACTING if levels[a] is Level.FLAG]
     watched = [a for a in EXTRACTING if levels[a] is Level.WATCH]
     missed = [a for a in EXTRACTING if levels[a] is Level.OK]
@@ -79,9 +80,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # The demo fails (exit 1) when an ordinary account is flagged, no extractor is, or an
     # extractor ranks no higher than every ordinary account (peak "1 in N benign"): an analyst
     # works down that ranking, so an extractor below an ordinary user is one they would miss.
-    peak = {a: engine.report(a).peak_one_in for a in accounts}
-    ordinary_top = max(peak[a] for a in accounts if a not in EXTRACTING)
-    outranked = [a for a in EXTRACTING if peak[a] <= ordinary_top]
+    ordinary_top = max(r.peak_one_in for a, r in reports.items() if a not in EXTRACTING)
+    outranked = [a for a in EXTRACTING if reports[a].peak_one_in <= ordinary_top]
     if outranked:
         print(f"ranked no higher than an ordinary account: {', '.join(outranked)}")
     return 1 if false or not caught or outranked else 0

@@ -39,6 +39,7 @@ from .scoring import (
     bin_of,
     nearest_populated_bins,
     rolling_mean_per_account,
+    topic_return_evidence,
 )
 from .stream import FeatureStream
 
@@ -113,7 +114,6 @@ def _account_maxima(scores: np.ndarray, owner: np.ndarray, accounts_idx: np.ndar
 
 
 def _fit_topic_return(
-    calibration: Calibration,
     features: np.ndarray,
     ns: np.ndarray,
     owner: np.ndarray,
@@ -133,8 +133,7 @@ def _fit_topic_return(
     if rates.size < MIN_TOPIC_RETURN_ACCOUNTS:
         return None
     p = float(np.clip(np.quantile(rates, TOPIC_RETURN_QUANTILE), 1e-3, 0.999))
-    calibration.topic_return = (p, 1.0)
-    raw = calibration.topic_return_scores(features, ns)
+    raw = topic_return_evidence(features, ns, p)
     scale = float(np.quantile(_account_maxima(raw, owner, scored), 0.99))
     if scale <= 0.0:
         return None
@@ -263,7 +262,7 @@ def _cross_fitted(
     if scored.size < MIN_TAIL_ACCOUNTS:
         scored = np.arange(n_accounts)
     lookalike = [rolling_mean_per_account(final.standardise(oof[r], ns), owner) for r in range(CROSS_FIT_REPEATS)]
-    final.topic_return = _fit_topic_return(final, features, ns, owner, scored, lookalike[0])
+    final.topic_return = _fit_topic_return(features, ns, owner, scored, lookalike[0])
     topic = final.topic_return_scores(features, ns)
     maxima = [_account_maxima(np.maximum(score, topic), owner, scored) for score in lookalike]
     final.set_account_max_scores(np.concatenate(maxima))  # every account once per split

@@ -78,6 +78,18 @@ TOPIC_RETURN_MIN_QUERIES = 64
 MIN_TOPIC_RETURN_ACCOUNTS = 20  # fewer long benign accounts cannot set the rate: the statistic stays off
 
 
+def topic_return_evidence(features: np.ndarray, n: np.ndarray, p: float) -> np.ndarray:
+    """-log10 P(Binomial(n - 1, p) <= k) per row, k the row's returns to an earlier subject
+    (``topic_return_rate`` times n - 1); 0 before MIN_SCORED_QUERIES and where the rate is
+    undefined. Unweighted: see :meth:`Calibration.topic_return_scores`."""
+    n = np.asarray(n, dtype=np.float64)
+    rate = np.atleast_2d(features)[:, _TOPIC_RETURN]
+    trials = np.maximum(n - 1.0, 0.0)
+    returns = np.round(np.where(np.isnan(rate), trials, rate * trials)).astype(np.int64)
+    evidence = -np.log10(np.maximum(bdtr(returns, trials.astype(np.int64), p), 1e-300))
+    return np.where(n >= MIN_SCORED_QUERIES, evidence, 0.0)
+
+
 def combined_score(channel_scores: np.ndarray) -> np.ndarray:
     """(m, channels) scores on the benign scale -> a query's signed score: their mean (see CHANNELS)."""
     return channel_scores.mean(axis=1)
@@ -356,11 +368,7 @@ class Calibration:
         if self.topic_return is None:
             return np.zeros(n.shape)
         p, weight = self.topic_return
-        rate = np.atleast_2d(features)[:, _TOPIC_RETURN]
-        trials = np.maximum(n - 1.0, 0.0)
-        returns = np.round(np.where(np.isnan(rate), trials, rate * trials)).astype(np.int64)
-        evidence = -np.log10(np.maximum(bdtr(returns, trials.astype(np.int64), p), 1e-300))
-        return np.where(n >= MIN_SCORED_QUERIES, weight * evidence, 0.0)
+        return weight * topic_return_evidence(features, n, p)
 
     def deviations(self, features: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Signed marginal deviation per feature from the benign median, in benign spreads."""

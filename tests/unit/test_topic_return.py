@@ -134,7 +134,7 @@ def test_calibration_fits_the_rate_and_the_weight_as_documented():
     scored = np.arange(60)
     lookalike = rng.gamma(2.0, 0.5, ns.size)
     cal = _calibration(None)
-    p, weight = _fit_topic_return(cal, features, ns, owner, scored, lookalike)
+    p, weight = _fit_topic_return(features, ns, owner, scored, lookalike)
     finals = features[np.r_[np.flatnonzero(np.diff(owner)), owner.size - 1], RATE]
     assert p == pytest.approx(np.quantile(finals, TOPIC_RETURN_QUANTILE))
     cal.topic_return = (p, 1.0)
@@ -147,10 +147,7 @@ def test_calibration_fits_the_rate_and_the_weight_as_documented():
 def test_too_few_long_accounts_leave_it_off():
     rng = np.random.default_rng(4)
     features, ns, owner = _benign_stream(rng, MIN_TOPIC_RETURN_ACCOUNTS - 1, TOPIC_RETURN_MIN_QUERIES)
-    got = _fit_topic_return(_calibration(None), features, ns, owner, np.unique(owner), np.ones(ns.size))
+    got = _fit_topic_return(features, ns, owner, np.unique(owner), np.ones(ns.size))
     assert got is None
     short, short_ns, short_owner = _benign_stream(rng, 80, TOPIC_RETURN_MIN_QUERIES - 1)
-    assert (
-        _fit_topic_return(_calibration(None), short, short_ns, short_owner, np.arange(80), np.ones(short_ns.size))
-        is None
-    )
+    assert _fit_topic_return(short, short_ns, short_owner, np.arange(80), np.ones(short_ns.size)) is None

@@ -31,6 +31,11 @@ class QueryReferenceStats:
     cell: np.ndarray  # codebook cell (int16)
 
 
+# Up to this many query rows, the bank product runs bank-first (see query_stats); measured 2.2x
+# faster at 16 rows and even at 64, where the two orders meet.
+SMALL_BATCH_ROWS = 64
+
+
 class BenignReference:
     def __init__(self, bank: np.ndarray, codebook: np.ndarray, gamma: float):
         # Rounded through float16 here because snapshots store the bank in float16: a reloaded
@@ -111,7 +116,12 @@ class BenignReference:
         """Reference facts for unit rows ``vectors`` (NumPy or CuPy); one matrix product each."""
         xp = get_array_module(vectors)
         bank, codebook = self._arrays_for(xp)
-        sims = vectors @ bank.T
+        if xp is np and 1 < vectors.shape[0] <= SMALL_BATCH_ROWS:
+            # OpenBLAS packs the right-hand operand on every call: for a micro-batch against the
+            # 2,048-row bank that copy dominates, and the bank on the left halves it (same values)
+            sims = np.ascontiguousarray((bank @ vectors.T).T)
+        else:
+            sims = vectors @ bank.T
         k = min(REFERENCE_TOP_K, bank.shape[0])
         top = -xp.partition(-sims, k - 1, axis=1)[:, :k]
         # sum / count: what .mean computes, without its per-call overhead (a lone query pays it)

@@ -84,3 +84,29 @@ def test_engine_verdicts_one_at_a_time_equal_the_batched_ones():
     assert [v.n_queries for v in singles] == [v.n_queries for v in batches]
     np.testing.assert_allclose([v.score for v in singles], [v.score for v in batches], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose([v.risk for v in singles], [v.risk for v in batches], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("rows", [2, 16, 64, 65, 300])
+def test_reference_stats_of_a_batch_equal_brute_force_and_lone_rows(rows):
+    """Micro-batches multiply bank-first (faster under OpenBLAS), larger ones query-first: both
+    must give each row what a lone row gets, and what float64 brute force says."""
+    from probewatch.detect.reference import REFERENCE_TOP_K, BenignReference
+    from probewatch.kernels import rbf_from_similarity
+
+    rng = np.random.default_rng(rows)
+    reference = BenignReference(
+        unit_rows(rng.normal(size=(512, DIM))).astype(np.float32),
+        unit_rows(rng.normal(size=(16, DIM))).astype(np.float32),
+        gamma=1.5,
+    )
+    x = unit_rows(rng.normal(size=(rows, DIM))).astype(np.float32)
+    batch = reference.query_stats(x)
+    lone = [reference.query_stats(x[i : i + 1]) for i in range(rows)]
+    np.testing.assert_allclose(batch.ref_similarity, [s.ref_similarity[0] for s in lone], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(batch.ref_kernel_mean, [s.ref_kernel_mean[0] for s in lone], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(batch.cell, [s.cell[0] for s in lone])
+    sims = x.astype(np.float64) @ reference.bank.astype(np.float64).T
+    top = np.sort(sims, axis=1)[:, ::-1][:, :REFERENCE_TOP_K].mean(axis=1)
+    np.testing.assert_allclose(batch.ref_similarity, top, atol=1e-5)
+    np.testing.assert_allclose(batch.ref_kernel_mean, rbf_from_similarity(sims, 1.5).mean(axis=1), rtol=1e-4)
+    np.testing.assert_array_equal(batch.cell, np.argmax(x.astype(np.float64) @ reference.codebook.T, axis=1))

@@ -207,6 +207,7 @@ class ProviderNormal:
             source=base.source + LIVE_SOURCE,
             n_accounts=base.n_accounts,
             topic_return=base.topic_return,
+            lookalike_rule=base.lookalike_rule,
         )
 
     # -- snapshots ------------------------------------------------------------------------

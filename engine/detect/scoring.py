@@ -51,7 +51,8 @@ TAIL_FRACTION = 0.1
 # the higher of the two watched three times as many power users of an unseen population, and
 # the spread score floored at the mean lost most of the gain; issue 10's notes.)
 # - "spread": each feature in benign interquartile spreads. Unbounded, so one feature far past
-#   every benign account (a perturbation chain's near-duplicate rate) counts for a lot.
+#   every benign account (a word-salad account's share of queries unlike any benign traffic)
+#   counts for a lot.
 # - "rank": each feature at its benign percentile, as a normal quantile. Bounded at the benign
 #   extremes, so a heavy-tailed feature cannot drown the others, and many features each a
 #   little outside the benign bulk (random or coverage-maximising queries) add up.
@@ -65,8 +66,36 @@ RANK_CHANNEL_SKIPS = ("reference_similarity", "mmd_to_benign", "off_reference_ra
 # ``Calibration.topic_return_scores``), as evidence that grows with every query, where a
 # look-alike coordinate among fifteen would dilute it.
 LOOKALIKE_SKIPS = ("topic_return_rate",)
-_LOOKALIKE_MASK = np.array([0.0 if name in LOOKALIKE_SKIPS else 1.0 for name in FEATURE_NAMES])
-_RANK_MASK = np.array([0.0 if name in RANK_CHANNEL_SKIPS else 1.0 for name in FEATURE_NAMES]) * _LOOKALIKE_MASK
+# Look-alike rule 2: repetition is not evidence. Re-sending a prompt, retrying it and editing it
+# are what people do with a model. With every editing and re-sending account left out of
+# calibration, 24 % of them were flagged as an unseen app: their queries nearly duplicated
+# earlier ones more often than any calibration account's, failed PRADA's normality test of
+# nearest-neighbour distances (which near-duplicates fail) and built on the last turn
+# (follow_up_similarity) more than any. Under rule 2 the three repetition features are computed
+# (reports show them) but are not look-alike coordinates, and the high side of
+# follow_up_similarity counts as its benign median: only its low side (a script's independent
+# samples) can be evidence. Perturbation chains, the one extraction strategy that repeats
+# itself, were caught on exactly those features, and rule 2 gives them up (issue 10's notes:
+# unseen editing users 24 % -> 0.9 % flagged; perturbation chains 0 % at 0.1 % FPR either way).
+REPETITION_FEATURES = ("near_duplicate_rate", "near_duplicate_rate_lifetime", "min_distance_normality")
+HUMAN_SIDE_HIGH = ("follow_up_similarity",)
+# The rule new calibrations are fitted with; files record theirs (absent: rule 1, probewatch
+# 0.9.0 and older, whose thresholds were set on every feature but the topic return rate).
+LOOKALIKE_RULE = 2
+_RANK_ONLY_MASK = np.array([0.0 if name in RANK_CHANNEL_SKIPS else 1.0 for name in FEATURE_NAMES])
+_HUMAN_SIDE_HIGH = [FEATURE_NAMES.index(name) for name in HUMAN_SIDE_HIGH]
+
+
+def lookalike_skips(rule: int) -> tuple[str, ...]:
+    """Features that are not look-alike coordinates under look-alike rule ``rule``."""
+    return LOOKALIKE_SKIPS + (REPETITION_FEATURES if rule >= 2 else ())
+
+
+def _lookalike_mask(rule: int) -> np.ndarray:
+    skips = lookalike_skips(rule)
+    return np.array([0.0 if name in skips else 1.0 for name in FEATURE_NAMES])
+
+
 _TOPIC_RETURN = FEATURE_NAMES.index("topic_return_rate")
 _RANK_OFFSET = 2.0 * np.arange(N_FEATURES) + 0.5  # feature j's rank keys lie in (2j, 2j + 1)
 MAX_LOG10_ONE_IN = 300.0  # "1 in 1e300" is already past any meaning, and stays a finite float
@@ -164,6 +193,7 @@ class Calibration:
         source: str = "",
         n_accounts: int = 0,
         topic_return: tuple[float, float] | None = None,
+        lookalike_rule: int = LOOKALIKE_RULE,
     ):
         if len(samples) != N_BINS:
             raise CalibrationError(f"calibration needs one sample table per bin ({N_BINS}); got {len(samples)}")
@@ -178,6 +208,10 @@ class Calibration:
         self.n_accounts = int(n_accounts)
         # (benign return rate p, weight onto the look-alike score's scale), or None: statistic off
         self.topic_return = None if topic_return is None else (float(topic_return[0]), float(topic_return[1]))
+        if lookalike_rule not in (1, 2):
+            raise CalibrationError(f"look-alike rule must be 1 or 2; got {lookalike_rule!r}. Rebuild the calibration")
+        self.lookalike_rule = int(lookalike_rule)
+        self._human_side_high = _HUMAN_SIDE_HIGH if self.lookalike_rule >= 2 else []
         self._build_tables()
         if account_max_scores is not None:  # None only while calibration cross-fits its folds
             self.set_account_max_scores(account_max_scores)
@@ -199,8 +233,9 @@ class Calibration:
             # A feature no benign row has (a calibration made before the feature existed) cannot
             # tell benign from not: it is left out of every distance.
             self.known = (~np.isnan(pooled).all(axis=0)).astype(np.float64)
-            self._spread_mask = self.known * _LOOKALIKE_MASK
-            self._rank_mask = self.known * _RANK_MASK
+            lookalike = _lookalike_mask(self.lookalike_rule)
+            self._spread_mask = self.known * lookalike
+            self._rank_mask = self.known * _RANK_ONLY_MASK * lookalike
             self.median = np.zeros((N_BINS, N_FEATURES))
             self.scale = np.ones((N_BINS, N_FEATURES))
             # per bin: the benign rows in each channel's scale (channels, rows, F) and their squared norms
@@ -304,6 +339,10 @@ class Calibration:
     def _points(self, features: np.ndarray, b: int, channels: int) -> np.ndarray:
         """(channels, r, F) float32: the rows in each channel's scale."""
         out = np.empty((channels, features.shape[0], N_FEATURES), dtype=np.float32)
+        if self._human_side_high:  # the side people are on counts as the benign median
+            features = features.copy()
+            for j in self._human_side_high:
+                features[:, j] = np.minimum(features[:, j], self.median[b, j])  # NaN stays NaN
         for c in range(channels):
             out[c] = self._channel_point(features, b, c)
         return out
@@ -462,6 +501,7 @@ class Calibration:
             out["cal_rank_distance_norm"] = norm[1]  # absent from calibrations older than the rank channel
         if self.topic_return is not None:
             out["cal_topic_return"] = np.array(self.topic_return)  # absent from older calibrations: off
+        out["cal_lookalike_rule"] = np.int64(self.lookalike_rule)  # absent from older calibrations: rule 1
         return out
 
     def meta(self) -> dict[str, Any]:
@@ -502,6 +542,7 @@ class Calibration:
                     f"{topic_return.tolist()}. Rebuild the calibration"
                 )
             topic_return = (float(topic_return[0]), float(topic_return[1]))
+        rule = int(np.asarray(arrays["cal_lookalike_rule"])) if "cal_lookalike_rule" in arrays else 1
         return cls(
             samples,
             np.asarray(arrays["cal_account_max_scores"]),
@@ -510,6 +551,7 @@ class Calibration:
             source=meta.get("source", ""),
             n_accounts=meta.get("n_accounts", 0),
             topic_return=topic_return,
+            lookalike_rule=rule,
         )
 
 

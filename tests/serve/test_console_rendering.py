@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from probewatch.detect.features import FEATURE_NAMES
-from probewatch.detect.scoring import NEIGHBOURS, bin_of
+from probewatch.detect.scoring import HUMAN_SIDE_HIGH, NEIGHBOURS, bin_of, lookalike_skips
 from probewatch.engine import DEFAULT_CALIBRATION_PATH
 from probewatch.io.persistence import read_calibration
 from probewatch.serve.console import is_console_path
@@ -150,25 +150,38 @@ def test_benign_comparison_uses_the_accounts_bin_and_the_detectors_look_alikes(c
     n = 40
     b = int(calibration.donor_bin[bin_of(n)])
     table = calibration.samples[b]
+    far = "off_reference_rate"  # a look-alike coordinate under every rule
     # an account at the median of its bin on every feature but one, far above on that one
     values = np.nanmedian(table, axis=0)
-    values[FEATURE_NAMES.index("near_duplicate_rate")] = 0.99
+    values[FEATURE_NAMES.index(far)] = 0.99
     report = {"n_queries": n, "features": {name: {"value": float(values[j])} for j, name in enumerate(FEATURE_NAMES)}}
     benign = compare_with_benign(calibration, report)
     assert benign.bin_label == "benign accounts with 32-63 queries" and benign.rows == table.shape[0]
     assert benign.neighbours == NEIGHBOURS
-    band = benign.bands["near_duplicate_rate"]
-    column = table[:, FEATURE_NAMES.index("near_duplicate_rate")]
+    band = benign.bands[far]
+    column = table[:, FEATURE_NAMES.index(far)]
     assert band.p50 == pytest.approx(np.nanpercentile(column, 50)) and band.rows == np.isfinite(column).sum()
     # the look-alikes are real benign rows: their mean sits inside the benign range, below 0.99
-    lookalike = benign.lookalikes["near_duplicate_rate"]
+    lookalike = benign.lookalikes[far]
     assert np.nanmin(column) <= lookalike <= np.nanmax(column) and lookalike < 0.99
-    # recomputed by hand: the NEIGHBOURS nearest benign rows in scaled space
-    scaled = np.nan_to_num((table - calibration.median[b]) / calibration.scale[b]) * calibration.known
-    point = np.nan_to_num((values - calibration.median[b]) / calibration.scale[b]) * calibration.known
+    # recomputed by hand: the NEIGHBOURS nearest benign rows in the spread channel, over the
+    # look-alike coordinates of the calibration's rule (the human side of a feature at its median)
+    coordinates = np.array(
+        [
+            calibration.known[j] and name not in lookalike_skips(calibration.lookalike_rule)
+            for j, name in enumerate(FEATURE_NAMES)
+        ]
+    )
+    rows, point = table.copy(), values.copy()
+    if calibration.lookalike_rule >= 2:
+        for name in HUMAN_SIDE_HIGH:
+            j = FEATURE_NAMES.index(name)
+            rows[:, j] = np.where(rows[:, j] > calibration.median[b][j], calibration.median[b][j], rows[:, j])
+    scaled = np.nan_to_num((rows - calibration.median[b]) / calibration.scale[b]) * coordinates
+    point = np.nan_to_num((point - calibration.median[b]) / calibration.scale[b]) * coordinates
     nearest = np.argsort(((scaled - point) ** 2).sum(axis=1))[:NEIGHBOURS]
-    j = FEATURE_NAMES.index("near_duplicate_rate")
-    expected = calibration.median[b][j] + scaled[nearest, j].mean() * calibration.scale[b][j]
+    j = FEATURE_NAMES.index(far)
+    expected = np.where(np.isnan(table[nearest, j]), calibration.median[b][j], table[nearest, j]).mean()
     assert lookalike == pytest.approx(expected, rel=1e-3, abs=1e-4)
 
 

@@ -1,6 +1,7 @@
 """The look-alike search behind every score: both channels against brute force, the rank
-channel's bounds and the topic features it leaves out, the campaign evidence, and
-calibrations saved before the rank channel existed."""
+channel's bounds and the topic features it leaves out, the campaign evidence, look-alike
+rule 2 (repetition is not evidence), and calibrations saved before the rank channel or rule 2
+existed."""
 
 from __future__ import annotations
 
@@ -13,14 +14,17 @@ from scipy.special import ndtri
 from probewatch.detect.features import FEATURE_NAMES
 from probewatch.detect.scoring import (
     CHANNELS,
-    LOOKALIKE_SKIPS,
+    HUMAN_SIDE_HIGH,
+    LOOKALIKE_RULE,
     N_BINS,
     N_FEATURES,
     NEIGHBOURS,
     RANK_CHANNEL_SKIPS,
+    REPETITION_FEATURES,
     Calibration,
     Detector,
     bin_of,
+    lookalike_skips,
 )
 
 
@@ -52,11 +56,13 @@ def _norm(channels: int, favour: int | None = None) -> np.ndarray:
 
 def _points_by_hand(cal: Calibration, x: np.ndarray, b: int, channel: int) -> np.ndarray:
     """Rows of ``x`` in one channel's scale for bin ``b``, feature by feature and in float64."""
-    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64)).copy()
     out = np.zeros_like(x)
     for j in range(N_FEATURES):
-        if not cal.known[j] or FEATURE_NAMES[j] in LOOKALIKE_SKIPS:
+        if not cal.known[j] or FEATURE_NAMES[j] in lookalike_skips(cal.lookalike_rule):
             continue
+        if cal.lookalike_rule >= 2 and FEATURE_NAMES[j] in HUMAN_SIDE_HIGH:
+            x[:, j] = np.where(x[:, j] > cal.median[b, j], cal.median[b, j], x[:, j])
         if CHANNELS[channel] == "spread":
             out[:, j] = np.nan_to_num((x[:, j] - cal.median[b, j]) / cal.scale[b, j])
             continue
@@ -202,3 +208,54 @@ def test_campaign_evidence_is_the_spread_channels_score(calibration):
     np.testing.assert_allclose(evidence, found.channel_scores[:, CHANNELS.index("spread")])
     # while the account score is built from the mean of both channels (one of 16 ring slots filled)
     np.testing.assert_allclose(scores, np.maximum(found.channel_scores.mean(axis=1), 0.0) / 16, rtol=1e-6)
+
+
+def test_repetition_is_not_evidence_under_rule_2(calibration):
+    """Nearly duplicating earlier queries, failing PRADA's normality test and building on the
+    last turn more than any benign account are what editing and re-sending users do: under
+    rule 2 none of it moves a row away from its benign look-alikes; too little follow-up does."""
+    assert calibration.lookalike_rule == LOOKALIKE_RULE == 2
+    b = 7
+    base = np.nanmedian(calibration.samples[b], axis=0)
+    repetitive = base.copy()
+    for name in REPETITION_FEATURES + HUMAN_SIDE_HIGH:
+        j = FEATURE_NAMES.index(name)
+        away = -20.0 if name == "min_distance_normality" else 20.0  # the repetitive side
+        repetitive[j] = base[j] + away * calibration.scale[b, j]
+    no_follow_up = base.copy()
+    j = FEATURE_NAMES.index("follow_up_similarity")
+    no_follow_up[j] = np.nanmin(calibration.samples[b][:, j]) - 10 * calibration.scale[b, j]
+    n = np.full(3, 2**b)
+    found = calibration.neighbours(np.stack([base, repetitive, no_follow_up]), n)
+    np.testing.assert_array_equal(found.distance[1], found.distance[0])
+    assert (found.distance[2] > found.distance[0]).all()
+
+
+def test_a_calibration_saved_before_rule_2_keeps_scoring_repetition(calibration):
+    """Its thresholds were set with repetition as evidence: it loads with rule 1 and scores so."""
+    arrays = dict(calibration.to_arrays())
+    assert int(arrays["cal_lookalike_rule"]) == 2
+    assert Calibration.from_arrays(arrays, calibration.meta()).lookalike_rule == 2
+    del arrays["cal_lookalike_rule"]
+    old = Calibration.from_arrays(arrays, calibration.meta())
+    assert old.lookalike_rule == 1
+    b = 7
+    base = np.nanmedian(calibration.samples[b], axis=0)
+    repetitive = base.copy()
+    j = FEATURE_NAMES.index("near_duplicate_rate")
+    repetitive[j] = base[j] + 20.0 * calibration.scale[b, j]
+    n = np.full(2, 2**b)
+    found = old.neighbours(np.stack([base, repetitive]), n)
+    assert (found.distance[1] > found.distance[0]).all()
+    x = _queries(calibration, b)
+    for channel in range(len(CHANNELS)):
+        np.testing.assert_allclose(
+            old._points(x, b, len(CHANNELS))[channel], _points_by_hand(old, x, b, channel), atol=1e-6
+        )
+
+
+def test_an_unknown_lookalike_rule_is_refused(calibration):
+    arrays = dict(calibration.to_arrays())
+    arrays["cal_lookalike_rule"] = np.int64(7)
+    with pytest.raises(Exception, match="look-alike rule must be 1 or 2; got 7"):
+        Calibration.from_arrays(arrays, calibration.meta())

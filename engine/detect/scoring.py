@@ -66,22 +66,23 @@ RANK_CHANNEL_SKIPS = ("reference_similarity", "mmd_to_benign", "off_reference_ra
 # ``Calibration.topic_return_scores``), as evidence that grows with every query, where a
 # look-alike coordinate among fifteen would dilute it.
 LOOKALIKE_SKIPS = ("topic_return_rate",)
-# Look-alike rule 2: repetition is not evidence. Re-sending a prompt, retrying it and editing it
-# are what people do with a model. With every editing and re-sending account left out of
-# calibration, 24 % of them were flagged as an unseen app: their queries nearly duplicated
-# earlier ones more often than any calibration account's, failed PRADA's normality test of
-# nearest-neighbour distances (which near-duplicates fail) and built on the last turn
-# (follow_up_similarity) more than any. Under rule 2 the three repetition features are computed
-# (reports show them) but are not look-alike coordinates, and the high side of
-# follow_up_similarity counts as its benign median: only its low side (a script's independent
-# samples) can be evidence. Perturbation chains, the one extraction strategy that repeats
-# itself, were caught on exactly those features, and rule 2 gives them up (issue 10's notes:
-# unseen editing users 24 % -> 0.9 % flagged; perturbation chains 0 % at 0.1 % FPR either way).
+# Look-alike rule 2 (measured, not the default): repetition is not evidence. Re-sending a
+# prompt, retrying it and editing it are what people do with a model. With every editing and
+# re-sending account left out of calibration, 24 % of them were flagged as an unseen app: their
+# queries nearly duplicated earlier ones more often than any calibration account's, failed
+# PRADA's normality test of nearest-neighbour distances (which near-duplicates fail) and built
+# on the last turn (follow_up_similarity) more than any. Under rule 2 the three repetition
+# features are not look-alike coordinates and the high side of follow_up_similarity counts as
+# its benign median. Measured (issue 10's notes): unseen editing users 24 % -> 0.9 % flagged,
+# benign test FPR at 0.1 % 0.10 % -> 0.00 %; but perturbation chains 45 % -> 0 % at 1 %, and the
+# campaign layer, which pools this search's spread-channel score, lost the blended and
+# k-center campaigns (67 % -> 0 % and 33 % -> 0 % of campaigns). Rule 1 stays the default
+# until campaigns pool evidence of their own.
 REPETITION_FEATURES = ("near_duplicate_rate", "near_duplicate_rate_lifetime", "min_distance_normality")
 HUMAN_SIDE_HIGH = ("follow_up_similarity",)
-# The rule new calibrations are fitted with; files record theirs (absent: rule 1, probewatch
-# 0.9.0 and older, whose thresholds were set on every feature but the topic return rate).
-LOOKALIKE_RULE = 2
+# The rule new calibrations are fitted with; files record theirs (absent: rule 1, as probewatch
+# 0.9.0 and older wrote them).
+LOOKALIKE_RULE = 1
 _RANK_ONLY_MASK = np.array([0.0 if name in RANK_CHANNEL_SKIPS else 1.0 for name in FEATURE_NAMES])
 _HUMAN_SIDE_HIGH = [FEATURE_NAMES.index(name) for name in HUMAN_SIDE_HIGH]
 

@@ -192,14 +192,10 @@ def test_learning_makes_an_unseen_app_look_benign_but_not_an_extractor(make_engi
     rng = np.random.default_rng(18)
     centre = 1.3 * rng.standard_normal(DIM)
     users = topical_stream(rng, 60, DIM, q_range=(20, 40), topics=topics, prefix="user")
-    # Focused enough that the prior alone watches most of its accounts, loose enough that some
-    # stay below watch while it runs and can teach (under look-alike rule 2 the prior's benign
-    # rows are tighter, and at spread 0.55 every account of the app reached watch in warm-up).
-    spread = 0.9
-    app = app_accounts(rng, centre, 40, 40, "app", spread=spread)
-    fresh_app = app_accounts(rng, centre, 20, 40, "fresh-app", spread=spread)
+    app = app_accounts(rng, centre, 40, 40, "app")
+    fresh_app = app_accounts(rng, centre, 20, 40, "fresh-app")
     # a poisoner warms up looking like the app, then sweeps: it must not teach the sweep
-    poison_warm = app_accounts(rng, centre, 8, 24, "poison", spread=spread)
+    poison_warm = app_accounts(rng, centre, 8, 24, "poison")
     sweeps = [unit_rows(rng.standard_normal((120, DIM))) for _ in range(8)]
 
     def run(learn: bool):

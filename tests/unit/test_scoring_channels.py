@@ -214,7 +214,10 @@ def test_repetition_is_not_evidence_under_rule_2(calibration):
     """Nearly duplicating earlier queries, failing PRADA's normality test and building on the
     last turn more than any benign account are what editing and re-sending users do: under
     rule 2 none of it moves a row away from its benign look-alikes; too little follow-up does."""
-    assert calibration.lookalike_rule == LOOKALIKE_RULE == 2
+    assert calibration.lookalike_rule == LOOKALIKE_RULE == 1  # rule 2 is opt-in
+    calibration = Calibration(
+        calibration.samples, np.linspace(0.0, 3.0, 100), 0.5, distance_norm=_norm(len(CHANNELS)), lookalike_rule=2
+    )
     b = 7
     base = np.nanmedian(calibration.samples[b], axis=0)
     repetitive = base.copy()
@@ -233,6 +236,9 @@ def test_repetition_is_not_evidence_under_rule_2(calibration):
 
 def test_a_calibration_saved_before_rule_2_keeps_scoring_repetition(calibration):
     """Its thresholds were set with repetition as evidence: it loads with rule 1 and scores so."""
+    calibration = Calibration(
+        calibration.samples, np.linspace(0.0, 3.0, 100), 0.5, distance_norm=_norm(len(CHANNELS)), lookalike_rule=2
+    )
     arrays = dict(calibration.to_arrays())
     assert int(arrays["cal_lookalike_rule"]) == 2
     assert Calibration.from_arrays(arrays, calibration.meta()).lookalike_rule == 2

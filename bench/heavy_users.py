@@ -66,19 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--per-kind", type=int, default=10)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
-    import probewatch as pw
-    from bench.embedcache import EmbeddingCache
-    from bench.eval import OPERATING_FPRS, embed_traffic, with_populations
-    from bench.traffic import build_traffic
-    from bench.traffic.populations import build_populations
-    from bench.unseen import calibrated_engine, levels_of, rates
+    from bench.eval import OPERATING_FPRS
+    from bench.unseen import calibrated_engine, embedded_benchmark, levels_of, rates
 
-    embedder = pw.Embedder(device="cpu")
-    cache = EmbeddingCache(embedder)
-    traffic = with_populations(
-        build_traffic(args.size, args.seed, embed=cache.embed), build_populations(args.size, args.seed)
-    )
-    data = embed_traffic(traffic, cache, show_progress=False)
+    embedder, traffic, data = embedded_benchmark(args.size, args.seed)
     heavy = stitched_heavy_users(traffic.test_benign, args.min_queries, args.per_kind, args.seed)
     if not heavy:
         print(f"no benign kind has {args.min_queries} queries of test accounts to stitch", file=sys.stderr)

@@ -43,6 +43,21 @@ POISON_BENIGN_QUERIES = (40, 120)  # the patient phase: ordinary chat before ext
 SCORE_CHUNK = 256
 
 
+def embedded_benchmark(size: str, seed: int):
+    """(embedder, traffic, embedded traffic) as ``bench.eval --calibration both`` builds them:
+    the generator's traffic with the populations merged in, every prompt embedded once (cached)."""
+    import probewatch as pw
+    from bench.embedcache import EmbeddingCache
+    from bench.eval import embed_traffic, with_populations
+    from bench.traffic import build_traffic
+    from bench.traffic.populations import build_populations
+
+    embedder = pw.Embedder(device="cpu")
+    cache = EmbeddingCache(embedder)
+    traffic = with_populations(build_traffic(size, seed, embed=cache.embed), build_populations(size, seed))
+    return embedder, traffic, embed_traffic(traffic, cache, show_progress=False)
+
+
 def calibrated_engine(
     streams: Sequence[AccountStream],
     vectors_of: Callable[[AccountStream], np.ndarray],

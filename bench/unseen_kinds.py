@@ -30,19 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kinds", default="", help="comma-separated kinds without 'benign:' (default: every kind)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
-    import probewatch as pw
-    from bench.embedcache import EmbeddingCache
-    from bench.eval import OPERATING_FPRS, embed_traffic, with_populations
-    from bench.traffic import build_traffic
-    from bench.traffic.populations import build_populations
-    from bench.unseen import calibrated_engine, levels_of, rates
+    from bench.eval import OPERATING_FPRS
+    from bench.unseen import calibrated_engine, embedded_benchmark, levels_of, rates
 
-    embedder = pw.Embedder(device="cpu")
-    cache = EmbeddingCache(embedder)
-    traffic = with_populations(
-        build_traffic(args.size, args.seed, embed=cache.embed), build_populations(args.size, args.seed)
-    )
-    data = embed_traffic(traffic, cache, show_progress=False)
+    embedder, traffic, data = embedded_benchmark(args.size, args.seed)
     known = Counter(s.kind for s in traffic.calibration)
     kinds = [f"benign:{k}" for k in args.kinds.split(",") if k] or sorted(known)
     unknown = [k for k in kinds if k not in known]

@@ -27,6 +27,7 @@ from .features import FEATURE_NAMES, N_FEATURES
 from .reference import BenignReference
 from .scoring import (
     CHANNELS,
+    LOOKALIKE_RULE,
     MAX_BIN_SAMPLES,
     MIN_BIN_SAMPLES,
     MIN_SCORED_QUERIES,
@@ -242,17 +243,32 @@ def _cross_fitted(
     it moved by +-0.3 (a tenth of its value) with the split's seed alone.
     """
     oof = np.empty((CROSS_FIT_REPEATS, features.shape[0], len(CHANNELS)))
+    # the campaign evidence's own distances, where the look-alike rule sets them apart (rule 2)
+    separate_evidence = LOOKALIKE_RULE >= 2
+    oof_evidence = np.empty((CROSS_FIT_REPEATS, features.shape[0])) if separate_evidence else None
     for repeat in range(CROSS_FIT_REPEATS):
         fold = rng.permutation(n_accounts) % 2
         for fit_idx in (np.flatnonzero(fold == 0), np.flatnonzero(fold == 1)):
             fit_mask = np.isin(owner, fit_idx)
             score_mask = ~fit_mask
-            fold_cal = Calibration(_bin_samples(features[fit_mask], ns[fit_mask], rng), None, off_ref)
+            fold_cal = Calibration(
+                _bin_samples(features[fit_mask], ns[fit_mask], rng), None, off_ref, lookalike_rule=LOOKALIKE_RULE
+            )
             oof[repeat, score_mask] = fold_cal.raw_distances(features[score_mask], ns[score_mask])
+            if oof_evidence is not None:
+                oof_evidence[repeat, score_mask] = fold_cal.raw_evidence_distances(features[score_mask], ns[score_mask])
     pooled_ns = np.tile(ns, CROSS_FIT_REPEATS)
     pooled = oof.reshape(-1, len(CHANNELS))
     norm = np.stack([_distance_norm(pooled[:, c], pooled_ns) for c in range(len(CHANNELS))])
-    final = Calibration(_bin_samples(features, ns, rng), None, off_ref, distance_norm=norm)
+    evidence_norm = _distance_norm(oof_evidence.ravel(), pooled_ns) if oof_evidence is not None else None
+    final = Calibration(
+        _bin_samples(features, ns, rng),
+        None,
+        off_ref,
+        distance_norm=norm,
+        lookalike_rule=LOOKALIKE_RULE,
+        evidence_norm=evidence_norm,
+    )
     # The rate is over accounts that can be scored at all: accounts that never reach
     # MIN_SCORED_QUERIES score 0 whatever they send, and counting them would set a lower
     # threshold the lighter the calibration traffic is, and so a higher false-positive rate
@@ -266,5 +282,8 @@ def _cross_fitted(
     topic = final.topic_return_scores(features, ns)
     maxima = [_account_maxima(np.maximum(score, topic), owner, scored) for score in lookalike]
     final.set_account_max_scores(np.concatenate(maxima))  # every account once per split
-    evidence = np.mean([final.channel_scores(oof[r], ns)[:, 0] for r in range(CROSS_FIT_REPEATS)], axis=0)
-    return final, evidence  # the campaign layer's evidence: the spread channel
+    if oof_evidence is None:
+        evidence = np.mean([final.channel_scores(oof[r], ns)[:, 0] for r in range(CROSS_FIT_REPEATS)], axis=0)
+    else:
+        evidence = np.mean([final.evidence_scores(oof_evidence[r], ns) for r in range(CROSS_FIT_REPEATS)], axis=0)
+    return final, evidence  # the campaign layer's per-query evidence (Calibration.evidence_scores)

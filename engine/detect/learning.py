@@ -208,6 +208,7 @@ class ProviderNormal:
             n_accounts=base.n_accounts,
             topic_return=base.topic_return,
             lookalike_rule=base.lookalike_rule,
+            evidence_norm=base.evidence_norm,
         )
 
     # -- snapshots ------------------------------------------------------------------------

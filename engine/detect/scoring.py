@@ -66,23 +66,25 @@ RANK_CHANNEL_SKIPS = ("reference_similarity", "mmd_to_benign", "off_reference_ra
 # ``Calibration.topic_return_scores``), as evidence that grows with every query, where a
 # look-alike coordinate among fifteen would dilute it.
 LOOKALIKE_SKIPS = ("topic_return_rate",)
-# Look-alike rule 2 (measured, not the default): repetition is not evidence. Re-sending a
-# prompt, retrying it and editing it are what people do with a model. With every editing and
-# re-sending account left out of calibration, 24 % of them were flagged as an unseen app: their
-# queries nearly duplicated earlier ones more often than any calibration account's, failed
-# PRADA's normality test of nearest-neighbour distances (which near-duplicates fail) and built
-# on the last turn (follow_up_similarity) more than any. Under rule 2 the three repetition
-# features are not look-alike coordinates and the high side of follow_up_similarity counts as
-# its benign median. Measured (issue 10's notes): unseen editing users 24 % -> 0.9 % flagged,
-# benign test FPR at 0.1 % 0.10 % -> 0.00 %; but perturbation chains 45 % -> 0 % at 1 %, and the
-# campaign layer, which pools this search's spread-channel score, lost the blended and
-# k-center campaigns (67 % -> 0 % and 33 % -> 0 % of campaigns). Rule 1 stays the default
-# until campaigns pool evidence of their own.
+# Look-alike rule 2 (the default): repetition is not evidence. Re-sending a prompt, retrying it
+# and editing it are what people do with a model. With every editing and re-sending account left
+# out of calibration, 24 % of them were flagged as an unseen app under rule 1: their queries
+# nearly duplicated earlier ones more often than any calibration account's, failed PRADA's
+# normality test of nearest-neighbour distances (which near-duplicates fail) and built on the
+# last turn (follow_up_similarity) more than any. Under rule 2 the three repetition features are
+# not look-alike coordinates and the high side of follow_up_similarity counts as its benign
+# median (issue 10's notes: unseen editing users 24 % -> 0.9 % flagged).
+# The campaign layer keeps rule 1's evidence: a crowd of accounts re-sending and perturbing
+# seeds together *is* suspicious where one editing user is not, and under rule 2's per-query
+# score it lost its blended and k-center campaigns (67 % -> 0 % and 33 % -> 0 %). So a rule-2
+# calibration carries a third distance, the campaign evidence: the spread channel with rule 1's
+# coordinates, on its own out-of-sample benign scale (``evidence_norm``), which scores nothing
+# per account.
 REPETITION_FEATURES = ("near_duplicate_rate", "near_duplicate_rate_lifetime", "min_distance_normality")
 HUMAN_SIDE_HIGH = ("follow_up_similarity",)
 # The rule new calibrations are fitted with; files record theirs (absent: rule 1, as probewatch
 # 0.9.0 and older wrote them).
-LOOKALIKE_RULE = 1
+LOOKALIKE_RULE = 2
 _RANK_ONLY_MASK = np.array([0.0 if name in RANK_CHANNEL_SKIPS else 1.0 for name in FEATURE_NAMES])
 _HUMAN_SIDE_HIGH = [FEATURE_NAMES.index(name) for name in HUMAN_SIDE_HIGH]
 
@@ -170,6 +172,7 @@ class Neighbours(NamedTuple):
     channel_scores: np.ndarray  # (m, channels) those distances on the benign scale of the bin
     gap: np.ndarray  # (m, F) row minus its look-alikes' mean, in the top channel's scale
     nearest: np.ndarray  # (m, NEIGHBOURS) the top channel's look-alikes: rows of the bin's samples
+    evidence: np.ndarray  # (m,) the campaign evidence (see Calibration.evidence_scores)
 
 
 class Calibration:
@@ -183,6 +186,8 @@ class Calibration:
     ``distance_norm[c, b]`` (median and 99th percentile of *out-of-sample* benign distances
     of channel ``c`` in bin ``b``) turns each raw distance into a score, so accounts of every
     length and both channels are on one scale; the query's score is their mean.
+    Under look-alike rule 2 a third search, with rule 1's coordinates on its own scale
+    (``evidence_norm``), gives the campaign layer its per-query evidence and scores nothing.
     """
 
     def __init__(
@@ -195,6 +200,7 @@ class Calibration:
         n_accounts: int = 0,
         topic_return: tuple[float, float] | None = None,
         lookalike_rule: int = LOOKALIKE_RULE,
+        evidence_norm: np.ndarray | None = None,
     ):
         if len(samples) != N_BINS:
             raise CalibrationError(f"calibration needs one sample table per bin ({N_BINS}); got {len(samples)}")
@@ -212,7 +218,17 @@ class Calibration:
         if lookalike_rule not in (1, 2):
             raise CalibrationError(f"look-alike rule must be 1 or 2; got {lookalike_rule!r}. Rebuild the calibration")
         self.lookalike_rule = int(lookalike_rule)
+        if self.lookalike_rule >= 2 and self.distance_norm is not None and self.distance_norm.shape[0] < len(CHANNELS):
+            raise CalibrationError(
+                f"look-alike rule 2 scores with every channel ({', '.join(CHANNELS)}); this calibration has "
+                f"{self.distance_norm.shape[0]}. Rebuild the calibration"
+            )
         self._human_side_high = _HUMAN_SIDE_HIGH if self.lookalike_rule >= 2 else []
+        # (bins, 2): median and 99th percentile of out-of-sample benign campaign-evidence
+        # distances; None where the evidence is the spread channel's score (rule 1)
+        self.evidence_norm = None
+        if evidence_norm is not None and self.lookalike_rule >= 2:
+            self.evidence_norm = np.asarray(evidence_norm, dtype=np.float64).reshape(N_BINS, 2)
         self._build_tables()
         if account_max_scores is not None:  # None only while calibration cross-fits its folds
             self.set_account_max_scores(account_max_scores)
@@ -237,6 +253,9 @@ class Calibration:
             lookalike = _lookalike_mask(self.lookalike_rule)
             self._spread_mask = self.known * lookalike
             self._rank_mask = self.known * _RANK_ONLY_MASK * lookalike
+            # the campaign evidence's coordinates: rule 1's spread channel (see LOOKALIKE_RULE)
+            self._evidence_mask = self.known * _lookalike_mask(1)
+            self._separate_evidence = self.lookalike_rule >= 2
             self.median = np.zeros((N_BINS, N_FEATURES))
             self.scale = np.ones((N_BINS, N_FEATURES))
             # per bin: the benign rows in each channel's scale (channels, rows, F) and their squared norms
@@ -274,7 +293,8 @@ class Calibration:
                 self._rank_keys[b] = np.concatenate(
                     [self._rank_key(col[None, :].T, b, j).ravel() for j, col in enumerate(self._sorted[b])]
                 )
-                tables = self._points(rows, b, len(CHANNELS))
+                # (layers, rows, F): each channel, then the campaign evidence where it is separate
+                tables = self._points(rows, b, len(CHANNELS), evidence=self._separate_evidence)
                 self._tables[b] = tables
                 self._tables_sq[b] = (tables.astype(np.float64) ** 2).sum(axis=2).astype(np.float32)
 
@@ -292,6 +312,12 @@ class Calibration:
             # np.where rather than nan_to_num, which costs 4x more on a lone query's row
             return (np.where(np.isnan(scaled), 0.0, scaled) * self._spread_mask).astype(np.float32)
         return (self._normal_scores(features, b) * self._rank_mask).astype(np.float32)
+
+    def _evidence_point(self, features: np.ndarray, b: int) -> np.ndarray:
+        """Rows of ``features`` in the campaign evidence's scale for bin ``b`` (rule 1's spread
+        channel: every look-alike coordinate of rule 1, no side clipped)."""
+        scaled = (features - self.median[b]) / self.scale[b]
+        return (np.where(np.isnan(scaled), 0.0, scaled) * self._evidence_mask).astype(np.float32)
 
     def _rank_key(self, values: np.ndarray, b: int, j: int | slice = slice(None)) -> np.ndarray:
         """Feature ``j``'s values mapped, in order, into (2j, 2j + 1): every feature's benign
@@ -318,13 +344,18 @@ class Calibration:
         bins = self.donor_bin[bin_of(n)]
         m, channels = features.shape[0], self.n_channels
         distance = np.empty((m, channels))
-        scores = np.empty((m, channels))
         gap = np.empty((m, N_FEATURES), dtype=np.float32)
         nearest_of = np.empty((m, NEIGHBOURS), dtype=np.int64)
+        scores = np.empty((m, channels))
+        evidence = np.empty(m) if self._separate_evidence else None
         for b, rows in _rows_per_bin(bins):
-            points = self._points(features[rows], b, channels)  # (channels, r, F)
+            points = self._points(features[rows], b, channels, evidence=evidence is not None)  # (layers, r, F)
             d2 = self._squared_distances(points, b)
             k = min(NEIGHBOURS, d2.shape[2])
+            if evidence is not None:  # its k-th distance only: no look-alikes to report
+                evidence_d2 = np.partition(d2[channels], k - 1, axis=1)[:, k - 1]
+                evidence[rows] = self._evidence_scale(np.sqrt(np.maximum(evidence_d2, 0.0)), b)
+                d2 = d2[:channels]
             nearest = np.argpartition(d2, k - 1, axis=2)[:, :, :k]  # (channels, r, k)
             r = np.arange(points.shape[1])
             d = np.sqrt(np.maximum(d2[np.arange(channels)[:, None, None], r[None, :, None], nearest].max(axis=2), 0.0))
@@ -335,11 +366,14 @@ class Calibration:
             pick = nearest[top, r]  # (r, k)
             gap[rows] = points[top, r] - self._tables[b][top[:, None], pick].sum(axis=1) / k
             nearest_of[rows] = pick[:, np.minimum(np.arange(NEIGHBOURS), k - 1)]  # a tiny bin repeats
-        return Neighbours(distance, scores, gap, nearest_of)
+        return Neighbours(distance, scores, gap, nearest_of, scores[:, 0] if evidence is None else evidence)
 
-    def _points(self, features: np.ndarray, b: int, channels: int) -> np.ndarray:
-        """(channels, r, F) float32: the rows in each channel's scale."""
-        out = np.empty((channels, features.shape[0], N_FEATURES), dtype=np.float32)
+    def _points(self, features: np.ndarray, b: int, channels: int, evidence: bool = False) -> np.ndarray:
+        """(layers, r, F) float32: the rows in each channel's scale, then (``evidence``) in the
+        campaign evidence's."""
+        out = np.empty((channels + evidence, features.shape[0], N_FEATURES), dtype=np.float32)
+        if evidence:
+            out[channels] = self._evidence_point(features, b)
         if self._human_side_high:  # the side people are on counts as the benign median
             features = features.copy()
             for j in self._human_side_high:
@@ -349,14 +383,15 @@ class Calibration:
         return out
 
     def _squared_distances(self, points: np.ndarray, b: int) -> np.ndarray:
-        """(channels, r, rows) squared distances from ``points`` to bin ``b``'s benign rows in
-        each channel: one batched matrix product, the same arithmetic for one query and for
-        calibration's thousands."""
-        channels = points.shape[0]
-        table = self._tables[b][:channels]
+        """(layers, r, rows) squared distances from ``points`` to bin ``b``'s benign rows in
+        each layer: one batched matrix product, the same arithmetic for one query and for
+        calibration's thousands. ``points`` holds the tables' first layers (channels first, then
+        the campaign evidence)."""
+        layers = points.shape[0]
+        table = self._tables[b][:layers]
         return (
             (points * points).sum(axis=2)[:, :, None]
-            + self._tables_sq[b][:channels, None, :]
+            + self._tables_sq[b][:layers, None, :]
             - 2.0 * np.matmul(points, table.transpose(0, 2, 1))
         )
 
@@ -373,6 +408,52 @@ class Calibration:
                 d2 = self._squared_distances(self._points(features[r], int(b), self.n_channels), int(b))
                 out[r] = np.sqrt(np.maximum(np.partition(d2, k - 1, axis=2)[:, :, k - 1], 0.0)).T
         return out
+
+    def raw_evidence_distances(self, features: np.ndarray, n: np.ndarray, chunk: int = 2048) -> np.ndarray:
+        """(m,) raw campaign-evidence distances for many queries (used by calibration); the
+        spread channel's under rule 1, where the two are one."""
+        if not self._separate_evidence:
+            return self.raw_distances(features, n, chunk)[:, 0]
+        features = np.atleast_2d(features)
+        bins = self.donor_bin[bin_of(np.asarray(n))]
+        out = np.empty(features.shape[0])
+        for b in np.unique(bins):
+            b = int(b)
+            rows = np.flatnonzero(bins == b)
+            table = self._tables[b][-1]  # the evidence layer
+            k = min(NEIGHBOURS, table.shape[0])
+            for start in range(0, rows.size, chunk):
+                r = rows[start : start + chunk]
+                points = self._evidence_point(features[r], b)
+                d2 = (points * points).sum(axis=1)[:, None] + self._tables_sq[b][-1][None, :] - 2.0 * (points @ table.T)
+                out[r] = np.sqrt(np.maximum(np.partition(d2, k - 1, axis=1)[:, k - 1], 0.0))
+        return out
+
+    def evidence_scores(self, distances: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Raw campaign-evidence distances (m,) -> their position on the benign scale of the bin,
+        as :meth:`channel_scores` places a channel's. The campaign layer pools this signed
+        per-query score; under rule 1 it is the spread channel's score. A rule-2 calibration
+        without its own evidence scale (made by hand, or during cross-fitting) uses the spread
+        channel's."""
+        d = np.asarray(distances, dtype=np.float64).ravel()
+        norm = self._evidence_norm_in_use()
+        if norm is None:
+            return d
+        norm = norm[self.donor_bin[bin_of(np.asarray(n))]]  # (m, 2)
+        return Z_AT_Q99 * (d - norm[:, 0]) / np.maximum(norm[:, 1] - norm[:, 0], 1e-9)
+
+    def _evidence_norm_in_use(self) -> np.ndarray | None:
+        if self.evidence_norm is not None:
+            return self.evidence_norm
+        return None if self.distance_norm is None else self.distance_norm[0]
+
+    def _evidence_scale(self, distances: np.ndarray, b: int) -> np.ndarray:
+        """:meth:`evidence_scores` for rows of (donor) bin ``b``: what a lone query pays per call."""
+        norm = self._evidence_norm_in_use()
+        if norm is None:
+            return distances
+        med, q99 = norm[b]
+        return Z_AT_Q99 * (distances - med) / max(q99 - med, 1e-9)
 
     def channel_scores(self, distances: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Raw distances (m, channels) -> each channel's position on the benign scale of the
@@ -503,6 +584,8 @@ class Calibration:
         if self.topic_return is not None:
             out["cal_topic_return"] = np.array(self.topic_return)  # absent from older calibrations: off
         out["cal_lookalike_rule"] = np.int64(self.lookalike_rule)  # absent from older calibrations: rule 1
+        if self.evidence_norm is not None:
+            out["cal_evidence_distance_norm"] = self.evidence_norm  # rule 2's campaign evidence scale
         return out
 
     def meta(self) -> dict[str, Any]:
@@ -544,6 +627,14 @@ class Calibration:
                 )
             topic_return = (float(topic_return[0]), float(topic_return[1]))
         rule = int(np.asarray(arrays["cal_lookalike_rule"])) if "cal_lookalike_rule" in arrays else 1
+        evidence_norm = None
+        if "cal_evidence_distance_norm" in arrays:
+            evidence_norm = np.asarray(arrays["cal_evidence_distance_norm"], dtype=np.float64)
+            if evidence_norm.shape != (N_BINS, 2) or not np.isfinite(evidence_norm).all():
+                raise CalibrationError(
+                    f"calibration campaign-evidence scale must be finite with shape ({N_BINS}, 2); got shape "
+                    f"{evidence_norm.shape}. Rebuild the calibration"
+                )
         return cls(
             samples,
             np.asarray(arrays["cal_account_max_scores"]),
@@ -553,6 +644,7 @@ class Calibration:
             n_accounts=meta.get("n_accounts", 0),
             topic_return=topic_return,
             lookalike_rule=rule,
+            evidence_norm=evidence_norm,
         )
 
 
@@ -592,7 +684,8 @@ class Detector:
     def judge_with_evidence(
         self, features: np.ndarray, n: np.ndarray, recent_scores: list[np.ndarray]
     ) -> tuple[np.ndarray, np.ndarray, list[tuple[Reason, ...]], np.ndarray]:
-        """:meth:`judge` plus each row's signed score in the spread channel (the campaign layer pools it)."""
+        """:meth:`judge` plus each row's signed campaign evidence (the campaign layer pools it;
+        see :meth:`Calibration.evidence_scores`)."""
         cal = self.calibration
         n = np.asarray(n, dtype=np.int64)
         found = cal.neighbours(features, n)
@@ -613,9 +706,9 @@ class Detector:
             reasons[i] = (self._topic_return_reason(features[i], int(n[i]), float(topic[i])), *reasons[i])[
                 : self.n_reasons
             ]
-        # The campaign layer pools the spread channel's score: the rank channel says little about
+        # The campaign layer pools spread-channel evidence: the rank channel says little about
         # light accounts (most features are undefined before 16 queries) and would dilute it.
-        return scores, risks, reasons, found.channel_scores[:, 0]
+        return scores, risks, reasons, found.evidence
 
     def _topic_return_reason(self, row: np.ndarray, n: int, strength: float) -> Reason:
         """The reason an account's score is its topic-return statistic."""

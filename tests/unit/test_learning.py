@@ -192,10 +192,14 @@ def test_learning_makes_an_unseen_app_look_benign_but_not_an_extractor(make_engi
     rng = np.random.default_rng(18)
     centre = 1.3 * rng.standard_normal(DIM)
     users = topical_stream(rng, 60, DIM, q_range=(20, 40), topics=topics, prefix="user")
-    app = app_accounts(rng, centre, 40, 40, "app")
-    fresh_app = app_accounts(rng, centre, 20, 40, "fresh-app")
+    # Focused enough that the prior alone watches most of its accounts, loose enough that some
+    # stay below watch while it runs and can teach (under look-alike rule 2 the prior's benign
+    # rows are tighter, and at spread 0.55 every account of the app reached watch in warm-up).
+    spread = 0.9
+    app = app_accounts(rng, centre, 40, 40, "app", spread=spread)
+    fresh_app = app_accounts(rng, centre, 20, 40, "fresh-app", spread=spread)
     # a poisoner warms up looking like the app, then sweeps: it must not teach the sweep
-    poison_warm = app_accounts(rng, centre, 8, 24, "poison")
+    poison_warm = app_accounts(rng, centre, 8, 24, "poison", spread=spread)
     sweeps = [unit_rows(rng.standard_normal((120, DIM))) for _ in range(8)]
 
     def run(learn: bool):
@@ -298,3 +302,23 @@ def test_vouched_heavy_accounts_teach_history_lengths_the_prior_never_reached(ma
     after = observe_per_account(engine, *newcomer)
     assert np.mean([after[a].score for a in after]) < 0.8 * np.mean([before[a].score for a in before])
     assert sum(v.level >= pw.Level.WATCH for v in after.values()) < len(after) / 2
+
+
+def test_the_campaign_evidence_scale_is_fitted_kept_by_learning_and_saved(make_engine, topics, tmp_path):
+    """Rule 2 leaves repetition out of the account score and in the campaign evidence, which
+    gets its own out-of-sample scale at fitting; learning and snapshots carry it unchanged."""
+    engine = make_engine(**LEARN)
+    prior = engine.calibration
+    assert prior.lookalike_rule == 2
+    norm = prior.evidence_norm
+    assert norm.shape == (N_BINS, 2) and np.isfinite(norm).all() and (norm[:, 1] > norm[:, 0]).all()
+    # the evidence searches every coordinate the spread channel does and three more, on the same
+    # out-of-sample queries, so each query's distance, and each quantile, is at least as large
+    assert (norm >= prior.distance_norm[0] - 1e-5).all() and (norm > prior.distance_norm[0] + 1e-3).any()
+    acc, vec = topical_stream(np.random.default_rng(19), 30, DIM, q_range=(20, 40), topics=topics, interleave=True)
+    engine.observe_embeddings(acc, vec, [1_700_000_000.0 + i for i in range(len(acc))])
+    assert engine.pipeline.learn_normal()
+    assert "live population" in engine.calibration.source
+    np.testing.assert_array_equal(engine.calibration.evidence_norm, norm)
+    engine.save(tmp_path / "snap.npz")
+    np.testing.assert_array_equal(pw.Engine.load(tmp_path / "snap.npz").calibration.evidence_norm, norm)

@@ -21,11 +21,13 @@ from probewatch.detect.scoring import (
     NEIGHBOURS,
     RANK_CHANNEL_SKIPS,
     REPETITION_FEATURES,
+    Z_AT_Q99,
     Calibration,
     Detector,
     bin_of,
     lookalike_skips,
 )
+from probewatch.errors import CalibrationError
 
 
 def _samples(seed: int = 0) -> list[np.ndarray]:
@@ -161,8 +163,9 @@ def test_channels_survive_a_save_and_load(calibration):
 
 def test_a_calibration_saved_before_the_rank_channel_scores_with_spread_alone():
     """Its thresholds were set by the spread score: it keeps being judged by that alone."""
-    old = Calibration(_samples(), np.linspace(0.0, 3.0, 100), 0.5, distance_norm=_norm(1)[0])
-    arrays = old.to_arrays()
+    old = Calibration(_samples(), np.linspace(0.0, 3.0, 100), 0.5, distance_norm=_norm(1)[0], lookalike_rule=1)
+    arrays = dict(old.to_arrays())
+    del arrays["cal_lookalike_rule"]  # such files predate rule 2
     assert "cal_rank_distance_norm" not in arrays
     loaded = Calibration.from_arrays(arrays, old.meta())
     assert old.n_channels == loaded.n_channels == 1
@@ -198,7 +201,10 @@ def test_the_rank_channel_leaves_out_the_topic_features(calibration):
     assert (np.abs(spread[1, skipped] - spread[0, skipped]) > 1).all()
 
 
-def test_campaign_evidence_is_the_spread_channels_score(calibration):
+def test_campaign_evidence_is_the_spread_channels_score_under_rule_1(calibration):
+    calibration = Calibration(
+        calibration.samples, np.linspace(0.0, 3.0, 100), 0.5, distance_norm=_norm(len(CHANNELS)), lookalike_rule=1
+    )
     detector = Detector(calibration, target_fpr=0.001, watch_fpr=0.01)
     x = _queries(calibration, 7)
     n = np.full(x.shape[0], 128)
@@ -210,11 +216,85 @@ def test_campaign_evidence_is_the_spread_channels_score(calibration):
     np.testing.assert_allclose(scores, np.maximum(found.channel_scores.mean(axis=1), 0.0) / 16, rtol=1e-6)
 
 
+def _evidence_by_hand(cal: Calibration, x: np.ndarray, n: int, evidence_norm: np.ndarray) -> np.ndarray:
+    """Rule 1's spread-channel distance to the NEIGHBOURS-th nearest benign row, brute force in
+    float64, on the scale ``evidence_norm`` sets for the bin."""
+    b = int(cal.donor_bin[bin_of(n)])
+    rule_1 = [j for j in range(N_FEATURES) if cal.known[j] and FEATURE_NAMES[j] not in lookalike_skips(1)]
+
+    def scaled(rows):
+        out = np.zeros((rows.shape[0], N_FEATURES))
+        out[:, rule_1] = np.nan_to_num((rows[:, rule_1] - cal.median[b, rule_1]) / cal.scale[b, rule_1])
+        return out
+
+    table, points = scaled(cal.samples[b]), scaled(np.atleast_2d(x))
+    d = np.sqrt(((points[:, None, :] - table[None, :, :]) ** 2).sum(axis=2))
+    kth = np.sort(d, axis=1)[:, min(NEIGHBOURS, table.shape[0]) - 1]
+    med, q99 = evidence_norm[b]
+    return Z_AT_Q99 * (kth - med) / (q99 - med)
+
+
+@pytest.mark.parametrize("b", [3, 7])
+def test_campaign_evidence_keeps_rule_1s_coordinates_under_rule_2(calibration, b):
+    """A crowd re-sending and perturbing seeds together is what the campaign layer looks for, so
+    its per-query evidence keeps the repetition features rule 2 takes out of the account score,
+    on its own benign scale."""
+    evidence_norm = _norm(1)[0] * 1.5
+    cal = Calibration(
+        calibration.samples,
+        np.linspace(0.0, 3.0, 100),
+        0.5,
+        distance_norm=_norm(len(CHANNELS)),
+        lookalike_rule=2,
+        evidence_norm=evidence_norm,
+    )
+    x = _queries(cal, b)[:20]
+    x[6, 0] = 50.0  # far, but not so far that float32 rounding swamps the comparison
+    n = np.full(x.shape[0], 2**b)
+    found = cal.neighbours(x, n)
+    np.testing.assert_allclose(found.evidence, _evidence_by_hand(cal, x, 2**b, evidence_norm), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        cal.evidence_scores(cal.raw_evidence_distances(x, n), n), found.evidence, rtol=1e-5, atol=1e-5
+    )
+    rings = [np.zeros(16) for _ in range(x.shape[0])]
+    *_, evidence = Detector(cal, target_fpr=0.001, watch_fpr=0.01).judge_with_evidence(x, n, rings)
+    np.testing.assert_array_equal(evidence, found.evidence)
+    # repetition moves the evidence, though not the account's look-alike distance
+    base = np.nanmedian(cal.samples[7], axis=0)
+    repetitive = base.copy()
+    j = FEATURE_NAMES.index("near_duplicate_rate")
+    repetitive[j] = base[j] + 20.0 * cal.scale[7, j]
+    both = cal.neighbours(np.stack([base, repetitive]), np.full(2, 128))
+    np.testing.assert_array_equal(both.distance[1], both.distance[0])
+    assert both.evidence[1] > both.evidence[0] + 1.0
+
+
+def test_the_campaign_evidence_scale_is_saved_and_checked(calibration):
+    evidence_norm = _norm(1)[0]
+    cal = Calibration(
+        calibration.samples,
+        np.linspace(0.0, 3.0, 100),
+        0.5,
+        distance_norm=_norm(len(CHANNELS)),
+        lookalike_rule=2,
+        evidence_norm=evidence_norm,
+    )
+    arrays = dict(cal.to_arrays())
+    loaded = Calibration.from_arrays(arrays, cal.meta())
+    np.testing.assert_array_equal(loaded.evidence_norm, evidence_norm)
+    x, n = _queries(cal, 7), np.full(40, 128)
+    # samples are stored in float32
+    np.testing.assert_allclose(loaded.neighbours(x, n).evidence, cal.neighbours(x, n).evidence, rtol=1e-5)
+    arrays["cal_evidence_distance_norm"] = np.full((N_BINS, 2), np.nan)
+    with pytest.raises(CalibrationError, match="campaign-evidence scale must be finite"):
+        Calibration.from_arrays(arrays, cal.meta())
+
+
 def test_repetition_is_not_evidence_under_rule_2(calibration):
     """Nearly duplicating earlier queries, failing PRADA's normality test and building on the
     last turn more than any benign account are what editing and re-sending users do: under
     rule 2 none of it moves a row away from its benign look-alikes; too little follow-up does."""
-    assert calibration.lookalike_rule == LOOKALIKE_RULE == 1  # rule 2 is opt-in
+    assert calibration.lookalike_rule == LOOKALIKE_RULE == 2  # the default
     calibration = Calibration(
         calibration.samples, np.linspace(0.0, 3.0, 100), 0.5, distance_norm=_norm(len(CHANNELS)), lookalike_rule=2
     )
@@ -258,6 +338,11 @@ def test_a_calibration_saved_before_rule_2_keeps_scoring_repetition(calibration)
         np.testing.assert_allclose(
             old._points(x, b, len(CHANNELS))[channel], _points_by_hand(old, x, b, channel), atol=1e-6
         )
+
+
+def test_rule_2_refuses_a_calibration_with_one_channel():
+    with pytest.raises(CalibrationError, match="look-alike rule 2 scores with every channel"):
+        Calibration(_samples(), np.linspace(0.0, 3.0, 100), 0.5, distance_norm=_norm(1)[0], lookalike_rule=2)
 
 
 def test_an_unknown_lookalike_rule_is_refused(calibration):

@@ -304,20 +304,17 @@ class Calibration:
         saved before the rank channel existed (its thresholds were set by that score)."""
         return len(CHANNELS) if self.distance_norm is None else self.distance_norm.shape[0]
 
-    def _channel_point(self, features: np.ndarray, b: int, channel: int) -> np.ndarray:
-        """Rows of ``features`` in channel ``channel``'s scale for bin ``b``; a NaN feature
-        (too little data yet) sits at the benign median, an unknown one is left out."""
-        if channel == 0:
-            scaled = (features - self.median[b]) / self.scale[b]
-            # np.where rather than nan_to_num, which costs 4x more on a lone query's row
-            return (np.where(np.isnan(scaled), 0.0, scaled) * self._spread_mask).astype(np.float32)
-        return (self._normal_scores(features, b) * self._rank_mask).astype(np.float32)
+    def _spreads(self, features: np.ndarray, b: int) -> np.ndarray:
+        """Rows of ``features`` in benign spreads for bin ``b`` (float64); a NaN feature (too
+        little data yet) sits at the benign median."""
+        scaled = (features - self.median[b]) / self.scale[b]
+        # np.where rather than nan_to_num, which costs 4x more on a lone query's row
+        return np.where(np.isnan(scaled), 0.0, scaled)
 
     def _evidence_point(self, features: np.ndarray, b: int) -> np.ndarray:
         """Rows of ``features`` in the campaign evidence's scale for bin ``b`` (rule 1's spread
         channel: every look-alike coordinate of rule 1, no side clipped)."""
-        scaled = (features - self.median[b]) / self.scale[b]
-        return (np.where(np.isnan(scaled), 0.0, scaled) * self._evidence_mask).astype(np.float32)
+        return (self._spreads(features, b) * self._evidence_mask).astype(np.float32)
 
     def _rank_key(self, values: np.ndarray, b: int, j: int | slice = slice(None)) -> np.ndarray:
         """Feature ``j``'s values mapped, in order, into (2j, 2j + 1): every feature's benign
@@ -369,17 +366,20 @@ class Calibration:
         return Neighbours(distance, scores, gap, nearest_of, scores[:, 0] if evidence is None else evidence)
 
     def _points(self, features: np.ndarray, b: int, channels: int, evidence: bool = False) -> np.ndarray:
-        """(layers, r, F) float32: the rows in each channel's scale, then (``evidence``) in the
-        campaign evidence's."""
+        """(layers, r, F) float32: the rows in each channel's scale (spread, then rank), then
+        (``evidence``) in the campaign evidence's; an unknown feature is left out of each."""
         out = np.empty((channels + evidence, features.shape[0], N_FEATURES), dtype=np.float32)
+        spreads = self._spreads(features, b)
         if evidence:
-            out[channels] = self._evidence_point(features, b)
+            out[channels] = spreads * self._evidence_mask
         if self._human_side_high:  # the side people are on counts as the benign median
             features = features.copy()
             for j in self._human_side_high:
                 features[:, j] = np.minimum(features[:, j], self.median[b, j])  # NaN stays NaN
-        for c in range(channels):
-            out[c] = self._channel_point(features, b, c)
+                spreads[:, j] = np.minimum(spreads[:, j], 0.0)  # the same clip, in spreads
+        out[0] = spreads * self._spread_mask
+        if channels > 1:
+            out[1] = self._normal_scores(features, b) * self._rank_mask
         return out
 
     def _squared_distances(self, points: np.ndarray, b: int) -> np.ndarray:

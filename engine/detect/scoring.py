@@ -382,52 +382,46 @@ class Calibration:
             out[1] = self._normal_scores(features, b) * self._rank_mask
         return out
 
-    def _squared_distances(self, points: np.ndarray, b: int) -> np.ndarray:
+    def _squared_distances(self, points: np.ndarray, b: int, first: int = 0) -> np.ndarray:
         """(layers, r, rows) squared distances from ``points`` to bin ``b``'s benign rows in
         each layer: one batched matrix product, the same arithmetic for one query and for
-        calibration's thousands. ``points`` holds the tables' first layers (channels first, then
-        the campaign evidence)."""
-        layers = points.shape[0]
-        table = self._tables[b][:layers]
+        calibration's thousands. ``points`` holds the tables' layers from ``first`` on
+        (channels first, then the campaign evidence)."""
+        layers = slice(first, first + points.shape[0])
         return (
             (points * points).sum(axis=2)[:, :, None]
-            + self._tables_sq[b][:layers, None, :]
-            - 2.0 * np.matmul(points, table.transpose(0, 2, 1))
+            + self._tables_sq[b][layers, None, :]
+            - 2.0 * np.matmul(points, self._tables[b][layers].transpose(0, 2, 1))
         )
 
-    def raw_distances(self, features: np.ndarray, n: np.ndarray, chunk: int = 2048) -> np.ndarray:
-        """Vectorised raw kNN distances for many queries, every channel (m, channels; used by calibration)."""
+    def _kth_distances(self, features: np.ndarray, n: np.ndarray, chunk: int, evidence: bool) -> np.ndarray:
+        """(m, layers) raw distance of each row to its NEIGHBOURS-th nearest benign row of its
+        bin: in every channel, or (``evidence``) in the campaign evidence alone."""
         features = np.atleast_2d(features)
         bins = self.donor_bin[bin_of(np.asarray(n))]
-        out = np.empty((features.shape[0], self.n_channels))
-        for b in np.unique(bins):
+        first = self.n_channels if evidence else 0
+        out = np.empty((features.shape[0], 1 if evidence else self.n_channels))
+        for b in np.unique(bins).tolist():
             rows = np.flatnonzero(bins == b)
             k = min(NEIGHBOURS, self._tables[b].shape[1])
             for start in range(0, rows.size, chunk):
                 r = rows[start : start + chunk]
-                d2 = self._squared_distances(self._points(features[r], int(b), self.n_channels), int(b))
+                if evidence:
+                    points = self._evidence_point(features[r], b)[None]
+                else:
+                    points = self._points(features[r], b, self.n_channels)
+                d2 = self._squared_distances(points, b, first)
                 out[r] = np.sqrt(np.maximum(np.partition(d2, k - 1, axis=2)[:, :, k - 1], 0.0)).T
         return out
+
+    def raw_distances(self, features: np.ndarray, n: np.ndarray, chunk: int = 2048) -> np.ndarray:
+        """Vectorised raw kNN distances for many queries, every channel (m, channels; used by calibration)."""
+        return self._kth_distances(features, n, chunk, evidence=False)
 
     def raw_evidence_distances(self, features: np.ndarray, n: np.ndarray, chunk: int = 2048) -> np.ndarray:
         """(m,) raw campaign-evidence distances for many queries (used by calibration); the
         spread channel's under rule 1, where the two are one."""
-        if not self._separate_evidence:
-            return self.raw_distances(features, n, chunk)[:, 0]
-        features = np.atleast_2d(features)
-        bins = self.donor_bin[bin_of(np.asarray(n))]
-        out = np.empty(features.shape[0])
-        for b in np.unique(bins):
-            b = int(b)
-            rows = np.flatnonzero(bins == b)
-            table = self._tables[b][-1]  # the evidence layer
-            k = min(NEIGHBOURS, table.shape[0])
-            for start in range(0, rows.size, chunk):
-                r = rows[start : start + chunk]
-                points = self._evidence_point(features[r], b)
-                d2 = (points * points).sum(axis=1)[:, None] + self._tables_sq[b][-1][None, :] - 2.0 * (points @ table.T)
-                out[r] = np.sqrt(np.maximum(np.partition(d2, k - 1, axis=1)[:, k - 1], 0.0))
-        return out
+        return self._kth_distances(features, n, chunk, evidence=self._separate_evidence)[:, 0]
 
     def evidence_scores(self, distances: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Raw campaign-evidence distances (m,) -> their position on the benign scale of the bin,

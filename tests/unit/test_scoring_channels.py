@@ -85,6 +85,18 @@ def calibration() -> Calibration:
     return Calibration(_samples(), np.linspace(0.0, 3.0, 100), 0.5, distance_norm=_norm(len(CHANNELS)))
 
 
+def _with_rule(cal: Calibration, rule: int, evidence_norm: np.ndarray | None = None) -> Calibration:
+    """``cal``'s benign rows under look-alike rule ``rule`` (and a campaign-evidence scale)."""
+    return Calibration(
+        cal.samples,
+        np.linspace(0.0, 3.0, 100),
+        0.5,
+        distance_norm=_norm(len(CHANNELS)),
+        lookalike_rule=rule,
+        evidence_norm=evidence_norm,
+    )
+
+
 def _queries(cal: Calibration, b: int, seed: int = 2) -> np.ndarray:
     rng = np.random.default_rng(seed)
     with np.errstate(all="ignore"), warnings.catch_warnings():
@@ -202,9 +214,7 @@ def test_the_rank_channel_leaves_out_the_topic_features(calibration):
 
 
 def test_campaign_evidence_is_the_spread_channels_score_under_rule_1(calibration):
-    calibration = Calibration(
-        calibration.samples, np.linspace(0.0, 3.0, 100), 0.5, distance_norm=_norm(len(CHANNELS)), lookalike_rule=1
-    )
+    calibration = _with_rule(calibration, 1)
     detector = Detector(calibration, target_fpr=0.001, watch_fpr=0.01)
     x = _queries(calibration, 7)
     n = np.full(x.shape[0], 128)
@@ -240,14 +250,7 @@ def test_campaign_evidence_keeps_rule_1s_coordinates_under_rule_2(calibration, b
     its per-query evidence keeps the repetition features rule 2 takes out of the account score,
     on its own benign scale."""
     evidence_norm = _norm(1)[0] * 1.5
-    cal = Calibration(
-        calibration.samples,
-        np.linspace(0.0, 3.0, 100),
-        0.5,
-        distance_norm=_norm(len(CHANNELS)),
-        lookalike_rule=2,
-        evidence_norm=evidence_norm,
-    )
+    cal = _with_rule(calibration, 2, evidence_norm)
     x = _queries(cal, b)[:20]
     x[6, 0] = 50.0  # far, but not so far that float32 rounding swamps the comparison
     n = np.full(x.shape[0], 2**b)
@@ -271,14 +274,7 @@ def test_campaign_evidence_keeps_rule_1s_coordinates_under_rule_2(calibration, b
 
 def test_the_campaign_evidence_scale_is_saved_and_checked(calibration):
     evidence_norm = _norm(1)[0]
-    cal = Calibration(
-        calibration.samples,
-        np.linspace(0.0, 3.0, 100),
-        0.5,
-        distance_norm=_norm(len(CHANNELS)),
-        lookalike_rule=2,
-        evidence_norm=evidence_norm,
-    )
+    cal = _with_rule(calibration, 2, evidence_norm)
     arrays = dict(cal.to_arrays())
     loaded = Calibration.from_arrays(arrays, cal.meta())
     np.testing.assert_array_equal(loaded.evidence_norm, evidence_norm)
@@ -295,9 +291,7 @@ def test_repetition_is_not_evidence_under_rule_2(calibration):
     last turn more than any benign account are what editing and re-sending users do: under
     rule 2 none of it moves a row away from its benign look-alikes; too little follow-up does."""
     assert calibration.lookalike_rule == LOOKALIKE_RULE == 2  # the default
-    calibration = Calibration(
-        calibration.samples, np.linspace(0.0, 3.0, 100), 0.5, distance_norm=_norm(len(CHANNELS)), lookalike_rule=2
-    )
+    calibration = _with_rule(calibration, 2)
     b = 7
     base = np.nanmedian(calibration.samples[b], axis=0)
     repetitive = base.copy()
@@ -316,9 +310,7 @@ def test_repetition_is_not_evidence_under_rule_2(calibration):
 
 def test_a_calibration_saved_before_rule_2_keeps_scoring_repetition(calibration):
     """Its thresholds were set with repetition as evidence: it loads with rule 1 and scores so."""
-    calibration = Calibration(
-        calibration.samples, np.linspace(0.0, 3.0, 100), 0.5, distance_norm=_norm(len(CHANNELS)), lookalike_rule=2
-    )
+    calibration = _with_rule(calibration, 2)
     arrays = dict(calibration.to_arrays())
     assert int(arrays["cal_lookalike_rule"]) == 2
     assert Calibration.from_arrays(arrays, calibration.meta()).lookalike_rule == 2

@@ -260,7 +260,11 @@ def _cross_fitted(
     pooled_ns = np.tile(ns, CROSS_FIT_REPEATS)
     pooled = oof.reshape(-1, len(CHANNELS))
     norm = np.stack([_distance_norm(pooled[:, c], pooled_ns) for c in range(len(CHANNELS))])
-    evidence_norm = _distance_norm(oof_evidence.ravel(), pooled_ns) if oof_evidence is not None else None
+    evidence_norm = None
+    if oof_evidence is None:  # rule 1: the spread channel is the evidence, on its own scale
+        oof_evidence = oof[..., 0]
+    else:
+        evidence_norm = _distance_norm(oof_evidence.ravel(), pooled_ns)
     final = Calibration(
         _bin_samples(features, ns, rng),
         None,
@@ -282,8 +286,5 @@ def _cross_fitted(
     topic = final.topic_return_scores(features, ns)
     maxima = [_account_maxima(np.maximum(score, topic), owner, scored) for score in lookalike]
     final.set_account_max_scores(np.concatenate(maxima))  # every account once per split
-    if oof_evidence is None:
-        evidence = np.mean([final.channel_scores(oof[r], ns)[:, 0] for r in range(CROSS_FIT_REPEATS)], axis=0)
-    else:
-        evidence = np.mean([final.evidence_scores(oof_evidence[r], ns) for r in range(CROSS_FIT_REPEATS)], axis=0)
+    evidence = np.mean([final.evidence_scores(oof_evidence[r], ns) for r in range(CROSS_FIT_REPEATS)], axis=0)
     return final, evidence  # the campaign layer's per-query evidence (Calibration.evidence_scores)

@@ -122,6 +122,12 @@ def topic_return_evidence(features: np.ndarray, n: np.ndarray, p: float) -> np.n
     return np.where(n >= MIN_SCORED_QUERIES, evidence, 0.0)
 
 
+def on_benign_scale(distances: np.ndarray, median: np.ndarray | float, q99: np.ndarray | float) -> np.ndarray:
+    """Raw look-alike distances -> their place among out-of-sample benign distances of their
+    bin, given the benign median and 99th percentile: 0 at the median, 2.33 at the 99th."""
+    return Z_AT_Q99 * (distances - median) / np.maximum(q99 - median, 1e-9)
+
+
 def combined_score(channel_scores: np.ndarray) -> np.ndarray:
     """(m, channels) scores on the benign scale -> a query's signed score: their mean (see CHANNELS)."""
     return channel_scores.mean(axis=1)
@@ -434,7 +440,7 @@ class Calibration:
         if norm is None:
             return d
         norm = norm[self.donor_bin[bin_of(np.asarray(n))]]  # (m, 2)
-        return Z_AT_Q99 * (d - norm[:, 0]) / np.maximum(norm[:, 1] - norm[:, 0], 1e-9)
+        return on_benign_scale(d, norm[:, 0], norm[:, 1])
 
     def _evidence_norm_in_use(self) -> np.ndarray | None:
         if self.evidence_norm is not None:
@@ -446,8 +452,7 @@ class Calibration:
         norm = self._evidence_norm_in_use()
         if norm is None:
             return distances
-        med, q99 = norm[b]
-        return Z_AT_Q99 * (distances - med) / max(q99 - med, 1e-9)
+        return on_benign_scale(distances, *norm[b])
 
     def channel_scores(self, distances: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Raw distances (m, channels) -> each channel's position on the benign scale of the
@@ -457,7 +462,7 @@ class Calibration:
             return d
         norm = self.distance_norm[: d.shape[1], self.donor_bin[bin_of(np.asarray(n))]]  # (channels, m, 2)
         med, q99 = norm[..., 0].T, norm[..., 1].T
-        return Z_AT_Q99 * (d - med) / np.maximum(q99 - med, 1e-9)
+        return on_benign_scale(d, med, q99)
 
     def signed_scores(self, distances: np.ndarray, n: np.ndarray) -> np.ndarray:
         """A query's signed score: the mean of its channels' (:meth:`channel_scores`)."""

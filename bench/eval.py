@@ -164,10 +164,11 @@ class ProbewatchUnderTest(DetectorUnderTest):
 
     name = PROBEWATCH
 
-    def __init__(self, embedder, seed: int) -> None:
+    def __init__(self, embedder, seed: int, storage: str | None = None) -> None:
         super().__init__()
         self.embedder = embedder
         self.seed = seed
+        self.storage = storage  # None: the engine's default
         self.engine = None
         self._fresh = 0
 
@@ -180,6 +181,7 @@ class ProbewatchUnderTest(DetectorUnderTest):
             OPERATING_FPRS[0],
             OPERATING_FPRS[1],
             "bench.eval calibration accounts",
+            **({} if self.storage is None else {"storage": self.storage}),
         )
         detector = self.engine.detector
         self.thresholds = {
@@ -232,12 +234,12 @@ def detector_names(seed: int = 0) -> list[str]:
     return [PROBEWATCH] + [b.name for b in all_baselines(seed)]
 
 
-def make_detectors(names: Sequence[str], embedder, seed: int) -> list[DetectorUnderTest]:
+def make_detectors(names: Sequence[str], embedder, seed: int, storage: str | None = None) -> list[DetectorUnderTest]:
     from bench.baselines import all_baselines
 
     baselines = {b.name: b for b in all_baselines(seed)}
     return [
-        ProbewatchUnderTest(embedder, seed) if name == PROBEWATCH else BaselineUnderTest(baselines[name])
+        ProbewatchUnderTest(embedder, seed, storage) if name == PROBEWATCH else BaselineUnderTest(baselines[name])
         for name in names
     ]
 
@@ -493,6 +495,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run leave-one-population-out, warm-up and poisoning (bench/unseen.py; default on)",
     )
     add_embed_backend_flag(parser)
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="probewatch's history storage, float16 (the engine's default), float32 or int8",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -518,6 +525,8 @@ def reproducing_command(args: argparse.Namespace) -> str:
     words = ["--size", args.size, "--seed", str(args.seed), "--out", str(args.out)]
     words += ["--detectors", ",".join(args.detectors), "--calibration", args.calibration]
     words += embed_backend_words(args.embed_backend)
+    if getattr(args, "storage", None) is not None:
+        words += ["--storage", args.storage]
     return "python -m bench.eval " + shlex.join(words + ([] if args.unseen else ["--no-unseen"]))
 
 
@@ -556,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     timings["embed"] = time.perf_counter() - mark
 
     runs = []
-    for detector in make_detectors(args.detectors, embedder, args.seed):
+    for detector in make_detectors(args.detectors, embedder, args.seed, args.storage):
         runs.append(run_detector(detector, data, show))
     mark = time.perf_counter()
     results = compute_results(data, runs)

@@ -9,7 +9,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-STORAGE_DTYPES = ("float32", "float16")
+STORAGE_DTYPES = ("float32", "float16", "int8")
 EMBED_BACKENDS = ("auto", "torch", "onnx", "openvino")
 EMBED_PRECISIONS = ("auto", "fp32", "bf16")
 EMBED_QUANTIZE = ("none", "int8")
@@ -50,8 +50,9 @@ class EngineConfig:
     eviction_block: int = 512
     storage: str = "float16"
     """'float16' (the default: 776 B per stored query, and a lone query's scan of a long history
-    reads half the bytes; similarities within ~1e-3, detection benchmark unchanged) or 'float32'
-    (exact, 1,543 B; faster for bulk replays of one account's many queries)."""
+    reads half the bytes; similarities within ~1e-4, detection benchmark unchanged), 'float32'
+    (exact, 1,543 B; faster for bulk replays of one account's many queries) or 'int8' (one byte
+    per dimension: about half float16's memory and scan time; similarities within ~7e-3)."""
     memory_budget_bytes: int = 2 * 1024**3
     k_neighbors: int = 8
     """Neighbours searched per query among the account's earlier queries."""

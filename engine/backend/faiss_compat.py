@@ -22,6 +22,13 @@ def half_rows(index, faiss) -> np.ndarray:
     return code_bytes(index, n * d * 2, faiss).view(np.float16).reshape(n, d)
 
 
+def byte_code_rows(index, faiss) -> np.ndarray:
+    """The (ntotal, d) one-byte codes of a host ``IndexScalarQuantizer`` with 8-bit codes: a
+    view, nothing is copied (``index.sa_decode`` turns rows of it into float32)."""
+    n, d = int(index.ntotal), int(index.d)
+    return code_bytes(index, n * d, faiss).reshape(n, d)
+
+
 def code_bytes(index, n_bytes: int, faiss) -> np.ndarray:
     """The first ``n_bytes`` of a host index's code storage (``index.codes``) as a uint8 view."""
     return faiss.rev_swig_ptr(index.codes.data(), n_bytes)

@@ -22,7 +22,7 @@ from probewatch.kernels.backend import to_numpy
 
 from ..errors import UnknownAccountError
 from .device import Backend
-from .faiss_compat import flat_rows, half_rows, resized_copy
+from .faiss_compat import byte_code_rows, flat_rows, half_rows, resized_copy
 
 
 class AccountIndex:
@@ -52,7 +52,7 @@ class AccountIndex:
         self.capacity = capacity
 
     def vectors(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Host float32 copy of rows ``start:stop`` (decoded when stored as float16)."""
+        """Host float32 copy of rows ``start:stop`` (decoded when stored as float16 or int8)."""
         stop = self.size if stop is None else stop
         if stop <= start:
             return np.zeros((0, self.index.d), dtype=np.float32)
@@ -60,29 +60,37 @@ class AccountIndex:
 
 
 HOST_GEMM_MIN_QUERIES = 16
-# float16 rows are widened block by block before the product, which costs about what faiss's
-# own fp16 scan saves below this many queries of one account (measured at 300-10k rows).
+# float16 and int8 rows are widened block by block before the product, which costs about what
+# faiss's own scan saves below this many queries of one account (measured for float16 at 300-10k
+# rows; int8, whose scan is slower, shares the threshold).
 HOST_GEMM_MIN_QUERIES_FLOAT16 = 64
 _GEMM_ROWS = 16384  # history rows per matrix product: bounds the (queries x rows) block
 
 
-def _flat_topk_gemm(index, queries: np.ndarray, k: int, faiss) -> np.ndarray:
+def _flat_topk_gemm(index, queries: np.ndarray, k: int, faiss, storage: str) -> np.ndarray:
     """Top-k inner products of ``queries`` against a host index's rows, read in place.
 
     For many queries of one account this is one NumPy sgemm per block of history: measured
     2-6x faster than faiss-cpu's search on a 2-core machine at 10k-100k rows (its bundled
-    BLAS is slower than NumPy's), with the same inner products. float16 rows
-    (``IndexScalarQuantizer`` with fp16 codes) are widened to float32 one block at a time.
+    BLAS is slower than NumPy's), with the same inner products. float16 and int8 rows
+    (``IndexScalarQuantizer`` codes) are widened to float32 one block at a time.
     """
-    stored = half_rows(index, faiss) if isinstance(index, faiss.IndexScalarQuantizer) else flat_rows(index, faiss)
+    if storage == "int8":
+        stored, widen = byte_code_rows(index, faiss), index.sa_decode
+    else:
+        stored = half_rows(index, faiss) if storage == "float16" else flat_rows(index, faiss)
+        widen = lambda block: block.astype(np.float32, copy=False)  # noqa: E731
     n = stored.shape[0]
     best = np.empty((queries.shape[0], 0), dtype=np.float32)
     for start in range(0, n, _GEMM_ROWS):
-        sims = queries @ stored[start : start + _GEMM_ROWS].astype(np.float32, copy=False).T
+        sims = queries @ widen(stored[start : start + _GEMM_ROWS]).T
         take = min(k, sims.shape[1])
         top = np.take_along_axis(sims, np.argpartition(-sims, take - 1, axis=1)[:, :take], axis=1)
         best = np.concatenate([best, top], axis=1)
     return -np.sort(-best, axis=1)[:, :k]
+
+
+BYTES_PER_DIMENSION = {"float32": 4, "float16": 2, "int8": 1}
 
 
 class AccountStore:
@@ -107,7 +115,9 @@ class AccountStore:
         self.eviction_block = eviction_block
         self.segmented_max_history = segmented_max_history
         self.backend = backend
-        self.bytes_per_vector = dim * (2 if storage == "float16" else 4)
+        self.bytes_per_vector = dim * BYTES_PER_DIMENSION[storage]
+        # an empty int8 index: FAISS's own encoder and decoder, to round queries as rows are kept
+        self._codec = backend.new_index(dim, storage) if storage == "int8" else None
         # Least recently observed first: the order idle-account eviction walks.
         self._accounts: OrderedDict[str, AccountIndex] = OrderedDict()
         self._total_rows = 0  # kept current, so the memory budget check is O(1) per batch
@@ -171,10 +181,12 @@ class AccountStore:
         if n == 0:
             return sims, counts
         host_vectors = to_numpy(vectors).astype(np.float32, copy=False)
+        # Compare at the precision rows are kept in: a query then meets the earlier rows of its
+        # own batch exactly as it would after they were stored (batch == one at a time).
         if self.storage == "float16":
-            # Compare at the precision rows are kept in: a query then meets the earlier rows of
-            # its own batch exactly as it would after they were stored (batch == one at a time).
             host_vectors = host_vectors.astype(np.float16).astype(np.float32)
+        elif self._codec is not None:
+            host_vectors = self._codec.sa_decode(self._codec.sa_encode(np.ascontiguousarray(host_vectors)))
 
         # Group the batch by account, keeping arrival order inside each group.
         groups: dict[str, list[int]] = {}
@@ -235,7 +247,7 @@ class AccountStore:
         kk = min(k, entry.size)
         gemm_from = HOST_GEMM_MIN_QUERIES if self.storage == "float32" else HOST_GEMM_MIN_QUERIES_FLOAT16
         if not entry.on_device and len(rows) >= gemm_from:
-            hist_sims = _flat_topk_gemm(entry.index, batch, kk, self.backend.faiss)
+            hist_sims = _flat_topk_gemm(entry.index, batch, kk, self.backend.faiss, self.storage)
         else:
             hist_sims, _ = entry.index.search(batch, kk)
         if len(rows) == 1:  # the common case: nothing earlier in this batch to merge

@@ -158,7 +158,9 @@ def write_snapshot(path: str | Path, state: dict[str, Any]) -> None:
     arrays = {
         "header": _header(SNAPSHOT_FORMAT, header),
         "store_offsets": state["offsets"],
-        "store_vectors": state["vectors"].astype(np.float16 if config.storage == "float16" else np.float32),
+        # an int8 row is the centre of its code's step, which float16 keeps to within 1/16 of a step:
+        # re-encoding a loaded row gives its code back
+        "store_vectors": state["vectors"].astype(np.float32 if config.storage == "float32" else np.float16),
         **_benign_arrays(benign),
     }
     for name in AccountState.ARRAYS:

@@ -94,7 +94,7 @@ def test_engine_cuda_text_stream_matches_cpu(embedder):
 
 
 @requires_cuda_engine
-@pytest.mark.parametrize("storage", ["float32", "float16"])
+@pytest.mark.parametrize("storage", ["float32", "float16", "int8"])
 def test_snapshot_gpu_to_cpu_and_back(tmp_path, storage):
     acc, vecs = clustered_stream(1)
     half = len(acc) // 2

@@ -151,7 +151,7 @@ def test_same_seed_same_calibration_and_scores(topics, stream):
 # ---------------------------------------------------------------------------------------
 # batch boundaries
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("storage", ["float32", "float16"])
+@pytest.mark.parametrize("storage", ["float32", "float16", "int8"])
 def test_batch_equals_one_at_a_time(make_engine, stream, storage):
     accounts, vectors = stream
     whole = make_engine(storage=storage).observe_embeddings(accounts, vectors)

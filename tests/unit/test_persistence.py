@@ -98,7 +98,7 @@ def test_snapshot_is_plain_arrays(tmp_path):
         assert data["store_vectors"].shape == (engine.stats().stored_queries, DIM)
 
 
-@pytest.mark.parametrize("storage", ["float32", "float16"])
+@pytest.mark.parametrize("storage", ["float32", "float16", "int8"])
 def test_round_trip_scores_identically(tmp_path, storage):
     engine = engine_with_state(storage=storage)
     path = tmp_path / f"{storage}.npz"
@@ -107,12 +107,12 @@ def test_round_trip_scores_identically(tmp_path, storage):
     assert loaded.config == engine.config and loaded.config.storage == storage
     assert loaded.accounts() == engine.accounts()
     with np.load(path, allow_pickle=False) as data:
-        assert data["store_vectors"].dtype == (np.float16 if storage == "float16" else np.float32)
+        assert data["store_vectors"].dtype == (np.float32 if storage == "float32" else np.float16)
     ids, offsets, flat = engine.pipeline.store.export()
     ids2, offsets2, flat2 = loaded.pipeline.store.export()
     assert ids == ids2
     np.testing.assert_array_equal(offsets, offsets2)
-    np.testing.assert_array_equal(flat, flat2)  # float16 values survive exactly
+    np.testing.assert_array_equal(flat, flat2)  # float16 and int8 values survive exactly
     for a in engine.accounts():
         assert loaded.report(a) == engine.report(a)
     assert loaded.report("no-ts").first_ts is None
@@ -125,9 +125,10 @@ def test_round_trip_scores_identically(tmp_path, storage):
     assert pw.Engine.load(tmp_path / "again.npz").report("acct-0") == loaded.report("acct-0")
 
 
-def test_float16_storage_scores_close_to_float32(tmp_path):
+@pytest.mark.parametrize("storage", ["float16", "int8"])
+def test_rounded_storage_scores_close_to_float32(tmp_path, storage):
     a = engine_with_state(storage="float32")
-    b = engine_with_state(storage="float16")
+    b = engine_with_state(storage=storage)
     for acc in a.accounts():
         ra, rb = a.report(acc), b.report(acc)
         assert ra.n_queries == rb.n_queries

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from probewatch.backend import Backend
+from probewatch.backend.device import int8_range
 from probewatch.backend.store import AccountStore
 from probewatch.errors import UnknownAccountError
 from tests.support import unit_rows
@@ -159,25 +160,45 @@ def test_float16_storage_within_tolerance(segmented_max_history):
 
 
 @pytest.mark.parametrize("segmented_max_history", [2048, 0])
-def test_float16_storage_batch_equals_one_at_a_time(segmented_max_history):
+def test_int8_storage_within_tolerance(segmented_max_history):
+    """int8 rows at a sentence embedding's dimension: one byte each, similarities within 1e-2 of
+    exact, and every stored row the centre of its codes' step (re-encoding it changes nothing)."""
+    dim = 384
+    rng = np.random.default_rng(12)
+    store = make_store(storage="int8", segmented_max_history=segmented_max_history, dim=dim)
+    assert store.bytes_per_vector == dim
+    brute = BruteStore(store.history_cap, store.eviction_block)
+    assert_matches(store, brute, random_batches(rng, n_accounts=4, n_batches=10, max_batch=20, dim=dim), 6, atol=1e-2)
+    step = 2 * int8_range(dim) / 255
+    for a, h in brute.hist.items():
+        stored = store.get(a).vectors()
+        assert np.abs(stored - np.asarray(h, dtype=np.float32)).max() <= step / 2 + 1e-6
+        index = store.get(a).index
+        np.testing.assert_array_equal(index.sa_decode(index.sa_encode(stored)), stored)
+
+
+@pytest.mark.parametrize("storage", ["float16", "int8"])
+@pytest.mark.parametrize("segmented_max_history", [2048, 0])
+def test_rounded_storage_batch_equals_one_at_a_time(segmented_max_history, storage):
     """A query meets the earlier rows of its own batch at the precision they are stored in, so
-    a float16 store answers a batch as it answers the same rows one call at a time (FAISS's
-    float16 encoder can round a last bit differently from NumPy's: 1e-6, far below the ~1e-4
-    that comparing unrounded batch rows gave)."""
+    a float16 or int8 store answers a batch as it answers the same rows one call at a time
+    (FAISS's float16 encoder can round a last bit differently from NumPy's: 1e-6, far below the
+    ~1e-4 that comparing unrounded batch rows gave)."""
     rng = np.random.default_rng(5)
     batches = random_batches(rng, n_accounts=3, n_batches=12, max_batch=25)
-    batched = make_store(storage="float16", segmented_max_history=segmented_max_history)
-    single = make_store(storage="float16", segmented_max_history=segmented_max_history)
+    batched = make_store(storage=storage, segmented_max_history=segmented_max_history)
+    single = make_store(storage=storage, segmented_max_history=segmented_max_history)
     for accounts, vectors in batches:
         together, _ = batched.search_then_add(accounts, vectors, 6)
         apart = np.concatenate([single.search_then_add([a], vectors[i : i + 1], 6)[0] for i, a in enumerate(accounts)])
         np.testing.assert_allclose(together, apart, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("storage", ["float32", "float16"])
+@pytest.mark.parametrize("storage", ["float32", "float16", "int8"])
 def test_many_queries_of_one_account_take_the_matrix_product_and_match_faiss(storage, monkeypatch):
     """Past HOST_GEMM_MIN_QUERIES(_FLOAT16) queries of one account, the stored rows are read in
-    place (float16 codes widened) and multiplied by NumPy: the same neighbours as FAISS's search."""
+    place (float16 or int8 codes widened) and multiplied by NumPy: the same neighbours as FAISS's
+    search."""
     import probewatch.backend.store as store_module
 
     rng = np.random.default_rng(3)
@@ -247,7 +268,7 @@ def test_window_and_unknown_account():
     assert store.history_size("nope") == 0
 
 
-@pytest.mark.parametrize("storage", ["float32", "float16"])
+@pytest.mark.parametrize("storage", ["float32", "float16", "int8"])
 def test_export_import_round_trip(storage):
     rng = np.random.default_rng(5)
     store = make_store(storage=storage, segmented_max_history=3)
@@ -278,7 +299,7 @@ def test_export_import_round_trip(storage):
     assert ids == [] and offsets.tolist() == [0] and flat.shape == (0, DIM)
 
 
-@pytest.mark.parametrize(("storage", "per"), [("float32", 4), ("float16", 2)])
+@pytest.mark.parametrize(("storage", "per"), [("float32", 4), ("float16", 2), ("int8", 1)])
 def test_memory_accounting(storage, per):
     store = make_store(storage=storage, history_cap=20, eviction_block=4)
     rng = np.random.default_rng(1)
@@ -313,7 +334,7 @@ def test_empty_batch():
     assert sims.shape == (0, 4) and counts.shape == (0,) and len(store) == 0
 
 
-@pytest.mark.parametrize("storage", ["float32", "float16"])
+@pytest.mark.parametrize("storage", ["float32", "float16", "int8"])
 def test_storage_grows_by_an_eighth_and_never_past_the_cap(storage):
     """One query at a time, an account's allocation stays within 1/8 (or 4 rows) of its size
     while it grows, never exceeds the cap plus the batch that overflows it, and the rows
@@ -332,7 +353,7 @@ def test_storage_grows_by_an_eighth_and_never_past_the_cap(storage):
         assert entry.size <= entry.capacity <= cap + 1, i
         if i < cap:  # growing, before any eviction
             assert entry.capacity <= min(entry.size + max(entry.size // 8, 4), cap), i
-        tol = 1e-3 if storage == "float16" else 0.0
+        tol = {"float32": 0.0, "float16": 1e-3, "int8": int8_range(DIM) / 255 + 1e-6}[storage]
         np.testing.assert_allclose(entry.vectors(), np.asarray(kept, dtype=np.float32), atol=tol)
 
 

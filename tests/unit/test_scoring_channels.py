@@ -26,6 +26,7 @@ from probewatch.detect.scoring import (
     Detector,
     bin_of,
     lookalike_skips,
+    nearest_k,
 )
 from probewatch.errors import CalibrationError
 
@@ -149,6 +150,39 @@ def test_neighbours_equal_brute_force_in_every_channel(b, favour):
         d = np.sqrt(((table - point) ** 2).sum(axis=1))
         assert d[found.nearest[i]].max() <= np.sort(d)[NEIGHBOURS - 1] * (1 + 1e-6) + 1e-3
         np.testing.assert_allclose(found.gap[i], point - table[found.nearest[i]].mean(axis=0), rtol=1e-5, atol=2e-3)
+
+
+def test_nearest_k_equals_a_stable_sort():
+    """The k smallest per row, smallest first and ties to the lower index, as a stable argsort
+    gives them; the k-th value exactly np.partition's."""
+    rng = np.random.default_rng(4)
+    d2 = rng.integers(0, 40, size=(3, 7, 300)).astype(np.float32)  # many ties
+    d2[0, 0] = 5.0  # a row of one value
+    for k in (1, 5):
+        expected_idx = np.argsort(d2, axis=-1, kind="stable")[..., :k]
+        expected_kth = np.partition(d2, k - 1, axis=-1)[..., k - 1]
+        idx, kth = nearest_k(d2.copy(), k)
+        np.testing.assert_array_equal(idx, expected_idx)
+        np.testing.assert_array_equal(kth, expected_kth)
+    lone = rng.standard_normal((1, 1, 4096)).astype(np.float32)
+    idx, kth = nearest_k(lone.copy(), NEIGHBOURS)
+    assert idx.shape == (1, 1, NEIGHBOURS) and kth[0, 0] == np.sort(lone[0, 0])[NEIGHBOURS - 1]
+
+
+@pytest.mark.parametrize("rule", [1, 2])
+def test_a_lone_query_is_searched_bit_for_bit_as_in_a_batch(calibration, rule):
+    """One row alone, the same row in a batch over several bins, and calibration's chunked
+    distances: the same arithmetic, so the same bits (a lone query is judged exactly as the
+    benign rows that set its thresholds were)."""
+    cal = calibration if rule == 1 else _with_rule(calibration, 2, _norm(1)[0] * 1.5)
+    x = np.concatenate([_queries(cal, 2)[:8], _queries(cal, 7)[:8]])
+    n = np.array([4] * 8 + [128] * 8)
+    batch = cal.neighbours(x, n)
+    for i in range(x.shape[0]):
+        alone = cal.neighbours(x[i : i + 1], n[i : i + 1])
+        for field in batch._fields:
+            np.testing.assert_array_equal(getattr(alone, field)[0], getattr(batch, field)[i], err_msg=field)
+    np.testing.assert_array_equal(cal.raw_distances(x, n, chunk=5), batch.distance)
 
 
 def test_a_query_scores_the_mean_of_its_channels(calibration):

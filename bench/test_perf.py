@@ -214,6 +214,22 @@ def test_detection_cost_many_short_accounts(benchmark):
     benchmark(lambda: engine.observe_embeddings(accounts, next(more)))
 
 
+@pytest.mark.parametrize("rows", [1, 256])
+def test_lookalike_search(benchmark, rows):
+    """The look-alike search alone (``Calibration.neighbours``, shipped calibration): feature
+    rows of 64-127-query accounts against that bin's benign rows, in every channel and the
+    campaign evidence, one BLAS thread as in the engine."""
+    from probewatch.backend.threads import limit_host_blas
+
+    calibration = pw.Engine(device="cpu").detector.calibration
+    samples = calibration.samples[6]
+    picked = samples[np.random.default_rng(0).choice(samples.shape[0], rows, replace=False)]
+    n = np.full(rows, 64)
+    benchmark.extra_info["rows_per_call"] = rows
+    with limit_host_blas(1):
+        benchmark(lambda: calibration.neighbours(picked, n))
+
+
 @pytest.mark.parametrize("storage", ["float32", "float16", "int8"])
 def test_memory_per_stored_query(benchmark, storage):
     """Resident memory added per stored query, measured over 200 accounts x 1,000 queries.

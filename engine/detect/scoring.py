@@ -178,14 +178,14 @@ def nearest_k(d2: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 SEARCH_CHUNK_ROWS = 32
 
 
-def _chunks(rows: np.ndarray | slice, m: int) -> list[np.ndarray | slice]:
-    """``rows`` (an index array, or every one of ``m`` rows) in pieces of SEARCH_CHUNK_ROWS."""
+def _chunks(rows: np.ndarray | slice, m: int, size: int = SEARCH_CHUNK_ROWS) -> list[np.ndarray | slice]:
+    """``rows`` (an index array, or every one of ``m`` rows) in pieces of ``size``."""
     count = m if isinstance(rows, slice) else rows.size
-    if count <= SEARCH_CHUNK_ROWS:
+    if count <= size:
         return [rows]
     if isinstance(rows, slice):
-        return [slice(start, start + SEARCH_CHUNK_ROWS) for start in range(0, m, SEARCH_CHUNK_ROWS)]
-    return [rows[start : start + SEARCH_CHUNK_ROWS] for start in range(0, count, SEARCH_CHUNK_ROWS)]
+        return [slice(start, start + size) for start in range(0, m, size)]
+    return [rows[start : start + size] for start in range(0, count, size)]
 
 
 def nearest_populated_bins(populated: np.ndarray) -> np.ndarray:
@@ -444,20 +444,16 @@ class Calibration:
         """(m, layers) raw distance of each row to its NEIGHBOURS-th nearest benign row of its
         bin: in every channel, or (``evidence``) in the campaign evidence alone."""
         features = np.atleast_2d(features)
-        bins = self.donor_bin[bin_of(np.asarray(n))]
-        first = self.n_channels if evidence else 0
-        out = np.empty((features.shape[0], 1 if evidence else self.n_channels))
-        for b in np.unique(bins).tolist():
-            rows = np.flatnonzero(bins == b)
-            k = min(NEIGHBOURS, self._tables[b].shape[2])
-            for start in range(0, rows.size, chunk):
-                r = rows[start : start + chunk]
-                if evidence:
-                    points = self._evidence_point(features[r], b)[None]
-                else:
-                    points = self._points(features[r], b, self.n_channels)
-                d2 = self._squared_distances(points, b, first)
-                out[r] = np.sqrt(np.maximum(nearest_k(d2, k)[1], 0.0)).T
+        bins = self.donor_bin[bin_of(np.atleast_1d(np.asarray(n)))]
+        m, first = features.shape[0], self.n_channels if evidence else 0
+        out = np.empty((m, 1 if evidence else self.n_channels))
+        for b, rows in ((b, part) for b, group in _rows_per_bin(bins) for part in _chunks(group, m, chunk)):
+            if evidence:
+                points = self._evidence_point(features[rows], b)[None]
+            else:
+                points = self._points(features[rows], b, self.n_channels)
+            d2 = self._squared_distances(points, b, first)
+            out[rows] = np.sqrt(np.maximum(nearest_k(d2, min(NEIGHBOURS, d2.shape[2]))[1], 0.0)).T
         return out
 
     def raw_distances(self, features: np.ndarray, n: np.ndarray, chunk: int = SEARCH_CHUNK_ROWS) -> np.ndarray:

@@ -199,10 +199,17 @@ class SidecarProcess(ChildProcess):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sidecar exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
+                answer = httpx.get(self.url + "/readyz", timeout=2)
             except httpx.TransportError:
-                pass
+                answer = None
+            if answer is not None and answer.status_code == 200:
+                return
+            if answer is not None and answer.status_code == 503 and answer.json().get("status") == "failed":
+                message = answer.json()["error"]["message"]
+                # The model or the state could not be loaded: final, unlike Kafka mode's retried reasons,
+                # so waiting out the timeout would only delay the report.
+                if message.startswith("loading failed"):
+                    raise RuntimeError(f"sidecar failed to start: {message}\n{self.log_tail()}")
             time.sleep(0.3)
         raise TimeoutError(f"sidecar not ready after {timeout}s:\n{self.log_tail()}")
 

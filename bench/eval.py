@@ -47,6 +47,7 @@ from bench.embedcache import add_embed_backend_flag, embed_backend_words
 from bench.metrics import account_score, delay_summary, flagged_share, queries_until_detection, roc_auc
 from bench.traffic import (
     HARD_BENIGN,
+    LONG_BENIGN,
     MIXED_SHARES,
     STRATEGIES,
     AccountStream,
@@ -67,7 +68,7 @@ PRIMARY_FPR = OPERATING_FPRS[0]
 EMBED_CHUNK = 512
 # Accounts whose probewatch risk is traced query by query for the risk-over-time plot.
 TRACED_ATTACK_SCENARIOS = ("template_sweep", "perturbation_chain", "coverage_kcenter", "mixed_10pct")
-TRACED_BENIGN_KINDS = ("benign:power_user", "benign:edit_resender", "benign:rag_app")
+TRACED_BENIGN_KINDS = ("benign:power_user", "benign:edit_resender", "benign:rag_app", LONG_BENIGN)
 
 
 # the scenarios the poisoning measurement replays: every pure strategy and every mixed share
@@ -412,6 +413,29 @@ def risk_traces(data: EmbeddedTraffic, runs: list[DetectorRun], records: list[di
     return traces
 
 
+def blended_metrics(records: list[dict], runs: list[DetectorRun]) -> dict[str, Any]:
+    """Each mixed scenario against the benign users of its own length (``LONG_BENIGN``, built as
+    the mixed accounts' benign part is): per detector the AUC, the median mixed account score and
+    the highest long benign one. Empty when the traffic has no such users."""
+    longs = [r for r in records if r["pool"] == BENIGN_POOL and r["kind"] == LONG_BENIGN]
+    if not longs:
+        return {}
+    out: dict[str, Any] = {"long_benign_accounts": len(longs), "scenarios": {}}
+    for scenario in MIXED_SHARES:
+        mixed = [r for r in records if r["pool"] == scenario]
+        if not mixed:
+            continue
+        out["scenarios"][scenario] = {
+            run.name: {
+                "auc": roc_auc([r["score"][run.name] for r in longs], [r["score"][run.name] for r in mixed]),
+                "median_mixed_score": float(np.nanmedian([r["score"][run.name] for r in mixed])),
+                "max_long_benign_score": float(np.nanmax([r["score"][run.name] for r in longs])),
+            }
+            for run in runs
+        }
+    return out
+
+
 def compute_results(data: EmbeddedTraffic, runs: list[DetectorRun]) -> dict[str, Any]:
     records = account_records(data, runs)
     benign = [r for r in records if r["pool"] == BENIGN_POOL]
@@ -426,6 +450,7 @@ def compute_results(data: EmbeddedTraffic, runs: list[DetectorRun]) -> dict[str,
             "detectors": {run.name: scenario_metrics(benign, attack, run) for run in runs},
         }
     return {
+        "blended": blended_metrics(records, runs),
         "detectors": {
             run.name: {
                 "thresholds": {fpr_key(f): t for f, t in run.thresholds.items()},

@@ -120,6 +120,37 @@ def hard_benign_table(results: dict) -> str:
     return _table(header, rows)
 
 
+BLENDED_PROTOCOL = """\
+Each mixed account is an ordinary user of 1,000-2,000 queries (at default size) with bursts of
+3-20 extraction queries inserted at random times; the `benign:long_chat` test accounts are
+ordinary users built by the same generator at the same length, without the bursts. Per detector:
+the AUC over those two groups alone, then the median mixed account score and the highest
+`benign:long_chat` score (account scores are the maximum over the stream, as everywhere here)."""
+
+
+def _fmt_score(x) -> str:
+    return "–" if _missing(x) else f"{x:.3g}"
+
+
+def blended_table(results: dict) -> str | None:
+    """Mixed scenarios against the benign users of their own length; None without such users."""
+    blended = results.get("blended") or {}
+    if not blended.get("scenarios"):
+        return None
+    detectors = _detectors(results)
+    header = ["scenario"] + [f"{name}: AUC (median mixed / max long benign)" for name in detectors]
+    rows = []
+    for scenario, per_detector in blended["scenarios"].items():
+        row = [scenario]
+        for name in detectors:
+            m = per_detector[name]
+            row.append(
+                f"{fmt_rate(m['auc'])} ({_fmt_score(m['median_mixed_score'])} / {_fmt_score(m['max_long_benign_score'])})"
+            )
+        rows.append(row)
+    return _table(header, rows)
+
+
 def scenario_table(results: dict, scenario: str) -> str:
     keys = results["meta"]["operating_fprs"]
     primary = results["meta"]["primary_fpr"]
@@ -342,6 +373,18 @@ def markdown(results: dict) -> str:
             f"{block['attack_queries']} of them extraction queries.",
             "",
             scenario_table(results, scenario),
+        ]
+    blended = blended_table(results)
+    if blended is not None:
+        parts += [
+            "",
+            "## Blended accounts against ordinary users of their length",
+            "",
+            BLENDED_PROTOCOL,
+            "",
+            f"{results['blended']['long_benign_accounts']} `benign:long_chat` accounts.",
+            "",
+            blended,
         ]
     if results.get("unseen"):
         parts += [

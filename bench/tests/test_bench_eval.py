@@ -19,6 +19,7 @@ from bench.eval import (
     OPERATING_FPRS,
     DetectorRun,
     benign_metrics,
+    blended_metrics,
     detector_names,
     fpr_key,
     main,
@@ -179,6 +180,29 @@ def test_benign_metrics_per_class_with_probewatch_reasons():
     assert rag["top_reasons"]["0.01"][0] == ["coverage", 2]
     assert m["by_kind"]["benign:normal"]["fpr"]["0.01"] == 0.0
     assert list(m["by_kind"]) == ["benign:normal", "benign:rag_app"]  # classes with no account are left out
+
+
+def test_blended_metrics_compare_mixed_accounts_with_long_benign_users_only():
+    from bench.report import blended_table
+
+    records = [
+        _record("short", BENIGN_POOL, "benign:normal", [5.0], 0),  # outscores everything, but not of their length
+        _record("long0", BENIGN_POOL, "benign:long_chat", [0.2, 0.4], 0),
+        _record("long1", BENIGN_POOL, "benign:long_chat", [0.7], 0),
+        _record("m0", "mixed_5pct", "mixed:5pct:x", [0.1, 0.5], 1),
+        _record("m1", "mixed_5pct", "mixed:5pct:x", [0.9], 1),
+        _record("m2", "mixed_25pct", "mixed:25pct:x", [0.8, 0.3], 1),
+    ]
+    m = blended_metrics(records, [_run()])
+    assert m["long_benign_accounts"] == 2 and list(m["scenarios"]) == ["mixed_5pct", "mixed_25pct"]
+    five = m["scenarios"]["mixed_5pct"]["det"]
+    assert five["auc"] == pytest.approx(brute_force_auc([0.4, 0.7], [0.5, 0.9]))
+    assert five["median_mixed_score"] == pytest.approx(0.7) and five["max_long_benign_score"] == 0.7
+    assert m["scenarios"]["mixed_25pct"]["det"]["auc"] == 1.0
+    table = blended_table({"blended": m, "detectors": {"det": {}}})
+    assert "| mixed_5pct | 0.75 (0.7 / 0.7) |" in table
+    assert blended_metrics([r for r in records if r["kind"] != "benign:long_chat"], [_run()]) == {}
+    assert blended_table({"blended": {}, "detectors": {"det": {}}}) is None
 
 
 def test_unknown_detector_is_refused_with_the_valid_names(capsys):

@@ -17,7 +17,9 @@ from bench.embedcache import ENV_CACHE_DIR, EmbeddingCache, default_cache_dir
 from bench.traffic import (
     HARD_BENIGN,
     HELDOUT_STRATEGIES,
+    LONG_BENIGN,
     MIXED_SHARES,
+    SIZES,
     STRATEGIES,
     AccountStream,
     Traffic,
@@ -61,8 +63,20 @@ def test_scenarios_and_sizes_match_the_quick_budget(traffic):
     assert len(traffic.calibration) >= 60 and len(traffic.test_benign) >= 60
     assert all(len(traffic.attacks[name]) >= 3 for name in SCENARIOS)
     assert len(traffic.all_texts()) <= 2500  # the embedding budget of a CI run
-    for group in (traffic.calibration, traffic.test_benign):
-        assert {s.kind for s in group} == {"benign:normal", *HARD_BENIGN}
+    assert {s.kind for s in traffic.calibration} == {"benign:normal", *HARD_BENIGN}
+    assert {s.kind for s in traffic.test_benign} == {"benign:normal", *HARD_BENIGN, LONG_BENIGN}
+
+
+def test_long_benign_users_are_as_long_as_the_mixed_accounts_benign_part(traffic):
+    # a blended account is compared with ordinary users of its own length, built by the same generator
+    low, high = SIZES["quick"].mixed_base
+    longs = [s for s in traffic.test_benign if s.kind == LONG_BENIGN]
+    assert len(longs) == SIZES["quick"].long_accounts
+    assert all(low <= len(s) <= high for s in longs)
+    for name in MIXED_SHARES:
+        for stream in traffic.attacks[name]:
+            assert low <= len(stream) - sum(stream.is_attack) <= high
+    assert all(len(s) < low for s in traffic.test_benign if s.kind == "benign:normal")
 
 
 def test_every_stream_is_well_formed(traffic):

@@ -16,7 +16,7 @@ See README.md in this folder for the sources, account classes, strategies and si
 """
 
 from .attacks import STRATEGIES
-from .build import HARD_BENIGN, MIXED_SHARES, SIZES, build_traffic
+from .build import HARD_BENIGN, LONG_BENIGN, MIXED_SHARES, SIZES, build_traffic
 from .heldout_attacks import HELDOUT_STRATEGIES
 from .hydra import (
     CROWD_TEMPLATES,
@@ -43,6 +43,7 @@ __all__ = [
     "HYDRA_CROWDS",
     "HYDRA_SCENARIOS",
     "HYDRA_SIZES",
+    "LONG_BENIGN",
     "META_KEYS",
     "MIXED_SHARES",
     "POPULATIONS",

@@ -21,6 +21,9 @@ HARD_BENIGN = (
     "benign:edit_resender",
 )
 MIXED_SHARES = {"mixed_5pct": 0.05, "mixed_10pct": 0.10, "mixed_25pct": 0.25}
+# Ordinary users as long-lived as the mixed accounts, built as their benign bases are: the
+# accounts a blended attacker must be told apart from. Test pool only (never calibrated on).
+LONG_BENIGN = "benign:long_chat"
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class SizeSpec:
     kcenter_pool: int
     mixed_accounts: int
     mixed_base: tuple[int, int]
+    long_accounts: int  # benign LONG_BENIGN test accounts, mixed_base queries each
     splits: dict[str, tuple[int, int]]  # scenario -> (accounts, queries per account)
 
 
@@ -77,6 +81,7 @@ SIZES = {
         kcenter_pool=100,
         mixed_accounts=3,
         mixed_base=(60, 100),
+        long_accounts=3,
         splits={"split_10": (10, 30), "split_50": (50, 12), "split_200": (200, 6)},
     ),
     "default": SizeSpec(
@@ -110,6 +115,7 @@ SIZES = {
         kcenter_pool=1200,
         mixed_accounts=10,
         mixed_base=(1000, 2000),
+        long_accounts=30,
         splits={"split_10": (10, 300), "split_50": (50, 200), "split_200": (200, 150)},
     ),
 }
@@ -297,9 +303,27 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
             streams.append(_attack_stream(account, f"attack:{scenario}", picked, script_times(rng, len(picked))))
         scenarios[scenario] = streams
 
+    rng = _rng(size, seed, "long-benign")
+    long_benign = [
+        benign.chat_user(
+            rng,
+            test_pools,
+            _account_id(size, seed, "long", index),
+            rng.randint(*spec.mixed_base),
+            rng.randint(3, 6),
+            kind=LONG_BENIGN,
+        )
+        for index in range(spec.long_accounts)
+    ]
+
     names = attacks.STRATEGIES + tuple(MIXED_SHARES) + tuple(spec.splits) + heldout_attacks.HELDOUT_STRATEGIES
     ordered = {name: scenarios[name] for name in names}
+    # the long accounts last, so every stream built before them keeps its re-edits (and texts)
     keep_disjoint(
-        _rng(size, seed, "disjoint"), calibration, test_benign + [s for streams in ordered.values() for s in streams]
+        _rng(size, seed, "disjoint"),
+        calibration,
+        test_benign + [s for streams in ordered.values() for s in streams] + long_benign,
     )
-    return Traffic(size=size, seed=seed, calibration=calibration, test_benign=test_benign, attacks=ordered)
+    return Traffic(
+        size=size, seed=seed, calibration=calibration, test_benign=test_benign + long_benign, attacks=ordered
+    )

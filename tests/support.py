@@ -204,12 +204,11 @@ class SidecarProcess(ChildProcess):
                 answer = None
             if answer is not None and answer.status_code == 200:
                 return
-            if answer is not None and answer.status_code == 503 and answer.json().get("status") == "failed":
-                message = answer.json()["error"]["message"]
-                # The model or the state could not be loaded: final, unlike Kafka mode's retried reasons,
-                # so waiting out the timeout would only delay the report.
-                if message.startswith("loading failed"):
-                    raise RuntimeError(f"sidecar failed to start: {message}\n{self.log_tail()}")
+            body = answer.json() if answer is not None and answer.status_code == 503 else {}
+            # The model or the state could not be loaded: final, unlike Kafka mode's retried reasons,
+            # so waiting out the timeout would only delay the report.
+            if body.get("status") == "failed" and body["error"]["message"].startswith("loading failed"):
+                raise RuntimeError(f"sidecar failed to start: {body['error']['message']}\n{self.log_tail()}")
             time.sleep(0.3)
         raise TimeoutError(f"sidecar not ready after {timeout}s:\n{self.log_tail()}")
 

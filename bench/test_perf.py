@@ -183,8 +183,8 @@ def test_detection_cost_one_query(benchmark, history):
 @pytest.mark.parametrize("storage", ["float32", "int8"])
 def test_detection_cost_one_query_other_storage(benchmark, storage):
     """The lone query at a 10k history with ``storage="float32"`` (the memory-bound k-NN scan
-    reads twice the bytes of the default float16 rows) or ``"int8"`` (half the bytes, but
-    faiss-cpu's 8-bit scan decodes more slowly than its float16 one)."""
+    reads twice the bytes of the default float16 rows) or ``"int8"`` (half the bytes, scanned
+    by FAISS's signed 8-bit codes with integer products)."""
     engine, fresh = _engine_with_history(10_000, storage=storage)
     queries = itertools.cycle(fresh[:, None, :])
     benchmark.extra_info["history"] = 10_000
@@ -198,6 +198,17 @@ def test_detection_cost_batch_of_64(benchmark, history):
     engine, fresh = _engine_with_history(history)
     batches = itertools.cycle([fresh[i : i + 64] for i in range(0, 4096, 64)])
     benchmark.extra_info["history"] = history
+    benchmark.extra_info["queries_per_call"] = 64
+    benchmark(lambda: engine.observe_embeddings(["big"] * 64, next(batches)))
+
+
+def test_detection_cost_batch_of_64_int8(benchmark):
+    """64 queries of one account at a 10k history with ``storage="int8"``: the history is read
+    as whole-number codes and multiplied against the queries' codes."""
+    engine, fresh = _engine_with_history(10_000, storage="int8")
+    batches = itertools.cycle([fresh[i : i + 64] for i in range(0, 4096, 64)])
+    benchmark.extra_info["history"] = 10_000
+    benchmark.extra_info["storage"] = "int8"
     benchmark.extra_info["queries_per_call"] = 64
     benchmark(lambda: engine.observe_embeddings(["big"] * 64, next(batches)))
 

@@ -21,7 +21,7 @@ from probewatch.kernels import segmented_topk
 from probewatch.kernels.backend import to_numpy
 
 from ..errors import UnknownAccountError
-from .device import Backend
+from .device import Backend, int8_codes, int8_index_class, int8_step
 from .faiss_compat import byte_code_rows, flat_rows, half_rows, resized_copy
 
 
@@ -62,7 +62,7 @@ class AccountIndex:
 HOST_GEMM_MIN_QUERIES = 16
 # float16 and int8 rows are widened block by block before the product, which costs about what
 # faiss's own scan saves below this many queries of one account (measured for float16 at 300-10k
-# rows; int8, whose scan is slower, shares the threshold).
+# rows; int8 shares the threshold).
 HOST_GEMM_MIN_QUERIES_FLOAT16 = 64
 _GEMM_ROWS = 16384  # history rows per matrix product: bounds the (queries x rows) block
 
@@ -72,11 +72,14 @@ def _flat_topk_gemm(index, queries: np.ndarray, k: int, faiss, storage: str) -> 
 
     For many queries of one account this is one NumPy sgemm per block of history: measured
     2-6x faster than faiss-cpu's search on a 2-core machine at 10k-100k rows (its bundled
-    BLAS is slower than NumPy's), with the same inner products. float16 and int8 rows
-    (``IndexScalarQuantizer`` codes) are widened to float32 one block at a time.
+    BLAS is slower than NumPy's), with the same inner products. float16 rows are widened to
+    float32 one block at a time; int8 rows are multiplied as whole-number codes against the
+    queries' codes (exact in float32, as FAISS's own int8 scan) and scaled once.
     """
+    scale = np.float32(1.0)
     if storage == "int8":
-        stored, widen = byte_code_rows(index, faiss), index.sa_decode
+        stored, widen = byte_code_rows(index, faiss), index.decode_codes
+        queries, scale = int8_codes(queries, index.step), np.float32(index.step * index.step)
     else:
         stored = half_rows(index, faiss) if storage == "float16" else flat_rows(index, faiss)
         widen = lambda block: block.astype(np.float32, copy=False)  # noqa: E731
@@ -87,7 +90,7 @@ def _flat_topk_gemm(index, queries: np.ndarray, k: int, faiss, storage: str) -> 
         take = min(k, sims.shape[1])
         top = np.take_along_axis(sims, np.argpartition(-sims, take - 1, axis=1)[:, :take], axis=1)
         best = np.concatenate([best, top], axis=1)
-    return -np.sort(-best, axis=1)[:, :k]
+    return -np.sort(-best, axis=1)[:, :k] * scale
 
 
 BYTES_PER_DIMENSION = {"float32": 4, "float16": 2, "int8": 1}
@@ -116,8 +119,10 @@ class AccountStore:
         self.segmented_max_history = segmented_max_history
         self.backend = backend
         self.bytes_per_vector = dim * BYTES_PER_DIMENSION[storage]
-        # an empty int8 index: FAISS's own encoder and decoder, to round queries as rows are kept
-        self._codec = backend.new_index(dim, storage) if storage == "int8" else None
+        self._int8_step = None  # rounds queries as rows are kept
+        if storage == "int8":
+            int8_index_class(backend.faiss)  # a faiss without signed 8-bit codes fails here, not at the first query
+            self._int8_step = int8_step(dim)
         # Least recently observed first: the order idle-account eviction walks.
         self._accounts: OrderedDict[str, AccountIndex] = OrderedDict()
         self._total_rows = 0  # kept current, so the memory budget check is O(1) per batch
@@ -185,8 +190,8 @@ class AccountStore:
         # own batch exactly as it would after they were stored (batch == one at a time).
         if self.storage == "float16":
             host_vectors = host_vectors.astype(np.float16).astype(np.float32)
-        elif self._codec is not None:
-            host_vectors = self._codec.sa_decode(self._codec.sa_encode(np.ascontiguousarray(host_vectors)))
+        elif self._int8_step is not None:
+            host_vectors = int8_codes(host_vectors, self._int8_step) * np.float32(self._int8_step)
 
         # Group the batch by account, keeping arrival order inside each group.
         groups: dict[str, list[int]] = {}

@@ -158,8 +158,8 @@ def write_snapshot(path: str | Path, state: dict[str, Any]) -> None:
     arrays = {
         "header": _header(SNAPSHOT_FORMAT, header),
         "store_offsets": state["offsets"],
-        # an int8 row is the centre of its code's step, which float16 keeps to within 1/16 of a step:
-        # re-encoding a loaded row gives its code back
+        # an int8 row is a whole number of code steps, which float16 keeps to within 1/16 of a
+        # step: re-encoding a loaded row gives its code back
         "store_vectors": state["vectors"].astype(np.float32 if config.storage == "float32" else np.float16),
         **_benign_arrays(benign),
     }

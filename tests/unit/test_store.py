@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from probewatch.backend import Backend
-from probewatch.backend.device import int8_range
-from probewatch.backend.store import AccountStore
+from probewatch.backend.device import int8_codes, int8_range, int8_step
+from probewatch.backend.store import AccountStore, _flat_topk_gemm
 from probewatch.errors import UnknownAccountError
 from tests.support import unit_rows
 
@@ -162,7 +162,7 @@ def test_float16_storage_within_tolerance(segmented_max_history):
 @pytest.mark.parametrize("segmented_max_history", [2048, 0])
 def test_int8_storage_within_tolerance(segmented_max_history):
     """int8 rows at a sentence embedding's dimension: one byte each, similarities within 1e-2 of
-    exact, and every stored row the centre of its codes' step (re-encoding it changes nothing)."""
+    exact, and every stored row a whole number of code steps (re-encoding it changes nothing)."""
     dim = 384
     rng = np.random.default_rng(12)
     store = make_store(storage="int8", segmented_max_history=segmented_max_history, dim=dim)
@@ -173,8 +173,30 @@ def test_int8_storage_within_tolerance(segmented_max_history):
     for a, h in brute.hist.items():
         stored = store.get(a).vectors()
         assert np.abs(stored - np.asarray(h, dtype=np.float32)).max() <= step / 2 + 1e-6
-        index = store.get(a).index
-        np.testing.assert_array_equal(index.sa_decode(index.sa_encode(stored)), stored)
+        codes = int8_codes(stored, step)
+        assert np.abs(codes).max() <= 127
+        np.testing.assert_array_equal(codes * np.float32(step), stored)
+
+
+@pytest.mark.parametrize("queries", [1, 3, 80])
+def test_int8_search_is_exact_on_the_grid(queries):
+    """FAISS's signed 8-bit scan and the NumPy product over codes (many queries of one account)
+    give exactly the inner products of the decoded rows with a query on the grid, and the
+    same top-k; the index decodes to the rows it was given, rounded to the grid."""
+    dim = 384
+    backend = Backend.host()
+    index = backend.new_index(dim, "int8")
+    rows = unit_rows(np.random.default_rng(5).normal(size=(3000, dim)))
+    index.add(rows)
+    step = int8_step(dim)
+    decoded = index.reconstruct_n(0, index.ntotal)
+    np.testing.assert_array_equal(decoded, int8_codes(rows, step) * np.float32(step))
+    q = int8_codes(unit_rows(np.random.default_rng(6).normal(size=(queries, dim))), step) * np.float32(step)
+    exact = np.sort(q.astype(np.float64) @ decoded.T.astype(np.float64), axis=1)[:, ::-1][:, :10]
+    faiss_sims, _ = index.search(q, 10)
+    np.testing.assert_allclose(faiss_sims, exact, rtol=0, atol=1e-6)
+    gemm_sims = _flat_topk_gemm(index, q, 10, backend.faiss, "int8")
+    np.testing.assert_array_equal(gemm_sims, faiss_sims)
 
 
 @pytest.mark.parametrize("storage", ["float16", "int8"])
@@ -371,3 +393,36 @@ def test_busy_account_batch_on_long_path_matches_brute_force(batch):
         ref_sims, ref_counts = brute.search_then_add(accounts, rows, 5)
         np.testing.assert_array_equal(counts, ref_counts)
         np.testing.assert_allclose(sims, ref_sims, atol=1e-5)
+
+
+def test_int8_rows_of_the_uniform_quantizer_load_unchanged():
+    """0.11 kept int8 rows with FAISS's 8-bit uniform quantizer over [-r, r]; its decoded rows
+    (what its snapshots hold, through float16) are on today's grid and load exactly."""
+    dim = 384
+    backend = Backend.host()
+    faiss = backend.faiss
+    old = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit_uniform, faiss.METRIC_INNER_PRODUCT)
+    r = int8_range(dim)
+    old.train(np.array([[-r] * dim, [r] * dim], dtype=np.float32))
+    rows = unit_rows(np.random.default_rng(8).normal(size=(500, dim)))
+    old.add(rows)
+    saved = old.reconstruct_n(0, old.ntotal).astype(np.float16).astype(np.float32)
+    index = backend.new_index(dim, "int8")
+    index.add(saved)
+    np.testing.assert_allclose(
+        index.reconstruct_n(0, index.ntotal), old.reconstruct_n(0, old.ntotal), rtol=0, atol=1e-6
+    )
+
+
+def test_int8_storage_names_the_faiss_it_needs():
+    """A faiss older than 1.9 has no signed 8-bit codes: the int8 store says so when it is made."""
+    from types import ModuleType, SimpleNamespace
+
+    from probewatch.errors import BackendUnavailableError
+
+    old_faiss = ModuleType("faiss")
+    old_faiss.__version__, old_faiss.ScalarQuantizer = "1.8.0", SimpleNamespace(QT_fp16=1)
+    backend = Backend("cpu", np, old_faiss)
+    with pytest.raises(BackendUnavailableError, match=r"faiss 1\.9 or later.*found faiss 1\.8\.0"):
+        AccountStore(8, "int8", 100, 10, 0, backend)
+    assert AccountStore(8, "float16", 100, 10, 0, backend).storage == "float16"

@@ -8,7 +8,7 @@
 The detection curves run on precomputed clustered unit vectors (the embedding model is out of it):
 
 * detection ms/query against one account's history length, for a lone query and for a
-  64-query batch of that account;
+  64-query batch of that account, with the default float16 storage and with int8;
 * ms/query of a 256-query batch from random resident accounts, against how many accounts are
   resident, and resident memory (RSS) per account, with the memory budget on (raised so that
   nothing is evicted: the point is what holding the accounts costs).
@@ -42,6 +42,7 @@ from bench import sidecar_latency
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "docs" / "benchmark"
 HISTORIES = (100, 1_000, 10_000, 100_000)
+HISTORY_STORAGES = ("float16", "int8")  # the default, and the one that halves memory and the scan
 ACCOUNTS = (1_000, 3_000, 10_000, 30_000, 100_000)
 QUERIES_PER_ACCOUNT = 10
 FILL_BATCH = 2_048
@@ -66,9 +67,9 @@ def median_ms(call, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def history_point(history: int, repeats: int) -> dict:
+def history_point(history: int, repeats: int, storage: str = "float16") -> dict:
     """Lone-query and 64-batch cost for one account holding ``history`` earlier queries."""
-    engine = pw.Engine(device="cpu", history_cap=max(history + 8192, 1024))
+    engine = pw.Engine(device="cpu", history_cap=max(history + 8192, 1024), storage=storage)
     rows = clustered_rows(history + 64 * (repeats + 8) + repeats + 8, seed=history)
     for start in range(0, history, 8192):
         chunk = rows[start : min(start + 8192, history)]
@@ -80,20 +81,25 @@ def history_point(history: int, repeats: int) -> dict:
     rest = rows[history + repeats + 5 :]
     batches = iter(rest[i : i + 64] for i in range(0, len(rest) - 64, 64))
     batched = median_ms(lambda: engine.observe_embeddings(["big"] * 64, next(batches)), max(3, repeats // 8)) / 64
-    return {"history": history, "lone_ms": lone, "batched_ms_per_query": batched}
+    return {"history": history, "storage": storage, "lone_ms": lone, "batched_ms_per_query": batched}
 
 
 def history_curve(histories: tuple[int, ...], repeats: int) -> list[dict]:
+    """One row per history length, with the default float16 storage's costs and int8's."""
     rows_out = []
     for history in histories:
-        point = history_point(history, repeats)
-        rows_out.append(point)
-        print(
-            f"history {history:>7,}: lone {point['lone_ms']:.3f} ms, "
-            f"batched {point['batched_ms_per_query']:.3f} ms/query",
-            flush=True,
-        )
-        gc.collect()
+        row = {"history": history}
+        for storage in HISTORY_STORAGES:
+            point = history_point(history, repeats, storage)
+            row[f"lone_ms_{storage}"] = point["lone_ms"]
+            row[f"batched_ms_per_query_{storage}"] = point["batched_ms_per_query"]
+            print(
+                f"history {history:>7,} ({storage}): lone {point['lone_ms']:.3f} ms, "
+                f"batched {point['batched_ms_per_query']:.3f} ms/query",
+                flush=True,
+            )
+            gc.collect()
+        rows_out.append(row)
     return rows_out
 
 
@@ -160,6 +166,22 @@ def accounts_curve(counts: tuple[int, ...], repeats: int) -> list[dict]:
     return out
 
 
+def million_note(account_rows: list[dict]) -> str:
+    """What the measured accounts curve says about 1M resident accounts (an extrapolation)."""
+    last = account_rows[-1]
+    kib = last["rss_bytes_per_account"] / 1024
+    need_gib = kib * 1_000_000 / 1024**2
+    have_gib = psutil.virtual_memory().total / 1024**3
+    first = account_rows[0]
+    return (
+        f"The curve stops at {last['accounts']:,} accounts: at ~{kib:.0f} KiB of RSS each, 1M resident accounts "
+        f"need about {need_gib:.0f} GiB (this machine has {have_gib:.0f} GiB). From {first['accounts']:,} to "
+        f"{last['accounts']:,} accounts the cost per query went from {first['ms_per_query']:.3f} to "
+        f"{last['ms_per_query']:.3f} ms and memory per account fell as fixed costs spread; that trend, not a "
+        f"measurement, says 1M would cost about the same per query and at most ~{kib:.0f} KiB each."
+    )
+
+
 def write_report(history_rows: list[dict], account_rows: list[dict], out_dir: Path, command: str) -> None:
     import matplotlib
 
@@ -169,8 +191,14 @@ def write_report(history_rows: list[dict], account_rows: list[dict], out_dir: Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     h = [r["history"] for r in history_rows]
-    axes[0].plot(h, [r["lone_ms"] for r in history_rows], "o-", label="lone query")
-    axes[0].plot(h, [r["batched_ms_per_query"] for r in history_rows], "s-", label="64-query batch, per query")
+    for storage, style in zip(HISTORY_STORAGES, ("-", "--"), strict=True):
+        axes[0].plot(h, [r[f"lone_ms_{storage}"] for r in history_rows], "o" + style, label=f"lone query, {storage}")
+        axes[0].plot(
+            h,
+            [r[f"batched_ms_per_query_{storage}"] for r in history_rows],
+            "s" + style,
+            label=f"64-query batch, {storage}",
+        )
     axes[0].set(xscale="log", yscale="log", xlabel="history length (queries)", ylabel="ms per query")
     axes[0].set_title("detection cost vs history")
     a = [r["accounts"] for r in account_rows]
@@ -204,9 +232,17 @@ def write_report(history_rows: list[dict], account_rows: list[dict], out_dir: Pa
         "",
         "## Detection cost against one account's history length",
         "",
-        "| history | lone query (ms) | 64-query batch (ms/query) |",
-        "|---:|---:|---:|",
-        *[f"| {r['history']:,} | {r['lone_ms']:.3f} | {r['batched_ms_per_query']:.3f} |" for r in history_rows],
+        'Stored as float16 (the default) and as int8 (`storage="int8"`: half the bytes, scanned as signed '
+        "8-bit codes with integer products).",
+        "",
+        "| history | lone query, float16 (ms) | lone query, int8 (ms) | 64-query batch, float16 (ms/query) "
+        "| 64-query batch, int8 (ms/query) |",
+        "|---:|---:|---:|---:|---:|",
+        *[
+            f"| {r['history']:,} | {r['lone_ms_float16']:.3f} | {r['lone_ms_int8']:.3f} "
+            f"| {r['batched_ms_per_query_float16']:.3f} | {r['batched_ms_per_query_int8']:.3f} |"
+            for r in history_rows
+        ],
         "",
         f"## Resident accounts ({QUERIES_PER_ACCOUNT} queries each, memory budget on at 64 GiB)",
         "",
@@ -218,10 +254,7 @@ def write_report(history_rows: list[dict], account_rows: list[dict], out_dir: Pa
             for r in account_rows
         ],
         "",
-        "The curve stops at 100k accounts: at ~31 KiB of RSS each, 1M resident accounts need about "
-        "30 GiB, more than this 24 GiB machine has; per-query cost is flat from 30k accounts on, and "
-        "memory per account falls as fixed costs spread; that trend, not a measurement, says 1M "
-        "would cost about the same per query and at most ~31 KiB each.",
+        million_note(account_rows),
         "",
     ]
     (out_dir / "scaling.md").write_text("\n".join(lines), encoding="utf-8")

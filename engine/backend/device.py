@@ -78,8 +78,11 @@ def int8_index_class(faiss: ModuleType) -> type:
             sims *= np.float32(self.step * self.step)
             return sims, ids
 
-        def reconstruct_n(self, first=0, count=-1, **kwargs):
-            return super().reconstruct_n(first, count, **kwargs) * np.float32(self.step)
+        def reconstruct_n(self, first=0, count=-1):
+            return super().reconstruct_n(first, count) * np.float32(self.step)
+
+        def reconstruct(self, key):
+            return super().reconstruct(key) * np.float32(self.step)
 
         def decode_codes(self, stored: np.ndarray) -> np.ndarray:
             """Raw stored bytes (j + 128, as ``faiss_compat.byte_code_rows`` views them) -> codes j."""

@@ -24,7 +24,8 @@ def half_rows(index, faiss) -> np.ndarray:
 
 def byte_code_rows(index, faiss) -> np.ndarray:
     """The (ntotal, d) one-byte codes of a host ``IndexScalarQuantizer`` with 8-bit codes: a
-    view, nothing is copied (``index.sa_decode`` turns rows of it into float32)."""
+    view, nothing is copied (for ``storage="int8"``, each byte is a code plus 128: the index's
+    ``decode_codes`` turns rows of it into float32 codes)."""
     n, d = int(index.ntotal), int(index.d)
     return code_bytes(index, n * d, faiss).reshape(n, d)
 

@@ -191,6 +191,7 @@ def test_int8_search_is_exact_on_the_grid(queries):
     step = int8_step(dim)
     decoded = index.reconstruct_n(0, index.ntotal)
     np.testing.assert_array_equal(decoded, int8_codes(rows, step) * np.float32(step))
+    np.testing.assert_array_equal(index.reconstruct(7), decoded[7])
     q = int8_codes(unit_rows(np.random.default_rng(6).normal(size=(queries, dim))), step) * np.float32(step)
     exact = np.sort(q.astype(np.float64) @ decoded.T.astype(np.float64), axis=1)[:, ::-1][:, :10]
     faiss_sims, _ = index.search(q, 10)

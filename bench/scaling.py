@@ -173,12 +173,18 @@ def million_note(account_rows: list[dict]) -> str:
     need_gib = kib * 1_000_000 / 1024**2
     have_gib = psutil.virtual_memory().total / 1024**3
     first = account_rows[0]
+    falling = last["rss_bytes_per_account"] <= first["rss_bytes_per_account"]
+    trend = (
+        "memory per account fell as fixed costs spread; that trend, not a measurement, says 1M would cost "
+        f"about the same per query and at most ~{kib:.0f} KiB each"
+        if falling
+        else f"memory per account rose from {first['rss_bytes_per_account'] / 1024:.0f} KiB, so 1M may need more"
+    )
     return (
         f"The curve stops at {last['accounts']:,} accounts: at ~{kib:.0f} KiB of RSS each, 1M resident accounts "
         f"need about {need_gib:.0f} GiB (this machine has {have_gib:.0f} GiB). From {first['accounts']:,} to "
         f"{last['accounts']:,} accounts the cost per query went from {first['ms_per_query']:.3f} to "
-        f"{last['ms_per_query']:.3f} ms and memory per account fell as fixed costs spread; that trend, not a "
-        f"measurement, says 1M would cost about the same per query and at most ~{kib:.0f} KiB each."
+        f"{last['ms_per_query']:.3f} ms and {trend}."
     )
 
 

@@ -14,3 +14,6 @@ def test_million_note_extrapolates_from_the_last_point():
     assert "stops at 100,000 accounts" in note
     assert "~20 KiB of RSS each" in note and "about 19 GiB" in note  # 20 KiB x 1M = 19.07 GiB
     assert "from 0.190 to 0.230 ms" in note
+    assert "fell as fixed costs spread" in note and "at most ~20 KiB each" in note
+    rows[1]["rss_bytes_per_account"] = 50 * 1024
+    assert "rose from 40 KiB" in million_note(rows)

@@ -425,14 +425,16 @@ def blended_metrics(records: list[dict], runs: list[DetectorRun]) -> dict[str, A
         mixed = [r for r in records if r["pool"] == scenario]
         if not mixed:
             continue
-        out["scenarios"][scenario] = {
-            run.name: {
-                "auc": roc_auc([r["score"][run.name] for r in longs], [r["score"][run.name] for r in mixed]),
-                "median_mixed_score": float(np.nanmedian([r["score"][run.name] for r in mixed])),
-                "max_long_benign_score": float(np.nanmax([r["score"][run.name] for r in longs])),
+        per_detector = {}
+        for run in runs:
+            long_scores = [r["score"][run.name] for r in longs]
+            mixed_scores = [r["score"][run.name] for r in mixed]
+            per_detector[run.name] = {
+                "auc": roc_auc(long_scores, mixed_scores),
+                "median_mixed_score": float(np.nanmedian(mixed_scores)),
+                "max_long_benign_score": float(np.nanmax(long_scores)),
             }
-            for run in runs
-        }
+        out["scenarios"][scenario] = per_detector
     return out
 
 

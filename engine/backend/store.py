@@ -87,9 +87,9 @@ def _flat_topk_gemm(index, queries: np.ndarray, k: int, faiss, storage: str) -> 
     best = np.empty((queries.shape[0], 0), dtype=np.float32)
     for start in range(0, n, _GEMM_ROWS):
         sims = queries @ widen(stored[start : start + _GEMM_ROWS]).T
-        take = min(k, sims.shape[1])
-        top = np.take_along_axis(sims, np.argpartition(-sims, take - 1, axis=1)[:, :take], axis=1)
-        best = np.concatenate([best, top], axis=1)
+        # The top values only (no indices, no negated copy): half the time of argpartition + gather.
+        split = sims.shape[1] - min(k, sims.shape[1])
+        best = np.concatenate([best, np.partition(sims, split, axis=1)[:, split:]], axis=1)
     return -np.sort(-best, axis=1)[:, :k] * scale
 
 

@@ -200,6 +200,28 @@ def test_int8_search_is_exact_on_the_grid(queries):
     np.testing.assert_array_equal(gemm_sims, faiss_sims)
 
 
+@pytest.mark.parametrize("storage", ["float32", "float16", "int8"])
+@pytest.mark.parametrize("rows", [5, 100, 250])
+def test_matrix_product_top_k_matches_brute_force_across_blocks(storage, rows, monkeypatch):
+    """``_flat_topk_gemm`` over fewer rows than k, one block and several blocks of history
+    (blocks shrunk to 64 rows): the k largest inner products with the decoded rows, descending."""
+    import probewatch.backend.store as store_module
+
+    monkeypatch.setattr(store_module, "_GEMM_ROWS", 64)
+    backend = Backend.host()
+    index = backend.new_index(DIM, storage)
+    index.add(unit_rows(np.random.default_rng(rows).normal(size=(rows, DIM))))
+    decoded = index.reconstruct_n(0, index.ntotal).astype(np.float64)
+    q = unit_rows(np.random.default_rng(rows + 1).normal(size=(20, DIM)))
+    if storage == "int8":  # the store hands the index queries on the grid
+        q = int8_codes(q, int8_step(DIM)) * np.float32(int8_step(DIM))
+    k = 8
+    exact = np.sort(q.astype(np.float64) @ decoded.T, axis=1)[:, ::-1][:, :k]
+    got = _flat_topk_gemm(index, q, k, backend.faiss, storage)
+    assert got.shape == (20, min(k, rows))
+    np.testing.assert_allclose(got, exact, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("storage", ["float16", "int8"])
 @pytest.mark.parametrize("segmented_max_history", [2048, 0])
 def test_rounded_storage_batch_equals_one_at_a_time(segmented_max_history, storage):

@@ -438,6 +438,41 @@ def blended_metrics(records: list[dict], runs: list[DetectorRun]) -> dict[str, A
     return out
 
 
+# A benign class needs this many test accounts before it can be called a scenario's double.
+MIN_DOUBLE_ACCOUNTS = 10
+
+
+def benign_doubles(records: list[dict], detector: str, min_accounts: int = MIN_DOUBLE_ACCOUNTS) -> dict[str, Any]:
+    """Per attack scenario, the benign test class that ``detector`` tells apart from it worst
+    (lowest AUC of that class against the scenario's accounts), with that AUC, the share of the
+    class scoring at or above the scenario's median account and the AUC against every benign
+    account: which benign traffic a scenario looks like, measured rather than assumed. Returns
+    ``{"min_accounts": ..., "scenarios": {scenario: {...}}}``."""
+    benign = [r for r in records if r["pool"] == BENIGN_POOL]
+    classes: dict[str, list[float]] = {}
+    for r in benign:
+        classes.setdefault(r["kind"], []).append(r["score"][detector])
+    classes = {kind: scores for kind, scores in classes.items() if len(scores) >= min_accounts}
+    everyone = [r["score"][detector] for r in benign]
+    out: dict[str, Any] = {}
+    for scenario in dict.fromkeys(r["pool"] for r in records if r["pool"] != BENIGN_POOL):
+        attack = [r["score"][detector] for r in records if r["pool"] == scenario]
+        if not attack or not classes:
+            continue
+        aucs = {kind: roc_auc(scores, attack) for kind, scores in classes.items()}
+        kind = min(aucs, key=lambda k: (aucs[k], k))
+        median = float(np.nanmedian(attack))
+        scores = np.asarray(classes[kind], dtype=np.float64)
+        out[scenario] = {
+            "double": kind,
+            "double_accounts": len(scores),
+            "auc_vs_double": aucs[kind],
+            "double_share_at_or_above_median": float(np.mean(np.nan_to_num(scores, nan=-np.inf) >= median)),
+            "auc_vs_all_benign": roc_auc(everyone, attack),
+        }
+    return {"min_accounts": min_accounts, "scenarios": out}
+
+
 def compute_results(data: EmbeddedTraffic, runs: list[DetectorRun]) -> dict[str, Any]:
     records = account_records(data, runs)
     benign = [r for r in records if r["pool"] == BENIGN_POOL]
@@ -453,6 +488,7 @@ def compute_results(data: EmbeddedTraffic, runs: list[DetectorRun]) -> dict[str,
         }
     return {
         "blended": blended_metrics(records, runs),
+        "doubles": benign_doubles(records, PROBEWATCH) if any(run.name == PROBEWATCH for run in runs) else {},
         "detectors": {
             run.name: {
                 "thresholds": {fpr_key(f): t for f, t in run.thresholds.items()},

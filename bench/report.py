@@ -128,6 +128,16 @@ the AUC over those two groups alone, then the median mixed account score and the
 `benign:long_chat` score (account scores are the maximum over the stream, as everywhere here)."""
 
 
+DOUBLES_PROTOCOL = """\
+Which benign traffic each scenario resembles, as probewatch scores it: among benign test classes
+with at least {min_accounts} accounts, the one whose accounts it separates worst from the scenario's (lowest
+AUC of that class against the scenario), and the share of that class scoring at or above the
+scenario's median account. Where that AUC is near 0.5, the class's accounts send, account by
+account, the same evidence as the attack's: no per-account threshold separates the two, and
+what can is evidence from beyond the account (the campaign layer: shared wrappers, payload
+regions, request metadata)."""
+
+
 def _fmt_score(x) -> str:
     return "–" if _missing(x) else f"{x:.3g}"
 
@@ -148,6 +158,36 @@ def blended_table(results: dict) -> str | None:
                 f"{fmt_rate(m['auc'])} ({_fmt_score(m['median_mixed_score'])} / {_fmt_score(m['max_long_benign_score'])})"
             )
         rows.append(row)
+    return _table(header, rows)
+
+
+def doubles_table(results: dict) -> str | None:
+    """Each scenario's nearest benign class for probewatch; None when the run has no probewatch."""
+    doubles = (results.get("doubles") or {}).get("scenarios")
+    if not doubles:
+        return None
+    primary = results["meta"]["primary_fpr"]
+    header = [
+        "scenario",
+        f"probewatch TPR @{_pct(primary)}",
+        "nearest benign class (accounts)",
+        "AUC against it",
+        "its share at or above the median attack account",
+        "AUC against all benign",
+    ]
+    rows = []
+    for scenario, d in doubles.items():
+        tpr = results["scenarios"][scenario]["detectors"]["probewatch"]["tpr"][primary]
+        rows.append(
+            [
+                scenario,
+                fmt_rate(tpr),
+                f"`{d['double']}` ({d['double_accounts']})",
+                fmt_rate(d["auc_vs_double"]),
+                fmt_rate(d["double_share_at_or_above_median"]),
+                fmt_rate(d["auc_vs_all_benign"]),
+            ]
+        )
     return _table(header, rows)
 
 
@@ -374,6 +414,10 @@ def markdown(results: dict) -> str:
             "",
             scenario_table(results, scenario),
         ]
+    doubles = doubles_table(results)
+    if doubles is not None:
+        protocol = DOUBLES_PROTOCOL.format(min_accounts=results["doubles"]["min_accounts"])
+        parts += ["", "## Nearest benign class per scenario", "", protocol, "", doubles]
     blended = blended_table(results)
     if blended is not None:
         parts += [

@@ -350,3 +350,32 @@ def test_report_can_be_redrawn_from_results_json(quick_run, tmp_path):
     written = report.write_all(results, tmp_path)
     assert {p.name for p in written} == {p.name for p in out.iterdir()}
     assert (tmp_path / "report.md").read_text(encoding="utf-8") == (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_benign_doubles_name_the_class_a_scenario_is_hardest_to_tell_from():
+    from bench.eval import benign_doubles
+    from bench.report import doubles_table
+
+    records = [_record(f"n{i}", BENIGN_POOL, "benign:normal", [0.1 * i], 0) for i in range(10)]
+    records += [_record(f"s{i}", BENIGN_POOL, "benign:summary_app", [2.0 + 0.1 * i], 0) for i in range(10)]
+    records += [_record(f"x{i}", BENIGN_POOL, "benign:rare", [9.0], 0) for i in range(3)]  # too few to count
+    records += [_record(f"a{i}", "sweep", "attack:sweep", [2.05 + 0.2 * i], 1) for i in range(5)]
+    for record in records:
+        record["score"]["probewatch"] = record["score"].pop("det")
+    doubles = benign_doubles(records, "probewatch")
+    assert doubles["min_accounts"] == 10
+    d = doubles["scenarios"]["sweep"]
+    assert d["double"] == "benign:summary_app" and d["double_accounts"] == 10
+    summary = [2.0 + 0.1 * i for i in range(10)]
+    attack = [2.05 + 0.2 * i for i in range(5)]
+    assert d["auc_vs_double"] == pytest.approx(brute_force_auc(summary, attack))
+    assert d["double_share_at_or_above_median"] == pytest.approx(np.mean(np.array(summary) >= 2.45))
+    everyone = [0.1 * i for i in range(10)] + summary + [9.0] * 3
+    assert d["auc_vs_all_benign"] == pytest.approx(brute_force_auc(everyone, attack))
+    results = {
+        "doubles": doubles,
+        "meta": {"primary_fpr": "0.001"},
+        "scenarios": {"sweep": {"detectors": {"probewatch": {"tpr": {"0.001": 0.2}}}}},
+    }
+    assert "| sweep | 0.20 | `benign:summary_app` (10) |" in doubles_table(results)
+    assert doubles_table({"doubles": {}}) is None

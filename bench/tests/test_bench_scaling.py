@@ -17,3 +17,10 @@ def test_million_note_extrapolates_from_the_last_point():
     assert "fell as fixed costs spread" in note and "at most ~20 KiB each" in note
     rows[1]["rss_bytes_per_account"] = 50 * 1024
     assert "rose from 40 KiB" in million_note(rows)
+
+
+def test_history_curve_calls_the_engine_default_the_default():
+    import probewatch as pw
+    from bench.scaling import HISTORY_STORAGES
+
+    assert HISTORY_STORAGES[0] == pw.EngineConfig().storage  # the page calls the first storage "the default"

@@ -87,6 +87,37 @@ def pair_stats_from_sums(total: np.ndarray, n: int, member_sq_norms: float, memb
     )
 
 
+def member_deviation(own: np.ndarray, counts: np.ndarray, total: np.ndarray, n: int) -> np.ndarray:
+    """How far each member's mean lies from the mean of the rest of its group, in units of
+    what exchangeable draws would give: ``|m_i - m_rest|^2 / ((1 - |m|^2) (1/n_i + 1/n_rest))``
+    for member sums ``own`` (one row each) of ``counts`` unit vectors, group sum ``total`` of
+    ``n``. If a member's queries were dealt from the same pool as the others', its expected
+    value is 1 whatever its size (``1 - |m|^2`` is the pool's total variance); an account
+    that brings its own topics sits further out. NaN for a member that is the whole group."""
+    own = np.asarray(own, dtype=np.float64)
+    counts = np.asarray(counts, dtype=np.float64)
+    total = np.asarray(total, dtype=np.float64)
+    rest_n = n - counts
+    mean = total / max(n, 1)
+    variance = max(1.0 - float(mean @ mean), 1e-6)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gap = own / counts[:, None] - (total[None, :] - own) / rest_n[:, None]
+        return np.einsum("ij,ij->i", gap, gap) / (variance * (1.0 / counts + 1.0 / rest_n))
+
+
+def exchangeable_spread(vectors: np.ndarray) -> float:
+    """Standard deviation of :func:`member_deviation` for members dealt from a pool shaped
+    like ``vectors`` (unit rows): ``sqrt(2 tr(C^2)) / tr(C)`` for their covariance ``C``,
+    i.e. ``sqrt(2 / effective dimensions)``."""
+    x = np.asarray(vectors, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"exchangeable_spread needs a 2-D array of at least 2 rows; got shape {x.shape}")
+    centred = x - x.mean(axis=0)
+    cov = centred.T @ centred / (x.shape[0] - 1)
+    trace = float(np.trace(cov))
+    return math.sqrt(2.0 * float((cov * cov).sum())) / trace
+
+
 class MembershipPool:
     """Per (group, member) sums in preallocated rows, so memory is capped by ``capacity``."""
 

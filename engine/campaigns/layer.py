@@ -27,9 +27,9 @@ import numpy as np
 from ..config import EngineConfig
 from ..errors import UnknownCampaignError
 from ..types import CampaignReport, CampaignSummary, Level
-from .groups import Group, MembershipPool, pair_stats_from_sums
+from .groups import Group, MembershipPool, member_deviation, pair_stats_from_sums
 from .groups import fingerprint as query_fingerprint
-from .metadata import MetadataHasher
+from .metadata import COINCIDENTAL_META_KEYS, MetadataHasher
 from .scoring import (
     EVIDENCE_CLIP,
     MIN_GROUP_MEMBERS,
@@ -74,6 +74,27 @@ SUMMARY_REFRESH = 256
 LINK_MIN_SHARE = 0.1
 # A metadata value is only called common once this many accounts share it (see is_common).
 COMMON_MIN_ACCOUNTS = 20
+# A member of a hot group that bystanders can share by coincidence (see shared_by_chance)
+# counts only if its mean is within this many null standard deviations of where a member
+# dealt from the group's pool would be (one-sided 1 %).
+MEMBER_DEVIATION_Z = 2.33
+# That test needs queries to tell a bystander from a dealt member: with two, anyone sharing a
+# user agent with a campaign would pass. So in those groups a member counts from this many of
+# the group's queries (a payload region's first checkpoint), elsewhere from MIN_MEMBER_QUERIES
+# (a rare wrapper or a shared payment instrument is evidence of its own).
+MIN_TESTED_MEMBER_QUERIES = min(REGION_CHECKPOINTS)
+
+
+def shared_by_chance(group: Group) -> bool:
+    """Whether bystanders can share the group's indicator with a campaign by coincidence: a
+    payload region (a diverse light account in the same region of embedding space) or an
+    address, network, user agent or key-creation time; not a wrapper, payment or organisation."""
+    return group.kind == "payload" or (group.kind == "meta" and group.label in COINCIDENTAL_META_KEYS)
+
+
+def member_min_queries(group: Group) -> int:
+    """Queries a member of ``group`` needs before it counts in a hot group."""
+    return MIN_TESTED_MEMBER_QUERIES if shared_by_chance(group) else MIN_MEMBER_QUERIES
 
 
 def coarse_regions(codebook: np.ndarray, k: int, iterations: int = 20) -> np.ndarray:
@@ -128,6 +149,7 @@ class CampaignLayer:
         diverse_below: Callable[[float, int], bool] | None = None,
         elicitation=None,
         salt: bytes | None = None,
+        member_spread: float | None = None,
     ):
         self.config = config
         self.dim = dim
@@ -135,6 +157,8 @@ class CampaignLayer:
         self.codebook = codebook  # sets self.regions
         self.diverse_below = diverse_below  # (mean pairwise similarity, n) -> bool
         self.elicitation = elicitation
+        # null spread of member_deviation (groups.exchangeable_spread of benign queries); None: no test
+        self.member_spread = member_spread
         self.hasher = MetadataHasher(salt)
         self.pool = MembershipPool(dim, config.campaign_max_memberships)
         self.groups: OrderedDict[str, Group] = OrderedDict()  # least recently updated first
@@ -309,11 +333,12 @@ class CampaignLayer:
             group.first_ts = stamp if math.isnan(group.first_ts) else min(group.first_ts, stamp)
             group.last_ts = stamp if math.isnan(group.last_ts) else max(group.last_ts, stamp)
         group.last_seen = self.observations
-        hot_member = group.level > Level.OK and c + count >= MIN_MEMBER_QUERIES and not self.is_common(group)
+        needed = member_min_queries(group)
+        hot_member = group.level > Level.OK and c + count >= needed and not self.is_common(group)
         if hot_member and raised.get(account, Level.OK) < group.level and self._fitting(group, np.array([slot]))[0]:
             # a member of a hot group: raised like the others once it fits, and it may link groups
             raised[account] = group.level
-            self._hot_changed(relinked=c < MIN_MEMBER_QUERIES)
+            self._hot_changed(relinked=c < needed)
         # judged as it grows by JUDGE_EVERY queries or a sixteenth, whichever is more: judging
         # reads every member, so a popular template's group costs O(1) per query, not O(members)
         due = group.n - group.judged_at >= max(JUDGE_EVERY, group.n // 16)
@@ -491,23 +516,32 @@ class CampaignLayer:
         return self._campaign_of
 
     def _active_members(self, group: Group) -> list[str]:
-        """Members that sent MIN_MEMBER_QUERIES of the group's queries and themselves look
-        dealt from the group's pool (see :meth:`_fitting`): the campaign's members."""
+        """Members that sent enough of the group's queries (:func:`member_min_queries`) and
+        themselves look dealt from the group's pool (see :meth:`_fitting`): the campaign's members."""
         accounts = list(group.members)
         slots = np.fromiter(group.members.values(), dtype=np.int64, count=len(accounts))
         keep = self._fitting(group, slots)
         return [a for a, k in zip(accounts, keep.tolist(), strict=True) if k]
 
     def _fitting(self, group: Group, slots: np.ndarray) -> np.ndarray:
-        """Which members (pool rows) count: enough queries, and a member focus (own pairs
+        """Which members (pool rows) count: enough queries (in a hot group,
+        :func:`member_min_queries`), and a member focus (own pairs
         minus pairs with the rest of the group) no higher than the group's by more than the
         benign spread of small crowds. A benign account that shares a popular user agent
-        with a campaign keeps to its own topic; a campaign member does not."""
+        with a campaign keeps to its own topic; a campaign member does not.
+
+        In groups that can hold a campaign and bystanders (:func:`shared_by_chance`: a diverse
+        light account in the same region of embedding space, a user agent the campaign also
+        sends), a member must also look dealt from the group's pool: its mean no further from
+        the rest's than exchangeable draws of its size would put it (groups.member_deviation,
+        whose null distribution has mean 1 at every member size). The focus test alone lets a
+        light bystander through, because its few queries are diverse too."""
         pool = self.pool
         counts = pool.counts[slots].astype(np.float64)
         active = counts >= MIN_MEMBER_QUERIES
         if group.level is Level.OK or not active.any():
             return active
+        active &= counts >= member_min_queries(group)
         own = pool.vectors[slots].astype(np.float64)
         rest = group.total[None, :] - own
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -516,7 +550,11 @@ class CampaignLayer:
         cal = self.judge.calibration
         tolerance = float(cal.focus_median[0] - cal.focus_q01[0])
         focus = within - between
-        return active & ~(focus > group.pair_stats().focus + tolerance)
+        fits = active & ~(focus > group.pair_stats().focus + tolerance)
+        if shared_by_chance(group) and self.member_spread is not None:
+            deviation = member_deviation(own, counts, group.total, group.n)
+            fits &= ~(deviation > 1.0 + MEMBER_DEVIATION_Z * self.member_spread)
+        return fits
 
     def suspected(self, account: str) -> bool:
         """Whether the account is in a group at ``watch`` or above (it may not teach the tables)."""

@@ -29,6 +29,10 @@ META_KEYS: dict[str, str] = {
     "payment": "payment instrument fingerprint",
     "key_created": "when the API key was created (any stable string, e.g. an ISO date or hour)",
 }
+# Values bystanders share with a campaign by coincidence (a proxy exit, an ISP, a browser
+# build, a busy day for new keys); a payment instrument or an organisation ties its accounts
+# to one customer by itself. The campaign layer tests members of coincidental groups harder.
+COINCIDENTAL_META_KEYS = frozenset({"ip", "network", "user_agent", "key_created"})
 MAX_META_VALUE_CHARS = 512
 SALT_BYTES = 16
 

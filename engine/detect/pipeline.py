@@ -21,6 +21,7 @@ from probewatch.kernels.backend import to_numpy
 from ..backend.device import Backend
 from ..backend.threads import limit_host_blas
 from ..campaigns.elicitation_default import default_elicitation_head
+from ..campaigns.groups import exchangeable_spread
 from ..campaigns.layer import CampaignLayer
 from ..config import EngineConfig
 from ..errors import UnknownAccountError, UnknownCampaignError
@@ -70,7 +71,9 @@ class Pipeline:
         self._set_calibration(benign.calibration)
         if not self.config.campaigns or benign.groups is None:
             self.campaigns = None
-        elif self.campaigns is None or self.campaigns.dim != self.dim:
+            return
+        member_spread = exchangeable_spread(self.reference.bank)
+        if self.campaigns is None or self.campaigns.dim != self.dim:
             self.campaigns = CampaignLayer(
                 self.config,
                 self.dim,
@@ -79,10 +82,12 @@ class Pipeline:
                 diverse_below=self._unusually_diverse,
                 elicitation=default_elicitation_head(self.dim),
                 salt=bytes.fromhex(self.config.campaign_salt) if self.config.campaign_salt else None,
+                member_spread=member_spread,
             )
         else:
             self.campaigns.use_calibration(benign.groups)
             self.campaigns.codebook = self.reference.codebook
+            self.campaigns.member_spread = member_spread
 
     def _unusually_diverse(self, mean_pairwise_similarity: float, n: int) -> bool:
         """Below the benign DIVERSE_PERCENTILE of accounts of the same length: a payload-region candidate."""

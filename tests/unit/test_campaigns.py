@@ -10,7 +10,13 @@ import pytest
 
 import probewatch as pw
 from probewatch.campaigns.fitting import benign_crowd_features, fit_group_calibration
-from probewatch.campaigns.groups import fingerprint, pair_similarities, pair_stats_from_sums
+from probewatch.campaigns.groups import (
+    exchangeable_spread,
+    fingerprint,
+    member_deviation,
+    pair_similarities,
+    pair_stats_from_sums,
+)
 from probewatch.campaigns.metadata import META_KEYS, MetadataHasher, check_meta
 from probewatch.campaigns.scoring import MIN_MEMBER_QUERIES, N_MEMBER_BINS, GroupCalibration
 from probewatch.campaigns.templates import template_anchors, tokens
@@ -99,6 +105,53 @@ def test_member_focus_separates_dealt_out_pools_from_own_topics():
     own = [unit_rows(c + 0.6 * rng.standard_normal((20, DIM))) for c in centres]
     assert abs(pair_similarities(dealt).focus) < 0.02
     assert pair_similarities(own).focus > 0.2
+
+
+def test_member_deviation_equals_its_definition():
+    rng = np.random.default_rng(5)
+    members = [unit_rows(rng.standard_normal((n, DIM)) + 0.5) for n in (3, 8, 1, 20)]
+    sums = np.stack([m.astype(np.float64).sum(axis=0) for m in members])
+    counts = np.array([len(m) for m in members])
+    fast = member_deviation(sums, counts, sums.sum(axis=0), int(counts.sum()))
+    everything = np.concatenate(members).astype(np.float64)
+    variance = 1.0 - float(everything.mean(axis=0) @ everything.mean(axis=0))
+    for i, m in enumerate(members):
+        rest = np.concatenate([x for j, x in enumerate(members) if j != i]).astype(np.float64)
+        gap = m.astype(np.float64).mean(axis=0) - rest.mean(axis=0)
+        slow = float(gap @ gap) / (variance * (1 / len(m) + 1 / len(rest)))
+        assert fast[i] == pytest.approx(slow, rel=1e-9)
+    alone = member_deviation(sums[:1], counts[:1], sums[0], int(counts[0]))
+    assert np.isnan(alone[0])  # a member that is the whole group has no rest to compare with
+
+
+@pytest.mark.parametrize("size", [8, 30])
+def test_members_dealt_from_a_pool_deviate_by_one_give_or_take_the_predicted_spread(size):
+    """The null the layer tests members against: whatever the member size, dealt members
+    average 1 with the spread exchangeable_spread predicts; an account about its own topic,
+    or one as diverse as the pool but leaning elsewhere, is far outside it."""
+    rng = np.random.default_rng(size)
+    centres = rng.standard_normal((16, DIM))
+    pool = unit_rows(1.5 * centres[rng.integers(0, 16, size=size * 300)] + rng.standard_normal((size * 300, DIM)))
+    dealt = pool[rng.permutation(len(pool))].reshape(300, size, DIM).astype(np.float64)
+    sums = dealt.sum(axis=1)
+    counts = np.full(300, size)
+    deviation = member_deviation(sums, counts, sums.sum(axis=0), int(counts.sum()))
+    spread = exchangeable_spread(pool)
+    assert abs(deviation.mean() - 1.0) < 3 * spread / math.sqrt(300)
+    assert 0.75 * spread < deviation.std() < 1.25 * spread
+    own_topic = unit_rows(3.0 * rng.standard_normal(DIM) + rng.standard_normal((size, DIM)))
+    # as diverse as the pool's queries, but all leaning towards a region the pool does not hold
+    elsewhere = unit_rows(1.5 * centres[rng.integers(0, 16, size=size)] + rng.standard_normal((size, DIM)) + 2.0)
+    for stranger in (own_topic, elsewhere):
+        s = stranger.astype(np.float64).sum(axis=0)
+        rows = np.vstack([sums, s])
+        d = member_deviation(rows, np.append(counts, size), rows.sum(axis=0), int(counts.sum()) + size)
+        assert d[-1] > 1.0 + 3 * spread
+
+
+def test_exchangeable_spread_checks_its_input():
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        exchangeable_spread(np.ones((1, DIM)))
 
 
 # -- scoring -----------------------------------------------------------------------------------
@@ -243,6 +296,65 @@ def test_a_hydra_campaign_is_found_and_a_benign_template_crowd_is_not(calibratio
     text = str(engine.campaign(top.id).to_dict())
     assert "pm-shared" not in text and "10.0.0.1" not in text
     assert any(k.startswith("meta:payment") or k == "template" for k in top.summary().indicator_kinds)
+
+
+def test_a_diverse_bystander_sharing_a_user_agent_is_not_raised_with_the_campaign(calibration_path, topics):
+    """A light account whose queries are diverse (so member focus cannot tell it apart)
+    but lean somewhere the campaign's pool does not go shares the campaign's rare user agent:
+    the metadata group turns hot on the campaign's content, and the bystander must not be
+    raised with it. Without the member-deviation test (member_spread None) some are."""
+    accounts, vectors, prompts, metas = hydra_traffic(topics, seed=7, members=12, per_member=10, crowd=20)
+    agent = "RareAgent/0.9"  # 12 members + 6 bystanders: under COMMON_MIN_ACCOUNTS, so not common
+    events = [
+        (a, v, p, dict(m, user_agent=agent) if a.startswith("hydra-") else m)
+        for a, v, p, m in zip(accounts, vectors, prompts, metas, strict=True)
+    ]
+    rng = np.random.default_rng(9)
+    for b in range(6):
+        lean = rng.standard_normal(DIM)
+        rows = unit_rows(rng.standard_normal((12, DIM)) + 3.25 * lean / np.linalg.norm(lean))
+        events += [
+            (f"bystander-{b}", v, f"my own question {j} about what I work on", {"user_agent": agent})
+            for j, v in enumerate(rows)
+        ]
+    events = [events[i] for i in rng.permutation(len(events))]
+    columns = ([e[0] for e in events], np.stack([e[1] for e in events]), [e[2] for e in events], [e[3] for e in events])
+
+    def raised_with_a_campaign(member_spread_off: bool) -> tuple[set[str], set[str]]:
+        engine = make_engine(calibration_path)
+        if member_spread_off:
+            engine.pipeline.campaigns.member_spread = None
+        feed(engine, *columns)
+        hot = [g for g in engine.pipeline.campaigns.groups.values() if g.level > pw.Level.OK]
+        assert [(g.kind, g.label) for g in hot] == [("meta", "user_agent")]
+        with_campaign = {a for a in set(columns[0]) if engine.report(a).campaign is not None}
+        return {a for a in with_campaign if a.startswith("hydra-")}, {
+            a for a in with_campaign if a.startswith("bystander-")
+        }
+
+    members, bystanders = raised_with_a_campaign(member_spread_off=False)
+    assert len(members) == 12 and not bystanders
+    _, bystanders_without_the_test = raised_with_a_campaign(member_spread_off=True)
+    assert bystanders_without_the_test
+
+
+def test_only_indicators_shared_by_coincidence_get_the_harder_member_tests():
+    from probewatch.campaigns.groups import Group
+    from probewatch.campaigns.layer import MIN_TESTED_MEMBER_QUERIES, member_min_queries, shared_by_chance
+
+    def group(kind, label):
+        return Group(f"{kind}:{label}", kind, label, DIM)
+
+    coincidental = [group("payload", "cell 3")] + [
+        group("meta", k) for k in ("ip", "network", "user_agent", "key_created")
+    ]
+    own_evidence = [group("template", "think step by step"), group("meta", "payment"), group("meta", "org")]
+    assert all(shared_by_chance(g) for g in coincidental) and not any(shared_by_chance(g) for g in own_evidence)
+    assert {member_min_queries(g) for g in coincidental} == {MIN_TESTED_MEMBER_QUERIES}
+    assert {member_min_queries(g) for g in own_evidence} == {
+        MIN_MEMBER_QUERIES
+    } and MIN_MEMBER_QUERIES < MIN_TESTED_MEMBER_QUERIES
+    assert set(META_KEYS) >= {g.label for g in coincidental[1:] + own_evidence[1:]}
 
 
 def test_batch_boundaries_do_not_change_campaign_verdicts(calibration_path, topics):

@@ -32,7 +32,7 @@ def coverage_stats(cell_counts):
         c = c[None, :]
     total = c.sum(axis=1)
     p = c / xp.maximum(total, 1.0)[:, None]
-    plogp = xp.where(p > 0, p * xp.log2(xp.where(p > 0, p, 1.0)), 0.0)
+    plogp = p * xp.log2(xp.where(p > 0, p, 1.0))  # an empty cell: 0 * log2(1) = 0
     entropy = -plogp.sum(axis=1)
     distinct = (c > 0).sum(axis=1).astype(xp.float64)
     ceiling = xp.log2(xp.maximum(xp.minimum(total, float(c.shape[1])), 2.0))

@@ -322,7 +322,8 @@ class FeatureBatch:
             knn_valid = ~np.isnan(knn)
             knn_mean = np.where(knn_valid, knn, 0.0).sum(axis=1) / np.maximum(knn_valid.sum(axis=1), 1)
             near = (valid & (nn >= near_duplicate_similarity)).sum(axis=1) / safe
-            near_life = 1.0 - share_below_rows(self.nn_hist, near_duplicate_similarity)
+            near_below, return_below = shares_below(self.nn_hist, (near_duplicate_similarity, TOPIC_RETURN_SIMILARITY))
+            near_life = 1.0 - near_below
             # one masked write for the five nearest-neighbour features (NaN without a neighbour yet)
             f[:, _NN_COLUMNS] = np.where(
                 has[:, None], np.column_stack((mean, spread, knn_mean, near, near_life)), np.nan
@@ -350,19 +351,28 @@ class FeatureBatch:
             f[:, _F["mean_pairwise_similarity"]] = self.gram_stats[:, 1]
             f[:, _F["mmd_to_benign"]] = self.gram_stats[:, 2]
             f[:, _F["follow_up_similarity"]] = self.gram_stats[:, 3]
-            f[:, _F["off_reference_rate"]] = share_below_rows(self.ref_hist, off_reference_similarity)
-            f[:, _F["topic_return_rate"]] = 1.0 - share_below_rows(self.nn_hist, TOPIC_RETURN_SIMILARITY)
+            f[:, _F["off_reference_rate"]] = shares_below(self.ref_hist, (off_reference_similarity,))[0]
+            f[:, _F["topic_return_rate"]] = 1.0 - return_below
             f[:, _F["new_cell_rate"]] = (self.cell_counts > 0).sum(axis=1) / np.maximum(self.n, 1)
         return f
 
 
-def share_below_rows(hist: np.ndarray, threshold: float) -> np.ndarray:
-    """Per row of ``hist``, the share of its mass below ``threshold``, linear inside the
-    straddling bin (NaN for an empty row)."""
+def shares_below(hist: np.ndarray, thresholds: tuple[float, ...]) -> list[np.ndarray]:
+    """Per row of ``hist`` and per threshold, the share of the row's mass below the threshold,
+    linear inside the straddling bin (NaN for an empty row). Row totals and running sums are
+    taken once for all thresholds (a lone query pays per NumPy call); the counts are integers,
+    so running sums equal slice sums exactly. Callers hold ``np.errstate`` (empty rows)."""
     total = hist.sum(axis=1)
-    i = _hist_index(threshold)
-    lo = _HIST_LO + i * _HIST_WIDTH
-    frac = min(max((threshold - lo) / _HIST_WIDTH, 0.0), 1.0)
-    below = hist[:, :i].sum(axis=1) + frac * hist[:, i]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, below / np.maximum(total, 1), np.nan)
+    running = hist.cumsum(axis=1)
+    empty = total <= 0
+    denominator = np.maximum(total, 1)
+    out = []
+    for threshold in thresholds:
+        i = _hist_index(threshold)
+        lo = _HIST_LO + i * _HIST_WIDTH
+        frac = min(max((threshold - lo) / _HIST_WIDTH, 0.0), 1.0)
+        below = (running[:, i - 1] if i > 0 else 0) + frac * hist[:, i]
+        share = below / denominator
+        share[empty] = np.nan
+        out.append(share)
+    return out

@@ -385,7 +385,7 @@ class Calibration:
         look-alikes reported are those of the channel that scores the row highest."""
         features = np.atleast_2d(np.asarray(features, dtype=np.float64))
         n = np.atleast_1d(np.asarray(n))
-        bins = self.donor_bin[bin_of(n)]
+        bins = self._donor_bins(n)
         m, channels = features.shape[0], self.n_channels
         distance = np.empty((m, channels))
         gap = np.empty((m, N_FEATURES), dtype=np.float32)
@@ -403,7 +403,7 @@ class Calibration:
                 d, nearest = d[:channels], nearest[:channels]
             r = np.arange(points.shape[1])
             distance[rows] = d.T
-            scores[rows] = s = self.channel_scores(d.T, n[rows])
+            scores[rows] = s = self._channel_scale(d.T, b)
             # the gap and look-alikes reported are the top channel's, computed for it alone
             top = s.argmax(axis=1) if channels > 1 else np.zeros(r.size, dtype=np.int64)
             pick = nearest[top, r]  # (r, k)
@@ -490,6 +490,19 @@ class Calibration:
             return distances
         return on_benign_scale(distances, *norm[b])
 
+    def _channel_scale(self, distances: np.ndarray, b: int) -> np.ndarray:
+        """:meth:`channel_scores` for rows (m, channels) all of (donor) bin ``b``."""
+        if self.distance_norm is None:
+            return distances
+        norm = self.distance_norm[: distances.shape[1], b]  # (channels, 2)
+        return on_benign_scale(distances, norm[:, 0], norm[:, 1])
+
+    def _donor_bins(self, n: np.ndarray) -> np.ndarray:
+        """Donor bin per history length in ``n`` (1-D); a lone row takes the scalar path."""
+        if n.size == 1:
+            return self.donor_bin[[bin_of(int(n[0]))]]
+        return self.donor_bin[bin_of(n)]
+
     def channel_scores(self, distances: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Raw distances (m, channels) -> each channel's position on the benign scale of the
         bin (0 = the benign median, 2.33 = benign 99th percentile), negative below the median."""
@@ -543,12 +556,16 @@ class Calibration:
     def percentiles_of(self, values: np.ndarray, n: np.ndarray, feature_index: np.ndarray) -> np.ndarray:
         """``percentile`` for flat arrays of values, history lengths and feature numbers."""
         values = np.asarray(values, dtype=np.float64)
+        if values.size <= 16:  # a few reasons of a lone query: per-value binary searches beat grouping
+            out = np.full(values.shape, np.nan)
+            donor = self.donor_bin
+            for i, (count, j, v) in enumerate(
+                zip(np.asarray(n).tolist(), np.asarray(feature_index).tolist(), values.tolist(), strict=True)
+            ):
+                out[i] = self._percentile_in_bin(int(donor[bin_of(count)]), j, v)
+            return out
         bins = self.donor_bin[bin_of(np.asarray(n))]
         out = np.full(values.shape, np.nan)
-        if values.size <= 16:  # a few reasons of a lone query: per-value binary searches beat grouping
-            for i, (b, j, v) in enumerate(zip(bins.tolist(), feature_index.tolist(), values.tolist(), strict=True)):
-                out[i] = self._percentile_in_bin(b, j, v)
-            return out
         key = bins * N_FEATURES + feature_index
         for k in np.unique(key).tolist():
             at = np.flatnonzero(key == k)
@@ -766,7 +783,7 @@ class Detector:
         strength = np.where(np.isfinite(features), np.abs(gap), 0.0)
         order = np.argsort(-strength, axis=1, kind="stable")[:, : self.n_reasons]
         # Strengths fall along each row, so the kept reasons are a prefix of it.
-        rows, ranks = np.nonzero(np.take_along_axis(strength, order, axis=1) > REASON_MIN_GAP)
+        rows, ranks = np.nonzero(strength[np.arange(strength.shape[0])[:, None], order] > REASON_MIN_GAP)
         which = order[rows, ranks]
         kept = zip(
             rows.tolist(),

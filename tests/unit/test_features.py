@@ -22,6 +22,7 @@ from probewatch.detect.features import (
     AccountState,
     FeatureBatch,
     QueryFacts,
+    shares_below,
 )
 
 N_CELLS = 16
@@ -111,6 +112,20 @@ def test_batch_matches_reference(seed):
                 # Shapiro-Wilk: Royston's coefficients here vs SciPy's algorithm (AS R94), ~1e-4 apart.
                 tol = 2e-3 if name == "min_distance_normality" else 1e-9
                 assert row[j] == pytest.approx(expected[name], abs=tol), (state.n, name)
+
+
+@pytest.mark.parametrize("threshold", [-0.5, float(SIM_HIST_EDGES[0]), 0.0, 0.37, float(SIM_HIST_EDGES[-1]), 1.5])
+def test_shares_below_equal_the_straddling_share_and_leave_empty_rows_nan(threshold):
+    rng = np.random.default_rng(4)
+    hist = rng.integers(0, 5, size=(4, SIM_HIST_EDGES.size - 1))
+    hist[2] = 0  # an account with no neighbour yet
+    with np.errstate(invalid="ignore", divide="ignore"):
+        (got,) = shares_below(hist, (threshold,))
+    for row, value in zip(hist, got, strict=True):
+        if row.sum() == 0:
+            assert math.isnan(value)
+        else:
+            assert value == pytest.approx(1.0 - lifetime_share_at_least(row, threshold), abs=1e-12)
 
 
 def test_one_state_features_equal_its_batch_row():

@@ -112,6 +112,7 @@ class Replay:
     """What one interleaved replay produced."""
 
     first_flag: dict[str, int]  # account -> its query count when first seen at flag
+    watched: set[str]  # accounts seen at watch or flag at some point
     flagged_via_campaign: set[str]  # accounts whose flag came with a campaign at flag
     campaign_queries_until_detection: dict[str, int | None]  # true campaign id -> its queries seen
     seconds: float
@@ -122,6 +123,7 @@ class Replay:
 def replay(engine, data: Embedded, scenarios: Sequence[str], show: bool = True) -> Replay:
     events = data.traffic.events(list(scenarios))
     first_flag: dict[str, int] = {}
+    watched: set[str] = set()
     via: set[str] = set()
     seen_per_campaign: dict[str, int] = {}
     detected_at: dict[str, int | None] = {c: None for s in scenarios for c in _campaign_ids(data, s)}
@@ -144,6 +146,8 @@ def replay(engine, data: Embedded, scenarios: Sequence[str], show: bool = True) 
             campaign = member_of.get(account)
             if campaign is not None:
                 seen_per_campaign[campaign] = seen_per_campaign.get(campaign, 0) + 1
+            if verdict.level != "ok":  # watch or flag
+                watched.add(account)
             if verdict.flagged and account not in first_flag:
                 first_flag[account] = verdict.n_queries
                 if verdict.campaign is not None and verdict.campaign.level == "flag":
@@ -152,6 +156,7 @@ def replay(engine, data: Embedded, scenarios: Sequence[str], show: bool = True) 
                     detected_at[campaign] = seen_per_campaign[campaign]
     bar.close()
     # members raised by their campaign after their last query are flagged too
+    watched.update(engine.accounts("watch"), engine.accounts("flag"))
     for account in engine.accounts("flag"):
         if account not in first_flag:
             first_flag[account] = engine.report(account).n_queries
@@ -161,6 +166,7 @@ def replay(engine, data: Embedded, scenarios: Sequence[str], show: bool = True) 
                 detected_at[campaign] = seen_per_campaign.get(campaign, 0)
     return Replay(
         first_flag,
+        watched,
         via,
         detected_at,
         time.perf_counter() - started,
@@ -183,7 +189,14 @@ def per_account_flags(detector, data: Embedded, streams: list[AccountStream]) ->
 
 
 # -- metrics --------------------------------------------------------------------------------------
-def scenario_metrics(data: Embedded, scenario: str, flagged: dict[str, int | None], via: set[str] | None, detected):
+def scenario_metrics(
+    data: Embedded,
+    scenario: str,
+    flagged: dict[str, int | None],
+    via: set[str] | None,
+    detected,
+    watched: set[str] | None = None,
+):
     streams = data.traffic.attacks[scenario]
     campaigns = _campaign_ids(data, scenario)
     members = [s.account for s in streams]
@@ -192,6 +205,10 @@ def scenario_metrics(data: Embedded, scenario: str, flagged: dict[str, int | Non
         "campaigns": len(campaigns),
         "members": len(members),
         "member_recall": len(hit) / len(members) if members else None,
+        # probewatch only: members seen at watch or flag (an analyst's list, not an action)
+        "member_recall_watch": (sum(a in watched for a in members) / len(members) if members else None)
+        if watched is not None
+        else None,
         "campaigns_detected": None,
         "queries_until_detection": None,
     }
@@ -212,13 +229,18 @@ def scenario_metrics(data: Embedded, scenario: str, flagged: dict[str, int | Non
     return out
 
 
-def benign_metrics(data: Embedded, flagged: dict[str, int | None], via: set[str] | None) -> dict[str, Any]:
+def benign_metrics(
+    data: Embedded, flagged: dict[str, int | None], via: set[str] | None, watched: set[str] | None = None
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    total = flagged_total = via_total = 0
+    total = flagged_total = via_total = watched_total = 0
     for name, streams in data.traffic.test_benign.items():
         accounts = [s.account for s in streams]
         hit = [a for a in accounts if flagged.get(a) is not None]
         row = {"accounts": len(accounts), "flagged": len(hit), "fpr": len(hit) / len(accounts) if accounts else None}
+        if watched is not None:
+            row["watch_or_flag"] = sum(a in watched for a in accounts)
+            watched_total += row["watch_or_flag"]
         if via is not None:
             through = [a for a in hit if a in via]
             row["flagged_via_campaign"] = len(through)
@@ -229,6 +251,8 @@ def benign_metrics(data: Embedded, flagged: dict[str, int | None], via: set[str]
         total += len(accounts)
         flagged_total += len(hit)
     out["all"] = {"accounts": total, "flagged": flagged_total, "fpr": flagged_total / total if total else None}
+    if watched is not None:
+        out["all"]["watch_or_flag"] = watched_total
     if via is not None:
         out["all"]["flagged_via_campaign"] = via_total
         out["all"]["fpr_via_campaign"] = via_total / total if total else None
@@ -264,8 +288,9 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "## Attack scenarios",
         "",
-        "| scenario | detector | campaigns detected | member recall | via campaign | median campaign queries to detection |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| scenario | detector | campaigns detected | member recall | via campaign | members at watch or flag "
+        "| median campaign queries to detection |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for scenario, by_detector in results["scenarios"].items():
         for name, m in by_detector.items():
@@ -273,7 +298,9 @@ def markdown(results: dict[str, Any]) -> str:
             median = f"{int(np.median(delays))}" if delays else "n/a"
             lines.append(
                 f"| {scenario} | {name} | {_fmt(m['campaigns_detected'])} | {_fmt(m['member_recall'])} | "
-                f"{m.get('flagged_via_campaign', '')} | {median if name == PROBEWATCH else ''} |"
+                f"{m.get('flagged_via_campaign', '')} | "
+                f"{_fmt(m['member_recall_watch']) if m.get('member_recall_watch') is not None else ''} | "
+                f"{median if name == PROBEWATCH else ''} |"
             )
     lines += ["", "## Member precision (probewatch, accounts flagged through a campaign)", ""]
     for run, value in results["precision"].items():
@@ -282,15 +309,17 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "## Benign scenarios",
         "",
-        "| scenario | detector | accounts | flagged | FPR | flagged via a campaign | crowds with a campaign flag |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| scenario | detector | accounts | flagged | FPR | flagged via a campaign | crowds with a campaign flag "
+        "| at watch or flag |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, by_detector in results["benign"].items():
         for detector, rows in by_detector.items():
             for scenario, row in rows.items():
                 lines.append(
                     f"| {scenario} | {detector} ({name}) | {row['accounts']} | {row['flagged']} | {_fmt(row['fpr'])} | "
-                    f"{row.get('flagged_via_campaign', '')} | {row.get('groups_with_a_campaign_flag', '')} |"
+                    f"{row.get('flagged_via_campaign', '')} | {row.get('groups_with_a_campaign_flag', '')} | "
+                    f"{row.get('watch_or_flag', '')} |"
                 )
     lines += ["", "## Timings (s)", "", ", ".join(f"{k} {v:.1f}" for k, v in meta["timings"].items()), ""]
     return "\n".join(lines)
@@ -350,10 +379,15 @@ def run(
         flagged = dict(outcome.first_flag)
         for scenario in attack_names:
             results["scenarios"].setdefault(scenario, {})[PROBEWATCH] = scenario_metrics(
-                data, scenario, flagged, outcome.flagged_via_campaign, outcome.campaign_queries_until_detection
+                data,
+                scenario,
+                flagged,
+                outcome.flagged_via_campaign,
+                outcome.campaign_queries_until_detection,
+                outcome.watched,
             )
         results["benign"].setdefault(run_name, {})[PROBEWATCH] = benign_metrics(
-            data, flagged, outcome.flagged_via_campaign
+            data, flagged, outcome.flagged_via_campaign, outcome.watched
         )
         results["precision"][run_name] = precision(data, attack_names, flagged, outcome.flagged_via_campaign)
         results["campaigns_found"][run_name] = outcome.campaigns

@@ -62,6 +62,9 @@ def test_scenario_metrics_count_campaigns_members_and_the_query_budget(tiny):
     assert m["campaigns_detected"] == pytest.approx(0.5)  # camp-b only after the budget
     assert m["queries_until_detection"] == [40, DETECTION_BUDGET + 1]
     assert m["flagged_via_campaign"] == 2
+    assert m["member_recall_watch"] is None  # no watch set given
+    watched = {"c0", "c1", "c2", "o1"}  # c2 at watch only; o1 is not a member
+    assert scenario_metrics(tiny, "hydra_cot", flagged, {"c0"}, detected, watched)["member_recall_watch"] == 0.5
     # per-account detectors: a campaign counts when any member is flagged at all
     per_account = scenario_metrics(tiny, "hydra_cot", {"c4": 1}, None, None)
     assert per_account["campaigns_detected"] == pytest.approx(0.5) and per_account["queries_until_detection"] is None
@@ -75,6 +78,9 @@ def test_benign_metrics_and_precision(tiny):
     assert b["nat"]["flagged_via_campaign"] == 1 and b["nat"]["groups_with_a_campaign_flag"] == 1
     assert b["all"]["accounts"] == 12 and b["all"]["fpr_via_campaign"] == pytest.approx(1 / 12)
     assert precision(tiny, ["hydra_cot"], flagged, via) == pytest.approx(0.5)
+    assert "watch_or_flag" not in b["all"]
+    w = benign_metrics(tiny, flagged, via, {"o0", "o5", "n2", "c0"})
+    assert (w["ordinary"]["watch_or_flag"], w["nat"]["watch_or_flag"], w["all"]["watch_or_flag"]) == (2, 1, 3)
     assert precision(tiny, ["hydra_cot"], {}, set()) is None
 
 

@@ -83,6 +83,12 @@ MEMBER_DEVIATION_Z = 2.33
 # the group's queries (a payload region's first checkpoint), elsewhere from MIN_MEMBER_QUERIES
 # (a rare wrapper or a shared payment instrument is evidence of its own).
 MIN_TESTED_MEMBER_QUERIES = min(REGION_CHECKPOINTS)
+# At 8 queries that test has little power (a bystander's deviation and a dealt member's
+# overlap), so such a member is raised no higher than watch (linked to the campaign, in its
+# report, on an analyst's list) until it has this many of the group's queries (a payload
+# region's second checkpoint), when the test is run again and a pass raises it to the group's
+# level. Template, payment and organisation groups raise their members to flag as before.
+MIN_FLAGGED_MEMBER_QUERIES = sorted(REGION_CHECKPOINTS)[1]
 
 
 def shared_by_chance(group: Group) -> bool:
@@ -95,6 +101,15 @@ def shared_by_chance(group: Group) -> bool:
 def member_min_queries(group: Group) -> int:
     """Queries a member of ``group`` needs before it counts in a hot group."""
     return MIN_TESTED_MEMBER_QUERIES if shared_by_chance(group) else MIN_MEMBER_QUERIES
+
+
+def member_level(group: Group, queries: int) -> Level:
+    """The level a member that fits hot ``group`` (see CampaignLayer._fitting) is raised to
+    with ``queries`` of the group's queries: the group's, held at watch below
+    MIN_FLAGGED_MEMBER_QUERIES where bystanders can share the indicator by chance."""
+    if shared_by_chance(group) and queries < MIN_FLAGGED_MEMBER_QUERIES:
+        return min(group.level, Level.WATCH)
+    return group.level
 
 
 def coarse_regions(codebook: np.ndarray, k: int, iterations: int = 20) -> np.ndarray:
@@ -335,9 +350,10 @@ class CampaignLayer:
         group.last_seen = self.observations
         needed = member_min_queries(group)
         hot_member = group.level > Level.OK and c + count >= needed and not self.is_common(group)
-        if hot_member and raised.get(account, Level.OK) < group.level and self._fitting(group, np.array([slot]))[0]:
+        level = member_level(group, c + count)
+        if hot_member and raised.get(account, Level.OK) < level and self._fitting(group, np.array([slot]))[0]:
             # a member of a hot group: raised like the others once it fits, and it may link groups
-            raised[account] = group.level
+            raised[account] = level
             self._hot_changed(relinked=c < needed)
         # judged as it grows by JUDGE_EVERY queries or a sixteenth, whichever is more: judging
         # reads every member, so a popular template's group costs O(1) per query, not O(members)
@@ -418,8 +434,9 @@ class CampaignLayer:
                 group.level = level
                 self._hot_changed(relinked=True)
                 for account in self._active_members(group):
-                    if raised.get(account, Level.OK) < level:
-                        raised[account] = level
+                    member = member_level(group, int(self.pool.counts[group.members[account]]))
+                    if raised.get(account, Level.OK) < member:
+                        raised[account] = member
         due = group.n - group.campaign_judged_at >= max(CAMPAIGN_JUDGE_EVERY, group.n // 8)
         if group.level > Level.OK and (due or group.campaign_judged_at == 0):
             group.campaign_judged_at = group.n

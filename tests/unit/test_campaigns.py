@@ -20,6 +20,7 @@ from probewatch.campaigns.groups import (
 from probewatch.campaigns.metadata import META_KEYS, MetadataHasher, check_meta
 from probewatch.campaigns.scoring import MIN_MEMBER_QUERIES, N_MEMBER_BINS, GroupCalibration
 from probewatch.campaigns.templates import template_anchors, tokens
+from probewatch.detect.scoring import MIN_SCORED_QUERIES
 from probewatch.errors import BatchError, InputError, UnknownCampaignError
 from tests.support import topical_calibration_engine, topical_stream, unit_rows
 
@@ -303,22 +304,7 @@ def test_a_diverse_bystander_sharing_a_user_agent_is_not_raised_with_the_campaig
     but lean somewhere the campaign's pool does not go shares the campaign's rare user agent:
     the metadata group turns hot on the campaign's content, and the bystander must not be
     raised with it. Without the member-deviation test (member_spread None) some are."""
-    accounts, vectors, prompts, metas = hydra_traffic(topics, seed=7, members=12, per_member=10, crowd=20)
-    agent = "RareAgent/0.9"  # 12 members + 6 bystanders: under COMMON_MIN_ACCOUNTS, so not common
-    events = [
-        (a, v, p, dict(m, user_agent=agent) if a.startswith("hydra-") else m)
-        for a, v, p, m in zip(accounts, vectors, prompts, metas, strict=True)
-    ]
-    rng = np.random.default_rng(9)
-    for b in range(6):
-        lean = rng.standard_normal(DIM)
-        rows = unit_rows(rng.standard_normal((12, DIM)) + 3.25 * lean / np.linalg.norm(lean))
-        events += [
-            (f"bystander-{b}", v, f"my own question {j} about what I work on", {"user_agent": agent})
-            for j, v in enumerate(rows)
-        ]
-    events = [events[i] for i in rng.permutation(len(events))]
-    columns = ([e[0] for e in events], np.stack([e[1] for e in events]), [e[2] for e in events], [e[3] for e in events])
+    columns = rare_agent_traffic(topics)
 
     def raised_with_a_campaign(member_spread_off: bool) -> tuple[set[str], set[str]]:
         engine = make_engine(calibration_path)
@@ -336,6 +322,81 @@ def test_a_diverse_bystander_sharing_a_user_agent_is_not_raised_with_the_campaig
     assert len(members) == 12 and not bystanders
     _, bystanders_without_the_test = raised_with_a_campaign(member_spread_off=True)
     assert bystanders_without_the_test
+
+
+def rare_agent_traffic(topics):
+    """hydra_traffic's campaign (12 members, 10 queries each) sharing a rare user agent with six
+    diverse bystanders that lean somewhere the campaign's pool does not go; interleaved columns."""
+    accounts, vectors, prompts, metas = hydra_traffic(topics, seed=7, members=12, per_member=10, crowd=20)
+    agent = "RareAgent/0.9"  # 12 members + 6 bystanders: under COMMON_MIN_ACCOUNTS, so not common
+    events = [
+        (a, v, p, dict(m, user_agent=agent) if a.startswith("hydra-") else m)
+        for a, v, p, m in zip(accounts, vectors, prompts, metas, strict=True)
+    ]
+    rng = np.random.default_rng(9)
+    for b in range(6):
+        lean = rng.standard_normal(DIM)
+        rows = unit_rows(rng.standard_normal((12, DIM)) + 3.25 * lean / np.linalg.norm(lean))
+        events += [
+            (f"bystander-{b}", v, f"my own question {j} about what I work on", {"user_agent": agent})
+            for j, v in enumerate(rows)
+        ]
+    events = [events[i] for i in rng.permutation(len(events))]
+    return [e[0] for e in events], np.stack([e[1] for e in events]), [e[2] for e in events], [e[3] for e in events]
+
+
+def test_members_of_a_coincidental_group_reach_flag_only_with_16_of_its_queries(calibration_path, topics, monkeypatch):
+    """At 8 queries the member tests cannot tell a bystander from a dealt member, so a member
+    of a hot payload region or metadata group reaches flag only with MIN_FLAGGED_MEMBER_QUERIES
+    of the group's queries; before that it is linked and at watch. Here the campaign's members
+    share nothing but a rare user agent and their pool (no wrapper, no card), with group
+    thresholds loose enough that those groups flag; without the hold the same traffic flags
+    members from fewer queries."""
+    from probewatch.campaigns import layer
+
+    accounts, vectors, prompts, metas = hydra_traffic(topics, seed=7, members=20, per_member=20, crowd=20)
+    metas = [
+        {"user_agent": "RareAgent/0.9"} if a.startswith("hydra-") else m for a, m in zip(accounts, metas, strict=True)
+    ]
+    prompts = [None if a.startswith("hydra-") else p for a, p in zip(accounts, prompts, strict=True)]
+
+    def member_flags(hold: bool) -> list:
+        if not hold:
+            monkeypatch.setattr(layer, "MIN_FLAGGED_MEMBER_QUERIES", layer.MIN_TESTED_MEMBER_QUERIES)
+        engine = make_engine(calibration_path, campaign_fpr_share=1.0, target_fpr=0.01, watch_fpr=0.1)
+        verdicts = feed(engine, accounts, vectors, prompts, metas)
+        hot = {(g.kind, g.label) for g in engine.pipeline.campaigns.groups.values() if g.level is pw.Level.FLAG}
+        assert ("meta", "user_agent") in hot and all(kind in ("meta", "payload") for kind, _ in hot)
+        first: dict[str, pw.Verdict] = {}
+        for v in verdicts:
+            if v.account.startswith("hydra-") and v.flagged:
+                first.setdefault(v.account, v)
+        return list(first.values())
+
+    # the account detector, which scores from MIN_SCORED_QUERIES on, flags these members at 16+
+    # either way: flags before 16 are the campaign's
+    held = member_flags(hold=True)
+    assert layer.MIN_FLAGGED_MEMBER_QUERIES == 16 > MIN_SCORED_QUERIES
+    assert held and min(v.n_queries for v in held) >= 16
+    early = [v for v in member_flags(hold=False) if v.n_queries < 16]
+    assert early and all(v.campaign is not None and v.campaign.level == "flag" for v in early)
+
+
+def test_member_levels_by_indicator_kind_and_queries():
+    from probewatch.campaigns.groups import Group
+    from probewatch.campaigns.layer import MIN_FLAGGED_MEMBER_QUERIES, member_level
+
+    def hot(kind, label, level):
+        g = Group(f"{kind}:{label}", kind, label, DIM)
+        g.level = level
+        return g
+
+    for coincidental in (hot("payload", "cell 1", pw.Level.FLAG), hot("meta", "user_agent", pw.Level.FLAG)):
+        assert member_level(coincidental, MIN_FLAGGED_MEMBER_QUERIES - 1) is pw.Level.WATCH
+        assert member_level(coincidental, MIN_FLAGGED_MEMBER_QUERIES) is pw.Level.FLAG
+    assert member_level(hot("payload", "cell 1", pw.Level.WATCH), 2) is pw.Level.WATCH
+    for evidence in (hot("template", "think step by step", pw.Level.FLAG), hot("meta", "payment", pw.Level.FLAG)):
+        assert member_level(evidence, 2) is pw.Level.FLAG
 
 
 def test_only_indicators_shared_by_coincidence_get_the_harder_member_tests():

@@ -50,6 +50,11 @@ FEATURES: dict[str, str] = {
         "how much more each recent query resembles the one just before it than the rest of the window "
         "(people build on their last turn; extraction scripts send independent samples)"
     ),
+    "walk_away_rate": (
+        "share of all queries that are a small edit of an earlier query yet far from where that chain of "
+        "edits began (perturbation attacks walk away from their seeds one small step at a time; people "
+        "editing a prompt stay close to what they first asked)"
+    ),
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)
 N_FEATURES = len(FEATURE_NAMES)
@@ -77,6 +82,17 @@ SIM_HIST_EDGES = np.linspace(-0.2, 1.0, 49)
 # to that query's subject: MiniLM puts unrelated prompts near 0.1-0.3 and rewordings above 0.8.
 # A histogram edge (SIM_HIST_EDGES), so the lifetime count is exact.
 TOPIC_RETURN_SIMILARITY = 0.7
+# A walk-away step (``walk_steps``): a query whose nearest earlier query in the window is at least
+# WALK_LINK_SIMILARITY (a small edit of it), whose chain of such links goes back at least
+# WALK_DEPTH steps with similarity falling at each step back (a path, not a cluster), whose
+# chain's first query is below WALK_ROOT_SIMILARITY (it has walked away from it), and which has
+# at most WALK_MAX_CLOSE earlier window queries at the link similarity. The last two keep out
+# the users of one fixed app template, whose prompts all sit close together: many close
+# neighbours, no direction.
+WALK_LINK_SIMILARITY = 0.85
+WALK_ROOT_SIMILARITY = 0.75
+WALK_DEPTH = 4
+WALK_MAX_CLOSE = 3
 MIN_NORMALITY_SAMPLES = 16  # Shapiro-Wilk on fewer minimum distances is mostly noise
 RISK_TRACE_POINTS = 256  # risk-over-time points kept per account for reports
 
@@ -128,6 +144,7 @@ class AccountState:
         "ring_knn",
         "ring_nn",
         "ring_ref",
+        "walk",
         "window",
     )
 
@@ -156,6 +173,8 @@ class AccountState:
         self._trace_risk = np.zeros(RISK_TRACE_POINTS + 1, dtype=np.float32)
         self._trace_len = 0
         self.recent_scores = np.zeros(SMOOTHING_QUERIES, dtype=np.float64)  # per-query scores, a ring
+        # [queries judged for walk-away steps (the count at the last judgement), steps found]
+        self.walk = np.zeros(2, dtype=np.int64)
 
     def update(self, facts: QueryFacts, ts: float | None) -> None:
         slot = self.n % self.window
@@ -195,6 +214,11 @@ class AccountState:
         self.gram_stats[2] = mmd2_from_parts(gram, kmean, reference_self_kernel, gamma)
         # consecutive queries (the Gram's first off-diagonal) against all pairs of the window
         self.gram_stats[3] = float(np.diagonal(gram, 1).mean()) - self.gram_stats[1]
+        # each query is judged once, at the first refresh that sees it (the schedule depends
+        # only on the count, so a replay judges the same queries against the same windows)
+        unjudged = min(self.n - int(self.walk[0]), m)
+        self.walk[1] += walk_steps(gram, m - unjudged)
+        self.walk[0] = self.n
 
     def _window_values(self, ring: np.ndarray) -> np.ndarray:
         """Ring contents oldest -> newest (only the filled part)."""
@@ -248,7 +272,9 @@ class AccountState:
         "cell_counts",
         "gram_stats",
         "recent_scores",
+        "walk",
     )
+    SINCE_0_12 = ("walk",)  # absent from older snapshots: judged from the next refresh on
 
 
 def advance(
@@ -292,6 +318,7 @@ class FeatureBatch:
         self.ref_hist = np.empty((m, _HIST_BINS), dtype=np.int64)
         self.cell_counts = np.empty((m, n_cells), dtype=np.int64)
         self.gram_stats = np.empty((m, GRAM_STATS), dtype=np.float64)
+        self.walked = np.empty(m, dtype=np.int64)
         self.n = np.empty(m, dtype=np.int64)
 
     def capture(self, i: int, state: AccountState) -> None:
@@ -303,6 +330,7 @@ class FeatureBatch:
         self.ref_hist[i] = state.ref_hist
         self.cell_counts[i] = state.cell_counts
         self.gram_stats[i] = state.gram_stats
+        self.walked[i] = state.walk[1]
         self.n[i] = state.n
 
     def features(self, near_duplicate_similarity: float, off_reference_similarity: float) -> np.ndarray:
@@ -354,7 +382,55 @@ class FeatureBatch:
             f[:, _F["off_reference_rate"]] = shares_below(self.ref_hist, (off_reference_similarity,))[0]
             f[:, _F["topic_return_rate"]] = 1.0 - return_below
             f[:, _F["new_cell_rate"]] = (self.cell_counts > 0).sum(axis=1) / np.maximum(self.n, 1)
+            # over every query after the first: those not judged yet count as no step (a lower bound)
+            if m == 1:  # a lone query: scalar arithmetic, not three array calls
+                n0 = int(self.n[0])
+                f[0, _F["walk_away_rate"]] = int(self.walked[0]) / (n0 - 1) if n0 >= 2 else math.nan
+            else:
+                f[:, _F["walk_away_rate"]] = np.where(self.n >= 2, self.walked / np.maximum(self.n - 1, 1), np.nan)
         return f
+
+
+_LOWER_MASKS: dict[int, np.ndarray] = {}
+
+
+def _strictly_lower(m: int) -> np.ndarray:
+    """(m, m) mask of earlier rows, made once per window size (read-only, shared)."""
+    mask = _LOWER_MASKS.get(m)
+    if mask is None:
+        mask = np.tri(m, k=-1, dtype=bool)
+        mask.flags.writeable = False
+        _LOWER_MASKS[m] = mask
+    return mask
+
+
+def walk_steps(gram: np.ndarray, first: int) -> int:
+    """How many of window rows ``first`` onward are walk-away steps (see WALK_LINK_SIMILARITY),
+    given the window's Gram matrix, oldest row first. Links and chains stay inside the window."""
+    m = gram.shape[0]
+    if m - first <= 0 or m <= WALK_DEPTH:
+        return 0
+    rows = np.arange(m)
+    earlier = np.where(_strictly_lower(m), gram, -np.inf)
+    parent = earlier.argmax(axis=1)
+    parent = np.where(earlier[rows, parent] >= WALK_LINK_SIMILARITY, parent, rows)
+    root = parent
+    for _ in range(max(1, (m - 1).bit_length())):  # pointer jumping: chains are shorter than 2^steps
+        root = root[root]
+    judged = rows[first:]
+    sims = gram[judged]
+    at = np.arange(judged.size)
+    walk = np.ones(judged.size, dtype=bool)
+    child, previous = judged, None
+    for _ in range(WALK_DEPTH):  # each link back exists and is less similar than the one before
+        ancestor = parent[child]
+        walk &= ancestor != child
+        if previous is not None:
+            walk &= sims[at, ancestor] < sims[at, previous]
+        child, previous = ancestor, ancestor
+    far = sims[at, root[judged]] < WALK_ROOT_SIMILARITY
+    sparse = (earlier[judged] >= WALK_LINK_SIMILARITY).sum(axis=1) <= WALK_MAX_CLOSE
+    return int((walk & far & sparse).sum())
 
 
 def shares_below(hist: np.ndarray, thresholds: tuple[float, ...]) -> list[np.ndarray]:

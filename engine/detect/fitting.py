@@ -35,6 +35,9 @@ from .scoring import (
     N_BINS,
     TOPIC_RETURN_MIN_QUERIES,
     TOPIC_RETURN_QUANTILE,
+    WALK_AWAY_MIN_QUERIES,
+    WALK_AWAY_MIN_RATE,
+    WALK_AWAY_QUANTILE,
     BenignModel,
     Calibration,
     bin_of,
@@ -139,6 +142,25 @@ def _fit_topic_return(
     if scale <= 0.0:
         return None
     return p, max(float(np.quantile(_account_maxima(lookalike, owner, scored), 0.99)), 1e-6) / scale
+
+
+def _fit_walk_away(features: np.ndarray, ns: np.ndarray, owner: np.ndarray) -> tuple[float, float] | None:
+    """(p, weight) of the walk-away statistic (``Calibration.walk_away_scores``), or None where
+    too few benign accounts are long enough to say how often they step.
+
+    p is the WALK_AWAY_QUANTILE of long accounts' lifetime step rates, at least
+    WALK_AWAY_MIN_RATE. The weight is 1: the statistic is a -log10 probability, and nearly
+    every benign account never steps, so anchoring it to the look-alike score at a percentile
+    of benign maxima (the topic-return statistic's way) would rest on a handful of editing
+    users and stretch their two or three steps past the flag threshold. The flag threshold
+    is fitted on the maxima of both together, so it keeps its false-positive rate either way."""
+    last = np.r_[np.flatnonzero(np.diff(owner)), owner.size - 1]  # each account's final row
+    long_rows = last[ns[last] >= WALK_AWAY_MIN_QUERIES]
+    rates = features[long_rows, FEATURE_NAMES.index("walk_away_rate")]
+    rates = rates[np.isfinite(rates)]
+    if rates.size < MIN_TOPIC_RETURN_ACCOUNTS:
+        return None
+    return float(np.clip(np.quantile(rates, WALK_AWAY_QUANTILE), WALK_AWAY_MIN_RATE, 0.5)), 1.0
 
 
 def _distance_norm(distances: np.ndarray, ns: np.ndarray) -> np.ndarray:
@@ -283,7 +305,8 @@ def _cross_fitted(
         scored = np.arange(n_accounts)
     lookalike = [rolling_mean_per_account(final.standardise(oof[r], ns), owner) for r in range(CROSS_FIT_REPEATS)]
     final.topic_return = _fit_topic_return(features, ns, owner, scored, lookalike[0])
-    topic = final.topic_return_scores(features, ns)
+    final.walk_away = _fit_walk_away(features, ns, owner)
+    topic = np.maximum(final.topic_return_scores(features, ns), final.walk_away_scores(features, ns))
     maxima = [_account_maxima(np.maximum(score, topic), owner, scored) for score in lookalike]
     final.set_account_max_scores(np.concatenate(maxima))  # every account once per split
     evidence = np.mean([final.evidence_scores(oof_evidence[r], ns) for r in range(CROSS_FIT_REPEATS)], axis=0)

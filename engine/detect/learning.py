@@ -207,6 +207,7 @@ class ProviderNormal:
             source=base.source + LIVE_SOURCE,
             n_accounts=base.n_accounts,
             topic_return=base.topic_return,
+            walk_away=base.walk_away,
             lookalike_rule=base.lookalike_rule,
             evidence_norm=base.evidence_norm,
         )

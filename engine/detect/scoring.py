@@ -24,7 +24,7 @@ import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
-from scipy.special import bdtr, ndtri
+from scipy.special import bdtr, bdtrc, ndtri
 
 from ..campaigns.scoring import GroupCalibration
 from ..errors import CalibrationError
@@ -64,8 +64,9 @@ CHANNELS = ("spread", "rank")
 RANK_CHANNEL_SKIPS = ("reference_similarity", "mmd_to_benign", "off_reference_rate")
 # Features that are not look-alike coordinates: the topic return rate is judged on its own (see
 # ``Calibration.topic_return_scores``), as evidence that grows with every query, where a
-# look-alike coordinate among fifteen would dilute it.
-LOOKALIKE_SKIPS = ("topic_return_rate",)
+# look-alike coordinate among fifteen would dilute it; so is the walk-away rate
+# (``Calibration.walk_away_scores``).
+LOOKALIKE_SKIPS = ("topic_return_rate", "walk_away_rate")
 # Look-alike rule 2 (the default): repetition is not evidence. Re-sending a prompt, retrying it
 # and editing it are what people do with a model. With every editing and re-sending account left
 # out of calibration, 24 % of them were flagged as an unseen app under rule 1: their queries
@@ -108,6 +109,28 @@ MAX_LOG10_ONE_IN = 300.0  # "1 in 1e300" is already past any meaning, and stays 
 TOPIC_RETURN_QUANTILE = 0.1
 TOPIC_RETURN_MIN_QUERIES = 64
 MIN_TOPIC_RETURN_ACCOUNTS = 20  # fewer long benign accounts cannot set the rate: the statistic stays off
+
+
+# The walk-away statistic: how improbable an account's walk-away steps are for an account that
+# steps as often as the benign WALK_AWAY_QUANTILE of accounts with WALK_AWAY_MIN_QUERIES+ queries,
+# and never less often than WALK_AWAY_MIN_RATE (most benign accounts never step, so the quantile
+# is often 0; the floor is the step rate a benign account is allowed without evidence).
+WALK_AWAY_QUANTILE = 0.9
+WALK_AWAY_MIN_QUERIES = 64
+WALK_AWAY_MIN_RATE = 1.0 / 32
+_WALK_AWAY = FEATURE_NAMES.index("walk_away_rate")
+
+
+def walk_away_evidence(features: np.ndarray, n: np.ndarray, p: float) -> np.ndarray:
+    """-log10 P(Binomial(n - 1, p) >= k) per row, k the row's walk-away steps (``walk_away_rate``
+    times n - 1); 0 before MIN_SCORED_QUERIES, without a step and where the rate is undefined."""
+    n = np.asarray(n, dtype=np.float64)
+    rate = np.atleast_2d(features)[:, _WALK_AWAY]
+    trials = np.maximum(n - 1.0, 0.0)
+    steps = np.round(np.where(np.isnan(rate), 0.0, rate * trials)).astype(np.int64)
+    tail = bdtrc(np.maximum(steps - 1, 0), trials.astype(np.int64), p)  # P(X > k - 1)
+    evidence = -np.log10(np.clip(tail, 1e-300, 1.0))
+    return np.where((n >= MIN_SCORED_QUERIES) & (steps > 0), evidence, 0.0)
 
 
 def topic_return_evidence(features: np.ndarray, n: np.ndarray, p: float) -> np.ndarray:
@@ -244,6 +267,7 @@ class Calibration:
         topic_return: tuple[float, float] | None = None,
         lookalike_rule: int = LOOKALIKE_RULE,
         evidence_norm: np.ndarray | None = None,
+        walk_away: tuple[float, float] | None = None,
     ):
         if len(samples) != N_BINS:
             raise CalibrationError(f"calibration needs one sample table per bin ({N_BINS}); got {len(samples)}")
@@ -258,6 +282,8 @@ class Calibration:
         self.n_accounts = int(n_accounts)
         # (benign return rate p, weight onto the look-alike score's scale), or None: statistic off
         self.topic_return = None if topic_return is None else (float(topic_return[0]), float(topic_return[1]))
+        # (benign walk-away rate p, weight), or None: statistic off
+        self.walk_away = None if walk_away is None else (float(walk_away[0]), float(walk_away[1]))
         if lookalike_rule not in (1, 2):
             raise CalibrationError(f"look-alike rule must be 1 or 2; got {lookalike_rule!r}. Rebuild the calibration")
         self.lookalike_rule = int(lookalike_rule)
@@ -539,6 +565,22 @@ class Calibration:
         p, weight = self.topic_return
         return weight * topic_return_evidence(features, n, p)
 
+    def walk_away_scores(self, features: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Per row, the walk-away statistic on the look-alike score's scale (0 while off).
+
+        Of an account's n - 1 queries after its first, k were walk-away steps (a small edit of an
+        earlier query, far from where its chain of edits began). The statistic is
+        -log10 P(Binomial(n - 1, p) >= k), with p the step rate that only 1 - WALK_AWAY_QUANTILE of
+        long benign accounts exceed: an augmentation attack (perturbation chains around seeds) keeps
+        stepping, and the evidence grows with every step, while an editing user's few steps do not
+        add up. Times the calibration's weight (1 as fitted: see ``_fit_walk_away``)."""
+        n = np.asarray(n, dtype=np.float64)
+        # most accounts never step: no binomial tail to compute (a lone query pays per call)
+        if self.walk_away is None or not (np.atleast_2d(features)[:, _WALK_AWAY] > 0.0).any():
+            return np.zeros(n.shape)
+        p, weight = self.walk_away
+        return weight * walk_away_evidence(features, n, p)
+
     def deviations(self, features: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Signed marginal deviation per feature from the benign median, in benign spreads."""
         features = np.atleast_2d(features)
@@ -635,6 +677,8 @@ class Calibration:
             out["cal_rank_distance_norm"] = norm[1]  # absent from calibrations older than the rank channel
         if self.topic_return is not None:
             out["cal_topic_return"] = np.array(self.topic_return)  # absent from older calibrations: off
+        if self.walk_away is not None:
+            out["cal_walk_away"] = np.array(self.walk_away)  # absent from older calibrations: off
         out["cal_lookalike_rule"] = np.int64(self.lookalike_rule)  # absent from older calibrations: rule 1
         if self.evidence_norm is not None:
             out["cal_evidence_distance_norm"] = self.evidence_norm  # rule 2's campaign evidence scale
@@ -678,6 +722,15 @@ class Calibration:
                     f"{topic_return.tolist()}. Rebuild the calibration"
                 )
             topic_return = (float(topic_return[0]), float(topic_return[1]))
+        walk_away = None
+        if "cal_walk_away" in arrays:
+            walk_away = np.asarray(arrays["cal_walk_away"], dtype=np.float64)
+            if walk_away.shape != (2,) or not (0.0 < walk_away[0] < 1.0 and walk_away[1] > 0.0):
+                raise CalibrationError(
+                    "calibration walk-away parameters must be (rate in (0, 1), weight > 0); got "
+                    f"{walk_away.tolist()}. Rebuild the calibration"
+                )
+            walk_away = (float(walk_away[0]), float(walk_away[1]))
         rule = int(np.asarray(arrays["cal_lookalike_rule"])) if "cal_lookalike_rule" in arrays else 1
         evidence_norm = None
         if "cal_evidence_distance_norm" in arrays:
@@ -697,6 +750,7 @@ class Calibration:
             topic_return=topic_return,
             lookalike_rule=rule,
             evidence_norm=evidence_norm,
+            walk_away=walk_away,
         )
 
 
@@ -751,13 +805,18 @@ class Detector:
             lookalike[i] = ring[:filled].sum() / filled  # what .mean() computes, without its overhead
         features = np.atleast_2d(features)
         topic = cal.topic_return_scores(features, n)
-        scores = np.maximum(lookalike, topic)
+        walk = cal.walk_away_scores(features, n)
+        own = np.maximum(topic, walk)  # the statistics judged on their own
+        scores = np.maximum(lookalike, own)
         risks = 1.0 - cal.exceedance(scores)
         reasons = self._reasons(features, gap, n)
-        for i in np.flatnonzero(topic > lookalike).tolist():
-            reasons[i] = (self._topic_return_reason(features[i], int(n[i]), float(topic[i])), *reasons[i])[
-                : self.n_reasons
-            ]
+        for i in np.flatnonzero(own > lookalike).tolist():
+            lead = (
+                self._walk_away_reason(features[i], int(n[i]), float(walk[i]))
+                if walk[i] >= topic[i]
+                else self._topic_return_reason(features[i], int(n[i]), float(topic[i]))
+            )
+            reasons[i] = (lead, *reasons[i])[: self.n_reasons]
         # The campaign layer pools spread-channel evidence: the rank channel says little about
         # light accounts (most features are undefined before 16 queries) and would dilute it.
         return scores, risks, reasons, found.evidence
@@ -773,6 +832,18 @@ class Detector:
             direction="below",
             deviation=strength,
             description=FEATURES["topic_return_rate"],
+        )
+
+    def _walk_away_reason(self, row: np.ndarray, n: int, strength: float) -> Reason:
+        """The reason an account's score is its walk-away statistic."""
+        value = float(row[_WALK_AWAY])
+        return Reason(
+            feature="walk_away_rate",
+            value=value,
+            benign_percentile=self.calibration.percentile(_WALK_AWAY, value, n),
+            direction="above",
+            deviation=strength,
+            description=FEATURES["walk_away_rate"],
         )
 
     def level_for(self, score: float) -> Level:

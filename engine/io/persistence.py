@@ -223,7 +223,16 @@ def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> 
             )
         if flat.ndim != 2 or flat.shape[1] != benign.reference.dim:
             raise SnapshotError(f"{path}: stored vectors have shape {flat.shape}, expected (n, {benign.reference.dim})")
-        state_arrays = {name: arrays[f"state_{name}"] for name in AccountState.ARRAYS} if ids else {}
+        # arrays newer than the snapshot (AccountState.SINCE_0_12) start at their defaults
+        state_arrays = (
+            {
+                name: arrays[f"state_{name}"]
+                for name in AccountState.ARRAYS
+                if name not in AccountState.SINCE_0_12 or f"state_{name}" in arrays
+            }
+            if ids
+            else {}
+        )
         states = [
             _account_state(
                 path,
@@ -232,7 +241,7 @@ def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> 
                 benign.reference.n_cells,
                 scalars[i],
                 histories[i],
-                {name: state_arrays[name][i] for name in AccountState.ARRAYS},
+                {name: values[i] for name, values in state_arrays.items()},
             )
             for i, account in enumerate(ids)
         ]

@@ -73,6 +73,8 @@ def reference_features(state: AccountState) -> dict[str, float]:
     ) = state.gram_stats
     out["off_reference_rate"] = 1.0 - lifetime_share_at_least(state.ref_hist, OFF_REF)
     out["new_cell_rate"] = (state.cell_counts > 0).sum() / n
+    if n >= 2:
+        out["walk_away_rate"] = state.walk[1] / (n - 1)
     return out
 
 
@@ -89,6 +91,7 @@ def random_state(rng: np.random.Generator, window: int, n: int) -> AccountState:
         cell = int(rng.integers(0, 3 if tight else N_CELLS))
         state.update(QueryFacts(nn, knn, float(rng.uniform(0.1, 0.9)), float(rng.uniform(0, 1)), cell), None)
     state.gram_stats[:] = rng.random(state.gram_stats.size)
+    state.walk[:] = (n, rng.integers(0, max(n, 1)))
     return state
 
 

@@ -175,9 +175,13 @@ def test_calibration_file_round_trip(tmp_path):
     assert os.path.getsize(tmp_path / "cal.npz") > 0
 
 
+NEWER_FEATURES = ("follow_up_similarity", "topic_return_rate", "walk_away_rate")
+
+
 def _as_previous_version(path, out):
-    """Rewrite a snapshot as 0.2.0 wrote it: 14 features (no follow_up_similarity, no
-    topic_return_rate), three window statistics per account, no learning state."""
+    """Rewrite a snapshot as 0.2.0 wrote it: 14 features (no follow_up_similarity,
+    topic_return_rate or walk_away_rate), three window statistics and no walk-away counts per
+    account, no learning state."""
     import json
 
     from probewatch.detect.features import FEATURE_NAMES
@@ -185,7 +189,7 @@ def _as_previous_version(path, out):
     with np.load(path, allow_pickle=False) as data:
         arrays = {name: data[name] for name in data.files}
     header = json.loads(arrays["header"].tobytes().decode("utf-8"))
-    newer = ("follow_up_similarity", "topic_return_rate")
+    newer = NEWER_FEATURES
     drop = [FEATURE_NAMES.index(name) for name in newer]
     header["calibration"]["features"] = [f for f in FEATURE_NAMES if f not in newer]
     header.pop("population", None)
@@ -193,7 +197,7 @@ def _as_previous_version(path, out):
     for name in list(arrays):
         if name.startswith("cal_bin_"):
             arrays[name] = np.delete(arrays[name], drop, axis=1)
-        elif name.startswith("population_") or name == "cal_topic_return":
+        elif name.startswith("population_") or name in ("cal_topic_return", "cal_walk_away", "state_walk"):
             del arrays[name]
     arrays["state_gram_stats"] = arrays["state_gram_stats"][:, :3]
     arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
@@ -207,15 +211,20 @@ def test_a_previous_version_snapshot_loads_and_judges_without_the_new_feature(tm
     engine.save(tmp_path / "now.npz")
     _as_previous_version(tmp_path / "now.npz", tmp_path / "old.npz")
     old = pw.Engine.load(tmp_path / "old.npz")
-    columns = [FEATURE_NAMES.index(name) for name in ("follow_up_similarity", "topic_return_rate")]
-    assert (old.calibration.known[columns] == 0).all() and old.calibration.known.sum() == len(FEATURE_NAMES) - 2
+    columns = [FEATURE_NAMES.index(name) for name in NEWER_FEATURES]
+    assert (old.calibration.known[columns] == 0).all()
+    assert old.calibration.known.sum() == len(FEATURE_NAMES) - len(NEWER_FEATURES)
     assert all(np.isnan(s[:, columns]).all() for s in old.calibration.samples)
     assert old.calibration.topic_return is None  # judged by the look-alike score alone, as it was
+    assert old.calibration.walk_away is None
+    assert all(state.walk.tolist() == [0, 0] for state in old.pipeline.states.values())
     assert old.stats().accounts == engine.stats().accounts
     acc, vecs = stream(9, per=10)
     verdicts = old.observe_embeddings(acc, vecs)
     assert all(math.isfinite(v.score) for v in verdicts)
     # the unknown feature never explains anything
-    assert all(r.feature not in ("follow_up_similarity", "topic_return_rate") for v in verdicts for r in v.reasons)
-    # and once its window statistics refresh, the restored accounts carry the new one too
+    assert all(r.feature not in NEWER_FEATURES for v in verdicts for r in v.reasons)
+    # and once its window statistics refresh, the restored accounts carry the new ones too
     assert not np.isnan(old.pipeline.states[acc[-1]].gram_stats[3])
+    restored = old.pipeline.states[acc[-1]]
+    assert 0 < restored.walk[0] <= restored.n  # judged from its next refresh on

@@ -117,6 +117,14 @@ def _account_maxima(scores: np.ndarray, owner: np.ndarray, accounts_idx: np.ndar
     return maxima[accounts_idx]
 
 
+def _final_rates(features: np.ndarray, ns: np.ndarray, owner: np.ndarray, feature: str, min_queries: int) -> np.ndarray:
+    """``feature`` at the final row of every account with at least ``min_queries`` queries
+    (rows grouped by account, in order), where defined."""
+    last = np.r_[np.flatnonzero(np.diff(owner)), owner.size - 1]  # each account's final row
+    rates = features[last[ns[last] >= min_queries], FEATURE_NAMES.index(feature)]
+    return rates[np.isfinite(rates)]
+
+
 def _fit_topic_return(
     features: np.ndarray,
     ns: np.ndarray,
@@ -130,10 +138,7 @@ def _fit_topic_return(
     p is the TOPIC_RETURN_QUANTILE of long accounts' lifetime return rates; the weight puts the
     statistic's benign lifetime maxima on the look-alike score's scale at their 99th
     percentiles, so neither statistic's benign tail decides the flag threshold alone."""
-    last = np.r_[np.flatnonzero(np.diff(owner)), owner.size - 1]  # each account's final row
-    long_rows = last[ns[last] >= TOPIC_RETURN_MIN_QUERIES]
-    rates = features[long_rows, FEATURE_NAMES.index("topic_return_rate")]
-    rates = rates[np.isfinite(rates)]
+    rates = _final_rates(features, ns, owner, "topic_return_rate", TOPIC_RETURN_MIN_QUERIES)
     if rates.size < MIN_TOPIC_RETURN_ACCOUNTS:
         return None
     p = float(np.clip(np.quantile(rates, TOPIC_RETURN_QUANTILE), 1e-3, 0.999))
@@ -154,10 +159,7 @@ def _fit_walk_away(features: np.ndarray, ns: np.ndarray, owner: np.ndarray) -> t
     of benign maxima (the topic-return statistic's way) would rest on a handful of editing
     users and stretch their two or three steps past the flag threshold. The flag threshold
     is fitted on the maxima of both together, so it keeps its false-positive rate either way."""
-    last = np.r_[np.flatnonzero(np.diff(owner)), owner.size - 1]  # each account's final row
-    long_rows = last[ns[last] >= WALK_AWAY_MIN_QUERIES]
-    rates = features[long_rows, FEATURE_NAMES.index("walk_away_rate")]
-    rates = rates[np.isfinite(rates)]
+    rates = _final_rates(features, ns, owner, "walk_away_rate", WALK_AWAY_MIN_QUERIES)
     if rates.size < MIN_TOPIC_RETURN_ACCOUNTS:
         return None
     return float(np.clip(np.quantile(rates, WALK_AWAY_QUANTILE), WALK_AWAY_MIN_RATE, 0.5)), 1.0

@@ -812,38 +812,25 @@ class Detector:
         reasons = self._reasons(features, gap, n)
         for i in np.flatnonzero(own > lookalike).tolist():
             lead = (
-                self._walk_away_reason(features[i], int(n[i]), float(walk[i]))
+                self._own_statistic_reason(_WALK_AWAY, "above", features[i], int(n[i]), float(walk[i]))
                 if walk[i] >= topic[i]
-                else self._topic_return_reason(features[i], int(n[i]), float(topic[i]))
+                else self._own_statistic_reason(_TOPIC_RETURN, "below", features[i], int(n[i]), float(topic[i]))
             )
             reasons[i] = (lead, *reasons[i])[: self.n_reasons]
         # The campaign layer pools spread-channel evidence: the rank channel says little about
         # light accounts (most features are undefined before 16 queries) and would dilute it.
         return scores, risks, reasons, found.evidence
 
-    def _topic_return_reason(self, row: np.ndarray, n: int, strength: float) -> Reason:
-        """The reason an account's score is its topic-return statistic."""
-        value = float(row[_TOPIC_RETURN])
-        pct = self.calibration.percentile(_TOPIC_RETURN, value, n)
+    def _own_statistic_reason(self, feature: int, direction: str, row: np.ndarray, n: int, strength: float) -> Reason:
+        """The reason an account's score is a statistic judged on its own (topic return, walk-away)."""
+        value = float(row[feature])
         return Reason(
-            feature="topic_return_rate",
+            feature=FEATURE_NAMES[feature],
             value=value,
-            benign_percentile=pct,
-            direction="below",
+            benign_percentile=self.calibration.percentile(feature, value, n),
+            direction=direction,
             deviation=strength,
-            description=FEATURES["topic_return_rate"],
-        )
-
-    def _walk_away_reason(self, row: np.ndarray, n: int, strength: float) -> Reason:
-        """The reason an account's score is its walk-away statistic."""
-        value = float(row[_WALK_AWAY])
-        return Reason(
-            feature="walk_away_rate",
-            value=value,
-            benign_percentile=self.calibration.percentile(_WALK_AWAY, value, n),
-            direction="above",
-            deviation=strength,
-            description=FEATURES["walk_away_rate"],
+            description=FEATURES[FEATURE_NAMES[feature]],
         )
 
     def level_for(self, score: float) -> Level:

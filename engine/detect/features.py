@@ -410,8 +410,13 @@ def walk_steps(gram: np.ndarray, first: int) -> int:
     m = gram.shape[0]
     if m - first <= 0 or m <= WALK_DEPTH:
         return 0
+    lower = _strictly_lower(m)
+    # A step is linked to an earlier query, and most new queries have none: one cheap look
+    # first (a young account's window is judged at every query).
+    if not (gram[first:][lower[first:]] >= WALK_LINK_SIMILARITY).any():
+        return 0
     rows = np.arange(m)
-    earlier = np.where(_strictly_lower(m), gram, -np.inf)
+    earlier = np.where(lower, gram, -np.inf)
     parent = earlier.argmax(axis=1)
     parent = np.where(earlier[rows, parent] >= WALK_LINK_SIMILARITY, parent, rows)
     root = parent

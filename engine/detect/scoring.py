@@ -713,24 +713,8 @@ class Calibration:
             if norm.shape != (N_BINS, 2):
                 raise CalibrationError(f"calibration distance tables must have shape ({N_BINS}, 2); got {norm.shape}")
         norm = np.stack(norms)
-        topic_return = None
-        if "cal_topic_return" in arrays:
-            topic_return = np.asarray(arrays["cal_topic_return"], dtype=np.float64)
-            if topic_return.shape != (2,) or not (0.0 < topic_return[0] < 1.0 and topic_return[1] > 0.0):
-                raise CalibrationError(
-                    "calibration topic-return parameters must be (rate in (0, 1), weight > 0); got "
-                    f"{topic_return.tolist()}. Rebuild the calibration"
-                )
-            topic_return = (float(topic_return[0]), float(topic_return[1]))
-        walk_away = None
-        if "cal_walk_away" in arrays:
-            walk_away = np.asarray(arrays["cal_walk_away"], dtype=np.float64)
-            if walk_away.shape != (2,) or not (0.0 < walk_away[0] < 1.0 and walk_away[1] > 0.0):
-                raise CalibrationError(
-                    "calibration walk-away parameters must be (rate in (0, 1), weight > 0); got "
-                    f"{walk_away.tolist()}. Rebuild the calibration"
-                )
-            walk_away = (float(walk_away[0]), float(walk_away[1]))
+        topic_return = _rate_and_weight(arrays, "cal_topic_return", "topic-return")
+        walk_away = _rate_and_weight(arrays, "cal_walk_away", "walk-away")
         rule = int(np.asarray(arrays["cal_lookalike_rule"])) if "cal_lookalike_rule" in arrays else 1
         evidence_norm = None
         if "cal_evidence_distance_norm" in arrays:
@@ -752,6 +736,20 @@ class Calibration:
             evidence_norm=evidence_norm,
             walk_away=walk_away,
         )
+
+
+def _rate_and_weight(arrays, key: str, name: str) -> tuple[float, float] | None:
+    """A statistic's (benign rate, weight) from a calibration file; None where the file has
+    none (made before the statistic existed: it stays off)."""
+    if key not in arrays:
+        return None
+    values = np.asarray(arrays[key], dtype=np.float64)
+    if values.shape != (2,) or not (0.0 < values[0] < 1.0 and values[1] > 0.0):
+        raise CalibrationError(
+            f"calibration {name} parameters must be (rate in (0, 1), weight > 0); got "
+            f"{values.tolist()}. Rebuild the calibration"
+        )
+    return float(values[0]), float(values[1])
 
 
 class BenignModel(NamedTuple):

@@ -234,3 +234,23 @@ def parse_prometheus(text: str) -> dict[tuple[str, tuple], float]:
         labels = tuple(sorted(label_re.findall(m.group(3) or "")))
         samples[(m.group(1), labels)] = float(m.group(4))
     return samples
+
+
+def uniform_calibration(**statistics):
+    """A calibration with uniform benign feature rows in every history bin and a unit distance
+    scale, for tests of the statistics judged on their own (``topic_return=``, ``walk_away=``)."""
+    from probewatch.detect.scoring import CHANNELS, N_BINS, N_FEATURES, Calibration
+
+    rng = np.random.default_rng(0)
+    samples = [rng.uniform(0.0, 1.0, (120, N_FEATURES)) for _ in range(N_BINS)]
+    norm = np.tile(np.array([[1.0, 2.0]]), (len(CHANNELS), N_BINS, 1))
+    return Calibration(samples, np.linspace(0.0, 3.0, 200), 0.5, distance_norm=norm, **statistics)
+
+
+def feature_rows(column: int, values, ns) -> tuple[np.ndarray, np.ndarray]:
+    """Feature rows at 0.5 everywhere but ``column``, which takes ``values``; with their ``ns``."""
+    from probewatch.detect.scoring import N_FEATURES
+
+    x = np.full((len(values), N_FEATURES), 0.5)
+    x[:, column] = values
+    return x, np.asarray(ns)

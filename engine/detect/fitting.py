@@ -308,8 +308,8 @@ def _cross_fitted(
     lookalike = [rolling_mean_per_account(final.standardise(oof[r], ns), owner) for r in range(CROSS_FIT_REPEATS)]
     final.topic_return = _fit_topic_return(features, ns, owner, scored, lookalike[0])
     final.walk_away = _fit_walk_away(features, ns, owner)
-    topic = np.maximum(final.topic_return_scores(features, ns), final.walk_away_scores(features, ns))
-    maxima = [_account_maxima(np.maximum(score, topic), owner, scored) for score in lookalike]
+    own = np.maximum(final.topic_return_scores(features, ns), final.walk_away_scores(features, ns))
+    maxima = [_account_maxima(np.maximum(score, own), owner, scored) for score in lookalike]
     final.set_account_max_scores(np.concatenate(maxima))  # every account once per split
     evidence = np.mean([final.evidence_scores(oof_evidence[r], ns) for r in range(CROSS_FIT_REPEATS)], axis=0)
     return final, evidence  # the campaign layer's per-query evidence (Calibration.evidence_scores)

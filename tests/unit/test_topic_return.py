@@ -16,10 +16,8 @@ from scipy import stats
 from probewatch.detect.features import FEATURE_NAMES
 from probewatch.detect.fitting import _fit_topic_return
 from probewatch.detect.scoring import (
-    CHANNELS,
     MIN_SCORED_QUERIES,
     MIN_TOPIC_RETURN_ACCOUNTS,
-    N_BINS,
     N_FEATURES,
     TOPIC_RETURN_MIN_QUERIES,
     TOPIC_RETURN_QUANTILE,
@@ -27,21 +25,17 @@ from probewatch.detect.scoring import (
     Detector,
 )
 from probewatch.errors import CalibrationError
+from tests.support import feature_rows, uniform_calibration
 
 RATE = FEATURE_NAMES.index("topic_return_rate")
 
 
 def _calibration(topic_return=(0.12, 1.5)) -> Calibration:
-    rng = np.random.default_rng(0)
-    samples = [rng.uniform(0.0, 1.0, (120, N_FEATURES)) for _ in range(N_BINS)]
-    norm = np.tile(np.array([[1.0, 2.0]]), (len(CHANNELS), N_BINS, 1))
-    return Calibration(samples, np.linspace(0.0, 3.0, 200), 0.5, distance_norm=norm, topic_return=topic_return)
+    return uniform_calibration(topic_return=topic_return)
 
 
 def _rows(rates, ns) -> tuple[np.ndarray, np.ndarray]:
-    x = np.full((len(rates), N_FEATURES), 0.5)
-    x[:, RATE] = rates
-    return x, np.asarray(ns)
+    return feature_rows(RATE, rates, ns)
 
 
 def test_the_statistic_is_the_binomial_tail_by_hand():

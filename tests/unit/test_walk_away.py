@@ -27,10 +27,8 @@ from probewatch.detect.features import (
 )
 from probewatch.detect.fitting import _fit_walk_away
 from probewatch.detect.scoring import (
-    CHANNELS,
     MIN_SCORED_QUERIES,
     MIN_TOPIC_RETURN_ACCOUNTS,
-    N_BINS,
     N_FEATURES,
     WALK_AWAY_MIN_QUERIES,
     WALK_AWAY_MIN_RATE,
@@ -39,6 +37,7 @@ from probewatch.detect.scoring import (
     Detector,
 )
 from probewatch.errors import CalibrationError
+from tests.support import feature_rows, uniform_calibration
 
 RATE = FEATURE_NAMES.index("walk_away_rate")
 DIM = 64
@@ -140,16 +139,11 @@ def test_each_query_is_judged_once_on_the_refresh_schedule():
 
 
 def _calibration(walk_away=(0.02, 1.0)) -> Calibration:
-    rng = np.random.default_rng(0)
-    samples = [rng.uniform(0.0, 1.0, (120, N_FEATURES)) for _ in range(N_BINS)]
-    norm = np.tile(np.array([[1.0, 2.0]]), (len(CHANNELS), N_BINS, 1))
-    return Calibration(samples, np.linspace(0.0, 3.0, 200), 0.5, distance_norm=norm, walk_away=walk_away)
+    return uniform_calibration(walk_away=walk_away)
 
 
 def _rows(rates, ns) -> tuple[np.ndarray, np.ndarray]:
-    x = np.full((len(rates), N_FEATURES), 0.5)
-    x[:, RATE] = rates
-    return x, np.asarray(ns)
+    return feature_rows(RATE, rates, ns)
 
 
 def test_the_statistic_is_the_binomial_tail_by_hand():

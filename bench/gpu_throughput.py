@@ -63,7 +63,9 @@ def _timed(device: str, run) -> float:
     return time.perf_counter() - start
 
 
-def measure(device: str, n_prompts: int, batch: int, n_accounts: int, seed: int = 0) -> dict:
+def measure(
+    device: str, n_prompts: int, batch: int, n_accounts: int, seed: int = 0, profile: Path | None = None
+) -> dict:
     import probewatch as pw
 
     prompts = vocabulary_prompts(n_prompts + batch, seed)
@@ -86,6 +88,21 @@ def measure(device: str, n_prompts: int, batch: int, n_accounts: int, seed: int 
     detect_s = _timed(
         embedder.device, lambda: [detector.observe_embeddings(a, v) for (a, _), v in zip(batches, vectors, strict=True)]
     )
+    if profile is not None:  # the detection phase again, into a fresh engine, under cProfile
+        import cProfile
+        import io
+        import pstats
+
+        profiled, profiler = pw.Engine(embedder=embedder, device=embedder.device), cProfile.Profile()
+        profiler.enable()
+        _timed(
+            embedder.device,
+            lambda: [profiled.observe_embeddings(a, v) for (a, _), v in zip(batches, vectors, strict=True)],
+        )
+        profiler.disable()
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(40)
+        profile.write_text(f"detection phase, {len(prompts)} queries in batches of {batch}\n{text.getvalue()}")
     stats = engine.stats()
     result = {
         "device": embedder.device,
@@ -130,10 +147,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[512], help="prompts per call (one run each)")
     parser.add_argument("--accounts", type=int, default=10_000, help="accounts the prompts are spread over")
     parser.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="also profile the detection phase of the first batch size (text)"
+    )
     args = parser.parse_args(argv)
     rows = []
-    for batch in args.batch:
-        row = measure(args.device, args.prompts, batch, args.accounts)
+    for i, batch in enumerate(args.batch):
+        row = measure(args.device, args.prompts, batch, args.accounts, profile=args.profile if i == 0 else None)
         print(json.dumps(row), flush=True)
         rows.append(row)
     if args.out is not None:

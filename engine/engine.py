@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from probewatch.kernels.backend import get_array_module, to_numpy
+
 from .backend.device import Backend
 from .backend.embedder import Embedder, RepeatCacheStats
 from .campaigns.metadata import check_meta
@@ -202,13 +204,17 @@ class Engine:
         """Observe precomputed (n, d) vectors (normalised to unit length here). ``prompts``,
         when the caller has them, let the campaign layer see shared templates."""
         arr = check_vectors(accounts, vectors, self.dim, ts)
+        if not self._backend.on_gpu:
+            arr = to_numpy(arr)  # device rows handed to a CPU engine: one copy to the host
         good, _, stamps, errors = check_items(accounts, ts, None, 0, metas)
         if prompts is not None:
             check_same_length(accounts=accounts, prompts=prompts)
             texts = [prompts[i] if isinstance(prompts[i], str) else None for i in good]
         else:
             texts = None
-        return self._observe_valid(accounts, good, arr[good] if errors else arr, stamps, errors, texts, metas)
+        xp = get_array_module(arr)
+        kept = arr[xp.asarray(good, dtype=xp.int64)] if errors else arr
+        return self._observe_valid(accounts, good, kept, stamps, errors, texts, metas)
 
     def _observe_valid(
         self,
@@ -444,11 +450,22 @@ class Engine:
 
 
 def _width(vectors: Any) -> int:
-    return int(np.asarray(vectors).shape[-1])
+    """The row width of ``vectors`` (host or device), read without copying them."""
+    shape = getattr(vectors, "shape", None)
+    if shape is None:
+        try:
+            shape = np.shape(vectors)
+        except (TypeError, ValueError) as exc:  # ragged nested lists
+            raise InvalidEmbeddingError(
+                f"vectors must be a numeric (n, d) array; got {type(vectors).__name__}: {exc}"
+            ) from exc
+    if len(shape) == 0:
+        raise InvalidEmbeddingError(f"vectors must be a numeric (n, d) array; got a scalar {type(vectors).__name__}")
+    return int(shape[-1])
 
 
 def _checked_calibration_vectors(accounts, vectors, dim: int, ts) -> np.ndarray:
-    arr = check_vectors(accounts, vectors, dim, ts)
+    arr = to_numpy(check_vectors(accounts, vectors, dim, ts))  # fitting runs on the host
     for account in accounts:
         check_account(account)
     return arr

@@ -15,6 +15,7 @@ SITE=${SITE:-/tmp/probewatch-site}
 DEVICE=${DEVICE:-cuda}
 PROMPTS=${PROMPTS:-20000}
 BATCHES=${BATCHES:-256 1024}
+PYTEST_K=${PYTEST_K:-}  # a -k filter, to rerun only some GPU tests
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$SITE"
 started=$(date +%s)
@@ -36,12 +37,12 @@ print("probewatch", probewatch.__version__, "| torch", torch.__version__, "cuda"
 EOF
 
 step "pytest -m gpu (tests that need only CuPy, torch or faiss-gpu skip with the reason when those are missing)"
-timeout 180 "$PY" -m pytest -m gpu -rs -p no:cacheprovider tests/gpu tests/unit/test_kernels.py bench/test_perf.py \
+timeout 180 "$PY" -m pytest -m gpu -rs -p no:cacheprovider tests/gpu tests/unit/test_kernels.py bench/test_perf.py ${PYTEST_K:+-k "$PYTEST_K"} \
     --benchmark-json="$OUT/bench_gpu.json" --benchmark-columns=min,median,mean,ops,rounds 2>&1 | tee "$OUT/pytest_gpu.txt"
 echo "pytest exit ${PIPESTATUS[0]}" | tee -a "$OUT/pytest_gpu.txt"
 
 step "end-to-end throughput"
 # shellcheck disable=SC2086  # BATCHES is a list of numbers
 timeout 150 "$PY" -m bench.gpu_throughput --device "$DEVICE" --prompts "$PROMPTS" --batch $BATCHES \
-    --out "$OUT/throughput.json" 2>&1 | grep -v "^Loading weights" | tee "$OUT/throughput.txt"
+    --out "$OUT/throughput.json" --profile "$OUT/profile_detect.txt" 2>&1 | grep -v "^Loading weights" | tee "$OUT/throughput.txt"
 step "done"

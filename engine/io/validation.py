@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from probewatch.kernels.backend import cupy_available, cupy_module, get_array_module, to_numpy
+
 from ..campaigns.metadata import check_meta
 from ..errors import (
     BatchLengthError,
@@ -143,38 +145,82 @@ def check_same_length(**named: Sequence[Any] | None) -> int:
     return next(iter(lengths.values()), 0)
 
 
-def check_embeddings(vectors: Any, dim: int) -> np.ndarray:
-    """An (n, dim) finite, non-zero matrix, returned as unit-norm C-contiguous float32."""
+# DLPack device types of CUDA memory (dlpack.h: kDLCUDA, kDLCUDAManaged)
+_DLPACK_CUDA_DEVICES = (2, 13)
+
+
+def on_cuda_device(vectors: Any) -> bool:
+    """True for arrays held in CUDA memory: CuPy arrays, torch CUDA tensors, anything that
+    exposes ``__cuda_array_interface__`` or a CUDA DLPack device."""
+    if hasattr(vectors, "__cuda_array_interface__"):
+        return True
+    dlpack_device = getattr(vectors, "__dlpack_device__", None)
+    if dlpack_device is None or isinstance(vectors, np.ndarray):
+        return False
     try:
-        arr = np.asarray(vectors, dtype=np.float32)
+        return int(dlpack_device()[0]) in _DLPACK_CUDA_DEVICES
+    except Exception:  # noqa: BLE001 - an object that cannot say where it lives is treated as host data
+        return False
+
+
+def _as_device_float32(vectors: Any):
+    """A CuPy float32 view or copy of CUDA-resident ``vectors`` (no trip through the host)."""
+    if not cupy_available():
+        raise InvalidEmbeddingError(
+            f"vectors live on a CUDA device ({type(vectors).__name__}) but CuPy is not installed or sees no device; "
+            "install the GPU extra (pip install 'probewatch[gpu]') or pass host rows (e.g. tensor.cpu().numpy())"
+        )
+    cp = cupy_module()
+    try:
+        arr = cp.asarray(vectors) if hasattr(vectors, "__cuda_array_interface__") else cp.from_dlpack(vectors)
+        return arr.astype(cp.float32, copy=False)
     except (TypeError, ValueError) as exc:
         raise InvalidEmbeddingError(
-            f"vectors must be a numeric (n, {dim}) array; got {type(vectors).__name__}: {exc}"
+            f"vectors must be a numeric (n, d) array; got {type(vectors).__name__} on a CUDA device: {exc}"
         ) from exc
+
+
+def check_embeddings(vectors: Any, dim: int):
+    """An (n, dim) finite, non-zero matrix, returned as unit-norm C-contiguous float32.
+
+    Host input comes back as a NumPy array. Rows already on a CUDA device (CuPy, torch CUDA
+    tensors) are checked there and come back as a CuPy array: one device-to-host read of a
+    flag per call, not a copy of the rows."""
+    if on_cuda_device(vectors):
+        arr = _as_device_float32(vectors)
+        xp = get_array_module(arr)
+    else:
+        try:
+            arr = np.asarray(vectors, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise InvalidEmbeddingError(
+                f"vectors must be a numeric (n, {dim}) array; got {type(vectors).__name__}: {exc}"
+            ) from exc
+        xp = np
     if arr.ndim == 1 and arr.shape[0] == dim:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[1] != dim:
         raise InvalidEmbeddingError(
-            f"vectors must have shape (n, {dim}) to match the engine's embedding dimension; got {arr.shape}"
+            f"vectors must have shape (n, {dim}) to match the engine's embedding dimension; got {tuple(arr.shape)}"
         )
-    finite = np.isfinite(arr).all(axis=1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
-        raise InvalidEmbeddingError(
-            f"vectors must be finite; rows {bad[:10].tolist()} hold NaN or infinity ({bad.size} rows in all)"
-        )
+    finite = xp.isfinite(arr).all(axis=1)
     # float64: a float32 norm overflows to inf (large finite rows) or underflows to 0 (tiny rows)
-    norms = np.linalg.norm(arr.astype(np.float64), axis=1)
-    if (norms <= 1e-12).any():
+    norms = xp.linalg.norm(arr.astype(xp.float64), axis=1)
+    if not bool((finite & (norms > 1e-12)).all()):  # the one read back on a device
+        finite, norms = to_numpy(finite), to_numpy(norms)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise InvalidEmbeddingError(
+                f"vectors must be finite; rows {bad[:10].tolist()} hold NaN or infinity ({bad.size} rows in all)"
+            )
         bad = np.flatnonzero(norms <= 1e-12)
         raise InvalidEmbeddingError(f"vectors must have a non-zero norm; rows {bad[:10].tolist()} are zero")
-    return np.ascontiguousarray(arr / norms[:, None], dtype=np.float32)
+    return xp.ascontiguousarray(arr / norms[:, None], dtype=xp.float32)
 
 
-def check_vectors(
-    accounts: Sequence[str], vectors: Any, dim: int, ts: Sequence[float | None] | None = None
-) -> np.ndarray:
-    """One unit row of ``dim`` (see :func:`check_embeddings`) per account; lengths must agree."""
+def check_vectors(accounts: Sequence[str], vectors: Any, dim: int, ts: Sequence[float | None] | None = None):
+    """One unit row of ``dim`` (see :func:`check_embeddings`: host or device) per account;
+    lengths must agree."""
     n = check_same_length(accounts=accounts, ts=ts)
     arr = check_embeddings(vectors, dim)
     if arr.shape[0] != n:

@@ -229,3 +229,68 @@ def test_gpu_store_export_import_to_cpu():
         s2, c2 = cpu.search_then_add(acc, vecs, 4)
         np.testing.assert_array_equal(c1, c2)
         np.testing.assert_allclose(np.nan_to_num(s1, neginf=-9), np.nan_to_num(s2, neginf=-9), atol=1e-5)
+
+
+def _close(a, b) -> bool:
+    return (
+        a.account == b.account
+        and a.n_queries == b.n_queries
+        and abs(a.score - b.score) <= 1e-3 * max(1.0, abs(a.score))
+    )
+
+
+@requires_cuda_engine
+def test_observe_embeddings_takes_device_rows():
+    """CuPy arrays and torch CUDA tensors go in as they are: a CUDA engine keeps them on the
+    device, a CPU engine copies them once; verdicts match the host rows'."""
+    import cupy as cp
+    import torch
+
+    acc, vecs = clustered_stream(3)
+    as_cupy = [cp.asarray(vecs[s : s + 32]) for s in range(0, len(acc), 32)]
+    as_torch = [torch.from_numpy(vecs[s : s + 32]).cuda() for s in range(0, len(acc), 32)]
+    host_rows = feed(pw.Engine(device="cuda"), acc, vecs)
+    for engine, batches in [
+        (pw.Engine(device="cuda"), as_cupy),
+        (pw.Engine(device="cuda"), as_torch),
+        (pw.Engine(device="cpu"), as_cupy),
+    ]:
+        got = [v for i, b in enumerate(batches) for v in engine.observe_embeddings(acc[32 * i : 32 * i + 32], b)]
+        assert len(got) == len(host_rows)
+        mismatched = [i for i, (a, b) in enumerate(zip(host_rows, got, strict=True)) if not _close(a, b)]
+        assert not mismatched, (type(batches[0]).__name__, engine.stats().device, mismatched[:5])
+    # half-precision device rows are widened on the device
+    half = torch.from_numpy(vecs[:4]).cuda().half()
+    assert [v.n_queries for v in pw.Engine(device="cuda").observe_embeddings(["h"] * 4, half)] == [1, 2, 3, 4]
+
+
+@requires_cuda_engine
+def test_bad_device_rows_are_refused_and_nothing_is_stored():
+    import cupy as cp
+
+    engine = pw.Engine(device="cuda")
+    engine.observe_embeddings(["alice"] * 4, unit_rows(np.random.default_rng(0).standard_normal((4, DIM))))
+    bad = cp.asarray(unit_rows(np.random.default_rng(1).standard_normal((3, DIM))))
+    bad[1, 7] = cp.nan
+    with pytest.raises(pw.InvalidEmbeddingError, match=r"finite; rows \[1\]"):
+        engine.observe_embeddings(["alice", "bob", "carol"], bad)
+    bad[1] = 0
+    with pytest.raises(pw.InvalidEmbeddingError, match=r"non-zero norm; rows \[1\]"):
+        engine.observe_embeddings(["alice", "bob", "carol"], bad)
+    with pytest.raises(pw.InvalidEmbeddingError, match=r"shape \(n, 384\).*got \(3, 100\)"):
+        engine.observe_embeddings(["alice", "bob", "carol"], cp.ones((3, 100), cp.float32))
+    assert engine.accounts() == ["alice"] and engine.stats().stored_queries == 4
+
+
+@requires_cuda_engine
+def test_calibration_from_device_rows_matches_host_rows():
+    import cupy as cp
+
+    acc, vecs = clustered_stream(4, n_accounts=40, per=30)
+    host = pw.Engine(device="cpu")
+    host.calibrate_embeddings(acc, vecs)
+    device = pw.Engine(device="cpu")
+    device.calibrate_embeddings(acc, cp.asarray(vecs))
+    assert abs(host.detector.flag_threshold - device.detector.flag_threshold) <= 1e-3 * abs(
+        host.detector.flag_threshold
+    )

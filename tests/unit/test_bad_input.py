@@ -242,6 +242,78 @@ def test_large_and_tiny_vectors_are_normalised(vec_engine):
     assert abs(float(np.linalg.norm(stored)) - 1.0) < tolerance
 
 
+class _FakeCudaArray:
+    """Rows that say they live in CUDA memory (as a torch CUDA tensor does), on a machine
+    where CuPy cannot take them."""
+
+    shape = (2, DIM)
+
+    @property
+    def __cuda_array_interface__(self):
+        return {"shape": self.shape, "typestr": "<f4", "data": (0, False), "version": 3}
+
+
+class _FakeDlpackCuda:
+    shape = (2, DIM)
+
+    def __dlpack_device__(self):
+        return (2, 0)  # kDLCUDA, device 0
+
+    def __dlpack__(self, stream=None):
+        raise AssertionError("never read: CuPy is missing")
+
+
+@pytest.mark.parametrize("make", [_FakeCudaArray, _FakeDlpackCuda], ids=["cuda-array-interface", "dlpack-cuda"])
+def test_device_rows_without_cupy_say_what_to_install(vec_engine, make, monkeypatch):
+    import probewatch.io.validation as validation
+
+    monkeypatch.setattr(validation, "cupy_available", lambda: False)
+    before = state_of(vec_engine)
+    with pytest.raises(pw.InvalidEmbeddingError, match=r"live on a CUDA device \(_Fake.*probewatch\[gpu\].*cpu\(\)"):
+        vec_engine.observe_embeddings(["alice", "carol"], make())
+    with pytest.raises(pw.InvalidEmbeddingError, match="live on a CUDA device"):
+        vec_engine.calibrate_embeddings(["alice", "carol"], make())
+    assert state_of(vec_engine) == before
+
+
+def test_host_arrays_are_not_taken_for_device_rows():
+    import torch
+
+    from probewatch.io.validation import on_cuda_device
+
+    rows_ = rows(2)
+    assert not on_cuda_device(rows_) and not on_cuda_device(rows_.tolist())
+    assert not on_cuda_device(torch.from_numpy(rows_))  # a CPU tensor: DLPack device kDLCPU
+    assert on_cuda_device(_FakeCudaArray()) and on_cuda_device(_FakeDlpackCuda())
+
+
+def test_cpu_tensor_rows_are_accepted(vec_engine):
+    import torch
+
+    vecs = rows(2)
+    twin = pw.Engine(device="cpu")
+    twin.observe_embeddings(
+        ["alice"] * 12 + ["bob"] * 12, unit_rows(np.random.default_rng(0).standard_normal((24, DIM)))
+    )
+    got = vec_engine.observe_embeddings(["alice", "carol"], torch.from_numpy(vecs))
+    want = twin.observe_embeddings(["alice", "carol"], vecs)
+    assert got == want
+
+
+@pytest.mark.parametrize(
+    ("vectors", "pattern"),
+    [([[1.0, 2.0], [3.0]], r"numeric \(n, d\) array; got list"), (3.0, "got a scalar float")],
+    ids=["ragged", "scalar"],
+)
+def test_bad_calibration_vectors(vec_engine, vectors, pattern):
+    before = state_of(vec_engine)
+    with pytest.raises(pw.InvalidEmbeddingError, match=pattern):
+        vec_engine.calibrate_embeddings(["alice", "bob"], vectors)
+    with pytest.raises(pw.InvalidEmbeddingError, match=pattern):
+        pw.Engine.from_benign_embeddings(["alice", "bob"], vectors, device="cpu")
+    assert state_of(vec_engine) == before
+
+
 def test_bad_timestamps(vec_engine):
     before = state_of(vec_engine)
     for ts, pattern in (

@@ -19,6 +19,7 @@ import json
 import platform
 import random
 import time
+import zlib
 from pathlib import Path
 
 
@@ -76,7 +77,7 @@ def measure(
     on_device = embedder.device.startswith("cuda")
     encode = embedder.encode_device if on_device else embedder.encode
 
-    encode(warm)
+    warm_vectors = encode(warm)
     vectors: list = []
     embed_s = _timed(embedder.device, lambda: vectors.extend(encode(p) for _, p in batches))
 
@@ -85,6 +86,7 @@ def measure(
     pipeline_s = _timed(embedder.device, lambda: [engine.observe_batch(a, p) for a, p in batches])
 
     detector = pw.Engine(embedder=embedder, device=embedder.device)
+    detector.observe_embeddings([f"warm-{i}" for i in range(len(warm))], warm_vectors)
     detect_s = _timed(
         embedder.device, lambda: [detector.observe_embeddings(a, v) for (a, _), v in zip(batches, vectors, strict=True)]
     )
@@ -94,6 +96,7 @@ def measure(
         import pstats
 
         profiled, profiler = pw.Engine(embedder=embedder, device=embedder.device), cProfile.Profile()
+        profiled.observe_embeddings([f"warm-{i}" for i in range(len(warm))], warm_vectors)
         profiler.enable()
         _timed(
             embedder.device,
@@ -116,6 +119,7 @@ def measure(
         "pipeline_prompts_per_s": round(len(prompts) / pipeline_s, 1),
         "detection_queries_per_s": round(len(prompts) / detect_s, 1),
         "detection_share_of_embedding": round(detect_s / embed_s, 4),
+        "detection_us_per_query": round(1e6 * detect_s / len(prompts), 1),
         "bytes_held": stats.bytes_held,
         "stored_queries": stats.stored_queries,
     }
@@ -130,6 +134,123 @@ def measure(
         except ImportError:
             pass
     return result
+
+
+def _shard_worker(role: str, inbox, outbox, blas_threads: int) -> None:
+    """One detection process: ``role`` "accounts" runs an account detector (campaign layer
+    off) over its shard; "campaigns" runs the campaign layer alone over every query, as the
+    scale-out's campaign aggregator does (account evidence zero here: its cost is the same)."""
+    import os
+
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(blas_threads)
+    import numpy as np
+
+    import probewatch as pw
+
+    if role == "accounts":
+        engine = pw.Engine(device="cpu", campaigns=False)
+
+        def work(accounts, vectors, texts):
+            engine.observe_embeddings(accounts, vectors)
+    else:
+        layer = pw.Engine(device="cpu").pipeline.campaigns
+
+        def work(accounts, vectors, texts):
+            n = len(accounts)
+            layer.observe(accounts, vectors, texts, [None] * n, [None] * n, np.zeros(n))
+
+    busy, count, first = 0.0, 0, True
+    while (message := inbox.get()) is not None:
+        started = time.perf_counter()
+        work(*message)
+        if first:  # the warm-up batch: not counted
+            first = False
+            outbox.put("ready")
+            continue
+        busy += time.perf_counter() - started
+        count += len(message[0])
+    outbox.put((role, busy, count))
+
+
+def shard_of(account: str, shards: int) -> int:
+    """The detection process an account's queries go to (stable across runs and processes)."""
+    return zlib.crc32(account.encode("utf-8")) % shards
+
+
+def measure_sharded(device: str, n_prompts: int, batch: int, n_accounts: int, workers: int, seed: int = 0) -> dict:
+    """End to end with detection sharded by account over ``workers`` processes plus one
+    campaign-layer process, the parent embedding on ``device`` and handing each batch's host
+    rows out through bounded queues (so the slowest stage sets the pace)."""
+    import multiprocessing
+
+    import probewatch as pw
+    from probewatch.kernels.backend import to_numpy
+
+    prompts = vocabulary_prompts(n_prompts + batch, seed)
+    warm, prompts = prompts[:batch], prompts[batch:]
+    accounts = [f"acct-{i % n_accounts}" for i in range(len(prompts))]
+    batches = [(accounts[i : i + batch], prompts[i : i + batch]) for i in range(0, len(prompts), batch)]
+    embedder = pw.Embedder(device=device, batch_size=batch, cache_size=0)
+    encode = embedder.encode_device if embedder.device.startswith("cuda") else embedder.encode
+    warm_vectors = to_numpy(encode(warm))
+
+    context = multiprocessing.get_context("spawn")  # the parent holds a CUDA context: never fork it
+    outbox = context.Queue()
+    inboxes = [context.Queue(maxsize=4) for _ in range(workers + 1)]
+    roles = ["accounts"] * workers + ["campaigns"]
+    processes = [
+        context.Process(target=_shard_worker, args=(role, inbox, outbox, 1), daemon=True)
+        for role, inbox in zip(roles, inboxes, strict=True)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        warm_accounts = [f"warm-{i}" for i in range(len(warm))]
+        for w, inbox in enumerate(inboxes):
+            rows = list(range(len(warm))) if w == workers else [i for i in range(len(warm)) if i % workers == w]
+            inbox.put(([warm_accounts[i] for i in rows], warm_vectors[rows], [warm[i] for i in rows]))
+        for _ in inboxes:
+            if outbox.get(timeout=600) != "ready":
+                raise RuntimeError("a detection process failed to start")
+        started = time.perf_counter()
+        for batch_accounts, batch_prompts in batches:
+            host = to_numpy(encode(batch_prompts))  # waits for the device
+            shards: list[list[int]] = [[] for _ in range(workers)]
+            for i, account in enumerate(batch_accounts):
+                shards[shard_of(account, workers)].append(i)
+            for rows, inbox in zip(shards, inboxes, strict=False):
+                if rows:
+                    inbox.put(([batch_accounts[i] for i in rows], host[rows], None))
+            inboxes[-1].put((batch_accounts, host, batch_prompts))
+        for inbox in inboxes:
+            inbox.put(None)
+        results = [outbox.get(timeout=600) for _ in inboxes]
+        wall = time.perf_counter() - started
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+    account_busy = [busy for role, busy, _ in results if role == "accounts"]
+    campaign_busy = next(busy for role, busy, _ in results if role == "campaigns")
+    counted = sum(count for role, _, count in results if role == "accounts")
+    if counted != len(prompts):
+        raise RuntimeError(f"the account detectors saw {counted} queries of {len(prompts)}")
+    return {
+        "device": embedder.device,
+        "device_name": _device_name(embedder.device),
+        "embedding": f"{embedder.backend} {embedder.precision}",
+        "prompts": len(prompts),
+        "batch": batch,
+        "accounts": n_accounts,
+        "detect_workers": workers,
+        "end_to_end_prompts_per_s": round(len(prompts) / wall, 1),
+        "account_detector_busy_share_max": round(max(account_busy) / wall, 3),
+        "campaign_layer_busy_share": round(campaign_busy / wall, 3),
+        "account_detection_us_per_query": round(1e6 * sum(account_busy) / len(prompts), 1),
+        "campaign_layer_us_per_query": round(1e6 * campaign_busy / len(prompts), 1),
+    }
 
 
 def _device_name(device: str) -> str:
@@ -150,9 +271,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--profile", type=Path, default=None, help="also profile the detection phase of the first batch size (text)"
     )
+    parser.add_argument(
+        "--detect-workers",
+        type=int,
+        nargs="+",
+        default=[],
+        help="instead: end to end with detection sharded by account over N processes (one run each, last --batch)",
+    )
     args = parser.parse_args(argv)
     rows = []
-    for i, batch in enumerate(args.batch):
+    if args.detect_workers:
+        for workers in args.detect_workers:
+            row = measure_sharded(args.device, args.prompts, args.batch[-1], args.accounts, workers)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    for i, batch in enumerate([] if args.detect_workers else args.batch):
         row = measure(args.device, args.prompts, batch, args.accounts, profile=args.profile if i == 0 else None)
         print(json.dumps(row), flush=True)
         rows.append(row)

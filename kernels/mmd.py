@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import compiled_once, get_array_module
+from .structure import matrix_sums
 
 _rbf_kernel = compiled_once(
     lambda cp: cp.ElementwiseKernel(
@@ -67,11 +68,18 @@ def mmd2_from_parts(window_gram, window_ref_kernel_mean, ref_self_kernel_mean: f
     ``window_gram``: (n, n) inner products of the window; ``window_ref_kernel_mean``: (n,)
     mean kernel value of each window row to the reference; ``ref_self_kernel_mean``: the
     reference's mean off-diagonal kernel value. Equals :func:`mmd2_unbiased` on the same data.
+    A stack of windows, (m, n, n) and (m, n), gives (m,) values.
     """
     xp = get_array_module(window_gram)
-    n = window_gram.shape[0]
+    g = xp.asarray(window_gram, dtype=xp.float64)
+    one = g.ndim == 2
+    if one:
+        g = g[None]
+    n = g.shape[-1]
     if n < 2:
         raise ValueError(f"mmd2_from_parts needs a window of at least 2 rows; got {n}")
-    kxx = rbf_from_similarity(xp.asarray(window_gram, dtype=xp.float64), gamma)
-    term_xx = (kxx.sum() - xp.trace(kxx)) / (n * (n - 1))
-    return float(term_xx + ref_self_kernel_mean - 2.0 * xp.asarray(window_ref_kernel_mean).mean())
+    kxx = rbf_from_similarity(g, gamma)
+    term_xx = (matrix_sums(kxx) - xp.trace(kxx, axis1=1, axis2=2)) / (n * (n - 1))
+    kmean = xp.asarray(window_ref_kernel_mean).reshape(g.shape[0], n).mean(axis=1)
+    out = term_xx + ref_self_kernel_mean - 2.0 * kmean
+    return float(out[0]) if one else out

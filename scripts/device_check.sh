@@ -16,6 +16,9 @@ DEVICE=${DEVICE:-cuda}
 PROMPTS=${PROMPTS:-20000}
 BATCHES=${BATCHES:-256 1024}
 PYTEST_K=${PYTEST_K:-}  # a -k filter, to rerun only some GPU tests
+RUN_TESTS=${RUN_TESTS:-1}  # 0: skip the GPU tests
+RUN_THROUGHPUT=${RUN_THROUGHPUT:-1}  # 0: skip the one-process throughput run
+WORKERS=${WORKERS:-}  # e.g. "1 4 8 12": also end to end with detection sharded over that many processes
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$SITE"
 started=$(date +%s)
@@ -36,13 +39,23 @@ print("probewatch", probewatch.__version__, "| torch", torch.__version__, "cuda"
       "| cupy", cupy_available(), "| numpy", numpy.__version__, "| sentence-transformers", sentence_transformers.__version__)
 EOF
 
-step "pytest -m gpu (tests that need only CuPy, torch or faiss-gpu skip with the reason when those are missing)"
-timeout 180 "$PY" -m pytest -m gpu -rs -p no:cacheprovider tests/gpu tests/unit/test_kernels.py bench/test_perf.py ${PYTEST_K:+-k "$PYTEST_K"} \
-    --benchmark-json="$OUT/bench_gpu.json" --benchmark-columns=min,median,mean,ops,rounds 2>&1 | tee "$OUT/pytest_gpu.txt"
-echo "pytest exit ${PIPESTATUS[0]}" | tee -a "$OUT/pytest_gpu.txt"
+if [ "$RUN_TESTS" = 1 ]; then
+    step "pytest -m gpu (tests that need only CuPy, torch or faiss-gpu skip with the reason when those are missing)"
+    timeout 180 "$PY" -m pytest -m gpu -rs -p no:cacheprovider tests/gpu tests/unit/test_kernels.py bench/test_perf.py ${PYTEST_K:+-k "$PYTEST_K"} \
+        --benchmark-json="$OUT/bench_gpu.json" --benchmark-columns=min,median,mean,ops,rounds 2>&1 | tee "$OUT/pytest_gpu.txt"
+    echo "pytest exit ${PIPESTATUS[0]}" | tee -a "$OUT/pytest_gpu.txt"
+fi
 
-step "end-to-end throughput"
-# shellcheck disable=SC2086  # BATCHES is a list of numbers
-timeout 150 "$PY" -m bench.gpu_throughput --device "$DEVICE" --prompts "$PROMPTS" --batch $BATCHES \
-    --out "$OUT/throughput.json" --profile "$OUT/profile_detect.txt" 2>&1 | grep -v "^Loading weights" | tee "$OUT/throughput.txt"
+if [ "$RUN_THROUGHPUT" = 1 ]; then
+    step "end-to-end throughput"
+    # shellcheck disable=SC2086  # BATCHES is a list of numbers
+    timeout 150 "$PY" -m bench.gpu_throughput --device "$DEVICE" --prompts "$PROMPTS" --batch $BATCHES \
+        --out "$OUT/throughput.json" --profile "$OUT/profile_detect.txt" 2>&1 | grep -v "^Loading weights" | tee "$OUT/throughput.txt"
+fi
+if [ -n "$WORKERS" ]; then
+    step "end to end, detection sharded by account over $WORKERS processes"
+    # shellcheck disable=SC2086  # WORKERS is a list of numbers
+    timeout 240 "$PY" -m bench.gpu_throughput --device "$DEVICE" --prompts "$PROMPTS" --batch 1024 \
+        --detect-workers $WORKERS --out "$OUT/sharded.json" 2>&1 | grep -v "^Loading weights" | tee "$OUT/sharded.txt"
+fi
 step "done"

@@ -58,11 +58,27 @@ def test_vocabulary_prompts_are_distinct_and_seeded():
     assert all(6 <= len(p.split()) <= 40 for p in a)
 
 
-def test_throughput_run_on_cpu_reports_every_phase():
-    row = gpu_throughput.measure("cpu", n_prompts=48, batch=16, n_accounts=5)
+def test_throughput_run_on_cpu_reports_every_phase(tmp_path):
+    profile = tmp_path / "profile.txt"
+    row = gpu_throughput.measure("cpu", n_prompts=48, batch=16, n_accounts=5, profile=profile)
     assert row["device"] == "cpu" and row["prompts"] == 48 and row["account_indexes"] == "host"
     for key in ("embed_prompts_per_s", "pipeline_prompts_per_s", "detection_queries_per_s"):
         assert row[key] > 0
+    assert row["detection_us_per_query"] == pytest.approx(1e6 / row["detection_queries_per_s"], rel=0.01)
+    text = profile.read_text()
+    assert text.startswith("detection phase, 48 queries in batches of 16") and "function calls" in text
+    assert "detect/" in text  # the engine's own functions are listed
     assert row["detection_share_of_embedding"] > 0
     # the pipeline engine holds the 16 warm-up prompts and the 48 timed ones
     assert row["stored_queries"] == 64
+
+
+def test_sharded_run_on_cpu_counts_every_query_once():
+    """Detection sharded over two account processes and one campaign process: every query
+    reaches exactly one account detector, and an account always goes to the same one."""
+    row = gpu_throughput.measure_sharded("cpu", n_prompts=64, batch=32, n_accounts=10, workers=2)
+    assert row["detect_workers"] == 2 and row["prompts"] == 64
+    assert row["end_to_end_prompts_per_s"] > 0 and row["account_detection_us_per_query"] > 0
+    assert 0 < row["account_detector_busy_share_max"] <= 1 and 0 < row["campaign_layer_busy_share"] <= 1
+    assert {gpu_throughput.shard_of(f"acct-{i}", 2) for i in range(40)} == {0, 1}
+    assert gpu_throughput.shard_of("acct-7", 5) == gpu_throughput.shard_of("acct-7", 5)

@@ -46,3 +46,12 @@ def resized_copy(index, rows: int, capacity: int, new_index, faiss):
     fresh.codes.resize(rows * code_size)  # shrinking keeps the allocation
     fresh.ntotal = rows
     return fresh
+
+
+def reserve_rows(index, capacity: int) -> None:
+    """Storage for ``capacity`` rows in an empty host index, allocated once (what
+    :func:`resized_copy` does for a fresh index, without making one)."""
+    if int(index.ntotal):
+        raise ValueError(f"reserve_rows needs an empty index; this one holds {int(index.ntotal)} rows")
+    index.codes.resize(capacity * int(index.code_size))  # from empty: allocates exactly this much
+    index.codes.resize(0)  # shrinking keeps the allocation

@@ -22,7 +22,7 @@ from probewatch.kernels.backend import to_numpy
 
 from ..errors import UnknownAccountError
 from .device import Backend, int8_codes, int8_index_class, int8_step
-from .faiss_compat import byte_code_rows, flat_rows, half_rows, resized_copy
+from .faiss_compat import byte_code_rows, flat_rows, half_rows, reserve_rows, resized_copy
 
 
 class AccountIndex:
@@ -48,7 +48,10 @@ class AccountIndex:
         if self.on_device or rows <= self.capacity:
             return
         capacity = max(rows, min(rows + max(rows // 8, 4), history_cap))
-        self.index = resized_copy(self.index, self.size, capacity, new_index, faiss)
+        if self.size == 0:  # a new account's empty index grows in place: no second index
+            reserve_rows(self.index, capacity)
+        else:
+            self.index = resized_copy(self.index, self.size, capacity, new_index, faiss)
         self.capacity = capacity
 
     def vectors(self, start: int = 0, stop: int | None = None) -> np.ndarray:

@@ -202,23 +202,27 @@ class AccountState:
         return self.n >= 2 and (self.n <= self.window // 4 or self.n % refresh_every == 0)
 
     def refresh_gram_stats(self, recent_vectors: np.ndarray, reference_self_kernel: float, gamma: float) -> None:
-        """Recompute the Gram-based window statistics from the account's most recent vectors."""
+        """Recompute the Gram-based window statistics from the account's most recent vectors
+        (one refresh on its own; :func:`advance` refreshes a batch's accounts together)."""
+        due = self.due_refresh(recent_vectors)
+        if due is not None:
+            stats, steps = window_statistics([due], reference_self_kernel, gamma)
+            self.gram_stats[:] = stats[0]
+            self.walk[1] += steps[0]
+
+    def due_refresh(self, recent_vectors: np.ndarray) -> DueRefresh | None:
+        """What a refresh now needs: the window's rows and their reference kernel means, and
+        the first row not yet judged for walk-away steps (marked judged here). None when the
+        window holds fewer than 2 rows."""
         x = np.ascontiguousarray(recent_vectors[-self.window :], dtype=np.float32)
         m = x.shape[0]
         if m < 2:
-            return
-        gram = (x @ x.T).astype(np.float64)  # float32 product (BLAS sgemm), float64 statistics
-        kmean = self._window_values(self.ring_kmean)[-m:]
-        self.gram_stats[0] = participation_ratio_from_gram(gram)
-        self.gram_stats[1] = mean_pairwise_similarity_from_gram(gram)
-        self.gram_stats[2] = mmd2_from_parts(gram, kmean, reference_self_kernel, gamma)
-        # consecutive queries (the Gram's first off-diagonal) against all pairs of the window
-        self.gram_stats[3] = float(np.diagonal(gram, 1).mean()) - self.gram_stats[1]
+            return None
         # each query is judged once, at the first refresh that sees it (the schedule depends
         # only on the count, so a replay judges the same queries against the same windows)
         unjudged = min(self.n - int(self.walk[0]), m)
-        self.walk[1] += walk_steps(gram, m - unjudged)
         self.walk[0] = self.n
+        return DueRefresh(x, self._window_values(self.ring_kmean)[-m:], m - unjudged)
 
     def _window_values(self, ring: np.ndarray) -> np.ndarray:
         """Ring contents oldest -> newest (only the filled part)."""
@@ -277,6 +281,48 @@ class AccountState:
     SINCE_0_12 = ("walk",)  # absent from older snapshots: judged from the next refresh on
 
 
+# Window rows a batch holds before its pending refreshes are computed (a 128-row window of
+# 384-d rows is 192 KiB; the stacked copy and Gram matrices add about as much again).
+PENDING_WINDOW_BYTES = 16 * 2**20
+
+
+@dataclass
+class DueRefresh:
+    """One account window whose Gram statistics are due (see AccountState.due_refresh)."""
+
+    rows: np.ndarray  # (m, d) float32, oldest first
+    kernel_means: np.ndarray  # (m,) each row's mean kernel value to the benign reference
+    first_unjudged: int  # rows from here on are judged for walk-away steps
+
+
+def window_statistics(
+    due: list[DueRefresh], reference_self_kernel: float, gamma: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gram statistics of many windows: ``(k, GRAM_STATS)`` [participation ratio, mean
+    pairwise similarity, MMD^2 to the reference, follow-up similarity] and ``(k,)`` walk-away
+    steps. Windows of one length share one stacked product and one call per statistic; every
+    reduction runs per matrix, so a window's numbers do not depend on which others came with it."""
+    stats = np.empty((len(due), GRAM_STATS), dtype=np.float64)
+    steps = np.zeros(len(due), dtype=np.int64)
+    by_length: dict[int, list[int]] = {}
+    for j, d in enumerate(due):
+        by_length.setdefault(d.rows.shape[0], []).append(j)
+    for m, members in by_length.items():
+        x = due[members[0]].rows[None] if len(members) == 1 else np.stack([due[j].rows for j in members])
+        grams = np.matmul(x, x.transpose(0, 2, 1)).astype(np.float64)  # float32 products, float64 statistics
+        kernel_means = np.stack([due[j].kernel_means for j in members])
+        pairwise = mean_pairwise_similarity_from_gram(grams)
+        stats[members, 0] = participation_ratio_from_gram(grams)
+        stats[members, 1] = pairwise
+        stats[members, 2] = mmd2_from_parts(grams, kernel_means, reference_self_kernel, gamma)
+        # consecutive queries (each Gram's first off-diagonal) against all pairs of the window
+        stats[members, 3] = np.diagonal(grams, 1, axis1=1, axis2=2).mean(axis=1) - pairwise
+        if m > WALK_DEPTH:
+            for j, gram in zip(members, grams, strict=True):
+                steps[j] = walk_steps(gram, due[j].first_unjudged)
+    return stats, steps
+
+
 def advance(
     states: list[AccountState],
     facts: list[QueryFacts],
@@ -291,13 +337,48 @@ def advance(
     Items of one account share its state, so each sees exactly the queries before it. When a
     state's Gram statistics are due, ``window_of(i)`` gives the account's recent vectors as of
     item ``i``; ``reference`` is the :class:`~probewatch.detect.reference.BenignReference`.
+    The due refreshes are computed together at the end (young accounts refresh at every
+    query, and one call per statistic per window dominated a batch of many accounts); the
+    captured rows from each refresh on are then corrected, in item order.
     """
     batch = FeatureBatch(len(states), window, reference.n_cells)
+    due: list[DueRefresh] = []
+    due_items: list[int] = []
+    due_bytes = 0
+
+    def flush(upto: int) -> None:
+        """Refresh the pending windows; correct the rows captured up to item ``upto``."""
+        nonlocal due_bytes
+        stats, steps = window_statistics(due, reference.self_kernel_mean, reference.gamma)
+        refreshed = dict(zip(due_items, range(len(due)), strict=True))
+        touched: set[int] = set()
+        for i in range(due_items[0], upto):
+            state = states[i]
+            j = refreshed.get(i)
+            if j is not None:
+                state.gram_stats[:] = stats[j]
+                state.walk[1] += steps[j]
+                touched.add(id(state))
+            if id(state) in touched:
+                batch.gram_stats[i] = state.gram_stats
+                batch.walked[i] = state.walk[1]
+        due.clear()
+        due_items.clear()
+        due_bytes = 0
+
     for i, state in enumerate(states):
         state.update(facts[i], ts[i])
         if state.needs_gram_refresh(refresh_every):
-            state.refresh_gram_stats(window_of(i), reference.self_kernel_mean, reference.gamma)
+            refresh = state.due_refresh(window_of(i))
+            if refresh is not None:
+                due.append(refresh)
+                due_items.append(i)
+                due_bytes += refresh.rows.nbytes
         batch.capture(i, state)
+        if due_bytes > PENDING_WINDOW_BYTES:  # many full windows at once: bound what is held
+            flush(i + 1)
+    if due:
+        flush(len(states))
     return batch
 
 

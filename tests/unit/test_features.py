@@ -20,10 +20,14 @@ from probewatch.detect.features import (
     SIM_HIST_EDGES,
     TOPIC_RETURN_SIMILARITY,
     AccountState,
+    DueRefresh,
     FeatureBatch,
     QueryFacts,
     shares_below,
+    walk_steps,
+    window_statistics,
 )
+from tests.support import unit_rows
 
 N_CELLS = 16
 NEAR_DUP, OFF_REF = 0.95, 0.3
@@ -181,3 +185,99 @@ def test_follow_up_similarity_separates_conversations_from_independent_samples()
         assert state.gram_stats[3] == pytest.approx(consecutive - pairs, abs=1e-5)  # brute force
         got[name] = state.gram_stats[3]
     assert got["chain"] > 0.2 and abs(got["samples"]) < 0.05
+
+
+def _walk(rng, m: int, dim: int = 48) -> np.ndarray:
+    """A perturbation chain: each row a small step from the one before."""
+    rows = [unit_rows(rng.standard_normal((1, dim)))[0]]
+    for _ in range(m - 1):
+        rows.append(unit_rows((rows[-1] + 0.35 * unit_rows(rng.standard_normal((1, dim)))[0])[None])[0])
+    return np.asarray(rows, dtype=np.float32)
+
+
+def test_window_statistics_are_the_same_alone_and_in_any_stack():
+    """A window's statistics and walk-away steps do not depend on which other windows share
+    its stack (so a batch equals one query at a time), and match their definitions written
+    out by hand: the covariance spectrum's participation ratio, the mean over distinct pairs,
+    the unbiased MMD^2 from parts, consecutive minus all pairs."""
+    rng = np.random.default_rng(21)
+    dim, gamma, self_kernel = 48, 0.7, 0.31
+    lengths = [2, 3, 5, 5, 5, 9, 32, 32, 128]
+    due = []
+    for j, m in enumerate(lengths):
+        rows = _walk(rng, m, dim) if j % 2 else unit_rows(rng.standard_normal((m, dim))).astype(np.float32)
+        due.append(DueRefresh(rows, rng.random(m).astype(np.float32), int(rng.integers(0, m))))
+    together, steps_together = window_statistics(due, self_kernel, gamma)
+    for order in (list(range(len(due))), list(range(len(due)))[::-1]):
+        shuffled, shuffled_steps = window_statistics([due[j] for j in order], self_kernel, gamma)
+        for pos, j in enumerate(order):
+            assert np.array_equal(shuffled[pos], together[j]) and shuffled_steps[pos] == steps_together[j]
+    for j, d in enumerate(due):
+        alone, alone_steps = window_statistics([d], self_kernel, gamma)
+        assert np.array_equal(alone[0], together[j]) and alone_steps[0] == steps_together[j], lengths[j]
+
+        x = d.rows.astype(np.float64)
+        m = x.shape[0]
+        spectrum = np.linalg.eigvalsh(np.cov(x.T, bias=True))
+        gram = x @ x.T
+        off = ~np.eye(m, dtype=bool)
+        pairs = gram[off].mean()
+        kxx = np.exp(-gamma * (2.0 - 2.0 * gram))[off].mean()
+        want = [
+            spectrum.sum() ** 2 / (spectrum**2).sum(),
+            pairs,
+            kxx + self_kernel - 2.0 * d.kernel_means.astype(np.float64).mean(),
+            np.mean([gram[i, i + 1] for i in range(m - 1)]) - pairs,
+        ]
+        np.testing.assert_allclose(together[j], want, rtol=1e-5, atol=1e-6, err_msg=str(lengths[j]))
+        assert steps_together[j] == walk_steps((d.rows @ d.rows.T).astype(np.float64), d.first_unjudged)
+    assert steps_together[[j for j, m in enumerate(lengths) if m > 5 and j % 2]].sum() > 0  # the walks step
+
+
+@pytest.mark.parametrize("pending_bytes", [None, 1, 6000], ids=["one-flush", "flush-each", "flush-every-few"])
+def test_a_batch_refreshes_like_one_query_at_a_time(pending_bytes, monkeypatch):
+    """Several young accounts interleaved in one batch (each refreshing at every query) end
+    with the same state and captured rows as the same items folded in one at a time, whether
+    the batch's pending refreshes are computed at its end or flushed along the way."""
+    import probewatch.detect.features as features
+    from probewatch.detect.features import advance
+
+    if pending_bytes is not None:
+        monkeypatch.setattr(features, "PENDING_WINDOW_BYTES", pending_bytes)
+    from probewatch.detect.reference import BenignReference
+
+    rng = np.random.default_rng(5)
+    reference = BenignReference(unit_rows(rng.standard_normal((256, 24))), unit_rows(rng.standard_normal((8, 24))), 0.7)
+    accounts = rng.integers(0, 4, size=60)
+    vectors = {a: _walk(rng, 60, 24) for a in range(4)}
+    seen = dict.fromkeys(range(4), 0)
+    items = []
+    for a in accounts:
+        items.append((int(a), seen[a]))
+        seen[a] += 1
+    facts = [QueryFacts(0.5, 0.4, 0.6, 0.3, int(rng.integers(0, 8))) for _ in items]
+
+    def run(batches):
+        states = {a: AccountState(16, 8) for a in range(4)}
+        rows = []
+        for start, stop in batches:
+            part = items[start:stop]
+            batch = advance(
+                [states[a] for a, _ in part],
+                facts[start:stop],
+                [None] * len(part),
+                16,
+                4,
+                lambda i, part=part: vectors[part[i][0]][: part[i][1] + 1],
+                reference,
+            )
+            rows.append(batch.features(0.95, 0.5))
+        return states, np.concatenate(rows)
+
+    together_states, together_rows = run([(0, 60)])
+    alone_states, alone_rows = run([(i, i + 1) for i in range(60)])
+    np.testing.assert_array_equal(together_rows, alone_rows)
+    for a in range(4):
+        assert np.array_equal(together_states[a].gram_stats, alone_states[a].gram_stats)
+        assert np.array_equal(together_states[a].walk, alone_states[a].walk)
+    assert sum(int(s.walk[1]) for s in together_states.values()) > 0

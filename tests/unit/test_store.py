@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from probewatch.backend import Backend
 from probewatch.backend.device import int8_codes, int8_range, int8_step
+from probewatch.backend.faiss_compat import reserve_rows
 from probewatch.backend.store import AccountStore, _flat_topk_gemm
 from probewatch.errors import UnknownAccountError
 from tests.support import unit_rows
@@ -449,3 +450,23 @@ def test_int8_storage_names_the_faiss_it_needs():
     with pytest.raises(BackendUnavailableError, match=r"faiss 1\.9 or later.*found faiss 1\.8\.0"):
         AccountStore(8, "int8", 100, 10, 0, backend)
     assert AccountStore(8, "float16", 100, 10, 0, backend).storage == "float16"
+
+
+@pytest.mark.parametrize("storage", ["float32", "float16", "int8"])
+def test_reserve_rows_allocates_once_for_a_new_account(storage):
+    """An empty index given room for 10 rows takes 10 single-row adds without moving its
+    storage and keeps every row; the 11th add reallocates; a non-empty index is refused."""
+    backend = Backend.host()
+    index = backend.new_index(DIM, storage)
+    reserve_rows(index, 10)
+    start = int(index.codes.data())
+    rows = unit_rows(np.random.default_rng(11).standard_normal((11, DIM)))
+    for i in range(10):
+        index.add(rows[i : i + 1])
+        assert int(index.codes.data()) == start, i
+    index.add(rows[10:])
+    assert int(index.codes.data()) != start and index.ntotal == 11
+    tol = {"float32": 0.0, "float16": 1e-3, "int8": int8_range(DIM) / 255 + 1e-6}[storage]
+    np.testing.assert_allclose(index.reconstruct_n(0, 11), rows, atol=tol)
+    with pytest.raises(ValueError, match="needs an empty index; this one holds 11 rows"):
+        reserve_rows(index, 20)

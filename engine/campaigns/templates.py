@@ -31,11 +31,21 @@ MIN_ANCHORED_TOKENS = 2 * ANCHOR_TOKENS + MIN_PAYLOAD_TOKENS
 # Words and single punctuation marks; tags such as <thinking> become "<", "thinking", ">".
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _DIGITS = re.compile(r"\d+")
+# A long prompt's anchors are read from this many characters at each end, not from all of it
+# (prompts may be 200,000 characters; the anchors are twelve tokens).
+EDGE_CHARS = 256
+# Tokens an end window must hold: those before its cut are the whole text's own, and they
+# must give the anchor and, with the other end's, the tokens an anchored prompt needs.
+_EDGE_TOKENS = max(ANCHOR_TOKENS, -(-MIN_ANCHORED_TOKENS // 2)) + 1
+
+
+def _tokens_of_lowered(low: str) -> list[str]:
+    return _TOKEN.findall(_DIGITS.sub("#", low))
 
 
 def tokens(text: str) -> list[str]:
     """Lower-cased word and punctuation tokens, every run of digits as ``#``."""
-    return _TOKEN.findall(_DIGITS.sub("#", text.lower()))
+    return _tokens_of_lowered(text.lower())
 
 
 def anchor_key(position: str, words: list[str]) -> str:
@@ -46,8 +56,18 @@ def anchor_key(position: str, words: list[str]) -> str:
 def template_anchors(text: str) -> list[tuple[str, str]]:
     """``[(key, anchor words)]`` for the prompt's head and tail anchors; empty when the
     prompt is too short to carry a payload between them."""
-    words = tokens(text)
+    low = text.lower()  # all of it: lower-casing a capital sigma looks at its neighbours
+    if len(low) > 2 * EDGE_CHARS:
+        # Only the token a window's cut falls in can differ from the whole text's tokens, so
+        # a window's tokens before (after) its cut are the text's first (last) ones.
+        head, tail = _tokens_of_lowered(low[:EDGE_CHARS]), _tokens_of_lowered(low[-EDGE_CHARS:])
+        if len(head) >= _EDGE_TOKENS and len(tail) >= _EDGE_TOKENS:
+            return _anchors(head[:ANCHOR_TOKENS], tail[-ANCHOR_TOKENS:])
+    words = _tokens_of_lowered(low)
     if len(words) < MIN_ANCHORED_TOKENS:
         return []
-    head, tail = words[:ANCHOR_TOKENS], words[-ANCHOR_TOKENS:]
+    return _anchors(words[:ANCHOR_TOKENS], words[-ANCHOR_TOKENS:])
+
+
+def _anchors(head: list[str], tail: list[str]) -> list[tuple[str, str]]:
     return [(anchor_key("head", head), " ".join(head)), (anchor_key("tail", tail), " ".join(tail))]

@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import probewatch as pw
 from probewatch.campaigns.fitting import benign_crowd_features, fit_group_calibration
@@ -525,3 +527,72 @@ def test_campaign_pages_and_table_sizes(calibration_path, topics):
     layer = engine.pipeline.campaigns
     assert stats.groups == len(layer.groups) > 0 and stats.memberships == layer.pool.used
     assert sum(stats.campaigns.values()) == len(ids)
+
+
+def _anchors_from_all_tokens(text: str) -> list[tuple[str, str]]:
+    """The definition: the first and last six of all the prompt's tokens, if it has 14."""
+    from probewatch.campaigns.templates import ANCHOR_TOKENS, MIN_ANCHORED_TOKENS, anchor_key
+
+    words = tokens(text)
+    if len(words) < MIN_ANCHORED_TOKENS:
+        return []
+    head, tail = words[:ANCHOR_TOKENS], words[-ANCHOR_TOKENS:]
+    return [(anchor_key("head", head), " ".join(head)), (anchor_key("tail", tail), " ".join(tail))]
+
+
+def _around_the_cuts(middle: str, at_head: str, at_tail: str) -> str:
+    """A long prompt with ``at_head`` across the head window's cut and ``at_tail`` across
+    the tail window's."""
+    from probewatch.campaigns.templates import EDGE_CHARS
+
+    lead = "Plan each step: " + "go to page and read it, " * 20
+    lead = lead[: EDGE_CHARS - len(at_head) // 2]
+    trail = ", then " + "note the answer for me. " * 20
+    trail = trail[-(EDGE_CHARS - len(at_tail) // 2 - len(at_tail) % 2) :]
+    return lead + at_head + middle + at_tail + trail
+
+
+@pytest.mark.parametrize(
+    ("at_head", "at_tail"),
+    [
+        ("1234567890", "9876543210"),  # digit runs cut in two
+        ("extraordinarily", "unquestionably"),  # words cut in two
+        ("ΟΔΥΣΣΕΥΣ'''''''a", "ΑΣ'.'.'.'.b"),  # capital sigmas whose lower case depends on the other side
+        ("İİİİİİ", "ǅǅǅǅ"),  # lower-casing that changes length or case class
+        ("!?!?!?!?!?", "<<<>>>"),  # single-character tokens on the cut
+    ],
+    ids=["digits", "words", "final-sigma", "length-changing-lower", "punctuation"],
+)
+def test_anchors_read_from_the_ends_equal_the_whole_text_tokens(at_head, at_tail):
+    text = _around_the_cuts(" and the payload itself " * 10, at_head, at_tail)
+    assert template_anchors(text) == _anchors_from_all_tokens(text) != []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a" * 5000,  # one token: no anchors
+        "word " * 3 + " " * 3000 + "word " * 3,  # long, yet six tokens in all
+        "w " * 7 + " " * 600 + "w " * 7,  # exactly 14 tokens: anchored
+        "w " * 7 + " " * 600 + "w " * 6,  # 13: not anchored
+        "Σ" * 300 + " " + "Σ" * 300,  # two long words
+        # A capital sigma is final (lower case ς) or not (σ) by the nearest cased letters past
+        # any run of apostrophes, which may lie beyond a window's cut: the anchors see σ, ς.
+        "ΑΣ" + "'" * 300 + "a" + " and more words" * 30 + " b" + "'" * 300 + "Σ",
+    ],
+    ids=["one-token", "six-tokens", "fourteen", "thirteen", "sigma-words", "sigma-beyond-the-cut"],
+)
+def test_long_prompts_with_few_tokens(text):
+    assert template_anchors(text) == _anchors_from_all_tokens(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(
+        alphabet=st.sampled_from([*"ab Σσς'.İ0123456789,!?-_\t\n", "\u0301", "ǅ", "ß", "ﬁ"]),
+        min_size=400,
+        max_size=1400,
+    )
+)
+def test_anchors_from_the_ends_match_the_definition_on_any_text(text):
+    assert template_anchors(text) == _anchors_from_all_tokens(text)

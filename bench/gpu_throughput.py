@@ -214,8 +214,11 @@ def measure_sharded(device: str, n_prompts: int, batch: int, n_accounts: int, wo
             if outbox.get(timeout=600) != "ready":
                 raise RuntimeError("a detection process failed to start")
         started = time.perf_counter()
+        embedding = 0.0  # the parent's own time: embedding (host rows ready), then handing out
         for batch_accounts, batch_prompts in batches:
+            t0 = time.perf_counter()
             host = to_numpy(encode(batch_prompts))  # waits for the device
+            embedding += time.perf_counter() - t0
             shards: list[list[int]] = [[] for _ in range(workers)]
             for i, account in enumerate(batch_accounts):
                 shards[shard_of(account, workers)].append(i)
@@ -223,6 +226,7 @@ def measure_sharded(device: str, n_prompts: int, batch: int, n_accounts: int, wo
                 if rows:
                     inbox.put(([batch_accounts[i] for i in rows], host[rows], None))
             inboxes[-1].put((batch_accounts, host, batch_prompts))
+        handing_out = time.perf_counter() - started - embedding  # includes waiting on full queues
         for inbox in inboxes:
             inbox.put(None)
         results = [outbox.get(timeout=600) for _ in inboxes]
@@ -246,6 +250,8 @@ def measure_sharded(device: str, n_prompts: int, batch: int, n_accounts: int, wo
         "accounts": n_accounts,
         "detect_workers": workers,
         "end_to_end_prompts_per_s": round(len(prompts) / wall, 1),
+        "parent_embedding_share": round(embedding / wall, 3),
+        "parent_handing_out_share": round(handing_out / wall, 3),
         "account_detector_busy_share_max": round(max(account_busy) / wall, 3),
         "campaign_layer_busy_share": round(campaign_busy / wall, 3),
         "account_detection_us_per_query": round(1e6 * sum(account_busy) / len(prompts), 1),

@@ -225,6 +225,24 @@ def test_detection_cost_many_short_accounts(benchmark):
     benchmark(lambda: engine.observe_embeddings(accounts, next(more)))
 
 
+def test_detection_cost_light_accounts(benchmark):
+    """10,000 light accounts sending two queries each, in calls of 1,024 (a campaign of many
+    light accounts, or a busy front end): every query refreshes its young account's window
+    statistics, which a call computes together. Reported per query."""
+    n_accounts, per_call, total = 10_000, 1_024, 20_480
+    rows = unit_rows(total, seed=7)
+    accounts = [f"light-{i % n_accounts}" for i in range(total)]
+
+    def replay():
+        engine = _engine()
+        for start in range(0, total, per_call):
+            engine.observe_embeddings(accounts[start : start + per_call], rows[start : start + per_call])
+
+    benchmark.pedantic(replay, rounds=3, iterations=1)
+    benchmark.extra_info["queries"] = total
+    benchmark.extra_info["us_per_query_min"] = round(1e6 * benchmark.stats.stats.min / total, 1)
+
+
 @pytest.mark.parametrize("rows", [1, 256])
 def test_lookalike_search(benchmark, rows):
     """The look-alike search alone (``Calibration.neighbours``, shipped calibration): feature

@@ -80,5 +80,7 @@ def test_sharded_run_on_cpu_counts_every_query_once():
     assert row["detect_workers"] == 2 and row["prompts"] == 64
     assert row["end_to_end_prompts_per_s"] > 0 and row["account_detection_us_per_query"] > 0
     assert 0 < row["account_detector_busy_share_max"] <= 1 and 0 < row["campaign_layer_busy_share"] <= 1
+    assert 0 < row["parent_embedding_share"] < 1 and 0 <= row["parent_handing_out_share"] < 1
+    assert row["parent_embedding_share"] + row["parent_handing_out_share"] <= 1.0 + 1e-9
     assert {gpu_throughput.shard_of(f"acct-{i}", 2) for i in range(40)} == {0, 1}
     assert gpu_throughput.shard_of("acct-7", 5) == gpu_throughput.shard_of("acct-7", 5)

@@ -159,10 +159,17 @@ def check_same_length(**named: Sequence[Any] | None) -> int:
 _DLPACK_CUDA_DEVICES = (2, 13)
 
 
+def _has_cuda_interface(vectors: Any) -> bool:
+    try:
+        return hasattr(vectors, "__cuda_array_interface__")
+    except Exception:  # noqa: BLE001 - torch refuses it for a tensor that requires grad; DLPack still tells
+        return False
+
+
 def on_cuda_device(vectors: Any) -> bool:
     """True for arrays held in CUDA memory: CuPy arrays, torch CUDA tensors, anything that
     exposes ``__cuda_array_interface__`` or a CUDA DLPack device."""
-    if hasattr(vectors, "__cuda_array_interface__"):
+    if _has_cuda_interface(vectors):
         return True
     dlpack_device = getattr(vectors, "__dlpack_device__", None)
     if dlpack_device is None or isinstance(vectors, np.ndarray):
@@ -182,9 +189,9 @@ def _as_device_float32(vectors: Any):
         )
     cp = cupy_module()
     try:
-        arr = cp.asarray(vectors) if hasattr(vectors, "__cuda_array_interface__") else cp.from_dlpack(vectors)
+        arr = cp.asarray(vectors) if _has_cuda_interface(vectors) else cp.from_dlpack(vectors)
         return arr.astype(cp.float32, copy=False)
-    except (TypeError, ValueError) as exc:
+    except (BufferError, RuntimeError, TypeError, ValueError) as exc:  # e.g. a tensor that requires grad
         raise InvalidEmbeddingError(
             f"vectors must be a numeric (n, d) array; got {type(vectors).__name__} on a CUDA device: {exc}"
         ) from exc
@@ -202,7 +209,7 @@ def check_embeddings(vectors: Any, dim: int):
     else:
         try:
             arr = np.asarray(vectors, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
+        except (RuntimeError, TypeError, ValueError) as exc:  # RuntimeError: torch, a tensor that requires grad
             raise InvalidEmbeddingError(
                 f"vectors must be a numeric (n, {dim}) array; got {type(vectors).__name__}: {exc}"
             ) from exc

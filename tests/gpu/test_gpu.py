@@ -279,6 +279,11 @@ def test_bad_device_rows_are_refused_and_nothing_is_stored():
         engine.observe_embeddings(["alice", "bob", "carol"], bad)
     with pytest.raises(pw.InvalidEmbeddingError, match=r"shape \(n, 384\).*got \(3, 100\)"):
         engine.observe_embeddings(["alice", "bob", "carol"], cp.ones((3, 100), cp.float32))
+    import torch
+
+    needs_grad = torch.ones((3, DIM), device="cuda", requires_grad=True)
+    with pytest.raises(pw.InvalidEmbeddingError, match="got Tensor on a CUDA device"):
+        engine.observe_embeddings(["alice", "bob", "carol"], needs_grad)
     assert engine.accounts() == ["alice"] and engine.stats().stored_queries == 4
 
 

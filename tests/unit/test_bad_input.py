@@ -287,6 +287,38 @@ def test_host_arrays_are_not_taken_for_device_rows():
     assert on_cuda_device(_FakeCudaArray()) and on_cuda_device(_FakeDlpackCuda())
 
 
+class _GradCudaTensor:
+    """What torch does for a CUDA tensor that requires grad: both interfaces refuse, DLPack's
+    device still says CUDA."""
+
+    shape = (2, DIM)
+
+    @property
+    def __cuda_array_interface__(self):
+        raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad.")
+
+    def __dlpack_device__(self):
+        return (2, 0)
+
+    def __dlpack__(self, stream=None):
+        raise RuntimeError("Can't export tensors that require gradient, use tensor.detach()")
+
+
+def test_tensors_that_require_grad_are_refused_clearly(vec_engine, monkeypatch):
+    import torch
+
+    import probewatch.io.validation as validation
+
+    before = state_of(vec_engine)
+    with pytest.raises(pw.InvalidEmbeddingError, match=r"numeric \(n, 384\) array; got Tensor: .*detach"):
+        vec_engine.observe_embeddings(["alice", "carol"], torch.from_numpy(rows(2)).requires_grad_())
+    assert validation.on_cuda_device(_GradCudaTensor())
+    monkeypatch.setattr(validation, "cupy_available", lambda: False)
+    with pytest.raises(pw.InvalidEmbeddingError, match="live on a CUDA device"):
+        vec_engine.observe_embeddings(["alice", "carol"], _GradCudaTensor())
+    assert state_of(vec_engine) == before
+
+
 def test_cpu_tensor_rows_are_accepted(vec_engine):
     import torch
 

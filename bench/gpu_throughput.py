@@ -43,6 +43,26 @@ def vocabulary_prompts(n: int, seed: int = 0) -> list[str]:
     return out
 
 
+class Workload:
+    """What every run measures: ``n_prompts`` distinct prompts over ``n_accounts`` accounts in
+    calls of ``batch``, a warm-up slice of one call before them, and the embedder (repeat
+    cache off) with its encode function (device rows on CUDA)."""
+
+    def __init__(self, device: str, n_prompts: int, batch: int, n_accounts: int, seed: int = 0):
+        import probewatch as pw
+
+        prompts = vocabulary_prompts(n_prompts + batch, seed)
+        self.warm, self.prompts = prompts[:batch], prompts[batch:]
+        self.warm_accounts = [f"warm-{i}" for i in range(len(self.warm))]
+        accounts = [f"acct-{i % n_accounts}" for i in range(len(self.prompts))]
+        self.batches = [
+            (accounts[i : i + batch], self.prompts[i : i + batch]) for i in range(0, len(self.prompts), batch)
+        ]
+        self.embedder = pw.Embedder(device=device, batch_size=batch, cache_size=0)
+        on_device = self.embedder.device.startswith("cuda")
+        self.encode = self.embedder.encode_device if on_device else self.embedder.encode
+
+
 def _synchronize(device: str) -> None:
     if device.startswith("cuda"):
         import torch
@@ -69,24 +89,27 @@ def measure(
 ) -> dict:
     import probewatch as pw
 
-    prompts = vocabulary_prompts(n_prompts + batch, seed)
-    warm, prompts = prompts[:batch], prompts[batch:]
-    accounts = [f"acct-{i % n_accounts}" for i in range(len(prompts))]
-    batches = [(accounts[i : i + batch], prompts[i : i + batch]) for i in range(0, len(prompts), batch)]
-    embedder = pw.Embedder(device=device, batch_size=batch, cache_size=0)
+    work = Workload(device, n_prompts, batch, n_accounts, seed)
+    embedder, encode, warm, warm_accounts, prompts, batches = (
+        work.embedder,
+        work.encode,
+        work.warm,
+        work.warm_accounts,
+        work.prompts,
+        work.batches,
+    )
     on_device = embedder.device.startswith("cuda")
-    encode = embedder.encode_device if on_device else embedder.encode
 
     warm_vectors = encode(warm)
     vectors: list = []
     embed_s = _timed(embedder.device, lambda: vectors.extend(encode(p) for _, p in batches))
 
     engine = pw.Engine(embedder=embedder, device=embedder.device)
-    engine.observe_batch([f"warm-{i}" for i in range(len(warm))], warm)
+    engine.observe_batch(warm_accounts, warm)
     pipeline_s = _timed(embedder.device, lambda: [engine.observe_batch(a, p) for a, p in batches])
 
     detector = pw.Engine(embedder=embedder, device=embedder.device)
-    detector.observe_embeddings([f"warm-{i}" for i in range(len(warm))], warm_vectors)
+    detector.observe_embeddings(warm_accounts, warm_vectors)
     detect_s = _timed(
         embedder.device, lambda: [detector.observe_embeddings(a, v) for (a, _), v in zip(batches, vectors, strict=True)]
     )
@@ -96,7 +119,7 @@ def measure(
         import pstats
 
         profiled, profiler = pw.Engine(embedder=embedder, device=embedder.device), cProfile.Profile()
-        profiled.observe_embeddings([f"warm-{i}" for i in range(len(warm))], warm_vectors)
+        profiled.observe_embeddings(warm_accounts, warm_vectors)
         profiler.enable()
         _timed(
             embedder.device,
@@ -184,15 +207,17 @@ def measure_sharded(device: str, n_prompts: int, batch: int, n_accounts: int, wo
     rows out through bounded queues (so the slowest stage sets the pace)."""
     import multiprocessing
 
-    import probewatch as pw
     from probewatch.kernels.backend import to_numpy
 
-    prompts = vocabulary_prompts(n_prompts + batch, seed)
-    warm, prompts = prompts[:batch], prompts[batch:]
-    accounts = [f"acct-{i % n_accounts}" for i in range(len(prompts))]
-    batches = [(accounts[i : i + batch], prompts[i : i + batch]) for i in range(0, len(prompts), batch)]
-    embedder = pw.Embedder(device=device, batch_size=batch, cache_size=0)
-    encode = embedder.encode_device if embedder.device.startswith("cuda") else embedder.encode
+    work = Workload(device, n_prompts, batch, n_accounts, seed)
+    embedder, encode, warm, warm_accounts, prompts, batches = (
+        work.embedder,
+        work.encode,
+        work.warm,
+        work.warm_accounts,
+        work.prompts,
+        work.batches,
+    )
     warm_vectors = to_numpy(encode(warm))
 
     context = multiprocessing.get_context("spawn")  # the parent holds a CUDA context: never fork it
@@ -206,7 +231,6 @@ def measure_sharded(device: str, n_prompts: int, batch: int, n_accounts: int, wo
     for process in processes:
         process.start()
     try:
-        warm_accounts = [f"warm-{i}" for i in range(len(warm))]
         for w, inbox in enumerate(inboxes):
             rows = list(range(len(warm))) if w == workers else [i for i in range(len(warm)) if i % workers == w]
             inbox.put(([warm_accounts[i] for i in rows], warm_vectors[rows], [warm[i] for i in rows]))

@@ -34,10 +34,18 @@ def _torch_module():
     return _torch or None
 
 
+def _torch_for(array: np.ndarray):
+    """torch where it should handle ``array`` in place: a large, writeable C-contiguous array
+    (``torch.from_numpy`` warns on read-only memory and refuses negative strides); else None."""
+    if array.size < TORCH_MIN_ELEMENTS or not array.flags.writeable or not array.flags.c_contiguous:
+        return None
+    return _torch_module()
+
+
 def widen_float16(block: np.ndarray) -> np.ndarray:
     """``block.astype(np.float32)`` for a float16 array, bit for bit."""
-    torch = _torch_module() if block.size >= TORCH_MIN_ELEMENTS else None
-    if torch is None or not block.flags.writeable or not block.flags.c_contiguous:
+    torch = _torch_for(block)
+    if torch is None:
         return block.astype(np.float32)
     return torch.from_numpy(block).to(torch.float32).numpy()
 
@@ -46,7 +54,7 @@ def top_values(values: np.ndarray, k: int) -> np.ndarray:
     """The ``k`` largest values of each row of a 2-D float32 array, in no particular order
     (``np.partition(values, n - k, axis=1)[:, n - k:]``'s values). ``k`` at most the row length."""
     n = values.shape[1]
-    torch = _torch_module() if values.size >= TORCH_MIN_ELEMENTS else None
-    if torch is None or not values.flags.writeable or not values.flags.c_contiguous:
+    torch = _torch_for(values)
+    if torch is None:
         return np.partition(values, n - k, axis=1)[:, n - k :]
     return torch.topk(torch.from_numpy(values), k, dim=1, sorted=False).values.numpy()

@@ -27,7 +27,7 @@ def _torch_module():
     if _torch is None:
         try:
             import torch
-        except Exception:  # ImportError, or a broken install: NumPy is always right
+        except (ImportError, OSError):  # absent, or a broken install (a missing library): NumPy is always right
             _torch = False
         else:
             _torch = torch

@@ -9,7 +9,8 @@ the same numbers whichever routine finds them. Without torch (it is a dependency
 broken install should not stop detection) or for small arrays, NumPy does the work. The copy
 runs on torch's own threads: it is memory-bound and short (0.25-0.5 ms at 10k rows), and the
 detection thread limit (``detection_blas_threads``) is for BLAS and OpenMP, which torch's pool
-is not.
+is not. torch is imported at the first large search where nothing imported it before (an
+engine that embeds has; one fed only precomputed vectors pays the import once, about a second).
 """
 
 from __future__ import annotations

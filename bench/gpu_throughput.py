@@ -20,7 +20,9 @@ import platform
 import random
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 
 def vocabulary_prompts(n: int, seed: int = 0) -> list[str]:
@@ -43,24 +45,29 @@ def vocabulary_prompts(n: int, seed: int = 0) -> list[str]:
     return out
 
 
-class Workload:
+class Workload(NamedTuple):
     """What every run measures: ``n_prompts`` distinct prompts over ``n_accounts`` accounts in
     calls of ``batch``, a warm-up slice of one call before them, and the embedder (repeat
-    cache off) with its encode function (device rows on CUDA)."""
+    cache off) with its encode function (device rows on CUDA). Unpacks in field order."""
 
-    def __init__(self, device: str, n_prompts: int, batch: int, n_accounts: int, seed: int = 0):
+    embedder: Any
+    encode: Callable
+    warm: list[str]
+    warm_accounts: list[str]
+    prompts: list[str]
+    batches: list[tuple[list[str], list[str]]]
+
+    @classmethod
+    def build(cls, device: str, n_prompts: int, batch: int, n_accounts: int, seed: int = 0) -> Workload:
         import probewatch as pw
 
-        prompts = vocabulary_prompts(n_prompts + batch, seed)
-        self.warm, self.prompts = prompts[:batch], prompts[batch:]
-        self.warm_accounts = [f"warm-{i}" for i in range(len(self.warm))]
-        accounts = [f"acct-{i % n_accounts}" for i in range(len(self.prompts))]
-        self.batches = [
-            (accounts[i : i + batch], self.prompts[i : i + batch]) for i in range(0, len(self.prompts), batch)
-        ]
-        self.embedder = pw.Embedder(device=device, batch_size=batch, cache_size=0)
-        on_device = self.embedder.device.startswith("cuda")
-        self.encode = self.embedder.encode_device if on_device else self.embedder.encode
+        texts = vocabulary_prompts(n_prompts + batch, seed)
+        warm, prompts = texts[:batch], texts[batch:]
+        accounts = [f"acct-{i % n_accounts}" for i in range(len(prompts))]
+        batches = [(accounts[i : i + batch], prompts[i : i + batch]) for i in range(0, len(prompts), batch)]
+        embedder = pw.Embedder(device=device, batch_size=batch, cache_size=0)
+        encode = embedder.encode_device if embedder.device.startswith("cuda") else embedder.encode
+        return cls(embedder, encode, warm, [f"warm-{i}" for i in range(len(warm))], prompts, batches)
 
 
 def _synchronize(device: str) -> None:
@@ -89,15 +96,7 @@ def measure(
 ) -> dict:
     import probewatch as pw
 
-    work = Workload(device, n_prompts, batch, n_accounts, seed)
-    embedder, encode, warm, warm_accounts, prompts, batches = (
-        work.embedder,
-        work.encode,
-        work.warm,
-        work.warm_accounts,
-        work.prompts,
-        work.batches,
-    )
+    embedder, encode, warm, warm_accounts, prompts, batches = Workload.build(device, n_prompts, batch, n_accounts, seed)
     on_device = embedder.device.startswith("cuda")
 
     warm_vectors = encode(warm)
@@ -209,15 +208,7 @@ def measure_sharded(device: str, n_prompts: int, batch: int, n_accounts: int, wo
 
     from probewatch.kernels.backend import to_numpy
 
-    work = Workload(device, n_prompts, batch, n_accounts, seed)
-    embedder, encode, warm, warm_accounts, prompts, batches = (
-        work.embedder,
-        work.encode,
-        work.warm,
-        work.warm_accounts,
-        work.prompts,
-        work.batches,
-    )
+    embedder, encode, warm, warm_accounts, prompts, batches = Workload.build(device, n_prompts, batch, n_accounts, seed)
     warm_vectors = to_numpy(encode(warm))
 
     context = multiprocessing.get_context("spawn")  # the parent holds a CUDA context: never fork it

@@ -17,6 +17,7 @@ from probewatch.kernels import assign_cells, median_heuristic_gamma, rbf_from_si
 from probewatch.kernels.backend import get_array_module, to_numpy
 
 from ..backend.device import import_faiss
+from ..backend.host_kernels import top_values
 from ..errors import CalibrationError
 
 REFERENCE_TOP_K = 4
@@ -123,9 +124,10 @@ class BenignReference:
         else:
             sims = vectors @ bank.T
         k = min(REFERENCE_TOP_K, bank.shape[0])
-        top = -xp.partition(-sims, k - 1, axis=1)[:, :k]
-        # sum / count: what .mean computes, without its per-call overhead (a lone query pays it)
-        ref_similarity = top.sum(axis=1) / k
+        top = top_values(sims, k) if xp is np else -xp.partition(-sims, k - 1, axis=1)[:, :k]
+        # summed in sorted order, so a query's value does not depend on which selection ran (the
+        # batch it came in decides that); sum / count is .mean without its per-call overhead
+        ref_similarity = xp.sort(top, axis=1).sum(axis=1) / k
         ref_kernel_mean = rbf_from_similarity(sims, self.gamma).sum(axis=1) / sims.shape[1]
         cell = assign_cells(vectors, codebook)
         return QueryReferenceStats(

@@ -92,3 +92,20 @@ def test_history_search_is_the_same_with_and_without_torch(storage, monkeypatch)
     np.testing.assert_array_equal(with_torch, without)
     exact = np.sort(queries.astype(np.float64) @ index.reconstruct_n(0, 3000).T.astype(np.float64), axis=1)
     np.testing.assert_allclose(with_torch, exact[:, ::-1][:, :8], rtol=0, atol=1e-5)
+
+
+def test_reference_stats_are_the_same_with_and_without_torch(monkeypatch):
+    """A 64-row batch against a 2,048-row bank (torch picks the top similarities) gives each
+    row the very float the NumPy-only path gives, and so a lone row's."""
+    from probewatch.detect.reference import BenignReference
+
+    rng = np.random.default_rng(11)
+    reference = BenignReference(unit_rows(rng.normal(size=(2048, 384))), unit_rows(rng.normal(size=(16, 384))), 1.5)
+    x = unit_rows(rng.normal(size=(64, 384)))
+    assert x.shape[0] * reference.bank.shape[0] >= TORCH_MIN_ELEMENTS
+    with_torch = reference.query_stats(x).ref_similarity
+    monkeypatch.setattr(host_kernels, "_torch", False)
+    without = reference.query_stats(x).ref_similarity
+    np.testing.assert_array_equal(with_torch, without)
+    exact = np.sort(x.astype(np.float64) @ reference.bank.T.astype(np.float64), axis=1)[:, -4:].mean(axis=1)
+    np.testing.assert_allclose(with_torch, exact, rtol=0, atol=1e-6)

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, SnapshotError
+from ..io.npz_files import leading_bytes
 
 DEFAULT_HEAD_PATH = Path(__file__).resolve().parent.parent / "data" / "elicitation_head.npz"
 ARRAY_PREFIX = "elicit_"
@@ -149,6 +150,7 @@ class ElicitationHead:
         path = Path(path)
         if not path.is_file():
             raise SnapshotError(f"no elicitation head file at {path}")
+        leading_bytes(path, "elicitation head")
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in data.files}

@@ -29,6 +29,7 @@ from ..detect.reference import BenignReference
 from ..detect.scoring import BenignModel, Calibration
 from ..errors import CalibrationError, ConfigError, SnapshotError
 from ..types import Level, Reason
+from .npz_files import NPZ_SIGNATURE, leading_bytes
 
 SNAPSHOT_FORMAT = "probewatch-snapshot"
 CALIBRATION_FORMAT = "probewatch-calibration"
@@ -73,6 +74,7 @@ def _open(path: str | Path, kind: str):
     path = Path(path)
     if not path.is_file():
         raise SnapshotError(f"no {kind} file at {path}")
+    start = leading_bytes(path, f"{kind} file")
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):  # a bare .npy array, not an archive
@@ -82,8 +84,9 @@ def _open(path: str | Path, kind: str):
         with data:
             arrays = {name: data[name] for name in data.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        damaged = " (it starts like one: damaged or cut short)" if start.startswith(NPZ_SIGNATURE) else ""
         raise SnapshotError(
-            f"{path} is not a readable {kind} file (expected a .npz written by probewatch): {exc}"
+            f"{path} is not a readable {kind} file (expected a .npz written by probewatch){damaged}: {exc}"
         ) from exc
     if "header" not in arrays:
         raise SnapshotError(f"{path} is a .npz file but not a {kind}: it has no probewatch header")

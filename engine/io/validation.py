@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -147,8 +147,24 @@ def check_timestamp(ts: Any) -> float | None:
 
 
 def check_same_length(**named: Sequence[Any] | None) -> int:
-    """All given sequences (None ones skipped) have one length; returns it."""
-    lengths = {name: len(seq) for name, seq in named.items() if seq is not None}
+    """All given sequences (None ones skipped) have one length; returns it. A bare string,
+    bytes or mapping is refused: iterated, it would pass its characters or keys for items."""
+    lengths = {}
+    for name, seq in named.items():
+        if seq is None:
+            continue
+        if isinstance(seq, str | bytes | bytearray | Mapping):
+            raise BatchLengthError(
+                f"{name} must be a sequence with one entry per item (a list, tuple or array); got "
+                f"{type(seq).__name__} {_describe(seq)}. For a single item, wrap it in a list"
+            )
+        try:
+            lengths[name] = len(seq)
+        except TypeError:
+            raise BatchLengthError(
+                f"{name} must be a sequence with one entry per item (a list, tuple or array); got "
+                f"{type(seq).__name__}, which has no length (materialise an iterator with list(...))"
+            ) from None
     if len(set(lengths.values())) > 1:
         detail = ", ".join(f"{name}={n}" for name, n in lengths.items())
         raise BatchLengthError(f"batch inputs must have one length each item; got {detail}")

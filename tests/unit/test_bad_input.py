@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import zipfile
 
 import numpy as np
@@ -206,6 +207,27 @@ def test_mismatched_batch_lengths_process_nothing(vec_engine, text_engine):
     with pytest.raises(pw.BatchLengthError, match="ts=1"):
         text_engine.observe_batch(["alice", "carol"], ["a", "b"], ts=[1.0])
     assert state_of(text_engine) == before
+
+
+def test_a_string_where_a_batch_belongs_processes_nothing(vec_engine, text_engine):
+    """A str is a sequence of its characters: taken for a batch it would observe accounts
+    'a', 'b', 'c'. It, bytes, a mapping and an iterator without a length are refused."""
+    before = state_of(text_engine)
+    with pytest.raises(pw.BatchLengthError, match=r"accounts must be a sequence .*got str 'abc'.*wrap it in a list"):
+        text_engine.observe_batch("abc", "xyz")
+    with pytest.raises(pw.BatchLengthError, match=r"prompts must be a sequence .*got str"):
+        text_engine.observe_batch(["a", "b", "c"], "xyz")
+    with pytest.raises(pw.BatchLengthError, match=r"accounts must be .*got bytes"):
+        text_engine.observe_batch(b"abc", ["x", "y", "z"])
+    with pytest.raises(pw.BatchLengthError, match=r"metas must be .*got dict"):
+        text_engine.observe_batch(["alice"], ["hello"], metas={"ip": "10.0.0.1"})
+    with pytest.raises(pw.BatchLengthError, match=r"accounts must be .*has no length.*list\(\.\.\.\)"):
+        text_engine.observe_batch(iter(["alice"]), ["hello"])
+    assert state_of(text_engine) == before
+    before = state_of(vec_engine)
+    with pytest.raises(pw.BatchLengthError, match=r"accounts must be .*got str 'ab'"):
+        vec_engine.observe_embeddings("ab", rows(2))
+    assert state_of(vec_engine) == before
 
 
 @pytest.mark.parametrize(
@@ -463,9 +485,20 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 CORRUPTIONS = {
-    "truncated": (lambda src, dst: dst.write_bytes(src.read_bytes()[: len(src.read_bytes()) // 2]), "not a readable"),
-    "random-bytes": (lambda src, dst: dst.write_bytes(np.random.default_rng(0).bytes(4096)), "not a readable"),
-    "empty-file": (lambda src, dst: dst.write_bytes(b""), "not a readable"),
+    "truncated": (
+        lambda src, dst: dst.write_bytes(src.read_bytes()[: len(src.read_bytes()) // 2]),
+        "not a readable .* damaged or cut short",
+    ),
+    "random-bytes": (
+        lambda src, dst: dst.write_bytes(b"\x00" + np.random.default_rng(0).bytes(4095)),
+        r"not a readable .* its first bytes are b'\\x00",
+    ),
+    "empty-file": (lambda src, dst: dst.write_bytes(b""), "not a readable .* its first bytes are b''"),
+    # np.load's own message for a pickle suggests loading it unsafely: never passed on
+    "pickle": (
+        lambda src, dst: dst.write_bytes(pickle.dumps({"header": 1})),
+        r"not a readable .*first bytes are b'\\x80",
+    ),
     "foreign-npz": (lambda src, dst: np.savez(dst, weights=np.ones(3)), "no probewatch header"),
     "npy-array": (lambda src, dst: dst.write_bytes(_npy_bytes(np.ones(3))), "single .npy array"),
     "zip-of-text": (lambda src, dst: zipfile.ZipFile(dst, "w").writestr("hello.txt", "hi"), "no probewatch header"),
@@ -518,8 +551,9 @@ def test_corrupt_snapshot(vec_engine, good_snapshot, tmp_path, corruption):
     make, pattern = CORRUPTIONS[corruption]
     bad = tmp_path / f"bad-{corruption}.npz"
     make(good_snapshot, bad)
-    with pytest.raises(pw.SnapshotError, match=pattern):
+    with pytest.raises(pw.SnapshotError, match=pattern) as raised:
         pw.Engine.load(bad)
+    assert "allow_pickle" not in str(raised.value) and "unsafe" not in str(raised.value)
     before = state_of(vec_engine)
     config, calibration = vec_engine.config, vec_engine.calibration
     with pytest.raises(pw.SnapshotError, match=pattern):

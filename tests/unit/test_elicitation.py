@@ -6,6 +6,8 @@ session's real model (a few seconds) to check that the shipped head ranks the ob
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -103,6 +105,11 @@ def test_bad_files_raise_snapshot_error(tmp_path):
     np.savez(other, something=np.zeros(3))
     with pytest.raises(SnapshotError):
         ElicitationHead.load(other)
+    pickled = tmp_path / "pickled.npz"
+    pickled.write_bytes(pickle.dumps({"elicit_weights": [0.0]}))
+    with pytest.raises(SnapshotError, match=r"not a readable elicitation head.*first bytes are b'\\x80") as raised:
+        ElicitationHead.load(pickled)
+    assert "allow_pickle" not in str(raised.value)
     with pytest.raises(SnapshotError, match="elicit_bias"):
         ElicitationHead.from_arrays({"elicit_weights": np.zeros(4)})
 

@@ -88,14 +88,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _read_jsonl(path: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed row or the exception saying why not) per non-blank line. Lines are
+    decoded as UTF-8, as JSON Lines are (json.loads on bytes would guess UTF-16 from a stray
+    0xff 0xfe); a byte-order mark opening the file is allowed."""
     with contextlib.nullcontext(sys.stdin.buffer) if path == "-" else open(path, "rb") as handle:
         for lineno, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
             try:
-                yield lineno, json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                bad = raw[exc.start : exc.start + 1]
+                yield lineno, ValueError(f"the line is not UTF-8 text: byte {exc.start} is {bad!r} ({exc.reason})")
+                continue
+            try:
+                yield lineno, json.loads(text)
+            except json.JSONDecodeError as exc:
                 yield lineno, exc
+
+
+def _row_problem(row: Any) -> str | None:
+    """Why a parsed JSONL row is not an {account, prompt, ts?} object, or None when it is."""
+    if isinstance(row, Exception):
+        return f'expected a JSON object {{"account", "prompt", "ts"?}}; {row}'
+    if not isinstance(row, dict):
+        return f'expected a JSON object {{"account", "prompt", "ts"?}}; got {type(row).__name__} {str(row)[:80]}'
+    missing = [key for key in ("account", "prompt") if key not in row]
+    if missing:
+        has = ", ".join(repr(k) for k in list(row)[:5]) or "no keys"
+        return f"the object lacks {' and '.join(repr(k) for k in missing)} (it has {has})"
+    return None
 
 
 def _replay_batch(engine, batch: list[tuple[int, str, Any, Any]], out: TextIO, seen: set[str]) -> int:
@@ -138,13 +160,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         )
         for lineno, row in _read_jsonl(args.file):
             bar.update(1)
-            if isinstance(row, Exception) or not isinstance(row, dict) or "account" not in row or "prompt" not in row:
+            problem = _row_problem(row)
+            if problem is not None:
                 bad += 1
-                what = row if isinstance(row, Exception) else f"got {type(row).__name__} {str(row)[:80]}"
-                print(
-                    f'line {lineno}: skipped: expected a JSON object {{"account", "prompt", "ts"?}}; {what}',
-                    file=sys.stderr,
-                )
+                print(f"line {lineno}: skipped: {problem}", file=sys.stderr)
                 continue
             batch.append((lineno, row["account"], row["prompt"], row.get("ts")))
             if len(batch) >= args.batch_size:
@@ -164,8 +183,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     accounts, prompts, stamps = [], [], []
     for lineno, row in _read_jsonl(args.file):
-        if isinstance(row, Exception) or not isinstance(row, dict) or "account" not in row or "prompt" not in row:
-            print(f"line {lineno}: expected a JSON object with account and prompt", file=sys.stderr)
+        problem = _row_problem(row)
+        if problem is not None:
+            print(f"probewatch calibrate: line {lineno}: {problem}; nothing was calibrated", file=sys.stderr)
             return 2
         accounts.append(row["account"])
         prompts.append(row["prompt"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,6 +117,18 @@ class EngineConfig:
             if not cond:
                 raise ConfigError(f"config {what}; got {value!r}")
 
+        # Types first: "5" or True for k_neighbors would otherwise fail a comparison with a bare
+        # TypeError, or pass as 1. NumPy numbers and path objects are taken as the plain Python
+        # values they stand for (a snapshot stores the settings as JSON).
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            plain = _plain_setting(value, f.type)
+            if plain is _REFUSED:
+                expected = _FIELD_TYPES[f.type]
+                raise ConfigError(f"config {f.name} must be {expected}; got {type(value).__name__} {value!r}")
+            if plain is not value:
+                object.__setattr__(self, f.name, plain)
+
         need(self.embed_batch_size >= 1, "embed_batch_size must be >= 1", self.embed_batch_size)
         need(self.embed_backend in EMBED_BACKENDS, f"embed_backend must be one of {EMBED_BACKENDS}", self.embed_backend)
         need(
@@ -195,4 +209,41 @@ class EngineConfig:
         return cls(**data)
 
     def replace(self, **changes: Any) -> EngineConfig:
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; valid keys are {sorted(known)}")
         return dataclasses.replace(self, **changes)
+
+
+# What each annotation (a string: the module has postponed annotations) accepts, in words.
+_FIELD_TYPES = {
+    "int": "an int",
+    "float": "a number",
+    "str": "a str",
+    "bool": "a bool (True or False)",
+    "str | None": "a str or None",
+    "int | None": "an int or None",
+}
+_REFUSED = object()
+
+
+def _plain_setting(value: Any, annotation: str) -> Any:
+    """``value`` as the plain Python value of its field's type, or _REFUSED. A bool is not a
+    number here: ``k_neighbors=True`` is a mistake, not 1."""
+    if value is None:
+        return value if annotation.endswith("| None") else _REFUSED
+    kind = annotation.removesuffix(" | None")
+    if kind == "bool":
+        return value if isinstance(value, bool) else _REFUSED
+    if isinstance(value, bool):
+        return _REFUSED
+    if kind == "int":
+        return (value if type(value) is int else int(value)) if isinstance(value, numbers.Integral) else _REFUSED
+    if kind == "float":
+        if type(value) in (int, float):
+            return value
+        return float(value) if isinstance(value, numbers.Real) else _REFUSED
+    if isinstance(value, str):
+        return value
+    return os.fspath(value) if isinstance(value, os.PathLike) else _REFUSED

@@ -50,6 +50,8 @@ def _atomic_write(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise SnapshotError(f"cannot write {path}: folder {folder} does not exist")
+    if path.is_dir():  # os.replace would fail only after the whole file was written
+        raise SnapshotError(f"cannot write {path}: it is a folder; give a file path, e.g. {path / 'probewatch.npz'}")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -573,6 +573,9 @@ def test_missing_snapshot_file(vec_engine, tmp_path):
         vec_engine.restore(tmp_path / "nope.npz")
     with pytest.raises(pw.SnapshotError, match=r"folder .* does not exist"):
         vec_engine.save(tmp_path / "no-such-dir" / "s.npz")
+    with pytest.raises(pw.SnapshotError, match=r"it is a folder; give a file path"):
+        vec_engine.save(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
 
 
 def test_bad_calibration_file(tmp_path):
@@ -588,3 +591,33 @@ def test_bad_config_values():
         pw.Engine(device="cpu", k_neighbors=0)
     with pytest.raises(pw.ConfigError, match="device must be"):
         pw.Engine(device="tpu")
+
+
+@pytest.mark.parametrize(
+    ("setting", "pattern"),
+    [
+        ({"k_neighbors": "5"}, "k_neighbors must be an int; got str '5'"),
+        ({"k_neighbors": True}, "k_neighbors must be an int; got bool True"),
+        ({"window": 128.0}, "window must be an int; got float 128.0"),
+        ({"campaigns": 1}, r"campaigns must be a bool \(True or False\); got int 1"),
+        ({"target_fpr": "0.001"}, "target_fpr must be a number; got str"),
+        ({"embed_backend": 0}, "embed_backend must be a str; got int 0"),
+        ({"campaign_salt": 123}, "campaign_salt must be a str or None; got int 123"),
+        ({"bogus": 1}, r"unknown config keys \['bogus'\]; valid keys are \[.*'k_neighbors'"),
+    ],
+)
+def test_config_values_of_the_wrong_type_say_what_was_expected(setting, pattern):
+    """Not a bare TypeError from a comparison, and never a bool taken for a number."""
+    with pytest.raises(pw.ConfigError, match=pattern):
+        pw.Engine(device="cpu", **setting)
+
+
+def test_config_takes_numpy_numbers_and_paths_as_plain_values(tmp_path):
+    """What a snapshot stores as JSON: NumPy scalars and path objects become int, float, str."""
+    from probewatch.config import EngineConfig
+
+    config = EngineConfig(k_neighbors=np.int64(5), target_fpr=np.float32(0.002), model=tmp_path)
+    assert type(config.k_neighbors) is int and config.k_neighbors == 5
+    assert type(config.target_fpr) is float and config.target_fpr == pytest.approx(0.002)
+    assert config.model == str(tmp_path)
+    json.dumps(config.to_dict())

@@ -202,18 +202,19 @@ class EngineConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown config keys {unknown}; valid keys are {sorted(known)}")
+        cls._check_known(data)
         return cls(**data)
 
     def replace(self, **changes: Any) -> EngineConfig:
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - known)
+        self._check_known(changes)
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def _check_known(cls, names) -> None:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(names) - known)
         if unknown:
             raise ConfigError(f"unknown config keys {unknown}; valid keys are {sorted(known)}")
-        return dataclasses.replace(self, **changes)
 
 
 # What each annotation (a string: the module has postponed annotations) accepts, in words.

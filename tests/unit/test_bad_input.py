@@ -621,3 +621,14 @@ def test_config_takes_numpy_numbers_and_paths_as_plain_values(tmp_path):
     assert type(config.target_fpr) is float and config.target_fpr == pytest.approx(0.002)
     assert config.model == str(tmp_path)
     json.dumps(config.to_dict())
+
+
+def test_every_config_field_has_a_type_the_check_knows():
+    """A new setting typed as the check has never seen (``list[str]``, say) must fail here,
+    not as a KeyError inside the message of a user's mistyped value."""
+    import dataclasses
+
+    from probewatch.config import _FIELD_TYPES, EngineConfig
+
+    unknown = {f.name: f.type for f in dataclasses.fields(EngineConfig) if f.type not in _FIELD_TYPES}
+    assert not unknown, f"teach engine/config.py's _plain_setting and _FIELD_TYPES these annotations: {unknown}"

@@ -61,3 +61,9 @@ def test_both_spaces_are_calibrated_and_compared(capsys):
     assert "both: the benign test pool's top 1 % by kind" in out
     header = next(line for line in out.splitlines() if line.startswith("scenario"))
     assert header.split()[-1] == "both"
+
+
+def test_an_unknown_held_out_kind_is_refused_with_the_known_ones(capsys):
+    assert main(["--size", "quick", "--lopo", "no_such_app"]) == 2
+    err = capsys.readouterr().err
+    assert "benign:no_such_app" in err and "benign:normal" in err

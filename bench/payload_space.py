@@ -75,12 +75,6 @@ def _peak(scores: np.ndarray) -> float:
     return float(np.nanmax(scores)) if len(scores) and not np.isnan(scores).all() else 0.0
 
 
-def _auc(attack: np.ndarray, benign: np.ndarray) -> float:
-    from scipy.stats import mannwhitneyu
-
-    return float(mannwhitneyu(attack, benign).statistic / (len(attack) * len(benign)))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="default", choices=["quick", "default"])
@@ -93,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     from bench.eval import OPERATING_FPRS
+    from bench.metrics import roc_auc
     from bench.unseen import calibrated_engine, embedded_benchmark
 
     embedder, traffic, data = embedded_benchmark(args.size, args.seed)
@@ -161,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{np.mean([level == 'flag' for _, level in attacks[scenario]]):5.0%}" if name != "both" else "    -"
             )
             q2, q10 = np.quantile(b, [0.998, 0.99])
-            line += f"{_auc(a, b):>12.3f} {flagged} {np.mean(a > q2):5.0%} {np.mean(a > q10):5.0%}"
+            line += f"{roc_auc(b, a):>12.3f} {flagged} {np.mean(a > q2):5.0%} {np.mean(a > q10):5.0%}"
         print(line)
     kinds = [s.kind for s in traffic.test_benign]
     for name in spaces:

@@ -131,7 +131,35 @@ def common_words() -> tuple[str, ...]:
     return tuple(ranked[200:2200])
 
 
+# Ports for servers the tests start are drawn below the kernel's ephemeral range. A port the
+# OS hands out for bind(0) comes from that range, and between our check and the server's own
+# bind any outbound connection (a Kafka client's, an HTTP client's) may take it as its local
+# port: a sidecar in tests/serve/test_kafka_mode.py once failed to start with EADDRINUSE so.
+_LISTEN_PORTS_FROM = 10_000
+_FALLBACK_EPHEMERAL_START = 32_768  # Linux's default, where /proc does not say
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _FALLBACK_EPHEMERAL_START
+
+
 def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now, outside the ephemeral range where the
+    system allows it (see above), else any free port."""
+    stop = _ephemeral_start()
+    if stop - _LISTEN_PORTS_FROM >= 1_000:
+        rng = random.SystemRandom()
+        for _ in range(100):
+            port = rng.randrange(_LISTEN_PORTS_FROM, stop)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:  # taken: draw again
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -1,0 +1,41 @@
+"""tests.support.free_port: ports for the servers the tests start."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.support import _LISTEN_PORTS_FROM, _ephemeral_start, free_port
+
+
+def test_free_ports_lie_below_the_ephemeral_range_and_can_be_bound():
+    """Outbound connections take their local ports from the ephemeral range; a listener's port
+    drawn there can be taken before the server binds it."""
+    start = _ephemeral_start()
+    for _ in range(50):
+        port = free_port()
+        if start - _LISTEN_PORTS_FROM >= 1_000:
+            assert _LISTEN_PORTS_FROM <= port < start
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+
+
+def test_a_port_in_use_is_drawn_again(monkeypatch):
+    import tests.support as support
+
+    if _ephemeral_start() - _LISTEN_PORTS_FROM < 1_000:
+        pytest.skip("this system's ephemeral range leaves no room below it: free_port binds port 0")
+    with socket.socket() as held:
+        taken = free_port()
+        held.bind(("127.0.0.1", taken))
+        held.listen()
+        other = free_port()
+        draws = iter([taken, taken, other])
+
+        class Scripted:
+            def randrange(self, start, stop):
+                return next(draws)
+
+        monkeypatch.setattr(support.random, "SystemRandom", Scripted)
+        assert free_port() == other

@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from bench.eval import OPERATING_FPRS
     from bench.metrics import roc_auc
-    from bench.unseen import calibrated_engine, embedded_benchmark
+    from bench.unseen import calibrated_engine, embedded_benchmark, levels_of, rates
 
     embedder, traffic, data = embedded_benchmark(args.size, args.seed)
     known = Counter(s.kind for s in traffic.calibration)
@@ -188,10 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"bench.payload_space {name} without {kind}",
                 campaigns=False,
             )
-            levels = [level for _, level in _streamed(engine, held_out, vectors_of)]
-            flag = sum(v == "flag" for v in levels) / len(levels)
-            watch = sum(v in ("flag", "watch") for v in levels) / len(levels)
-            line += f"{flag:>26.1%} / {watch:5.1%}"
+            got = rates(levels_of(engine, held_out, vectors_of, "payload-space-unseen"))
+            line += f"{got['flag']:>26.1%} / {got['watch']:5.1%}"
         print(line, flush=True)
     return 0
 

@@ -139,21 +139,24 @@ _LISTEN_PORTS_FROM = 10_000
 _FALLBACK_EPHEMERAL_START = 32_768  # Linux's default, where /proc does not say
 
 
-def _ephemeral_start() -> int:
+def listen_ports() -> range | None:
+    """The ports free_port draws from: those below the ephemeral range, from _LISTEN_PORTS_FROM
+    (None where that leaves fewer than 1,000)."""
     try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        stop = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        return _FALLBACK_EPHEMERAL_START
+        stop = _FALLBACK_EPHEMERAL_START
+    return range(_LISTEN_PORTS_FROM, stop) if stop - _LISTEN_PORTS_FROM >= 1_000 else None
 
 
 def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on now, outside the ephemeral range where the
-    system allows it (see above), else any free port."""
-    stop = _ephemeral_start()
-    if stop - _LISTEN_PORTS_FROM >= 1_000:
+    """A port on 127.0.0.1 that nothing listens on now, from :func:`listen_ports` where the
+    system leaves room for them (see above), else any free port."""
+    ports = listen_ports()
+    if ports is not None:
         rng = random.SystemRandom()
         for _ in range(100):
-            port = rng.randrange(_LISTEN_PORTS_FROM, stop)
+            port = rng.randrange(ports.start, ports.stop)
             with socket.socket() as s:
                 try:
                     s.bind(("127.0.0.1", port))

@@ -421,7 +421,10 @@ class CampaignLayer:
     def _judge(self, group: Group, raised: dict[str, Level]) -> None:
         group.judged_at = group.n
         features = self.features(group)
-        score, risk = (0.0, 0.0) if self.is_common(group) else self.judge.judge(features)
+        # a group nobody joins by chance may add its two lines; one bystanders can share (a payload
+        # region, an address, a user agent) needs each on its own
+        joint = not shared_by_chance(group)
+        score, risk = (0.0, 0.0) if self.is_common(group) else self.judge.judge(features, joint=joint)
         group.score, group.risk = score, risk
         if group.level > Level.OK:
             self._hot_changed(relinked=False)
@@ -475,7 +478,7 @@ class CampaignLayer:
             elicitation_rate=(sum(x.elicitation_sum for x in links) / n) if self.elicitation is not None else math.nan,
             start_spread_hours=math.nan,
         )
-        score, _ = self.judge.judge(pooled)
+        score, _ = self.judge.judge(pooled, joint=True)  # wrapper groups only
         for g in groups:
             g.campaign_score = max(g.campaign_score, score)
         level = self.judge.level_for(score)

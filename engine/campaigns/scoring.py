@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import special
 
 from ..errors import CalibrationError
 from ..types import Level
@@ -42,6 +43,48 @@ MIN_GROUP_MEMBERS = 4
 DISTINCT_CROWD_MAX_DUPLICATES = 0.2
 # Per-query evidence is clipped before it is pooled, so no single odd query carries a group.
 EVIDENCE_CLIP = (-3.0, 6.0)
+
+
+def joint_evidence(coordination, content) -> np.ndarray:
+    """Both lines' evidence together, as one z: where each is past Z_AT_Q01 (beyond the benign
+    1 % point of its own scale), the z whose normal tail is the product of their two tails
+    (independent lines that both hold add up, so it exceeds the stronger); elsewhere the weaker
+    line, as :meth:`GroupCalibration.score` takes it. Non-decreasing in each argument."""
+    a = np.asarray(coordination, dtype=np.float64)
+    b = np.asarray(content, dtype=np.float64)
+    weaker = np.minimum(a, b)
+    with np.errstate(invalid="ignore"):
+        added = -special.ndtri_exp(special.log_ndtr(-a) + special.log_ndtr(-b))
+    return np.where(weaker >= Z_AT_Q01, np.maximum(added, np.maximum(a, b)), weaker)
+
+
+class ScoreTail:
+    """Benign groups' score maxima, and an exponential tail fitted past their top
+    TAIL_FRACTION: the share of benign groups that reach a score, and its inverse."""
+
+    def __init__(self, max_scores: np.ndarray, what: str = "scores"):
+        m = np.sort(np.asarray(max_scores, dtype=np.float64).ravel())
+        m = m[np.isfinite(m)]
+        if m.size < 10:
+            raise CalibrationError(f"group calibration needs {what} of at least 10 benign groups; got {m.size}")
+        self.max_scores = m
+        self.tail_start = float(np.quantile(m, 1.0 - TAIL_FRACTION))
+        excess = m[m > self.tail_start] - self.tail_start
+        self.tail_scale = max(float(excess.mean()) if excess.size else 0.0, 0.05)
+
+    def exceedance(self, score) -> np.ndarray:
+        s = np.asarray(score, dtype=np.float64)
+        m = self.max_scores
+        empirical = 1.0 - np.searchsorted(m, s, side="left") / m.size
+        tail = TAIL_FRACTION * np.exp(-(s - self.tail_start) / self.tail_scale)
+        return np.clip(np.where(s > self.tail_start, tail, empirical), 0.0, 1.0)
+
+    def threshold_for(self, fpr):
+        """The score a share ``fpr`` of benign groups reaches (elementwise for arrays)."""
+        p = np.clip(np.asarray(fpr, dtype=np.float64), 1e-300, 1.0)
+        past = self.tail_start + self.tail_scale * np.log(TAIL_FRACTION / p)
+        out = np.where(p < TAIL_FRACTION, past, np.quantile(self.max_scores, 1.0 - np.maximum(p, TAIL_FRACTION)))
+        return float(out) if out.ndim == 0 else out
 
 
 def member_bin(members: int | np.ndarray) -> np.ndarray:
@@ -89,7 +132,13 @@ class GroupCalibration:
         "elicitation_q99",
     )
 
-    def __init__(self, tables: dict[str, np.ndarray], max_scores: np.ndarray, source: str = ""):
+    def __init__(
+        self,
+        tables: dict[str, np.ndarray],
+        max_scores: np.ndarray,
+        source: str = "",
+        joint_max_scores: np.ndarray | None = None,
+    ):
         for name in self.TABLES:
             table = np.asarray(tables[name], dtype=np.float64)
             if table.shape != (N_MEMBER_BINS,) or not np.isfinite(table).all():
@@ -97,14 +146,15 @@ class GroupCalibration:
                     f"group calibration table {name} must hold {N_MEMBER_BINS} finite values; got {table.shape}"
                 )
             setattr(self, name, table)
-        m = np.sort(np.asarray(max_scores, dtype=np.float64))
-        m = m[np.isfinite(m)]
-        if m.size < 10:
-            raise CalibrationError(f"group calibration needs scores of at least 10 benign groups; got {m.size}")
-        self.max_scores = m
-        self.tail_start = float(np.quantile(m, 1.0 - TAIL_FRACTION))
-        excess = m[m > self.tail_start] - self.tail_start
-        self.tail_scale = max(float(excess.mean()) if excess.size else 0.0, 0.05)
+        self.tail = ScoreTail(max_scores)
+        self.max_scores, self.tail_start, self.tail_scale = (
+            self.tail.max_scores,
+            self.tail.tail_start,
+            self.tail.tail_scale,
+        )
+        # benign groups' joint_evidence scores; None (calibration files before 0.12.4): every group
+        # is scored by the weaker line
+        self.joint_tail = None if joint_max_scores is None else ScoreTail(joint_max_scores, "joint scores")
         self.source = source
 
     @classmethod
@@ -154,8 +204,8 @@ class GroupCalibration:
                 for table in tables.values():
                     table[b] = table[donor]
         draft = cls(tables, np.zeros(10), source)
-        scores = draft.score(focus[ok], between[ok], evidence[ok], elicitation[ok], members[ok], duplicate_share[ok])
-        return cls(tables, scores, source)
+        lines = (focus[ok], between[ok], evidence[ok], elicitation[ok], members[ok], duplicate_share[ok])
+        return cls(tables, draft.score(*lines), source, joint_max_scores=draft.joint_score(*lines))
 
     def coordination(self, focus, members) -> np.ndarray:
         """Focus deficit against benign groups of the size, in benign spreads (0 = as
@@ -186,33 +236,50 @@ class GroupCalibration:
             out = np.maximum(out, np.where(np.isfinite(z), z, 0.0))
         return out
 
-    def score(self, focus, between, evidence, elicitation, members, duplicate_share) -> np.ndarray:
+    def score(self, focus, between, evidence, elicitation, members, duplicate_share, joint=False) -> np.ndarray:
         """Both must hold: members act as one (coordination) and what they send looks like
-        extraction (content). Queries another member already sent count for neither."""
+        extraction (content). Queries another member already sent count for neither.
+
+        By default the weaker line is the score. ``joint`` (for groups nobody joins by chance:
+        a rare wrapper, a payment instrument, an organisation) scores by :func:`joint_evidence`
+        instead, so a crowd as unfocused as a dealt pool whose content is far past benign is not
+        held at its coordination line; that score is put back on this scale by its benign tail
+        (the score of the same benign share), so thresholds, risks and comparisons stay one
+        scale. Without joint scores in the calibration, ``joint`` changes nothing."""
+        if joint and self.joint_tail is not None:
+            raw = self.joint_score(focus, between, evidence, elicitation, members, duplicate_share)
+            return np.asarray(self.tail.threshold_for(self.joint_tail.exceedance(raw)), dtype=np.float64)
         both = np.minimum(self.coordination(focus, members), self.content(between, evidence, elicitation, members))
-        return both * (1.0 - np.clip(np.asarray(duplicate_share, dtype=np.float64), 0.0, 1.0))
+        return both * self._kept(duplicate_share)
+
+    def joint_score(self, focus, between, evidence, elicitation, members, duplicate_share) -> np.ndarray:
+        """:func:`joint_evidence` of the two lines, discounted for duplicates as :meth:`score` is,
+        on its own scale (benign groups' joint scores, ``joint_tail``)."""
+        both = joint_evidence(self.coordination(focus, members), self.content(between, evidence, elicitation, members))
+        return both * self._kept(duplicate_share)
+
+    @staticmethod
+    def _kept(duplicate_share) -> np.ndarray:
+        return 1.0 - np.clip(np.asarray(duplicate_share, dtype=np.float64), 0.0, 1.0)
 
     def exceedance(self, score) -> np.ndarray:
-        s = np.asarray(score, dtype=np.float64)
-        m = self.max_scores
-        empirical = 1.0 - np.searchsorted(m, s, side="left") / m.size
-        tail = TAIL_FRACTION * np.exp(-(s - self.tail_start) / self.tail_scale)
-        return np.clip(np.where(s > self.tail_start, tail, empirical), 0.0, 1.0)
+        return self.tail.exceedance(score)
 
     def threshold_for(self, fpr: float) -> float:
-        if fpr >= TAIL_FRACTION:
-            return float(np.quantile(self.max_scores, 1.0 - fpr))
-        return self.tail_start + self.tail_scale * math.log(TAIL_FRACTION / fpr)
+        return float(self.tail.threshold_for(fpr))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         out = {f"group_{name}": getattr(self, name) for name in self.TABLES}
         out["group_max_scores"] = self.max_scores
+        if self.joint_tail is not None:
+            out["group_joint_max_scores"] = self.joint_tail.max_scores
         return out
 
     @classmethod
     def from_arrays(cls, arrays, source: str = "") -> GroupCalibration:
         tables = {name: np.asarray(arrays[f"group_{name}"]) for name in cls.TABLES}
-        return cls(tables, np.asarray(arrays["group_max_scores"]), source)
+        joint = np.asarray(arrays["group_joint_max_scores"]) if "group_joint_max_scores" in arrays else None
+        return cls(tables, np.asarray(arrays["group_max_scores"]), source, joint_max_scores=joint)
 
 
 class GroupJudge:
@@ -223,8 +290,9 @@ class GroupJudge:
         self.flag_threshold = calibration.threshold_for(target_fpr)
         self.watch_threshold = calibration.threshold_for(watch_fpr)
 
-    def judge(self, features: GroupFeatures) -> tuple[float, float]:
-        """(score, risk); 0 for groups below MIN_GROUP_MEMBERS members."""
+    def judge(self, features: GroupFeatures, joint: bool = False) -> tuple[float, float]:
+        """(score, risk); 0 for groups below MIN_GROUP_MEMBERS members. ``joint``: see
+        :meth:`GroupCalibration.score`."""
         if features.members < MIN_GROUP_MEMBERS:
             return 0.0, 0.0
         score = float(
@@ -235,6 +303,7 @@ class GroupJudge:
                 features.elicitation_rate,
                 features.members,
                 features.duplicate_share,
+                joint=joint,
             )
         )
         return score, float(1.0 - self.calibration.exceedance(score))

@@ -20,7 +20,16 @@ from probewatch.campaigns.groups import (
     pair_stats_from_sums,
 )
 from probewatch.campaigns.metadata import META_KEYS, MetadataHasher, check_meta
-from probewatch.campaigns.scoring import MIN_MEMBER_QUERIES, N_MEMBER_BINS, GroupCalibration
+from probewatch.campaigns.scoring import (
+    MIN_MEMBER_QUERIES,
+    N_MEMBER_BINS,
+    Z_AT_Q01,
+    GroupCalibration,
+    GroupFeatures,
+    GroupJudge,
+    joint_evidence,
+    member_bin,
+)
 from probewatch.campaigns.templates import template_anchors, tokens
 from probewatch.detect.scoring import MIN_SCORED_QUERIES
 from probewatch.errors import BatchError, InputError, UnknownCampaignError
@@ -189,6 +198,79 @@ def test_group_score_needs_both_coordination_and_content():
     assert cal.exceedance(5.0) < cal.exceedance(1.0) < cal.exceedance(0.1) <= 1.0
 
 
+def test_joint_evidence_adds_two_lines_past_their_benign_one_percent_points():
+    from scipy import stats
+
+    grid = np.linspace(-1.0, 9.0, 41)
+    a, b = np.meshgrid(grid, grid, indexing="ij")
+    z = joint_evidence(a, b)
+    both_past = np.minimum(a, b) >= Z_AT_Q01
+    # past both lines: the z of the product of the two normal tails (written out with scipy.stats)
+    expected = stats.norm.isf(stats.norm.sf(a[both_past]) * stats.norm.sf(b[both_past]))
+    np.testing.assert_allclose(z[both_past], expected, rtol=1e-9)
+    assert (z[both_past] > np.maximum(a, b)[both_past]).all()  # two lines that hold outweigh either
+    # otherwise the weaker line, exactly as the default score takes it
+    np.testing.assert_array_equal(z[~both_past], np.minimum(a, b)[~both_past])
+    np.testing.assert_array_equal(z, z.T)  # symmetric
+    assert (np.diff(z, axis=0) >= 0).all() and (np.diff(z, axis=1) >= 0).all()  # never falls as a line grows
+    assert np.isfinite(joint_evidence(40.0, 40.0))  # far past any table: still a number
+
+
+def _fitted_group_calibration():
+    rng = np.random.default_rng(2)
+    accounts, vectors = topical_stream(rng, 80, DIM, q_range=(6, 30))
+    evidence = rng.normal(0.0, 1.0, len(accounts))
+    return fit_group_calibration(accounts, vectors, evidence)
+
+
+def test_joint_scores_are_calibrated_on_benign_crowds_and_read_on_the_group_scale():
+    cal = _fitted_group_calibration()
+    assert cal.joint_tail is not None
+    # every benign crowd's joint score came out of the same function the layer calls
+    rng = np.random.default_rng(2)
+    accounts, vectors = topical_stream(rng, 80, DIM, q_range=(6, 30))
+    crowds = benign_crowd_features(accounts, vectors, rng.normal(0.0, 1.0, len(accounts)))
+    ok = np.isfinite(crowds["focus"]) & np.isfinite(crowds["evidence"]) & np.isfinite(crowds["between"])
+    ok &= np.asarray(crowds["members"]) >= 2
+    lines = [np.asarray(crowds[k])[ok] for k in ("focus", "between", "evidence", "elicitation", "members")]
+    lines.append(np.asarray(crowds["duplicate_share"])[ok])
+    np.testing.assert_allclose(np.sort(cal.joint_score(*lines)), cal.joint_tail.max_scores)
+    # read back on the group scale, a benign crowd passes a threshold as often as its share says
+    on_scale = cal.score(*lines, joint=True)
+    assert np.mean(on_scale >= cal.threshold_for(0.05)) <= 0.05 + 1e-9
+    # members as unfocused as the benign 1st percentile, content far past benign: the weaker line
+    # holds the group at its coordination line; the joint score does not
+    members = 40
+    b = int(member_bin(members))
+    focus, between = float(cal.focus_q01[b]) - 0.01, float(cal.between_median[b])
+    extreme = 10.0 * float(cal.evidence_q99[b])
+    weaker = float(cal.score(focus, between, extreme, math.nan, members, 0.0))
+    joint = float(cal.score(focus, between, extreme, math.nan, members, 0.0, joint=True))
+    assert weaker == pytest.approx(float(cal.coordination(focus, members)))
+    assert joint > weaker
+    raw = cal.joint_score(focus, between, extreme, math.nan, members, 0.0)
+    assert float(cal.exceedance(joint)) == pytest.approx(float(cal.joint_tail.exceedance(raw)), rel=1e-6)
+    # ordinary content gets nothing from either rule
+    ordinary = float(cal.evidence_median[b])
+    assert float(cal.score(focus, between, ordinary, math.nan, members, 0.0, joint=True)) <= cal.threshold_for(0.5)
+
+
+def test_a_calibration_without_joint_scores_scores_every_group_by_the_weaker_line():
+    cal = _fitted_group_calibration()
+    arrays = cal.to_arrays()
+    assert "group_joint_max_scores" in arrays
+    again = GroupCalibration.from_arrays(arrays)
+    np.testing.assert_array_equal(again.joint_tail.max_scores, cal.joint_tail.max_scores)
+    older = GroupCalibration.from_arrays({k: v for k, v in arrays.items() if k != "group_joint_max_scores"})
+    assert older.joint_tail is None
+    b = int(member_bin(40))
+    focus, extreme = float(cal.focus_q01[b]) - 0.01, 10.0 * float(cal.evidence_q99[b])
+    features = GroupFeatures(40, 40, 240, focus, 0.1, float(cal.between_median[b]), extreme, 0.0, math.nan, math.nan)
+    judge = GroupJudge(older, 1e-3, 1e-2)
+    assert judge.judge(features, joint=True) == judge.judge(features, joint=False)
+    assert GroupJudge(cal, 1e-3, 1e-2).judge(features, joint=True)[0] > judge.judge(features)[0]
+
+
 def test_group_calibration_round_trips_and_rejects_bad_tables():
     cal = _calibration()
     again = GroupCalibration.from_arrays(cal.to_arrays())
@@ -269,6 +351,55 @@ def feed(engine, accounts, vectors, prompts, metas, batch=16):
     return out
 
 
+def test_only_groups_nobody_joins_by_chance_add_their_two_lines(calibration_path, topics, monkeypatch):
+    from probewatch.campaigns.layer import shared_by_chance
+
+    engine = make_engine(calibration_path)
+    layer = engine.pipeline.campaigns
+    seen = []
+    judge = layer.judge.judge
+
+    def recording(features, joint=False):
+        seen.append(joint)
+        return judge(features, joint=joint)
+
+    monkeypatch.setattr(layer.judge, "judge", recording)
+    judged = []
+    original = layer._judge
+
+    def judging(group, raised):
+        before = len(seen)
+        original(group, raised)
+        judged.append((group.kind, group.label, seen[before] if len(seen) > before else None))
+
+    monkeypatch.setattr(layer, "_judge", judging)
+    feed(engine, *hydra_traffic(topics))
+    kinds = {(kind, label, joint) for kind, label, joint in judged if joint is not None}
+    assert any(kind == "template" and joint for kind, _, joint in kinds)
+    assert any(kind == "meta" and label == "payment" and joint for kind, label, joint in kinds)
+    assert any(kind == "meta" and label == "ip" and joint is False for kind, label, joint in kinds)
+    for kind, label, joint in kinds:
+        group = type("G", (), {"kind": kind, "label": label})()
+        assert joint is (not shared_by_chance(group))
+
+
+def test_a_calibration_file_from_before_joint_scores_loads_and_judges_by_the_weaker_line(
+    calibration_path, topics, tmp_path
+):
+    with np.load(calibration_path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    assert "group_joint_max_scores" in arrays  # written by this version
+    older = tmp_path / "older.npz"
+    np.savez(older, **{k: v for k, v in arrays.items() if k != "group_joint_max_scores"})
+    engine = make_engine(older)
+    assert engine.pipeline.campaigns.judge.calibration.joint_tail is None
+    feed(engine, *hydra_traffic(topics))  # judges every group, template ones included
+    again = tmp_path / "again.npz"
+    engine.save_calibration(again)
+    with np.load(again) as npz:
+        assert "group_joint_max_scores" not in npz.files  # saved as it was loaded
+
+
 def test_a_hydra_campaign_is_found_and_a_benign_template_crowd_is_not(calibration_path, topics):
     engine = make_engine(calibration_path)
     accounts, vectors, prompts, metas = hydra_traffic(topics)
@@ -314,7 +445,8 @@ def test_a_diverse_bystander_sharing_a_user_agent_is_not_raised_with_the_campaig
             engine.pipeline.campaigns.member_spread = None
         feed(engine, *columns)
         hot = [g for g in engine.pipeline.campaigns.groups.values() if g.level > pw.Level.OK]
-        assert [(g.kind, g.label) for g in hot] == [("meta", "user_agent")]
+        # the campaign's wrapper and payment groups may be hot too; the user agent's must be
+        assert ("meta", "user_agent") in [(g.kind, g.label) for g in hot]
         with_campaign = {a for a in set(columns[0]) if engine.report(a).campaign is not None}
         return {a for a in with_campaign if a.startswith("hydra-")}, {
             a for a in with_campaign if a.startswith("bystander-")

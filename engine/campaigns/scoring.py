@@ -82,9 +82,11 @@ class ScoreTail:
     def threshold_for(self, fpr):
         """The score a share ``fpr`` of benign groups reaches (elementwise for arrays)."""
         p = np.clip(np.asarray(fpr, dtype=np.float64), 1e-300, 1.0)
-        past = self.tail_start + self.tail_scale * np.log(TAIL_FRACTION / p)
-        out = np.where(p < TAIL_FRACTION, past, np.quantile(self.max_scores, 1.0 - np.maximum(p, TAIL_FRACTION)))
-        return float(out) if out.ndim == 0 else out
+        out = np.atleast_1d(self.tail_start + self.tail_scale * np.log(TAIL_FRACTION / p))
+        bulk = np.atleast_1d(p >= TAIL_FRACTION)
+        if bulk.any():  # inside the data: its quantile (a judged group is mostly out in the tail)
+            out[bulk] = np.quantile(self.max_scores, 1.0 - np.atleast_1d(p)[bulk])
+        return float(out[0]) if p.ndim == 0 else out
 
 
 def member_bin(members: int | np.ndarray) -> np.ndarray:
@@ -147,15 +149,15 @@ class GroupCalibration:
                 )
             setattr(self, name, table)
         self.tail = ScoreTail(max_scores)
-        self.max_scores, self.tail_start, self.tail_scale = (
-            self.tail.max_scores,
-            self.tail.tail_start,
-            self.tail.tail_scale,
-        )
         # benign groups' joint_evidence scores; None (calibration files before 0.12.4): every group
         # is scored by the weaker line
         self.joint_tail = None if joint_max_scores is None else ScoreTail(joint_max_scores, "joint scores")
         self.source = source
+
+    @property
+    def max_scores(self) -> np.ndarray:
+        """Benign groups' score maxima, sorted."""
+        return self.tail.max_scores
 
     @classmethod
     def fit(cls, crowds: dict[str, np.ndarray], source: str = "") -> GroupCalibration:

@@ -173,10 +173,6 @@ class AccountReport:
     peak_one_in: float = 1.0  # about 1 in this many benign accounts ever reach its peak score
     elicitation_rate: float | None = None  # mean reasoning-trace elicitation probability of its queries
     campaign: CampaignSummary | None = None  # the campaign it belongs to, at watch or flag
-    # the prompt template most of its queries carry (anchor words, digits masked) and their share:
-    # near 1.0 is one fixed frame around varied text, an app backend or a template sweep
-    top_template: str | None = None
-    top_template_share: float | None = None
 
     @property
     def flagged(self) -> bool:
@@ -201,8 +197,6 @@ class AccountReport:
             "peak_one_in": float(f"{self.peak_one_in:.4g}"),
             "elicitation_rate": self.elicitation_rate,
             "campaign": None if self.campaign is None else self.campaign.to_dict(),
-            "top_template": self.top_template,
-            "top_template_share": self.top_template_share,
         }
 
 

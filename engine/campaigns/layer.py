@@ -583,28 +583,6 @@ class CampaignLayer:
             return False
         return any(g.level >= Level.WATCH for g in (self.groups.get(k) for k in links.groups) if g is not None)
 
-    def top_template(self, account: str) -> tuple[str, float] | None:
-        """The prompt template most of ``account``'s queries carry (its anchor words, digits
-        masked) and the share of its queries that carry it, as far as the layer still holds
-        them: shared templates from its groups, unshared ones from the bounded pending table.
-        None when it has sent no query long enough to carry a template."""
-        links = self.accounts.get(account)
-        if links is None or links.n == 0:
-            return None
-        counts = []
-        for key in links.groups:
-            group = self.groups.get(key)
-            slot = None if group is None or group.kind != "template" else group.members.get(account)
-            if slot is not None:
-                counts.append((int(self.pool.counts[slot]), group.label))
-        counts += [
-            (n, label) for who, n, kind, label, _ in self.pending.values() if who == account and kind == "template"
-        ]
-        if not counts:
-            return None
-        n, label = max(counts)  # ties go to the greater label, so the answer does not depend on set order
-        return label, min(n / links.n, 1.0)
-
     def elicitation_rate(self, account: str) -> float | None:
         """Mean reasoning-trace elicitation probability of an account's queries (None without a head)."""
         links = self.accounts.get(account)

@@ -335,7 +335,6 @@ class Pipeline:
         if state is None:
             raise UnknownAccountError(f"no account {account!r}: it was never observed, or was forgotten or evicted")
         cal = self.calibration
-        template = self.campaigns.top_template(account) if self.campaigns is not None else None
         features = state.features(self.config.near_duplicate_similarity, cal.off_reference_similarity)
         n = np.asarray([state.n])
         scores, risks, reasons = self.detector.judge(features[None, :], n, [state.recent_scores.copy()])
@@ -366,8 +365,6 @@ class Pipeline:
             peak_one_in=float(10.0 ** cal.log10_one_in(state.peak_score)),
             elicitation_rate=self.campaigns.elicitation_rate(account) if self.campaigns is not None else None,
             campaign=self.campaigns.summary_for(account) if self.campaigns is not None else None,
-            top_template=template[0] if template is not None else None,
-            top_template_share=template[1] if template is not None else None,
         )
 
     def mark_benign(self, account: str) -> bool:

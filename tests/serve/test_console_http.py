@@ -50,18 +50,12 @@ def test_no_auth_needs_no_login_but_forms_need_their_token_and_a_mark_survives_k
     try:
         server.wait_ready()
         with httpx.Client(base_url=server.url, timeout=60) as http:
-            prompts = [
-                f"For my gardening journal, answer in two short lines: how do I repot a {plant} without hurting its roots?"
-                for plant in ("fern", "cactus", "orchid")
-            ]
+            prompts = [f"How do I repot a {plant} without hurting its roots?" for plant in ("fern", "cactus", "orchid")]
             items = [{"account": ACCOUNT, "prompt": p} for p in prompts]
             assert http.post("/v1/observe", json={"items": items}).status_code == 200
             page = http.get("/ui/accounts")  # no login page: straight in, with a session for the forms
             assert page.status_code == 200 and ACCOUNT in page.text
             assert "Sign out" not in page.text
-            account_page = http.get(f"/ui/accounts/{ACCOUNT}").text
-            assert "100% of its queries carry the prompt template" in account_page
-            assert "for my gardening journal , answer" in account_page  # its anchor words
             assert "httponly" in page.headers["set-cookie"].lower()
             assert "samesite=strict" in page.headers["set-cookie"].lower()
             assert "script-src" not in page.headers["content-security-policy"]  # default-src 'none': no script

@@ -400,39 +400,6 @@ def test_a_calibration_file_from_before_joint_scores_loads_and_judges_by_the_wea
         assert "group_joint_max_scores" not in npz.files  # saved as it was loaded
 
 
-def test_an_account_report_names_the_template_most_of_its_queries_carry(calibration_path, topics, tmp_path):
-    engine = make_engine(calibration_path)
-    feed(engine, *hydra_traffic(topics))
-    # a campaign member: every query in the shared wrapper (its group holds the count)
-    member = engine.report("hydra-0")
-    wrapper_labels = {label for _, label in template_anchors(WRAPPER.format(q="a payload long enough to count"))}
-    assert member.top_template in wrapper_labels and member.top_template_share == 1.0
-    assert member.to_dict()["top_template"] == member.top_template
-    # an account of its own: 3 queries in one frame nobody else sends (pending, unshared), 2 in
-    # another, 3 too short to carry a template
-    rng = np.random.default_rng(5)
-    frame_a = "Rewrite this sentence for a ten year old reader please: {x} and keep it to one line only."
-    frame_b = "Give three search keywords for the following product listing: {x} as a comma separated list."
-    prompts = [frame_a.format(x=f"item {w} about {w}s and their habits") for w in ("owl", "fox", "bee")]
-    prompts += [frame_b.format(x=f"a {w} for sale in good condition") for w in ("lamp", "desk")]
-    prompts += ["hi", "thanks!", "what time is it"]
-    order = rng.permutation(len(prompts))
-    vectors = unit_rows(rng.standard_normal((len(prompts), DIM)))
-    engine.observe_embeddings(["own-app"] * len(prompts), vectors, prompts=[prompts[i] for i in order])
-    report = engine.report("own-app")
-    assert report.top_template in {label for _, label in template_anchors(prompts[0])}
-    assert report.top_template_share == pytest.approx(3 / 8)
-    # derived from the layer's saved state: a snapshot reads the same
-    engine.save(tmp_path / "with-templates.npz")
-    again = pw.Engine.load(tmp_path / "with-templates.npz").report("own-app")
-    assert (again.top_template, again.top_template_share) == (report.top_template, report.top_template_share)
-    # short prompts only, or no prompt text at all: nothing to name
-    engine.observe_embeddings(["chatty"] * 3, vectors[:3], prompts=["hi", "ok", "thanks"])
-    engine.observe_embeddings(["vectors-only"], vectors[:1])
-    for account in ("chatty", "vectors-only"):
-        assert engine.report(account).top_template is None and engine.report(account).top_template_share is None
-
-
 def test_a_hydra_campaign_is_found_and_a_benign_template_crowd_is_not(calibration_path, topics):
     engine = make_engine(calibration_path)
     accounts, vectors, prompts, metas = hydra_traffic(topics)

@@ -304,8 +304,9 @@ class CampaignLayer:
             first = waiting[0]
             if first in self.accounts:
                 # its earlier queries were never summed (no vectors are kept while a value is
-                # unshared); it joins with its count so it can qualify as a member. A payload
-                # region's first account brings its whole history, which the layer holds.
+                # unshared), so it joins with none of them counted (the pending count is not
+                # carried over) and qualifies as a member on its next ones. A payload region's
+                # first account brings its whole history, which the layer holds.
                 first_links = self.accounts[first]
                 first_slot = self._join(group, first, first_links)
                 if kind == "payload" and first_slot is not None:

@@ -84,7 +84,7 @@ class ScoreTail:
         p = np.clip(np.asarray(fpr, dtype=np.float64), 1e-300, 1.0)
         out = np.atleast_1d(self.tail_start + self.tail_scale * np.log(TAIL_FRACTION / p))
         bulk = np.atleast_1d(p >= TAIL_FRACTION)
-        if bulk.any():  # inside the data: its quantile (a judged group is mostly out in the tail)
+        if bulk.any():  # inside the data: its quantile; past it, the fitted exponential tail
             out[bulk] = np.quantile(self.max_scores, 1.0 - np.atleast_1d(p)[bulk])
         return float(out[0]) if p.ndim == 0 else out
 

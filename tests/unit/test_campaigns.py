@@ -216,20 +216,22 @@ def test_joint_evidence_adds_two_lines_past_their_benign_one_percent_points():
     assert np.isfinite(joint_evidence(40.0, 40.0))  # far past any table: still a number
 
 
-def _fitted_group_calibration():
+def _benign_stream():
+    """80 topical accounts of 6-30 queries with per-query evidence: the benign crowds' source."""
     rng = np.random.default_rng(2)
     accounts, vectors = topical_stream(rng, 80, DIM, q_range=(6, 30))
-    evidence = rng.normal(0.0, 1.0, len(accounts))
-    return fit_group_calibration(accounts, vectors, evidence)
+    return accounts, vectors, rng.normal(0.0, 1.0, len(accounts))
+
+
+def _fitted_group_calibration():
+    return fit_group_calibration(*_benign_stream())
 
 
 def test_joint_scores_are_calibrated_on_benign_crowds_and_read_on_the_group_scale():
     cal = _fitted_group_calibration()
     assert cal.joint_tail is not None
     # every benign crowd's joint score came out of the same function the layer calls
-    rng = np.random.default_rng(2)
-    accounts, vectors = topical_stream(rng, 80, DIM, q_range=(6, 30))
-    crowds = benign_crowd_features(accounts, vectors, rng.normal(0.0, 1.0, len(accounts)))
+    crowds = benign_crowd_features(*_benign_stream())
     ok = np.isfinite(crowds["focus"]) & np.isfinite(crowds["evidence"]) & np.isfinite(crowds["between"])
     ok &= np.asarray(crowds["members"]) >= 2
     lines = [np.asarray(crowds[k])[ok] for k in ("focus", "between", "evidence", "elicitation", "members")]
@@ -282,9 +284,7 @@ def test_group_calibration_round_trips_and_rejects_bad_tables():
 
 
 def test_benign_crowds_are_member_focused_and_fit_a_calibration():
-    rng = np.random.default_rng(2)
-    accounts, vectors = topical_stream(rng, 80, DIM, q_range=(6, 30))
-    evidence = rng.normal(0.0, 1.0, len(accounts))
+    accounts, vectors, evidence = _benign_stream()
     crowds = benign_crowd_features(accounts, vectors, evidence)
     assert np.median(crowds["focus"]) > 0.05
     cal = fit_group_calibration(accounts, vectors, evidence)

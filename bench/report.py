@@ -238,7 +238,10 @@ and for split campaigns the share of the campaign's accounts flagged. The `heldo
 the six pure strategies written a second time in other wordings, from other text and by other
 selection code (`bench/traffic/heldout_attacks.py`), fixed before any detector was measured on
 them: the gap between a strategy's row and its `heldout_` row is what tuning to the benchmark's
-own wordings would have bought. Leave one strategy out: no detector here, probewatch included, fits
+own wordings would have bought. Since 0.12.5 the `heldout_perturbation_chain` row is spent: its
+misses were looked at to design the deep-path walk-away steps; the `third_perturbation_chain`
+row (`bench/traffic/third_attacks.py`: suffix searches and attribute sweeps from other seeds)
+was written and fixed after that and before any detector was measured on it. Leave one strategy out: no detector here, probewatch included, fits
 anything on attack traffic (calibration is benign accounts only), so every row is already
 scored by a detector trained without its strategy; the one component probewatch fits with
 extraction-like positives, the elicitation head, acts only in the campaign layer, whose levels

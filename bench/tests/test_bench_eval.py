@@ -259,11 +259,17 @@ def test_quick_pipeline_writes_report_results_and_plots(quick_run):
 
 @pytest.mark.slow
 def test_quick_results_cover_every_scenario_and_detector_with_valid_metrics(quick_run):
-    from bench.traffic import HELDOUT_STRATEGIES, MIXED_SHARES, SIZES, STRATEGIES
+    from bench.traffic import HELDOUT_STRATEGIES, MIXED_SHARES, SIZES, STRATEGIES, THIRD_STRATEGIES
 
     _, results = quick_run
     detectors = detector_names()
-    expected = list(STRATEGIES) + list(MIXED_SHARES) + list(SIZES["quick"].splits) + list(HELDOUT_STRATEGIES)
+    expected = (
+        list(STRATEGIES)
+        + list(MIXED_SHARES)
+        + list(SIZES["quick"].splits)
+        + list(HELDOUT_STRATEGIES)
+        + list(THIRD_STRATEGIES)
+    )
     assert list(results["scenarios"]) == expected
     keys = [fpr_key(f) for f in OPERATING_FPRS]
 

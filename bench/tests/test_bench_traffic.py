@@ -21,6 +21,7 @@ from bench.traffic import (
     MIXED_SHARES,
     SIZES,
     STRATEGIES,
+    THIRD_STRATEGIES,
     AccountStream,
     Traffic,
     build_traffic,
@@ -30,7 +31,13 @@ from bench.traffic.attacks import k_center_greedy
 
 REPO = Path(__file__).resolve().parents[2]
 
-SCENARIOS = list(STRATEGIES) + list(MIXED_SHARES) + ["split_10", "split_50", "split_200"] + list(HELDOUT_STRATEGIES)
+SCENARIOS = (
+    list(STRATEGIES)
+    + list(MIXED_SHARES)
+    + ["split_10", "split_50", "split_200"]
+    + list(HELDOUT_STRATEGIES)
+    + list(THIRD_STRATEGIES)
+)
 
 
 def hashed_bag_of_words(texts: list[str]) -> np.ndarray:
@@ -92,7 +99,7 @@ def test_labels_agree_with_kinds(traffic):
     for stream in traffic.calibration + traffic.test_benign:
         assert stream.label == 0 and stream.kind.startswith("benign:") and not any(stream.is_attack)
         assert stream.campaign is None
-    for strategy in STRATEGIES + HELDOUT_STRATEGIES:
+    for strategy in STRATEGIES + HELDOUT_STRATEGIES + THIRD_STRATEGIES:
         for stream in traffic.attacks[strategy]:
             assert stream.label == 1 and stream.kind == f"attack:{strategy}" and all(stream.is_attack)
     for name in MIXED_SHARES:

@@ -33,6 +33,7 @@ from .hydra import (
 from .model import AccountStream, Traffic
 from .populations import POPULATIONS, Population, Populations, build_populations
 from .sources import MissingDataPackageError
+from .third_attacks import THIRD_STRATEGIES
 
 __all__ = [
     "CROWD_TEMPLATES",
@@ -49,6 +50,7 @@ __all__ = [
     "POPULATIONS",
     "SIZES",
     "STRATEGIES",
+    "THIRD_STRATEGIES",
     "AccountStream",
     "HydraSizeSpec",
     "HydraTraffic",

@@ -7,7 +7,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from . import attacks, benign, heldout_attacks
+from . import attacks, benign, heldout_attacks, third_attacks
 from .edits import human_edit
 from .model import AccountStream, Traffic
 from .timing import script_times
@@ -303,6 +303,20 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
             streams.append(_attack_stream(account, f"attack:{scenario}", picked, script_times(rng, len(picked))))
         scenarios[scenario] = streams
 
+    # perturbation chains in a third wording, written after the held-out chains were looked at
+    # (third_attacks.py): the evidence for what was changed after looking
+    third_chains = third_attacks.build_third_chains(_rng(size, seed, "third-attack-pools"), spec.attack_pool)
+    rng = _rng(size, seed, "third-attacks")
+    third: dict[str, list[AccountStream]] = {}
+    for scenario in third_attacks.THIRD_STRATEGIES:
+        third[scenario] = []
+        for index in range(spec.attack_accounts):
+            picked = third_attacks.third_queries(scenario, rng, third_chains, rng.randint(*spec.attack_queries))
+            account = _account_id(size, seed, scenario, index)
+            third[scenario].append(
+                _attack_stream(account, f"attack:{scenario}", picked, script_times(rng, len(picked)))
+            )
+
     rng = _rng(size, seed, "long-benign")
     long_benign = [
         benign.chat_user(
@@ -318,12 +332,17 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
 
     names = attacks.STRATEGIES + tuple(MIXED_SHARES) + tuple(spec.splits) + heldout_attacks.HELDOUT_STRATEGIES
     ordered = {name: scenarios[name] for name in names}
-    # the long accounts last, so every stream built before them keeps its re-edits (and texts)
+    # the long accounts after those, and the third wording after them, so every stream built
+    # before them keeps its re-edits (and texts)
     keep_disjoint(
         _rng(size, seed, "disjoint"),
         calibration,
-        test_benign + [s for streams in ordered.values() for s in streams] + long_benign,
+        test_benign
+        + [s for streams in ordered.values() for s in streams]
+        + long_benign
+        + [s for streams in third.values() for s in streams],
     )
+    ordered.update(third)
     return Traffic(
         size=size, seed=seed, calibration=calibration, test_benign=test_benign + long_benign, attacks=ordered
     )

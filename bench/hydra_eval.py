@@ -95,6 +95,7 @@ def fit_probewatch(data: Embedded, embedder, seed: int, **overrides):
         [s.account for s in calibration for _ in s.prompts],
         np.concatenate([data.vectors_of(s) for s in calibration]),
         [t for s in calibration for t in s.ts],
+        prompts=[p for s in calibration for p in s.prompts],
         device="cpu",
         embedder=embedder,
         seed=seed,

@@ -76,6 +76,7 @@ def calibrated_engine(
         [s.account for s in streams for _ in s.prompts],
         np.concatenate([vectors_of(s) for s in streams]),
         [t for s in streams for t in s.ts],
+        prompts=[p for s in streams for p in s.prompts],
         device="cpu",
         embedder=embedder,
         seed=seed,
@@ -123,7 +124,9 @@ def verdicts_as_new_account(engine, stream: AccountStream, vectors: np.ndarray, 
     verdicts = []
     for start in range(0, len(stream), SCORE_CHUNK):
         stop = min(start + SCORE_CHUNK, len(stream))
-        verdicts += engine.observe_embeddings([account] * (stop - start), vectors[start:stop], stream.ts[start:stop])
+        verdicts += engine.observe_embeddings(
+            [account] * (stop - start), vectors[start:stop], stream.ts[start:stop], prompts=stream.prompts[start:stop]
+        )
     engine.forget(account)
     return verdicts
 

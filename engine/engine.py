@@ -89,14 +89,19 @@ class Engine:
         embedder: Embedder | None = None,
         source: str = "from_benign_embeddings()",
         progress=None,
+        prompts: Sequence[str | None] | None = None,
         **overrides: Any,
     ) -> Engine:
-        """An engine calibrated from scratch on benign vectors (no default calibration needed)."""
+        """An engine calibrated from scratch on benign vectors (no default calibration needed).
+        ``prompts``, where the caller has them, mark the queries that continue an earlier prompt
+        of their account, as live traffic with prompts is judged."""
         config = config or EngineConfig()
         if overrides:
             config = config.replace(**overrides)
         arr = _checked_calibration_vectors(accounts, vectors, _width(vectors), ts)
-        benign = fit_calibration(config, list(accounts), arr, ts, None, True, source, progress)
+        if prompts is not None:
+            check_same_length(accounts=accounts, prompts=prompts)
+        benign = fit_calibration(config, list(accounts), arr, ts, None, True, source, progress, prompts)
         return cls(config, embedder=embedder, benign=benign)
 
     # -- what the pipeline holds, read-only ---------------------------------------------
@@ -260,7 +265,7 @@ class Engine:
         if errors:
             raise errors[min(errors)]
         self.calibrate_embeddings(
-            accounts, self.embedder.encode(texts), ts, refit_reference=refit_reference, source=source
+            accounts, self.embedder.encode(texts), ts, refit_reference=refit_reference, source=source, prompts=texts
         )
 
     def calibrate_embeddings(
@@ -272,12 +277,16 @@ class Engine:
         refit_reference: bool = True,
         source: str = "calibrate_embeddings()",
         progress=None,
+        prompts: Sequence[str | None] | None = None,
     ) -> None:
-        """Like :meth:`calibrate` with precomputed vectors. Replaces the calibration; account
-        histories are kept and judged by the new calibration from their next query on."""
+        """Like :meth:`calibrate` with precomputed vectors (and, optionally, their prompts).
+        Replaces the calibration; account histories are kept and judged by the new calibration
+        from their next query on."""
         arr = _checked_calibration_vectors(accounts, vectors, _width(vectors) if refit_reference else self.dim, ts)
+        if prompts is not None:
+            check_same_length(accounts=accounts, prompts=prompts)
         benign = fit_calibration(
-            self.config, list(accounts), arr, ts, self.reference, refit_reference, source, progress
+            self.config, list(accounts), arr, ts, self.reference, refit_reference, source, progress, prompts
         )
         with self._lock:
             if benign.reference.dim != self.dim and len(self.pipeline.states):

@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         accounts,
         vectors,
         stamps,
+        prompts=texts,
         embedder=embedder,
         device="cpu",
         source=(

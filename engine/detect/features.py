@@ -10,7 +10,9 @@ same features whatever the batch boundaries were.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,9 +53,10 @@ FEATURES: dict[str, str] = {
         "(people build on their last turn; extraction scripts send independent samples)"
     ),
     "walk_away_rate": (
-        "share of all queries that are a small edit of an earlier query yet far from where that chain of "
-        "edits began (perturbation attacks walk away from their seeds one small step at a time; people "
-        "editing a prompt stay close to what they first asked)"
+        "share of all queries that are a small edit of an earlier query and either far from where that "
+        "chain of edits began or eight or more edits down it (perturbation attacks walk away from their "
+        "seeds one small step at a time and keep stepping; people editing a prompt make a few edits and "
+        "stay close to what they first asked)"
     ),
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)
@@ -93,6 +96,26 @@ WALK_LINK_SIMILARITY = 0.85
 WALK_ROOT_SIMILARITY = 0.75
 WALK_DEPTH = 4
 WALK_MAX_CLOSE = 3
+# A query whose chain goes back at least WALK_DEEP_DEPTH links, similarity falling at each step
+# back, is a step however close it stays to where the chain began: character-level edits (typos,
+# swapped words) keep MiniLM similarity above WALK_ROOT_SIMILARITY for many steps, and each of a
+# chain's variants is then a close neighbour of many others. People editing a prompt stop long
+# before eight successive edits; one app template's prompts form a cluster, not a path.
+WALK_DEEP_DEPTH = 8
+# A prompt that repeats one of the account's last CONTINUATION_MEMORY prompts whole and adds at
+# least CONTINUATION_MIN_ADDED characters *continues* it: an app that sends the conversation so
+# far with each request (a completion endpoint, a history pasted into one message, an agent's
+# growing scratchpad). Each such prompt is a small step from the last, each further from the
+# first turn, so its chain looks like an edit walk; it is a conversation, never a walk-away step.
+# Judged on the text, so only where the caller passes prompts (observe_batch does).
+CONTINUATION_MEMORY = 16
+CONTINUATION_MIN_ADDED = 8
+# Prompts are compared by a checksum of their first characters before the whole prefix is hashed.
+CONTINUATION_HEAD_CHARS = 64
+# A query's continuation mark (QueryFacts.continues, AccountState.ring_continues). A deep-path
+# walk-away step (WALK_DEEP_DEPTH) needs the text to rule continuation out: a query without a
+# prompt is judged by the distance-and-density rule alone, as before 0.12.5.
+UNKNOWN_TEXT, FRESH, CONTINUES = -1, 0, 1
 MIN_NORMALITY_SAMPLES = 16  # Shapiro-Wilk on fewer minimum distances is mostly noise
 RISK_TRACE_POINTS = 256  # risk-over-time points kept per account for reports
 
@@ -118,6 +141,9 @@ class QueryFacts:
     ref_similarity: float
     ref_kernel_mean: float
     cell: int
+    # whether the prompt continues one of the account's recent prompts (CONTINUATION_MEMORY):
+    # CONTINUES, FRESH, or UNKNOWN_TEXT where the caller passed no prompt
+    continues: int = UNKNOWN_TEXT
 
 
 class AccountState:
@@ -137,9 +163,13 @@ class AccountState:
         "nn_hist",
         "peak_risk",
         "peak_score",
+        "prompt_digests",
+        "prompt_heads",
+        "prompt_lengths",
         "recent_scores",
         "ref_hist",
         "ring_cell",
+        "ring_continues",
         "ring_kmean",
         "ring_knn",
         "ring_nn",
@@ -175,9 +205,41 @@ class AccountState:
         self.recent_scores = np.zeros(SMOOTHING_QUERIES, dtype=np.float64)  # per-query scores, a ring
         # [queries judged for walk-away steps (the count at the last judgement), steps found]
         self.walk = np.zeros(2, dtype=np.int64)
+        # each recent query's continuation mark (UNKNOWN_TEXT, FRESH, CONTINUES), and the last
+        # CONTINUATION_MEMORY prompts as (length in characters, head checksum, digest); length 0: empty
+        self.ring_continues = np.full(window, UNKNOWN_TEXT, dtype=np.int8)
+        self.prompt_lengths = np.zeros(CONTINUATION_MEMORY, dtype=np.int64)
+        self.prompt_heads = np.zeros(CONTINUATION_MEMORY, dtype=np.int64)
+        self.prompt_digests = np.zeros((CONTINUATION_MEMORY, 16), dtype=np.uint8)
+
+    def note_prompt(self, text: str) -> int:
+        """CONTINUES if ``text`` continues one of the account's recent prompts (it starts with
+        the whole of one and adds at least CONTINUATION_MIN_ADDED characters), else FRESH; then
+        remember it. Call once per query that has a prompt, before :meth:`update` counts it."""
+        continues = FRESH
+        lengths = self.prompt_lengths
+        candidates = np.flatnonzero((lengths > 0) & (lengths <= len(text) - CONTINUATION_MIN_ADDED))
+        if candidates.size:
+            heads: dict[int, int] = {}  # head length -> checksum of text's head of that length
+            # newest first: a transcript mostly continues the prompt just before it
+            for j in sorted(candidates.tolist(), key=lambda j: (self.n - 1 - j) % CONTINUATION_MEMORY):
+                length = int(lengths[j])
+                size = min(length, CONTINUATION_HEAD_CHARS)
+                head = heads.get(size)
+                if head is None:
+                    head = heads[size] = _checksum(text[:size])
+                if head == self.prompt_heads[j] and _digest(text[:length]) == self.prompt_digests[j].tobytes():
+                    continues = CONTINUES
+                    break
+        slot = self.n % CONTINUATION_MEMORY
+        self.prompt_lengths[slot] = len(text)
+        self.prompt_heads[slot] = _checksum(text[:CONTINUATION_HEAD_CHARS])
+        self.prompt_digests[slot] = np.frombuffer(_digest(text), dtype=np.uint8)
+        return continues
 
     def update(self, facts: QueryFacts, ts: float | None) -> None:
         slot = self.n % self.window
+        self.ring_continues[slot] = facts.continues
         self.ring_nn[slot] = facts.nn_similarity
         self.ring_knn[slot] = facts.knn_similarity
         self.ring_ref[slot] = facts.ref_similarity
@@ -222,7 +284,9 @@ class AccountState:
         # only on the count, so a replay judges the same queries against the same windows)
         unjudged = min(self.n - int(self.walk[0]), m)
         self.walk[0] = self.n
-        return DueRefresh(x, self._window_values(self.ring_kmean)[-m:], m - unjudged)
+        return DueRefresh(
+            x, self._window_values(self.ring_kmean)[-m:], m - unjudged, self._window_values(self.ring_continues)[-m:]
+        )
 
     def _window_values(self, ring: np.ndarray) -> np.ndarray:
         """Ring contents oldest -> newest (only the filled part)."""
@@ -277,8 +341,14 @@ class AccountState:
         "gram_stats",
         "recent_scores",
         "walk",
+        "ring_continues",
+        "prompt_lengths",
+        "prompt_heads",
+        "prompt_digests",
     )
-    SINCE_0_12 = ("walk",)  # absent from older snapshots: judged from the next refresh on
+    # absent from older snapshots, so they start at their defaults: steps judged from the next
+    # refresh on (0.12.0); no recent prompt to continue (0.12.5)
+    SINCE_0_12 = ("walk", "ring_continues", "prompt_lengths", "prompt_heads", "prompt_digests")
 
 
 # Window rows a batch holds before its pending refreshes are computed (a 128-row window of
@@ -293,6 +363,7 @@ class DueRefresh:
     rows: np.ndarray  # (m, d) float32, oldest first
     kernel_means: np.ndarray  # (m,) each row's mean kernel value to the benign reference
     first_unjudged: int  # rows from here on are judged for walk-away steps
+    continues: np.ndarray | None = None  # (m,) each row's continuation mark (None: all UNKNOWN_TEXT)
 
 
 def window_statistics(
@@ -319,7 +390,7 @@ def window_statistics(
         stats[members, 3] = np.diagonal(grams, 1, axis1=1, axis2=2).mean(axis=1) - pairwise
         if m > WALK_DEPTH:
             for j, gram in zip(members, grams, strict=True):
-                steps[j] = walk_steps(gram, due[j].first_unjudged)
+                steps[j] = walk_steps(gram, due[j].first_unjudged, due[j].continues)
     return stats, steps
 
 
@@ -485,9 +556,11 @@ def _strictly_lower(m: int) -> np.ndarray:
     return mask
 
 
-def walk_steps(gram: np.ndarray, first: int) -> int:
+def walk_steps(gram: np.ndarray, first: int, continues: np.ndarray | None = None) -> int:
     """How many of window rows ``first`` onward are walk-away steps (see WALK_LINK_SIMILARITY),
-    given the window's Gram matrix, oldest row first. Links and chains stay inside the window."""
+    given the window's Gram matrix, oldest row first. Links and chains stay inside the window.
+    ``continues``: each row's continuation mark. A row that continues an earlier prompt is never
+    a step; a deep path (WALK_DEEP_DEPTH) counts only for rows known not to (FRESH)."""
     m = gram.shape[0]
     if m - first <= 0 or m <= WALK_DEPTH:
         return 0
@@ -507,16 +580,35 @@ def walk_steps(gram: np.ndarray, first: int) -> int:
     sims = gram[judged]
     at = np.arange(judged.size)
     walk = np.ones(judged.size, dtype=bool)
+    shallow = None
     child, previous = judged, None
-    for _ in range(WALK_DEPTH):  # each link back exists and is less similar than the one before
+    deepest = WALK_DEEP_DEPTH if continues is not None and (continues[first:] == FRESH).any() else WALK_DEPTH
+    for depth in range(1, deepest + 1):  # each link back exists and is less similar than the one before
         ancestor = parent[child]
         walk &= ancestor != child
         if previous is not None:
             walk &= sims[at, ancestor] < sims[at, previous]
         child, previous = ancestor, ancestor
+        if depth == WALK_DEPTH:
+            shallow = walk.copy()
+        if not walk.any():
+            break
+    if shallow is None:  # every path ended before WALK_DEPTH links
+        shallow = walk
     far = sims[at, root[judged]] < WALK_ROOT_SIMILARITY
     sparse = (earlier[judged] >= WALK_LINK_SIMILARITY).sum(axis=1) <= WALK_MAX_CLOSE
-    return int((walk & far & sparse).sum())
+    if continues is None:
+        return int((shallow & far & sparse).sum())
+    marks = continues[first:]
+    return int((((shallow & far & sparse) & (marks != CONTINUES)) | (walk & (marks == FRESH))).sum())
+
+
+def _checksum(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8", "surrogatepass"))
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def shares_below(hist: np.ndarray, thresholds: tuple[float, ...]) -> list[np.ndarray]:

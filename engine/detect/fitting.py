@@ -80,13 +80,19 @@ def _stream_features(
     vectors: np.ndarray,
     ts: list,
     progress: Callable[[int], None] | None,
+    texts: Sequence[str | None] | None = None,
 ):
     stream = FeatureStream(config, reference, Backend.host(), off_ref)
     feats, ns, owner = [], [], []
     for k, (account, rows) in enumerate(groups.items()):
         for start in range(0, rows.size, STREAM_CHUNK):
             chunk = rows[start : start + STREAM_CHUNK]
-            result = stream.step([account] * chunk.size, vectors[chunk], [ts[i] for i in chunk])
+            result = stream.step(
+                [account] * chunk.size,
+                vectors[chunk],
+                [ts[i] for i in chunk],
+                None if texts is None else [texts[i] for i in chunk],
+            )
             feats.append(result.features)
             ns.append(result.n)
             owner.append(np.full(chunk.size, k, dtype=np.int64))
@@ -202,10 +208,12 @@ def fit_calibration(
     refit_reference: bool,
     source: str,
     progress: Callable[[int], None] | None = None,
+    texts: Sequence[str | None] | None = None,
 ) -> BenignModel:
     """Fit on validated benign traffic (unit rows, each account's queries in time order), on the CPU.
 
-    ``refit_reference=False`` keeps ``reference`` and refits only the tables.
+    ``refit_reference=False`` keeps ``reference`` and refits only the tables. ``texts`` (the
+    prompts, where known) mark continuations as the live stream does (see ``FeatureStream.step``).
     """
     groups = group_by_account(accounts)
     need = MIN_CALIBRATION_ACCOUNTS + (MIN_REFERENCE_ACCOUNTS if refit_reference else 0)
@@ -225,7 +233,9 @@ def fit_calibration(
     ref_sims = reference.query_stats(vectors[np.concatenate(list(table_groups.values()))]).ref_similarity
     off_ref = float(np.quantile(ref_sims, OFF_REFERENCE_QUANTILE))
     ts_list = list(ts) if ts is not None else [None] * len(accounts)
-    features, ns, owner = _stream_features(config, reference, off_ref, table_groups, vectors, ts_list, progress)
+    features, ns, owner = _stream_features(
+        config, reference, off_ref, table_groups, vectors, ts_list, progress, None if texts is None else list(texts)
+    )
     calibration, evidence = _cross_fitted(features, ns, owner, len(table_groups), off_ref, rng)
     calibration.source, calibration.n_accounts = source, len(table_groups)
     # the stream visits table accounts in order, each one's queries in order

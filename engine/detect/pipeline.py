@@ -141,7 +141,7 @@ class Pipeline:
         with limit_host_blas(self.config.detection_blas_threads):
             if self.evicted:
                 self._restore_evicted(accounts)
-            step = self.stream.step(accounts, vectors, ts)
+            step = self.stream.step(accounts, vectors, ts, texts)
             self._advance_clock(ts)
             verdicts, evidence = self._judge(accounts, step)
             if self.campaigns is not None:

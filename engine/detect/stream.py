@@ -89,21 +89,34 @@ class FeatureStream:
         self.store.clear()
         self.states.clear()
 
-    def step(self, accounts: Sequence[str], vectors, ts: Sequence[float | None]) -> StepResult:
+    def step(
+        self,
+        accounts: Sequence[str],
+        vectors,
+        ts: Sequence[float | None],
+        texts: Sequence[str | None] | None = None,
+    ) -> StepResult:
         """Process validated unit rows (host or device) in order; features of every item.
 
         Each item updates its account's state in arrival order and its state is captured
         right then, so an account seen twice in a batch gets two different feature rows,
         exactly as if the items had arrived one call at a time. The features of the whole
-        batch are then computed in array calls.
+        batch are then computed in array calls. ``texts``, where given, are the prompts: a
+        prompt that continues one of its account's recent prompts is never a walk-away step, and
+        only a query known not to may be a deep-path step (see ``walk_steps``).
         """
         with limit_host_blas(self.config.detection_blas_threads):
             if len(accounts) <= STEP_CHUNK:
-                return self._step(accounts, vectors, ts)
+                return self._step(accounts, vectors, ts, texts)
             # Huge batches go through in chunks (same result: chunks are batches in arrival
             # order), so transient buffers stay a few MB whatever the caller sends.
             parts = [
-                self._step(accounts[i : i + STEP_CHUNK], vectors[i : i + STEP_CHUNK], ts[i : i + STEP_CHUNK])
+                self._step(
+                    accounts[i : i + STEP_CHUNK],
+                    vectors[i : i + STEP_CHUNK],
+                    ts[i : i + STEP_CHUNK],
+                    None if texts is None else texts[i : i + STEP_CHUNK],
+                )
                 for i in range(0, len(accounts), STEP_CHUNK)
             ]
             return StepResult(
@@ -112,7 +125,7 @@ class FeatureStream:
                 np.concatenate([p.n for p in parts]),
             )
 
-    def _step(self, accounts, vectors, ts) -> StepResult:
+    def _step(self, accounts, vectors, ts, texts=None) -> StepResult:
         cfg = self.config
         ref = self.reference.query_stats(vectors)
         sims, counts = self.store.search_then_add(list(accounts), vectors, cfg.k_neighbors)
@@ -129,6 +142,10 @@ class FeatureStream:
             )
         ]
         states = [self._state_of(account) for account in accounts]
+        if texts is not None:  # in arrival order: an item may continue an earlier item of its batch
+            for i, text in enumerate(texts):
+                if text is not None:
+                    facts[i].continues = states[i].note_prompt(text)
         # How many later items of the same account follow each item: the store already holds
         # the whole batch, and the window an item sees must end at the item itself.
         later = [0] * len(accounts)

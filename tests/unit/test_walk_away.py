@@ -16,7 +16,11 @@ import pytest
 from scipy import stats
 
 from probewatch.detect.features import (
+    CONTINUES,
     FEATURE_NAMES,
+    FRESH,
+    UNKNOWN_TEXT,
+    WALK_DEEP_DEPTH,
     WALK_DEPTH,
     WALK_LINK_SIMILARITY,
     WALK_MAX_CLOSE,
@@ -43,9 +47,21 @@ RATE = FEATURE_NAMES.index("walk_away_rate")
 DIM = 64
 
 
-def reference_walk_steps(gram: np.ndarray, first: int) -> int:
+def _falling(gram: np.ndarray, t: int, ancestors: list[int], depth: int) -> bool:
+    """Row t has ``depth`` ancestors and its similarity falls at each step back."""
+    if len(ancestors) < depth:
+        return False
+    sims = [gram[t, a] for a in ancestors[:depth]]
+    return all(later < earlier for earlier, later in itertools.pairwise(sims))
+
+
+def reference_walk_steps(gram: np.ndarray, first: int, marks: np.ndarray | None = None) -> int:
     """One row at a time: parent = most similar earlier row if at least the link similarity;
-    follow parents to the chain's first row; test depth, falling similarity, distance, density."""
+    follow parents to the chain's first row. A step: WALK_DEPTH links back with similarity
+    falling at each, far from the chain's first row and few close rows; or, for a row known
+    not to continue an earlier prompt, WALK_DEEP_DEPTH links back with similarity falling at
+    each, whatever the distance and density. A row that continues an earlier prompt: never."""
+    marks = np.full(gram.shape[0], UNKNOWN_TEXT) if marks is None else marks
     m = gram.shape[0]
     parent = list(range(m))
     for t in range(1, m):
@@ -58,16 +74,12 @@ def reference_walk_steps(gram: np.ndarray, first: int) -> int:
         while parent[chain[-1]] != chain[-1]:
             chain.append(parent[chain[-1]])
         ancestors = chain[1:]
-        if len(ancestors) < WALK_DEPTH:
+        far = gram[t, chain[-1]] < WALK_ROOT_SIMILARITY
+        sparse = sum(gram[t, i] >= WALK_LINK_SIMILARITY for i in range(t)) <= WALK_MAX_CLOSE
+        if marks[t] == CONTINUES:
             continue
-        sims = [gram[t, a] for a in ancestors[:WALK_DEPTH]]
-        if not all(later < earlier for earlier, later in itertools.pairwise(sims)):
-            continue
-        if gram[t, chain[-1]] >= WALK_ROOT_SIMILARITY:
-            continue
-        if sum(gram[t, i] >= WALK_LINK_SIMILARITY for i in range(t)) > WALK_MAX_CLOSE:
-            continue
-        steps += 1
+        shallow, deep = (_falling(gram, t, ancestors, depth) for depth in (WALK_DEPTH, WALK_DEEP_DEPTH))
+        steps += (shallow and far and sparse) or (marks[t] == FRESH and deep)
     return steps
 
 
@@ -101,8 +113,10 @@ def test_walk_steps_match_the_plain_loop(seed):
     x = np.concatenate(parts)
     x = x[rng.permutation(len(x))] if seed % 2 else x  # interleaved as well as in order
     gram = gram_of(x)
+    marks = rng.choice([UNKNOWN_TEXT, FRESH, FRESH, CONTINUES], size=len(x)).astype(np.int8)
     for first in (0, 1, len(x) // 2, len(x) - 1, len(x)):
         assert walk_steps(gram, first) == reference_walk_steps(gram, first), first
+        assert walk_steps(gram, first, marks) == reference_walk_steps(gram, first, marks), first
 
 
 def test_a_walk_steps_where_templates_editing_sessions_and_independent_queries_do_not():
@@ -116,6 +130,64 @@ def test_a_walk_steps_where_templates_editing_sessions_and_independent_queries_d
     sessions = np.concatenate([session] + [random_walk(rng, WALK_DEPTH) for _ in range(9)])
     assert walk_steps(gram_of(sessions), 0) == 0
     assert walk_steps(gram_of(unit(rng.normal(size=(60, DIM)))), 0) == 0
+
+
+def test_a_deep_chain_of_tiny_edits_steps_though_it_stays_close_to_its_seed():
+    """Character-level edits: every variant stays close to the seed and to the others (the
+    distance and density tests fail), but the chain keeps going back, each edit a little
+    further. Deep paths count where the prompts show no continuation; an editing session
+    shorter than WALK_DEEP_DEPTH does not; without prompts only the distance rule judges."""
+    rng = np.random.default_rng(11)
+    chains = [random_walk(rng, 30, step_size=0.06) for _ in range(3)]
+    tight = gram_of(np.concatenate(chains))
+    fresh = np.full(len(tight), FRESH, dtype=np.int8)
+    assert min(gram_of(c)[0, -1] for c in chains) >= WALK_ROOT_SIMILARITY  # never walks away
+    steps = walk_steps(tight, 0, fresh)
+    assert steps == reference_walk_steps(tight, 0, fresh) >= 3 * (30 - WALK_DEEP_DEPTH) // 2
+    assert walk_steps(tight, 0) == walk_steps(tight, 0, np.full(len(tight), UNKNOWN_TEXT, np.int8)) == 0
+    assert walk_steps(tight, 0, np.full(len(tight), CONTINUES, np.int8)) == 0  # a growing transcript
+    short = np.concatenate([random_walk(rng, WALK_DEEP_DEPTH, step_size=0.06) for _ in range(8)])
+    assert walk_steps(gram_of(short), 0, np.full(len(short), FRESH, np.int8)) == 0  # seven edits, eight times
+    cluster = gram_of(template_cluster(rng, 120))
+    assert walk_steps(cluster, 0, np.full(120, FRESH, np.int8)) == 0
+
+
+def test_a_continuation_repeats_a_recent_prompt_whole_and_adds_to_it():
+    state = AccountState(32, 4)
+
+    def send(text: str) -> int:
+        mark = state.note_prompt(text)
+        state.update(QueryFacts(0.5, 0.5, 0.5, 0.5, 0, mark), None)
+        return mark
+
+    first = "User: What is the capital of Peru?"
+    assert send(first) == FRESH
+    assert send(first) == FRESH  # a retry repeats, adds nothing
+    assert send(first + "!") == FRESH  # a one-character edit is an edit
+    second = first + "\nAssistant: Lima.\nUser: And its population?"
+    assert send(second) == CONTINUES
+    assert send("Tell me about owls, please, in detail.") == FRESH
+    assert send(second + "\nAssistant: About ten million.\nUser: Thanks!") == CONTINUES  # not the last prompt
+    assert send("x" * 70 + first) == FRESH  # contains it, but not at the start
+    long_head = "Context: " + "lorem ipsum " * 20
+    assert send(long_head) == FRESH
+    assert send(long_head[:-1] + "X" + " and more words after it") == FRESH  # same head, other prefix
+    assert send(long_head + " and more words after it") == CONTINUES
+    marks = [FRESH, FRESH, FRESH, CONTINUES, FRESH, CONTINUES, FRESH, FRESH, FRESH, CONTINUES]
+    assert state.ring_continues[: state.n].tolist() == marks
+
+
+def test_a_continuation_is_remembered_for_the_last_prompts_only():
+    from probewatch.detect.features import CONTINUATION_MEMORY
+
+    state = AccountState(64, 4)
+    opener = "Please keep this conversation going with me."
+    for text in [opener] + [f"unrelated question number {i} about something" for i in range(CONTINUATION_MEMORY - 1)]:
+        state.note_prompt(text)
+        state.update(QueryFacts(0.5, 0.5, 0.5, 0.5, 0), None)
+    assert state.note_prompt(opener + " And here is my next turn.") == CONTINUES
+    state.update(QueryFacts(0.5, 0.5, 0.5, 0.5, 0), None)
+    assert state.note_prompt(opener + " Yet another turn, much later.") == FRESH  # the opener is forgotten
 
 
 def test_each_query_is_judged_once_on_the_refresh_schedule():
@@ -219,3 +291,32 @@ def test_a_calibration_file_keeps_it_and_refuses_nonsense():
         arrays["cal_walk_away"] = np.array(bad)
         with pytest.raises(CalibrationError, match="walk-away"):
             Calibration.from_arrays(arrays, cal.meta())
+
+
+def test_the_engine_marks_continuations_from_prompts_and_snapshots_keep_what_they_continue(tmp_path):
+    """Prompts passed with the vectors mark each query (the first turn fresh, each growing
+    transcript after it a continuation); a restored snapshot still knows the recent prompts;
+    a query sent without its prompt stays unknown."""
+    import probewatch as pw
+
+    engine = pw.Engine(device="cpu", campaigns=False)
+    turns = [
+        "Hello, can you help me plan a trip to Portugal?",
+        "I have ten days in May and like hiking.",
+        "What about the Azores instead of the Algarve?",
+        "How do I get between the islands?",
+    ]
+    transcripts = ["\n\n".join(turns[: t + 1]) for t in range(len(turns))]
+    vectors = unit(np.random.default_rng(2).normal(size=(len(turns) + 2, engine.dim))).astype(np.float32)
+    engine.observe_embeddings(["traveller"] * len(turns), vectors[: len(turns)], prompts=transcripts)
+    state = engine.pipeline.states["traveller"]
+    assert state.ring_continues[: len(turns)].tolist() == [FRESH] + [CONTINUES] * (len(turns) - 1)
+
+    path = tmp_path / "snapshot.npz"
+    engine.save(path)
+    restored = pw.Engine.load(path)
+    more = transcripts[-1] + "\n\nAnd is the ferry bookable online?"
+    restored.observe_embeddings(["traveller"], vectors[len(turns) : len(turns) + 1], prompts=[more])
+    restored.observe_embeddings(["traveller"], vectors[len(turns) + 1 :])
+    marks = restored.pipeline.states["traveller"].ring_continues[: len(turns) + 2].tolist()
+    assert marks[len(turns) :] == [CONTINUES, UNKNOWN_TEXT]

@@ -99,9 +99,8 @@ class Engine:
         if overrides:
             config = config.replace(**overrides)
         arr = _checked_calibration_vectors(accounts, vectors, _width(vectors), ts)
-        if prompts is not None:
-            check_same_length(accounts=accounts, prompts=prompts)
-        benign = fit_calibration(config, list(accounts), arr, ts, None, True, source, progress, prompts)
+        texts = _prompt_texts(accounts, prompts)
+        benign = fit_calibration(config, list(accounts), arr, ts, None, True, source, progress, texts)
         return cls(config, embedder=embedder, benign=benign)
 
     # -- what the pipeline holds, read-only ---------------------------------------------
@@ -212,11 +211,9 @@ class Engine:
         if not self._backend.on_gpu:
             arr = to_numpy(arr)  # device rows handed to a CPU engine: one copy to the host
         good, _, stamps, errors = check_items(accounts, ts, None, 0, metas)
-        if prompts is not None:
-            check_same_length(accounts=accounts, prompts=prompts)
-            texts = [prompts[i] if isinstance(prompts[i], str) else None for i in good]
-        else:
-            texts = None
+        texts = _prompt_texts(accounts, prompts)
+        if texts is not None:
+            texts = [texts[i] for i in good]
         xp = get_array_module(arr)
         kept = arr[xp.asarray(good, dtype=xp.int64)] if errors else arr
         return self._observe_valid(accounts, good, kept, stamps, errors, texts, metas)
@@ -283,10 +280,9 @@ class Engine:
         Replaces the calibration; account histories are kept and judged by the new calibration
         from their next query on."""
         arr = _checked_calibration_vectors(accounts, vectors, _width(vectors) if refit_reference else self.dim, ts)
-        if prompts is not None:
-            check_same_length(accounts=accounts, prompts=prompts)
+        texts = _prompt_texts(accounts, prompts)
         benign = fit_calibration(
-            self.config, list(accounts), arr, ts, self.reference, refit_reference, source, progress, prompts
+            self.config, list(accounts), arr, ts, self.reference, refit_reference, source, progress, texts
         )
         with self._lock:
             if benign.reference.dim != self.dim and len(self.pipeline.states):
@@ -471,6 +467,15 @@ def _width(vectors: Any) -> int:
     if len(shape) == 0:
         raise InvalidEmbeddingError(f"vectors must be a numeric (n, d) array; got a scalar {type(vectors).__name__}")
     return int(shape[-1])
+
+
+def _prompt_texts(accounts: Sequence[str], prompts: Sequence[str | None] | None) -> list[str | None] | None:
+    """The prompts that came with precomputed vectors, one per account item (a non-string one
+    counts as absent), or None without any."""
+    if prompts is None:
+        return None
+    check_same_length(accounts=accounts, prompts=prompts)
+    return [p if isinstance(p, str) else None for p in prompts]
 
 
 def _checked_calibration_vectors(accounts, vectors, dim: int, ts) -> np.ndarray:

@@ -321,7 +321,7 @@ def test_quick_unseen_apps_hold_out_every_population_and_measure_poisoning(quick
         for block in (row["unseen"], row["test_half_before"], row["test_half_after_warm_up"]):
             assert 0.0 <= block["flag"] <= block["watch"] <= 1.0
     poison = unseen["poisoning"]
-    developed = {name for name in results["scenarios"] if not name.startswith(("split_", "heldout_"))}
+    developed = {name for name in results["scenarios"] if not name.startswith(("split_", "heldout_", "third_"))}
     assert set(poison["attacks"]) == developed  # the poisoning runs the developed strategies and mixes
     assert poison["warm_up"]["poisoners"] > 0
     # poisoners are scored among their scenario's accounts: the streams they ended with

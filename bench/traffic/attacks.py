@@ -177,6 +177,17 @@ def sweep_order(rng: random.Random, items: list, n: int) -> list:
     return ordered
 
 
+def chained(rng: random.Random, chains: list[list[Query]], n: int) -> list[Query]:
+    """The first ``n`` queries of whole chains sent one after another, in a shuffled order
+    (passes over the chains repeat, reshuffled, when one pass is too short)."""
+    out: list[Query] = []
+    for chain in _cycle(rng, chains, len(chains) * (1 + n // max(1, sum(map(len, chains))))):
+        out.extend(chain)
+        if len(out) >= n:
+            break
+    return out[:n]
+
+
 def k_center_greedy(vectors: np.ndarray, k: int, first: int) -> list[int]:
     """Greedy k-center (Sener & Savarese 2018, used by ActiveThief): repeatedly take the
     point farthest from everything chosen so far."""
@@ -212,12 +223,7 @@ def queries(strategy: str, rng: random.Random, pools: AttackPools, n: int, campa
         wrappers = rng.sample(_COT_WRAPPERS, rng.choice([1, 1, 2]))
         return [(rng.choice(wrappers).format(q=text), key) for text, key in _cycle(rng, pools.cot_questions, n)]
     if strategy == "perturbation_chain":
-        out = []
-        for chain in _cycle(rng, pools.chains, len(pools.chains) * (1 + n // max(1, sum(map(len, pools.chains))))):
-            out.extend(chain)
-            if len(out) >= n:
-                break
-        return out[:n]
+        return chained(rng, pools.chains, n)
     if strategy == "coverage_kcenter":
         if pools.kcenter_vectors is None:
             raise RuntimeError("coverage_kcenter needs the pool embeddings; build_traffic computes them first")

@@ -20,7 +20,7 @@ import random
 import re
 
 from . import sources
-from .attacks import Query, _cycle, _sample
+from .attacks import Query, _sample, chained
 
 THIRD_PREFIX = "third_"
 THIRD_STRATEGIES = (THIRD_PREFIX + "perturbation_chain",)
@@ -144,9 +144,4 @@ def third_queries(strategy: str, rng: random.Random, chains: list[list[Query]], 
     """The next ``n`` queries of one third-wording attack account (chains one after another)."""
     if strategy.removeprefix(THIRD_PREFIX) != "perturbation_chain":
         raise ValueError(f"unknown third-wording strategy {strategy!r}; expected one of {THIRD_STRATEGIES}")
-    out: list[Query] = []
-    for chain in _cycle(rng, chains, len(chains) * (1 + n // max(1, sum(map(len, chains))))):
-        out.extend(chain)
-        if len(out) >= n:
-            break
-    return out[:n]
+    return chained(rng, chains, n)

@@ -233,9 +233,7 @@ def fit_calibration(
     ref_sims = reference.query_stats(vectors[np.concatenate(list(table_groups.values()))]).ref_similarity
     off_ref = float(np.quantile(ref_sims, OFF_REFERENCE_QUANTILE))
     ts_list = list(ts) if ts is not None else [None] * len(accounts)
-    features, ns, owner = _stream_features(
-        config, reference, off_ref, table_groups, vectors, ts_list, progress, None if texts is None else list(texts)
-    )
+    features, ns, owner = _stream_features(config, reference, off_ref, table_groups, vectors, ts_list, progress, texts)
     calibration, evidence = _cross_fitted(features, ns, owner, len(table_groups), off_ref, rng)
     calibration.source, calibration.n_accounts = source, len(table_groups)
     # the stream visits table accounts in order, each one's queries in order

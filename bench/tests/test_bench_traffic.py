@@ -15,6 +15,7 @@ import pytest
 
 from bench.embedcache import ENV_CACHE_DIR, EmbeddingCache, default_cache_dir
 from bench.traffic import (
+    FOURTH_STRATEGIES,
     HARD_BENIGN,
     HELDOUT_STRATEGIES,
     LONG_BENIGN,
@@ -37,6 +38,7 @@ SCENARIOS = (
     + ["split_10", "split_50", "split_200"]
     + list(HELDOUT_STRATEGIES)
     + list(THIRD_STRATEGIES)
+    + list(FOURTH_STRATEGIES)
 )
 
 
@@ -99,7 +101,7 @@ def test_labels_agree_with_kinds(traffic):
     for stream in traffic.calibration + traffic.test_benign:
         assert stream.label == 0 and stream.kind.startswith("benign:") and not any(stream.is_attack)
         assert stream.campaign is None
-    for strategy in STRATEGIES + HELDOUT_STRATEGIES + THIRD_STRATEGIES:
+    for strategy in STRATEGIES + HELDOUT_STRATEGIES + THIRD_STRATEGIES + FOURTH_STRATEGIES:
         for stream in traffic.attacks[strategy]:
             assert stream.label == 1 and stream.kind == f"attack:{strategy}" and all(stream.is_attack)
     for name in MIXED_SHARES:

@@ -7,7 +7,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from . import attacks, benign, heldout_attacks, third_attacks
+from . import attacks, benign, fourth_attacks, heldout_attacks, third_attacks
 from .edits import human_edit
 from .model import AccountStream, Traffic
 from .timing import script_times
@@ -317,6 +317,18 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
                 _attack_stream(account, f"attack:{scenario}", picked, script_times(rng, len(picked)))
             )
 
+    # and a fourth, written after the third's misses were looked at (fourth_attacks.py)
+    fourth_chains = fourth_attacks.build_fourth_chains(_rng(size, seed, "fourth-attack-pools"), spec.attack_pool)
+    rng = _rng(size, seed, "fourth-attacks")
+    for scenario in fourth_attacks.FOURTH_STRATEGIES:
+        third[scenario] = []
+        for index in range(spec.attack_accounts):
+            picked = fourth_attacks.fourth_queries(scenario, rng, fourth_chains, rng.randint(*spec.attack_queries))
+            account = _account_id(size, seed, scenario, index)
+            third[scenario].append(
+                _attack_stream(account, f"attack:{scenario}", picked, script_times(rng, len(picked)))
+            )
+
     rng = _rng(size, seed, "long-benign")
     long_benign = [
         benign.chat_user(
@@ -332,8 +344,8 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
 
     names = attacks.STRATEGIES + tuple(MIXED_SHARES) + tuple(spec.splits) + heldout_attacks.HELDOUT_STRATEGIES
     ordered = {name: scenarios[name] for name in names}
-    # the long accounts after those, and the third wording after them, so every stream built
-    # before them keeps its re-edits (and texts)
+    # the long accounts after those, and the third and fourth wordings after them, so every
+    # stream built before them keeps its re-edits (and texts)
     keep_disjoint(
         _rng(size, seed, "disjoint"),
         calibration,

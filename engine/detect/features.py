@@ -97,11 +97,25 @@ WALK_ROOT_SIMILARITY = 0.75
 WALK_DEPTH = 4
 WALK_MAX_CLOSE = 3
 # A query whose chain goes back at least WALK_DEEP_DEPTH links, similarity falling at each step
-# back, is a step however close it stays to where the chain began: character-level edits (typos,
-# swapped words) keep MiniLM similarity above WALK_ROOT_SIMILARITY for many steps, and each of a
-# chain's variants is then a close neighbour of many others. People editing a prompt stop long
-# before eight successive edits; one app template's prompts form a cluster, not a path.
+# back but at most WALK_DEEP_REVERSALS of them, is a step however close it stays to where the
+# chain began: character-level edits (typos, swapped words) keep MiniLM similarity above
+# WALK_ROOT_SIMILARITY for many steps, and each of a chain's variants is then a close neighbour
+# of many others. People editing a prompt stop long before eight successive edits; one app
+# template's prompts form a cluster, not a path. One reversal is allowed because a seed that
+# dominates its prompt (an adversarial suffix searched after it, one number stepped inside it)
+# leaves successive variants almost equally close, and one random mutation can undo part of an
+# earlier one; in a cluster, where the order of similarities along a chain of nearest neighbours
+# is random, seven links fall with at most one reversal 8 times in 40,320 (Eulerian numbers),
+# against 1 in 40,320 with none.
 WALK_DEEP_DEPTH = 8
+WALK_DEEP_REVERSALS = 1
+# A deep path's query has at most WALK_DEEP_CLOSE_PER_LINK close earlier queries (at the link
+# similarity) per link back to its chain's first query: in an edit walk the close queries are
+# the walk's own earlier variants, while behind one app template that dominates its prompts (a
+# support bot's fixed instructions, then each customer's own message) nearly every query is
+# close to every other, and a chain of nearest neighbours through such a crowd can fall for
+# eight links without being a walk.
+WALK_DEEP_CLOSE_PER_LINK = 2
 # A prompt that repeats one of the account's last CONTINUATION_MEMORY prompts whole and adds at
 # least CONTINUATION_MIN_ADDED characters *continues* it: an app that sends the conversation so
 # far with each request (a completion endpoint, a history pasted into one message, an agent's
@@ -574,33 +588,44 @@ def walk_steps(gram: np.ndarray, first: int, continues: np.ndarray | None = None
     parent = earlier.argmax(axis=1)
     parent = np.where(earlier[rows, parent] >= WALK_LINK_SIMILARITY, parent, rows)
     root = parent
-    for _ in range(max(1, (m - 1).bit_length())):  # pointer jumping: chains are shorter than 2^steps
+    jumps = max(1, (m - 1).bit_length())  # pointer jumping: chains are shorter than 2^jumps links
+    for _ in range(jumps):
         root = root[root]
     judged = rows[first:]
     sims = gram[judged]
     at = np.arange(judged.size)
-    walk = np.ones(judged.size, dtype=bool)
+    linked = np.ones(judged.size, dtype=bool)  # every link back so far exists
+    reversals = np.zeros(judged.size, dtype=np.int64)  # links back not less similar than the one before
     shallow = None
     child, previous = judged, None
     deepest = WALK_DEEP_DEPTH if continues is not None and (continues[first:] == FRESH).any() else WALK_DEPTH
-    for depth in range(1, deepest + 1):  # each link back exists and is less similar than the one before
+    for depth in range(1, deepest + 1):
         ancestor = parent[child]
-        walk &= ancestor != child
+        linked &= ancestor != child
         if previous is not None:
-            walk &= sims[at, ancestor] < sims[at, previous]
+            reversals += sims[at, ancestor] >= sims[at, previous]
         child, previous = ancestor, ancestor
         if depth == WALK_DEPTH:
-            shallow = walk.copy()
-        if not walk.any():
+            shallow = linked & (reversals == 0)
+        walking = linked & (reversals <= WALK_DEEP_REVERSALS)
+        if not walking.any():
             break
     if shallow is None:  # every path ended before WALK_DEPTH links
-        shallow = walk
+        shallow = np.zeros(judged.size, dtype=bool)
     far = sims[at, root[judged]] < WALK_ROOT_SIMILARITY
-    sparse = (earlier[judged] >= WALK_LINK_SIMILARITY).sum(axis=1) <= WALK_MAX_CLOSE
+    close = (earlier[judged] >= WALK_LINK_SIMILARITY).sum(axis=1)
+    sparse = close <= WALK_MAX_CLOSE
     if continues is None:
         return int((shallow & far & sparse).sum())
     marks = continues[first:]
-    return int((((shallow & far & sparse) & (marks != CONTINUES)) | (walk & (marks == FRESH))).sum())
+    # ``walking`` is a deep path only where the loop ran WALK_DEEP_DEPTH links, i.e. with FRESH rows
+    deep = walking & (marks == FRESH)
+    if deep.any():  # few windows hold one: count links back only then
+        ahead, links = parent, (parent != rows).astype(np.int64)
+        for _ in range(jumps):
+            ahead, links = ahead[ahead], links + links[ahead]
+        deep &= close <= WALK_DEEP_CLOSE_PER_LINK * links[judged]
+    return int((((shallow & far & sparse) & (marks != CONTINUES)) | deep).sum())
 
 
 def _checksum(text: str) -> int:

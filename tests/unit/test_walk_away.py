@@ -20,7 +20,9 @@ from probewatch.detect.features import (
     FEATURE_NAMES,
     FRESH,
     UNKNOWN_TEXT,
+    WALK_DEEP_CLOSE_PER_LINK,
     WALK_DEEP_DEPTH,
+    WALK_DEEP_REVERSALS,
     WALK_DEPTH,
     WALK_LINK_SIMILARITY,
     WALK_MAX_CLOSE,
@@ -47,12 +49,13 @@ RATE = FEATURE_NAMES.index("walk_away_rate")
 DIM = 64
 
 
-def _falling(gram: np.ndarray, t: int, ancestors: list[int], depth: int) -> bool:
-    """Row t has ``depth`` ancestors and its similarity falls at each step back."""
+def _falling(gram: np.ndarray, t: int, ancestors: list[int], depth: int, reversals: int = 0) -> bool:
+    """Row t has ``depth`` ancestors and its similarity falls at each step back but at most
+    ``reversals`` of them."""
     if len(ancestors) < depth:
         return False
     sims = [gram[t, a] for a in ancestors[:depth]]
-    return all(later < earlier for earlier, later in itertools.pairwise(sims))
+    return sum(later >= earlier for earlier, later in itertools.pairwise(sims)) <= reversals
 
 
 def reference_walk_steps(gram: np.ndarray, first: int, marks: np.ndarray | None = None) -> int:
@@ -60,7 +63,9 @@ def reference_walk_steps(gram: np.ndarray, first: int, marks: np.ndarray | None 
     follow parents to the chain's first row. A step: WALK_DEPTH links back with similarity
     falling at each, far from the chain's first row and few close rows; or, for a row known
     not to continue an earlier prompt, WALK_DEEP_DEPTH links back with similarity falling at
-    each, whatever the distance and density. A row that continues an earlier prompt: never."""
+    each but WALK_DEEP_REVERSALS, whatever the distance, with at most WALK_DEEP_CLOSE_PER_LINK
+    close rows per link back to its chain's first row. A row that continues an earlier prompt:
+    never."""
     marks = np.full(gram.shape[0], UNKNOWN_TEXT) if marks is None else marks
     m = gram.shape[0]
     parent = list(range(m))
@@ -75,10 +80,13 @@ def reference_walk_steps(gram: np.ndarray, first: int, marks: np.ndarray | None 
             chain.append(parent[chain[-1]])
         ancestors = chain[1:]
         far = gram[t, chain[-1]] < WALK_ROOT_SIMILARITY
-        sparse = sum(gram[t, i] >= WALK_LINK_SIMILARITY for i in range(t)) <= WALK_MAX_CLOSE
+        close = sum(gram[t, i] >= WALK_LINK_SIMILARITY for i in range(t))
+        sparse = close <= WALK_MAX_CLOSE
         if marks[t] == CONTINUES:
             continue
-        shallow, deep = (_falling(gram, t, ancestors, depth) for depth in (WALK_DEPTH, WALK_DEEP_DEPTH))
+        shallow = _falling(gram, t, ancestors, WALK_DEPTH)
+        deep = _falling(gram, t, ancestors, WALK_DEEP_DEPTH, WALK_DEEP_REVERSALS)
+        deep = deep and close <= WALK_DEEP_CLOSE_PER_LINK * len(ancestors)
         steps += (shallow and far and sparse) or (marks[t] == FRESH and deep)
     return steps
 
@@ -150,6 +158,55 @@ def test_a_deep_chain_of_tiny_edits_steps_though_it_stays_close_to_its_seed():
     assert walk_steps(gram_of(short), 0, np.full(len(short), FRESH, np.int8)) == 0  # seven edits, eight times
     cluster = gram_of(template_cluster(rng, 120))
     assert walk_steps(cluster, 0, np.full(120, FRESH, np.int8)) == 0
+
+
+def _chain_gram(n: int) -> np.ndarray:
+    """n prompts, each a small edit of the one before, all close to the seed (0.9+): similarity
+    falls by 0.01 per edit between any two."""
+    i = np.arange(n)
+    return 0.99 - 0.01 * np.abs(i[:, None] - i[None, :]).astype(np.float64) + 0.01 * np.eye(n)
+
+
+def test_a_deep_path_may_reverse_once_but_not_twice():
+    """A seed that dominates its prompt leaves successive variants almost equally close, so one
+    link back may be no less similar than the one before (an undone mutation); a path that
+    reverses twice in eight links is no walk. Each probed at the chain's last prompt alone."""
+    fresh = np.full(WALK_DEEP_DEPTH + 2, FRESH, dtype=np.int8)
+    last = WALK_DEEP_DEPTH + 1
+    gram = _chain_gram(WALK_DEEP_DEPTH + 2)
+    assert walk_steps(gram, last, fresh) == 1
+    once = gram.copy()
+    once[last, 5] = once[5, last] = once[last, 6] + 0.001  # six links back beats five
+    assert walk_steps(once, last, fresh) == reference_walk_steps(once, last, fresh) == 1
+    twice = once.copy()
+    twice[last, 3] = twice[3, last] = twice[last, 4] + 0.001
+    assert walk_steps(twice, last, fresh) == reference_walk_steps(twice, last, fresh) == 0
+    assert walk_steps(once, last) == 0  # without prompts only the distance rule judges: close to its seed
+
+
+def test_a_deep_path_through_a_crowd_is_no_walk():
+    """Behind one app template that dominates its prompts, every query is close to nearly every
+    other: a chain of nearest neighbours through that crowd can fall for eight links, but the
+    query has far more close queries than links back. An edit walk's close queries are its own
+    earlier variants."""
+    chain_length = WALK_DEEP_DEPTH + 2
+
+    def walk_after(crowd: int) -> tuple[np.ndarray, int]:
+        n = crowd + chain_length
+        gram = np.full((n, n), 0.5)
+        gram[crowd:, crowd:] = _chain_gram(chain_length)
+        gram[-1, :crowd] = gram[:crowd, -1] = WALK_LINK_SIMILARITY + 0.01  # close to the last query only
+        np.fill_diagonal(gram, 1.0)
+        return gram, n - 1
+
+    links = chain_length - 1
+    for crowd, expected in (
+        (WALK_DEEP_CLOSE_PER_LINK * links - links, 1),
+        (WALK_DEEP_CLOSE_PER_LINK * links - links + 1, 0),
+    ):
+        gram, last = walk_after(crowd)
+        fresh = np.full(gram.shape[0], FRESH, dtype=np.int8)
+        assert walk_steps(gram, last, fresh) == reference_walk_steps(gram, last, fresh) == expected, crowd
 
 
 def test_a_continuation_repeats_a_recent_prompt_whole_and_adds_to_it():

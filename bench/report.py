@@ -241,7 +241,11 @@ them: the gap between a strategy's row and its `heldout_` row is what tuning to 
 own wordings would have bought. Since 0.12.5 the `heldout_perturbation_chain` row is spent: its
 misses were looked at to design the deep-path walk-away steps; the `third_perturbation_chain`
 row (`bench/traffic/third_attacks.py`: suffix searches and attribute sweeps from other seeds)
-was written and fixed after that and before any detector was measured on it. Leave one strategy out: no detector here, probewatch included, fits
+was written and fixed after that and before any detector was measured on it. Since 0.12.6 that
+row is spent too (its misses were looked at to let a deep path reverse once and to bound its
+close neighbours); the `fourth_perturbation_chain` row (`bench/traffic/fourth_attacks.py`:
+CheckList-style behavioural edits, two to five chains walked at once) was written and committed
+before that change and before any detector was measured on it. Leave one strategy out: no detector here, probewatch included, fits
 anything on attack traffic (calibration is benign accounts only), so every row is already
 scored by a detector trained without its strategy; the one component probewatch fits with
 extraction-like positives, the elicitation head, acts only in the campaign layer, whose levels

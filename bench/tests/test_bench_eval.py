@@ -259,7 +259,15 @@ def test_quick_pipeline_writes_report_results_and_plots(quick_run):
 
 @pytest.mark.slow
 def test_quick_results_cover_every_scenario_and_detector_with_valid_metrics(quick_run):
-    from bench.traffic import FOURTH_STRATEGIES, HELDOUT_STRATEGIES, MIXED_SHARES, SIZES, STRATEGIES, THIRD_STRATEGIES
+    from bench.traffic import (
+        FIFTH_STRATEGIES,
+        FOURTH_STRATEGIES,
+        HELDOUT_STRATEGIES,
+        MIXED_SHARES,
+        SIZES,
+        STRATEGIES,
+        THIRD_STRATEGIES,
+    )
 
     _, results = quick_run
     detectors = detector_names()
@@ -270,6 +278,7 @@ def test_quick_results_cover_every_scenario_and_detector_with_valid_metrics(quic
         + list(HELDOUT_STRATEGIES)
         + list(THIRD_STRATEGIES)
         + list(FOURTH_STRATEGIES)
+        + list(FIFTH_STRATEGIES)
     )
     assert list(results["scenarios"]) == expected
     keys = [fpr_key(f) for f in OPERATING_FPRS]
@@ -323,7 +332,9 @@ def test_quick_unseen_apps_hold_out_every_population_and_measure_poisoning(quick
             assert 0.0 <= block["flag"] <= block["watch"] <= 1.0
     poison = unseen["poisoning"]
     developed = {
-        name for name in results["scenarios"] if not name.startswith(("split_", "heldout_", "third_", "fourth_"))
+        name
+        for name in results["scenarios"]
+        if not name.startswith(("split_", "heldout_", "third_", "fourth_", "fifth_"))
     }
     assert set(poison["attacks"]) == developed  # the poisoning runs the developed strategies and mixes
     assert poison["warm_up"]["poisoners"] > 0

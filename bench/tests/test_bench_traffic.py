@@ -15,6 +15,7 @@ import pytest
 
 from bench.embedcache import ENV_CACHE_DIR, EmbeddingCache, default_cache_dir
 from bench.traffic import (
+    FIFTH_STRATEGIES,
     FOURTH_STRATEGIES,
     HARD_BENIGN,
     HELDOUT_STRATEGIES,
@@ -39,6 +40,7 @@ SCENARIOS = (
     + list(HELDOUT_STRATEGIES)
     + list(THIRD_STRATEGIES)
     + list(FOURTH_STRATEGIES)
+    + list(FIFTH_STRATEGIES)
 )
 
 
@@ -71,7 +73,7 @@ def test_scenarios_and_sizes_match_the_quick_budget(traffic):
     assert list(traffic.attacks) == SCENARIOS
     assert len(traffic.calibration) >= 60 and len(traffic.test_benign) >= 60
     assert all(len(traffic.attacks[name]) >= 3 for name in SCENARIOS)
-    assert len(traffic.all_texts()) <= 2500  # the embedding budget of a CI run
+    assert len(traffic.all_texts()) <= 2600  # the embedding budget of a CI run
     assert {s.kind for s in traffic.calibration} == {"benign:normal", *HARD_BENIGN}
     assert {s.kind for s in traffic.test_benign} == {"benign:normal", *HARD_BENIGN, LONG_BENIGN}
 
@@ -101,7 +103,7 @@ def test_labels_agree_with_kinds(traffic):
     for stream in traffic.calibration + traffic.test_benign:
         assert stream.label == 0 and stream.kind.startswith("benign:") and not any(stream.is_attack)
         assert stream.campaign is None
-    for strategy in STRATEGIES + HELDOUT_STRATEGIES + THIRD_STRATEGIES + FOURTH_STRATEGIES:
+    for strategy in STRATEGIES + HELDOUT_STRATEGIES + THIRD_STRATEGIES + FOURTH_STRATEGIES + FIFTH_STRATEGIES:
         for stream in traffic.attacks[strategy]:
             assert stream.label == 1 and stream.kind == f"attack:{strategy}" and all(stream.is_attack)
     for name in MIXED_SHARES:

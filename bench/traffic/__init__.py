@@ -17,6 +17,7 @@ See README.md in this folder for the sources, account classes, strategies and si
 
 from .attacks import STRATEGIES
 from .build import HARD_BENIGN, LONG_BENIGN, MIXED_SHARES, SIZES, build_traffic
+from .fifth_attacks import FIFTH_STRATEGIES
 from .fourth_attacks import FOURTH_STRATEGIES
 from .heldout_attacks import HELDOUT_STRATEGIES
 from .hydra import (
@@ -38,6 +39,7 @@ from .third_attacks import THIRD_STRATEGIES
 
 __all__ = [
     "CROWD_TEMPLATES",
+    "FIFTH_STRATEGIES",
     "FOURTH_STRATEGIES",
     "HARD_BENIGN",
     "HELDOUT_STRATEGIES",

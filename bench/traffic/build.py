@@ -7,7 +7,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from . import attacks, benign, fourth_attacks, heldout_attacks, third_attacks
+from . import attacks, benign, fifth_attacks, fourth_attacks, heldout_attacks, third_attacks
 from .edits import human_edit
 from .model import AccountStream, Traffic
 from .timing import script_times
@@ -329,6 +329,18 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
                 _attack_stream(account, f"attack:{scenario}", picked, script_times(rng, len(picked)))
             )
 
+    # and a fifth, written after the fourth's misses were looked at (fifth_attacks.py)
+    fifth_chains = fifth_attacks.build_fifth_chains(_rng(size, seed, "fifth-attack-pools"), spec.attack_pool)
+    rng = _rng(size, seed, "fifth-attacks")
+    for scenario in fifth_attacks.FIFTH_STRATEGIES:
+        third[scenario] = []
+        for index in range(spec.attack_accounts):
+            picked = fifth_attacks.fifth_queries(scenario, rng, fifth_chains, rng.randint(*spec.attack_queries))
+            account = _account_id(size, seed, scenario, index)
+            third[scenario].append(
+                _attack_stream(account, f"attack:{scenario}", picked, script_times(rng, len(picked)))
+            )
+
     rng = _rng(size, seed, "long-benign")
     long_benign = [
         benign.chat_user(
@@ -344,7 +356,7 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
 
     names = attacks.STRATEGIES + tuple(MIXED_SHARES) + tuple(spec.splits) + heldout_attacks.HELDOUT_STRATEGIES
     ordered = {name: scenarios[name] for name in names}
-    # the long accounts after those, and the third and fourth wordings after them, so every
+    # the long accounts after those, and the third to fifth wordings after them, so every
     # stream built before them keeps its re-edits (and texts)
     keep_disjoint(
         _rng(size, seed, "disjoint"),

@@ -245,7 +245,11 @@ was written and fixed after that and before any detector was measured on it. Sin
 row is spent too (its misses were looked at to let a deep path reverse once and to bound its
 close neighbours); the `fourth_perturbation_chain` row (`bench/traffic/fourth_attacks.py`:
 CheckList-style behavioural edits, two to five chains walked at once) was written and committed
-before that change and before any detector was measured on it. Leave one strategy out: no detector here, probewatch included, fits
+before that change and before any detector was measured on it. Its misses were looked at after
+0.12.6 was measured on it and nothing was changed for them, so its 0.12.6 number is blind but
+the row is spent for the next change; the `fifth_perturbation_chain` row
+(`bench/traffic/fifth_attacks.py`: PromptBench-style robustness probes that append a distractor,
+drop it again or swap a synonym) was committed before that look, as the next blind check. Leave one strategy out: no detector here, probewatch included, fits
 anything on attack traffic (calibration is benign accounts only), so every row is already
 scored by a detector trained without its strategy; the one component probewatch fits with
 extraction-like positives, the elicitation head, acts only in the campaign layer, whose levels

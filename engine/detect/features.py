@@ -104,9 +104,9 @@ WALK_MAX_CLOSE = 3
 # template's prompts form a cluster, not a path. One reversal is allowed because a seed that
 # dominates its prompt (an adversarial suffix searched after it, one number stepped inside it)
 # leaves successive variants almost equally close, and one random mutation can undo part of an
-# earlier one; in a cluster, where the order of similarities along a chain of nearest neighbours
-# is random, seven links fall with at most one reversal 8 times in 40,320 (Eulerian numbers),
-# against 1 in 40,320 with none.
+# earlier one. Where the order of the eight similarities along a chain is random, they fall with
+# at most one reversal 248 times in 40,320 (0.6 %; Eulerian numbers) against once with none, so
+# the bound on close neighbours below keeps chains through a crowd out.
 WALK_DEEP_DEPTH = 8
 WALK_DEEP_REVERSALS = 1
 # A deep path's query has at most WALK_DEEP_CLOSE_PER_LINK close earlier queries (at the link

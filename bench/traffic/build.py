@@ -303,43 +303,25 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
             streams.append(_attack_stream(account, f"attack:{scenario}", picked, script_times(rng, len(picked))))
         scenarios[scenario] = streams
 
-    # perturbation chains in a third wording, written after the held-out chains were looked at
-    # (third_attacks.py): the evidence for what was changed after looking
-    third_chains = third_attacks.build_third_chains(_rng(size, seed, "third-attack-pools"), spec.attack_pool)
-    rng = _rng(size, seed, "third-attacks")
-    third: dict[str, list[AccountStream]] = {}
-    for scenario in third_attacks.THIRD_STRATEGIES:
-        third[scenario] = []
-        for index in range(spec.attack_accounts):
-            picked = third_attacks.third_queries(scenario, rng, third_chains, rng.randint(*spec.attack_queries))
-            account = _account_id(size, seed, scenario, index)
-            third[scenario].append(
-                _attack_stream(account, f"attack:{scenario}", picked, script_times(rng, len(picked)))
-            )
-
-    # and a fourth, written after the third's misses were looked at (fourth_attacks.py)
-    fourth_chains = fourth_attacks.build_fourth_chains(_rng(size, seed, "fourth-attack-pools"), spec.attack_pool)
-    rng = _rng(size, seed, "fourth-attacks")
-    for scenario in fourth_attacks.FOURTH_STRATEGIES:
-        third[scenario] = []
-        for index in range(spec.attack_accounts):
-            picked = fourth_attacks.fourth_queries(scenario, rng, fourth_chains, rng.randint(*spec.attack_queries))
-            account = _account_id(size, seed, scenario, index)
-            third[scenario].append(
-                _attack_stream(account, f"attack:{scenario}", picked, script_times(rng, len(picked)))
-            )
-
-    # and a fifth, written after the fourth's misses were looked at (fifth_attacks.py)
-    fifth_chains = fifth_attacks.build_fifth_chains(_rng(size, seed, "fifth-attack-pools"), spec.attack_pool)
-    rng = _rng(size, seed, "fifth-attacks")
-    for scenario in fifth_attacks.FIFTH_STRATEGIES:
-        third[scenario] = []
-        for index in range(spec.attack_accounts):
-            picked = fifth_attacks.fifth_queries(scenario, rng, fifth_chains, rng.randint(*spec.attack_queries))
-            account = _account_id(size, seed, scenario, index)
-            third[scenario].append(
-                _attack_stream(account, f"attack:{scenario}", picked, script_times(rng, len(picked)))
-            )
+    # perturbation chains in a third, fourth and fifth wording, each written after the misses of
+    # the one before were looked at (third_attacks.py, fourth_attacks.py, fifth_attacks.py): the
+    # evidence for what was changed after looking
+    later: dict[str, list[AccountStream]] = {}
+    for name, build_chains, next_queries, strategies in (
+        ("third", third_attacks.build_third_chains, third_attacks.third_queries, third_attacks.THIRD_STRATEGIES),
+        ("fourth", fourth_attacks.build_fourth_chains, fourth_attacks.fourth_queries, fourth_attacks.FOURTH_STRATEGIES),
+        ("fifth", fifth_attacks.build_fifth_chains, fifth_attacks.fifth_queries, fifth_attacks.FIFTH_STRATEGIES),
+    ):
+        chains = build_chains(_rng(size, seed, f"{name}-attack-pools"), spec.attack_pool)
+        rng = _rng(size, seed, f"{name}-attacks")
+        for scenario in strategies:
+            later[scenario] = []
+            for index in range(spec.attack_accounts):
+                picked = next_queries(scenario, rng, chains, rng.randint(*spec.attack_queries))
+                account = _account_id(size, seed, scenario, index)
+                later[scenario].append(
+                    _attack_stream(account, f"attack:{scenario}", picked, script_times(rng, len(picked)))
+                )
 
     rng = _rng(size, seed, "long-benign")
     long_benign = [
@@ -364,9 +346,9 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
         test_benign
         + [s for streams in ordered.values() for s in streams]
         + long_benign
-        + [s for streams in third.values() for s in streams],
+        + [s for streams in later.values() for s in streams],
     )
-    ordered.update(third)
+    ordered.update(later)
     return Traffic(
         size=size, seed=seed, calibration=calibration, test_benign=test_benign + long_benign, attacks=ordered
     )

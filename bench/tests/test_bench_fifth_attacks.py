@@ -8,14 +8,7 @@ import random
 
 import pytest
 
-from bench.tests.test_bench_traffic import hashed_bag_of_words
 from bench.traffic import (
-    FIFTH_STRATEGIES,
-    FOURTH_STRATEGIES,
-    HELDOUT_STRATEGIES,
-    STRATEGIES,
-    THIRD_STRATEGIES,
-    build_traffic,
     fifth_attacks,
 )
 
@@ -58,22 +51,6 @@ def test_a_synonym_swap_keeps_the_capital_and_says_when_nothing_applies():
     rng = random.Random(0)
     assert fifth_attacks._synonym_swap(rng, "Big plans") == "Large plans"
     assert fifth_attacks._synonym_swap(rng, "zzz qqq") is None
-
-
-def test_the_fifth_scenario_is_a_pure_attack_sharing_no_prompt_with_the_earlier_sets():
-    traffic = build_traffic("quick", seed=0, embed=hashed_bag_of_words)
-    earlier = {
-        p
-        for name in STRATEGIES + HELDOUT_STRATEGIES + THIRD_STRATEGIES + FOURTH_STRATEGIES
-        for s in traffic.attacks[name]
-        for p in s.prompts
-    }
-    for name in FIFTH_STRATEGIES:
-        streams = traffic.attacks[name]
-        assert len(streams) == 3
-        for stream in streams:
-            assert stream.kind == f"attack:{name}" and stream.label == 1 and all(stream.is_attack)
-            assert not earlier & set(stream.prompts)
 
 
 def test_an_unknown_fifth_strategy_is_refused_by_name():

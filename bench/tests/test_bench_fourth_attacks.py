@@ -9,13 +9,7 @@ import random
 
 import pytest
 
-from bench.tests.test_bench_traffic import hashed_bag_of_words
 from bench.traffic import (
-    FOURTH_STRATEGIES,
-    HELDOUT_STRATEGIES,
-    STRATEGIES,
-    THIRD_STRATEGIES,
-    build_traffic,
     fourth_attacks,
 )
 
@@ -71,23 +65,6 @@ def test_parallel_chains_keep_each_chain_in_order_and_interleave_them():
         assert steps == sorted(steps) and len(set(steps)) == len(steps)
     switches = sum(a[1] != b[1] for a, b in itertools.pairwise(out))
     assert switches >= 15  # one chain after another would switch at most 4 times
-
-
-def test_the_fourth_scenario_is_a_pure_attack_sharing_no_prompt_with_the_earlier_sets():
-    traffic = build_traffic("quick", seed=0, embed=hashed_bag_of_words)
-    earlier = {
-        p
-        for name in STRATEGIES + HELDOUT_STRATEGIES + THIRD_STRATEGIES
-        for s in traffic.attacks[name]
-        for p in s.prompts
-    }
-    for name in FOURTH_STRATEGIES:
-        streams = traffic.attacks[name]
-        assert len(streams) == 3
-        for stream in streams:
-            assert stream.kind == f"attack:{name}" and stream.label == 1 and all(stream.is_attack)
-            assert not earlier & set(stream.prompts)
-            assert len(set(stream.prompts)) == len(stream.prompts)
 
 
 def test_an_unknown_fourth_strategy_is_refused_by_name():

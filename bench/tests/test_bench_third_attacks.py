@@ -8,8 +8,7 @@ import random
 
 import pytest
 
-from bench.tests.test_bench_traffic import hashed_bag_of_words
-from bench.traffic import HELDOUT_STRATEGIES, STRATEGIES, THIRD_STRATEGIES, build_traffic, third_attacks
+from bench.traffic import third_attacks
 
 
 def test_a_suffix_search_keeps_its_seed_and_changes_one_or_two_suffix_tokens_a_step():
@@ -33,17 +32,6 @@ def test_an_attribute_sweep_steps_one_attribute_from_the_last_prompt(seed):
     assert all(text.startswith(stem) for text in chain)
     changed = sum(a != b for a, b in itertools.pairwise(chain))
     assert changed >= 15  # most steps change something; a swap back to the same name does not
-
-
-def test_the_third_scenario_is_a_pure_attack_sharing_no_prompt_with_the_earlier_sets():
-    traffic = build_traffic("quick", seed=0, embed=hashed_bag_of_words)
-    earlier = {p for name in STRATEGIES + HELDOUT_STRATEGIES for s in traffic.attacks[name] for p in s.prompts}
-    for name in THIRD_STRATEGIES:
-        streams = traffic.attacks[name]
-        assert len(streams) == 3
-        for stream in streams:
-            assert stream.kind == f"attack:{name}" and stream.label == 1 and all(stream.is_attack)
-            assert not earlier & set(stream.prompts)
 
 
 def test_an_unknown_third_strategy_is_refused_by_name():

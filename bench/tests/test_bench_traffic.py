@@ -99,6 +99,19 @@ def test_every_stream_is_well_formed(traffic):
     assert len({s.account for s in traffic.all_streams()}) == len(traffic.all_streams())
 
 
+@pytest.mark.parametrize("wording", range(1, 4))
+def test_each_later_perturbation_wording_shares_no_prompt_with_the_sets_before_it(traffic, wording):
+    """The third, fourth and fifth wordings are blind checks: none may send a prompt that an
+    earlier set sends (their chains start at the first edit for that reason)."""
+    sets = [STRATEGIES + HELDOUT_STRATEGIES, THIRD_STRATEGIES, FOURTH_STRATEGIES, FIFTH_STRATEGIES]
+    earlier = {p for names in sets[:wording] for name in names for s in traffic.attacks[name] for p in s.prompts}
+    for name in sets[wording]:
+        assert len(traffic.attacks[name]) == 3
+        for stream in traffic.attacks[name]:
+            assert not earlier & set(stream.prompts)
+            assert len(set(stream.prompts)) == len(stream.prompts)  # each prompt sent once
+
+
 def test_labels_agree_with_kinds(traffic):
     for stream in traffic.calibration + traffic.test_benign:
         assert stream.label == 0 and stream.kind.startswith("benign:") and not any(stream.is_attack)

@@ -210,3 +210,11 @@ def test_embedding_cache_directory_can_be_moved_by_environment(monkeypatch, tmp_
     assert default_cache_dir() == tmp_path / "elsewhere"
     monkeypatch.delenv(ENV_CACHE_DIR)
     assert default_cache_dir() == REPO / "bench" / ".cache" / "embeddings"
+
+
+def test_a_chain_sends_each_prompt_once_and_none_already_sent():
+    from bench.traffic.attacks import distinct_steps
+
+    texts = ["a", "b", "a", "c", "b", "seed", "d"]
+    assert distinct_steps(texts, "k") == [("a", "k"), ("b", "k"), ("c", "k"), ("seed", "k"), ("d", "k")]
+    assert [t for t, _ in distinct_steps(texts, "k", frozenset(["seed", "c"]))] == ["a", "b", "d"]

@@ -177,6 +177,17 @@ def sweep_order(rng: random.Random, items: list, n: int) -> list:
     return ordered
 
 
+def distinct_steps(texts: list[str], key: str, sent: frozenset[str] = frozenset()) -> list[Query]:
+    """A chain's prompts as sent: each text once, at its first appearance, and none of ``sent``
+    (a prompt repeated or an edit undone is a retry of an earlier prompt, not a step)."""
+    seen, chain = set(sent), []
+    for text in texts:
+        if text not in seen:
+            seen.add(text)
+            chain.append((text, key))
+    return chain
+
+
 def chained(rng: random.Random, chains: list[list[Query]], n: int) -> list[Query]:
     """The first ``n`` queries of whole chains sent one after another, in a shuffled order
     (passes over the chains repeat, reshuffled, when one pass is too short)."""

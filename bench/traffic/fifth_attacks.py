@@ -16,7 +16,7 @@ import re
 import string
 
 from . import sources
-from .attacks import Query, _sample, chained
+from .attacks import Query, _sample, chained, distinct_steps
 
 FIFTH_PREFIX = "fifth_"
 FIFTH_STRATEGIES = (FIFTH_PREFIX + "perturbation_chain",)
@@ -93,12 +93,8 @@ def build_fifth_chains(rng: random.Random, pool_size: int) -> list[list[Query]]:
     seeds = _sample(rng, wiki, pool_size // 20) + _sample(rng, headlines, pool_size // 20)
     chains = []
     for seed_text, key in seeds:
-        chain, seen = [], {seed_text}
-        for text in probe_chain(rng, seed_text, rng.randint(6, 30)):
-            if text not in seen:  # a distractor dropped again is a retry of an earlier prompt, not a step
-                seen.add(text)
-                chain.append((text, key))
-        chains.append(chain)
+        # a distractor dropped again gives back a prompt sent before: not sent twice
+        chains.append(distinct_steps(probe_chain(rng, seed_text, rng.randint(6, 30)), key, frozenset([seed_text])))
     return chains
 
 

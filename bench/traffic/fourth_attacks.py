@@ -15,7 +15,7 @@ import random
 import re
 
 from . import sources
-from .attacks import Query, _cycle, _sample
+from .attacks import Query, _cycle, _sample, distinct_steps
 
 FOURTH_PREFIX = "fourth_"
 FOURTH_STRATEGIES = (FOURTH_PREFIX + "perturbation_chain",)
@@ -135,13 +135,11 @@ def build_fourth_chains(rng: random.Random, pool_size: int) -> list[list[Query]]
     for seed_text, key in seeds:
         # the seed itself is not sent: as written, it can be another set's prompt (a corpus
         # sentence, a k-center pick), and the chain is what this set is about
-        chain, seen, current = [], {seed_text}, seed_text
+        texts, current = [], seed_text
         for _ in range(rng.randint(6, 30)):
             current = behavioural_edit(rng, current)
-            if current not in seen:  # an edit undone is a retry, not a step
-                seen.add(current)
-                chain.append((current, key))
-        chains.append(chain)
+            texts.append(current)
+        chains.append(distinct_steps(texts, key, frozenset([seed_text])))  # an edit undone is no step
     return chains
 
 

@@ -20,7 +20,7 @@ import random
 import re
 
 from . import sources
-from .attacks import Query, _sample, chained
+from .attacks import Query, _sample, chained, distinct_steps
 
 THIRD_PREFIX = "third_"
 THIRD_STRATEGIES = (THIRD_PREFIX + "perturbation_chain",)
@@ -131,12 +131,7 @@ def build_third_chains(rng: random.Random, pool_size: int) -> list[list[Query]]:
             if rng.random() < 0.5
             else _attribute_sweep(rng, seed_text, steps)
         )
-        chain, seen = [], set()
-        for text in texts:  # a repeated prompt is a retry, not a step
-            if text not in seen:
-                seen.add(text)
-                chain.append((text, key))
-        chains.append(chain)
+        chains.append(distinct_steps(texts, key))
     return chains
 
 

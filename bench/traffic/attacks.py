@@ -188,11 +188,16 @@ def distinct_steps(texts: list[str], key: str, sent: frozenset[str] = frozenset(
     return chain
 
 
+def chain_order(rng: random.Random, chains: list[list[Query]], n: int) -> list[list[Query]]:
+    """The order an account takes up ``chains`` in to send ``n`` queries: shuffled passes over
+    all of them, as many as ``n`` queries need (one pass when it holds ``n``)."""
+    return _cycle(rng, chains, len(chains) * (1 + n // max(1, sum(map(len, chains)))))
+
+
 def chained(rng: random.Random, chains: list[list[Query]], n: int) -> list[Query]:
-    """The first ``n`` queries of whole chains sent one after another, in a shuffled order
-    (passes over the chains repeat, reshuffled, when one pass is too short)."""
+    """The first ``n`` queries of whole chains sent one after another, in :func:`chain_order`."""
     out: list[Query] = []
-    for chain in _cycle(rng, chains, len(chains) * (1 + n // max(1, sum(map(len, chains))))):
+    for chain in chain_order(rng, chains, n):
         out.extend(chain)
         if len(out) >= n:
             break

@@ -15,7 +15,7 @@ import random
 import re
 
 from . import sources
-from .attacks import Query, _cycle, _sample, distinct_steps
+from .attacks import Query, _sample, chain_order, distinct_steps
 
 FOURTH_PREFIX = "fourth_"
 FOURTH_STRATEGIES = (FOURTH_PREFIX + "perturbation_chain",)
@@ -147,7 +147,7 @@ def interleaved(rng: random.Random, chains: list[list[Query]], n: int) -> list[Q
     """The first ``n`` queries of an account that walks two to five chains at once, stepping
     one picked at random each time and starting the next chain when one ends."""
     width = rng.randint(2, 5)
-    queue = _cycle(rng, chains, len(chains) * (1 + n // max(1, sum(map(len, chains)))))
+    queue = chain_order(rng, chains, n)
     active: list[list[Query]] = []
     out: list[Query] = []
     while len(out) < n and (active or queue):

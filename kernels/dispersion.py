@@ -65,7 +65,8 @@ def shapiro_wilk_w(samples):
     centred = xs - xs.sum(axis=1, keepdims=True) / x.shape[1]
     ss = (centred**2).sum(axis=1)
     num = (xs @ a) ** 2
-    w = xp.where(ss > 1e-18, num / xp.where(ss > 1e-18, ss, 1.0), 1.0)
+    spread = ss > 1e-18
+    w = xp.where(spread, num / xp.where(spread, ss, 1.0), 1.0)
     w = xp.minimum(xp.maximum(w, 0.0), 1.0)
     return w[0] if squeeze else w
 

@@ -75,6 +75,10 @@ _NN_COLUMNS = [
 ]
 
 GRAM_STATS = 4  # window statistics kept from the last Gram refresh
+# the feature columns of those statistics, in their order
+_GRAM_COLUMNS = [
+    _F[name] for name in ("participation_ratio", "mean_pairwise_similarity", "mmd_to_benign", "follow_up_similarity")
+]
 
 # Per-query scores averaged into an account's score (see probewatch.detect.scoring).
 SMOOTHING_QUERIES = 16
@@ -501,6 +505,12 @@ class FeatureBatch:
 
     def features(self, near_duplicate_similarity: float, off_reference_similarity: float) -> np.ndarray:
         """(m, N_FEATURES) feature rows; NaN where there is too little data."""
+        if self.n.shape[0] == 1:
+            return self._lone_features(near_duplicate_similarity, off_reference_similarity)
+        return self._array_features(near_duplicate_similarity, off_reference_similarity)
+
+    def _array_features(self, near_duplicate_similarity: float, off_reference_similarity: float) -> np.ndarray:
+        """:meth:`features` in array calls over all rows (any batch size)."""
         m = self.n.shape[0]
         f = np.full((m, N_FEATURES), np.nan, dtype=np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -549,11 +559,55 @@ class FeatureBatch:
             f[:, _F["topic_return_rate"]] = 1.0 - return_below
             f[:, _F["new_cell_rate"]] = (self.cell_counts > 0).sum(axis=1) / np.maximum(self.n, 1)
             # over every query after the first: those not judged yet count as no step (a lower bound)
-            if m == 1:  # a lone query: scalar arithmetic, not three array calls
-                n0 = int(self.n[0])
-                f[0, _F["walk_away_rate"]] = int(self.walked[0]) / (n0 - 1) if n0 >= 2 else math.nan
-            else:
-                f[:, _F["walk_away_rate"]] = np.where(self.n >= 2, self.walked / np.maximum(self.n - 1, 1), np.nan)
+            f[:, _F["walk_away_rate"]] = np.where(self.n >= 2, self.walked / np.maximum(self.n - 1, 1), np.nan)
+        return f
+
+    def _lone_features(self, near_duplicate_similarity: float, off_reference_similarity: float) -> np.ndarray:
+        """:meth:`features` of a one-item batch (a lone query): the same values bit for bit
+        with about half the NumPy calls (a lone query's cost is per-call overhead, not
+        arithmetic). Full rings skip their NaN masks, counts and shares are Python scalars
+        (integer counts divide exactly as NumPy's float64 division does), and the kernels
+        get the same arrays the array path gives them (tested bit for bit)."""
+        f = np.full((1, N_FEATURES), np.nan, dtype=np.float64)
+        row = f[0]
+        nn = self.nn[0].astype(np.float64)
+        size = nn.shape[0]
+        valid = ~np.isnan(nn)
+        count = int(np.count_nonzero(valid))
+        near_below, return_below = _row_shares_below(
+            self.nn_hist[0], (near_duplicate_similarity, TOPIC_RETURN_SIMILARITY)
+        )
+        if count:
+            full = count == size
+            mean = (nn if full else np.where(valid, nn, 0.0)).sum() / count
+            centred = nn - mean
+            spread = math.sqrt(float(((centred if full else np.where(valid, centred, 0.0)) ** 2).sum()) / count)
+            knn = self.knn[0].astype(np.float64)
+            knn_count = int(np.count_nonzero(~np.isnan(knn)))
+            knn_sum = (knn if knn_count == size else np.where(np.isnan(knn), 0.0, knn)).sum()
+            near = int(np.count_nonzero(nn >= near_duplicate_similarity)) / count  # NaN compares False
+            row[_NN_COLUMNS] = (mean, spread, knn_sum / max(knn_count, 1), near, 1.0 - near_below)
+            if count >= MIN_NORMALITY_SAMPLES:  # NaN sorts last: the first `count` are the row's own
+                row[_F["min_distance_normality"]] = shapiro_wilk_w(np.sort(1.0 - nn[None], axis=1)[:, :count])[0]
+        ref = self.ref[0].astype(np.float64)
+        ref_count = int(np.count_nonzero(~np.isnan(ref)))
+        row[_F["reference_similarity"]] = (ref if ref_count == size else np.where(np.isnan(ref), 0.0, ref)).sum() / max(
+            ref_count, 1
+        )
+        cells = self.cell[0]
+        seen = cells >= 0
+        cells_seen = int(np.count_nonzero(seen))
+        window_counts = np.bincount(cells[seen] if cells_seen < size else cells, minlength=self.cell_counts.shape[1])
+        distinct, _, normalised = coverage_stats(window_counts[None])[0].tolist()
+        if cells_seen > 1:
+            row[_F["cell_entropy"]] = normalised
+        row[_F["distinct_cell_rate"]] = distinct / max(cells_seen, 1)
+        row[_GRAM_COLUMNS] = self.gram_stats[0]
+        row[_F["off_reference_rate"]] = _row_shares_below(self.ref_hist[0], (off_reference_similarity,))[0]
+        row[_F["topic_return_rate"]] = 1.0 - return_below
+        n0 = int(self.n[0])
+        row[_F["new_cell_rate"]] = int(np.count_nonzero(self.cell_counts[0])) / max(n0, 1)
+        row[_F["walk_away_rate"]] = int(self.walked[0]) / (n0 - 1) if n0 >= 2 else math.nan
         return f
 
 
@@ -626,6 +680,20 @@ def walk_steps(gram: np.ndarray, first: int, continues: np.ndarray | None = None
             ahead, links = ahead[ahead], links + links[ahead]
         deep &= close <= WALK_DEEP_CLOSE_PER_LINK * links[judged]
     return int((((shallow & far & sparse) & (marks != CONTINUES)) | deep).sum())
+
+
+def _row_shares_below(hist: np.ndarray, thresholds: tuple[float, ...]) -> list[float]:
+    """:func:`shares_below` of one histogram row, in Python scalars (a lone query's features):
+    the counts are integers, so every sum is exact and each share is the same float."""
+    counts = hist.tolist()
+    total = sum(counts)
+    out = []
+    for threshold in thresholds:
+        i = _hist_index(threshold)
+        lo = _HIST_LO + i * _HIST_WIDTH
+        frac = min(max((threshold - lo) / _HIST_WIDTH, 0.0), 1.0)
+        out.append((sum(counts[:i]) + frac * counts[i]) / total if total > 0 else math.nan)
+    return out
 
 
 def _checksum(text: str) -> int:

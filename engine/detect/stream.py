@@ -8,6 +8,7 @@ over benign traffic.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -130,17 +131,35 @@ class FeatureStream:
         ref = self.reference.query_stats(vectors)
         sims, counts = self.store.search_then_add(list(accounts), vectors, cfg.k_neighbors)
         available = np.minimum(counts, cfg.k_neighbors)
-        with np.errstate(invalid="ignore"):
-            nn = np.where(available > 0, sims[:, 0], np.nan).tolist()
-            knn = np.where(
-                available > 0, np.where(np.isfinite(sims), sims, 0.0).sum(axis=1) / np.maximum(available, 1), np.nan
-            ).tolist()
+        if len(accounts) == 1:  # a lone query: the same values without the masked array calls
+            have = int(available[0])
+            row = sims[0]
+            nn = [float(row[0])] if have > 0 else [math.nan]
+            # float32 sum over one row, divided by an int64 as the batch path does (float64)
+            knn = [float(np.where(np.isfinite(row), row, 0.0).sum() / np.int64(have))] if have > 0 else [math.nan]
+        else:
+            nn, knn = self._neighbour_means(sims, available)
         facts = [
             QueryFacts(*row)
             for row in zip(
                 nn, knn, ref.ref_similarity.tolist(), ref.ref_kernel_mean.tolist(), ref.cell.tolist(), strict=True
             )
         ]
+        return self._fold(accounts, facts, ts, texts)
+
+    @staticmethod
+    def _neighbour_means(sims: np.ndarray, available: np.ndarray) -> tuple[list[float], list[float]]:
+        """Each item's nearest similarity and mean of its k nearest (NaN without a neighbour)."""
+        with np.errstate(invalid="ignore"):
+            nn = np.where(available > 0, sims[:, 0], np.nan).tolist()
+            knn = np.where(
+                available > 0, np.where(np.isfinite(sims), sims, 0.0).sum(axis=1) / np.maximum(available, 1), np.nan
+            ).tolist()
+        return nn, knn
+
+    def _fold(self, accounts, facts: list[QueryFacts], ts, texts) -> StepResult:
+        """Fold each item's facts into its account in order; the batch's feature rows."""
+        cfg = self.config
         states = [self._state_of(account) for account in accounts]
         if texts is not None:  # in arrival order: an item may continue an earlier item of its batch
             for i, text in enumerate(texts):

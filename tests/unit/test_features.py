@@ -146,6 +146,26 @@ def test_one_state_features_equal_its_batch_row():
         np.testing.assert_allclose(s.features(NEAR_DUP, OFF_REF), row, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_a_lone_row_takes_the_short_path_to_the_same_bits(seed):
+    """A one-item batch (a lone query) is computed by its own short path; it must give the
+    array path's values bit for bit, NaN where that gives NaN, in every regime: first query,
+    short of the normality minimum, partly filled and wrapped rings, rings with gaps."""
+    rng = np.random.default_rng(100 + seed)
+    window = 32
+    for n in [1, 2, 3, MIN_NORMALITY_SAMPLES - 1, MIN_NORMALITY_SAMPLES, 20, window, window + 1, 3 * window + 7]:
+        state = random_state(rng, window, n)
+        if n > 4 and rng.random() < 0.5:  # a gap in a ring (a query with no neighbour mid-stream)
+            state.ring_nn[1] = state.ring_knn[1] = np.nan
+            state.ring_ref[2] = np.nan
+        batch = FeatureBatch(1, window, N_CELLS)
+        batch.capture(0, state)
+        lone = batch.features(NEAR_DUP, OFF_REF)
+        arrays = batch._array_features(NEAR_DUP, OFF_REF)
+        assert lone.shape == arrays.shape == (1, len(FEATURE_NAMES))
+        assert lone.tobytes() == arrays.tobytes(), (n, lone - arrays)  # bit for bit, NaN included
+
+
 def test_capture_copies_state_at_that_moment():
     rng = np.random.default_rng(3)
     state = random_state(rng, 32, 10)

@@ -264,6 +264,7 @@ def test_quick_results_cover_every_scenario_and_detector_with_valid_metrics(quic
         FOURTH_STRATEGIES,
         HELDOUT_STRATEGIES,
         MIXED_SHARES,
+        SIXTH_STRATEGIES,
         SIZES,
         STRATEGIES,
         THIRD_STRATEGIES,
@@ -279,6 +280,7 @@ def test_quick_results_cover_every_scenario_and_detector_with_valid_metrics(quic
         + list(THIRD_STRATEGIES)
         + list(FOURTH_STRATEGIES)
         + list(FIFTH_STRATEGIES)
+        + list(SIXTH_STRATEGIES)
     )
     assert list(results["scenarios"]) == expected
     keys = [fpr_key(f) for f in OPERATING_FPRS]

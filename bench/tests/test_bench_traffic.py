@@ -21,6 +21,7 @@ from bench.traffic import (
     HELDOUT_STRATEGIES,
     LONG_BENIGN,
     MIXED_SHARES,
+    SIXTH_STRATEGIES,
     SIZES,
     STRATEGIES,
     THIRD_STRATEGIES,
@@ -41,6 +42,7 @@ SCENARIOS = (
     + list(THIRD_STRATEGIES)
     + list(FOURTH_STRATEGIES)
     + list(FIFTH_STRATEGIES)
+    + list(SIXTH_STRATEGIES)
 )
 
 
@@ -99,11 +101,11 @@ def test_every_stream_is_well_formed(traffic):
     assert len({s.account for s in traffic.all_streams()}) == len(traffic.all_streams())
 
 
-@pytest.mark.parametrize("wording", range(1, 4))
+@pytest.mark.parametrize("wording", range(1, 5))
 def test_each_later_perturbation_wording_shares_no_prompt_with_the_sets_before_it(traffic, wording):
-    """The third, fourth and fifth wordings are blind checks: none may send a prompt that an
+    """The third to sixth wordings are blind checks: none may send a prompt that an
     earlier set sends (their chains start at the first edit for that reason)."""
-    sets = [STRATEGIES + HELDOUT_STRATEGIES, THIRD_STRATEGIES, FOURTH_STRATEGIES, FIFTH_STRATEGIES]
+    sets = [STRATEGIES + HELDOUT_STRATEGIES, THIRD_STRATEGIES, FOURTH_STRATEGIES, FIFTH_STRATEGIES, SIXTH_STRATEGIES]
     earlier = {p for names in sets[:wording] for name in names for s in traffic.attacks[name] for p in s.prompts}
     for name in sets[wording]:
         assert len(traffic.attacks[name]) == 3
@@ -116,7 +118,9 @@ def test_labels_agree_with_kinds(traffic):
     for stream in traffic.calibration + traffic.test_benign:
         assert stream.label == 0 and stream.kind.startswith("benign:") and not any(stream.is_attack)
         assert stream.campaign is None
-    for strategy in STRATEGIES + HELDOUT_STRATEGIES + THIRD_STRATEGIES + FOURTH_STRATEGIES + FIFTH_STRATEGIES:
+    for strategy in (
+        STRATEGIES + HELDOUT_STRATEGIES + THIRD_STRATEGIES + FOURTH_STRATEGIES + FIFTH_STRATEGIES + SIXTH_STRATEGIES
+    ):
         for stream in traffic.attacks[strategy]:
             assert stream.label == 1 and stream.kind == f"attack:{strategy}" and all(stream.is_attack)
     for name in MIXED_SHARES:

@@ -34,6 +34,7 @@ from .hydra import (
 )
 from .model import AccountStream, Traffic
 from .populations import POPULATIONS, Population, Populations, build_populations
+from .sixth_attacks import SIXTH_STRATEGIES
 from .sources import MissingDataPackageError
 from .third_attacks import THIRD_STRATEGIES
 
@@ -54,6 +55,7 @@ __all__ = [
     "POPULATIONS",
     "SIZES",
     "STRATEGIES",
+    "SIXTH_STRATEGIES",
     "THIRD_STRATEGIES",
     "AccountStream",
     "HydraSizeSpec",

@@ -3,6 +3,7 @@ a seed (occlusion, LIME-style word samples, bisection towards another seed), nev
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -47,8 +48,8 @@ def test_bisection_splices_the_other_seed_in_front_and_halves_towards_the_bounda
         k = next(k for k in range(1, len(other)) if got == other[:k] + words[k:])
         cuts.append(k)
     assert cuts[0] == max(len(words), len(other)) // 2
-    gaps = [abs(b - a) for a, b in zip(cuts, cuts[1:], strict=False)]
-    assert all(later <= earlier for earlier, later in zip(gaps, gaps[1:], strict=False))  # steps shrink
+    gaps = [abs(b - a) for a, b in itertools.pairwise(cuts)]
+    assert all(later <= earlier for earlier, later in itertools.pairwise(gaps))  # steps shrink
 
 
 def test_no_probe_sends_a_prompt_twice():

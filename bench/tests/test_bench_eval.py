@@ -264,6 +264,7 @@ def test_quick_results_cover_every_scenario_and_detector_with_valid_metrics(quic
         FOURTH_STRATEGIES,
         HELDOUT_STRATEGIES,
         MIXED_SHARES,
+        SEVENTH_STRATEGIES,
         SIXTH_STRATEGIES,
         SIZES,
         STRATEGIES,
@@ -281,6 +282,7 @@ def test_quick_results_cover_every_scenario_and_detector_with_valid_metrics(quic
         + list(FOURTH_STRATEGIES)
         + list(FIFTH_STRATEGIES)
         + list(SIXTH_STRATEGIES)
+        + list(SEVENTH_STRATEGIES)
     )
     assert list(results["scenarios"]) == expected
     keys = [fpr_key(f) for f in OPERATING_FPRS]

@@ -34,6 +34,7 @@ from .hydra import (
 )
 from .model import AccountStream, Traffic
 from .populations import POPULATIONS, Population, Populations, build_populations
+from .seventh_attacks import SEVENTH_STRATEGIES
 from .sixth_attacks import SIXTH_STRATEGIES
 from .sources import MissingDataPackageError
 from .third_attacks import THIRD_STRATEGIES
@@ -53,6 +54,7 @@ __all__ = [
     "META_KEYS",
     "MIXED_SHARES",
     "POPULATIONS",
+    "SEVENTH_STRATEGIES",
     "SIXTH_STRATEGIES",
     "SIZES",
     "STRATEGIES",

@@ -7,7 +7,16 @@ import math
 import random
 from dataclasses import dataclass
 
-from . import attacks, benign, fifth_attacks, fourth_attacks, heldout_attacks, sixth_attacks, third_attacks
+from . import (
+    attacks,
+    benign,
+    fifth_attacks,
+    fourth_attacks,
+    heldout_attacks,
+    seventh_attacks,
+    sixth_attacks,
+    third_attacks,
+)
 from .edits import human_edit
 from .model import AccountStream, Traffic
 from .timing import script_times
@@ -303,8 +312,8 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
             streams.append(_attack_stream(account, f"attack:{scenario}", picked, script_times(rng, len(picked))))
         scenarios[scenario] = streams
 
-    # perturbation chains in a third to sixth wording, each written before the misses of the one
-    # before were looked at (third_attacks.py ... sixth_attacks.py): the evidence for what was
+    # perturbation chains in a third to seventh wording, each written before the misses of the one
+    # before were looked at (third_attacks.py ... seventh_attacks.py): the evidence for what was
     # changed after looking
     later: dict[str, list[AccountStream]] = {}
     for name, build_chains, next_queries, strategies in (
@@ -312,6 +321,12 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
         ("fourth", fourth_attacks.build_fourth_chains, fourth_attacks.fourth_queries, fourth_attacks.FOURTH_STRATEGIES),
         ("fifth", fifth_attacks.build_fifth_chains, fifth_attacks.fifth_queries, fifth_attacks.FIFTH_STRATEGIES),
         ("sixth", sixth_attacks.build_sixth_chains, sixth_attacks.sixth_queries, sixth_attacks.SIXTH_STRATEGIES),
+        (
+            "seventh",
+            seventh_attacks.build_seventh_chains,
+            seventh_attacks.seventh_queries,
+            seventh_attacks.SEVENTH_STRATEGIES,
+        ),
     ):
         chains = build_chains(_rng(size, seed, f"{name}-attack-pools"), spec.attack_pool)
         rng = _rng(size, seed, f"{name}-attacks")
@@ -339,7 +354,7 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
 
     names = attacks.STRATEGIES + tuple(MIXED_SHARES) + tuple(spec.splits) + heldout_attacks.HELDOUT_STRATEGIES
     ordered = {name: scenarios[name] for name in names}
-    # the long accounts after those, and the third to sixth wordings after them, so every
+    # the long accounts after those, and the third to seventh wordings after them, so every
     # stream built before them keeps its re-edits (and texts)
     keep_disjoint(
         _rng(size, seed, "disjoint"),

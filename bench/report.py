@@ -249,7 +249,15 @@ before that change and before any detector was measured on it. Its misses were l
 0.12.6 was measured on it and nothing was changed for them, so its 0.12.6 number is blind but
 the row is spent for the next change; the `fifth_perturbation_chain` row
 (`bench/traffic/fifth_attacks.py`: PromptBench-style robustness probes that append a distractor,
-drop it again or swap a synonym) was committed before that look, as the next blind check. Leave one strategy out: no detector here, probewatch included, fits
+drop it again or swap a synonym) was committed before that look, as the next blind check. In
+0.12.7 two more were committed before any detector ran on them: `sixth_perturbation_chain`
+(`bench/traffic/sixth_attacks.py`: occlusion, LIME-style word samples and bisection between
+two seeds, every probe an edit of its seed, not of the query before) and then
+`seventh_perturbation_chain` (`bench/traffic/seventh_attacks.py`: one word replaced, or one
+output instruction added, per query). After the sixth was measured, the structure of its
+accounts (and, beside them, of the fourth's and fifth's) was compared with the benign
+classes' and nothing was changed for it; so the fourth, fifth and sixth rows are spent for
+the next change and the seventh is the blind check. Leave one strategy out: no detector here, probewatch included, fits
 anything on attack traffic (calibration is benign accounts only), so every row is already
 scored by a detector trained without its strategy; the one component probewatch fits with
 extraction-like positives, the elicitation head, acts only in the campaign layer, whose levels

@@ -194,6 +194,13 @@ def chain_order(rng: random.Random, chains: list[list[Query]], n: int) -> list[l
     return _cycle(rng, chains, len(chains) * (1 + n // max(1, sum(map(len, chains)))))
 
 
+def check_later_wording(strategy: str, prefix: str, strategies: tuple[str, ...]) -> None:
+    """A later perturbation wording (third_attacks.py onwards) has one strategy,
+    ``prefix + "perturbation_chain"``: any other name is refused, naming the one it has."""
+    if strategy.removeprefix(prefix) != "perturbation_chain":
+        raise ValueError(f"unknown {prefix.rstrip('_')}-wording strategy {strategy!r}; expected one of {strategies}")
+
+
 def chained(rng: random.Random, chains: list[list[Query]], n: int) -> list[Query]:
     """The first ``n`` queries of whole chains sent one after another, in :func:`chain_order`."""
     out: list[Query] = []

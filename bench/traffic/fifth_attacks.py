@@ -16,7 +16,7 @@ import re
 import string
 
 from . import sources
-from .attacks import Query, _sample, chained, distinct_steps
+from .attacks import Query, _sample, chained, check_later_wording, distinct_steps
 
 FIFTH_PREFIX = "fifth_"
 FIFTH_STRATEGIES = (FIFTH_PREFIX + "perturbation_chain",)
@@ -100,6 +100,5 @@ def build_fifth_chains(rng: random.Random, pool_size: int) -> list[list[Query]]:
 
 def fifth_queries(strategy: str, rng: random.Random, chains: list[list[Query]], n: int) -> list[Query]:
     """The next ``n`` queries of one fifth-wording attack account (chains one after another)."""
-    if strategy.removeprefix(FIFTH_PREFIX) != "perturbation_chain":
-        raise ValueError(f"unknown fifth-wording strategy {strategy!r}; expected one of {FIFTH_STRATEGIES}")
+    check_later_wording(strategy, FIFTH_PREFIX, FIFTH_STRATEGIES)
     return chained(rng, chains, n)

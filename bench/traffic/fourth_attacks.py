@@ -15,7 +15,7 @@ import random
 import re
 
 from . import sources
-from .attacks import Query, _sample, chain_order, distinct_steps
+from .attacks import Query, _sample, chain_order, check_later_wording, distinct_steps
 
 FOURTH_PREFIX = "fourth_"
 FOURTH_STRATEGIES = (FOURTH_PREFIX + "perturbation_chain",)
@@ -162,6 +162,5 @@ def interleaved(rng: random.Random, chains: list[list[Query]], n: int) -> list[Q
 
 def fourth_queries(strategy: str, rng: random.Random, chains: list[list[Query]], n: int) -> list[Query]:
     """The next ``n`` queries of one fourth-wording attack account."""
-    if strategy.removeprefix(FOURTH_PREFIX) != "perturbation_chain":
-        raise ValueError(f"unknown fourth-wording strategy {strategy!r}; expected one of {FOURTH_STRATEGIES}")
+    check_later_wording(strategy, FOURTH_PREFIX, FOURTH_STRATEGIES)
     return interleaved(rng, chains, n)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 
 from . import sources
-from .attacks import Query, _sample, chained, distinct_steps
+from .attacks import Query, _sample, chained, check_later_wording, distinct_steps
 
 SEVENTH_PREFIX = "seventh_"
 SEVENTH_STRATEGIES = (SEVENTH_PREFIX + "perturbation_chain",)
@@ -87,6 +87,5 @@ def build_seventh_chains(rng: random.Random, pool_size: int) -> list[list[Query]
 
 def seventh_queries(strategy: str, rng: random.Random, chains: list[list[Query]], n: int) -> list[Query]:
     """The next ``n`` queries of one seventh-wording attack account (grids one after another)."""
-    if strategy.removeprefix(SEVENTH_PREFIX) != "perturbation_chain":
-        raise ValueError(f"unknown seventh-wording strategy {strategy!r}; expected one of {SEVENTH_STRATEGIES}")
+    check_later_wording(strategy, SEVENTH_PREFIX, SEVENTH_STRATEGIES)
     return chained(rng, chains, n)

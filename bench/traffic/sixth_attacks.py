@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 
 from . import sources
-from .attacks import Query, _sample, chained, distinct_steps
+from .attacks import Query, _sample, chained, check_later_wording, distinct_steps
 
 SIXTH_PREFIX = "sixth_"
 SIXTH_STRATEGIES = (SIXTH_PREFIX + "perturbation_chain",)
@@ -94,6 +94,5 @@ def build_sixth_chains(rng: random.Random, pool_size: int) -> list[list[Query]]:
 
 def sixth_queries(strategy: str, rng: random.Random, chains: list[list[Query]], n: int) -> list[Query]:
     """The next ``n`` queries of one sixth-wording attack account (probes one after another)."""
-    if strategy.removeprefix(SIXTH_PREFIX) != "perturbation_chain":
-        raise ValueError(f"unknown sixth-wording strategy {strategy!r}; expected one of {SIXTH_STRATEGIES}")
+    check_later_wording(strategy, SIXTH_PREFIX, SIXTH_STRATEGIES)
     return chained(rng, chains, n)

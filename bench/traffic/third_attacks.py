@@ -20,7 +20,7 @@ import random
 import re
 
 from . import sources
-from .attacks import Query, _sample, chained, distinct_steps
+from .attacks import Query, _sample, chained, check_later_wording, distinct_steps
 
 THIRD_PREFIX = "third_"
 THIRD_STRATEGIES = (THIRD_PREFIX + "perturbation_chain",)
@@ -137,6 +137,5 @@ def build_third_chains(rng: random.Random, pool_size: int) -> list[list[Query]]:
 
 def third_queries(strategy: str, rng: random.Random, chains: list[list[Query]], n: int) -> list[Query]:
     """The next ``n`` queries of one third-wording attack account (chains one after another)."""
-    if strategy.removeprefix(THIRD_PREFIX) != "perturbation_chain":
-        raise ValueError(f"unknown third-wording strategy {strategy!r}; expected one of {THIRD_STRATEGIES}")
+    check_later_wording(strategy, THIRD_PREFIX, THIRD_STRATEGIES)
     return chained(rng, chains, n)

@@ -259,17 +259,7 @@ def test_quick_pipeline_writes_report_results_and_plots(quick_run):
 
 @pytest.mark.slow
 def test_quick_results_cover_every_scenario_and_detector_with_valid_metrics(quick_run):
-    from bench.traffic import (
-        FIFTH_STRATEGIES,
-        FOURTH_STRATEGIES,
-        HELDOUT_STRATEGIES,
-        MIXED_SHARES,
-        SEVENTH_STRATEGIES,
-        SIXTH_STRATEGIES,
-        SIZES,
-        STRATEGIES,
-        THIRD_STRATEGIES,
-    )
+    from bench.traffic import HELDOUT_STRATEGIES, LATER_WORDINGS, MIXED_SHARES, SIZES, STRATEGIES
 
     _, results = quick_run
     detectors = detector_names()
@@ -278,11 +268,7 @@ def test_quick_results_cover_every_scenario_and_detector_with_valid_metrics(quic
         + list(MIXED_SHARES)
         + list(SIZES["quick"].splits)
         + list(HELDOUT_STRATEGIES)
-        + list(THIRD_STRATEGIES)
-        + list(FOURTH_STRATEGIES)
-        + list(FIFTH_STRATEGIES)
-        + list(SIXTH_STRATEGIES)
-        + list(SEVENTH_STRATEGIES)
+        + [name for wording in LATER_WORDINGS for name in wording]
     )
     assert list(results["scenarios"]) == expected
     keys = [fpr_key(f) for f in OPERATING_FPRS]

@@ -15,17 +15,13 @@ import pytest
 
 from bench.embedcache import ENV_CACHE_DIR, EmbeddingCache, default_cache_dir
 from bench.traffic import (
-    FIFTH_STRATEGIES,
-    FOURTH_STRATEGIES,
     HARD_BENIGN,
     HELDOUT_STRATEGIES,
+    LATER_WORDINGS,
     LONG_BENIGN,
     MIXED_SHARES,
-    SEVENTH_STRATEGIES,
-    SIXTH_STRATEGIES,
     SIZES,
     STRATEGIES,
-    THIRD_STRATEGIES,
     AccountStream,
     Traffic,
     build_traffic,
@@ -40,11 +36,7 @@ SCENARIOS = (
     + list(MIXED_SHARES)
     + ["split_10", "split_50", "split_200"]
     + list(HELDOUT_STRATEGIES)
-    + list(THIRD_STRATEGIES)
-    + list(FOURTH_STRATEGIES)
-    + list(FIFTH_STRATEGIES)
-    + list(SIXTH_STRATEGIES)
-    + list(SEVENTH_STRATEGIES)
+    + [name for wording in LATER_WORDINGS for name in wording]
 )
 
 
@@ -103,18 +95,11 @@ def test_every_stream_is_well_formed(traffic):
     assert len({s.account for s in traffic.all_streams()}) == len(traffic.all_streams())
 
 
-@pytest.mark.parametrize("wording", range(1, 6))
+@pytest.mark.parametrize("wording", range(1, len(LATER_WORDINGS) + 1))
 def test_each_later_perturbation_wording_shares_no_prompt_with_the_sets_before_it(traffic, wording):
-    """The third to seventh wordings are blind checks: none may send a prompt that an
+    """The third and later wordings are blind checks: none may send a prompt that an
     earlier set sends (their chains start at the first edit for that reason)."""
-    sets = [
-        STRATEGIES + HELDOUT_STRATEGIES,
-        THIRD_STRATEGIES,
-        FOURTH_STRATEGIES,
-        FIFTH_STRATEGIES,
-        SIXTH_STRATEGIES,
-        SEVENTH_STRATEGIES,
-    ]
+    sets = [STRATEGIES + HELDOUT_STRATEGIES, *LATER_WORDINGS]
     earlier = {p for names in sets[:wording] for name in names for s in traffic.attacks[name] for p in s.prompts}
     for name in sets[wording]:
         assert len(traffic.attacks[name]) == 3
@@ -127,15 +112,7 @@ def test_labels_agree_with_kinds(traffic):
     for stream in traffic.calibration + traffic.test_benign:
         assert stream.label == 0 and stream.kind.startswith("benign:") and not any(stream.is_attack)
         assert stream.campaign is None
-    for strategy in (
-        STRATEGIES
-        + HELDOUT_STRATEGIES
-        + THIRD_STRATEGIES
-        + FOURTH_STRATEGIES
-        + FIFTH_STRATEGIES
-        + SIXTH_STRATEGIES
-        + SEVENTH_STRATEGIES
-    ):
+    for strategy in STRATEGIES + HELDOUT_STRATEGIES + tuple(name for wording in LATER_WORDINGS for name in wording):
         for stream in traffic.attacks[strategy]:
             assert stream.label == 1 and stream.kind == f"attack:{strategy}" and all(stream.is_attack)
     for name in MIXED_SHARES:

@@ -16,7 +16,7 @@ See README.md in this folder for the sources, account classes, strategies and si
 """
 
 from .attacks import STRATEGIES
-from .build import HARD_BENIGN, LONG_BENIGN, MIXED_SHARES, SIZES, build_traffic
+from .build import HARD_BENIGN, LATER_WORDINGS, LONG_BENIGN, MIXED_SHARES, SIZES, build_traffic
 from .fifth_attacks import FIFTH_STRATEGIES
 from .fourth_attacks import FOURTH_STRATEGIES
 from .heldout_attacks import HELDOUT_STRATEGIES
@@ -50,6 +50,7 @@ __all__ = [
     "HYDRA_CROWDS",
     "HYDRA_SCENARIOS",
     "HYDRA_SIZES",
+    "LATER_WORDINGS",
     "LONG_BENIGN",
     "META_KEYS",
     "MIXED_SHARES",

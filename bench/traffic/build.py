@@ -222,6 +222,17 @@ def keep_disjoint(rng: random.Random, calibration: list[AccountStream], others: 
                 stream.prompts[i] = human_edit(rng, stream.prompts[i])
 
 
+# The later perturbation wordings' scenarios, in the order they were written and are built
+# (third_attacks.py onwards; see build_traffic): reports and tests list them from here.
+LATER_WORDINGS: tuple[tuple[str, ...], ...] = (
+    third_attacks.THIRD_STRATEGIES,
+    fourth_attacks.FOURTH_STRATEGIES,
+    fifth_attacks.FIFTH_STRATEGIES,
+    sixth_attacks.SIXTH_STRATEGIES,
+    seventh_attacks.SEVENTH_STRATEGIES,
+)
+
+
 def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | None = None) -> Traffic:
     """Labelled per-account traffic for the detection benchmark; deterministic given
     ``size`` and ``seed`` (and, for the k-center strategy, the embedder).

@@ -17,6 +17,7 @@ See README.md in this folder for the sources, account classes, strategies and si
 
 from .attacks import STRATEGIES
 from .build import HARD_BENIGN, LATER_WORDINGS, LONG_BENIGN, MIXED_SHARES, SIZES, build_traffic
+from .eighth_attacks import EIGHTH_STRATEGIES
 from .fifth_attacks import FIFTH_STRATEGIES
 from .fourth_attacks import FOURTH_STRATEGIES
 from .heldout_attacks import HELDOUT_STRATEGIES
@@ -41,6 +42,7 @@ from .third_attacks import THIRD_STRATEGIES
 
 __all__ = [
     "CROWD_TEMPLATES",
+    "EIGHTH_STRATEGIES",
     "FIFTH_STRATEGIES",
     "FOURTH_STRATEGIES",
     "HARD_BENIGN",

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from . import (
     attacks,
     benign,
+    eighth_attacks,
     fifth_attacks,
     fourth_attacks,
     heldout_attacks,
@@ -230,6 +231,7 @@ LATER_WORDINGS: tuple[tuple[str, ...], ...] = (
     fifth_attacks.FIFTH_STRATEGIES,
     sixth_attacks.SIXTH_STRATEGIES,
     seventh_attacks.SEVENTH_STRATEGIES,
+    eighth_attacks.EIGHTH_STRATEGIES,
 )
 
 
@@ -323,8 +325,8 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
             streams.append(_attack_stream(account, f"attack:{scenario}", picked, script_times(rng, len(picked))))
         scenarios[scenario] = streams
 
-    # perturbation chains in a third to seventh wording, each written before the misses of the one
-    # before were looked at (third_attacks.py ... seventh_attacks.py): the evidence for what was
+    # perturbation chains in a third to eighth wording, each written before the misses of the one
+    # before were looked at (third_attacks.py ... eighth_attacks.py): the evidence for what was
     # changed after looking
     later: dict[str, list[AccountStream]] = {}
     for name, build_chains, next_queries, strategies in (
@@ -338,6 +340,7 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
             seventh_attacks.seventh_queries,
             seventh_attacks.SEVENTH_STRATEGIES,
         ),
+        ("eighth", eighth_attacks.build_eighth_chains, eighth_attacks.eighth_queries, eighth_attacks.EIGHTH_STRATEGIES),
     ):
         chains = build_chains(_rng(size, seed, f"{name}-attack-pools"), spec.attack_pool)
         rng = _rng(size, seed, f"{name}-attacks")
@@ -365,7 +368,7 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
 
     names = attacks.STRATEGIES + tuple(MIXED_SHARES) + tuple(spec.splits) + heldout_attacks.HELDOUT_STRATEGIES
     ordered = {name: scenarios[name] for name in names}
-    # the long accounts after those, and the third to seventh wordings after them, so every
+    # the long accounts after those, and the third to eighth wordings after them, so every
     # stream built before them keeps its re-edits (and texts)
     keep_disjoint(
         _rng(size, seed, "disjoint"),

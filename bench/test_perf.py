@@ -225,6 +225,31 @@ def test_detection_cost_many_short_accounts(benchmark):
     benchmark(lambda: engine.observe_embeddings(accounts, next(more)))
 
 
+def test_detection_cost_many_short_accounts_with_prompts(benchmark, prompts):
+    """The many-short-accounts batch with each query's prompt: what reading the text adds (the
+    continuation check, and since 0.13.0 each prompt's word sketch and the neighbourhood-probe
+    check against the account's last 16 prompts)."""
+    engine = _engine()
+    rows = unit_rows(256 * 60, seed=3)
+    accounts = [f"a{i}" for i in range(256)]
+    # prompts of 6-24 words drawn from the demo's words: no two accounts share a template (the
+    # demo's own prompts, shared by all 256 accounts, would make every query a campaign-group
+    # member and measure the campaign layer instead)
+    rng = np.random.default_rng(11)
+    words = sorted({w for p in prompts for w in p.split()})
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(6, 25)))) for _ in range(256 * 60)]
+    for r in range(50):
+        engine.observe_embeddings(accounts, rows[r * 256 : (r + 1) * 256], prompts=texts[r * 256 : (r + 1) * 256])
+    more = itertools.cycle([(rows[r * 256 : (r + 1) * 256], texts[r * 256 : (r + 1) * 256]) for r in range(50, 60)])
+    benchmark.extra_info["queries_per_call"] = 256
+
+    def call():
+        vectors, batch_prompts = next(more)
+        engine.observe_embeddings(accounts, vectors, prompts=batch_prompts)
+
+    benchmark(call)
+
+
 def test_detection_cost_light_accounts(benchmark):
     """10,000 light accounts sending two queries each, in calls of 1,024 (a campaign of many
     light accounts, or a busy front end): every query refreshes its young account's window

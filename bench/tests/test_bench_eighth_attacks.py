@@ -35,8 +35,8 @@ def test_the_entity_and_number_tests_swap_what_they_name():
     numbered = eighth_attacks.change_number(rng, words)
     changed = [(a, b) for a, b in zip(words, numbered, strict=True) if a != b]
     assert len(changed) == 1 and changed[0][0] in ("2019", "14") and any(c.isdigit() for c in changed[0][1])
-    assert eighth_attacks.swap_entity(rng, "what is the time now".split()) is None
-    assert eighth_attacks.change_number(rng, "what is the time now".split()) is None
+    assert eighth_attacks.swap_entity(rng, ["what", "is", "the", "time", "now"]) is None
+    assert eighth_attacks.change_number(rng, ["what", "is", "the", "time", "now"]) is None
 
 
 def test_a_suite_is_built_from_its_seed_not_from_the_query_before():

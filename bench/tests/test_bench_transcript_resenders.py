@@ -21,7 +21,7 @@ def test_each_account_is_conversations_sent_as_growing_transcripts():
         state = AccountState(128, 4)
         marks = []
         for text in prompts:
-            marks.append(state.note_prompt(text))
+            marks.append(state.note_prompt(text)[0])
             state.update(QueryFacts(0.5, 0.5, 0.5, 0.5, 0, marks[-1]), None)
         expected = np.where(np.isin(np.arange(len(prompts)), starts), FRESH, CONTINUES)
         # a turn shorter than the minimum addition is not a continuation

@@ -27,6 +27,16 @@ from probewatch.kernels import (
 )
 
 from ..types import Level
+from .probes import EMPTY as EMPTY_HASH
+from .probes import (
+    MIN_RELATED,
+    SKETCH_WORDS,
+    candidate_slots,
+    is_neighbourhood_probe,
+    signature,
+    sketch_set,
+    word_hashes,
+)
 
 # name -> what it measures (shown in verdict reasons)
 FEATURES: dict[str, str] = {
@@ -57,6 +67,11 @@ FEATURES: dict[str, str] = {
         "chain of edits began or eight or more edits down it (perturbation attacks walk away from their "
         "seeds one small step at a time and keep stepping; people editing a prompt make a few edits and "
         "stay close to what they first asked)"
+    ),
+    "neighbourhood_probe_rate": (
+        "share of all queries that are small word-level edits of three or more of the account's last 16 "
+        "prompts: a word left out, masked or swapped (explainers and boundary searches send many variants "
+        "around one seed; people editing a prompt build on their last version)"
     ),
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)
@@ -162,6 +177,8 @@ class QueryFacts:
     # whether the prompt continues one of the account's recent prompts (CONTINUATION_MEMORY):
     # CONTINUES, FRESH, or UNKNOWN_TEXT where the caller passed no prompt
     continues: int = UNKNOWN_TEXT
+    # whether the prompt is a neighbourhood probe (see probewatch.detect.probes)
+    probe: bool = False
 
 
 class AccountState:
@@ -181,9 +198,13 @@ class AccountState:
         "nn_hist",
         "peak_risk",
         "peak_score",
+        "probes",
         "prompt_digests",
         "prompt_heads",
         "prompt_lengths",
+        "prompt_signatures",
+        "prompt_sketches",
+        "prompt_words",
         "recent_scores",
         "ref_hist",
         "ring_cell",
@@ -229,18 +250,30 @@ class AccountState:
         self.prompt_lengths = np.zeros(CONTINUATION_MEMORY, dtype=np.int64)
         self.prompt_heads = np.zeros(CONTINUATION_MEMORY, dtype=np.int64)
         self.prompt_digests = np.zeros((CONTINUATION_MEMORY, 16), dtype=np.uint8)
+        # the same prompts' word sketches and distinct word counts (0: no prompt), and
+        # [prompts remembered, neighbourhood probes found] (see probewatch.detect.probes). The
+        # prompt count, not n, picks the slot: a batch notes all its prompts before any of its
+        # queries is counted in n.
+        self.prompt_sketches = np.full((CONTINUATION_MEMORY, SKETCH_WORDS), EMPTY_HASH, dtype=np.uint32)
+        self.prompt_words = np.zeros(CONTINUATION_MEMORY, dtype=np.int32)
+        self.probes = np.zeros(2, dtype=np.int64)
+        self.prompt_signatures = np.zeros(CONTINUATION_MEMORY, dtype=np.int64)  # see probes.signature
 
-    def note_prompt(self, text: str) -> int:
-        """CONTINUES if ``text`` continues one of the account's recent prompts (it starts with
-        the whole of one and adds at least CONTINUATION_MIN_ADDED characters), else FRESH; then
-        remember it. Call once per query that has a prompt, before :meth:`update` counts it."""
+    def note_prompt(self, text: str) -> tuple[int, bool]:
+        """(mark, probe): the mark is CONTINUES if ``text`` continues one of the account's recent
+        prompts (it starts with the whole of one and adds at least CONTINUATION_MIN_ADDED
+        characters), else FRESH; probe is whether a fresh prompt is a neighbourhood probe
+        (``is_neighbourhood_probe``). Then remember it. Call once per query that has a prompt,
+        before :meth:`update` counts it; both go into its QueryFacts (a batch notes all its
+        prompts before its first update, so nothing here may count what update counts)."""
         continues = FRESH
+        noted = int(self.probes[0])
         lengths = self.prompt_lengths
         candidates = np.flatnonzero((lengths > 0) & (lengths <= len(text) - CONTINUATION_MIN_ADDED))
         if candidates.size:
             heads: dict[int, int] = {}  # head length -> checksum of text's head of that length
             # newest first: a transcript mostly continues the prompt just before it
-            for j in sorted(candidates.tolist(), key=lambda j: (self.n - 1 - j) % CONTINUATION_MEMORY):
+            for j in sorted(candidates.tolist(), key=lambda j: (noted - 1 - j) % CONTINUATION_MEMORY):
                 length = int(lengths[j])
                 size = min(length, CONTINUATION_HEAD_CHARS)
                 head = heads.get(size)
@@ -249,11 +282,27 @@ class AccountState:
                 if head == self.prompt_heads[j] and _digest(text[:length]) == self.prompt_digests[j].tobytes():
                     continues = CONTINUES
                     break
-        slot = self.n % CONTINUATION_MEMORY
+        kept, words = word_hashes(text)
+        bits = signature(kept)
+        probe = False
+        if continues == FRESH:
+            slots = candidate_slots(bits, words, self.prompt_signatures.tolist(), self.prompt_words.tolist())
+            if len(slots) >= MIN_RELATED:
+                earlier = [
+                    (sketch_set(self.prompt_sketches[j], int(self.prompt_words[j])), int(self.prompt_words[j]))
+                    for j in slots
+                ]
+                probe = is_neighbourhood_probe(frozenset(kept), words, earlier)
+        slot = noted % CONTINUATION_MEMORY
+        self.probes[0] = noted + 1
+        self.prompt_sketches[slot, : len(kept)] = kept
+        self.prompt_sketches[slot, len(kept) :] = EMPTY_HASH
+        self.prompt_words[slot] = words
+        self.prompt_signatures[slot] = bits
         self.prompt_lengths[slot] = len(text)
         self.prompt_heads[slot] = _checksum(text[:CONTINUATION_HEAD_CHARS])
         self.prompt_digests[slot] = np.frombuffer(_digest(text), dtype=np.uint8)
-        return continues
+        return continues, probe
 
     def update(self, facts: QueryFacts, ts: float | None) -> None:
         slot = self.n % self.window
@@ -263,6 +312,8 @@ class AccountState:
         self.ring_ref[slot] = facts.ref_similarity
         self.ring_kmean[slot] = facts.ref_kernel_mean
         self.ring_cell[slot] = facts.cell
+        if facts.probe:
+            self.probes[1] += 1
         if not math.isnan(facts.nn_similarity):
             self.nn_hist[_hist_index(facts.nn_similarity)] += 1
         self.ref_hist[_hist_index(facts.ref_similarity)] += 1
@@ -307,9 +358,11 @@ class AccountState:
         )
 
     def _window_values(self, ring: np.ndarray) -> np.ndarray:
-        """Ring contents oldest -> newest (only the filled part)."""
+        """Ring contents oldest -> newest (only the filled part); a copy, since a batch's due
+        refreshes are computed after its later items have written the ring (for a young
+        account a view would change under a pending refresh once its ring wraps)."""
         if self.n < self.window:
-            return ring[: self.n]
+            return ring[: self.n].copy()
         start = self.n % self.window
         return np.concatenate([ring[start:], ring[:start]])
 
@@ -363,10 +416,25 @@ class AccountState:
         "prompt_lengths",
         "prompt_heads",
         "prompt_digests",
+        "prompt_sketches",
+        "prompt_words",
+        "prompt_signatures",
+        "probes",
     )
     # absent from older snapshots, so they start at their defaults: steps judged from the next
-    # refresh on (0.12.0); no recent prompt to continue (0.12.5)
-    SINCE_0_12 = ("walk", "ring_continues", "prompt_lengths", "prompt_heads", "prompt_digests")
+    # refresh on (0.12.0); no recent prompt to continue (0.12.5); no recent prompt to be a probe
+    # around, none counted (0.13.0)
+    SINCE_0_12 = (
+        "walk",
+        "ring_continues",
+        "prompt_lengths",
+        "prompt_heads",
+        "prompt_digests",
+        "prompt_sketches",
+        "prompt_words",
+        "prompt_signatures",
+        "probes",
+    )
 
 
 # Window rows a batch holds before its pending refreshes are computed (a 128-row window of
@@ -489,6 +557,7 @@ class FeatureBatch:
         self.cell_counts = np.empty((m, n_cells), dtype=np.int64)
         self.gram_stats = np.empty((m, GRAM_STATS), dtype=np.float64)
         self.walked = np.empty(m, dtype=np.int64)
+        self.probed = np.empty(m, dtype=np.int64)
         self.n = np.empty(m, dtype=np.int64)
 
     def capture(self, i: int, state: AccountState) -> None:
@@ -501,6 +570,7 @@ class FeatureBatch:
         self.cell_counts[i] = state.cell_counts
         self.gram_stats[i] = state.gram_stats
         self.walked[i] = state.walk[1]
+        self.probed[i] = state.probes[1]
         self.n[i] = state.n
 
     def features(self, near_duplicate_similarity: float, off_reference_similarity: float) -> np.ndarray:
@@ -560,6 +630,10 @@ class FeatureBatch:
             f[:, _F["new_cell_rate"]] = (self.cell_counts > 0).sum(axis=1) / np.maximum(self.n, 1)
             # over every query after the first: those not judged yet count as no step (a lower bound)
             f[:, _F["walk_away_rate"]] = np.where(self.n >= 2, self.walked / np.maximum(self.n - 1, 1), np.nan)
+            # over every query after the first: those sent without a prompt count as no probe
+            f[:, _F["neighbourhood_probe_rate"]] = np.where(
+                self.n >= 2, self.probed / np.maximum(self.n - 1, 1), np.nan
+            )
         return f
 
     def _lone_features(self, near_duplicate_similarity: float, off_reference_similarity: float) -> np.ndarray:
@@ -608,6 +682,7 @@ class FeatureBatch:
         n0 = int(self.n[0])
         row[_F["new_cell_rate"]] = int(np.count_nonzero(self.cell_counts[0])) / max(n0, 1)
         row[_F["walk_away_rate"]] = int(self.walked[0]) / (n0 - 1) if n0 >= 2 else math.nan
+        row[_F["neighbourhood_probe_rate"]] = int(self.probed[0]) / (n0 - 1) if n0 >= 2 else math.nan
         return f
 
 

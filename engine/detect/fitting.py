@@ -33,6 +33,9 @@ from .scoring import (
     MIN_SCORED_QUERIES,
     MIN_TOPIC_RETURN_ACCOUNTS,
     N_BINS,
+    PROBE_MIN_QUERIES,
+    PROBE_MIN_RATE,
+    PROBE_QUANTILE,
     TOPIC_RETURN_MIN_QUERIES,
     TOPIC_RETURN_QUANTILE,
     WALK_AWAY_MIN_QUERIES,
@@ -169,6 +172,17 @@ def _fit_walk_away(features: np.ndarray, ns: np.ndarray, owner: np.ndarray) -> t
     if rates.size < MIN_TOPIC_RETURN_ACCOUNTS:
         return None
     return float(np.clip(np.quantile(rates, WALK_AWAY_QUANTILE), WALK_AWAY_MIN_RATE, 0.5)), 1.0
+
+
+def _fit_neighbourhood_probe(features: np.ndarray, ns: np.ndarray, owner: np.ndarray) -> tuple[float, float] | None:
+    """(p, weight) of the neighbourhood-probe statistic (``Calibration.probe_scores``), or None
+    where too few benign accounts are long enough to say how often they probe. Fitted as the
+    walk-away statistic is (``_fit_walk_away``): p the PROBE_QUANTILE of long accounts' lifetime
+    probe rates, at least PROBE_MIN_RATE; weight 1."""
+    rates = _final_rates(features, ns, owner, "neighbourhood_probe_rate", PROBE_MIN_QUERIES)
+    if rates.size < MIN_TOPIC_RETURN_ACCOUNTS:
+        return None
+    return float(np.clip(np.quantile(rates, PROBE_QUANTILE), PROBE_MIN_RATE, 0.5)), 1.0
 
 
 def _distance_norm(distances: np.ndarray, ns: np.ndarray) -> np.ndarray:
@@ -316,7 +330,9 @@ def _cross_fitted(
     lookalike = [rolling_mean_per_account(final.standardise(oof[r], ns), owner) for r in range(CROSS_FIT_REPEATS)]
     final.topic_return = _fit_topic_return(features, ns, owner, scored, lookalike[0])
     final.walk_away = _fit_walk_away(features, ns, owner)
+    final.neighbourhood_probe = _fit_neighbourhood_probe(features, ns, owner)
     own = np.maximum(final.topic_return_scores(features, ns), final.walk_away_scores(features, ns))
+    own = np.maximum(own, final.probe_scores(features, ns))
     maxima = [_account_maxima(np.maximum(score, own), owner, scored) for score in lookalike]
     final.set_account_max_scores(np.concatenate(maxima))  # every account once per split
     evidence = np.mean([final.evidence_scores(oof_evidence[r], ns) for r in range(CROSS_FIT_REPEATS)], axis=0)

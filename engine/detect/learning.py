@@ -208,6 +208,7 @@ class ProviderNormal:
             n_accounts=base.n_accounts,
             topic_return=base.topic_return,
             walk_away=base.walk_away,
+            neighbourhood_probe=base.neighbourhood_probe,
             lookalike_rule=base.lookalike_rule,
             evidence_norm=base.evidence_norm,
         )

@@ -64,9 +64,9 @@ CHANNELS = ("spread", "rank")
 RANK_CHANNEL_SKIPS = ("reference_similarity", "mmd_to_benign", "off_reference_rate")
 # Features that are not look-alike coordinates: the topic return rate is judged on its own (see
 # ``Calibration.topic_return_scores``), as evidence that grows with every query, where a
-# look-alike coordinate among fifteen would dilute it; so is the walk-away rate
-# (``Calibration.walk_away_scores``).
-LOOKALIKE_SKIPS = ("topic_return_rate", "walk_away_rate")
+# look-alike coordinate among fifteen would dilute it; so are the walk-away rate
+# (``Calibration.walk_away_scores``) and the neighbourhood-probe rate (``Calibration.probe_scores``).
+LOOKALIKE_SKIPS = ("topic_return_rate", "walk_away_rate", "neighbourhood_probe_rate")
 # Look-alike rule 2 (the default): repetition is not evidence. Re-sending a prompt, retrying it
 # and editing it are what people do with a model. With every editing and re-sending account left
 # out of calibration, 24 % of them were flagged as an unseen app under rule 1: their queries
@@ -121,11 +121,32 @@ WALK_AWAY_MIN_RATE = 1.0 / 32
 _WALK_AWAY = FEATURE_NAMES.index("walk_away_rate")
 
 
+# The neighbourhood-probe statistic (``Calibration.probe_scores``), fitted the walk-away way: how
+# improbable an account's neighbourhood probes are for an account that sends them as often as the
+# benign PROBE_QUANTILE of accounts with PROBE_MIN_QUERIES+ queries, never less than PROBE_MIN_RATE.
+PROBE_QUANTILE = 0.9
+PROBE_MIN_QUERIES = 64
+PROBE_MIN_RATE = 1.0 / 32
+_PROBE = FEATURE_NAMES.index("neighbourhood_probe_rate")
+
+
 def walk_away_evidence(features: np.ndarray, n: np.ndarray, p: float) -> np.ndarray:
     """-log10 P(Binomial(n - 1, p) >= k) per row, k the row's walk-away steps (``walk_away_rate``
     times n - 1); 0 before MIN_SCORED_QUERIES, without a step and where the rate is undefined."""
+    return excess_count_evidence(features, n, p, _WALK_AWAY)
+
+
+def probe_evidence(features: np.ndarray, n: np.ndarray, p: float) -> np.ndarray:
+    """:func:`walk_away_evidence` for neighbourhood probes (``neighbourhood_probe_rate``)."""
+    return excess_count_evidence(features, n, p, _PROBE)
+
+
+def excess_count_evidence(features: np.ndarray, n: np.ndarray, p: float, column: int) -> np.ndarray:
+    """-log10 P(Binomial(n - 1, p) >= k) per row, k the count behind the rate in feature
+    ``column`` (the rate times n - 1); 0 before MIN_SCORED_QUERIES, at k = 0 and where the rate
+    is undefined."""
     n = np.asarray(n, dtype=np.float64)
-    rate = np.atleast_2d(features)[:, _WALK_AWAY]
+    rate = np.atleast_2d(features)[:, column]
     trials = np.maximum(n - 1.0, 0.0)
     steps = np.round(np.where(np.isnan(rate), 0.0, rate * trials)).astype(np.int64)
     tail = bdtrc(np.maximum(steps - 1, 0), trials.astype(np.int64), p)  # P(X > k - 1)
@@ -268,6 +289,7 @@ class Calibration:
         lookalike_rule: int = LOOKALIKE_RULE,
         evidence_norm: np.ndarray | None = None,
         walk_away: tuple[float, float] | None = None,
+        neighbourhood_probe: tuple[float, float] | None = None,
     ):
         if len(samples) != N_BINS:
             raise CalibrationError(f"calibration needs one sample table per bin ({N_BINS}); got {len(samples)}")
@@ -284,6 +306,10 @@ class Calibration:
         self.topic_return = None if topic_return is None else (float(topic_return[0]), float(topic_return[1]))
         # (benign walk-away rate p, weight), or None: statistic off
         self.walk_away = None if walk_away is None else (float(walk_away[0]), float(walk_away[1]))
+        # (benign neighbourhood-probe rate p, weight), or None: statistic off
+        self.neighbourhood_probe = (
+            None if neighbourhood_probe is None else (float(neighbourhood_probe[0]), float(neighbourhood_probe[1]))
+        )
         if lookalike_rule not in (1, 2):
             raise CalibrationError(f"look-alike rule must be 1 or 2; got {lookalike_rule!r}. Rebuild the calibration")
         self.lookalike_rule = int(lookalike_rule)
@@ -581,6 +607,21 @@ class Calibration:
         p, weight = self.walk_away
         return weight * walk_away_evidence(features, n, p)
 
+    def probe_scores(self, features: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Per row, the neighbourhood-probe statistic on the look-alike score's scale (0 while off).
+
+        Of an account's n - 1 queries after its first, k were neighbourhood probes (small word-level
+        edits of three or more of its last 16 prompts; see probewatch.detect.probes). The statistic
+        is -log10 P(Binomial(n - 1, p) >= k), p the probe rate that only 1 - PROBE_QUANTILE of long
+        benign accounts exceed (at least PROBE_MIN_RATE): an explainer or boundary search keeps
+        sampling around its seeds, while a person's edits build on their last version and rarely
+        touch three earlier prompts at once. Times the calibration's weight (1 as fitted)."""
+        n = np.asarray(n, dtype=np.float64)
+        if self.neighbourhood_probe is None or not (np.atleast_2d(features)[:, _PROBE] > 0.0).any():
+            return np.zeros(n.shape)
+        p, weight = self.neighbourhood_probe
+        return weight * probe_evidence(features, n, p)
+
     def deviations(self, features: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Signed marginal deviation per feature from the benign median, in benign spreads."""
         features = np.atleast_2d(features)
@@ -679,6 +720,8 @@ class Calibration:
             out["cal_topic_return"] = np.array(self.topic_return)  # absent from older calibrations: off
         if self.walk_away is not None:
             out["cal_walk_away"] = np.array(self.walk_away)  # absent from older calibrations: off
+        if self.neighbourhood_probe is not None:  # absent from calibrations before 0.13.0: off
+            out["cal_neighbourhood_probe"] = np.array(self.neighbourhood_probe)
         out["cal_lookalike_rule"] = np.int64(self.lookalike_rule)  # absent from older calibrations: rule 1
         if self.evidence_norm is not None:
             out["cal_evidence_distance_norm"] = self.evidence_norm  # rule 2's campaign evidence scale
@@ -715,6 +758,7 @@ class Calibration:
         norm = np.stack(norms)
         topic_return = _rate_and_weight(arrays, "cal_topic_return", "topic-return")
         walk_away = _rate_and_weight(arrays, "cal_walk_away", "walk-away")
+        probe = _rate_and_weight(arrays, "cal_neighbourhood_probe", "neighbourhood-probe")
         rule = int(np.asarray(arrays["cal_lookalike_rule"])) if "cal_lookalike_rule" in arrays else 1
         evidence_norm = None
         if "cal_evidence_distance_norm" in arrays:
@@ -735,6 +779,7 @@ class Calibration:
             lookalike_rule=rule,
             evidence_norm=evidence_norm,
             walk_away=walk_away,
+            neighbourhood_probe=probe,
         )
 
 
@@ -804,23 +849,26 @@ class Detector:
         features = np.atleast_2d(features)
         topic = cal.topic_return_scores(features, n)
         walk = cal.walk_away_scores(features, n)
-        own = np.maximum(topic, walk)  # the statistics judged on their own
+        probe = cal.probe_scores(features, n)
+        own = np.maximum(np.maximum(topic, walk), probe)  # the statistics judged on their own
         scores = np.maximum(lookalike, own)
         risks = 1.0 - cal.exceedance(scores)
         reasons = self._reasons(features, gap, n)
         for i in np.flatnonzero(own > lookalike).tolist():
-            lead = (
-                self._own_statistic_reason(_WALK_AWAY, "above", features[i], int(n[i]), float(walk[i]))
-                if walk[i] >= topic[i]
-                else self._own_statistic_reason(_TOPIC_RETURN, "below", features[i], int(n[i]), float(topic[i]))
+            # the strongest statistic leads (max keeps the first of equals: walk-away, probes, topic return)
+            feature, direction, strength = max(
+                ((_WALK_AWAY, "above", walk[i]), (_PROBE, "above", probe[i]), (_TOPIC_RETURN, "below", topic[i])),
+                key=lambda lead: lead[2],
             )
+            lead = self._own_statistic_reason(feature, direction, features[i], int(n[i]), float(strength))
             reasons[i] = (lead, *reasons[i])[: self.n_reasons]
         # The campaign layer pools spread-channel evidence: the rank channel says little about
         # light accounts (most features are undefined before 16 queries) and would dilute it.
         return scores, risks, reasons, found.evidence
 
     def _own_statistic_reason(self, feature: int, direction: str, row: np.ndarray, n: int, strength: float) -> Reason:
-        """The reason an account's score is a statistic judged on its own (topic return, walk-away)."""
+        """The reason an account's score is a statistic judged on its own (topic return, walk-away,
+        neighbourhood probes)."""
         value = float(row[feature])
         return Reason(
             feature=FEATURE_NAMES[feature],

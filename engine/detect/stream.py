@@ -164,7 +164,7 @@ class FeatureStream:
         if texts is not None:  # in arrival order: an item may continue an earlier item of its batch
             for i, text in enumerate(texts):
                 if text is not None:
-                    facts[i].continues = states[i].note_prompt(text)
+                    facts[i].continues, facts[i].probe = states[i].note_prompt(text)
         # How many later items of the same account follow each item: the store already holds
         # the whole batch, and the window an item sees must end at the item itself.
         later = [0] * len(accounts)

@@ -175,13 +175,13 @@ def test_calibration_file_round_trip(tmp_path):
     assert os.path.getsize(tmp_path / "cal.npz") > 0
 
 
-NEWER_FEATURES = ("follow_up_similarity", "topic_return_rate", "walk_away_rate")
+NEWER_FEATURES = ("follow_up_similarity", "topic_return_rate", "walk_away_rate", "neighbourhood_probe_rate")
 
 
 def _as_previous_version(path, out):
     """Rewrite a snapshot as 0.2.0 wrote it: 14 features (no follow_up_similarity,
-    topic_return_rate or walk_away_rate), three window statistics and no walk-away counts per
-    account, no learning state."""
+    topic_return_rate, walk_away_rate or neighbourhood_probe_rate), three window statistics and
+    no walk-away or probe counts or word sketches per account, no learning state."""
     import json
 
     from probewatch.detect.features import FEATURE_NAMES
@@ -197,7 +197,16 @@ def _as_previous_version(path, out):
     for name in list(arrays):
         if name.startswith("cal_bin_"):
             arrays[name] = np.delete(arrays[name], drop, axis=1)
-        elif name.startswith("population_") or name in ("cal_topic_return", "cal_walk_away", "state_walk"):
+        elif name.startswith("population_") or name in (
+            "cal_topic_return",
+            "cal_walk_away",
+            "cal_neighbourhood_probe",
+            "state_walk",
+            "state_probes",
+            "state_prompt_sketches",
+            "state_prompt_words",
+            "state_prompt_signatures",
+        ):
             del arrays[name]
     arrays["state_gram_stats"] = arrays["state_gram_stats"][:, :3]
     arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
@@ -217,6 +226,9 @@ def test_a_previous_version_snapshot_loads_and_judges_without_the_new_feature(tm
     assert all(np.isnan(s[:, columns]).all() for s in old.calibration.samples)
     assert old.calibration.topic_return is None  # judged by the look-alike score alone, as it was
     assert old.calibration.walk_away is None
+    assert old.calibration.neighbourhood_probe is None
+    assert all(state.probes.tolist() == [0, 0] for state in old.pipeline.states.values())
+    assert all((state.prompt_words == 0).all() for state in old.pipeline.states.values())
     assert all(state.walk.tolist() == [0, 0] for state in old.pipeline.states.values())
     assert old.stats().accounts == engine.stats().accounts
     acc, vecs = stream(9, per=10)

@@ -213,7 +213,7 @@ def test_a_continuation_repeats_a_recent_prompt_whole_and_adds_to_it():
     state = AccountState(32, 4)
 
     def send(text: str) -> int:
-        mark = state.note_prompt(text)
+        mark, _ = state.note_prompt(text)
         state.update(QueryFacts(0.5, 0.5, 0.5, 0.5, 0, mark), None)
         return mark
 
@@ -242,9 +242,9 @@ def test_a_continuation_is_remembered_for_the_last_prompts_only():
     for text in [opener] + [f"unrelated question number {i} about something" for i in range(CONTINUATION_MEMORY - 1)]:
         state.note_prompt(text)
         state.update(QueryFacts(0.5, 0.5, 0.5, 0.5, 0), None)
-    assert state.note_prompt(opener + " And here is my next turn.") == CONTINUES
+    assert state.note_prompt(opener + " And here is my next turn.")[0] == CONTINUES
     state.update(QueryFacts(0.5, 0.5, 0.5, 0.5, 0), None)
-    assert state.note_prompt(opener + " Yet another turn, much later.") == FRESH  # the opener is forgotten
+    assert state.note_prompt(opener + " Yet another turn, much later.")[0] == FRESH  # the opener is forgotten
 
 
 def test_each_query_is_judged_once_on_the_refresh_schedule():

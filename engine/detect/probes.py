@@ -1,0 +1,140 @@
+"""Neighbourhood probes: prompts that leave out words a neighbourhood of recent prompts shares.
+
+An explainer or a label-only boundary search around a seed sends the seed's neighbourhood: the
+seed with one word left out or masked, random subsets of its words, a word swapped. Each such
+probe is a small edit of the seed *and* of the other probes around it, and the words it lacks
+are the seed's words, which most of those prompts still have. A person reworking a prompt
+builds on their last version, so an edit is a small edit of one or two earlier prompts, rarely
+of three; and the prompts of one app template differ only in their slots, so a fill lacks
+nothing but the other fills' own slot values, each in one prompt. Judged on words, not
+embeddings: an app template's prompts sit close together in embedding space whatever fills them.
+
+A prompt is summarised by a *word sketch*: the distinct lower-case words of its first
+TEXT_CHARS characters, hashed (CRC-32, so sketches are the same in every process and can be
+snapshotted), the SKETCH_WORDS smallest hashes kept, with the number of distinct words. Two
+prompts compare exactly where both have at most SKETCH_WORDS distinct words, and on the
+smallest hashes of their union (a bottom-k sample) where either has more.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections import Counter
+from collections.abc import Sequence
+from functools import reduce
+from operator import or_
+
+import numpy as np
+
+SKETCH_WORDS = 32  # hashes kept per prompt (32 x 4 bytes); prompts this short compare exactly
+TEXT_CHARS = 4096  # words are read from a prompt's head: a pasted document costs no more than this
+# Below this many distinct words, a one-word difference is another request, not a small edit.
+MIN_WORDS = 4
+# A query is a probe where it is a small edit of at least MIN_RELATED distinct recent prompts and
+# lacks a word that at least MIN_SHARED_MISSING of those prompts have (their shared seed's word).
+MIN_RELATED = 3
+MIN_SHARED_MISSING = 2
+EMPTY = np.uint32(0xFFFFFFFF)  # sketch padding (sorts last)
+SIGNATURE_BITS = 63  # a prompt's word signature: one bit per word hash modulo this (fits an int64)
+_BIT, _MODULUS = 1, SIGNATURE_BITS
+
+_WORD = re.compile(r"\w+")
+
+
+def word_hashes(text: str) -> tuple[list[int], int]:
+    """The SKETCH_WORDS smallest hashes of the prompt's distinct words, sorted, and the number
+    of distinct words. (``\\w`` never matches a lone surrogate, so every word encodes.)"""
+    hashes = set(map(zlib.crc32, map(str.encode, set(_WORD.findall(text[:TEXT_CHARS].lower())))))
+    hashes.discard(int(EMPTY))  # the padding value cannot be a word
+    return sorted(hashes)[:SKETCH_WORDS], len(hashes)
+
+
+def signature(hashes: Sequence[int]) -> int:
+    """One bit per hash (modulo SIGNATURE_BITS): a 63-bit summary of a prompt's words. Where a
+    prompt is a small edit of another, at most one of its bits is missing from the other's
+    (one word swapped; none for words left out), so most unrelated pairs are ruled out
+    without comparing sets."""
+    return reduce(or_, map(_BIT.__lshift__, map(_MODULUS.__rmod__, hashes)), 0)  # C-level loops
+
+
+def word_sketch(text: str) -> tuple[np.ndarray, int]:
+    """(SKETCH_WORDS,) uint32 sorted hashes of the prompt's distinct words (``word_hashes``),
+    padded with EMPTY, and the number of distinct words."""
+    kept, words = word_hashes(text)
+    sketch = np.full(SKETCH_WORDS, EMPTY, dtype=np.uint32)
+    sketch[: len(kept)] = kept
+    return sketch, words
+
+
+def missing_words(
+    query: frozenset[int], query_words: int, earlier: frozenset[int], earlier_words: int
+) -> frozenset[int] | None:
+    """Where a prompt (its sketch's hashes and distinct word count) is a small word-level edit
+    of an earlier one, the earlier prompt's words it lacks (hashes); else None. A small edit
+    has as many distinct words with exactly one of them different (a word swapped or masked),
+    or fewer words, at least half as many, all of them the earlier prompt's (words left out). A
+    prompt with the same words is a repeat, not an edit; a longer one adds words (a
+    continuation, or a new request built on the old one)."""
+    if query_words < MIN_WORDS or query_words > earlier_words or 2 * query_words < earlier_words:
+        return None
+    if query == earlier:
+        return None
+    if query_words > SKETCH_WORDS or earlier_words > SKETCH_WORDS:
+        # bottom-k: both sets cut at the SKETCH_WORDS-th smallest hash of their union
+        union = sorted(query | earlier)
+        cut = union[min(SKETCH_WORDS, len(union)) - 1]
+        query = frozenset(h for h in query if h <= cut)
+        earlier = frozenset(h for h in earlier if h <= cut)
+        if query_words == earlier_words:
+            edited = query != earlier and len(query - earlier) <= 1 and len(earlier - query) <= 1
+        else:
+            edited = query <= earlier
+    elif query_words == earlier_words:
+        edited = len(query - earlier) == 1
+    else:
+        edited = query <= earlier
+    return earlier - query if edited else None
+
+
+def is_small_edit(query: frozenset[int], query_words: int, earlier: frozenset[int], earlier_words: int) -> bool:
+    """Whether :func:`missing_words` finds a small edit."""
+    return missing_words(query, query_words, earlier, earlier_words) is not None
+
+
+def sketch_set(sketch: np.ndarray, words: int) -> frozenset[int]:
+    """The hashes a stored sketch holds."""
+    return frozenset(sketch[: min(words, SKETCH_WORDS)].tolist())
+
+
+def candidate_slots(
+    query_signature: int, words: int, recent_signatures: Sequence[int], recent_words: Sequence[int]
+) -> list[int]:
+    """The recent prompts (slots) a prompt can be a small edit of, by distinct word counts (as
+    many, up to twice as many) and, where both compare exactly, by signature: at most one of
+    its bits missing from theirs."""
+    if words < MIN_WORDS:
+        return []
+    out = []
+    for j, (n, bits) in enumerate(zip(recent_words, recent_signatures, strict=True)):
+        if words <= n <= 2 * words and (n > SKETCH_WORDS or (query_signature & ~bits).bit_count() <= 1):
+            out.append(j)
+    return out
+
+
+def is_neighbourhood_probe(query: frozenset[int], words: int, candidates: Sequence[tuple[frozenset[int], int]]) -> bool:
+    """Whether a prompt (its sketch's hashes and distinct word count) is a small edit of at
+    least MIN_RELATED distinct ``candidates`` among the recent prompts ((hashes, distinct words)
+    each; see ``candidate_slots``) and lacks a word that at least MIN_SHARED_MISSING of them have."""
+    if words < MIN_WORDS or len(candidates) < MIN_RELATED:
+        return False
+    related: set[frozenset[int]] = set()  # a prompt sent twice is one neighbour
+    lacked: Counter[int] = Counter()
+    for earlier, n in candidates:
+        if earlier in related:
+            continue
+        missing = missing_words(query, words, earlier, n)
+        if missing is not None:
+            related.add(earlier)
+            lacked.update(missing)
+    return len(related) >= MIN_RELATED and max(lacked.values(), default=0) >= MIN_SHARED_MISSING

@@ -257,7 +257,12 @@ two seeds, every probe an edit of its seed, not of the query before) and then
 output instruction added, per query). After the sixth was measured, the structure of its
 accounts (and, beside them, of the fourth's and fifth's) was compared with the benign
 classes' and nothing was changed for it; so the fourth, fifth and sixth rows are spent for
-the next change and the seventh is the blind check. Leave one strategy out: no detector here, probewatch included, fits
+the next change and the seventh is the blind check. In 0.13.0 the sixth's prompts designed the
+neighbourhood-probe rate (small word-level edits of three or more of an account's last 16
+prompts that lack a word those prompts share), the seventh was its blind check, and both are
+spent; `eighth_perturbation_chain` (`bench/traffic/eighth_attacks.py`: CheckList test suites
+applied to a seed, one or two tests a query) was committed before the seventh's result was
+looked at and is the next blind check. Leave one strategy out: no detector here, probewatch included, fits
 anything on attack traffic (calibration is benign accounts only), so every row is already
 scored by a detector trained without its strategy; the one component probewatch fits with
 extraction-like positives, the elicitation head, acts only in the campaign layer, whose levels

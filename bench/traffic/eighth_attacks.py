@@ -7,7 +7,7 @@ Nothing here may be changed to suit a detector (add a ninth set instead).
 
 | strategy | how its probes differ from the seven earlier sets |
 | --- | --- |
-| perturbation_chain | *Behavioural test suites around a seed* in the manner of CheckList (Ribeiro et al. 2020, "Beyond Accuracy: Behavioral Testing of NLP Models with CheckList"): each query is the seed with one or two capability tests applied, never the query before it. Invariance tests swap a named entity (a capitalised word inside the sentence) for another name or place, change a number, put a typo into one word (two letters swapped) or put a conversational opener in front; directional tests negate the sentence (``not`` after its first auxiliary verb, or ``Is it true that ...?`` around it). The seed itself is not sent (as written it can be another set's prompt). Seeds: FreshQA questions and Lee Corpus news sentences (test half) |
+| perturbation_chain | *Behavioural test suites around a seed* in the manner of CheckList (Ribeiro et al. 2020, "Beyond Accuracy: Behavioral Testing of NLP Models with CheckList"): each query is the seed with one or two capability tests applied, never the query before it (the fourth wording walked such edits as chains, each step editing the last). Invariance tests swap a named entity (a capitalised word inside the sentence) for another name or place, change a number, put a typo into one word (two letters swapped) or put a conversational opener in front; directional tests negate the sentence (``not`` after its first auxiliary verb, or ``Is it true that ...?`` around it). The seed itself is not sent (as written it can be another set's prompt). Seeds: FreshQA questions and Lee Corpus news sentences (test half) |
 """
 
 from __future__ import annotations

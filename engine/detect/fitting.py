@@ -168,10 +168,9 @@ def _fit_walk_away(features: np.ndarray, ns: np.ndarray, owner: np.ndarray) -> t
     of benign maxima (the topic-return statistic's way) would rest on a handful of editing
     users and stretch their two or three steps past the flag threshold. The flag threshold
     is fitted on the maxima of both together, so it keeps its false-positive rate either way."""
-    rates = _final_rates(features, ns, owner, "walk_away_rate", WALK_AWAY_MIN_QUERIES)
-    if rates.size < MIN_TOPIC_RETURN_ACCOUNTS:
-        return None
-    return float(np.clip(np.quantile(rates, WALK_AWAY_QUANTILE), WALK_AWAY_MIN_RATE, 0.5)), 1.0
+    return _fit_count_rate(
+        features, ns, owner, "walk_away_rate", WALK_AWAY_MIN_QUERIES, WALK_AWAY_QUANTILE, WALK_AWAY_MIN_RATE
+    )
 
 
 def _fit_neighbourhood_probe(features: np.ndarray, ns: np.ndarray, owner: np.ndarray) -> tuple[float, float] | None:
@@ -179,10 +178,27 @@ def _fit_neighbourhood_probe(features: np.ndarray, ns: np.ndarray, owner: np.nda
     where too few benign accounts are long enough to say how often they probe. Fitted as the
     walk-away statistic is (``_fit_walk_away``): p the PROBE_QUANTILE of long accounts' lifetime
     probe rates, at least PROBE_MIN_RATE; weight 1."""
-    rates = _final_rates(features, ns, owner, "neighbourhood_probe_rate", PROBE_MIN_QUERIES)
+    return _fit_count_rate(
+        features, ns, owner, "neighbourhood_probe_rate", PROBE_MIN_QUERIES, PROBE_QUANTILE, PROBE_MIN_RATE
+    )
+
+
+def _fit_count_rate(
+    features: np.ndarray,
+    ns: np.ndarray,
+    owner: np.ndarray,
+    feature: str,
+    min_queries: int,
+    quantile: float,
+    floor: float,
+) -> tuple[float, float] | None:
+    """(p, 1) for a count statistic judged as a binomial tail: p the ``quantile`` of the lifetime
+    rates of benign accounts with ``min_queries``+ queries, at least ``floor``; None where too few
+    accounts are that long."""
+    rates = _final_rates(features, ns, owner, feature, min_queries)
     if rates.size < MIN_TOPIC_RETURN_ACCOUNTS:
         return None
-    return float(np.clip(np.quantile(rates, PROBE_QUANTILE), PROBE_MIN_RATE, 0.5)), 1.0
+    return float(np.clip(np.quantile(rates, quantile), floor, 0.5)), 1.0
 
 
 def _distance_norm(distances: np.ndarray, ns: np.ndarray) -> np.ndarray:

@@ -130,17 +130,6 @@ PROBE_MIN_RATE = 1.0 / 32
 _PROBE = FEATURE_NAMES.index("neighbourhood_probe_rate")
 
 
-def walk_away_evidence(features: np.ndarray, n: np.ndarray, p: float) -> np.ndarray:
-    """-log10 P(Binomial(n - 1, p) >= k) per row, k the row's walk-away steps (``walk_away_rate``
-    times n - 1); 0 before MIN_SCORED_QUERIES, without a step and where the rate is undefined."""
-    return excess_count_evidence(features, n, p, _WALK_AWAY)
-
-
-def probe_evidence(features: np.ndarray, n: np.ndarray, p: float) -> np.ndarray:
-    """:func:`walk_away_evidence` for neighbourhood probes (``neighbourhood_probe_rate``)."""
-    return excess_count_evidence(features, n, p, _PROBE)
-
-
 def excess_count_evidence(features: np.ndarray, n: np.ndarray, p: float, column: int) -> np.ndarray:
     """-log10 P(Binomial(n - 1, p) >= k) per row, k the count behind the rate in feature
     ``column`` (the rate times n - 1); 0 before MIN_SCORED_QUERIES, at k = 0 and where the rate
@@ -152,6 +141,19 @@ def excess_count_evidence(features: np.ndarray, n: np.ndarray, p: float, column:
     tail = bdtrc(np.maximum(steps - 1, 0), trials.astype(np.int64), p)  # P(X > k - 1)
     evidence = -np.log10(np.clip(tail, 1e-300, 1.0))
     return np.where((n >= MIN_SCORED_QUERIES) & (steps > 0), evidence, 0.0)
+
+
+def _count_statistic(
+    fitted: tuple[float, float] | None, features: np.ndarray, n: np.ndarray, column: int
+) -> np.ndarray:
+    """A count statistic's scores (``excess_count_evidence`` times its weight), 0 while it is off
+    (``fitted`` None) and, without a binomial tail to compute, where no row counted anything (most
+    accounts never do, and a lone query pays per call)."""
+    n = np.asarray(n, dtype=np.float64)
+    if fitted is None or not (np.atleast_2d(features)[:, column] > 0.0).any():
+        return np.zeros(n.shape)
+    p, weight = fitted
+    return weight * excess_count_evidence(features, n, p, column)
 
 
 def topic_return_evidence(features: np.ndarray, n: np.ndarray, p: float) -> np.ndarray:
@@ -600,12 +602,7 @@ class Calibration:
         long benign accounts exceed: an augmentation attack (perturbation chains around seeds) keeps
         stepping, and the evidence grows with every step, while an editing user's few steps do not
         add up. Times the calibration's weight (1 as fitted: see ``_fit_walk_away``)."""
-        n = np.asarray(n, dtype=np.float64)
-        # most accounts never step: no binomial tail to compute (a lone query pays per call)
-        if self.walk_away is None or not (np.atleast_2d(features)[:, _WALK_AWAY] > 0.0).any():
-            return np.zeros(n.shape)
-        p, weight = self.walk_away
-        return weight * walk_away_evidence(features, n, p)
+        return _count_statistic(self.walk_away, features, n, _WALK_AWAY)
 
     def probe_scores(self, features: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Per row, the neighbourhood-probe statistic on the look-alike score's scale (0 while off).
@@ -616,11 +613,7 @@ class Calibration:
         benign accounts exceed (at least PROBE_MIN_RATE): an explainer or boundary search keeps
         sampling around its seeds, while a person's edits build on their last version and rarely
         touch three earlier prompts at once. Times the calibration's weight (1 as fitted)."""
-        n = np.asarray(n, dtype=np.float64)
-        if self.neighbourhood_probe is None or not (np.atleast_2d(features)[:, _PROBE] > 0.0).any():
-            return np.zeros(n.shape)
-        p, weight = self.neighbourhood_probe
-        return weight * probe_evidence(features, n, p)
+        return _count_statistic(self.neighbourhood_probe, features, n, _PROBE)
 
     def deviations(self, features: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Signed marginal deviation per feature from the benign median, in benign spreads."""

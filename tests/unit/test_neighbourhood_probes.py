@@ -25,7 +25,7 @@ from probewatch.detect.probes import (
     word_hashes,
     word_sketch,
 )
-from probewatch.detect.scoring import PROBE_MIN_RATE, probe_evidence
+from probewatch.detect.scoring import PROBE_MIN_RATE, excess_count_evidence
 
 SEEDS = [
     "what will the weather be like in lisbon on saturday morning",
@@ -333,6 +333,10 @@ def rows_with_rate(rate: float, n: int) -> np.ndarray:
     row = np.full((1, len(FEATURE_NAMES)), np.nan)
     row[0, FEATURE_NAMES.index("neighbourhood_probe_rate")] = rate
     return row
+
+
+def probe_evidence(features: np.ndarray, n: np.ndarray, p: float) -> np.ndarray:
+    return excess_count_evidence(features, n, p, FEATURE_NAMES.index("neighbourhood_probe_rate"))
 
 
 def test_evidence_is_a_binomial_tail_that_grows_with_the_count():

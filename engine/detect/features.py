@@ -423,18 +423,8 @@ class AccountState:
     )
     # absent from older snapshots, so they start at their defaults: steps judged from the next
     # refresh on (0.12.0); no recent prompt to continue (0.12.5); no recent prompt to be a probe
-    # around, none counted (0.13.0)
-    SINCE_0_12 = (
-        "walk",
-        "ring_continues",
-        "prompt_lengths",
-        "prompt_heads",
-        "prompt_digests",
-        "prompt_sketches",
-        "prompt_words",
-        "prompt_signatures",
-        "probes",
-    )
+    # around, none counted (0.13.0). Every array from "walk" on in ARRAYS; newer ones go at its end.
+    SINCE_0_12 = ARRAYS[ARRAYS.index("walk") :]
 
 
 # Window rows a batch holds before its pending refreshes are computed (a 128-row window of

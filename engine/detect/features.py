@@ -35,6 +35,7 @@ from .probes import (
     is_neighbourhood_probe,
     signature,
     sketch_set,
+    store_sketch,
     word_hashes,
 )
 
@@ -295,8 +296,7 @@ class AccountState:
                 probe = is_neighbourhood_probe(frozenset(kept), words, earlier)
         slot = noted % CONTINUATION_MEMORY
         self.probes[0] = noted + 1
-        self.prompt_sketches[slot, : len(kept)] = kept
-        self.prompt_sketches[slot, len(kept) :] = EMPTY_HASH
+        store_sketch(self.prompt_sketches[slot], kept)
         self.prompt_words[slot] = words
         self.prompt_signatures[slot] = bits
         self.prompt_lengths[slot] = len(text)

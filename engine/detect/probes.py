@@ -58,12 +58,19 @@ def signature(hashes: Sequence[int]) -> int:
     return reduce(or_, map(_BIT.__lshift__, map(_MODULUS.__rmod__, hashes)), 0)  # C-level loops
 
 
+def store_sketch(row: np.ndarray, kept: Sequence[int]) -> None:
+    """Write a prompt's kept hashes (``word_hashes``) into a stored sketch ``row`` of
+    SKETCH_WORDS uint32, padded with EMPTY: the form ``sketch_set`` reads."""
+    row[: len(kept)] = kept
+    row[len(kept) :] = EMPTY
+
+
 def word_sketch(text: str) -> tuple[np.ndarray, int]:
     """(SKETCH_WORDS,) uint32 sorted hashes of the prompt's distinct words (``word_hashes``),
     padded with EMPTY, and the number of distinct words."""
     kept, words = word_hashes(text)
-    sketch = np.full(SKETCH_WORDS, EMPTY, dtype=np.uint32)
-    sketch[: len(kept)] = kept
+    sketch = np.empty(SKETCH_WORDS, dtype=np.uint32)
+    store_sketch(sketch, kept)
     return sketch, words
 
 

@@ -34,6 +34,7 @@ from .hydra import (
     build_hydra,
 )
 from .model import AccountStream, Traffic
+from .ninth_attacks import NINTH_STRATEGIES
 from .populations import POPULATIONS, Population, Populations, build_populations
 from .seventh_attacks import SEVENTH_STRATEGIES
 from .sixth_attacks import SIXTH_STRATEGIES
@@ -56,6 +57,7 @@ __all__ = [
     "LONG_BENIGN",
     "META_KEYS",
     "MIXED_SHARES",
+    "NINTH_STRATEGIES",
     "POPULATIONS",
     "SEVENTH_STRATEGIES",
     "SIXTH_STRATEGIES",

@@ -228,7 +228,7 @@ def test_detection_cost_many_short_accounts(benchmark):
 def test_detection_cost_many_short_accounts_with_prompts(benchmark, prompts):
     """The many-short-accounts batch with each query's prompt: what reading the text adds (the
     continuation check, and since 0.13.0 each prompt's word sketch and the neighbourhood-probe
-    check against the account's last 16 prompts)."""
+    check against the account's last 16 prompts, since 0.13.1 around an unsent seed too)."""
     engine = _engine()
     rows = unit_rows(256 * 60, seed=3)
     accounts = [f"a{i}" for i in range(256)]

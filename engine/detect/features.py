@@ -33,6 +33,8 @@ from .probes import (
     SKETCH_WORDS,
     candidate_slots,
     is_neighbourhood_probe,
+    is_seed_probe,
+    near_slots,
     signature,
     sketch_set,
     store_sketch,
@@ -287,13 +289,19 @@ class AccountState:
         bits = signature(kept)
         probe = False
         if continues == FRESH:
-            slots = candidate_slots(bits, words, self.prompt_signatures.tolist(), self.prompt_words.tolist())
+            recent_signatures, recent_words = self.prompt_signatures.tolist(), self.prompt_words.tolist()
+
+            def recent(slots: list[int]) -> list[tuple[frozenset[int], int]]:
+                return [(sketch_set(self.prompt_sketches[j], recent_words[j]), recent_words[j]) for j in slots]
+
+            query = frozenset(kept)
+            slots = candidate_slots(bits, words, recent_signatures, recent_words)
             if len(slots) >= MIN_RELATED:
-                earlier = [
-                    (sketch_set(self.prompt_sketches[j], int(self.prompt_words[j])), int(self.prompt_words[j]))
-                    for j in slots
-                ]
-                probe = is_neighbourhood_probe(frozenset(kept), words, earlier)
+                probe = is_neighbourhood_probe(query, words, recent(slots))
+            if not probe:
+                slots = near_slots(bits, words, recent_signatures, recent_words)
+                if len(slots) >= MIN_RELATED:
+                    probe = is_seed_probe(query, words, recent(slots))
         slot = noted % CONTINUATION_MEMORY
         self.probes[0] = noted + 1
         store_sketch(self.prompt_sketches[slot], kept)

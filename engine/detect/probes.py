@@ -9,6 +9,15 @@ of three; and the prompts of one app template differ only in their slots, so a f
 nothing but the other fills' own slot values, each in one prompt. Judged on words, not
 embeddings: an app template's prompts sit close together in embedding space whatever fills them.
 
+A counterfactual grid or a behavioural test suite never sends its seed, and two of its probes
+changed at different places differ in two words or more, so neither is a small edit of the
+other. What they share is the seed: the words at least two thirds of a prompt's near neighbours
+have (``is_seed_probe``). A probe lacks one or two of those seed words, and the neighbours around
+it lack *other* seed words while keeping the one it changed, since every probe starts again from
+the seed. A person's edits pile up instead: each version lacks what the last one lacked, so the
+earlier versions lack nothing the newest still has. A template's fills lack no seed word at all
+(the template is the seed), and one fill value most prompts use is one seed word, not three.
+
 A prompt is summarised by a *word sketch*: the distinct lower-case words of its first
 TEXT_CHARS characters, hashed (CRC-32, so sketches are the same in every process and can be
 snapshotted), the SKETCH_WORDS smallest hashes kept, with the number of distinct words. Two
@@ -35,6 +44,16 @@ MIN_WORDS = 4
 # lacks a word that at least MIN_SHARED_MISSING of those prompts have (their shared seed's word).
 MIN_RELATED = 3
 MIN_SHARED_MISSING = 2
+# Around an unsent seed (is_seed_probe): a prompt adds at most NEAR_ADDED words to a near
+# neighbour and lacks at most NEAR_DROPPED of its words; the seed's words are those at least
+# SEED_SHARE_NUM / SEED_SHARE_DEN of the prompt and its near neighbours have; between them they
+# vary at least MIN_SEED_WORDS_VARIED seed words, and at least MIN_VARIED_ELSEWHERE neighbours
+# vary one the prompt keeps.
+NEAR_ADDED = 4
+NEAR_DROPPED = 2
+SEED_SHARE_NUM, SEED_SHARE_DEN = 2, 3
+MIN_SEED_WORDS_VARIED = 3
+MIN_VARIED_ELSEWHERE = 2
 EMPTY = np.uint32(0xFFFFFFFF)  # sketch padding (sorts last)
 SIGNATURE_BITS = 63  # a prompt's word signature: one bit per word hash modulo this (fits an int64)
 _BIT, _MODULUS = 1, SIGNATURE_BITS
@@ -145,3 +164,81 @@ def is_neighbourhood_probe(query: frozenset[int], words: int, candidates: Sequen
             related.add(earlier)
             lacked.update(missing)
     return len(related) >= MIN_RELATED and max(lacked.values(), default=0) >= MIN_SHARED_MISSING
+
+
+def near_slots(
+    query_signature: int, words: int, recent_signatures: Sequence[int], recent_words: Sequence[int]
+) -> list[int]:
+    """The recent prompts (slots) that can be near neighbours of a prompt (``is_seed_probe``):
+    at least MIN_WORDS distinct words, NEAR_DROPPED more to NEAR_ADDED fewer than it and, where
+    both compare exactly, signatures that allow it (a bit of one missing from the other needs a
+    word of the one missing from the other, so this never rules a neighbour out)."""
+    if words < MIN_WORDS:
+        return []
+    out = []
+    for j, (n, bits) in enumerate(zip(recent_words, recent_signatures, strict=True)):
+        if n < MIN_WORDS or not words - NEAR_ADDED <= n <= words + NEAR_DROPPED:
+            continue
+        sampled = n > SKETCH_WORDS or words > SKETCH_WORDS
+        added, dropped = (query_signature & ~bits).bit_count(), (bits & ~query_signature).bit_count()
+        if sampled or (added <= NEAR_ADDED and dropped <= NEAR_DROPPED):
+            out.append(j)
+    return out
+
+
+def _cut(sets: Sequence[tuple[frozenset[int], int]]) -> int | None:
+    """The largest hash every one of ``sets`` (hashes, distinct words) holds all its words up
+    to: the smallest last kept hash of those cut at SKETCH_WORDS; None where none is cut."""
+    cuts = [max(s) for s, n in sets if n > SKETCH_WORDS and s]
+    return min(cuts) if cuts else None
+
+
+def _below(hashes: frozenset[int], cut: int | None) -> frozenset[int]:
+    return hashes if cut is None else frozenset(h for h in hashes if h <= cut)
+
+
+def _near(query: frozenset[int], earlier: frozenset[int]) -> bool:
+    """A near neighbour: the prompt adds at most NEAR_ADDED words to it and lacks at most
+    NEAR_DROPPED of its words, and they share at least twice as many words as either differs by."""
+    added, dropped = len(query - earlier), len(earlier - query)
+    return added <= NEAR_ADDED and dropped <= NEAR_DROPPED and len(query & earlier) >= 2 * max(added, dropped)
+
+
+def is_seed_probe(query: frozenset[int], words: int, candidates: Sequence[tuple[frozenset[int], int]]) -> bool:
+    """Whether a prompt (its sketch's hashes and distinct word count) is a probe around a seed
+    that need not have been sent: it has at least MIN_RELATED distinct near neighbours among
+    ``candidates`` (see ``near_slots``); the seed is the words at least two thirds of it and its
+    neighbours have; it lacks one to NEAR_DROPPED seed words and adds at most NEAR_ADDED; it and
+    the neighbours that are such edits of the seed too lack at least MIN_SEED_WORDS_VARIED
+    distinct seed words between them, and at least MIN_VARIED_ELSEWHERE of those neighbours lack
+    a seed word the prompt keeps. Prompts of more than SKETCH_WORDS distinct words compare on
+    the bottom-k sample of their sketches."""
+    if words < MIN_WORDS or len(candidates) < MIN_RELATED:
+        return False
+    near: list[tuple[frozenset[int], int]] = []
+    seen: set[frozenset[int]] = {query}  # a repeat is not a neighbour; a prompt sent twice is one
+    for earlier, n in candidates:
+        if earlier in seen or n < MIN_WORDS:
+            continue
+        seen.add(earlier)
+        cut = _cut([(query, words), (earlier, n)])
+        if _near(_below(query, cut), _below(earlier, cut)):
+            near.append((earlier, n))
+    if len(near) < MIN_RELATED:
+        return False
+    cut = _cut([(query, words), *near])
+    members = [_below(s, cut) for s, _ in near]
+    probe = _below(query, cut)
+    counts = Counter(h for s in (*members, probe) for h in s)
+    need = SEED_SHARE_NUM * (len(members) + 1)
+    seed = frozenset(h for h, c in counts.items() if SEED_SHARE_DEN * c >= need)
+    lacked = seed - probe
+    if not lacked or len(lacked) > NEAR_DROPPED or len(probe - seed) > NEAR_ADDED:
+        return False
+    varied, elsewhere = set(lacked), 0
+    for member in members:
+        missing = seed - member
+        if len(missing) <= NEAR_DROPPED and len(member - seed) <= NEAR_ADDED:
+            varied |= missing
+            elsewhere += bool(missing - lacked)
+    return len(varied) >= MIN_SEED_WORDS_VARIED and elsewhere >= MIN_VARIED_ELSEWHERE

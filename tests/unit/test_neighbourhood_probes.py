@@ -12,14 +12,25 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from probewatch.detect.features import CONTINUATION_MEMORY, FEATURE_NAMES, AccountState, QueryFacts
+from probewatch.detect.features import (
+    CONTINUATION_MEMORY,
+    CONTINUATION_MIN_ADDED,
+    FEATURE_NAMES,
+    AccountState,
+    QueryFacts,
+)
 from probewatch.detect.probes import (
     EMPTY,
     MIN_RELATED,
+    MIN_SEED_WORDS_VARIED,
+    MIN_VARIED_ELSEWHERE,
     MIN_WORDS,
+    NEAR_ADDED,
+    NEAR_DROPPED,
     SKETCH_WORDS,
     TEXT_CHARS,
     is_small_edit,
+    near_slots,
     signature,
     sketch_set,
     word_hashes,
@@ -87,6 +98,17 @@ def editing_chain(rng: random.Random, seed: str, edits: int) -> list[str]:
         else:
             words[rng.randrange(len(words))] = rng.choice(FILLER)
         out.append(" ".join(words))
+    return out
+
+
+def counterfactual_grid(rng: random.Random, seed: str, count: int) -> list[str]:
+    """Contrast sets around a seed that is never sent: each probe is the seed with one word
+    replaced, at a random place."""
+    words = seed.split()
+    out = []
+    for _ in range(count):
+        at = rng.randrange(len(words))
+        out.append(" ".join([*words[:at], rng.choice(FILLER), *words[at + 1 :]]))
     return out
 
 
@@ -212,6 +234,54 @@ def test_an_app_template_with_one_word_slots_is_not_counted(order):
     assert count_probes(words).probes[1] == 0
 
 
+def test_a_counterfactual_grid_around_an_unsent_seed_is_counted():
+    rng = random.Random(4)
+    prompts = [p for seed in SEEDS for p in counterfactual_grid(rng, seed, 14)]
+    assert not set(prompts) & set(SEEDS)
+    # no two probes changed at different places are small edits of each other: the seed is
+    # what they share, and once a few probes are out most of the rest are counted
+    assert count_probes(prompts).probes[1] >= len(prompts) // 2
+
+
+def test_edits_that_pile_up_are_not_probes_around_a_seed():
+    # a typo fixed here, a word changed there: each version keeps the last one's changes
+    rng = random.Random(5)
+    for seed in SEEDS:
+        words, versions = seed.split(), []
+        for at in rng.sample(range(len(words)), len(words)):
+            words[at] = words[at][::-1]
+            versions.append(" ".join(words))
+        assert count_probes([seed, *versions]).probes[1] == 0, versions
+
+
+def test_a_template_with_a_usual_slot_value_is_not_counted():
+    # two slots, one of them nearly always the same: the odd value is one seed word, not three
+    rng = random.Random(6)
+    prompts = []
+    for word in FILLER * 3:
+        language = "french" if rng.random() < 0.8 else rng.choice(["german", "italian"])
+        prompts.append(f"translate the word {word} from english into {language} please")
+    assert count_probes(prompts).probes[1] == 0
+
+
+def test_near_slots_never_rule_out_a_near_neighbour():
+    rng = random.Random(7)
+    vocabulary = sorted({*FILLER, *" ".join(SEEDS).split()})
+    checked = 0
+    for _ in range(3000):
+        a = rng.sample(vocabulary, rng.randint(MIN_WORDS, 12))
+        b = list(a)
+        for _ in range(rng.randint(0, 3)):
+            b[rng.randrange(len(b))] = rng.choice(vocabulary)
+        b += rng.sample(vocabulary, rng.randint(0, 3))
+        (qa, na), (qb, nb) = sketch_of(" ".join(a)), sketch_of(" ".join(b))
+        added, dropped = len(qa - qb), len(qb - qa)
+        if added <= NEAR_ADDED and dropped <= NEAR_DROPPED and nb >= MIN_WORDS:
+            checked += 1
+            assert near_slots(signature(sorted(qa)), na, [signature(sorted(qb))], [nb]) == [0]
+    assert checked > 500
+
+
 def test_repeats_and_continuations_are_never_probes():
     seed = SEEDS[0]
     assert count_probes([seed] * 20).probes[1] == 0
@@ -221,21 +291,45 @@ def test_repeats_and_continuations_are_never_probes():
     assert count_probes(transcript).probes[1] == 0
 
 
+def reference_seed_probe(q: set[str], recent: list[set[str]]) -> bool:
+    """``is_seed_probe`` the slow way, from its definition, on whole word sets."""
+    near = []
+    for e in recent:
+        if e == q or e in near or len(e) < MIN_WORDS:
+            continue
+        added, dropped = len(q - e), len(e - q)
+        if added <= NEAR_ADDED and dropped <= NEAR_DROPPED and len(q & e) >= 2 * max(added, dropped):
+            near.append(e)
+    if len(q) < MIN_WORDS or len(near) < MIN_RELATED:
+        return False
+    counts = Counter(w for s in [*near, q] for w in s)
+    seed = {w for w, c in counts.items() if c >= (len(near) + 1) * 2 / 3 - 1e-9}
+    lacked = seed - q
+    if not 1 <= len(lacked) <= NEAR_DROPPED or len(q - seed) > NEAR_ADDED:
+        return False
+    around = [seed - e for e in near if len(seed - e) <= NEAR_DROPPED and len(e - seed) <= NEAR_ADDED]
+    varied = set(lacked).union(*around)
+    return len(varied) >= MIN_SEED_WORDS_VARIED and sum(bool(m - lacked) for m in around) >= MIN_VARIED_ELSEWHERE
+
+
 def reference_probes(prompts: list[str]) -> int:
     """Probes counted the slow way: whole word sets, every one of the last 16 prompts compared,
     no signature. For prompts of at most SKETCH_WORDS distinct words."""
     found, seen = 0, []
     for text in prompts:
         q = set(re.findall(r"\w+", text.lower()))
+        window = seen[-CONTINUATION_MEMORY:]
+        recent = [set(re.findall(r"\w+", earlier.lower())) for earlier in window]
         related, lacked = [], Counter()
-        for earlier in seen[-CONTINUATION_MEMORY:]:
-            e = set(re.findall(r"\w+", earlier.lower()))
+        for e in recent:
             if e in related or q == e or len(q) < MIN_WORDS or len(q) > len(e) or 2 * len(q) < len(e):
                 continue
             if (len(q) == len(e) and len(q - e) == 1) or (len(q) < len(e) and q <= e):
                 related.append(e)
                 lacked.update(e - q)
-        found += len(related) >= MIN_RELATED and max(lacked.values(), default=0) >= 2
+        edit = len(related) >= MIN_RELATED and max(lacked.values(), default=0) >= 2
+        continues = any(text.startswith(e) and len(text) >= len(e) + CONTINUATION_MIN_ADDED for e in window)
+        found += not continues and (edit or reference_seed_probe(q, recent))
         seen.append(text)
     return found
 
@@ -251,8 +345,10 @@ def test_the_count_equals_the_slow_way(seed):
             prompts += occlusions(base)[: rng.randint(2, 8)]
         elif kind < 0.6:
             prompts += lime_samples(rng, base, rng.randint(2, 8))
-        elif kind < 0.8:
+        elif kind < 0.7:
             prompts += editing_chain(rng, base, rng.randint(2, 6))
+        elif kind < 0.85:
+            prompts += counterfactual_grid(rng, base, rng.randint(3, 10))
         else:
             prompts += [" ".join(rng.sample(FILLER, rng.randint(3, 9))) for _ in range(4)]
     assert count_probes(prompts).probes[1] == reference_probes(prompts)

@@ -2,9 +2,11 @@
 
 An explainer maps which words of its seed prompts the model's answers depend on: it sends each
 seed with one word left out or masked, position after position, and random subsets of its
-words (occlusion and LIME-style sampling). A person reworks their prompts one version at a
-time, and a templated app fills one-word slots of one fixed prompt. All three send many prompts
-a word or two away from earlier ones; only the explainer is flagged, on the probe rate.
+words (occlusion and LIME-style sampling). A contrast-set builder never sends its seeds: each
+query is a seed with one word replaced, so no two of its queries changed at different places
+are a small edit of each other. A person reworks their prompts one version at a time, and a
+templated app fills one-word slots of one fixed prompt. All four send many prompts a word or two
+away from earlier ones; only the explainer and the contrast sets are flagged, on the probe rate.
 All prompts are written here.
 """
 
@@ -23,6 +25,7 @@ SEEDS = [
     "Rate the toxicity of this comment: nobody asked for your opinion, go back to your cave",
 ]
 MASKS = ["[MASK]", "___"]
+REPLACEMENTS = ["great", "terrible", "never", "always", "Monday", "refund", "blue", "seven", "quickly", "nobody"]
 EDITS = ["please", "briefly", "carefully", "today", "again", "exactly"]
 
 
@@ -39,6 +42,18 @@ def explainer(seed: int = 5, per_seed: int = 16) -> list[str]:
             out.append(" ".join(kept))
         for _ in range(per_seed // 2):  # random subsets of the seed's words
             out.append(" ".join(w for w in words if rng.random() < 0.8))
+    return out
+
+
+def contrast_sets(seed: int = 8, per_seed: int = 14) -> list[str]:
+    """Each seed, never sent, with one word at a time replaced by another."""
+    rng = random.Random(seed)
+    out = []
+    for text in SEEDS:
+        words = text.split()
+        for _ in range(per_seed):
+            at = rng.randrange(len(words))
+            out.append(" ".join([*words[:at], rng.choice(REPLACEMENTS), *words[at + 1 :]]))
     return out
 
 
@@ -72,7 +87,13 @@ def templated_app(seed: int = 7, n: int = 96) -> list[str]:
 @pytest.fixture(scope="module")
 def engine(text_engine_factory):
     engine = text_engine_factory(device="cpu")
-    for account, prompts in (("explainer", explainer()), ("reworker", reworking_user()), ("app", templated_app())):
+    accounts = {
+        "explainer": explainer(),
+        "contrast": contrast_sets(),
+        "reworker": reworking_user(),
+        "app": templated_app(),
+    }
+    for account, prompts in accounts.items():
         for start in range(0, len(prompts), 16):
             chunk = prompts[start : start + 16]
             engine.observe_batch([account] * len(chunk), chunk)
@@ -80,9 +101,10 @@ def engine(text_engine_factory):
 
 
 @pytest.mark.slow
-def test_the_explainer_is_flagged_for_its_probes(engine):
-    report = engine.report("explainer")
-    state = engine.pipeline.states["explainer"]
+@pytest.mark.parametrize("account", ["explainer", "contrast"])
+def test_probes_around_seeds_are_flagged(engine, account):
+    report = engine.report(account)
+    state = engine.pipeline.states[account]
     assert state.probes[1] >= state.n // 2, state.probes  # most probes after the first few around a seed
     assert report.level.value == "flag", report.to_dict()
     assert report.reasons[0].feature == "neighbourhood_probe_rate", report.to_dict()

@@ -72,9 +72,10 @@ FEATURES: dict[str, str] = {
         "stay close to what they first asked)"
     ),
     "neighbourhood_probe_rate": (
-        "share of all queries that are small word-level edits of three or more of the account's last 16 "
-        "prompts: a word left out, masked or swapped (explainers and boundary searches send many variants "
-        "around one seed; people editing a prompt build on their last version)"
+        "share of all queries that are variants of a seed among the account's last 16 prompts: a small "
+        "word-level edit of three or more of them, or one or two words off what its near neighbours share "
+        "while they vary other words (explainers, boundary searches and contrast sets send many variants "
+        "around one seed, sent or not; people editing a prompt build on their last version)"
     ),
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)

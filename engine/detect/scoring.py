@@ -608,7 +608,8 @@ class Calibration:
         """Per row, the neighbourhood-probe statistic on the look-alike score's scale (0 while off).
 
         Of an account's n - 1 queries after its first, k were neighbourhood probes (small word-level
-        edits of three or more of its last 16 prompts; see probewatch.detect.probes). The statistic
+        edits of three or more of its last 16 prompts, or variants of a seed those prompts share
+        that was never sent; see probewatch.detect.probes). The statistic
         is -log10 P(Binomial(n - 1, p) >= k), p the probe rate that only 1 - PROBE_QUANTILE of long
         benign accounts exceed (at least PROBE_MIN_RATE): an explainer or boundary search keeps
         sampling around its seeds, while a person's edits build on their last version and rarely

@@ -465,3 +465,13 @@ def test_a_damaged_calibration_value_is_refused(bad):
 
     with pytest.raises(CalibrationError, match="neighbourhood-probe"):
         _rate_and_weight({"cal_neighbourhood_probe": np.array(bad)}, "cal_neighbourhood_probe", "neighbourhood-probe")
+
+
+def test_long_prompts_around_a_seed_compare_on_their_sketches():
+    rng = random.Random(8)
+    document = " ".join(f"w{i}" for i in range(80))  # 80 distinct words: sketches are samples
+    grid = counterfactual_grid(rng, document, 40)
+    assert count_probes(grid).probes[1] >= len(grid) // 4
+    # one pasted document asked about again and again: the questions add words, none is left out
+    questions = [f"{document} question {i}: what does part {FILLER[i % len(FILLER)]} say" for i in range(40)]
+    assert count_probes(questions).probes[1] == 0

@@ -267,7 +267,7 @@ class AccountState:
         """(mark, probe): the mark is CONTINUES if ``text`` continues one of the account's recent
         prompts (it starts with the whole of one and adds at least CONTINUATION_MIN_ADDED
         characters), else FRESH; probe is whether a fresh prompt is a neighbourhood probe
-        (``is_neighbourhood_probe``). Then remember it. Call once per query that has a prompt,
+        (``is_neighbourhood_probe`` or ``is_seed_probe``). Then remember it. Call once per query that has a prompt,
         before :meth:`update` counts it; both go into its QueryFacts (a batch notes all its
         prompts before its first update, so nothing here may count what update counts)."""
         continues = FRESH
@@ -291,18 +291,14 @@ class AccountState:
         probe = False
         if continues == FRESH:
             recent_signatures, recent_words = self.prompt_signatures.tolist(), self.prompt_words.tolist()
-
-            def recent(slots: list[int]) -> list[tuple[frozenset[int], int]]:
-                return [(sketch_set(self.prompt_sketches[j], recent_words[j]), recent_words[j]) for j in slots]
-
             query = frozenset(kept)
             slots = candidate_slots(bits, words, recent_signatures, recent_words)
             if len(slots) >= MIN_RELATED:
-                probe = is_neighbourhood_probe(query, words, recent(slots))
-            if not probe:
+                probe = is_neighbourhood_probe(query, words, self._stored_sketches(slots, recent_words))
+            if not probe:  # around a seed that need not have been sent
                 slots = near_slots(bits, words, recent_signatures, recent_words)
                 if len(slots) >= MIN_RELATED:
-                    probe = is_seed_probe(query, words, recent(slots))
+                    probe = is_seed_probe(query, words, self._stored_sketches(slots, recent_words))
         slot = noted % CONTINUATION_MEMORY
         self.probes[0] = noted + 1
         store_sketch(self.prompt_sketches[slot], kept)
@@ -312,6 +308,10 @@ class AccountState:
         self.prompt_heads[slot] = _checksum(text[:CONTINUATION_HEAD_CHARS])
         self.prompt_digests[slot] = np.frombuffer(_digest(text), dtype=np.uint8)
         return continues, probe
+
+    def _stored_sketches(self, slots: list[int], words: list[int]) -> list[tuple[frozenset[int], int]]:
+        """(hashes, distinct words) of the prompts remembered in ``slots``."""
+        return [(sketch_set(self.prompt_sketches[j], words[j]), words[j]) for j in slots]
 
     def update(self, facts: QueryFacts, ts: float | None) -> None:
         slot = self.n % self.window

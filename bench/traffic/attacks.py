@@ -188,6 +188,15 @@ def distinct_steps(texts: list[str], key: str, sent: frozenset[str] = frozenset(
     return chain
 
 
+def rounds_around_seeds(
+    rng: random.Random, seeds: list[Query], make: Callable[[random.Random, str, int], list[str]]
+) -> list[list[Query]]:
+    """One round of probes per seed, ``make(rng, seed, size)`` with 6 to 24 of them, as sent: each
+    text once, never the seed itself (a probe that gives it back is not sent); empty rounds dropped."""
+    rounds = [distinct_steps(make(rng, text, rng.randint(6, 24)), key, frozenset([text])) for text, key in seeds]
+    return [r for r in rounds if r]
+
+
 def chain_order(rng: random.Random, chains: list[list[Query]], n: int) -> list[list[Query]]:
     """The order an account takes up ``chains`` in to send ``n`` queries: shuffled passes over
     all of them, as many as ``n`` queries need (one pass when it holds ``n``)."""

@@ -16,7 +16,7 @@ import random
 import re
 
 from . import sources
-from .attacks import Query, _sample, chained, check_later_wording, distinct_steps
+from .attacks import Query, _sample, chained, check_later_wording, rounds_around_seeds
 
 EIGHTH_PREFIX = "eighth_"
 EIGHTH_STRATEGIES = (EIGHTH_PREFIX + "perturbation_chain",)
@@ -168,11 +168,9 @@ def build_eighth_chains(rng: random.Random, pool_size: int) -> list[list[Query]]
         for s in sources.sentences(p)
         if 6 <= len(s.split()) <= 40
     ]
-    suites = []
-    for seed_text, key in _sample(rng, questions, pool_size // 20) + _sample(rng, news, pool_size // 20):
-        # the seed itself is never sent; a test that gives back the seed or an earlier test is not either
-        suites.append(distinct_steps(suite(rng, seed_text, rng.randint(6, 24)), key, frozenset([seed_text])))
-    return [s for s in suites if s]
+    return rounds_around_seeds(
+        rng, _sample(rng, questions, pool_size // 20) + _sample(rng, news, pool_size // 20), suite
+    )
 
 
 def eighth_queries(strategy: str, rng: random.Random, chains: list[list[Query]], n: int) -> list[Query]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 
 from . import sources
-from .attacks import Query, _sample, chained, check_later_wording, distinct_steps
+from .attacks import Query, _sample, chained, check_later_wording, rounds_around_seeds
 
 NINTH_PREFIX = "ninth_"
 NINTH_STRATEGIES = (NINTH_PREFIX + "perturbation_chain",)
@@ -88,11 +88,8 @@ def build_ninth_chains(rng: random.Random, pool_size: int) -> list[list[Query]]:
     requests = [
         (" ".join(u.texts[0].split()), u.key) for u in test(sources.writingbench) if 6 <= len(u.texts[0].split()) <= 40
     ]
-    rounds = []
-    for seed_text, key in _sample(rng, questions, pool_size // 20) + _sample(rng, requests, pool_size // 20):
-        # the seed itself is never sent; a probe that gives back the seed or an earlier probe is not either
-        rounds.append(distinct_steps(attack_round(rng, seed_text, rng.randint(6, 24)), key, frozenset([seed_text])))
-    return [r for r in rounds if r]
+    seeds = _sample(rng, questions, pool_size // 20) + _sample(rng, requests, pool_size // 20)
+    return rounds_around_seeds(rng, seeds, attack_round)
 
 
 def ninth_queries(strategy: str, rng: random.Random, chains: list[list[Query]], n: int) -> list[Query]:

@@ -112,6 +112,12 @@ def counterfactual_grid(rng: random.Random, seed: str, count: int) -> list[str]:
     return out
 
 
+def explainer_and_contrast_sets() -> list[str]:
+    """Each seed with its occlusions, then a contrast set around it: both kinds of probe in one stream."""
+    rng = random.Random(9)
+    return [p for seed in SEEDS for p in [seed, *occlusions(seed), *counterfactual_grid(rng, seed, 8)]]
+
+
 def count_probes(prompts: list[str]) -> AccountState:
     state = AccountState(32, 8)
     for text in prompts:
@@ -384,7 +390,7 @@ def test_the_count_survives_a_snapshot(tmp_path):
 
     rng = np.random.default_rng(0)
     engine = pw.Engine(device="cpu", seed=0)
-    prompts = [p for seed in SEEDS for p in [seed, *occlusions(seed)]]
+    prompts = explainer_and_contrast_sets()
     vectors = rng.normal(size=(len(prompts), 384)).astype(np.float32)
     half = len(prompts) // 2
     engine.observe_embeddings(["a"] * half, vectors[:half], prompts=prompts[:half])
@@ -404,7 +410,7 @@ def test_lone_calls_and_one_batch_count_the_same(spread):
     import probewatch as pw
 
     rng = np.random.default_rng(1)
-    prompts = [p for seed in SEEDS for p in [seed, *occlusions(seed)]]
+    prompts = explainer_and_contrast_sets()
     accounts = [f"acct{i % spread}" for i in range(len(prompts))]
     vectors = rng.normal(size=(len(prompts), 384)).astype(np.float32)
     lone, batched = pw.Engine(device="cpu", seed=0), pw.Engine(device="cpu", seed=0)

@@ -267,9 +267,10 @@ class AccountState:
         """(mark, probe): the mark is CONTINUES if ``text`` continues one of the account's recent
         prompts (it starts with the whole of one and adds at least CONTINUATION_MIN_ADDED
         characters), else FRESH; probe is whether a fresh prompt is a neighbourhood probe
-        (``is_neighbourhood_probe`` or ``is_seed_probe``). Then remember it. Call once per query that has a prompt,
-        before :meth:`update` counts it; both go into its QueryFacts (a batch notes all its
-        prompts before its first update, so nothing here may count what update counts)."""
+        (``is_neighbourhood_probe`` or ``is_seed_probe``). Then remember it. Call once per query
+        that has a prompt, before :meth:`update` counts it; both go into its QueryFacts (a batch
+        notes all its prompts before its first update, so nothing here may count what update
+        counts)."""
         continues = FRESH
         noted = int(self.probes[0])
         lengths = self.prompt_lengths

@@ -347,8 +347,7 @@ def _cross_fitted(
     final.topic_return = _fit_topic_return(features, ns, owner, scored, lookalike[0])
     final.walk_away = _fit_walk_away(features, ns, owner)
     final.neighbourhood_probe = _fit_neighbourhood_probe(features, ns, owner)
-    own = np.maximum(final.topic_return_scores(features, ns), final.walk_away_scores(features, ns))
-    own = np.maximum(own, final.probe_scores(features, ns))
+    own = np.maximum.reduce(final.own_statistic_scores(features, ns))
     maxima = [_account_maxima(np.maximum(score, own), owner, scored) for score in lookalike]
     final.set_account_max_scores(np.concatenate(maxima))  # every account once per split
     evidence = np.mean([final.evidence_scores(oof_evidence[r], ns) for r in range(CROSS_FIT_REPEATS)], axis=0)

@@ -616,6 +616,13 @@ class Calibration:
         touch three earlier prompts at once. Times the calibration's weight (1 as fitted)."""
         return _count_statistic(self.neighbourhood_probe, features, n, _PROBE)
 
+    def own_statistic_scores(self, features: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(topic return, walk-away, neighbourhood probe) scores per row: the statistics judged
+        on their own, beside the look-alike score. An account's score is the largest of all four;
+        the flag threshold is fitted (``fitting._cross_fitted``) and queries are scored
+        (``Detector.judge_with_evidence``) on these same three."""
+        return self.topic_return_scores(features, n), self.walk_away_scores(features, n), self.probe_scores(features, n)
+
     def deviations(self, features: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Signed marginal deviation per feature from the benign median, in benign spreads."""
         features = np.atleast_2d(features)
@@ -841,9 +848,7 @@ class Detector:
             filled = min(count, ring.size)
             lookalike[i] = ring[:filled].sum() / filled  # what .mean() computes, without its overhead
         features = np.atleast_2d(features)
-        topic = cal.topic_return_scores(features, n)
-        walk = cal.walk_away_scores(features, n)
-        probe = cal.probe_scores(features, n)
+        topic, walk, probe = cal.own_statistic_scores(features, n)
         own = np.maximum(np.maximum(topic, walk), probe)  # the statistics judged on their own
         scores = np.maximum(lookalike, own)
         risks = 1.0 - cal.exceedance(scores)

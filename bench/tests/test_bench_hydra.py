@@ -136,7 +136,7 @@ def test_test_traffic_lies_in_one_period_and_calibration_before_it(hydra):
 
 def test_members_are_light(hydra):
     lo, hi = SPEC.member_queries[2], SPEC.member_queries[3]
-    for name in ("hydra_cot", "hydra_kcenter", "hydra_cot_meta", "hydra_kcenter_meta"):
+    for name in ("hydra_cot", "hydra_kcenter", "hydra_grid", "hydra_cot_meta", "hydra_kcenter_meta", "hydra_grid_meta"):
         lengths = [len(s) for s in hydra.attacks[name]]
         assert all(lo <= n <= hi for n in lengths), name
         assert 8 <= sorted(lengths)[len(lengths) // 2] <= 16, name
@@ -158,7 +158,7 @@ def test_blend_accounts_hold_five_to_thirty_percent_extraction(hydra):
 def test_campaign_members_tile_their_pool(hydra):
     """Within one campaign no two members send the same text (blend: the extraction part;
     the customer traffic comes from shared pools, like ordinary users')."""
-    for name in ("hydra_cot", "hydra_kcenter", "hydra_blend"):
+    for name in ("hydra_cot", "hydra_kcenter", "hydra_blend", "hydra_grid"):
         for members in _by_campaign(hydra.attacks[name]).values():
             owners: dict[str, str] = {}
             for stream in members:
@@ -183,10 +183,33 @@ def test_cot_campaigns_rotate_every_wrapper_and_members_use_one_or_two(hydra):
     )
 
 
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.lower().split())
+
+
+def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    return len(a & b) / len(a | b)
+
+
+def test_grid_campaigns_split_each_seed_across_members(hydra):
+    """A grid campaign's probes are variants of shared seeds: nearly every probe has a close
+    variant (word Jaccard >= 0.5) in another member of its campaign, and no member holds two
+    variants of one seed, so the seed is visible across accounts only."""
+    campaigns = _by_campaign(hydra.attacks["hydra_grid"])
+    assert len(campaigns) == SPEC.campaigns
+    for members in campaigns.values():
+        sent = [(s.account, _words(p)) for s in members for p in s.prompts]
+        shared = sum(any(b != a and _jaccard(w, v) >= 0.5 for b, v in sent) for a, w in sent)
+        assert shared >= 0.9 * len(sent)
+        for stream in members:
+            own = [_words(p) for p in stream.prompts]
+            assert all(_jaccard(own[i], own[j]) < 0.5 for i in range(len(own)) for j in range(i))
+
+
 def test_meta_twins_share_prompts_and_rare_infrastructure(hydra):
     benign_agents = {m["user_agent"] for s in hydra.calibration for m in s.meta}
     benign_agents |= {m["user_agent"] for streams in hydra.test_benign.values() for s in streams for m in s.meta}
-    for name in ("hydra_cot", "hydra_blend", "hydra_kcenter"):
+    for name in ("hydra_cot", "hydra_blend", "hydra_kcenter", "hydra_grid"):
         plain, twins = hydra.attacks[name], hydra.attacks[f"{name}_meta"]
         assert len(plain) == len(twins)
         for a, b in zip(plain, twins, strict=True):
@@ -205,7 +228,7 @@ def test_meta_twins_share_prompts_and_rare_infrastructure(hydra):
 
 
 def test_plain_members_share_no_infrastructure_beyond_chance(hydra):
-    for name in ("hydra_cot", "hydra_blend", "hydra_kcenter"):
+    for name in ("hydra_cot", "hydra_blend", "hydra_kcenter", "hydra_grid"):
         for members in _by_campaign(hydra.attacks[name]).values():
             assert len({s.meta[0]["payment"] for s in members}) == len(members)
             assert len({s.meta[0]["org"] for s in members}) == len(members)
@@ -316,4 +339,5 @@ def test_sizes_table_and_budget(hydra):
     default = HYDRA_SIZES["default"]
     assert default.members[0] >= 500 and default.crowd_accounts >= 500 and default.campaigns >= 2
     base = set(build_traffic("quick", 0, embed=hashed_bag_of_words).all_texts())
-    assert len(set(hydra.all_texts()) - base) <= 2000
+    # new texts the quick run in CI embeds (bench/tests/test_bench_hydra_eval.py)
+    assert len(set(hydra.all_texts()) - base) <= 2500

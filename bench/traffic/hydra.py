@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from . import attacks, benign, sources
+from . import attacks, benign, eighth_attacks, ninth_attacks, seventh_attacks, sources
 from .build import SIZES, _account_id, _attack_stream, _rng, build_traffic
 from .edits import human_edit
 from .model import AccountStream, distinct_texts, text_table
@@ -41,7 +41,7 @@ Query = tuple[str, str]  # (text, source unit key)
 Event = tuple[float, str, str, dict[str, str] | None, AccountStream]
 
 META_KEYS = ("ip", "network", "user_agent", "org", "payment", "key_created")
-HYDRA_ATTACKS = ("hydra_cot", "hydra_blend", "hydra_kcenter")
+HYDRA_ATTACKS = ("hydra_cot", "hydra_blend", "hydra_kcenter", "hydra_grid")
 HYDRA_SCENARIOS = tuple(name for base in HYDRA_ATTACKS for name in (base, f"{base}_meta"))
 HYDRA_CROWDS = ("crowd_rag", "crowd_json", "crowd_agent", "eval_harness", "nat", "class_assignment")
 HYDRA_BENIGN = ("ordinary", *HYDRA_CROWDS)
@@ -1192,6 +1192,96 @@ def _kcenter_campaigns(rng: random.Random, half: _Half, embed: attacks.Embed) ->
     return campaigns
 
 
+# Probe styles of the grid campaigns (one per campaign, in turn): CheckList-style edits, character
+# bugs, one word replaced at a time; the makers of the eighth, ninth and seventh wordings.
+GRID_STYLES = ("checklist", "character", "counterfactual")
+GRID_SEED_WORDS = (6, 40)  # seed length in words, as the per-account wordings use
+
+
+def _grid_round(rng: random.Random, style: str, seed: str, size: int, vocabulary: tuple[str, ...]) -> list[str]:
+    if style == "checklist":
+        return eighth_attacks.suite(rng, seed, size)
+    if style == "character":
+        return ninth_attacks.attack_round(rng, seed, size)
+    return seventh_attacks.counterfactual_grid(rng, seed.split(), vocabulary, size)
+
+
+def _grid_rounds(rng: random.Random, half: _Half, style: str, demand: int, vocabulary) -> list[list[Query]]:
+    """Rounds of 6-24 probes around seeds that are never sent (questions and web tasks of the
+    test half, taken from the supply so no other scenario has them), until ``demand`` probes
+    in all; each text once."""
+    rounds: list[list[Query]] = []
+    seen: set[str] = set()
+    total = 0
+    while total < demand:
+        batch = half.supply.take("question", 32) + half.supply.take("task", 16)
+        if not batch:
+            break  # the supply ran out: the campaign sends what it has
+        for text, key in batch:
+            seed = " ".join(text.split())
+            if not GRID_SEED_WORDS[0] <= len(seed.split()) <= GRID_SEED_WORDS[1]:
+                continue
+            seen.add(seed)  # the seed itself is never sent
+            probes = []
+            for probe in _grid_round(rng, style, seed, rng.randint(6, 24), vocabulary):
+                if probe not in seen and total + len(probes) < demand:
+                    seen.add(probe)
+                    probes.append((probe, key))
+            if probes:
+                rounds.append(probes)
+                total += len(probes)
+            if total >= demand:
+                break
+    return rounds
+
+
+def _grid_campaigns(rng: random.Random, half: _Half) -> list[_Campaign]:
+    """Neighbourhood probes split across accounts: each campaign probes many seeds, a round of
+    6-24 variants per seed (see GRID_STYLES), and deals each round to as many different members
+    (:func:`_deal_rounds`), so no member holds two variants of one seed."""
+    spec, size, seed = half.spec, half.size, half.seed
+    vocabulary = sources.english_vocabulary(5000)
+    campaigns = []
+    for c in range(spec.campaigns):
+        counts = [_lognormal_int(rng, spec.member_queries) for _ in range(rng.randint(*spec.members))]
+        style = GRID_STYLES[c % len(GRID_STYLES)]
+        # a quarter more probes than the members send: the last ones dealt find no free member
+        rounds = _grid_rounds(rng, half, style, math.ceil(1.25 * sum(counts)), vocabulary)
+        window = _window(rng, spec, half.start)
+        campaign = _campaign_id(size, seed, "hydra_grid", c)
+        members = []
+        for i, part in enumerate(_deal_rounds(rng, rounds, counts)):
+            if not part:
+                continue
+            account = _account_id(size, seed, f"hydra_grid/{c}", i)
+            members.append(_attack_stream(account, "hydra:grid", part, member_times(rng, len(part), *window), campaign))
+        campaigns.append(_Campaign("hydra_grid", c, window, members))
+    return campaigns
+
+
+def _deal_rounds(rng: random.Random, rounds: list[list[Query]], counts: list[int]) -> list[list[Query]]:
+    """Each round's probes to different members, in passes over the members with room left in
+    a fresh random order each (which members share a seed changes from seed to seed); a probe
+    that only a member already holding its round could take is not sent."""
+    parts: list[list[Query]] = [[] for _ in counts]
+    order: list[int] = []
+    for probes in rounds:
+        holders: set[int] = set()
+        for probe in probes:
+            if not order:
+                order = [i for i, n in enumerate(counts) if len(parts[i]) < n]
+                if not order:
+                    return parts
+                rng.shuffle(order)
+                order.sort(key=lambda i: i not in holders)  # this round's holders are popped last
+            if order[-1] in holders:
+                continue  # only this round's holders have room left: the probe is not sent
+            i = order.pop()
+            parts[i].append(probe)
+            holders.add(i)
+    return parts
+
+
 def _round_robin(picked: list[Query], counts: list[int]) -> list[list[Query]]:
     """Selection order dealt one by one to the members in turn (each gets a spread-out set)."""
     parts: list[list[Query]] = [[] for _ in counts]
@@ -1750,6 +1840,8 @@ def build_hydra(size: str = "quick", seed: int = 0, embed: attacks.Embed | None 
         "hydra_cot": _cot_campaigns(_hrng(size, seed, "hydra_cot"), test),
         "hydra_blend": _blend_campaigns(_hrng(size, seed, "hydra_blend"), test),
         "hydra_kcenter": _kcenter_campaigns(_hrng(size, seed, "hydra_kcenter"), test, embed),
+        # built last: it takes its seeds from the supply after every other scenario
+        "hydra_grid": _grid_campaigns(_hrng(size, seed, "hydra_grid"), test),
     }
     # calibration/test disjoint by text before the _meta twins copy the prompts
     plain_streams = [m for campaigns in built.values() for c in campaigns for m in c.members]

@@ -53,9 +53,10 @@ def is_near(query: frozenset[int], other: frozenset[int]) -> bool:
     return min(added, dropped) <= probes.NEAR_DROPPED and max(added, dropped) <= probes.NEAR_ADDED
 
 
-def shares_half(query: frozenset[int], other: frozenset[int]) -> bool:
-    """Whether two word sketches share at least half of the smaller one's hashes."""
-    return 2 * len(query & other) >= min(len(query), len(other))
+def shares_half(shared: int, query_hashes: int, other_hashes: int) -> bool:
+    """Whether two word sketches of these sizes, with ``shared`` hashes in common, share at
+    least half of the smaller one's."""
+    return 2 * shared >= min(query_hashes, other_hashes)
 
 
 def neighbourhood_brute_force(history: Sequence[_Sent], account: str, text: str, hashes: frozenset[int]) -> list[int]:
@@ -65,7 +66,9 @@ def neighbourhood_brute_force(history: Sequence[_Sent], account: str, text: str,
     found = [
         i
         for i, sent in enumerate(history)
-        if sent.account != account and sent.text != text and shares_half(hashes, sent.hashes)
+        if sent.account != account
+        and sent.text != text
+        and shares_half(len(hashes & sent.hashes), len(hashes), len(sent.hashes))
     ]
     found.sort(key=lambda i: (len(hashes & history[i].hashes), i), reverse=True)
     return found[:NEIGHBOURS]
@@ -85,7 +88,9 @@ class CrossAccountProbes:
     _history: deque = field(default_factory=deque)  # (serial, _Sent), oldest first
     _first: int = 0  # serial of the oldest prompt still remembered
     _by_hash: dict[int, deque] = field(default_factory=dict)
-    _senders: dict[str, set[str]] = field(default_factory=dict)  # text -> up to two accounts
+    # text -> up to two accounts, for every text seen: unbounded, as a measurement over a finite
+    # trace can be (an engine index would keep it in a bounded table like the history)
+    _senders: dict[str, set[str]] = field(default_factory=dict)
 
     def neighbourhood(self, account: str, text: str, hashes: frozenset[int]) -> list[_Sent]:
         """The query's neighbourhood (see the module docstring), most shared words first."""
@@ -97,7 +102,7 @@ class CrossAccountProbes:
         out = []
         for serial in sorted(shared, key=lambda k: (shared[k], k), reverse=True):
             sent = self._history[serial - self._first][1]
-            close = 2 * shared[serial] >= min(len(hashes), len(sent.hashes))
+            close = shares_half(shared[serial], len(hashes), len(sent.hashes))
             if close and sent.account != account and sent.text != text:
                 out.append(sent)
                 if len(out) == NEIGHBOURS:

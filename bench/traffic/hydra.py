@@ -1207,11 +1207,15 @@ def _grid_round(rng: random.Random, style: str, seed: str, size: int, vocabulary
 
 
 def _grid_rounds(rng: random.Random, half: _Half, style: str, demand: int, vocabulary) -> list[list[Query]]:
-    """Rounds of 6-24 probes around seeds that are never sent (questions and web tasks of the
-    test half, taken from the supply so no other scenario has them), until ``demand`` probes
-    in all; each text once."""
+    """Rounds of 6-24 probes around seeds that are never sent (``attacks.rounds_around_seeds``;
+    questions and web tasks of the test half, taken from the supply so no other scenario has
+    them), until ``demand`` probes in all; each text once in the campaign."""
+
+    def make(r: random.Random, seed: str, size: int) -> list[str]:
+        return _grid_round(r, style, seed, size, vocabulary)
+
     rounds: list[list[Query]] = []
-    seen: set[str] = set()
+    seen: set[str] = set()  # the campaign's seeds and probes so far
     total = 0
     while total < demand:
         batch = half.supply.take("question", 32) + half.supply.take("task", 16)
@@ -1221,15 +1225,13 @@ def _grid_rounds(rng: random.Random, half: _Half, style: str, demand: int, vocab
             seed = " ".join(text.split())
             if not GRID_SEED_WORDS[0] <= len(seed.split()) <= GRID_SEED_WORDS[1]:
                 continue
-            seen.add(seed)  # the seed itself is never sent
-            probes = []
-            for probe in _grid_round(rng, style, seed, rng.randint(6, 24), vocabulary):
-                if probe not in seen and total + len(probes) < demand:
-                    seen.add(probe)
-                    probes.append((probe, key))
-            if probes:
-                rounds.append(probes)
-                total += len(probes)
+            seen.add(seed)
+            for probes in attacks.rounds_around_seeds(rng, [(seed, key)], make):
+                fresh = [q for q in probes if q[0] not in seen][: demand - total]
+                if fresh:
+                    seen.update(t for t, _ in fresh)
+                    rounds.append(fresh)
+                    total += len(fresh)
             if total >= demand:
                 break
     return rounds

@@ -6,6 +6,7 @@ Like test_bench_traffic.py, the data packages are required; a missing one fails 
 from __future__ import annotations
 
 import itertools
+import random
 import re
 from collections import Counter, defaultdict
 from datetime import datetime
@@ -25,7 +26,7 @@ from bench.traffic import (
     build_hydra,
     build_traffic,
 )
-from bench.traffic.hydra import BLEND_WRAPPERS, COT_WRAPPERS
+from bench.traffic.hydra import BLEND_WRAPPERS, COT_WRAPPERS, RELAY_CELL, RELAY_PER_MEMBER, RELAY_STEP_GAP, _relay
 
 SPEC = HYDRA_SIZES["quick"]
 DAY = 86400.0
@@ -136,11 +137,12 @@ def test_test_traffic_lies_in_one_period_and_calibration_before_it(hydra):
 
 def test_members_are_light(hydra):
     lo, hi = SPEC.member_queries[2], SPEC.member_queries[3]
-    for name in ("hydra_cot", "hydra_kcenter", "hydra_grid", "hydra_cot_meta", "hydra_kcenter_meta", "hydra_grid_meta"):
-        lengths = [len(s) for s in hydra.attacks[name]]
-        assert all(lo <= n <= hi for n in lengths), name
-        assert 8 <= sorted(lengths)[len(lengths) // 2] <= 16, name
-        assert all(all(s.is_attack) for s in hydra.attacks[name])
+    for base in ("hydra_cot", "hydra_kcenter", "hydra_grid", "hydra_relay"):
+        for name in (base, f"{base}_meta"):
+            lengths = [len(s) for s in hydra.attacks[name]]
+            assert all(lo <= n <= hi for n in lengths), name
+            assert 8 <= sorted(lengths)[len(lengths) // 2] <= 16, name
+            assert all(all(s.is_attack) for s in hydra.attacks[name])
     for stream in hydra.attacks["hydra_blend"]:
         assert SPEC.blend_queries[2] <= len(stream) <= SPEC.blend_queries[3]
 
@@ -158,7 +160,7 @@ def test_blend_accounts_hold_five_to_thirty_percent_extraction(hydra):
 def test_campaign_members_tile_their_pool(hydra):
     """Within one campaign no two members send the same text (blend: the extraction part;
     the customer traffic comes from shared pools, like ordinary users')."""
-    for name in ("hydra_cot", "hydra_kcenter", "hydra_blend", "hydra_grid"):
+    for name in ("hydra_cot", "hydra_kcenter", "hydra_blend", "hydra_grid", "hydra_relay"):
         for members in _by_campaign(hydra.attacks[name]).values():
             owners: dict[str, str] = {}
             for stream in members:
@@ -206,10 +208,50 @@ def test_grid_campaigns_split_each_seed_across_members(hydra):
             assert all(_jaccard(own[i], own[j]) < 0.5 for i in range(len(own)) for j in range(i))
 
 
+def test_relay_campaigns_spread_each_chain_over_members(hydra):
+    """A relay campaign's steps are variants of one another held by different members: nearly
+    every step has a close variant (word Jaccard >= 0.5) in another member of its campaign."""
+    campaigns = _by_campaign(hydra.attacks["hydra_relay"])
+    assert len(campaigns) == SPEC.campaigns
+    for members in campaigns.values():
+        sent = [(s.account, _words(p)) for s in members for p in s.prompts]
+        shared = sum(any(b != a and _jaccard(w, v) >= 0.5 for b, v in sent) for a, w in sent)
+        assert shared >= 0.9 * len(sent)
+
+
+def test_relay_passes_a_chain_along_one_cell_in_time_order():
+    chains = [[(f"chain {c} step {i}", f"unit-{c}") for i in range(random.Random(c).randint(6, 24))] for c in range(60)]
+    counts = [random.Random(100 + m).randint(5, 20) for m in range(40)]
+    window = (1000.0, 1000.0 + 5 * DAY)
+    sent = _relay(random.Random(7), chains, counts, window)
+    assert all(len(part) <= n for part, n in zip(sent, counts, strict=True))
+    holder = {q: m for m, part in enumerate(sent) for _, q in part}
+    time_of = {q: t for part in sent for t, q in part}
+    assert len(holder) == sum(map(len, sent))  # each step sent once
+    together: dict[int, set[int]] = defaultdict(set)  # member -> members it shared a chain with
+    for chain in chains:
+        steps = [q for q in chain if q in holder]
+        assert steps == chain[: len(steps)]  # a chain is sent from its start, and ends for good
+        members = Counter(holder[q] for q in steps)
+        assert max(members.values(), default=0) <= RELAY_PER_MEMBER
+        assert len(members) <= RELAY_CELL[1]
+        times = [time_of[q] for q in steps]
+        # each step follows the last by the step gap (or both were pushed to the window's end)
+        assert all(
+            RELAY_STEP_GAP[0] <= b - a <= RELAY_STEP_GAP[1] or b == window[1] for a, b in itertools.pairwise(times)
+        )
+        assert all(window[0] <= t <= window[1] for t in times)
+        for m in members:
+            together[m] |= set(members)
+    # cells are disjoint: whoever shares a chain with a member shares its cell, never more
+    assert all(len(group) <= RELAY_CELL[1] for group in together.values())
+    assert sum(map(len, sent)) >= 0.5 * sum(len(c) for c in chains)
+
+
 def test_meta_twins_share_prompts_and_rare_infrastructure(hydra):
     benign_agents = {m["user_agent"] for s in hydra.calibration for m in s.meta}
     benign_agents |= {m["user_agent"] for streams in hydra.test_benign.values() for s in streams for m in s.meta}
-    for name in ("hydra_cot", "hydra_blend", "hydra_kcenter", "hydra_grid"):
+    for name in ("hydra_cot", "hydra_blend", "hydra_kcenter", "hydra_grid", "hydra_relay"):
         plain, twins = hydra.attacks[name], hydra.attacks[f"{name}_meta"]
         assert len(plain) == len(twins)
         for a, b in zip(plain, twins, strict=True):
@@ -228,7 +270,7 @@ def test_meta_twins_share_prompts_and_rare_infrastructure(hydra):
 
 
 def test_plain_members_share_no_infrastructure_beyond_chance(hydra):
-    for name in ("hydra_cot", "hydra_blend", "hydra_kcenter", "hydra_grid"):
+    for name in ("hydra_cot", "hydra_blend", "hydra_kcenter", "hydra_grid", "hydra_relay"):
         for members in _by_campaign(hydra.attacks[name]).values():
             assert len({s.meta[0]["payment"] for s in members}) == len(members)
             assert len({s.meta[0]["org"] for s in members}) == len(members)
@@ -340,4 +382,4 @@ def test_sizes_table_and_budget(hydra):
     assert default.members[0] >= 500 and default.crowd_accounts >= 500 and default.campaigns >= 2
     base = set(build_traffic("quick", 0, embed=hashed_bag_of_words).all_texts())
     # new texts the quick run in CI embeds (bench/tests/test_bench_hydra_eval.py)
-    assert len(set(hydra.all_texts()) - base) <= 2500
+    assert len(set(hydra.all_texts()) - base) <= 3200

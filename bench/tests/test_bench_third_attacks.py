@@ -26,7 +26,7 @@ def test_a_suffix_search_keeps_its_seed_and_changes_one_or_two_suffix_tokens_a_s
 @pytest.mark.parametrize("seed", ["How many people lived in Lagos in 2010?", "Write a short poem about autumn."])
 def test_an_attribute_sweep_steps_one_attribute_from_the_last_prompt(seed):
     rng = random.Random(7)
-    chain = third_attacks._attribute_sweep(rng, seed, 25)
+    chain = third_attacks.attribute_sweep(rng, seed, 25)
     assert len(chain) == 26
     stem = seed.split("2010")[0] if "2010" in seed else seed
     assert all(text.startswith(stem) for text in chain)

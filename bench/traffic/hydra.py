@@ -31,7 +31,18 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from . import attacks, benign, eighth_attacks, ninth_attacks, seventh_attacks, sources
+from . import (
+    attacks,
+    benign,
+    eighth_attacks,
+    fifth_attacks,
+    fourth_attacks,
+    ninth_attacks,
+    seventh_attacks,
+    sixth_attacks,
+    sources,
+    third_attacks,
+)
 from .build import SIZES, _account_id, _attack_stream, _rng, build_traffic
 from .edits import human_edit
 from .model import AccountStream, distinct_texts, text_table
@@ -41,7 +52,7 @@ Query = tuple[str, str]  # (text, source unit key)
 Event = tuple[float, str, str, dict[str, str] | None, AccountStream]
 
 META_KEYS = ("ip", "network", "user_agent", "org", "payment", "key_created")
-HYDRA_ATTACKS = ("hydra_cot", "hydra_blend", "hydra_kcenter", "hydra_grid")
+HYDRA_ATTACKS = ("hydra_cot", "hydra_blend", "hydra_kcenter", "hydra_grid", "hydra_relay")
 HYDRA_SCENARIOS = tuple(name for base in HYDRA_ATTACKS for name in (base, f"{base}_meta"))
 HYDRA_CROWDS = ("crowd_rag", "crowd_json", "crowd_agent", "eval_harness", "nat", "class_assignment")
 HYDRA_BENIGN = ("ordinary", *HYDRA_CROWDS)
@@ -1284,6 +1295,124 @@ def _deal_rounds(rng: random.Random, rounds: list[list[Query]], counts: list[int
     return parts
 
 
+# Probe styles of the relay campaigns (one per campaign, in turn): distractors and synonym swaps,
+# each step editing the prompt sent last (the fifth wording's maker); words of the seed left out
+# or kept at random (the sixth's); one attribute stepped a value at a time (the third's);
+# behavioural edits, each on the last prompt (the fourth's).
+RELAY_STYLES = ("distractors", "occlusion", "attribute", "behavioural")
+RELAY_SEED_KINDS = ("grade", "math", "code", "question")  # writing requests, maths, code, questions
+RELAY_SEED_WORDS = (6, 60)
+RELAY_CELL = (4, 9)  # members per cell: a chain is relayed among one cell's members
+RELAY_PER_MEMBER = 2  # the most steps of one chain a member sends
+RELAY_STEP_GAP = (120.0, 1800.0)  # seconds between a chain's steps (the next waits for an answer)
+
+
+def _relay_chain(rng: random.Random, style: str, seed: str, steps: int) -> list[str]:
+    if style == "distractors":
+        return fifth_attacks.probe_chain(rng, seed, steps)
+    if style == "occlusion":
+        probe = sixth_attacks.occlusion_probe if rng.random() < 0.5 else sixth_attacks.lime_probe
+        return probe(rng, seed.split(), steps)
+    if style == "attribute":
+        return third_attacks.attribute_sweep(rng, seed, steps)
+    texts, current = [], seed
+    for _ in range(steps):
+        current = fourth_attacks.behavioural_edit(rng, current)
+        texts.append(current)
+    return texts
+
+
+def _relay_chains(rng: random.Random, half: _Half, style: str, demand: int) -> list[list[Query]]:
+    """Chains of 6-24 steps from seeds that are never sent (writing requests, maths, code and
+    questions of the test half, after every other scenario took its share), until ``demand``
+    steps in all; each text once in the campaign, an edit undone is no step."""
+    chains: list[list[Query]] = []
+    seen: set[str] = set()
+    total = 0
+    while total < demand:
+        batch = [q for kind in RELAY_SEED_KINDS for q in half.supply.take(kind, 8)]
+        if not batch:
+            break  # the supply ran out: the campaign sends what it has
+        for text, key in batch:
+            seed = " ".join(text.split())
+            if not RELAY_SEED_WORDS[0] <= len(seed.split()) <= RELAY_SEED_WORDS[1]:
+                continue
+            seen.add(seed)
+            steps = attacks.distinct_steps(_relay_chain(rng, style, seed, rng.randint(6, 24)), key, frozenset(seen))
+            steps = steps[: demand - total]
+            if steps:
+                seen.update(t for t, _ in steps)
+                chains.append(steps)
+                total += len(steps)
+            if total >= demand:
+                break
+    return chains
+
+
+def _relay_campaigns(rng: random.Random, half: _Half) -> list[_Campaign]:
+    """Perturbation chains relayed across accounts: the members are split into cells of
+    4-9, each chain goes to one cell and its steps pass from member to member in turn (at most
+    two steps of a chain per member), in time order, minutes apart, as each step waits for
+    the answer to the last (:func:`_relay`)."""
+    spec, size, seed = half.spec, half.size, half.seed
+    campaigns = []
+    for c in range(spec.campaigns):
+        counts = [_lognormal_int(rng, spec.member_queries) for _ in range(rng.randint(*spec.members))]
+        style = RELAY_STYLES[c % len(RELAY_STYLES)]
+        chains = _relay_chains(rng, half, style, math.ceil(1.25 * sum(counts)))
+        window = _window(rng, spec, half.start)
+        campaign = _campaign_id(size, seed, "hydra_relay", c)
+        members = []
+        for i, sent in enumerate(_relay(rng, chains, counts, window)):
+            if len(sent) < spec.member_queries[2]:
+                continue  # a member the chains left (almost) idle never joined
+            account = _account_id(size, seed, f"hydra_relay/{c}", i)
+            sent.sort()
+            part = [q for _, q in sent]
+            members.append(_attack_stream(account, "hydra:relay", part, [t for t, _ in sent], campaign))
+        campaigns.append(_Campaign("hydra_relay", c, window, members))
+    return campaigns
+
+
+def _relay(
+    rng: random.Random, chains: list[list[Query]], counts: list[int], window: tuple[float, float]
+) -> list[list[tuple[float, Query]]]:
+    """Each chain to one cell, with room (cells taken at random, weighted by the room left);
+    step ``i`` to the cell's next member in turn that has room and holds fewer than
+    ``RELAY_PER_MEMBER`` of the chain's steps (the chain ends where none does); the chain
+    starts at a random time of the window's first two thirds and each step follows the last
+    by ``RELAY_STEP_GAP``. Returns each member's ``(time, query)`` pairs."""
+    order = list(range(len(counts)))
+    rng.shuffle(order)
+    cells, i = [], 0
+    while i < len(order):
+        size = rng.randint(*RELAY_CELL)
+        cells.append(order[i : i + size])
+        i += size
+    sent: list[list[tuple[float, Query]]] = [[] for _ in counts]
+    start, end = window
+    for chain in chains:
+        room = [sum(counts[m] - len(sent[m]) for m in cell) for cell in cells]
+        if sum(room) == 0:
+            break
+        cell = rng.choices(cells, weights=room)[0]
+        t = rng.uniform(start, start + (end - start) * 2 / 3)
+        held: Counter[int] = Counter()
+        turn = rng.randrange(len(cell))
+        for query in chain:
+            for _ in range(len(cell)):
+                member = cell[turn % len(cell)]
+                turn += 1
+                if len(sent[member]) < counts[member] and held[member] < RELAY_PER_MEMBER:
+                    break
+            else:
+                break  # nobody in the cell can take the next step: the chain ends here
+            held[member] += 1
+            sent[member].append((min(t, end), query))
+            t += rng.uniform(*RELAY_STEP_GAP)
+    return sent
+
+
 def _round_robin(picked: list[Query], counts: list[int]) -> list[list[Query]]:
     """Selection order dealt one by one to the members in turn (each gets a spread-out set)."""
     parts: list[list[Query]] = [[] for _ in counts]
@@ -1844,6 +1973,8 @@ def build_hydra(size: str = "quick", seed: int = 0, embed: attacks.Embed | None 
         "hydra_kcenter": _kcenter_campaigns(_hrng(size, seed, "hydra_kcenter"), test, embed),
         # built last: it takes its seeds from the supply after every other scenario
         "hydra_grid": _grid_campaigns(_hrng(size, seed, "hydra_grid"), test),
+        # after the grid, so every earlier stream stays as it was
+        "hydra_relay": _relay_campaigns(_hrng(size, seed, "hydra_relay"), test),
     }
     # calibration/test disjoint by text before the _meta twins copy the prompts
     plain_streams = [m for campaigns in built.values() for c in campaigns for m in c.members]

@@ -85,7 +85,7 @@ def _suffix_search(rng: random.Random, seed: str, steps: int, vocabulary: tuple[
     return out
 
 
-def _attribute_sweep(rng: random.Random, seed: str, steps: int) -> list[str]:
+def attribute_sweep(rng: random.Random, seed: str, steps: int) -> list[str]:
     """Step one attribute of the seed at a time, each step from the last prompt sent."""
     numbers = _NUMBER.findall(seed)
     if numbers:
@@ -129,7 +129,7 @@ def build_third_chains(rng: random.Random, pool_size: int) -> list[list[Query]]:
         texts = (
             _suffix_search(rng, seed_text, steps, vocabulary)
             if rng.random() < 0.5
-            else _attribute_sweep(rng, seed_text, steps)
+            else attribute_sweep(rng, seed_text, steps)
         )
         chains.append(distinct_steps(texts, key))
     return chains

@@ -99,6 +99,10 @@ class EngineConfig:
     """(group, member) sums kept, 4 * dim bytes each (the layer's main memory)."""
     campaign_max_pending: int = 500_000
     """Indicator values seen from one account so far, kept without vectors (~160 bytes each)."""
+    campaign_probe_memory: int = 100_000
+    """Recent prompts of all accounts (with text) searched for probes split across accounts:
+    variants of one prompt nobody sent, each from another account (about 500 bytes each;
+    0 turns the search off)."""
     campaign_fpr_share: float = 0.03
     """Groups are flagged at ``target_fpr * campaign_fpr_share`` of benign groups (watched at
     ``watch_fpr * campaign_fpr_share``): a provider has many candidate groups, each of many
@@ -196,6 +200,11 @@ class EngineConfig:
             need(salt_bytes >= 16, "campaign_salt must be a hex string of at least 16 bytes", "<hidden>")
         for name in ("campaign_max_groups", "campaign_max_memberships", "campaign_max_pending"):
             need(getattr(self, name) >= 16, f"{name} must be >= 16", getattr(self, name))
+        need(
+            self.campaign_probe_memory == 0 or self.campaign_probe_memory >= 16,
+            "campaign_probe_memory must be 0 (off) or >= 16",
+            self.campaign_probe_memory,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

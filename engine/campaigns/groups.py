@@ -168,6 +168,7 @@ class Group:
     label: str  # template anchor words, or the metadata kind; never a raw metadata value
     dim: int
     members: dict[str, int] = field(default_factory=dict)  # account -> pool row
+    linked: set[str] = field(default_factory=set)  # accounts linked by probes, not members (layer)
     total: np.ndarray | None = None  # float64 sum of every tracked member's vectors
     n: int = 0  # queries summed into total
     member_sq_norms: float = 0.0

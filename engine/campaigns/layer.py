@@ -38,6 +38,7 @@ from .scoring import (
     GroupFeatures,
     GroupJudge,
 )
+from .split_probes import SplitProbes
 from .templates import template_anchors
 
 log = logging.getLogger("probewatch.campaigns")
@@ -89,6 +90,16 @@ MIN_TESTED_MEMBER_QUERIES = min(REGION_CHECKPOINTS)
 # region's second checkpoint), when the test is run again and a pass raises it to the group's
 # level. Template, payment and organisation groups raise their members to flag as before.
 MIN_FLAGGED_MEMBER_QUERIES = sorted(REGION_CHECKPOINTS)[1]
+# A bystander does not send variants of a prompt nobody sent while another member of the group
+# sends other variants of it (split_probes: an uncentred probe across accounts, a *probe link*
+# between the two prompts). An account with MIN_LINKED_PROMPTS of its own prompts probe-linked
+# to members of a hot group is linked to it: a member is no longer held at watch, and an
+# account outside the group is raised with it (a *linked account*: it fits the group's pool and
+# has MIN_TESTED_MEMBER_QUERIES queries), without joining its statistics. Two prompts, because
+# one prompt of a person can be the seed a campaign varies (a question from a public set).
+MIN_LINKED_PROMPTS = 2
+MAX_PROBE_LINKS = 64  # (own prompt, partner) links kept per account, latest last
+MAX_LINKED_ACCOUNTS = 4096  # linked accounts kept per group
 
 
 def shared_by_chance(group: Group) -> bool:
@@ -103,11 +114,12 @@ def member_min_queries(group: Group) -> int:
     return MIN_TESTED_MEMBER_QUERIES if shared_by_chance(group) else MIN_MEMBER_QUERIES
 
 
-def member_level(group: Group, queries: int) -> Level:
+def member_level(group: Group, queries: int, probe_linked: bool = False) -> Level:
     """The level a member that fits hot ``group`` (see CampaignLayer._fitting) is raised to
     with ``queries`` of the group's queries: the group's, held at watch below
-    MIN_FLAGGED_MEMBER_QUERIES where bystanders can share the indicator by chance."""
-    if shared_by_chance(group) and queries < MIN_FLAGGED_MEMBER_QUERIES:
+    MIN_FLAGGED_MEMBER_QUERIES where bystanders can share the indicator by chance, unless the
+    member is ``probe_linked`` to members of the group (see MIN_LINKED_PROMPTS)."""
+    if shared_by_chance(group) and queries < MIN_FLAGGED_MEMBER_QUERIES and not probe_linked:
         return min(group.level, Level.WATCH)
     return group.level
 
@@ -139,7 +151,9 @@ class AccountLinks:
     """What the layer keeps per account: its whole-history sum (for payload regions) and
     the groups it is in."""
 
-    __slots__ = ("elicitation_sum", "evidence_sum", "groups", "n", "region", "sq_norm", "total")
+    __slots__ = (
+        "elicitation_sum", "evidence_sum", "groups", "linked", "n", "probe_links", "region", "sq_norm", "total",
+    )  # fmt: skip
 
     def __init__(self, dim: int):
         self.total = np.zeros(dim, dtype=np.float32)
@@ -149,6 +163,9 @@ class AccountLinks:
         self.elicitation_sum = 0.0
         self.region: str | None = None
         self.groups: set[str] = set()
+        # (own prompt's serial in split_probes, partner account) per probe link, latest last
+        self.probe_links: list[tuple[int, str]] = []
+        self.linked: set[str] = set()  # groups it is linked to without being a member
 
 
 class CampaignLayer:
@@ -175,6 +192,8 @@ class CampaignLayer:
         # null spread of member_deviation (groups.exchangeable_spread of benign queries); None: no test
         self.member_spread = member_spread
         self.hasher = MetadataHasher(salt)
+        memory = config.campaign_probe_memory
+        self.split_probes = SplitProbes(memory, self.hasher.salt) if memory > 0 else None
         self.pool = MembershipPool(dim, config.campaign_max_memberships)
         self.groups: OrderedDict[str, Group] = OrderedDict()  # least recently updated first
         # key -> (first account, its queries, kind, label, fingerprint of its first query)
@@ -253,6 +272,13 @@ class CampaignLayer:
                 self._add(links.region, "payload", "", account, links, x, 1, 1.0, (p, e), fingerprint, stamp, raised)
             elif links.n in REGION_CHECKPOINTS:
                 self._place_region(account, links, stamp, raised)
+            if self.split_probes is not None and texts is not None and texts[i] is not None:
+                partners = self.split_probes.observe(account, texts[i])
+                if partners:
+                    self._probe_link(account, links, partners, raised)
+            for key in sorted(links.linked):
+                # a linked account is raised once it has the queries to be tested
+                self._raise_linked(self.groups[key], account, raised)
             out.append((self.summary_for(account), raised))
         self._enforce_caps()
         return out
@@ -269,20 +295,117 @@ class CampaignLayer:
         links.region = f"payload:{cell}"
         # the history joins as a block; its evidence and elicitation are the account's means so far
         scores = (links.elicitation_sum / n, links.evidence_sum / n)
+        label = f"cell {cell}"
         self._add(
-            links.region,
-            "payload",
-            f"cell {cell}",
-            account,
-            links,
-            links.total,
-            n,
-            links.sq_norm,
-            scores,
-            None,
-            stamp,
-            raised,
+            links.region, "payload", label, account, links, links.total, n, links.sq_norm, scores, None, stamp, raised
         )
+
+    # -- probes split across accounts ---------------------------------------------------------
+    def _probe_link(self, account: str, links: AccountLinks, partners, raised) -> None:
+        """``account``'s latest prompt is an uncentred cross-account probe whose near neighbours
+        are ``partners`` ((account, serial) pairs): each pair of prompts varies one prompt
+        nobody sent. The link is kept on both sides; then each side is checked against the hot
+        groups the other counts in (see MIN_LINKED_PROMPTS)."""
+        serial = self.split_probes.serial - 1
+        touched = [account]
+        for partner, partner_serial in partners:
+            other = self.accounts.get(partner)
+            if other is None:
+                continue  # forgotten since it sent its variant
+            links.probe_links.append((serial, partner))
+            other.probe_links.append((partner_serial, account))
+            del other.probe_links[:-MAX_PROBE_LINKS]
+            if partner not in touched:
+                touched.append(partner)
+        del links.probe_links[:-MAX_PROBE_LINKS]
+        for one in touched:
+            self._check_links(one, raised)
+
+    def _check_links(self, account: str, raised: dict[str, Level]) -> None:
+        """Link ``account`` to the hot groups its probe partners are in, where enough of its
+        prompts are linked to their members (``linked_prompts``), and raise it there."""
+        links = self.accounts[account]
+        keys = sorted({k for _, p in links.probe_links if p in self.accounts for k in self.accounts[p].groups})
+        for key in keys:
+            group = self.groups.get(key)
+            if group is None or group.level is Level.OK or self.is_common(group):
+                continue
+            if self.linked_prompts(group, account) < MIN_LINKED_PROMPTS:
+                continue
+            if account in group.members:
+                self._raise_member(group, account, raised)
+            elif account in group.linked or len(group.linked) < MAX_LINKED_ACCOUNTS:
+                group.linked.add(account)
+                links.linked.add(key)
+                self._raise_linked(group, account, raised)
+
+    def _relink(self, group: Group, raised: dict[str, Level]) -> None:
+        """The group rose a level: its linked accounts rise with it, and probe partners of its
+        members are checked for a link (they may have linked before it was hot)."""
+        for account in sorted(group.linked):
+            self._raise_linked(group, account, raised)
+        partners = {p for member in group.members for _, p in self.accounts[member].probe_links}
+        for account in sorted(partners - set(group.members) - group.linked):
+            if account in self.accounts:
+                self._check_links(account, raised)
+
+    def _linked_members(self, group: Group) -> list[str]:
+        """Linked accounts that count with the group: MIN_TESTED_MEMBER_QUERIES queries and a
+        history that fits it (see :meth:`_raise_linked`)."""
+        out = []
+        for account in sorted(group.linked):
+            links = self.accounts[account]
+            if links.n >= MIN_TESTED_MEMBER_QUERIES and self._fits_from_outside(group, links):
+                out.append(account)
+        return out
+
+    def linked_prompts(self, group: Group, account: str) -> int:
+        """How many of the account's prompts are probe-linked to counted members of ``group``."""
+        links = self.accounts.get(account)
+        if links is None:
+            return 0
+        needed = member_min_queries(group)
+        own = set()
+        for serial, partner in links.probe_links:
+            slot = group.members.get(partner)
+            if partner != account and slot is not None and self.pool.counts[slot] >= needed:
+                own.add(serial)
+        return len(own)
+
+    def _raise_linked(self, group: Group, account: str, raised: dict[str, Level]) -> None:
+        """Raise a linked account (not a member) to the group's level, where it has
+        MIN_TESTED_MEMBER_QUERIES queries and its history fits the group as a member's would."""
+        links = self.accounts[account]
+        if links.n < MIN_TESTED_MEMBER_QUERIES or raised.get(account, Level.OK) >= group.level:
+            return
+        if group.level > Level.OK and self._fits_from_outside(group, links):
+            raised[account] = group.level
+
+    def _fits_from_outside(self, group: Group, links: AccountLinks) -> bool:
+        """:meth:`_fitting` for an account that is not a member: its whole history as if it joined."""
+        n, own = float(links.n), links.total.astype(np.float64)
+        within = (links.sq_norm - n) / (n * (n - 1))
+        between = float(own @ group.total) / (n * group.n) if group.n else math.nan
+        cal = self.judge.calibration
+        tolerance = float(cal.focus_median[0] - cal.focus_q01[0])
+        if within - between > group.pair_stats().focus + tolerance:
+            return False
+        if shared_by_chance(group) and self.member_spread is not None:
+            joined = member_deviation(own[None, :], np.array([n]), group.total + own, group.n + links.n)
+            return not joined[0] > 1.0 + MEMBER_DEVIATION_Z * self.member_spread
+        return True
+
+    def _raise_member(self, group: Group, account: str, raised: dict[str, Level]) -> None:
+        """Raise a member of hot ``group`` to its member level, if it counts there and fits."""
+        slot = group.members.get(account)
+        if slot is None or group.level is Level.OK or self.is_common(group):
+            return
+        count = int(self.pool.counts[slot])
+        if count < member_min_queries(group) or not self._fitting(group, np.array([slot]))[0]:
+            return
+        level = member_level(group, count, self.linked_prompts(group, account) >= MIN_LINKED_PROMPTS)
+        if raised.get(account, Level.OK) < level:
+            raised[account] = level
 
     def _add(self, key, kind, label, account, links, x, count, sq_norm, scores, fingerprint, stamp, raised) -> None:
         """Add ``count`` vectors summing to ``x`` (squared norm ``sq_norm``) of ``account`` to
@@ -351,7 +474,8 @@ class CampaignLayer:
         group.last_seen = self.observations
         needed = member_min_queries(group)
         hot_member = group.level > Level.OK and c + count >= needed and not self.is_common(group)
-        level = member_level(group, c + count)
+        linked = hot_member and self.linked_prompts(group, account) >= MIN_LINKED_PROMPTS
+        level = member_level(group, c + count, linked)
         if hot_member and raised.get(account, Level.OK) < level and self._fitting(group, np.array([slot]))[0]:
             # a member of a hot group: raised like the others once it fits, and it may link groups
             raised[account] = level
@@ -438,9 +562,12 @@ class CampaignLayer:
                 group.level = level
                 self._hot_changed(relinked=True)
                 for account in self._active_members(group):
-                    member = member_level(group, int(self.pool.counts[group.members[account]]))
+                    count = int(self.pool.counts[group.members[account]])
+                    linked = self.linked_prompts(group, account) >= MIN_LINKED_PROMPTS
+                    member = member_level(group, count, linked)
                     if raised.get(account, Level.OK) < member:
                         raised[account] = member
+                self._relink(group, raised)
         due = group.n - group.campaign_judged_at >= max(CAMPAIGN_JUDGE_EVERY, group.n // 8)
         if group.level > Level.OK and (due or group.campaign_judged_at == 0):
             group.campaign_judged_at = group.n
@@ -608,6 +735,13 @@ class CampaignLayer:
                 continue
             if best is None or group.score > best[1]:
                 best = (cid, group.score)
+        for key in sorted(links.linked):
+            cid = campaign_of.get(key)
+            group = self.groups.get(key)
+            if cid is None or group is None or account not in self._linked_members(group):
+                continue
+            if best is None or group.score > best[1]:
+                best = (cid, group.score)
         if best is None:
             return None
         cached = self._summaries.get(best[0])
@@ -641,6 +775,9 @@ class CampaignLayer:
         for g in groups:
             for account in self._active_members(g):
                 counts[account] = counts.get(account, 0) + int(self.pool.counts[g.members[account]])
+        for g in groups:
+            for account in self._linked_members(g):
+                counts.setdefault(account, self.accounts[account].n)
         top = max(groups, key=lambda g: max(g.score, g.campaign_score))
         top_score = max(top.score, top.campaign_score)
         indicators = []
@@ -675,6 +812,10 @@ class CampaignLayer:
 
     def _reasons(self, groups: list[Group]) -> tuple[str, ...]:
         out = []
+
+        def group_accounts(g: Group) -> list[str]:
+            return [*self._active_members(g), *self._linked_members(g)]
+
         for g in sorted(groups, key=lambda g: -g.score)[:3]:
             f = self.features(g)
             what = {
@@ -686,15 +827,29 @@ class CampaignLayer:
                 f"{f.members} accounts {what}; their queries are no more alike within an account than across "
                 f"accounts (member focus {f.member_focus:.3f}), as when one pool of prompts is dealt out"
             )
+            probers = [a for a in group_accounts(g) if self.linked_prompts(g, a) >= MIN_LINKED_PROMPTS]
+            if probers:
+                out.append(
+                    f"{len(probers)} accounts each sent {MIN_LINKED_PROMPTS}+ variants of prompts that members of this "
+                    "group also varied, around prompts none of them sent: probes split across accounts"
+                )
             if not math.isnan(f.elicitation_rate) and f.elicitation_rate >= 0.5:
                 out.append(f"{f.elicitation_rate:.0%} of these queries ask the model to write out its reasoning")
         return tuple(dict.fromkeys(out))
 
     # -- forgetting, caps -------------------------------------------------------------------
     def forget(self, account: str) -> None:
+        if self.split_probes is not None:
+            self.split_probes.forget(account)
         links = self.accounts.pop(account, None)
         if links is None:
             return
+        for partner in {p for _, p in links.probe_links}:
+            other = self.accounts.get(partner)
+            if other is not None:
+                other.probe_links = [(s, p) for s, p in other.probe_links if p != account]
+        for key in links.linked:
+            self.groups[key].linked.discard(account)
         for key in list(links.groups):
             group = self.groups.get(key)
             if group is not None:
@@ -725,6 +880,8 @@ class CampaignLayer:
                 links.groups.discard(key)
                 if links.region == key:
                     links.region = None
+        for account in group.linked:
+            self.accounts[account].linked.discard(key)
         self._hot_changed(relinked=True)
 
     def _evict_one(self, protect: str | None = None) -> bool:
@@ -758,6 +915,7 @@ class CampaignLayer:
             + len(self.groups) * (self.dim * 8 + 512)
             + len(self.pending) * 160
             + len(self.accounts) * (self.dim * 4 + 200)
+            + (self.split_probes.nbytes() if self.split_probes is not None else 0)
         )
 
     # -- state ------------------------------------------------------------------------------
@@ -784,12 +942,14 @@ class CampaignLayer:
                     "level": g.level.value,
                     "members": ids,
                     "fingerprints": [[f, a] for f, a in g.fingerprints.items()],
+                    "linked": sorted(g.linked),
                 }
                 for g, ids in zip(groups, member_ids, strict=True)
             ],
             "pending": [[k, *v] for k, v in self.pending.items()],
             "accounts": account_ids,
             "account_scalars": [[x.n, x.sq_norm, x.evidence_sum, x.elicitation_sum, x.region] for x in links],
+            "account_probe_links": [[list(link) for link in x.probe_links] for x in links],
         }
         d = self.dim
         arrays = {
@@ -800,6 +960,10 @@ class CampaignLayer:
             "member_first_ts": self.pool.first_ts[rows],
             "account_totals": np.stack([x.total for x in links]) if links else np.zeros((0, d), dtype=np.float32),
         }
+        if self.split_probes is not None:
+            split = self.split_probes.state_dict()
+            header["split_probes"] = split["header"]
+            arrays.update(split["arrays"])
         return {"header": header, "arrays": arrays}
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -818,12 +982,23 @@ class CampaignLayer:
             links.n, links.sq_norm, links.region = int(n), float(sq_norm), region
             links.evidence_sum, links.elicitation_sum = float(evidence_sum), float(elicitation_sum)
             links.total[:] = total
+        # snapshots before 0.14.0 have no probe links and no split-probe index: both start empty
+        for account, probe_links in zip(header["accounts"], header.get("account_probe_links") or [], strict=False):
+            self.accounts[account].probe_links = [(int(serial), partner) for serial, partner in probe_links]
+        if self.split_probes is not None:
+            self.split_probes.salt = self.hasher.salt  # the digests in the snapshot are keyed with it
+            self.split_probes.reset()
+            if "split_probes" in header:
+                self.split_probes.load_state({"header": header["split_probes"], "arrays": arrays})
         row = 0
         for entry, total in zip(header["groups"], arrays["group_totals"], strict=True):
             scalars = {name: _from_json_number(entry[name]) for name in self.GROUP_SCALARS}
             group = Group(dim=self.dim, total=np.array(total, dtype=np.float64), **scalars)
             group.level = Level(entry["level"])
             group.fingerprints = {int(f): a for f, a in entry["fingerprints"]}
+            group.linked = set(entry.get("linked", ()))
+            for account in group.linked:
+                self.accounts[account].linked.add(group.key)
             for account in entry["members"]:
                 slot = self.pool.allocate()
                 if slot is None:

@@ -516,6 +516,102 @@ def test_members_of_a_coincidental_group_reach_flag_only_with_16_of_its_queries(
     assert early and all(v.campaign is not None and v.campaign.level == "flag" for v in early)
 
 
+def _dealt_variants(
+    rng: np.random.Generator, members: int, per_member: int
+) -> tuple[dict[str, list[str]], list[list[str]]]:
+    """Prompts for a campaign splitting probes across accounts: each seed (never sent) varied
+    one word at a time, each variant to a different member, seed after seed; and the seeds."""
+    # letters only: template anchors mask digits, and numbered words would all read as one template
+    words = sorted({"".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 7)) for _ in range(600)})
+    out: dict[str, list[str]] = {f"hydra-{m}": [] for m in range(members)}
+    seeds = []
+    s = 0
+    while any(len(v) < per_member for v in out.values()):
+        seed = list(rng.choice(words, 10, replace=False))
+        seeds.append(seed)
+        order = [m for m in rng.permutation(members) if len(out[f"hydra-{m}"]) < per_member]
+        for at, m in zip(rng.permutation(10), order, strict=False):
+            variant = [*seed[:at], words[(7 * s + 13 * at) % len(words)], *seed[at + 1 :]]
+            out[f"hydra-{m}"].append(" ".join(variant))
+        s += 1
+    return out, seeds
+
+
+def test_probe_linked_members_of_a_coincidental_group_are_not_held_at_watch(calibration_path, topics):
+    """The campaign of the hold test above, now sending variants of unsent seeds, each seed's
+    variants dealt to different members: members whose own prompts are probe-linked to other
+    members' (split_probes) reach flag with fewer than 16 of the group's queries; with the
+    cross-account search off (campaign_probe_memory=0) the hold stands."""
+    from probewatch.campaigns import layer as campaign_layer
+
+    accounts, vectors, prompts, metas = hydra_traffic(topics, seed=7, members=20, per_member=20, crowd=20)
+    metas = [
+        {"user_agent": "RareAgent/0.9"} if a.startswith("hydra-") else m for a, m in zip(accounts, metas, strict=True)
+    ]
+    variants, _ = _dealt_variants(np.random.default_rng(3), 20, 20)
+    sent = {a: iter(v) for a, v in variants.items()}
+    prompts = [next(sent[a]) if a.startswith("hydra-") else p for a, p in zip(accounts, prompts, strict=True)]
+
+    def early_flags(**overrides) -> tuple[list, pw.Engine]:
+        engine = make_engine(calibration_path, campaign_fpr_share=1.0, target_fpr=0.01, watch_fpr=0.1, **overrides)
+        first: dict[str, pw.Verdict] = {}
+        for v in feed(engine, accounts, vectors, prompts, metas):
+            if v.account.startswith("hydra-") and v.flagged:
+                first.setdefault(v.account, v)
+        return [v for v in first.values() if v.n_queries < campaign_layer.MIN_FLAGGED_MEMBER_QUERIES], engine
+
+    held, _ = early_flags(campaign_probe_memory=0)
+    assert not held
+    linked, engine = early_flags()
+    assert linked and all(v.campaign is not None and v.campaign.level == "flag" for v in linked)
+    layer = engine.pipeline.campaigns
+    (agent,) = [g for g in layer.groups.values() if (g.kind, g.label) == ("meta", "user_agent")]
+    for v in linked:
+        assert layer.linked_prompts(agent, v.account) >= campaign_layer.MIN_LINKED_PROMPTS
+    assert not any(layer.accounts[a].probe_links for a in set(accounts) if not a.startswith("hydra-"))
+    report = engine.campaign(linked[0].campaign.id)
+    assert any("probes split across accounts" in r for r in report.reasons)
+
+
+def test_an_account_outside_a_hot_group_is_raised_by_two_linked_prompts_not_one(calibration_path, topics):
+    """An account that shares no indicator with a flagged campaign but sends two prompts that
+    vary the campaign members' unsent seeds is raised with it and listed in its report; one
+    such prompt (a person who happened to ask a question a campaign varies) is not enough."""
+    accounts, vectors, prompts, metas = hydra_traffic(topics, seed=7, members=20, per_member=20, crowd=20)
+    metas = [
+        {"user_agent": "RareAgent/0.9"} if a.startswith("hydra-") else m for a, m in zip(accounts, metas, strict=True)
+    ]
+    rng = np.random.default_rng(5)
+    variants, seeds = _dealt_variants(rng, 20, 20)
+    sent = {a: iter(v) for a, v in variants.items()}
+    prompts = [next(sent[a]) if a.startswith("hydra-") else p for a, p in zip(accounts, prompts, strict=True)]
+    engine = make_engine(calibration_path, campaign_fpr_share=1.0, target_fpr=0.01, watch_fpr=0.1)
+    feed(engine, accounts, vectors, prompts, metas)
+    layer = engine.pipeline.campaigns
+    (agent,) = [g for g in layer.groups.values() if (g.kind, g.label) == ("meta", "user_agent")]
+    assert agent.level is pw.Level.FLAG
+    pool = vectors[[i for i, a in enumerate(accounts) if a.startswith("hydra-")]]
+
+    def outsider(name: str, linked_prompts: int) -> pw.AccountReport:
+        # variants of seeds the members sent variants of (one word replaced), then queries of its own
+        texts = [" ".join([*seed[:3], name.replace("-", ""), *seed[4:]]) for seed in seeds[:linked_prompts]]
+        garden = ["roses", "tomatoes", "compost", "hedges", "slugs", "lawn", "ferns", "bulbs", "moss", "ivy"]
+        texts += [f"how do I look after the {garden[j]} in my garden" for j in range(10 - len(texts))]
+        rows = rng.choice(len(pool), 10, replace=False)
+        feed(engine, [name] * 10, pool[rows], texts, [{"user_agent": "Common/1.0"}] * 10)
+        return engine.report(name)
+
+    one = outsider("outsider-one", 1)
+    two = outsider("outsider-two", 2)
+    assert layer.linked_prompts(agent, "outsider-one") == 1 and one.level is pw.Level.OK and one.campaign is None
+    assert layer.linked_prompts(agent, "outsider-two") >= 2
+    assert two.level is pw.Level.FLAG and two.campaign is not None
+    assert "outsider-two" in engine.campaign(two.campaign.id).members
+    linked_to = [layer.groups[k] for k in layer.accounts["outsider-two"].linked]
+    assert linked_to and all(g.level is pw.Level.FLAG and "outsider-two" not in g.members for g in linked_to)
+    assert all("outsider-two" in g.linked for g in linked_to)
+
+
 def test_member_levels_by_indicator_kind_and_queries():
     from probewatch.campaigns.groups import Group
     from probewatch.campaigns.layer import MIN_FLAGGED_MEMBER_QUERIES, member_level
@@ -527,6 +623,7 @@ def test_member_levels_by_indicator_kind_and_queries():
 
     for coincidental in (hot("payload", "cell 1", pw.Level.FLAG), hot("meta", "user_agent", pw.Level.FLAG)):
         assert member_level(coincidental, MIN_FLAGGED_MEMBER_QUERIES - 1) is pw.Level.WATCH
+        assert member_level(coincidental, MIN_FLAGGED_MEMBER_QUERIES - 1, probe_linked=True) is pw.Level.FLAG
         assert member_level(coincidental, MIN_FLAGGED_MEMBER_QUERIES) is pw.Level.FLAG
     assert member_level(hot("payload", "cell 1", pw.Level.WATCH), 2) is pw.Level.WATCH
     for evidence in (hot("template", "think step by step", pw.Level.FLAG), hot("meta", "payment", pw.Level.FLAG)):
@@ -576,6 +673,34 @@ def test_save_at_t_reload_and_continue_equals_uninterrupted(calibration_path, to
     key = lambda v: (v.account, v.level, round(v.risk, 6), v.campaign and (v.campaign.id, v.campaign.level))  # noqa: E731
     assert [key(v) for v in rest] == [key(v) for v in expected[t:]]
     assert [c.to_dict() for c in again.campaigns()] == [c.to_dict() for c in straight.campaigns()]
+
+
+def test_save_at_t_reload_and_continue_keeps_probe_links(calibration_path, topics, tmp_path):
+    """The same with a campaign splitting probes across accounts: the cross-account index, each
+    account's probe links and each group's linked accounts survive the snapshot exactly."""
+    accounts, vectors, prompts, metas = hydra_traffic(topics, seed=7, members=20, per_member=20, crowd=20)
+    metas = [
+        {"user_agent": "RareAgent/0.9"} if a.startswith("hydra-") else m for a, m in zip(accounts, metas, strict=True)
+    ]
+    variants, _ = _dealt_variants(np.random.default_rng(3), 20, 20)
+    sent = {a: iter(v) for a, v in variants.items()}
+    prompts = [next(sent[a]) if a.startswith("hydra-") else p for a, p in zip(accounts, prompts, strict=True)]
+    loose = {"campaign_fpr_share": 1.0, "target_fpr": 0.01, "watch_fpr": 0.1}
+    t = len(accounts) // 2 // 16 * 16
+    straight = make_engine(calibration_path, **loose)
+    expected = feed(straight, accounts, vectors, prompts, metas)
+    first = make_engine(calibration_path, **loose)
+    feed(first, accounts[:t], vectors[:t], prompts[:t], metas[:t])
+    assert any(x.probe_links for x in first.pipeline.campaigns.accounts.values())
+    first.save(tmp_path / "t.npz")
+    again = pw.Engine.load(tmp_path / "t.npz")
+    rest = feed(again, accounts[t:], vectors[t:], prompts[t:], metas[t:])
+    key = lambda v: (v.account, v.level, v.campaign and (v.campaign.id, v.campaign.level))  # noqa: E731
+    assert [key(v) for v in rest] == [key(v) for v in expected[t:]]
+    a, b = again.pipeline.campaigns, straight.pipeline.campaigns
+    assert {k: x.probe_links for k, x in a.accounts.items()} == {k: x.probe_links for k, x in b.accounts.items()}
+    assert {k: g.linked for k, g in a.groups.items()} == {k: g.linked for k, g in b.groups.items()}
+    assert a.split_probes.serial == b.split_probes.serial
 
 
 def test_forget_takes_an_account_out_of_every_group(calibration_path, topics):

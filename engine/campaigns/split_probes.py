@@ -1,0 +1,269 @@
+"""Probes split across accounts: variants of other accounts' prompts around a seed nobody sent.
+
+The account detector's probe rules (:mod:`probewatch.detect.probes`) read one account's recent
+prompts. A campaign that deals each seed's variants to different accounts leaves every member
+with unrelated prompts; the variants meet only across accounts. :class:`SplitProbes` asks the
+same two questions (``is_neighbourhood_probe``, ``is_seed_probe``) of a query's neighbourhood
+among *other* accounts' recent prompts, in arrival order.
+
+A query's neighbourhood is the NEIGHBOURS prompts of other accounts, among the last ``memory``
+prompts of all accounts, that share the most of its words, at least half of the smaller word
+sketch (ties go to the latest; the same text is a repeat, not a neighbour). They are found
+through an inverted index of word hashes that keeps each word's latest PER_WORD prompts (a
+common word indexes only its newest uses; an older variant is still found through its rarer
+words; character-level variants share mostly the common ones, so those are read too), and
+the CANDIDATES prompts reached through the most of the query's words are compared exactly.
+
+A probe is *uncentred* when nobody else has sent its text and no near neighbour of it (within
+the account rules' near bounds) came from two or more accounts. People share a popular prompt
+by pasting it, and edit it now and then; a probing campaign sends every variant once and never
+the seed. Only uncentred probes are reported, with the accounts of their near neighbours: the
+other accounts that sent variants of the same unsent seed (the query's *partners*).
+
+Memory is bounded: ``memory`` sketches (SKETCH_WORDS uint32 each; allocated as they fill),
+the posting lists, and a table of ``memory`` text digests (the accounts that sent each, two at
+most, least recently seen dropped first). About 500 bytes per remembered prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from ..detect import probes
+from ..detect.probes import EMPTY, SKETCH_WORDS
+
+NEIGHBOURS = 16  # as many as an account's own probe memory
+PER_WORD = 256  # latest prompts indexed per word hash
+CANDIDATES = 64  # prompts reached through the most of a query's words, compared exactly
+FIRST_ROWS = 1024  # rows allocated at first
+SENDERS_KEPT = 2  # accounts kept per text: "someone else sent this" is all that is asked
+
+
+def text_digest(text: str, salt: bytes = b"") -> int:
+    """A 64-bit keyed digest of a prompt's exact text (signed, to fit an int64 array): with a
+    secret ``salt``, a snapshot cannot be searched for a known prompt."""
+    raw = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=salt[:64]).digest()
+    return int.from_bytes(raw, "little", signed=True)
+
+
+def shares_half(shared: int, query_hashes: int, other_hashes: int) -> bool:
+    """Whether two word sketches of these sizes, with ``shared`` hashes in common, share at
+    least half of the smaller one's."""
+    return 2 * shared >= min(query_hashes, other_hashes)
+
+
+def is_near(query: frozenset[int], other: frozenset[int]) -> bool:
+    """Whether one word sketch is within the account rules' near-neighbour bounds of the other,
+    either way round: at most ``NEAR_ADDED`` words added and ``NEAR_DROPPED`` lacked."""
+    added, dropped = len(query - other), len(other - query)
+    return min(added, dropped) <= probes.NEAR_DROPPED and max(added, dropped) <= probes.NEAR_ADDED
+
+
+class SplitProbes:
+    """Every prompt in arrival order in (:meth:`observe`), the partners of each uncentred
+    cross-account probe out. Deterministic: the same prompts in the same order give the same
+    answers, before and after :meth:`state_dict` / :meth:`load_state`."""
+
+    def __init__(self, memory: int, salt: bytes = b""):
+        if memory < 1:
+            raise ValueError(f"SplitProbes needs memory >= 1 prompts; got {memory}")
+        self.memory = memory
+        self.salt = salt  # keys the text digests; the layer passes its metadata salt
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every prompt."""
+        rows = min(self.memory, FIRST_ROWS)  # grown by doubling up to memory: held bytes follow use
+        self.sketches = np.full((rows, SKETCH_WORDS), EMPTY, dtype=np.uint32)
+        self.words = np.zeros(rows, dtype=np.int32)
+        self.digests = np.zeros(rows, dtype=np.int64)
+        self.accounts: list[str | None] = [None] * rows
+        self.live = np.zeros(rows, dtype=bool)  # rows of an account still remembered
+        self.serial = 0  # serial of the next prompt; row = serial % memory
+        self.postings: dict[int, array] = {}  # word hash -> serials, oldest first
+        self.posted = 0  # serials held in all posting lists (for nbytes without a walk)
+        self.senders: OrderedDict[int, tuple[str, ...]] = OrderedDict()  # digest -> accounts, LRU
+
+    @property
+    def first(self) -> int:
+        """Serial of the oldest prompt remembered."""
+        return max(0, self.serial - self.memory)
+
+    # -- the question ---------------------------------------------------------------------
+    def observe(self, account: str, text: str) -> tuple[tuple[str, int], ...]:
+        """Remember the prompt (its serial is ``serial - 1`` afterwards); where it is an
+        uncentred cross-account probe, its near neighbours as ``(account, serial)``, oldest
+        first, else ``()``."""
+        kept, words = probes.word_hashes(text)
+        digest = text_digest(text, self.salt)
+        partners: tuple[tuple[str, int], ...] = ()
+        if words >= probes.MIN_WORDS:
+            partners = self._partners(account, frozenset(kept), words, digest)
+        self._remember(account, kept, words, digest)
+        return partners
+
+    def neighbourhood(self, account: str, hashes: frozenset[int], digest: int) -> list[int]:
+        """Serials of the query's neighbourhood (module docstring), most shared words first."""
+        found = [self.postings[h][-PER_WORD:] for h in hashes if h in self.postings]
+        if not found:
+            return []
+        reached = np.frombuffer(b"".join(found), dtype=np.int64)
+        reached = reached[reached >= self.first]
+        reached = reached[self.live[reached % self.memory]]
+        if reached.size == 0:
+            return []
+        serials, hits = np.unique(reached, return_counts=True)
+        if serials.size > CANDIDATES:
+            top = np.lexsort((-serials, -hits))[:CANDIDATES]  # most words, then latest
+            serials = serials[top]
+        rows = serials % self.memory
+        query = np.sort(np.fromiter(hashes, dtype=np.uint32, count=len(hashes)))
+        sketches = self.sketches[rows]
+        at = np.minimum(np.searchsorted(query, sketches), query.size - 1)
+        shared = (query[at] == sketches).sum(axis=1)  # EMPTY padding is never a word hash
+        sizes = np.minimum(self.words[rows], SKETCH_WORDS)
+        close = (2 * shared >= np.minimum(len(hashes), sizes)) & (self.digests[rows] != digest)
+        order = np.lexsort((-serials[close], -shared[close]))  # most shared, then latest
+        out = []
+        for serial in serials[close][order].tolist():
+            if self.accounts[serial % self.memory] != account:
+                out.append(serial)
+                if len(out) == NEIGHBOURS:
+                    break
+        return out
+
+    def _partners(self, account: str, hashes: frozenset[int], words: int, digest: int) -> tuple[tuple[str, int], ...]:
+        if set(self.senders.get(digest, ())) - {account}:
+            return ()  # someone else sent this very text: centred, whatever its neighbours
+        near = self.neighbourhood(account, hashes, digest)
+        if len(near) < probes.MIN_RELATED:
+            return ()
+        rows = [serial % self.memory for serial in near]
+        candidates = [(self._hashes(row), int(self.words[row])) for row in rows]
+        if not any(is_near(hashes, other) for other, _ in candidates):
+            return ()  # no near neighbour, no partner: nothing to report whatever the rules say
+        if not (
+            probes.is_neighbourhood_probe(hashes, words, candidates) or probes.is_seed_probe(hashes, words, candidates)
+        ):
+            return ()
+        partners = []
+        for serial, row, (other, _) in zip(near, rows, candidates, strict=True):
+            if is_near(hashes, other):
+                if len(self.senders.get(int(self.digests[row]), ())) >= SENDERS_KEPT:
+                    return ()  # a variant of a prompt people share
+                partners.append((self.accounts[row], serial))
+        return tuple(sorted(partners, key=lambda p: p[1]))
+
+    def _hashes(self, row: int) -> frozenset[int]:
+        return probes.sketch_set(self.sketches[row], int(self.words[row]))
+
+    # -- remembering ----------------------------------------------------------------------
+    def _remember(self, account: str, kept: list[int], words: int, digest: int) -> None:
+        self._store_row(account, kept, words, digest)
+        senders = self.senders.get(digest, ())
+        if account not in senders and len(senders) < SENDERS_KEPT:
+            senders = (*senders, account)
+        self.senders[digest] = senders
+        self.senders.move_to_end(digest)
+        while len(self.senders) > self.memory:
+            self.senders.popitem(last=False)
+
+    def _store_row(self, account: str | None, kept: list[int], words: int, digest: int) -> None:
+        serial = self.serial
+        row = serial % self.memory
+        if row == len(self.words):
+            self._grow()
+        probes.store_sketch(self.sketches[row], kept)
+        self.words[row] = words
+        self.digests[row] = digest
+        self.accounts[row] = account
+        self.live[row] = account is not None
+        self.serial = serial + 1
+        for h in kept:
+            serials = self.postings.get(h)
+            if serials is None:
+                serials = self.postings[h] = array("q")
+            serials.append(serial)
+            self.posted += 1
+            if len(serials) >= 2 * PER_WORD:
+                self.posted -= len(serials) - PER_WORD
+                del serials[:-PER_WORD]  # only the latest PER_WORD are ever read
+        if self.serial % self.memory == 0:
+            # words not sent within the memory index nothing: drop their lists
+            first = self.first
+            for h in [h for h, serials in self.postings.items() if serials[-1] < first]:
+                self.posted -= len(self.postings.pop(h))
+
+    def _grow(self) -> None:
+        rows = min(self.memory, 2 * len(self.words))
+        extra = rows - len(self.words)
+        self.sketches = np.concatenate([self.sketches, np.full((extra, SKETCH_WORDS), EMPTY, dtype=np.uint32)])
+        self.words = np.concatenate([self.words, np.zeros(extra, dtype=np.int32)])
+        self.digests = np.concatenate([self.digests, np.zeros(extra, dtype=np.int64)])
+        self.live = np.concatenate([self.live, np.zeros(extra, dtype=bool)])
+        self.accounts.extend([None] * extra)
+
+    def forget(self, account: str) -> None:
+        """Take an account's prompts out (its rows stop being anyone's neighbours; its texts no
+        longer count as sent by it)."""
+        for row, owner in enumerate(self.accounts):
+            if owner == account:
+                self.accounts[row] = None
+                self.live[row] = False
+        for digest in [d for d, senders in self.senders.items() if account in senders]:
+            kept = tuple(a for a in self.senders[digest] if a != account)
+            if kept:
+                self.senders[digest] = kept
+            else:
+                del self.senders[digest]
+
+    def nbytes(self) -> int:
+        """Approximate bytes held."""
+        postings = 64 * len(self.postings) + 8 * self.posted
+        rows = self.sketches.nbytes + self.words.nbytes + self.digests.nbytes + 9 * len(self.words)
+        return rows + postings + 120 * len(self.senders)
+
+    # -- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """``{"header": JSON-able dict, "arrays": {name: ndarray}}``: the remembered rows in
+        arrival order and the senders table, least recently seen first. The posting lists are
+        rebuilt from the rows on load (only each word's latest PER_WORD are ever read)."""
+        first, serial = self.first, self.serial
+        rows = [s % self.memory for s in range(first, serial)]
+        header = {
+            "memory": self.memory,
+            "serial": serial,
+            "accounts": [self.accounts[r] for r in rows],
+            "senders": [[d, list(a)] for d, a in self.senders.items()],
+        }
+        arrays = {
+            "split_sketches": self.sketches[rows] if rows else np.zeros((0, SKETCH_WORDS), dtype=np.uint32),
+            "split_words": self.words[rows],
+            "split_digests": self.digests[rows],
+        }
+        return {"header": header, "arrays": arrays}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Replace everything with a :meth:`state_dict` (of this memory or a smaller one)."""
+        header, arrays = state["header"], state["arrays"]
+        if int(header["memory"]) > self.memory:
+            raise ValueError(
+                f"the snapshot remembers {header['memory']} prompts across accounts; this engine keeps "
+                f"{self.memory} (raise campaign_probe_memory)"
+            )
+        self.reset()
+        kept = len(header["accounts"])
+        self.serial = int(header["serial"]) - kept
+        for account, sketch, words, digest in zip(
+            header["accounts"], arrays["split_sketches"], arrays["split_words"], arrays["split_digests"], strict=True
+        ):
+            size = min(int(words), SKETCH_WORDS)
+            # a forgotten account's row (no owner) stays a row that matches nothing
+            kept_hashes = sketch[:size].tolist() if account is not None else []
+            self._store_row(account, kept_hashes, int(words), int(digest))
+        self.senders = OrderedDict((int(d), tuple(a)) for d, a in header["senders"])

@@ -1,0 +1,231 @@
+"""Probes split across accounts (probewatch.campaigns.split_probes): the indexed neighbourhood
+against its brute-force definition, what counts as an uncentred probe, memory bounds, forget,
+and state (save at t, reload, continue)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from probewatch.campaigns import split_probes
+from probewatch.campaigns.split_probes import NEIGHBOURS, SplitProbes, shares_half, text_digest
+from probewatch.detect import probes
+
+WORDS = [f"w{i}" for i in range(60)]
+FILLERS = [f"x{i}" for i in range(400)]
+
+
+def _seed(rng: random.Random, n: int = 10) -> list[str]:
+    return rng.sample(WORDS, n)
+
+
+def _counterfactuals(rng: random.Random, seed: list[str], steps: int) -> list[str]:
+    """The seed with one word replaced at a time, never the seed itself."""
+    return [
+        " ".join([*seed[:at], rng.choice(FILLERS), *seed[at + 1 :]])
+        for at in rng.sample(range(len(seed)), min(steps, len(seed)))
+    ]
+
+
+def _mixed_stream(rng: random.Random, n: int) -> list[tuple[str, str]]:
+    seeds = [_seed(rng) for _ in range(4)]
+    events = []
+    for _ in range(n):
+        account = f"a{rng.randrange(12)}"
+        r = rng.random()
+        if r < 0.5:
+            text = rng.choice(_counterfactuals(rng, rng.choice(seeds), 10))
+        elif r < 0.7:
+            text = " ".join(rng.choice(seeds))  # a seed sent as it is
+        else:
+            text = " ".join(rng.sample(WORDS, rng.randint(2, 14)))
+        events.append((account, text))
+    return events
+
+
+def brute_force(history: list[tuple[int, str, str]], account: str, text: str) -> list[int]:
+    """The definition: serials of the NEIGHBOURS prompts of other accounts (other texts) that
+    share the most of the query's words, at least half of the smaller sketch; latest first on ties."""
+    hashes = frozenset(probes.word_hashes(text)[0])
+    found = []
+    for serial, other_account, other_text in history:
+        other = frozenset(probes.word_hashes(other_text)[0])
+        shared = len(hashes & other)
+        if other_account != account and other_text != text and shares_half(shared, len(hashes), len(other)):
+            found.append((shared, serial))
+    found.sort(reverse=True)
+    return [serial for _, serial in found[:NEIGHBOURS]]
+
+
+@pytest.mark.parametrize("memory", [1_000, 40])
+def test_without_a_retrieval_cut_the_index_is_the_brute_force_neighbourhood(memory, monkeypatch):
+    # CANDIDATES and PER_WORD only bound the work: past the history's size nothing is cut
+    monkeypatch.setattr(split_probes, "CANDIDATES", 100_000)
+    monkeypatch.setattr(split_probes, "PER_WORD", 100_000)
+    index = SplitProbes(memory)
+    history: list[tuple[int, str, str]] = []
+    checked = 0
+    for account, text in _mixed_stream(random.Random(7), 220):
+        hashes = frozenset(probes.word_hashes(text)[0])
+        found = index.neighbourhood(account, hashes, text_digest(text, index.salt))
+        assert found == brute_force(history[-memory:], account, text)
+        checked += bool(found)
+        index.observe(account, text)
+        history.append((index.serial - 1, account, text))
+    assert checked > 100  # most queries had a neighbourhood to compare
+
+
+def test_the_default_cut_still_finds_a_seeds_variants_among_many_prompts():
+    rng = random.Random(3)
+    index = SplitProbes(10_000)
+    for i in range(3_000):  # prompts that share common words with everything
+        index.observe(f"busy-{i % 50}", " ".join(["the", "a", "of", "to", *rng.sample(FILLERS, 6)]))
+    seed = _seed(rng)
+    variants = _counterfactuals(rng, seed, 10)
+    for i, text in enumerate(variants[:-1]):
+        index.observe(f"member-{i}", text)
+    last = variants[-1]
+    found = index.neighbourhood("member-last", frozenset(probes.word_hashes(last)[0]), text_digest(last))
+    assert {index.accounts[s % index.memory] for s in found} == {f"member-{i}" for i in range(len(variants) - 1)}
+
+
+def test_variants_of_an_unsent_seed_dealt_to_different_accounts_link_them():
+    rng = random.Random(11)
+    index = SplitProbes(1_000)
+    linked = []
+    for s in range(6):
+        for i, text in enumerate(_counterfactuals(rng, _seed(rng), 10)):
+            partners = index.observe(f"member-{(s + i) % 10}", text)
+            if partners:
+                linked.append((f"member-{(s + i) % 10}", partners))
+    assert len(linked) >= 6 * 5  # all but the first few variants of each seed
+    for account, partners in linked:
+        assert all(p != account and p.startswith("member-") for p, _ in partners)
+        assert [serial for _, serial in partners] == sorted(serial for _, serial in partners)
+
+
+def test_a_popular_prompt_pasted_and_edited_is_centred():
+    """People paste a popular prompt as it is and edit it now and then: the edits have the
+    prompt itself, sent by two or more accounts, among their near neighbours."""
+    rng = random.Random(5)
+    seed = _seed(rng)
+    index = SplitProbes(1_000)
+    for i in range(4):
+        assert index.observe(f"paster-{i}", " ".join(seed)) == ()
+    for i, text in enumerate(_counterfactuals(rng, seed, 10)):
+        assert index.observe(f"editor-{i}", text) == ()
+
+
+def test_an_edit_someone_else_sent_verbatim_is_centred():
+    rng = random.Random(9)
+    variants = _counterfactuals(rng, _seed(rng), 10)
+    index = SplitProbes(1_000)
+    for i, text in enumerate(variants[:6]):
+        index.observe(f"member-{i}", text)
+    assert index.observe("member-x", variants[6])  # uncentred: linked
+    assert index.observe("member-y", variants[6]) == ()  # the same text from another account
+
+
+def test_short_template_fills_are_no_probes():
+    """An app template whose fill is one or two words: prompts under MIN_WORDS distinct words
+    are never probes, and the template's words are its seed, which every fill keeps."""
+    rng = random.Random(2)
+    index = SplitProbes(1_000)
+    places = ["kitchen", "hall", "garage", "office", "bedroom", "porch", "attic", "cellar"]
+    for i in range(40):
+        assert index.observe(f"user-{i}", f"turn on the {rng.choice(places)} lights") == ()
+        assert index.observe(f"user-{i}", "lights off") == ()
+
+
+def test_memory_is_bounded_and_old_prompts_are_no_neighbours():
+    rng = random.Random(4)
+    seed = _seed(rng)
+    variants = _counterfactuals(rng, seed, 10)
+    index = SplitProbes(16)
+    for i, text in enumerate(variants[:5]):
+        index.observe(f"member-{i}", text)
+    for i in range(16):  # pushes the variants out of memory
+        index.observe(f"other-{i}", " ".join(rng.sample(FILLERS, 8)))
+    assert index.observe("member-late", variants[5]) == ()
+    assert len(index.senders) <= 16
+    assert index.first == index.serial - 16
+    for i in range(200):
+        index.observe(f"other-{i}", " ".join(rng.sample(FILLERS, 8)))
+    # every `memory` prompts, the lists of words no remembered prompt has are dropped
+    cleaned_at = index.serial // 16 * 16
+    assert all(serials[-1] >= cleaned_at - 16 for serials in index.postings.values())
+    assert len(index.postings) <= 2 * 16 * 8
+    assert index.posted == sum(len(serials) for serials in index.postings.values())
+
+
+def test_rows_are_allocated_as_they_fill(monkeypatch):
+    monkeypatch.setattr(split_probes, "FIRST_ROWS", 4)
+    index = SplitProbes(10)
+    empty = index.nbytes()
+    allocated = []
+    for i in range(25):
+        index.observe(f"a{i}", f"prompt number {i} with some words in it")
+        allocated.append(len(index.words))
+    assert allocated[:4] == [4] * 4 and allocated[4:8] == [8] * 4 and set(allocated[8:]) == {10}
+    assert index.nbytes() > empty
+    assert [index.accounts[s % 10] for s in range(15, 25)] == [f"a{i}" for i in range(15, 25)]
+
+
+def test_forget_takes_an_accounts_prompts_out():
+    rng = random.Random(6)
+    variants = _counterfactuals(rng, _seed(rng), 10)
+    index = SplitProbes(1_000)
+    for text in variants[:4]:
+        index.observe("member-a", text)
+    index.observe("member-b", variants[4])
+    index.forget("member-a")
+    assert "member-a" not in index.accounts
+    assert not any("member-a" in senders for senders in index.senders.values())
+    assert index.observe("member-c", variants[5]) == ()  # one neighbour left: no probe
+
+
+def test_save_at_t_reload_and_continue_equals_uninterrupted():
+    events = _mixed_stream(random.Random(8), 400)
+    rng = random.Random(12)
+    for s in range(5):  # and some split probes, so there is something to link
+        events += [(f"member-{(s + i) % 9}", t) for i, t in enumerate(_counterfactuals(rng, _seed(rng), 10))]
+    random.Random(1).shuffle(events)
+    straight = SplitProbes(64)
+    expected = [straight.observe(a, t) for a, t in events]
+    assert sum(map(bool, expected)) >= 10
+    t = len(events) // 2
+    first = SplitProbes(64)
+    for a, text in events[:t]:
+        first.observe(a, text)
+    first.forget("a3")
+    straight_after = SplitProbes(64)
+    for a, text in events[:t]:
+        straight_after.observe(a, text)
+    straight_after.forget("a3")
+    state = first.state_dict()
+    again = SplitProbes(64)
+    again.load_state(state)
+    assert [again.observe(a, x) for a, x in events[t:]] == [straight_after.observe(a, x) for a, x in events[t:]]
+    assert again.serial == straight_after.serial
+    np.testing.assert_array_equal(again.sketches, straight_after.sketches)
+    np.testing.assert_array_equal(again.live, straight_after.live)
+    assert list(again.senders.items()) == list(straight_after.senders.items())
+
+
+def test_text_digests_are_keyed():
+    text = "a prompt somebody sent"
+    assert text_digest(text, b"k" * 16) != text_digest(text, b"j" * 16) != text_digest(text)
+    index = SplitProbes(8, salt=b"k" * 16)
+    index.observe("a", text)
+    assert int(index.digests[0]) == text_digest(text, b"k" * 16)
+
+
+def test_bad_sizes_are_clear_errors():
+    with pytest.raises(ValueError, match="memory >= 1"):
+        SplitProbes(0)
+    big = SplitProbes(128)
+    big.observe("a", "one two three four five")
+    with pytest.raises(ValueError, match="campaign_probe_memory"):
+        SplitProbes(64).load_state(big.state_dict())

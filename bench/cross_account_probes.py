@@ -1,4 +1,5 @@
-"""Neighbourhood probes across accounts, measured on the hydra traffic (not in the engine).
+"""Neighbourhood probes across accounts, measured on the hydra traffic (the measurement the
+engine's own index, ``probewatch.campaigns.split_probes``, was designed from in 0.14.0).
 
 The engine's probe rules (``probewatch.detect.probes``: a small edit of three recent prompts
 that lacks a word they share; a probe around a seed, sent or not) read one account's last 16
@@ -31,9 +32,9 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from probewatch.campaigns.split_probes import NEIGHBOURS, is_near, shares_half
 from probewatch.detect import probes
 
-NEIGHBOURS = 16  # as many as an account's own probe memory
 MEMORY = 100_000  # recent prompts of all accounts searched (a few days of the default hydra traffic)
 PER_WORD = 256  # recent prompts remembered per word hash (a very common word indexes only its latest)
 
@@ -44,19 +45,6 @@ class _Sent:
     text: str
     hashes: frozenset[int]
     words: int
-
-
-def is_near(query: frozenset[int], other: frozenset[int]) -> bool:
-    """Whether one word sketch is within the engine's near-neighbour bounds of the other, either
-    way round: at most ``probes.NEAR_ADDED`` words added and ``probes.NEAR_DROPPED`` lacked."""
-    added, dropped = len(query - other), len(other - query)
-    return min(added, dropped) <= probes.NEAR_DROPPED and max(added, dropped) <= probes.NEAR_ADDED
-
-
-def shares_half(shared: int, query_hashes: int, other_hashes: int) -> bool:
-    """Whether two word sketches of these sizes, with ``shared`` hashes in common, share at
-    least half of the smaller one's."""
-    return 2 * shared >= min(query_hashes, other_hashes)
 
 
 def neighbourhood_brute_force(history: Sequence[_Sent], account: str, text: str, hashes: frozenset[int]) -> list[int]:
@@ -89,7 +77,7 @@ class CrossAccountProbes:
     _first: int = 0  # serial of the oldest prompt still remembered
     _by_hash: dict[int, deque] = field(default_factory=dict)
     # text -> up to two accounts, for every text seen: unbounded, as a measurement over a finite
-    # trace can be (an engine index would keep it in a bounded table like the history)
+    # trace can be (the engine's index keeps a bounded table)
     _senders: dict[str, set[str]] = field(default_factory=dict)
 
     def neighbourhood(self, account: str, text: str, hashes: frozenset[int]) -> list[_Sent]:

@@ -175,6 +175,42 @@ def random_word_prompts(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(words) for _ in range(rng.randint(4, 10))) for _ in range(n)]
 
 
+# Probes around seeds, in words no real prompt has (tests of the account and cross-account probe rules)
+PROBE_WORDS = tuple(f"w{i}" for i in range(60))
+PROBE_FILLERS = tuple(f"x{i}" for i in range(400))
+
+
+def probe_seed(rng: random.Random, n: int = 10) -> list[str]:
+    """A seed prompt of ``n`` distinct PROBE_WORDS."""
+    return rng.sample(PROBE_WORDS, n)
+
+
+def counterfactual_variants(rng: random.Random, seed: list[str], steps: int) -> list[str]:
+    """The seed with one word replaced by a filler at a time, never the seed itself."""
+    return [
+        " ".join([*seed[:at], rng.choice(PROBE_FILLERS), *seed[at + 1 :]])
+        for at in rng.sample(range(len(seed)), min(steps, len(seed)))
+    ]
+
+
+def mixed_probe_stream(rng: random.Random, n: int) -> list[tuple[str, str]]:
+    """``n`` (account, prompt) pairs of 12 accounts: variants of four seeds (half), the seeds
+    sent as they are, and random word lists."""
+    seeds = [probe_seed(rng) for _ in range(4)]
+    events = []
+    for _ in range(n):
+        account = f"a{rng.randrange(12)}"
+        r = rng.random()
+        if r < 0.5:
+            text = rng.choice(counterfactual_variants(rng, rng.choice(seeds), 10))
+        elif r < 0.7:
+            text = " ".join(rng.choice(seeds))  # a seed sent as it is
+        else:
+            text = " ".join(rng.sample(PROBE_WORDS, rng.randint(2, 14)))
+        events.append((account, text))
+    return events
+
+
 class ChildProcess:
     """A server the test started (``self.proc``) writing to its log file (``self._log``)."""
 

@@ -19,37 +19,7 @@ from bench.cross_account_probes import (
     scenario_table,
 )
 from probewatch.detect import probes
-
-WORDS = [f"w{i}" for i in range(60)]
-FILLERS = [f"x{i}" for i in range(400)]
-
-
-def _seed(rng: random.Random, n: int = 10) -> list[str]:
-    return rng.sample(WORDS, n)
-
-
-def _counterfactual(rng: random.Random, seed: list[str], steps: int) -> list[str]:
-    """The seed with one word replaced at a time, never the seed itself."""
-    out = []
-    for at in rng.sample(range(len(seed)), min(steps, len(seed))):
-        out.append(" ".join([*seed[:at], rng.choice(FILLERS), *seed[at + 1 :]]))
-    return out
-
-
-def _mixed_stream(rng: random.Random, n: int) -> list[tuple[str, str]]:
-    seeds = [_seed(rng) for _ in range(4)]
-    events = []
-    for _ in range(n):
-        account = f"a{rng.randrange(12)}"
-        r = rng.random()
-        if r < 0.5:
-            text = rng.choice(_counterfactual(rng, rng.choice(seeds), 10))
-        elif r < 0.7:
-            text = " ".join(rng.choice(seeds))  # a seed sent as it is
-        else:
-            text = " ".join(rng.sample(WORDS, rng.randint(2, 14)))
-        events.append((account, text))
-    return events
+from tests.support import PROBE_FILLERS, counterfactual_variants, mixed_probe_stream, probe_seed
 
 
 @pytest.mark.parametrize("memory", [1_000, 40])
@@ -58,7 +28,7 @@ def test_indexed_neighbourhood_is_the_brute_force_one(memory):
     index = CrossAccountProbes(memory=memory)
     history: list[_Sent] = []
     checked = 0
-    for account, text in _mixed_stream(rng, 220):
+    for account, text in mixed_probe_stream(rng, 220):
         kept, words = probes.word_hashes(text)
         hashes = frozenset(kept)
         found = [(s.account, s.text) for s in index.neighbourhood(account, text, hashes)]
@@ -75,9 +45,9 @@ def test_indexed_neighbourhood_is_the_brute_force_one(memory):
 
 def test_neighbourhood_is_capped_and_holds_other_accounts_only():
     rng = random.Random(1)
-    seed = _seed(rng)
+    seed = probe_seed(rng)
     index = CrossAccountProbes()
-    for i, text in enumerate(_counterfactual(rng, seed, 10) * 3):
+    for i, text in enumerate(counterfactual_variants(rng, seed, 10) * 3):
         index.observe(f"a{i % 3}", f"{text} x{i}")
     query = " ".join(seed)
     near = index.neighbourhood("a0", query, frozenset(probes.word_hashes(query)[0]))
@@ -88,7 +58,7 @@ def test_grid_dealt_across_accounts_is_counted_and_uncentred():
     """Each seed's variants go to different accounts; no account sends two of one seed and
     nobody sends a seed: across accounts most later variants are probes, none centred."""
     rng = random.Random(3)
-    rounds = [_counterfactual(rng, _seed(rng), 10) for _ in range(6)]
+    rounds = [counterfactual_variants(rng, probe_seed(rng), 10) for _ in range(6)]
     events = [(f"m{j}", text) for r in rounds for j, text in enumerate(r)]
     rng.shuffle(events)
     counts = count_probes(events)
@@ -105,9 +75,9 @@ def test_a_popular_prompt_pasted_and_edited_is_centred():
     """People who share a prompt mostly paste it as it is: the edits of a prompt others sent
     verbatim are never uncentred, whatever the rules say of them."""
     rng = random.Random(5)
-    seed = _seed(rng)
+    seed = probe_seed(rng)
     events = [(f"paste{i}", " ".join(seed)) for i in range(6)]
-    events += [(f"edit{i}", text) for i, text in enumerate(_counterfactual(rng, seed, 10))]
+    events += [(f"edit{i}", text) for i, text in enumerate(counterfactual_variants(rng, seed, 10))]
     counts = count_probes(events)
     assert sum(c.probes for c in counts.values()) > 0
     assert sum(c.uncentred for c in counts.values()) == 0
@@ -115,12 +85,12 @@ def test_a_popular_prompt_pasted_and_edited_is_centred():
 
 def test_a_short_slot_template_shared_by_many_accounts_is_not_probing():
     template = "please translate the following sentence into french for my class : {}"
-    events = [(f"user{i}", template.format(" ".join(random.Random(i).sample(FILLERS, 2)))) for i in range(40)]
+    events = [(f"user{i}", template.format(" ".join(random.Random(i).sample(PROBE_FILLERS, 2)))) for i in range(40)]
     assert sum(c.probes for c in count_probes(events).values()) == 0
 
 
 def test_short_prompts_are_never_probes():
-    events = [(f"a{i}", f"hi there {w}") for i, w in enumerate(FILLERS[:30])]
+    events = [(f"a{i}", f"hi there {w}") for i, w in enumerate(PROBE_FILLERS[:30])]
     assert sum(c.probes for c in count_probes(events).values()) == 0
 
 

@@ -193,6 +193,12 @@ def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / len(a | b)
 
 
+def _share_with_a_variant_elsewhere(members: list[AccountStream]) -> float:
+    """Share of a campaign's prompts with a close variant (word Jaccard >= 0.5) in another member."""
+    sent = [(s.account, _words(p)) for s in members for p in s.prompts]
+    return sum(any(b != a and _jaccard(w, v) >= 0.5 for b, v in sent) for a, w in sent) / len(sent)
+
+
 def test_grid_campaigns_split_each_seed_across_members(hydra):
     """A grid campaign's probes are variants of shared seeds: nearly every probe has a close
     variant (word Jaccard >= 0.5) in another member of its campaign, and no member holds two
@@ -200,9 +206,7 @@ def test_grid_campaigns_split_each_seed_across_members(hydra):
     campaigns = _by_campaign(hydra.attacks["hydra_grid"])
     assert len(campaigns) == SPEC.campaigns
     for members in campaigns.values():
-        sent = [(s.account, _words(p)) for s in members for p in s.prompts]
-        shared = sum(any(b != a and _jaccard(w, v) >= 0.5 for b, v in sent) for a, w in sent)
-        assert shared >= 0.9 * len(sent)
+        assert _share_with_a_variant_elsewhere(members) >= 0.9
         for stream in members:
             own = [_words(p) for p in stream.prompts]
             assert all(_jaccard(own[i], own[j]) < 0.5 for i in range(len(own)) for j in range(i))
@@ -214,9 +218,7 @@ def test_relay_campaigns_spread_each_chain_over_members(hydra):
     campaigns = _by_campaign(hydra.attacks["hydra_relay"])
     assert len(campaigns) == SPEC.campaigns
     for members in campaigns.values():
-        sent = [(s.account, _words(p)) for s in members for p in s.prompts]
-        shared = sum(any(b != a and _jaccard(w, v) >= 0.5 for b, v in sent) for a, w in sent)
-        assert shared >= 0.9 * len(sent)
+        assert _share_with_a_variant_elsewhere(members) >= 0.9
 
 
 def test_relay_passes_a_chain_along_one_cell_in_time_order():

@@ -1217,35 +1217,52 @@ def _grid_round(rng: random.Random, style: str, seed: str, size: int, vocabulary
     return seventh_attacks.counterfactual_grid(rng, seed.split(), vocabulary, size)
 
 
-def _grid_rounds(rng: random.Random, half: _Half, style: str, demand: int, vocabulary) -> list[list[Query]]:
-    """Rounds of 6-24 probes around seeds that are never sent (``attacks.rounds_around_seeds``;
-    questions and web tasks of the test half, taken from the supply so no other scenario has
-    them), until ``demand`` probes in all; each text once in the campaign."""
-
-    def make(r: random.Random, seed: str, size: int) -> list[str]:
-        return _grid_round(r, style, seed, size, vocabulary)
-
-    rounds: list[list[Query]] = []
-    seen: set[str] = set()  # the campaign's seeds and probes so far
+def _probes_from_seeds(
+    take: Callable[[], list[Query]],
+    words: tuple[int, int],
+    vary: Callable[[str, str, set[str]], list[list[Query]]],
+    demand: int,
+) -> list[list[Query]]:
+    """Sets of probes around seeds that are never sent, until ``demand`` probes in all: seeds
+    from ``take()`` (the next batch of the test half's supply, so no other scenario has them)
+    of ``words`` (min, max) words, each varied by ``vary(seed, key, seen)``; each text once in
+    the campaign (``seen``: its seeds and probes so far)."""
+    sets: list[list[Query]] = []
+    seen: set[str] = set()
     total = 0
     while total < demand:
-        batch = half.supply.take("question", 32) + half.supply.take("task", 16)
+        batch = take()
         if not batch:
             break  # the supply ran out: the campaign sends what it has
         for text, key in batch:
             seed = " ".join(text.split())
-            if not GRID_SEED_WORDS[0] <= len(seed.split()) <= GRID_SEED_WORDS[1]:
+            if not words[0] <= len(seed.split()) <= words[1]:
                 continue
             seen.add(seed)
-            for probes in attacks.rounds_around_seeds(rng, [(seed, key)], make):
+            for probes in vary(seed, key, seen):
                 fresh = [q for q in probes if q[0] not in seen][: demand - total]
                 if fresh:
                     seen.update(t for t, _ in fresh)
-                    rounds.append(fresh)
+                    sets.append(fresh)
                     total += len(fresh)
             if total >= demand:
                 break
-    return rounds
+    return sets
+
+
+def _grid_rounds(rng: random.Random, half: _Half, style: str, demand: int, vocabulary) -> list[list[Query]]:
+    """Rounds of 6-24 probes around seeds that are never sent (``attacks.rounds_around_seeds``;
+    questions and web tasks of the test half), until ``demand`` probes in all."""
+
+    def make(r: random.Random, seed: str, size: int) -> list[str]:
+        return _grid_round(r, style, seed, size, vocabulary)
+
+    return _probes_from_seeds(
+        lambda: half.supply.take("question", 32) + half.supply.take("task", 16),
+        GRID_SEED_WORDS,
+        lambda seed, key, seen: attacks.rounds_around_seeds(rng, [(seed, key)], make),
+        demand,
+    )
 
 
 def _grid_campaigns(rng: random.Random, half: _Half) -> list[_Campaign]:
@@ -1324,29 +1341,17 @@ def _relay_chain(rng: random.Random, style: str, seed: str, steps: int) -> list[
 
 def _relay_chains(rng: random.Random, half: _Half, style: str, demand: int) -> list[list[Query]]:
     """Chains of 6-24 steps from seeds that are never sent (writing requests, maths, code and
-    questions of the test half, after every other scenario took its share), until ``demand``
-    steps in all; each text once in the campaign, an edit undone is no step."""
-    chains: list[list[Query]] = []
-    seen: set[str] = set()
-    total = 0
-    while total < demand:
-        batch = [q for kind in RELAY_SEED_KINDS for q in half.supply.take(kind, 8)]
-        if not batch:
-            break  # the supply ran out: the campaign sends what it has
-        for text, key in batch:
-            seed = " ".join(text.split())
-            if not RELAY_SEED_WORDS[0] <= len(seed.split()) <= RELAY_SEED_WORDS[1]:
-                continue
-            seen.add(seed)
-            steps = attacks.distinct_steps(_relay_chain(rng, style, seed, rng.randint(6, 24)), key, frozenset(seen))
-            steps = steps[: demand - total]
-            if steps:
-                seen.update(t for t, _ in steps)
-                chains.append(steps)
-                total += len(steps)
-            if total >= demand:
-                break
-    return chains
+    questions of the test half), until ``demand`` steps in all; an edit undone is no step."""
+
+    def chain(seed: str, key: str, seen: set[str]) -> list[list[Query]]:
+        return [attacks.distinct_steps(_relay_chain(rng, style, seed, rng.randint(6, 24)), key, frozenset(seen))]
+
+    return _probes_from_seeds(
+        lambda: [q for kind in RELAY_SEED_KINDS for q in half.supply.take(kind, 8)],
+        RELAY_SEED_WORDS,
+        chain,
+        demand,
+    )
 
 
 def _relay_campaigns(rng: random.Random, half: _Half) -> list[_Campaign]:

@@ -537,6 +537,19 @@ def _dealt_variants(
     return out, seeds
 
 
+def split_probe_traffic(topics, rng: np.random.Generator):
+    """The hold test's campaign (20 members of 20 queries sharing a rare user agent, a crowd of
+    20 template users) sending _dealt_variants: the columns and the seeds."""
+    accounts, vectors, prompts, metas = hydra_traffic(topics, seed=7, members=20, per_member=20, crowd=20)
+    metas = [
+        {"user_agent": "RareAgent/0.9"} if a.startswith("hydra-") else m for a, m in zip(accounts, metas, strict=True)
+    ]
+    variants, seeds = _dealt_variants(rng, 20, 20)
+    sent = {a: iter(v) for a, v in variants.items()}
+    prompts = [next(sent[a]) if a.startswith("hydra-") else p for a, p in zip(accounts, prompts, strict=True)]
+    return (accounts, vectors, prompts, metas), seeds
+
+
 def test_probe_linked_members_of_a_coincidental_group_are_not_held_at_watch(calibration_path, topics):
     """The campaign of the hold test above, now sending variants of unsent seeds, each seed's
     variants dealt to different members: members whose own prompts are probe-linked to other
@@ -544,13 +557,7 @@ def test_probe_linked_members_of_a_coincidental_group_are_not_held_at_watch(cali
     cross-account search off (campaign_probe_memory=0) the hold stands."""
     from probewatch.campaigns import layer as campaign_layer
 
-    accounts, vectors, prompts, metas = hydra_traffic(topics, seed=7, members=20, per_member=20, crowd=20)
-    metas = [
-        {"user_agent": "RareAgent/0.9"} if a.startswith("hydra-") else m for a, m in zip(accounts, metas, strict=True)
-    ]
-    variants, _ = _dealt_variants(np.random.default_rng(3), 20, 20)
-    sent = {a: iter(v) for a, v in variants.items()}
-    prompts = [next(sent[a]) if a.startswith("hydra-") else p for a, p in zip(accounts, prompts, strict=True)]
+    (accounts, vectors, prompts, metas), _ = split_probe_traffic(topics, np.random.default_rng(3))
 
     def early_flags(**overrides) -> tuple[list, pw.Engine]:
         engine = make_engine(calibration_path, campaign_fpr_share=1.0, target_fpr=0.01, watch_fpr=0.1, **overrides)
@@ -577,14 +584,8 @@ def test_an_account_outside_a_hot_group_is_raised_by_two_linked_prompts_not_one(
     """An account that shares no indicator with a flagged campaign but sends two prompts that
     vary the campaign members' unsent seeds is raised with it and listed in its report; one
     such prompt (a person who happened to ask a question a campaign varies) is not enough."""
-    accounts, vectors, prompts, metas = hydra_traffic(topics, seed=7, members=20, per_member=20, crowd=20)
-    metas = [
-        {"user_agent": "RareAgent/0.9"} if a.startswith("hydra-") else m for a, m in zip(accounts, metas, strict=True)
-    ]
     rng = np.random.default_rng(5)
-    variants, seeds = _dealt_variants(rng, 20, 20)
-    sent = {a: iter(v) for a, v in variants.items()}
-    prompts = [next(sent[a]) if a.startswith("hydra-") else p for a, p in zip(accounts, prompts, strict=True)]
+    (accounts, vectors, prompts, metas), seeds = split_probe_traffic(topics, rng)
     engine = make_engine(calibration_path, campaign_fpr_share=1.0, target_fpr=0.01, watch_fpr=0.1)
     feed(engine, accounts, vectors, prompts, metas)
     layer = engine.pipeline.campaigns
@@ -678,13 +679,7 @@ def test_save_at_t_reload_and_continue_equals_uninterrupted(calibration_path, to
 def test_save_at_t_reload_and_continue_keeps_probe_links(calibration_path, topics, tmp_path):
     """The same with a campaign splitting probes across accounts: the cross-account index, each
     account's probe links and each group's linked accounts survive the snapshot exactly."""
-    accounts, vectors, prompts, metas = hydra_traffic(topics, seed=7, members=20, per_member=20, crowd=20)
-    metas = [
-        {"user_agent": "RareAgent/0.9"} if a.startswith("hydra-") else m for a, m in zip(accounts, metas, strict=True)
-    ]
-    variants, _ = _dealt_variants(np.random.default_rng(3), 20, 20)
-    sent = {a: iter(v) for a, v in variants.items()}
-    prompts = [next(sent[a]) if a.startswith("hydra-") else p for a, p in zip(accounts, prompts, strict=True)]
+    (accounts, vectors, prompts, metas), _ = split_probe_traffic(topics, np.random.default_rng(3))
     loose = {"campaign_fpr_share": 1.0, "target_fpr": 0.01, "watch_fpr": 0.1}
     t = len(accounts) // 2 // 16 * 16
     straight = make_engine(calibration_path, **loose)

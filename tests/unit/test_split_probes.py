@@ -12,37 +12,7 @@ import pytest
 from probewatch.campaigns import split_probes
 from probewatch.campaigns.split_probes import NEIGHBOURS, SplitProbes, shares_half, text_digest
 from probewatch.detect import probes
-
-WORDS = [f"w{i}" for i in range(60)]
-FILLERS = [f"x{i}" for i in range(400)]
-
-
-def _seed(rng: random.Random, n: int = 10) -> list[str]:
-    return rng.sample(WORDS, n)
-
-
-def _counterfactuals(rng: random.Random, seed: list[str], steps: int) -> list[str]:
-    """The seed with one word replaced at a time, never the seed itself."""
-    return [
-        " ".join([*seed[:at], rng.choice(FILLERS), *seed[at + 1 :]])
-        for at in rng.sample(range(len(seed)), min(steps, len(seed)))
-    ]
-
-
-def _mixed_stream(rng: random.Random, n: int) -> list[tuple[str, str]]:
-    seeds = [_seed(rng) for _ in range(4)]
-    events = []
-    for _ in range(n):
-        account = f"a{rng.randrange(12)}"
-        r = rng.random()
-        if r < 0.5:
-            text = rng.choice(_counterfactuals(rng, rng.choice(seeds), 10))
-        elif r < 0.7:
-            text = " ".join(rng.choice(seeds))  # a seed sent as it is
-        else:
-            text = " ".join(rng.sample(WORDS, rng.randint(2, 14)))
-        events.append((account, text))
-    return events
+from tests.support import PROBE_FILLERS, counterfactual_variants, mixed_probe_stream, probe_seed
 
 
 def brute_force(history: list[tuple[int, str, str]], account: str, text: str) -> list[int]:
@@ -67,7 +37,7 @@ def test_without_a_retrieval_cut_the_index_is_the_brute_force_neighbourhood(memo
     index = SplitProbes(memory)
     history: list[tuple[int, str, str]] = []
     checked = 0
-    for account, text in _mixed_stream(random.Random(7), 220):
+    for account, text in mixed_probe_stream(random.Random(7), 220):
         hashes = frozenset(probes.word_hashes(text)[0])
         found = index.neighbourhood(account, hashes, text_digest(text, index.salt))
         assert found == brute_force(history[-memory:], account, text)
@@ -81,9 +51,9 @@ def test_the_default_cut_still_finds_a_seeds_variants_among_many_prompts():
     rng = random.Random(3)
     index = SplitProbes(10_000)
     for i in range(3_000):  # prompts that share common words with everything
-        index.observe(f"busy-{i % 50}", " ".join(["the", "a", "of", "to", *rng.sample(FILLERS, 6)]))
-    seed = _seed(rng)
-    variants = _counterfactuals(rng, seed, 10)
+        index.observe(f"busy-{i % 50}", " ".join(["the", "a", "of", "to", *rng.sample(PROBE_FILLERS, 6)]))
+    seed = probe_seed(rng)
+    variants = counterfactual_variants(rng, seed, 10)
     for i, text in enumerate(variants[:-1]):
         index.observe(f"member-{i}", text)
     last = variants[-1]
@@ -96,7 +66,7 @@ def test_variants_of_an_unsent_seed_dealt_to_different_accounts_link_them():
     index = SplitProbes(1_000)
     linked = []
     for s in range(6):
-        for i, text in enumerate(_counterfactuals(rng, _seed(rng), 10)):
+        for i, text in enumerate(counterfactual_variants(rng, probe_seed(rng), 10)):
             partners = index.observe(f"member-{(s + i) % 10}", text)
             if partners:
                 linked.append((f"member-{(s + i) % 10}", partners))
@@ -110,17 +80,17 @@ def test_a_popular_prompt_pasted_and_edited_is_centred():
     """People paste a popular prompt as it is and edit it now and then: the edits have the
     prompt itself, sent by two or more accounts, among their near neighbours."""
     rng = random.Random(5)
-    seed = _seed(rng)
+    seed = probe_seed(rng)
     index = SplitProbes(1_000)
     for i in range(4):
         assert index.observe(f"paster-{i}", " ".join(seed)) == ()
-    for i, text in enumerate(_counterfactuals(rng, seed, 10)):
+    for i, text in enumerate(counterfactual_variants(rng, seed, 10)):
         assert index.observe(f"editor-{i}", text) == ()
 
 
 def test_an_edit_someone_else_sent_verbatim_is_centred():
     rng = random.Random(9)
-    variants = _counterfactuals(rng, _seed(rng), 10)
+    variants = counterfactual_variants(rng, probe_seed(rng), 10)
     index = SplitProbes(1_000)
     for i, text in enumerate(variants[:6]):
         index.observe(f"member-{i}", text)
@@ -141,18 +111,18 @@ def test_short_template_fills_are_no_probes():
 
 def test_memory_is_bounded_and_old_prompts_are_no_neighbours():
     rng = random.Random(4)
-    seed = _seed(rng)
-    variants = _counterfactuals(rng, seed, 10)
+    seed = probe_seed(rng)
+    variants = counterfactual_variants(rng, seed, 10)
     index = SplitProbes(16)
     for i, text in enumerate(variants[:5]):
         index.observe(f"member-{i}", text)
     for i in range(16):  # pushes the variants out of memory
-        index.observe(f"other-{i}", " ".join(rng.sample(FILLERS, 8)))
+        index.observe(f"other-{i}", " ".join(rng.sample(PROBE_FILLERS, 8)))
     assert index.observe("member-late", variants[5]) == ()
     assert len(index.senders) <= 16
     assert index.first == index.serial - 16
     for i in range(200):
-        index.observe(f"other-{i}", " ".join(rng.sample(FILLERS, 8)))
+        index.observe(f"other-{i}", " ".join(rng.sample(PROBE_FILLERS, 8)))
     # every `memory` prompts, the lists of words no remembered prompt has are dropped
     cleaned_at = index.serial // 16 * 16
     assert all(serials[-1] >= cleaned_at - 16 for serials in index.postings.values())
@@ -175,7 +145,7 @@ def test_rows_are_allocated_as_they_fill(monkeypatch):
 
 def test_forget_takes_an_accounts_prompts_out():
     rng = random.Random(6)
-    variants = _counterfactuals(rng, _seed(rng), 10)
+    variants = counterfactual_variants(rng, probe_seed(rng), 10)
     index = SplitProbes(1_000)
     for text in variants[:4]:
         index.observe("member-a", text)
@@ -187,10 +157,12 @@ def test_forget_takes_an_accounts_prompts_out():
 
 
 def test_save_at_t_reload_and_continue_equals_uninterrupted():
-    events = _mixed_stream(random.Random(8), 400)
+    events = mixed_probe_stream(random.Random(8), 400)
     rng = random.Random(12)
     for s in range(5):  # and some split probes, so there is something to link
-        events += [(f"member-{(s + i) % 9}", t) for i, t in enumerate(_counterfactuals(rng, _seed(rng), 10))]
+        events += [
+            (f"member-{(s + i) % 9}", t) for i, t in enumerate(counterfactual_variants(rng, probe_seed(rng), 10))
+        ]
     random.Random(1).shuffle(events)
     straight = SplitProbes(64)
     expected = [straight.observe(a, t) for a, t in events]

@@ -295,9 +295,19 @@ class CampaignLayer:
         links.region = f"payload:{cell}"
         # the history joins as a block; its evidence and elicitation are the account's means so far
         scores = (links.elicitation_sum / n, links.evidence_sum / n)
-        label = f"cell {cell}"
         self._add(
-            links.region, "payload", label, account, links, links.total, n, links.sq_norm, scores, None, stamp, raised
+            links.region,
+            "payload",
+            f"cell {cell}",
+            account,
+            links,
+            links.total,
+            n,
+            links.sq_norm,
+            scores,
+            None,
+            stamp,
+            raised,
         )
 
     # -- probes split across accounts ---------------------------------------------------------
@@ -344,7 +354,7 @@ class CampaignLayer:
         members are checked for a link (they may have linked before it was hot)."""
         for account in sorted(group.linked):
             self._raise_linked(group, account, raised)
-        partners = {p for member in group.members for _, p in self.accounts[member].probe_links}
+        partners = {p for m in group.members if m in self.accounts for _, p in self.accounts[m].probe_links}
         for account in sorted(partners - set(group.members) - group.linked):
             if account in self.accounts:
                 self._check_links(account, raised)
@@ -378,7 +388,7 @@ class CampaignLayer:
         links = self.accounts[account]
         if links.n < MIN_TESTED_MEMBER_QUERIES or raised.get(account, Level.OK) >= group.level:
             return
-        if group.level > Level.OK and self._fits_from_outside(group, links):
+        if group.level > Level.OK and not self.is_common(group) and self._fits_from_outside(group, links):
             raised[account] = group.level
 
     def _fits_from_outside(self, group: Group, links: AccountLinks) -> bool:
@@ -869,6 +879,8 @@ class CampaignLayer:
         group.fingerprints = {f: a for f, a in group.fingerprints.items() if a != account}
         self._hot_changed(relinked=True)
         if not group.members:
+            for other in group.linked:
+                self.accounts[other].linked.discard(group.key)
             del self.groups[group.key]
 
     def _drop_group(self, key: str) -> None:
@@ -996,7 +1008,7 @@ class CampaignLayer:
             group = Group(dim=self.dim, total=np.array(total, dtype=np.float64), **scalars)
             group.level = Level(entry["level"])
             group.fingerprints = {int(f): a for f, a in entry["fingerprints"]}
-            group.linked = set(entry.get("linked", ()))
+            group.linked = {a for a in entry.get("linked", ()) if a in self.accounts}
             for account in group.linked:
                 self.accounts[account].linked.add(group.key)
             for account in entry["members"]:

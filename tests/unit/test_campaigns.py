@@ -611,6 +611,12 @@ def test_an_account_outside_a_hot_group_is_raised_by_two_linked_prompts_not_one(
     linked_to = [layer.groups[k] for k in layer.accounts["outsider-two"].linked]
     assert linked_to and all(g.level is pw.Level.FLAG and "outsider-two" not in g.members for g in linked_to)
     assert all("outsider-two" in g.linked for g in linked_to)
+    # the groups it is linked to lose every member (forgotten): the link goes with them
+    for g in linked_to:
+        for member in list(g.members):
+            engine.forget(member)
+    assert not layer.accounts["outsider-two"].linked
+    feed(engine, ["outsider-two"], pool[:1], ["one more question about the garden shed"], [{}])
 
 
 def test_member_levels_by_indicator_kind_and_queries():

@@ -396,14 +396,23 @@ class CampaignLayer:
         n, own = float(links.n), links.total.astype(np.float64)
         within = (links.sq_norm - n) / (n * (n - 1))
         between = float(own @ group.total) / (n * group.n) if group.n else math.nan
+        counts = np.array([n])
+        fits = self._fit_tests(
+            group, own[None, :], counts, np.array([within - between]), group.total + own, group.n + links.n
+        )
+        return bool(fits[0])
+
+    def _fit_tests(self, group, own, counts, focus, total, n) -> np.ndarray:
+        """The tests :meth:`_fitting` puts members through, for rows of sums ``own`` (``counts``
+        queries each, member focus ``focus``) in a group whose sums are ``total`` over ``n``:
+        focus no higher than the group's by more than the benign spread of small crowds and,
+        where bystanders share the indicator by chance, a mean as dealt from the pool."""
         cal = self.judge.calibration
         tolerance = float(cal.focus_median[0] - cal.focus_q01[0])
-        if within - between > group.pair_stats().focus + tolerance:
-            return False
+        fits = ~(focus > group.pair_stats().focus + tolerance)
         if shared_by_chance(group) and self.member_spread is not None:
-            joined = member_deviation(own[None, :], np.array([n]), group.total + own, group.n + links.n)
-            return not joined[0] > 1.0 + MEMBER_DEVIATION_Z * self.member_spread
-        return True
+            fits &= ~(member_deviation(own, counts, total, n) > 1.0 + MEMBER_DEVIATION_Z * self.member_spread)
+        return fits
 
     def _raise_member(self, group: Group, account: str, raised: dict[str, Level]) -> None:
         """Raise a member of hot ``group`` to its member level, if it counts there and fits."""
@@ -705,14 +714,7 @@ class CampaignLayer:
         with np.errstate(invalid="ignore", divide="ignore"):
             within = (pool.sq_norms[slots] - counts) / (counts * (counts - 1))
             between = (own * rest).sum(axis=1) / (counts * (group.n - counts))
-        cal = self.judge.calibration
-        tolerance = float(cal.focus_median[0] - cal.focus_q01[0])
-        focus = within - between
-        fits = active & ~(focus > group.pair_stats().focus + tolerance)
-        if shared_by_chance(group) and self.member_spread is not None:
-            deviation = member_deviation(own, counts, group.total, group.n)
-            fits &= ~(deviation > 1.0 + MEMBER_DEVIATION_Z * self.member_spread)
-        return fits
+        return active & self._fit_tests(group, own, counts, within - between, group.total, group.n)
 
     def suspected(self, account: str) -> bool:
         """Whether the account is in a group at ``watch`` or above (it may not teach the tables)."""

@@ -145,15 +145,16 @@ class SplitProbes:
             return ()
         rows = [serial % self.memory for serial in near]
         candidates = [(self._hashes(row), int(self.words[row])) for row in rows]
-        if not any(is_near(hashes, other) for other, _ in candidates):
+        near_ones = [is_near(hashes, other) for other, _ in candidates]
+        if not any(near_ones):
             return ()  # no near neighbour, no partner: nothing to report whatever the rules say
         if not (
             probes.is_neighbourhood_probe(hashes, words, candidates) or probes.is_seed_probe(hashes, words, candidates)
         ):
             return ()
         partners = []
-        for serial, row, (other, _) in zip(near, rows, candidates, strict=True):
-            if is_near(hashes, other):
+        for serial, row, is_near_one in zip(near, rows, near_ones, strict=True):
+            if is_near_one:
                 if len(self.senders.get(int(self.digests[row]), ())) >= SENDERS_KEPT:
                     return ()  # a variant of a prompt people share
                 partners.append((self.accounts[row], serial))

@@ -47,6 +47,7 @@ from bench.embedcache import add_embed_backend_flag, embed_backend_words
 from bench.metrics import account_score, delay_summary, flagged_share, queries_until_detection, roc_auc
 from bench.traffic import (
     HARD_BENIGN,
+    HELDOUT_MIXED_SHARES,
     LONG_BENIGN,
     MIXED_SHARES,
     STRATEGIES,
@@ -421,7 +422,7 @@ def blended_metrics(records: list[dict], runs: list[DetectorRun]) -> dict[str, A
     if not longs:
         return {}
     out: dict[str, Any] = {"long_benign_accounts": len(longs), "scenarios": {}}
-    for scenario in MIXED_SHARES:
+    for scenario in (*MIXED_SHARES, *HELDOUT_MIXED_SHARES):
         mixed = [r for r in records if r["pool"] == scenario]
         if not mixed:
             continue

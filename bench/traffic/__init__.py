@@ -16,7 +16,7 @@ See README.md in this folder for the sources, account classes, strategies and si
 """
 
 from .attacks import STRATEGIES
-from .build import HARD_BENIGN, LATER_WORDINGS, LONG_BENIGN, MIXED_SHARES, SIZES, build_traffic
+from .build import HARD_BENIGN, HELDOUT_MIXED_SHARES, LATER_WORDINGS, LONG_BENIGN, MIXED_SHARES, SIZES, build_traffic
 from .eighth_attacks import EIGHTH_STRATEGIES
 from .fifth_attacks import FIFTH_STRATEGIES
 from .fourth_attacks import FOURTH_STRATEGIES
@@ -47,6 +47,7 @@ __all__ = [
     "FIFTH_STRATEGIES",
     "FOURTH_STRATEGIES",
     "HARD_BENIGN",
+    "HELDOUT_MIXED_SHARES",
     "HELDOUT_STRATEGIES",
     "HYDRA_ATTACKS",
     "HYDRA_BENIGN",

@@ -32,6 +32,10 @@ HARD_BENIGN = (
     "benign:edit_resender",
 )
 MIXED_SHARES = {"mixed_5pct": 0.05, "mixed_10pct": 0.10, "mixed_25pct": 0.25}
+# Blended accounts written a second time, as the blind check of per-account burst evidence:
+# the held-out wordings (heldout_attacks.py) in bursts of 2-12 with the account's own
+# queries sometimes falling between them; shorter and more varied benign bases. Committed before any detector ran on it.
+HELDOUT_MIXED_SHARES = {"heldout_mixed_5pct": 0.05}
 # Ordinary users as long-lived as the mixed accounts, built as their benign bases are: the
 # accounts a blended attacker must be told apart from. Test pool only (never calibrated on).
 LONG_BENIGN = "benign:long_chat"
@@ -215,6 +219,50 @@ def _mix(rng: random.Random, base: AccountStream, attack: list[tuple[str, str]],
     )
 
 
+def _mix_interleaved(
+    rng: random.Random, base: AccountStream, attack: list[tuple[str, str]], kind: str
+) -> AccountStream:
+    """Insert attack queries into a benign stream in bursts of 2-12 where, about one time in
+    three, one or two of the account's own queries fall between two attack queries."""
+    n = len(base)
+    slots: dict[int, list[str]] = {}  # benign index the attack queries go before -> their texts
+    i = 0
+    while i < len(attack):
+        burst = attack[i : i + rng.randint(2, 12)]
+        p = rng.randrange(n + 1)
+        for text, _ in burst:
+            if rng.random() < 0.35:
+                p = min(n, p + rng.randint(1, 2))
+            slots.setdefault(p, []).append(text)
+        i += len(burst)
+    prompts, ts, is_attack = [], [], []
+    for p in range(n + 1):
+        texts = slots.get(p, [])
+        if texts:
+            # spread evenly between the benign queries either side (2-45 s apart at the ends)
+            before = base.ts[p - 1] if p > 0 else base.ts[0] - 45.0 * (len(texts) + 1)
+            after = base.ts[p] if p < n else base.ts[-1] + rng.uniform(2.0, 45.0) * (len(texts) + 1)
+            step = (after - before) / (len(texts) + 1)
+            for j, text in enumerate(texts, 1):
+                prompts.append(text)
+                ts.append(before + j * step)
+                is_attack.append(True)
+        if p < n:
+            prompts.append(base.prompts[p])
+            ts.append(base.ts[p])
+            is_attack.append(False)
+    return AccountStream(
+        account=base.account,
+        label=1,
+        kind=kind,
+        prompts=prompts,
+        ts=ts,
+        is_attack=is_attack,
+        campaign=None,
+        source_groups=base.source_groups | frozenset(k for _, k in attack),
+    )
+
+
 def keep_disjoint(rng: random.Random, calibration: list[AccountStream], others: list[AccountStream]) -> None:
     """Edits and slot filling can, rarely, recreate a calibration text verbatim: re-edit it."""
     taken = {t for s in calibration for t in s.prompts}
@@ -369,6 +417,24 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
         for index in range(spec.long_accounts)
     ]
 
+    # blended accounts in the held-out wordings, after everything else so no earlier stream changes
+    blind_mixed: dict[str, list[AccountStream]] = {}
+    rng = _rng(size, seed, "heldout-mixed")
+    n_blind = len(heldout_attacks.HELDOUT_STRATEGIES) * max(1, round(spec.mixed_accounts / 5))
+    for scenario, share in HELDOUT_MIXED_SHARES.items():
+        blind_mixed[scenario] = []
+        offset = rng.randrange(len(heldout_attacks.HELDOUT_STRATEGIES))
+        for index in range(n_blind):
+            strategy = heldout_attacks.HELDOUT_STRATEGIES[(offset + index) % len(heldout_attacks.HELDOUT_STRATEGIES)]
+            account = _account_id(size, seed, scenario, index)
+            n_base = rng.randint(spec.mixed_base[0] // 2, spec.mixed_base[1])
+            base = benign.chat_user(rng, test_pools, account, n_base, rng.randint(2, 8))
+            n_attack = max(2, round(share * len(base) / (1 - share)))
+            picked = heldout_attacks.heldout_queries(strategy, rng, heldout_pools, n_attack)
+            blind_mixed[scenario].append(
+                _mix_interleaved(rng, base, picked, f"mixed:{round(share * 100)}pct:{strategy}")
+            )
+
     names = attacks.STRATEGIES + tuple(MIXED_SHARES) + tuple(spec.splits) + heldout_attacks.HELDOUT_STRATEGIES
     ordered = {name: scenarios[name] for name in names}
     # the long accounts after those, and the third to ninth wordings after them, so every
@@ -379,9 +445,11 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
         test_benign
         + [s for streams in ordered.values() for s in streams]
         + long_benign
-        + [s for streams in later.values() for s in streams],
+        + [s for streams in later.values() for s in streams]
+        + [s for streams in blind_mixed.values() for s in streams],
     )
     ordered.update(later)
+    ordered.update(blind_mixed)
     return Traffic(
         size=size, seed=seed, calibration=calibration, test_benign=test_benign + long_benign, attacks=ordered
     )

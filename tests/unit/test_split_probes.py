@@ -186,6 +186,64 @@ def test_save_at_t_reload_and_continue_equals_uninterrupted():
     assert list(again.senders.items()) == list(straight_after.senders.items())
 
 
+def test_the_near_neighbour_shortcut_changes_no_answer(monkeypatch):
+    # Common words (cut posting lists: the shortcut cannot decide), rare words (it decides),
+    # split probes around seeds of rare words (partners to report), repeats and a forget.
+    rng = random.Random(21)
+    events = mixed_probe_stream(rng, 3000)
+    for s in range(40):
+        rare_seed = [f"r{s}x{i}" for i in range(10)]
+        events += [(f"member-{(s + i) % 7}", t) for i, t in enumerate(counterfactual_variants(rng, rare_seed, 8))]
+        events += [(f"user-{s}", " ".join(rng.sample(rare_seed, 6) + rng.sample(PROBE_FILLERS, 3)))]
+    random.Random(5).shuffle(events)
+    decided = {True: 0, False: 0}
+    shortcut = SplitProbes(2_000)
+    search = SplitProbes(2_000)
+    original = SplitProbes._no_near_neighbour
+
+    def counted(self, *args):
+        out = original(self, *args)
+        decided[out] += 1
+        return out
+
+    monkeypatch.setattr(shortcut, "_no_near_neighbour", counted.__get__(shortcut))
+    monkeypatch.setattr(search, "_no_near_neighbour", lambda *args: False)  # always the whole search
+    got, expected = [], []
+    for i, (account, text) in enumerate(events):
+        if i == len(events) // 2:
+            shortcut.forget("member-3")
+            search.forget("member-3")
+        got.append(shortcut.observe(account, text))
+        expected.append(search.observe(account, text))
+    assert got == expected
+    assert sum(map(bool, expected)) >= 40  # partners were reported
+    assert decided[True] >= 300 and decided[False] >= 300, decided  # both ways were taken, often
+    assert max(len(lst) for lst in shortcut.postings.values()) >= split_probes.PER_WORD  # lists were cut
+
+
+def _says_none_near(index: SplitProbes, account: str, text: str) -> bool:
+    kept, _ = probes.word_hashes(text)
+    return index._no_near_neighbour(account, frozenset(kept), text_digest(text, index.salt))
+
+
+def test_the_shortcut_never_says_none_near_while_a_near_prompt_is_remembered():
+    seed = [f"s{i}" for i in range(10)]
+    index = SplitProbes(5_000)
+    index.observe("a", " ".join(seed))
+    # four new words added: the four shortest lists are theirs (empty); the fifth holds the seed
+    assert not _says_none_near(index, "b", " ".join([*seed, "new1", "new2", "new3", "new4"]))
+    assert _says_none_near(index, "b", "entirely other words about something else")
+    assert not _says_none_near(index, "b", " ".join([*seed[:9], "other"]))  # one word swapped
+    assert _says_none_near(index, "a", " ".join([*seed[:9], "other"]))  # its own prompt is no neighbour
+    # every seed word used 600 times since, half of them at a time (no flood prompt is near): the
+    # seed's row is cut from every list of its words, so the shortcut must not decide
+    rng = random.Random(2)
+    for i in range(1_200):
+        index.observe(f"flood-{i % 50}", " ".join(rng.sample(seed, 5) + [f"f{i}x{j}" for j in range(6)]))
+    assert min(len(index.postings[h]) for h in probes.word_hashes(" ".join(seed))[0]) >= split_probes.PER_WORD
+    assert not _says_none_near(index, "b", " ".join([*seed[:9], "other"]))
+
+
 def test_text_digests_are_keyed():
     text = "a prompt somebody sent"
     assert text_digest(text, b"k" * 16) != text_digest(text, b"j" * 16) != text_digest(text)

@@ -44,8 +44,8 @@ CANDIDATES = 64  # prompts reached through the most of a query's words, compared
 FIRST_ROWS = 1024  # rows allocated at first
 SENDERS_KEPT = 2  # accounts kept per text: "someone else sent this" is all that is asked
 # A near neighbour (``is_near``) lacks at most NEAR_ADDED of a query's words, so it holds one of
-# any NEAR_ADDED + 1 of them: the shortest posting lists of that many words, where none was ever
-# cut, hold every near neighbour there is (see SplitProbes._no_near_neighbour).
+# any NEAR_ADDED + 1 of them: the posting lists of that many words, chosen as those reaching
+# furthest back, hold every near prompt the search can find (see SplitProbes._no_near_neighbour).
 NEAR_WITNESSES = probes.NEAR_ADDED + 1
 _NO_SERIALS = array("q")  # the posting list of a word nobody sent
 
@@ -55,6 +55,17 @@ def text_digest(text: str, salt: bytes = b"") -> int:
     secret ``salt``, a snapshot cannot be searched for a known prompt."""
     raw = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=salt[:64]).digest()
     return int.from_bytes(raw, "little", signed=True)
+
+
+_BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def popcount64(x: np.ndarray) -> np.ndarray:
+    """Set bits of each int64 (``np.bitwise_count`` where NumPy has it, 2.0 on; a byte table before)."""
+    x = np.ascontiguousarray(x, dtype=np.int64)
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x)
+    return _BYTE_BITS[x.view(np.uint8)].reshape(*x.shape, 8).sum(axis=-1, dtype=np.int64)
 
 
 def shares_half(shared: int, query_hashes: int, other_hashes: int) -> bool:
@@ -89,6 +100,7 @@ class SplitProbes:
         self.sketches = np.full((rows, SKETCH_WORDS), EMPTY, dtype=np.uint32)
         self.words = np.zeros(rows, dtype=np.int32)
         self.digests = np.zeros(rows, dtype=np.int64)
+        self.signatures = np.zeros(rows, dtype=np.int64)  # probes.signature of each sketch (rebuilt on load)
         self.accounts: list[str | None] = [None] * rows
         self.live = np.zeros(rows, dtype=bool)  # rows of an account still remembered
         self.serial = 0  # serial of the next prompt; row = serial % memory
@@ -157,18 +169,25 @@ class SplitProbes:
         return out
 
     def _no_near_neighbour(self, account: str, hashes: frozenset[int], digest: int) -> bool:
-        """True where no remembered prompt of another account is near the query (``is_near``,
-        other text, live): then no partner can be reported, whatever its neighbourhood. Decided
-        from the query's NEAR_WITNESSES shortest posting lists where none of them was ever cut
-        (a list shorter than PER_WORD never was), which hold every near prompt; False where that
-        cannot be decided (the whole search then decides). A prompt with five rarer words and
-        no near neighbour (about half of those searched in the campaign benchmark) ends here,
-        at a fraction of the search's cost."""
+        """True where no prompt the neighbourhood search can reach is near the query
+        (``is_near``; another account's, another text, live): then no partner can be reported,
+        whatever its neighbourhood, and the search is skipped. False where one is (the search
+        then decides).
+
+        A near prompt lacks at most NEAR_ADDED of the query's words, so it holds one of any
+        NEAR_WITNESSES of them. The witnesses are the words whose posting lists reach furthest
+        back: lists never cut to PER_WORD first (a list shorter than PER_WORD never was: it
+        holds every prompt with the word), then cut lists by their oldest serial. The search
+        reads each word's latest PER_WORD serials; a prompt it reaches through another word is
+        no older than that word's oldest serial, hence than every witness list's, so each
+        witness list holds it if it has the word. The witness lists' prompts are therefore all
+        the near prompts the search could find."""
         postings = self.postings
-        lists = sorted(map(postings.get, hashes, repeat(_NO_SERIALS)), key=len)[:NEAR_WITNESSES]
-        if len(lists[-1]) >= PER_WORD:
-            return False
-        found = b"".join(lists)
+        lists = sorted(map(postings.get, hashes, repeat(_NO_SERIALS)), key=len)
+        if len(lists[min(NEAR_WITNESSES, len(lists)) - 1]) >= PER_WORD:
+            # how far back a list holds every prompt with its word: all (never cut), or from its oldest
+            lists.sort(key=lambda serials: len(serials) - PER_WORD if len(serials) < PER_WORD else serials[0])
+        found = b"".join(lists[:NEAR_WITNESSES])
         if not found:
             return True  # none of those words was ever sent by anyone: no prompt shares them
         serials = np.frombuffer(found, dtype=np.int64)  # a row in two lists is tested twice: harmless
@@ -176,6 +195,13 @@ class SplitProbes:
         # near: neither side has more than NEAR_ADDED words the other lacks, so the sizes differ by that at most
         sizes = np.minimum(self.words[rows], SKETCH_WORDS)
         keep = self.live[rows] & (np.abs(sizes - len(hashes)) <= probes.NEAR_ADDED)
+        if rows.size > CANDIDATES:
+            # and each side's signature has at most NEAR_ADDED bits the other's lacks (a word the
+            # other lacks sets at most one of them): most rows out without reading a sketch
+            bits = probes.signature(hashes)
+            signatures = self.signatures[rows]
+            keep &= popcount64(signatures & ~bits) <= probes.NEAR_ADDED
+            keep &= popcount64(bits & ~signatures) <= probes.NEAR_ADDED
         rows, sizes = rows[keep], sizes[keep]
         query = np.sort(np.fromiter(hashes, dtype=np.uint32, count=len(hashes)))
         sketches = self.sketches[rows]
@@ -235,6 +261,7 @@ class SplitProbes:
         probes.store_sketch(self.sketches[row], kept)
         self.words[row] = words
         self.digests[row] = digest
+        self.signatures[row] = probes.signature(kept)
         self.accounts[row] = account
         self.live[row] = account is not None
         self.serial = serial + 1
@@ -259,6 +286,7 @@ class SplitProbes:
         self.sketches = np.concatenate([self.sketches, np.full((extra, SKETCH_WORDS), EMPTY, dtype=np.uint32)])
         self.words = np.concatenate([self.words, np.zeros(extra, dtype=np.int32)])
         self.digests = np.concatenate([self.digests, np.zeros(extra, dtype=np.int64)])
+        self.signatures = np.concatenate([self.signatures, np.zeros(extra, dtype=np.int64)])
         self.live = np.concatenate([self.live, np.zeros(extra, dtype=bool)])
         self.accounts.extend([None] * extra)
 

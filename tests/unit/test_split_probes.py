@@ -183,6 +183,7 @@ def test_save_at_t_reload_and_continue_equals_uninterrupted():
     assert again.serial == straight_after.serial
     np.testing.assert_array_equal(again.sketches, straight_after.sketches)
     np.testing.assert_array_equal(again.live, straight_after.live)
+    np.testing.assert_array_equal(again.signatures, straight_after.signatures)  # rebuilt from the sketches
     assert list(again.senders.items()) == list(straight_after.senders.items())
 
 
@@ -226,22 +227,101 @@ def _says_none_near(index: SplitProbes, account: str, text: str) -> bool:
     return index._no_near_neighbour(account, frozenset(kept), text_digest(text, index.salt))
 
 
-def test_the_shortcut_never_says_none_near_while_a_near_prompt_is_remembered():
+def _reachable_near(index: SplitProbes, account: str, text: str) -> bool:
+    """Brute force: is any prompt the search reads (each word's latest PER_WORD) near ``text``?"""
+    kept, _ = probes.word_hashes(text)
+    query, digest = frozenset(kept), text_digest(text, index.salt)
+    reached = {s for h in query for s in index.postings.get(h, [])[-split_probes.PER_WORD :]}
+    for serial in reached:
+        row = serial % index.memory
+        if serial < index.first or not index.live[row] or index.accounts[row] == account:
+            continue
+        if int(index.digests[row]) != digest and split_probes.is_near(query, index._hashes(row)):
+            return True
+    return False
+
+
+def test_the_shortcut_never_says_none_near_while_the_search_can_reach_a_near_prompt():
     seed = [f"s{i}" for i in range(10)]
     index = SplitProbes(5_000)
     index.observe("a", " ".join(seed))
-    # four new words added: the four shortest lists are theirs (empty); the fifth holds the seed
+    # four new words added: their lists are the shortest (empty); the fifth witness holds the seed
     assert not _says_none_near(index, "b", " ".join([*seed, "new1", "new2", "new3", "new4"]))
     assert _says_none_near(index, "b", "entirely other words about something else")
     assert not _says_none_near(index, "b", " ".join([*seed[:9], "other"]))  # one word swapped
     assert _says_none_near(index, "a", " ".join([*seed[:9], "other"]))  # its own prompt is no neighbour
-    # every seed word used 600 times since, half of them at a time (no flood prompt is near): the
-    # seed's row is cut from every list of its words, so the shortcut must not decide
+    # every seed word used 600 times since, five at a time (no flood prompt is near): the seed's
+    # row is cut from every list of its words, out of the search's reach and the shortcut's
     rng = random.Random(2)
     for i in range(1_200):
         index.observe(f"flood-{i % 50}", " ".join(rng.sample(seed, 5) + [f"f{i}x{j}" for j in range(6)]))
     assert min(len(index.postings[h]) for h in probes.word_hashes(" ".join(seed))[0]) >= split_probes.PER_WORD
-    assert not _says_none_near(index, "b", " ".join([*seed[:9], "other"]))
+    edit = " ".join([*seed[:9], "other"])
+    assert not _reachable_near(index, "b", edit) and _says_none_near(index, "b", edit)
+    index.observe("c", " ".join([*seed[:8], "fresh", "again"]))  # a near prompt within reach again
+    assert _reachable_near(index, "b", edit) and not _says_none_near(index, "b", edit)
+
+
+def _fill(index: SplitProbes, words: list[str], times: int, tag: str) -> None:
+    """``times`` prompts of other accounts with ``words`` and six words of their own (none near)."""
+    for i in range(times):
+        index.observe(f"{tag}-{i % 40}", " ".join([*words, *(f"{tag}{i}y{j}" for j in range(6))]))
+
+
+@pytest.mark.parametrize("case", ["trimmed lists are short", "old prompts sit deep in long lists"])
+def test_the_witnesses_are_the_lists_reaching_furthest_back(case):
+    # o is within the search's reach only through some of its words; the shortcut must find it
+    w = [f"w{i}" for i in range(8)]
+    o, q = " ".join(w), " ".join([*w[:7], "x"])  # q: one word of o swapped
+    index = SplitProbes(5_000)
+    if case == "trimmed lists are short":
+        # w0-w4 used 520 times after o (their lists cut, o gone from them, ~264 long); w5, w6
+        # 300 times before o and 200 after (501 long, never cut: o among their latest 256)
+        _fill(index, w[5:7], 300, "pre")
+        index.observe("a", o)
+        _fill(index, w[:5], 520, "cut")
+        _fill(index, w[5:7], 200, "post")
+    else:
+        # w0-w3 first used long before o and 300 times after it (o deep in their lists); w4-w6
+        # first used later, 100 times after o (o among their latest 256)
+        _fill(index, w[:4], 150, "early")
+        _fill(index, w[4:7], 200, "late")
+        index.observe("a", o)
+        _fill(index, w[:4], 300, "after")
+        _fill(index, w[4:7], 100, "then")
+    assert _reachable_near(index, "b", q)
+    assert not _says_none_near(index, "b", q)
+
+
+def test_the_shortcut_agrees_with_a_brute_force_reach_over_a_stream_of_cut_lists():
+    rng = random.Random(9)
+    events = mixed_probe_stream(rng, 2_500)  # sixty common words: their lists are cut
+    for s in range(30):
+        seed = probe_seed(rng, 8) + [f"rare{s}x{i}" for i in range(rng.randint(0, 3))]
+        events += [(f"m{(s + i) % 9}", t) for i, t in enumerate(counterfactual_variants(rng, seed, 6))]
+    random.Random(4).shuffle(events)
+    index = SplitProbes(3_000)
+    said = {True: 0, False: 0}
+    reachable = 0
+    for account, text in events:
+        _, words = probes.word_hashes(text)
+        if words >= probes.MIN_WORDS:
+            none_near = _says_none_near(index, account, text)
+            reach = _reachable_near(index, account, text)
+            assert not (none_near and reach), text
+            said[none_near] += 1
+            reachable += reach
+        index.observe(account, text)
+    assert said[True] >= 500 and reachable >= 300, (said, reachable)
+    assert max(len(lst) for lst in index.postings.values()) >= split_probes.PER_WORD
+
+
+def test_popcount_counts_set_bits_with_and_without_bitwise_count(monkeypatch):
+    values = np.array([0, 1, 3, 2**62, 2**63 - 1, 0x5555_5555_5555_5555], dtype=np.int64)
+    expected = [bin(int(v)).count("1") for v in values]
+    assert split_probes.popcount64(values).tolist() == expected
+    monkeypatch.delattr(np, "bitwise_count", raising=False)  # NumPy before 2.0
+    assert split_probes.popcount64(values).tolist() == expected
 
 
 def test_text_digests_are_keyed():

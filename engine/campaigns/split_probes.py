@@ -20,9 +20,13 @@ by pasting it, and edit it now and then; a probing campaign sends every variant 
 the seed. Only uncentred probes are reported, with the accounts of their near neighbours: the
 other accounts that sent variants of the same unsent seed (the query's *partners*).
 
-Memory is bounded: ``memory`` sketches (SKETCH_WORDS uint32 each; allocated as they fill),
-the posting lists, and a table of ``memory`` text digests (the accounts that sent each, two at
-most, least recently seen dropped first). About 500 bytes per remembered prompt.
+Most prompts have no near prompt of another account within the search's reach, and that is
+decided before the search, from a few posting lists (``SplitProbes._no_near_neighbour``).
+
+Memory is bounded: ``memory`` sketches (SKETCH_WORDS uint32 each) and word signatures
+(allocated as they fill), the posting lists, and a table of ``memory`` text digests (the
+accounts that sent each, two at most, least recently seen dropped first). About 500 bytes per
+remembered prompt.
 """
 
 from __future__ import annotations
@@ -307,7 +311,8 @@ class SplitProbes:
     def nbytes(self) -> int:
         """Approximate bytes held."""
         postings = 64 * len(self.postings) + 8 * self.posted
-        rows = self.sketches.nbytes + self.words.nbytes + self.digests.nbytes + 9 * len(self.words)
+        rows = self.sketches.nbytes + self.words.nbytes + self.digests.nbytes + self.signatures.nbytes
+        rows += 9 * len(self.words)  # live flags and account references
         return rows + postings + 120 * len(self.senders)
 
     # -- state ----------------------------------------------------------------------------

@@ -157,10 +157,7 @@ class SplitProbes:
             key = (hits << self._age_bits) | (serials - first)
             serials = serials[np.argpartition(key, -CANDIDATES)[-CANDIDATES:]]
         rows = serials % self.memory
-        query = np.sort(np.fromiter(hashes, dtype=np.uint32, count=len(hashes)))
-        sketches = self.sketches[rows]
-        at = np.minimum(np.searchsorted(query, sketches), query.size - 1)
-        shared = (query[at] == sketches).sum(axis=1)  # EMPTY padding is never a word hash
+        shared = self._shared_words(hashes, rows)
         sizes = np.minimum(self.words[rows], SKETCH_WORDS)
         close = (2 * shared >= np.minimum(len(hashes), sizes)) & (self.digests[rows] != digest)
         order = np.lexsort((-serials[close], -shared[close]))  # most shared, then latest
@@ -171,6 +168,13 @@ class SplitProbes:
                 if len(out) == NEIGHBOURS:
                     break
         return out
+
+    def _shared_words(self, hashes: frozenset[int], rows: np.ndarray) -> np.ndarray:
+        """How many of the query's word hashes each stored row's sketch holds."""
+        query = np.sort(np.fromiter(hashes, dtype=np.uint32, count=len(hashes)))
+        sketches = self.sketches[rows]
+        at = np.minimum(np.searchsorted(query, sketches), query.size - 1)
+        return (query[at] == sketches).sum(axis=1)  # EMPTY padding is never a word hash
 
     def _no_near_neighbour(self, account: str, hashes: frozenset[int], digest: int) -> bool:
         """True where no prompt the neighbourhood search can reach is near the query
@@ -207,10 +211,7 @@ class SplitProbes:
             keep &= popcount64(signatures & ~bits) <= probes.NEAR_ADDED
             keep &= popcount64(bits & ~signatures) <= probes.NEAR_ADDED
         rows, sizes = rows[keep], sizes[keep]
-        query = np.sort(np.fromiter(hashes, dtype=np.uint32, count=len(hashes)))
-        sketches = self.sketches[rows]
-        at = np.minimum(np.searchsorted(query, sketches), query.size - 1)
-        shared = (query[at] == sketches).sum(axis=1)
+        shared = self._shared_words(hashes, rows)
         added = len(hashes) - shared
         dropped = sizes - shared
         near = (np.minimum(added, dropped) <= probes.NEAR_DROPPED) & (np.maximum(added, dropped) <= probes.NEAR_ADDED)

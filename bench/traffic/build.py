@@ -34,7 +34,8 @@ HARD_BENIGN = (
 MIXED_SHARES = {"mixed_5pct": 0.05, "mixed_10pct": 0.10, "mixed_25pct": 0.25}
 # Blended accounts written a second time, as the blind check of per-account burst evidence:
 # the held-out wordings (heldout_attacks.py) in bursts of 2-12 with the account's own
-# queries sometimes falling between them; shorter and more varied benign bases. Committed before any detector ran on it.
+# queries sometimes falling between them; shorter and more varied benign bases. Committed
+# before any detector ran on it.
 HELDOUT_MIXED_SHARES = {"heldout_mixed_5pct": 0.05}
 # Ordinary users as long-lived as the mixed accounts, built as their benign bases are: the
 # accounts a blended attacker must be told apart from. Test pool only (never calibrated on).
@@ -207,6 +208,13 @@ def _mix(rng: random.Random, base: AccountStream, attack: list[tuple[str, str]],
             events.append((t, text, True))
         i += len(burst)
     events.sort(key=lambda e: e[0])
+    return _blended(base, events, attack, kind)
+
+
+def _blended(
+    base: AccountStream, events: list[tuple[float, str, bool]], attack: list[tuple[str, str]], kind: str
+) -> AccountStream:
+    """The blended account of ``base``: its ``(ts, prompt, is_attack)`` events in order."""
     return AccountStream(
         account=base.account,
         label=1,
@@ -235,7 +243,7 @@ def _mix_interleaved(
                 p = min(n, p + rng.randint(1, 2))
             slots.setdefault(p, []).append(text)
         i += len(burst)
-    prompts, ts, is_attack = [], [], []
+    events: list[tuple[float, str, bool]] = []
     for p in range(n + 1):
         texts = slots.get(p, [])
         if texts:
@@ -243,24 +251,10 @@ def _mix_interleaved(
             before = base.ts[p - 1] if p > 0 else base.ts[0] - 45.0 * (len(texts) + 1)
             after = base.ts[p] if p < n else base.ts[-1] + rng.uniform(2.0, 45.0) * (len(texts) + 1)
             step = (after - before) / (len(texts) + 1)
-            for j, text in enumerate(texts, 1):
-                prompts.append(text)
-                ts.append(before + j * step)
-                is_attack.append(True)
+            events += [(before + j * step, text, True) for j, text in enumerate(texts, 1)]
         if p < n:
-            prompts.append(base.prompts[p])
-            ts.append(base.ts[p])
-            is_attack.append(False)
-    return AccountStream(
-        account=base.account,
-        label=1,
-        kind=kind,
-        prompts=prompts,
-        ts=ts,
-        is_attack=is_attack,
-        campaign=None,
-        source_groups=base.source_groups | frozenset(k for _, k in attack),
-    )
+            events.append((base.ts[p], base.prompts[p], False))
+    return _blended(base, events, attack, kind)
 
 
 def keep_disjoint(rng: random.Random, calibration: list[AccountStream], others: list[AccountStream]) -> None:

@@ -338,6 +338,36 @@ def test_detection_cost_gpu(benchmark, history):
     benchmark(run)
 
 
+@pytest.mark.parametrize("probe_memory", [0, 100_000], ids=["probe-search-off", "probe-search-on"])
+def test_campaign_layer_cost_with_prompts(benchmark, probe_memory):
+    """The campaign layer alone as the scale-out's campaign process runs it: 20,000 distinct
+    prompts of 6-40 words from the model's vocabulary over 10,000 accounts, calls of 1,024,
+    with the cross-account probe search off and on (``campaign_probe_memory``). Reported per
+    query; every prompt goes through ``SplitProbes`` when the search is on."""
+    from .gpu_throughput import vocabulary_prompts
+
+    n, batch = 20_000, 1_024
+    texts = vocabulary_prompts(n, 0)
+    vectors = unit_rows(n, seed=13)
+    accounts = [f"acct-{i % 10_000}" for i in range(n)]
+    evidence = np.zeros(batch)
+
+    def fresh_layer():  # a new engine per round, built outside the timed call
+        return (_engine(campaign_probe_memory=probe_memory).pipeline.campaigns,), {}
+
+    def replay(layer):
+        for start in range(0, n, batch):
+            stop = min(n, start + batch)
+            m = stop - start
+            layer.observe(
+                accounts[start:stop], vectors[start:stop], texts[start:stop], [None] * m, [None] * m, evidence[:m]
+            )
+
+    benchmark.pedantic(replay, setup=fresh_layer, rounds=3, iterations=1)
+    benchmark.extra_info["queries"] = n
+    benchmark.extra_info["us_per_query_min"] = round(1e6 * benchmark.stats.stats.min / n, 1)
+
+
 def test_campaign_layer_replay_100k_accounts(benchmark):
     """The campaign layer alone over 100k accounts x 10 queries (1M queries): the extra cost
     per query it adds to the pipeline, and the memory it holds under its default caps.

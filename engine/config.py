@@ -70,8 +70,10 @@ class EngineConfig:
     watch_fpr: float = 1e-2
     """Share of benign accounts allowed to reach ``watch``."""
     detection_blas_threads: int = 1
-    """BLAS threads for detection math (0 = leave BLAS as configured). One is fastest for the
-    small matrices involved and leaves the other cores to the embedding model."""
+    """BLAS and OpenMP threads for detection math and FAISS searches (0 = leave them as
+    configured). One is fastest for the small matrices and indexes involved and leaves the
+    other cores to the embedding model; more only pays for accounts with very long histories
+    on otherwise idle cores."""
     segmented_max_history: int | None = None
     """Accounts with at most this many stored queries are searched together in one segmented
     k-NN call. None = 2048 on GPU (one launch instead of one per account) and 0 on CPU, where

@@ -6,10 +6,10 @@ a time (6.5 ms for a 10k x 384 history on this project's CPU; torch's vectorised
 and ``np.partition`` picks a row's top values 3-4x slower than ``torch.topk``. Both give
 exactly the floats NumPy gives: every float16 is a float32, and the top values of a row are
 the same numbers whichever routine finds them. Without torch (it is a dependency, but a
-broken install should not stop detection) or for small arrays, NumPy does the work. The copy
-runs on torch's own threads: it is memory-bound and short (0.25-0.5 ms at 10k rows), and the
-detection thread limit (``detection_blas_threads``) is for BLAS and OpenMP, which torch's pool
-is not. torch is imported at the first large search where nothing imported it before (an
+broken install should not stop detection) or for small arrays, NumPy does the work. Inside
+detection both run on one thread: torch's CPU pool is OpenMP, which the detection thread limit
+(``detection_blas_threads``) holds, and the copy is memory-bound and short (0.25-0.5 ms at 10k
+rows). torch is imported at the first large search where nothing imported it before (an
 engine that embeds has; one fed only precomputed vectors pays the import once, about a second).
 """
 

@@ -4,30 +4,46 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 
 _blas_controller = None
+_controller_saw_torch = False  # torch imported after the scan brings its OpenMP runtime: scan again
 _limit_depth = 0
 _limit_lock = threading.Lock()
 
 
 def limit_host_blas(threads: int):
-    """Context limiting NumPy's, SciPy's and FAISS's BLAS and OpenMP (not torch's) to ``threads``.
+    """Context limiting NumPy's, SciPy's and FAISS's BLAS and every OpenMP runtime to ``threads``.
 
     Detection multiplies small matrices (a 128-query window, a batch against a 2k bank) and
     searches small FAISS indexes one query at a time; multi-threaded OpenBLAS or OpenMP on
     those is slower than one thread, and far slower when the embedding model keeps the other
     cores busy (measured 0.2 ms vs 14 ms for a 128x384 Gram). FAISS ships its own OpenMP
     runtime, whose idle threads spin against torch's unless it is held to one thread.
+
+    torch's OpenMP runtime is limited too: once torch is imported (it loads its libgomp into
+    the global symbol scope), FAISS's OpenMP calls resolve to torch's runtime, not the copy
+    FAISS ships, and limiting only that copy left every FAISS search on all cores. With
+    another process busy on both cores, the many-short-accounts batch (256 searches of tiny
+    indexes) then took 0.3-3 s instead of 0.1 s (issue 14's notes). OpenMP's thread count
+    belongs to the calling thread and is restored on exit, so embedding outside the limit, or
+    on another thread, keeps torch's. torch's BLAS is left alone.
     """
-    global _blas_controller
+    global _blas_controller, _controller_saw_torch
     if threads <= 0:
         return contextlib.nullcontext()
-    if _blas_controller is None:
+    torch_loaded = "torch" in sys.modules
+    if _blas_controller is None or (torch_loaded and not _controller_saw_torch):
         from threadpoolctl import ThreadpoolController
 
+        _controller_saw_torch = torch_loaded
         controller = ThreadpoolController()
-        ours = [lib.filepath for lib in controller.lib_controllers if f"{os.sep}torch{os.sep}" not in lib.filepath]
+        ours = [
+            lib.filepath
+            for lib in controller.lib_controllers
+            if f"{os.sep}torch{os.sep}" not in lib.filepath or lib.user_api == "openmp"
+        ]
         _blas_controller = controller.select(filepath=ours)
     return _held_limit(threads)
 

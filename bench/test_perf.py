@@ -371,6 +371,8 @@ def test_campaign_layer_cost_with_prompts(benchmark, probe_memory):
     prompts of 6-40 words from the model's vocabulary over 10,000 accounts, calls of 1,024,
     with the cross-account probe search off and on (``campaign_probe_memory``). Reported per
     query; every prompt goes through ``SplitProbes`` when the search is on."""
+    from probewatch.backend.threads import limit_host_blas
+
     from .gpu_throughput import vocabulary_prompts
 
     n, batch = 20_000, 1_024
@@ -383,12 +385,13 @@ def test_campaign_layer_cost_with_prompts(benchmark, probe_memory):
         return (_engine(campaign_probe_memory=probe_memory).pipeline.campaigns,), {}
 
     def replay(layer):
-        for start in range(0, n, batch):
-            stop = min(n, start + batch)
-            m = stop - start
-            layer.observe(
-                accounts[start:stop], vectors[start:stop], texts[start:stop], [None] * m, [None] * m, evidence[:m]
-            )
+        with limit_host_blas(1):  # as the campaign process holds it (detection_blas_threads)
+            for start in range(0, n, batch):
+                stop = min(n, start + batch)
+                m = stop - start
+                layer.observe(
+                    accounts[start:stop], vectors[start:stop], texts[start:stop], [None] * m, [None] * m, evidence[:m]
+                )
 
     benchmark.pedantic(replay, setup=fresh_layer, rounds=3, iterations=1)
     benchmark.extra_info["queries"] = n

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backend.threads import limit_host_blas
 from ..campaigns.metadata import check_meta
 from ..engine import Engine
 from ..errors import ConfigError, InputError
@@ -164,14 +165,16 @@ class CampaignAggregator(Worker):
     def _observe_good(self, partition: int, state: PartitionState, good: list[_Item]) -> None:
         layer = state.engine.pipeline.campaigns
         records: list[CampaignRecord] = [it.obs for it in good]  # type: ignore[misc]
-        events = layer.observe(  # type: ignore[union-attr]
-            [r.account for r in records],
-            np.stack([r.vector for r in records]),
-            [r.prompt for r in records],
-            [r.meta for r in records],
-            [r.ts for r in records],
-            np.asarray([r.evidence for r in records]),
-        )
+        # the layer alone, under the thread limit the engine's own batches run under
+        with limit_host_blas(state.engine.config.detection_blas_threads):
+            events = layer.observe(  # type: ignore[union-attr]
+                [r.account for r in records],
+                np.stack([r.vector for r in records]),
+                [r.prompt for r in records],
+                [r.meta for r in records],
+                [r.ts for r in records],
+                np.asarray([r.evidence for r in records]),
+            )
         for it, (summary, raised) in zip(good, events, strict=True):
             self._campaign_verdicts(state.engine, it, summary, raised, partition)
 

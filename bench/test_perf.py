@@ -225,10 +225,9 @@ def test_detection_cost_many_short_accounts(benchmark):
     benchmark(lambda: engine.observe_embeddings(accounts, next(more)))
 
 
-def test_detection_cost_many_short_accounts_with_prompts(benchmark, prompts):
-    """The many-short-accounts batch with each query's prompt: what reading the text adds (the
-    continuation check, and since 0.13.0 each prompt's word sketch and the neighbourhood-probe
-    check against the account's last 16 prompts, since 0.13.1 around an unsent seed too)."""
+def _many_short_accounts_with_prompts(prompts: list[str]):
+    """An engine holding 256 accounts x 50 queries sent with their prompts, and a call that
+    sends the next 256 (one an account; 10 batches, cycled)."""
     engine = _engine()
     rows = unit_rows(256 * 60, seed=3)
     accounts = [f"a{i}" for i in range(256)]
@@ -241,12 +240,20 @@ def test_detection_cost_many_short_accounts_with_prompts(benchmark, prompts):
     for r in range(50):
         engine.observe_embeddings(accounts, rows[r * 256 : (r + 1) * 256], prompts=texts[r * 256 : (r + 1) * 256])
     more = itertools.cycle([(rows[r * 256 : (r + 1) * 256], texts[r * 256 : (r + 1) * 256]) for r in range(50, 60)])
-    benchmark.extra_info["queries_per_call"] = 256
 
     def call():
         vectors, batch_prompts = next(more)
         engine.observe_embeddings(accounts, vectors, prompts=batch_prompts)
 
+    return call
+
+
+def test_detection_cost_many_short_accounts_with_prompts(benchmark, prompts):
+    """The many-short-accounts batch with each query's prompt: what reading the text adds (the
+    continuation check, and since 0.13.0 each prompt's word sketch and the neighbourhood-probe
+    check against the account's last 16 prompts, since 0.13.1 around an unsent seed too)."""
+    call = _many_short_accounts_with_prompts(prompts)
+    benchmark.extra_info["queries_per_call"] = 256
     benchmark(call)
 
 
@@ -254,25 +261,12 @@ def test_detection_cost_many_short_accounts_busy_cpu(benchmark, prompts):
     """The many-short-accounts batch with prompts while another process keeps every core busy
     (``bench/busy_cpu.py``), as on an inference node. Each call searches 256 small FAISS
     indexes; before 0.14.2 those searches ran on torch's OpenMP pool whatever
-    ``detection_blas_threads`` said, and under this load took 0.7-1.8 s a call (median)
-    instead of about 0.12 s."""
+    ``detection_blas_threads`` said, and under this load a call took 0.4-1.8 s (medians)
+    instead of about 0.13 s."""
     from .busy_cpu import busy_cpu
 
-    engine = _engine()
-    rows = unit_rows(256 * 60, seed=3)
-    accounts = [f"a{i}" for i in range(256)]
-    rng = np.random.default_rng(11)
-    words = sorted({w for p in prompts for w in p.split()})
-    texts = [" ".join(rng.choice(words, size=int(rng.integers(6, 25)))) for _ in range(256 * 60)]
-    for r in range(50):
-        engine.observe_embeddings(accounts, rows[r * 256 : (r + 1) * 256], prompts=texts[r * 256 : (r + 1) * 256])
-    more = itertools.cycle([(rows[r * 256 : (r + 1) * 256], texts[r * 256 : (r + 1) * 256]) for r in range(50, 60)])
+    call = _many_short_accounts_with_prompts(prompts)
     benchmark.extra_info["queries_per_call"] = 256
-
-    def call():
-        vectors, batch_prompts = next(more)
-        engine.observe_embeddings(accounts, vectors, prompts=batch_prompts)
-
     with busy_cpu(seconds=120):
         benchmark.pedantic(call, rounds=20, iterations=1)
 

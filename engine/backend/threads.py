@@ -26,9 +26,9 @@ def limit_host_blas(threads: int):
     the global symbol scope), FAISS's OpenMP calls resolve to torch's runtime, not the copy
     FAISS ships, and limiting only that copy left every FAISS search on all cores. With
     another process busy on both cores, the many-short-accounts batch (256 searches of tiny
-    indexes) then took 0.3-3 s instead of 0.1 s (issue 14's notes). OpenMP's thread count
-    belongs to the calling thread and is restored on exit, so embedding outside the limit, or
-    on another thread, keeps torch's. torch's BLAS is left alone.
+    indexes) then took 0.4-1.8 s (medians) instead of 0.13 s (README, changes in 0.14.2).
+    OpenMP's thread count belongs to the calling thread and is restored on exit, so embedding
+    outside the limit, or on another thread, keeps torch's. torch's BLAS is left alone.
     """
     global _blas_controller, _controller_saw_torch
     if threads <= 0:

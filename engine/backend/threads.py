@@ -9,8 +9,9 @@ import threading
 
 _blas_controller = None
 _controller_saw_torch = False  # torch imported after the scan brings its OpenMP runtime: scan again
-_limit_depth = 0
+_limit_depth = 0  # limits held in the process (BLAS counts are process-wide)
 _limit_lock = threading.Lock()
+_thread_limits = threading.local()  # .depth: limits held by this thread (OpenMP counts are per thread)
 
 
 def limit_host_blas(threads: int):
@@ -50,16 +51,24 @@ def limit_host_blas(threads: int):
 
 @contextlib.contextmanager
 def _held_limit(threads: int):
-    """The limit, set once however deeply detection calls nest (setting it costs ~35 us)."""
+    """The limit, set once however deeply detection calls nest (setting it costs ~35 us).
+
+    BLAS thread counts are the process's: set when the process's outermost limit begins and
+    restored when it ends. OpenMP's belong to each calling thread: every thread sets its own
+    on its outermost limit, so detection running on two threads at once (two engines in a
+    thread pool) holds both."""
     global _limit_depth
     with _limit_lock:
         outermost = _limit_depth == 0
         _limit_depth += 1
+    thread_depth = getattr(_thread_limits, "depth", 0)
+    _thread_limits.depth = thread_depth + 1
     # Straight to each library's get/set calls: threadpoolctl's limit() objects cost ~18 us a
     # call, a tenth of a lone query's detection. Only libraries not already there are touched.
     changed = []
-    if outermost:
-        for lib in _blas_controller.lib_controllers:
+    for lib in _blas_controller.lib_controllers:
+        first_in = thread_depth == 0 if lib.user_api == "openmp" else outermost
+        if first_in:
             before = lib.get_num_threads()
             if before != threads:
                 lib.set_num_threads(threads)
@@ -69,5 +78,6 @@ def _held_limit(threads: int):
     finally:
         for lib, before in changed:
             lib.set_num_threads(before)
+        _thread_limits.depth = thread_depth
         with _limit_lock:
             _limit_depth -= 1

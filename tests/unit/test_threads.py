@@ -62,6 +62,42 @@ def test_torch_imported_after_the_first_limit_is_held_too():
     assert out == "(1, 1) (1, 1) 2"
 
 
+def test_two_threads_inside_at_once_are_both_held():
+    # OpenMP's thread count belongs to each thread: the second thread in must set its own
+    # (before: only the process's first limit set anything, so the second searched on two)
+    out = run_fresh(
+        """
+        import threading
+        import torch
+        torch.set_num_threads(2)
+        first_inside, second_done = threading.Event(), threading.Event()
+        seen = {}
+
+        def first():
+            with limit_host_blas(1):
+                first_inside.set()
+                second_done.wait(60)
+                seen["first"] = faiss.omp_get_max_threads()
+
+        def second():
+            faiss.omp_set_num_threads(2)  # this thread's own count (a new thread starts at the core count)
+            first_inside.wait(60)
+            with limit_host_blas(1):
+                seen["second"] = faiss.omp_get_max_threads()
+            seen["second after"] = faiss.omp_get_max_threads()
+            second_done.set()
+
+        threads = [threading.Thread(target=first), threading.Thread(target=second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        print(seen["first"], seen["second"], seen["second after"])
+        """
+    )
+    assert out == "1 1 2"
+
+
 def test_zero_threads_leaves_openmp_alone():
     out = run_fresh(
         """

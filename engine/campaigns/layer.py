@@ -236,12 +236,26 @@ class CampaignLayer:
         metas: Sequence[dict[str, str] | None] | None,
         ts: Sequence[float | None],
         evidence: np.ndarray,
+        sketches: Sequence[tuple[list[int], int] | None] | None = None,
     ) -> list[tuple[CampaignSummary | None, dict[str, Level]]]:
         """Fold a batch in, in order; ``evidence`` is each item's signed per-query score from
-        the account detector. Per item, right after it: its account's campaign, and the
+        the account detector; ``sketches``, where the caller has them, each prompt's
+        ``probes.word_hashes`` (None where it has no prompt). Per item, right after it: its account's campaign, and the
         accounts whose campaign level it raised, with the level (the pipeline raises their
         sticky levels), so a batch reads exactly like its items one at a time."""
         elicit = self.elicitation.probability(vectors) if self.elicitation is not None else None
+        # probes split across accounts: the index's state depends only on its own prompts, in
+        # order, and nothing is forgotten during a batch, so the batch goes through it first
+        split: dict[int, tuple[int, tuple[tuple[str, int], ...]]] = {}  # item -> (its serial, partners)
+        if self.split_probes is not None and texts is not None:
+            sent = [i for i, text in enumerate(texts) if text is not None]
+            first_serial = self.split_probes.serial
+            found = self.split_probes.observe_batch(
+                [accounts[i] for i in sent],
+                [texts[i] for i in sent],
+                None if sketches is None else [sketches[i] for i in sent],
+            )
+            split = {i: (first_serial + k, partners) for k, (i, partners) in enumerate(zip(sent, found, strict=True))}
         out: list[tuple[CampaignSummary | None, dict[str, Level]]] = []
         for i, account in enumerate(accounts):
             raised: dict[str, Level] = {}
@@ -272,10 +286,8 @@ class CampaignLayer:
                 self._add(links.region, "payload", "", account, links, x, 1, 1.0, (p, e), fingerprint, stamp, raised)
             elif links.n in REGION_CHECKPOINTS:
                 self._place_region(account, links, stamp, raised)
-            if self.split_probes is not None and texts is not None and texts[i] is not None:
-                partners = self.split_probes.observe(account, texts[i])
-                if partners:
-                    self._probe_link(account, links, partners, raised)
+            if i in split and split[i][1]:
+                self._probe_link(account, links, *split[i], raised)
             for key in sorted(links.linked):
                 # a linked account is raised once it has the queries to be tested
                 self._raise_linked(self.groups[key], account, raised)
@@ -311,12 +323,11 @@ class CampaignLayer:
         )
 
     # -- probes split across accounts ---------------------------------------------------------
-    def _probe_link(self, account: str, links: AccountLinks, partners, raised) -> None:
-        """``account``'s latest prompt is an uncentred cross-account probe whose near neighbours
-        are ``partners`` ((account, serial) pairs): each pair of prompts varies one prompt
-        nobody sent. The link is kept on both sides; then each side is checked against the hot
-        groups the other counts in (see MIN_LINKED_PROMPTS)."""
-        serial = self.split_probes.serial - 1
+    def _probe_link(self, account: str, links: AccountLinks, serial: int, partners, raised) -> None:
+        """``account``'s prompt ``serial`` is an uncentred cross-account probe whose near
+        neighbours are ``partners`` ((account, serial) pairs): each pair of prompts varies one
+        prompt nobody sent. The link is kept on both sides; then each side is checked against
+        the hot groups the other counts in (see MIN_LINKED_PROMPTS)."""
         touched = [account]
         for partner, partner_serial in partners:
             other = self.accounts.get(partner)

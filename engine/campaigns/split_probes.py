@@ -21,7 +21,9 @@ the seed. Only uncentred probes are reported, with the accounts of their near ne
 other accounts that sent variants of the same unsent seed (the query's *partners*).
 
 Most prompts have no near prompt of another account within the search's reach, and that is
-decided before the search, from a few posting lists (``SplitProbes._no_near_neighbour``).
+decided before the search, from a few posting lists (``SplitProbes._no_near_neighbour``); a
+batch (``SplitProbes.observe_batch``, what the campaign layer calls) decides it for all its
+prompts in a few array calls, against the prompts remembered before it and its own.
 
 Memory is bounded: ``memory`` sketches (SKETCH_WORDS uint32 each) and word signatures
 (allocated as they fill), the posting lists, and a table of ``memory`` text digests (the
@@ -34,6 +36,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections import OrderedDict
+from collections.abc import Sequence
 from itertools import repeat
 from typing import Any
 
@@ -46,6 +49,8 @@ NEIGHBOURS = 16  # as many as an account's own probe memory
 PER_WORD = 256  # latest prompts indexed per word hash
 CANDIDATES = 64  # prompts reached through the most of a query's words, compared exactly
 FIRST_ROWS = 1024  # rows allocated at first
+SCREEN_BATCH = 512  # prompts screened together (their pairs: SCREEN_BATCH^2 / 2 flags at most)
+SCREEN_ROWS = 4096  # stored rows compared exactly per array call of a batch's screen (x 32 hashes)
 SENDERS_KEPT = 2  # accounts kept per text: "someone else sent this" is all that is asked
 # A near neighbour (``is_near``) lacks at most NEAR_ADDED of a query's words, so it holds one of
 # any NEAR_ADDED + 1 of them: the posting lists of that many words, chosen as those reaching
@@ -85,6 +90,13 @@ def is_near(query: frozenset[int], other: frozenset[int]) -> bool:
     return min(added, dropped) <= probes.NEAR_DROPPED and max(added, dropped) <= probes.NEAR_ADDED
 
 
+def _near_counts(query_hashes, other_hashes: np.ndarray, shared: np.ndarray) -> np.ndarray:
+    """``is_near`` from counts: sketch sizes and the hashes they share."""
+    added = query_hashes - shared
+    dropped = other_hashes - shared
+    return (np.minimum(added, dropped) <= probes.NEAR_DROPPED) & (np.maximum(added, dropped) <= probes.NEAR_ADDED)
+
+
 class SplitProbes:
     """Every prompt in arrival order in (:meth:`observe`), the partners of each uncentred
     cross-account probe out. Deterministic: the same prompts in the same order give the same
@@ -118,17 +130,83 @@ class SplitProbes:
         return max(0, self.serial - self.memory)
 
     # -- the question ---------------------------------------------------------------------
-    def observe(self, account: str, text: str) -> tuple[tuple[str, int], ...]:
+    def observe(
+        self, account: str, text: str, sketch: tuple[list[int], int] | None = None
+    ) -> tuple[tuple[str, int], ...]:
         """Remember the prompt (its serial is ``serial - 1`` afterwards); where it is an
         uncentred cross-account probe, its near neighbours as ``(account, serial)``, oldest
-        first, else ``()``."""
-        kept, words = probes.word_hashes(text)
+        first, else ``()``. ``sketch``: the prompt's ``probes.word_hashes``, where the caller
+        has them already."""
+        kept, words = probes.word_hashes(text) if sketch is None else sketch
         digest = text_digest(text, self.salt)
+        bits = probes.signature(kept)
         partners: tuple[tuple[str, int], ...] = ()
         if words >= probes.MIN_WORDS:
-            partners = self._partners(account, frozenset(kept), words, digest)
-        self._remember(account, kept, words, digest)
+            hashes = frozenset(kept)
+            if not self._sent_by_another(account, digest) and not self._no_near_neighbour(
+                account, hashes, digest, bits
+            ):
+                partners = self._partners(account, hashes, words, digest)
+        self._remember(account, kept, words, digest, bits)
         return partners
+
+    def observe_batch(
+        self,
+        accounts: Sequence[str],
+        texts: Sequence[str],
+        sketches: Sequence[tuple[list[int], int]] | None = None,
+    ) -> list[tuple[tuple[str, int], ...]]:
+        """:meth:`observe` of each prompt in order, the same answers, with the near-neighbour
+        screen of the whole batch in a few array calls (:meth:`_screen_batch`) instead of a
+        dozen per prompt. Returns each prompt's partners; prompt ``i``'s serial is
+        ``serial - len(texts) + i`` afterwards."""
+        if len(accounts) != len(texts) or (sketches is not None and len(sketches) != len(texts)):
+            raise ValueError(
+                f"observe_batch needs one account (and sketch) per prompt; got {len(accounts)} accounts, "
+                f"{len(texts)} prompts and {'no' if sketches is None else len(sketches)} sketches"
+            )
+        if sketches is None:
+            sketches = [probes.word_hashes(text) for text in texts]
+        out: list[tuple[tuple[str, int], ...]] = []
+        for start in range(0, len(texts), SCREEN_BATCH):  # the screen compares a chunk's prompts pairwise
+            part = slice(start, start + SCREEN_BATCH)
+            out += self._observe_chunk(accounts[part], texts[part], sketches[part])
+        return out
+
+    def _observe_chunk(self, accounts, texts, sketches) -> list[tuple[tuple[str, int], ...]]:
+        digests = [text_digest(text, self.salt) for text in texts]
+        signatures = [probes.signature(kept) for kept, _ in sketches]
+        # Screened together: prompts long enough to ask whose text no other account sent before
+        # them. Such a text is centred at its turn too, unless the senders table dropped it in
+        # between; the per-prompt screen then asks at its turn (``checked_alone``).
+        askers, checked_alone = [], set()
+        chunk_senders: dict[int, set[str]] = {}
+        for i, (account, (_, words), digest) in enumerate(zip(accounts, sketches, digests, strict=True)):
+            if words >= probes.MIN_WORDS:
+                if self._sent_by_another(account, digest) or chunk_senders.get(digest, {account}) - {account}:
+                    checked_alone.add(i)
+                else:
+                    askers.append(i)
+            chunk_senders.setdefault(digest, set()).add(account)
+        maybe_near = self._screen_batch(accounts, sketches, digests, signatures, askers)
+        out: list[tuple[tuple[str, int], ...]] = []
+        for i, (account, (kept, words), digest, bits) in enumerate(
+            zip(accounts, sketches, digests, signatures, strict=True)
+        ):
+            partners: tuple[tuple[str, int], ...] = ()
+            if i in checked_alone:
+                hashes = frozenset(kept)
+                if not self._sent_by_another(account, digest) and not self._no_near_neighbour(
+                    account, hashes, digest, bits
+                ):
+                    partners = self._partners(account, hashes, words, digest)
+            else:
+                latest_near = maybe_near[i]  # None: nothing near, or too short to ask
+                if latest_near is not None and latest_near >= self.first and not self._sent_by_another(account, digest):
+                    partners = self._partners(account, frozenset(kept), words, digest)
+            self._remember(account, kept, words, digest, bits)
+            out.append(partners)
+        return out
 
     def neighbourhood(self, account: str, hashes: frozenset[int], digest: int) -> list[int]:
         """Serials of the query's neighbourhood (module docstring), most shared words first."""
@@ -176,11 +254,11 @@ class SplitProbes:
         at = np.minimum(np.searchsorted(query, sketches), query.size - 1)
         return (query[at] == sketches).sum(axis=1)  # EMPTY padding is never a word hash
 
-    def _no_near_neighbour(self, account: str, hashes: frozenset[int], digest: int) -> bool:
+    def _no_near_neighbour(self, account: str, hashes: frozenset[int], digest: int, bits: int | None = None) -> bool:
         """True where no prompt the neighbourhood search can reach is near the query
         (``is_near``; another account's, another text, live): then no partner can be reported,
         whatever its neighbourhood, and the search is skipped. False where one is (the search
-        then decides).
+        then decides). ``bits``: the query's ``probes.signature``, where known.
 
         A near prompt lacks at most NEAR_ADDED of the query's words, so it holds one of any
         NEAR_WITNESSES of them. The witnesses are the words whose posting lists reach furthest
@@ -190,12 +268,7 @@ class SplitProbes:
         no older than that word's oldest serial, hence than every witness list's, so each
         witness list holds it if it has the word. The witness lists' prompts are therefore all
         the near prompts the search could find."""
-        postings = self.postings
-        lists = sorted(map(postings.get, hashes, repeat(_NO_SERIALS)), key=len)
-        if len(lists[min(NEAR_WITNESSES, len(lists)) - 1]) >= PER_WORD:
-            # how far back a list holds every prompt with its word: all (never cut), or from its oldest
-            lists.sort(key=lambda serials: len(serials) - PER_WORD if len(serials) < PER_WORD else serials[0])
-        found = b"".join(lists[:NEAR_WITNESSES])
+        found = self._witness_serials(hashes)
         if not found:
             return True  # none of those words was ever sent by anyone: no prompt shares them
         serials = np.frombuffer(found, dtype=np.int64)  # a row in two lists is tested twice: harmless
@@ -206,24 +279,126 @@ class SplitProbes:
         if rows.size > CANDIDATES:
             # and each side's signature has at most NEAR_ADDED bits the other's lacks (a word the
             # other lacks sets at most one of them): most rows out without reading a sketch
-            bits = probes.signature(hashes)
-            signatures = self.signatures[rows]
-            keep &= popcount64(signatures & ~bits) <= probes.NEAR_ADDED
-            keep &= popcount64(bits & ~signatures) <= probes.NEAR_ADDED
+            keep &= self._signatures_allow(self.signatures[rows], probes.signature(hashes) if bits is None else bits)
         rows, sizes = rows[keep], sizes[keep]
         shared = self._shared_words(hashes, rows)
-        added = len(hashes) - shared
-        dropped = sizes - shared
-        near = (np.minimum(added, dropped) <= probes.NEAR_DROPPED) & (np.maximum(added, dropped) <= probes.NEAR_ADDED)
-        near &= self.digests[rows] != digest
+        near = _near_counts(len(hashes), sizes, shared) & (self.digests[rows] != digest)
         accounts = self.accounts
         return all(accounts[row] == account for row in rows[near].tolist())
 
+    def _witness_serials(self, hashes) -> bytes:
+        """The serials (int64 bytes) of the NEAR_WITNESSES posting lists of ``hashes`` that
+        reach furthest back (see :meth:`_no_near_neighbour`); empty where none was sent."""
+        postings = self.postings
+        lists = sorted(map(postings.get, hashes, repeat(_NO_SERIALS)), key=len)
+        if len(lists[min(NEAR_WITNESSES, len(lists)) - 1]) >= PER_WORD:
+            # how far back a list holds every prompt with its word: all (never cut), or from its oldest
+            lists.sort(key=lambda serials: len(serials) - PER_WORD if len(serials) < PER_WORD else serials[0])
+        return b"".join(lists[:NEAR_WITNESSES])
+
+    @staticmethod
+    def _signatures_allow(signatures: np.ndarray, bits) -> np.ndarray:
+        """Where each side's signature has at most NEAR_ADDED bits the other's lacks: the most a
+        near pair can have (a word the other lacks sets at most one bit)."""
+        allowed = popcount64(signatures & ~bits) <= probes.NEAR_ADDED
+        allowed &= popcount64(bits & ~signatures) <= probes.NEAR_ADDED
+        return allowed
+
+    def _screen_batch(
+        self,
+        accounts: Sequence[str],
+        sketches: Sequence[tuple[list[int], int]],
+        digests: Sequence[int],
+        signatures: Sequence[int],
+        askers: Sequence[int],
+    ) -> list[int | None]:
+        """For each prompt ``askers`` names, of a batch about to be observed in order, the
+        latest serial of a prompt near it (``is_near``; another account's, another text, live)
+        that the neighbourhood search might reach at its turn, or None (None for the others).
+        Where that serial is below ``first`` at its turn (None: always), the search can reach no
+        near prompt: it is skipped.
+
+        At prompt i's turn the search reads each word's latest PER_WORD serials: serials among
+        the latest PER_WORD before the batch (a list only grows at its end) or the batch's own
+        earlier prompts. Before the batch, the witness lists of :meth:`_no_near_neighbour` hold
+        every near prompt of the first kind; the batch's prompts are compared with each other.
+        A row the batch overwrites has a serial below ``first`` by then, and nothing is forgotten
+        during a batch, so owners and live flags hold throughout."""
+        n = len(sketches)
+        latest: list[int | None] = [None] * n
+        sizes = np.array([len(kept) for kept, _ in sketches], dtype=np.int64)
+        bits = np.array(signatures, dtype=np.int64)
+        text_digests = np.array(digests, dtype=np.int64)
+        # -- prompts remembered before the batch: every asker's witness lists, in array calls
+        found = [self._witness_serials(sketches[i][0]) for i in askers]
+        counts = np.fromiter(map(len, found), dtype=np.int64, count=len(found)) // 8
+        if counts.sum():
+            serials = np.frombuffer(b"".join(found), dtype=np.int64)
+            # each asker's values repeated over its serials (cheaper than gathering them)
+            rows = self._rows_of(serials)
+            row_sizes = np.minimum(self.words[rows], SKETCH_WORDS)
+            keep = np.abs(row_sizes - np.repeat(sizes[askers], counts)) <= probes.NEAR_ADDED
+            keep &= self._signatures_allow(self.signatures[rows], np.repeat(bits[askers], counts))
+            keep &= serials >= self.first
+            keep &= self.live[rows]
+            at = np.flatnonzero(keep)
+            asker = np.asarray(askers, dtype=np.int64)[np.searchsorted(np.cumsum(counts), at, side="right")]
+            serials, rows, row_sizes = serials[at], rows[at], row_sizes[at]
+            shared = self._shared_words_of_many(sketches, asker, rows)
+            near = _near_counts(sizes[asker], row_sizes, shared) & (self.digests[rows] != text_digests[asker])
+            owners = self.accounts
+            for i, serial, row in zip(asker[near].tolist(), serials[near].tolist(), rows[near].tolist(), strict=True):
+                if owners[row] != accounts[i] and (latest[i] is None or serial > latest[i]):
+                    latest[i] = serial
+        # -- the batch's own earlier prompts: pairs (i, j < i) that may be near, then exactly
+        if len(askers) and n > 1:
+            pairs = np.tril(np.ones((n, n), dtype=bool), -1)[askers]
+            pairs &= np.abs(sizes[askers, None] - sizes[None, :]) <= probes.NEAR_ADDED
+            pairs &= self._signatures_allow(bits[None, :], bits[askers, None])
+            pairs &= text_digests[askers, None] != text_digests[None, :]
+            at, earlier = np.nonzero(pairs)
+            first_serial = self.serial
+            for i, j in zip(np.asarray(askers)[at].tolist(), earlier.tolist(), strict=True):
+                if accounts[j] != accounts[i] and is_near(frozenset(sketches[i][0]), frozenset(sketches[j][0])):
+                    serial = first_serial + j
+                    if latest[i] is None or serial > latest[i]:
+                        latest[i] = serial
+        return latest
+
+    def _rows_of(self, serials: np.ndarray) -> np.ndarray:
+        """``serials % memory`` for serials at least ``first``, by subtraction (an int64 division
+        per element costs several times more); any row for older ones (rule them out)."""
+        rows = serials - (self.first // self.memory) * self.memory
+        rows -= self.memory * (rows >= self.memory)
+        return np.maximum(rows, 0, out=rows)
+
+    def _shared_words_of_many(
+        self, sketches: Sequence[tuple[list[int], int]], asker: np.ndarray, rows: np.ndarray
+    ) -> np.ndarray:
+        """How many of prompt ``asker[k]``'s kept hashes stored row ``rows[k]`` holds, for every k:
+        one sorted key per (prompt, hash), prompt in the high bits, and one search of them all."""
+        out = np.zeros(rows.size, dtype=np.int64)
+        if rows.size == 0:
+            return out
+        lengths = np.fromiter((len(kept) for kept, _ in sketches), dtype=np.int64, count=len(sketches))
+        owner = np.repeat(np.arange(len(sketches), dtype=np.int64), lengths)
+        keys = (owner << 32) | np.fromiter(
+            (h for kept, _ in sketches for h in kept), dtype=np.int64, count=int(lengths.sum())
+        )  # each prompt's kept hashes are sorted, so keys are too
+        for start in range(0, rows.size, SCREEN_ROWS):
+            block = slice(start, start + SCREEN_ROWS)
+            wanted = (asker[block, None] << 32) | self.sketches[rows[block]].astype(np.int64)
+            at = np.minimum(np.searchsorted(keys, wanted), keys.size - 1)
+            out[block] = (keys[at] == wanted).sum(axis=1)  # EMPTY padding is never a word hash
+        return out
+
+    def _sent_by_another(self, account: str, digest: int) -> bool:
+        """Whether another account sent this very text: then it is centred, whatever its neighbours."""
+        return any(sender != account for sender in self.senders.get(digest, ()))
+
     def _partners(self, account: str, hashes: frozenset[int], words: int, digest: int) -> tuple[tuple[str, int], ...]:
-        if set(self.senders.get(digest, ())) - {account}:
-            return ()  # someone else sent this very text: centred, whatever its neighbours
-        if self._no_near_neighbour(account, hashes, digest):
-            return ()
+        """The search and the probe rules, for a prompt no other account sent that may have a near
+        neighbour (the screens are the callers')."""
         near = self.neighbourhood(account, hashes, digest)
         if len(near) < probes.MIN_RELATED:
             return ()
@@ -248,8 +423,8 @@ class SplitProbes:
         return probes.sketch_set(self.sketches[row], int(self.words[row]))
 
     # -- remembering ----------------------------------------------------------------------
-    def _remember(self, account: str, kept: list[int], words: int, digest: int) -> None:
-        self._store_row(account, kept, words, digest)
+    def _remember(self, account: str, kept: list[int], words: int, digest: int, bits: int) -> None:
+        self._store_row(account, kept, words, digest, bits)
         senders = self.senders.get(digest, ())
         if account not in senders and len(senders) < SENDERS_KEPT:
             senders = (*senders, account)
@@ -258,7 +433,9 @@ class SplitProbes:
         while len(self.senders) > self.memory:
             self.senders.popitem(last=False)
 
-    def _store_row(self, account: str | None, kept: list[int], words: int, digest: int) -> None:
+    def _store_row(
+        self, account: str | None, kept: list[int], words: int, digest: int, bits: int | None = None
+    ) -> None:
         serial = self.serial
         row = serial % self.memory
         if row == len(self.words):
@@ -266,16 +443,17 @@ class SplitProbes:
         probes.store_sketch(self.sketches[row], kept)
         self.words[row] = words
         self.digests[row] = digest
-        self.signatures[row] = probes.signature(kept)
+        self.signatures[row] = probes.signature(kept) if bits is None else bits
         self.accounts[row] = account
         self.live[row] = account is not None
         self.serial = serial + 1
+        postings = self.postings
+        self.posted += len(kept)
         for h in kept:
-            serials = self.postings.get(h)
+            serials = postings.get(h)
             if serials is None:
-                serials = self.postings[h] = array("q")
+                serials = postings[h] = array("q")
             serials.append(serial)
-            self.posted += 1
             if len(serials) >= 2 * PER_WORD:
                 self.posted -= len(serials) - PER_WORD
                 del serials[:-PER_WORD]  # only the latest PER_WORD are ever read

@@ -31,10 +31,9 @@ from .probes import EMPTY as EMPTY_HASH
 from .probes import (
     MIN_RELATED,
     SKETCH_WORDS,
-    candidate_slots,
     is_neighbourhood_probe,
     is_seed_probe,
-    near_slots,
+    related_slots,
     signature,
     sketch_set,
     store_sketch,
@@ -263,43 +262,46 @@ class AccountState:
         self.probes = np.zeros(2, dtype=np.int64)
         self.prompt_signatures = np.zeros(CONTINUATION_MEMORY, dtype=np.int64)  # see probes.signature
 
-    def note_prompt(self, text: str) -> tuple[int, bool]:
+    def note_prompt(self, text: str, sketch: tuple[list[int], int] | None = None) -> tuple[int, bool]:
         """(mark, probe): the mark is CONTINUES if ``text`` continues one of the account's recent
         prompts (it starts with the whole of one and adds at least CONTINUATION_MIN_ADDED
         characters), else FRESH; probe is whether a fresh prompt is a neighbourhood probe
         (``is_neighbourhood_probe`` or ``is_seed_probe``). Then remember it. Call once per query
         that has a prompt, before :meth:`update` counts it; both go into its QueryFacts (a batch
         notes all its prompts before its first update, so nothing here may count what update
-        counts)."""
+        counts). ``sketch``: the text's ``word_hashes``, where the caller has them."""
         continues = FRESH
         noted = int(self.probes[0])
-        lengths = self.prompt_lengths
-        candidates = np.flatnonzero((lengths > 0) & (lengths <= len(text) - CONTINUATION_MIN_ADDED))
-        if candidates.size:
+        longest = len(text) - CONTINUATION_MIN_ADDED  # the longest prompt text can continue
+        if longest > 0:
+            lengths = self.prompt_lengths.tolist()
+            stored_heads = None
             heads: dict[int, int] = {}  # head length -> checksum of text's head of that length
-            # newest first: a transcript mostly continues the prompt just before it
-            for j in sorted(candidates.tolist(), key=lambda j: (noted - 1 - j) % CONTINUATION_MEMORY):
-                length = int(lengths[j])
+            for back in range(1, CONTINUATION_MEMORY + 1):  # newest first: a transcript mostly continues the last
+                j = (noted - back) % CONTINUATION_MEMORY
+                length = lengths[j]
+                if not 0 < length <= longest:
+                    continue
                 size = min(length, CONTINUATION_HEAD_CHARS)
                 head = heads.get(size)
                 if head is None:
                     head = heads[size] = _checksum(text[:size])
-                if head == self.prompt_heads[j] and _digest(text[:length]) == self.prompt_digests[j].tobytes():
+                if stored_heads is None:
+                    stored_heads = self.prompt_heads.tolist()
+                if head == stored_heads[j] and _digest(text[:length]) == self.prompt_digests[j].tobytes():
                     continues = CONTINUES
                     break
-        kept, words = word_hashes(text)
+        kept, words = word_hashes(text) if sketch is None else sketch
         bits = signature(kept)
         probe = False
         if continues == FRESH:
             recent_signatures, recent_words = self.prompt_signatures.tolist(), self.prompt_words.tolist()
             query = frozenset(kept)
-            slots = candidate_slots(bits, words, recent_signatures, recent_words)
-            if len(slots) >= MIN_RELATED:
-                probe = is_neighbourhood_probe(query, words, self._stored_sketches(slots, recent_words))
-            if not probe:  # around a seed that need not have been sent
-                slots = near_slots(bits, words, recent_signatures, recent_words)
-                if len(slots) >= MIN_RELATED:
-                    probe = is_seed_probe(query, words, self._stored_sketches(slots, recent_words))
+            edits, near = related_slots(bits, words, recent_signatures, recent_words)
+            if len(edits) >= MIN_RELATED:
+                probe = is_neighbourhood_probe(query, words, self._stored_sketches(edits, recent_words))
+            if not probe and len(near) >= MIN_RELATED:  # around a seed that need not have been sent
+                probe = is_seed_probe(query, words, self._stored_sketches(near, recent_words))
         slot = noted % CONTINUATION_MEMORY
         self.probes[0] = noted + 1
         store_sketch(self.prompt_sketches[slot], kept)

@@ -145,7 +145,9 @@ class Pipeline:
             self._advance_clock(ts)
             verdicts, evidence = self._judge(accounts, step)
             if self.campaigns is not None:
-                verdicts = self._campaign_step(accounts, to_numpy(vectors), texts, metas, ts, evidence, verdicts)
+                verdicts = self._campaign_step(
+                    accounts, to_numpy(vectors), texts, metas, ts, evidence, verdicts, step.sketches
+                )
         self._after_batch(len(verdicts))
         return verdicts
 
@@ -155,10 +157,14 @@ class Pipeline:
             latest = max(known)
             self.clock = latest if math.isnan(self.clock) else max(self.clock, latest)
 
-    def _campaign_step(self, accounts, vectors, texts, metas, ts, evidence, verdicts: list[Verdict]) -> list[Verdict]:
+    def _campaign_step(
+        self, accounts, vectors, texts, metas, ts, evidence, verdicts: list[Verdict], sketches=None
+    ) -> list[Verdict]:
         """Fold the batch into the campaign layer, raise the members of campaigns that became
         hot (their sticky level), and give each verdict its account's campaign as of its item."""
-        events = self.campaigns.observe(accounts, np.asarray(vectors, dtype=np.float32), texts, metas, ts, evidence)
+        events = self.campaigns.observe(
+            accounts, np.asarray(vectors, dtype=np.float32), texts, metas, ts, evidence, sketches
+        )
         raised_so_far: dict[str, Level] = {}
         out = []
         for v, (campaign, raised) in zip(verdicts, events, strict=True):

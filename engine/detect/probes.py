@@ -138,14 +138,27 @@ def candidate_slots(
 ) -> list[int]:
     """The recent prompts (slots) a prompt can be a small edit of, by distinct word counts (as
     many, up to twice as many) and, where both compare exactly, by signature: at most one of
-    its bits missing from theirs."""
+    its bits missing from theirs (``related_slots``' first list)."""
+    return related_slots(query_signature, words, recent_signatures, recent_words)[0]
+
+
+def related_slots(
+    query_signature: int, words: int, recent_signatures: Sequence[int], recent_words: Sequence[int]
+) -> tuple[list[int], list[int]]:
+    """(``candidate_slots``, ``near_slots``) in one pass over the recent prompts."""
     if words < MIN_WORDS:
-        return []
-    out = []
+        return [], []
+    edits, near = [], []
+    exact = words <= SKETCH_WORDS
     for j, (n, bits) in enumerate(zip(recent_words, recent_signatures, strict=True)):
         if words <= n <= 2 * words and (n > SKETCH_WORDS or (query_signature & ~bits).bit_count() <= 1):
-            out.append(j)
-    return out
+            edits.append(j)
+        if n < MIN_WORDS or not words - NEAR_ADDED <= n <= words + NEAR_DROPPED:
+            continue
+        added, dropped = (query_signature & ~bits).bit_count(), (bits & ~query_signature).bit_count()
+        if not exact or n > SKETCH_WORDS or (added <= NEAR_ADDED and dropped <= NEAR_DROPPED):
+            near.append(j)
+    return edits, near
 
 
 def is_neighbourhood_probe(query: frozenset[int], words: int, candidates: Sequence[tuple[frozenset[int], int]]) -> bool:
@@ -172,18 +185,9 @@ def near_slots(
     """The recent prompts (slots) that can be near neighbours of a prompt (``is_seed_probe``):
     at least MIN_WORDS distinct words, NEAR_DROPPED more to NEAR_ADDED fewer than it and, where
     both compare exactly, signatures that allow it (a bit of one missing from the other needs a
-    word of the one missing from the other, so this never rules a neighbour out)."""
-    if words < MIN_WORDS:
-        return []
-    out = []
-    for j, (n, bits) in enumerate(zip(recent_words, recent_signatures, strict=True)):
-        if n < MIN_WORDS or not words - NEAR_ADDED <= n <= words + NEAR_DROPPED:
-            continue
-        sampled = n > SKETCH_WORDS or words > SKETCH_WORDS
-        added, dropped = (query_signature & ~bits).bit_count(), (bits & ~query_signature).bit_count()
-        if sampled or (added <= NEAR_ADDED and dropped <= NEAR_DROPPED):
-            out.append(j)
-    return out
+    word of the one missing from the other, so this never rules a neighbour out;
+    ``related_slots``' second list)."""
+    return related_slots(query_signature, words, recent_signatures, recent_words)[1]
 
 
 def _cut(sets: Sequence[tuple[frozenset[int], int]]) -> int | None:

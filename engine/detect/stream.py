@@ -19,6 +19,7 @@ from ..backend.store import AccountStore
 from ..backend.threads import limit_host_blas
 from ..config import EngineConfig
 from .features import AccountState, QueryFacts, advance
+from .probes import word_hashes
 from .reference import BenignReference
 
 STEP_CHUNK = 1024  # items per array pass; bounds transient memory for huge batches
@@ -32,6 +33,9 @@ class StepResult:
     states: list[AccountState]  # the item's account state (shared by items of one account)
     features: np.ndarray  # (m, N_FEATURES) as of each item
     n: np.ndarray  # (m,) the account's query count right after each item
+    # each prompt's probes.word_hashes (None without a prompt; None for all without texts), for
+    # the campaign layer, which reads the same words
+    sketches: list[tuple[list[int], int] | None] | None = None
 
 
 class FeatureStream:
@@ -124,6 +128,7 @@ class FeatureStream:
                 [s for p in parts for s in p.states],
                 np.concatenate([p.features for p in parts]),
                 np.concatenate([p.n for p in parts]),
+                None if texts is None else [sketch for p in parts for sketch in p.sketches],
             )
 
     def _step(self, accounts, vectors, ts, texts=None) -> StepResult:
@@ -161,10 +166,12 @@ class FeatureStream:
         """Fold each item's facts into its account in order; the batch's feature rows."""
         cfg = self.config
         states = [self._state_of(account) for account in accounts]
+        sketches = None
         if texts is not None:  # in arrival order: an item may continue an earlier item of its batch
+            sketches = [None if text is None else word_hashes(text) for text in texts]
             for i, text in enumerate(texts):
                 if text is not None:
-                    facts[i].continues, facts[i].probe = states[i].note_prompt(text)
+                    facts[i].continues, facts[i].probe = states[i].note_prompt(text, sketches[i])
         # How many later items of the same account follow each item: the store already holds
         # the whole batch, and the window an item sees must end at the item itself.
         later = [0] * len(accounts)
@@ -178,7 +185,7 @@ class FeatureStream:
 
         batch = advance(states, facts, list(ts), cfg.window, cfg.refresh_every, window_of, self.reference)
         features = batch.features(cfg.near_duplicate_similarity, self.off_reference_similarity)
-        return StepResult(states, features, batch.n.copy())
+        return StepResult(states, features, batch.n.copy(), sketches)
 
     def _state_of(self, account: str) -> AccountState:
         state = self.states.get(account)

@@ -31,6 +31,7 @@ from probewatch.detect.probes import (
     TEXT_CHARS,
     is_small_edit,
     near_slots,
+    related_slots,
     signature,
     sketch_set,
     word_hashes,
@@ -286,6 +287,31 @@ def test_near_slots_never_rule_out_a_near_neighbour():
             checked += 1
             assert near_slots(signature(sorted(qa)), na, [signature(sorted(qb))], [nb]) == [0]
     assert checked > 500
+
+
+def test_candidate_slots_never_rule_out_a_small_edit():
+    # small edits of a prompt among 16 recent ones (some longer than a sketch: bottom-k), each
+    # among the slots the account's probe rule reads (related_slots' first list)
+    rng = random.Random(11)
+    vocabulary = sorted({*FILLER, *" ".join(SEEDS).split()}) + [f"w{i}" for i in range(60)]
+    edits = 0
+    for _ in range(400):
+        recent = [rng.sample(vocabulary, rng.choice([0, 3, 6, 10, 14, 40])) for _ in range(16)]
+        base = rng.choice([r for r in recent if len(r) >= MIN_WORDS])
+        query = list(base)
+        if rng.random() < 0.5:
+            query[rng.randrange(len(query))] = rng.choice(vocabulary)  # a word swapped
+        else:
+            query = rng.sample(base, max(MIN_WORDS, len(base) - rng.randint(0, 3)))  # words left out
+        kept, words = word_hashes(" ".join(query))
+        sketches = [word_hashes(" ".join(r)) for r in recent]
+        signatures, counts = [signature(k) for k, _ in sketches], [n for _, n in sketches]
+        edit_slots, _ = related_slots(signature(kept), words, signatures, counts)
+        for j, (other, n) in enumerate(sketches):
+            if is_small_edit(frozenset(kept), words, frozenset(other), n):
+                edits += 1
+                assert j in edit_slots
+    assert edits > 300
 
 
 def test_repeats_and_continuations_are_never_probes():

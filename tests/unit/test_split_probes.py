@@ -316,6 +316,104 @@ def test_the_shortcut_agrees_with_a_brute_force_reach_over_a_stream_of_cut_lists
     assert max(len(lst) for lst in index.postings.values()) >= split_probes.PER_WORD
 
 
+def _batch_events(seed: int) -> list[tuple[str, str]]:
+    """Common words (cut lists), rare seeds whose variants are dealt to different accounts
+    (partners within a batch and across batches), repeats, prompts too short to ask, and long
+    ones compared on their sketches' bottom-k."""
+    rng = random.Random(seed)
+    events = mixed_probe_stream(rng, 1_500)
+    for s in range(30):
+        rare_seed = [f"r{s}x{i}" for i in range(rng.choice([6, 10, 40]))]
+        events += [(f"member-{(s + i) % 7}", t) for i, t in enumerate(counterfactual_variants(rng, rare_seed, 8))]
+    events += [(f"short-{i % 3}", "two words") for i in range(20)]
+    random.Random(seed + 1).shuffle(events)
+    return events
+
+
+@pytest.mark.parametrize(("memory", "seed"), [(2_000, 3), (2_000, 4), (150, 5)])
+def test_a_batch_gets_the_answers_of_its_prompts_one_at_a_time(memory, seed):
+    # batches of 1 to 1,100 prompts (more than a memory of 150: the batch evicts its own first
+    # prompts; more than one screened chunk), an account forgotten between two of them, repeats
+    # inside a batch
+    events = _batch_events(seed)
+    rng = random.Random(seed)
+    one_at_a_time, batched = SplitProbes(memory), SplitProbes(memory)
+    expected, got, start, batches = [], [], 0, 0
+    while start < len(events):
+        size = rng.choice([1, 2, 7, 64, 256, 600, 1_100])
+        chunk = events[start : start + size]
+        expected += [one_at_a_time.observe(a, t) for a, t in chunk]
+        sketches = [probes.word_hashes(t) for _, t in chunk] if batches % 2 else None  # given or not
+        got += batched.observe_batch([a for a, _ in chunk], [t for _, t in chunk], sketches)
+        start, batches = start + size, batches + 1
+        if batches == 5:
+            one_at_a_time.forget("member-2")
+            batched.forget("member-2")
+    assert got == expected
+    assert sum(map(bool, expected)) >= 5  # partners were reported (9 with the small memory)
+    assert batched.serial == one_at_a_time.serial
+    np.testing.assert_array_equal(batched.sketches, one_at_a_time.sketches)
+    np.testing.assert_array_equal(batched.signatures, one_at_a_time.signatures)
+    assert list(batched.senders.items()) == list(one_at_a_time.senders.items())
+    assert {h: list(v) for h, v in batched.postings.items()} == {h: list(v) for h, v in one_at_a_time.postings.items()}
+
+
+@pytest.mark.parametrize(("memory", "batch"), [(3_000, 128), (150, 600)])
+def test_the_batch_screen_never_skips_a_search_that_could_reach_a_near_prompt(monkeypatch, memory, batch):
+    # every prompt a brute-force reach finds near must be searched: the screen may only skip
+    # prompts with nothing near within reach, and it must skip nearly all of those (with a
+    # memory of 150 a batch of 600 evicts prompts, and texts from the senders table, as it goes)
+    events = _batch_events(6)
+    index = SplitProbes(memory)
+    searched: list[tuple[str, int]] = []
+    original = SplitProbes._partners
+
+    def recording(self, account, hashes, words, digest):
+        searched.append((account, self.serial))  # the serial the prompt is about to get
+        return original(self, account, hashes, words, digest)
+
+    monkeypatch.setattr(index, "_partners", recording.__get__(index))
+    reachable = unreachable = 0
+    for start in range(0, len(events), batch):
+        chunk = events[start : start + batch]
+        # what each prompt could reach at its turn: replayed one at a time on a copy
+        shadow = SplitProbes(memory)
+        shadow.load_state(index.state_dict())
+        must_search = set()
+        for account, text in chunk:
+            _, words = probes.word_hashes(text)
+            digest = text_digest(text, shadow.salt)
+            if words >= probes.MIN_WORDS and not shadow._sent_by_another(account, digest):
+                if _reachable_near(shadow, account, text):
+                    must_search.add((account, shadow.serial))
+                else:
+                    unreachable += 1
+            shadow.observe(account, text)
+        before = len(searched)
+        index.observe_batch([a for a, _ in chunk], [t for _, t in chunk])
+        assert must_search <= set(searched[before:])
+        reachable += len(must_search)
+    searched_without_need = len(searched) - reachable
+    assert reachable >= 100 and unreachable >= 300, (reachable, unreachable)
+    assert searched_without_need <= 0.05 * unreachable, (searched_without_need, unreachable)
+
+
+@pytest.mark.parametrize("serial", [0, 7, 99, 100, 101, 250, 1_000_003])
+def test_rows_by_subtraction_are_serials_modulo_memory(serial):
+    index = SplitProbes(100)
+    index.serial = serial  # only the position matters here
+    live = np.arange(index.first, serial, dtype=np.int64)
+    np.testing.assert_array_equal(index._rows_of(live), live % 100)
+    older = np.arange(max(0, index.first - 300), index.first, dtype=np.int64)
+    rows = index._rows_of(older)
+    assert rows.size == 0 or (rows.min() >= 0 and rows.max() < 100)  # any row, never out of range
+
+
+def test_a_batch_needs_one_account_per_prompt():
+    with pytest.raises(ValueError, match="one account"):
+        SplitProbes(10).observe_batch(["a"], ["one prompt", "two prompts"])
+
+
 def test_popcount_counts_set_bits_with_and_without_bitwise_count(monkeypatch):
     values = np.array([0, 1, 3, 2**62, 2**63 - 1, 0x5555_5555_5555_5555], dtype=np.int64)
     expected = [bin(int(v)).count("1") for v in values]

@@ -362,8 +362,21 @@ def test_a_batch_gets_the_answers_of_its_prompts_one_at_a_time(memory, seed):
 def test_the_batch_screen_never_skips_a_search_that_could_reach_a_near_prompt(monkeypatch, memory, batch):
     # every prompt a brute-force reach finds near must be searched: the screen may only skip
     # prompts with nothing near within reach, and it must skip nearly all of those (with a
-    # memory of 150 a batch of 600 evicts prompts, and texts from the senders table, as it goes)
-    events = _batch_events(6)
+    # memory of 150 a batch of 600 evicts prompts, and texts from the senders table, as it goes).
+    # Among those: variants of an account's own seed (its own prompts are no neighbours) and
+    # variants of seeds whose only other variants came from accounts forgotten since.
+    rng = random.Random(7)
+    base = _batch_events(6)
+    half = len(base) // 2
+    own, gone, late = [], [], []
+    for s in range(30):
+        own += [(f"self-{s}", t) for t in counterfactual_variants(rng, [f"o{s}x{i}" for i in range(9)], 8)]
+        variants = counterfactual_variants(rng, [f"g{s}x{i}" for i in range(9)], 9)
+        gone += [(f"gone-{s % 5}", t) for t in variants[:6]]
+        late += [(f"late-{s}", t) for t in variants[6:]]
+    first_part, second_part = base[:half] + gone, base[half:] + own + late
+    random.Random(8).shuffle(first_part)
+    random.Random(9).shuffle(second_part)
     index = SplitProbes(memory)
     searched: list[tuple[str, int]] = []
     original = SplitProbes._partners
@@ -374,8 +387,13 @@ def test_the_batch_screen_never_skips_a_search_that_could_reach_a_near_prompt(mo
 
     monkeypatch.setattr(index, "_partners", recording.__get__(index))
     reachable = unreachable = 0
-    for start in range(0, len(events), batch):
-        chunk = events[start : start + batch]
+    batches = [first_part[i : i + batch] for i in range(0, len(first_part), batch)]
+    forget_before = len(batches)
+    batches += [second_part[i : i + batch] for i in range(0, len(second_part), batch)]
+    for number, chunk in enumerate(batches):
+        if number == forget_before:
+            for k in range(5):
+                index.forget(f"gone-{k}")
         # what each prompt could reach at its turn: replayed one at a time on a copy
         shadow = SplitProbes(memory)
         shadow.load_state(index.state_dict())

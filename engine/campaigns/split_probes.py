@@ -394,7 +394,8 @@ class SplitProbes:
 
     def _sent_by_another(self, account: str, digest: int) -> bool:
         """Whether another account sent this very text: then it is centred, whatever its neighbours."""
-        return any(sender != account for sender in self.senders.get(digest, ()))
+        senders = self.senders.get(digest)  # distinct accounts, one or two
+        return senders is not None and (len(senders) > 1 or senders[0] != account)
 
     def _partners(self, account: str, hashes: frozenset[int], words: int, digest: int) -> tuple[tuple[str, int], ...]:
         """The search and the probe rules, for a prompt no other account sent that may have a near

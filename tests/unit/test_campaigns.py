@@ -665,6 +665,25 @@ def test_batch_boundaries_do_not_change_campaign_verdicts(calibration_path, topi
     ]
 
 
+def test_batch_boundaries_do_not_change_probe_links(calibration_path, topics, monkeypatch):
+    """Probes split across accounts, fed whole (in step chunks of 64, so the word sketches the
+    account step hands the campaign layer are joined across chunks), in batches of 7 and one at
+    a time: the same verdicts, campaigns and probe links."""
+    from probewatch.detect import stream
+
+    (accounts, vectors, prompts, metas), _ = split_probe_traffic(topics, np.random.default_rng(3))
+    loose = {"campaign_fpr_share": 1.0, "target_fpr": 0.01, "watch_fpr": 0.1}
+    monkeypatch.setattr(stream, "STEP_CHUNK", 64)
+    runs = []
+    for batch in (len(accounts), 7, 1):
+        engine = make_engine(calibration_path, **loose)
+        verdicts = feed(engine, accounts, vectors, prompts, metas, batch=batch)
+        links = {a: list(x.probe_links) for a, x in engine.pipeline.campaigns.accounts.items()}
+        runs.append(([(v.account, v.level, v.campaign and (v.campaign.id, v.campaign.level)) for v in verdicts], links))
+    assert len(accounts) > 64 and sum(map(len, runs[0][1].values())) >= 10  # links were made
+    assert runs[0] == runs[1] == runs[2]
+
+
 def test_save_at_t_reload_and_continue_equals_uninterrupted(calibration_path, topics, tmp_path):
     accounts, vectors, prompts, metas = hydra_traffic(topics, seed=4, members=24, crowd=12)
     # save on a batch boundary of the uninterrupted run: float32 matrix products round by batch

@@ -151,12 +151,18 @@ def related_slots(
     edits, near = [], []
     exact = words <= SKETCH_WORDS
     for j, (n, bits) in enumerate(zip(recent_words, recent_signatures, strict=True)):
-        if words <= n <= 2 * words and (n > SKETCH_WORDS or (query_signature & ~bits).bit_count() <= 1):
-            edits.append(j)
-        if n < MIN_WORDS or not words - NEAR_ADDED <= n <= words + NEAR_DROPPED:
+        edit_size = words <= n <= 2 * words
+        near_size = n >= MIN_WORDS and words - NEAR_ADDED <= n <= words + NEAR_DROPPED
+        if not (edit_size or near_size):
             continue
-        added, dropped = (query_signature & ~bits).bit_count(), (bits & ~query_signature).bit_count()
-        if not exact or n > SKETCH_WORDS or (added <= NEAR_ADDED and dropped <= NEAR_DROPPED):
+        added = (query_signature & ~bits).bit_count()  # bits of the prompt's words the other lacks
+        if edit_size and (n > SKETCH_WORDS or added <= 1):
+            edits.append(j)
+        if near_size and (
+            not exact
+            or n > SKETCH_WORDS
+            or (added <= NEAR_ADDED and (bits & ~query_signature).bit_count() <= NEAR_DROPPED)
+        ):
             near.append(j)
     return edits, near
 

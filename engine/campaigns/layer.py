@@ -240,9 +240,10 @@ class CampaignLayer:
     ) -> list[tuple[CampaignSummary | None, dict[str, Level]]]:
         """Fold a batch in, in order; ``evidence`` is each item's signed per-query score from
         the account detector; ``sketches``, where the caller has them, each prompt's
-        ``probes.word_hashes`` (None where it has no prompt). Per item, right after it: its account's campaign, and the
-        accounts whose campaign level it raised, with the level (the pipeline raises their
-        sticky levels), so a batch reads exactly like its items one at a time."""
+        ``probes.word_hashes`` (None where it has no prompt). Per item, right after it: its
+        account's campaign, and the accounts whose campaign level it raised, with the level
+        (the pipeline raises their sticky levels), so a batch reads exactly like its items one
+        at a time."""
         elicit = self.elicitation.probability(vectors) if self.elicitation is not None else None
         # probes split across accounts: the index's state depends only on its own prompts, in
         # order, and nothing is forgotten during a batch, so the batch goes through it first

@@ -140,13 +140,7 @@ class SplitProbes:
         kept, words = probes.word_hashes(text) if sketch is None else sketch
         digest = text_digest(text, self.salt)
         bits = probes.signature(kept)
-        partners: tuple[tuple[str, int], ...] = ()
-        if words >= probes.MIN_WORDS:
-            hashes = frozenset(kept)
-            if not self._sent_by_another(account, digest) and not self._no_near_neighbour(
-                account, hashes, digest, bits
-            ):
-                partners = self._partners(account, hashes, words, digest)
+        partners = self._screened_alone(account, kept, words, digest, bits) if words >= probes.MIN_WORDS else ()
         self._remember(account, kept, words, digest, bits)
         return partners
 
@@ -194,19 +188,24 @@ class SplitProbes:
             zip(accounts, sketches, digests, signatures, strict=True)
         ):
             partners: tuple[tuple[str, int], ...] = ()
+            latest_near = maybe_near[i]  # None: nothing near, too short to ask, or checked alone
             if i in checked_alone:
-                hashes = frozenset(kept)
-                if not self._sent_by_another(account, digest) and not self._no_near_neighbour(
-                    account, hashes, digest, bits
-                ):
-                    partners = self._partners(account, hashes, words, digest)
-            else:
-                latest_near = maybe_near[i]  # None: nothing near, or too short to ask
-                if latest_near is not None and latest_near >= self.first and not self._sent_by_another(account, digest):
-                    partners = self._partners(account, frozenset(kept), words, digest)
+                partners = self._screened_alone(account, kept, words, digest, bits)
+            elif latest_near is not None and latest_near >= self.first and not self._sent_by_another(account, digest):
+                partners = self._partners(account, frozenset(kept), words, digest)
             self._remember(account, kept, words, digest, bits)
             out.append(partners)
         return out
+
+    def _screened_alone(
+        self, account: str, kept: list[int], words: int, digest: int, bits: int
+    ) -> tuple[tuple[str, int], ...]:
+        """A prompt long enough to ask, judged on its own: centred if another account sent its
+        text, skipped if nothing near is within reach, else searched."""
+        hashes = frozenset(kept)
+        if self._sent_by_another(account, digest) or self._no_near_neighbour(account, hashes, digest, bits):
+            return ()
+        return self._partners(account, hashes, words, digest)
 
     def neighbourhood(self, account: str, hashes: frozenset[int], digest: int) -> list[int]:
         """Serials of the query's neighbourhood (module docstring), most shared words first."""
@@ -334,9 +333,9 @@ class SplitProbes:
         counts = np.fromiter(map(len, found), dtype=np.int64, count=len(found)) // 8
         if counts.sum():
             serials = np.frombuffer(b"".join(found), dtype=np.int64)
-            # each asker's values repeated over its serials (cheaper than gathering them)
             rows = self._rows_of(serials)
             row_sizes = np.minimum(self.words[rows], SKETCH_WORDS)
+            # each asker's size and signature repeated over its serials (cheaper than gathering them)
             keep = np.abs(row_sizes - np.repeat(sizes[askers], counts)) <= probes.NEAR_ADDED
             keep &= self._signatures_allow(self.signatures[rows], np.repeat(bits[askers], counts))
             keep &= serials >= self.first

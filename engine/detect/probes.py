@@ -133,19 +133,13 @@ def sketch_set(sketch: np.ndarray, words: int) -> frozenset[int]:
     return frozenset(sketch[: min(words, SKETCH_WORDS)].tolist())
 
 
-def candidate_slots(
-    query_signature: int, words: int, recent_signatures: Sequence[int], recent_words: Sequence[int]
-) -> list[int]:
-    """The recent prompts (slots) a prompt can be a small edit of, by distinct word counts (as
-    many, up to twice as many) and, where both compare exactly, by signature: at most one of
-    its bits missing from theirs (``related_slots``' first list)."""
-    return related_slots(query_signature, words, recent_signatures, recent_words)[0]
-
-
 def related_slots(
     query_signature: int, words: int, recent_signatures: Sequence[int], recent_words: Sequence[int]
 ) -> tuple[list[int], list[int]]:
-    """(``candidate_slots``, ``near_slots``) in one pass over the recent prompts."""
+    """(edits, near): the recent prompts (slots) a prompt can be a small edit of, and those that
+    can be its near neighbours (``near_slots``), in one pass. Edits: by distinct word counts
+    (as many, up to twice as many) and, where both compare exactly, by signature: at most one
+    of its bits missing from theirs."""
     if words < MIN_WORDS:
         return [], []
     edits, near = [], []
@@ -170,7 +164,7 @@ def related_slots(
 def is_neighbourhood_probe(query: frozenset[int], words: int, candidates: Sequence[tuple[frozenset[int], int]]) -> bool:
     """Whether a prompt (its sketch's hashes and distinct word count) is a small edit of at
     least MIN_RELATED distinct ``candidates`` among the recent prompts ((hashes, distinct words)
-    each; see ``candidate_slots``) and lacks a word that at least MIN_SHARED_MISSING of them have."""
+    each; see ``related_slots``) and lacks a word that at least MIN_SHARED_MISSING of them have."""
     if words < MIN_WORDS or len(candidates) < MIN_RELATED:
         return False
     related: set[frozenset[int]] = set()  # a prompt sent twice is one neighbour

@@ -289,7 +289,7 @@ def test_near_slots_never_rule_out_a_near_neighbour():
     assert checked > 500
 
 
-def test_candidate_slots_never_rule_out_a_small_edit():
+def test_the_edit_slots_never_rule_out_a_small_edit():
     # small edits of a prompt among 16 recent ones (some longer than a sketch: bottom-k), each
     # among the slots the account's probe rule reads (related_slots' first list)
     rng = random.Random(11)

@@ -108,9 +108,9 @@ class EvidenceTap:
             raise WorkerError("summaries_topic needs the engine's campaign layer (engine setting campaigns: true)")
         original = type(layer).observe
 
-        def observe(accounts, vectors, texts, metas, ts, evidence):
+        def observe(accounts, vectors, texts, metas, ts, evidence, *rest):
             self.values.extend(np.asarray(evidence, dtype=np.float64).tolist())
-            return original(layer, accounts, vectors, texts, metas, ts, evidence)
+            return original(layer, accounts, vectors, texts, metas, ts, evidence, *rest)
 
         layer.observe = observe  # an instance attribute: shadows the method for this call only
 

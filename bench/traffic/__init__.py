@@ -39,6 +39,7 @@ from .populations import POPULATIONS, Population, Populations, build_populations
 from .seventh_attacks import SEVENTH_STRATEGIES
 from .sixth_attacks import SIXTH_STRATEGIES
 from .sources import MissingDataPackageError
+from .tenth_attacks import TENTH_STRATEGIES
 from .third_attacks import THIRD_STRATEGIES
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "SIXTH_STRATEGIES",
     "SIZES",
     "STRATEGIES",
+    "TENTH_STRATEGIES",
     "THIRD_STRATEGIES",
     "AccountStream",
     "HydraSizeSpec",

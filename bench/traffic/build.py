@@ -17,6 +17,7 @@ from . import (
     ninth_attacks,
     seventh_attacks,
     sixth_attacks,
+    tenth_attacks,
     third_attacks,
 )
 from .edits import human_edit
@@ -276,6 +277,7 @@ LATER_WORDINGS: tuple[tuple[str, ...], ...] = (
     seventh_attacks.SEVENTH_STRATEGIES,
     eighth_attacks.EIGHTH_STRATEGIES,
     ninth_attacks.NINTH_STRATEGIES,
+    tenth_attacks.TENTH_STRATEGIES,
 )
 
 
@@ -369,8 +371,8 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
             streams.append(_attack_stream(account, f"attack:{scenario}", picked, script_times(rng, len(picked))))
         scenarios[scenario] = streams
 
-    # perturbation chains in a third to ninth wording, each written before the misses of the one
-    # before were looked at (third_attacks.py ... ninth_attacks.py): the evidence for what was
+    # perturbation chains in a third to tenth wording, each written before the misses of the one
+    # before were looked at (third_attacks.py ... tenth_attacks.py): the evidence for what was
     # changed after looking
     later: dict[str, list[AccountStream]] = {}
     for name, build_chains, next_queries, strategies in (
@@ -386,6 +388,7 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
         ),
         ("eighth", eighth_attacks.build_eighth_chains, eighth_attacks.eighth_queries, eighth_attacks.EIGHTH_STRATEGIES),
         ("ninth", ninth_attacks.build_ninth_chains, ninth_attacks.ninth_queries, ninth_attacks.NINTH_STRATEGIES),
+        ("tenth", tenth_attacks.build_tenth_chains, tenth_attacks.tenth_queries, tenth_attacks.TENTH_STRATEGIES),
     ):
         chains = build_chains(_rng(size, seed, f"{name}-attack-pools"), spec.attack_pool)
         rng = _rng(size, seed, f"{name}-attacks")
@@ -431,7 +434,7 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
 
     names = attacks.STRATEGIES + tuple(MIXED_SHARES) + tuple(spec.splits) + heldout_attacks.HELDOUT_STRATEGIES
     ordered = {name: scenarios[name] for name in names}
-    # the long accounts after those, and the third to ninth wordings after them, so every
+    # the long accounts after those, and the third to tenth wordings after them, so every
     # stream built before them keeps its re-edits (and texts)
     keep_disjoint(
         _rng(size, seed, "disjoint"),

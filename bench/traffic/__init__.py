@@ -18,6 +18,7 @@ See README.md in this folder for the sources, account classes, strategies and si
 from .attacks import STRATEGIES
 from .build import HARD_BENIGN, HELDOUT_MIXED_SHARES, LATER_WORDINGS, LONG_BENIGN, MIXED_SHARES, SIZES, build_traffic
 from .eighth_attacks import EIGHTH_STRATEGIES
+from .eleventh_attacks import ELEVENTH_STRATEGIES
 from .fifth_attacks import FIFTH_STRATEGIES
 from .fourth_attacks import FOURTH_STRATEGIES
 from .heldout_attacks import HELDOUT_STRATEGIES
@@ -45,6 +46,7 @@ from .third_attacks import THIRD_STRATEGIES
 __all__ = [
     "CROWD_TEMPLATES",
     "EIGHTH_STRATEGIES",
+    "ELEVENTH_STRATEGIES",
     "FIFTH_STRATEGIES",
     "FOURTH_STRATEGIES",
     "HARD_BENIGN",

@@ -11,6 +11,7 @@ from . import (
     attacks,
     benign,
     eighth_attacks,
+    eleventh_attacks,
     fifth_attacks,
     fourth_attacks,
     heldout_attacks,
@@ -278,6 +279,7 @@ LATER_WORDINGS: tuple[tuple[str, ...], ...] = (
     eighth_attacks.EIGHTH_STRATEGIES,
     ninth_attacks.NINTH_STRATEGIES,
     tenth_attacks.TENTH_STRATEGIES,
+    eleventh_attacks.ELEVENTH_STRATEGIES,
 )
 
 
@@ -371,8 +373,8 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
             streams.append(_attack_stream(account, f"attack:{scenario}", picked, script_times(rng, len(picked))))
         scenarios[scenario] = streams
 
-    # perturbation chains in a third to tenth wording, each written before the misses of the one
-    # before were looked at (third_attacks.py ... tenth_attacks.py): the evidence for what was
+    # perturbation chains in a third to eleventh wording, each written before the misses of the one
+    # before were looked at (third_attacks.py ... eleventh_attacks.py): the evidence for what was
     # changed after looking
     later: dict[str, list[AccountStream]] = {}
     for name, build_chains, next_queries, strategies in (
@@ -389,6 +391,12 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
         ("eighth", eighth_attacks.build_eighth_chains, eighth_attacks.eighth_queries, eighth_attacks.EIGHTH_STRATEGIES),
         ("ninth", ninth_attacks.build_ninth_chains, ninth_attacks.ninth_queries, ninth_attacks.NINTH_STRATEGIES),
         ("tenth", tenth_attacks.build_tenth_chains, tenth_attacks.tenth_queries, tenth_attacks.TENTH_STRATEGIES),
+        (
+            "eleventh",
+            eleventh_attacks.build_eleventh_payloads,
+            eleventh_attacks.eleventh_queries,
+            eleventh_attacks.ELEVENTH_STRATEGIES,
+        ),
     ):
         chains = build_chains(_rng(size, seed, f"{name}-attack-pools"), spec.attack_pool)
         rng = _rng(size, seed, f"{name}-attacks")
@@ -434,7 +442,7 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
 
     names = attacks.STRATEGIES + tuple(MIXED_SHARES) + tuple(spec.splits) + heldout_attacks.HELDOUT_STRATEGIES
     ordered = {name: scenarios[name] for name in names}
-    # the long accounts after those, and the third to tenth wordings after them, so every
+    # the long accounts after those, and the third to eleventh wordings after them, so every
     # stream built before them keeps its re-edits (and texts)
     keep_disjoint(
         _rng(size, seed, "disjoint"),

@@ -270,8 +270,20 @@ words), and the eighth was its blind check; both are spent. `ninth_perturbation_
 (`bench/traffic/ninth_attacks.py`: character-level probes around a seed in the manner of
 DeepWordBug and TextBugger) was committed before any detector ran on it and before the
 eighth's result was looked at, but after that rule was designed, by its designer: its 0.13.1
-number is not a blind check of the rule; nobody has looked at its misses, and it is the blind
-check of the next change. `heldout_mixed_5pct` (blended accounts a second time: the held-out
+number is not a blind check of the rule; nobody had looked at its misses when 0.15.0 was
+measured on it. In 0.15.0 the fifth's chains (spent) designed the rule that a prompt which
+extends an already extended prompt, or appends what the account appended lately, is an edit,
+not a conversation turn; `tenth_perturbation_chain` (`bench/traffic/tenth_attacks.py`:
+IFEval-style output constraints stacked onto a task one at a time, changed or taken back) was
+written by the rule's designer after the fifth's structure was looked at, and committed before
+any detector ran on it. It read 0 % before the change; its number was then seen while choosing
+between three versions of the rule (the branch alone; repeated additions remembered 16 deep;
+64 deep with digits aside), so it is spent, and the ninth's unchanged row is the change's
+other check (its probes append nothing). `eleventh_perturbation_chain`
+(`bench/traffic/eleventh_attacks.py`: persona grids, a fixed set of payloads sent again under
+one persona or audience line after another) was committed after 0.15.0 was measured and before
+any detector ran on it: nobody has looked at its misses, and it is the blind check of the next
+change. `heldout_mixed_5pct` (blended accounts a second time: the held-out
 wordings in bursts of 2-12 with the account's own queries sometimes between them, on shorter
 benign bases) was committed before any detector ran on it, as the blind check of evidence
 from short stretches of a long history; the `mixed_*` rows are the ones such evidence may be

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -146,6 +147,13 @@ WALK_DEEP_CLOSE_PER_LINK = 2
 # Judged on the text, so only where the caller passes prompts (observe_batch does).
 CONTINUATION_MEMORY = 16
 CONTINUATION_MIN_ADDED = 8
+# A conversation grows one way: each turn extends the prompt before it, once, with text nobody
+# appended before. A prompt that extends a prompt already extended (a branch: a constraint
+# changed or taken back and another added) or that appends the same text as one of the
+# account's last APPENDED_MEMORY additions did (digits aside: one distractor or one constraint
+# stacked onto seed after seed, a parameter swept) is an edit, not a turn, and is judged as
+# one. Robustness and instruction-following probes build their chains by appending.
+APPENDED_MEMORY = 64
 # Prompts are compared by a checksum of their first characters before the whole prefix is hashed.
 CONTINUATION_HEAD_CHARS = 64
 # A query's continuation mark (QueryFacts.continues, AccountState.ring_continues). A deep-path
@@ -191,6 +199,7 @@ class AccountState:
         "_trace_len",
         "_trace_n",
         "_trace_risk",
+        "appended",
         "cell_counts",
         "first_ts",
         "flagged_at",
@@ -202,6 +211,7 @@ class AccountState:
         "peak_risk",
         "peak_score",
         "probes",
+        "prompt_continued",
         "prompt_digests",
         "prompt_heads",
         "prompt_lengths",
@@ -253,6 +263,10 @@ class AccountState:
         self.prompt_lengths = np.zeros(CONTINUATION_MEMORY, dtype=np.int64)
         self.prompt_heads = np.zeros(CONTINUATION_MEMORY, dtype=np.int64)
         self.prompt_digests = np.zeros((CONTINUATION_MEMORY, 16), dtype=np.uint8)
+        # whether each of those prompts was already continued once, and [additions noted, then
+        # the checksums of the last APPENDED_MEMORY texts continuations appended, a ring (0: empty)]
+        self.prompt_continued = np.zeros(CONTINUATION_MEMORY, dtype=np.bool_)
+        self.appended = np.zeros(APPENDED_MEMORY + 1, dtype=np.uint32)
         # the same prompts' word sketches and distinct word counts (0: no prompt), and
         # [prompts remembered, neighbourhood probes found] (see probewatch.detect.probes). The
         # prompt count, not n, picks the slot: a batch notes all its prompts before any of its
@@ -264,8 +278,9 @@ class AccountState:
 
     def note_prompt(self, text: str, sketch: tuple[list[int], int] | None = None) -> tuple[int, bool]:
         """(mark, probe): the mark is CONTINUES if ``text`` continues one of the account's recent
-        prompts (it starts with the whole of one and adds at least CONTINUATION_MIN_ADDED
-        characters), else FRESH; probe is whether a fresh prompt is a neighbourhood probe
+        prompts as a conversation does (it starts with the whole of one and adds at least
+        CONTINUATION_MIN_ADDED characters; that prompt was not continued before and the text
+        added is none the account added lately: see APPENDED_MEMORY), else FRESH; probe is whether a fresh prompt is a neighbourhood probe
         (``is_neighbourhood_probe`` or ``is_seed_probe``). Then remember it. Call once per query
         that has a prompt, before :meth:`update` counts it; both go into its QueryFacts (a batch
         notes all its prompts before its first update, so nothing here may count what update
@@ -289,7 +304,8 @@ class AccountState:
                 if stored_heads is None:
                     stored_heads = self.prompt_heads.tolist()
                 if head == stored_heads[j] and _digest(text[:length]) == self.prompt_digests[j].tobytes():
-                    continues = CONTINUES
+                    if self._first_addition(j, text[length:]):
+                        continues = CONTINUES
                     break
         kept, words = word_hashes(text) if sketch is None else sketch
         bits = signature(kept)
@@ -308,9 +324,23 @@ class AccountState:
         self.prompt_words[slot] = words
         self.prompt_signatures[slot] = bits
         self.prompt_lengths[slot] = len(text)
+        self.prompt_continued[slot] = False
         self.prompt_heads[slot] = _checksum(text[:CONTINUATION_HEAD_CHARS])
         self.prompt_digests[slot] = np.frombuffer(_digest(text), dtype=np.uint8)
         return continues, probe
+
+    def _first_addition(self, slot: int, added: str) -> bool:
+        """Whether the prompt in ``slot``, extended by ``added``, grows as a conversation does:
+        never extended before, and ``added`` (case, spacing and digits aside) none of the
+        account's last APPENDED_MEMORY additions. Notes both."""
+        key = _checksum(" ".join(_DIGIT_RUNS.sub("0", added.lower()).split())) or 1  # 0 marks an empty entry
+        noted = int(self.appended[0])  # wraps at 2**32, a multiple of APPENDED_MEMORY
+        repeated = key in self.appended[1:].tolist()
+        self.appended[1 + noted % APPENDED_MEMORY] = key
+        self.appended[0] = (noted + 1) & 0xFFFFFFFF
+        branch = bool(self.prompt_continued[slot])
+        self.prompt_continued[slot] = True
+        return not (branch or repeated)
 
     def _stored_sketches(self, slots: list[int], words: list[int]) -> list[tuple[frozenset[int], int]]:
         """(hashes, distinct words) of the prompts remembered in ``slots``."""
@@ -432,10 +462,12 @@ class AccountState:
         "prompt_words",
         "prompt_signatures",
         "probes",
+        "prompt_continued",
+        "appended",
     )
     # absent from older snapshots, so they start at their defaults: steps judged from the next
     # refresh on (0.12.0); no recent prompt to continue (0.12.5); no recent prompt to be a probe
-    # around, none counted (0.13.0). Every array from "walk" on in ARRAYS; newer ones go at its end.
+    # around, none counted (0.13.0); no prompt continued, no addition remembered (0.15.0). Every array from "walk" on in ARRAYS; newer ones go at its end.
     SINCE_0_12 = ARRAYS[ARRAYS.index("walk") :]
 
 
@@ -771,6 +803,9 @@ def _row_shares_below(hist: np.ndarray, thresholds: tuple[float, ...]) -> list[f
         frac = min(max((threshold - lo) / _HIST_WIDTH, 0.0), 1.0)
         out.append((sum(counts[:i]) + frac * counts[i]) / total if total > 0 else math.nan)
     return out
+
+
+_DIGIT_RUNS = re.compile(r"[0-9]+")
 
 
 def _checksum(text: str) -> int:

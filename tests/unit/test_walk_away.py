@@ -247,6 +247,54 @@ def test_a_continuation_is_remembered_for_the_last_prompts_only():
     assert state.note_prompt(opener + " Yet another turn, much later.")[0] == FRESH  # the opener is forgotten
 
 
+def _sender(state: AccountState):
+    def send(text: str) -> int:
+        mark, _ = state.note_prompt(text)
+        state.update(QueryFacts(0.5, 0.5, 0.5, 0.5, 0, mark), None)
+        return mark
+
+    return send
+
+
+def test_a_prompt_extended_a_second_time_is_a_branch_not_a_turn():
+    """A conversation extends each prompt once; a second extension of the same prompt (a
+    constraint changed or taken back and another added) is an edit, judged as one."""
+    send = _sender(AccountState(32, 4))
+    task = "Summarise the history of the printing press for a school project."
+    first = task + " Use exactly 3 bullet points."
+    assert send(first) == FRESH
+    assert send(first + " Your whole answer must be in French.") == CONTINUES
+    assert send(first + " Wrap your entire answer in double quotation marks.") == FRESH  # first extended again
+    grown = first + " Wrap your entire answer in double quotation marks. End with a question for the reader."
+    assert send(grown) == CONTINUES  # the branch's own prompt is extended for the first time
+
+
+def test_an_addition_the_account_appended_before_is_an_edit_not_a_turn():
+    """The same text appended to another prompt (case, spacing and digits aside) is a probe's
+    distractor or constraint, not a new turn; additions are remembered for APPENDED_MEMORY."""
+    from probewatch.detect.features import APPENDED_MEMORY
+
+    send = _sender(AccountState(64, 4))
+    seeds = [f"Tell me something surprising about {topic}." for topic in ("owls", "tides", "glass", "maps")]
+    assert [send(seed) for seed in seeds] == [FRESH] * 4
+    assert send(seeds[0] + " Answer in at most 30 words.") == CONTINUES
+    assert send(seeds[1] + "  answer in AT MOST 50 words. ") == FRESH  # the same constraint, swept
+    assert send(seeds[2] + " And the sky is blue.") == CONTINUES
+    assert send(seeds[3] + " and the sky is blue.") == FRESH
+    # forgotten once APPENDED_MEMORY other additions came after it
+    send_more = _sender(AccountState(256, 4))
+    opener = "Tell me something surprising about owls."
+    send_more(opener)
+    assert send_more(opener + " Remember to be concise.") == CONTINUES
+    for i in range(APPENDED_MEMORY):
+        base = f"question {i} about a subject of its own"
+        send_more(base)
+        assert send_more(base + f" and a turn of its own, {'x' * (i + 1)}") == CONTINUES
+    other = "Tell me something surprising about tides."
+    send_more(other)
+    assert send_more(other + " Remember to be concise.") == CONTINUES
+
+
 def test_each_query_is_judged_once_on_the_refresh_schedule():
     """Folding a stream in, every query after the first is judged by exactly one refresh, and
     the count equals judging each refresh's new rows against that refresh's window."""
@@ -377,3 +425,28 @@ def test_the_engine_marks_continuations_from_prompts_and_snapshots_keep_what_the
     restored.observe_embeddings(["traveller"], vectors[len(turns) + 1 :])
     marks = restored.pipeline.states["traveller"].ring_continues[: len(turns) + 2].tolist()
     assert marks[len(turns) :] == [CONTINUES, UNKNOWN_TEXT]
+
+
+def test_snapshots_keep_which_prompts_were_extended_and_what_was_appended(tmp_path):
+    """Saved at t and restored, an engine marks a branch and a repeated addition as it would
+    have without the snapshot."""
+    import probewatch as pw
+
+    first = "Explain how vaccines train the immune system."
+    other = "Explain how bridges carry their load."
+    prompts = [first, first + " Use exactly 3 bullet points.", other]
+    later = [first + " Answer in all lowercase letters.", other + " Use exactly 4 bullet points."]
+    vectors = unit(np.random.default_rng(5).normal(size=(len(prompts) + len(later), 384))).astype(np.float32)
+
+    def marks_of(engine) -> list[int]:
+        engine.observe_embeddings(["prober"] * len(later), vectors[len(prompts) :], prompts=later)
+        state = engine.pipeline.states["prober"]
+        return state.ring_continues[len(prompts) : len(prompts) + len(later)].tolist()
+
+    straight = pw.Engine(device="cpu", campaigns=False)
+    saved = pw.Engine(device="cpu", campaigns=False)
+    for engine in (straight, saved):
+        engine.observe_embeddings(["prober"] * len(prompts), vectors[: len(prompts)], prompts=prompts)
+    path = tmp_path / "snapshot.npz"
+    saved.save(path)
+    assert marks_of(straight) == marks_of(pw.Engine.load(path)) == [FRESH, FRESH]

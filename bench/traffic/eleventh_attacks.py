@@ -49,10 +49,10 @@ _AUDIENCES = (
 
 
 def _payloads() -> list[Query]:
-    test = lambda loader: sources.split_units(loader())["test"]  # noqa: E731 - attacks live in the test half
-    writing = [(" ".join(u.texts[0].split()), u.key) for u in test(sources.writingbench)]
-    chat = [(" ".join(u.texts[0].split()), u.key) for u in test(sources.sharegpt)]
-    return [(text, key) for text, key in writing + chat if 6 <= len(text.split()) <= 40]
+    # attacks live in the test half
+    return sources.openings_of_test_half(sources.writingbench(), 6, 40) + sources.openings_of_test_half(
+        sources.sharegpt(), 6, 40
+    )
 
 
 def persona_grid(rng: random.Random, payloads: list[Query], n: int) -> list[Query]:

@@ -112,6 +112,13 @@ def split_units(units: list[Unit]) -> dict[str, list[Unit]]:
     return halves
 
 
+def openings_of_test_half(units: list[Unit], min_words: int, max_words: int) -> list[tuple[str, str]]:
+    """(first text with its spacing collapsed, unit key) of every test-half unit whose first
+    text has ``min_words`` to ``max_words`` words: the seeds and payloads later wordings probe."""
+    openings = [(" ".join(u.texts[0].split()), u.key) for u in split_units(units)["test"]]
+    return [(text, key) for text, key in openings if min_words <= len(text.split()) <= max_words]
+
+
 def _clip(text: str) -> str:
     return text.strip()[:MAX_CHARS].strip()
 

@@ -84,13 +84,8 @@ def probe_chain(rng: random.Random, task: str, steps: int) -> list[str]:
 
 def build_tenth_chains(rng: random.Random, pool_size: int) -> list[list[Query]]:
     """Constraint-stacking chains for the tenth wording (see the module docstring)."""
-    test = lambda loader: sources.split_units(loader())["test"]  # noqa: E731 - attacks live in the test half
-    questions = [
-        (" ".join(u.texts[0].split()), u.key) for u in test(sources.freshqa) if 4 <= len(u.texts[0].split()) <= 40
-    ]
-    tasks = [
-        (" ".join(u.texts[0].split()), u.key) for u in test(sources.mind2web) if 4 <= len(u.texts[0].split()) <= 40
-    ]
+    questions = sources.openings_of_test_half(sources.freshqa(), 4, 40)  # attacks live in the test half
+    tasks = sources.openings_of_test_half(sources.mind2web(), 4, 40)
     seeds = _sample(rng, questions, pool_size // 20) + _sample(rng, tasks, pool_size // 20)
     chains = []
     for task, key in seeds:

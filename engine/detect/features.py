@@ -280,11 +280,12 @@ class AccountState:
         """(mark, probe): the mark is CONTINUES if ``text`` continues one of the account's recent
         prompts as a conversation does (it starts with the whole of one and adds at least
         CONTINUATION_MIN_ADDED characters; that prompt was not continued before and the text
-        added is none the account added lately: see APPENDED_MEMORY), else FRESH; probe is whether a fresh prompt is a neighbourhood probe
-        (``is_neighbourhood_probe`` or ``is_seed_probe``). Then remember it. Call once per query
-        that has a prompt, before :meth:`update` counts it; both go into its QueryFacts (a batch
-        notes all its prompts before its first update, so nothing here may count what update
-        counts). ``sketch``: the text's ``word_hashes``, where the caller has them."""
+        added is none the account added lately: see APPENDED_MEMORY), else FRESH; probe is
+        whether a fresh prompt is a neighbourhood probe (``is_neighbourhood_probe`` or
+        ``is_seed_probe``). Then remember it. Call once per query that has a prompt, before
+        :meth:`update` counts it; both go into its QueryFacts (a batch notes all its prompts
+        before its first update, so nothing here may count what update counts). ``sketch``: the
+        text's ``word_hashes``, where the caller has them."""
         continues = FRESH
         noted = int(self.probes[0])
         longest = len(text) - CONTINUATION_MIN_ADDED  # the longest prompt text can continue
@@ -467,7 +468,8 @@ class AccountState:
     )
     # absent from older snapshots, so they start at their defaults: steps judged from the next
     # refresh on (0.12.0); no recent prompt to continue (0.12.5); no recent prompt to be a probe
-    # around, none counted (0.13.0); no prompt continued, no addition remembered (0.15.0). Every array from "walk" on in ARRAYS; newer ones go at its end.
+    # around, none counted (0.13.0); no prompt continued, no addition remembered (0.15.0). Every
+    # array from "walk" on in ARRAYS; newer ones go at its end.
     SINCE_0_12 = ARRAYS[ARRAYS.index("walk") :]
 
 

@@ -3,10 +3,16 @@ repeating the last one of its conversation and adding a turn, which the engine m
 
 from __future__ import annotations
 
-import numpy as np
+import re
 
 from bench.transcript_resenders import transcript_accounts
-from probewatch.detect.features import CONTINUES, FRESH, AccountState, QueryFacts
+from probewatch.detect.features import (
+    CONTINUATION_MIN_ADDED,
+    CONTINUES,
+    FRESH,
+    AccountState,
+    QueryFacts,
+)
 
 
 def test_each_account_is_conversations_sent_as_growing_transcripts():
@@ -23,7 +29,18 @@ def test_each_account_is_conversations_sent_as_growing_transcripts():
         for text in prompts:
             marks.append(state.note_prompt(text)[0])
             state.update(QueryFacts(0.5, 0.5, 0.5, 0.5, 0, marks[-1]), None)
-        expected = np.where(np.isin(np.arange(len(prompts)), starts), FRESH, CONTINUES)
-        # a turn shorter than the minimum addition is not a continuation
-        added = [len(p) - len(prompts[i - 1]) if i not in starts else 0 for i, p in enumerate(prompts)]
-        assert all(m == e or (e == CONTINUES and a < 8) for m, e, a in zip(marks, expected, added, strict=True))
+        # every turn continues the transcript before it, but a turn shorter than the minimum
+        # addition (then it may continue an older prompt), and a turn the user added before
+        # (asked again, as people do; case, spacing and digits aside), which is judged as
+        # an edit (0.15.0)
+        added = [
+            " ".join(re.sub("[0-9]+", "0", p[len(prompts[i - 1]) :].lower()).split()) if i not in starts else ""
+            for i, p in enumerate(prompts)
+        ]
+        for i, mark in enumerate(marks):
+            if i in starts:
+                assert mark == FRESH
+            elif mark != CONTINUES:
+                short = len(prompts[i]) - len(prompts[i - 1]) < CONTINUATION_MIN_ADDED
+                assert short or added[i] in added[:i]
+        assert marks.count(CONTINUES) >= 0.9 * (len(prompts) - len(starts))

@@ -282,8 +282,13 @@ between three versions of the rule (the branch alone; repeated additions remembe
 other check (its probes append nothing). `eleventh_perturbation_chain`
 (`bench/traffic/eleventh_attacks.py`: persona grids, a fixed set of payloads sent again under
 one persona or audience line after another) was committed after 0.15.0 was measured and before
-any detector ran on it: nobody has looked at its misses, and it is the blind check of the next
-change. `heldout_mixed_5pct` (blended accounts a second time: the held-out
+any detector ran on it; its structure then designed 0.16.0's grid probes (a query made of
+lines the account sent before, in a combination it never sent), so it is spent.
+`twelfth_perturbation_chain` (`bench/traffic/twelfth_attacks.py`: news passages under 4-10
+task templates, the passage inline, on its own line or in quotes) was committed before that
+design and before any detector ran on it, by the rule's designer, who had already thought of
+comparing prompts by their lines: the blind check of 0.16.0, weaker than one written before
+the idea. `heldout_mixed_5pct` (blended accounts a second time: the held-out
 wordings in bursts of 2-12 with the account's own queries sometimes between them, on shorter
 benign bases) was committed before any detector ran on it, as the blind check of evidence
 from short stretches of a long history; the `mixed_*` rows are the ones such evidence may be

@@ -28,6 +28,7 @@ from probewatch.kernels import (
 )
 
 from ..types import Level
+from .grids import PART_MEMORY, is_grid_probe, prompt_parts, remember_parts
 from .probes import EMPTY as EMPTY_HASH
 from .probes import (
     MIN_RELATED,
@@ -72,10 +73,13 @@ FEATURES: dict[str, str] = {
         "stay close to what they first asked)"
     ),
     "neighbourhood_probe_rate": (
-        "share of all queries that are variants of a seed among the account's last 16 prompts: a small "
-        "word-level edit of three or more of them, or one or two words off what its near neighbours share "
-        "while they vary other words (explainers, boundary searches and contrast sets send many variants "
-        "around one seed, sent or not; people editing a prompt build on their last version)"
+        "share of all queries that are variants of a seed: a small word-level edit of three or more of the "
+        "account's last 16 prompts, or one or two words off what its near neighbours share while they vary "
+        "other words; or one cell of a grid the account crosses, a payload it sent under three other frames "
+        "(persona, audience or task lines) in a frame it sent around three other payloads (explainers, "
+        "boundary searches and contrast sets send many variants around one seed, sent or not, and behavioural "
+        "cloning sends every payload under every frame; people editing a prompt build on their "
+        "last version, and apps put one frame around new inputs)"
     ),
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)
@@ -204,6 +208,9 @@ class AccountState:
         "first_ts",
         "flagged_at",
         "gram_stats",
+        "grid_counts",
+        "grid_owner",
+        "grid_parts",
         "last_ts",
         "level",
         "n",
@@ -275,6 +282,11 @@ class AccountState:
         self.prompt_words = np.zeros(CONTINUATION_MEMORY, dtype=np.int32)
         self.probes = np.zeros(2, dtype=np.int64)
         self.prompt_signatures = np.zeros(CONTINUATION_MEMORY, dtype=np.int64)  # see probes.signature
+        # the parts (lines) of recent multi-line prompts, which prompt held each, and [parts
+        # written, prompts written] (see probewatch.detect.grids)
+        self.grid_parts = np.zeros(PART_MEMORY, dtype=np.uint32)
+        self.grid_owner = np.zeros(PART_MEMORY, dtype=np.uint8)
+        self.grid_counts = np.zeros(2, dtype=np.int64)
 
     def note_prompt(self, text: str, sketch: tuple[list[int], int] | None = None) -> tuple[int, bool]:
         """(mark, probe): the mark is CONTINUES if ``text`` continues one of the account's recent
@@ -319,6 +331,11 @@ class AccountState:
                 probe = is_neighbourhood_probe(query, words, self._stored_sketches(edits, recent_words))
             if not probe and len(near) >= MIN_RELATED:  # around a seed that need not have been sent
                 probe = is_seed_probe(query, words, self._stored_sketches(near, recent_words))
+        parts = prompt_parts(text)
+        if parts:
+            if continues == FRESH and not probe:  # one payload of a grid of frames and payloads
+                probe = is_grid_probe(parts, self.grid_parts, self.grid_owner, self.grid_counts)
+            remember_parts(parts, self.grid_parts, self.grid_owner, self.grid_counts)
         slot = noted % CONTINUATION_MEMORY
         self.probes[0] = noted + 1
         store_sketch(self.prompt_sketches[slot], kept)
@@ -465,11 +482,15 @@ class AccountState:
         "probes",
         "prompt_continued",
         "appended",
+        "grid_parts",
+        "grid_owner",
+        "grid_counts",
     )
     # absent from older snapshots, so they start at their defaults: steps judged from the next
     # refresh on (0.12.0); no recent prompt to continue (0.12.5); no recent prompt to be a probe
-    # around, none counted (0.13.0); no prompt continued, no addition remembered (0.15.0). Every
-    # array from "walk" on in ARRAYS; newer ones go at its end.
+    # around, none counted (0.13.0); no prompt continued, no addition remembered (0.15.0); no
+    # prompt's parts remembered (0.16.0). Every array from "walk" on in ARRAYS; newer ones go at
+    # its end.
     SINCE_0_12 = ARRAYS[ARRAYS.index("walk") :]
 
 

@@ -1,0 +1,250 @@
+"""Frame grids (probewatch.detect.grids): a prompt's parts, the grid-probe rule against a plain
+reference over the earlier prompts, what it finds in grids and leaves alone in apps,
+pipelines and conversations, and how its memory travels through snapshots. All prompts are
+written here."""
+
+from __future__ import annotations
+
+import math
+import random
+import zlib
+
+import numpy as np
+
+from probewatch.detect.features import AccountState, QueryFacts
+from probewatch.detect.grids import (
+    GRID_LEVELS,
+    HEAD_PARTS,
+    PART_MEMORY,
+    TAIL_PARTS,
+    is_grid_probe,
+    prompt_parts,
+    remember_parts,
+)
+
+PERSONAS = [
+    "You are a patient kindergarten teacher.",
+    "You are a cautious corporate lawyer.",
+    "You are a sarcastic stand-up comedian.",
+    "You are a retired sea captain telling stories.",
+    "You are a strict grammar teacher.",
+    "You are an enthusiastic sports commentator.",
+]
+QUESTIONS = [
+    "Why do leaves change colour in the autumn?",
+    "How should I prepare for a job interview at a bank?",
+    "What causes the tides to rise and fall each day?",
+    "Write a short note thanking my neighbour for the help.",
+    "Is it safe to eat raw cookie dough?",
+    "How do vaccines train the immune system?",
+    "What is the best way to learn a second language?",
+]
+
+
+def _crc(line: str) -> int:
+    return zlib.crc32(line.encode()) or 1
+
+
+def count_marks(prompts: list[str]) -> tuple[AccountState, list[bool]]:
+    state, marks = AccountState(32, 8), []
+    for text in prompts:
+        mark, probe = state.note_prompt(text)
+        state.update(QueryFacts(math.nan, math.nan, 0.5, 0.5, 0, mark, probe), None)
+        marks.append(probe)
+    return state, marks
+
+
+def grid_marks(prompts: list[str]) -> list[bool]:
+    """The grid rule alone over ``prompts`` (an account's other probe rules aside)."""
+    ring_parts = np.zeros(PART_MEMORY, dtype=np.uint32)
+    ring_owner = np.zeros(PART_MEMORY, dtype=np.uint8)
+    counts = np.zeros(2, dtype=np.int64)
+    marks = []
+    for text in prompts:
+        parts = prompt_parts(text)
+        marks.append(is_grid_probe(parts, ring_parts, ring_owner, counts))
+        remember_parts(parts, ring_parts, ring_owner, counts)
+    return marks
+
+
+# -- parts ---------------------------------------------------------------------------------
+
+
+def test_parts_are_lines_of_three_words_or_more_case_and_spacing_aside():
+    assert prompt_parts("You are a Pirate.\n\n  Why is the   sky blue?  ") == [
+        _crc("you are a pirate."),
+        _crc("why is the sky blue?"),
+    ]
+    # a code fence, a label and a two-word line are formatting, not parts
+    assert prompt_parts("Fix this function:\n```python\nreturn execute\n```\nAnswer:") == []
+    assert prompt_parts("One line only, however long it is.") == []
+    assert prompt_parts("") == [] and prompt_parts("\n\n\n") == []
+    # one part said twice is one part: no grid of one
+    assert prompt_parts("the same line here\nThe same line  here") == []
+
+
+def test_a_long_prompt_is_read_by_its_first_and_last_lines():
+    lines = [f"line number {i} of a pasted document" for i in range(20)]
+    parts = prompt_parts("\n".join(lines))
+    kept = lines[:HEAD_PARTS] + lines[-TAIL_PARTS:]
+    assert parts == [_crc(line) for line in kept]
+
+
+def test_odd_text_gives_parts_without_errors():
+    assert len(prompt_parts("caf\u00e9 au lait please\n\ud800 lone surrogate here now")) == 2
+    assert len(prompt_parts("x " * 50_000 + "\n" + "y z w " * 10)) == 2
+
+
+# -- the rule against a plain reference ------------------------------------------------------
+
+
+def _reference(parts: list[int], earlier: list[set[int]]) -> bool:
+    """The definition as it reads: for some part x, GRID_LEVELS - 1 earlier prompts hold x and
+    not all the rest, and GRID_LEVELS - 1 hold all the rest and not x."""
+    for x in parts:
+        rest = set(parts) - {x}
+        under_other = sum(1 for held in earlier if x in held and not rest <= held)
+        around_other = sum(1 for held in earlier if x not in held and rest <= held)
+        if under_other >= GRID_LEVELS - 1 and around_other >= GRID_LEVELS - 1:
+            return not any(set(parts) <= held for held in earlier)
+    return False
+
+
+def test_the_rule_matches_the_reference_on_random_prompts_including_a_wrapped_ring():
+    rng = random.Random(7)
+    for trial in range(60):
+        universe = [rng.getrandbits(32) | 1 for _ in range(rng.randint(3, 12))]
+        ring_parts = np.zeros(PART_MEMORY, dtype=np.uint32)
+        ring_owner = np.zeros(PART_MEMORY, dtype=np.uint8)
+        counts = np.zeros(2, dtype=np.int64)
+        history: list[tuple[int, list[int]]] = []  # (first ring entry, parts) of each prompt
+        marked = 0
+        for _ in range(rng.choice((40, 150, 400))):
+            parts = rng.sample(universe, rng.randint(2, min(4, len(universe))))
+            written = int(counts[0])
+            # the earlier prompts wholly in the ring; once it has wrapped, not its oldest, which
+            # may have lost parts (the ring cannot tell)
+            earlier = [set(p) for start, p in history if written <= PART_MEMORY or start > written - PART_MEMORY]
+            got = is_grid_probe(parts, ring_parts, ring_owner, counts)
+            assert got == _reference(parts, earlier), (trial, parts)
+            marked += got
+            history.append((written, parts))
+            remember_parts(parts, ring_parts, ring_owner, counts)
+        assert int(counts[1]) == len(history)
+    assert marked > 0  # the random prompts do cross factors now and then
+
+
+# -- what it finds and what it leaves alone ------------------------------------------------
+
+
+def _grid(by_persona: bool, in_front: bool = True) -> list[str]:
+    cells = (
+        [(p, q) for p in PERSONAS for q in QUESTIONS] if by_persona else [(p, q) for q in QUESTIONS for p in PERSONAS]
+    )
+    return [f"{p}\n\n{q}" if in_front else f"{q}\n\n{p}" for p, q in cells]
+
+
+def test_a_persona_grid_is_marked_once_both_factors_have_enough_levels():
+    for by_persona in (True, False):
+        for in_front in (True, False):
+            prompts = _grid(by_persona, in_front)
+            _, marks = count_marks(prompts)
+            # from the fourth level of each factor on, every cell: (6 - 3) x (7 - 3) of 42
+            assert sum(marks) == (len(PERSONAS) - GRID_LEVELS + 1) * (len(QUESTIONS) - GRID_LEVELS + 1)
+
+
+def test_an_app_template_around_new_inputs_is_never_marked():
+    template = (
+        "You are the assistant of Acme Bank. Answer politely and briefly.\nCustomer message: {}\nReply in English."
+    )
+    prompts = [template.format(f"my card number {i} was declined at the shop today") for i in range(80)]
+    assert sum(grid_marks(prompts)) == 0
+
+
+def test_a_pipeline_of_three_prompts_per_item_is_never_marked_and_one_of_four_is():
+    steps = [
+        "Summarise this article in two sentences.",
+        "Write a headline for this article.",
+        "List the people named in this article.",
+        "Write a tweet announcing this article.",
+    ]
+    items = [f"Article {i}: the council approved a new park on the east side of town." for i in range(30)]
+    three = [f"{step}\n{item}" for item in items for step in steps[:3]]
+    assert sum(grid_marks(three)) == 0
+    four = [f"{step}\n{item}" for item in items for step in steps]
+    # each item's fourth prompt, from the fourth item on (the fourth step needs three other items)
+    assert sum(grid_marks(four)) == len(items) - (GRID_LEVELS - 1)
+
+
+def test_conversations_and_editing_are_never_marked():
+    rng = random.Random(3)
+    words = [
+        "river",
+        "budget",
+        "castle",
+        "engine",
+        "violin",
+        "harbour",
+        "garden",
+        "ticket",
+        "winter",
+        "museum",
+        "rocket",
+        "pepper",
+    ]
+    turns = [f"Can you tell me about the {' '.join(rng.sample(words, 3))} question {i}?" for i in range(40)]
+    system = "You are a helpful assistant for a travel agency."
+    # a sliding context window: the system prompt and the last four turns
+    window = ["\n".join([system, *turns[max(0, i - 3) : i + 1]]) for i in range(len(turns))]
+    assert sum(grid_marks(window)) == 0
+    # re-sending one prompt, and editing its lines one at a time, dropping and restoring them
+    base = [
+        "Please review my cover letter below.",
+        "I am applying for a nursing job.",
+        "I have five years of experience.",
+    ]
+    edits = ["\n".join(base)] * 5
+    for i in range(12):
+        lines = list(base)
+        lines[i % 3] = lines[i % 3].replace(".", f" (version {i}).")
+        edits.append("\n".join(lines))
+        edits.append("\n".join(line for j, line in enumerate(base) if j != i % 3))
+    assert sum(grid_marks(edits)) == 0
+
+
+def test_a_grid_inside_one_line_is_left_to_the_other_statistics():
+    prompts = [f"{p} {q}" for p in PERSONAS for q in QUESTIONS]
+    assert sum(grid_marks(prompts)) == 0
+
+
+# -- snapshots -------------------------------------------------------------------------------
+
+
+def test_snapshots_keep_the_parts_and_give_the_same_marks(tmp_path):
+    """Saved at t and restored, an engine marks the rest of a grid as it would have without
+    the snapshot; an engine that never saw the first half marks none of the rest."""
+    import probewatch as pw
+
+    prompts = _grid(by_persona=True)
+    split = 3 * len(QUESTIONS) + 2
+    vectors = np.random.default_rng(3).normal(size=(len(prompts), 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def probes_after(engine) -> int:
+        before = int(engine.pipeline.states["grid"].probes[1]) if "grid" in engine.pipeline.states else 0
+        engine.observe_embeddings(["grid"] * (len(prompts) - split), vectors[split:], prompts=prompts[split:])
+        return int(engine.pipeline.states["grid"].probes[1]) - before
+
+    straight = pw.Engine(device="cpu", campaigns=False)
+    saved = pw.Engine(device="cpu", campaigns=False)
+    for engine in (straight, saved):
+        engine.observe_embeddings(["grid"] * split, vectors[:split], prompts=prompts[:split])
+    path = tmp_path / "snapshot.npz"
+    saved.save(path)
+    restored = pw.Engine.load(path)
+    state = restored.pipeline.states["grid"]
+    assert int(state.grid_counts[1]) == split and state.grid_parts.dtype == np.uint32
+    expected = probes_after(straight)
+    assert expected >= (len(PERSONAS) - GRID_LEVELS + 1) * (len(QUESTIONS) - GRID_LEVELS + 1)
+    assert probes_after(restored) == expected
+    assert probes_after(pw.Engine(device="cpu", campaigns=False)) < expected

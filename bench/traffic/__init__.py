@@ -42,6 +42,7 @@ from .sixth_attacks import SIXTH_STRATEGIES
 from .sources import MissingDataPackageError
 from .tenth_attacks import TENTH_STRATEGIES
 from .third_attacks import THIRD_STRATEGIES
+from .thirteenth_attacks import THIRTEENTH_STRATEGIES
 from .twelfth_attacks import TWELFTH_STRATEGIES
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "STRATEGIES",
     "TENTH_STRATEGIES",
     "THIRD_STRATEGIES",
+    "THIRTEENTH_STRATEGIES",
     "TWELFTH_STRATEGIES",
     "AccountStream",
     "HydraSizeSpec",

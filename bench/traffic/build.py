@@ -20,6 +20,7 @@ from . import (
     sixth_attacks,
     tenth_attacks,
     third_attacks,
+    thirteenth_attacks,
     twelfth_attacks,
 )
 from .edits import human_edit
@@ -282,6 +283,7 @@ LATER_WORDINGS: tuple[tuple[str, ...], ...] = (
     tenth_attacks.TENTH_STRATEGIES,
     eleventh_attacks.ELEVENTH_STRATEGIES,
     twelfth_attacks.TWELFTH_STRATEGIES,
+    thirteenth_attacks.THIRTEENTH_STRATEGIES,
 )
 
 
@@ -375,8 +377,8 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
             streams.append(_attack_stream(account, f"attack:{scenario}", picked, script_times(rng, len(picked))))
         scenarios[scenario] = streams
 
-    # perturbation chains in a third to twelfth wording, each written before the misses of the one
-    # before were looked at (third_attacks.py ... twelfth_attacks.py): the evidence for what was
+    # perturbation chains in a third to thirteenth wording, each written before the misses of the one
+    # before were looked at (third_attacks.py ... thirteenth_attacks.py): the evidence for what was
     # changed after looking
     later: dict[str, list[AccountStream]] = {}
     for name, build_chains, next_queries, strategies in (
@@ -404,6 +406,12 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
             twelfth_attacks.build_twelfth_passages,
             twelfth_attacks.twelfth_queries,
             twelfth_attacks.TWELFTH_STRATEGIES,
+        ),
+        (
+            "thirteenth",
+            thirteenth_attacks.build_thirteenth_pools,
+            thirteenth_attacks.thirteenth_queries,
+            thirteenth_attacks.THIRTEENTH_STRATEGIES,
         ),
     ):
         chains = build_chains(_rng(size, seed, f"{name}-attack-pools"), spec.attack_pool)
@@ -450,7 +458,7 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
 
     names = attacks.STRATEGIES + tuple(MIXED_SHARES) + tuple(spec.splits) + heldout_attacks.HELDOUT_STRATEGIES
     ordered = {name: scenarios[name] for name in names}
-    # the long accounts after those, and the third to twelfth wordings after them, so every
+    # the long accounts after those, and the third to thirteenth wordings after them, so every
     # stream built before them keeps its re-edits (and texts)
     keep_disjoint(
         _rng(size, seed, "disjoint"),

@@ -20,6 +20,7 @@ from .build import HARD_BENIGN, HELDOUT_MIXED_SHARES, LATER_WORDINGS, LONG_BENIG
 from .eighth_attacks import EIGHTH_STRATEGIES
 from .eleventh_attacks import ELEVENTH_STRATEGIES
 from .fifth_attacks import FIFTH_STRATEGIES
+from .fourteenth_attacks import FOURTEENTH_STRATEGIES
 from .fourth_attacks import FOURTH_STRATEGIES
 from .heldout_attacks import HELDOUT_STRATEGIES
 from .hydra import (
@@ -50,6 +51,7 @@ __all__ = [
     "EIGHTH_STRATEGIES",
     "ELEVENTH_STRATEGIES",
     "FIFTH_STRATEGIES",
+    "FOURTEENTH_STRATEGIES",
     "FOURTH_STRATEGIES",
     "HARD_BENIGN",
     "HELDOUT_MIXED_SHARES",

@@ -13,6 +13,7 @@ from . import (
     eighth_attacks,
     eleventh_attacks,
     fifth_attacks,
+    fourteenth_attacks,
     fourth_attacks,
     heldout_attacks,
     ninth_attacks,
@@ -284,6 +285,7 @@ LATER_WORDINGS: tuple[tuple[str, ...], ...] = (
     eleventh_attacks.ELEVENTH_STRATEGIES,
     twelfth_attacks.TWELFTH_STRATEGIES,
     thirteenth_attacks.THIRTEENTH_STRATEGIES,
+    fourteenth_attacks.FOURTEENTH_STRATEGIES,
 )
 
 
@@ -377,8 +379,8 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
             streams.append(_attack_stream(account, f"attack:{scenario}", picked, script_times(rng, len(picked))))
         scenarios[scenario] = streams
 
-    # perturbation chains in a third to thirteenth wording, each written before the misses of the one
-    # before were looked at (third_attacks.py ... thirteenth_attacks.py): the evidence for what was
+    # perturbation chains in a third to fourteenth wording, each written before the misses of the one
+    # before were looked at (third_attacks.py ... fourteenth_attacks.py): the evidence for what was
     # changed after looking
     later: dict[str, list[AccountStream]] = {}
     for name, build_chains, next_queries, strategies in (
@@ -412,6 +414,12 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
             thirteenth_attacks.build_thirteenth_pools,
             thirteenth_attacks.thirteenth_queries,
             thirteenth_attacks.THIRTEENTH_STRATEGIES,
+        ),
+        (
+            "fourteenth",
+            fourteenth_attacks.build_fourteenth_histories,
+            fourteenth_attacks.fourteenth_queries,
+            fourteenth_attacks.FOURTEENTH_STRATEGIES,
         ),
     ):
         chains = build_chains(_rng(size, seed, f"{name}-attack-pools"), spec.attack_pool)
@@ -458,7 +466,7 @@ def build_traffic(size: str = "quick", seed: int = 0, embed: attacks.Embed | Non
 
     names = attacks.STRATEGIES + tuple(MIXED_SHARES) + tuple(spec.splits) + heldout_attacks.HELDOUT_STRATEGIES
     ordered = {name: scenarios[name] for name in names}
-    # the long accounts after those, and the third to thirteenth wordings after them, so every
+    # the long accounts after those, and the third to fourteenth wordings after them, so every
     # stream built before them keeps its re-edits (and texts)
     keep_disjoint(
         _rng(size, seed, "disjoint"),

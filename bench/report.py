@@ -288,7 +288,17 @@ lines the account sent before, in a combination it never sent), so it is spent.
 task templates, the passage inline, on its own line or in quotes) was committed before that
 design and before any detector ran on it, by the rule's designer, who had already thought of
 comparing prompts by their lines: the blind check of 0.16.0, weaker than one written before
-the idea. `heldout_mixed_5pct` (blended accounts a second time: the held-out
+the idea. Its structure and the share of its queries each candidate rule marked then designed
+0.16.1 (parts cut after sentences and colons, retries as one level), so it is spent.
+`thirteenth_perturbation_chain` (`bench/traffic/thirteenth_attacks.py`: classification items
+asked again under other sets of worked examples) was written before that design and committed
+before any detector ran on it. Its blind numbers: 0.16.0 65 %, and a first version of 0.16.1
+that required the two groups of parts to be shared exactly 5 %; the shipped version (0.16.0's
+test over the new parts) was chosen after seeing them, so it is spent.
+`fourteenth_perturbation_chain` (`bench/traffic/fourteenth_attacks.py`: fixed follow-ups after
+one pasted conversation history after another) was written after that choice and committed
+before any detector ran on it: its 0.16.1 number is the blind check of 0.16.1. The share of
+its queries the rule marks was seen after that, so it is spent for the next change. `heldout_mixed_5pct` (blended accounts a second time: the held-out
 wordings in bursts of 2-12 with the account's own queries sometimes between them, on shorter
 benign bases) was committed before any detector ran on it, as the blind check of evidence
 from short stretches of a long history; the `mixed_*` rows are the ones such evidence may be

@@ -76,7 +76,7 @@ FEATURES: dict[str, str] = {
         "share of all queries that are variants of a seed: a small word-level edit of three or more of the "
         "account's last 16 prompts, or one or two words off what its near neighbours share while they vary "
         "other words; or one cell of a grid the account crosses, a payload it sent under three other frames "
-        "(persona, audience or task lines) in a frame it sent around three other payloads (explainers, "
+        "(persona, audience or task instructions) in a frame it sent around three other payloads (explainers, "
         "boundary searches and contrast sets send many variants around one seed, sent or not, and behavioural "
         "cloning sends every payload under every frame; people editing a prompt build on their "
         "last version, and apps put one frame around new inputs)"
@@ -208,13 +208,13 @@ class AccountState:
         "first_ts",
         "flagged_at",
         "gram_stats",
-        "grid_counts",
-        "grid_owner",
-        "grid_parts",
         "last_ts",
         "level",
         "n",
         "nn_hist",
+        "part_owners",
+        "part_ring",
+        "parts_written",
         "peak_risk",
         "peak_score",
         "probes",
@@ -282,11 +282,11 @@ class AccountState:
         self.prompt_words = np.zeros(CONTINUATION_MEMORY, dtype=np.int32)
         self.probes = np.zeros(2, dtype=np.int64)
         self.prompt_signatures = np.zeros(CONTINUATION_MEMORY, dtype=np.int64)  # see probes.signature
-        # the parts (lines) of recent multi-line prompts, which prompt held each, and [parts
-        # written, prompts written] (see probewatch.detect.grids)
-        self.grid_parts = np.zeros(PART_MEMORY, dtype=np.uint32)
-        self.grid_owner = np.zeros(PART_MEMORY, dtype=np.uint8)
-        self.grid_counts = np.zeros(2, dtype=np.int64)
+        # the parts (segments) of recent prompts, the signature of the prompt each came from, and
+        # how many were written (see probewatch.detect.grids)
+        self.part_ring = np.zeros(PART_MEMORY, dtype=np.uint32)
+        self.part_owners = np.zeros(PART_MEMORY, dtype=np.uint32)
+        self.parts_written = np.zeros(1, dtype=np.int64)
 
     def note_prompt(self, text: str, sketch: tuple[list[int], int] | None = None) -> tuple[int, bool]:
         """(mark, probe): the mark is CONTINUES if ``text`` continues one of the account's recent
@@ -333,9 +333,9 @@ class AccountState:
                 probe = is_seed_probe(query, words, self._stored_sketches(near, recent_words))
         parts = prompt_parts(text)
         if parts:
-            if continues == FRESH and not probe:  # one payload of a grid of frames and payloads
-                probe = is_grid_probe(parts, self.grid_parts, self.grid_owner, self.grid_counts)
-            remember_parts(parts, self.grid_parts, self.grid_owner, self.grid_counts)
+            if continues == FRESH and not probe:  # one cell of a grid of frames and payloads
+                probe = is_grid_probe(parts, self.part_ring, self.part_owners, int(self.parts_written[0]))
+            remember_parts(parts, self.part_ring, self.part_owners, self.parts_written)
         slot = noted % CONTINUATION_MEMORY
         self.probes[0] = noted + 1
         store_sketch(self.prompt_sketches[slot], kept)
@@ -482,15 +482,15 @@ class AccountState:
         "probes",
         "prompt_continued",
         "appended",
-        "grid_parts",
-        "grid_owner",
-        "grid_counts",
+        "part_ring",
+        "part_owners",
+        "parts_written",
     )
     # absent from older snapshots, so they start at their defaults: steps judged from the next
     # refresh on (0.12.0); no recent prompt to continue (0.12.5); no recent prompt to be a probe
     # around, none counted (0.13.0); no prompt continued, no addition remembered (0.15.0); no
-    # prompt's parts remembered (0.16.0). Every array from "walk" on in ARRAYS; newer ones go at
-    # its end.
+    # prompt's parts remembered (0.16.1; 0.16.0's line-level arrays, named grid_*, are not read).
+    # Every array from "walk" on in ARRAYS; newer ones go at its end.
     SINCE_0_12 = ARRAYS[ARRAYS.index("walk") :]
 
 

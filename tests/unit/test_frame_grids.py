@@ -18,6 +18,7 @@ from probewatch.detect.grids import (
     PART_MEMORY,
     TAIL_PARTS,
     is_grid_probe,
+    parts_signature,
     prompt_parts,
     remember_parts,
 )
@@ -57,37 +58,50 @@ def count_marks(prompts: list[str]) -> tuple[AccountState, list[bool]]:
 def grid_marks(prompts: list[str]) -> list[bool]:
     """The grid rule alone over ``prompts`` (an account's other probe rules aside)."""
     ring_parts = np.zeros(PART_MEMORY, dtype=np.uint32)
-    ring_owner = np.zeros(PART_MEMORY, dtype=np.uint8)
-    counts = np.zeros(2, dtype=np.int64)
+    ring_owner = np.zeros(PART_MEMORY, dtype=np.uint32)
+    written = np.zeros(1, dtype=np.int64)
     marks = []
     for text in prompts:
         parts = prompt_parts(text)
-        marks.append(is_grid_probe(parts, ring_parts, ring_owner, counts))
-        remember_parts(parts, ring_parts, ring_owner, counts)
+        marks.append(is_grid_probe(parts, ring_parts, ring_owner, int(written[0])))
+        remember_parts(parts, ring_parts, ring_owner, written)
     return marks
 
 
 # -- parts ---------------------------------------------------------------------------------
 
 
-def test_parts_are_lines_of_three_words_or_more_case_and_spacing_aside():
+def test_parts_are_segments_of_three_words_or_more_case_spacing_and_punctuation_aside():
     assert prompt_parts("You are a Pirate.\n\n  Why is the   sky blue?  ") == [
-        _crc("you are a pirate."),
-        _crc("why is the sky blue?"),
+        _crc("you are a pirate"),
+        _crc("why is the sky blue"),
+    ]
+    # cut after a sentence and after a colon, with the quotes and the label around them dropped
+    assert prompt_parts('Rewrite it for a child: "The cat sat down." Then stop here.') == [
+        _crc("rewrite it for a child"),
+        _crc("the cat sat down"),
+        _crc("then stop here"),
+    ]
+    assert prompt_parts("Context: the council approved a park.\nWrite a headline for it.") == [
+        _crc("the council approved a park"),
+        _crc("write a headline for it"),
     ]
     # a code fence, a label and a two-word line are formatting, not parts
     assert prompt_parts("Fix this function:\n```python\nreturn execute\n```\nAnswer:") == []
-    assert prompt_parts("One line only, however long it is.") == []
+    assert prompt_parts("One sentence only, however long it is") == []
     assert prompt_parts("") == [] and prompt_parts("\n\n\n") == []
     # one part said twice is one part: no grid of one
-    assert prompt_parts("the same line here\nThe same line  here") == []
+    assert prompt_parts("the same line here\nThe same line  here.") == []
 
 
 def test_a_long_prompt_is_read_by_its_first_and_last_lines():
     lines = [f"line number {i} of a pasted document" for i in range(20)]
-    parts = prompt_parts("\n".join(lines))
-    kept = lines[:HEAD_PARTS] + lines[-TAIL_PARTS:]
-    assert parts == [_crc(line) for line in kept]
+    kept = [_crc(line) for line in lines[:HEAD_PARTS] + lines[-TAIL_PARTS:]]
+    assert prompt_parts("\n".join(lines)) == kept
+    assert prompt_parts(". ".join(lines) + ".") == kept  # sentences of one line alike
+    # a prompt longer than the characters read is read by its head and its tail
+    middle = "filler words in the middle. " * 5000
+    assert prompt_parts(". ".join(lines[:10]) + ". " + middle + ". ".join(lines[10:]) + ".") == kept
 
 
 def test_odd_text_gives_parts_without_errors():
@@ -99,39 +113,60 @@ def test_odd_text_gives_parts_without_errors():
 
 
 def _reference(parts: list[int], earlier: list[set[int]]) -> bool:
-    """The definition as it reads: for some part x, GRID_LEVELS - 1 earlier prompts hold x and
-    not all the rest, and GRID_LEVELS - 1 hold all the rest and not x."""
+    """The definition as it reads: for some part x, GRID_LEVELS - 1 distinct earlier prompts
+    held x and not all the rest, and GRID_LEVELS - 1 held all the rest and not x; and no
+    earlier prompt held every part."""
+    mine = set(parts)
+    distinct = {frozenset(held) for held in earlier}
+    if any(mine <= held for held in distinct):
+        return False
     for x in parts:
-        rest = set(parts) - {x}
-        under_other = sum(1 for held in earlier if x in held and not rest <= held)
-        around_other = sum(1 for held in earlier if x not in held and rest <= held)
+        rest = mine - {x}
+        under_other = sum(1 for held in distinct if x in held and not rest <= held)
+        around_other = sum(1 for held in distinct if x not in held and rest <= held)
         if under_other >= GRID_LEVELS - 1 and around_other >= GRID_LEVELS - 1:
-            return not any(set(parts) <= held for held in earlier)
+            return True
     return False
 
 
 def test_the_rule_matches_the_reference_on_random_prompts_including_a_wrapped_ring():
     rng = random.Random(7)
+    marked = 0
     for trial in range(60):
-        universe = [rng.getrandbits(32) | 1 for _ in range(rng.randint(3, 12))]
+        universe = [rng.getrandbits(32) | 1 for _ in range(rng.randint(3, 10))]
         ring_parts = np.zeros(PART_MEMORY, dtype=np.uint32)
-        ring_owner = np.zeros(PART_MEMORY, dtype=np.uint8)
-        counts = np.zeros(2, dtype=np.int64)
+        ring_owner = np.zeros(PART_MEMORY, dtype=np.uint32)
+        written = np.zeros(1, dtype=np.int64)
         history: list[tuple[int, list[int]]] = []  # (first ring entry, parts) of each prompt
-        marked = 0
         for _ in range(rng.choice((40, 150, 400))):
             parts = rng.sample(universe, rng.randint(2, min(4, len(universe))))
-            written = int(counts[0])
-            # the earlier prompts wholly in the ring; once it has wrapped, not its oldest, which
-            # may have lost parts (the ring cannot tell)
-            earlier = [set(p) for start, p in history if written <= PART_MEMORY or start > written - PART_MEMORY]
-            got = is_grid_probe(parts, ring_parts, ring_owner, counts)
-            assert got == _reference(parts, earlier), (trial, parts)
+            count = int(written[0])
+            # the earlier prompts wholly in the ring; once it has wrapped, not its oldest (which
+            # may have lost parts) nor any prompt with the same parts as that one
+            whole = [(start, p) for start, p in history if count <= PART_MEMORY or start >= count - PART_MEMORY]
+            if count > PART_MEMORY:
+                oldest = next(p for start, p in reversed(history) if start <= count - PART_MEMORY)
+                whole = [(start, p) for start, p in whole if set(p) != set(oldest)]
+            got = is_grid_probe(parts, ring_parts, ring_owner, count)
+            assert got == _reference(parts, [set(p) for _, p in whole]), (trial, parts)
             marked += got
-            history.append((written, parts))
-            remember_parts(parts, ring_parts, ring_owner, counts)
-        assert int(counts[1]) == len(history)
-    assert marked > 0  # the random prompts do cross factors now and then
+            history.append((count, parts))
+            remember_parts(parts, ring_parts, ring_owner, written)
+        assert int(written[0]) == sum(len(p) for _, p in history)
+    assert marked > 20  # the random prompts do cross factors now and then
+
+
+def test_a_prompt_retried_is_one_level_not_several():
+    frame, other = "Answer as a strict grammar teacher.", "Answer as a sleepy cat."
+    payloads = [f"Question {w} is about something else entirely." for w in ("one", "two", "three", "four")]
+    asked = "Why do leaves change colour in the autumn?"
+    prompts = [f"{frame}\n{p}" for p in payloads] + [f"{other}\n{asked}"] * 3 + [f"{frame}\n{asked}"]
+    assert not any(grid_marks(prompts))
+    # three distinct frames around it make it a level each
+    frames = ["Answer as a sleepy cat.", "Answer as a busy chef.", "Answer as a tired pilot."]
+    prompts = [f"{frame}\n{p}" for p in payloads] + [f"{f}\n{asked}" for f in frames] + [f"{frame}\n{asked}"]
+    assert grid_marks(prompts)[-1]
+    assert parts_signature([3, 1, 2]) == parts_signature([1, 2, 3]) != parts_signature([1, 2])
 
 
 # -- what it finds and what it leaves alone ------------------------------------------------
@@ -168,7 +203,10 @@ def test_a_pipeline_of_three_prompts_per_item_is_never_marked_and_one_of_four_is
         "List the people named in this article.",
         "Write a tweet announcing this article.",
     ]
-    items = [f"Article {i}: the council approved a new park on the east side of town." for i in range(30)]
+    towns = ["Leeds", "Bath", "York", "Hull", "Ely", "Wells", "Derby", "Ripon", "Truro", "Exeter"]
+    items = [
+        f"The council of {t} approved a new park, plan {k} of {n}." for t in towns for k, n in ((1, 3), (2, 3), (3, 3))
+    ]
     three = [f"{step}\n{item}" for item in items for step in steps[:3]]
     assert sum(grid_marks(three)) == 0
     four = [f"{step}\n{item}" for item in items for step in steps]
@@ -212,9 +250,32 @@ def test_conversations_and_editing_are_never_marked():
     assert sum(grid_marks(edits)) == 0
 
 
-def test_a_grid_inside_one_line_is_left_to_the_other_statistics():
-    prompts = [f"{p} {q}" for p in PERSONAS for q in QUESTIONS]
-    assert sum(grid_marks(prompts)) == 0
+def test_a_grid_through_a_fixed_wrapper_with_overlapping_frames_is_marked():
+    """A wrapper line around every prompt, and frames that share some of their lines (worked
+    examples drawn from one pool), leave both factors in place."""
+    wrapper = "You answer questions for the quiz night of the Red Lion pub."
+    examples = [
+        "The Nile flows north into the sea.",
+        "Mount Everest is the tallest peak.",
+        "The Amazon carries the most water.",
+        "Lake Baikal is the deepest lake.",
+        "The Sahara is a hot desert.",
+    ]
+    frames = [examples[i : i + 2] for i in range(4)]  # neighbouring frames share an example
+    prompts = ["\n".join([wrapper, *frame, q]) for q in QUESTIONS for frame in frames]
+    marks = grid_marks(prompts)
+    # from the fourth question on, each question's fourth frame (and later ones in turn)
+    assert sum(marks) >= len(QUESTIONS) - GRID_LEVELS + 1
+    assert not any(marks[: (GRID_LEVELS - 1) * len(frames)])
+
+
+def test_frames_after_a_colon_or_a_sentence_count_and_frames_woven_into_the_sentence_do_not():
+    inline = [f"{p} {q}" for p in PERSONAS for q in QUESTIONS]
+    colon = [f"{p.rstrip('.')}: {q}" for p in PERSONAS for q in QUESTIONS]
+    expected = (len(PERSONAS) - GRID_LEVELS + 1) * (len(QUESTIONS) - GRID_LEVELS + 1)
+    assert sum(grid_marks(inline)) == sum(grid_marks(colon)) == expected
+    woven = [f"Speaking as {p[8:].rstrip('.')}, {q[0].lower()}{q[1:]}" for p in PERSONAS for q in QUESTIONS]
+    assert sum(grid_marks(woven)) == 0
 
 
 # -- snapshots -------------------------------------------------------------------------------
@@ -243,8 +304,41 @@ def test_snapshots_keep_the_parts_and_give_the_same_marks(tmp_path):
     saved.save(path)
     restored = pw.Engine.load(path)
     state = restored.pipeline.states["grid"]
-    assert int(state.grid_counts[1]) == split and state.grid_parts.dtype == np.uint32
+    assert int(state.parts_written[0]) == 2 * split and state.part_owners.dtype == np.uint32
     expected = probes_after(straight)
     assert expected >= (len(PERSONAS) - GRID_LEVELS + 1) * (len(QUESTIONS) - GRID_LEVELS + 1)
     assert probes_after(restored) == expected
     assert probes_after(pw.Engine(device="cpu", campaigns=False)) < expected
+
+
+def test_a_snapshot_of_0_16_0_loads_with_no_parts_remembered(tmp_path):
+    """0.16.0 kept whole lines in arrays named grid_*; 0.16.1 reads none of them and starts each
+    account's part memory empty, so its marks are those of a fresh memory."""
+    import probewatch as pw
+
+    prompts = _grid(by_persona=True)
+    vectors = np.random.default_rng(4).normal(size=(len(prompts), 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    split = 3 * len(QUESTIONS)
+    engine = pw.Engine(device="cpu", campaigns=False)
+    engine.observe_embeddings(["grid"] * split, vectors[:split], prompts=prompts[:split])
+    engine.save(tmp_path / "now.npz")
+    with np.load(tmp_path / "now.npz", allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files if not name.startswith("state_part")}
+    arrays["state_grid_parts"] = np.ones((1, 192), dtype=np.uint32)
+    arrays["state_grid_owner"] = np.zeros((1, 192), dtype=np.uint8)
+    arrays["state_grid_counts"] = np.array([[384, 192]], dtype=np.int64)
+    np.savez(tmp_path / "old.npz", **arrays)
+    old = pw.Engine.load(tmp_path / "old.npz")
+    state = old.pipeline.states["grid"]
+    assert int(state.parts_written[0]) == 0 and not state.part_ring.any()
+    now = pw.Engine.load(tmp_path / "now.npz")
+    counts = []
+    for engine in (now, old):
+        before = int(engine.pipeline.states["grid"].probes[1])
+        engine.observe_embeddings(["grid"] * (len(prompts) - split), vectors[split:], prompts=prompts[split:])
+        counts.append(int(engine.pipeline.states["grid"].probes[1]) - before)
+    # with the memory, every cell from the fourth persona and the fourth question on; without
+    # it, none of the remaining three personas' cells (a fresh memory sees three levels only)
+    assert sum(grid_marks(prompts[split:])) == 0
+    assert counts[0] - counts[1] == (len(PERSONAS) - GRID_LEVELS + 1) * (len(QUESTIONS) - GRID_LEVELS + 1)

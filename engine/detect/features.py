@@ -294,10 +294,11 @@ class AccountState:
         CONTINUATION_MIN_ADDED characters; that prompt was not continued before and the text
         added is none the account added lately: see APPENDED_MEMORY), else FRESH; probe is
         whether a fresh prompt is a neighbourhood probe (``is_neighbourhood_probe``,
-        ``is_seed_probe``, or a cell of a grid: ``grids.is_grid_probe``). Then remember it. Call once per query that has a prompt, before
-        :meth:`update` counts it; both go into its QueryFacts (a batch notes all its prompts
-        before its first update, so nothing here may count what update counts). ``sketch``: the
-        text's ``word_hashes``, where the caller has them."""
+        ``is_seed_probe``, or a cell of a grid: ``grids.is_grid_probe``). Then remember it.
+        Call once per query that has a prompt, before :meth:`update` counts it; both go into
+        its QueryFacts (a batch notes all its prompts before its first update, so nothing here
+        may count what update counts). ``sketch``: the text's ``word_hashes``, where the caller
+        has them."""
         continues = FRESH
         noted = int(self.probes[0])
         longest = len(text) - CONTINUATION_MIN_ADDED  # the longest prompt text can continue

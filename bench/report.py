@@ -302,7 +302,11 @@ its queries the rule marks was seen after that, so it is spent for the next chan
 wordings in bursts of 2-12 with the account's own queries sometimes between them, on shorter
 benign bases) was committed before any detector ran on it, as the blind check of evidence
 from short stretches of a long history; the `mixed_*` rows are the ones such evidence may be
-designed on. Leave one strategy out: no detector here, probewatch included, fits
+designed on. In the session of 0.16.2 each account's highest look-alike, topic-return,
+walk-away and probe scores were printed for `heldout_template_sweep`,
+`heldout_cot_elicitation`, `heldout_corpus_sentences` and six of `heldout_mixed_5pct`'s accounts
+(its blends of those strategies), so those rows are spent for a change built on how an
+account's evidence splits between those lines. Leave one strategy out: no detector here, probewatch included, fits
 anything on attack traffic (calibration is benign accounts only), so every row is already
 scored by a detector trained without its strategy; the one component probewatch fits with
 extraction-like positives, the elicitation head, acts only in the campaign layer, whose levels

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from array import array
 from collections.abc import Sequence
 from functools import reduce
 
@@ -59,6 +60,7 @@ TEXT_CHARS = 16384  # a prompt's head and tail are cut into segments from at mos
 # where a segment ends: a sentence's end (a closing quote or bracket may follow it) or a colon,
 # then whitespace; the punctuation goes with the break (a part is compared without it anyway)
 _SEGMENT_END = re.compile(r"[.!?:][\"'\u201d\u2019)]?\s+")
+_U32 = "I" if array("I").itemsize == 4 else "L"  # a C unsigned type of 4 bytes, as NumPy's uint32
 _AROUND = " \t\"'`\u201c\u201d\u2018\u2019()[]{}<>*_-\u2013\u2014.,;:!?"  # quotes and punctuation around a segment
 
 
@@ -97,7 +99,8 @@ def prompt_parts(text: str) -> list[int]:
 def parts_signature(parts: Sequence[int]) -> int:
     """A checksum of a prompt's whole set of parts: which recent prompt a remembered part came
     from, with prompts of the same parts (retries) as one."""
-    return zlib.crc32(np.sort(np.asarray(parts, dtype=np.uint32)).tobytes()) or 1
+    # an array of sorted C unsigned ints gives NumPy's sorted uint32 bytes, without NumPy's call overhead
+    return zlib.crc32(array(_U32, sorted(parts)).tobytes()) or 1
 
 
 def is_grid_probe(parts: Sequence[int], ring_parts: np.ndarray, ring_owner: np.ndarray, written: int) -> bool:
@@ -107,11 +110,14 @@ def is_grid_probe(parts: Sequence[int], ring_parts: np.ndarray, ring_owner: np.n
     from; ``written``: parts written so far."""
     if len(parts) < 2:
         return False
-    found = [ring_parts == part for part in parts]
     # every part must be in GRID_LEVELS - 1 earlier prompts (the part itself, or all the rest):
-    # an app's new input never is, so most prompts stop here
-    if min(map(np.count_nonzero, found)) < GRID_LEVELS - 1:
-        return False
+    # an app's new input never is, so most prompts stop here, at their first new part
+    found = []
+    for part in parts:
+        at = ring_parts == part
+        if np.count_nonzero(at) < GRID_LEVELS - 1:
+            return False
+        found.append(at)
     size = ring_parts.shape[0]
     # once the ring has wrapped, its oldest prompt may have lost some parts (the ring cannot
     # tell): leave it out
@@ -142,10 +148,15 @@ def remember_parts(parts: Sequence[int], ring_parts: np.ndarray, ring_owner: np.
     ``written``: a one-element array, the count of parts written so far."""
     if not parts:
         return
-    count, size = int(written[0]), ring_parts.shape[0]
+    count, size, k = int(written[0]), ring_parts.shape[0], len(parts)
     signature = parts_signature(parts)
-    for part in parts:
-        ring_parts[count % size] = part
-        ring_owner[count % size] = signature
-        count += 1
-    written[0] = count
+    start = count % size
+    if start + k <= size:  # one slice write, unless the parts run past the ring's end
+        ring_parts[start : start + k] = parts
+        ring_owner[start : start + k] = signature
+    else:
+        for part in parts:
+            ring_parts[count % size] = part
+            ring_owner[count % size] = signature
+            count += 1
+    written[0] = int(written[0]) + k

@@ -156,6 +156,27 @@ def test_the_rule_matches_the_reference_on_random_prompts_including_a_wrapped_ri
     assert marked > 20  # the random prompts do cross factors now and then
 
 
+def test_the_ring_and_signatures_are_written_as_entry_by_entry_writes_of_numpy_signatures_would():
+    """Snapshots hold the ring and each part's signature: the slice writes and the array-module
+    signature must store exactly what one write per part of NumPy's sorted-uint32 checksum did."""
+    rng = random.Random(3)
+    ring_parts = np.zeros(PART_MEMORY, dtype=np.uint32)
+    ring_owner = np.zeros(PART_MEMORY, dtype=np.uint32)
+    written = np.zeros(1, dtype=np.int64)
+    plain_parts, plain_owner, count = ring_parts.copy(), ring_owner.copy(), 0
+    for _ in range(500):  # 2-6 parts a prompt: the ring wraps several times, some prompts across its end
+        parts = [rng.getrandbits(32) or 1 for _ in range(rng.randint(2, 6))]
+        expected = zlib.crc32(np.sort(np.asarray(parts, dtype=np.uint32)).tobytes()) or 1
+        assert parts_signature(parts) == expected
+        remember_parts(parts, ring_parts, ring_owner, written)
+        for part in parts:
+            plain_parts[count % PART_MEMORY], plain_owner[count % PART_MEMORY] = part, expected
+            count += 1
+        assert int(written[0]) == count
+        assert np.array_equal(ring_parts, plain_parts) and np.array_equal(ring_owner, plain_owner)
+    assert parts_signature([0xFFFFFFFF, 1]) == parts_signature([1, 0xFFFFFFFF])  # order aside, full 32-bit range
+
+
 def test_a_prompt_retried_is_one_level_not_several():
     frame, other = "Answer as a strict grammar teacher.", "Answer as a sleepy cat."
     payloads = [f"Question {w} is about something else entirely." for w in ("one", "two", "three", "four")]

@@ -374,18 +374,27 @@ class CampaignLayer:
     def _linked_members(self, group: Group) -> list[str]:
         """Linked accounts that count with the group: MIN_TESTED_MEMBER_QUERIES queries and a
         history that fits it (see :meth:`_raise_linked`)."""
-        out = []
-        for account in sorted(group.linked):
-            links = self.accounts[account]
-            if links.n >= MIN_TESTED_MEMBER_QUERIES and self._fits_from_outside(group, links):
-                out.append(account)
-        return out
+        return [account for account in sorted(group.linked) if self._counts_as_linked(group, account)]
 
-    def linked_prompts(self, group: Group, account: str) -> int:
-        """How many of the account's prompts are probe-linked to counted members of ``group``."""
+    def _counts_as_linked(self, group: Group, account: str) -> bool:
+        """Whether ``account`` is one of :meth:`_linked_members` of ``group``, tested alone (a
+        group can have hundreds of linked accounts; one account's verdict needs only its own)."""
+        links = self.accounts.get(account)
+        return (
+            account in group.linked
+            and links is not None
+            and links.n >= MIN_TESTED_MEMBER_QUERIES
+            and self._fits_from_outside(group, links)
+        )
+
+    def linked_prompts(self, group: Group, account: str, counted: set[str] | None = None) -> int:
+        """How many of the account's prompts are probe-linked to counted members of ``group``.
+        ``counted``: :meth:`_counted_members` of the group, where the caller asks for many accounts."""
         links = self.accounts.get(account)
         if links is None:
             return 0
+        if counted is not None:
+            return len({serial for serial, partner in links.probe_links if partner != account and partner in counted})
         needed = member_min_queries(group)
         own = set()
         for serial, partner in links.probe_links:
@@ -393,6 +402,13 @@ class CampaignLayer:
             if partner != account and slot is not None and self.pool.counts[slot] >= needed:
                 own.add(serial)
         return len(own)
+
+    def _counted_members(self, group: Group) -> set[str]:
+        """Members with the queries a member needs to count in ``group`` (:func:`member_min_queries`)."""
+        accounts = list(group.members)
+        slots = np.fromiter(group.members.values(), dtype=np.int64, count=len(accounts))
+        enough = (self.pool.counts[slots] >= member_min_queries(group)).tolist()
+        return {account for account, keep in zip(accounts, enough, strict=True) if keep}
 
     def _raise_linked(self, group: Group, account: str, raised: dict[str, Level]) -> None:
         """Raise a linked account (not a member) to the group's level, where it has
@@ -592,9 +608,10 @@ class CampaignLayer:
                     group.flagged_at_n = group.n
                 group.level = level
                 self._hot_changed(relinked=True)
+                counted = self._counted_members(group)
                 for account in self._active_members(group):
                     count = int(self.pool.counts[group.members[account]])
-                    linked = self.linked_prompts(group, account) >= MIN_LINKED_PROMPTS
+                    linked = self.linked_prompts(group, account, counted) >= MIN_LINKED_PROMPTS
                     member = member_level(group, count, linked)
                     if raised.get(account, Level.OK) < member:
                         raised[account] = member
@@ -762,7 +779,7 @@ class CampaignLayer:
         for key in sorted(links.linked):
             cid = campaign_of.get(key)
             group = self.groups.get(key)
-            if cid is None or group is None or account not in self._linked_members(group):
+            if cid is None or group is None or not self._counts_as_linked(group, account):
                 continue
             if best is None or group.score > best[1]:
                 best = (cid, group.score)
@@ -795,12 +812,15 @@ class CampaignLayer:
                 "were evicted or forgotten is gone"
             )
         groups = [self.groups[k] for k in keys]
+        # each group's counted members, found once for the member list and the reasons
+        active = {g.key: self._active_members(g) for g in groups}
+        linked = {g.key: self._linked_members(g) for g in groups}
         counts: dict[str, int] = {}
         for g in groups:
-            for account in self._active_members(g):
+            for account in active[g.key]:
                 counts[account] = counts.get(account, 0) + int(self.pool.counts[g.members[account]])
         for g in groups:
-            for account in self._linked_members(g):
+            for account in linked[g.key]:
                 counts.setdefault(account, self.accounts[account].n)
         top = max(groups, key=lambda g: max(g.score, g.campaign_score))
         top_score = max(top.score, top.campaign_score)
@@ -828,17 +848,21 @@ class CampaignLayer:
             size=len(counts),
             queries=sum(g.n for g in groups),
             indicators=tuple(indicators),
-            reasons=self._reasons(groups),
+            reasons=self._reasons(groups, active, linked),
             first_ts=min(firsts) if firsts else None,
             last_ts=max(lasts) if lasts else None,
             flagged_at_queries=min(flagged) if flagged else None,
         )
 
-    def _reasons(self, groups: list[Group]) -> tuple[str, ...]:
+    def _reasons(
+        self, groups: list[Group], active: dict[str, list[str]], linked: dict[str, list[str]]
+    ) -> tuple[str, ...]:
+        """Sentences for a campaign's report; ``active`` and ``linked``: each group's counted
+        members and linked accounts (:meth:`_active_members`, :meth:`_linked_members`)."""
         out = []
 
         def group_accounts(g: Group) -> list[str]:
-            return [*self._active_members(g), *self._linked_members(g)]
+            return [*active[g.key], *linked[g.key]]
 
         for g in sorted(groups, key=lambda g: -g.score)[:3]:
             f = self.features(g)
@@ -851,7 +875,8 @@ class CampaignLayer:
                 f"{f.members} accounts {what}; their queries are no more alike within an account than across "
                 f"accounts (member focus {f.member_focus:.3f}), as when one pool of prompts is dealt out"
             )
-            probers = [a for a in group_accounts(g) if self.linked_prompts(g, a) >= MIN_LINKED_PROMPTS]
+            counted = self._counted_members(g)
+            probers = [a for a in group_accounts(g) if self.linked_prompts(g, a, counted) >= MIN_LINKED_PROMPTS]
             if probers:
                 out.append(
                     f"{len(probers)} accounts each sent {MIN_LINKED_PROMPTS}+ variants of prompts that members of this "

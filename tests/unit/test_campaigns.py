@@ -611,6 +611,21 @@ def test_an_account_outside_a_hot_group_is_raised_by_two_linked_prompts_not_one(
     linked_to = [layer.groups[k] for k in layer.accounts["outsider-two"].linked]
     assert linked_to and all(g.level is pw.Level.FLAG and "outsider-two" not in g.members for g in linked_to)
     assert all("outsider-two" in g.linked for g in linked_to)
+    # the shortcuts a verdict and a report take give the whole-group answers, for every group and
+    # account (a light account put among every group's linked ones too: too few queries to count)
+    feed(engine, ["outsider-light"], pool[:1], ["how do I look after the roses in my garden"], [{}])
+    for g in layer.groups.values():
+        g.linked.add("outsider-light")
+    assert not any(layer._counts_as_linked(g, "outsider-light") for g in layer.groups.values())
+    for g in layer.groups.values():
+        members = set(layer._linked_members(g))
+        counted = layer._counted_members(g)
+        for name in layer.accounts:
+            assert layer._counts_as_linked(g, name) == (name in members), (g.key, name)
+            assert layer.linked_prompts(g, name, counted) == layer.linked_prompts(g, name), (g.key, name)
+    assert any(layer._counts_as_linked(g, "outsider-two") for g in linked_to)
+    for g in layer.groups.values():
+        g.linked.discard("outsider-light")
     # the groups it is linked to lose every member (forgotten): the link goes with them
     for g in linked_to:
         for member in list(g.members):

@@ -208,9 +208,10 @@ class CampaignLayer:
 
     def _hot_changed(self, relinked: bool) -> None:
         """A group at watch/flag changed. ``relinked``: campaigns may have new members or
-        groups, so they are recomputed; otherwise summaries just age (SUMMARY_REFRESH)."""
+        groups, so which groups form which campaign is recomputed at its next use. Summaries
+        age either way (SUMMARY_REFRESH): rebuilding every campaign's summary each time a member
+        joins a hot group cost a verdict more the bigger its campaign grew."""
         if relinked:
-            self._summaries.clear()
             self._campaign_of = None
 
     @property
@@ -709,6 +710,8 @@ class CampaignLayer:
             self._campaign_groups[cid] = keys
             for k in keys:
                 self._campaign_of[k] = cid
+        # a campaign that no longer exists (merged into another, cooled, forgotten) keeps no summary
+        self._summaries = {cid: s for cid, s in self._summaries.items() if cid in self._campaign_groups}
         return self._campaign_of
 
     def _active_members(self, group: Group) -> list[str]:

@@ -3,6 +3,8 @@ scoring, the layer end to end on synthetic traffic, its state, and its caps."""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 
 import numpy as np
@@ -430,6 +432,47 @@ def test_a_hydra_campaign_is_found_and_a_benign_template_crowd_is_not(calibratio
     text = str(engine.campaign(top.id).to_dict())
     assert "pm-shared" not in text and "10.0.0.1" not in text
     assert any(k.startswith("meta:payment") or k == "template" for k in top.summary().indicator_kinds)
+
+
+def test_a_verdicts_campaign_summary_is_at_most_summary_refresh_observations_old(calibration_path, topics):
+    """The contract beside SUMMARY_REFRESH: a verdict's campaign size, risk and reasons are at
+    most that many observations old, and its level is current. Members joining a hot group do
+    not rebuild every summary (that cost a verdict more the bigger its campaign grew): each
+    campaign's summary is built at most once per SUMMARY_REFRESH observations, or when its id
+    is new."""
+    from probewatch.campaigns.layer import SUMMARY_REFRESH
+
+    engine = make_engine(calibration_path)
+    layer = engine.pipeline.campaigns
+    accounts, vectors, prompts, metas = hydra_traffic(topics, members=60)
+    built: list[tuple[str, int, pw.CampaignSummary]] = []  # (id, observations when built, fresh summary)
+    real = layer.campaign
+
+    def building(campaign_id):
+        report = real(campaign_id)
+        built.append((campaign_id, layer.observations, report.summary()))
+        return report
+
+    layer.campaign = building
+    seen = 0
+    for s in range(0, len(accounts), 16):
+        sl = slice(s, s + 16)
+        for verdict in engine.observe_embeddings(accounts[sl], vectors[sl], metas=metas[sl], prompts=prompts[sl]):
+            if verdict.campaign is None:
+                continue
+            seen += 1
+            cid = verdict.campaign.id
+            # the summary it carries was built within the window (the batch's 16 items count in it)
+            recent = [
+                summary for c, at, summary in built if c == cid and layer.observations - at <= SUMMARY_REFRESH + 16
+            ]
+            assert any(dataclasses.replace(verdict.campaign, level=summary.level) == summary for summary in recent)
+    assert seen > 100
+    per_id = {}
+    for cid, at, _ in built:
+        per_id.setdefault(cid, []).append(at)
+    for ats in per_id.values():  # rebuilt only once the last build is SUMMARY_REFRESH observations old
+        assert all(b - a >= SUMMARY_REFRESH for a, b in itertools.pairwise(ats))
 
 
 def test_a_diverse_bystander_sharing_a_user_agent_is_not_raised_with_the_campaign(calibration_path, topics):

@@ -394,15 +394,15 @@ class CampaignLayer:
         links = self.accounts.get(account)
         if links is None:
             return 0
-        if counted is not None:
-            return len({serial for serial, partner in links.probe_links if partner != account and partner in counted})
-        needed = member_min_queries(group)
-        own = set()
-        for serial, partner in links.probe_links:
-            slot = group.members.get(partner)
-            if partner != account and slot is not None and self.pool.counts[slot] >= needed:
-                own.add(serial)
-        return len(own)
+        if counted is None:  # one account: look its partners up (at most MAX_PROBE_LINKS of them)
+            needed, members, pool_counts = member_min_queries(group), group.members, self.pool.counts
+
+            def is_counted(partner: str) -> bool:
+                slot = members.get(partner)
+                return slot is not None and pool_counts[slot] >= needed
+        else:
+            is_counted = counted.__contains__
+        return len({serial for serial, partner in links.probe_links if partner != account and is_counted(partner)})
 
     def _counted_members(self, group: Group) -> set[str]:
         """Members with the queries a member needs to count in ``group`` (:func:`member_min_queries`)."""

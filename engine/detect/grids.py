@@ -155,8 +155,7 @@ def remember_parts(parts: Sequence[int], ring_parts: np.ndarray, ring_owner: np.
         ring_parts[start : start + k] = parts
         ring_owner[start : start + k] = signature
     else:
-        for part in parts:
-            ring_parts[count % size] = part
-            ring_owner[count % size] = signature
-            count += 1
-    written[0] = int(written[0]) + k
+        for i, part in enumerate(parts):
+            ring_parts[(count + i) % size] = part
+            ring_owner[(count + i) % size] = signature
+    written[0] = count + k

@@ -177,6 +177,17 @@ def sweep_order(rng: random.Random, items: list, n: int) -> list:
     return ordered
 
 
+def grid_cells(rng: random.Random, frames: list, payloads: list, order: str) -> list[tuple]:
+    """Every (frame, payload) pair of a grid: ``"by_payload"`` (each payload under every frame in
+    turn), ``"by_frame"`` (each frame around every payload in turn) or ``"shuffled"``."""
+    if order == "by_frame":
+        return [(frame, payload) for frame in frames for payload in payloads]
+    cells = [(frame, payload) for payload in payloads for frame in frames]
+    if order == "shuffled":
+        rng.shuffle(cells)
+    return cells
+
+
 def distinct_steps(texts: list[str], key: str, sent: frozenset[str] = frozenset()) -> list[Query]:
     """A chain's prompts as sent: each text once, at its first appearance, and none of ``sent``
     (a prompt repeated or an edit undone is a retry of an earlier prompt, not a step)."""

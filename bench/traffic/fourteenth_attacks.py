@@ -15,7 +15,7 @@ import json
 import random
 
 from . import sources
-from .attacks import Query, _sample, check_later_wording
+from .attacks import Query, _sample, check_later_wording, grid_cells
 
 FOURTEENTH_PREFIX = "fourteenth_"
 FOURTEENTH_STRATEGIES = (FOURTEENTH_PREFIX + "perturbation_chain",)
@@ -66,16 +66,12 @@ def context_grid(rng: random.Random, histories: list[tuple[list[str], str]], n: 
     follow_ups = _sample(rng, list(_FOLLOW_UPS), rng.randint(5, 10))
     picked = _sample(rng, histories, rng.randint(4, 8))
     layout = rng.randrange(3)
-    order = rng.choice(("by_history", "by_follow_up", "shuffled"))
+    order = rng.choice(("by_payload", "by_frame", "shuffled"))
     used = {key for _, key in picked}
     out: list[Query] = []
     while len(out) < n and picked:
-        cells = [(history, f) for history in picked for f in follow_ups]
-        if order == "by_follow_up":
-            cells = [(history, f) for f in follow_ups for history in picked]
-        if order == "shuffled":
-            rng.shuffle(cells)
-        out += [(_prompt(layout, turns, f), key) for (turns, key), f in cells]
+        cells = grid_cells(rng, follow_ups, picked, order)
+        out += [(_prompt(layout, turns, f), key) for f, (turns, key) in cells]
         # a longer account takes fresh histories for the next pass: a grid never repeats a query
         picked = _sample(rng, [h for h in histories if h[1] not in used], len(picked))
         used.update(key for _, key in picked)

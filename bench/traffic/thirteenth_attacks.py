@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 
 from . import sources
-from .attacks import Query, _sample, check_later_wording
+from .attacks import Query, _sample, check_later_wording, grid_cells
 
 THIRTEENTH_PREFIX = "thirteenth_"
 THIRTEENTH_STRATEGIES = (THIRTEENTH_PREFIX + "perturbation_chain",)
@@ -91,14 +91,10 @@ def demonstration_grid(rng: random.Random, pools: dict[str, list[Labelled]], n: 
             sets.append(_sample(rng, demo_pool, rng.randint(2, 6)))
     picked = items[: rng.randint(5, 12)]
     used = set(picked)
-    order = rng.choice(("by_item", "by_set", "shuffled"))
+    order = rng.choice(("by_payload", "by_frame", "shuffled"))
     out: list[Query] = []
     while len(out) < n and picked:
-        cells = [(demos, item) for item in picked for demos in sets]
-        if order == "by_set":
-            cells = [(demos, item) for demos in sets for item in picked]
-        if order == "shuffled":
-            rng.shuffle(cells)
+        cells = grid_cells(rng, sets, picked, order)
         out += [(_prompt(layout, task, demos, item), item[2]) for demos, item in cells]
         # a longer account takes fresh items for the next pass
         picked = [item for item in items if item not in used][: len(picked)]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 
 from . import sources
-from .attacks import Query, _sample, check_later_wording
+from .attacks import Query, _sample, check_later_wording, grid_cells
 
 TWELFTH_PREFIX = "twelfth_"
 TWELFTH_STRATEGIES = (TWELFTH_PREFIX + "perturbation_chain",)
@@ -62,17 +62,13 @@ def template_grid(rng: random.Random, passages: list[Query], n: int) -> list[Que
     under each of its templates, walked input by input, template by template or shuffled."""
     templates = _sample(rng, list(_TEMPLATES), rng.randint(4, 10))
     picked = _sample(rng, passages, rng.randint(5, 14))
-    order = rng.choice(("by_input", "by_template", "shuffled"))
+    order = rng.choice(("by_payload", "by_frame", "shuffled"))
     used = set(picked)
     out: list[Query] = []
     while len(out) < n and picked:
-        cells = [(template, passage) for passage in picked for template in templates]
-        if order == "by_template":
-            cells = [(template, passage) for template in templates for passage in picked]
-        if order == "shuffled":
-            rng.shuffle(cells)
-        else:  # shuffled within each block of one input (or one template)
-            width = len(templates) if order == "by_input" else len(picked)
+        cells = grid_cells(rng, templates, picked, order)
+        if order != "shuffled":  # shuffled within each block of one input (or one template)
+            width = len(templates) if order == "by_payload" else len(picked)
             blocks = [cells[i : i + width] for i in range(0, len(cells), width)]
             for block in blocks:
                 rng.shuffle(block)

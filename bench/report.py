@@ -306,7 +306,10 @@ designed on. In the session of 0.16.2 each account's highest look-alike, topic-r
 walk-away and probe scores were printed for `heldout_template_sweep`,
 `heldout_cot_elicitation`, `heldout_corpus_sentences` and six of `heldout_mixed_5pct`'s accounts
 (its blends of those strategies), so those rows are spent for a change built on how an
-account's evidence splits between those lines. Leave one strategy out: no detector here, probewatch included, fits
+account's evidence splits between those lines. 0.17.0's frame threads were designed on the
+`mixed_*` rows and one benign summarisation-app account; `heldout_mixed_5pct` was their blind
+check (its row read in each of three runs, its accounts not looked at), so it is spent for the
+next change for blended accounts. Leave one strategy out: no detector here, probewatch included, fits
 anything on attack traffic (calibration is benign accounts only), so every row is already
 scored by a detector trained without its strategy; the one component probewatch fits with
 extraction-like positives, the elicitation head, acts only in the campaign layer, whose levels

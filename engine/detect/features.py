@@ -27,8 +27,9 @@ from probewatch.kernels import (
     shapiro_wilk_w,
 )
 
+from ..backend.device import int8_codes, int8_step
 from ..types import Level
-from .grids import PART_MEMORY, is_grid_probe, prompt_parts, remember_parts
+from .grids import GRID_LEVELS, PART_MEMORY, is_grid_probe, prompt_parts, remember_parts
 from .probes import EMPTY as EMPTY_HASH
 from .probes import (
     MIN_RELATED,
@@ -81,6 +82,14 @@ FEATURES: dict[str, str] = {
         "cloning sends every payload under every frame; people editing a prompt build on their "
         "last version, and apps put one frame around new inputs)"
     ),
+    "framed_return_rate": (
+        "share of the queries under one recurring frame (a sentence the account took up after it "
+        "started, such as a reasoning request or a task template around new inputs) that return to the "
+        "subject of an earlier query under that frame (a person's framed requests come back to their "
+        "topics; a harvesting script puts one frame around independently drawn questions, alone or mixed "
+        "into an ordinary user's traffic)"
+    ),
+    "framed_share": "share of all queries sent under that recurring frame",
 }
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURES)
 N_FEATURES = len(FEATURE_NAMES)
@@ -164,6 +173,25 @@ CONTINUATION_HEAD_CHARS = 64
 # walk-away step (WALK_DEEP_DEPTH) needs the text to rule continuation out: a query without a
 # prompt is judged by the distance-and-density rule alone, as before 0.12.5.
 UNKNOWN_TEXT, FRESH, CONTINUES = -1, 0, 1
+# Frame threads (AccountState.note_prompt): the queries of an account that share one part
+# (``grids.prompt_parts``) which became recurrent after the account's start, judged for topic
+# return as if they were an account of their own. A blended account's extraction bursts put one
+# frame around independently drawn payloads; among an ordinary user's traffic their few returns
+# are diluted away, while as a thread of their own they show. A part starts a thread when it is
+# in FRAME_MIN_PROMPTS distinct recent prompts (the grid ring's), this one included, and in at
+# most half of the prompts the ring spans, with parts or without (an app's own template is in
+# all of them: the account-level statistic already judges that stream). A prompt joins at most
+# one thread.
+FRAME_THREADS = 2
+FRAME_MIN_PROMPTS = 4
+# Each thread keeps its latest FRAME_MEMORY vectors as int8 codes (the int8 storage's grid;
+# allocated with the first thread): a return is a query at least TOPIC_RETURN_SIMILARITY to one
+# of them. Widening float16 rows cost about 20 us a query here, int8 codes about 4 us.
+FRAME_MEMORY = 32
+# A thread that no prompt extended in this many prompts may be replaced by a new one.
+FRAME_IDLE_PROMPTS = 64
+# Threads with fewer queries are not reported (the detector scores no account this short).
+FRAME_MIN_QUERIES = 10
 MIN_NORMALITY_SAMPLES = 16  # Shapiro-Wilk on fewer minimum distances is mostly noise
 RISK_TRACE_POINTS = 256  # risk-over-time points kept per account for reports
 
@@ -194,6 +222,9 @@ class QueryFacts:
     continues: int = UNKNOWN_TEXT
     # whether the prompt is a neighbourhood probe (see probewatch.detect.probes)
     probe: bool = False
+    # (return rate, queries) of the account's reported frame thread right after this query's
+    # prompt was noted (AccountState.framed_stats); None: read from the state at capture
+    framed: tuple[float, int] | None = None
 
 
 class AccountState:
@@ -207,11 +238,15 @@ class AccountState:
         "cell_counts",
         "first_ts",
         "flagged_at",
+        "frame_counts",
+        "frame_parts",
+        "frame_vectors",
         "gram_stats",
         "last_ts",
         "level",
         "n",
         "nn_hist",
+        "part_noted",
         "part_owners",
         "part_ring",
         "parts_written",
@@ -287,8 +322,19 @@ class AccountState:
         self.part_ring = np.zeros(PART_MEMORY, dtype=np.uint32)
         self.part_owners = np.zeros(PART_MEMORY, dtype=np.uint32)
         self.parts_written = np.zeros(1, dtype=np.int64)
+        # the number (among the account's noted prompts) of the prompt each part came from: how
+        # many prompts, with parts or without, the ring spans
+        self.part_noted = np.zeros(PART_MEMORY, dtype=np.uint32)
+        # frame threads: each live thread's part (0: none) and [queries, returns, number of the
+        # prompt that last extended it]; their latest vectors, allocated with the first thread
+        # (most accounts never start one)
+        self.frame_parts = np.zeros(FRAME_THREADS, dtype=np.uint32)
+        self.frame_counts = np.zeros((FRAME_THREADS, 3), dtype=np.int64)
+        self.frame_vectors: np.ndarray | None = None
 
-    def note_prompt(self, text: str, sketch: tuple[list[int], int] | None = None) -> tuple[int, bool]:
+    def note_prompt(
+        self, text: str, sketch: tuple[list[int], int] | None = None, vector: np.ndarray | None = None
+    ) -> tuple[int, bool]:
         """(mark, probe): the mark is CONTINUES if ``text`` continues one of the account's recent
         prompts as a conversation does (it starts with the whole of one and adds at least
         CONTINUATION_MIN_ADDED characters; that prompt was not continued before and the text
@@ -298,7 +344,8 @@ class AccountState:
         Call once per query that has a prompt, before :meth:`update` counts it; both go into
         its QueryFacts (a batch notes all its prompts before its first update, so nothing here
         may count what update counts). ``sketch``: the text's ``word_hashes``, where the caller
-        has them."""
+        has them; ``vector``: the query's unit vector (host), where the caller has it, for
+        the account's frame threads."""
         continues = FRESH
         noted = int(self.probes[0])
         longest = len(text) - CONTINUATION_MIN_ADDED  # the longest prompt text can continue
@@ -334,9 +381,17 @@ class AccountState:
                 probe = is_seed_probe(query, words, self._stored_sketches(near, recent_words))
         parts = prompt_parts(text)
         if parts:
-            if continues == FRESH and not probe:  # one cell of a grid of frames and payloads
-                probe = is_grid_probe(parts, self.part_ring, self.part_owners, int(self.parts_written[0]))
+            ring = self.part_ring
+            counts = [int(np.count_nonzero(ring == part)) for part in parts]  # how often each was sent lately
+            # one cell of a grid of frames and payloads: every part sent before (most prompts stop here)
+            if continues == FRESH and not probe and min(counts) >= GRID_LEVELS - 1:
+                probe = is_grid_probe(parts, ring, self.part_owners, int(self.parts_written[0]))
+            if vector is not None:  # before this prompt's parts are remembered
+                self._note_frames(parts, counts, vector, noted)
+            written = int(self.parts_written[0])
             remember_parts(parts, self.part_ring, self.part_owners, self.parts_written)
+            for i in range(len(parts)):
+                self.part_noted[(written + i) % PART_MEMORY] = noted & 0xFFFFFFFF  # wraps, as spans are taken
         slot = noted % CONTINUATION_MEMORY
         self.probes[0] = noted + 1
         store_sketch(self.prompt_sketches[slot], kept)
@@ -347,6 +402,70 @@ class AccountState:
         self.prompt_heads[slot] = _checksum(text[:CONTINUATION_HEAD_CHARS])
         self.prompt_digests[slot] = np.frombuffer(_digest(text), dtype=np.uint8)
         return continues, probe
+
+    def _note_frames(self, parts: list[int], counts: list[int], vector: np.ndarray, noted: int) -> None:
+        """Extend the frame thread one of ``parts`` belongs to, or start one (see FRAME_THREADS);
+        ``counts``: how many remembered parts equal each; ``noted``: the prompts noted before
+        this one."""
+        live = self.frame_parts.tolist()
+        slot = next((j for j, part in enumerate(live) if part and part in parts), -1)
+        if slot < 0:
+            if max(counts) + 1 < FRAME_MIN_PROMPTS:  # no part recurs (most prompts)
+                return
+            slot = self._start_frame(parts, counts, noted, live, vector.shape[0])
+            if slot < 0:
+                return
+        members, returns = int(self.frame_counts[slot, 0]), int(self.frame_counts[slot, 1])
+        kept = self.frame_vectors[slot]
+        filled = min(members, FRAME_MEMORY)
+        step = int8_step(kept.shape[1])
+        if filled and float((kept[:filled].astype(np.float32) @ vector).max()) * step >= TOPIC_RETURN_SIMILARITY:
+            returns += 1
+        kept[members % FRAME_MEMORY] = int8_codes(vector, step)
+        self.frame_counts[slot] = (members + 1, returns, noted)
+
+    def _start_frame(self, parts: list[int], counts: list[int], noted: int, live: list[int], dim: int) -> int:
+        """The slot of a new thread around the first of ``parts`` that has become a recurring
+        frame, or -1 (no such part, or no slot free or idle)."""
+        written = int(self.parts_written[0])
+        # the prompts the ring spans, this one included (those without parts too)
+        span = noted + 1
+        if written >= PART_MEMORY:
+            span = (noted + 1 - int(self.part_noted[written % PART_MEMORY])) & 0xFFFFFFFF
+        if span < 2 * FRAME_MIN_PROMPTS:  # no part can be in at most half of them yet
+            return -1
+        frame = 0
+        for j, part in enumerate(parts):
+            if counts[j] + 1 < FRAME_MIN_PROMPTS or 2 * (counts[j] + 1) > span:
+                continue
+            # distinct prompts (a retried prompt is one), told apart by their whole set of parts
+            if np.unique(self.part_owners[self.part_ring == part]).size + 1 >= FRAME_MIN_PROMPTS:
+                frame = part
+                break
+        if not frame:
+            return -1
+        idle = [noted - int(c) for c in self.frame_counts[:, 2].tolist()]
+        free = [j for j, part in enumerate(live) if not part or idle[j] >= FRAME_IDLE_PROMPTS]
+        if not free:
+            return -1
+        slot = max(free, key=lambda j: (not live[j], idle[j]))  # an empty slot, else the idlest
+        if self.frame_vectors is None:
+            self.frame_vectors = np.zeros((FRAME_THREADS, FRAME_MEMORY, dim), dtype=np.int8)
+        self.frame_parts[slot] = frame
+        self.frame_counts[slot] = (0, 0, noted)
+        return slot
+
+    def framed_stats(self) -> tuple[float, int]:
+        """(return rate, queries) of the frame thread reported in features: of the threads with
+        FRAME_MIN_QUERIES or more queries, the one that returns least (the larger on a tie);
+        (NaN, 0) without one. The rate is over the thread's queries after its first."""
+        best: tuple[float, int] = (math.nan, 0)
+        for members, returns, _ in self.frame_counts.tolist():
+            if members >= FRAME_MIN_QUERIES:
+                rate = returns / (members - 1)
+                if best[1] == 0 or rate < best[0] or (rate == best[0] and members > best[1]):
+                    best = (rate, members)
+        return best
 
     def _first_addition(self, slot: int, added: str) -> bool:
         """Whether the prompt in ``slot``, extended by ``added``, grows as a conversation does:
@@ -486,12 +605,17 @@ class AccountState:
         "part_ring",
         "part_owners",
         "parts_written",
+        "frame_parts",
+        "frame_counts",
+        "part_noted",
     )
     # absent from older snapshots, so they start at their defaults: steps judged from the next
     # refresh on (0.12.0); no recent prompt to continue (0.12.5); no recent prompt to be a probe
     # around, none counted (0.13.0); no prompt continued, no addition remembered (0.15.0); no
-    # prompt's parts remembered (0.16.1; 0.16.0's line-level arrays, named grid_*, are not read).
-    # Every array from "walk" on in ARRAYS; newer ones go at its end.
+    # prompt's parts remembered (0.16.1; 0.16.0's line-level arrays, named grid_*, are not read);
+    # no frame thread (0.17.0). Every array from "walk" on in ARRAYS; newer ones go at its end.
+    # ``frame_vectors`` is not among them: only accounts with a thread hold it, and snapshots
+    # store it for those alone.
     SINCE_0_12 = ARRAYS[ARRAYS.index("walk") :]
 
 
@@ -589,7 +713,7 @@ def advance(
                 due.append(refresh)
                 due_items.append(i)
                 due_bytes += refresh.rows.nbytes
-        batch.capture(i, state)
+        batch.capture(i, state, facts[i].framed)
         if due_bytes > PENDING_WINDOW_BYTES:  # many full windows at once: bound what is held
             flush(i + 1)
     if due:
@@ -616,9 +740,13 @@ class FeatureBatch:
         self.gram_stats = np.empty((m, GRAM_STATS), dtype=np.float64)
         self.walked = np.empty(m, dtype=np.int64)
         self.probed = np.empty(m, dtype=np.int64)
+        self.framed_rate = np.empty(m, dtype=np.float64)
+        self.framed_queries = np.empty(m, dtype=np.int64)
         self.n = np.empty(m, dtype=np.int64)
 
-    def capture(self, i: int, state: AccountState) -> None:
+    def capture(self, i: int, state: AccountState, framed: tuple[float, int] | None = None) -> None:
+        """Copy what item ``i``'s features need from ``state``; ``framed``: the frame thread
+        figures as of the item's prompt (QueryFacts.framed), else the state's now."""
         self.nn[i] = state.ring_nn
         self.knn[i] = state.ring_knn
         self.ref[i] = state.ring_ref
@@ -629,6 +757,7 @@ class FeatureBatch:
         self.gram_stats[i] = state.gram_stats
         self.walked[i] = state.walk[1]
         self.probed[i] = state.probes[1]
+        self.framed_rate[i], self.framed_queries[i] = state.framed_stats() if framed is None else framed
         self.n[i] = state.n
 
     def features(self, near_duplicate_similarity: float, off_reference_similarity: float) -> np.ndarray:
@@ -692,6 +821,9 @@ class FeatureBatch:
             f[:, _F["neighbourhood_probe_rate"]] = np.where(
                 self.n >= 2, self.probed / np.maximum(self.n - 1, 1), np.nan
             )
+            threaded = self.framed_queries > 0
+            f[:, _F["framed_return_rate"]] = np.where(threaded, self.framed_rate, np.nan)
+            f[:, _F["framed_share"]] = np.where(threaded, self.framed_queries / np.maximum(self.n, 1), np.nan)
         return f
 
     def _lone_features(self, near_duplicate_similarity: float, off_reference_similarity: float) -> np.ndarray:
@@ -741,6 +873,10 @@ class FeatureBatch:
         row[_F["new_cell_rate"]] = int(np.count_nonzero(self.cell_counts[0])) / max(n0, 1)
         row[_F["walk_away_rate"]] = int(self.walked[0]) / (n0 - 1) if n0 >= 2 else math.nan
         row[_F["neighbourhood_probe_rate"]] = int(self.probed[0]) / (n0 - 1) if n0 >= 2 else math.nan
+        framed = int(self.framed_queries[0])
+        if framed > 0:
+            row[_F["framed_return_rate"]] = float(self.framed_rate[0])
+            row[_F["framed_share"]] = framed / max(n0, 1)
         return f
 
 

@@ -209,6 +209,7 @@ class ProviderNormal:
             topic_return=base.topic_return,
             walk_away=base.walk_away,
             neighbourhood_probe=base.neighbourhood_probe,
+            framed_returns=base.framed_returns,
             lookalike_rule=base.lookalike_rule,
             evidence_norm=base.evidence_norm,
         )
@@ -227,6 +228,9 @@ class ProviderNormal:
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         self.clear()
         rows, ns, owners = state["rows"], state["ns"], state["owners"]
+        if rows.ndim == 2 and rows.shape[0] == len(owners) and rows.shape[1] < N_FEATURES:
+            # saved before the newest features existed (they are appended): unknown for those rows
+            rows = np.concatenate([rows, np.full((rows.shape[0], N_FEATURES - rows.shape[1]), np.nan)], axis=1)
         if len(owners) > self.capacity or rows.shape != (len(owners), N_FEATURES) or ns.shape != (len(owners),):
             raise ValueError(
                 f"live population state must have at most {self.capacity} rows of {N_FEATURES} features with one "

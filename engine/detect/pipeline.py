@@ -451,6 +451,7 @@ class Pipeline:
         self.reset()
         self.store.import_(state["accounts"], state["offsets"], state["vectors"])
         self.states.update(zip(state["accounts"], state["states"], strict=True))
+        self.stream.recount_framed()
         self.observations = int(state["observations"])
         self.clock = float(state.get("clock", math.nan))
         self.evicted = {a: tuple(r) for a, r in (state.get("evicted") or {}).items()}

@@ -66,7 +66,15 @@ RANK_CHANNEL_SKIPS = ("reference_similarity", "mmd_to_benign", "off_reference_ra
 # ``Calibration.topic_return_scores``), as evidence that grows with every query, where a
 # look-alike coordinate among fifteen would dilute it; so are the walk-away rate
 # (``Calibration.walk_away_scores``) and the neighbourhood-probe rate (``Calibration.probe_scores``).
-LOOKALIKE_SKIPS = ("topic_return_rate", "walk_away_rate", "neighbourhood_probe_rate")
+# The frame-thread pair (``framed_return_rate``, ``framed_share``) is the topic-return statistic
+# of one recurring frame's queries (``Calibration.framed_return_scores``).
+LOOKALIKE_SKIPS = (
+    "topic_return_rate",
+    "walk_away_rate",
+    "neighbourhood_probe_rate",
+    "framed_return_rate",
+    "framed_share",
+)
 # Look-alike rule 2 (the default): repetition is not evidence. Re-sending a prompt, retrying it
 # and editing it are what people do with a model. With every editing and re-sending account left
 # out of calibration, 24 % of them were flagged as an unseen app under rule 1: their queries
@@ -101,6 +109,8 @@ def _lookalike_mask(rule: int) -> np.ndarray:
 
 
 _TOPIC_RETURN = FEATURE_NAMES.index("topic_return_rate")
+_FRAMED_RETURN = FEATURE_NAMES.index("framed_return_rate")
+_FRAMED_SHARE = FEATURE_NAMES.index("framed_share")
 _RANK_OFFSET = 2.0 * np.arange(N_FEATURES) + 0.5  # feature j's rank keys lie in (2j, 2j + 1)
 MAX_LOG10_ONE_IN = 300.0  # "1 in 1e300" is already past any meaning, and stays a finite float
 # The topic-return statistic: how improbable an account's few returns to earlier subjects are for
@@ -166,6 +176,21 @@ def topic_return_evidence(features: np.ndarray, n: np.ndarray, p: float) -> np.n
     returns = np.round(np.where(np.isnan(rate), trials, rate * trials)).astype(np.int64)
     evidence = -np.log10(np.maximum(bdtr(returns, trials.astype(np.int64), p), 1e-300))
     return np.where(n >= MIN_SCORED_QUERIES, evidence, 0.0)
+
+
+def framed_return_evidence(features: np.ndarray, n: np.ndarray, p: float) -> np.ndarray:
+    """:func:`topic_return_evidence` of each row's reported frame thread: its m queries (the
+    ``framed_share`` of n) made m - 1 comparisons, k of them returns (``framed_return_rate``
+    times m - 1); 0 where the thread has fewer than MIN_SCORED_QUERIES queries or there is none."""
+    features = np.atleast_2d(features)
+    n = np.asarray(n, dtype=np.float64)
+    share, rate = features[:, _FRAMED_SHARE], features[:, _FRAMED_RETURN]
+    threaded = ~np.isnan(share) & ~np.isnan(rate)
+    members = np.round(np.where(threaded, share, 0.0) * n).astype(np.int64)
+    trials = np.maximum(members - 1, 0)
+    returns = np.round(np.where(threaded, rate, 0.0) * trials).astype(np.int64)
+    evidence = -np.log10(np.maximum(bdtr(returns, trials, p), 1e-300))
+    return np.where(threaded & (members >= MIN_SCORED_QUERIES), evidence, 0.0)
 
 
 def on_benign_scale(distances: np.ndarray, median: np.ndarray | float, q99: np.ndarray | float) -> np.ndarray:
@@ -292,6 +317,7 @@ class Calibration:
         evidence_norm: np.ndarray | None = None,
         walk_away: tuple[float, float] | None = None,
         neighbourhood_probe: tuple[float, float] | None = None,
+        framed_returns: bool = True,
     ):
         if len(samples) != N_BINS:
             raise CalibrationError(f"calibration needs one sample table per bin ({N_BINS}); got {len(samples)}")
@@ -312,6 +338,9 @@ class Calibration:
         self.neighbourhood_probe = (
             None if neighbourhood_probe is None else (float(neighbourhood_probe[0]), float(neighbourhood_probe[1]))
         )
+        # whether frame threads count (calibrations fitted before they existed set their
+        # threshold without them: off there, see from_arrays)
+        self.framed_returns = bool(framed_returns)
         if lookalike_rule not in (1, 2):
             raise CalibrationError(f"look-alike rule must be 1 or 2; got {lookalike_rule!r}. Rebuild the calibration")
         self.lookalike_rule = int(lookalike_rule)
@@ -593,6 +622,19 @@ class Calibration:
         p, weight = self.topic_return
         return weight * topic_return_evidence(features, n, p)
 
+    def framed_return_scores(self, features: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Per row, the topic-return statistic of the account's reported frame thread (the queries
+        under one frame the account took up after it started; see ``features.FRAME_THREADS``),
+        with the account statistic's rate and weight: the thread is judged as an account of its
+        own would be. 0 while off, and without a thread."""
+        n = np.asarray(n, dtype=np.float64)
+        if self.topic_return is None or not self.framed_returns:
+            return np.zeros(n.shape)
+        if not (np.atleast_2d(features)[:, _FRAMED_SHARE] > 0.0).any():  # most rows: no thread
+            return np.zeros(n.shape)
+        p, weight = self.topic_return
+        return weight * framed_return_evidence(features, n, p)
+
     def walk_away_scores(self, features: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Per row, the walk-away statistic on the look-alike score's scale (0 while off).
 
@@ -618,10 +660,12 @@ class Calibration:
 
     def own_statistic_scores(self, features: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(topic return, walk-away, neighbourhood probe) scores per row: the statistics judged
-        on their own, beside the look-alike score. An account's score is the largest of all four;
+        on their own, beside the look-alike score. The topic-return score is the higher of the
+        account's and its frame thread's. An account's score is the largest of all four;
         the flag threshold is fitted (``fitting._cross_fitted``) and queries are scored
         (``Detector.judge_with_evidence``) on these same three."""
-        return self.topic_return_scores(features, n), self.walk_away_scores(features, n), self.probe_scores(features, n)
+        topic = np.maximum(self.topic_return_scores(features, n), self.framed_return_scores(features, n))
+        return topic, self.walk_away_scores(features, n), self.probe_scores(features, n)
 
     def deviations(self, features: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Signed marginal deviation per feature from the benign median, in benign spreads."""
@@ -760,6 +804,7 @@ class Calibration:
         topic_return = _rate_and_weight(arrays, "cal_topic_return", "topic-return")
         walk_away = _rate_and_weight(arrays, "cal_walk_away", "walk-away")
         probe = _rate_and_weight(arrays, "cal_neighbourhood_probe", "neighbourhood-probe")
+        framed = "framed_return_rate" in stored  # its threshold was fitted with frame threads
         rule = int(np.asarray(arrays["cal_lookalike_rule"])) if "cal_lookalike_rule" in arrays else 1
         evidence_norm = None
         if "cal_evidence_distance_norm" in arrays:
@@ -781,6 +826,7 @@ class Calibration:
             evidence_norm=evidence_norm,
             walk_away=walk_away,
             neighbourhood_probe=probe,
+            framed_returns=framed,
         )
 
 
@@ -848,15 +894,26 @@ class Detector:
             filled = min(count, ring.size)
             lookalike[i] = ring[:filled].sum() / filled  # what .mean() computes, without its overhead
         features = np.atleast_2d(features)
-        topic, walk, probe = cal.own_statistic_scores(features, n)
-        own = np.maximum(np.maximum(topic, walk), probe)  # the statistics judged on their own
+        topic, walk, probe = (
+            cal.topic_return_scores(features, n),
+            cal.walk_away_scores(features, n),
+            cal.probe_scores(features, n),
+        )
+        framed = cal.framed_return_scores(features, n)
+        own = np.maximum.reduce([topic, framed, walk, probe])  # the statistics judged on their own
         scores = np.maximum(lookalike, own)
         risks = 1.0 - cal.exceedance(scores)
         reasons = self._reasons(features, gap, n)
         for i in np.flatnonzero(own > lookalike).tolist():
-            # the strongest statistic leads (max keeps the first of equals: walk-away, probes, topic return)
+            # the strongest statistic leads (max keeps the first of equals: walk-away, probes,
+            # topic return, the frame thread's)
             feature, direction, strength = max(
-                ((_WALK_AWAY, "above", walk[i]), (_PROBE, "above", probe[i]), (_TOPIC_RETURN, "below", topic[i])),
+                (
+                    (_WALK_AWAY, "above", walk[i]),
+                    (_PROBE, "above", probe[i]),
+                    (_TOPIC_RETURN, "below", topic[i]),
+                    (_FRAMED_RETURN, "below", framed[i]),
+                ),
                 key=lambda lead: lead[2],
             )
             lead = self._own_statistic_reason(feature, direction, features[i], int(n[i]), float(strength))

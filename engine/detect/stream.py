@@ -14,11 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from probewatch.kernels.backend import to_numpy
+
 from ..backend.device import Backend
 from ..backend.store import AccountStore
 from ..backend.threads import limit_host_blas
 from ..config import EngineConfig
-from .features import AccountState, QueryFacts, advance
+from .features import FRAME_MEMORY, FRAME_THREADS, AccountState, QueryFacts, advance
 from .probes import word_hashes
 from .reference import BenignReference
 
@@ -63,6 +65,7 @@ class FeatureStream:
         )
         self.states: dict[str, AccountState] = {}
         self._state_bytes: int | None = None
+        self._framed: set[str] = set()  # accounts whose state holds frame-thread vectors
 
     @property
     def dim(self) -> int:
@@ -83,16 +86,26 @@ class FeatureStream:
         return self._state_bytes
 
     def held_bytes(self) -> int:
-        return self.store.vector_bytes() + len(self.states) * self.state_bytes()
+        return (
+            self.store.vector_bytes()
+            + len(self.states) * self.state_bytes()
+            + len(self._framed) * FRAME_THREADS * FRAME_MEMORY * self.dim  # int8 codes of thread vectors
+        )
+
+    def recount_framed(self) -> None:
+        """Note which accounts hold frame-thread vectors (after states were put in directly)."""
+        self._framed = {account for account, state in self.states.items() if state.frame_vectors is not None}
 
     def forget(self, account: str) -> bool:
         """Drop an account's history and state; True if it existed."""
         self.store.remove(account)
+        self._framed.discard(account)
         return self.states.pop(account, None) is not None
 
     def clear(self) -> None:
         self.store.clear()
         self.states.clear()
+        self._framed.clear()
 
     def step(
         self,
@@ -150,7 +163,7 @@ class FeatureStream:
                 nn, knn, ref.ref_similarity.tolist(), ref.ref_kernel_mean.tolist(), ref.cell.tolist(), strict=True
             )
         ]
-        return self._fold(accounts, facts, ts, texts)
+        return self._fold(accounts, facts, ts, texts, vectors)
 
     @staticmethod
     def _neighbour_means(sims: np.ndarray, available: np.ndarray) -> tuple[list[float], list[float]]:
@@ -162,16 +175,22 @@ class FeatureStream:
             ).tolist()
         return nn, knn
 
-    def _fold(self, accounts, facts: list[QueryFacts], ts, texts) -> StepResult:
+    def _fold(self, accounts, facts: list[QueryFacts], ts, texts, vectors) -> StepResult:
         """Fold each item's facts into its account in order; the batch's feature rows."""
         cfg = self.config
         states = [self._state_of(account) for account in accounts]
         sketches = None
         if texts is not None:  # in arrival order: an item may continue an earlier item of its batch
             sketches = [None if text is None else word_hashes(text) for text in texts]
+            rows = to_numpy(vectors)
             for i, text in enumerate(texts):
+                state = states[i]
                 if text is not None:
-                    facts[i].continues, facts[i].probe = states[i].note_prompt(text, sketches[i])
+                    facts[i].continues, facts[i].probe = state.note_prompt(text, sketches[i], rows[i])
+                    if state.frame_vectors is not None:
+                        self._framed.add(accounts[i])
+                # as of this item: a later prompt of the batch may extend the account's threads
+                facts[i].framed = state.framed_stats()
         # How many later items of the same account follow each item: the store already holds
         # the whole batch, and the window an item sees must end at the item itself.
         later = [0] * len(accounts)

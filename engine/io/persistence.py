@@ -24,7 +24,7 @@ import numpy as np
 
 from ..campaigns.scoring import GroupCalibration
 from ..config import EngineConfig
-from ..detect.features import AccountState
+from ..detect.features import FRAME_MEMORY, FRAME_THREADS, AccountState
 from ..detect.reference import BenignReference
 from ..detect.scoring import BenignModel, Calibration
 from ..errors import CalibrationError, ConfigError, SnapshotError
@@ -171,6 +171,11 @@ def write_snapshot(path: str | Path, state: dict[str, Any]) -> None:
     for name in AccountState.ARRAYS:
         if states:
             arrays[f"state_{name}"] = np.stack([getattr(s, name) for s in states])
+    # frame-thread vectors for the accounts that hold them, by their position among the accounts
+    framed = [i for i, s in enumerate(states) if s.frame_vectors is not None]
+    if framed:
+        arrays["state_frame_accounts"] = np.asarray(framed, dtype=np.int64)
+        arrays["state_frame_vectors"] = np.stack([states[i].frame_vectors for i in framed])
     population = state.get("population")
     if population is not None:
         header["population"] = True
@@ -250,6 +255,7 @@ def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> 
             )
             for i, account in enumerate(ids)
         ]
+        _frame_vectors(path, arrays, states, benign.reference.dim)
         observations = int(header.get("observations", 0))
         campaigns = None
         if "campaigns" in header:  # snapshots of 0.2.0 and earlier have none: the layer starts empty
@@ -288,6 +294,36 @@ def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         "evicted": evicted,
         "carried_reasons": carried_reasons,
     }
+
+
+def _frame_vectors(path, arrays, states: list[AccountState], dim: int) -> None:
+    """Give back the frame-thread vectors of the accounts that held them (snapshots before
+    0.17.0 have none: no account has a thread)."""
+    if "state_frame_accounts" in arrays:
+        _put_frame_vectors(path, arrays, states, dim)
+    if states and "state_part_noted" not in arrays:
+        # before 0.17.0: the ring's prompts are not numbered, so they count as the latest (no
+        # thread starts until the ring has turned over and its span is known)
+        for state in states:
+            state.part_noted[:] = int(state.probes[0]) & 0xFFFFFFFF
+    for state in states:
+        if state.frame_vectors is None and state.frame_parts.any():
+            raise SnapshotError(f"{path}: an account has frame threads but the snapshot holds no vectors for them")
+
+
+def _put_frame_vectors(path, arrays, states: list[AccountState], dim: int) -> None:
+    owners = np.asarray(arrays["state_frame_accounts"])
+    vectors = np.asarray(arrays["state_frame_vectors"])
+    expected = (owners.shape[0], FRAME_THREADS, FRAME_MEMORY, dim)
+    if owners.ndim != 1 or vectors.shape != expected or vectors.dtype != np.int8:
+        raise SnapshotError(
+            f"{path}: frame-thread vectors have shape {vectors.shape} ({vectors.dtype}) for {owners.shape} "
+            f"accounts, expected {expected} int8"
+        )
+    if owners.size and (owners.min() < 0 or owners.max() >= len(states) or np.unique(owners).size != owners.size):
+        raise SnapshotError(f"{path}: frame-thread vectors name accounts outside the {len(states)} stored")
+    for i, rows in zip(owners.tolist(), vectors, strict=True):
+        states[i].frame_vectors = np.array(rows)
 
 
 def _account_state(

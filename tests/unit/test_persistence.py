@@ -175,13 +175,20 @@ def test_calibration_file_round_trip(tmp_path):
     assert os.path.getsize(tmp_path / "cal.npz") > 0
 
 
-NEWER_FEATURES = ("follow_up_similarity", "topic_return_rate", "walk_away_rate", "neighbourhood_probe_rate")
+NEWER_FEATURES = (
+    "follow_up_similarity",
+    "topic_return_rate",
+    "walk_away_rate",
+    "neighbourhood_probe_rate",
+    "framed_return_rate",
+    "framed_share",
+)
 
 
 def _as_previous_version(path, out):
-    """Rewrite a snapshot as 0.2.0 wrote it: 14 features (no follow_up_similarity,
-    topic_return_rate, walk_away_rate or neighbourhood_probe_rate), three window statistics and
-    no walk-away or probe counts or word sketches per account, no learning state."""
+    """Rewrite a snapshot as 0.2.0 wrote it: 14 features (none of NEWER_FEATURES), three window
+    statistics and no walk-away or probe counts, word sketches or frame threads per account, no
+    learning state."""
     import json
 
     from probewatch.detect.features import FEATURE_NAMES
@@ -206,6 +213,10 @@ def _as_previous_version(path, out):
             "state_prompt_sketches",
             "state_prompt_words",
             "state_prompt_signatures",
+            "state_frame_parts",
+            "state_frame_counts",
+            "state_frame_accounts",
+            "state_frame_vectors",
         ):
             del arrays[name]
     arrays["state_gram_stats"] = arrays["state_gram_stats"][:, :3]
@@ -227,6 +238,7 @@ def test_a_previous_version_snapshot_loads_and_judges_without_the_new_feature(tm
     assert old.calibration.topic_return is None  # judged by the look-alike score alone, as it was
     assert old.calibration.walk_away is None
     assert old.calibration.neighbourhood_probe is None
+    assert not old.calibration.framed_returns  # its threshold was fitted without frame threads
     assert all(state.probes.tolist() == [0, 0] for state in old.pipeline.states.values())
     assert all((state.prompt_words == 0).all() for state in old.pipeline.states.values())
     assert all(state.walk.tolist() == [0, 0] for state in old.pipeline.states.values())

@@ -209,6 +209,20 @@ def test_batches_and_single_items_give_the_same_frame_features():
     np.testing.assert_array_equal(later.features[0, [RATE]], rows[-1, [RATE]])
 
 
+def test_the_memory_budget_counts_an_accounts_thread_vectors_from_its_first_thread():
+    prompts, vectors = _blended(11)
+    engine = _engine()
+    stream = engine.pipeline.stream
+    engine.observe_embeddings(["a"] * 50, vectors[:50], prompts=prompts[:50])  # conversation only
+    before = stream.held_bytes()
+    assert engine.pipeline.states["a"].frame_vectors is None
+    engine.observe_embeddings(["a"] * 20, vectors[50:70], prompts=prompts[50:70])  # a framed burst
+    assert engine.pipeline.states["a"].frame_vectors is not None
+    grown = stream.held_bytes() - before
+    thread_bytes = FRAME_THREADS * FRAME_MEMORY * DIM
+    assert thread_bytes <= grown < thread_bytes + 20 * DIM * 4  # the threads plus 20 stored queries
+
+
 def test_snapshots_keep_frame_threads_and_give_the_same_verdicts(tmp_path):
     prompts, vectors = _blended(8)
     split = 70  # inside the first burst

@@ -460,6 +460,8 @@ class AccountState:
         FRAME_MIN_QUERIES or more queries, the one that returns least (the larger on a tie);
         (NaN, 0) without one. The rate is over the thread's queries after its first."""
         best: tuple[float, int] = (math.nan, 0)
+        if self.frame_vectors is None:  # never had a thread (most accounts)
+            return best
         for members, returns, _ in self.frame_counts.tolist():
             if members >= FRAME_MIN_QUERIES:
                 rate = returns / (members - 1)

@@ -166,16 +166,21 @@ def _count_statistic(
     return weight * excess_count_evidence(features, n, p, column)
 
 
+def _few_returns_evidence(rate: np.ndarray, queries: np.ndarray, p: float) -> np.ndarray:
+    """-log10 P(Binomial(m - 1, p) <= k) per row: m ``queries`` made m - 1 comparisons with
+    their past, k of them returns (``rate`` times m - 1); 0 below MIN_SCORED_QUERIES."""
+    trials = np.maximum(queries - 1.0, 0.0)
+    returns = np.round(rate * trials).astype(np.int64)
+    evidence = -np.log10(np.maximum(bdtr(returns, trials.astype(np.int64), p), 1e-300))
+    return np.where(queries >= MIN_SCORED_QUERIES, evidence, 0.0)
+
+
 def topic_return_evidence(features: np.ndarray, n: np.ndarray, p: float) -> np.ndarray:
     """-log10 P(Binomial(n - 1, p) <= k) per row, k the row's returns to an earlier subject
     (``topic_return_rate`` times n - 1); 0 before MIN_SCORED_QUERIES and where the rate is
     undefined. Unweighted: see :meth:`Calibration.topic_return_scores`."""
-    n = np.asarray(n, dtype=np.float64)
     rate = np.atleast_2d(features)[:, _TOPIC_RETURN]
-    trials = np.maximum(n - 1.0, 0.0)
-    returns = np.round(np.where(np.isnan(rate), trials, rate * trials)).astype(np.int64)
-    evidence = -np.log10(np.maximum(bdtr(returns, trials.astype(np.int64), p), 1e-300))
-    return np.where(n >= MIN_SCORED_QUERIES, evidence, 0.0)
+    return _few_returns_evidence(np.where(np.isnan(rate), 1.0, rate), np.asarray(n, dtype=np.float64), p)
 
 
 def framed_return_evidence(features: np.ndarray, n: np.ndarray, p: float) -> np.ndarray:
@@ -183,14 +188,10 @@ def framed_return_evidence(features: np.ndarray, n: np.ndarray, p: float) -> np.
     ``framed_share`` of n) made m - 1 comparisons, k of them returns (``framed_return_rate``
     times m - 1); 0 where the thread has fewer than MIN_SCORED_QUERIES queries or there is none."""
     features = np.atleast_2d(features)
-    n = np.asarray(n, dtype=np.float64)
     share, rate = features[:, _FRAMED_SHARE], features[:, _FRAMED_RETURN]
     threaded = ~np.isnan(share) & ~np.isnan(rate)
-    members = np.round(np.where(threaded, share, 0.0) * n).astype(np.int64)
-    trials = np.maximum(members - 1, 0)
-    returns = np.round(np.where(threaded, rate, 0.0) * trials).astype(np.int64)
-    evidence = -np.log10(np.maximum(bdtr(returns, trials, p), 1e-300))
-    return np.where(threaded & (members >= MIN_SCORED_QUERIES), evidence, 0.0)
+    members = np.round(np.where(threaded, share, 0.0) * np.asarray(n, dtype=np.float64))
+    return _few_returns_evidence(np.where(threaded, rate, 0.0), members, p)
 
 
 def on_benign_scale(distances: np.ndarray, median: np.ndarray | float, q99: np.ndarray | float) -> np.ndarray:

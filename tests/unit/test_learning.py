@@ -131,6 +131,23 @@ def test_each_account_teaches_at_most_its_cap():
     assert sum(len(v) for v in normal.slots.values()) == 64
 
 
+def test_a_state_saved_before_the_newest_features_loads_with_them_unknown():
+    rules = LearningRules(rows_per_account=8, min_queries=1, min_age_s=0.0, min_accounts=1)
+    saved = ProviderNormal(rules, capacity=16)
+    rng = np.random.default_rng(2)
+    for n in range(1, 6):
+        saved.remember("a", n, rng.standard_normal(N_FEATURES))
+    state = saved.state_dict()
+    older = {**state, "rows": state["rows"][:, : N_FEATURES - 2]}  # 0.16's 18 features
+    loaded = ProviderNormal(rules, capacity=16)
+    loaded.load_state(older)
+    rows = loaded.rows[sorted(loaded.slots["a"])]
+    assert np.isnan(rows[:, N_FEATURES - 2 :]).all()
+    np.testing.assert_array_equal(rows[:, : N_FEATURES - 2], saved.rows[sorted(saved.slots["a"])][:, : N_FEATURES - 2])
+    with pytest.raises(ValueError, match="features"):  # wider than this version's, or not rows at all
+        loaded.load_state({**state, "rows": np.zeros((len(state["owners"]), N_FEATURES + 1))})
+
+
 def test_only_old_ok_accounts_outside_suspected_campaigns_teach():
     rules = LearningRules(rows_per_account=4, min_queries=16, min_age_s=3600.0, min_accounts=1)
     normal = ProviderNormal(rules)

@@ -659,14 +659,27 @@ class Calibration:
         touch three earlier prompts at once. Times the calibration's weight (1 as fitted)."""
         return _count_statistic(self.neighbourhood_probe, features, n, _PROBE)
 
+    def own_statistic_parts(
+        self, features: np.ndarray, n: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(topic return, frame thread's topic return, walk-away, neighbourhood probe) scores per
+        row: the statistics judged on their own, beside the look-alike score, each apart (a
+        verdict's reasons name the one that leads)."""
+        return (
+            self.topic_return_scores(features, n),
+            self.framed_return_scores(features, n),
+            self.walk_away_scores(features, n),
+            self.probe_scores(features, n),
+        )
+
     def own_statistic_scores(self, features: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(topic return, walk-away, neighbourhood probe) scores per row: the statistics judged
-        on their own, beside the look-alike score. The topic-return score is the higher of the
-        account's and its frame thread's. An account's score is the largest of all four;
-        the flag threshold is fitted (``fitting._cross_fitted``) and queries are scored
-        (``Detector.judge_with_evidence``) on these same three."""
-        topic = np.maximum(self.topic_return_scores(features, n), self.framed_return_scores(features, n))
-        return topic, self.walk_away_scores(features, n), self.probe_scores(features, n)
+        """(topic return, walk-away, neighbourhood probe) scores per row (``own_statistic_parts``),
+        the topic-return score the higher of the account's and its frame thread's. An account's
+        score is the largest of them and the look-alike score; the flag threshold is fitted
+        (``fitting._cross_fitted``) and queries are scored (``Detector.judge_with_evidence``) on
+        these same statistics."""
+        topic, framed, walk, probe = self.own_statistic_parts(features, n)
+        return np.maximum(topic, framed), walk, probe
 
     def deviations(self, features: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Signed marginal deviation per feature from the benign median, in benign spreads."""
@@ -895,12 +908,7 @@ class Detector:
             filled = min(count, ring.size)
             lookalike[i] = ring[:filled].sum() / filled  # what .mean() computes, without its overhead
         features = np.atleast_2d(features)
-        topic, walk, probe = (
-            cal.topic_return_scores(features, n),
-            cal.walk_away_scores(features, n),
-            cal.probe_scores(features, n),
-        )
-        framed = cal.framed_return_scores(features, n)
+        topic, framed, walk, probe = cal.own_statistic_parts(features, n)
         own = np.maximum.reduce([topic, framed, walk, probe])  # the statistics judged on their own
         scores = np.maximum(lookalike, own)
         risks = 1.0 - cal.exceedance(scores)

@@ -179,6 +179,18 @@ class RepeatCache:
 # -- model runtimes: token tensors in, sentence embeddings out -------------------------------------
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """Raise logger ``name`` to ERROR for the block (a library's notices nobody can act on)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _sentence_module(model: Any):
     """The sentence-transformers pipeline as a module of plain token tensors, for export."""
     import torch
@@ -538,8 +550,10 @@ class Embedder:
         if self.backend == "openvino":
             import openvino as ov
 
-            with torch.no_grad(), warnings.catch_warnings():
+            with torch.no_grad(), warnings.catch_warnings(), _quiet_logger("transformers.modeling_utils"):
                 warnings.simplefilter("ignore")  # torch.jit.trace's deprecation, which OpenVINO calls
+                # the tracer reads every attribute of the model, and transformers logs a loss it
+                # does not know (a sentence encoder has none) as a warning
                 graph = ov.convert_model(module, example_input=args)
             for port in graph.inputs:  # batch and token axes free
                 port.get_node().set_partial_shape(ov.PartialShape([-1, -1]))
@@ -548,7 +562,7 @@ class Embedder:
             return
         dynamic = {n: {0: "batch", 1: "tokens"} for n in self._input_names}
         dynamic["sentence_embedding"] = {0: "batch"}
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _quiet_logger("transformers.modeling_utils"):
             warnings.simplefilter("ignore")  # the TorchScript exporter's own deprecation notices
             torch.onnx.export(
                 module,

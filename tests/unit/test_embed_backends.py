@@ -143,6 +143,29 @@ def test_an_export_is_made_once_and_reused(export_dir):
     np.testing.assert_array_equal(first.encode(["same prompt"]), second.encode(["same prompt"]))
 
 
+def test_an_export_logs_no_notice_of_the_libraries_it_calls(tmp_path, caplog):
+    """Tracing reads every attribute of the model, and transformers warned that a sentence
+    encoder's loss type is unknown: a line a newcomer's first `make demo` printed, about nothing
+    they can act on. The quieted logger gets its level back."""
+    pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install 'probewatch[openvino]')")
+    pytest.importorskip("transformers")
+    once = getattr(logging.Logger, "warning_once", None)
+    if once is not None and hasattr(once, "cache_clear"):
+        once.cache_clear()  # transformers says each such line once per process: make this export say it again
+    library = logging.getLogger("transformers")
+    quieted = logging.getLogger("transformers.modeling_utils")
+    level = quieted.level
+    library.addHandler(caplog.handler)  # transformers' loggers do not propagate to the root
+    try:
+        with caplog.at_level(logging.WARNING, logger="transformers"):
+            pw.Embedder(device="cpu", backend="openvino", precision="fp32", cache_size=0, cache_dir=tmp_path)
+    finally:
+        library.removeHandler(caplog.handler)
+    assert [p for p in tmp_path.iterdir() if p.name.startswith("openvino-none-")]  # it did export
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("transformers")]
+    assert quieted.level == level
+
+
 def test_an_unwritable_cache_folder_says_where_and_what_to_do(tmp_path):
     pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install 'probewatch[openvino]')")
     blocker = tmp_path / "a-file"

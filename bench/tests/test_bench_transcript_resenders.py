@@ -6,13 +6,8 @@ from __future__ import annotations
 import re
 
 from bench.transcript_resenders import transcript_accounts
-from probewatch.detect.features import (
-    CONTINUATION_MIN_ADDED,
-    CONTINUES,
-    FRESH,
-    AccountState,
-    QueryFacts,
-)
+from probewatch.detect.features import AccountState, QueryFacts
+from probewatch.detect.prompt_memory import CONTINUATION_MIN_ADDED, CONTINUES, FRESH
 
 
 def test_each_account_is_conversations_sent_as_growing_transcripts():

@@ -625,7 +625,7 @@ class Calibration:
 
     def framed_return_scores(self, features: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Per row, the topic-return statistic of the account's reported frame thread (the queries
-        under one frame the account took up after it started; see ``features.FRAME_THREADS``),
+        under one frame the account took up after it started; see ``prompt_memory.FRAME_THREADS``),
         with the account statistic's rate and weight: the thread is judged as an account of its
         own would be. 0 while off, and without a thread."""
         n = np.asarray(n, dtype=np.float64)

@@ -20,8 +20,9 @@ from ..backend.device import Backend
 from ..backend.store import AccountStore
 from ..backend.threads import limit_host_blas
 from ..config import EngineConfig
-from .features import FRAME_MEMORY, FRAME_THREADS, AccountState, QueryFacts, advance
+from .features import AccountState, QueryFacts, advance
 from .probes import word_hashes
+from .prompt_memory import FRAME_MEMORY, FRAME_THREADS
 from .reference import BenignReference
 
 STEP_CHUNK = 1024  # items per array pass; bounds transient memory for huge batches

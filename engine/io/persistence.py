@@ -24,7 +24,8 @@ import numpy as np
 
 from ..campaigns.scoring import GroupCalibration
 from ..config import EngineConfig
-from ..detect.features import FRAME_MEMORY, FRAME_THREADS, AccountState
+from ..detect.features import AccountState
+from ..detect.prompt_memory import FRAME_MEMORY, FRAME_THREADS
 from ..detect.reference import BenignReference
 from ..detect.scoring import BenignModel, Calibration
 from ..errors import CalibrationError, ConfigError, SnapshotError

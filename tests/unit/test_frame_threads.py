@@ -16,16 +16,15 @@ import numpy as np
 import pytest
 
 import probewatch as pw
-from probewatch.detect.features import (
-    FEATURE_NAMES,
+from probewatch.detect.features import FEATURE_NAMES, AccountState
+from probewatch.detect.grids import PART_MEMORY, prompt_parts
+from probewatch.detect.prompt_memory import (
     FRAME_IDLE_PROMPTS,
     FRAME_MEMORY,
     FRAME_MIN_PROMPTS,
     FRAME_MIN_QUERIES,
     FRAME_THREADS,
-    AccountState,
 )
-from probewatch.detect.grids import PART_MEMORY, prompt_parts
 from probewatch.detect.scoring import Detector
 from probewatch.errors import SnapshotError
 from tests.support import uniform_calibration

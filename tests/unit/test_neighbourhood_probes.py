@@ -12,13 +12,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from probewatch.detect.features import (
-    CONTINUATION_MEMORY,
-    CONTINUATION_MIN_ADDED,
-    FEATURE_NAMES,
-    AccountState,
-    QueryFacts,
-)
+from probewatch.detect.features import FEATURE_NAMES, AccountState, QueryFacts
 from probewatch.detect.probes import (
     EMPTY,
     MIN_RELATED,
@@ -37,6 +31,7 @@ from probewatch.detect.probes import (
     word_hashes,
     word_sketch,
 )
+from probewatch.detect.prompt_memory import CONTINUATION_MEMORY, CONTINUATION_MIN_ADDED
 from probewatch.detect.scoring import PROBE_MIN_RATE, excess_count_evidence
 
 SEEDS = [

@@ -235,7 +235,7 @@ def test_a_continuation_repeats_a_recent_prompt_whole_and_adds_to_it():
 
 
 def test_a_continuation_is_remembered_for_the_last_prompts_only():
-    from probewatch.detect.features import CONTINUATION_MEMORY
+    from probewatch.detect.prompt_memory import CONTINUATION_MEMORY
 
     state = AccountState(64, 4)
     opener = "Please keep this conversation going with me."
@@ -272,7 +272,7 @@ def test_a_prompt_extended_a_second_time_is_a_branch_not_a_turn():
 def test_an_addition_the_account_appended_before_is_an_edit_not_a_turn():
     """The same text appended to another prompt (case, spacing and digits aside) is a probe's
     distractor or constraint, not a new turn; additions are remembered for APPENDED_MEMORY."""
-    from probewatch.detect.features import APPENDED_MEMORY
+    from probewatch.detect.prompt_memory import APPENDED_MEMORY
 
     send = _sender(AccountState(64, 4))
     seeds = [f"Tell me something surprising about {topic}." for topic in ("owls", "tides", "glass", "maps")]

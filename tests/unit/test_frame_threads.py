@@ -105,6 +105,21 @@ def test_a_frame_taken_up_mid_stream_starts_a_thread_at_its_fourth_prompt():
     assert state.framed_stats() == (0.0, members)  # unrelated questions never return
 
 
+def test_an_accounts_bytes_count_its_prompt_memory_and_its_thread_vectors():
+    """The memory budget charges ``AccountState.nbytes``: the prompt memory's arrays (a base
+    class's slots) count, and so do a thread's vectors once the first thread allocates them."""
+    rng, vrng = random.Random(11), np.random.default_rng(11)
+    state = _state()
+    numeric = state.ring_nn.nbytes + state.cell_counts.nbytes + state.nn_hist.nbytes
+    text = state.prompt_sketches.nbytes + state.part_ring.nbytes + state.part_noted.nbytes + state.appended.nbytes
+    empty = state.nbytes()
+    assert empty >= numeric + text
+    _note(state, _chat(rng, 40), _unit(vrng, 40))
+    _note(state, _framed(rng, FRAME_MIN_PROMPTS), _unit(vrng, FRAME_MIN_PROMPTS))
+    assert state.frame_vectors is not None
+    assert state.nbytes() == empty + FRAME_THREADS * FRAME_MEMORY * DIM  # int8 codes, one byte each
+
+
 def test_a_thread_is_reported_from_its_tenth_query_on():
     rng, vrng = random.Random(2), np.random.default_rng(2)
     state = _state()

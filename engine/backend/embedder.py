@@ -191,6 +191,33 @@ def _quiet_logger(name: str):
         logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _no_progress_bars():
+    """transformers' progress bars off for the block (loading the model draws one per load, on
+    stderr, where a sidecar writes its JSON logs); both libraries' settings are put back after."""
+    try:
+        from huggingface_hub import utils as hub_utils
+        from transformers.utils import logging as transformers_logging
+    except ImportError:  # other versions: nothing to switch off
+        yield
+        return
+    if not transformers_logging.is_progress_bar_enabled():
+        yield
+        return
+    hub_was_off = hub_utils.are_progress_bars_disabled()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the hub's own switch may be pinned by its environment variable
+        transformers_logging.disable_progress_bar()  # the hub's bars too
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            transformers_logging.enable_progress_bar()
+            if hub_was_off:
+                hub_utils.disable_progress_bars()
+
+
 def _sentence_module(model: Any):
     """The sentence-transformers pipeline as a module of plain token tensors, for export."""
     import torch
@@ -397,7 +424,8 @@ class Embedder:
             self.model_id = source
         self._source = source
         try:
-            self._model = SentenceTransformer(source, device=self.device)
+            with _no_progress_bars():
+                self._model = SentenceTransformer(source, device=self.device)
         except Exception as exc:
             raise BackendUnavailableError(
                 f"could not load the sentence-transformers model {name!r} on {self.device}: {exc}. "

@@ -166,6 +166,36 @@ def test_an_export_logs_no_notice_of_the_libraries_it_calls(tmp_path, caplog):
     assert quieted.level == level
 
 
+def test_loading_the_model_draws_no_progress_bar_and_keeps_the_libraries_settings(capfd):
+    """transformers draws a "Loading weights" bar on stderr for every model load: a sidecar's
+    JSON log stream and a newcomer's first `make demo` got one per embedder. Off for the load,
+    and both libraries' progress-bar settings are as they were after it."""
+    pytest.importorskip("transformers")
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as transformers_logging
+
+    settings = (transformers_logging.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled())
+    assert settings[0], "transformers' progress bars are off before the test: it would prove nothing"
+    capfd.readouterr()
+    pw.Embedder(device="cpu", backend="torch", precision="fp32", cache_size=0)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert (transformers_logging.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled()) == settings
+
+
+def test_the_hubs_progress_bars_switched_off_by_the_user_stay_off_after_a_load():
+    pytest.importorskip("transformers")
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as transformers_logging
+
+    hub_utils.disable_progress_bars()
+    try:
+        pw.Embedder(device="cpu", backend="torch", precision="fp32", cache_size=0)
+        assert hub_utils.are_progress_bars_disabled()
+        assert transformers_logging.is_progress_bar_enabled()
+    finally:
+        hub_utils.enable_progress_bars()
+
+
 def test_an_unwritable_cache_folder_says_where_and_what_to_do(tmp_path):
     pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install 'probewatch[openvino]')")
     blocker = tmp_path / "a-file"

@@ -120,22 +120,33 @@ def _row_problem(row: Any) -> str | None:
     return None
 
 
-def _replay_batch(engine, batch: list[tuple[int, str, Any, Any]], out: TextIO, seen: set[str]) -> int:
-    """Observe one batch of JSONL rows, write a verdict line per good row; returns rows skipped."""
-    try:
-        verdicts = engine.observe_batch([b[1] for b in batch], [b[2] for b in batch], [b[3] for b in batch])
-        errors: dict[int, Exception] = {}
-    except BatchError as exc:
-        verdicts, errors = exc.verdicts, exc.errors
-    except InputError as exc:  # e.g. a timestamp list the engine rejects whole: report each row
-        verdicts, errors = [None] * len(batch), dict.fromkeys(range(len(batch)), exc)
-    for i, (lineno, account, _, _) in enumerate(batch):
-        if i in errors:
-            print(f"line {lineno}: skipped: {errors[i]}", file=sys.stderr)
-        else:
-            seen.add(account)
-            out.write(json.dumps({"line": lineno, **verdicts[i].to_dict()}) + "\n")
-    return len(errors)
+def _replay_batch(engine, batch: list[tuple[int, str, Any, Any, str | None]], out: TextIO, seen: set[str], say) -> int:
+    """Observe the good rows of one batch of JSONL rows (those without a problem), write a
+    verdict line per row observed and ``say`` why each other row was skipped, all in line order;
+    returns rows skipped."""
+    good = [b for b in batch if b[4] is None]
+    errors: dict[int, Exception] = {}
+    verdicts: list[Any] = []
+    if good:
+        try:
+            verdicts = engine.observe_batch([b[1] for b in good], [b[2] for b in good], [b[3] for b in good])
+        except BatchError as exc:
+            verdicts, errors = exc.verdicts, exc.errors
+        except InputError as exc:  # e.g. a timestamp list the engine rejects whole: report each row
+            verdicts, errors = [None] * len(good), dict.fromkeys(range(len(good)), exc)
+    skipped = 0
+    i = 0  # the next good row's place among the good rows
+    for lineno, account, _, _, problem in batch:
+        if problem is None:
+            problem = errors.get(i)
+            if problem is None:
+                seen.add(account)
+                out.write(json.dumps({"line": lineno, **verdicts[i].to_dict()}) + "\n")
+            i += 1
+        if problem is not None:
+            say(f"line {lineno}: skipped: {problem}")
+            skipped += 1
+    return skipped
 
 
 def _count_rows(path: str) -> int | None:
@@ -152,25 +163,31 @@ def cmd_replay(args: argparse.Namespace) -> int:
     engine = _engine(args)
     bad = 0
     seen: set[str] = set()
-    batch: list[tuple[int, str, Any, Any]] = []
+    batch: list[tuple[int, str, Any, Any, str | None]] = []
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(open(args.out, "w", encoding="utf-8")) if args.out else sys.stdout
         bar = stack.enter_context(
             tqdm(total=_count_rows(args.file), desc="replaying", unit="row", file=sys.stderr, disable=args.quiet)
         )
+
+        def say(message: str) -> None:  # above the progress bar, not inside it
+            tqdm.write(message, file=sys.stderr)
+
+        good = 0  # rows of the batch to observe
         for lineno, row in _read_jsonl(args.file):
             bar.update(1)
             problem = _row_problem(row)
-            if problem is not None:
-                bad += 1
-                print(f"line {lineno}: skipped: {problem}", file=sys.stderr)
-                continue
-            batch.append((lineno, row["account"], row["prompt"], row.get("ts")))
-            if len(batch) >= args.batch_size:
-                bad += _replay_batch(engine, batch, out, seen)
+            if problem is None:
+                batch.append((lineno, row["account"], row["prompt"], row.get("ts"), None))
+                good += 1
+            else:  # said with its batch, so every line is reported in order
+                batch.append((lineno, "", None, None, problem))
+            if good >= args.batch_size or len(batch) >= 4 * args.batch_size:  # bad rows held: bounded
+                bad += _replay_batch(engine, batch, out, seen, say)
                 batch.clear()
+                good = 0
         if batch:
-            bad += _replay_batch(engine, batch, out, seen)
+            bad += _replay_batch(engine, batch, out, seen, say)
     if seen:
         _risk_table(engine, sorted(seen), sys.stderr)
     if args.save:

@@ -4,6 +4,7 @@ named with what is wrong with it, and the good lines are observed as if the bad 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -47,6 +48,23 @@ def test_replay_names_each_bad_line_and_observes_the_rest(tmp_path, capsys):
     assert [(v["line"], v["account"], v["n_queries"]) for v in verdicts] == [(1, "alice", 1), (7, "bob", 1)]
     # --strict turns skipped rows into a failing exit code
     assert probewatch(["replay", str(bad), "--device", "cpu", "--quiet", "--out", str(out), "--strict"]) == 1
+
+
+def test_replay_says_skipped_lines_in_line_order_and_off_the_progress_bar(tmp_path, capsys):
+    """A row the engine refuses (an empty prompt) is found when its batch is observed, a row that
+    is no JSON when it is read: both are said in line order, each on a line of its own, never
+    glued to the progress bar's last redraw."""
+    rows = _jsonl(
+        tmp_path / "order.jsonl",
+        [_good_line(0), b'{"account": "dave", "prompt": "   "}', b"not json", _good_line(1), b'{"account": "erin"}'],
+    )
+    out = tmp_path / "verdicts.jsonl"
+    assert probewatch(["replay", str(rows), "--device", "cpu", "--out", str(out)]) == 0  # the bar drawn
+    err = capsys.readouterr().err
+    said = re.findall(r"line (\d+): skipped", err)
+    assert said == ["2", "3", "5"]
+    assert len(re.findall(r"(?:^|[\r\n])line \d+: skipped", err)) == len(said)  # each starts a line
+    assert [json.loads(line)["line"] for line in out.read_text().splitlines()] == [1, 4]
 
 
 @pytest.mark.parametrize(

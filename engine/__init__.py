@@ -33,7 +33,7 @@ from .errors import (
 )
 from .types import AccountReport, EngineStats, FeatureReading, Level, Reason, Verdict
 
-__version__ = "0.17.1"
+__version__ = "0.17.2"
 
 __all__ = [
     "FEATURE_NAMES",

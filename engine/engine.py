@@ -21,9 +21,17 @@ from .detect.fitting import fit_calibration
 from .detect.pipeline import Pipeline
 from .detect.reference import BenignReference
 from .detect.scoring import BenignModel, Calibration, Detector
-from .errors import BatchError, CalibrationError, InvalidEmbeddingError, ProbewatchError, SnapshotError
+from .errors import (
+    BatchError,
+    BatchLengthError,
+    CalibrationError,
+    InputError,
+    InvalidEmbeddingError,
+    ProbewatchError,
+    SnapshotError,
+)
 from .io.persistence import read_calibration, read_snapshot, write_calibration, write_snapshot
-from .io.validation import check_account, check_items, check_same_length, check_vectors
+from .io.validation import check_account, check_accounts, check_items, check_same_length, check_vectors
 from .types import AccountReport, CampaignReport, CampaignStats, EngineStats, Level, Verdict
 
 DEFAULT_CALIBRATION_PATH = Path(__file__).resolve().parent / "data" / "default_calibration.npz"
@@ -185,6 +193,10 @@ class Engine:
         batch is being observed or while the caller waits on something else; invalid items are
         kept in the result and reported by :meth:`observe_embedded`. A mismatched batch length
         raises here, before anything is embedded."""
+        if prompts is None:
+            raise BatchLengthError(
+                "prompts must be a sequence with one prompt per account; got None (observe_embeddings takes vectors)"
+            )
         good, texts, stamps, errors = check_items(accounts, ts, prompts, self.config.max_prompt_chars, metas)
         vectors = self.embedder.encode_device(texts) if texts else None
         return EmbeddedBatch(list(accounts), good, vectors, stamps, errors, texts, metas)
@@ -259,8 +271,7 @@ class Engine:
     ) -> None:
         """Calibrate on known-benign traffic (accounts' prompts in time order)."""
         _, texts, _, errors = check_items(accounts, ts, prompts, self.config.max_prompt_chars)
-        if errors:
-            raise errors[min(errors)]
+        _raise_first_calibration_error(errors)
         self.calibrate_embeddings(
             accounts, self.embedder.encode(texts), ts, refit_reference=refit_reference, source=source, prompts=texts
         )
@@ -314,6 +325,10 @@ class Engine:
         """Campaigns at ``level`` (watch or flag when None) in id order after ``after``, at most
         ``limit``, and the cursor of the next page (None on the last). Ids and reports are read
         in one hold of the lock, so a page never names a campaign a concurrent batch merged away."""
+        if isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 1:
+            raise InputError(f"limit must be a whole number of campaigns, at least 1; got {limit!r}")
+        if after is not None and not isinstance(after, str):
+            raise InputError(f"after must be a campaign id (str) or None; got {type(after).__name__} {after!r}")
         with self._lock:
             ids = self.pipeline.campaign_ids(level)
             if after is not None:
@@ -380,6 +395,7 @@ class Engine:
 
     def known_benign(self, account: str) -> bool:
         """Whether ``account`` was marked with :meth:`mark_benign` (and not forgotten since)."""
+        check_account(account)
         with self._lock:
             return account in self.pipeline.population.vouched
 
@@ -387,8 +403,7 @@ class Engine:
     def evict(self, accounts: Sequence[str]) -> list[str]:
         """Evict ``accounts`` as the memory budget would: history dropped, a compact record kept
         for those at watch or flag (their level returns with them). Returns those that were held."""
-        for account in accounts:
-            check_account(account)
+        accounts = check_accounts(accounts)
         with self._lock:
             return self.pipeline.evict(accounts)
 
@@ -480,6 +495,13 @@ def _prompt_texts(accounts: Sequence[str], prompts: Sequence[str | None] | None)
 
 def _checked_calibration_vectors(accounts, vectors, dim: int, ts) -> np.ndarray:
     arr = to_numpy(check_vectors(accounts, vectors, dim, ts))  # fitting runs on the host
-    for account in accounts:
-        check_account(account)
+    _, _, _, errors = check_items(accounts, ts)  # every id and stamp, as observe checks them
+    _raise_first_calibration_error(errors)
     return arr
+
+
+def _raise_first_calibration_error(errors: dict[int, ProbewatchError]) -> None:
+    """Calibration takes all its items or none: the first invalid one, with its index."""
+    if errors:
+        first = min(errors)
+        raise type(errors[first])(f"calibration item {first} ({len(errors)} invalid in all): {errors[first]}")

@@ -12,6 +12,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import InputError
+
 
 class Level(str, enum.Enum):
     """How far an account has gone; ordered ``OK < WATCH < FLAG`` and sticky at its peak.
@@ -42,6 +44,14 @@ class Level(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+    @classmethod
+    def parse(cls, value: object) -> Level:
+        """``value`` (a Level or its string) as a Level; :class:`InputError` naming the levels otherwise."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise InputError(f"a level must be one of {[level.value for level in cls]}; got {value!r}") from None
 
     @classmethod
     def for_score(cls, score: float, flag_threshold: float, watch_threshold: float) -> Level:

@@ -39,6 +39,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -155,7 +157,7 @@ class ElicitationHead:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {name: data[name] for name in data.files}
             header = json.loads(str(arrays.pop(f"{ARRAY_PREFIX}meta")[()]))
-        except (OSError, ValueError, KeyError, AttributeError) as exc:
+        except (OSError, ValueError, KeyError, AttributeError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             raise SnapshotError(f"{path} is not an elicitation head written by ElicitationHead.save: {exc}") from exc
         if not isinstance(header, dict) or header.get("format") != HEAD_FORMAT:
             found = header.get("format") if isinstance(header, dict) else type(header).__name__

@@ -803,7 +803,7 @@ class CampaignLayer:
         ids = sorted(self._campaign_groups)
         if level is None:
             return ids
-        wanted = Level(level)
+        wanted = Level.parse(level)
         return [c for c in ids if max(self.groups[k].level for k in self._campaign_groups[c]) is wanted]
 
     def campaign(self, campaign_id: str) -> CampaignReport:

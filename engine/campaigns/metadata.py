@@ -54,13 +54,26 @@ def check_meta(meta: object) -> dict[str, str] | None:
             continue
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise InputError(f"meta[{key!r}] must be a string; got {type(value).__name__}")
-        text = str(value)
+        try:
+            text = str(value)
+        except ValueError:  # an int past Python's digit limit for str()
+            raise InputError(
+                f"meta[{key!r}] must be at most {MAX_META_VALUE_CHARS} characters; got an integer of about "
+                f"{value.bit_length() * 30103 // 100000 + 1} digits"
+            ) from None
         if len(text) > MAX_META_VALUE_CHARS:
             raise InputError(f"meta[{key!r}] must be at most {MAX_META_VALUE_CHARS} characters; got {len(text)}")
         if not text.strip():
             raise InputError(f"meta[{key!r}] must not be empty or only whitespace; leave the key out instead")
         if "\x00" in text:
             raise InputError(f"meta[{key!r}] must be text without NUL characters")
+        try:
+            text.encode("utf-8")  # the hasher encodes it; refused here, before anything is stored
+        except UnicodeEncodeError as exc:
+            raise InputError(
+                f"meta[{key!r}] must be valid Unicode; got a lone surrogate at position {exc.start} "
+                "(text decoded with errors='surrogateescape'?)"
+            ) from None
         out[key] = text
     return out or None
 

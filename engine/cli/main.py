@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..engine import Engine
-from ..errors import BatchError, InputError
+from ..errors import BatchError, InputError, ProbewatchError
+from ..io.validation import check_items
 from ..types import Level
 from .demo import EXTRACTING, NORMAL_ACCOUNTS, demo_traffic
 
@@ -105,6 +106,8 @@ def _read_jsonl(path: str) -> Iterator[tuple[int, Any]]:
                 yield lineno, json.loads(text)
             except json.JSONDecodeError as exc:
                 yield lineno, exc
+            except RecursionError:  # json's decoder recurses once per nesting level
+                yield lineno, ValueError("the line nests JSON arrays or objects too deeply to read")
 
 
 def _row_problem(row: Any) -> str | None:
@@ -156,10 +159,34 @@ def _count_rows(path: str) -> int | None:
         return sum(1 for line in fh if line.strip())
 
 
+def _output_problem(path: str | None, flag: str) -> str | None:
+    """Why ``path`` cannot be written (checked before any work, so none is thrown away), or None."""
+    if path is None:
+        return None
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        return f"{flag} {path} is a folder; give a file path"
+    if not folder.is_dir():
+        return f"{flag} {path}: folder {folder} does not exist"
+    return None
+
+
+def _input_problem(path: str) -> str | None:
+    if path != "-" and not Path(path).is_file():
+        return f"no such file {path}" if not Path(path).exists() else f"{path} is not a file"
+    return None
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
-    if args.file != "-" and not Path(args.file).is_file():
-        print(f"probewatch replay: no such file {args.file}", file=sys.stderr)
-        return 2
+    for problem in (
+        _input_problem(args.file),
+        _output_problem(args.out, "--out"),
+        _output_problem(args.save, "--save"),
+    ):
+        if problem is not None:
+            print(f"probewatch replay: {problem}", file=sys.stderr)
+            return 2
     engine = _engine(args)
     bad = 0
     seen: set[str] = set()
@@ -198,7 +225,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    accounts, prompts, stamps = [], [], []
+    for problem in (_input_problem(args.file), _output_problem(args.out, "--out")):
+        if problem is not None:
+            print(f"probewatch calibrate: {problem}", file=sys.stderr)
+            return 2
+    accounts, prompts, stamps, linenos = [], [], [], []
     for lineno, row in _read_jsonl(args.file):
         problem = _row_problem(row)
         if problem is not None:
@@ -207,7 +238,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         accounts.append(row["account"])
         prompts.append(row["prompt"])
         stamps.append(row.get("ts"))
+        linenos.append(lineno)
     engine = Engine(device=args.device)
+    _, _, _, errors = check_items(accounts, stamps, prompts, engine.config.max_prompt_chars)
+    if errors:  # said by line, before the model loads
+        first = min(errors)
+        print(
+            f"probewatch calibrate: line {linenos[first]}: {errors[first]}; nothing was calibrated "
+            f"({len(errors)} invalid row{'s' if len(errors) != 1 else ''} in all)",
+            file=sys.stderr,
+        )
+        return 2
     engine.calibrate(accounts, prompts, stamps, source=f"probewatch calibrate {args.file}")
     engine.save_calibration(args.out)
     print(
@@ -319,12 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.version:
         print(__version__)
         return 0
-    if args.command == "demo":
-        return cmd_demo(args)
-    if args.command == "replay":
-        return cmd_replay(args)
-    if args.command == "calibrate":
-        return cmd_calibrate(args)
+    commands = {"demo": cmd_demo, "replay": cmd_replay, "calibrate": cmd_calibrate}
+    if args.command in commands:
+        try:
+            return commands[args.command](args)
+        except (ProbewatchError, OSError) as exc:  # a bad file, a full disk: one line, not a traceback
+            print(f"probewatch {args.command}: {exc}", file=sys.stderr)
+            return 2
     if args.command == "repair-state":
         return cmd_repair_state(args)
     parser.print_help()

@@ -249,10 +249,9 @@ class AccountState(PromptMemory):
         self.ref_hist[_hist_index(facts.ref_similarity)] += 1
         self.cell_counts[facts.cell] += 1
         self.n += 1
-        if ts is not None:
-            if math.isnan(self.first_ts):
-                self.first_ts = ts
-            self.last_ts = ts
+        if ts is not None:  # the span seen, whatever order stamps arrive in (min/max skip NaN: ts first)
+            self.first_ts = min(ts, self.first_ts)
+            self.last_ts = max(ts, self.last_ts)
 
     def nbytes(self) -> int:
         """Bytes of this state's arrays (what per-account memory accounting charges)."""

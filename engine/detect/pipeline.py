@@ -333,7 +333,7 @@ class Pipeline:
         ids = self.store.accounts()
         if level is None:
             return ids
-        wanted = Level(level)
+        wanted = Level.parse(level)
         return [a for a in ids if self.states[a].level is wanted]
 
     def report(self, account: str) -> AccountReport:

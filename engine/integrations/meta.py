@@ -45,7 +45,12 @@ def clean_meta(values: Mapping[str, Any]) -> dict[str, str] | None:
             value = _iso_seconds(value)
         elif not isinstance(value, (str, int, float)):
             continue
-        text = str(value).replace("\x00", "").strip()[:MAX_META_VALUE_CHARS]
+        try:
+            text = str(value)
+        except ValueError:  # an int past Python's digit limit for str(): no usable value
+            continue
+        # NUL and lone surrogates (JSON can escape them) are dropped: the value is cleaned, not judged
+        text = text.encode("utf-8", "ignore").decode("utf-8").replace("\x00", "").strip()[:MAX_META_VALUE_CHARS]
         if text and text != HEADER_PRESENT_PLACEHOLDER:
             out[key] = text
     return out or None

@@ -13,7 +13,8 @@ from pathlib import Path
 from ..errors import SnapshotError
 
 # A .npz is a zip archive (local file header, or the end record of an empty archive); .npy has its own.
-NPZ_SIGNATURE = b"PK"
+# NumPy opens as a zip only a file starting with one of these; anything else it tries as a pickle.
+NPZ_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
 NPY_SIGNATURE = b"\x93NUMPY"
 
 
@@ -25,7 +26,7 @@ def leading_bytes(path: Path, what: str) -> bytes:
             start = handle.read(len(NPY_SIGNATURE))
     except OSError as exc:
         raise SnapshotError(f"{path} cannot be read: {exc}") from exc
-    if not start.startswith((NPZ_SIGNATURE, NPY_SIGNATURE)):
+    if not start.startswith((*NPZ_SIGNATURES, NPY_SIGNATURE)):
         raise SnapshotError(
             f"{path} is not a readable {what}: expected a .npz archive written by probewatch (a zip file, "
             f"starting with b'PK'); its first bytes are {start!r}"

@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,8 @@ from ..detect.reference import BenignReference
 from ..detect.scoring import BenignModel, Calibration
 from ..errors import CalibrationError, ConfigError, SnapshotError
 from ..types import Level, Reason
-from .npz_files import NPZ_SIGNATURE, leading_bytes
+from .npz_files import NPZ_SIGNATURES, leading_bytes
+from .validation import MAX_ACCOUNT_ID_LENGTH
 
 SNAPSHOT_FORMAT = "probewatch-snapshot"
 CALIBRATION_FORMAT = "probewatch-calibration"
@@ -53,6 +55,10 @@ def _atomic_write(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
         raise SnapshotError(f"cannot write {path}: folder {folder} does not exist")
     if path.is_dir():  # os.replace would fail only after the whole file was written
         raise SnapshotError(f"cannot write {path}: it is a folder; give a file path, e.g. {path / 'probewatch.npz'}")
+    if path.exists() and not path.is_file():  # os.replace would put a file where a FIFO or device was
+        raise SnapshotError(
+            f"cannot write {path}: it is not a regular file (a pipe, socket or device); give a file path"
+        )
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -86,10 +92,12 @@ def _open(path: str | Path, kind: str):
             )
         with data:
             arrays = {name: data[name] for name in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
-        damaged = " (it starts like one: damaged or cut short)" if start.startswith(NPZ_SIGNATURE) else ""
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, zlib.error) as exc:
+        damaged = " (it starts like one: damaged or cut short)" if start.startswith(NPZ_SIGNATURES) else ""
+        # NumPy's advice for files it takes for pickles is how to load them unsafely: never passed on
+        detail = "it holds no readable array" if "allow_pickle" in str(exc) else str(exc)
         raise SnapshotError(
-            f"{path} is not a readable {kind} file (expected a .npz written by probewatch){damaged}: {exc}"
+            f"{path} is not a readable {kind} file (expected a .npz written by probewatch){damaged}: {detail}"
         ) from exc
     if "header" not in arrays:
         raise SnapshotError(f"{path} is a .npz file but not a {kind}: it has no probewatch header")
@@ -111,9 +119,11 @@ def _open(path: str | Path, kind: str):
 def _benign_model(path, header, arrays) -> BenignModel:
     try:
         meta = header["calibration"]
+        if not isinstance(meta, dict):
+            raise TypeError(f"the header's calibration entry is a {type(meta).__name__}, expected an object")
         groups = GroupCalibration.from_arrays(arrays, meta.get("source", "")) if "group_max_scores" in arrays else None
         return BenignModel(BenignReference.from_arrays(arrays), Calibration.from_arrays(arrays, meta), groups)
-    except (KeyError, ValueError, TypeError, IndexError) as exc:
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
         raise SnapshotError(f"{path}: reference or calibration arrays are missing or malformed ({exc})") from exc
     except CalibrationError as exc:
         raise SnapshotError(f"{path}: {exc}") from exc
@@ -223,7 +233,7 @@ def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         config = EngineConfig.from_dict(stored_config)
         if overrides:
             config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
-        ids = list(header["accounts"])
+        ids = _account_ids(path, header["accounts"])
         scalars = header["scalars"]
         histories = header["histories"]
         offsets = np.asarray(arrays["store_offsets"], dtype=np.int64)
@@ -232,8 +242,12 @@ def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> 
             raise SnapshotError(
                 f"{path}: account tables disagree ({len(ids)} ids, offsets {offsets.shape}, {flat.shape[0]} vectors)"
             )
+        if offsets[0] != 0 or (np.diff(offsets) < 0).any():
+            raise SnapshotError(f"{path}: account history offsets must start at 0 and never decrease")
         if flat.ndim != 2 or flat.shape[1] != benign.reference.dim:
             raise SnapshotError(f"{path}: stored vectors have shape {flat.shape}, expected (n, {benign.reference.dim})")
+        if not np.isfinite(flat).all():  # observe refuses such rows; a file must not bring them in
+            raise SnapshotError(f"{path}: stored history vectors hold NaN or infinity")
         # arrays newer than the snapshot (AccountState.SINCE_0_12) start at their defaults
         state_arrays = (
             {
@@ -256,6 +270,10 @@ def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> 
             )
             for i, account in enumerate(ids)
         ]
+        rows = np.diff(offsets)
+        for account, state, held in zip(ids, states, rows.tolist(), strict=True):
+            if held > state.n:  # an account keeps at most the queries it sent
+                raise SnapshotError(f"{path}: account {account!r} has {held} stored vectors but {state.n} queries")
         _frame_vectors(path, arrays, states, benign.reference.dim)
         observations = int(header.get("observations", 0))
         campaigns = None
@@ -271,15 +289,16 @@ def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> 
             if "population_vouched" in arrays:  # snapshots from before known-benign marks have none
                 population["vouched"] = arrays["population_vouched"]
         clock = header.get("clock")
+        clock = math.nan if clock is None else float(clock)
         # records of 0.3.0 snapshots have no reasons
         evicted = {
             str(a): (str(r[0]), float(r[1]), float(r[2]), int(r[3]), int(r[4]), _reasons(r[5] if len(r) > 5 else []))
-            for a, r in header.get("evicted", {}).items()
+            for a, r in _mapping(header, "evicted").items()
         }
-        carried_reasons = {str(a): _reasons(r) for a, r in header.get("carried_reasons", {}).items()}
+        carried_reasons = {str(a): _reasons(r) for a, r in _mapping(header, "carried_reasons").items()}
     except ConfigError as exc:  # before ValueError, which ConfigError subclasses
         raise SnapshotError(f"{path}: stored configuration is invalid ({exc})") from exc
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise SnapshotError(f"{path}: snapshot content is malformed ({exc})") from exc
     return {
         "config": config,
@@ -291,10 +310,51 @@ def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         "states": states,
         "campaigns": campaigns,
         "population": population,
-        "clock": math.nan if clock is None else float(clock),
+        "clock": clock,
         "evicted": evicted,
         "carried_reasons": carried_reasons,
     }
+
+
+def _account_ids(path, stored: Any) -> list[str]:
+    """The header's account ids, each once and each one that observe has always accepted. The
+    later rule against format and line-separator characters is not applied here, so a snapshot
+    taken before it still loads."""
+    if not isinstance(stored, list):
+        raise TypeError(f"the header's accounts entry is a {type(stored).__name__}, expected a list")
+    for i, account in enumerate(stored):
+        problem = _stored_id_problem(account)
+        if problem is not None:
+            raise SnapshotError(f"{path}: stored account {i} has an invalid id: {problem}")
+    seen: set[str] = set()
+    for account in stored:
+        if account in seen:
+            raise SnapshotError(f"{path}: account {account!r} is stored twice")
+        seen.add(account)
+    return list(stored)
+
+
+def _stored_id_problem(account: Any) -> str | None:
+    if not isinstance(account, str):
+        return f"an account id must be a str; got {type(account).__name__}"
+    if not account.strip() or len(account) > MAX_ACCOUNT_ID_LENGTH:
+        return (
+            f"an account id must hold 1 to {MAX_ACCOUNT_ID_LENGTH} characters, not only whitespace; got {len(account)}"
+        )
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in account):
+        return f"an account id must not contain control characters; got {account[:60]!r}"
+    try:
+        account.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"an account id must be valid Unicode; got lone surrogates in {account[:60]!r}"
+    return None
+
+
+def _mapping(header: dict[str, Any], name: str) -> dict[str, Any]:
+    value = header.get(name, {})
+    if not isinstance(value, dict):
+        raise TypeError(f"the header's {name} entry is a {type(value).__name__}, expected an object")
+    return value
 
 
 def _frame_vectors(path, arrays, states: list[AccountState], dim: int) -> None:

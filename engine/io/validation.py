@@ -12,8 +12,9 @@ Each check either returns the cleaned value or raises a specific
 from __future__ import annotations
 
 import math
+import numbers
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 import numpy as np
@@ -41,8 +42,16 @@ MAX_TIMESTAMP = 1e11
 
 
 def _describe(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's digit limit for str()
+        return f"{type(value).__name__} too long to print"
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _decimal_digits(number: numbers.Real) -> int:
+    """About how many digits ``number`` has before its point (str() refuses ints past 4,300)."""
+    return int(abs(math.trunc(number))).bit_length() * 30103 // 100000 + 1
 
 
 def check_account(account: Any) -> str:
@@ -128,13 +137,14 @@ def check_timestamp(ts: Any) -> float | None:
     """A timestamp: None, or a finite number of seconds, returned as float."""
     if ts is None:
         return None
-    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+    # numbers.Real takes NumPy's integers and floats; bool (and NumPy's) is refused
+    if isinstance(ts, bool) or not isinstance(ts, numbers.Real):
         raise InvalidTimestampError(f"a timestamp must be a number of seconds or None; got {_describe(ts)}")
     try:
         value = float(ts)
     except OverflowError:
         raise InvalidTimestampError(
-            f"a timestamp must be a number of seconds; got an integer of {len(str(ts))} digits"
+            f"a timestamp must be a number of seconds; got a number of about {_decimal_digits(ts)} digits"
         ) from None
     if not math.isfinite(value):
         raise InvalidTimestampError(f"a timestamp must be finite; got {value}")
@@ -165,6 +175,11 @@ def check_same_length(**named: Sequence[Any] | None) -> int:
                 f"{name} must be a sequence with one entry per item (a list, tuple or array); got "
                 f"{type(seq).__name__}, which has no length (materialise an iterator with list(...))"
             ) from None
+        if isinstance(seq, Set):
+            raise BatchLengthError(
+                f"{name} must be a sequence with one entry per item in order (a list, tuple or array); got an "
+                f"unordered {type(seq).__name__}, whose items would pair with the wrong entries of the other inputs"
+            )
     if len(set(lengths.values())) > 1:
         detail = ", ".join(f"{name}={n}" for name, n in lengths.items())
         raise BatchLengthError(f"batch inputs must have one length each item; got {detail}")
@@ -223,8 +238,13 @@ def check_embeddings(vectors: Any, dim: int):
         arr = _as_device_float32(vectors)
         xp = get_array_module(arr)
     else:
+        dtype = getattr(vectors, "dtype", None)  # NumPy's, or torch's (which says is_complex)
+        if getattr(dtype, "is_complex", False) or (isinstance(dtype, np.dtype) and dtype.kind == "c"):
+            # the cast would drop the imaginary part with only a warning
+            raise InvalidEmbeddingError(f"vectors must be real numbers; got {dtype} values")
         try:
-            arr = np.asarray(vectors, dtype=np.float32)
+            with np.errstate(over="ignore"):  # a float64 value past float32's range: said below
+                arr = np.asarray(vectors, dtype=np.float32)
         except (RuntimeError, TypeError, ValueError) as exc:  # RuntimeError: torch, a tensor that requires grad
             raise InvalidEmbeddingError(
                 f"vectors must be a numeric (n, {dim}) array; got {type(vectors).__name__}: {exc}"
@@ -241,12 +261,25 @@ def check_embeddings(vectors: Any, dim: int):
     norms = xp.linalg.norm(arr.astype(xp.float64), axis=1)
     if not bool((finite & (norms > 1e-12)).all()):  # the one read back on a device
         finite, norms = to_numpy(finite), to_numpy(norms)
+        # float64 rows that float32 cannot hold read as infinite or zero: say which it is
+        source = np.asarray(vectors).reshape(arr.shape) if xp is np else None
+        wide = source is not None and source.dtype.kind == "f" and source.dtype.itemsize > 4
         if not finite.all():
             bad = np.flatnonzero(~finite)
+            if wide and np.isfinite(source[bad]).all():
+                raise InvalidEmbeddingError(
+                    f"vectors must fit in float32 (|x| up to 3.4e38); rows {bad[:10].tolist()} hold larger values "
+                    f"({bad.size} rows in all). Only a row's direction counts: scale it down"
+                )
             raise InvalidEmbeddingError(
                 f"vectors must be finite; rows {bad[:10].tolist()} hold NaN or infinity ({bad.size} rows in all)"
             )
         bad = np.flatnonzero(norms <= 1e-12)
+        if wide and (np.abs(source[bad]).max(axis=1) > 0).all():
+            raise InvalidEmbeddingError(
+                f"vectors must have a non-zero norm in float32; rows {bad[:10].tolist()} hold only values too small "
+                "for it. Only a row's direction counts: scale it up"
+            )
         raise InvalidEmbeddingError(f"vectors must have a non-zero norm; rows {bad[:10].tolist()} are zero")
     return xp.ascontiguousarray(arr / norms[:, None], dtype=xp.float32)
 
@@ -254,11 +287,21 @@ def check_embeddings(vectors: Any, dim: int):
 def check_vectors(accounts: Sequence[str], vectors: Any, dim: int, ts: Sequence[float | None] | None = None):
     """One unit row of ``dim`` (see :func:`check_embeddings`: host or device) per account;
     lengths must agree."""
+    if accounts is None:
+        raise BatchLengthError("accounts must be a sequence of account ids, one per vector; got None")
     n = check_same_length(accounts=accounts, ts=ts)
     arr = check_embeddings(vectors, dim)
     if arr.shape[0] != n:
         raise InvalidEmbeddingError(f"expected one vector per account: {n} accounts but {arr.shape[0]} vectors")
     return arr
+
+
+def check_accounts(accounts: Sequence[Any]) -> list[str]:
+    """A sequence of valid account ids (see :func:`check_account`), as a list."""
+    if accounts is None:
+        raise BatchLengthError("accounts must be a sequence of account ids; got None")
+    check_same_length(accounts=accounts)
+    return [check_account(account) for account in accounts]
 
 
 def check_items(
@@ -276,6 +319,8 @@ def check_items(
     >>> good, texts, stamps, type(errors[1]).__name__
     ([0], ['hi'], [None], 'InvalidAccountError')
     """
+    if accounts is None:
+        raise BatchLengthError("accounts must be a sequence of account ids, one per item; got None")
     check_same_length(accounts=accounts, prompts=prompts, ts=ts, metas=metas)
     good: list[int] = []
     texts: list[str] = []

@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -89,6 +90,9 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
         registry=service.metrics.registry,
     ).labels("kafka" if config.kafka_mode else "local").set(1)  # fmt: skip
     app = FastAPI(
+        # no 307 to the same path without its trailing slash: its Location would be built from
+        # the client's Host header, and an API client gets an empty body instead of an error
+        redirect_slashes=False,
         title="probewatch sidecar",
         version=__version__,
         lifespan=_lifespan,
@@ -243,11 +247,14 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     """Routing errors (no such path, wrong method)."""
     error_type = HTTP_ERROR_TYPES.get(exc.status_code, "HTTPError")
     headers = exc.headers
+    message = str(exc.detail)
     if exc.status_code == 405:
         # Starlette names the methods of the first route that matched the path; GET and DELETE
         # of /v1/accounts/{account} are two routes, so Allow lists every route's.
-        headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
-    return error_response(exc.status_code, error_type, str(exc.detail), headers=headers)
+        allowed = ", ".join(_allowed_methods(request))
+        headers = {**(headers or {}), "Allow": allowed}
+        message = f"method {request.method} is not allowed on this path; allowed: {allowed}"
+    return error_response(exc.status_code, error_type, message, headers=headers)
 
 
 def _allowed_methods(request: Request) -> list[str]:
@@ -256,7 +263,30 @@ def _allowed_methods(request: Request) -> list[str]:
         match, _ = route.matches(request.scope)
         if match != Match.NONE:
             methods |= set(getattr(route, "methods", None) or ())
+    if "GET" in methods:  # the Gatekeeper answers HEAD wherever GET is served
+        methods.add("HEAD")
     return sorted(methods)
+
+
+def _path_problem(scope: Scope) -> tuple[int, str, str] | None:
+    """(status, type, message) when the request path cannot name anything, else None.
+
+    Percent-escapes must decode to UTF-8 (the server would turn a bad one into U+FFFD, another
+    id: 400). A newline names nothing (404): a route's pattern ends at a final newline, so
+    ``/v1/accounts/a%0A`` would act on account ``a``. Other control characters reach the
+    handlers, which refuse them as ids."""
+    raw = scope.get("raw_path")
+    if raw is not None:
+        try:
+            unquote_to_bytes(raw.split(b"?", 1)[0]).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            message = f"the path is not percent-encoded UTF-8 (byte {exc.start} of the decoded path is not valid UTF-8)"
+            return 400, "InvalidPath", message
+    newline = scope["path"].find("\n")
+    if newline >= 0:
+        message = f"nothing here: the path holds a newline (%0A) at position {newline}, and no id contains one"
+        return 404, "NotFound", message
+    return None
 
 
 async def _internal_error(_request: Request, _exc: Exception) -> JSONResponse:
@@ -273,6 +303,8 @@ class Gatekeeper:
         self.metrics = metrics
         self.routes = routes
         self.max_body_bytes = config.max_body_bytes
+        self.max_in_flight = config.max_connections
+        self.in_flight = 0
         self._token = config.api_token.encode() if config.api_token else None
         self._console = config.console  # the console checks the token or its session cookie itself
 
@@ -283,10 +315,22 @@ class Gatekeeper:
         started = time.perf_counter()
         rid = request_id_from(dict(scope.get("headers") or []).get(REQUEST_ID_HEADER))
         token = request_id.set(rid)
-        reply = _Reply(send, rid)
+        head = scope.get("method") == "HEAD"
+        if head:  # HEAD is GET without the body (RFC 9110), wherever GET is served
+            scope = {**scope, "method": "GET"}
+        reply = _Reply(send, rid, head)
+        self.in_flight += 1
         try:
-            await self._admit(scope, receive, reply)
+            if self.in_flight > self.max_in_flight:
+                message = (
+                    f"the sidecar is serving {self.max_in_flight} requests at once (max_connections); "
+                    "nothing of this request was done: retry after 1 s"
+                )
+                await reply.error(503, "Overloaded", message, {"retry-after": "1"})
+            else:
+                await self._admit(scope, receive, reply)
         finally:
+            self.in_flight -= 1
             request_id.reset(token)
             endpoint = self._route_label(scope)
             self.metrics.requests.labels(endpoint, scope.get("method", ""), str(reply.status)).inc()
@@ -298,6 +342,10 @@ class Gatekeeper:
         if scope["path"] not in OPEN_PATHS and not console_page and not self._authorized(headers):
             message = "missing or wrong API token: send 'Authorization: Bearer <token>'"
             await reply.error(401, "Unauthorized", message, {"www-authenticate": "Bearer"})
+            return
+        problem = _path_problem(scope)
+        if problem is not None:
+            await reply.error(*problem)
             return
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
@@ -349,8 +397,9 @@ class _Reply:
     """The send() side of one request: remembers the status, and once the Gatekeeper has
     answered by itself, drops the app's late reply."""
 
-    def __init__(self, send: Send, request_id: str | None = None):
+    def __init__(self, send: Send, request_id: str | None = None, head: bool = False):
         self._send = send
+        self._head = head  # a HEAD request: headers as for GET, no body bytes
         self._request_id = request_id.encode() if request_id else None
         self.status = 500  # what the metrics record if nothing is ever sent
         self.started = False
@@ -365,6 +414,8 @@ class _Reply:
             if self._request_id is not None:  # echoed, so a client can find this request in the log
                 kept = [(k, v) for k, v in message.get("headers") or [] if k.lower() != REQUEST_ID_HEADER]
                 message = {**message, "headers": [*kept, (REQUEST_ID_HEADER, self._request_id)]}
+        elif self._head and message["type"] == "http.response.body":
+            message = {**message, "body": b""}
         await self._send(message)
 
     async def error(self, status: int, error_type: str, message: str, headers: dict[str, str] | None = None) -> None:

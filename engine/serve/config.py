@@ -297,7 +297,7 @@ class ServerConfig(_GivenValuesOnly):
     max_wait_ms: float = Field(5.0, ge=0)
     queue_capacity: int = 4096
     guardrail_reserved_capacity: int = Field(256, ge=0)  # queue room only the guardrail route may use
-    max_connections: int = Field(1024, ge=1)  # uvicorn limit_concurrency: 503 past it
+    max_connections: int = Field(1024, ge=1)  # requests at once; past it a JSON 503 (uvicorn's cap: twice it)
     overload_retry_after_s: int = Field(1, ge=1)  # Retry-After of a 429 when the queue is full
     request_deadline_ms: float = Field(2000.0, gt=0)
     failure_policy: FailurePolicy = "open"
@@ -531,6 +531,10 @@ def _read_yaml(path: Path, known: Iterable[str] = SIDECAR_SETTINGS) -> dict[str,
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as exc:
         raise ConfigError(f"cannot read the config file {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"the config file {path} must be UTF-8 text; byte {exc.start} is {exc.object[exc.start : exc.start + 1]!r}"
+        ) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"the config file {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

@@ -86,6 +86,8 @@ async def litellm_guardrail(request: Request, service: Service) -> dict[str, Any
         return _unobserved(service, item, ALLOW)
     require_rate(request, request.app.state.rate_limits.guardrail, 1, GUARDRAIL_PATH)
     outcome = (await service.observe([item], reserved=True))[0]
+    if outcome.error is not None:  # refused by the engine, not observed
+        return _unobserved(service, "invalid_item", ALLOW)
     answer = _decide(outcome, service)
     if outcome.fallback is not None and not outcome.queued:
         return _unobserved(service, outcome.fallback, answer)
@@ -121,6 +123,8 @@ def _item_to_observe(payload: dict[str, Any], service: ObservationService, recei
     account = payload["request_data"].get(config.guardrail_account_field)
     if not account:
         return "no_account"  # nothing to attribute: never block on missing metadata
+    if isinstance(account, bool) or not isinstance(account, str | int):
+        return "invalid_item"  # a list or an object is no id: str() of it would make one up
     prompt = prompt_from_guardrail_request(payload, config.guardrail_prompt_source)
     if prompt is None:
         return "no_prompt"

@@ -81,6 +81,15 @@ def _format_line(record: dict[str, Any]) -> bytes:
     return body + b"\t" + format(zlib.crc32(body), "08x").encode() + b"\n"
 
 
+def unwritable(record: dict[str, Any]) -> str | None:
+    """Why ``record`` cannot be a journal line, or None when it can."""
+    try:
+        _format_line(record)
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
 def _parse_line(raw: bytes) -> dict[str, Any] | None:
     """The record of a line, or None when it does not read back. Lines written before the
     checksum (no tab) are read as JSON alone."""
@@ -101,6 +110,11 @@ def _whole_record_in_tail(tail: bytes) -> bytes | None:
     body, tab, crc = tail.partition(b"\t")
     line = body + tab + crc[:8]
     return line if tab and len(crc) >= 8 and _parse_line(line) is not None else None
+
+
+class UnwritableRecord(ValueError):
+    """A record cannot be encoded as a journal line (e.g. a lone surrogate in its text). Nothing
+    of its batch was written and no seq was used: the journal stays usable."""
 
 
 class JournalFailure(RuntimeError):
@@ -227,18 +241,21 @@ class Journal:
         with self._io_lock:
             self._check_usable()
             first = self._last_seq
+            # Every line is formatted before any seq is taken: a record that cannot be written
+            # (text that is not valid Unicode) leaves no gap that would stop the next start.
             try:
-                lines = []
-                for record in records:
-                    self._last_seq += 1
-                    record["seq"] = self._last_seq
-                    line = _format_line(record)
-                    if self.fsync_policy == "always":
+                lines = [_format_line({**record, "seq": first + offset}) for offset, record in enumerate(records, 1)]
+            except (TypeError, ValueError) as exc:
+                raise UnwritableRecord(f"a record of this batch cannot be journaled, so none was: {exc}") from exc
+            for offset, record in enumerate(records, 1):
+                record["seq"] = first + offset
+            self._last_seq = first + len(records)
+            try:
+                if self.fsync_policy == "always":
+                    for line in lines:
                         self._write_all(line)
                         os.fsync(self._fh.fileno())
-                    else:
-                        lines.append(line)
-                if lines:
+                elif lines:
                     self._write_all(b"".join(lines))
                 if self.fsync_policy == "batch":
                     if self._unsynced_after is None:

@@ -35,9 +35,10 @@ def run(config: ServerConfig | None = None) -> None:
         log_config=None if config.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         server_header=False,
         lifespan="on",
-        # connections past this get 503 from uvicorn itself, before any work: the queue's 429s
-        # and deadlines hold only while the event loop is not drowned in connections
-        limit_concurrency=config.max_connections,
+        # Requests past max_connections get the Gatekeeper's JSON 503 before any work: the queue's
+        # 429s and deadlines hold only while the event loop is not drowned in requests. Open
+        # connections past twice that get uvicorn's own plain-text 503 (idle keep-alives count).
+        limit_concurrency=2 * config.max_connections,
     )
 
 

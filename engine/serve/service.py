@@ -21,13 +21,13 @@ from typing import Any
 
 from ..campaigns.metadata import check_meta
 from ..engine import Engine
-from ..errors import BatchError, InvalidPromptError, ProbewatchError, SnapshotError
+from ..errors import BatchError, InputError, InvalidPromptError, ProbewatchError, SnapshotError
 from ..io.persistence import fsync_dir, read_snapshot
 from ..io.validation import check_account, check_prompt, check_timestamp
 from ..types import CampaignStats, EngineStats
 from .alerts import Alerts
 from .config import ServerConfig
-from .journal import Journal, JournalDamaged, JournalFailure, sequence_of, sequenced_name
+from .journal import Journal, JournalDamaged, JournalFailure, UnwritableRecord, sequence_of, sequenced_name, unwritable
 from .metrics import ServerMetrics
 from .repair import RepairRecord, read_repair_record
 
@@ -493,7 +493,10 @@ class ObservationService:
         # replay hands the engine the same batches: batched detection is exact only to float32
         # rounding, so other batch boundaries would give scores that differ in the last bits
         records[-1]["batch_end"] = True
-        self.journal.append(records, sync=False)
+        try:
+            self.journal.append(records, sync=False)
+        except UnwritableRecord:  # nothing was written: the items that can be go ahead without the others
+            return self._apply_writable(batch, records)
         synced = self._sync_executor.submit(self.journal.sync_appended)
         try:
             embedded = self.engine.embed_batch(
@@ -525,6 +528,23 @@ class ObservationService:
             else:
                 outcomes.append(Outcome(verdict=verdicts[i].to_dict(), queued=True, truncated=it.truncated))
         return outcomes
+
+    def _apply_writable(self, batch: list[Item], records: list[dict[str, Any]]) -> list[Outcome]:
+        """Apply the items whose records can be journaled; each other item gets its own error.
+        Checked items should never get here (their text is valid Unicode): a last guard, so one
+        bad item never fails the callers batched with it, nor leaves a gap in the journal."""
+        problems = {i: unwritable(record) for i, record in enumerate(records)}
+        keep = [i for i, problem in problems.items() if problem is None]
+        outcomes: dict[int, Outcome] = {}
+        if keep:
+            for i, outcome in zip(keep, self._apply_batch([batch[i] for i in keep]), strict=True):
+                outcomes[i] = outcome
+        for i, problem in problems.items():
+            if problem is not None:
+                log.warning("item %d of a micro-batch cannot be journaled and was not observed: %s", i, problem)
+                error = InputError(f"the item cannot be stored (it was not observed): {problem}")
+                outcomes[i] = Outcome(error=error, queued=False, truncated=batch[i].truncated)
+        return [outcomes[i] for i in range(len(batch))]
 
     def _journal_evictions(self) -> None:
         """After the batch whose records are journaled: the accounts its memory budget evicted,

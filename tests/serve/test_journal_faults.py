@@ -10,7 +10,7 @@ import os
 import pytest
 
 from probewatch.serve import ServerConfig
-from probewatch.serve.journal import Journal, JournalFailure
+from probewatch.serve.journal import Journal, JournalFailure, UnwritableRecord
 from probewatch.serve.service import ObservationService
 from tests.support import TOKEN
 
@@ -93,6 +93,44 @@ def test_the_service_stops_acknowledging_and_reports_why(tmp_path, text_engine_f
         (refused,) = await service.observe([third])
         assert refused.fallback == "not_ready"
         assert service.engine.report("alice").n_queries == 1  # the failed item was never applied
+        await service.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_record_that_cannot_be_encoded_takes_no_seq(tmp_path):
+    """A seq taken by a record that was never written is a gap, and a gap stops the next start."""
+    journal = Journal(tmp_path, "batch")
+    journal.open(1)
+    journal.append(records(2))
+    bad = records(3, start=2)
+    bad[1]["prompt"] = "half a pair \ud800"  # a lone surrogate: no UTF-8 for it
+    with pytest.raises(UnwritableRecord, match="none was"):
+        journal.append(bad)
+    assert journal.failed is None and journal.last_seq == 2
+    assert all("seq" not in record for record in bad)
+    assert journal.append(records(1, start=5)) == 3
+    journal.close()
+    again = Journal(tmp_path, "batch")
+    assert [(r["seq"], r["account"]) for r in again.replay(0)] == [(1, "a0"), (2, "a1"), (3, "a5")]
+
+
+def test_an_item_that_cannot_be_journaled_fails_alone(tmp_path, text_engine_factory):
+    """Checked items never hold such text; if one did, the callers batched with it are still observed
+    and the journal keeps no gap."""
+    config = ServerConfig(data_dir=str(tmp_path), api_token=TOKEN, engine={"device": "cpu"})
+    service = ObservationService(config, engine=text_engine_factory(device="cpu"))
+
+    async def scenario():
+        await service.start()
+        items = [service.prepare_item(a, f"How do I grow {a}?", None, 1.7e9, None) for a in ("basil", "mint", "sage")]
+        items[1].prompt = "How do I grow mint? \udc80"  # past the checks, as a bug would leave it
+        outcomes = await service.observe(items)
+        assert [o.verdict["n_queries"] if o.verdict else None for o in outcomes] == [1, None, 1]
+        assert outcomes[1].error is not None and "cannot be stored" in str(outcomes[1].error)
+        assert outcomes[1].queued is False and outcomes[1].fallback is None
+        assert service.ready and service.journal.last_seq == 2
+        assert [(r["seq"], r["account"]) for r in service.journal.replay(0)] == [(1, "basil"), (2, "sage")]
         await service.stop()
 
     asyncio.run(scenario())

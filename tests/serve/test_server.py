@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import http.client as http_client
+import json
 import os
 import shutil
 import subprocess
@@ -170,6 +172,91 @@ def test_report_accounts_pagination_and_forget(http):
     assert http.delete("/v1/accounts/dave").json() == {"account": "dave", "forgotten": True}
     assert http.get("/v1/accounts/dave").status_code == 404
     assert http.delete("/v1/accounts/dave").json()["forgotten"] is False
+
+
+def _raw(sidecar, method: str, path: str, body: bytes | None = None, auth: bool = True) -> tuple[int, dict, bytes]:
+    """One request with ``path`` sent byte for byte (httpx would re-encode it)."""
+    connection = http_client.HTTPConnection("127.0.0.1", sidecar.port, timeout=30)
+    try:
+        headers = {"content-type": "application/json", **(AUTH if auth else {})}
+        connection.request(method, path, body=body, headers=headers)
+        answer = connection.getresponse()
+        return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+    finally:
+        connection.close()
+
+
+def test_a_path_that_cannot_name_an_id_acts_on_no_account(sidecar, http):
+    """A route's pattern ends at a final newline: /v1/accounts/victim%0A used to forget 'victim'.
+    A bad percent-escape used to become U+FFFD, another id."""
+    http.post("/v1/observe", json={"items": [{"account": "victim", "prompt": "What is a good first houseplant?"}]})
+    http.post("/v1/observe", json={"items": [{"account": "\ufffd", "prompt": "What soil do ferns like?"}]})
+    for method in ("DELETE", "GET"):
+        for path, status, error_type, says in (
+            ("/v1/accounts/victim%0A", 404, "NotFound", "holds a newline"),
+            ("/v1/accounts/victim%0D%0A", 404, "NotFound", "holds a newline"),
+            ("/v1/accounts/vic%0Atim", 404, "NotFound", "holds a newline"),
+            ("/v1/campaigns/c%0A", 404, "NotFound", "holds a newline"),
+            ("/v1/accounts/%FF", 400, "InvalidPath", "not percent-encoded UTF-8"),
+        ):
+            if method == "DELETE" and path.startswith("/v1/campaigns"):
+                continue
+            answer_status, _, body = _raw(sidecar, method, path)
+            error = json.loads(body)["error"]
+            assert (answer_status, error["type"]) == (status, error_type), (method, path, body)
+            assert says in error["message"]
+    assert http.get("/v1/accounts/victim").json()["n_queries"] == 1
+    assert http.get("/v1/accounts/%EF%BF%BD").json()["n_queries"] == 1  # U+FFFD itself, spelt right
+
+
+def test_head_is_get_without_a_body_and_405_names_the_methods(sidecar, http):
+    http.post("/v1/observe", json={"items": [{"account": "header", "prompt": "How deep do tulip bulbs go?"}]})
+    for path in ("/healthz", "/readyz", "/metrics", "/v1/accounts", "/v1/accounts/header"):
+        status, headers, body = _raw(sidecar, "HEAD", path)
+        get = http.get(path)
+        assert (status, body) == (get.status_code, b""), path
+        assert headers["content-type"] == get.headers["content-type"], path
+    status, headers, body = _raw(sidecar, "PUT", "/v1/accounts/header")
+    assert status == 405
+    assert {m.strip() for m in headers["allow"].split(",")} == {"DELETE", "GET", "HEAD"}
+    assert json.loads(body)["error"]["message"] == "method PUT is not allowed on this path; allowed: DELETE, GET, HEAD"
+
+
+def test_a_trailing_slash_is_a_404_not_a_redirect_to_the_client_s_host(sidecar):
+    connection = http_client.HTTPConnection("127.0.0.1", sidecar.port, timeout=30)
+    try:
+        for method, path in (("GET", "/readyz/"), ("POST", "/v1/observe/")):
+            connection.request(method, path, body=b"{}", headers={"host": "elsewhere.example", **AUTH})
+            answer = connection.getresponse()
+            assert answer.status == 404 and answer.getheader("location") is None, (method, path)
+            assert json.loads(answer.read())["error"]["type"] == "NotFound"
+    finally:
+        connection.close()
+
+
+def test_meta_text_that_is_not_unicode_is_dropped_and_the_batch_is_observed(sidecar, http):
+    """JSON can escape a lone surrogate; it once failed the journal line of the whole micro-batch,
+    left a seq gap, and the next start refused to load."""
+    body = (
+        b'{"items": [{"account": "meta-ok", "prompt": "Which roses are easiest to grow?"},'
+        b' {"account": "meta-odd", "prompt": "When do roses bloom?", "meta": {"user_agent": "agent\\ud800", "ip": "\\udc80"}}]}'
+    )
+    status, _, answer = _raw(sidecar, "POST", "/v1/observe", body)
+    assert status == 200, answer
+    results = json.loads(answer)["results"]
+    assert [r.get("n_queries") for r in results] == [1, 1] and not any("fallback" in r for r in results)
+    assert http.get("/v1/accounts/meta-odd").json()["n_queries"] == 1
+    assert httpx.get(sidecar.url + "/readyz").status_code == 200
+
+
+def test_a_guardrail_account_id_that_is_not_text_is_not_made_up(http):
+    for value in (["a", "b"], {"x": 1}, True):
+        body = {"input_type": "request", "texts": ["hi"], "request_data": {"user_api_key_end_user_id": value}}
+        answer = http.post("/beta/litellm_basic_guardrail_api", json=body)
+        assert answer.json() == {"action": "NONE", "observed": False, "reason": "invalid_item"}, value
+    assert not {"['a', 'b']", "{'x': 1}", "True"} & set(
+        http.get("/v1/accounts", params={"limit": 1000}).json()["accounts"]
+    )
 
 
 def assert_error_shape(response: httpx.Response, status: int, error_type: str, field: str | None = None) -> None:

@@ -137,3 +137,56 @@ def test_the_published_account_rule_is_the_one_the_sidecar_checks():
         assert published == accepted, (text, published, accepted)
         checked += 1
     assert checked > 10000
+
+
+def test_requests_past_max_connections_get_the_json_503_before_any_work(tmp_path):
+    """Past max_connections requests in flight, the Gatekeeper answers the one error body with
+    Retry-After (uvicorn's own cap, twice as high, would answer plain text)."""
+    import asyncio
+    import json
+
+    from probewatch.serve import ServerConfig
+    from probewatch.serve.app import Gatekeeper
+    from probewatch.serve.metrics import ServerMetrics
+
+    release = asyncio.Event()
+    served: list[str] = []
+
+    async def slow_app(scope, receive, send):
+        served.append(scope["path"])
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    config = ServerConfig(data_dir=str(tmp_path), max_connections=2, no_auth=True, host="127.0.0.1")
+    gate = Gatekeeper(slow_app, config, ServerMetrics(lambda: None, lambda: 0), routes=[])
+
+    async def request(path: str) -> list[dict]:
+        sent: list[dict] = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(), "headers": []}
+        await gate(scope, receive, send)
+        return sent
+
+    async def scenario():
+        held = [asyncio.create_task(request(f"/held-{i}")) for i in range(2)]
+        await asyncio.sleep(0.05)
+        refused = await request("/third")
+        release.set()
+        return refused, await asyncio.gather(*held)
+
+    refused, held = asyncio.run(scenario())
+    start, body = refused
+    headers = dict(start["headers"])
+    assert start["status"] == 503 and headers[b"retry-after"] == b"1"
+    assert headers[b"content-type"] == b"application/json"
+    error = json.loads(body["body"])["error"]
+    assert error["type"] == "Overloaded" and "max_connections" in error["message"]
+    assert served == ["/held-0", "/held-1"]  # the third never reached the app
+    assert [messages[0]["status"] for messages in held] == [200, 200] and gate.in_flight == 0

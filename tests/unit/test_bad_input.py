@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
+import stat
 import zipfile
 
 import numpy as np
@@ -230,6 +232,108 @@ def test_a_string_where_a_batch_belongs_processes_nothing(vec_engine, text_engin
     assert state_of(vec_engine) == before
 
 
+def test_missing_or_unordered_batch_arguments_process_nothing(vec_engine, text_engine):
+    """None where a batch belongs, and a set (whose order would pair ids with the wrong rows)."""
+    before = state_of(text_engine)
+    with pytest.raises(pw.BatchLengthError, match=r"prompts must be a sequence .*got None"):
+        text_engine.observe_batch(["alice", "bob"], None)
+    with pytest.raises(pw.BatchLengthError, match=r"accounts must be a sequence .*got None"):
+        text_engine.observe_batch(None, ["hello"])
+    assert state_of(text_engine) == before
+    before = state_of(vec_engine)
+    with pytest.raises(pw.BatchLengthError, match=r"accounts must be .*unordered set"):
+        vec_engine.observe_embeddings({"alice", "bob"}, rows(2))
+    with pytest.raises(pw.BatchLengthError, match=r"accounts must be a sequence .*got None"):
+        vec_engine.observe_embeddings(None, rows(2))
+    assert state_of(vec_engine) == before
+
+
+def test_evicting_by_a_bare_string_evicts_nothing(vec_engine):
+    """evict("alice") would evict accounts 'a', 'l', 'i', ... if the str were taken for a list."""
+    vec_engine.observe_embeddings(["a", "b"], rows(2, seed=5))
+    before = state_of(vec_engine)
+    with pytest.raises(pw.BatchLengthError, match=r"got str 'ab'.*wrap it in a list"):
+        vec_engine.evict("ab")
+    with pytest.raises(pw.BatchLengthError, match="got None"):
+        vec_engine.evict(None)
+    with pytest.raises(pw.InvalidAccountError):
+        vec_engine.evict(["a", ""])  # every id is checked before any account is evicted
+    assert state_of(vec_engine) == before
+    assert vec_engine.evict(["ab"]) == []  # held by no one: nothing to evict
+    assert vec_engine.evict(["a"]) == ["a"] and "b" in vec_engine.accounts()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "pattern"),
+    [
+        (lambda e: e.campaign_page(limit=-1), pw.InputError, r"limit must be .*at least 1; got -1"),
+        (lambda e: e.campaign_page(limit=0), pw.InputError, r"limit must be .*got 0"),
+        (lambda e: e.campaign_page(limit="10"), pw.InputError, r"limit must be .*got '10'"),
+        (lambda e: e.campaign_page(after=5), pw.InputError, r"after must be a campaign id .*got int 5"),
+        (lambda e: e.accounts("bogus"), pw.InputError, r"level must be one of \['ok', 'watch', 'flag'\]; got 'bogus'"),
+        (lambda e: e.campaigns("flagged"), pw.InputError, r"level must be one of .*got 'flagged'"),
+        (lambda e: e.known_benign(["alice"]), pw.InvalidAccountError, r"must be a str; got list"),
+    ],
+    ids=[
+        "page-limit-negative",
+        "page-limit-zero",
+        "page-limit-text",
+        "page-after-number",
+        "level",
+        "campaign-level",
+        "known-benign-list",
+    ],
+)
+def test_bad_query_arguments_say_what_is_expected(vec_engine, call, error, pattern):
+    before = state_of(vec_engine)
+    with pytest.raises(error, match=pattern):
+        call(vec_engine)
+    assert state_of(vec_engine) == before
+
+
+def test_numpy_timestamps_count_as_the_numbers_they_hold(vec_engine):
+    """A timestamp column read from a DataFrame or an array arrives as NumPy scalars."""
+    twin = pw.Engine(device="cpu")
+    new = rows(3, seed=11)
+    stamps = [np.int64(1_700_000_000), np.float32(1_700_000_100), np.float64(1_700_000_200)]
+    a = vec_engine.observe_embeddings(["carol"] * 3, new, ts=stamps)
+    twin.observe_embeddings(
+        ["alice"] * 12 + ["bob"] * 12, unit_rows(np.random.default_rng(0).standard_normal((24, DIM)))
+    )
+    b = twin.observe_embeddings(["carol"] * 3, new, ts=[float(t) for t in stamps])
+    assert [v.to_dict() for v in a] == [v.to_dict() for v in b]
+    assert vec_engine.report("carol").first_ts == 1_700_000_000.0
+    with pytest.raises(pw.BatchError) as info:
+        vec_engine.observe_embeddings(["carol"], rows(1), ts=[np.True_])
+    assert isinstance(info.value.errors[0], pw.InvalidTimestampError)
+
+
+def test_an_account_s_time_span_holds_whatever_order_stamps_arrive_in(vec_engine):
+    vec_engine.observe_embeddings(["dave"] * 3, rows(3, seed=12), ts=[2000.0, 1000.0, 1500.0])
+    vec_engine.observe_embeddings(["dave"], rows(1, seed=13), ts=[1200.0])
+    report = vec_engine.report("dave")
+    assert (report.first_ts, report.last_ts) == (1000.0, 2000.0)
+
+
+@pytest.mark.parametrize(
+    ("meta", "pattern"),
+    [
+        ({"ip": "10.0.0.\ud800"}, r"meta\['ip'\] must be valid Unicode; got a lone surrogate at position 7"),
+        ({"org": 10**5000}, r"meta\['org'\] must be at most 512 characters; got an integer of about 5001 digits"),
+    ],
+    ids=["lone-surrogate", "huge-integer"],
+)
+def test_bad_meta_values_are_refused_before_anything_is_stored(vec_engine, meta, pattern):
+    """The campaign layer hashes meta values as UTF-8: a value it cannot encode used to fail
+    there, after the vector was stored and the account's count had moved."""
+    before = state_of(vec_engine)
+    with pytest.raises(pw.BatchError) as info:
+        vec_engine.observe_embeddings(["alice"], rows(1, seed=14), metas=[meta])
+    assert isinstance(info.value.errors[0], pw.InputError)
+    assert pattern_in(pattern, str(info.value.errors[0]))
+    assert state_of(vec_engine) == before
+
+
 @pytest.mark.parametrize(
     ("make", "pattern"),
     [
@@ -250,6 +354,24 @@ def test_bad_vectors(vec_engine, make, pattern):
     n = 1 if isinstance(vecs, str) or (isinstance(vecs, np.ndarray) and vecs.ndim == 1) else len(vecs)
     with pytest.raises(pw.InvalidEmbeddingError, match=pattern):
         vec_engine.observe_embeddings(["alice", "carol"][:n], vecs)
+    assert state_of(vec_engine) == before
+
+
+@pytest.mark.parametrize(
+    ("vectors", "pattern"),
+    [
+        (np.full((1, DIM), 1e300), r"must fit in float32 .*rows \[0\] hold larger values.*scale it down"),
+        (np.full((1, DIM), 1e-300), r"non-zero norm in float32; rows \[0\] hold only values too small"),
+        (np.full((1, DIM), 1 + 1j), r"must be real numbers; got complex128"),
+        (np.zeros((1, DIM)), r"non-zero norm; rows \[0\] are zero"),
+    ],
+    ids=["past-float32", "below-float32", "complex", "zero"],
+)
+def test_rows_float32_cannot_hold_say_so(vec_engine, vectors, pattern):
+    """float64 rows outside float32's range read as inf or 0 after the cast: said as what they are."""
+    before = state_of(vec_engine)
+    with pytest.raises(pw.InvalidEmbeddingError, match=pattern):
+        vec_engine.observe_embeddings(["alice"], vectors)
     assert state_of(vec_engine) == before
 
 
@@ -352,6 +474,23 @@ def test_cpu_tensor_rows_are_accepted(vec_engine):
     got = vec_engine.observe_embeddings(["alice", "carol"], torch.from_numpy(vecs))
     want = twin.observe_embeddings(["alice", "carol"], vecs)
     assert got == want
+
+
+def test_bad_calibration_timestamps_name_the_item(vec_engine):
+    """Calibration takes all its items or none; timestamps are checked as observe checks them."""
+    before = state_of(vec_engine)
+    calibration = vec_engine.calibration
+    accounts = [f"b{i % 40}" for i in range(400)]
+    vectors = rows(400, seed=15)
+    for stamps, pattern in (
+        ([1000.0] * 7 + [float("nan")] + [1000.0] * 392, r"calibration item 7 \(1 invalid in all\): .*finite"),
+        ([-5.0] * 400, r"calibration item 0 \(400 invalid in all\): .*between 0 and"),
+        (["2024-01-01"] * 400, r"calibration item 0 .*number of seconds or None; got '2024-01-01'"),
+    ):
+        with pytest.raises(pw.InvalidTimestampError, match=pattern):
+            vec_engine.calibrate_embeddings(accounts, vectors, stamps)
+    assert vec_engine.calibration is calibration
+    assert state_of(vec_engine) == before
 
 
 @pytest.mark.parametrize(
@@ -543,7 +682,80 @@ CORRUPTIONS = {
         "state array ring_nn",
     ),
     "missing-header-key": (lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h.pop("accounts"))), "malformed"),
+    # starts with "PK" but is no zip: NumPy would try it as a pickle and advise loading it unsafely
+    "pk-then-noise": (
+        lambda src, dst: dst.write_bytes(b"PK" + np.random.default_rng(1).bytes(4094)),
+        r"not a readable .* its first bytes are b'PK",
+    ),
+    "compressed-damaged": (lambda src, dst: _damaged_compressed(src, dst), "damaged or cut short"),
+    "header-calibration-list": (
+        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h.__setitem__("calibration", []))),
+        "calibration entry is a list",
+    ),
+    "header-evicted-list": (
+        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h.__setitem__("evicted", []))),
+        "evicted entry is a list",
+    ),
+    "header-carried-reasons-list": (
+        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h.__setitem__("carried_reasons", []))),
+        "carried_reasons entry is a list",
+    ),
+    "header-clock-text": (
+        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h.__setitem__("clock", "noon"))),
+        "malformed",
+    ),
+    "account-id-number": (
+        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h["accounts"].__setitem__(0, 7))),
+        "stored account 0 has an invalid id: an account id must be a str; got int",
+    ),
+    "account-id-blank": (
+        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h["accounts"].__setitem__(1, " "))),
+        "stored account 1 has an invalid id",
+    ),
+    "account-id-newline": (
+        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h["accounts"].__setitem__(1, "bob\n"))),
+        "stored account 1 has an invalid id: .*control characters",
+    ),
+    "account-id-twice": (
+        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h["accounts"].__setitem__(1, h["accounts"][0]))),
+        "is stored twice",
+    ),
+    "offsets-decrease": (
+        lambda src, dst: _rewrite(src, dst, lambda a: a.__setitem__("store_offsets", np.array([0, 30, 24]))),
+        "never decrease",
+    ),
+    # the totals agree, but the first account is given a row more than the queries it sent
+    "offsets-misassigned": (
+        lambda src, dst: _rewrite(src, dst, lambda a: a["store_offsets"].__setitem__(1, a["store_offsets"][1] + 1)),
+        r"has 13 stored vectors but 12 queries",
+    ),
+    "nan-vectors": (
+        lambda src, dst: _rewrite(src, dst, lambda a: a["store_vectors"].__setitem__((3, 5), np.nan)),
+        "NaN or infinity",
+    ),
 }
+
+
+def test_a_stored_id_from_before_the_format_character_rule_still_loads(good_snapshot, tmp_path):
+    """observe has refused zero-width and direction characters only since issue 11: a snapshot
+    taken before then may hold such an id, and must not stop loading because of it."""
+    old = tmp_path / "old-id.npz"
+    _rewrite(good_snapshot, old, _header_edit(lambda h: h["accounts"].__setitem__(0, "ali\u200bce")))
+    engine = pw.Engine.load(old)
+    assert "ali\u200bce" in engine.accounts()
+
+
+def _damaged_compressed(src, dst):
+    """A compressed copy of ``src`` whose header member's deflate stream starts with an invalid block."""
+    with np.load(src, allow_pickle=False) as data:
+        np.savez_compressed(dst, **{k: data[k] for k in data.files})
+    with zipfile.ZipFile(dst) as archive:
+        member = archive.getinfo("header.npy")
+    raw = bytearray(dst.read_bytes())
+    name_length, extra_length = np.frombuffer(raw[member.header_offset + 26 : member.header_offset + 30], "<u2")
+    start = member.header_offset + 30 + int(name_length) + int(extra_length)
+    raw[start : start + 4] = b"\xff" * 4  # block type 3: reserved, invalid
+    dst.write_bytes(bytes(raw))
 
 
 @pytest.mark.parametrize("corruption", list(CORRUPTIONS))
@@ -576,6 +788,19 @@ def test_missing_snapshot_file(vec_engine, tmp_path):
     with pytest.raises(pw.SnapshotError, match=r"it is a folder; give a file path"):
         vec_engine.save(tmp_path)
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_saving_over_a_pipe_or_device_is_refused(vec_engine, tmp_path):
+    """os.replace would put a file where the FIFO was (as root, over /dev/null)."""
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(pw.SnapshotError, match=r"not a regular file \(a pipe, socket or device\)"):
+        vec_engine.save(pipe)
+    with pytest.raises(pw.SnapshotError, match=r"not a regular file"):
+        vec_engine.save_calibration(pipe)
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]  # no temporary file left behind
 
 
 def test_bad_calibration_file(tmp_path):

@@ -73,6 +73,9 @@ def test_replay_says_skipped_lines_in_line_order_and_off_the_progress_bar(tmp_pa
         (b'{"prompt": "hi"}', "the object lacks 'account' (it has 'prompt')"),
         (b"{}", "the object lacks 'account' and 'prompt' (it has no keys)"),
         (b"\xc3(", "not UTF-8 text: byte 0"),
+        # rows the engine would refuse are named by their line too, before the model loads
+        (b'{"account": "carol", "prompt": "   "}', "a prompt must contain non-whitespace text"),
+        (b'{"account": "carol", "prompt": "hi", "ts": "noon"}', "a timestamp must be a number of seconds"),
     ],
 )
 def test_calibrate_stops_at_a_bad_line_and_writes_nothing(tmp_path, capsys, line, says):
@@ -82,3 +85,47 @@ def test_calibrate_stops_at_a_bad_line_and_writes_nothing(tmp_path, capsys, line
     err = capsys.readouterr().err
     assert "line 2: " in err and says in err and "nothing was calibrated" in err
     assert not out.exists()
+
+
+def test_a_line_nested_too_deeply_is_skipped_like_any_other_bad_line(tmp_path, capsys):
+    """json's decoder recurses once per level: such a line raised RecursionError and lost the run."""
+    rows = _jsonl(tmp_path / "deep.jsonl", [_good_line(0), b"[" * 5000 + b"]" * 5000, _good_line(1)])
+    out = tmp_path / "verdicts.jsonl"
+    assert probewatch(["replay", str(rows), "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    assert "line 2: skipped: expected a JSON object" in capsys.readouterr().err
+    assert [json.loads(line)["line"] for line in out.read_text().splitlines()] == [1, 3]
+
+
+def _no_traceback(err: str) -> bool:
+    return "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_files_and_paths_get_one_line_and_exit_2_before_any_work(tmp_path, capsys):
+    rows = _jsonl(tmp_path / "rows.jsonl", [_good_line(0), _good_line(1)])
+    snapshot = tmp_path / "cut.npz"
+    snapshot.write_bytes(b"PK\x03\x04" + bytes(100))  # a zip's start, then nothing
+    cases = [
+        (["replay", str(rows), "--load", str(snapshot)], f"probewatch replay: {snapshot} is not a readable"),
+        (["replay", str(rows), "--calibration", str(snapshot)], f"probewatch replay: {snapshot} is not a readable"),
+        (["replay", str(rows), "--out", str(tmp_path)], f"probewatch replay: --out {tmp_path} is a folder"),
+        (["replay", str(rows), "--save", str(tmp_path / "no" / "s.npz")], "folder " + str(tmp_path / "no")),
+        (["replay", str(tmp_path)], f"probewatch replay: {tmp_path} is not a file"),
+        (["calibrate", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "c.npz")], "no such file"),
+        (["calibrate", str(rows), "--out", str(tmp_path)], f"probewatch calibrate: --out {tmp_path} is a folder"),
+        # two accounts are too few to calibrate on: the engine's own error, in one line
+        (["calibrate", str(rows), "--out", str(tmp_path / "c.npz")], "calibration needs at least 30 benign accounts"),
+    ]
+    for argv, says in cases:
+        assert probewatch([*argv, "--device", "cpu"]) == 2, argv
+        captured = capsys.readouterr()
+        assert says in captured.err and _no_traceback(captured.err), (argv, captured.err)
+        assert captured.out == "", argv  # --save is checked first: no row was replayed for nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.npz", "rows.jsonl"]
+
+
+def test_repair_state_says_a_config_file_that_is_not_utf8(tmp_path, capsys):
+    config = tmp_path / "sidecar.yaml"
+    config.write_bytes(b"data_dir: \xff\xfe\n")
+    assert probewatch(["repair-state", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "must be UTF-8 text; byte 10 is b'\\xff'" in err and _no_traceback(err)

@@ -20,6 +20,7 @@ that cannot be observed is that item's error inside a 200 batch and does not rai
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -104,17 +105,46 @@ def _page_params(level: str | None, limit: int | None, after: str | None) -> dic
 def _single(result: dict[str, Any]) -> dict[str, Any]:
     """The one result of a one-item observe; its item error raised."""
     if "error" in result:
-        raise SidecarError(422, result["error"]["message"], result, result["error"]["type"])
+        error = result["error"] if isinstance(result["error"], dict) else {}
+        raise SidecarError(422, str(error.get("message", result["error"])), result, error.get("type"))
     return result
 
 
+def _unexpected(status: int, what: str, body: Any = None) -> SidecarError:
+    """An answer that is not the sidecar's (a proxy's page, a cut body): what a caller that fails
+    open on :class:`SidecarError` must see, never a KeyError from reading it."""
+    return SidecarError(status, f"the answer is not the sidecar's: {what}", body, error_type="UnexpectedAnswer")
+
+
+def _results(body: dict[str, Any], n_items: int) -> list[dict[str, Any]]:
+    results = body.get("results")
+    if not isinstance(results, list) or len(results) != n_items or not all(isinstance(r, dict) for r in results):
+        count = len(results) if isinstance(results, list) else type(results).__name__
+        raise _unexpected(200, f"expected {n_items} results, one object per item; got {count}", body)
+    return results
+
+
+def _forgotten(body: dict[str, Any]) -> bool:
+    if not isinstance(body.get("forgotten"), bool):
+        raise _unexpected(200, "expected {account, forgotten}", body)
+    return body["forgotten"]
+
+
 def _raise_for(response) -> Any:
+    """The JSON object of a 2xx answer; :class:`SidecarError` for anything else."""
     try:
         body = response.json()
-    except ValueError:
+    except ValueError:  # RecursionError is not one: json.loads raises it for deep nesting
         body = response.text
+    except RecursionError:
+        body = response.text[:200]
     status = response.status_code
-    if status < 400:
+    if 300 <= status < 400:  # never followed by default: the token goes only to the configured host
+        location = response.headers.get("location", "")
+        raise SidecarError(status, f"redirected to {location[:200]!r}; point the client at the sidecar itself", body)
+    if status < 300:
+        if not isinstance(body, dict):
+            raise _unexpected(status, f"expected a JSON object; got {str(body)[:100]!r}", body)
         return body
     retry_after = _seconds(response.headers.get("retry-after"))
     error = body.get("error") if isinstance(body, dict) else None
@@ -125,10 +155,26 @@ def _raise_for(response) -> Any:
 
 
 def _seconds(value: str | None) -> float | None:
+    """Retry-After as seconds to wait: a finite number, 0 or more; None for anything else."""
     try:
-        return float(value) if value is not None else None
+        seconds = float(value) if value is not None else None
     except ValueError:  # an HTTP date: not what the sidecar sends
         return None
+    return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _failure(httpx, exc: Exception) -> SidecarError:
+    """An httpx error as a SidecarError: unreachable (connect, read, timeouts), or an answer that
+    could not be read (a body that does not decode, a redirect loop)."""
+    if isinstance(exc, httpx.TransportError):
+        return SidecarError(0, f"cannot reach the sidecar: {exc}", error_type="Unreachable")
+    return _unexpected(0, f"{type(exc).__name__}: {exc}")
+
+
+def _metrics_text(response) -> str:
+    if response.status_code >= 300:
+        _raise_for(response)
+    return response.text
 
 
 def _headers(token: str | None, client_id: str | None = None) -> dict[str, str]:
@@ -159,8 +205,8 @@ class Client:
     def _call(self, method: str, path: str, **kwargs) -> Any:
         try:
             return _raise_for(self._http.request(method, path, **kwargs))
-        except self._httpx.TransportError as exc:
-            raise SidecarError(0, f"cannot reach the sidecar: {exc}", error_type="Unreachable") from exc
+        except self._httpx.HTTPError as exc:
+            raise _failure(self._httpx, exc) from exc
 
     def observe(
         self, account: str, prompt: str, ts: float | None = None, meta: Mapping[str, Any] | None = None
@@ -175,7 +221,8 @@ class Client:
         """One result per item, in order: a verdict, or ``{"index", "error"}`` for a prompt that
         cannot be observed (an item breaking the schema raises for the whole batch). Items are
         ``{account, prompt, ts?, meta?}`` mappings or ``(account, prompt[, ts[, meta]])`` tuples."""
-        return self._call("POST", "/v1/observe", json={"items": _items(items)})["results"]
+        sent = _items(items)
+        return _results(self._call("POST", "/v1/observe", json={"items": sent}), len(sent))
 
     def report(self, account: str) -> dict[str, Any]:
         return self._call("GET", _account_path(account))
@@ -185,7 +232,7 @@ class Client:
         return self._call("GET", "/v1/accounts", params=_page_params(level, limit, after))
 
     def forget(self, account: str) -> bool:
-        return self._call("DELETE", _account_path(account))["forgotten"]
+        return _forgotten(self._call("DELETE", _account_path(account)))
 
     def campaigns(self, level: str | None = None, limit: int | None = None, after: str | None = None) -> dict[str, Any]:
         """``{"campaigns": [summaries], "level", "next_after"}``: one page of the campaigns at
@@ -200,14 +247,16 @@ class Client:
     def ready(self) -> bool:
         try:
             return self._http.get("/readyz").status_code == 200
-        except self._httpx.TransportError:
+        except self._httpx.HTTPError:
             return False
 
     def metrics(self) -> str:
-        response = self._http.get("/metrics")
-        if response.status_code >= 400:
-            _raise_for(response)
-        return response.text
+        """The Prometheus text of ``/metrics``."""
+        try:
+            response = self._http.get("/metrics")
+        except self._httpx.HTTPError as exc:
+            raise _failure(self._httpx, exc) from exc
+        return _metrics_text(response)
 
     def close(self) -> None:
         self._http.close()
@@ -239,8 +288,8 @@ class AsyncClient:
     async def _call(self, method: str, path: str, **kwargs) -> Any:
         try:
             return _raise_for(await self._http.request(method, path, **kwargs))
-        except self._httpx.TransportError as exc:
-            raise SidecarError(0, f"cannot reach the sidecar: {exc}", error_type="Unreachable") from exc
+        except self._httpx.HTTPError as exc:
+            raise _failure(self._httpx, exc) from exc
 
     async def observe(
         self, account: str, prompt: str, ts: float | None = None, meta: Mapping[str, Any] | None = None
@@ -248,7 +297,8 @@ class AsyncClient:
         return _single((await self.observe_many([_item(account, prompt, ts, meta)]))[0])
 
     async def observe_many(self, items: Iterable[Mapping[str, Any] | tuple]) -> list[dict[str, Any]]:
-        return (await self._call("POST", "/v1/observe", json={"items": _items(items)}))["results"]
+        sent = _items(items)
+        return _results(await self._call("POST", "/v1/observe", json={"items": sent}), len(sent))
 
     async def report(self, account: str) -> dict[str, Any]:
         return await self._call("GET", _account_path(account))
@@ -259,7 +309,7 @@ class AsyncClient:
         return await self._call("GET", "/v1/accounts", params=_page_params(level, limit, after))
 
     async def forget(self, account: str) -> bool:
-        return (await self._call("DELETE", _account_path(account)))["forgotten"]
+        return _forgotten(await self._call("DELETE", _account_path(account)))
 
     async def campaigns(
         self, level: str | None = None, limit: int | None = None, after: str | None = None
@@ -268,6 +318,20 @@ class AsyncClient:
 
     async def campaign(self, campaign_id: str) -> dict[str, Any]:
         return await self._call("GET", _campaign_path(campaign_id))
+
+    async def ready(self) -> bool:
+        try:
+            return (await self._http.get("/readyz")).status_code == 200
+        except self._httpx.HTTPError:
+            return False
+
+    async def metrics(self) -> str:
+        """The Prometheus text of ``/metrics``."""
+        try:
+            response = await self._http.get("/metrics")
+        except self._httpx.HTTPError as exc:
+            raise _failure(self._httpx, exc) from exc
+        return _metrics_text(response)
 
     async def aclose(self) -> None:
         await self._http.aclose()

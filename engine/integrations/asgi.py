@@ -25,7 +25,7 @@ the proxy's unless the server rewrites it from trusted proxy headers (uvicorn
 from __future__ import annotations
 
 import asyncio
-import functools
+import concurrent.futures
 import json
 import logging
 import os
@@ -34,10 +34,10 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Literal
 
 from ..engine import Engine
-from ..errors import ConfigError, ProbewatchError
+from ..errors import ConfigError, InputError
 from ..types import Verdict
 from .meta import meta_from_asgi_scope
-from .policy import check_failure_policy
+from .policy import JUDGE_THREADS, check_failure_policy, standing_verdict
 from .prompts import prompt_from_openai_body
 from .settings import engine_config_from_env, env_flag
 
@@ -89,6 +89,8 @@ class ProbewatchMiddleware:
         if request_meta is None:
             request_meta = env_flag("PROBEWATCH_MIDDLEWARE_REQUEST_META", True)
         self.request_meta = bool(request_meta)
+        # its own threads (see JUDGE_THREADS), not the host's default executor
+        self._executor = concurrent.futures.ThreadPoolExecutor(JUDGE_THREADS, thread_name_prefix="probewatch")
 
     @property
     def engine(self) -> Engine:
@@ -129,25 +131,33 @@ class ProbewatchMiddleware:
     async def _judge(
         self, account: str, prompt: str | None, meta: dict[str, str] | None = None
     ) -> Verdict | Literal["unavailable"] | None:
-        """The verdict; None when there is nothing to judge; "unavailable" on failure or timeout."""
-        if not prompt:
-            return None
-        observe = functools.partial(self.engine.observe, account, prompt, meta=meta)
+        """The verdict; for a prompt that cannot be observed (none readable, or refused), the
+        account's standing one (None when it is not held); "unavailable" on failure or timeout."""
+        # the engine is read inside the thread: built on first use, it loads a model, which must
+        # block neither the event loop nor past the deadline, and may fail like any judgement
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(asyncio.to_thread(observe), self.deadline_s)
-        except ProbewatchError as exc:
-            log.debug("probewatch did not observe this request: %s", exc)
-            return None
-        except Exception:  # timeouts and engine failures follow the failure policy
+            return await asyncio.wait_for(
+                loop.run_in_executor(self._executor, self._verdict_of, account, prompt, meta), self.deadline_s
+            )
+        except Exception:  # timeouts and engine failures (a model that cannot load) follow the failure policy
             log.exception("probewatch could not judge this request in time")
             return "unavailable"
+
+    def _verdict_of(self, account: str, prompt: str | None, meta: dict[str, str] | None) -> Verdict | None:
+        if prompt:
+            try:
+                return self.engine.observe(account, prompt, meta=meta)
+            except InputError as exc:  # refused: a flagged account must not pass by sending such a prompt
+                log.debug("probewatch did not observe this request: %s", exc)
+        return standing_verdict(self.engine, account)
 
 
 def _prompt_of(path: str, body: bytes) -> str | None:
     try:
         return prompt_from_openai_body(path, json.loads(body))
-    except ValueError:
-        return None  # not JSON: the app will answer it
+    except (ValueError, RecursionError):
+        return None  # not JSON (or nested past the decoder's recursion): the app will answer it
 
 
 async def _buffer_body(receive: Receive, limit: int) -> tuple[bytes | None, Receive]:

@@ -30,7 +30,7 @@ across restarts with a journal, run ``probewatch serve`` and use LiteLLM's
 from __future__ import annotations
 
 import asyncio
-import functools
+import concurrent.futures
 import logging
 import os
 from typing import Any
@@ -39,9 +39,10 @@ from fastapi import HTTPException
 from litellm.integrations.custom_guardrail import CustomGuardrail
 
 from ..engine import Engine
-from ..errors import ProbewatchError
+from ..errors import InputError
+from ..types import Verdict
 from .meta import meta_from_litellm
-from .policy import check_failure_policy
+from .policy import JUDGE_THREADS, check_failure_policy, standing_verdict
 from .prompts import account_from_metadata, last_user_text
 from .settings import engine_config_from_env, env_flag
 
@@ -64,12 +65,16 @@ class ProbewatchGuardrail(CustomGuardrail):
         block_levels: tuple[str, ...] = ("flag",),
         failure_policy: str = "open",
         request_meta: bool | None = None,
+        deadline_s: float = 2.0,
         **kwargs: Any,
     ):
         self.account_field = account_field or os.environ.get("PROBEWATCH_GUARDRAIL_ACCOUNT_FIELD", "user_api_key_hash")
         account_from_metadata(self.account_field)  # validates the name now, not on the first request
         self.block_levels = tuple(block_levels)
         self.failure_policy = check_failure_policy(failure_policy)
+        self.deadline_s = deadline_s
+        # its own threads (see JUDGE_THREADS), not the host's default executor
+        self._executor = concurrent.futures.ThreadPoolExecutor(JUDGE_THREADS, thread_name_prefix="probewatch")
         if request_meta is None:
             request_meta = env_flag("PROBEWATCH_GUARDRAIL_REQUEST_META", True)
         self.request_meta = bool(request_meta)
@@ -81,20 +86,24 @@ class ProbewatchGuardrail(CustomGuardrail):
         prompt = last_user_text(data.get("messages")) or (
             data.get("prompt") if isinstance(data.get("prompt"), str) else None
         )
-        if not account or not prompt:
-            return  # nothing to attribute or read: never block on missing metadata
+        if not account:
+            return  # nothing to attribute: never block on missing metadata
         meta = meta_from_litellm(user_api_key_dict, data) if self.request_meta else None
+        loop = asyncio.get_running_loop()
         try:
-            verdict = await asyncio.to_thread(functools.partial(self.engine.observe, account, prompt, meta=meta))
-        except ProbewatchError as exc:
-            log.debug("probewatch did not observe this request: %s", exc)
-            return
-        except Exception:  # an engine failure must follow the failure policy
-            log.exception("probewatch engine failure")
+            verdict = await asyncio.wait_for(
+                loop.run_in_executor(self._executor, self._verdict_of, account, prompt, meta), self.deadline_s
+            )
+        except Exception:  # a timeout or an engine failure (a model that cannot load) follows the failure policy
+            log.exception("probewatch could not judge this request in time")
             if self.failure_policy == "open":
                 return
             raise HTTPException(status_code=503, detail={"error": "probewatch unavailable; failing closed"}) from None
-        data.setdefault("metadata", {})["probewatch_level"] = verdict.level
+        if verdict is None:
+            return  # an account probewatch does not hold, and nothing it could observe
+        if not isinstance(data.get("metadata"), dict):  # absent, or null in the request
+            data["metadata"] = {}
+        data["metadata"]["probewatch_level"] = verdict.level
         if verdict.level in self.block_levels:
             raise HTTPException(
                 status_code=BLOCK_STATUS,
@@ -103,6 +112,14 @@ class ProbewatchGuardrail(CustomGuardrail):
                     "probewatch": {"level": verdict.level, "risk": verdict.risk},
                 },
             )
+
+    def _verdict_of(self, account: str, prompt: str | None, meta: dict[str, str] | None) -> Verdict | None:
+        if prompt:
+            try:
+                return self.engine.observe(account, prompt, meta=meta)
+            except InputError as exc:  # refused: a flagged account must not pass by sending such a prompt
+                log.debug("probewatch did not observe this request: %s", exc)
+        return standing_verdict(self.engine, account)  # nothing it could observe: where the account stands
 
     async def async_pre_call_hook(self, user_api_key_dict, cache, data: dict, call_type) -> dict | None:
         await self._check(data, user_api_key_dict)

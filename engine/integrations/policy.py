@@ -12,10 +12,15 @@ from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError, UnknownAccountError
+from ..types import Verdict
 
 FailurePolicy = Literal["open", "closed"]
 FAILURE_POLICIES: tuple[str, ...] = get_args(FailurePolicy)
+# Threads each integration judges on, its own: one the deadline abandoned (a hung engine) holds
+# one of these, never a thread of the host's default executor. The engine judges one batch at a
+# time under its lock, so more would only wait.
+JUDGE_THREADS = 4
 
 
 def check_failure_policy(value: Any) -> FailurePolicy:
@@ -23,3 +28,23 @@ def check_failure_policy(value: Any) -> FailurePolicy:
     if value not in FAILURE_POLICIES:
         raise ConfigError(f"failure_policy must be one of {FAILURE_POLICIES}; got {value!r}")
     return value
+
+
+def standing_verdict(engine: Any, account: str) -> Verdict | None:
+    """Where ``account`` stands, as a verdict, for a request probewatch cannot observe (a prompt
+    the engine refuses, or none it can read): an account already at flag must not reach the
+    model by sending such a prompt. None for an account the engine does not hold."""
+    try:
+        report = engine.report(account)
+    except (UnknownAccountError, InputError):
+        return None
+    return Verdict(
+        account=report.account,
+        risk=report.risk,
+        level=report.level,
+        flagged=report.flagged,
+        n_queries=report.n_queries,
+        score=report.score,
+        peak_risk=report.peak_risk,
+        peak_one_in=report.peak_one_in,
+    )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -268,6 +269,22 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+def _loopback_host(host: bytes | None) -> bool:
+    """Whether a Host header names this machine's loopback interface (absent: HTTP/1.0, allowed)."""
+    if host is None:
+        return True
+    name = host.decode("latin-1").strip().lower()
+    if name.startswith("["):  # [::1]:8321
+        return name.partition("]")[0] == "[::1"
+    name = name.rpartition(":")[0] if name.count(":") == 1 else name
+    if name == "localhost" or name == "::1":
+        return True
+    try:
+        return ipaddress.IPv4Address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def _path_problem(scope: Scope) -> tuple[int, str, str] | None:
     """(status, type, message) when the request path cannot name anything, else None.
 
@@ -282,6 +299,11 @@ def _path_problem(scope: Scope) -> tuple[int, str, str] | None:
         except UnicodeDecodeError as exc:
             message = f"the path is not percent-encoded UTF-8 (byte {exc.start} of the decoded path is not valid UTF-8)"
             return 400, "InvalidPath", message
+    try:  # the same for the query string: its values would be decoded with U+FFFD for bad bytes
+        unquote_to_bytes(scope.get("query_string", b"").replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        message = f"the query string is not percent-encoded UTF-8 (byte {exc.start} decoded is not valid UTF-8)"
+        return 400, "InvalidParameter", message
     newline = scope["path"].find("\n")
     if newline >= 0:
         message = f"nothing here: the path holds a newline (%0A) at position {newline}, and no id contains one"
@@ -306,6 +328,7 @@ class Gatekeeper:
         self.max_in_flight = config.max_connections
         self.in_flight = 0
         self._token = config.api_token.encode() if config.api_token else None
+        self._no_auth = config.no_auth
         self._console = config.console  # the console checks the token or its session cookie itself
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -338,6 +361,16 @@ class Gatekeeper:
 
     async def _admit(self, scope: Scope, receive: Receive, reply: _Reply) -> None:
         headers = dict(scope.get("headers") or [])
+        if self._no_auth and not _loopback_host(headers.get(b"host")):
+            # Without a token, a page whose name an attacker re-points at 127.0.0.1 (DNS
+            # rebinding) would be this server's own origin to the browser: only loopback names.
+            host = headers.get(b"host", b"").decode("latin-1")[:100]
+            message = (
+                f"with --no-auth the sidecar answers only requests addressed to a loopback name (Host 127.0.0.1, "
+                f"localhost or [::1], with the port); got Host {host!r}. Serve with a token to use another name"
+            )
+            await reply.error(403, "ForeignHost", message)
+            return
         console_page = self._console and console.is_console_path(scope["path"])
         if scope["path"] not in OPEN_PATHS and not console_page and not self._authorized(headers):
             message = "missing or wrong API token: send 'Authorization: Bearer <token>'"

@@ -83,11 +83,11 @@ async def litellm_guardrail(request: Request, service: Service) -> dict[str, Any
         return ALLOW  # responses are not prompts: nothing to observe
     item = _item_to_observe(payload, service, received_at)
     if isinstance(item, str):
-        return _unobserved(service, item, ALLOW)
+        return _unobserved(service, item, await _standing_answer(service, payload, item))
     require_rate(request, request.app.state.rate_limits.guardrail, 1, GUARDRAIL_PATH)
     outcome = (await service.observe([item], reserved=True))[0]
     if outcome.error is not None:  # refused by the engine, not observed
-        return _unobserved(service, "invalid_item", ALLOW)
+        return _unobserved(service, "invalid_item", await _standing_answer(service, payload, "invalid_item"))
     answer = _decide(outcome, service)
     if outcome.fallback is not None and not outcome.queued:
         return _unobserved(service, outcome.fallback, answer)
@@ -135,6 +135,23 @@ def _item_to_observe(payload: dict[str, Any], service: ObservationService, recei
         # the error's text may quote the account id: log its kind and the account's hash only
         log.debug("guardrail item not observed: %s", type(exc).__name__, extra=account_fields(str(account)))
         return "invalid_item"
+
+
+async def _standing_answer(service: ObservationService, payload: dict[str, Any], reason: str) -> dict[str, str]:
+    """The answer for a request whose prompt was not observed: what the account's standing
+    level calls for, so an account already at flag does not reach the model by sending a
+    prompt probewatch refuses or cannot read. NONE for an account it does not hold."""
+    account = payload["request_data"].get(service.config.guardrail_account_field)
+    if reason not in ("no_prompt", "invalid_item") or not isinstance(account, str) or not account or not service.ready:
+        return ALLOW
+    try:
+        level = (await service.report(account))["level"]
+    except ProbewatchError:  # unknown, or an id the engine refuses
+        return ALLOW
+    actions = {"flag": service.config.guardrail_action_on_flag, "watch": service.config.guardrail_action_on_watch}
+    if actions.get(level, "NONE") == "BLOCKED":
+        return _blocked(f"probewatch: this account's traffic looks like model extraction (level {level})")
+    return ALLOW
 
 
 def _unobserved(service: ObservationService, reason: str, answer: dict[str, str]) -> dict[str, Any]:

@@ -35,12 +35,19 @@ OBSERVATION_FIELDS = frozenset(
     {"schema_version", "account", "prompt", "embedding", "embedding_b64", "ts", "request_id", "meta"}
 )
 MAX_REQUEST_ID_CHARS = 256
+MAX_REASON_CHARS = 1000
+# A dead letter keeps this much of the original key (its JSON and its Kafka key): an uncapped key
+# of 180 KB of bad UTF-8 grew past the producer's 1 MB limit once escaped, and that crashed the worker.
+MAX_DEAD_LETTER_KEY_BYTES = 1024
 
 
 class PoisonMessage(ValueError):
     """A message the worker cannot observe; ``kind`` is a short metric label, ``reason`` the whole story."""
 
     def __init__(self, kind: str, reason: str):
+        if len(reason) > MAX_REASON_CHARS:  # a reason may quote the message: it goes to a log line and a dead letter
+            cut = f"... ({len(reason):,} characters)"
+            reason = reason[: MAX_REASON_CHARS - len(cut)] + cut
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
@@ -107,9 +114,14 @@ def parse_observation(
     if len(value) > max_bytes:
         raise PoisonMessage("oversized", f"the message is {len(value):,} bytes; at most {max_bytes:,} are accepted")
     try:
-        body = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PoisonMessage("not_json", f"the message is not UTF-8 JSON ({exc}); expected a JSON object") from None
+        # decoded here, not by json.loads, which would also take UTF-16 and UTF-32
+        body = json.loads(value.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError: bad JSON, or an integer past Python's 4,300-digit limit; RecursionError:
+        # nesting deeper than the decoder's recursion. Either, unhandled, stopped the worker on
+        # this offset at every restart.
+        detail = "it nests arrays or objects too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise PoisonMessage("not_json", f"the message is not UTF-8 JSON ({detail}); expected a JSON object") from None
     obs = check_observation(body, dim, max_prompt_chars)
     if key is not None and key != obs.account.encode("utf-8"):
         raise PoisonMessage(
@@ -124,7 +136,7 @@ def check_observation(body: Any, dim: int | None, max_prompt_chars: int) -> Obse
     if not isinstance(body, dict):
         raise PoisonMessage("bad_field", f"expected a JSON object; got {type(body).__name__}")
     version = body.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if isinstance(version, bool) or version != SCHEMA_VERSION:  # true == 1 in Python
         raise PoisonMessage(
             "bad_version", f"schema_version must be {SCHEMA_VERSION}; got {version!r} (a newer publisher?)"
         )
@@ -155,12 +167,33 @@ def check_observation(body: Any, dim: int | None, max_prompt_chars: int) -> Obse
     else:
         embedding = _embedding(body["embedding"], dim) if has_list else None
     request_id = body.get("request_id")
-    if request_id is not None and (not isinstance(request_id, str) or len(request_id) > MAX_REQUEST_ID_CHARS):
+    if request_id is not None and (
+        not isinstance(request_id, str) or len(request_id) > MAX_REQUEST_ID_CHARS or not _encodable(request_id)
+    ):
         raise PoisonMessage(
             "bad_field",
             f"request_id must be a string of at most {MAX_REQUEST_ID_CHARS} characters; got {request_id!r:.80}",
         )
     return Observation(account, float(ts), prompt, embedding, request_id, meta)
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` has a UTF-8 form (JSON can escape lone surrogates, which have none)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _direction_problem(arr: np.ndarray, name: str) -> str | None:
+    """Why finite ``arr`` has no direction the engine can take, or None."""
+    if not np.any(arr):
+        return f"{name} is all zeros (it has no direction)"
+    with np.errstate(over="ignore"):
+        if not math.isfinite(float(np.dot(arr.astype(np.float64), arr))):
+            return f"{name} holds numbers too large to normalise (its squared length overflows)"
+    return None
 
 
 def _binary_embedding(value: Any, dim: int | None) -> np.ndarray:
@@ -182,8 +215,9 @@ def _binary_embedding(value: Any, dim: int | None) -> np.ndarray:
     arr = np.frombuffer(raw, dtype="<f4").astype(np.float32)
     if not np.isfinite(arr).all():
         raise PoisonMessage("bad_embedding", "embedding_b64 holds NaN or infinity")
-    if not np.any(arr) or not math.isfinite(float(np.dot(arr.astype(np.float64), arr))):
-        raise PoisonMessage("bad_embedding", "embedding_b64 is all zeros (it has no direction)")
+    problem = _direction_problem(arr, "embedding_b64")
+    if problem is not None:
+        raise PoisonMessage("bad_embedding", problem)
     return arr
 
 
@@ -196,17 +230,21 @@ def _embedding(value: Any, dim: int | None) -> np.ndarray:
         raise PoisonMessage("wrong_dim", f"embedding has {len(value)} numbers; the engine expects {dim}")
     try:
         arr = np.asarray(value, dtype=np.float64)  # one C pass; per-item checks cost as much as the engine
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past float's range
         arr = None
     # JSON true/false convert to 1.0/0.0 and null to nan: where those values appear, check item by item
     if arr is None or arr.ndim != 1 or not np.isfinite(arr).all() or ((arr == 0) | (arr == 1)).any():
         if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in value):
             raise PoisonMessage("bad_embedding", "embedding must hold only numbers")
-        arr = np.asarray(value, dtype=np.float64)
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except OverflowError:
+            raise PoisonMessage("bad_embedding", "embedding holds an integer too large for a float") from None
     if not np.isfinite(arr).all():
-        raise PoisonMessage("bad_embedding", "embedding holds a number too large for a float")
-    if not math.isfinite(float(np.dot(arr, arr))) or not np.any(arr):
-        raise PoisonMessage("bad_embedding", "embedding is all zeros (it has no direction)")
+        raise PoisonMessage("bad_embedding", "embedding holds NaN, or a number too large for a float")
+    problem = _direction_problem(arr, "embedding")
+    if problem is not None:
+        raise PoisonMessage("bad_embedding", problem)
     return arr.astype(np.float32)
 
 
@@ -237,7 +275,7 @@ def dead_letter_message(
         "topic": topic,
         "partition": partition,
         "offset": offset,
-        "key": None if key is None else key.decode("utf-8", "replace"),
+        "key": None if key is None else key[:MAX_DEAD_LETTER_KEY_BYTES].decode("utf-8", "replace"),
         "value": original,
     }
     return json.dumps(body, separators=(",", ":")).encode("utf-8")

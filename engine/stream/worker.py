@@ -51,6 +51,7 @@ from .config import WorkerConfig
 from .metrics import WorkerMetrics
 from .publisher import PRODUCER_DEFAULTS
 from .schema import (
+    MAX_DEAD_LETTER_KEY_BYTES,
     Observation,
     PoisonMessage,
     dead_letter_message,
@@ -465,7 +466,8 @@ class Worker:
         self.metrics.messages.labels(outcome="dead_letter").inc()
         log.warning("partition %d offset %d to the dead-letter topic: %s", partition, item.offset, poison.reason)
         value = dead_letter_message(poison, self.input_topic, partition, item.offset, item.key, item.value)
-        self._produce(self.config.dead_letter_topic, item.key, value)
+        key = None if item.key is None else item.key[:MAX_DEAD_LETTER_KEY_BYTES]
+        self._produce(self.config.dead_letter_topic, key, value)
 
     def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
         while True:

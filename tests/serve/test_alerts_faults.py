@@ -73,7 +73,7 @@ def test_outbox_write_failure_stops_acknowledging_skips_snapshots_and_a_restart_
         disk.arm(Fault("eio", site="add", persistent=True))
         refused = None
         async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=gatekeeper), base_url="http://sidecar", headers=AUTH
+            transport=httpx.ASGITransport(app=gatekeeper), base_url="http://127.0.0.1", headers=AUTH
         ) as http:
             for prompt in prompts:
                 answer = await http.post("/v1/observe", json=one_item(prompt))
@@ -112,7 +112,7 @@ def test_outbox_write_failure_stops_acknowledging_skips_snapshots_and_a_restart_
         try:
             assert await until(lambda: len(receiver.events()) >= 1), "the replay recreates the lost alert"
             async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=gatekeeper), base_url="http://sidecar", headers=AUTH
+                transport=httpx.ASGITransport(app=gatekeeper), base_url="http://127.0.0.1", headers=AUTH
             ) as http:
                 for prompt in prompts[len(acked) :]:
                     answer = await http.post("/v1/observe", json=one_item(prompt))

@@ -85,6 +85,18 @@ def test_no_auth_needs_no_login_but_forms_need_their_token_and_a_mark_survives_k
             )
             assert forgot.status_code == 200 and "was forgotten" in forgot.text
             assert http.get(f"/v1/accounts/{ACCOUNT}").status_code == 404
+            # accounts named like dot segments: linked by query, since a browser resolves them away
+            dots = [{"account": a, "prompt": "Which herbs grow in shade?"} for a in (".", "..")]
+            assert http.post("/v1/observe", json={"items": dots}).status_code == 200
+            listing = http.get("/ui/accounts").text
+            assert 'href="/ui/account?id=."' in listing and 'href="/ui/account?id=.."' in listing
+            page = http.get("/ui/account", params={"id": ".."})
+            assert page.status_code == 200 and '<h1 class="account-id">.. <span' in page.text
+            # DNS rebinding: without a token, only requests addressed to a loopback name are served
+            for path in ("/ui/accounts", "/v1/accounts"):
+                rebound = http.get(path, headers={"host": f"rebind.example:{server.port}"})
+                assert rebound.status_code == 403 and rebound.json()["error"]["type"] == "ForeignHost"
+                assert http.get(path, headers={"host": f"localhost:{server.port}"}).status_code == 200
     finally:
         server.terminate()
 
@@ -92,6 +104,34 @@ def test_no_auth_needs_no_login_but_forms_need_their_token_and_a_mark_survives_k
 def _asgi(config: ServerConfig):
     """The real app in process, without its lifespan (no model is loaded: pages answer 503)."""
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(config)), base_url="http://127.0.0.1")
+
+
+def test_signing_out_ends_the_session_and_bad_text_in_forms_or_queries_is_refused(tmp_path):
+    async def run() -> None:
+        config = ServerConfig(api_token=TOKEN, data_dir=str(tmp_path / "data"))
+        async with _asgi(config) as client:
+            login = await client.post("/ui/login", data={"token": TOKEN})
+            assert login.status_code == 303
+            old_cookie = client.cookies["probewatch_console"]
+            signed_in = await client.get("/ui/accounts")
+            assert signed_in.status_code == 503  # the session lets it in (no model in this app)
+            csrf = csrf_of(signed_in.text)  # the sign-out form is on every page
+            out = await client.post("/ui/logout", data={"csrf": csrf})
+            assert out.status_code == 303 and out.headers["location"] == "/ui/login"
+            client.cookies.set("probewatch_console", old_cookie, path="/ui")  # kept by someone, replayed
+            again = await client.get("/ui/accounts")
+            assert again.status_code == 303 and again.headers["location"].startswith("/ui/login")
+            # a form whose percent-escapes are not UTF-8 would name U+FFFD, another account
+            bad_form = await client.post(
+                "/ui/login", content=b"token=x%FF", headers={"content-type": "application/x-www-form-urlencoded"}
+            )
+            assert bad_form.status_code == 400 and "not UTF-8" in bad_form.text
+            bad_query = await client.get("/ui/actions/forget?account=caf%FF", headers=AUTH)
+            assert bad_query.status_code == 400 and bad_query.json()["error"]["type"] == "InvalidParameter"
+            client.cookies.set("probewatch_console", "a." + "9" * 5000 + ".x", path="/ui")
+            assert (await client.get("/ui/login")).status_code == 200  # a bad cookie is no session, not a 500
+
+    asyncio.run(run())
 
 
 def test_pages_need_the_token_or_a_session_and_the_console_can_be_turned_off(tmp_path):

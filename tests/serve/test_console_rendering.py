@@ -17,6 +17,7 @@ from probewatch.io.persistence import read_calibration
 from probewatch.serve.console import is_console_path
 from probewatch.serve.console.benign import compare_with_benign
 from probewatch.serve.console.charts import BenignBand, feature_chart, risk_chart, timeline_chart
+from probewatch.serve.console.routes import account_href
 from probewatch.serve.console.session import SessionKeeper
 from probewatch.serve.console.wording import one_in_from_risk, one_in_text, reason_sentence
 
@@ -209,6 +210,33 @@ def test_session_cookie_is_signed_expires_and_never_holds_the_token():
     assert keeper.csrf_ok(session, csrf) and not keeper.csrf_ok(session, csrf[:-1] + "0" if csrf[-1] != "0" else "1")
     other, _ = keeper.issue(now=1000.0)
     assert not keeper.csrf_ok(other, csrf) and not keeper.csrf_ok(session, None)
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    ["a." + "9" * 5000 + ".x", "a.\u00b2.x", "a.\u00b9\u00b3.sig", "n\u00e9.123.sig", "a.12.\u00e9"],
+    ids=["5000-digits", "superscript-two", "superscripts", "non-ascii-nonce", "non-ascii-signature"],
+)
+def test_a_malformed_cookie_is_no_session_never_an_error(cookie):
+    """isdigit() passes superscripts and digit runs int() refuses, and compare_digest takes only
+    ASCII: each used to be a 500 on every console page, the login page included."""
+    assert SessionKeeper("console-token-0123456789", ttl_s=60).read(cookie, now=1000.0) is None
+
+
+def test_a_signed_out_session_is_refused_though_its_signature_holds():
+    keeper = SessionKeeper("console-token-0123456789", ttl_s=60)
+    session, cookie = keeper.issue(now=1000.0)
+    other, other_cookie = keeper.issue(now=1000.0)
+    keeper.revoke(session, now=1010.0)
+    assert keeper.read(cookie, now=1020.0) is None and keeper.read(other_cookie, now=1020.0) == other
+    keeper.revoke(other, now=2000.0)  # the first has expired by now: its entry is dropped
+    assert list(keeper._revoked) == [other.nonce]
+
+
+def test_an_account_named_dot_or_dot_dot_is_reached_by_query():
+    """Browsers resolve "." and ".." path segments away, percent-encoded or not."""
+    assert account_href(".") == "/ui/account?id=." and account_href("..") == "/ui/account?id=.."
+    assert account_href("a/b c") == "/ui/accounts/a%2Fb%20c" and account_href("...") == "/ui/accounts/..."
 
 
 def test_console_paths():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import time
 
 import pytest
 
@@ -19,6 +20,7 @@ from probewatch.integrations import (
     prompt_from_guardrail_request,
     prompt_from_openai_body,
 )
+from probewatch.kernels.backend import cupy_available
 from tests.support import random_word_prompts
 
 
@@ -147,7 +149,10 @@ def test_integration_request_meta_settings_from_the_environment(monkeypatch):
 
 async def _call(app, path: str, body: dict, headers: dict[str, str]):
     """Drive an ASGI app by hand (the client at 192.0.2.10); returns (status, headers, body)."""
-    raw = json.dumps(body).encode()
+    return await _call_raw(app, path, json.dumps(body).encode(), headers)
+
+
+async def _call_raw(app, path: str, raw: bytes, headers: dict[str, str]):
     scope = {
         "type": "http",
         "method": "POST",
@@ -247,6 +252,91 @@ def test_litellm_guardrail_hooks_block_flagged_and_pass_normal(engine):
         )
 
 
+REFUSED_OR_UNREADABLE = {
+    "nul": {"messages": [{"role": "user", "content": "tell me\x00 a story"}]},
+    "over-long": {"messages": [{"role": "user", "content": "a " * 100_001}]},
+    "token-ids": {"prompt": [1, 2, 3]},
+}
+
+
+@pytest.mark.parametrize("body", list(REFUSED_OR_UNREADABLE))
+def test_a_flagged_account_is_blocked_whatever_prompt_it_sends(engine, body):
+    """A prompt the engine refuses (a NUL, past max_prompt_chars) or cannot read (token ids) used
+    to pass a flagged account through block mode; it is judged by where the account stands."""
+    from fastapi import HTTPException
+    from litellm.proxy._types import UserAPIKeyAuth
+
+    from probewatch.integrations.asgi import ProbewatchMiddleware
+    from probewatch.integrations.litellm import ProbewatchGuardrail
+
+    request = REFUSED_OR_UNREADABLE[body]
+    path = "/v1/completions" if "prompt" in request else "/v1/chat/completions"
+    app = ProbewatchMiddleware(echo_app, engine=engine, account_header="x-account-id")
+    status, _, answer = asyncio.run(_call(app, path, request, {"x-account-id": "attacker"}))
+    assert status == 403 and json.loads(answer)["error"]["type"] == "probewatch_blocked"
+    status, _, answer = asyncio.run(_call(app, path, request, {"x-account-id": "stranger"}))
+    assert status == 200 and json.loads(answer) == request  # an account it does not hold passes, untouched
+    guard = ProbewatchGuardrail(
+        engine=engine, account_field="user_api_key_end_user_id", guardrail_name="probewatch", event_hook="pre_call"
+    )
+    if "messages" in request:
+        with pytest.raises(HTTPException) as blocked:
+            asyncio.run(
+                guard.async_pre_call_hook(UserAPIKeyAuth(end_user_id="attacker"), None, dict(request), "completion")
+            )
+        assert blocked.value.status_code == 403
+        passed = asyncio.run(
+            guard.async_pre_call_hook(UserAPIKeyAuth(end_user_id="stranger"), None, dict(request), "completion")
+        )
+        assert passed is not None
+
+
+class UnloadableEngine:
+    """An engine whose model cannot load: a ProbewatchError that is no fault of the request."""
+
+    def observe(self, account: str, prompt: str, ts=None, meta=None):
+        raise pw.BackendUnavailableError("the embedding model cannot be loaded")
+
+
+def test_an_engine_that_cannot_load_follows_the_failure_policy_and_bad_bodies_pass():
+    """BackendUnavailableError is a ProbewatchError; it used to pass requests even when closed."""
+    from fastapi import HTTPException
+    from litellm.proxy._types import UserAPIKeyAuth
+
+    from probewatch.integrations.asgi import ProbewatchMiddleware
+    from probewatch.integrations.litellm import ProbewatchGuardrail
+
+    chat = {"messages": [{"role": "user", "content": "hello"}]}
+    closed = ProbewatchMiddleware(echo_app, engine=UnloadableEngine(), failure_policy="closed")
+    status, _, body = asyncio.run(_call(closed, "/v1/chat/completions", chat, {"x-account-id": "someone"}))
+    assert status == 503 and json.loads(body)["error"]["type"] == "probewatch_unavailable"
+    guard = ProbewatchGuardrail(
+        engine=UnloadableEngine(), account_field="user_api_key_end_user_id", failure_policy="closed",
+        guardrail_name="probewatch", event_hook="pre_call",
+    )  # fmt: skip
+    with pytest.raises(HTTPException) as refused:
+        asyncio.run(guard.async_pre_call_hook(UserAPIKeyAuth(end_user_id="someone"), None, dict(chat), "completion"))
+    assert refused.value.status_code == 503
+    # a body nested past json's recursion is no JSON the middleware can read: the app gets it as sent
+    deep = b"[" * 100_000 + b"]" * 100_000
+    passing = ProbewatchMiddleware(echo_app, engine=UnloadableEngine())
+    status, _, body = asyncio.run(_call_raw(passing, "/v1/completions", deep, {"x-account-id": "someone"}))
+    assert status == 200 and body == deep
+
+
+def test_a_null_metadata_in_the_request_is_replaced_not_a_crash(engine):
+    from litellm.proxy._types import UserAPIKeyAuth
+
+    from probewatch.integrations.litellm import ProbewatchGuardrail
+
+    guard = ProbewatchGuardrail(
+        engine=engine, account_field="user_api_key_end_user_id", guardrail_name="probewatch", event_hook="pre_call"
+    )
+    data = {"messages": [{"role": "user", "content": "How long do tulips last?"}], "metadata": None}
+    out = asyncio.run(guard.async_pre_call_hook(UserAPIKeyAuth(end_user_id="gardener"), None, data, "completion"))
+    assert out["metadata"]["probewatch_level"] in ("ok", "watch")
+
+
 class BrokenEngine:
     """An engine whose every observation fails, as a crashed or overloaded one would."""
 
@@ -311,3 +401,72 @@ def test_middleware_without_an_engine_reads_its_settings_when_built(monkeypatch)
     monkeypatch.setenv("PROBEWATCH_ENGINE_K_NEIGHBORS", "4")
     middleware = ProbewatchMiddleware(echo_app)  # settings fine: the model is not loaded yet
     assert middleware._engine is None
+
+
+class HungEngine:
+    """An engine that takes far longer than any deadline."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def observe(self, account: str, prompt: str, ts=None, meta=None):
+        time.sleep(self.seconds)
+        raise RuntimeError("too late")
+
+
+def test_a_hung_engine_holds_the_integrations_threads_never_the_host_s():
+    """Judgements abandoned at the deadline used to hold the host's default executor (6 threads
+    on 2 cores): the host's own asyncio.to_thread then waited for the hung engine."""
+    from probewatch.integrations.asgi import ProbewatchMiddleware
+
+    chat = {"messages": [{"role": "user", "content": "hello"}]}
+
+    async def run() -> float:
+        app = ProbewatchMiddleware(echo_app, engine=HungEngine(3.0), deadline_s=0.2)
+        answers = await asyncio.gather(
+            *(_call(app, "/v1/chat/completions", chat, {"x-account-id": f"a{i}"}) for i in range(8))
+        )
+        assert [status for status, _, _ in answers] == [200] * 8  # open: each passed at its deadline
+        started = time.monotonic()
+        await asyncio.to_thread(lambda: None)
+        return time.monotonic() - started
+
+    assert asyncio.run(run()) < 1.0
+
+
+def test_the_litellm_guardrail_keeps_its_deadline():
+    from fastapi import HTTPException
+    from litellm.proxy._types import UserAPIKeyAuth
+
+    from probewatch.integrations.litellm import ProbewatchGuardrail
+
+    data = {"messages": [{"role": "user", "content": "hello"}]}
+    auth = UserAPIKeyAuth(end_user_id="someone")
+    for policy in ("open", "closed"):
+        guard = ProbewatchGuardrail(
+            engine=HungEngine(3.0), account_field="user_api_key_end_user_id", failure_policy=policy,
+            deadline_s=0.2, guardrail_name="probewatch", event_hook="pre_call",
+        )  # fmt: skip
+        started = time.monotonic()
+        if policy == "open":
+            assert asyncio.run(guard.async_pre_call_hook(auth, None, dict(data), "completion")) is not None
+        else:
+            with pytest.raises(HTTPException) as refused:
+                asyncio.run(guard.async_pre_call_hook(auth, None, dict(data), "completion"))
+            assert refused.value.status_code == 503
+        assert time.monotonic() - started < 1.5, policy
+
+
+@pytest.mark.skipif(cupy_available(), reason="needs a machine without CUDA, where a cuda engine cannot be built")
+def test_a_middleware_whose_engine_cannot_be_built_follows_the_failure_policy(monkeypatch):
+    """Built without an engine (as vLLM builds it), the middleware makes one on first use; on a
+    machine without CUDA that fails, and every request used to raise (a 500) even when open."""
+    from probewatch.integrations.asgi import ProbewatchMiddleware
+
+    monkeypatch.setenv("PROBEWATCH_ENGINE_DEVICE", "cuda")
+    chat = {"messages": [{"role": "user", "content": "hello"}]}
+    request = ("/v1/chat/completions", chat, {"x-account-id": "someone"})
+    status, _, body = asyncio.run(_call(ProbewatchMiddleware(echo_app), *request))
+    assert status == 200 and json.loads(body) == chat
+    status, _, _ = asyncio.run(_call(ProbewatchMiddleware(echo_app, failure_policy="closed"), *request))
+    assert status == 503

@@ -127,7 +127,7 @@ def test_request_id_is_echoed_or_replaced_and_reaches_the_log(tmp_path, json_log
 
     async def ask(headers: dict[str, str]) -> httpx.Response:
         transport = httpx.ASGITransport(app=gatekeeper)
-        async with httpx.AsyncClient(transport=transport, base_url="http://sidecar") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             return await client.get("/healthz", headers=headers)
 
     given = asyncio.run(ask({"X-Request-ID": "client-req-1"}))
@@ -143,7 +143,7 @@ def test_request_id_is_echoed_or_replaced_and_reaches_the_log(tmp_path, json_log
     # the Gatekeeper's own answers (401 here) carry it too
     async def unauthorized() -> httpx.Response:
         transport = httpx.ASGITransport(app=gatekeeper)
-        async with httpx.AsyncClient(transport=transport, base_url="http://sidecar") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             return await client.get("/v1/accounts", headers={"X-Request-ID": "r-401"})
 
     refused = asyncio.run(unauthorized())

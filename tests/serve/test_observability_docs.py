@@ -78,7 +78,7 @@ def exposition(tmp_path_factory) -> dict[str, set[str]]:
     app = create_app(ServerConfig(data_dir=str(tmp_path_factory.mktemp("metrics")), api_token=TOKEN))
 
     async def scrape() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sidecar") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
             return await client.get("/metrics")
 
     reply = asyncio.run(scrape())

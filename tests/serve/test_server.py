@@ -321,7 +321,7 @@ def test_not_ready_is_a_503_with_the_error_shape(tmp_path):
     app = create_app(ServerConfig(data_dir=str(tmp_path), no_auth=True))
 
     async def ask(method: str, path: str) -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sidecar") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
             return await client.request(method, path, json={"account": "a", "prompt": "p"})
 
     assert_error_shape(asyncio.run(ask("GET", "/v1/accounts")), 503, "NotReady")
@@ -345,6 +345,17 @@ def test_word_salad_account_is_flagged_and_listed(http, flagged_attacker):
     results = flagged_attacker
     assert results[-1]["flagged"] is True and results[-1]["action"] == "BLOCKED"
     assert "attacker" in http.get("/v1/accounts", params={"level": "flag"}).json()["accounts"]
+
+
+def test_a_flagged_account_is_blocked_by_the_guardrail_whatever_prompt_it_sends(http, flagged_attacker):
+    """A prompt the sidecar refuses (a NUL) or cannot find used to answer NONE for a flagged account."""
+    for texts in (["tell me\u0000 a story"], []):
+        body = {"input_type": "request", "texts": texts, "request_data": {"user_api_key_end_user_id": "attacker"}}
+        answer = http.post("/beta/litellm_basic_guardrail_api", json=body).json()
+        assert answer["action"] == "BLOCKED" and answer["observed"] is False, answer
+        assert answer["reason"] == ("invalid_item" if texts else "no_prompt")
+        body["request_data"] = {"user_api_key_end_user_id": "never-seen"}
+        assert http.post("/beta/litellm_basic_guardrail_api", json=body).json()["action"] == "NONE"
 
 
 def test_guardrail_endpoint_contract(http, flagged_attacker):

@@ -86,6 +86,61 @@ def test_each_kind_of_bad_message_is_poison_with_a_reason(body, kind, says):
     assert caught.value.kind == kind and says in caught.value.reason
 
 
+def _raw_good(**replace: str) -> bytes:
+    """GOOD as JSON text with some values spelt by hand (numbers json.dumps would not write)."""
+    fields = {"schema_version": "1", "account": '"acct-1"', "ts": "1767225600.0", "embedding": json.dumps([0.5] * DIM)}
+    fields.update(replace)
+    return ("{" + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}").encode()
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "says"),
+    [
+        # each of these once escaped parse_observation and stopped the worker on its offset at every restart
+        (b"[" * 10_000 + b"]" * 10_000, "not_json", "nests arrays or objects too deeply"),
+        (_raw_good(ts="1" * 5000), "not_json", "4300"),
+        (
+            _raw_good(embedding="[1" + "0" * 309 + "," + ",".join(["0.1"] * (DIM - 1)) + "]"),
+            "bad_embedding",
+            "too large",
+        ),
+        # and these were taken, or said as something they are not
+        (b"\xef\xbb\xbf" + _raw_good(), "not_json", "BOM"),
+        (json.dumps(GOOD).encode("utf-16"), "not_json", "not UTF-8"),
+        (_raw_good(schema_version="true"), "bad_version", "got True"),
+        (_raw_good(request_id='"\\ud800"'), "bad_field", "request_id must be"),
+        (_raw_good(embedding=json.dumps([1e300] * DIM)), "bad_embedding", "too large to normalise"),
+        (_raw_good(embedding="[NaN" + ",0.5" * (DIM - 1) + "]"), "bad_embedding", "NaN"),
+        (json.dumps({**GOOD, "schema_version": "\u00e9" * 200_000}).encode(), "bad_version", "characters)"),
+    ],
+    ids=[
+        "deep",
+        "huge-int",
+        "int-past-float",
+        "bom",
+        "utf-16",
+        "version-true",
+        "surrogate-request-id",
+        "overflowing-norm",
+        "nan",
+        "long-reason",
+    ],
+)
+def test_poison_that_once_stopped_the_worker_or_was_taken(value, kind, says):
+    with pytest.raises(PoisonMessage) as caught:
+        parse_observation(value, dim=DIM, max_bytes=2**22, max_prompt_chars=100)
+    assert caught.value.kind == kind and says in caught.value.reason, caught.value.reason[:200]
+    assert len(caught.value.reason) <= 1000
+
+
+def test_a_dead_letter_keeps_a_bounded_key():
+    from probewatch.stream.schema import MAX_DEAD_LETTER_KEY_BYTES, dead_letter_message
+
+    poison = PoisonMessage("wrong_key", "x")
+    letter = json.loads(dead_letter_message(poison, "t", 0, 5, b"\xff" * 180_000, b"{}"))
+    assert len(letter["key"]) == MAX_DEAD_LETTER_KEY_BYTES  # one U+FFFD per bad byte kept
+
+
 def test_size_and_key_rules():
     with pytest.raises(PoisonMessage, match="at most 100 are accepted") as caught:
         parse(GOOD, max_bytes=100)

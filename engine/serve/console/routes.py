@@ -68,7 +68,16 @@ templates.globals.update(
     reason_sentence=wording.reason_sentence,
     kind_text=wording.indicator_kind_text,
     quote=lambda value: quote(value, safe=""),
+    account_href=lambda account: account_href(account),
 )
+
+
+def account_href(account: str) -> str:
+    """The console page of ``account``. Ids "." and ".." would be dot segments of the path, which
+    browsers resolve away (percent-encoded too), so their pages are reached by query."""
+    if account in (".", ".."):
+        return f"/ui/account?{urlencode({'id': account})}"
+    return f"/ui/accounts/{quote(account, safe='')}"
 
 
 def keeper_of(request: Request) -> SessionKeeper:
@@ -150,9 +159,21 @@ def _safe_next(value: str | None) -> str:
     return "/ui/accounts"
 
 
+class BadFormEncoding(ValueError):
+    """A form body or its percent-escapes are not UTF-8."""
+
+
 async def _form(request: Request) -> dict[str, str]:
-    body = (await request.body()).decode("utf-8", "replace")
-    return {key: values[-1] for key, values in parse_qs(body, keep_blank_values=True).items()}
+    """The form's fields; BadFormEncoding when its text is not UTF-8 (replacing the bad bytes
+    would make another account's id, U+FFFD, out of them)."""
+    try:
+        body = (await request.body()).decode("utf-8")
+        fields = parse_qs(body, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise BadFormEncoding(
+            "the form is not UTF-8 text (nor are its percent-escapes); resubmit it from the page"
+        ) from exc
+    return {key: values[-1] for key, values in fields.items()}
 
 
 def _same_origin(request: Request) -> bool:
@@ -167,7 +188,10 @@ async def _checked_post(visit: _Visit) -> dict[str, str] | Response:
     """The form of an authorised, same-origin POST with a valid CSRF token, or the refusal."""
     if not visit.signed_in:
         return visit.finish(HTMLResponse("sign in first", status_code=401))
-    form = await _form(visit.request)
+    try:
+        form = await _form(visit.request)
+    except BadFormEncoding as exc:
+        return visit.page("message.html", 400, title="Bad form", message=str(exc))
     if visit.bearer and visit.request.headers.get("origin") is None:
         return form  # a script with the token, not a browser: no cookie for another site to ride
     if (
@@ -211,7 +235,10 @@ async def login_page(request: Request) -> Response:
 @router.post("/login")
 async def login(request: Request) -> Response:
     visit = _Visit(request)
-    form = await _form(request)
+    try:
+        form = await _form(request)
+    except BadFormEncoding as exc:
+        return visit.page("message.html", 400, title="Bad form", message=str(exc))
     target = _safe_next(form.get("next"))
     token = visit.service.config.api_token
     if token is None:
@@ -233,6 +260,8 @@ async def logout(request: Request) -> Response:
     checked = await _checked_post(visit)
     if isinstance(checked, Response):
         return checked
+    if visit.session is not None:  # the cookie stops working here, not only in this browser
+        visit.keeper.revoke(visit.session)
     response = RedirectResponse("/ui/login", 303)
     response.delete_cookie(COOKIE_NAME, path="/ui")
     return visit.finish(response)
@@ -313,6 +342,12 @@ async def _report_or_none(service: ObservationService, account: str) -> dict[str
         return await service.report(account)
     except UnknownAccountError:  # forgotten or evicted since the ids were read
         return None
+
+
+@router.get("/account")
+async def account_page_by_query(request: Request, id: str = "") -> Response:
+    """The page of an account named by ``?id=`` (see :func:`account_href`)."""
+    return await account_page(request, id)
 
 
 @router.get("/accounts/{account:path}")
@@ -425,7 +460,7 @@ async def run_action(request: Request, action: str) -> Response:
             )
     except InputError as exc:
         return visit.page("message.html", 400, title="Bad account id", message=str(exc))
-    back = "/ui/accounts" if action == "forget" or not done else f"/ui/accounts/{quote(account, safe='')}"
+    back = "/ui/accounts" if action == "forget" or not done else account_href(account)
     return visit.page(
         "message.html", 200 if done else 404, title="Done" if done else "Nothing done", message=message, back=back
     )

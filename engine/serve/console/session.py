@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 COOKIE_NAME = "probewatch_console"
 _KEY_LABEL = b"probewatch console session v1"
+_MAX_EXPIRY_DIGITS = 12  # Unix seconds until the year 33658
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class SessionKeeper:
         secret = api_token.encode() if api_token is not None else os.urandom(32)
         self._key = hmac.new(secret, _KEY_LABEL, hashlib.sha256).digest()
         self.ttl_s = ttl_s
+        # nonce -> expiry of sessions signed out before they expired. Kept in memory: a restart
+        # forgets them (changing the API token ends every session, signed out or not).
+        self._revoked: dict[str, int] = {}
 
     def _sign(self, message: str) -> str:
         return hmac.new(self._key, message.encode(), hashlib.sha256).hexdigest()
@@ -52,18 +56,26 @@ class SessionKeeper:
 
     def read(self, cookie: str | None, now: float | None = None) -> Session | None:
         """The session a cookie carries, or None when it is missing, forged or expired."""
-        if not cookie:
+        # compare_digest takes ASCII str only, and isdigit() passes "²" and 5,000-digit runs
+        # that int() refuses: any other cookie is no session, never an error
+        if not cookie or not cookie.isascii():
             return None
         nonce, _, rest = cookie.partition(".")
         expires, _, signature = rest.partition(".")
-        if not nonce or not expires.isdigit() or not signature:
+        if not nonce or not expires.isdigit() or len(expires) > _MAX_EXPIRY_DIGITS or not signature:
             return None
         session = Session(nonce, int(expires))
         if not hmac.compare_digest(signature, self._sign(session.cookie_value)):
             return None
-        if session.expires <= (time.time() if now is None else now):
+        if session.expires <= (time.time() if now is None else now) or session.nonce in self._revoked:
             return None
         return session
+
+    def revoke(self, session: Session, now: float | None = None) -> None:
+        """Sign ``session`` out: its cookie is refused from now on, though its signature holds."""
+        now = time.time() if now is None else now
+        self._revoked = {nonce: expires for nonce, expires in self._revoked.items() if expires > now}
+        self._revoked[session.nonce] = session.expires
 
     def csrf_token(self, session: Session) -> str:
         return self._sign(f"csrf:{session.nonce}")

@@ -34,10 +34,10 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Literal
 
 from ..engine import Engine
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError
 from ..types import Verdict
 from .meta import meta_from_asgi_scope
-from .policy import JUDGE_THREADS, check_failure_policy, standing_verdict
+from .policy import JUDGE_THREADS, check_failure_policy, verdict_or_standing
 from .prompts import prompt_from_openai_body
 from .settings import engine_config_from_env, env_flag
 
@@ -145,12 +145,7 @@ class ProbewatchMiddleware:
             return "unavailable"
 
     def _verdict_of(self, account: str, prompt: str | None, meta: dict[str, str] | None) -> Verdict | None:
-        if prompt:
-            try:
-                return self.engine.observe(account, prompt, meta=meta)
-            except InputError as exc:  # refused: a flagged account must not pass by sending such a prompt
-                log.debug("probewatch did not observe this request: %s", exc)
-        return standing_verdict(self.engine, account)
+        return verdict_or_standing(self.engine, account, prompt, meta)  # on the judging thread: self.engine too
 
 
 def _prompt_of(path: str, body: bytes) -> str | None:

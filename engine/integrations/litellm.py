@@ -39,10 +39,9 @@ from fastapi import HTTPException
 from litellm.integrations.custom_guardrail import CustomGuardrail
 
 from ..engine import Engine
-from ..errors import InputError
 from ..types import Verdict
 from .meta import meta_from_litellm
-from .policy import JUDGE_THREADS, check_failure_policy, standing_verdict
+from .policy import JUDGE_THREADS, check_failure_policy, verdict_or_standing
 from .prompts import account_from_metadata, last_user_text
 from .settings import engine_config_from_env, env_flag
 
@@ -114,12 +113,7 @@ class ProbewatchGuardrail(CustomGuardrail):
             )
 
     def _verdict_of(self, account: str, prompt: str | None, meta: dict[str, str] | None) -> Verdict | None:
-        if prompt:
-            try:
-                return self.engine.observe(account, prompt, meta=meta)
-            except InputError as exc:  # refused: a flagged account must not pass by sending such a prompt
-                log.debug("probewatch did not observe this request: %s", exc)
-        return standing_verdict(self.engine, account)  # nothing it could observe: where the account stands
+        return verdict_or_standing(self.engine, account, prompt, meta)  # on the judging thread: self.engine too
 
     async def async_pre_call_hook(self, user_api_key_dict, cache, data: dict, call_type) -> dict | None:
         await self._check(data, user_api_key_dict)

@@ -10,10 +10,13 @@ first); ``closed`` refuses it (protection first).
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal, get_args
 
 from ..errors import ConfigError, InputError, UnknownAccountError
 from ..types import Verdict
+
+log = logging.getLogger("probewatch.integrations")
 
 FailurePolicy = Literal["open", "closed"]
 FAILURE_POLICIES: tuple[str, ...] = get_args(FailurePolicy)
@@ -48,3 +51,14 @@ def standing_verdict(engine: Any, account: str) -> Verdict | None:
         peak_risk=report.peak_risk,
         peak_one_in=report.peak_one_in,
     )
+
+
+def verdict_or_standing(engine: Any, account: str, prompt: str | None, meta: dict[str, str] | None) -> Verdict | None:
+    """The verdict for ``prompt``, or, when there is none to observe or the engine refuses it,
+    :func:`standing_verdict`. Runs on an integration's judging thread."""
+    if prompt:
+        try:
+            return engine.observe(account, prompt, meta=meta)
+        except InputError as exc:  # refused: a flagged account must not pass by sending such a prompt
+            log.debug("probewatch did not observe this request: %s", exc)
+    return standing_verdict(engine, account)

@@ -60,16 +60,6 @@ templates = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-templates.globals.update(
-    one_in=wording.one_in_text,
-    when=wording.when_text,
-    percent=wording.percent_text,
-    feature_title=wording.feature_title,
-    reason_sentence=wording.reason_sentence,
-    kind_text=wording.indicator_kind_text,
-    quote=lambda value: quote(value, safe=""),
-    account_href=lambda account: account_href(account),
-)
 
 
 def account_href(account: str) -> str:
@@ -78,6 +68,18 @@ def account_href(account: str) -> str:
     if account in (".", ".."):
         return f"/ui/account?{urlencode({'id': account})}"
     return f"/ui/accounts/{quote(account, safe='')}"
+
+
+templates.globals.update(
+    one_in=wording.one_in_text,
+    when=wording.when_text,
+    percent=wording.percent_text,
+    feature_title=wording.feature_title,
+    reason_sentence=wording.reason_sentence,
+    kind_text=wording.indicator_kind_text,
+    quote=lambda value: quote(value, safe=""),
+    account_href=account_href,
+)
 
 
 def keeper_of(request: Request) -> SessionKeeper:

@@ -57,9 +57,11 @@ def check_meta(meta: object) -> dict[str, str] | None:
         try:
             text = str(value)
         except ValueError:  # an int past Python's digit limit for str()
+            from ..io.validation import decimal_digits  # here: validation imports this module
+
             raise InputError(
                 f"meta[{key!r}] must be at most {MAX_META_VALUE_CHARS} characters; got an integer of about "
-                f"{value.bit_length() * 30103 // 100000 + 1} digits"
+                f"{decimal_digits(value)} digits"
             ) from None
         if len(text) > MAX_META_VALUE_CHARS:
             raise InputError(f"meta[{key!r}] must be at most {MAX_META_VALUE_CHARS} characters; got {len(text)}")

@@ -49,7 +49,7 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _decimal_digits(number: numbers.Real) -> int:
+def decimal_digits(number: numbers.Real) -> int:
     """About how many digits ``number`` has before its point (str() refuses ints past 4,300)."""
     return int(abs(math.trunc(number))).bit_length() * 30103 // 100000 + 1
 
@@ -144,7 +144,7 @@ def check_timestamp(ts: Any) -> float | None:
         value = float(ts)
     except OverflowError:
         raise InvalidTimestampError(
-            f"a timestamp must be a number of seconds; got a number of about {_decimal_digits(ts)} digits"
+            f"a timestamp must be a number of seconds; got a number of about {decimal_digits(ts)} digits"
         ) from None
     if not math.isfinite(value):
         raise InvalidTimestampError(f"a timestamp must be finite; got {value}")
@@ -156,12 +156,17 @@ def check_timestamp(ts: Any) -> float | None:
     return value
 
 
-def check_same_length(**named: Sequence[Any] | None) -> int:
-    """All given sequences (None ones skipped) have one length; returns it. A bare string,
-    bytes or mapping is refused: iterated, it would pass its characters or keys for items."""
+def check_same_length(*, required: tuple[str, ...] = (), **named: Sequence[Any] | None) -> int:
+    """All given sequences (None ones skipped, unless ``required`` names them) have one length;
+    returns it. A bare string, bytes, mapping or set is refused: iterated, it would pass its
+    characters or keys for items, or pair them in no order."""
     lengths = {}
     for name, seq in named.items():
         if seq is None:
+            if name in required:
+                raise BatchLengthError(
+                    f"{name} must be a sequence with one entry per item (a list, tuple or array); got None"
+                )
             continue
         if isinstance(seq, str | bytes | bytearray | Mapping):
             raise BatchLengthError(
@@ -287,9 +292,7 @@ def check_embeddings(vectors: Any, dim: int):
 def check_vectors(accounts: Sequence[str], vectors: Any, dim: int, ts: Sequence[float | None] | None = None):
     """One unit row of ``dim`` (see :func:`check_embeddings`: host or device) per account;
     lengths must agree."""
-    if accounts is None:
-        raise BatchLengthError("accounts must be a sequence of account ids, one per vector; got None")
-    n = check_same_length(accounts=accounts, ts=ts)
+    n = check_same_length(accounts=accounts, ts=ts, required=("accounts",))
     arr = check_embeddings(vectors, dim)
     if arr.shape[0] != n:
         raise InvalidEmbeddingError(f"expected one vector per account: {n} accounts but {arr.shape[0]} vectors")
@@ -298,9 +301,7 @@ def check_vectors(accounts: Sequence[str], vectors: Any, dim: int, ts: Sequence[
 
 def check_accounts(accounts: Sequence[Any]) -> list[str]:
     """A sequence of valid account ids (see :func:`check_account`), as a list."""
-    if accounts is None:
-        raise BatchLengthError("accounts must be a sequence of account ids; got None")
-    check_same_length(accounts=accounts)
+    check_same_length(accounts=accounts, required=("accounts",))
     return [check_account(account) for account in accounts]
 
 
@@ -319,9 +320,7 @@ def check_items(
     >>> good, texts, stamps, type(errors[1]).__name__
     ([0], ['hi'], [None], 'InvalidAccountError')
     """
-    if accounts is None:
-        raise BatchLengthError("accounts must be a sequence of account ids, one per item; got None")
-    check_same_length(accounts=accounts, prompts=prompts, ts=ts, metas=metas)
+    check_same_length(accounts=accounts, prompts=prompts, ts=ts, metas=metas, required=("accounts",))
     good: list[int] = []
     texts: list[str] = []
     stamps: list[float | None] = []

@@ -30,6 +30,7 @@ from .errors import (
     ProbewatchError,
     SnapshotError,
     UnknownAccountError,
+    UnknownCampaignError,
 )
 from .types import AccountReport, EngineStats, FeatureReading, Level, Reason, Verdict
 
@@ -59,6 +60,7 @@ __all__ = [
     "Reason",
     "SnapshotError",
     "UnknownAccountError",
+    "UnknownCampaignError",
     "Verdict",
     "__version__",
 ]

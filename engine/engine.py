@@ -352,6 +352,10 @@ class Engine:
 
     def campaign(self, campaign_id: str) -> CampaignReport:
         """One campaign: members, linking indicators, features, reasons, timeline."""
+        if not isinstance(campaign_id, str):
+            raise InputError(
+                f"campaign_id must be a campaign id (str, e.g. report.id); got {type(campaign_id).__name__}"
+            )
         with self._lock:
             return self.pipeline.campaign(campaign_id)
 

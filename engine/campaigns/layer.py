@@ -800,11 +800,19 @@ class CampaignLayer:
 
     def campaign_ids(self, level: Level | str | None = None) -> list[str]:
         self._campaigns()
-        ids = sorted(self._campaign_groups)
+        ids = [c for c in sorted(self._campaign_groups) if self._names_accounts(c)]
         if level is None:
             return ids
         wanted = Level.parse(level)
         return [c for c in ids if max(self.groups[k].level for k in self._campaign_groups[c]) is wanted]
+
+    def _names_accounts(self, campaign_id: str) -> bool:
+        """Whether any account counts with the campaign now. Which groups form a campaign is
+        cached between relinks, and a hot group can lose every counted account meanwhile
+        (members forgotten, or turned away by the member tests as the group grows): such a
+        campaign names nobody to act on and is not listed."""
+        groups = [self.groups[k] for k in self._campaign_groups[campaign_id]]
+        return any(self._active_members(g) or self._linked_members(g) for g in groups)
 
     def campaign(self, campaign_id: str) -> CampaignReport:
         self._campaigns()
@@ -825,6 +833,11 @@ class CampaignLayer:
         for g in groups:
             for account in linked[g.key]:
                 counts.setdefault(account, self.accounts[account].n)
+        if not counts:
+            raise UnknownCampaignError(
+                f"campaign {campaign_id!r} has no member left (forgotten, or no longer counted with its "
+                "groups); engine.campaigns() lists the campaigns that name accounts"
+            )
         top = max(groups, key=lambda g: max(g.score, g.campaign_score))
         top_score = max(top.score, top.campaign_score)
         indicators = []

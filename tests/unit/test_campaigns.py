@@ -781,6 +781,35 @@ def test_save_at_t_reload_and_continue_keeps_probe_links(calibration_path, topic
     assert a.split_probes.serial == b.split_probes.serial
 
 
+def test_a_campaign_with_no_account_left_to_name_is_neither_listed_nor_reported(calibration_path, topics):
+    """Which groups form a campaign is cached between relinks; a hot group can lose every
+    account that counts with it meanwhile (bystanders the member tests turn away as it grows,
+    members forgotten). Such a campaign is not listed, not counted in the stats, and asking for
+    it by id says it has no member left, instead of a report of 0 members."""
+    (accounts, vectors, prompts, metas), _ = split_probe_traffic(topics, np.random.default_rng(5))
+    engine = make_engine(calibration_path, campaign_fpr_share=1.0, target_fpr=0.01, watch_fpr=0.1)
+    feed(engine, accounts, vectors, prompts, metas)
+    layer = engine.pipeline.campaigns
+    layer._campaigns()
+    cached = sorted(layer._campaign_groups)
+    reports = engine.campaigns()
+    assert reports and all(r.size > 0 and len(r.members) == r.size for r in reports)
+    assert len(cached) > len(reports)  # this traffic leaves a cached campaign that names nobody
+    stats = engine.campaign_stats().campaigns
+    assert stats["watch"] + stats["flag"] == len(reports)
+    for cid in set(cached) - {r.id for r in reports}:
+        with pytest.raises(pw.UnknownCampaignError, match="no member left"):
+            engine.campaign(cid)
+    with pytest.raises(pw.InputError, match="campaign id"):
+        engine.campaign(reports[0])
+    for member in {m for r in reports for m in r.members}:
+        engine.forget(member)
+    assert all(r.size > 0 for r in engine.campaigns())
+    for r in reports:
+        with pytest.raises(pw.UnknownCampaignError):
+            engine.campaign(r.id)
+
+
 def test_forget_takes_an_account_out_of_every_group(calibration_path, topics):
     engine = make_engine(calibration_path)
     accounts, vectors, prompts, metas = hydra_traffic(topics, seed=5, members=12, crowd=6)

@@ -341,7 +341,10 @@ class Gatekeeper:
         head = scope.get("method") == "HEAD"
         if head:  # HEAD is GET without the body (RFC 9110), wherever GET is served
             scope = {**scope, "method": "GET"}
-        reply = _Reply(send, rid, head)
+        # every answer under /ui, the JSON errors of a path no console route serves included,
+        # carries the console's headers (no framing, no sniffing, no caching)
+        console_headers = console.SECURITY_HEADERS if self._console and console.is_console_path(scope["path"]) else None
+        reply = _Reply(send, rid, head, console_headers)
         self.in_flight += 1
         try:
             if self.in_flight > self.max_in_flight:
@@ -430,10 +433,18 @@ class _Reply:
     """The send() side of one request: remembers the status, and once the Gatekeeper has
     answered by itself, drops the app's late reply."""
 
-    def __init__(self, send: Send, request_id: str | None = None, head: bool = False):
+    def __init__(
+        self,
+        send: Send,
+        request_id: str | None = None,
+        head: bool = False,
+        extra_headers: dict[str, str] | None = None,
+    ):
         self._send = send
         self._head = head  # a HEAD request: headers as for GET, no body bytes
         self._request_id = request_id.encode() if request_id else None
+        # headers every answer carries, unless the app set them itself
+        self._extra = [(k.lower().encode(), v.encode()) for k, v in (extra_headers or {}).items()]
         self.status = 500  # what the metrics record if nothing is ever sent
         self.started = False
         self._closed = False
@@ -444,9 +455,14 @@ class _Reply:
         if message["type"] == "http.response.start":
             self.status = message["status"]
             self.started = True
+            headers = list(message.get("headers") or [])
+            if self._extra:
+                present = {k.lower() for k, _ in headers}
+                headers += [(k, v) for k, v in self._extra if k not in present]
             if self._request_id is not None:  # echoed, so a client can find this request in the log
-                kept = [(k, v) for k, v in message.get("headers") or [] if k.lower() != REQUEST_ID_HEADER]
-                message = {**message, "headers": [*kept, (REQUEST_ID_HEADER, self._request_id)]}
+                headers = [(k, v) for k, v in headers if k.lower() != REQUEST_ID_HEADER]
+                headers.append((REQUEST_ID_HEADER, self._request_id))
+            message = {**message, "headers": headers}
         elif self._head and message["type"] == "http.response.body":
             message = {**message, "body": b""}
         await self._send(message)

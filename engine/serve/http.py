@@ -84,7 +84,15 @@ ReadyService = Annotated[ObservationService, Depends(get_ready_service)]
 
 
 async def read_json(request: Request) -> Any:
-    """The request body parsed as JSON, or a 400 saying why it is not."""
+    """The request body parsed as JSON, or a 400 saying why it is not (a 415 for a compressed body)."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise RequestError(
+            415,
+            "UnsupportedMediaType",
+            f"the request body is sent with Content-Encoding {encoding[:40]!r}; the sidecar reads uncompressed "
+            "JSON: send the body without Content-Encoding",
+        )
     try:
         body = await request.body()
     except ClientDisconnect:  # the client left, or the Gatekeeper already answered 413

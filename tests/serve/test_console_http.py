@@ -15,6 +15,7 @@ import pytest
 
 from probewatch.serve.app import create_app
 from probewatch.serve.config import ServerConfig
+from probewatch.serve.console import SECURITY_HEADERS
 from tests.support import AUTH, TOKEN, SidecarProcess, free_port, httpx
 
 pytestmark = pytest.mark.timeout(300)
@@ -130,6 +131,17 @@ def test_signing_out_ends_the_session_and_bad_text_in_forms_or_queries_is_refuse
             assert bad_query.status_code == 400 and bad_query.json()["error"]["type"] == "InvalidParameter"
             client.cookies.set("probewatch_console", "a." + "9" * 5000 + ".x", path="/ui")
             assert (await client.get("/ui/login")).status_code == 200  # a bad cookie is no session, not a 500
+            # answers no console handler wrote (no route, wrong method, a bad path) carry its headers too
+            for answer in (
+                await client.get("/ui/no-such-page", headers=AUTH),
+                await client.get("/ui/logout", headers=AUTH),
+                await client.get("/ui/accounts/caf%FF", headers=AUTH),
+            ):
+                assert answer.status_code in (400, 404, 405), answer.status_code
+                for name, value in SECURITY_HEADERS.items():
+                    assert answer.headers.get(name) == value, (answer.url, name)
+            api = await client.get("/v1/no-such-route", headers=AUTH)
+            assert api.status_code == 404 and "content-security-policy" not in api.headers
 
     asyncio.run(run())
 

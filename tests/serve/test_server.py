@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import http.client as http_client
 import json
 import os
@@ -300,6 +301,11 @@ def test_every_error_status_has_one_error_shape(sidecar, http):
         assert_error_shape(http.post(guardrail, json=body), 422, "InvalidBody", field)
     deep = b"[" * 5000 + b"]" * 5000
     assert_error_shape(http.post("/v1/observe", content=deep, headers=json_body), 400, "InvalidJSON")
+    zipped = gzip.compress(b'{"account": "a", "prompt": "p"}')
+    for route in ("/v1/observe", guardrail):
+        compressed = http.post(route, content=zipped, headers={**json_body, "content-encoding": "gzip"})
+        assert_error_shape(compressed, 415, "UnsupportedMediaType")
+        assert "gzip" in compressed.json()["error"]["message"]
     assert http.get("/healthz").status_code == 200  # the keep-alive connection survives each of them
     assert_error_shape(http.get("/v1/accounts/%01"), 422, "InvalidAccountError", "account")
     for params, field in (({"limit": 0}, "limit"), ({"limit": "abc"}, "limit"), ({"level": "purple"}, "level")):

@@ -4,7 +4,7 @@ script, no third-party asset: everything ships in the wheel)."""
 
 from __future__ import annotations
 
-from .routes import router
+from .routes import SECURITY_HEADERS, router
 
 CONSOLE_PREFIX = "/ui"
 
@@ -14,4 +14,4 @@ def is_console_path(path: str) -> bool:
     return path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")
 
 
-__all__ = ["CONSOLE_PREFIX", "is_console_path", "router"]
+__all__ = ["CONSOLE_PREFIX", "SECURITY_HEADERS", "is_console_path", "router"]

@@ -12,6 +12,7 @@ _controller_saw_torch = False  # torch imported after the scan brings its OpenMP
 _limit_depth = 0  # limits held in the process (BLAS counts are process-wide)
 _limit_lock = threading.Lock()
 _thread_limits = threading.local()  # .depth: limits held by this thread (OpenMP counts are per thread)
+_NO_LIMIT = contextlib.nullcontext()
 
 
 def limit_host_blas(threads: int):
@@ -32,8 +33,9 @@ def limit_host_blas(threads: int):
     outside the limit, or on another thread, keeps torch's. torch's BLAS is left alone.
     """
     global _blas_controller, _controller_saw_torch
-    if threads <= 0:
-        return contextlib.nullcontext()
+    if threads <= 0 or getattr(_thread_limits, "depth", 0):
+        # off, or inside a limit this thread already holds: nothing to set (a lone query nests four)
+        return _NO_LIMIT
     torch_loaded = "torch" in sys.modules
     if _blas_controller is None or (torch_loaded and not _controller_saw_torch):
         from threadpoolctl import ThreadpoolController

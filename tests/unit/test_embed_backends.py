@@ -131,6 +131,40 @@ def test_runtime_agrees_with_torch_fp32(fp32, prompts, export_dir, backend, prec
     assert worst >= bound, f"{backend}/{precision}/{quantize}: minimum cosine to torch fp32 {worst:.5f} < {bound}"
 
 
+def test_int8_weights_take_7_bits_on_x86_without_vnni(monkeypatch):
+    for flags, seven in (
+        ({"avx2", "fma"}, True),  # u8 x s8 pairs summed in 16 bits: 8-bit weights saturate them
+        ({"avx2", "avx512f", "avx512_vnni"}, False),
+        ({"avx2", "avx_vnni"}, False),
+        ({"avx2", "amx_int8"}, False),
+        (set(), False),  # not x86 (Arm's int8 dot products do not saturate), or flags unreadable
+    ):
+        monkeypatch.setattr(embedder_module, "_cpu_flags", lambda flags=flags: flags)
+        assert embedder_module.int8_needs_7bit_weights() is seven, flags
+
+
+def test_each_kind_of_cpu_gets_its_own_int8_export(monkeypatch, tmp_path, prompts):
+    """A cache folder shared by machines with and without VNNI holds one int8 graph of each
+    width, and each machine loads its own."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install 'probewatch[onnx]')")
+    from onnxruntime import quantization
+
+    real, widths = quantization.quantize_dynamic, []
+
+    def spy(*args, **kwargs):
+        widths.append(kwargs["reduce_range"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(quantization, "quantize_dynamic", spy)
+    for seven, name in ((True, "model-int8-7bit.onnx"), (False, "model-int8.onnx")):
+        monkeypatch.setattr(embedder_module, "int8_needs_7bit_weights", lambda seven=seven: seven)
+        embedder = pw.Embedder(device="cpu", backend="onnx", quantize="int8", cache_size=0, cache_dir=tmp_path)
+        assert embedder.encode(prompts[:3]).shape == (3, 384)
+        assert len([f for f in tmp_path.iterdir() if (f / name).is_file()]) == 1, name
+    assert widths == [True, False]
+    assert sorted(f.name.rsplit("-", 1)[0] for f in tmp_path.iterdir()) == ["onnx-int8", "onnx-int8-7bit"]
+
+
 def test_an_export_is_made_once_and_reused(export_dir):
     pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install 'probewatch[openvino]')")
     first = pw.Embedder(device="cpu", backend="openvino", precision="fp32", cache_size=0, cache_dir=export_dir)

@@ -144,9 +144,8 @@ async def _standing_answer(service: ObservationService, payload: dict[str, Any],
     account = payload["request_data"].get(service.config.guardrail_account_field)
     if reason not in ("no_prompt", "invalid_item") or not isinstance(account, str) or not account or not service.ready:
         return ALLOW
-    try:
-        level = (await service.report(account))["level"]
-    except ProbewatchError:  # unknown, or an id the engine refuses
+    level = await service.standing_level(account)  # the verdict cache's, in Kafka mode
+    if level is None:
         return ALLOW
     actions = {"flag": service.config.guardrail_action_on_flag, "watch": service.config.guardrail_action_on_watch}
     if actions.get(level, "NONE") == "BLOCKED":

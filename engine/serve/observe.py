@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from ..campaigns.metadata import MAX_META_VALUE_CHARS, META_KEYS
 from ..errors import ProbewatchError
 from ..integrations.meta import clean_meta
-from ..io.validation import MAX_TIMESTAMP, MIN_TIMESTAMP, check_account, check_timestamp
+from ..io.validation import MAX_TIMESTAMP, MIN_TIMESTAMP, check_account, check_timestamp, decimal_digits
 from .http import ACCOUNT_SCHEMA, RequestError, Service, read_json, require_rate, require_ready
 from .metrics import ServerMetrics
 from .service import Item, ObservationService, Outcome, verdict_action
@@ -249,7 +249,9 @@ def _meta_shape_problem(meta: Any) -> str | None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"meta[{key!r}] must be a string, a number or null; got {type(value).__name__}"
         if not abs(value) <= MAX_META_NUMBER:
-            return f"meta[{key!r}] as a number must be within +-{MAX_META_NUMBER:g}; got {value:g}"
+            # an integer past float's range has no {:g}: say its size instead
+            shown = f"{value:g}" if isinstance(value, float) else f"an integer of {decimal_digits(value):,} digits"
+            return f"meta[{key!r}] as a number must be within +-{MAX_META_NUMBER:g}; got {shown}"
     return None
 
 

@@ -604,6 +604,13 @@ class ObservationService:
         report = await asyncio.get_running_loop().run_in_executor(None, self.engine.report, account)
         return report.to_dict()
 
+    async def standing_level(self, account: str) -> str | None:
+        """The account's level now (``ok``, ``watch``, ``flag``); None for one the engine does not hold."""
+        try:
+            return (await self.report(account))["level"]
+        except ProbewatchError:  # unknown, or an id the engine refuses
+            return None
+
     async def accounts(self, level: str | None) -> list[str]:
         return await asyncio.get_running_loop().run_in_executor(None, self.engine.accounts, level)
 

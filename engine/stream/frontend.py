@@ -160,16 +160,21 @@ class KafkaObservationService:
                 f"cannot reach the Kafka brokers at {c.bootstrap_servers} (bootstrap_servers) within "
                 f"{c.kafka_connect_timeout_s:g} s: {exc.args[0].str() if exc.args else exc}"
             ) from None
-        wanted = [c.observations_topic, c.verdicts_topic, c.campaign_verdicts_topic]
-        missing = [t for t in wanted if t is not None and t not in topics]
+        missing = [t for t in self._topics() if t not in topics]
         if missing:
             raise ConnectionError(
                 f"topics {missing} do not exist on {c.bootstrap_servers}; create them (a worker started with "
                 "--create-topics N does; docs/kafka.md)"
             )
+        # it subscribes before it publishes: the bodies of requests nobody here waits for
+        # (other sidecars', answered ones) are not kept
         self.cache = VerdictCache(
-            c.bootstrap_servers, c.verdicts_topic, c.campaign_verdicts_topic, kafka=dict(c.kafka)
+            c.bootstrap_servers, c.verdicts_topic, c.campaign_verdicts_topic, kafka=dict(c.kafka), keep_unclaimed_s=0
         ).start(c.kafka_connect_timeout_s)
+
+    def _topics(self) -> list[str]:
+        c = self.config
+        return [t for t in (c.observations_topic, c.verdicts_topic, c.campaign_verdicts_topic) if t is not None]
 
     def _poll(self) -> None:
         """Serve delivery callbacks; every HEALTH_EVERY_S ask the brokers for metadata to keep /readyz true."""
@@ -183,9 +188,16 @@ class KafkaObservationService:
                 continue
             checked = time.monotonic()
             try:
-                publisher.list_topics(min(HEALTH_EVERY_S, self.config.kafka_connect_timeout_s))
+                topics = publisher.list_topics(min(HEALTH_EVERY_S, self.config.kafka_connect_timeout_s)).topics
                 self.connected = True
                 problem = None if cache.alive else "the verdict cache stopped reading; restart the sidecar"
+                gone = [t for t in self._topics() if t not in topics]
+                if gone:  # deleted under it: what it publishes would reach no worker
+                    problem = (
+                        f"topics {gone} no longer exist on {self.config.bootstrap_servers}; create them again "
+                        "(a worker started with --create-topics N does), and restart the sidecar if a verdicts "
+                        "topic was among them, so that its cache reads the new one from the start"
+                    )
             except KafkaException as exc:
                 self.connected = False
                 problem = f"lost the Kafka brokers at {self.config.bootstrap_servers}: {exc}; retrying"
@@ -232,6 +244,8 @@ class KafkaObservationService:
     async def observe(self, items: list[Item], reserved: bool = False) -> list[Outcome]:
         """Publish ``items``; answer each with its own verdict when it comes within the wait, else the
         account's cached one marked ``pending``. ``reserved``: the guardrail route and its wait."""
+        from confluent_kafka import KafkaException
+
         if not self.ready or self._closing:
             return [self._fallback(it, "not_ready", queued=False) for it in items]
         if not self.has_room(len(items), reserved):
@@ -273,6 +287,8 @@ class KafkaObservationService:
                 except PoisonMessage as exc:  # the sidecar's checks passed it: a rule only the schema has
                     rejected[i] = InputError(exc.reason)
                     ack.set_result(exc.reason)
+                except KafkaException as exc:  # refused at produce(): this item alone is not published
+                    ack.set_result(f"the producer refused the record: {exc}")
             await asyncio.wait(acks, timeout=max(0.0, deadline - loop.time()))
             pending_verdicts = [v for v, a in zip(verdicts, acks, strict=True) if v is not None and _acked(a)]
             if pending_verdicts:
@@ -329,6 +345,12 @@ class KafkaObservationService:
 
     async def report(self, account: str) -> dict[str, Any]:
         raise self._no_local_state("an account report")
+
+    async def standing_level(self, account: str) -> str | None:
+        """The account's level in the verdict cache (its campaign's when higher); None for one it has not seen."""
+        cache = self.cache
+        body = cache.get(account) if cache is not None else None
+        return None if body is None else body["verdict"]["level"]
 
     async def accounts(self, level: str | None) -> list[str]:
         raise self._no_local_state("listing accounts")

@@ -6,11 +6,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import ProbewatchError
-from .schema import observation
+from .schema import PoisonMessage, observation
 
 # murmur2 is the Java client's partitioner: records keyed by one account land on the same
 # partition whichever client (Java, Go, librdkafka) produced them
 PRODUCER_DEFAULTS = {"partitioner": "murmur2_random", "acks": "all", "linger.ms": "5"}
+DEFAULT_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes
 
 
 class PublishError(ProbewatchError):
@@ -46,13 +47,10 @@ class Publisher:
         self.binary_embeddings = binary_embeddings  # embedding_b64: a fraction of the JSON list's decoding cost
         self._failed: list[str] = []
         self._refused = 0
-        self._producer = Producer(
-            {
-                **PRODUCER_DEFAULTS,
-                **{k: str(v) for k, v in (kafka or {}).items()},
-                "bootstrap.servers": bootstrap_servers,
-            }
-        )
+        settings = {**PRODUCER_DEFAULTS, **{k: str(v) for k, v in (kafka or {}).items()}}
+        self._producer = Producer({**settings, "bootstrap.servers": bootstrap_servers})
+        # librdkafka refuses a bigger record at produce(); said per observation, before it
+        self.max_message_bytes = int(settings.get("message.max.bytes", DEFAULT_MESSAGE_MAX_BYTES))
 
     def publish(
         self,
@@ -79,7 +77,17 @@ class Publisher:
             dim=self.dim,
             max_prompt_chars=self.max_prompt_chars,
         )
-        self.produce_raw(obs.account.encode("utf-8"), obs.to_json(self.binary_embeddings), on_delivery, block)
+        key, value = obs.account.encode("utf-8"), obs.to_json(self.binary_embeddings)
+        size = len(key) + len(value)
+        if size > self.max_message_bytes:
+            raise PoisonMessage(
+                "too_large",
+                f"the observation is {size:,} bytes as a Kafka record (its prompt is {len(obs.prompt or ''):,} "
+                f"characters, written as JSON escapes); the producer's message.max.bytes is "
+                f"{self.max_message_bytes:,}: send a shorter prompt (max_prompt_chars) or raise message.max.bytes "
+                "(with the topic's max.message.bytes)",
+            )
+        self.produce_raw(key, value, on_delivery, block)
 
     def produce_raw(
         self,

@@ -79,7 +79,10 @@ def test_observe_goes_through_the_worker_and_the_guardrail_answers_from_the_cach
     sidecar = SidecarProcess(
         tmp_path / "data",
         tmp_path / "sidecar.log",
-        **sidecar_settings(settings, kafka_verdict_wait_ms=15000, request_deadline_ms=20000),
+        # records past 30 KB refused by the producer (librdkafka's default is 1 MB)
+        **sidecar_settings(
+            settings, kafka_verdict_wait_ms=15000, request_deadline_ms=20000, kafka='{"message.max.bytes": "30000"}'
+        ),
     )
     try:
         # the worker loads the embedding model on its first prompt: warm it up outside the sidecar
@@ -135,6 +138,27 @@ def test_observe_goes_through_the_worker_and_the_guardrail_answers_from_the_cach
                 worker,
             )
             assert set(blocked) == {"action", "blocked_reason"} and "level flag" in blocked["blocked_reason"]
+            # a prompt it cannot observe (none, blank, a NUL) is judged by the account's cached level
+            for texts in ([], ["   "], ["one\x00more"]):
+                body = {**guardrail_body("mallory", ""), "texts": texts}
+                unread = http.post(GUARDRAIL, json=body)
+                assert unread.status_code == 200, unread.text
+                assert unread.json()["action"] == "BLOCKED" and unread.json()["observed"] is False, texts
+                stranger = http.post(GUARDRAIL, json={**body, "request_data": {"user_api_key_hash": "stranger"}})
+                assert stranger.status_code == 200 and stranger.json()["action"] == "NONE", stranger.text
+
+            # a record past message.max.bytes (6,000 CJK characters: 36 KB of JSON escapes) is that
+            # item's error; the batch's other item is published and answered
+            mixed = http.post(
+                "/v1/observe",
+                json={
+                    "items": [{"account": "alice", "prompt": "And Marat?"}, {"account": "bob", "prompt": "中" * 6000}]
+                },
+            )
+            assert mixed.status_code == 200, mixed.text
+            fine, big = mixed.json()["results"]
+            assert fine["account"] == "alice" and fine["n_queries"] == len(PROMPTS) + 2  # and "And Danton?"
+            assert big["error"]["type"] == "InputError" and "message.max.bytes" in big["error"]["message"], big
 
             # the worker stops: the sidecar still publishes, and answers with the cached verdict, pending
             assert worker.terminate() == 0, worker.log_text()[-3000:]
@@ -153,10 +177,12 @@ def test_observe_goes_through_the_worker_and_the_guardrail_answers_from_the_cach
             assert listing.status_code == 501 and listing.json()["error"]["type"] == "NotInKafkaMode"
             metrics = parse_prometheus(http.get("/metrics").text)
         published = [json.loads(v) for _, _, _, v in read_topic(broker, config.observations_topic)]
-        assert [b["prompt"] for b in published if b["account"] == "alice"] == [*PROMPTS, "And Danton?", "And Napoleon?"]
+        alice = [*PROMPTS, "And Danton?", "And Marat?", "And Napoleon?"]
+        assert [b["prompt"] for b in published if b["account"] == "alice"] == alice
+        assert not [b for b in published if b["account"] == "bob"]
         assert all(b["request_id"] for b in published)
         assert metrics[("probewatch_sidecar_mode", (("mode", "kafka"),))] == 1
-        assert metrics[("probewatch_kafka_answers_total", (("source", "this_request"),))] == len(PROMPTS)
+        assert metrics[("probewatch_kafka_answers_total", (("source", "this_request"),))] == len(PROMPTS) + 1  # Marat
         assert metrics[("probewatch_kafka_answers_total", (("source", "none"),))] >= 2  # newcomer, nobody-yet
         assert metrics[("probewatch_kafka_connected", ())] == 1
         assert metrics[("probewatch_kafka_cached_accounts", ())] >= 3
@@ -211,6 +237,20 @@ def test_no_broker_or_missing_topics_keep_the_sidecar_unready_with_the_reason(br
         # the topics appear (a worker's --create-topics): the sidecar becomes ready by itself
         create_topics(WorkerConfig(bootstrap_servers=broker.bootstrap, **_topics(tag)), 1)
         missing.wait_ready(30)
+        # the observations topic is deleted under a ready sidecar: it is no longer ready (it
+        # would publish what no worker reads), and says which topic went
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})  # held until the topic is gone
+        admin.delete_topics([f"obs-{tag}"], operation_timeout=10)[f"obs-{tag}"].result(15)
+
+        def unready() -> dict | None:
+            response = httpx.get(missing.url + "/readyz", timeout=5)
+            return response.json() if response.status_code == 503 else None
+
+        body = wait_for(unready, 30, "the deleted-topic reason")
+        assert body["status"] == "failed" and body["error"]["type"] == "NotReady"
+        assert f"obs-{tag}" in body["error"]["message"] and "no longer exist" in body["error"]["message"]
     finally:
         assert down.terminate() in STOPPED, down.log_tail()
         assert missing.terminate() in STOPPED, missing.log_tail()

@@ -316,6 +316,10 @@ def test_every_error_status_has_one_error_shape(sidecar, http):
     bad_meta = http.post("/v1/observe", json={"account": "a", "prompt": "p", "meta": {"ip": 1.5, "zone": "x"}})
     assert_error_shape(bad_meta, 422, "InvalidItem", "items[0].meta")
     assert "'zone'" in bad_meta.json()["error"]["message"]
+    huge = b'{"account": "a", "prompt": "p", "meta": {"ip": 1' + b"0" * 400 + b"}}"  # past float's range
+    too_big = http.post("/v1/observe", content=huge, headers=json_body)
+    assert_error_shape(too_big, 422, "InvalidItem", "items[0].meta")
+    assert "401 digits" in too_big.json()["error"]["message"]
 
 
 def test_not_ready_is_a_503_with_the_error_shape(tmp_path):

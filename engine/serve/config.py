@@ -429,6 +429,12 @@ class ServerConfig(_GivenValuesOnly):
             raise ValueError(
                 "kafka property 'bootstrap.servers' is the setting bootstrap_servers; remove it from kafka"
             )
+        topics = [t for t in (self.observations_topic, self.verdicts_topic, self.campaign_verdicts_topic) if t]
+        if len(set(topics)) != len(topics):  # it would read its own observations as verdicts
+            raise ValueError(
+                "observations_topic, verdicts_topic and campaign_verdicts_topic must differ (as the worker's "
+                f"do); got {topics}"
+            )
         if self.page_size_default > self.page_size_max:
             raise ValueError(
                 f"page_size_default must be <= page_size_max ({self.page_size_max}); got {self.page_size_default}"

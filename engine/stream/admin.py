@@ -10,12 +10,19 @@ def create_topics(config: WorkerConfig, partitions: int, replication: int = 1, t
     dead letters get ``partitions``; verdicts too, compacted (the latest verdict per account);
     summaries one partition (the campaign aggregator reads them all, in order), campaign verdicts
     one, compacted."""
+    from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
     if partitions < 1:
         raise ValueError(f"partitions must be >= 1; got {partitions}")
     admin = AdminClient({"bootstrap.servers": config.bootstrap_servers, **config.kafka})
-    existing = set(admin.list_topics(timeout=timeout).topics)
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise ConnectionError(
+            f"cannot create topics: no Kafka broker at {config.bootstrap_servers} (bootstrap_servers) answered within "
+            f"{timeout:g} s: {exc.args[0].str() if exc.args else exc}"
+        ) from None
     wanted = [
         NewTopic(config.observations_topic, partitions, replication),
         NewTopic(config.verdicts_topic, partitions, replication, config={"cleanup.policy": "compact"}),

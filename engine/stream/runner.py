@@ -29,9 +29,10 @@ def main_worker(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--alert-outbox-dir", help="local folder of the alert outboxes (default ./probewatch-alerts)")
     parser.add_argument(
         "--create-topics",
-        type=int,
+        type=_partition_count,
         metavar="N",
-        help="create missing topics first (N partitions; verdicts compacted) - for development and first deployments",
+        help=f"create missing topics first (N partitions, 1 to {MAX_CREATED_PARTITIONS}; verdicts compacted) - for "
+        "development and first deployments",
     )
     parser.add_argument(
         "--campaign-aggregator",
@@ -58,6 +59,23 @@ def main_worker(argv: Sequence[str] | None = None) -> int:
     return run_worker(config, create_topics_partitions=args.create_topics, aggregator=args.campaign_aggregator)
 
 
+# a worker keeps state per partition it owns: more than this is a cluster's own tooling's job
+MAX_CREATED_PARTITIONS = 1024
+
+
+def _partition_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"N must be a whole number of partitions; got {text!r}") from None
+    if not 1 <= n <= MAX_CREATED_PARTITIONS:
+        raise argparse.ArgumentTypeError(
+            f"N must be 1 to {MAX_CREATED_PARTITIONS} partitions; got {n} (create bigger topics with the "
+            "cluster's tools)"
+        )
+    return n
+
+
 def run_worker(config: WorkerConfig, create_topics_partitions: int | None = None, aggregator: bool = False) -> int:
     from .metrics import serve_operations
     from .worker import Worker
@@ -66,7 +84,7 @@ def run_worker(config: WorkerConfig, create_topics_partitions: int | None = None
     log = logging.getLogger("probewatch.stream")
     log.info("starting with settings %s", config.public_dict())
     try:
-        if create_topics_partitions:
+        if create_topics_partitions is not None:
             from .admin import create_topics
 
             created = create_topics(config, create_topics_partitions)
@@ -80,9 +98,15 @@ def run_worker(config: WorkerConfig, create_topics_partitions: int | None = None
     except (ProbewatchError, ValueError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 2
-    server = serve_operations(
-        worker, config.host, config.port, stale_after_s=max(60.0, config.session_timeout_ms / 500)
-    )
+    try:
+        server = serve_operations(
+            worker, config.host, config.port, stale_after_s=max(60.0, config.session_timeout_ms / 500)
+        )
+    except OSError as exc:  # the port is taken, or the host is not this machine's
+        log.error(
+            "cannot start: /metrics, /healthz and /readyz cannot listen on %s:%d: %s", config.host, config.port, exc
+        )
+        return 2
     log.info("metrics and health on http://%s:%d", *server.server_address[:2])
 
     def stop(signum, _frame) -> None:

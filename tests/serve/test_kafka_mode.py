@@ -270,3 +270,9 @@ def test_kafka_mode_settings_are_checked():
         load_config(env={"PROBEWATCH_KAFKA_VERDICT_WAIT_MS": "3000", "PROBEWATCH_REQUEST_DEADLINE_MS": "2000"})
     with pytest.raises(ConfigError, match="observations_topic"):
         load_config(env={"PROBEWATCH_OBSERVATIONS_TOPIC": "no spaces allowed"})
+    for same in (
+        {"PROBEWATCH_VERDICTS_TOPIC": "probewatch.observations"},
+        {"PROBEWATCH_CAMPAIGN_VERDICTS_TOPIC": "probewatch.verdicts"},
+    ):
+        with pytest.raises(ConfigError, match="must differ"):
+            load_config(env={"PROBEWATCH_KAFKA_MODE": "true", **same})

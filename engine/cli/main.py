@@ -281,27 +281,39 @@ def cmd_repair_state(args: argparse.Namespace) -> int:
     try:  # the sidecar's settings need the serve extra
         from ..errors import ConfigError, ProbewatchError
         from ..serve.config import load_config
+        from ..serve.datadir_lock import DataDirLock, in_use_message
         from ..serve.repair import apply_repair, plan_repair
     except ImportError as exc:
         print(
             f"probewatch repair-state needs the serve extra: pip install 'probewatch[serve]' ({exc})", file=sys.stderr
         )
         return 2
+    lock = None
     try:
-        config = load_config(args.config, data_dir=args.data_dir)
-        plan = plan_repair(config.data_path)
-    except (ConfigError, ProbewatchError, FileNotFoundError) as exc:
-        print(f"probewatch repair-state: {exc}", file=sys.stderr)
-        return 2
-    print(plan.describe())
-    if plan.clean:
+        try:
+            config = load_config(args.config, data_dir=args.data_dir)
+            if args.yes and config.data_path.is_dir():  # a sidecar running there would write past the repair
+                lock = DataDirLock(config.data_path)
+                holder = lock.acquire()
+                if holder is not None:
+                    print(f"probewatch repair-state: {in_use_message(config.data_path, holder)}", file=sys.stderr)
+                    return 2
+            plan = plan_repair(config.data_path)
+        except (ConfigError, ProbewatchError, FileNotFoundError, PermissionError) as exc:
+            print(f"probewatch repair-state: {exc}", file=sys.stderr)
+            return 2
+        print(plan.describe())
+        if plan.clean:
+            return 0
+        if not args.yes:
+            print("dry run: nothing was changed; stop the sidecar and run again with --yes to drop the above")
+            return 1
+        apply_repair(plan)
+        print(f"dropped; recorded in {config.data_path / 'repair.json'}; the sidecar can start")
         return 0
-    if not args.yes:
-        print("dry run: nothing was changed; stop the sidecar and run again with --yes to drop the above")
-        return 1
-    apply_repair(plan)
-    print(f"dropped; recorded in {config.data_path / 'repair.json'}; the sidecar can start")
-    return 0
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def build_parser() -> argparse.ArgumentParser:

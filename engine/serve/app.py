@@ -214,6 +214,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        service.stopping()  # a start waiting for the data_dir's lock gives up, rather than hold the exit
         await asyncio.gather(loader, return_exceptions=True)
         await service.stop()
 

@@ -121,8 +121,10 @@ class JournalFailure(RuntimeError):
     """A journal write or fsync failed: nothing more is written to it until a restart.
 
     After a failed fsync the kernel may have dropped the dirty pages, and a retried write
-    would land after a partial line: the only safe course is to stop acknowledging, and let
-    the next start cut the torn tail and replay what is whole.
+    would land after a partial line: the only safe course is to stop acknowledging, cut the
+    segment back to the last acknowledged record (the failed batch's callers are told it was
+    not observed, so none of its lines may come back), and let the next start cut any torn
+    tail left and replay what is whole.
     """
 
 
@@ -155,6 +157,8 @@ class Journal:
         self._last_seq = 0
         self._dirty = False
         self._unsynced_after: int | None = None  # batch policy: last_seq before records not yet fsynced
+        self._unsynced_from = 0  # ... and the segment's size before them (cut back to it if they fail)
+        self._size = 0  # bytes in the open segment
         self._io_lock = threading.Lock()  # append vs the background fsync thread
         self._stop = threading.Event()
         self._syncer: threading.Thread | None = None
@@ -222,6 +226,7 @@ class Journal:
                 # Unbuffered: a failed write leaves nothing in a Python buffer that a later flush or
                 # close could append after the partial line.
                 self._fh = open(path, "ab", buffering=0)  # noqa: SIM115 - stays open across appends; close() closes it
+                self._size = os.fstat(self._fh.fileno()).st_size  # a new segment: 0
                 self._segment_first = first_seq
                 fsync_dir(self.folder)
             except OSError as exc:
@@ -250,6 +255,9 @@ class Journal:
             for offset, record in enumerate(records, 1):
                 record["seq"] = first + offset
             self._last_seq = first + len(records)
+            start = self._size  # where this batch's bytes begin
+            if self.fsync_policy == "batch" and self._unsynced_after is None:
+                self._unsynced_from = start
             try:
                 if self.fsync_policy == "always":
                     for line in lines:
@@ -265,11 +273,14 @@ class Journal:
                 elif self.fsync_policy != "always":
                     self._dirty = True
             except OSError as exc:
-                # none of these records was acknowledged, nor those still waiting for their fsync
+                # none of these records was acknowledged, nor those still waiting for their fsync:
+                # their whole lines must not come back at the next start's replay
                 waiting = self._unsynced_after
                 self._last_seq = first if waiting is None else min(first, waiting)
                 self._unsynced_after = None
-                raise self._fail(f"writing records {first + 1}-{first + len(records)}", exc) from exc
+                failure = self._fail(f"writing records {first + 1}-{first + len(records)}", exc)
+                self._cut_back(start if waiting is None else min(start, self._unsynced_from))
+                raise failure from exc
             return self._last_seq
 
     def sync_appended(self) -> None:
@@ -288,7 +299,9 @@ class Journal:
                 self._last_seq, self._unsynced_after = first, None
                 if isinstance(exc, JournalFailure):
                     raise
-                raise self._fail(f"syncing records {first + 1}-{last}", exc) from exc
+                failure = self._fail(f"syncing records {first + 1}-{last}", exc)
+                self._cut_back(self._unsynced_from)
+                raise failure from exc
 
     def _fsync_appended(self) -> None:
         """Under the I/O lock: fsync the segment, and the records waiting for it are durable."""
@@ -301,7 +314,24 @@ class Journal:
             written = self._fh.write(view)
             if not written:
                 raise OSError("the journal file took no bytes")
+            self._size += written
             view = view[written:]
+
+    def _cut_back(self, size: int) -> None:
+        """After a failed write or fsync: cut the segment back to ``size`` bytes, removing the
+        records that were not acknowledged (a full disk can take some of a batch's lines whole).
+        Best effort: the storage has just failed."""
+        try:
+            os.ftruncate(self._fh.fileno(), size)
+            os.fsync(self._fh.fileno())
+            self._size = size
+        except OSError as exc:
+            log.error(
+                "journal: could not remove the records after byte %d that were never acknowledged (%s); a "
+                "restart replays those of them that were written whole",
+                size,
+                exc,
+            )
 
     def _check_usable(self) -> None:
         if self.failed is not None:

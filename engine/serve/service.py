@@ -27,6 +27,7 @@ from ..io.validation import check_account, check_prompt, check_timestamp
 from ..types import CampaignStats, EngineStats
 from .alerts import Alerts
 from .config import ServerConfig
+from .datadir_lock import DataDirLock, in_use_message
 from .journal import Journal, JournalDamaged, JournalFailure, UnwritableRecord, sequence_of, sequenced_name, unwritable
 from .metrics import ServerMetrics
 from .repair import RepairRecord, read_repair_record
@@ -89,6 +90,7 @@ def repair_hint(data_path: Path) -> str:
 
 # A forget's snapshot waits this long, so a burst of DELETEs is served by one snapshot.
 FORGET_SNAPSHOT_DELAY_S = 1.0
+LOCK_RETRY_S = 1.0  # how often a sidecar waiting for its data_dir tries the lock again
 
 
 def _log_failure(task: asyncio.Task) -> None:
@@ -133,12 +135,15 @@ class ObservationService:
         self._since_snapshot = 0
         self._last_snapshot_at = time.monotonic()
         self._repaired = RepairRecord()
+        self._data_lock = DataDirLock(config.data_path)
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         """Restore state and load the model in the state thread; the service is ready after."""
         loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
+        if not await self._lock_data_dir():
+            return
         try:
             await loop.run_in_executor(self._state_executor, self._restore_and_warm)
         except Exception as exc:  # reported by /readyz and the log; the process stays up
@@ -151,6 +156,32 @@ class ObservationService:
             await self.alerts.start()
         self.ready = True
         log.info("probewatch ready: %s", {k: v for k, v in self.engine.stats().to_dict().items() if k != "calibration"})
+
+    def stopping(self) -> None:
+        """The process is shutting down: a start still waiting for the data_dir's lock gives up."""
+        self._closing = True
+
+    async def _lock_data_dir(self) -> bool:
+        """Hold the data_dir's lock before touching anything in it. While another process
+        holds it (a rolling restart whose old sidecar still drains, or a mistake), wait,
+        unready, saying which; False if the service stops meanwhile or the lock cannot be taken."""
+        announced = False
+        while not self._closing:
+            try:
+                holder = self._data_lock.acquire()
+            except OSError as exc:
+                self.load_error = f"cannot lock data_dir {self.config.data_path}: {exc}"
+                log.error("probewatch cannot start: %s", self.load_error)
+                return False
+            if holder is None:
+                self.load_error = None
+                return True
+            self.load_error = f"{in_use_message(self.config.data_path, holder)}; waiting for it"
+            if not announced:
+                log.error("%s", self.load_error)
+                announced = True
+            await asyncio.sleep(LOCK_RETRY_S)
+        return False
 
     async def stop(self) -> None:
         """Drain queued items, write a final snapshot, close the journal."""
@@ -176,6 +207,7 @@ class ObservationService:
         self._state_executor.shutdown(wait=True)
         self._sync_executor.shutdown(wait=True)
         self.ready = False
+        self._data_lock.release()
 
     def _restore_and_warm(self) -> None:
         cfg = self.config

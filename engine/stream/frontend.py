@@ -207,6 +207,10 @@ class KafkaObservationService:
                 log.info("Kafka mode ready again: the brokers answer")
             self.load_error, self.ready = problem, problem is None and not self._closing
 
+    def stopping(self) -> None:
+        """The process is shutting down (the connector stops at :meth:`stop`)."""
+        self._closing = True
+
     async def stop(self) -> None:
         """Wait for the acknowledgement of what was published (up to ``shutdown_drain_s``), close both clients."""
         self._closing = True

@@ -158,3 +158,51 @@ def test_a_full_queue_answers_429_with_retry_after_and_the_guardrail_keeps_its_r
             assert http.get("/v1/accounts/gatekeeper").json()["n_queries"] == 6  # none fell back for lack of room
     finally:
         server.terminate()
+
+
+def test_a_second_sidecar_on_the_same_data_dir_waits_unready_until_the_first_stops(tmp_path):
+    """Two sidecars on one data_dir handed out the same journal seqs and snapshot names: the
+    acknowledged records of one were lost at the next start. The second now waits, unready,
+    naming the first; repair-state --yes refuses the directory while a sidecar holds it."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    first = SidecarProcess(data, tmp_path / "first.log")
+    second = None
+    try:
+        first.wait_ready()
+        with first.client() as http:
+            for i in range(3):
+                answer = http.post("/v1/observe", json={"account": "alice", "prompt": f"question {i} about tides"})
+                assert answer.status_code == 200 and "fallback" not in answer.json()["results"][0]
+        second = SidecarProcess(data, tmp_path / "second.log")
+
+        def waiting() -> str | None:
+            try:
+                response = httpx.get(second.url + "/readyz", timeout=5)
+            except httpx.TransportError:
+                return None
+            assert response.status_code == 503, response.text
+            message = response.json()["error"]["message"]
+            return message if "in use by another probewatch process" in message else None
+
+        deadline = time.monotonic() + 60
+        while (message := waiting()) is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert message and f"pid {first.proc.pid}" in message, message
+        repair = subprocess.run(
+            [sys.executable, "-m", "probewatch", "repair-state", "--data-dir", str(data), "--yes"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert repair.returncode == 2 and "in use by another probewatch process" in repair.stderr, repair.stderr
+        first.terminate()
+        second.wait_ready(120)  # the lock is free: it starts, with everything the first acknowledged
+        with second.client() as http:
+            assert http.get("/v1/accounts/alice").json()["n_queries"] == 3
+    finally:
+        for server in (first, second):
+            if server is not None and server.proc.poll() is None:
+                server.terminate()

@@ -261,6 +261,24 @@ def apply_repair(plan: RepairPlan) -> None:
         fsync_dir(folder)
 
 
+def record_lost_tail(
+    data_path: Path, previous: RepairRecord, kept_through: int, lost_through: int, snapshot_seq: int
+) -> None:
+    """Record in ``repair.json`` that journal seqs ``kept_through + 1 .. lost_through`` are gone
+    for good: an unsynced tail lost to a power loss (``journal_fsync`` interval or never) whose
+    seqs the alert outbox had already seen. The sidecar hands out seqs after them, and later
+    starts read the range as dropped, not as a gap."""
+    plan = RepairPlan(data_path, snapshot_seq, None, kept_through, lost_through, previous)
+    plan.drops.append(
+        Drop(
+            "lost_tail",
+            "journal",
+            f"seqs {kept_through + 1}-{lost_through}: the alert outbox saw them, the journal's unsynced tail lost them",
+        )
+    )
+    _write_repair_file(plan)
+
+
 def _write_repair_file(plan: RepairPlan) -> None:
     path = plan.data_path / REPAIR_FILE
     history: list[dict[str, Any]] = []

@@ -30,7 +30,7 @@ from .config import ServerConfig
 from .datadir_lock import DataDirLock, in_use_message
 from .journal import Journal, JournalDamaged, JournalFailure, UnwritableRecord, sequence_of, sequenced_name, unwritable
 from .metrics import ServerMetrics
-from .repair import RepairRecord, read_repair_record
+from .repair import REPAIR_FILE, RepairRecord, read_repair_record, record_lost_tail
 
 log = logging.getLogger("probewatch.serve")
 
@@ -222,8 +222,25 @@ class ObservationService:
         if self.alerts is not None:  # before the replay, which may find transitions the outbox lacks
             self.alerts.open(self.engine)
         replayed = self._replay_journal()
-        # never below a seq handed out before, even one a repair dropped
-        self.journal.open(max(self.journal.last_seq, self.covered_seq, self._repaired.high_water) + 1)
+        # never below a seq handed out before: one a repair dropped, or one the outbox saw whose
+        # record an unsynced journal tail lost (journal_fsync interval or never, then a power
+        # loss); the outbox skips events at or below the seqs it has seen, so a reused seq's
+        # transitions would never be alerted
+        last = max(self.journal.last_seq, self.covered_seq, self._repaired.high_water)
+        alerted = self.alerts.outbox.alerted_through if self.alerts is not None else 0
+        if alerted > last:
+            log.warning(
+                "the alert outbox has seen journal seqs up to %d but the journal ends at %d: the journal's unsynced "
+                "tail was lost (journal_fsync %s and a power loss?); those seqs are recorded as dropped in %s",
+                alerted,
+                last,
+                cfg.journal_fsync,
+                REPAIR_FILE,
+            )
+            record_lost_tail(cfg.data_path, self._repaired, last, alerted, self.covered_seq)
+            self._repaired = read_repair_record(cfg.data_path)
+            last = alerted
+        self.journal.open(last + 1)
         # Pay for model loading and the first forward pass now, not on the first request.
         self.engine.embedder.encode(["probewatch warm-up"])
         log.info("restored snapshot seq %d and replayed %d journal records", self.covered_seq, replayed)

@@ -6,6 +6,7 @@ snapshot; a restart on the intact disk recreates the lost events from the journa
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 
@@ -132,5 +133,69 @@ def test_outbox_write_failure_stops_acknowledging_skips_snapshots_and_a_restart_
         assert [(e["from_level"], e["to_level"]) for e in events] == expected
         assert events[0]["journal_seq"] == failed_seq  # recreated from the record the failure left unalerted
         assert all(d["valid"] for d in receiver.deliveries)
+    finally:
+        receiver.stop()
+
+
+def test_a_journal_tail_lost_after_its_alerts_does_not_silence_later_alerts(tmp_path):
+    """journal_fsync "never": a power loss takes the journal's unsynced tail, but the outbox
+    (always fsynced) saw its seqs. The journal used to hand those seqs out again, and the
+    outbox skipped every event at or below the seqs it had seen: an account that flagged after
+    the restart was never alerted. Seqs now resume above what the outbox saw; the lost range is
+    recorded as dropped, so later starts do not read it as a gap."""
+    os.environ["TEST_ALERT_SECRET"] = SECRET
+    data = tmp_path / "data"
+    receiver = Receiver().start()
+    prompts = random_word_prompts(96, seed=11)
+
+    async def run(sent: list[dict], until_level: str | None, pad: int = 0) -> int:
+        config = make_config(data, receiver.url).model_copy(
+            update={"journal_fsync": "never", "snapshot_every_observations": 100_000}
+        )
+        gatekeeper = create_app(config)
+        service = gatekeeper.app.state.service
+        await service.start()
+        assert service.ready, service.load_error
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=gatekeeper), base_url="http://127.0.0.1", headers=AUTH
+            ) as http:
+                for i in range(pad):  # other accounts' traffic: the extractor's seqs come later
+                    item = {"account": f"reader-{i % 5}", "prompt": f"what is a good book about {i} rivers"}
+                    assert (await http.post("/v1/observe", json={"items": [item]})).status_code == 200
+                for prompt in prompts[len(sent) :]:
+                    answer = await http.post("/v1/observe", json=one_item(prompt))
+                    assert answer.status_code == 200, answer.text
+                    sent.append(answer.json()["results"][0])
+                    if until_level is not None and sent[-1]["level"] == until_level:
+                        break
+                assert await until(lambda: len(receiver.events()) >= len(transitions_in(sent)))
+            return service.journal.last_seq
+        finally:
+            await service.stop()
+
+    try:
+        before: list[dict] = []
+        asyncio.run(run(before, "watch", pad=40))
+        alerted_through = receiver.events()[-1]["journal_seq"]
+        # the power loss: no snapshot after the first, the journal back to its first 2 records
+        for snapshot in (data / "snapshots").iterdir():
+            if (snapshot_seq(snapshot) or 0) > 0:
+                snapshot.unlink()
+        segment, *later = sorted((data / "journal").iterdir())  # the next ones are empty, or hold later seqs
+        segment.write_bytes(b"".join(segment.read_bytes().splitlines(keepends=True)[:2]))
+        for path in later:
+            path.unlink()
+        delivered = len(receiver.events())
+        after: list[dict] = []
+        last = asyncio.run(run(after, "watch"))
+        assert last > alerted_through
+        new = receiver.events()[delivered:]
+        assert len(after) + 2 < alerted_through  # the same seqs again, without the fix
+        assert [(e["from_level"], e["to_level"]) for e in new] == transitions_in(after) == [("ok", "watch")]
+        assert new[0]["journal_seq"] > alerted_through
+        repair = json.loads((data / "repair.json").read_text())
+        assert [3, alerted_through] in repair["dropped_ranges"]
+        asyncio.run(run(after, None))  # a later start reads the dropped range as such, not as a gap
     finally:
         receiver.stop()

@@ -471,7 +471,10 @@ def verify_signature(
     secret: bytes, timestamp: str, body: bytes, header: str, now: float | None = None, window_s: float = REPLAY_WINDOW_S
 ) -> bool:
     """What a receiver checks: the timestamp is within ``window_s`` of now (older deliveries may
-    be replays) and the signature matches, compared in constant time."""
+    be replays) and the signature matches, compared in constant time. Whatever a sender puts
+    in the headers (non-ASCII text, other digits, a non-string) is False, never an exception."""
+    if not isinstance(timestamp, str) or not isinstance(header, str) or not (timestamp.isascii() and header.isascii()):
+        return False  # int() reads other scripts' digits, which the signature's ASCII cannot hold
     try:
         age = abs((time.time() if now is None else now) - int(timestamp))
     except ValueError:
@@ -499,9 +502,12 @@ class WebhookSink:
             SIGNATURE_HEADER: signature(self._secret, timestamp, body),
             EVENT_ID_HEADER: event["event_id"],
         }
-        response = await self._client.post(self.settings.url, content=body, headers=headers)
-        if not 200 <= response.status_code < 300:
-            raise DeliveryError(f"the receiver answered HTTP {response.status_code}")
+        # streamed and never read: only the status counts, and a receiver's body (200 MB from a
+        # broken or hostile one) must not land in the sidecar's memory
+        async with self._client.stream("POST", self.settings.url, content=body, headers=headers) as response:
+            status = response.status_code
+        if not 200 <= status < 300:
+            raise DeliveryError(f"the receiver answered HTTP {status}")
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -36,7 +36,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -95,11 +95,20 @@ class AlertSinkConfig(BaseModel):
     bootstrap_servers: str | None = None
     topic: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,249}$")
     kafka: dict[str, str] = Field(default_factory=dict)  # extra librdkafka producer properties
-    rate_per_s: float = Field(1.0, gt=0)  # token bucket: deliveries a second on average ...
+    rate_per_s: float = Field(1.0, gt=0, allow_inf_nan=False)  # token bucket: deliveries a second on average ...
     burst: int = Field(10, ge=1)  # ... and at once; events over it wait in the outbox
-    timeout_s: float = Field(5.0, gt=0)  # one delivery attempt, connect to response
-    retry_initial_s: float = Field(1.0, gt=0)  # backoff after the first failed attempt, doubling ...
-    retry_max_s: float = Field(300.0, gt=0)  # ... up to this, with jitter; retried until delivered
+    timeout_s: float = Field(5.0, gt=0, allow_inf_nan=False)  # one delivery attempt, connect to response
+    retry_initial_s: float = Field(
+        1.0, gt=0, allow_inf_nan=False
+    )  # backoff after the first failed attempt, doubling ...
+    retry_max_s: float = Field(300.0, gt=0, allow_inf_nan=False)  # ... up to this, with jitter; retried until delivered
+
+    @field_validator("rate_per_s", "burst", "timeout_s", "retry_initial_s", "retry_max_s", mode="before")
+    @classmethod
+    def _numbers_not_booleans(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # YAML's true would read as 1
+            raise PydanticCustomError("number_not_boolean", "a number is expected, not true or false")
+        return value
 
     @field_validator("kafka", mode="before")
     @classmethod
@@ -120,12 +129,18 @@ class AlertSinkConfig(BaseModel):
             raise ValueError(f"{where}: {misplaced} are settings of kind kafka; this sink is a webhook")
         if self.url is None:
             raise ValueError(f"{where}.url is required for a webhook sink (an http:// or https:// URL)")
-        parts = urllib.parse.urlsplit(self.url)
+        try:
+            parts = urllib.parse.urlsplit(self.url)
+            parts.port  # noqa: B018 - raises for a port that is no number or out of range
+        except ValueError as exc:  # the reason names the port or the bracket, never the path
+            raise ValueError(f"{where}.url is not a usable URL: {exc}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(
                 f"{where}.url must be an http:// or https:// URL with a host; got one with scheme {parts.scheme!r} "
                 f"and host {parts.hostname!r}"
             )
+        if any(c.isspace() or not c.isprintable() for c in parts.hostname):
+            raise ValueError(f"{where}.url's host {parts.hostname[:80]!r} holds a space or a control character")
         sources = [name for name in ("secret", "secret_env", "secret_file") if getattr(self, name) is not None]
         if len(sources) != 1:
             raise ValueError(
@@ -164,11 +179,12 @@ class AlertSinkConfig(BaseModel):
     def read_secret(self) -> bytes:
         """The HMAC key, from wherever it is configured; ValueError naming the source (never the value)."""
         where = f"alert_sinks[{self.name}]"
+        # the same key wherever it comes from: spaces and newlines around it are not part of it
         if self.secret is not None:
-            value = self.secret.get_secret_value()
+            value = self.secret.get_secret_value().strip()
         elif self.secret_env is not None:
-            value = os.environ.get(self.secret_env, "")
-            if not value.strip():
+            value = os.environ.get(self.secret_env, "").strip()
+            if not value:
                 raise ValueError(f"{where}.secret_env names {self.secret_env!r}, which is unset or empty")
         else:
             try:
@@ -584,10 +600,18 @@ def _describe(error: ErrorDetails, prefix: str) -> str:
     if error["type"] == "value_error":  # raised by our own checks, whose message names the setting
         return str(error.get("ctx", {}).get("error", error["msg"]))
     name = _location(error, prefix)
+    value = error["input"]
     hidden = name in SECRET_SETTINGS or (
         name.startswith("alert_sinks.") and (name.endswith((".secret", ".url")) or ".kafka" in name)
     )
-    came = "<hidden>" if hidden else repr(error["input"])
+    if hidden:
+        came = "<hidden>"
+    elif name.startswith("alert_sinks") and isinstance(value, dict):  # a whole sink: its secret, its URL
+        came = f"an object with keys {sorted(map(str, value))}"
+    elif name.startswith("alert_sinks") and isinstance(value, list | tuple):
+        came = f"a list of {len(value)} items"
+    else:
+        came = repr(value)
     return f"setting {name}: {error['msg']}; got {came}"
 
 

@@ -143,6 +143,11 @@ def test_signature_verifies_and_refuses_tampering_and_stale_timestamps():
     assert not verify_signature(b"another-secret-0123456789", str(now), body, header, now=now)
     assert not verify_signature(SECRET.encode(), str(now), body, header, now=now + 301)  # replayed too late
     assert not verify_signature(SECRET.encode(), "yesterday", body, header, now=now)
+    # whatever a sender puts in the headers is False, never an exception (a receiver's 500)
+    arabic_indic = str(now).translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩"))  # int() reads it
+    assert not verify_signature(SECRET.encode(), arabic_indic, body, header, now=now)
+    assert not verify_signature(SECRET.encode(), str(now), body, "sha256=" + "é" * 64, now=now)
+    assert not verify_signature(SECRET.encode(), None, body, header, now=now)  # type: ignore[arg-type]
 
 
 def test_the_receiver_snippet_in_the_docs_verifies_a_real_signature():
@@ -186,13 +191,37 @@ def test_backoff_doubles_up_to_the_cap_with_jitter():
         ({"url": "http://127.0.0.1:9/h", "secret": SECRET, "timeout_s": -1}, "alert_sinks.0.timeout_s"),
         ({"url": "http://127.0.0.1:9/h", "secret": SECRET, "kind": "pager"}, "alert_sinks.0.kind"),
         ({"url": "http://127.0.0.1:9/h", "secret": SECRET, "sekret": SECRET}, "alert_sinks.0.sekret: not a known key"),
+        # URLs every delivery would fail on, forever
+        ({"url": "http://127.0.0.1:99999/PRIVATE", "secret": SECRET}, "alert_sinks[ops].url is not a usable URL"),
+        ({"url": "http://127.0.0.1:abc/PRIVATE", "secret": SECRET}, "alert_sinks[ops].url is not a usable URL"),
+        ({"url": "http://[::1/PRIVATE", "secret": SECRET}, "alert_sinks[ops].url is not a usable URL"),
+        ({"url": "http://exa mple.com/PRIVATE", "secret": SECRET}, "holds a space or a control character"),
+        # timings that would stop retries (inf backoff) or hold a sink for ever; YAML's true
+        ({"url": "http://127.0.0.1:9/h", "secret": SECRET, "retry_initial_s": "inf"}, "alert_sinks.0.retry_initial_s"),
+        ({"url": "http://127.0.0.1:9/h", "secret": SECRET, "timeout_s": "inf"}, "alert_sinks.0.timeout_s"),
+        ({"url": "http://127.0.0.1:9/h", "secret": SECRET, "rate_per_s": True}, "alert_sinks.0.rate_per_s"),
+        ({"url": "http://127.0.0.1:9/h", "secret": " " * 20}, "at least 16 characters"),
     ],
 )
 def test_bad_sink_settings_are_refused_naming_the_setting_never_the_secret(sink, needle):
     with pytest.raises(ConfigError) as caught:
         load_config(env={"PROBEWATCH_ALERT_SINKS": json.dumps([{"name": "ops", **sink}])})
     assert needle in str(caught.value)
-    assert SECRET not in str(caught.value)
+    assert SECRET not in str(caught.value) and "PRIVATE" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "sinks",
+    [
+        [{"url": "https://hooks.example.org/PRIVATE", "secret": SECRET}],  # no name: the whole sink was echoed
+        {"ops": {"url": "https://hooks.example.org/PRIVATE", "secret": SECRET}},  # a mapping, not a list
+    ],
+)
+def test_a_malformed_sink_list_is_described_without_its_values(sinks):
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={"PROBEWATCH_ALERT_SINKS": json.dumps(sinks)})
+    message = str(caught.value)
+    assert "alert_sinks" in message and SECRET not in message and "PRIVATE" not in message, message
 
 
 def test_sink_settings_from_yaml_env_and_overrides_and_logs_hide_the_secret(tmp_path):
@@ -521,3 +550,54 @@ def test_alert_sink_flags_replace_the_configured_sinks_and_bad_ones_are_refused(
         assert exited.value.code == 2
         assert needle in capsys.readouterr().err
     assert len(started) == 2
+
+
+def test_a_webhook_reply_body_is_never_read():
+    """Only the status counts. A receiver that answers 200 and then streams a body that never
+    ends (a broken or hostile one; 200 MB of it grew the sidecar by 290 MB) is delivered to at
+    once; reading the body timed out and retried for ever."""
+    import asyncio
+    import socket
+
+    from probewatch.serve.alerts import WebhookSink
+    from probewatch.serve.config import AlertSinkConfig
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    stop = threading.Event()
+
+    def endless_reply() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n")
+            chunk = b"x" * 65536
+            try:
+                for _ in range(512):  # 32 MB, then nothing and no end: a reader waits for ever
+                    connection.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            except OSError:  # the sidecar closed the connection without reading on
+                pass
+            stop.wait(30)
+
+    thread = threading.Thread(target=endless_reply, daemon=True)
+    thread.start()
+    settings = AlertSinkConfig(
+        name="ops", url=f"http://127.0.0.1:{server.getsockname()[1]}/hook", secret=SECRET, timeout_s=3
+    )
+
+    async def deliver() -> float:
+        sink = WebhookSink(settings)
+        started = time.monotonic()
+        try:
+            await sink.send({"event_id": "evt-1"}, b'{"event_id":"evt-1"}')
+        finally:
+            await sink.aclose()
+        return time.monotonic() - started
+
+    try:
+        assert asyncio.run(deliver()) < 2.0  # reading the body on would time out (3 s) and retry for ever
+    finally:
+        stop.set()
+        server.close()
+        thread.join(5)

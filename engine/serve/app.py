@@ -48,7 +48,7 @@ from .guardrail import GUARDRAIL_PATH
 from .http import ACCOUNT_SCHEMA, RateLimits, RequestError, error_response
 from .logs import REQUEST_ID_HEADER, request_id, request_id_from
 from .metrics import ServerMetrics
-from .service import ObservationService
+from .service import ObservationService, StorageFailedError
 
 log = logging.getLogger("probewatch.serve")
 
@@ -229,6 +229,8 @@ async def _probewatch_error(_request: Request, exc: ProbewatchError) -> JSONResp
         status = 404
     elif isinstance(exc, InputError):
         status = 422
+    elif isinstance(exc, StorageFailedError):
+        status = 503
     else:
         status = 500
     field = next((name for kind, name in ERROR_FIELDS.items() if isinstance(exc, kind)), None)

@@ -75,6 +75,11 @@ def snapshot_seq(path: Path) -> int | None:
     return sequence_of(path, SNAPSHOT_PREFIX, SNAPSHOT_SUFFIX)
 
 
+class StorageFailedError(ProbewatchError):
+    """A change was not recorded: the journal stopped taking writes (503 until a restart on
+    storage that works; /readyz says why)."""
+
+
 class StateDamagedError(ProbewatchError):
     """The data directory cannot give back the acknowledged state (unreadable snapshots, a gap
     in the journal): the service stays unready instead of serving part of it."""
@@ -136,6 +141,28 @@ class ObservationService:
         self._last_snapshot_at = time.monotonic()
         self._repaired = RepairRecord()
         self._data_lock = DataDirLock(config.data_path)
+
+    @property
+    def ready(self) -> bool:
+        """Serving: started, and the journal and the alert outbox still take writes. A write
+        that failed anywhere (a batch, a forget, a delivery mark) turns it False with the reason
+        the moment anything asks (/readyz, the observe path, the metrics)."""
+        if self._ready:
+            problem = self._storage_problem()
+            if problem is not None:
+                self._ready, self.load_error = False, problem
+        return self._ready
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        self._ready = value
+
+    def _storage_problem(self) -> str | None:
+        if self.journal.failed is not None:
+            return f"storage failed, no longer acknowledging observations: {self.journal.failed}"
+        if self.alerts is not None and self.alerts.failed is not None:
+            return f"the alert outbox failed, no longer acknowledging observations: {self.alerts.failed}"
+        return None
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -517,12 +544,6 @@ class ObservationService:
                 outcome.extra["detail"] = f"{type(exc).__name__}: {exc}"
         if self.alerts is not None:
             self.alerts.notify()
-            if self.alerts.failed is not None and self.ready:  # the batch is applied, its alerts are not kept
-                self.ready = False
-                self.load_error = f"the alert outbox failed, no longer acknowledging observations: {self.alerts.failed}"
-        if self.journal.failed is not None and self.ready:  # failed after this batch was journaled
-            self.ready = False
-            self.load_error = f"storage failed, no longer acknowledging observations: {self.journal.failed}"
         self.metrics.batch_latency.observe(loop.time() - started)
         for it, outcome in zip(batch, outcomes, strict=True):
             if not it.future.done():
@@ -612,7 +633,10 @@ class ObservationService:
     async def forget(self, account: str) -> bool:
         check_account(account)
         loop = asyncio.get_running_loop()
-        existed = await loop.run_in_executor(self._state_executor, self._forget_job, account)
+        try:
+            existed = await loop.run_in_executor(self._state_executor, self._forget_job, account)
+        except JournalFailure as exc:
+            raise StorageFailedError(f"the account was not forgotten: {exc}") from exc
         if existed and self.config.snapshot_after_forget:
             # The journal still holds the account's prompts until the next snapshot drops it.
             # One snapshot serves every forget of a burst; an unknown id has nothing to drop.
@@ -641,7 +665,12 @@ class ObservationService:
         """An analyst vouches for ``account`` (journaled, then applied, like a forget); False
         when it is not held, and then nothing is journaled."""
         check_account(account)
-        return await asyncio.get_running_loop().run_in_executor(self._state_executor, self._mark_benign_job, account)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._state_executor, self._mark_benign_job, account
+            )
+        except JournalFailure as exc:
+            raise StorageFailedError(f"the account was not marked benign: {exc}") from exc
 
     def _mark_benign_job(self, account: str) -> bool:
         if account not in self.engine.pipeline.states:

@@ -119,6 +119,30 @@ def test_the_service_stops_acknowledging_and_reports_why(tmp_path, text_engine_f
     asyncio.run(scenario())
 
 
+def test_a_forget_the_journal_cannot_record_is_a_503_and_readiness_drops_at_once(tmp_path, text_engine_factory):
+    """A forget or a known-benign mark whose journal write fails was a 500 while /readyz stayed
+    200 (only an observe batch looked at the journal afterwards)."""
+    from probewatch.serve.service import StorageFailedError
+
+    config = ServerConfig(data_dir=str(tmp_path), api_token=TOKEN, engine={"device": "cpu"})
+    service = ObservationService(config, engine=text_engine_factory(device="cpu"))
+
+    async def scenario():
+        await service.start()
+        (ok,) = await service.observe([service.prepare_item("alice", "How do I repot a cactus?", None, 1.7e9, None)])
+        assert ok.fallback is None and service.ready
+        service.journal._fh = FullDisk(service.journal._fh, room=0)
+        with pytest.raises(StorageFailedError, match="not forgotten"):
+            await service.forget("alice")
+        assert not service.ready and "storage failed" in service.load_error
+        assert service.engine.report("alice").n_queries == 1  # the forget was not applied either
+        with pytest.raises(StorageFailedError, match="not marked benign"):
+            await service.mark_benign("alice")
+        await service.stop()
+
+    asyncio.run(scenario())
+
+
 def test_a_record_that_cannot_be_encoded_takes_no_seq(tmp_path):
     """A seq taken by a record that was never written is a gap, and a gap stops the next start."""
     journal = Journal(tmp_path, "batch")

@@ -79,6 +79,7 @@ EVENT_ID_HEADER = "X-Probewatch-Event-Id"
 REPLAY_WINDOW_S = 300  # what verify_signature accepts by default between the timestamp and now
 TOP_REASONS = 3
 COMPACT_EVERY = 512  # delivery marks appended before the outbox is rewritten with what is still pending
+DAMAGED_SUFFIX = ".damaged"  # a segment with damaged lines, kept after its pending alerts are carried forward
 
 
 class DeliveryError(RuntimeError):
@@ -281,6 +282,7 @@ class AlertOutbox:
         self.instance = ""
         self.alerted_through = 0  # the newest journal seq an event was created for
         self.damaged_lines = 0
+        self._damaged_segments: set[Path] = set()
         self._marks = 0
 
     @property
@@ -327,6 +329,8 @@ class AlertOutbox:
         self._journal.open(newest + 1)
         with self._write_lock:
             self._carry_forward()
+            for path in self._damaged_segments:  # evidence, out of the way of reading and compaction
+                path.replace(path.with_name(path.name + DAMAGED_SUFFIX))
             self._journal.drop_through(newest)
         if self._pending:
             log.info("alert outbox: %d events still to deliver", len(self._pending))
@@ -350,7 +354,15 @@ class AlertOutbox:
                 record = _parse_line(raw)
                 if record is None:
                     self.damaged_lines += 1
-                    log.error("alert outbox %s line %d is damaged; the alert in it is lost", path.name, lineno)
+                    self._damaged_segments.add(path)
+                    log.error(
+                        "alert outbox %s line %d is damaged: the alert in it, if any, will not be sent; the segment "
+                        "is kept as %s%s for inspection",
+                        path.name,
+                        lineno,
+                        path.name,
+                        DAMAGED_SUFFIX,
+                    )
                     continue
                 last_seq = max(last_seq, int(record["seq"]))
                 records.append(record)

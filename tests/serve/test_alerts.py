@@ -291,6 +291,12 @@ def test_outbox_keeps_what_is_undelivered_across_reopen_torn_tails_and_damage(tm
     assert third.damaged_lines == 1
     assert [e["event_id"] for e in third.pending_events()] == ["evt-2"]
     third.close()
+    # the damaged segment is kept as evidence (compaction deleted it), and never read again
+    assert [p.name for p in folder.glob("*.damaged")] == [segment.name + ".damaged"]
+    fourth = AlertOutbox(folder, ["b"])
+    fourth.open()
+    assert fourth.damaged_lines == 0 and [e["event_id"] for e in fourth.pending_events()] == ["evt-2"]
+    fourth.close()
 
 
 def test_outbox_compaction_drops_delivered_events_and_survives_reopen(tmp_path, monkeypatch):

@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from bench.cli_args import at_least
 from probewatch.campaigns.split_probes import NEIGHBOURS, is_near, shares_half
 from probewatch.detect import probes
 
@@ -190,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.cross_account_probes", description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=("quick", "default"), default="quick")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--memory", type=int, default=MEMORY, help="recent prompts of all accounts searched")
+    parser.add_argument("--memory", type=at_least(1), default=MEMORY, help="recent prompts of all accounts searched")
     args = parser.parse_args(argv)
     from bench.traffic import build_hydra
 

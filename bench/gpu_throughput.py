@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from bench.cli_args import at_least
+
 
 def vocabulary_prompts(n: int, seed: int = 0) -> list[str]:
     """``n`` distinct prompts of 6-40 whole words from the bundled model's vocabulary."""
@@ -285,9 +287,9 @@ def _device_name(device: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--prompts", type=int, default=20_000, help="timed prompts per phase")
-    parser.add_argument("--batch", type=int, nargs="+", default=[512], help="prompts per call (one run each)")
-    parser.add_argument("--accounts", type=int, default=10_000, help="accounts the prompts are spread over")
+    parser.add_argument("--prompts", type=at_least(1), default=20_000, help="timed prompts per phase")
+    parser.add_argument("--batch", type=at_least(1), nargs="+", default=[512], help="prompts per call (one run each)")
+    parser.add_argument("--accounts", type=at_least(1), default=10_000, help="accounts the prompts are spread over")
     parser.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
     parser.add_argument(
         "--profile", type=Path, default=None, help="also profile the detection phase of the first batch size (text)"

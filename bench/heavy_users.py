@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 
+from bench.cli_args import at_least
 from bench.traffic import AccountStream
 from bench.traffic.shared_keys import stitched_heavy_users
 
@@ -62,9 +63,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="default", choices=["quick", "default"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min-queries", type=int, default=512)
-    parser.add_argument("--per-kind", type=int, default=10)
+    parser.add_argument(
+        "--min-queries",
+        type=at_least(2),
+        default=None,
+        help="default: 512 (100 with --size quick, whose accounts are shorter)",
+    )
+    parser.add_argument("--per-kind", type=at_least(1), default=10)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.min_queries is None:
+        args.min_queries = 100 if args.size == "quick" else 512
 
     from bench.eval import OPERATING_FPRS
     from bench.unseen import calibrated_engine, embedded_benchmark, levels_of, rates

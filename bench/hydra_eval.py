@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from bench.cli_args import above
 from bench.embedcache import add_embed_backend_flag, embed_backend_words
 from bench.eval import OPERATING_FPRS, PRIMARY_FPR, BaselineUnderTest, fpr_label
 from bench.traffic import AccountStream, Traffic, build_traffic
@@ -452,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
         "--campaign-fpr-share",
-        type=float,
+        type=above(0),
         default=None,
         help="engine campaign_fpr_share (default: the engine's); the group flag rate is target_fpr times this",
     )

@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     calls = {1: args.calls_1, 32: args.calls_32, 256: args.calls_256}
     if min(calls.values()) < 1 or args.replay < 1:
         parser.error(f"call counts and --replay must be at least 1; got {calls} and {args.replay}")
+    if args.dir is not None and not Path(args.dir).is_dir():
+        parser.error(f"--dir must be an existing folder; got {args.dir!r}")
     root = Path(tempfile.mkdtemp(prefix="journal-store-", dir=args.dir or "."))
     try:
         results = measure(root, calls, args.replay)

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.cli_args import above, at_least
+
 TOKEN = "bench-overload-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 GUARDRAIL = "/beta/litellm_basic_guardrail_api"
@@ -303,11 +305,11 @@ def run_policy(root: Path, policy: str, capacity: float, args: argparse.Namespac
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.sidecar_overload", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="the sidecar's engine device (default cpu)")
-    parser.add_argument("--capacity-s", type=float, default=10.0, help="seconds of the capacity phase")
-    parser.add_argument("--capacity", type=float, help="skip the capacity phase: items/s to assume")
-    parser.add_argument("--overload-s", type=float, default=20.0, help="seconds of each overload phase")
-    parser.add_argument("--factor", type=float, default=4.0, help="offered load as a multiple of capacity")
-    parser.add_argument("--guardrail-rate", type=float, default=5.0, help="guardrail calls a second")
+    parser.add_argument("--capacity-s", type=above(0), default=10.0, help="seconds of the capacity phase")
+    parser.add_argument("--capacity", type=above(0), help="skip the capacity phase: items/s to assume")
+    parser.add_argument("--overload-s", type=above(0), default=20.0, help="seconds of each overload phase")
+    parser.add_argument("--factor", type=above(0), default=4.0, help="offered load as a multiple of capacity")
+    parser.add_argument("--guardrail-rate", type=at_least(0, float), default=5.0, help="guardrail calls a second")
     parser.add_argument("--policies", default="closed,open", help="failure policies to run, comma-separated")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from bench.cli_args import at_least
 from bench.traffic import sources
 
 
@@ -65,7 +66,7 @@ def score(accounts: list[list[str]], vectors_of, with_prompts: bool) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--accounts", type=int, default=40)
+    parser.add_argument("--accounts", type=at_least(1), default=40)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 

@@ -259,7 +259,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(rest: list[str]) -> int:
-    try:  # the sidecar's packages are an extra
+    try:  # the sidecar's packages are an extra (uvicorn is otherwise imported only when it runs)
+        import uvicorn  # noqa: F401
+
         from ..serve import main_serve
     except ImportError as exc:
         print(f"probewatch serve needs the serve extra: pip install 'probewatch[serve]' ({exc})", file=sys.stderr)
@@ -268,12 +270,24 @@ def cmd_serve(rest: list[str]) -> int:
 
 
 def cmd_worker(rest: list[str]) -> int:
-    try:  # the worker's packages are an extra
+    try:  # the worker's packages are an extra (confluent_kafka is otherwise imported only when it runs)
+        import confluent_kafka  # noqa: F401
+
         from ..stream.runner import main_worker
     except ImportError as exc:
         print(f"probewatch worker needs the kafka extra: pip install 'probewatch[kafka]' ({exc})", file=sys.stderr)
         return 2
     return int(main_worker(rest) or 0)
+
+
+def _batch_size(text: str) -> int:
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of prompts, at least 1; got {text!r}") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 prompt; got {size}")
+    return size
 
 
 def cmd_repair_state(args: argparse.Namespace) -> int:
@@ -323,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run a small built-in scenario (ordinary and extracting accounts)")
     demo.add_argument("--device", default="auto")
-    demo.add_argument("--batch-size", type=int, default=16)
+    demo.add_argument("--batch-size", type=_batch_size, default=16)
     demo.add_argument("--quiet", action="store_true")
 
     replay = sub.add_parser(
@@ -331,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("file", help="JSONL file, or - for standard input")
     replay.add_argument("--device", default="auto")
-    replay.add_argument("--batch-size", type=int, default=32)
+    replay.add_argument("--batch-size", type=_batch_size, default=32)
     replay.add_argument("--out", help="write verdict JSONL here instead of standard output")
     replay.add_argument("--load", help="start from this engine snapshot")
     replay.add_argument("--save", help="write the engine snapshot here at the end")

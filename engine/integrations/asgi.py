@@ -140,8 +140,17 @@ class ProbewatchMiddleware:
             return await asyncio.wait_for(
                 loop.run_in_executor(self._executor, self._verdict_of, account, prompt, meta), self.deadline_s
             )
-        except Exception:  # timeouts and engine failures (a model that cannot load) follow the failure policy
-            log.exception("probewatch could not judge this request in time")
+        except TimeoutError:  # the judgement goes on in its thread: the prompt is still observed
+            log.warning(
+                "probewatch did not judge this request within deadline_s (%g s): failure_policy %r applies to it. "
+                "The first request waits for the model to load: warm the engine at start-up "
+                "(engine.embedder.encode(['warm-up'])) to spare it",
+                self.deadline_s,
+                self.failure_policy,
+            )
+            return "unavailable"
+        except Exception:  # engine failures (a model that cannot load) follow the failure policy
+            log.exception("probewatch could not judge this request")
             return "unavailable"
 
     def _verdict_of(self, account: str, prompt: str | None, meta: dict[str, str] | None) -> Verdict | None:

@@ -129,3 +129,13 @@ def test_repair_state_says_a_config_file_that_is_not_utf8(tmp_path, capsys):
     assert probewatch(["repair-state", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "must be UTF-8 text; byte 10 is b'\\xff'" in err and _no_traceback(err)
+
+
+@pytest.mark.parametrize("command", ["demo", "replay"])
+@pytest.mark.parametrize("size", ["0", "-5", "many"])
+def test_a_batch_size_below_one_is_a_usage_error(command, size, tmp_path, capsys):
+    # demo raised "range() arg 3 must not be zero"; replay ran one row per batch
+    args = [command, *([str(tmp_path / "in.jsonl")] if command == "replay" else []), "--batch-size", size]
+    with pytest.raises(SystemExit) as exit_:
+        probewatch(args)
+    assert exit_.value.code == 2 and "--batch-size" in capsys.readouterr().err

@@ -43,7 +43,7 @@ class RepairFileError(SnapshotError):
 @dataclass
 class Drop:
     """One thing repair drops: ``kind`` is ``unreadable_snapshot``, ``damaged_line``,
-    ``missing_records``, ``after_gap`` or ``torn_tail``."""
+    ``missing_records``, ``after_gap``, ``duplicate_seq`` or ``torn_tail``."""
 
     kind: str
     file: str  # the snapshot or journal segment, relative to the data directory
@@ -201,6 +201,8 @@ def _plan_journal(plan: RepairPlan, journal_dir: Path) -> None:
             plan.high_water = max(plan.high_water, seq)
             if seq <= plan.snapshot_seq:
                 kept.append(raw)  # the snapshot holds it already; harmless to keep
+            elif not broken and seq < expected:  # a second copy of a seq (two writers): the first stays
+                plan.drops.append(Drop("duplicate_seq", name, f"line {lineno}: a second record with seq {seq}"))
             elif not broken and seq == expected:
                 kept.append(raw)
                 expected = plan.previous.skip(expected + 1)

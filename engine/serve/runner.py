@@ -24,8 +24,13 @@ def run(config: ServerConfig | None = None) -> None:
     require_auth_choice(config)  # before the model loads: a missing token is told at once
     _configure_logging(config)
     logging.getLogger("probewatch.serve").info("starting with settings %s", config.public_dict())
+    try:
+        app = create_app(config)
+    except OSError as exc:  # the data_dir's folders cannot be made (a file in the way, no permission)
+        logging.getLogger("probewatch.serve").error("cannot start: data_dir %s: %s", config.data_path, exc)
+        raise SystemExit(2) from None
     uvicorn.run(
-        create_app(config),
+        app,
         host=config.host,
         port=config.port,
         log_level=config.log_level,

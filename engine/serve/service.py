@@ -356,6 +356,13 @@ class ObservationService:
         self.engine.auto_evict = False  # the journal's evict records say what memory pressure evicted, and when
         try:
             for record in records:
+                if record["seq"] < expected:
+                    # only two writers make this: the lock on data_dir keeps a second sidecar out
+                    raise StateDamagedError(
+                        f"journal record seq {record['seq']} appears twice (the journal had reached seq "
+                        f"{expected - 1}): two processes wrote this data_dir; {repair_hint(self.config.data_path)} "
+                        "(it keeps the first copy of each seq)"
+                    )
                 if record["seq"] != expected:
                     # a damaged or missing middle: what came between was acknowledged and is gone
                     raise StateDamagedError(

@@ -236,3 +236,23 @@ def test_token_buckets_refill_at_their_rate_per_client():
     assert buckets.take("c", 1, now=0.5) == 0.0  # a third client drops the least recent ("a")
     assert buckets.take("a", 20, now=0.5) == 0.0  # so "a" starts full again
     assert TokenBuckets(rate=0, burst=1).take("a", 10**6) == 0.0  # rate 0: no limit
+
+
+def test_a_data_dir_that_cannot_be_made_is_one_line_and_exit_2(tmp_path):
+    """A file where the data_dir (or its journal folder) should be was a traceback and exit 1."""
+    import subprocess
+    import sys
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file in the way\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROBEWATCH_")}
+    env["PROBEWATCH_API_TOKEN"] = "0123456789abcdef0123"
+    done = subprocess.run(
+        [sys.executable, "-m", "probewatch", "serve", "--data-dir", str(blocked), "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"cannot start: data_dir {blocked}" in done.stderr and "Traceback" not in done.stderr

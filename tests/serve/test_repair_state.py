@@ -105,6 +105,27 @@ def test_a_damaged_middle_line_is_reported_then_dropped_and_seqs_keep_rising(tmp
     assert service.started_ready and service.engine.report("acct").n_queries == 4
 
 
+def test_a_seq_written_twice_is_named_as_such_and_repair_keeps_the_first_copy(tmp_path, capsys):
+    """What two writers on one data_dir left (seq 2 twice): the start said "records 3-1 are
+    missing", and repair dropped the intact seqs 3-4 while saying it kept "through seq 2"."""
+    config = _config(tmp_path)
+    _run(config, _observer("acct", 4), crash=True)
+    (segment,) = [p for p in (tmp_path / "journal").iterdir() if p.stat().st_size]
+    lines = segment.read_bytes().splitlines(keepends=True)
+    segment.write_bytes(b"".join([*lines[:2], lines[1], *lines[2:]]))  # seq 2 again, right after itself
+
+    service, _ = _run(config)
+    assert not service.started_ready
+    assert "seq 2 appears twice" in service.load_error and "probewatch repair-state" in service.load_error
+    code, out = _repair(tmp_path, capsys=capsys)
+    assert code == 1 and "duplicate_seq" in out and "line 3: a second record with seq 2" in out
+    assert "missing" not in out and "after_gap" not in out and "journal records through seq 4" in out
+    assert _repair(tmp_path, "--yes", capsys=capsys)[0] == 0
+    service, _ = _run(config)
+    assert service.started_ready, service.load_error
+    assert service.engine.report("acct").n_queries == 4
+
+
 def test_an_empty_snapshot_directory_with_journal_history_keeps_the_service_unready(tmp_path, capsys):
     config = _config(tmp_path, snapshot_every_observations=2, snapshot_keep=1)
     _, seqs = _run(config, _observer("acct", 5, settle_s=0.3), crash=True)

@@ -61,6 +61,25 @@ requires_cuda_engine = pytest.mark.skipif(
 )
 
 
+@functools.cache
+def blas_sums_rows_alike() -> bool:
+    """Whether this machine's BLAS gives a row of a float32 matrix product the same bits
+    whatever the number of rows multiplied with it (detection's look-alike search, shapes as
+    there, one thread as there). OpenBLAS's AVX-512 kernels do; its AVX2 kernels on an AMD
+    EPYC sum in an order that depends on the row count, so a lone query's distances there
+    differ from the same row's in a batch in the last bit or two (2e-7 relative)."""
+    from threadpoolctl import threadpool_limits
+
+    from probewatch.detect.features import N_FEATURES
+
+    rng = np.random.default_rng(0)
+    tables = rng.standard_normal((2, N_FEATURES, 4096)).astype(np.float32)
+    points = rng.standard_normal((2, 16, N_FEATURES)).astype(np.float32)
+    with threadpool_limits(1):
+        whole = np.matmul(points, tables)
+        return all(np.array_equal(np.matmul(points[:, i : i + 1], tables), whole[:, i : i + 1]) for i in range(16))
+
+
 def unit_rows(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)

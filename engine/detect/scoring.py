@@ -515,8 +515,10 @@ class Calibration:
     def _squared_distances(self, points: np.ndarray, b: int, first: int = 0) -> np.ndarray:
         """(layers, r, rows) squared distances from ``points`` to bin ``b``'s benign rows in
         each layer: one batched matrix product, the same arithmetic for one query and for
-        calibration's thousands. ``points`` holds the tables' layers from ``first`` on
-        (channels first, then the campaign evidence)."""
+        calibration's thousands (the same bits where the BLAS sums a row alike whatever the
+        row count: OpenBLAS's AVX-512 kernels do, its AVX2 kernels differ in the last bit).
+        ``points`` holds the tables' layers from ``first`` on (channels first, then the
+        campaign evidence)."""
         layers = slice(first, first + points.shape[0])
         d2 = (points * points).sum(axis=2)[:, :, None] + self._tables_sq[b][layers, None, :]
         product = np.matmul(points, self._tables[b][layers])

@@ -33,6 +33,7 @@ from probewatch.detect.probes import (
 )
 from probewatch.detect.prompt_memory import CONTINUATION_MEMORY, CONTINUATION_MIN_ADDED
 from probewatch.detect.scoring import PROBE_MIN_RATE, excess_count_evidence
+from tests.support import blas_sums_rows_alike
 
 SEEDS = [
     "what will the weather be like in lisbon on saturday morning",
@@ -441,7 +442,11 @@ def test_lone_calls_and_one_batch_count_the_same(spread):
         for a, v, p in zip(accounts, vectors, prompts, strict=True)
     ]
     together = batched.observe_embeddings(accounts, vectors, prompts=prompts)
-    assert [v.score for v in one_by_one] == [v.score for v in together]
+    if blas_sums_rows_alike():
+        assert [v.score for v in one_by_one] == [v.score for v in together]
+    else:  # the look-alike distances of a lone row and a batch's differ in their last bits
+        assert [v.score for v in one_by_one] == pytest.approx([v.score for v in together], rel=2e-6, abs=1e-9)
+    assert [v.level for v in one_by_one] == [v.level for v in together]
     # (window statistics of stacked windows may differ in their last bits; the features named may not)
     assert [[r.feature for r in v.reasons] for v in one_by_one] == [[r.feature for r in v.reasons] for v in together]
     assert max(v.score for v in together) > lone.detector.flag_threshold  # probes did count

@@ -30,3 +30,15 @@ def test_bad_numbers_are_usage_errors(command, needle):
         [sys.executable, "-m", f"bench.{module}", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 2 and needle in done.stderr, done.stderr[-2000:]
+
+
+def test_lone_stages_names_each_stage_and_they_do_not_exceed_the_whole(capsys):
+    from bench import lone_stages
+
+    assert lone_stages.main(["--history", "2000", "--calls", "200"]) == 0
+    out = capsys.readouterr().out
+    head, *stages = out.strip().splitlines()
+    assert head.startswith("lone query at a 2,000 history (float16)")
+    shares = {line[:42].strip(): int(line.rsplit("(", 1)[1].rstrip("%)")) for line in stages}
+    assert {"history search and add", "scoring (look-alike search, reasons)", "input checks"} <= set(shares)
+    assert 95 <= sum(shares.values()) <= 105  # the stages and the rest make up the call

@@ -202,6 +202,9 @@ class CampaignLayer:
         self.observations = 0
         self.evicted_flagged = 0
         self._campaign_of: dict[str, str] | None = None  # group key -> campaign id, rebuilt lazily
+        self._relinks = 0  # how many times it was dropped for a rebuild
+        # ((observations, relinks), the campaign ids that name an account) as last computed
+        self._named_ids: tuple[tuple[int, int], list[str]] | None = None
         self._campaign_groups: dict[str, list[str]] = {}
         # campaign id -> (summary, observation count when built); its level is read fresh
         self._summaries: dict[str, tuple[CampaignSummary, int]] = {}
@@ -213,6 +216,7 @@ class CampaignLayer:
         joins a hot group cost a verdict more the bigger its campaign grew."""
         if relinked:
             self._campaign_of = None
+            self._relinks += 1
 
     @property
     def codebook(self) -> np.ndarray | None:
@@ -800,7 +804,12 @@ class CampaignLayer:
 
     def campaign_ids(self, level: Level | str | None = None) -> list[str]:
         self._campaigns()
-        ids = [c for c in sorted(self._campaign_groups) if self._names_accounts(c)]
+        # the member tests read every member of every hot group: done once per state, not per
+        # call (the metrics ask for both levels at every scrape)
+        state = (self.observations, self._relinks)
+        if self._named_ids is None or self._named_ids[0] != state:
+            self._named_ids = (state, [c for c in sorted(self._campaign_groups) if self._names_accounts(c)])
+        ids = list(self._named_ids[1])
         if level is None:
             return ids
         wanted = Level.parse(level)

@@ -6,14 +6,17 @@ probewatch.integrations.asgi.ProbewatchMiddleware``, which builds it with defaul
 
     app = ProbewatchMiddleware(app, engine=probewatch.Engine(), account_header="x-account-id")
 
-For each POST to ``/v1/chat/completions`` or ``/v1/completions`` that carries the account
-header, the newest user message (or the completion prompt) is observed before the request
-reaches the app. ``mode="block"`` answers flagged accounts with 403 and an OpenAI-style JSON
+For each POST to ``/v1/chat/completions``, ``/v1/completions`` or ``/v1/responses`` (``paths``,
+or ``PROBEWATCH_MIDDLEWARE_PATHS``, comma-separated) that carries the account header, the
+newest user message (or the completion prompt, or the Responses API input) is observed before
+the request reaches the app. ``mode="block"`` answers flagged accounts with 403 and an OpenAI-style JSON
 error; ``mode="annotate"`` lets every request through and adds ``x-probewatch-level`` and
 ``x-probewatch-risk`` response headers (block mode adds them to requests it passes, too).
-Requests without the header, other paths and bodies over ``max_body_bytes`` pass untouched.
+Requests without the header and other paths pass untouched; a body over ``max_body_bytes`` is
+not read, and its request is judged by where its account stands (a flagged account is blocked).
 When the engine fails or exceeds ``deadline_s``, ``failure_policy`` decides: ``"open"`` passes
-the request (default), ``"closed"`` answers 503.
+the request (default), ``"closed"`` answers 503; either way an account the middleware last saw
+at a blocked level stays blocked, and a judgement past its deadline still observes its prompt.
 
 With ``request_meta=True`` (default; ``PROBEWATCH_MIDDLEWARE_REQUEST_META``) the client
 address and ``User-Agent`` go to the engine as ``meta``, linking accounts that share them
@@ -24,7 +27,6 @@ the proxy's unless the server rewrites it from trusted proxy headers (uvicorn
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import json
 import logging
@@ -37,7 +39,7 @@ from ..engine import Engine
 from ..errors import ConfigError
 from ..types import Verdict
 from .meta import meta_from_asgi_scope
-from .policy import JUDGE_THREADS, check_failure_policy, verdict_or_standing
+from .policy import JUDGE_THREADS, BlockedAccounts, check_failure_policy, judge_by_deadline, verdict_or_standing
 from .prompts import prompt_from_openai_body
 from .settings import engine_config_from_env, env_flag
 
@@ -49,7 +51,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
 
-DEFAULT_PATHS = ("/v1/chat/completions", "/v1/completions")
+DEFAULT_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 MODES = ("block", "annotate")
 
 
@@ -63,7 +65,7 @@ class ProbewatchMiddleware:
         *,
         account_header: str | None = None,
         mode: str | None = None,
-        paths: Iterable[str] = DEFAULT_PATHS,
+        paths: Iterable[str] | None = None,
         block_levels: Iterable[str] = ("flag",),
         failure_policy: str = "open",
         deadline_s: float = 2.0,
@@ -81,8 +83,12 @@ class ProbewatchMiddleware:
         self.mode = mode or os.environ.get("PROBEWATCH_MIDDLEWARE_MODE", "block")
         if self.mode not in MODES:
             raise ConfigError(f"the middleware mode must be one of {MODES}; got {self.mode!r}")
+        if paths is None:
+            listed = os.environ.get("PROBEWATCH_MIDDLEWARE_PATHS", "")
+            paths = [p.strip() for p in listed.split(",") if p.strip()] or DEFAULT_PATHS
         self.paths = frozenset(paths)
         self.block_levels = frozenset(block_levels)
+        self._blocked = BlockedAccounts(self.block_levels)
         self.failure_policy = check_failure_policy(failure_policy)
         self.deadline_s = deadline_s
         self.max_body_bytes = max_body_bytes
@@ -106,11 +112,21 @@ class ProbewatchMiddleware:
             await self.app(scope, receive, send)
             return
         body, replay = await _buffer_body(receive, self.max_body_bytes)
-        if body is None:  # the client left, or the body is over the limit: the app deals with it
-            await self.app(scope, replay, send)
-            return
         meta = meta_from_asgi_scope(scope) if self.request_meta else None
-        verdict = await self._judge(account.decode("utf-8", "replace"), _prompt_of(scope["path"], body), meta)
+        account_id = account.decode("utf-8", "replace")
+        # a body over the limit (or a client that left) is not read: judged by its account's standing
+        prompt = _prompt_of(scope["path"], body) if body is not None else None
+        verdict = await self._judge(account_id, prompt, meta)
+        if verdict == "unavailable" and account_id in self._blocked and self.mode == "block":
+            await _json_reply(
+                send,
+                403,
+                "this account's traffic looks like model extraction and is blocked",
+                "probewatch_blocked",
+            )
+            return
+        if verdict != "unavailable":
+            self._blocked.note(account_id, verdict)
         if verdict == "unavailable":
             if self.failure_policy == "closed":
                 await _json_reply(send, 503, "probewatch is unavailable; failing closed", "probewatch_unavailable")
@@ -135,11 +151,8 @@ class ProbewatchMiddleware:
         account's standing one (None when it is not held); "unavailable" on failure or timeout."""
         # the engine is read inside the thread: built on first use, it loads a model, which must
         # block neither the event loop nor past the deadline, and may fail like any judgement
-        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(self._executor, self._verdict_of, account, prompt, meta), self.deadline_s
-            )
+            return await judge_by_deadline(self._executor, self._verdict_of, (account, prompt, meta), self.deadline_s)
         except TimeoutError:  # the judgement goes on in its thread: the prompt is still observed
             log.warning(
                 "probewatch did not judge this request within deadline_s (%g s): failure_policy %r applies to it. "

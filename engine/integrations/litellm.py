@@ -29,7 +29,6 @@ across restarts with a journal, run ``probewatch serve`` and use LiteLLM's
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import logging
 import os
@@ -41,8 +40,8 @@ from litellm.integrations.custom_guardrail import CustomGuardrail
 from ..engine import Engine
 from ..types import Verdict
 from .meta import meta_from_litellm
-from .policy import JUDGE_THREADS, check_failure_policy, verdict_or_standing
-from .prompts import account_from_metadata, last_user_text
+from .policy import JUDGE_THREADS, BlockedAccounts, check_failure_policy, judge_by_deadline, verdict_or_standing
+from .prompts import account_from_metadata, completion_prompt_text, last_user_text, responses_input_text
 from .settings import engine_config_from_env, env_flag
 
 log = logging.getLogger("probewatch.integrations.litellm")
@@ -70,6 +69,7 @@ class ProbewatchGuardrail(CustomGuardrail):
         self.account_field = account_field or os.environ.get("PROBEWATCH_GUARDRAIL_ACCOUNT_FIELD", "user_api_key_hash")
         account_from_metadata(self.account_field)  # validates the name now, not on the first request
         self.block_levels = tuple(block_levels)
+        self._blocked = BlockedAccounts(self.block_levels)
         self.failure_policy = check_failure_policy(failure_policy)
         self.deadline_s = deadline_s
         # its own threads (see JUDGE_THREADS), not the host's default executor
@@ -82,22 +82,33 @@ class ProbewatchGuardrail(CustomGuardrail):
 
     async def _check(self, data: dict, user_api_key_dict: Any) -> None:
         account = account_from_metadata(self.account_field, user_api_key_dict, data)
-        prompt = last_user_text(data.get("messages")) or (
-            data.get("prompt") if isinstance(data.get("prompt"), str) else None
+        # chat messages, a completions prompt (a string or a list of them), or Responses API input
+        prompt = (
+            last_user_text(data.get("messages"))
+            or completion_prompt_text(data.get("prompt"))
+            or responses_input_text(data.get("input"))
         )
         if not account:
             return  # nothing to attribute: never block on missing metadata
         meta = meta_from_litellm(user_api_key_dict, data) if self.request_meta else None
-        loop = asyncio.get_running_loop()
         try:
-            verdict = await asyncio.wait_for(
-                loop.run_in_executor(self._executor, self._verdict_of, account, prompt, meta), self.deadline_s
+            verdict = await judge_by_deadline(
+                self._executor, self._verdict_of, (account, prompt, meta), self.deadline_s
             )
-        except Exception:  # a timeout or an engine failure (a model that cannot load) follows the failure policy
-            log.exception("probewatch could not judge this request in time")
+        except Exception as exc:  # a timeout or an engine failure (a model that cannot load) follows the failure policy
+            if isinstance(exc, TimeoutError):  # the judgement goes on: the prompt is still observed
+                log.warning("probewatch did not judge this request within deadline_s (%g s)", self.deadline_s)
+            else:
+                log.exception("probewatch could not judge this request")
+            if account in self._blocked:  # last judged at a blocked level: a flood must not let it through
+                raise HTTPException(
+                    status_code=BLOCK_STATUS,
+                    detail={"error": "probewatch: this account's traffic looks like model extraction"},
+                ) from None
             if self.failure_policy == "open":
                 return
             raise HTTPException(status_code=503, detail={"error": "probewatch unavailable; failing closed"}) from None
+        self._blocked.note(account, verdict)
         if verdict is None:
             return  # an account probewatch does not hold, and nothing it could observe
         if not isinstance(data.get("metadata"), dict):  # absent, or null in the request

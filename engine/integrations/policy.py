@@ -10,7 +10,11 @@ first); ``closed`` refuses it (protection first).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from typing import Any, Literal, get_args
 
 from ..errors import ConfigError, InputError, UnknownAccountError
@@ -24,6 +28,7 @@ FAILURE_POLICIES: tuple[str, ...] = get_args(FailurePolicy)
 # one of these, never a thread of the host's default executor. The engine judges one batch at a
 # time under its lock, so more would only wait.
 JUDGE_THREADS = 4
+BLOCKED_MEMORY = 100_000  # accounts remembered at a blocked level, for requests that cannot be judged
 
 
 def check_failure_policy(value: Any) -> FailurePolicy:
@@ -62,3 +67,36 @@ def verdict_or_standing(engine: Any, account: str, prompt: str | None, meta: dic
         except InputError as exc:  # refused: a flagged account must not pass by sending such a prompt
             log.debug("probewatch did not observe this request: %s", exc)
     return standing_verdict(engine, account)
+
+
+async def judge_by_deadline(
+    executor: concurrent.futures.Executor, judge: Callable[..., Any], args: tuple, deadline_s: float
+) -> Any:
+    """``judge(*args)`` on ``executor``; TimeoutError past ``deadline_s``. Shielded: the request
+    goes on without its verdict, but the judgement still runs, so its prompt is observed
+    (cancelling it at the deadline dropped a queued prompt unseen)."""
+    judgement = asyncio.get_running_loop().run_in_executor(executor, judge, *args)
+    judgement.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved: no warning
+    return await asyncio.wait_for(asyncio.shield(judgement), deadline_s)
+
+
+class BlockedAccounts:
+    """The accounts an integration last judged at a blocked level (the newest ``limit``): a
+    request that cannot be judged in time (a flood) or read must not pass for them."""
+
+    def __init__(self, block_levels: Iterable[str], limit: int = BLOCKED_MEMORY):
+        self.block_levels = frozenset(block_levels)
+        self.limit = limit
+        self._accounts: OrderedDict[str, None] = OrderedDict()
+
+    def note(self, account: str, verdict: Verdict | None) -> None:
+        if verdict is not None and verdict.level in self.block_levels:
+            self._accounts[account] = None
+            self._accounts.move_to_end(account)
+            if len(self._accounts) > self.limit:
+                self._accounts.popitem(last=False)
+        else:
+            self._accounts.pop(account, None)
+
+    def __contains__(self, account: str) -> bool:
+        return account in self._accounts

@@ -52,15 +52,30 @@ def last_user_text(messages: Any) -> str | None:
 
 
 def prompt_from_openai_body(path: str, body: Any) -> str | None:
-    """The prompt of a /v1/chat/completions or /v1/completions JSON body (None if absent)."""
+    """The prompt of a /v1/chat/completions, /v1/completions or /v1/responses JSON body (None
+    if absent)."""
     if not isinstance(body, Mapping):
         return None
     if path.endswith("/chat/completions"):
         return last_user_text(body.get("messages"))
-    prompt = body.get("prompt")
-    if isinstance(prompt, list):  # a batch of prompts, or token ids (not text: skipped)
+    if path.endswith("/responses"):
+        return responses_input_text(body.get("input"))
+    return completion_prompt_text(body.get("prompt"))
+
+
+def completion_prompt_text(prompt: Any) -> str | None:
+    """A completions ``prompt``: a string, or a list of strings (joined; token ids are not text)."""
+    if isinstance(prompt, list):
         return _joined_text(prompt)
     return prompt if isinstance(prompt, str) and prompt.strip() else None
+
+
+def responses_input_text(items: Any) -> str | None:
+    """The Responses API's ``input``: a string, or a list of items whose newest user message
+    (string content, or ``input_text`` parts) is this request's prompt."""
+    if isinstance(items, str):
+        return items if items.strip() else None
+    return last_user_text(items)
 
 
 def prompt_from_guardrail_request(payload: Mapping[str, Any], source: str = "last_user") -> str | None:

@@ -83,12 +83,16 @@ async def litellm_guardrail(request: Request, service: Service) -> dict[str, Any
         return ALLOW  # responses are not prompts: nothing to observe
     item = _item_to_observe(payload, service, received_at)
     if isinstance(item, str):
-        return _unobserved(service, item, await _standing_answer(service, payload, item))
+        return _unobserved(service, item, await _standing_answer(service, payload))
     require_rate(request, request.app.state.rate_limits.guardrail, 1, GUARDRAIL_PATH)
     outcome = (await service.observe([item], reserved=True))[0]
     if outcome.error is not None:  # refused by the engine, not observed
-        return _unobserved(service, "invalid_item", await _standing_answer(service, payload, "invalid_item"))
+        return _unobserved(service, "invalid_item", await _standing_answer(service, payload))
     answer = _decide(outcome, service)
+    if outcome.fallback is not None and answer == ALLOW:
+        # overloaded or past the deadline (failure policy open): an account already at a
+        # blocked level stays blocked; a flood must not open the door for it
+        answer = await _standing_answer(service, payload)
     if outcome.fallback is not None and not outcome.queued:
         return _unobserved(service, outcome.fallback, answer)
     return answer
@@ -137,12 +141,13 @@ def _item_to_observe(payload: dict[str, Any], service: ObservationService, recei
         return "invalid_item"
 
 
-async def _standing_answer(service: ObservationService, payload: dict[str, Any], reason: str) -> dict[str, str]:
-    """The answer for a request whose prompt was not observed: what the account's standing
-    level calls for, so an account already at flag does not reach the model by sending a
-    prompt probewatch refuses or cannot read. NONE for an account it does not hold."""
+async def _standing_answer(service: ObservationService, payload: dict[str, Any]) -> dict[str, str]:
+    """The answer for a request whose prompt was not observed, or not judged in time: what
+    the account's standing level calls for, so an account already at flag does not reach the
+    model by sending a prompt probewatch refuses or cannot read, or by flooding it. NONE for an
+    account it does not hold (or while it is not ready)."""
     account = payload["request_data"].get(service.config.guardrail_account_field)
-    if reason not in ("no_prompt", "invalid_item") or not isinstance(account, str) or not account or not service.ready:
+    if not isinstance(account, str) or not account or not service.ready:
         return ALLOW
     level = await service.standing_level(account)  # the verdict cache's, in Kafka mode
     if level is None:

@@ -21,6 +21,7 @@ from tests.serve.test_alerts import SECRET, Receiver, transitions_in
 from tests.support import AUTH, TOKEN, random_word_prompts
 
 pytestmark = pytest.mark.timeout(300)
+GUARDRAIL = "/beta/litellm_basic_guardrail_api"
 
 
 @pytest.fixture(autouse=True)
@@ -199,3 +200,42 @@ def test_a_journal_tail_lost_after_its_alerts_does_not_silence_later_alerts(tmp_
         asyncio.run(run(after, None))  # a later start reads the dropped range as such, not as a gap
     finally:
         receiver.stop()
+
+
+def test_a_flagged_account_stays_blocked_on_the_guardrail_route_when_the_sidecar_is_overloaded(tmp_path):
+    """Red-team finding: with failure_policy open, a flood made the guardrail answer NONE to an
+    account already at flag (its items fell back as overloaded). A fallback now answers by
+    where the account stands; an account the sidecar does not hold still passes."""
+    config = ServerConfig(
+        data_dir=str(tmp_path / "data"),
+        api_token=TOKEN,
+        engine={"device": "cpu", "target_fpr": 0.02, "watch_fpr": 0.1},
+        request_deadline_ms=60000,
+    )
+    prompts = random_word_prompts(96, seed=7)
+
+    def guardrail_body(account: str, text: str) -> dict:
+        return {"input_type": "request", "texts": [text], "request_data": {"user_api_key_hash": account}}
+
+    async def run() -> None:
+        gatekeeper = create_app(config)
+        service = gatekeeper.app.state.service
+        await service.start()
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=gatekeeper), base_url="http://127.0.0.1", headers=AUTH
+            ) as http:
+                for prompt in prompts:
+                    answer = (await http.post("/v1/observe", json=one_item(prompt))).json()["results"][0]
+                    if answer["level"] == "flag":
+                        break
+                assert answer["level"] == "flag", answer
+                service.has_room = lambda n_items, reserved=False: False  # the queue is full
+                held = (await http.post(GUARDRAIL, json=guardrail_body("extractor", "one more"))).json()
+                assert held["action"] == "BLOCKED" and held["observed"] is False and held["reason"] == "overloaded"
+                other = (await http.post(GUARDRAIL, json=guardrail_body("newcomer", "hello"))).json()
+                assert other["action"] == "NONE" and other["reason"] == "overloaded"
+        finally:
+            await service.stop()
+
+    asyncio.run(run())

@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import json
 import time
+import types
 
 import pytest
 
@@ -476,3 +477,106 @@ def test_a_middleware_whose_engine_cannot_be_built_follows_the_failure_policy(mo
     assert status == 200 and json.loads(body) == chat
     status, _, _ = asyncio.run(_call(ProbewatchMiddleware(echo_app, failure_policy="closed"), *request))
     assert status == 503
+
+
+class FlaggingEngine:
+    """Flags account "mallory" on every prompt, keeps others at ok; records each observation
+    (after ``delay`` seconds, as a busy engine would) and answers standing reports."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, str]] = []
+        self.delay = 0.0
+
+    def _verdict(self, account: str) -> pw.Verdict:
+        flag = account == "mallory"
+        level = pw.Level.FLAG if flag else pw.Level.OK
+        n = sum(1 for a, _ in self.calls if a == account)
+        return pw.Verdict(
+            account=account, risk=float(flag), level=level, flagged=flag, n_queries=n, score=0.0, peak_risk=float(flag)
+        )
+
+    def observe(self, account: str, prompt: str, ts=None, meta=None):
+        time.sleep(self.delay)
+        self.calls.append((account, prompt))
+        return self._verdict(account)
+
+    def report(self, account: str):
+        if not any(a == account for a, _ in self.calls):
+            raise pw.UnknownAccountError(account)
+        v = self._verdict(account)
+        return types.SimpleNamespace(
+            **{
+                k: getattr(v, k)
+                for k in ("account", "risk", "level", "flagged", "n_queries", "score", "peak_risk", "peak_one_in")
+            }
+        )
+
+
+def test_the_middleware_reads_responses_input_and_keeps_flagged_accounts_out_of_padding_and_floods(monkeypatch):
+    """Red-team findings: /v1/responses was never observed; a flagged account padded its body
+    past max_body_bytes and passed; under a flood (deadline passed, policy open) a flagged
+    account's requests passed, and the judgements cancelled at the deadline were never observed."""
+    from probewatch.integrations.asgi import ProbewatchMiddleware
+
+    engine = FlaggingEngine()
+    app = ProbewatchMiddleware(echo_app, engine=engine, deadline_s=0.2, max_body_bytes=4096)
+
+    async def run() -> None:
+        for body in (
+            {"input": "what is a tide?"},
+            {"input": [{"role": "user", "content": [{"type": "input_text", "text": "and a neap tide?"}]}]},
+        ):
+            status, _, _ = await _call(app, "/v1/responses", body, {"x-account-id": "alice"})
+            assert status == 200
+        assert engine.calls == [("alice", "what is a tide?"), ("alice", "and a neap tide?")]
+        chat = {"messages": [{"role": "user", "content": "probe 1"}]}
+        assert (await _call(app, "/v1/chat/completions", chat, {"x-account-id": "mallory"}))[0] == 403
+        padded = {"messages": [{"role": "user", "content": "probe 2"}], "pad": " " * 10_000}  # past 4 KiB: unread
+        assert (await _call(app, "/v1/chat/completions", padded, {"x-account-id": "mallory"}))[0] == 403
+        small = {"messages": [{"role": "user", "content": "hi"}], "pad": " " * 10_000}
+        assert (await _call(app, "/v1/chat/completions", small, {"x-account-id": "alice"}))[0] == 200
+        engine.delay = 0.5  # the engine falls behind: every judgement passes its deadline
+        flooded = await asyncio.gather(
+            _call(
+                app,
+                "/v1/chat/completions",
+                {"messages": [{"role": "user", "content": "probe 3"}]},
+                {"x-account-id": "mallory"},
+            ),
+            _call(
+                app,
+                "/v1/chat/completions",
+                {"messages": [{"role": "user", "content": "hello"}]},
+                {"x-account-id": "bob"},
+            ),
+        )
+        assert [status for status, _, _ in flooded] == [403, 200]  # policy open: only the flagged one is held
+        await asyncio.sleep(1.5)  # the judgements past their deadline still run
+        assert ("mallory", "probe 3") in engine.calls and ("bob", "hello") in engine.calls
+
+    asyncio.run(run())
+    monkeypatch.setenv("PROBEWATCH_MIDDLEWARE_PATHS", "/invocations, /v1/chat/completions")
+    assert ProbewatchMiddleware(echo_app, engine=engine).paths == {"/invocations", "/v1/chat/completions"}
+
+
+def test_the_litellm_guardrail_reads_list_prompts_and_responses_input():
+    from litellm.proxy._types import UserAPIKeyAuth
+
+    from probewatch.integrations.litellm import ProbewatchGuardrail
+
+    engine = RecordingEngine()
+    guard = ProbewatchGuardrail(
+        engine=engine,
+        account_field="user_api_key_end_user_id",
+        request_meta=False,
+        guardrail_name="probewatch",
+        event_hook="pre_call",
+    )
+    auth = UserAPIKeyAuth(end_user_id="someone")
+    for data in (
+        {"prompt": ["first", "second"]},
+        {"input": "third"},
+        {"input": [{"role": "user", "content": "fourth"}]},
+    ):
+        asyncio.run(guard.async_pre_call_hook(auth, None, data, "completion"))
+    assert [prompt for _, prompt, _ in engine.calls] == ["first\nsecond", "third", "fourth"]

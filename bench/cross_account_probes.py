@@ -32,8 +32,8 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from bench.cli_args import at_least
 from probewatch.campaigns.split_probes import NEIGHBOURS, is_near, shares_half
+from probewatch.cli.args import at_least
 from probewatch.detect import probes
 
 MEMORY = 100_000  # recent prompts of all accounts searched (a few days of the default hydra traffic)

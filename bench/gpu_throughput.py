@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from bench.cli_args import at_least
+from probewatch.cli.args import at_least
 
 
 def vocabulary_prompts(n: int, seed: int = 0) -> list[str]:

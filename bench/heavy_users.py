@@ -27,9 +27,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 
-from bench.cli_args import at_least
 from bench.traffic import AccountStream
 from bench.traffic.shared_keys import stitched_heavy_users
+from probewatch.cli.args import at_least
 
 
 def learned_rates(benign, heavy: Sequence[AccountStream], vectors_of, embedder, seed: int, vouch: bool) -> dict:

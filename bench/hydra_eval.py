@@ -38,11 +38,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from bench.cli_args import above
 from bench.embedcache import add_embed_backend_flag, embed_backend_words
 from bench.eval import OPERATING_FPRS, PRIMARY_FPR, BaselineUnderTest, fpr_label
 from bench.traffic import AccountStream, Traffic, build_traffic
 from bench.traffic.hydra import HYDRA_ATTACKS, HydraTraffic, build_hydra
+from probewatch.cli.args import above
 
 DAY = 86_400.0
 

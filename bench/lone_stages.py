@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from bench.cli_args import at_least
+from probewatch.cli.args import at_least
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.cli_args import above, at_least
+from probewatch.cli.args import above, at_least
 
 TOKEN = "bench-overload-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bench.cli_args import at_least
 from bench.traffic import sources
+from probewatch.cli.args import at_least
 
 
 def transcript_accounts(n_accounts: int, seed: int) -> list[list[str]]:

@@ -18,6 +18,7 @@ from ..engine import Engine
 from ..errors import BatchError, InputError, ProbewatchError
 from ..io.validation import check_items
 from ..types import Level
+from .args import at_least
 from .demo import EXTRACTING, NORMAL_ACCOUNTS, demo_traffic
 
 TOP_ACCOUNTS = 10
@@ -280,16 +281,6 @@ def cmd_worker(rest: list[str]) -> int:
     return int(main_worker(rest) or 0)
 
 
-def _batch_size(text: str) -> int:
-    try:
-        size = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of prompts, at least 1; got {text!r}") from None
-    if size < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 prompt; got {size}")
-    return size
-
-
 def cmd_repair_state(args: argparse.Namespace) -> int:
     """Exit 0: nothing to drop, or dropped (--yes); 1: a dry run found something to drop; 2: bad input."""
     try:  # the sidecar's settings need the serve extra
@@ -337,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run a small built-in scenario (ordinary and extracting accounts)")
     demo.add_argument("--device", default="auto")
-    demo.add_argument("--batch-size", type=_batch_size, default=16)
+    demo.add_argument("--batch-size", type=at_least(1), default=16)
     demo.add_argument("--quiet", action="store_true")
 
     replay = sub.add_parser(
@@ -345,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("file", help="JSONL file, or - for standard input")
     replay.add_argument("--device", default="auto")
-    replay.add_argument("--batch-size", type=_batch_size, default=32)
+    replay.add_argument("--batch-size", type=at_least(1), default=32)
     replay.add_argument("--out", help="write verdict JSONL here instead of standard output")
     replay.add_argument("--load", help="start from this engine snapshot")
     replay.add_argument("--save", help="write the engine snapshot here at the end")

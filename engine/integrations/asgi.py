@@ -117,29 +117,23 @@ class ProbewatchMiddleware:
         # a body over the limit (or a client that left) is not read: judged by its account's standing
         prompt = _prompt_of(scope["path"], body) if body is not None else None
         verdict = await self._judge(account_id, prompt, meta)
-        if verdict == "unavailable" and account_id in self._blocked and self.mode == "block":
-            await _json_reply(
-                send,
-                403,
-                "this account's traffic looks like model extraction and is blocked",
-                "probewatch_blocked",
-            )
-            return
-        if verdict != "unavailable":
-            self._blocked.note(account_id, verdict)
+        # an account last judged at a blocked level stays blocked when it cannot be judged now
+        held = verdict == "unavailable" and account_id in self._blocked
         if verdict == "unavailable":
-            if self.failure_policy == "closed":
+            if self.failure_policy == "closed" and not (held and self.mode == "block"):
                 await _json_reply(send, 503, "probewatch is unavailable; failing closed", "probewatch_unavailable")
                 return
             verdict = None
-        if verdict is not None and self.mode == "block" and verdict.level in self.block_levels:
+        else:
+            self._blocked.note(account_id, verdict)
+        if self.mode == "block" and (held or (verdict is not None and verdict.level in self.block_levels)):
+            known = {} if verdict is None else {"level": verdict.level, "risk": verdict.risk}
             await _json_reply(
                 send,
                 403,
                 "this account's traffic looks like model extraction and is blocked",
                 "probewatch_blocked",
-                level=verdict.level,
-                risk=verdict.risk,
+                **known,
             )
             return
         await self.app(scope, replay, _annotating(send, verdict) if verdict is not None else send)

@@ -8,10 +8,14 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from ..cli.args import at_least
 from ..errors import ConfigError, ProbewatchError
 from ..serve.logs import make_formatter
 from ..serve.runner import _alert_sinks, add_shared_flags
 from .config import WorkerConfig, load_worker_config
+
+# a worker keeps state per partition it owns: more than this is a cluster's own tooling's job
+MAX_CREATED_PARTITIONS = 1024
 
 
 def main_worker(argv: Sequence[str] | None = None) -> int:
@@ -29,7 +33,7 @@ def main_worker(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--alert-outbox-dir", help="local folder of the alert outboxes (default ./probewatch-alerts)")
     parser.add_argument(
         "--create-topics",
-        type=_partition_count,
+        type=at_least(1, at_most=MAX_CREATED_PARTITIONS),
         metavar="N",
         help=f"create missing topics first (N partitions, 1 to {MAX_CREATED_PARTITIONS}; verdicts compacted) - for "
         "development and first deployments",
@@ -57,23 +61,6 @@ def main_worker(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         parser.error(str(exc))
     return run_worker(config, create_topics_partitions=args.create_topics, aggregator=args.campaign_aggregator)
-
-
-# a worker keeps state per partition it owns: more than this is a cluster's own tooling's job
-MAX_CREATED_PARTITIONS = 1024
-
-
-def _partition_count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"N must be a whole number of partitions; got {text!r}") from None
-    if not 1 <= n <= MAX_CREATED_PARTITIONS:
-        raise argparse.ArgumentTypeError(
-            f"N must be 1 to {MAX_CREATED_PARTITIONS} partitions; got {n} (create bigger topics with the "
-            "cluster's tools)"
-        )
-    return n
 
 
 def run_worker(config: WorkerConfig, create_topics_partitions: int | None = None, aggregator: bool = False) -> int:

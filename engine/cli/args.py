@@ -1,5 +1,6 @@
-"""argparse types for the bench commands: a bad number is a one-line usage error (exit 2), not a
-traceback minutes into a run, nor a run on nonsense."""
+"""argparse types for numbers, shared by the ``probewatch`` commands and the bench scripts: a bad
+number is a one-line usage error (exit 2), not a traceback minutes into a run, nor a run on
+nonsense."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import math
 from collections.abc import Callable
 
 
-def at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
-    """A ``kind`` number >= ``minimum``."""
-    return _bounded(kind, lambda v: v >= minimum, f">= {minimum}")
+def at_least(minimum: float, kind: type = int, at_most: float | None = None) -> Callable[[str], float]:
+    """A ``kind`` number >= ``minimum`` (and <= ``at_most`` when given)."""
+    if at_most is None:
+        return _bounded(kind, lambda v: v >= minimum, f">= {minimum}")
+    return _bounded(kind, lambda v: minimum <= v <= at_most, f"{minimum} to {at_most}")
 
 
 def above(bound: float, kind: type = float) -> Callable[[str], float]:

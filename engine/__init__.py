@@ -34,7 +34,7 @@ from .errors import (
 )
 from .types import AccountReport, EngineStats, FeatureReading, Level, Reason, Verdict
 
-__version__ = "0.17.3"
+__version__ = "0.17.4"
 
 __all__ = [
     "FEATURE_NAMES",

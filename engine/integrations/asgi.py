@@ -9,8 +9,11 @@ probewatch.integrations.asgi.ProbewatchMiddleware``, which builds it with defaul
 For each POST to ``/v1/chat/completions``, ``/v1/completions`` or ``/v1/responses`` (``paths``,
 or ``PROBEWATCH_MIDDLEWARE_PATHS``, comma-separated) that carries the account header, the
 newest user message (or the completion prompt, or the Responses API input) is observed before
-the request reaches the app. ``mode="block"`` answers flagged accounts with 403 and an OpenAI-style JSON
-error; ``mode="annotate"`` lets every request through and adds ``x-probewatch-level`` and
+the request reaches the app, with the texts its account has not sent before (earlier user
+turns; system and developer messages and Responses ``instructions``, sampled): a query hidden
+there reaches the model too (``observe_context``, or ``PROBEWATCH_MIDDLEWARE_OBSERVE_CONTEXT``;
+see :mod:`probewatch.integrations.context`). ``mode="block"`` answers flagged accounts with 403
+and an OpenAI-style JSON error; ``mode="annotate"`` lets every request through and adds ``x-probewatch-level`` and
 ``x-probewatch-risk`` response headers (block mode adds them to requests it passes, too).
 Requests without the header and other paths pass untouched; a body over ``max_body_bytes`` is
 not read, and its request is judged by where its account stands (a flagged account is blocked).
@@ -38,9 +41,10 @@ from typing import Any, Literal
 from ..engine import Engine
 from ..errors import ConfigError
 from ..types import Verdict
+from .context import CONTEXT_TEXTS_PER_REQUEST, SentTexts, max_prompt_chars, texts_to_observe
 from .meta import meta_from_asgi_scope
 from .policy import JUDGE_THREADS, BlockedAccounts, check_failure_policy, judge_by_deadline, verdict_or_standing
-from .prompts import prompt_from_openai_body
+from .prompts import RequestTexts, openai_body_texts
 from .settings import engine_config_from_env, env_flag
 
 log = logging.getLogger("probewatch.integrations.asgi")
@@ -71,6 +75,8 @@ class ProbewatchMiddleware:
         deadline_s: float = 2.0,
         max_body_bytes: int = 4 * 1024**2,
         request_meta: bool | None = None,
+        observe_context: bool | None = None,
+        context_texts_per_request: int = CONTEXT_TEXTS_PER_REQUEST,
     ):
         self.app = app
         self._engine = engine
@@ -95,6 +101,11 @@ class ProbewatchMiddleware:
         if request_meta is None:
             request_meta = env_flag("PROBEWATCH_MIDDLEWARE_REQUEST_META", True)
         self.request_meta = bool(request_meta)
+        if observe_context is None:
+            observe_context = env_flag("PROBEWATCH_MIDDLEWARE_OBSERVE_CONTEXT", True)
+        self.sent_texts = SentTexts(per_request=context_texts_per_request) if observe_context else None
+        # texts are cut to what the engine takes (the model reads far less): never refused for length
+        self._max_chars = max_prompt_chars(engine if engine is not None else self._engine_config)
         # its own threads (see JUDGE_THREADS), not the host's default executor
         self._executor = concurrent.futures.ThreadPoolExecutor(JUDGE_THREADS, thread_name_prefix="probewatch")
 
@@ -115,8 +126,9 @@ class ProbewatchMiddleware:
         meta = meta_from_asgi_scope(scope) if self.request_meta else None
         account_id = account.decode("utf-8", "replace")
         # a body over the limit (or a client that left) is not read: judged by its account's standing
-        prompt = _prompt_of(scope["path"], body) if body is not None else None
-        verdict = await self._judge(account_id, prompt, meta)
+        request = _texts_of(scope["path"], body) if body is not None else RequestTexts(None)
+        texts = texts_to_observe(self.sent_texts, account_id, request, self._max_chars)
+        verdict = await self._judge(account_id, texts, meta)
         # an account last judged at a blocked level stays blocked when it cannot be judged now
         held = verdict == "unavailable" and account_id in self._blocked
         if verdict == "unavailable":
@@ -139,14 +151,15 @@ class ProbewatchMiddleware:
         await self.app(scope, replay, _annotating(send, verdict) if verdict is not None else send)
 
     async def _judge(
-        self, account: str, prompt: str | None, meta: dict[str, str] | None = None
+        self, account: str, texts: list[str], meta: dict[str, str] | None = None
     ) -> Verdict | Literal["unavailable"] | None:
-        """The verdict; for a prompt that cannot be observed (none readable, or refused), the
-        account's standing one (None when it is not held); "unavailable" on failure or timeout."""
+        """The verdict after observing ``texts``; when none can be observed (none readable, or
+        refused), the account's standing one (None when it is not held); "unavailable" on
+        failure or timeout."""
         # the engine is read inside the thread: built on first use, it loads a model, which must
         # block neither the event loop nor past the deadline, and may fail like any judgement
         try:
-            return await judge_by_deadline(self._executor, self._verdict_of, (account, prompt, meta), self.deadline_s)
+            return await judge_by_deadline(self._executor, self._verdict_of, (account, texts, meta), self.deadline_s)
         except TimeoutError:  # the judgement goes on in its thread: the prompt is still observed
             log.warning(
                 "probewatch did not judge this request within deadline_s (%g s): failure_policy %r applies to it. "
@@ -160,15 +173,15 @@ class ProbewatchMiddleware:
             log.exception("probewatch could not judge this request")
             return "unavailable"
 
-    def _verdict_of(self, account: str, prompt: str | None, meta: dict[str, str] | None) -> Verdict | None:
-        return verdict_or_standing(self.engine, account, prompt, meta)  # on the judging thread: self.engine too
+    def _verdict_of(self, account: str, texts: list[str], meta: dict[str, str] | None) -> Verdict | None:
+        return verdict_or_standing(self.engine, account, texts, meta)  # on the judging thread: self.engine too
 
 
-def _prompt_of(path: str, body: bytes) -> str | None:
+def _texts_of(path: str, body: bytes) -> RequestTexts:
     try:
-        return prompt_from_openai_body(path, json.loads(body))
+        return openai_body_texts(path, json.loads(body))
     except (ValueError, RecursionError):
-        return None  # not JSON (or nested past the decoder's recursion): the app will answer it
+        return RequestTexts(None)  # not JSON (or nested past the decoder's recursion): the app will answer it
 
 
 async def _buffer_body(receive: Receive, limit: int) -> tuple[bytes | None, Receive]:

@@ -9,8 +9,11 @@ Proxy configuration (``config.yaml``)::
           mode: pre_call          # or during_call
           default_on: true
 
-``pre_call`` observes the prompt before the model is called and blocks the request when
-the account is flagged; ``during_call`` observes in parallel with the model call (no added
+The prompt is the newest user message (or the completions prompt, or the Responses input);
+the texts its account has not sent before (earlier user turns; system messages, sampled) are
+observed with it (``observe_context``, or ``PROBEWATCH_GUARDRAIL_OBSERVE_CONTEXT``; see
+:mod:`probewatch.integrations.context`). ``pre_call`` observes the prompt before the model
+is called and blocks the request when the account is flagged; ``during_call`` observes in parallel with the model call (no added
 latency) and fails the request when the account is flagged. Use one mode per guardrail
 so each prompt is observed once. Settings come from the constructor or, when LiteLLM
 builds the guardrail from config, from ``PROBEWATCH_*`` variables (``PROBEWATCH_ENGINE_DEVICE``,
@@ -39,9 +42,10 @@ from litellm.integrations.custom_guardrail import CustomGuardrail
 
 from ..engine import Engine
 from ..types import Verdict
+from .context import CONTEXT_TEXTS_PER_REQUEST, SentTexts, max_prompt_chars, texts_to_observe
 from .meta import meta_from_litellm
 from .policy import JUDGE_THREADS, BlockedAccounts, check_failure_policy, judge_by_deadline, verdict_or_standing
-from .prompts import account_from_metadata, completion_prompt_text, last_user_text, responses_input_text
+from .prompts import account_from_metadata, litellm_data_texts
 from .settings import engine_config_from_env, env_flag
 
 log = logging.getLogger("probewatch.integrations.litellm")
@@ -64,6 +68,8 @@ class ProbewatchGuardrail(CustomGuardrail):
         failure_policy: str = "open",
         request_meta: bool | None = None,
         deadline_s: float = 2.0,
+        observe_context: bool | None = None,
+        context_texts_per_request: int = CONTEXT_TEXTS_PER_REQUEST,
         **kwargs: Any,
     ):
         self.account_field = account_field or os.environ.get("PROBEWATCH_GUARDRAIL_ACCOUNT_FIELD", "user_api_key_hash")
@@ -77,24 +83,23 @@ class ProbewatchGuardrail(CustomGuardrail):
         if request_meta is None:
             request_meta = env_flag("PROBEWATCH_GUARDRAIL_REQUEST_META", True)
         self.request_meta = bool(request_meta)
+        if observe_context is None:
+            observe_context = env_flag("PROBEWATCH_GUARDRAIL_OBSERVE_CONTEXT", True)
+        self.sent_texts = SentTexts(per_request=context_texts_per_request) if observe_context else None
         self.engine = engine if engine is not None else _engine_from_env()  # last: loading a model is slow
+        self._max_chars = max_prompt_chars(self.engine)  # texts cut to what the engine takes
         super().__init__(**kwargs)
 
     async def _check(self, data: dict, user_api_key_dict: Any) -> None:
         account = account_from_metadata(self.account_field, user_api_key_dict, data)
-        # chat messages, a completions prompt (a string or a list of them), or Responses API input
-        prompt = (
-            last_user_text(data.get("messages"))
-            or completion_prompt_text(data.get("prompt"))
-            or responses_input_text(data.get("input"))
-        )
         if not account:
             return  # nothing to attribute: never block on missing metadata
+        # chat messages, a completions prompt (a string or a list of them), or Responses API input
+        request = litellm_data_texts(data)
+        texts = texts_to_observe(self.sent_texts, account, request, self._max_chars)
         meta = meta_from_litellm(user_api_key_dict, data) if self.request_meta else None
         try:
-            verdict = await judge_by_deadline(
-                self._executor, self._verdict_of, (account, prompt, meta), self.deadline_s
-            )
+            verdict = await judge_by_deadline(self._executor, self._verdict_of, (account, texts, meta), self.deadline_s)
         except Exception as exc:  # a timeout or an engine failure (a model that cannot load) follows the failure policy
             if isinstance(exc, TimeoutError):  # the judgement goes on: the prompt is still observed
                 log.warning("probewatch did not judge this request within deadline_s (%g s)", self.deadline_s)
@@ -123,8 +128,8 @@ class ProbewatchGuardrail(CustomGuardrail):
                 },
             )
 
-    def _verdict_of(self, account: str, prompt: str | None, meta: dict[str, str] | None) -> Verdict | None:
-        return verdict_or_standing(self.engine, account, prompt, meta)  # on the judging thread: self.engine too
+    def _verdict_of(self, account: str, texts: list[str], meta: dict[str, str] | None) -> Verdict | None:
+        return verdict_or_standing(self.engine, account, texts, meta)  # on the judging thread: self.engine too
 
     async def async_pre_call_hook(self, user_api_key_dict, cache, data: dict, call_type) -> dict | None:
         await self._check(data, user_api_key_dict)

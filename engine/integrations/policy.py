@@ -14,10 +14,10 @@ import asyncio
 import concurrent.futures
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, get_args
 
-from ..errors import ConfigError, InputError, UnknownAccountError
+from ..errors import BatchError, ConfigError, InputError, UnknownAccountError
 from ..types import Verdict
 
 log = logging.getLogger("probewatch.integrations")
@@ -58,13 +58,26 @@ def standing_verdict(engine: Any, account: str) -> Verdict | None:
     )
 
 
-def verdict_or_standing(engine: Any, account: str, prompt: str | None, meta: dict[str, str] | None) -> Verdict | None:
-    """The verdict for ``prompt``, or, when there is none to observe or the engine refuses it,
-    :func:`standing_verdict`. Runs on an integration's judging thread."""
-    if prompt:
+def verdict_or_standing(
+    engine: Any, account: str, texts: Sequence[str] | str | None, meta: dict[str, str] | None
+) -> Verdict | None:
+    """The verdict after observing ``texts`` (a request's new context texts, then its prompt,
+    as :meth:`SentTexts.texts_to_observe` picks them), or, when there is nothing to observe or
+    the engine refuses all of it, :func:`standing_verdict`. A refused text is skipped; the
+    others are observed. Runs on an integration's judging thread."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if texts:
         try:
-            return engine.observe(account, prompt, meta=meta)
-        except InputError as exc:  # refused: a flagged account must not pass by sending such a prompt
+            if len(texts) == 1:
+                return engine.observe(account, texts[0], meta=meta)
+            return engine.observe_batch([account] * len(texts), list(texts), metas=[meta] * len(texts))[-1]
+        except BatchError as exc:  # some texts refused: a flagged account must not pass by sending such a prompt
+            log.debug("probewatch did not observe %d of this request's texts: %s", len(exc.errors), exc)
+            observed = [v for v in exc.verdicts if v is not None]
+            if observed:
+                return observed[-1]
+        except InputError as exc:
             log.debug("probewatch did not observe this request: %s", exc)
     return standing_verdict(engine, account)
 

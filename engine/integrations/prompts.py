@@ -1,8 +1,26 @@
 """Reading the prompt and the account out of OpenAI-style and LiteLLM requests (shared by the
 integrations and the sidecar's LiteLLM guardrail route).
 
+A request's *prompt* is its newest user message (or the completion prompt). The rest of what
+the client wrote for the model is read too, because a query can hide there (a made-up earlier
+turn, a question list in the system message, then "answer everything above"): its *context*,
+the earlier user turns (and messages of roles the reader does not know, which a server may
+still render), and its *instructions*, the system and developer messages (and the Responses
+API's ``instructions``). :class:`~probewatch.integrations.context.SentTexts` picks those an
+account has not sent before, to observe with the prompt. Messages of the answer roles
+(assistant, tool, function) are not read: they are the model's answers and tool output, which
+an honest client resends, new, with every turn.
+
+Roles are compared after trimming and case-folding (servers render `"User"` as a user turn);
+the text of a message is its string content, or the text of its parts (strings, and the
+``text``, ``input_text``, ``output_text``, ``refusal`` and ``thinking`` fields of part
+objects). Texts are made observable as read: a NUL becomes a space and a lone surrogate
+U+FFFD (the model reads past both; refusing them let an account pass unobserved by adding one).
+
 >>> last_user_text([{"role": "user", "content": "first"}, {"role": "user", "content": "second"}])
 'second'
+>>> chat_texts([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+RequestTexts(prompt='Hi', context=(), instructions=('Be brief.',))
 >>> prompt_from_guardrail_request({"texts": ["You are helpful.", "Hi"]}, source="joined")
 'You are helpful.\\nHi'
 """
@@ -10,17 +28,51 @@ integrations and the sidecar's LiteLLM guardrail route).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from ..errors import ConfigError
 
 GuardrailPromptSource = Literal["last_user", "joined"]
 GUARDRAIL_PROMPT_SOURCES: tuple[str, ...] = get_args(GuardrailPromptSource)
+# Roles whose messages are the model's answers or tool output, which the client resends.
+ANSWER_ROLES = frozenset({"assistant", "tool", "function", "ipython", "model"})
+# Roles whose messages instruct the model rather than ask it.
+INSTRUCTION_ROLES = frozenset({"system", "developer"})
+# Fields of a content part object that hold text the model reads.
+PART_TEXT_FIELDS = ("text", "input_text", "output_text", "refusal", "thinking")
+
+
+@dataclass(frozen=True)
+class RequestTexts:
+    """What one request gives the model to read: ``prompt``, its newest user message (None when
+    it has none); ``context``, its earlier user turns; ``instructions``, its system and
+    developer texts. Oldest first."""
+
+    prompt: str | None
+    context: tuple[str, ...] = ()
+    instructions: tuple[str, ...] = ()
+
+
+def readable(text: Any) -> str | None:
+    """``text`` as the engine takes it (a NUL becomes a space, a lone surrogate U+FFFD), or None
+    when it is no string or holds only whitespace."""
+    if not isinstance(text, str):
+        return None
+    if "\x00" in text:
+        text = text.replace("\x00", " ")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text if text.strip() else None
 
 
 def _nonblank_texts(parts: Any) -> list[str]:
-    """The strings of ``parts`` that hold more than whitespace ([] unless ``parts`` is a list)."""
-    return [p for p in parts if isinstance(p, str) and p.strip()] if isinstance(parts, list) else []
+    """The readable strings of ``parts`` ([] unless ``parts`` is a list)."""
+    if not isinstance(parts, list):
+        return []
+    return [t for t in map(readable, parts) if t is not None]
 
 
 def _joined_text(parts: Any) -> str | None:
@@ -28,54 +80,114 @@ def _joined_text(parts: Any) -> str | None:
     return "\n".join(texts) if texts else None
 
 
-def _content_text(content: Any) -> str | None:
-    if isinstance(content, str):
-        return content if content.strip() else None
-    if isinstance(content, list):  # multimodal parts: keep the text parts
-        parts = [p.get("text") for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str)]
-        text = "\n".join(parts)
-        return text if text.strip() else None
+def _part_text(part: Any) -> str | None:
+    if isinstance(part, str):
+        return part
+    if isinstance(part, Mapping):
+        for field in PART_TEXT_FIELDS:
+            value = part.get(field)
+            if isinstance(value, Mapping):  # {"text": {"value": ...}} (the Assistants API's shape)
+                value = value.get("value")
+            if isinstance(value, str):
+                return value
     return None
+
+
+def _content_text(content: Any) -> str | None:
+    if isinstance(content, Mapping):  # one part object on its own
+        content = [content]
+    if isinstance(content, list):  # multimodal parts: keep the text parts
+        return readable("\n".join(t for t in map(_part_text, content) if t is not None))
+    return readable(content)
+
+
+def _role(message: Any) -> str | None:
+    role = message.get("role") if isinstance(message, Mapping) else None
+    return role.strip().casefold() if isinstance(role, str) else None
 
 
 def last_user_text(messages: Any) -> str | None:
-    """The newest user message's text: the part of a chat that is this request's prompt
-    (earlier turns were observed when they were sent)."""
+    """The newest user message's text: the part of a chat that is this request's prompt."""
+    return chat_texts(messages).prompt
+
+
+def chat_texts(messages: Any, instructions: Any = None) -> RequestTexts:
+    """The newest user message of a chat as the prompt, the user turns before it (and
+    messages of unknown roles) as context, the system and developer messages (and
+    ``instructions``, the Responses API's) as instructions. A message whose role is not a
+    string is not read."""
+    told = _content_text(instructions)
+    told_texts = [told] if told is not None else []
     if not isinstance(messages, list):
-        return None
-    for message in reversed(messages):
-        if isinstance(message, Mapping) and message.get("role") == "user":
-            text = _content_text(message.get("content"))
-            if text:
-                return text
-    return None
+        return RequestTexts(None, (), tuple(told_texts))
+    turns: list[tuple[str, str]] = []
+    for message in messages:
+        role = _role(message)
+        if role is None or role in ANSWER_ROLES:
+            continue
+        text = _content_text(message.get("content"))
+        if text is not None:
+            turns.append((role, text))
+    newest = max((i for i, (role, _) in enumerate(turns) if role == "user"), default=None)
+    told_texts += [text for role, text in turns if role in INSTRUCTION_ROLES]
+    context = [text for i, (role, text) in enumerate(turns) if role not in INSTRUCTION_ROLES and i != newest]
+    prompt = turns[newest][1] if newest is not None else None
+    return RequestTexts(prompt, tuple(context), tuple(told_texts))
+
+
+def openai_body_texts(path: str, body: Any) -> RequestTexts:
+    """The prompt, context and instructions of a /v1/chat/completions, /v1/completions or
+    /v1/responses JSON body."""
+    if not isinstance(body, Mapping):
+        return RequestTexts(None)
+    if path.endswith("/chat/completions"):
+        return chat_texts(body.get("messages"))
+    if path.endswith("/responses"):
+        return responses_texts(body.get("input"), body.get("instructions"))
+    return RequestTexts(completion_prompt_text(body.get("prompt")))
+
+
+def litellm_data_texts(data: Mapping[str, Any]) -> RequestTexts:
+    """The prompt, context and instructions of the request LiteLLM hands its in-process
+    guardrails: chat ``messages``, a completions ``prompt``, or Responses API ``input``."""
+    chat = chat_texts(data.get("messages"))
+    if chat.prompt is not None:
+        return chat
+    prompt = completion_prompt_text(data.get("prompt"))
+    if prompt is not None:
+        return RequestTexts(prompt, chat.context, chat.instructions)
+    responses = responses_texts(data.get("input"), data.get("instructions"))
+    if responses.prompt is not None:
+        return responses
+    return RequestTexts(None, chat.context + responses.context, chat.instructions + responses.instructions)
 
 
 def prompt_from_openai_body(path: str, body: Any) -> str | None:
     """The prompt of a /v1/chat/completions, /v1/completions or /v1/responses JSON body (None
     if absent)."""
-    if not isinstance(body, Mapping):
-        return None
-    if path.endswith("/chat/completions"):
-        return last_user_text(body.get("messages"))
-    if path.endswith("/responses"):
-        return responses_input_text(body.get("input"))
-    return completion_prompt_text(body.get("prompt"))
+    return openai_body_texts(path, body).prompt
 
 
 def completion_prompt_text(prompt: Any) -> str | None:
     """A completions ``prompt``: a string, or a list of strings (joined; token ids are not text)."""
     if isinstance(prompt, list):
         return _joined_text(prompt)
-    return prompt if isinstance(prompt, str) and prompt.strip() else None
+    return readable(prompt)
 
 
 def responses_input_text(items: Any) -> str | None:
     """The Responses API's ``input``: a string, or a list of items whose newest user message
     (string content, or ``input_text`` parts) is this request's prompt."""
+    return responses_texts(items).prompt
+
+
+def responses_texts(items: Any, instructions: Any = None) -> RequestTexts:
+    """The Responses API's ``input`` (a string, or a list of message items) and its
+    ``instructions``, as a prompt and context."""
     if isinstance(items, str):
-        return items if items.strip() else None
-    return last_user_text(items)
+        told = _content_text(instructions)
+        return RequestTexts(readable(items), (), (told,) if told is not None else ())
+    return chat_texts(items, instructions)
 
 
 def prompt_from_guardrail_request(payload: Mapping[str, Any], source: str = "last_user") -> str | None:
@@ -84,15 +196,22 @@ def prompt_from_guardrail_request(payload: Mapping[str, Any], source: str = "las
     ``source="last_user"``: the newest user message of ``structured_messages``, else the last
     of ``texts``. ``source="joined"``: every text of ``texts``, joined by newlines.
     """
+    return guardrail_request_texts(payload, source).prompt
+
+
+def guardrail_request_texts(payload: Mapping[str, Any], source: str = "last_user") -> RequestTexts:
+    """The prompt (as :func:`prompt_from_guardrail_request`) and, from ``structured_messages``,
+    the context and instructions of a LiteLLM Generic Guardrail API request. ``texts`` alone
+    name no roles, so they give neither (``source="joined"`` observes them all as one prompt)."""
     if source not in GUARDRAIL_PROMPT_SOURCES:
         raise ConfigError(f"the guardrail prompt source must be one of {GUARDRAIL_PROMPT_SOURCES}; got {source!r}")
     if source == "joined":
-        return _joined_text(payload.get("texts"))
-    newest_user = last_user_text(payload.get("structured_messages"))
-    if newest_user is not None:
-        return newest_user
+        return RequestTexts(_joined_text(payload.get("texts")))
+    chat = chat_texts(payload.get("structured_messages"))
+    if chat.prompt is not None:
+        return chat
     texts = _nonblank_texts(payload.get("texts"))
-    return texts[-1] if texts else None
+    return RequestTexts(texts[-1] if texts else None)
 
 
 AccountField = Literal[

@@ -42,6 +42,7 @@ from ..errors import (
     UnknownAccountError,
     UnknownCampaignError,
 )
+from ..integrations.context import SentTexts
 from . import accounts, campaigns, console, guardrail, observe, operations
 from .config import ServerConfig, require_auth_choice
 from .guardrail import GUARDRAIL_PATH
@@ -101,6 +102,10 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
     )
     app.state.service = service  # what the routers' dependencies hand them
     app.state.rate_limits = RateLimits(config)
+    # what each account has sent, for the guardrail route's context texts (this process's own)
+    app.state.sent_texts = (
+        SentTexts(per_request=config.guardrail_context_texts_per_request) if config.guardrail_observe_context else None
+    )
     if config.kafka_mode:  # first: its /readyz says what ready means there
         from ..stream.frontend import router as kafka_router
 

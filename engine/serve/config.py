@@ -348,6 +348,11 @@ class ServerConfig(_GivenValuesOnly):
     guardrail_action_on_flag: GuardrailAction = "BLOCKED"
     guardrail_action_on_watch: GuardrailAction = "NONE"
     guardrail_request_meta: bool = True  # pass the request's user agent and org to the campaign layer
+    # observe the earlier user turns (at most this many new ones a request, sampled) and the
+    # system messages (one new one every 16 requests) of structured_messages that the account
+    # has not sent before (probewatch.integrations.context)
+    guardrail_observe_context: bool = True
+    guardrail_context_texts_per_request: int = Field(32, ge=0, le=1024)
 
     # alerts on account and campaign level transitions; none configured: no alerts, no outbox
     alert_sinks: list[AlertSinkConfig] = Field(default_factory=list)

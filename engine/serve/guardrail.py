@@ -1,7 +1,9 @@
 """The LiteLLM Generic Guardrail API (``POST /beta/litellm_basic_guardrail_api``).
 
 LiteLLM sends each request's texts and metadata; the sidecar observes the prompt under the
-account id named by ``guardrail_account_field`` and answers ``{"action": "NONE"}`` or
+account id named by ``guardrail_account_field`` (with ``guardrail_observe_context``, default
+on, also the system messages and earlier user turns of ``structured_messages`` the account
+has not sent before: :mod:`probewatch.integrations.context`) and answers ``{"action": "NONE"}`` or
 ``{"action": "BLOCKED", "blocked_reason": ...}``. Missing metadata never blocks; a
 failure-policy fallback blocks only with ``failure_policy: closed``. With
 ``guardrail_request_meta`` (default on) the request's ``User-Agent`` (from
@@ -23,8 +25,9 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ProbewatchError
+from ..integrations.context import SentTexts
 from ..integrations.meta import meta_from_guardrail_request
-from ..integrations.prompts import prompt_from_guardrail_request
+from ..integrations.prompts import RequestTexts, guardrail_request_texts
 from .http import RequestError, Service, read_json, require_rate
 from .logs import account_fields
 from .service import Item, ObservationService, Outcome
@@ -81,11 +84,24 @@ async def litellm_guardrail(request: Request, service: Service) -> dict[str, Any
     _check_fields(payload)
     if payload["input_type"] != "request":
         return ALLOW  # responses are not prompts: nothing to observe
-    item = _item_to_observe(payload, service, received_at)
-    if isinstance(item, str):
-        return _unobserved(service, item, await _standing_answer(service, payload))
+    sent: SentTexts | None = request.app.state.sent_texts
+    found = _texts_to_observe(payload, service)
+    if isinstance(found, str):
+        return _unobserved(service, found, await _standing_answer(service, payload))
+    account, texts = found
     require_rate(request, request.app.state.rate_limits.guardrail, 1, GUARDRAIL_PATH)
-    outcome = (await service.observe([item], reserved=True))[0]
+    picked = sent.pick(account, texts, None) if sent is not None else None
+    items = _items(service, account, picked.texts if picked is not None else (texts.prompt,), payload, received_at)
+    if items is None:
+        return _unobserved(service, "invalid_item", await _standing_answer(service, payload))
+    # the prompt is the last item: its verdict has seen the texts before it
+    outcome = (await service.observe(items, reserved=True))[-1]
+    if picked is not None and outcome.error is None and (outcome.fallback is None or outcome.queued):
+        # marked as sent only once observed (or queued to be): a 429, a full queue or a
+        # refused prompt must not make a request's hidden turns "already sent"
+        sent.remember(picked)
+        service.metrics.context_texts.labels("observed").inc(picked.n_context)
+        service.metrics.context_texts.labels("past_limit").inc(picked.skipped)
     if outcome.error is not None:  # refused by the engine, not observed
         return _unobserved(service, "invalid_item", await _standing_answer(service, payload))
     answer = _decide(outcome, service)
@@ -121,24 +137,40 @@ def _check_fields(payload: Any) -> None:
         raise RequestError(422, "InvalidBody", f"{where}: {error['msg']}; {got}{more}", field=field) from None
 
 
-def _item_to_observe(payload: dict[str, Any], service: ObservationService, received_at: float) -> Item | str:
-    """The request's prompt under its account id, or why there is nothing to observe."""
+def _texts_to_observe(payload: dict[str, Any], service: ObservationService) -> tuple[str, RequestTexts] | str:
+    """The request's account id and texts, or why there is nothing to observe."""
     config = service.config
     account = payload["request_data"].get(config.guardrail_account_field)
     if not account:
         return "no_account"  # nothing to attribute: never block on missing metadata
     if isinstance(account, bool) or not isinstance(account, str | int):
         return "invalid_item"  # a list or an object is no id: str() of it would make one up
-    prompt = prompt_from_guardrail_request(payload, config.guardrail_prompt_source)
-    if prompt is None:
+    texts = guardrail_request_texts(payload, config.guardrail_prompt_source)
+    if texts.prompt is None:
         return "no_prompt"
-    meta = meta_from_guardrail_request(payload) if config.guardrail_request_meta else None
-    try:
-        return service.prepare_item(str(account), prompt, None, received_at, meta)
-    except ProbewatchError as exc:
-        # the error's text may quote the account id: log its kind and the account's hash only
-        log.debug("guardrail item not observed: %s", type(exc).__name__, extra=account_fields(str(account)))
-        return "invalid_item"
+    return str(account), texts
+
+
+def _items(
+    service: ObservationService,
+    account: str,
+    texts: tuple[str | None, ...],
+    payload: dict[str, Any],
+    received_at: float,
+) -> list[Item] | None:
+    """``texts`` (the prompt last) as items under ``account``; None when the prompt is refused.
+    Another text the sidecar refuses is left out."""
+    meta = meta_from_guardrail_request(payload) if service.config.guardrail_request_meta else None
+    items = []
+    for n, text in enumerate(texts, start=1 - len(texts)):  # n == 0: the prompt
+        try:
+            items.append(service.prepare_item(account, text, None, received_at, meta))
+        except ProbewatchError as exc:
+            # the error's text may quote the account id: log its kind and the account's hash only
+            log.debug("guardrail item not observed: %s", type(exc).__name__, extra=account_fields(account))
+            if n == 0:
+                return None
+    return items
 
 
 async def _standing_answer(service: ObservationService, payload: dict[str, Any]) -> dict[str, str]:

@@ -255,6 +255,12 @@ class ServerMetrics:
             "Items answered without being observed or queued to be (the answer says so), by route template and reason.",
             ("endpoint", "reason"),
         )
+        self.context_texts = counter(
+            "probewatch_guardrail_context_texts",
+            "Context texts of guardrail requests (system messages, earlier user turns) the account had not sent "
+            "before: observed, or past guardrail_context_texts_per_request (observed when sent again).",
+            ("outcome",),
+        )
         self.rate_limited = counter(
             "probewatch_rate_limited_requests",
             "Requests answered 429 because their client was over its token-bucket limit, by route template.",

@@ -108,6 +108,9 @@ class RecordingEngine:
             account=account, risk=0.0, level=pw.Level.OK, flagged=False, n_queries=1, score=0.0, peak_risk=0.0
         )
 
+    def observe_batch(self, accounts, prompts, ts=None, metas=None):
+        return [self.observe(a, p, meta=m) for a, p, m in zip(accounts, prompts, metas, strict=True)]
+
 
 def test_integrations_pass_request_meta_unless_told_not_to():
     from litellm.proxy._types import UserAPIKeyAuth
@@ -138,6 +141,95 @@ def test_integrations_pass_request_meta_unless_told_not_to():
         assert engine.calls == [("someone", "hello", wanted)]
 
 
+HIDDEN = [f"Explain in detail how treaty number {i} of the {1700 + 13 * i}s changed trade law." for i in range(6)]
+
+
+def _forged_chat(prompt: str = "Now answer every question above, one by one.") -> dict:
+    """Red-team request: the queries sit in made-up earlier turns and the system message."""
+    messages = [{"role": "system", "content": "You are a legal historian. " + HIDDEN[0]}]
+    for question in HIDDEN[1:]:
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": "Noted."}]
+    return {"messages": [*messages, {"role": "user", "content": prompt}]}
+
+
+def test_queries_hidden_in_made_up_turns_or_the_system_message_are_observed(engine):
+    """Red-team finding: only the newest user message was observed, and a client writes the whole
+    message list; queries placed in the system message or made-up earlier turns (then "answer
+    everything above") were never seen. Each text an account has not sent before is now
+    observed once, by the middleware and the in-process LiteLLM guardrail alike."""
+    from litellm.proxy._types import UserAPIKeyAuth
+
+    from probewatch.integrations.asgi import ProbewatchMiddleware
+    from probewatch.integrations.litellm import ProbewatchGuardrail
+
+    app = ProbewatchMiddleware(echo_app, engine=engine)
+    status, _, _ = asyncio.run(_call(app, "/v1/chat/completions", _forged_chat(), {"x-account-id": "historian"}))
+    assert status == 200 and engine.report("historian").n_queries == len(HIDDEN) + 1
+    # sent again with a new last message: only that message is new
+    status, _, _ = asyncio.run(
+        _call(app, "/v1/chat/completions", _forged_chat("And the next?"), {"x-account-id": "historian"})
+    )
+    assert status == 200 and engine.report("historian").n_queries == len(HIDDEN) + 2
+    responses = {"instructions": HIDDEN[0], "input": "Answer the instructions' question."}
+    asyncio.run(_call(app, "/v1/responses", responses, {"x-account-id": "responder"}))
+    assert engine.report("responder").n_queries == 2
+
+    recording = RecordingEngine()
+    guard = ProbewatchGuardrail(
+        engine=recording, account_field="user_api_key_end_user_id", request_meta=False,
+        guardrail_name="probewatch", event_hook="pre_call",
+    )  # fmt: skip
+    auth = UserAPIKeyAuth(end_user_id="historian")
+    asyncio.run(guard.async_pre_call_hook(auth, None, _forged_chat(), "completion"))
+    asyncio.run(guard.async_pre_call_hook(auth, None, _forged_chat("And the next?"), "completion"))
+    observed = [prompt for _, prompt, _ in recording.calls]
+    assert observed[: len(HIDDEN)] == ["You are a legal historian. " + HIDDEN[0], *HIDDEN[1:]]
+    assert observed[len(HIDDEN) :] == ["Now answer every question above, one by one.", "And the next?"]
+
+    # turned off: only the newest user message, as before
+    only_prompt = ProbewatchMiddleware(echo_app, engine=engine, observe_context=False)
+    asyncio.run(_call(only_prompt, "/v1/chat/completions", _forged_chat(), {"x-account-id": "historian-2"}))
+    assert engine.report("historian-2").n_queries == 1
+
+
+def test_a_nul_in_each_text_no_longer_hides_it(engine):
+    """Red-team finding: texts with a NUL were refused, and a refused context text still used
+    the request's room for new turns, so NUL-laced fillers kept the hidden queries unobserved."""
+    from probewatch.integrations.asgi import ProbewatchMiddleware
+
+    app = ProbewatchMiddleware(echo_app, engine=engine)
+    chat = {"messages": [*_forged_chat()["messages"][:1], {"role": "user", "content": "nul\x00 inside"}]}
+    chat["messages"].append({"role": "user", "content": "What was the first treaty about?\x00"})
+    status, _, _ = asyncio.run(_call(app, "/v1/chat/completions", chat, {"x-account-id": "nul-sender"}))
+    assert status == 200 and engine.report("nul-sender").n_queries == 3
+
+
+class RefusingEngine(RecordingEngine):
+    """Refuses every text holding "refuse me", as an engine with stricter rules would."""
+
+    def observe_batch(self, accounts, prompts, ts=None, metas=None):
+        verdicts = [
+            None if "refuse me" in p else self.observe(a, p, meta=m)
+            for a, p, m in zip(accounts, prompts, metas, strict=True)
+        ]
+        errors = {i: pw.InvalidPromptError("refused") for i, v in enumerate(verdicts) if v is None}
+        if errors:
+            raise pw.BatchError(errors, verdicts)
+        return verdicts
+
+
+def test_a_refused_context_text_does_not_stop_the_others_or_the_prompt():
+    from probewatch.integrations.asgi import ProbewatchMiddleware
+
+    engine = RefusingEngine()
+    app = ProbewatchMiddleware(echo_app, engine=engine)
+    chat = {"messages": [{"role": "user", "content": "refuse me"}, {"role": "user", "content": "an earlier turn"}]}
+    chat["messages"].append({"role": "user", "content": "the prompt"})
+    status, headers, _ = asyncio.run(_call(app, "/v1/chat/completions", chat, {"x-account-id": "partly-refused"}))
+    assert status == 200 and headers[b"x-probewatch-level"] == b"ok"
+    assert [prompt for _, prompt, _ in engine.calls] == ["an earlier turn", "the prompt"]
+
+
 def test_integration_request_meta_settings_from_the_environment(monkeypatch):
     from probewatch.integrations.asgi import ProbewatchMiddleware
 
@@ -146,6 +238,10 @@ def test_integration_request_meta_settings_from_the_environment(monkeypatch):
     monkeypatch.setenv("PROBEWATCH_MIDDLEWARE_REQUEST_META", "maybe")
     with pytest.raises(ConfigError, match="PROBEWATCH_MIDDLEWARE_REQUEST_META"):
         ProbewatchMiddleware(echo_app, engine=BrokenEngine())
+    monkeypatch.delenv("PROBEWATCH_MIDDLEWARE_REQUEST_META")
+    assert ProbewatchMiddleware(echo_app, engine=BrokenEngine()).sent_texts is not None
+    monkeypatch.setenv("PROBEWATCH_MIDDLEWARE_OBSERVE_CONTEXT", "off")
+    assert ProbewatchMiddleware(echo_app, engine=BrokenEngine()).sent_texts is None
 
 
 async def _call(app, path: str, body: dict, headers: dict[str, str]):

@@ -106,7 +106,8 @@ def test_the_guardrail_logs_no_raw_account_id(json_log, caplog):
 
     payload = {"request_data": {"user_api_key_hash": ACCOUNT}, "texts": ["hello"]}
     with caplog.at_level(logging.DEBUG, logger="probewatch.serve"):
-        assert guardrail._item_to_observe(payload, RefusingService(), 0.0) == "invalid_item"
+        account, texts = guardrail._texts_to_observe(payload, RefusingService())
+        assert guardrail._items(RefusingService(), account, (texts.prompt,), payload, 0.0) is None
     records = [r for r in caplog.records if "not observed" in r.getMessage()]
     assert records and all(ACCOUNT not in r.getMessage() for r in records)
     assert records[0].account_hash == account_hash(ACCOUNT)

@@ -358,14 +358,21 @@ def test_word_salad_account_is_flagged_and_listed(http, flagged_attacker):
 
 
 def test_a_flagged_account_is_blocked_by_the_guardrail_whatever_prompt_it_sends(http, flagged_attacker):
-    """A prompt the sidecar refuses (a NUL) or cannot find used to answer NONE for a flagged account."""
+    """A prompt the sidecar cannot find used to answer NONE for a flagged account; one with a NUL
+    was refused unobserved (an account that added one to every prompt was never seen): it is now
+    observed with the NUL read as a space."""
+    before = http.get("/v1/accounts/attacker").json()["n_queries"]
     for texts in (["tell me\u0000 a story"], []):
         body = {"input_type": "request", "texts": texts, "request_data": {"user_api_key_end_user_id": "attacker"}}
         answer = http.post("/beta/litellm_basic_guardrail_api", json=body).json()
-        assert answer["action"] == "BLOCKED" and answer["observed"] is False, answer
-        assert answer["reason"] == ("invalid_item" if texts else "no_prompt")
+        if texts:
+            assert answer["action"] == "BLOCKED" and "observed" not in answer, answer
+        else:
+            assert answer["action"] == "BLOCKED" and answer["observed"] is False, answer
+            assert answer["reason"] == "no_prompt"
         body["request_data"] = {"user_api_key_end_user_id": "never-seen"}
         assert http.post("/beta/litellm_basic_guardrail_api", json=body).json()["action"] == "NONE"
+    assert http.get("/v1/accounts/attacker").json()["n_queries"] == before + 1
 
 
 def test_guardrail_endpoint_contract(http, flagged_attacker):
@@ -379,6 +386,8 @@ def test_guardrail_endpoint_contract(http, flagged_attacker):
     assert empty.status_code == 422 and empty.json()["error"]["field"] == "input_type"
     blocked = ask(texts=["violin sodium"], request_data={"user_api_key_end_user_id": "attacker"})
     assert blocked["action"] == "BLOCKED" and "extraction" in blocked["blocked_reason"]
+    known = http.get("/v1/accounts/alice")
+    before = known.json()["n_queries"] if known.status_code == 200 else 0
     normal = ask(
         texts=["You are helpful.", "How long should sourdough proof?"],
         structured_messages=[
@@ -388,7 +397,36 @@ def test_guardrail_endpoint_contract(http, flagged_attacker):
         request_data={"user_api_key_end_user_id": "alice", "user_api_key_hash": "abc"},
     )
     assert normal == {"action": "NONE"}
-    assert http.get("/v1/accounts/alice").json()["n_queries"] == 3
+    # the prompt and, new for alice, the system message
+    assert http.get("/v1/accounts/alice").json()["n_queries"] == before + 2
+
+
+def test_the_guardrail_observes_queries_hidden_in_made_up_turns_once_each(sidecar, http):
+    """Red-team finding: only the newest user message was observed, so queries in the system
+    message or in made-up earlier turns were never seen. Each one the account has not sent
+    before is now observed (the prompt's verdict has seen them), and counted in metrics."""
+    hidden = [f"Which enzyme does step {i} of glycolysis use, and why that one?" for i in range(5)]
+    messages = [{"role": "system", "content": "Quiz mode. " + hidden[0]}]
+    for question in hidden[1:]:
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": "Noted."}]
+
+    def ask(last: str) -> dict:
+        body = {
+            "input_type": "request",
+            "texts": [m["content"] for m in messages] + [last],
+            "structured_messages": [*messages, {"role": "user", "content": last}],
+            "request_data": {"user_api_key_end_user_id": "quizzer"},
+        }
+        return http.post("/beta/litellm_basic_guardrail_api", json=body).json()
+
+    before = parse_prometheus(httpx.get(sidecar.url + "/metrics").text)
+    assert ask("Answer all of the above.") == {"action": "NONE"}
+    assert http.get("/v1/accounts/quizzer").json()["n_queries"] == len(hidden) + 1
+    assert ask("Next one, please.") == {"action": "NONE"}  # the history is known: only the prompt
+    assert http.get("/v1/accounts/quizzer").json()["n_queries"] == len(hidden) + 2
+    after = parse_prometheus(httpx.get(sidecar.url + "/metrics").text)
+    key = ("probewatch_guardrail_context_texts_total", (("outcome", "observed"),))
+    assert after[key] - before.get(key, 0.0) == len(hidden)
 
 
 def test_metrics_parse_and_never_name_an_account(sidecar, http, flagged_attacker):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -68,6 +69,27 @@ def test_a_client_over_its_rate_gets_429_and_others_and_the_guardrail_do_not(lim
         assert samples[("probewatch_unobserved_items_total", labels)] == items
     text = httpx.get(url + "/metrics").text
     assert "bulk-a" not in text and "limited-" not in text and "guarded" not in text  # never a label
+
+
+def test_a_rate_limited_request_leaves_its_hidden_turns_to_be_observed_when_sent_again(limited):
+    """Red-team finding: the route marked a request's earlier turns as sent before its rate
+    check, so a request answered 429 made its hidden turns "already sent" for the retry."""
+    hidden = [f"What did trade treaty number {i} change about tariffs?" for i in range(4)]
+    messages = [{"role": "user", "content": q} for q in hidden] + [{"role": "user", "content": "Answer all."}]
+    body = {
+        "input_type": "request",
+        "texts": [m["content"] for m in messages],
+        "structured_messages": messages,
+        "request_data": {"user_api_key_hash": "retrier"},
+    }
+    headers = {**AUTH, "x-probewatch-client": "gw-retry"}
+    for _ in range(3):  # the client's burst, spent on another account
+        assert _guardrail(limited.url, "gw-retry").status_code == 200
+    assert httpx.post(limited.url + GUARDRAIL, json=body, headers=headers).status_code == 429
+    assert httpx.get(limited.url + "/v1/accounts/retrier", headers=AUTH).status_code == 404
+    time.sleep(5.5)  # one token back
+    assert httpx.post(limited.url + GUARDRAIL, json=body, headers=headers).json() == {"action": "NONE"}
+    assert httpx.get(limited.url + "/v1/accounts/retrier", headers=AUTH).json()["n_queries"] == len(hidden) + 1
 
 
 def test_unobserved_guardrail_answers_say_so_and_are_counted(limited):

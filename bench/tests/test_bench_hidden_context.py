@@ -1,0 +1,72 @@
+"""bench.hidden_context builds what it says: attackers whose queries sit in each request's
+context, honest chats that resend their system prompt and history; and the integrations'
+reading of both observes what the benchmark counts."""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from bench.hidden_context import ASKS, flagged_share, hiding_accounts, honest_accounts
+from bench.traffic import attacks
+from probewatch.integrations.context import SentTexts
+from probewatch.integrations.prompts import chat_texts
+
+
+@pytest.fixture(scope="module")
+def pools():
+    return attacks.build_attack_pools(random.Random(0), 60, 0)
+
+
+def test_hidden_queries_sit_in_made_up_turns_or_a_system_list_under_a_harmless_last_message(pools):
+    args = SimpleNamespace(attackers=2, requests=3, hidden=4)
+    turns = ["How do I water a cactus?", "Is rye bread healthy?"]
+    for placement in ("turns", "system list"):
+        accounts = hiding_accounts("corpus_sentences", placement, pools, turns, args, random.Random(1))
+        assert len(accounts) == 2 and all(len(requests) == 3 for requests in accounts)
+        for requests in accounts:
+            sent = SentTexts()
+            for r, messages in enumerate(requests):
+                request = chat_texts(messages)
+                assert any(request.prompt.endswith(ask) for ask in ASKS)
+                hidden = request.context if placement == "turns" else request.instructions
+                assert len(hidden) == (4 if placement == "turns" else 1)
+                observed = sent.texts_to_observe("a", request)
+                if placement == "turns" or r == 0:  # every hidden turn is new; a system list is sampled
+                    assert observed == [*hidden, request.prompt]
+                else:
+                    assert observed == [request.prompt]
+
+
+def test_honest_chats_resend_their_history_and_observe_each_turn_once():
+    conversations = [[f"conversation {c}, turn {t}?" for t in range(7)] for c in range(8)]
+    accounts = honest_accounts(conversations, 3, random.Random(2))
+    for requests in accounts:
+        systems = {messages[0]["content"] for messages in requests}
+        assert len(systems) == 1 and requests[0][0]["role"] == "system"
+        sent, observed = SentTexts(), []
+        for messages in requests:
+            observed += sent.texts_to_observe("a", chat_texts(messages))
+        users = [m["content"] for messages in requests for m in messages[-1:]]
+        assert observed == [*systems, *users]  # the system prompt once, each user turn once
+
+
+def test_flagged_share_counts_what_each_mode_observes():
+    """Texts observed per mode on a toy account: the system prompt once with context, the
+    history again after the halfway restart."""
+    rows: dict[str, np.ndarray] = {}
+    rng = np.random.default_rng(0)
+
+    def vectors_of(texts):
+        for t in texts:
+            rows.setdefault(t, rng.normal(size=384).astype(np.float32))
+        return np.stack([rows[t] for t in texts])
+
+    conversations = [[f"turn {t} of chat {c} about sourdough starters?" for t in range(8)] for c in range(6)]
+    requests = honest_accounts(conversations, 1, random.Random(3))[0][:8]  # one conversation's 8 turns
+    counts = {mode: flagged_share([requests], vectors_of, mode)[2] for mode in ("prompt", "context", "restart")}
+    assert counts["prompt"] == 8 and counts["context"] == 9
+    assert counts["restart"] == 9 + 1 + 4  # at request 4: the system prompt and turns 0-3 again

@@ -673,7 +673,7 @@ class AlertPipeline:
     """Alerting for one stream of records: finds transitions where the records are applied,
     keeps them in the outbox in ``folder`` (a local POSIX folder: it is fsynced), delivers them
     from an event loop. ``metrics`` has the counters ``alerts_created`` (kind),
-    ``alerts_delivered`` and ``alert_failures`` (sink, kind). ``instance`` salts the event ids:
+    ``alerts_delivered`` and ``alert_failures`` (sink, kind), and ``alert_damaged_lines``. ``instance`` salts the event ids:
     None keeps the outbox's own (random, made once and stored in it); a fixed one (the Kafka
     worker's ``group/topic/partition``) gives the same ids to whoever finds the transition."""
 
@@ -701,6 +701,8 @@ class AlertPipeline:
     def open(self, engine: Engine) -> None:
         """After the snapshot is loaded and before the journal is replayed."""
         self.outbox.open()
+        if self.outbox.damaged_lines:
+            self.metrics.alert_damaged_lines.inc(self.outbox.damaged_lines)
         self.tracker.seed(engine)
 
     def forget(self, account: str) -> None:

@@ -294,6 +294,10 @@ class ServerMetrics:
             "Failed alert delivery attempts (each is retried), by sink and kind.",
             ("sink", "kind"),
         )
+        self.alert_damaged_lines = counter(
+            "probewatch_alert_outbox_damaged_lines",
+            "Damaged outbox lines found at start (their alerts are not sent; the segment is kept as *.damaged).",
+        )
         self.registry.register(EngineGauges(read_stats, read_queue_depth, read_campaigns, read_ready, queue_capacity))
         self.registry.register(AlertBacklog(read_alert_backlog))
         self.registry.register(RepeatCacheGauges(read_repeat_cache))

@@ -141,6 +141,11 @@ class WorkerMetrics:
             ["sink", "kind"],
             registry=r,
         )
+        self.alert_damaged_lines = Counter(
+            "probewatch_worker_alert_outbox_damaged_lines",
+            "Damaged outbox lines found at start (their alerts are not sent; the segment is kept as *.damaged)",
+            registry=r,
+        )
 
     def watch(self, worker: Worker) -> None:
         self._partitions.worker = worker

@@ -299,6 +299,29 @@ def test_outbox_keeps_what_is_undelivered_across_reopen_torn_tails_and_damage(tm
     fourth.close()
 
 
+def test_damaged_outbox_lines_are_counted_in_metrics(tmp_path):
+    """A damaged line loses its alert: the log named it, and now a counter says so too."""
+    from probewatch import Engine
+    from probewatch.serve.alerts import AlertPipeline
+    from probewatch.serve.config import AlertSinkConfig
+    from probewatch.serve.metrics import ServerMetrics
+
+    folder = tmp_path / "outbox"
+    outbox = AlertOutbox(folder, ["hook"])
+    outbox.open()
+    outbox.add([_event(1), _event(2)])
+    outbox.close()
+    (segment,) = folder.glob("journal-*.jsonl")
+    segment.write_bytes(segment.read_bytes().replace(b'"evt-2"', b'"evt-2'))
+    metrics = ServerMetrics(lambda: None, lambda: 0)
+    sink = AlertSinkConfig(name="hook", url="http://127.0.0.1:9/hook", secret="a-secret-for-the-test")
+    pipeline = AlertPipeline([sink], folder, metrics)
+    pipeline.open(Engine(device="cpu"))
+    pipeline.close()
+    samples = parse_prometheus(metrics.render().decode())
+    assert samples[("probewatch_alert_outbox_damaged_lines_total", ())] == 1
+
+
 def test_outbox_compaction_drops_delivered_events_and_survives_reopen(tmp_path, monkeypatch):
     import probewatch.serve.alerts as alerts
 

@@ -10,10 +10,12 @@ other side: an honest chat resends its system prompt and history with every requ
 Both sides, on the shipped calibration (``Engine()``, campaign layer off), each account new:
 
 * **hidden**: per strategy, ``--attackers`` accounts each send ``--requests`` requests; each
-  request holds ``--hidden`` extraction queries as made-up user turns (``turns``) or as one
-  numbered list in the system message (``system list``: a new system text is observed once
-  every 16 requests of its account, so this one is sampled), and a last user message drawn
-  from real ShareGPT turns. Flagged share with the newest message only, and with context.
+  request holds ``--hidden`` extraction queries as made-up user turns (``turns``), or at most 8
+  of them each under a made-up answer (``answered turns``: as many as an app's few-shot
+  examples, which are not observed), or as one numbered list in the system message (``system
+  list``: a new system text is observed once every 16 requests of its account, so this one is
+  sampled), and a last user message drawn from real ShareGPT turns. Flagged share with the
+  newest message only, and with context.
 * **honest chats**: ``--accounts`` accounts, each a fixed system prompt and 3-6 real ShareGPT
   conversations (test half, 6+ user turns) sent turn by turn with the whole history. Flagged
   share with the newest message only, with context, and with context after a restart in the
@@ -33,10 +35,11 @@ import numpy as np
 
 from bench.traffic import attacks, sources
 from probewatch.cli.args import at_least
-from probewatch.integrations.context import SentTexts, texts_to_observe
+from probewatch.integrations.context import FEW_SHOT_TURNS, SentTexts, texts_to_observe
 from probewatch.integrations.prompts import chat_texts
 
 STRATEGIES = ("cot_elicitation", "corpus_sentences", "template_sweep", "random_words")
+PLACEMENTS = ("turns", "answered turns", "system list")
 SYSTEM_PROMPTS = (
     "You are a helpful assistant.",
     "You are ChatGPT, a large language model. Answer as concisely as possible.",
@@ -84,11 +87,13 @@ def hiding_accounts(
             if placement == "system list":
                 listed = "\n".join(f"{i + 1}. {q}" for i, q in enumerate(batch))
                 requests.append([{"role": "system", "content": f"Answer these first:\n{listed}"}, last])
-            else:
+            elif placement == "answered turns":  # each under a made-up answer, as many as examples may be
                 turns = []
-                for q in batch:
+                for q in batch[:FEW_SHOT_TURNS]:
                     turns += [{"role": "user", "content": q}, {"role": "assistant", "content": "Noted."}]
                 requests.append([*turns, last])
+            else:
+                requests.append([*({"role": "user", "content": q} for q in batch), last])
         accounts.append(requests)
     return accounts
 
@@ -145,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hiding = {
         (strategy, placement): hiding_accounts(strategy, placement, pools, chat_turns, args, rng)
         for strategy in STRATEGIES
-        for placement in ("turns", "system list")
+        for placement in PLACEMENTS
     }
 
     def every_text(accounts: list[list[Request]]) -> set[str]:

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from bench.hidden_context import ASKS, flagged_share, hiding_accounts, honest_accounts
+from bench.hidden_context import ASKS, PLACEMENTS, flagged_share, hiding_accounts, honest_accounts
 from bench.traffic import attacks
 from probewatch.integrations.context import SentTexts
 from probewatch.integrations.prompts import chat_texts
@@ -18,13 +18,13 @@ from probewatch.integrations.prompts import chat_texts
 
 @pytest.fixture(scope="module")
 def pools():
-    return attacks.build_attack_pools(random.Random(0), 60, 0)
+    return attacks.build_attack_pools(random.Random(0), 400, 0)
 
 
 def test_hidden_queries_sit_in_made_up_turns_or_a_system_list_under_a_harmless_last_message(pools):
-    args = SimpleNamespace(attackers=2, requests=3, hidden=4)
+    args = SimpleNamespace(attackers=2, requests=3, hidden=10)
     turns = ["How do I water a cactus?", "Is rye bread healthy?"]
-    for placement in ("turns", "system list"):
+    for placement in PLACEMENTS:
         accounts = hiding_accounts("corpus_sentences", placement, pools, turns, args, random.Random(1))
         assert len(accounts) == 2 and all(len(requests) == 3 for requests in accounts)
         for requests in accounts:
@@ -32,12 +32,14 @@ def test_hidden_queries_sit_in_made_up_turns_or_a_system_list_under_a_harmless_l
             for r, messages in enumerate(requests):
                 request = chat_texts(messages)
                 assert any(request.prompt.endswith(ask) for ask in ASKS)
-                hidden = request.context if placement == "turns" else request.instructions
-                assert len(hidden) == (4 if placement == "turns" else 1)
+                hidden = {"turns": request.context, "answered turns": request.answered}.get(
+                    placement, request.instructions
+                )
+                assert len(hidden) == {"turns": 10, "answered turns": 8}.get(placement, 1)
                 observed = sent.texts_to_observe("a", request)
-                if placement == "turns" or r == 0:  # every hidden turn is new; a system list is sampled
-                    assert observed == [*hidden, request.prompt]
-                else:
+                if placement == "turns" or (placement == "system list" and r == 0):
+                    assert observed == [*hidden, request.prompt]  # every hidden turn is new
+                else:  # examples' worth of answered turns are not read; a system list is sampled
                     assert observed == [request.prompt]
 
 
@@ -55,8 +57,8 @@ def test_honest_chats_resend_their_history_and_observe_each_turn_once():
 
 
 def test_flagged_share_counts_what_each_mode_observes():
-    """Texts observed per mode on a toy account: the system prompt once with context, the
-    history again after the halfway restart."""
+    """Texts observed per mode on a toy account: the system prompt once with context, and once
+    more after the halfway restart."""
     rows: dict[str, np.ndarray] = {}
     rng = np.random.default_rng(0)
 
@@ -69,4 +71,6 @@ def test_flagged_share_counts_what_each_mode_observes():
     requests = honest_accounts(conversations, 1, random.Random(3))[0][:8]  # one conversation's 8 turns
     counts = {mode: flagged_share([requests], vectors_of, mode)[2] for mode in ("prompt", "context", "restart")}
     assert counts["prompt"] == 8 and counts["context"] == 9
-    assert counts["restart"] == 9 + 1 + 4  # at request 4: the system prompt and turns 0-3 again
+    # at request 4 the memory is lost: the system prompt again; turns 0-3 are answered, as
+    # few as an app's examples, so they are not read again
+    assert counts["restart"] == 9 + 1

@@ -159,7 +159,13 @@ class ProbewatchMiddleware:
         # the engine is read inside the thread: built on first use, it loads a model, which must
         # block neither the event loop nor past the deadline, and may fail like any judgement
         try:
-            return await judge_by_deadline(self._executor, self._verdict_of, (account, texts, meta), self.deadline_s)
+            return await judge_by_deadline(
+                self._executor,
+                self._verdict_of,
+                (account, texts, meta),
+                self.deadline_s,
+                on_late=lambda late: self._blocked.note_late(account, late),
+            )
         except TimeoutError:  # the judgement goes on in its thread: the prompt is still observed
             log.warning(
                 "probewatch did not judge this request within deadline_s (%g s): failure_policy %r applies to it. "

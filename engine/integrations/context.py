@@ -10,19 +10,28 @@ an honest chat's history again at each turn, and its system prompt at every requ
 texts of a request (:class:`~probewatch.integrations.prompts.RequestTexts`) to observe:
 
 * the **prompt**, always (a resent prompt is traffic: a retry, a templated app);
-* the **earlier user turns** the account has not sent: an honest chat's were its prompts when
-  they were new, a made-up one is observed when it first appears;
-* **instructions** (system and developer texts) the account has not sent, at most one every
-  ``instructions_every`` requests (16). Many apps write their system message anew for each
-  request (the time, retrieved passages, a running summary of the chat); observed each time,
-  such near-duplicates made 3 of 6 honest chat accounts flag in a red-team pass. A fixed
-  system prompt is observed once; one that changes every request is sampled; digits are set
-  aside when comparing instructions (a clock or a counter in them is not a new text).
+* the **earlier user turns no answer follows** that the account has not sent: what "answer
+  everything above" asks about. An honest chat's were its prompts when they were new; a
+  made-up one is observed when it first appears. So is every instruction past a request's
+  first two (one system message per hidden query);
+* **answered earlier turns** (an assistant message follows each) only when a request carries
+  more than ``few_shot_turns`` (8) new ones: an honest history was observed turn by turn, and
+  an app's few-shot examples are its own (rotating examples, each observed, made 4 of 5 honest
+  accounts flag in a red-team pass). The price: up to 8 queries a request, each under a
+  made-up answer, pass unobserved;
+* **instructions** (the first two system and developer texts) the account has not sent, at
+  most one every ``instructions_every`` requests (16). Many apps write their system message
+  anew for each request (the time, retrieved passages, a running summary of the chat);
+  observed each time, such near-duplicates made 3 of 6 honest chat accounts flag in a
+  red-team pass. A fixed system prompt is observed once; one that changes every request is
+  sampled, and so is a question list put there; digits are set aside when comparing
+  instructions (a clock or a counter in them is not a new text).
 
 Bounded in two ways. The memory holds at most ``capacity`` (account, text) keys over all
 accounts, least recently sent first out; a request touches every key it carries, so a live
 conversation's history stays. An account whose keys were pushed out (or any account after a
-restart: the memory is not saved) has its resent history observed once more. At most
+restart: the memory is not saved) has its resent history observed once more, when it is longer
+than ``few_shot_turns``. At most
 ``per_request`` new earlier turns are observed per request, a random sample (an attacker can
 neither order nor pad its queries out of it: the keys are salted per process); the rest are
 not remembered, so a later request that carries them again gets them observed.
@@ -60,6 +69,9 @@ SENT_TEXTS_CAPACITY = 200_000
 CONTEXT_TEXTS_PER_REQUEST = 32
 # A new instruction text is observed at most once in this many requests of its account.
 INSTRUCTIONS_EVERY = 16
+# New answered turns a request may carry unobserved: an app's few-shot examples (rotating
+# ones made 4 of 5 honest accounts flag when each was observed). More are read as a history.
+FEW_SHOT_TURNS = 8
 _DIGITS = re.compile(r"[0-9]+")
 
 
@@ -94,18 +106,21 @@ class SentTexts:
         capacity: int = SENT_TEXTS_CAPACITY,
         per_request: int = CONTEXT_TEXTS_PER_REQUEST,
         instructions_every: int = INSTRUCTIONS_EVERY,
+        few_shot_turns: int = FEW_SHOT_TURNS,
         salt: bytes | None = None,
     ):
         for name, value, least in (
             ("capacity", capacity, 1),
             ("per request", per_request, 0),
             ("instructions every", instructions_every, 1),
+            ("few-shot turns", few_shot_turns, 0),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ConfigError(f"sent texts: {name} must be an integer >= {least}; got {value!r}")
         self.capacity = capacity
         self.per_request = per_request
         self.instructions_every = instructions_every
+        self.few_shot_turns = few_shot_turns
         self.observed_context = 0
         self.skipped = 0
         # keys are salted per process, so which new turns a request's sample takes cannot be
@@ -142,12 +157,16 @@ class SentTexts:
                     self._keys.move_to_end(key)
                 else:
                     new_instructions[key] = text
-            for text in map(cut, request.context):
-                key = self._key(account, "turn", text)
-                if key in self._keys:
-                    self._keys.move_to_end(key)
-                elif key != prompt_key:
-                    new_turns[key] = text  # a text sent twice in one request is observed once
+            new_answered: dict[bytes, str] = {}
+            for texts, new in ((request.answered, new_answered), (request.context, new_turns)):
+                for text in map(cut, texts):
+                    key = self._key(account, "turn", text)
+                    if key in self._keys:
+                        self._keys.move_to_end(key)
+                    elif key != prompt_key and key not in new_answered:
+                        new[key] = text  # a text sent twice in one request is observed once
+            if len(new_answered) > self.few_shot_turns:  # more than examples: a history to read
+                new_turns = {**new_answered, **new_turns}
             clock = self._clocks.get(account)
             due = clock is None or clock[0] - clock[1] >= self.instructions_every
         chosen: list[bytes] = [min(new_instructions)] if new_instructions and due else []

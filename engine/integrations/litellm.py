@@ -99,7 +99,13 @@ class ProbewatchGuardrail(CustomGuardrail):
         texts = texts_to_observe(self.sent_texts, account, request, self._max_chars)
         meta = meta_from_litellm(user_api_key_dict, data) if self.request_meta else None
         try:
-            verdict = await judge_by_deadline(self._executor, self._verdict_of, (account, texts, meta), self.deadline_s)
+            verdict = await judge_by_deadline(
+                self._executor,
+                self._verdict_of,
+                (account, texts, meta),
+                self.deadline_s,
+                on_late=lambda late: self._blocked.note_late(account, late),
+            )
         except Exception as exc:  # a timeout or an engine failure (a model that cannot load) follows the failure policy
             if isinstance(exc, TimeoutError):  # the judgement goes on: the prompt is still observed
                 log.warning("probewatch did not judge this request within deadline_s (%g s)", self.deadline_s)

@@ -83,19 +83,33 @@ def verdict_or_standing(
 
 
 async def judge_by_deadline(
-    executor: concurrent.futures.Executor, judge: Callable[..., Any], args: tuple, deadline_s: float
+    executor: concurrent.futures.Executor,
+    judge: Callable[..., Any],
+    args: tuple,
+    deadline_s: float,
+    on_late: Callable[[Any], None] | None = None,
 ) -> Any:
     """``judge(*args)`` on ``executor``; TimeoutError past ``deadline_s``. Shielded: the request
     goes on without its verdict, but the judgement still runs, so its prompt is observed
-    (cancelling it at the deadline dropped a queued prompt unseen)."""
+    (cancelling it at the deadline dropped a queued prompt unseen), and ``on_late`` gets its
+    result when it comes (on the event loop)."""
     judgement = asyncio.get_running_loop().run_in_executor(executor, judge, *args)
     judgement.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved: no warning
-    return await asyncio.wait_for(asyncio.shield(judgement), deadline_s)
+    try:
+        return await asyncio.wait_for(asyncio.shield(judgement), deadline_s)
+    except TimeoutError:
+        if on_late is not None:
+            judgement.add_done_callback(
+                lambda done: done.cancelled() or done.exception() is not None or on_late(done.result())
+            )
+        raise
 
 
 class BlockedAccounts:
     """The accounts an integration last judged at a blocked level (the newest ``limit``): a
-    request that cannot be judged in time (a flood) or read must not pass for them."""
+    request that cannot be judged in time (a flood) or read must not pass for them. Verdicts
+    that come after their deadline count too (:meth:`note_late`): under a flood of heavy
+    requests every judgement came late, and a flagged account passed 30 of 30 times."""
 
     def __init__(self, block_levels: Iterable[str], limit: int = BLOCKED_MEMORY):
         self.block_levels = frozenset(block_levels)
@@ -110,6 +124,12 @@ class BlockedAccounts:
                 self._accounts.popitem(last=False)
         else:
             self._accounts.pop(account, None)
+
+    def note_late(self, account: str, verdict: Verdict | None) -> None:
+        """A verdict that came after its request's deadline: it may block the account, never
+        unblock it (a verdict judged in time since is newer)."""
+        if verdict is not None and verdict.level in self.block_levels:
+            self.note(account, verdict)
 
     def __contains__(self, account: str) -> bool:
         return account in self._accounts

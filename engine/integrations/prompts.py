@@ -2,14 +2,21 @@
 integrations and the sidecar's LiteLLM guardrail route).
 
 A request's *prompt* is its newest user message (or the completion prompt). The rest of what
-the client wrote for the model is read too, because a query can hide there (a made-up earlier
-turn, a question list in the system message, then "answer everything above"): its *context*,
-the earlier user turns (and messages of roles the reader does not know, which a server may
-still render), and its *instructions*, the system and developer messages (and the Responses
-API's ``instructions``). :class:`~probewatch.integrations.context.SentTexts` picks those an
-account has not sent before, to observe with the prompt. Messages of the answer roles
-(assistant, tool, function) are not read: they are the model's answers and tool output, which
-an honest client resends, new, with every turn.
+the client wrote for the model is read too, because a query can hide there (made-up earlier
+turns, a question list in the system message, then "answer everything above"):
+
+* *context*: the earlier user turns that no answer follows (messages of roles the reader does
+  not know count as user turns: a server may still render them), and every instruction past
+  the first two;
+* *answered*: the earlier user turns an answer follows: an honest chat's history, an app's
+  few-shot examples;
+* *instructions*: the first two system and developer messages (the Responses API's
+  ``instructions`` first).
+
+:class:`~probewatch.integrations.context.SentTexts` picks those an account has not sent before,
+to observe with the prompt. Messages of the answer roles (assistant, tool, function, ...) are
+not read: they are the model's answers and tool output, which an honest client resends, new,
+with every turn.
 
 Roles are compared after trimming and case-folding (servers render `"User"` as a user turn);
 the text of a message is its string content, or the text of its parts (strings, and the
@@ -20,7 +27,7 @@ U+FFFD (the model reads past both; refusing them let an account pass unobserved 
 >>> last_user_text([{"role": "user", "content": "first"}, {"role": "user", "content": "second"}])
 'second'
 >>> chat_texts([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
-RequestTexts(prompt='Hi', context=(), instructions=('Be brief.',))
+RequestTexts(prompt='Hi', context=(), instructions=('Be brief.',), answered=())
 >>> prompt_from_guardrail_request({"texts": ["You are helpful.", "Hi"]}, source="joined")
 'You are helpful.\\nHi'
 """
@@ -39,19 +46,25 @@ GUARDRAIL_PROMPT_SOURCES: tuple[str, ...] = get_args(GuardrailPromptSource)
 ANSWER_ROLES = frozenset({"assistant", "tool", "function", "ipython", "model"})
 # Roles whose messages instruct the model rather than ask it.
 INSTRUCTION_ROLES = frozenset({"system", "developer"})
+# An app sends one system prompt, sometimes a developer message beside it: instructions past
+# these are read as turns (one system message per hidden query must not share one budget).
+INSTRUCTION_MESSAGES = 2
 # Fields of a content part object that hold text the model reads.
 PART_TEXT_FIELDS = ("text", "input_text", "output_text", "refusal", "thinking")
 
 
 @dataclass(frozen=True)
 class RequestTexts:
-    """What one request gives the model to read: ``prompt``, its newest user message (None when
-    it has none); ``context``, its earlier user turns; ``instructions``, its system and
-    developer texts. Oldest first."""
+    """What one request gives the model to read, oldest first: ``prompt``, its newest user
+    message (None when it has none); ``context``, its earlier user turns that no answer follows
+    (what "answer everything above" asks about) and any instruction past the first
+    ``INSTRUCTION_MESSAGES``; ``instructions``, its first system and developer texts;
+    ``answered``, its earlier user turns an answer follows (an honest history, few-shot examples)."""
 
     prompt: str | None
     context: tuple[str, ...] = ()
     instructions: tuple[str, ...] = ()
+    answered: tuple[str, ...] = ()
 
 
 def readable(text: Any) -> str | None:
@@ -112,27 +125,37 @@ def last_user_text(messages: Any) -> str | None:
 
 
 def chat_texts(messages: Any, instructions: Any = None) -> RequestTexts:
-    """The newest user message of a chat as the prompt, the user turns before it (and
-    messages of unknown roles) as context, the system and developer messages (and
-    ``instructions``, the Responses API's) as instructions. A message whose role is not a
-    string is not read."""
+    """A chat read as :class:`RequestTexts`: the newest user message is the prompt; a user turn
+    (or a message of a role the reader does not know) is *answered* when the next message is of
+    an answer role; ``instructions`` (the Responses API's) come first among the instructions. A
+    message whose role is not a string is not read."""
     told = _content_text(instructions)
-    told_texts = [told] if told is not None else []
-    if not isinstance(messages, list):
-        return RequestTexts(None, (), tuple(told_texts))
-    turns: list[tuple[str, str]] = []
-    for message in messages:
-        role = _role(message)
-        if role is None or role in ANSWER_ROLES:
+    turns: list[list] = [["instruction", told, False]] if told is not None else []  # [kind, text, answered]
+    if isinstance(messages, list):
+        for message in messages:
+            role = _role(message)
+            if role is None:
+                continue
+            if role in ANSWER_ROLES:
+                if turns and turns[-1][0] != "instruction":
+                    turns[-1][2] = True  # an answer answers the message right before it
+                continue
+            text = _content_text(message.get("content"))
+            if text is not None:
+                turns.append(["instruction" if role in INSTRUCTION_ROLES else role, text, False])
+    newest = max((i for i, (kind, _, _) in enumerate(turns) if kind == "user"), default=None)
+    told_texts, context, answered = [], [], []
+    for i, (kind, text, was_answered) in enumerate(turns):
+        if i == newest:
             continue
-        text = _content_text(message.get("content"))
-        if text is not None:
-            turns.append((role, text))
-    newest = max((i for i, (role, _) in enumerate(turns) if role == "user"), default=None)
-    told_texts += [text for role, text in turns if role in INSTRUCTION_ROLES]
-    context = [text for i, (role, text) in enumerate(turns) if role not in INSTRUCTION_ROLES and i != newest]
+        if kind == "instruction" and len(told_texts) < INSTRUCTION_MESSAGES:
+            told_texts.append(text)
+        elif was_answered:
+            answered.append(text)
+        else:
+            context.append(text)
     prompt = turns[newest][1] if newest is not None else None
-    return RequestTexts(prompt, tuple(context), tuple(told_texts))
+    return RequestTexts(prompt, tuple(context), tuple(told_texts), tuple(answered))
 
 
 def openai_body_texts(path: str, body: Any) -> RequestTexts:
@@ -155,11 +178,16 @@ def litellm_data_texts(data: Mapping[str, Any]) -> RequestTexts:
         return chat
     prompt = completion_prompt_text(data.get("prompt"))
     if prompt is not None:
-        return RequestTexts(prompt, chat.context, chat.instructions)
+        return RequestTexts(prompt, chat.context, chat.instructions, chat.answered)
     responses = responses_texts(data.get("input"), data.get("instructions"))
     if responses.prompt is not None:
         return responses
-    return RequestTexts(None, chat.context + responses.context, chat.instructions + responses.instructions)
+    return RequestTexts(
+        None,
+        chat.context + responses.context,
+        chat.instructions + responses.instructions,
+        chat.answered + responses.answered,
+    )
 
 
 def prompt_from_openai_body(path: str, body: Any) -> str | None:

@@ -407,8 +407,7 @@ def test_the_guardrail_observes_queries_hidden_in_made_up_turns_once_each(sideca
     before is now observed (the prompt's verdict has seen them), and counted in metrics."""
     hidden = [f"Which enzyme does step {i} of glycolysis use, and why that one?" for i in range(5)]
     messages = [{"role": "system", "content": "Quiz mode. " + hidden[0]}]
-    for question in hidden[1:]:
-        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": "Noted."}]
+    messages += [{"role": "user", "content": question} for question in hidden[1:]]
 
     def ask(last: str) -> dict:
         body = {

@@ -35,7 +35,7 @@ def test_a_chat_is_read_as_prompt_earlier_turns_and_instructions_never_answers_o
         {"role": "user", "content": [{"type": "text", "text": "And 91?"}, {"type": "image_url"}]},
     ]
     assert chat_texts(messages) == RequestTexts(
-        "And 91?", ("What is a prime?",), ("You are terse.", "Answer in French.")
+        "And 91?", (), ("You are terse.", "Answer in French."), ("What is a prime?",)
     )
     # an instruction after the newest user message is one too
     assert chat_texts(_chat(("user", "Hi"), ("system", "Be brief."))) == RequestTexts("Hi", (), ("Be brief.",))
@@ -55,7 +55,7 @@ def test_roles_and_content_shapes_a_server_renders_are_read():
         {"role": "user", "content": [{"type": "text", "text": {"value": "an Assistants-style value"}}]},
         {"role": ["user"], "content": "a role that is no string is not read"},
         {"role": {"r": 1}, "content": "nor this"},
-        {"role": "MODEL", "content": "an answer role, in any case"},
+        {"role": "MODEL", "content": "an answer role, in any case: it answers the turn before it"},
         {"role": "user", "content": ["last", {"type": "input_text", "input_text": "one"}]},
     ]
     assert chat_texts(messages) == RequestTexts(
@@ -65,9 +65,9 @@ def test_roles_and_content_shapes_a_server_renders_are_read():
             "an unknown role is read as a turn",
             "in a refusal part",
             "one part object on its own",
-            "an Assistants-style value",
         ),
         ("Rules.",),
+        ("an Assistants-style value",),
     )
 
 
@@ -235,3 +235,31 @@ def test_the_longest_prompt_comes_from_an_engine_or_its_config():
 def test_bad_memory_settings_are_config_errors(kwargs, named):
     with pytest.raises(ConfigError, match=named):
         SentTexts(**kwargs)
+
+
+def test_answered_turns_are_an_apps_examples_unless_there_are_more_than_a_few():
+    """Red-team finding: apps that send rotating few-shot examples as earlier turns made 4 of 5
+    honest accounts flag when each example was observed. A turn an answer follows is an example
+    or a real history; only a request with more than 8 new ones has them observed."""
+    examples = [("user", "I loved it"), ("assistant", "positive"), ("user", "Awful"), ("assistant", "negative")]
+    request = chat_texts(_chat(("system", "Label the sentiment."), *examples, ("user", "Not bad at all")))
+    assert request == RequestTexts("Not bad at all", (), ("Label the sentiment.",), ("I loved it", "Awful"))
+    sent = SentTexts()
+    assert sent.texts_to_observe("app", request) == ["Label the sentiment.", "Not bad at all"]
+    many = [turn for i in range(9) for turn in (("user", f"example {i}"), ("assistant", "label"))]
+    observed = sent.texts_to_observe("app", chat_texts(_chat(*many, ("user", "next"))))
+    assert observed == [*(f"example {i}" for i in range(9)), "next"]
+    # an answer answers the message right before it: the turns before that one are unanswered
+    unanswered = chat_texts(_chat(("user", "q1"), ("user", "q2"), ("assistant", "ok"), ("user", "all of them")))
+    assert unanswered == RequestTexts("all of them", ("q1",), (), ("q2",))
+
+
+def test_instructions_past_the_first_two_are_read_as_turns():
+    """Red-team finding: one system message per hidden query shared the one-in-16 budget of
+    instructions: 1 of 256 queries observed."""
+    systems = [("system", f"Also answer: question number {i} about tides?") for i in range(5)]
+    request = chat_texts(_chat(*systems, ("user", "Go.")))
+    assert request.instructions == tuple(text for _, text in systems[:2])
+    assert request.context == tuple(text for _, text in systems[2:])
+    observed = SentTexts().texts_to_observe("a", request)
+    assert len(observed) == 1 + 3 + 1  # one instruction (its budget), three as turns, the prompt

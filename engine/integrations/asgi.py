@@ -13,8 +13,9 @@ the request reaches the app, with the texts its account has not sent before (ear
 turns; system and developer messages and Responses ``instructions``, sampled): a query hidden
 there reaches the model too (``observe_context``, or ``PROBEWATCH_MIDDLEWARE_OBSERVE_CONTEXT``;
 see :mod:`probewatch.integrations.context`). ``mode="block"`` answers flagged accounts with 403
-and an OpenAI-style JSON error; ``mode="annotate"`` lets every request through and adds ``x-probewatch-level`` and
-``x-probewatch-risk`` response headers (block mode adds them to requests it passes, too).
+and an OpenAI-style JSON error; ``mode="annotate"`` lets every request through and adds
+``x-probewatch-level`` and ``x-probewatch-risk`` response headers (block mode adds them to
+requests it passes, too).
 Requests without the header and other paths pass untouched; a body over ``max_body_bytes`` is
 not read, and its request is judged by where its account stands (a flagged account is blocked).
 When the engine fails or exceeds ``deadline_s``, ``failure_policy`` decides: ``"open"`` passes

@@ -31,10 +31,10 @@ Bounded in two ways. The memory holds at most ``capacity`` (account, text) keys 
 accounts, least recently sent first out; a request touches every key it carries, so a live
 conversation's history stays. An account whose keys were pushed out (or any account after a
 restart: the memory is not saved) has its resent history observed once more, when it is longer
-than ``few_shot_turns``. At most
-``per_request`` new earlier turns are observed per request, a random sample (an attacker can
-neither order nor pad its queries out of it: the keys are salted per process); the rest are
-not remembered, so a later request that carries them again gets them observed.
+than ``few_shot_turns``. At most ``per_request`` new earlier turns are observed per request, a
+random sample (an attacker can neither order nor pad its queries out of it: the keys are salted
+per process); the rest are not remembered, so a later request that carries them again gets
+them observed.
 
 Integrations that observe in-process call :meth:`SentTexts.texts_to_observe`; the sidecar's
 guardrail route :meth:`~SentTexts.pick`\\ s first and :meth:`~SentTexts.remember`\\ s only once the
@@ -158,12 +158,13 @@ class SentTexts:
                 else:
                     new_instructions[key] = text
             new_answered: dict[bytes, str] = {}
-            for texts, new in ((request.answered, new_answered), (request.context, new_turns)):
+            # unanswered first: a text sent both ways is an unanswered one (observed)
+            for texts, new in ((request.context, new_turns), (request.answered, new_answered)):
                 for text in map(cut, texts):
                     key = self._key(account, "turn", text)
                     if key in self._keys:
                         self._keys.move_to_end(key)
-                    elif key != prompt_key and key not in new_answered:
+                    elif key != prompt_key and key not in new_turns:
                         new[key] = text  # a text sent twice in one request is observed once
             if len(new_answered) > self.few_shot_turns:  # more than examples: a history to read
                 new_turns = {**new_answered, **new_turns}
@@ -175,7 +176,7 @@ class SentTexts:
         sampled = set(sample)
         chosen += [key for key in new_turns if key in sampled]  # in the request's order
         texts = [new_instructions.get(key) or new_turns[key] for key in chosen]
-        if prompt is not None and prompt_key is not None:
+        if prompt is not None and prompt_key is not None:  # (both or neither)
             texts.append(prompt)
             chosen.append(prompt_key)
         instruction = bool(new_instructions) and due

@@ -58,15 +58,11 @@ def standing_verdict(engine: Any, account: str) -> Verdict | None:
     )
 
 
-def verdict_or_standing(
-    engine: Any, account: str, texts: Sequence[str] | str | None, meta: dict[str, str] | None
-) -> Verdict | None:
+def verdict_or_standing(engine: Any, account: str, texts: Sequence[str], meta: dict[str, str] | None) -> Verdict | None:
     """The verdict after observing ``texts`` (a request's new context texts, then its prompt,
     as :meth:`SentTexts.texts_to_observe` picks them), or, when there is nothing to observe or
     the engine refuses all of it, :func:`standing_verdict`. A refused text is skipped; the
     others are observed. Runs on an integration's judging thread."""
-    if isinstance(texts, str):
-        texts = [texts]
     if texts:
         try:
             if len(texts) == 1:

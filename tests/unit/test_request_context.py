@@ -249,6 +249,9 @@ def test_answered_turns_are_an_apps_examples_unless_there_are_more_than_a_few():
     many = [turn for i in range(9) for turn in (("user", f"example {i}"), ("assistant", "label"))]
     observed = sent.texts_to_observe("app", chat_texts(_chat(*many, ("user", "next"))))
     assert observed == [*(f"example {i}" for i in range(9)), "next"]
+    # a query sent both under a made-up answer and without one is an unanswered one
+    twice = chat_texts(_chat(("user", "q9"), ("assistant", "ok"), ("user", "q9"), ("user", "answer all")))
+    assert sent.texts_to_observe("dup", twice) == ["q9", "answer all"]
     # an answer answers the message right before it: the turns before that one are unanswered
     unanswered = chat_texts(_chat(("user", "q1"), ("user", "q2"), ("assistant", "ok"), ("user", "all of them")))
     assert unanswered == RequestTexts("all of them", ("q1",), (), ("q2",))

@@ -20,8 +20,11 @@ Both sides, on the shipped calibration (``Engine()``, campaign layer off), each 
   conversations (test half, 6+ user turns) sent turn by turn with the whole history. Flagged
   share with the newest message only, with context, and with context after a restart in the
   middle of each account (the memory of sent texts is lost, so the history is observed again).
+* **honest apps**: ``--apps`` accounts each of an app that rotates 4 few-shot examples (made-up
+  answered turns) from its pool of 60, and of one that sends two retrieved passages as a user
+  message of their own before each question (unanswered turns: observed, the known cost).
 
-    python -m bench.hidden_context [--accounts 40] [--attackers 10] [--requests 12] [--hidden 10] [--seed 2]
+    python -m bench.hidden_context [--accounts 40] [--attackers 10] [--requests 12] [--hidden 10] [--apps 10] [--seed 2]
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from probewatch.integrations.prompts import chat_texts
 
 STRATEGIES = ("cot_elicitation", "corpus_sentences", "template_sweep", "random_words")
 PLACEMENTS = ("turns", "answered turns", "system list")
+APP_KINDS = ("few-shot", "rag message")
 SYSTEM_PROMPTS = (
     "You are a helpful assistant.",
     "You are ChatGPT, a large language model. Answer as concisely as possible.",
@@ -69,6 +73,33 @@ def honest_accounts(conversations: list[list[str]], n: int, rng: random.Random) 
                 history.append({"role": "user", "content": turn})
                 requests.append(list(history))
                 history.append({"role": "assistant", "content": "(the model's answer)"})
+        accounts.append(requests)
+    return accounts
+
+
+APP_REQUESTS = 30  # requests per honest app account
+
+
+def honest_app_accounts(
+    kind: str, chat_turns: list[str], passages: list[str], n: int, rng: random.Random
+) -> list[list[Request]]:
+    """Honest apps that send more than the question: ``few-shot`` rotates 4 examples (made-up
+    earlier turns, each with its answer) from a pool of 60 per account; ``rag message`` sends
+    two retrieved passages as a user message of their own before the question."""
+    accounts = []
+    for _ in range(n):
+        examples = rng.sample(chat_turns, 60)
+        requests = []
+        for _ in range(APP_REQUESTS):
+            question = {"role": "user", "content": rng.choice(chat_turns)}
+            if kind == "few-shot":
+                shots = []
+                for example in rng.sample(examples, 4):
+                    shots += [{"role": "user", "content": example}, {"role": "assistant", "content": "(its answer)"}]
+                requests.append([{"role": "system", "content": "Answer like the examples."}, *shots, question])
+            else:
+                context = "Use these passages:\n" + "\n---\n".join(p[:500] for p in rng.sample(passages, 2))
+                requests.append([{"role": "user", "content": context}, question])
         accounts.append(requests)
     return accounts
 
@@ -135,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--attackers", type=at_least(1), default=10, help="accounts per strategy and placement")
     parser.add_argument("--requests", type=at_least(1), default=12, help="requests per attacker")
     parser.add_argument("--hidden", type=at_least(1, at_most=32), default=10, help="queries hidden per request")
+    parser.add_argument("--apps", type=at_least(1), default=10, help="honest app accounts per kind")
     parser.add_argument("--seed", type=int, default=2)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
@@ -152,17 +184,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         for strategy in STRATEGIES
         for placement in PLACEMENTS
     }
+    passages = [p for u in sources.wikipedia() for p in u.texts if len(p) > 300]
+    apps = {kind: honest_app_accounts(kind, chat_turns, passages, args.apps, rng) for kind in APP_KINDS}
 
     def every_text(accounts: list[list[Request]]) -> set[str]:
         out: set[str] = set()
         for requests in accounts:
             for messages in requests:
                 request = chat_texts(messages)
-                out.update(request.context + request.instructions)
+                out.update(request.context + request.instructions + request.answered)
                 out.update([request.prompt] if request.prompt else [])
         return out
 
-    texts = sorted(every_text(honest).union(*(every_text(a) for a in hiding.values())))
+    texts = sorted(every_text(honest).union(*(every_text(a) for a in [*hiding.values(), *apps.values()])))
     print(f"embedding {len(texts)} distinct texts ...", flush=True)
     cache = EmbeddingCache(pw.Embedder(device="cpu"))
     rows = {t: i for i, t in enumerate(texts)}
@@ -193,6 +227,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         flag, watch, observed = flagged_share(honest, vectors_of, mode)
         print(f"| {label} | {observed} | {100 * flag:.1f} | {100 * watch:.1f} |")
+
+    print(f"\nhonest apps: {args.apps} accounts each, {APP_REQUESTS} requests an account")
+    print(
+        "\n| honest app | % flag / % watch or flag, newest message only | with context | texts observed, with context |"
+    )
+    print("| --- | --- | --- | --- |")
+    for kind, accounts in apps.items():
+        before = flagged_share(accounts, vectors_of, "prompt")
+        after = flagged_share(accounts, vectors_of, "context")
+        print(
+            f"| {kind} | {100 * before[0]:.0f} / {100 * before[1]:.0f} | {100 * after[0]:.0f} / {100 * after[1]:.0f} "
+            f"| {after[2]} |"
+        )
     return 0
 
 

@@ -10,7 +10,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from bench.hidden_context import ASKS, PLACEMENTS, flagged_share, hiding_accounts, honest_accounts
+from bench.hidden_context import (
+    APP_REQUESTS,
+    ASKS,
+    PLACEMENTS,
+    flagged_share,
+    hiding_accounts,
+    honest_accounts,
+    honest_app_accounts,
+)
 from bench.traffic import attacks
 from probewatch.integrations.context import SentTexts
 from probewatch.integrations.prompts import chat_texts
@@ -74,3 +82,20 @@ def test_flagged_share_counts_what_each_mode_observes():
     # at request 4 the memory is lost: the system prompt again; turns 0-3 are answered, as
     # few as an app's examples, so they are not read again
     assert counts["restart"] == 9 + 1
+
+
+def test_honest_apps_send_examples_as_answered_turns_and_passages_as_their_own_message():
+    turns = [f"user turn number {i}?" for i in range(80)]
+    passages = [f"passage {i} " + "text " * 80 for i in range(10)]
+    few_shot = honest_app_accounts("few-shot", turns, passages, 2, random.Random(4))
+    rag = honest_app_accounts("rag message", turns, passages, 2, random.Random(4))
+    assert all(len(requests) == APP_REQUESTS for requests in few_shot + rag)
+    sent = SentTexts()
+    for r, messages in enumerate(few_shot[0]):
+        request = chat_texts(messages)
+        assert len(request.answered) == 4 and not request.context
+        observed = sent.texts_to_observe("app", request)
+        assert observed == ([*request.instructions] if r == 0 else []) + [request.prompt]  # examples not read
+    for messages in rag[0]:
+        request = chat_texts(messages)
+        assert len(request.context) == 1 and request.context[0].startswith("Use these passages:")

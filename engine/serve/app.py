@@ -104,7 +104,13 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
     app.state.rate_limits = RateLimits(config)
     # what each account has sent, for the guardrail route's context texts (this process's own)
     app.state.sent_texts = (
-        SentTexts(per_request=config.guardrail_context_texts_per_request) if config.guardrail_observe_context else None
+        SentTexts(
+            per_request=config.guardrail_context_texts_per_request,
+            instructions_every=config.guardrail_context_instructions_every,
+            few_shot_turns=config.guardrail_context_answered_turns,
+        )
+        if config.guardrail_observe_context
+        else None
     )
     if config.kafka_mode:  # first: its /readyz says what ready means there
         from ..stream.frontend import router as kafka_router

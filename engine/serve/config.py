@@ -353,6 +353,8 @@ class ServerConfig(_GivenValuesOnly):
     # has not sent before (probewatch.integrations.context)
     guardrail_observe_context: bool = True
     guardrail_context_texts_per_request: int = Field(32, ge=0, le=1024)
+    guardrail_context_answered_turns: int = Field(8, ge=0, le=1024)  # answered turns a request leaves unread
+    guardrail_context_instructions_every: int = Field(16, ge=1, le=100_000)  # requests between new instructions
 
     # alerts on account and campaign level transitions; none configured: no alerts, no outbox
     alert_sinks: list[AlertSinkConfig] = Field(default_factory=list)

@@ -256,3 +256,22 @@ def test_a_data_dir_that_cannot_be_made_is_one_line_and_exit_2(tmp_path):
     )
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"cannot start: data_dir {blocked}" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_guardrail_context_settings_reach_the_routes_memory(tmp_path):
+    from probewatch.serve.app import create_app
+
+    base = {"data_dir": str(tmp_path), "api_token": "a-secret-token-0123456789"}
+    app = create_app(
+        ServerConfig(
+            **base,
+            guardrail_context_texts_per_request=5,
+            guardrail_context_answered_turns=3,
+            guardrail_context_instructions_every=7,
+        )
+    )
+    sent = app.app.state.sent_texts  # the FastAPI app inside the gatekeeper
+    assert (sent.per_request, sent.few_shot_turns, sent.instructions_every) == (5, 3, 7)
+    assert create_app(ServerConfig(**base, guardrail_observe_context=False)).app.state.sent_texts is None
+    with pytest.raises(ConfigError, match="guardrail_context_instructions_every"):
+        ServerConfig(**base, guardrail_context_instructions_every=0)

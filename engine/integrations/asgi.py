@@ -127,9 +127,7 @@ class ProbewatchMiddleware:
         meta = meta_from_asgi_scope(scope) if self.request_meta else None
         account_id = account.decode("utf-8", "replace")
         # a body over the limit (or a client that left) is not read: judged by its account's standing
-        request = _texts_of(scope["path"], body) if body is not None else RequestTexts(None)
-        texts = texts_to_observe(self.sent_texts, account_id, request, self._max_chars)
-        verdict = await self._judge(account_id, texts, meta)
+        verdict = await self._judge(account_id, scope["path"], body, meta)
         # an account last judged at a blocked level stays blocked when it cannot be judged now
         held = verdict == "unavailable" and account_id in self._blocked
         if verdict == "unavailable":
@@ -152,18 +150,18 @@ class ProbewatchMiddleware:
         await self.app(scope, replay, _annotating(send, verdict) if verdict is not None else send)
 
     async def _judge(
-        self, account: str, texts: list[str], meta: dict[str, str] | None = None
+        self, account: str, path: str, body: bytes | None, meta: dict[str, str] | None = None
     ) -> Verdict | Literal["unavailable"] | None:
-        """The verdict after observing ``texts``; when none can be observed (none readable, or
-        refused), the account's standing one (None when it is not held); "unavailable" on
-        failure or timeout."""
+        """The verdict after observing what ``body`` gives the model to read (None: a body not
+        read); when nothing can be observed (none readable, or refused), the account's standing
+        one (None when it is not held); "unavailable" on failure or timeout."""
         # the engine is read inside the thread: built on first use, it loads a model, which must
         # block neither the event loop nor past the deadline, and may fail like any judgement
         try:
             return await judge_by_deadline(
                 self._executor,
                 self._verdict_of,
-                (account, texts, meta),
+                (account, path, body, meta),
                 self.deadline_s,
                 on_late=lambda late: self._blocked.note_late(account, late),
             )
@@ -180,8 +178,12 @@ class ProbewatchMiddleware:
             log.exception("probewatch could not judge this request")
             return "unavailable"
 
-    def _verdict_of(self, account: str, texts: list[str], meta: dict[str, str] | None) -> Verdict | None:
-        return verdict_or_standing(self.engine, account, texts, meta)  # on the judging thread: self.engine too
+    def _verdict_of(self, account: str, path: str, body: bytes | None, meta: dict[str, str] | None) -> Verdict | None:
+        # on the judging thread: reading a large message list (a 4 MiB body of 100,000 turns
+        # took 0.5 s) must not hold the event loop, and self.engine may load the model
+        request = _texts_of(path, body) if body is not None else RequestTexts(None)
+        texts = texts_to_observe(self.sent_texts, account, request, self._max_chars)
+        return verdict_or_standing(self.engine, account, texts, meta)
 
 
 def _texts_of(path: str, body: bytes) -> RequestTexts:

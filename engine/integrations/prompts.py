@@ -236,8 +236,8 @@ def guardrail_request_texts(payload: Mapping[str, Any], source: str = "last_user
     if source == "joined":
         return RequestTexts(_joined_text(payload.get("texts")))
     chat = chat_texts(payload.get("structured_messages"))
-    if chat.prompt is not None:
-        return chat
+    if chat.prompt is not None or chat.context or chat.instructions or chat.answered:
+        return chat  # no user message: what the model answers is in its other texts
     texts = _nonblank_texts(payload.get("texts"))
     return RequestTexts(texts[-1] if texts else None)
 

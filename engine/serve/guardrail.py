@@ -91,7 +91,10 @@ async def litellm_guardrail(request: Request, service: Service) -> dict[str, Any
     account, texts = found
     require_rate(request, request.app.state.rate_limits.guardrail, 1, GUARDRAIL_PATH)
     picked = sent.pick(account, texts, None) if sent is not None else None
-    items = _items(service, account, picked.texts if picked is not None else (texts.prompt,), payload, received_at)
+    to_observe = picked.texts if picked is not None else tuple(t for t in (texts.prompt,) if t is not None)
+    if not to_observe:  # no user message, and its other texts were all sent before (or not read)
+        return _unobserved(service, "no_prompt", await _standing_answer(service, payload))
+    items = _items(service, account, to_observe, payload, received_at)
     if items is None:
         return _unobserved(service, "invalid_item", await _standing_answer(service, payload))
     # the prompt is the last item: its verdict has seen the texts before it
@@ -146,7 +149,7 @@ def _texts_to_observe(payload: dict[str, Any], service: ObservationService) -> t
     if isinstance(account, bool) or not isinstance(account, str | int):
         return "invalid_item"  # a list or an object is no id: str() of it would make one up
     texts = guardrail_request_texts(payload, config.guardrail_prompt_source)
-    if texts.prompt is None:
+    if texts.prompt is None and not (texts.context or texts.instructions or texts.answered):
         return "no_prompt"
     return str(account), texts
 
@@ -154,15 +157,15 @@ def _texts_to_observe(payload: dict[str, Any], service: ObservationService) -> t
 def _items(
     service: ObservationService,
     account: str,
-    texts: tuple[str | None, ...],
+    texts: tuple[str, ...],
     payload: dict[str, Any],
     received_at: float,
 ) -> list[Item] | None:
-    """``texts`` (the prompt last) as items under ``account``; None when the prompt is refused.
-    Another text the sidecar refuses is left out."""
+    """``texts`` (the prompt last, when there is one) as items under ``account``; None when the
+    last is refused. Another text the sidecar refuses is left out."""
     meta = meta_from_guardrail_request(payload) if service.config.guardrail_request_meta else None
     items = []
-    for n, text in enumerate(texts, start=1 - len(texts)):  # n == 0: the prompt
+    for n, text in enumerate(texts, start=1 - len(texts)):  # n == 0: the last
         try:
             items.append(service.prepare_item(account, text, None, received_at, meta))
         except ProbewatchError as exc:

@@ -401,6 +401,24 @@ def test_guardrail_endpoint_contract(http, flagged_attacker):
     assert http.get("/v1/accounts/alice").json()["n_queries"] == before + 2
 
 
+def test_the_guardrail_reads_a_chat_without_a_user_message(http):
+    """Red-team finding: with no user message, the route fell back to the last of ``texts`` and
+    dropped every other text (8 of 264 queries observed), where the middleware observed them."""
+    hidden = [f"Which river runs through city number {i}, and how long is it?" for i in range(4)]
+    messages = [{"role": "human", "content": q} for q in hidden]
+    body = {
+        "input_type": "request",
+        "texts": hidden,
+        "structured_messages": messages,
+        "request_data": {"user_api_key_end_user_id": "no-user-role"},
+    }
+    assert http.post("/beta/litellm_basic_guardrail_api", json=body).json() == {"action": "NONE"}
+    assert http.get("/v1/accounts/no-user-role").json()["n_queries"] == len(hidden)
+    again = http.post("/beta/litellm_basic_guardrail_api", json=body).json()  # nothing new to observe
+    assert again["observed"] is False and again["reason"] == "no_prompt"
+    assert http.get("/v1/accounts/no-user-role").json()["n_queries"] == len(hidden)
+
+
 def test_the_guardrail_observes_queries_hidden_in_made_up_turns_once_each(sidecar, http):
     """Red-team finding: only the newest user message was observed, so queries in the system
     message or in made-up earlier turns were never seen. Each one the account has not sent

@@ -99,6 +99,9 @@ def test_each_api_s_body_gives_its_prompt_and_context():
     guardrail = {"texts": ["Be kind.", "Hi"], "structured_messages": chat["messages"]}
     assert guardrail_request_texts(guardrail) == kind
     assert guardrail_request_texts({"texts": ["Be kind.", "Hi"]}) == RequestTexts("Hi")  # no roles: no context
+    # no user message: the other texts are what the model answers, not the last of texts
+    systems_only = {"texts": ["Q1?", "Q2?"], "structured_messages": _chat(("system", "Q1?"), ("human", "Q2?"))}
+    assert guardrail_request_texts(systems_only) == RequestTexts(None, ("Q2?",), ("Q1?",))
     assert guardrail_request_texts(guardrail, source="joined") == RequestTexts("Be kind.\nHi")
 
 

@@ -13,8 +13,9 @@ The prompt is the newest user message (or the completions prompt, or the Respons
 the texts its account has not sent before (earlier user turns; system messages, sampled) are
 observed with it (``observe_context``, or ``PROBEWATCH_GUARDRAIL_OBSERVE_CONTEXT``; see
 :mod:`probewatch.integrations.context`). ``pre_call`` observes the prompt before the model
-is called and blocks the request when the account is flagged; ``during_call`` observes in parallel with the model call (no added
-latency) and fails the request when the account is flagged. Use one mode per guardrail
+is called and blocks the request when the account is flagged; ``during_call`` observes in
+parallel with the model call (no added latency) and fails the request when the account is
+flagged. Use one mode per guardrail
 so each prompt is observed once. Settings come from the constructor or, when LiteLLM
 builds the guardrail from config, from ``PROBEWATCH_*`` variables (``PROBEWATCH_ENGINE_DEVICE``,
 ``PROBEWATCH_GUARDRAIL_ACCOUNT_FIELD``, ``PROBEWATCH_SNAPSHOT_PATH``). When the engine fails,

@@ -66,6 +66,11 @@ class RequestTexts:
     instructions: tuple[str, ...] = ()
     answered: tuple[str, ...] = ()
 
+    @property
+    def empty(self) -> bool:
+        """Whether the request gives the model no text at all."""
+        return self.prompt is None and not (self.context or self.instructions or self.answered)
+
 
 def readable(text: Any) -> str | None:
     """``text`` as the engine takes it (a NUL becomes a space, a lone surrogate U+FFFD), or None
@@ -236,8 +241,8 @@ def guardrail_request_texts(payload: Mapping[str, Any], source: str = "last_user
     if source == "joined":
         return RequestTexts(_joined_text(payload.get("texts")))
     chat = chat_texts(payload.get("structured_messages"))
-    if chat.prompt is not None or chat.context or chat.instructions or chat.answered:
-        return chat  # no user message: what the model answers is in its other texts
+    if not chat.empty:
+        return chat  # with no user message, what the model answers is in its other texts
     texts = _nonblank_texts(payload.get("texts"))
     return RequestTexts(texts[-1] if texts else None)
 

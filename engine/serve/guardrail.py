@@ -25,7 +25,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ProbewatchError
-from ..integrations.context import SentTexts
+from ..integrations.context import SentTexts, texts_to_observe
 from ..integrations.meta import meta_from_guardrail_request
 from ..integrations.prompts import RequestTexts, guardrail_request_texts
 from .http import RequestError, Service, read_json, require_rate
@@ -91,7 +91,7 @@ async def litellm_guardrail(request: Request, service: Service) -> dict[str, Any
     account, texts = found
     require_rate(request, request.app.state.rate_limits.guardrail, 1, GUARDRAIL_PATH)
     picked = sent.pick(account, texts, None) if sent is not None else None
-    to_observe = picked.texts if picked is not None else tuple(t for t in (texts.prompt,) if t is not None)
+    to_observe = picked.texts if picked is not None else tuple(texts_to_observe(None, account, texts))
     if not to_observe:  # no user message, and its other texts were all sent before (or not read)
         return _unobserved(service, "no_prompt", await _standing_answer(service, payload))
     items = _items(service, account, to_observe, payload, received_at)
@@ -149,7 +149,7 @@ def _texts_to_observe(payload: dict[str, Any], service: ObservationService) -> t
     if isinstance(account, bool) or not isinstance(account, str | int):
         return "invalid_item"  # a list or an object is no id: str() of it would make one up
     texts = guardrail_request_texts(payload, config.guardrail_prompt_source)
-    if texts.prompt is None and not (texts.context or texts.instructions or texts.answered):
+    if texts.empty:
         return "no_prompt"
     return str(account), texts
 

@@ -225,9 +225,11 @@ def test_detection_cost_many_short_accounts(benchmark):
     benchmark(lambda: engine.observe_embeddings(accounts, next(more)))
 
 
-def _many_short_accounts_with_prompts(prompts: list[str]):
+def _many_short_accounts_with_prompts(prompts: list[str], repeats: bool = False):
     """An engine holding 256 accounts x 50 queries sent with their prompts, and a call that
-    sends the next 256 (one an account; 10 batches, cycled)."""
+    sends the next 256 (one an account; 10 batches of vectors, cycled, each prompt numbered
+    by the call so that none was sent before); ``repeats``: a call that sends each account's
+    last prompt again instead, which since 0.18.0 is not judged anew."""
     engine = _engine()
     rows = unit_rows(256 * 60, seed=3)
     accounts = [f"a{i}" for i in range(256)]
@@ -239,11 +241,16 @@ def _many_short_accounts_with_prompts(prompts: list[str]):
     texts = [" ".join(rng.choice(words, size=int(rng.integers(6, 25)))) for _ in range(256 * 60)]
     for r in range(50):
         engine.observe_embeddings(accounts, rows[r * 256 : (r + 1) * 256], prompts=texts[r * 256 : (r + 1) * 256])
+    if repeats:
+        sent = (rows[49 * 256 : 50 * 256], texts[49 * 256 : 50 * 256])
+        return lambda: engine.observe_embeddings(accounts, sent[0], prompts=sent[1])
     more = itertools.cycle([(rows[r * 256 : (r + 1) * 256], texts[r * 256 : (r + 1) * 256]) for r in range(50, 60)])
+    calls = itertools.count()
 
     def call():
         vectors, batch_prompts = next(more)
-        engine.observe_embeddings(accounts, vectors, prompts=batch_prompts)
+        k = next(calls)
+        engine.observe_embeddings(accounts, vectors, prompts=[f"{text} {k}" for text in batch_prompts])
 
     return call
 
@@ -253,6 +260,14 @@ def test_detection_cost_many_short_accounts_with_prompts(benchmark, prompts):
     continuation check, and since 0.13.0 each prompt's word sketch and the neighbourhood-probe
     check against the account's last 16 prompts, since 0.13.1 around an unsent seed too)."""
     call = _many_short_accounts_with_prompts(prompts)
+    benchmark.extra_info["queries_per_call"] = 256
+    benchmark(call)
+
+
+def test_detection_cost_many_short_accounts_sending_again(benchmark, prompts):
+    """The many-short-accounts batch where every account sends its last prompt again (a retry,
+    a health check): each gets its standing verdict, one batched judgement, nothing folded in."""
+    call = _many_short_accounts_with_prompts(prompts, repeats=True)
     benchmark.extra_info["queries_per_call"] = 256
     benchmark(call)
 

@@ -176,7 +176,9 @@ class Engine:
     ) -> list[Verdict]:
         """Observe many prompts (one embedding batch); verdicts in input order.
 
-        The same as ``observe_embedded(embed_batch(...))``: callers that have slow work of
+        A prompt its account sent before, character for character (among the last 4,096 of its
+        prompts that were judged as new), is a repeat: it is not judged anew, and its verdict
+        (``repeat=True``) is the account's as it stood. The same as ``observe_embedded(embed_batch(...))``: callers that have slow work of
         their own to do (the sidecar's journal fsync) run it between the two phases."""
         return self.observe_embedded(self.embed_batch(accounts, prompts, ts, metas))
 
@@ -218,7 +220,9 @@ class Engine:
         prompts: Sequence[str | None] | None = None,
     ) -> list[Verdict]:
         """Observe precomputed (n, d) vectors (normalised to unit length here). ``prompts``,
-        when the caller has them, let the campaign layer see shared templates."""
+        when the caller has them, let the text rules and the campaign layer read them, and mark
+        exact repeats of an account's recent prompts (see :meth:`observe_batch`); without them
+        every vector is judged."""
         arr = check_vectors(accounts, vectors, self.dim, ts)
         if not self._backend.on_gpu:
             arr = to_numpy(arr)  # device rows handed to a CPU engine: one copy to the host
@@ -374,6 +378,7 @@ class Engine:
                 bytes_held=p.held_bytes(),
                 levels=p.level_counts(),
                 observations=p.observations,
+                repeats=p.repeats,
                 device=self._backend.kind,
                 flag_threshold=p.detector.flag_threshold,
                 calibration={**p.calibration.meta(), "learned": dict(p.population.last_refit)},

@@ -134,6 +134,9 @@ class Verdict:
     campaign: CampaignSummary | None = None  # set while the account belongs to a campaign at watch or flag
     one_in: float = 1.0  # about 1 in this many benign accounts ever scores this high (extrapolated past the data)
     peak_one_in: float = 1.0  # the same at the account's peak score: rank accounts by this, risk saturates
+    # the account sent this prompt before, character for character: not judged anew, the
+    # verdict is the account's as it stood (a retry or a re-run asks the model nothing new)
+    repeat: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -148,6 +151,7 @@ class Verdict:
             "peak_one_in": float(f"{self.peak_one_in:.4g}"),
             "reasons": [r.to_dict() for r in self.reasons],
             "campaign": None if self.campaign is None else self.campaign.to_dict(),
+            "repeat": self.repeat,
         }
 
 
@@ -283,6 +287,7 @@ class EngineStats:
     evicted: int = 0  # accounts evicted for memory since the engine started (or was reset)
     evicted_records: int = 0  # evicted accounts at watch or flag whose level is kept until they return
     memory_pressure: str | None = None  # why the memory budget could not be kept cleanly (Engine.memory_pressure)
+    repeats: int = 0  # observed prompts their account had sent before, character for character (not judged anew)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -294,6 +299,7 @@ class EngineStats:
             "bytes_held": self.bytes_held,
             "levels": dict(self.levels),
             "observations": self.observations,
+            "repeats": self.repeats,
             "device": self.device,
             "flag_threshold": self.flag_threshold,
             "calibration": dict(self.calibration),

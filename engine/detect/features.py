@@ -357,14 +357,15 @@ class AccountState(PromptMemory):
         "frame_parts",
         "frame_counts",
         "part_noted",
+        "sent_count",
     )
     # absent from older snapshots, so they start at their defaults: steps judged from the next
     # refresh on (0.12.0); no recent prompt to continue (0.12.5); no recent prompt to be a probe
     # around, none counted (0.13.0); no prompt continued, no addition remembered (0.15.0); no
     # prompt's parts remembered (0.16.1; 0.16.0's line-level arrays, named grid_*, are not read);
-    # no frame thread (0.17.0). Every array from "walk" on in ARRAYS; newer ones go at its end.
-    # ``frame_vectors`` is not among them: only accounts with a thread hold it, and snapshots
-    # store it for those alone.
+    # no frame thread (0.17.0); no prompt remembered as sent (0.18.0). Every array from "walk" on
+    # in ARRAYS; newer ones go at its end. ``frame_vectors`` and ``sent_digests`` are not among
+    # them: their sizes differ between accounts, and snapshots store them apart.
     SINCE_0_12 = ARRAYS[ARRAYS.index("walk") :]
 
 

@@ -48,7 +48,7 @@ from .scoring import (
     rolling_mean_per_account,
     topic_return_evidence,
 )
-from .stream import FeatureStream
+from .stream import FeatureStream, repeated_prompts
 
 MIN_CALIBRATION_ACCOUNTS = 20
 MIN_TAIL_ACCOUNTS = 10  # Calibration.set_account_max_scores needs this many lifetime maxima
@@ -243,8 +243,14 @@ def fit_calibration(
     """Fit on validated benign traffic (unit rows, each account's queries in time order), on the CPU.
 
     ``refit_reference=False`` keeps ``reference`` and refits only the tables. ``texts`` (the
-    prompts, where known) mark continuations as the live stream does (see ``FeatureStream.step``).
+    prompts, where known) mark continuations as the live stream does (see ``FeatureStream.step``),
+    and leave out the prompts that repeat one their account sent lately, as it does.
     """
+    if texts is not None:  # a prompt sent again is not judged live, so it teaches nothing here
+        new = np.flatnonzero(~np.asarray(repeated_prompts(accounts, texts), dtype=bool))
+        if new.size < len(accounts):
+            accounts, vectors, texts = [accounts[i] for i in new], vectors[new], [texts[i] for i in new]
+            ts = None if ts is None else [ts[i] for i in new]
     groups = group_by_account(accounts)
     need = MIN_CALIBRATION_ACCOUNTS + (MIN_REFERENCE_ACCOUNTS if refit_reference else 0)
     if len(groups) < need:

@@ -49,6 +49,7 @@ class Pipeline:
         self.config = config
         self.backend = backend
         self.observations = 0
+        self.repeats = 0  # items whose prompt their account had sent before (not judged anew)
         self.population = ProviderNormal(LearningRules.from_config(config))
         self.clock = math.nan  # latest timestamp observed: account ages for learning
         # account -> (level, peak_score, peak_risk, flagged_at, n, reasons) of accounts at watch
@@ -143,13 +144,90 @@ class Pipeline:
                 self._restore_evicted(accounts)
             step = self.stream.step(accounts, vectors, ts, texts)
             self._advance_clock(ts)
-            verdicts, evidence = self._judge(accounts, step)
-            if self.campaigns is not None:
-                verdicts = self._campaign_step(
-                    accounts, to_numpy(vectors), texts, metas, ts, evidence, verdicts, step.sketches
-                )
+            if step.repeats is not None:
+                verdicts = self._observe_with_repeats(accounts, vectors, ts, texts, metas, step)
+            else:
+                verdicts, evidence = self._judge(accounts, step)
+                if self.campaigns is not None:
+                    verdicts = self._campaign_step(
+                        accounts, to_numpy(vectors), texts, metas, ts, evidence, verdicts, step.sketches
+                    )
         self._after_batch(len(verdicts))
         return verdicts
+
+    def _observe_with_repeats(self, accounts, vectors, ts, texts, metas, step: StepResult) -> list[Verdict]:
+        """Judge a batch in which some items repeat a prompt their account sent before: only the
+        others are judged (and reach the campaign layer); a repeat gets its account's verdict
+        as it stood right before it, marked ``repeat``."""
+        repeats = step.repeats
+        keep = [i for i, repeat in enumerate(repeats) if not repeat]
+        judged: set[str] = set()
+        first = []  # repeats before any new item of their account in the batch
+        for i, account in enumerate(accounts):
+            if not repeats[i]:
+                judged.add(account)
+            elif account not in judged:
+                first.append(i)
+        # before this batch's new items change their accounts
+        standing = dict(
+            zip(first, self._standing_verdicts([accounts[i] for i in first], step.subset(first)), strict=True)
+        )
+        new: list[Verdict] = []
+        if keep:
+            kept_accounts = [accounts[i] for i in keep]
+            kept = step.subset(keep)
+            new, evidence = self._judge(kept_accounts, kept)
+            if self.campaigns is not None:
+                new = self._campaign_step(
+                    kept_accounts,
+                    to_numpy(vectors)[keep],
+                    None if texts is None else [texts[i] for i in keep],
+                    None if metas is None else [metas[i] for i in keep],
+                    [ts[i] for i in keep],
+                    evidence,
+                    new,
+                    kept.sketches,
+                )
+        self.repeats += len(accounts) - len(keep)
+        out: list[Verdict] = []
+        latest: dict[str, Verdict] = {}
+        judged_in_order = iter(new)
+        for i, account in enumerate(accounts):
+            if repeats[i]:
+                out.append(dataclasses.replace(latest.get(account) or standing[i], repeat=True))
+            else:
+                latest[account] = next(judged_in_order)
+                out.append(latest[account])
+        return out
+
+    def _standing_verdicts(self, accounts: list[str], step: StepResult) -> list[Verdict]:
+        """Each account's verdict as it stands (``step``: its features and query count as of its
+        last new query), changing nothing: score rings are read from copies."""
+        if not accounts:
+            return []
+        states = step.states
+        scores, risks, reasons = self.detector.judge(step.features, step.n, [s.recent_scores.copy() for s in states])
+        both = np.concatenate([scores, [s.peak_score for s in states]])
+        one_in = np.power(10.0, self.calibration.log10_one_in(both)).tolist()
+        campaigns: dict[str, Any] = {}
+        if self.campaigns is not None:
+            campaigns = {account: self.campaigns.summary_for(account) for account in dict.fromkeys(accounts)}
+        return [
+            Verdict(
+                account=account,
+                risk=float(risks[i]),
+                level=state.level,
+                flagged=state.level is Level.FLAG,
+                n_queries=int(step.n[i]),
+                score=float(scores[i]),
+                peak_risk=state.peak_risk,
+                reasons=reasons[i],
+                campaign=campaigns.get(account),
+                one_in=one_in[i],
+                peak_one_in=one_in[len(accounts) + i],
+            )
+            for i, (account, state) in enumerate(zip(accounts, states, strict=True))
+        ]
 
     def _advance_clock(self, ts: Sequence[float | None]) -> None:
         known = [t for t in ts if t is not None]
@@ -407,6 +485,7 @@ class Pipeline:
     def reset(self) -> None:
         self.stream.clear()
         self.observations = 0
+        self.repeats = 0
         self.evicted.clear()
         self.carried_reasons.clear()
         self.evictions = 0
@@ -435,6 +514,7 @@ class Pipeline:
         ids, offsets, vectors = self.store.export()
         return {
             "observations": self.observations,
+            "repeats": self.repeats,
             "accounts": ids,
             "offsets": offsets,
             "vectors": vectors,
@@ -453,6 +533,7 @@ class Pipeline:
         self.states.update(zip(state["accounts"], state["states"], strict=True))
         self.stream.recount_framed()
         self.observations = int(state["observations"])
+        self.repeats = int(state.get("repeats", 0))
         self.clock = float(state.get("clock", math.nan))
         self.evicted = {a: tuple(r) for a, r in (state.get("evicted") or {}).items()}
         self.carried_reasons = dict(state.get("carried_reasons") or {})

@@ -80,6 +80,13 @@ FRAME_MEMORY = 32
 FRAME_IDLE_PROMPTS = 64
 # Threads with fewer queries are not reported (the detector scores no account this short).
 FRAME_MIN_QUERIES = 10
+# An account's sent memory: 64-bit digests of the last SENT_MEMORY prompts it sent that were
+# judged as new (32 KiB at most; 8 bytes a prompt until then). A prompt it holds, sent again
+# character for character, is a repeat: a retry, a health check, a script re-running its job
+# asks the model nothing it has not answered, so it is not judged anew (Verdict.repeat). It can
+# then neither add evidence (one point sent all day is no account's window) nor fake it: a
+# prompt sent again would otherwise be a topic return, the statistic people are told by.
+SENT_MEMORY = 4096
 
 
 class PromptMemory:
@@ -106,6 +113,8 @@ class PromptMemory:
         "prompt_signatures",
         "prompt_sketches",
         "prompt_words",
+        "sent_count",
+        "sent_digests",
     )
     RETURN_SIMILARITY: float
 
@@ -142,6 +151,10 @@ class PromptMemory:
         self.frame_parts = np.zeros(FRAME_THREADS, dtype=np.uint32)
         self.frame_counts = np.zeros((FRAME_THREADS, 3), dtype=np.int64)
         self.frame_vectors: np.ndarray | None = None
+        # the sent memory: how many prompts were judged as new, and the digests of the latest
+        # SENT_MEMORY of them, a ring allocated and grown as they come (see SENT_MEMORY)
+        self.sent_count = np.zeros(1, dtype=np.int64)
+        self.sent_digests: np.ndarray | None = None
 
     def note_prompt(
         self, text: str, sketch: tuple[list[int], int] | None = None, vector: np.ndarray | None = None
@@ -203,6 +216,7 @@ class PromptMemory:
             remember_parts(parts, self.part_ring, self.part_owners, self.parts_written)
             for i in range(len(parts)):
                 self.part_noted[(written + i) % PART_MEMORY] = noted & 0xFFFFFFFF  # wraps, as spans are taken
+        self.remember_sent(sent_digest(text))
         slot = noted % CONTINUATION_MEMORY
         self.probes[0] = noted + 1
         store_sketch(self.prompt_sketches[slot], kept)
@@ -213,6 +227,56 @@ class PromptMemory:
         self.prompt_heads[slot] = _checksum(text[:CONTINUATION_HEAD_CHARS])
         self.prompt_digests[slot] = np.frombuffer(_digest(text), dtype=np.uint8)
         return continues, probe
+
+    def sent_rank(self, digest: int) -> int:
+        """Where ``digest`` (:func:`sent_digest`) stands among the prompts the account's sent
+        memory holds, oldest first (0: the oldest), or -1 when it holds none with that text."""
+        held = min(int(self.sent_count[0]), SENT_MEMORY)
+        if not held:
+            return -1
+        hits = np.flatnonzero(self.sent_digests[:held] == digest)
+        if not hits.size:
+            return -1
+        oldest = int(self.sent_count[0]) % SENT_MEMORY if int(self.sent_count[0]) > SENT_MEMORY else 0
+        return (int(hits[-1]) - oldest) % SENT_MEMORY if oldest else int(hits[-1])
+
+    def sent_held(self) -> int:
+        """How many prompts the sent memory holds."""
+        return min(int(self.sent_count[0]), SENT_MEMORY)
+
+    def remember_sent(self, digest: int) -> None:
+        """Add a prompt judged as new to the sent memory (the oldest goes once SENT_MEMORY are held)."""
+        count = int(self.sent_count[0])
+        digests = self.sent_digests
+        if count < SENT_MEMORY and (digests is None or count == digests.shape[0]):
+            grown = np.empty(min(SENT_MEMORY, max(16, 2 * count)), dtype=np.int64)
+            if count:
+                grown[:count] = digests[:count]
+            self.sent_digests = digests = grown
+        digests[count % SENT_MEMORY] = digest
+        self.sent_count[0] = count + 1
+
+    def sent_in_order(self) -> np.ndarray:
+        """The digests the sent memory holds, oldest first (what a snapshot keeps)."""
+        count, held = int(self.sent_count[0]), self.sent_held()
+        if not held:
+            return np.zeros(0, dtype=np.int64)
+        if count <= SENT_MEMORY:
+            return self.sent_digests[:held].copy()
+        return np.roll(self.sent_digests, -(count % SENT_MEMORY))
+
+    def load_sent(self, ordered: np.ndarray) -> None:
+        """Put back :meth:`sent_in_order` (``sent_count`` already set, and at least that many)."""
+        count = int(self.sent_count[0])
+        ordered = np.asarray(ordered, dtype=np.int64)
+        if ordered.shape != (min(count, SENT_MEMORY),):
+            raise ValueError(f"{ordered.shape[0]} sent digests for a count of {count}")
+        if not ordered.size:
+            self.sent_digests = None
+        elif count <= SENT_MEMORY:
+            self.sent_digests = ordered.copy()
+        else:
+            self.sent_digests = np.roll(ordered, count % SENT_MEMORY)
 
     def _note_frames(self, parts: list[int], counts: list[int], vector: np.ndarray, noted: int) -> None:
         """Extend the frame thread one of ``parts`` belongs to, or start one (see FRAME_THREADS);
@@ -303,6 +367,12 @@ _DIGIT_RUNS = re.compile(r"[0-9]+")
 
 def _checksum(text: str) -> int:
     return zlib.crc32(text.encode("utf-8", "surrogatepass"))
+
+
+def sent_digest(text: str) -> int:
+    """A prompt's 64-bit digest in the sent memory (signed, to fit an int64 array)."""
+    raw = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(raw, "little", signed=True)
 
 
 def _digest(text: str) -> bytes:

@@ -9,7 +9,7 @@ over benign traffic.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,11 +20,12 @@ from ..backend.device import Backend
 from ..backend.store import AccountStore
 from ..backend.threads import limit_host_blas
 from ..config import EngineConfig
-from .features import AccountState, QueryFacts, advance
+from .features import N_FEATURES, AccountState, QueryFacts, advance
 from .probes import word_hashes
-from .prompt_memory import FRAME_MEMORY, FRAME_THREADS
+from .prompt_memory import FRAME_MEMORY, FRAME_THREADS, SENT_MEMORY, PromptMemory, sent_digest
 from .reference import BenignReference
 
+SENT_DIGEST_BYTES = 8
 STEP_CHUNK = 1024  # items per array pass; bounds transient memory for huge batches
 GPU_SEGMENTED_MAX_HISTORY = 2048  # on GPU, short histories of a batch share one kernel launch
 
@@ -39,6 +40,19 @@ class StepResult:
     # each prompt's probes.word_hashes (None without a prompt; None for all without texts), for
     # the campaign layer, which reads the same words
     sketches: list[tuple[list[int], int] | None] | None = None
+    # per item, whether its account sent its prompt before (None: no item repeats one; see
+    # repeated_prompts). A repeat is not stored or folded in: its row and n are its account's
+    # as they stood right before it
+    repeats: list[bool] | None = None
+
+    def subset(self, items: Sequence[int]) -> StepResult:
+        """The result of ``items`` alone (in the given order)."""
+        return StepResult(
+            [self.states[i] for i in items],
+            self.features[items],
+            self.n[items],
+            None if self.sketches is None else [self.sketches[i] for i in items],
+        )
 
 
 class FeatureStream:
@@ -91,6 +105,9 @@ class FeatureStream:
             self.store.vector_bytes()
             + len(self.states) * self.state_bytes()
             + len(self._framed) * FRAME_THREADS * FRAME_MEMORY * self.dim  # int8 codes of thread vectors
+            # the sent memory's digests: one per judged query with a prompt, at most one per stored row
+            # while the history cap is below SENT_MEMORY (an estimate that keeps this O(1))
+            + SENT_DIGEST_BYTES * self.store.total_vectors()
         )
 
     def recount_framed(self) -> None:
@@ -143,9 +160,67 @@ class FeatureStream:
                 np.concatenate([p.features for p in parts]),
                 np.concatenate([p.n for p in parts]),
                 None if texts is None else [sketch for p in parts for sketch in p.sketches],
+                None
+                if all(p.repeats is None for p in parts)
+                else [r for p in parts for r in p.repeats or [False] * len(p.n)],
             )
 
+    def repeats(self, accounts: Sequence[str], texts: Sequence[str | None] | None) -> list[bool] | None:
+        """:func:`repeated_prompts` against the accounts' memories; None when no item repeats."""
+        if texts is None:
+            return None
+        out = repeated_prompts(accounts, texts, self.states.get)
+        return out if any(out) else None
+
     def _step(self, accounts, vectors, ts, texts=None) -> StepResult:
+        repeats = self.repeats(accounts, texts)
+        if repeats is None:
+            return self._step_new(accounts, vectors, ts, texts)
+        cfg = self.config
+        m = len(accounts)
+        keep = [i for i, repeat in enumerate(repeats) if not repeat]
+        source = [-1] * m  # each repeat's latest earlier new item of its account in the batch (-1: none)
+        latest: dict[str, int] = {}
+        before: dict[str, tuple[np.ndarray, int]] = {}  # as the account stood before the batch
+        for i, account in enumerate(accounts):
+            if not repeats[i]:
+                latest[account] = i
+            elif account in latest:
+                source[i] = latest[account]
+            elif account not in before:
+                state = self.states[account]
+                before[account] = (
+                    state.features(cfg.near_duplicate_similarity, self.off_reference_similarity),
+                    state.n,
+                )
+        new = (
+            self._step_new(
+                [accounts[i] for i in keep],
+                vectors[keep],
+                [ts[i] for i in keep],
+                None if texts is None else [texts[i] for i in keep],
+            )
+            if keep
+            else None
+        )
+        features = np.empty((m, N_FEATURES))
+        n = np.empty(m, dtype=np.int64)
+        sketches = None if texts is None else [None] * m
+        row_of = {i: k for k, i in enumerate(keep)}
+        for i, account in enumerate(accounts):
+            if not repeats[i]:
+                k = row_of[i]
+                features[i], n[i] = new.features[k], new.n[k]
+                if sketches is not None and new.sketches is not None:
+                    sketches[i] = new.sketches[k]
+            elif source[i] >= 0:
+                features[i], n[i] = features[source[i]], n[source[i]]
+            else:
+                features[i], n[i] = before[account]
+        states = [self.states[account] for account in accounts]
+        return StepResult(states, features, n, sketches, repeats)
+
+    def _step_new(self, accounts, vectors, ts, texts=None) -> StepResult:
         cfg = self.config
         ref = self.reference.query_stats(vectors)
         sims, counts = self.store.search_then_add(list(accounts), vectors, cfg.k_neighbors)
@@ -212,3 +287,42 @@ class FeatureStream:
         if state is None:
             state = self.states[account] = AccountState(self.config.window, self.reference.n_cells)
         return state
+
+
+def repeated_prompts(
+    accounts: Sequence[str],
+    texts: Sequence[str | None],
+    state_of: Callable[[str], PromptMemory | None] = lambda account: None,
+) -> list[bool]:
+    """Per item, whether its prompt is character for character one its account's sent memory
+    holds (see SENT_MEMORY), as the memory stands at that item: the prompts judged as new before
+    the batch (``state_of``: each account's memory, None for a new one) and earlier in it."""
+    out: list[bool] = []
+    # per account in the batch: its new digests (in order), and how many of the memory's
+    # prompts from before the batch they pushed out
+    fresh: dict[str, dict[int, None]] = {}
+    pushed: dict[str, int] = {}
+    for account, text in zip(accounts, texts, strict=True):
+        if text is None:
+            out.append(False)
+            continue
+        digest = sent_digest(text)
+        state = state_of(account)
+        new = fresh.setdefault(account, {})
+        if digest in new:
+            out.append(True)
+            continue
+        gone = pushed.get(account, 0)
+        rank = state.sent_rank(digest) if state is not None else -1
+        if rank >= gone:
+            out.append(True)
+            continue
+        out.append(False)
+        new[digest] = None
+        held = (state.sent_held() if state is not None else 0) - gone + len(new)
+        if held > SENT_MEMORY:  # the memory is full: its oldest prompt goes
+            if state is not None and gone < state.sent_held():
+                pushed[account] = gone + 1
+            else:
+                del new[next(iter(new))]
+    return out

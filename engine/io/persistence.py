@@ -26,7 +26,7 @@ import numpy as np
 from ..campaigns.scoring import GroupCalibration
 from ..config import EngineConfig
 from ..detect.features import AccountState
-from ..detect.prompt_memory import FRAME_MEMORY, FRAME_THREADS
+from ..detect.prompt_memory import FRAME_MEMORY, FRAME_THREADS, SENT_MEMORY
 from ..detect.reference import BenignReference
 from ..detect.scoring import BenignModel, Calibration
 from ..errors import CalibrationError, ConfigError, SnapshotError
@@ -162,6 +162,7 @@ def write_snapshot(path: str | Path, state: dict[str, Any]) -> None:
         "config": config.to_dict(),
         "calibration": benign.calibration.meta(),
         "observations": state["observations"],
+        "repeats": int(state.get("repeats", 0)),
         "dim": benign.reference.dim,
         "accounts": list(state["accounts"]),
         # NaN is not JSON: timestamps are written as null; levels as their string value.
@@ -187,6 +188,8 @@ def write_snapshot(path: str | Path, state: dict[str, Any]) -> None:
     if framed:
         arrays["state_frame_accounts"] = np.asarray(framed, dtype=np.int64)
         arrays["state_frame_vectors"] = np.stack([states[i].frame_vectors for i in framed])
+    if states:  # each account's sent memory, oldest first, one after another (see AccountState.sent_count)
+        arrays["state_sent_digests"] = np.concatenate([s.sent_in_order() for s in states])
     population = state.get("population")
     if population is not None:
         header["population"] = True
@@ -275,7 +278,9 @@ def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> 
             if held > state.n:  # an account keeps at most the queries it sent
                 raise SnapshotError(f"{path}: account {account!r} has {held} stored vectors but {state.n} queries")
         _frame_vectors(path, arrays, states, benign.reference.dim)
+        _sent_digests(path, arrays, states)
         observations = int(header.get("observations", 0))
+        repeats = int(header.get("repeats", 0))  # snapshots before 0.18.0 have none
         campaigns = None
         if "campaigns" in header:  # snapshots of 0.2.0 and earlier have none: the layer starts empty
             prefix = "campaign_"
@@ -304,6 +309,7 @@ def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         "config": config,
         "benign": benign,
         "observations": observations,
+        "repeats": repeats,
         "accounts": ids,
         "offsets": offsets,
         "vectors": flat,
@@ -370,6 +376,25 @@ def _frame_vectors(path, arrays, states: list[AccountState], dim: int) -> None:
     for state in states:
         if state.frame_vectors is None and state.frame_parts.any():
             raise SnapshotError(f"{path}: an account has frame threads but the snapshot holds no vectors for them")
+
+
+def _sent_digests(path, arrays, states: list[AccountState]) -> None:
+    """Give back each account's sent memory (snapshots before 0.18.0 have none: every account
+    starts with an empty one, and its count at 0)."""
+    if "state_sent_digests" not in arrays:
+        for state in states:
+            state.sent_count[0] = 0
+        return
+    flat = np.asarray(arrays["state_sent_digests"])
+    counts = [int(s.sent_count[0]) for s in states]
+    held = [min(c, SENT_MEMORY) for c in counts]
+    if flat.ndim != 1 or flat.dtype != np.int64 or flat.shape[0] != sum(held) or min(counts, default=0) < 0:
+        raise SnapshotError(
+            f"{path}: sent-prompt digests have shape {flat.shape} ({flat.dtype}) for counts that hold {sum(held)}, "
+            "expected that many int64"
+        )
+    for state, part in zip(states, np.split(flat, np.cumsum(held)[:-1]) if states else [], strict=True):
+        state.load_sent(part)
 
 
 def _put_frame_vectors(path, arrays, states: list[AccountState], dim: int) -> None:

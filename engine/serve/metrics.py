@@ -42,6 +42,12 @@ ENGINE_GAUGES: tuple[tuple[str, str, Callable[[EngineStats], float]], ...] = (
         lambda stats: stats.evicted,
     ),
     (
+        "probewatch_repeated_prompts",
+        "Observed prompts their account had sent before, character for character: answered with the account's "
+        "standing verdict, not judged anew (retries, health checks, re-runs).",
+        lambda stats: stats.repeats,
+    ),
+    (
         "probewatch_evicted_records",
         "Evicted accounts at watch or flag whose level is kept until they return.",
         lambda stats: stats.evicted_records,

@@ -846,6 +846,7 @@ def unknown_verdict(account: str, flagged: bool = False) -> dict[str, Any]:
         "peak_one_in": None,
         "reasons": [],
         "campaign": None,
+        "repeat": False,
     }
 
 

@@ -469,6 +469,7 @@ def test_metrics_parse_and_never_name_an_account(sidecar, http, flagged_attacker
         "probewatch_campaign_groups_evicted_flagged_total",
         "probewatch_evicted_accounts",
         "probewatch_evicted_records",
+        "probewatch_repeated_prompts",
     ):
         assert needed in names, needed
     unauthorized_observe = (("endpoint", "/v1/observe"), ("method", "POST"), ("status", "401"))

@@ -7,6 +7,7 @@ prompts are written here. The model loads once per session (``embedder`` fixture
 
 from __future__ import annotations
 
+import collections
 import random
 
 import pytest
@@ -245,7 +246,15 @@ def test_stream_sizes():
 @pytest.mark.slow
 def test_perturbation_chain_is_flagged(results):
     engine, last = results
-    assert last["perturb"].n_queries == 60
+    # a prompt that repeats one of the account's last 16 prompts that were not repeats is not
+    # judged again: the chain's few exact repeats are not counted
+    memory: collections.deque[str] = collections.deque(maxlen=16)
+    judged = 0
+    for prompt in perturbation_chain():
+        if prompt not in memory:
+            memory.append(prompt)
+            judged += 1
+    assert last["perturb"].n_queries == judged < 60
     assert last["perturb"].flagged, _describe(engine, "perturb")
     assert last["perturb"].reasons or engine.report("perturb").reasons
 

@@ -173,6 +173,7 @@ class Pipeline:
             zip(first, self._standing_verdicts([accounts[i] for i in first], step.subset(first)), strict=True)
         )
         new: list[Verdict] = []
+        raised_by_item: list[dict[str, Level]] = []  # what each new item's campaign step raised
         if keep:
             kept_accounts = [accounts[i] for i in keep]
             kept = step.subset(keep)
@@ -187,17 +188,27 @@ class Pipeline:
                     evidence,
                     new,
                     kept.sketches,
+                    raised_by_item,
                 )
         self.repeats += len(accounts) - len(keep)
         out: list[Verdict] = []
         latest: dict[str, Verdict] = {}
-        judged_in_order = iter(new)
+        raised_so_far: dict[str, Level] = {}  # campaign levels the new items before each repeat raised
+        k = 0
         for i, account in enumerate(accounts):
-            if repeats[i]:
-                out.append(dataclasses.replace(latest.get(account) or standing[i], repeat=True))
-            else:
-                latest[account] = next(judged_in_order)
-                out.append(latest[account])
+            if not repeats[i]:
+                latest[account] = new[k]
+                out.append(new[k])
+                for member, level in (raised_by_item[k] if raised_by_item else {}).items():
+                    raised_so_far[member] = max(level, raised_so_far.get(member, Level.OK))
+                k += 1
+                continue
+            v = latest.get(account) or standing[i]
+            level = max(v.level, raised_so_far.get(account, Level.OK))
+            if level is not v.level:  # its campaign turned hot earlier in the batch
+                campaign = v.campaign or self.campaigns.summary_for(account)
+                v = dataclasses.replace(v, level=level, flagged=level is Level.FLAG, campaign=campaign)
+            out.append(dataclasses.replace(v, repeat=True))
         return out
 
     def _standing_verdicts(self, accounts: list[str], step: StepResult) -> list[Verdict]:
@@ -236,16 +247,28 @@ class Pipeline:
             self.clock = latest if math.isnan(self.clock) else max(self.clock, latest)
 
     def _campaign_step(
-        self, accounts, vectors, texts, metas, ts, evidence, verdicts: list[Verdict], sketches=None
+        self,
+        accounts,
+        vectors,
+        texts,
+        metas,
+        ts,
+        evidence,
+        verdicts: list[Verdict],
+        sketches=None,
+        raised_by_item: list[dict[str, Level]] | None = None,
     ) -> list[Verdict]:
         """Fold the batch into the campaign layer, raise the members of campaigns that became
-        hot (their sticky level), and give each verdict its account's campaign as of its item."""
+        hot (their sticky level), and give each verdict its account's campaign as of its item;
+        ``raised_by_item`` (a list to fill) gets the accounts each item raised, with the level."""
         events = self.campaigns.observe(
             accounts, np.asarray(vectors, dtype=np.float32), texts, metas, ts, evidence, sketches
         )
         raised_so_far: dict[str, Level] = {}
         out = []
         for v, (campaign, raised) in zip(verdicts, events, strict=True):
+            if raised_by_item is not None:
+                raised_by_item.append(raised)
             for account, level in raised.items():
                 raised_so_far[account] = max(level, raised_so_far.get(account, Level.OK))
                 state = self.states.get(account)
@@ -531,7 +554,7 @@ class Pipeline:
         self.reset()
         self.store.import_(state["accounts"], state["offsets"], state["vectors"])
         self.states.update(zip(state["accounts"], state["states"], strict=True))
-        self.stream.recount_framed()
+        self.stream.recount_held()
         self.observations = int(state["observations"])
         self.repeats = int(state.get("repeats", 0))
         self.clock = float(state.get("clock", math.nan))

@@ -80,13 +80,18 @@ FRAME_MEMORY = 32
 FRAME_IDLE_PROMPTS = 64
 # Threads with fewer queries are not reported (the detector scores no account this short).
 FRAME_MIN_QUERIES = 10
-# An account's sent memory: 64-bit digests of the last SENT_MEMORY prompts it sent that were
-# judged as new (32 KiB at most; 8 bytes a prompt until then). A prompt it holds, sent again
+# An account's sent memory: 128-bit digests of the last SENT_MEMORY prompts it sent that were
+# judged as new (64 KiB at most; 16 bytes a prompt until then). A prompt it holds, sent again
 # character for character, is a repeat: a retry, a health check, a script re-running its job
 # asks the model nothing it has not answered, so it is not judged anew (Verdict.repeat). It can
 # then neither add evidence (one point sent all day is no account's window) nor fake it: a
 # prompt sent again would otherwise be a topic return, the statistic people are told by.
 SENT_MEMORY = 4096
+SENT_DIGEST_BYTES = 16
+# A prompt longer than this is always judged, never a repeat: the sidecar cuts prompts at its
+# max_prompt_chars (16,384 by default) and the integrations at the engine's, so two long prompts
+# that differ only past the cut would otherwise read as one prompt sent twice.
+REPEAT_MAX_CHARS = 4096
 
 
 class PromptMemory:
@@ -216,7 +221,8 @@ class PromptMemory:
             remember_parts(parts, self.part_ring, self.part_owners, self.parts_written)
             for i in range(len(parts)):
                 self.part_noted[(written + i) % PART_MEMORY] = noted & 0xFFFFFFFF  # wraps, as spans are taken
-        self.remember_sent(sent_digest(text))
+        if len(text) <= REPEAT_MAX_CHARS:  # a longer one is always judged (see REPEAT_MAX_CHARS)
+            self.remember_sent(sent_digest(text))
         slot = noted % CONTINUATION_MEMORY
         self.probes[0] = noted + 1
         store_sketch(self.prompt_sketches[slot], kept)
@@ -228,28 +234,30 @@ class PromptMemory:
         self.prompt_digests[slot] = np.frombuffer(_digest(text), dtype=np.uint8)
         return continues, probe
 
-    def sent_rank(self, digest: int) -> int:
+    def sent_rank(self, digest: tuple[int, int]) -> int:
         """Where ``digest`` (:func:`sent_digest`) stands among the prompts the account's sent
         memory holds, oldest first (0: the oldest), or -1 when it holds none with that text."""
-        held = min(int(self.sent_count[0]), SENT_MEMORY)
+        count = int(self.sent_count[0])
+        held = min(count, SENT_MEMORY)
         if not held:
             return -1
-        hits = np.flatnonzero(self.sent_digests[:held] == digest)
+        rows = self.sent_digests[:held]
+        hits = np.flatnonzero((rows[:, 0] == digest[0]) & (rows[:, 1] == digest[1]))
         if not hits.size:
             return -1
-        oldest = int(self.sent_count[0]) % SENT_MEMORY if int(self.sent_count[0]) > SENT_MEMORY else 0
-        return (int(hits[-1]) - oldest) % SENT_MEMORY if oldest else int(hits[-1])
+        oldest = count % SENT_MEMORY if count > SENT_MEMORY else 0  # the ring's next slot
+        return (int(hits[-1]) - oldest) % SENT_MEMORY
 
     def sent_held(self) -> int:
         """How many prompts the sent memory holds."""
         return min(int(self.sent_count[0]), SENT_MEMORY)
 
-    def remember_sent(self, digest: int) -> None:
+    def remember_sent(self, digest: tuple[int, int]) -> None:
         """Add a prompt judged as new to the sent memory (the oldest goes once SENT_MEMORY are held)."""
         count = int(self.sent_count[0])
         digests = self.sent_digests
         if count < SENT_MEMORY and (digests is None or count == digests.shape[0]):
-            grown = np.empty(min(SENT_MEMORY, max(16, 2 * count)), dtype=np.int64)
+            grown = np.empty((min(SENT_MEMORY, max(16, 2 * count)), 2), dtype=np.int64)
             if count:
                 grown[:count] = digests[:count]
             self.sent_digests = digests = grown
@@ -257,26 +265,26 @@ class PromptMemory:
         self.sent_count[0] = count + 1
 
     def sent_in_order(self) -> np.ndarray:
-        """The digests the sent memory holds, oldest first (what a snapshot keeps)."""
+        """The digests the sent memory holds, oldest first (what a snapshot keeps): (held, 2) int64."""
         count, held = int(self.sent_count[0]), self.sent_held()
         if not held:
-            return np.zeros(0, dtype=np.int64)
+            return np.zeros((0, 2), dtype=np.int64)
         if count <= SENT_MEMORY:
             return self.sent_digests[:held].copy()
-        return np.roll(self.sent_digests, -(count % SENT_MEMORY))
+        return np.roll(self.sent_digests, -(count % SENT_MEMORY), axis=0)
 
     def load_sent(self, ordered: np.ndarray) -> None:
-        """Put back :meth:`sent_in_order` (``sent_count`` already set, and at least that many)."""
+        """Put back :meth:`sent_in_order` (``sent_count`` already set)."""
         count = int(self.sent_count[0])
         ordered = np.asarray(ordered, dtype=np.int64)
-        if ordered.shape != (min(count, SENT_MEMORY),):
-            raise ValueError(f"{ordered.shape[0]} sent digests for a count of {count}")
+        if ordered.shape != (min(count, SENT_MEMORY), 2):
+            raise ValueError(f"{ordered.shape} sent digests for a count of {count}")
         if not ordered.size:
             self.sent_digests = None
         elif count <= SENT_MEMORY:
             self.sent_digests = ordered.copy()
         else:
-            self.sent_digests = np.roll(ordered, count % SENT_MEMORY)
+            self.sent_digests = np.roll(ordered, count % SENT_MEMORY, axis=0)
 
     def _note_frames(self, parts: list[int], counts: list[int], vector: np.ndarray, noted: int) -> None:
         """Extend the frame thread one of ``parts`` belongs to, or start one (see FRAME_THREADS);
@@ -369,10 +377,12 @@ def _checksum(text: str) -> int:
     return zlib.crc32(text.encode("utf-8", "surrogatepass"))
 
 
-def sent_digest(text: str) -> int:
-    """A prompt's 64-bit digest in the sent memory (signed, to fit an int64 array)."""
-    raw = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(raw, "little", signed=True)
+def sent_digest(text: str) -> tuple[int, int]:
+    """A prompt's 128-bit digest in the sent memory, as two signed 64-bit halves (an int64 row).
+    128 bits, so that no one can make a harmless prompt and a query that share one (about 2^64
+    work; 64 bits would take about 2^32, seconds on a GPU, and hide the query as a repeat)."""
+    raw = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    return int.from_bytes(raw[:8], "little", signed=True), int.from_bytes(raw[8:], "little", signed=True)
 
 
 def _digest(text: str) -> bytes:

@@ -22,10 +22,17 @@ from ..backend.threads import limit_host_blas
 from ..config import EngineConfig
 from .features import N_FEATURES, AccountState, QueryFacts, advance
 from .probes import word_hashes
-from .prompt_memory import FRAME_MEMORY, FRAME_THREADS, SENT_MEMORY, PromptMemory, sent_digest
+from .prompt_memory import (
+    FRAME_MEMORY,
+    FRAME_THREADS,
+    REPEAT_MAX_CHARS,
+    SENT_DIGEST_BYTES,
+    SENT_MEMORY,
+    PromptMemory,
+    sent_digest,
+)
 from .reference import BenignReference
 
-SENT_DIGEST_BYTES = 8
 STEP_CHUNK = 1024  # items per array pass; bounds transient memory for huge batches
 GPU_SEGMENTED_MAX_HISTORY = 2048  # on GPU, short histories of a batch share one kernel launch
 
@@ -81,6 +88,7 @@ class FeatureStream:
         self.states: dict[str, AccountState] = {}
         self._state_bytes: int | None = None
         self._framed: set[str] = set()  # accounts whose state holds frame-thread vectors
+        self._sent_held = 0  # digests held by the accounts' sent memories
 
     @property
     def dim(self) -> int:
@@ -105,25 +113,29 @@ class FeatureStream:
             self.store.vector_bytes()
             + len(self.states) * self.state_bytes()
             + len(self._framed) * FRAME_THREADS * FRAME_MEMORY * self.dim  # int8 codes of thread vectors
-            # the sent memory's digests: one per judged query with a prompt, at most one per stored row
-            # while the history cap is below SENT_MEMORY (an estimate that keeps this O(1))
-            + SENT_DIGEST_BYTES * self.store.total_vectors()
+            + SENT_DIGEST_BYTES * self._sent_held  # the sent memories' digests
         )
 
-    def recount_framed(self) -> None:
-        """Note which accounts hold frame-thread vectors (after states were put in directly)."""
+    def recount_held(self) -> None:
+        """Note which accounts hold frame-thread vectors, and how many digests the sent memories
+        hold (after states were put in directly)."""
         self._framed = {account for account, state in self.states.items() if state.frame_vectors is not None}
+        self._sent_held = sum(state.sent_held() for state in self.states.values())
 
     def forget(self, account: str) -> bool:
         """Drop an account's history and state; True if it existed."""
         self.store.remove(account)
         self._framed.discard(account)
-        return self.states.pop(account, None) is not None
+        state = self.states.pop(account, None)
+        if state is not None:
+            self._sent_held -= state.sent_held()
+        return state is not None
 
     def clear(self) -> None:
         self.store.clear()
         self.states.clear()
         self._framed.clear()
+        self._sent_held = 0
 
     def step(
         self,
@@ -262,7 +274,9 @@ class FeatureStream:
             for i, text in enumerate(texts):
                 state = states[i]
                 if text is not None:
+                    held = state.sent_held()
                     facts[i].continues, facts[i].probe = state.note_prompt(text, sketches[i], rows[i])
+                    self._sent_held += state.sent_held() - held
                     if state.frame_vectors is not None:
                         self._framed.add(accounts[i])
                 # as of this item: a later prompt of the batch may extend the account's threads
@@ -296,14 +310,15 @@ def repeated_prompts(
 ) -> list[bool]:
     """Per item, whether its prompt is character for character one its account's sent memory
     holds (see SENT_MEMORY), as the memory stands at that item: the prompts judged as new before
-    the batch (``state_of``: each account's memory, None for a new one) and earlier in it."""
+    the batch (``state_of``: each account's memory, None for a new one) and earlier in it.
+    Prompts over REPEAT_MAX_CHARS are never repeats."""
     out: list[bool] = []
     # per account in the batch: its new digests (in order), and how many of the memory's
     # prompts from before the batch they pushed out
-    fresh: dict[str, dict[int, None]] = {}
+    fresh: dict[str, dict[tuple[int, int], None]] = {}
     pushed: dict[str, int] = {}
     for account, text in zip(accounts, texts, strict=True):
-        if text is None:
+        if text is None or len(text) > REPEAT_MAX_CHARS:  # judged, and not remembered
             out.append(False)
             continue
         digest = sent_digest(text)

@@ -70,7 +70,10 @@ CONTEXT_TEXTS_PER_REQUEST = 32
 # A new instruction text is observed at most once in this many requests of its account.
 INSTRUCTIONS_EVERY = 16
 # New answered turns a request may carry unobserved: an app's few-shot examples (rotating
-# ones made 4 of 5 honest accounts flag when each was observed). More are read as a history.
+# ones made 4 of 5 honest accounts flag when each was observed). More are read as a history,
+# and so are any when the request's prompt is one its account sent before: the engine does not
+# judge a prompt sent again (0.18.0), so a constant last message ("answer the questions above")
+# would otherwise let made-up answered turns carry every query unobserved.
 FEW_SHOT_TURNS = 8
 _DIGITS = re.compile(r"[0-9]+")
 
@@ -166,7 +169,8 @@ class SentTexts:
                         self._keys.move_to_end(key)
                     elif key != prompt_key and key not in new_turns:
                         new[key] = text  # a text sent twice in one request is observed once
-            if len(new_answered) > self.few_shot_turns:  # more than examples: a history to read
+            sent_before = prompt_key is not None and prompt_key in self._keys
+            if len(new_answered) > self.few_shot_turns or sent_before:  # a history to read
                 new_turns = {**new_answered, **new_turns}
             clock = self._clocks.get(account)
             due = clock is None or clock[0] - clock[1] >= self.instructions_every

@@ -379,19 +379,22 @@ def _frame_vectors(path, arrays, states: list[AccountState], dim: int) -> None:
 
 
 def _sent_digests(path, arrays, states: list[AccountState]) -> None:
-    """Give back each account's sent memory (snapshots before 0.18.0 have none: every account
-    starts with an empty one, and its count at 0)."""
-    if "state_sent_digests" not in arrays:
-        for state in states:
-            state.sent_count[0] = 0
-        return
-    flat = np.asarray(arrays["state_sent_digests"])
+    """Give back each account's sent memory (snapshots before 0.18.0 have neither the counts nor
+    the digests: every account starts with an empty memory)."""
     counts = [int(s.sent_count[0]) for s in states]
+    if "state_sent_digests" not in arrays:
+        if any(counts):  # a 0.18.0 snapshot (it has the counts) that lost its digests
+            raise SnapshotError(f"{path}: accounts count prompts in their sent memory but the snapshot holds none")
+        return
+    for state, count in zip(states, counts, strict=True):
+        if not 0 <= count <= state.n:  # each prompt judged as new is one of the account's queries
+            raise SnapshotError(f"{path}: an account's sent memory counts {count} prompts for {state.n} queries")
+    flat = np.asarray(arrays["state_sent_digests"])
     held = [min(c, SENT_MEMORY) for c in counts]
-    if flat.ndim != 1 or flat.dtype != np.int64 or flat.shape[0] != sum(held) or min(counts, default=0) < 0:
+    if flat.ndim != 2 or flat.shape != (sum(held), 2) or flat.dtype != np.int64:
         raise SnapshotError(
-            f"{path}: sent-prompt digests have shape {flat.shape} ({flat.dtype}) for counts that hold {sum(held)}, "
-            "expected that many int64"
+            f"{path}: sent-prompt digests have shape {flat.shape} ({flat.dtype}); the accounts' counts hold "
+            f"{sum(held)}, expected ({sum(held)}, 2) int64"
         )
     for state, part in zip(states, np.split(flat, np.cumsum(held)[:-1]) if states else [], strict=True):
         state.load_sent(part)

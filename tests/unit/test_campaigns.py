@@ -960,3 +960,27 @@ def test_long_prompts_with_few_tokens(text):
 )
 def test_anchors_from_the_ends_match_the_definition_on_any_text(text):
     assert template_anchors(text) == _anchors_from_all_tokens(text)
+
+
+def test_a_retry_reads_the_level_its_campaign_raised_earlier_in_the_batch(calibration_path, topics):
+    """Red-team finding on 0.18.0: a prompt sent again is not judged anew, and in a batch it
+    read its account's level from before the batch even when an earlier item of the batch had
+    raised the account through its campaign (one call per item gave ``flag``; the sidecar's
+    micro-batches answered the member's retry ``ok``)."""
+    accounts, vectors, prompts, metas = hydra_traffic(topics, seed=3, members=20, crowd=10)
+    rng = np.random.default_rng(0)
+    first: dict[str, int] = {}
+    order = []
+    for i, account in enumerate(accounts):  # after each item, some account retries its first prompt
+        first.setdefault(account, i)
+        order += [i, first[list(first)[rng.integers(len(first))]]]
+    accounts, vectors = [accounts[i] for i in order], vectors[order]
+    prompts, metas = [prompts[i] for i in order], [metas[i] for i in order]
+
+    def key(v):
+        return (v.account, v.level, v.n_queries, v.repeat, v.campaign.id if v.campaign else None)
+
+    ones = [key(v) for v in feed(make_engine(calibration_path), accounts, vectors, prompts, metas, batch=1)]
+    for batch in (16, len(accounts)):
+        assert [key(v) for v in feed(make_engine(calibration_path), accounts, vectors, prompts, metas, batch)] == ones
+    assert any(k[1] is pw.Level.FLAG and k[3] for k in ones)  # flagged members' retries among them

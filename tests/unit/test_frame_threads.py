@@ -117,9 +117,9 @@ def test_an_accounts_bytes_count_its_prompt_memory_and_its_thread_vectors():
     _note(state, _chat(rng, 40), _unit(vrng, 40))
     _note(state, _framed(rng, FRAME_MIN_PROMPTS), _unit(vrng, FRAME_MIN_PROMPTS))
     assert state.frame_vectors is not None
-    # int8 codes, one byte each; and the sent memory's digests, 8 bytes a slot as it grows
+    # int8 codes, one byte each; and the sent memory's digests, 16 bytes a slot as it grows
     assert state.nbytes() == empty + FRAME_THREADS * FRAME_MEMORY * DIM + state.sent_digests.nbytes
-    assert state.sent_digests.nbytes == 8 * 64  # 44 prompts noted: grown 16, 32, 64
+    assert state.sent_digests.nbytes == 16 * 64  # 44 prompts noted: grown 16, 32, 64 rows of 128 bits
 
 
 def test_a_thread_is_reported_from_its_tenth_query_on():

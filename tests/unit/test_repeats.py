@@ -252,3 +252,67 @@ def test_calibration_leaves_repeats_out(topics):
     assert padded.detector.flag_threshold == plain.detector.flag_threshold
     np.testing.assert_array_equal(padded.calibration.account_max_scores, plain.calibration.account_max_scores)
     np.testing.assert_array_equal(padded.reference.bank, plain.reference.bank)
+
+
+def _rewritten(path, out, **changes):
+    """The snapshot at ``path`` with arrays replaced (None: removed), written to ``out``."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {name: z[name] for name in z.files}
+    for name, value in changes.items():
+        if value is None:
+            arrays.pop(name)
+        else:
+            arrays[name] = value
+    np.savez(out, **arrays)
+    return out
+
+
+def test_a_snapshot_whose_sent_memory_is_damaged_is_refused(make_engine, tmp_path):
+    """Red-team finding: a 0.18.0 snapshot without its digests loaded with every memory empty,
+    and counts swapped between accounts gave one account's prompts to another."""
+    engine = make_engine()
+    rows = unit_rows(np.random.default_rng(9).standard_normal((30, DIM)))
+    engine.observe_embeddings(["a"] * 20 + ["b"] * 10, rows, prompts=[f"p{i}" for i in range(30)])
+    path = tmp_path / "s.npz"
+    engine.save(path)
+    with np.load(path, allow_pickle=False) as z:
+        counts, digests = z["state_sent_count"], z["state_sent_digests"]
+    assert counts.ravel().tolist() == [20, 10] and digests.shape == (30, 2)
+    with pytest.raises(pw.SnapshotError, match="sent memory but the snapshot holds none"):
+        pw.Engine.load(_rewritten(path, tmp_path / "lost.npz", state_sent_digests=None))
+    with pytest.raises(pw.SnapshotError, match="counts 20 prompts for 10 queries"):
+        pw.Engine.load(_rewritten(path, tmp_path / "swapped.npz", state_sent_count=counts[::-1].copy()))
+    with pytest.raises(pw.SnapshotError, match=r"expected \(30, 2\) int64"):
+        pw.Engine.load(_rewritten(path, tmp_path / "short.npz", state_sent_digests=digests[:29]))
+    # a snapshot from before 0.18.0 has neither: its accounts start with empty memories
+    old = pw.Engine.load(_rewritten(path, tmp_path / "old.npz", state_sent_digests=None, state_sent_count=None))
+    assert not old.observe_embeddings(["a"], rows[:1], prompts=["p0"])[0].repeat
+
+
+def test_long_prompts_are_always_judged(make_engine):
+    """Prompts are cut to a size limit before they reach the engine (the sidecar's
+    max_prompt_chars), so two long prompts that differ past the cut would read as one."""
+    engine = make_engine()
+    rows = unit_rows(np.random.default_rng(10).standard_normal((3, DIM)))
+    long = "x" * 4097
+    verdicts = engine.observe_embeddings(["a"] * 3, rows[[0, 0, 1]], prompts=[long, long, "x" * 4096])
+    assert [v.repeat for v in verdicts] == [False, False, False]
+    assert engine.observe_embeddings(["a"], rows[1:2], prompts=["x" * 4096])[0].repeat
+
+
+def test_the_memory_budget_counts_each_digest(make_engine):
+    engine = make_engine(history_cap=16, eviction_block=8, campaigns=False)  # its tables hold prompts too
+    rows = unit_rows(np.random.default_rng(11).standard_normal((200, DIM)))
+    before = engine.stats().bytes_held
+    engine.observe_embeddings(["a"] * 100, rows[:100], prompts=[f"p{i}" for i in range(100)])
+    engine.observe_embeddings(["b"] * 100, rows[100:])  # no prompts: nothing remembered
+    stored = engine.stats().stored_queries
+    grown = engine.stats().bytes_held - before
+    fresh = make_engine(history_cap=16, eviction_block=8, campaigns=False)
+    fresh.observe_embeddings(["a"] * 100, rows[:100])
+    fresh.observe_embeddings(["b"] * 100, rows[100:])
+    assert fresh.stats().stored_queries == stored  # the same vectors held
+    assert grown - (fresh.stats().bytes_held - before) == 16 * 100  # and 100 digests of 16 bytes
+    engine.forget("a")
+    fresh.forget("a")
+    assert engine.stats().bytes_held == fresh.stats().bytes_held

@@ -260,6 +260,30 @@ def test_answered_turns_are_an_apps_examples_unless_there_are_more_than_a_few():
     assert unanswered == RequestTexts("all of them", ("q1",), (), ("q2",))
 
 
+def test_answered_turns_are_read_when_the_prompt_was_sent_before():
+    """Red-team finding on 0.18.0: the engine does not judge a prompt its account sent before,
+    so a constant last message with at most 8 made-up answered turns carried 320 queries in 40
+    requests and left the account at one judged query. When the prompt was sent before, the
+    request's new answered turns are what it asks: they are observed (each once)."""
+    sent = SentTexts()
+    ask = ("user", "Answer each question above again, properly.")
+
+    def request(k: int) -> RequestTexts:
+        turns = [turn for i in range(8) for turn in (("user", f"query {k}.{i}"), ("assistant", "noted"))]
+        return chat_texts(_chat(*turns, ask))
+
+    assert sent.texts_to_observe("x", request(0)) == [ask[1]]  # a new prompt: its examples are its own
+    assert sent.texts_to_observe("x", request(1)) == [*(f"query 1.{i}" for i in range(8)), ask[1]]
+    assert sent.texts_to_observe("x", request(1)) == [ask[1]]  # observed once
+    # an honest chat that sends "continue" again resends a history already observed
+    history = [("user", "first question"), ("assistant", "an answer"), ("user", "continue")]
+    assert sent.texts_to_observe("y", chat_texts(_chat(*history[:1]))) == ["first question"]
+    assert sent.texts_to_observe("y", chat_texts(_chat(*history))) == ["continue"]
+    assert sent.texts_to_observe("y", chat_texts(_chat(*history, ("assistant", "more"), ("user", "continue")))) == [
+        "continue"
+    ]
+
+
 def test_instructions_past_the_first_two_are_read_as_turns():
     """Red-team finding: one system message per hidden query shared the one-in-16 budget of
     instructions: 1 of 256 queries observed."""

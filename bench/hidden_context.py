@@ -12,7 +12,8 @@ Both sides, on the shipped calibration (``Engine()``, campaign layer off), each 
 * **hidden**: per strategy, ``--attackers`` accounts each send ``--requests`` requests; each
   request holds ``--hidden`` extraction queries as made-up user turns (``turns``), or at most 8
   of them each under a made-up answer (``answered turns``: as many as an app's few-shot
-  examples, which are not observed), or as one numbered list in the system message (``system
+  examples, which are not observed unless the request's last message is one the account sent
+  before), or as one numbered list in the system message (``system
   list``: a new system text is observed once every 16 requests of its account, so this one is
   sampled), and a last user message drawn from real ShareGPT turns. Flagged share with the
   newest message only, and with context.

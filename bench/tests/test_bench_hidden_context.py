@@ -37,6 +37,7 @@ def test_hidden_queries_sit_in_made_up_turns_or_a_system_list_under_a_harmless_l
         assert len(accounts) == 2 and all(len(requests) == 3 for requests in accounts)
         for requests in accounts:
             sent = SentTexts()
+            prompts: set[str] = set()
             for r, messages in enumerate(requests):
                 request = chat_texts(messages)
                 assert any(request.prompt.endswith(ask) for ask in ASKS)
@@ -45,10 +46,14 @@ def test_hidden_queries_sit_in_made_up_turns_or_a_system_list_under_a_harmless_l
                 )
                 assert len(hidden) == {"turns": 10, "answered turns": 8}.get(placement, 1)
                 observed = sent.texts_to_observe("a", request)
-                if placement == "turns" or (placement == "system list" and r == 0):
+                # examples' worth of answered turns are read only under a last message sent before
+                # (the engine does not judge that one again); a system list is sampled
+                read = placement == "turns" or (placement == "system list" and r == 0)
+                if read or (placement == "answered turns" and request.prompt in prompts):
                     assert observed == [*hidden, request.prompt]  # every hidden turn is new
-                else:  # examples' worth of answered turns are not read; a system list is sampled
+                else:
                     assert observed == [request.prompt]
+                prompts.add(request.prompt)
 
 
 def test_honest_chats_resend_their_history_and_observe_each_turn_once():
@@ -91,11 +96,19 @@ def test_honest_apps_send_examples_as_answered_turns_and_passages_as_their_own_m
     rag = honest_app_accounts("rag message", turns, passages, 2, random.Random(4))
     assert all(len(requests) == APP_REQUESTS for requests in few_shot + rag)
     sent = SentTexts()
+    known: set[str] = set()  # the texts observed so far (prompts and examples alike)
+    read_examples = 0
     for r, messages in enumerate(few_shot[0]):
         request = chat_texts(messages)
         assert len(request.answered) == 4 and not request.context
         observed = sent.texts_to_observe("app", request)
-        assert observed == ([*request.instructions] if r == 0 else []) + [request.prompt]  # examples not read
+        # examples are read only when the question is one the account sent before, each once
+        examples = [t for t in request.answered if t not in known and t != request.prompt]
+        examples = examples if request.prompt in known else []
+        assert observed == ([*request.instructions] if r == 0 else []) + examples + [request.prompt]
+        known.update([*examples, request.prompt])
+        read_examples += len(examples)
+    assert read_examples < 4 * APP_REQUESTS / 2
     for messages in rag[0]:
         request = chat_texts(messages)
         assert len(request.context) == 1 and request.context[0].startswith("Use these passages:")

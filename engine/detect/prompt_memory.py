@@ -11,9 +11,14 @@ all against the account's own recent prompts:
 * **frame threads**: the queries sent under one frame the account took up after it started,
   judged for topic return as an account of their own (a blended account's extraction bursts).
 
-``PromptMemory`` holds the arrays those rules need (fixed-size rings, so snapshots are exact and
+Before them, the **sent memory** (SENT_MEMORY) decides whether a prompt is new at all: one the
+account sent before, character for character, is a repeat and is not judged anew
+(``probewatch.detect.stream.repeated_prompts``).
+
+``PromptMemory`` holds the arrays those rules need (bounded rings, so snapshots are exact and
 an account's memory is bounded) and ``AccountState`` inherits them with the rest of an account's
-running statistics. ``note_prompt`` is called once per prompt, before the query is counted.
+running statistics. ``note_prompt`` is called once per prompt judged as new, before the query
+is counted.
 """
 
 from __future__ import annotations
@@ -221,8 +226,9 @@ class PromptMemory:
             remember_parts(parts, self.part_ring, self.part_owners, self.parts_written)
             for i in range(len(parts)):
                 self.part_noted[(written + i) % PART_MEMORY] = noted & 0xFFFFFFFF  # wraps, as spans are taken
+        digest = _digest(text)
         if len(text) <= REPEAT_MAX_CHARS:  # a longer one is always judged (see REPEAT_MAX_CHARS)
-            self.remember_sent(sent_digest(text))
+            self.remember_sent(_halves(digest))
         slot = noted % CONTINUATION_MEMORY
         self.probes[0] = noted + 1
         store_sketch(self.prompt_sketches[slot], kept)
@@ -231,7 +237,7 @@ class PromptMemory:
         self.prompt_lengths[slot] = len(text)
         self.prompt_continued[slot] = False
         self.prompt_heads[slot] = _checksum(text[:CONTINUATION_HEAD_CHARS])
-        self.prompt_digests[slot] = np.frombuffer(_digest(text), dtype=np.uint8)
+        self.prompt_digests[slot] = np.frombuffer(digest, dtype=np.uint8)
         return continues, probe
 
     def sent_rank(self, digest: tuple[int, int]) -> int:
@@ -381,8 +387,11 @@ def sent_digest(text: str) -> tuple[int, int]:
     """A prompt's 128-bit digest in the sent memory, as two signed 64-bit halves (an int64 row).
     128 bits, so that no one can make a harmless prompt and a query that share one (about 2^64
     work; 64 bits would take about 2^32, seconds on a GPU, and hide the query as a repeat)."""
-    raw = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-    return int.from_bytes(raw[:8], "little", signed=True), int.from_bytes(raw[8:], "little", signed=True)
+    return _halves(_digest(text))
+
+
+def _halves(digest: bytes) -> tuple[int, int]:
+    return int.from_bytes(digest[:8], "little", signed=True), int.from_bytes(digest[8:], "little", signed=True)
 
 
 def _digest(text: str) -> bytes:

@@ -14,30 +14,10 @@ import pytest
 
 import probewatch as pw
 from probewatch.detect.scoring import bin_of
-from tests.support import topical_calibration_engine, topical_stream, unit_rows
+from tests.support import topical_stream, unit_rows
+from tests.unit.conftest import DIM
 
-DIM = 48
-SEED_DATA = 2024
-
-
-@pytest.fixture(scope="module")
-def topics():
-    return np.random.default_rng(SEED_DATA).standard_normal((24, DIM))
-
-
-@pytest.fixture(scope="module")
-def calibration_path(tmp_path_factory, topics):
-    path = tmp_path_factory.mktemp("calibration") / "synthetic_calibration.npz"
-    topical_calibration_engine(topics, SEED_DATA + 1).save_calibration(path)
-    return path
-
-
-@pytest.fixture
-def make_engine(calibration_path):
-    def make(**overrides):
-        return pw.Engine(calibration_path=calibration_path, device="cpu", **overrides)
-
-    return make
+# the engine under test and its synthetic calibration: tests/unit/conftest.py
 
 
 def mixed_stream(topics, seed=7, n_benign=6):

@@ -1,10 +1,10 @@
 """A prompt sent again: retries, health checks and re-runs are not judged anew.
 
 An account that sends a prompt it sent before (one of the last 4,096 it sent that were judged
-as new), character for character, asks the model nothing new. Such a repeat is not stored or folded into the account's statistics, so
-it can neither add evidence (a health check sending "ping" all day) nor dilute it (an
-extractor padding its stream with one harmless prompt); its verdict is the account's as it
-stood, marked ``repeat``.
+as new), character for character, asks the model nothing new. Such a repeat is not stored or
+folded into the account's statistics, so it can neither add evidence (a health check sending
+"ping" all day) nor dilute or fake it (an extractor padding its stream with harmless prompts
+sent again); its verdict is the account's as it stood, marked ``repeat``.
 """
 
 from __future__ import annotations
@@ -15,30 +15,13 @@ import pytest
 import probewatch as pw
 from probewatch.detect import prompt_memory, stream
 from probewatch.io import persistence
-from tests.support import topical_calibration_engine, topical_stream, unit_rows
+from tests.support import topical_stream, unit_rows
 
-DIM = 48
+# topics, calibration_path and make_engine: the engine contract's synthetic calibration
+# (tests/unit/conftest.py)
+from tests.unit.conftest import DIM
+
 SEED = 31
-
-
-@pytest.fixture(scope="module")
-def topics():
-    return np.random.default_rng(SEED).standard_normal((24, DIM))
-
-
-@pytest.fixture(scope="module")
-def calibration_path(tmp_path_factory, topics):
-    path = tmp_path_factory.mktemp("calibration") / "repeats_calibration.npz"
-    topical_calibration_engine(topics, SEED + 1).save_calibration(path)
-    return path
-
-
-@pytest.fixture
-def make_engine(calibration_path):
-    def make(**overrides):
-        return pw.Engine(calibration_path=calibration_path, device="cpu", **overrides)
-
-    return make
 
 
 def assert_same(got: list[pw.Verdict], expected: list[pw.Verdict], repeat_too: bool = True) -> None:

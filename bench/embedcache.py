@@ -54,9 +54,12 @@ def default_cache_dir() -> Path:
 
 
 def runtime_identity(embedder) -> str:
-    """The model id, plus the runtime when it is not torch fp32 (OpenVINO bf16, ONNX int8, ...):
+    """The model id and its long-prompt window, plus the runtime when it is not torch fp32 (OpenVINO bf16, ONNX int8, ...):
     those vectors differ in the last digits or more, and must not be read as torch's."""
     model_id = str(embedder.model_id)
+    window = getattr(embedder, "window", None)
+    if window is not None:  # what of a long prompt is read (0.19.0): cut at its end before it had this
+        model_id += f" <{window}>"
     runtime = (getattr(embedder, "backend", "torch"), getattr(embedder, "precision", "fp32"))
     if runtime in (("torch", "fp32"), ("torch", "fp16")):  # the vectors every cache so far holds
         return model_id

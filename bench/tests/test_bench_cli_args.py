@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
         ("journal_store --dir /nonexistent/folder", "--dir must be an existing folder"),  # a traceback
         ("cross_account_probes --memory 0", "--memory: must be >= 1"),  # every row read 0
         ("hidden_context --hidden 0", "--hidden: must be 1 to 32"),
+        ("long_prompts --queries 5", "--queries: must be >= 10"),
     ],
 )
 def test_bad_numbers_are_usage_errors(command, needle):

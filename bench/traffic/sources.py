@@ -46,8 +46,8 @@ PACKAGES = {
     "wordfreq": "wordfreq==3.1.1",
 }
 
-# Longest prompt text kept: the embedder truncates at 256 tokens anyway, and long pasted
-# documents would only bloat the cache.
+# Longest prompt text kept (its start): the embedder reads 256 tokens of a prompt anyway, and
+# long pasted documents would only bloat the cache.
 MAX_CHARS = 2000
 
 

@@ -11,6 +11,11 @@ Three things make it faster than calling sentence-transformers directly:
 * length-aware batching: a call is tokenised once (by the model's Rust tokeniser directly,
   unpadded, where that reproduces sentence-transformers' token tensors), sorted by token count
   and cut into batches that pad only to their own longest prompt (order restored afterwards);
+* (not speed, but what is read) a prompt longer than the model's token window is cut in the
+  middle, not at the end: the model reads its first quarter-window of tokens and its last
+  three quarters (:func:`window_split`). Prompts that share a long fixed preamble (an agent's
+  tool list, a retrieval app's instructions) then still differ by the request at their end;
+  cut at the end, they would all be one vector;
 * optional CPU runtimes: the whole model (transformer, pooling, normalisation) exported
   once, offline, from the loaded weights to OpenVINO or ONNX Runtime into a cache folder,
   and torch bfloat16 autocast where the CPU has bf16 instructions.
@@ -36,14 +41,21 @@ import numpy as np
 
 from ..config import EMBED_BACKENDS, EMBED_PRECISIONS, EMBED_QUANTIZE
 from ..errors import BackendUnavailableError, ConfigError
+from ..io.validation import cut_middle
 from .device import resolve_device
 
 log = logging.getLogger("probewatch.embedder")
 
 DEFAULT_MODEL = "bundled:all-MiniLM-L6-v2"
-# Characters kept per model token before tokenising: far more than any real token needs,
-# and it stops a megabyte prompt from costing a megabyte of tokenisation.
+# Characters kept per model token before tokenising (from a long prompt's opening and end, as
+# its tokens are): far more than any real token needs, and it stops a megabyte prompt costing
+# a megabyte of tokenisation.
 _CHARS_PER_TOKEN_BOUND = 16
+# The share of a long prompt's token window given to its opening; the rest reads its end.
+# Sun et al. (2019, "How to Fine-Tune BERT for Text Classification") found a quarter head,
+# three quarters tail the best of the cuts they compared for long texts; for prompts, the
+# end holds the request and the opening names the task.
+WINDOW_HEAD_SHARE = 0.25
 
 # ~1.7 KB per entry with a 384-d model: 16k prompts cost ~28 MB.
 DEFAULT_REPEAT_CACHE_ENTRIES = 16_384
@@ -107,6 +119,13 @@ def int8_needs_7bit_weights() -> bool:
     (tests/unit/test_embed_backends.py's prompt set)."""
     flags = _cpu_flags()
     return "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def window_split(content_tokens: int) -> tuple[int, int]:
+    """(opening, end): how many of a long prompt's own tokens the model reads from its opening
+    and from its end, in a window of ``content_tokens`` (special tokens aside)."""
+    head = int(content_tokens * WINDOW_HEAD_SHARE)
+    return head, content_tokens - head
 
 
 def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
@@ -319,7 +338,7 @@ _TOKENIZER_PROBES = (
 
 
 class _TokenEncoder:
-    """The model's Rust tokeniser called directly, unpadded, truncated like sentence-transformers.
+    """The model's Rust tokeniser called directly, unpadded; a long prompt cut in its middle.
 
     sentence-transformers pads a whole call to its longest prompt and hands back torch tensors;
     the embedder then sorts, cuts and copies them per batch. Unpadded encodings let each batch be
@@ -332,8 +351,14 @@ class _TokenEncoder:
 
         self._tokenizer = copy.deepcopy(backend_tokenizer)  # its padding/truncation settings are ours
         self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(max_length)
+        self._tokenizer.no_truncation()  # a long prompt is cut in its middle by `batch`, not at its end
         self._names = names
+        self.max_length = max_length
+        specials = self._tokenizer.encode("probe").special_tokens_mask
+        self.lead = next((i for i, special in enumerate(specials) if not special), len(specials))
+        self.trail = len(specials) - 1 - max((i for i, special in enumerate(specials) if not special), default=-1)
+        head, _ = window_split(max_length - self.lead - self.trail)
+        self.head_keep = self.lead + head  # tokens kept from the start of a long prompt
 
     @classmethod
     def matching(cls, model: Any, names: tuple[str, ...]) -> _TokenEncoder | None:
@@ -347,16 +372,27 @@ class _TokenEncoder:
             encodings, lengths = encoder.encode(list(_TOKENIZER_PROBES))
             mine = encoder.batch(encodings, lengths, np.arange(len(lengths)))
             theirs = model.preprocess(list(_TOKENIZER_PROBES))
-            same = all(np.array_equal(mine[n], theirs[n].numpy()) for n in names)
+            # sentence-transformers cuts a long probe at its end, we in its middle: they agree
+            # on every probe that fits, and on a long one's opening and closing special tokens.
+            fits = np.fromiter((len(e.ids) <= encoder.max_length for e in encodings), dtype=bool)
+            end = encoder.max_length - encoder.trail
+            same = all(
+                mine[n].shape == theirs[n].shape
+                and np.array_equal(mine[n][fits], theirs[n][fits].numpy())
+                and np.array_equal(mine[n][~fits, : encoder.head_keep], theirs[n][~fits, : encoder.head_keep].numpy())
+                and np.array_equal(mine[n][~fits, end:], theirs[n][~fits, end:].numpy())
+                for n in names
+            )
         except (AttributeError, KeyError, RuntimeError, TypeError, ValueError) as exc:  # an unusual tokenizer
             log.debug("direct tokenisation unavailable: %s", exc)
             return None
         return encoder if same else None
 
     def encode(self, texts: list[str]) -> tuple[list[Any], np.ndarray]:
-        """The encodings of ``texts`` and each one's token count."""
+        """The encodings of ``texts`` and each one's token count in the model's window."""
         encodings = self._tokenizer.encode_batch(texts)
-        return encodings, np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(texts))
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(texts))
+        return encodings, np.minimum(lengths, self.max_length)
 
     def batch(self, encodings: list[Any], lengths: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Token arrays of ``encodings[rows]``, right-padded to their own longest."""
@@ -365,12 +401,17 @@ class _TokenEncoder:
         ids, mask, types = (arrays.get(n) for n in ("input_ids", "attention_mask", "token_type_ids"))
         for out_row, row in enumerate(rows.tolist()):
             encoding, n = encodings[row], int(lengths[row])
+            token_ids, type_ids = encoding.ids, encoding.type_ids
+            if len(token_ids) > n:  # too long for the window: its opening and its end
+                rest = len(token_ids) - (n - self.head_keep)
+                token_ids = token_ids[: self.head_keep] + token_ids[rest:]
+                type_ids = type_ids[: self.head_keep] + type_ids[rest:]
             if ids is not None:
-                ids[out_row, :n] = encoding.ids
+                ids[out_row, :n] = token_ids
             if mask is not None:
                 mask[out_row, :n] = 1
             if types is not None:
-                types[out_row, :n] = encoding.type_ids
+                types[out_row, :n] = type_ids
         return arrays
 
 
@@ -380,8 +421,9 @@ class _TokenEncoder:
 class Embedder:
     """Sentence-transformers encoder returning unit-norm float32 rows.
 
-    Thread-safe: concurrent callers are serialised around the model. Texts longer than the
-    model's token limit are truncated, never rejected.
+    Thread-safe: concurrent callers are serialised around the model. A text longer than the
+    model's token window is cut in its middle (its opening and its end are read, see
+    :func:`window_split`), never rejected.
 
     ``backend``: ``torch`` (the default here: the model as loaded, the reference numerics;
     an :class:`~probewatch.Engine` defaults to ``auto``), ``openvino`` or ``onnx`` (CPU
@@ -453,6 +495,7 @@ class Embedder:
         self._lock = threading.Lock()
         self._input_names, self._token_batching = self._probe_inputs()
         self._token_encoder = _TokenEncoder.matching(self._model, self._input_names) if self._token_batching else None
+        self._text_window = None if self._token_encoder is not None else self._window_for_text_cuts()
 
         self.backend, self.precision, self.quantize = self._resolve_runtime(backend, precision, quantize, on_cuda)
         if on_cuda:
@@ -470,8 +513,11 @@ class Embedder:
             self.backend = "torch"
             self._runtime = self._build_runtime(export_dir)
 
+        # What of a long prompt is read: vectors of long prompts differ between policies.
+        self.window = f"middle cut, head share {WINDOW_HEAD_SHARE}"
         self.settings = (
             f"{self.model_id}|{self.backend}|{self.precision}|{self.quantize}|{self.device}|{self.max_seq_length}"
+            f"|{self.window}"
         )
         self._cache_key = hashlib.blake2b(self.settings.encode("utf-8"), digest_size=32).digest()
         self.cache = cache if cache is not None else RepeatCache(cache_size)
@@ -489,6 +535,39 @@ class Embedder:
         # A model with a default prompt gets it prepended inside sentence-transformers' encode.
         plain = padding_side == "right" and not getattr(self._model, "default_prompt_name", None)
         return names, plain and "attention_mask" in names and "input_ids" in names
+
+    def _window_for_text_cuts(self) -> int | None:
+        """Tokens of a prompt's own text that fit the window where sentence-transformers
+        tokenises (the token encoder does not apply): the window less what the model adds
+        (special tokens, a default prompt), less two for the join. None where the tokeniser
+        gives no character offsets: long prompts are then cut at their end, by the model."""
+        tokenizer = self._model.tokenizer
+        if not getattr(tokenizer, "is_fast", False):
+            log.info("a long prompt is read from its start only: the tokeniser of %s gives no offsets", self.model_id)
+            return None
+        added = int(self._model.preprocess(["probe"])["attention_mask"].sum()) - len(
+            tokenizer("probe", add_special_tokens=False)["input_ids"]
+        )
+        prompt = (getattr(self._model, "prompts", None) or {}).get(getattr(self._model, "default_prompt_name", None))
+        if prompt:
+            added += len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        return max(self.max_seq_length - added - 2, 4)
+
+    def _cut_texts_in_middle(self, texts: list[str]) -> list[str]:
+        """``texts`` with each one longer than the window cut to its opening and its end at
+        token boundaries, as the token encoder cuts tokens: for the paths where
+        sentence-transformers tokenises (it would cut a long text at its end)."""
+        if self._text_window is None:
+            return texts
+        with _quiet_logger("transformers.tokenization_utils_base"):  # "longer than the maximum": we know
+            encoded = self._model.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        head, tail = window_split(self._text_window)
+        out = list(texts)
+        for i, offsets in enumerate(encoded["offset_mapping"]):
+            if len(offsets) > self._text_window:
+                text = texts[i]
+                out[i] = text[: offsets[head - 1][1]] + " " + text[offsets[len(offsets) - tail][0] :]
+        return out
 
     def _resolve_runtime(self, backend: str, precision: str, quantize: str, on_cuda: bool) -> tuple[str, str, str]:
         if on_cuda:
@@ -642,7 +721,7 @@ class Embedder:
     def _encode_rows(self, texts: Sequence[str]) -> Any:
         """(n, dim) float32 unit rows: a host array on CPU, a torch tensor on CUDA. Cached rows,
         and the model for the rest (each distinct prompt of the call embedded once)."""
-        clipped = [t[: self._char_budget] for t in texts]
+        clipped = [cut_middle(t, self._char_budget, WINDOW_HEAD_SHARE) for t in texts]
         if self.cache.max_entries == 0:
             self.cache.count(0, len(clipped))
             return self._embed(clipped)
@@ -677,6 +756,8 @@ class Embedder:
     def _embed(self, texts: list[str]) -> Any:
         """The model on ``texts`` (already clipped): (n, dim) float32 unit rows, host or device.
         Host-side work stays in NumPy: torch ops between OpenVINO calls contend for the cores."""
+        if self._token_encoder is None:
+            texts = self._cut_texts_in_middle(texts)
         if not self._token_batching:  # left padding or a default prompt: let sentence-transformers batch
             with self._lock:
                 rows = self._model.encode(

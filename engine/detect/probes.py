@@ -22,7 +22,10 @@ A prompt is summarised by a *word sketch*: the distinct lower-case words of its 
 TEXT_CHARS characters, hashed (CRC-32, so sketches are the same in every process and can be
 snapshotted), the SKETCH_WORDS smallest hashes kept, with the number of distinct words. Two
 prompts compare exactly where both have at most SKETCH_WORDS distinct words, and on the
-smallest hashes of their union (a bottom-k sample) where either has more.
+smallest hashes of their union (a bottom-k sample) where either has more, up to
+COMPARED_MAX_WORDS. Longer prompts are never edits or probes of each other: a sample that
+small cannot tell a word left out from a new request in a long fixed frame (an agent's tool
+list, a few-shot prompt's examples), since the request's own words mostly fall outside it.
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ SKETCH_WORDS = 32  # hashes kept per prompt (32 x 4 bytes); prompts this short c
 TEXT_CHARS = 4096  # words are read from a prompt's head: a pasted document costs no more than this
 # Below this many distinct words, a one-word difference is another request, not a small edit.
 MIN_WORDS = 4
+# The most distinct words a prompt may have to be compared at all (see the module docstring).
+# At twice SKETCH_WORDS a sketch holds half a prompt's words, so a request adding five words of
+# its own to a frame shows at least one of them in all but (1/2)^5 = 3 % of comparisons; at
+# 165 words (a tool list and a short question) it was missed in (1 - 32/165)^5 = 34 %.
+COMPARED_MAX_WORDS = 2 * SKETCH_WORDS
 # A query is a probe where it is a small edit of at least MIN_RELATED distinct recent prompts and
 # lacks a word that at least MIN_SHARED_MISSING of those prompts have (their shared seed's word).
 MIN_RELATED = 3
@@ -101,8 +109,11 @@ def missing_words(
     has as many distinct words with exactly one of them different (a word swapped or masked),
     or fewer words, at least half as many, all of them the earlier prompt's (words left out). A
     prompt with the same words is a repeat, not an edit; a longer one adds words (a
-    continuation, or a new request built on the old one)."""
+    continuation, or a new request built on the old one); one of more than COMPARED_MAX_WORDS
+    distinct words is not compared."""
     if query_words < MIN_WORDS or query_words > earlier_words or 2 * query_words < earlier_words:
+        return None
+    if earlier_words > COMPARED_MAX_WORDS:
         return None
     if query == earlier:
         return None
@@ -140,11 +151,13 @@ def related_slots(
     can be its near neighbours (``near_slots``), in one pass. Edits: by distinct word counts
     (as many, up to twice as many) and, where both compare exactly, by signature: at most one
     of its bits missing from theirs."""
-    if words < MIN_WORDS:
+    if words < MIN_WORDS or words > COMPARED_MAX_WORDS:
         return [], []
     edits, near = [], []
     exact = words <= SKETCH_WORDS
     for j, (n, bits) in enumerate(zip(recent_words, recent_signatures, strict=True)):
+        if n > COMPARED_MAX_WORDS:
+            continue
         edit_size = words <= n <= 2 * words
         near_size = n >= MIN_WORDS and words - NEAR_ADDED <= n <= words + NEAR_DROPPED
         if not (edit_size or near_size):
@@ -216,13 +229,13 @@ def is_seed_probe(query: frozenset[int], words: int, candidates: Sequence[tuple[
     the neighbours that are such edits of the seed too lack at least MIN_SEED_WORDS_VARIED
     distinct seed words between them, and at least MIN_VARIED_ELSEWHERE of those neighbours lack
     a seed word the prompt keeps. Prompts of more than SKETCH_WORDS distinct words compare on
-    the bottom-k sample of their sketches."""
-    if words < MIN_WORDS or len(candidates) < MIN_RELATED:
+    the bottom-k sample of their sketches; of more than COMPARED_MAX_WORDS, not at all."""
+    if words < MIN_WORDS or words > COMPARED_MAX_WORDS or len(candidates) < MIN_RELATED:
         return False
     near: list[tuple[frozenset[int], int]] = []
     seen: set[frozenset[int]] = {query}  # a repeat is not a neighbour; a prompt sent twice is one
     for earlier, n in candidates:
-        if earlier in seen or n < MIN_WORDS:
+        if earlier in seen or not MIN_WORDS <= n <= COMPARED_MAX_WORDS:
             continue
         seen.add(earlier)
         cut = _cut([(query, words), (earlier, n)])

@@ -93,9 +93,9 @@ FRAME_MIN_QUERIES = 10
 # prompt sent again would otherwise be a topic return, the statistic people are told by.
 SENT_MEMORY = 4096
 SENT_DIGEST_BYTES = 16
-# A prompt longer than this is always judged, never a repeat: the sidecar cuts prompts at its
-# max_prompt_chars (16,384 by default) and the integrations at the engine's, so two long prompts
-# that differ only past the cut would otherwise read as one prompt sent twice.
+# A prompt longer than this is always judged, never a repeat: the sidecar cuts prompts in their
+# middle at its max_prompt_chars (16,384 by default) and the integrations at the engine's, so two
+# long prompts that differ only where the cut fell would otherwise read as one prompt sent twice.
 REPEAT_MAX_CHARS = 4096
 
 

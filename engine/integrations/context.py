@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
+from ..io.validation import cut_middle
 from .prompts import RequestTexts
 
 # (account, text) keys remembered over all accounts: about 100 bytes each, 20 MB in all.
@@ -147,7 +148,7 @@ class SentTexts:
         the prompt. Marks nothing as sent; the texts it knows are touched."""
 
         def cut(text: str) -> str:
-            return text if max_chars is None else text[:max_chars]
+            return text if max_chars is None else cut_middle(text, max_chars)
 
         new_turns: dict[bytes, str] = {}
         new_instructions: dict[bytes, str] = {}
@@ -234,4 +235,4 @@ def texts_to_observe(
         return sent.texts_to_observe(account, request, max_chars)
     if request.prompt is None:
         return []
-    return [request.prompt if max_chars is None else request.prompt[:max_chars]]
+    return [request.prompt if max_chars is None else cut_middle(request.prompt, max_chars)]

@@ -133,6 +133,22 @@ def check_prompt(prompt: Any, max_chars: int) -> str:
     return prompt
 
 
+def cut_middle(text: str, max_chars: int, head_share: float = 0.5) -> str:
+    """``text`` if it has at most ``max_chars`` characters, else its first ``head_share`` of
+    ``max_chars`` characters and its last, joined: a long prompt keeps its opening (the task)
+    and its end (the question asked), which is what the embedder reads of it.
+
+    >>> cut_middle("abcdefgh", 4)
+    'abgh'
+    >>> cut_middle("abcdefgh", 4, head_share=0.25)
+    'afgh'
+    """
+    if len(text) <= max_chars:
+        return text
+    head = int(max_chars * head_share)
+    return text[:head] + text[len(text) - (max_chars - head) :]
+
+
 def check_timestamp(ts: Any) -> float | None:
     """A timestamp: None, or a finite number of seconds, returned as float."""
     if ts is None:

@@ -23,7 +23,7 @@ from ..campaigns.metadata import check_meta
 from ..engine import Engine
 from ..errors import BatchError, InputError, InvalidPromptError, ProbewatchError, SnapshotError
 from ..io.persistence import fsync_dir, read_snapshot
-from ..io.validation import check_account, check_prompt, check_timestamp
+from ..io.validation import check_account, check_prompt, check_timestamp, cut_middle
 from ..types import CampaignStats, EngineStats
 from .alerts import Alerts
 from .config import ServerConfig
@@ -409,10 +409,11 @@ class ObservationService:
         """Check one item; raises the error the caller should see for it (for ``raw_meta``,
         request metadata, an :class:`~probewatch.errors.InputError` naming the key).
 
-        Prompt size rule: a prompt longer than ``max_prompt_chars`` is cut to its first
-        ``max_prompt_chars`` characters and marked ``truncated`` (``prompt_overflow:
-        truncate``), or rejected (``prompt_overflow: reject``). The embedding model reads
-        only its first 256 tokens (~1,000 characters), so truncation loses no signal.
+        Prompt size rule: a prompt longer than ``max_prompt_chars`` is cut in its middle to
+        its first and last ``max_prompt_chars / 2`` characters and marked ``truncated``
+        (``prompt_overflow: truncate``), or rejected (``prompt_overflow: reject``). The
+        embedding model reads 256 tokens of a prompt, from its opening and its end (~250 and
+        ~750 characters), so truncation loses no signal.
         """
         account = check_account(raw_account)
         truncated = False
@@ -422,7 +423,7 @@ class ObservationService:
                     f"a prompt must be at most {self.config.max_prompt_chars} characters (sidecar max_prompt_chars); "
                     f"got {len(raw_prompt)}; shorten it or set prompt_overflow: truncate"
                 )
-            raw_prompt = raw_prompt[: self.config.max_prompt_chars]
+            raw_prompt = cut_middle(raw_prompt, self.config.max_prompt_chars)
             truncated = True
         prompt = check_prompt(raw_prompt, self.config.engine.max_prompt_chars)
         ts = check_timestamp(raw_ts)

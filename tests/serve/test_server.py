@@ -155,10 +155,16 @@ def test_body_limit_413_before_reading_and_for_chunked_bodies(http):
     assert r.status_code == 413
 
 
-def test_long_prompts_are_truncated_and_marked(http):
-    r = http.post("/v1/observe", json={"account": "dave", "prompt": "Tell me about whales. " * 200})
-    assert r.status_code == 200
-    assert r.json()["results"][0]["truncated"] is True
+def test_long_prompts_are_cut_in_their_middle_and_marked(http):
+    opening = "Tell me about whales. " * 200  # past max_prompt_chars (2,000) on its own
+    results = []
+    for ending in ("Which whale is the largest?", "How deep do sperm whales dive?"):
+        r = http.post("/v1/observe", json={"account": "dave", "prompt": opening + ending})
+        assert r.status_code == 200
+        results.append(r.json()["results"][0])
+    assert [r["truncated"] for r in results] == [True, True]
+    # Cut at its end, the second prompt would be the first sent again: a repeat, not judged.
+    assert results[1]["repeat"] is False and results[1]["n_queries"] == results[0]["n_queries"] + 1
 
 
 def test_report_accounts_pagination_and_forget(http):

@@ -59,10 +59,61 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum(axis=1).min())
 
 
+def fits_the_window(embedder, prompts: list[str]) -> np.ndarray:
+    """Which prompts have at most the model's window of tokens (special tokens included)."""
+    lengths = [len(ids) for ids in embedder._model.tokenizer(prompts)["input_ids"]]
+    return np.array(lengths) <= embedder.max_seq_length
+
+
+def middle_cut_token_ids(embedder, text: str) -> list[int]:
+    """The token ids the model should read of a long prompt, built from the Hugging Face
+    tokenizer: [CLS], its first quarter-window of tokens, its last three quarters, [SEP]."""
+    tokenizer = embedder._model.tokenizer
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    head, tail = embedder_module.window_split(embedder.max_seq_length - 2)
+    assert len(ids) > head + tail
+    return [tokenizer.cls_token_id, *ids[:head], *ids[len(ids) - tail :], tokenizer.sep_token_id]
+
+
+def model_on_token_ids(embedder, ids: list[int]) -> np.ndarray:
+    import torch
+
+    features = {
+        "input_ids": torch.tensor([ids]),
+        "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+        "token_type_ids": torch.zeros(1, len(ids), dtype=torch.long),
+    }
+    with torch.no_grad():
+        row = embedder._model(features)["sentence_embedding"][0].numpy()
+    return row / np.linalg.norm(row)
+
+
 def test_token_sorted_batching_matches_sentence_transformers(fp32, prompts):
     embedder, vectors = fp32
-    reference = embedder._model.encode(prompts, batch_size=16, normalize_embeddings=True, show_progress_bar=False)
-    np.testing.assert_allclose(vectors, reference, atol=1e-5)
+    fits = fits_the_window(embedder, prompts)
+    assert 0 < (~fits).sum() < len(prompts)
+    short = [p for p, f in zip(prompts, fits, strict=True) if f]
+    reference = embedder._model.encode(short, batch_size=16, normalize_embeddings=True, show_progress_bar=False)
+    np.testing.assert_allclose(vectors[fits], reference, atol=1e-5)
+
+
+def test_a_long_prompt_is_read_from_its_opening_and_its_end(fp32, prompts):
+    embedder, vectors = fp32
+    for i in np.flatnonzero(~fits_the_window(embedder, prompts)):
+        reference = model_on_token_ids(embedder, middle_cut_token_ids(embedder, prompts[i]))
+        np.testing.assert_allclose(vectors[i], reference, atol=1e-5)
+
+
+def test_prompts_sharing_a_long_opening_keep_their_own_ends(fp32):
+    embedder, _ = fp32
+    frame = "You may call these tools: " + " ".join(
+        f"tool_{i}(x) returns item {i} of the catalogue;" for i in range(80)
+    )
+    asks = [frame + " Now: what is the weather in Oslo?", frame + " Now: write a limerick about a cat."]
+    cut_at_the_end = embedder._model.encode(asks, normalize_embeddings=True, show_progress_bar=False)
+    assert float(cut_at_the_end[0] @ cut_at_the_end[1]) > 0.9999  # what a head-only window reads: one vector
+    ours = embedder.encode(asks)
+    assert float(ours[0] @ ours[1]) < 0.98
 
 
 def test_length_sorting_restores_the_callers_order(fp32, prompts):
@@ -76,18 +127,25 @@ def test_direct_tokenisation_gives_sentence_transformers_token_arrays(fp32, prom
     embedder, _ = fp32
     encoder = embedder._token_encoder
     assert encoder is not None, "the bundled model's fast tokenizer should take the direct path"
+    fits = fits_the_window(embedder, prompts)
+    prompts = [p for p, f in zip(prompts, fits, strict=True) if f] + [
+        p for p, f in zip(prompts, fits, strict=True) if not f
+    ]
     encodings, lengths = encoder.encode(prompts)
     reference = embedder._model.preprocess(prompts)
     everything = encoder.batch(encodings, lengths, np.arange(len(prompts)))
+    short = int(fits.sum())
     for name in embedder._input_names:
-        np.testing.assert_array_equal(everything[name], reference[name].numpy(), err_msg=name)
+        np.testing.assert_array_equal(everything[name][:short], reference[name].numpy()[:short], err_msg=name)
+    for row in range(short, len(prompts)):  # a long prompt: its opening and its end, not its first 256 tokens
+        assert everything["input_ids"][row].tolist() == middle_cut_token_ids(embedder, prompts[row])
     # A sub-batch, out of order, is padded to its own longest prompt only.
-    rows = np.array([len(prompts) - 1, 3, 0])
+    rows = np.array([short - 1, 3, 0])
     part = embedder._model.preprocess([prompts[i] for i in rows])
     picked = encoder.batch(encodings, lengths, rows)
     for name in embedder._input_names:
         np.testing.assert_array_equal(picked[name], part[name].numpy(), err_msg=name)
-    assert lengths.max() == embedder.max_seq_length  # the long prompts were truncated, not dropped
+    assert lengths.max() == embedder.max_seq_length  # the long prompts were cut, not dropped
 
 
 def test_a_tokenizer_that_disagrees_keeps_sentence_transformers_path(monkeypatch, fp32, prompts):
@@ -100,7 +158,12 @@ def test_a_tokenizer_that_disagrees_keeps_sentence_transformers_path(monkeypatch
     monkeypatch.setattr(embedder_module._TokenEncoder, "encode", one_token_short)
     fallback = pw.Embedder(device="cpu", backend="torch", precision="fp32", cache_size=0)
     assert fallback._token_encoder is None
-    np.testing.assert_allclose(fallback.encode(prompts), fp32[1], atol=1e-5)
+    fits = fits_the_window(fallback, prompts)
+    vectors = fallback.encode(prompts)
+    np.testing.assert_allclose(vectors[fits], fp32[1][fits], atol=1e-5)
+    # sentence-transformers tokenises here: a long prompt is cut in its middle as text, at
+    # token boundaries, two tokens short of the window for the join
+    assert min_cosine(vectors[~fits], fp32[1][~fits]) > 0.995
 
 
 @pytest.mark.parametrize(

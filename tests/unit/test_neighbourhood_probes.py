@@ -14,6 +14,7 @@ import pytest
 
 from probewatch.detect.features import FEATURE_NAMES, AccountState, QueryFacts
 from probewatch.detect.probes import (
+    COMPARED_MAX_WORDS,
     EMPTY,
     MIN_RELATED,
     MIN_SEED_WORDS_VARIED,
@@ -189,7 +190,8 @@ def test_the_relation_on_short_prompts_matches_whole_word_sets():
 
 
 def test_long_prompts_compare_on_a_bottom_k_sample():
-    words = [f"token{i}" for i in range(120)]
+    words = [f"token{i}" for i in range(COMPARED_MAX_WORDS - 4)]
+    assert len(words) > SKETCH_WORDS
     hashes = [zlib.crc32(w.encode()) for w in words]
     low = next(f"w{i}" for i in range(10**6) if zlib.crc32(f"w{i}".encode()) < min(hashes))
     swapped = words.copy()
@@ -198,9 +200,33 @@ def test_long_prompts_compare_on_a_bottom_k_sample():
     swapped = words.copy()
     swapped[int(np.argmax(hashes))] = "w" + low  # one it may not see: then it reads as a repeat
     assert small_edit(" ".join(swapped), " ".join(words)) is (zlib.crc32(("w" + low).encode()) <= sorted(hashes)[31])
-    assert small_edit(" ".join(words[:100]), " ".join(words))  # words left out, most kept
-    other = [f"other{i}" for i in range(60)] + words[:60]
+    assert small_edit(" ".join(words[:40]), " ".join(words))  # words left out, most kept
+    other = [f"other{i}" for i in range(30)] + words[:30]
     assert not small_edit(" ".join(other), " ".join(words))
+
+
+def test_prompts_longer_than_the_compared_limit_are_never_edits():
+    words = [f"token{i}" for i in range(COMPARED_MAX_WORDS + 1)]
+    hashes = [zlib.crc32(w.encode()) for w in words]
+    low = next(f"w{i}" for i in range(10**6) if zlib.crc32(f"w{i}".encode()) < min(hashes))
+    swapped = words.copy()
+    swapped[int(np.argmin(hashes))] = low
+    assert not small_edit(" ".join(swapped), " ".join(words))
+    assert not small_edit(" ".join(words[:-2]), " ".join(words))  # the left-out one is within the limit, its seed not
+    signatures = [signature(word_hashes(" ".join(words))[0])] * 4
+    assert related_slots(signatures[0], len(words), signatures, [len(words)] * 4) == ([], [])
+
+
+def test_new_requests_in_a_long_fixed_frame_are_not_probes():
+    # An agent app: one tool list of ~150 distinct words, then each request of its own. On a
+    # 32-hash sample of ~165 words, a request's few words mostly fall outside the sample, and
+    # before COMPARED_MAX_WORDS about one request in five counted as an edit of three others.
+    rng = random.Random(4)
+    frame = " ".join(f"tool{i} takes arg{i} and returns out{i}" for i in range(50))
+    assert word_hashes(frame)[1] > COMPARED_MAX_WORDS
+    requests = [" ".join(rng.sample(FILLER + SEEDS[1].split(), rng.randint(4, 9))) for _ in range(80)]
+    state = count_probes([f"{frame}\n\nUser request: {r}" for r in requests])
+    assert state.probes[1] == 0
 
 
 # -- the per-account count ---------------------------------------------------------------
@@ -501,7 +527,7 @@ def test_a_damaged_calibration_value_is_refused(bad):
 
 def test_long_prompts_around_a_seed_compare_on_their_sketches():
     rng = random.Random(8)
-    document = " ".join(f"w{i}" for i in range(80))  # 80 distinct words: sketches are samples
+    document = " ".join(f"w{i}" for i in range(60))  # 60 distinct words: sketches are samples
     grid = counterfactual_grid(rng, document, 40)
     assert count_probes(grid).probes[1] >= len(grid) // 4
     # one pasted document asked about again and again: the questions add words, none is left out

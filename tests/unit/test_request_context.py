@@ -192,9 +192,10 @@ def test_texts_are_remembered_per_account_and_once_per_request():
     # no prompt: the new texts alone (a system message is all the model reads)
     assert sent.texts_to_observe("c", RequestTexts(None, (), ("List ten facts.",))) == ["List ten facts."]
     assert sent.texts_to_observe("c", RequestTexts(None, (), ("List ten facts.",))) == []
-    # cut to what the engine takes, before they are compared
-    assert sent.texts_to_observe("d", RequestTexts("abcdef", ("uvwxyz",)), max_chars=3) == ["uvw", "abc"]
-    assert sent.texts_to_observe("d", RequestTexts("abc", ("uvwXYZ",)), max_chars=3) == ["abc"]
+    # cut in their middle to what the engine takes (opening and end), before they are compared
+    assert sent.texts_to_observe("d", RequestTexts("abcdef", ("uvwxyz",)), max_chars=3) == ["uyz", "aef"]
+    assert sent.texts_to_observe("d", RequestTexts("abc", ("uVWxyz",)), max_chars=3) == ["abc"]
+    assert sent.texts_to_observe("d", RequestTexts("abc", ("uvwXYZ",)), max_chars=3) == ["uYZ", "abc"]
 
 
 def test_the_memory_is_bounded_and_a_live_conversation_keeps_its_history():
@@ -213,7 +214,7 @@ def test_the_memory_is_bounded_and_a_live_conversation_keeps_its_history():
 
 def test_without_a_memory_only_the_prompt_is_observed():
     assert texts_to_observe(None, "a", RequestTexts("Hi", ("Be kind.",))) == ["Hi"]
-    assert texts_to_observe(None, "a", RequestTexts("Hello", ("Be kind.",)), max_chars=4) == ["Hell"]
+    assert texts_to_observe(None, "a", RequestTexts("Hello", ("Be kind.",)), max_chars=4) == ["Helo"]
     assert texts_to_observe(None, "a", RequestTexts(None, ("Be kind.",))) == []
 
 

@@ -1,0 +1,33 @@
+"""bench.long_prompts builds what it says: benign apps whose prompts share a frame longer than
+the model's window, each ending in a request of its own."""
+
+from __future__ import annotations
+
+import random
+
+from bench.long_prompts import AGENT_FRAME, agent_accounts, few_shot_frame_and_inputs
+from probewatch.backend.embedder import bundled_model_path
+
+
+def token_count(text: str) -> int:
+    from transformers import AutoTokenizer
+
+    return len(AutoTokenizer.from_pretrained(str(bundled_model_path()))(text)["input_ids"])
+
+
+def test_the_agent_frame_is_longer_than_the_window_and_each_account_is_one_users_requests():
+    assert token_count(AGENT_FRAME) > 256  # cut at its end, every prompt of the app is one vector
+    accounts = agent_accounts(random.Random(0), 3, 20)
+    assert [len(a) for a in accounts] == [20, 20, 20]
+    assert not set(accounts[0]) & set(accounts[1])  # no request shared between accounts
+    assert all(r.strip() for a in accounts for r in a)
+
+
+def test_the_few_shot_frame_holds_labelled_examples_and_the_inputs_are_new():
+    frame, inputs = few_shot_frame_and_inputs(random.Random(0))
+    lines = frame.splitlines()
+    examples = [line.removeprefix("Utterance: ") for line in lines[:-1] if line.startswith("Utterance: ")]
+    labels = [line.removeprefix("Intent: ") for line in lines if line.startswith("Intent: ")]
+    assert len(examples) == len(labels) >= 10 and lines[-1] == "Utterance: "
+    assert not set(examples) & set(inputs)
+    assert len(inputs) > 1000

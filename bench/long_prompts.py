@@ -31,9 +31,7 @@ import random
 import sys
 from collections.abc import Sequence
 
-import numpy as np
-
-from bench.repeats import flagged_share
+from bench.repeats import share_cells
 from bench.traffic import attacks, sources
 from probewatch.cli.args import at_least
 
@@ -104,7 +102,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
     import probewatch as pw
-    from bench.embedcache import EmbeddingCache
 
     rng = random.Random(args.seed)
     requests = agent_accounts(rng, args.accounts, args.queries)
@@ -128,14 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for where, place in placements.items()
     }
 
-    texts = sorted({t for group in (*benign.values(), *hidden.values()) for account in group for t in account})
-    print(f"embedding {len(texts)} distinct texts ...", flush=True)
-    vectors = np.asarray(EmbeddingCache(pw.Embedder(device="cpu")).embed(texts), dtype=np.float32)
-    rows = {t: i for i, t in enumerate(texts)}
-
-    def cell(accounts: list[list[str]]) -> str:
-        flag, watch = flagged_share(accounts, lambda prompts: vectors[[rows[t] for t in prompts]])
-        return f"{100 * flag:.0f} / {100 * watch:.0f}"
+    cell = share_cells({t for group in (*benign.values(), *hidden.values()) for account in group for t in account})
 
     print(f"\nprobewatch {pw.__version__}, shipped calibration; % flag / % watch or flag\n")
     print("| benign traffic | accounts | result |\n| --- | --- | --- |")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -64,6 +64,24 @@ def flagged_share(accounts: list[list[str]], vectors_of) -> tuple[float, float]:
     return flagged / len(accounts), watched / len(accounts)
 
 
+def share_cells(texts: set[str]) -> Callable[[list[list[str]]], str]:
+    """Embed ``texts`` once (through the benchmark's cache), and return what reads a group of
+    accounts built from them as a table cell: "% flag / % watch or flag" (``flagged_share``)."""
+    import probewatch as pw
+    from bench.embedcache import EmbeddingCache
+
+    ordered = sorted(texts)
+    print(f"embedding {len(ordered)} distinct texts ...", flush=True)
+    vectors = np.asarray(EmbeddingCache(pw.Embedder(device="cpu")).embed(ordered), dtype=np.float32)
+    rows = {t: i for i, t in enumerate(ordered)}
+
+    def cell(accounts: list[list[str]]) -> str:
+        flag, watch = flagged_share(accounts, lambda prompts: vectors[[rows[t] for t in prompts]])
+        return f"{100 * flag:.0f} / {100 * watch:.0f}"
+
+    return cell
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--accounts", type=at_least(1), default=30, help="monitors, and retrying users")
@@ -73,7 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
     import probewatch as pw
-    from bench.embedcache import EmbeddingCache
 
     rng = random.Random(args.seed)
     monitors = [[MONITOR_PROMPTS[i % len(MONITOR_PROMPTS)]] * args.sends for i in range(args.accounts)]
@@ -109,17 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     every = {t for group in (monitors, users) for a in group for t in a}
     every |= {t for group in (padded, rotated, numbered) for accounts in group.values() for a in accounts for t in a}
-    texts = sorted(every)
-    print(f"embedding {len(texts)} distinct texts ...", flush=True)
-    vectors = np.asarray(EmbeddingCache(pw.Embedder(device="cpu")).embed(texts), dtype=np.float32)
-    rows = {t: i for i, t in enumerate(texts)}
-
-    def vectors_of(prompts: list[str]) -> np.ndarray:
-        return vectors[[rows[t] for t in prompts]]
-
-    def cell(accounts: list[list[str]]) -> str:
-        flag, watch = flagged_share(accounts, vectors_of)
-        return f"{100 * flag:.0f} / {100 * watch:.0f}"
+    cell = share_cells(every)
 
     print(f"\nprobewatch {pw.__version__}, shipped calibration; % flag / % watch or flag")
     print(

@@ -8,7 +8,7 @@ from its opening and its end (a quarter and three quarters of the window) and pr
 than 64 distinct words are not compared by the word rules. Each account new to the shipped
 calibration (``Engine()``, campaign layer off), one query per call:
 
-* **agent app**: a tool list with rules (~420 tokens), then the user's request (ShareGPT test
+* **agent app**: a tool list with rules (~380 tokens), then the user's request (ShareGPT test
   half, each account its own user's requests);
 * **few-shot app**: an intent classifier whose prompt holds 14 labelled examples, then the
   input (SNIPS utterances);

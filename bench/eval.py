@@ -58,6 +58,7 @@ from bench.traffic import (
 )
 from bench.traffic.build import keep_disjoint
 from bench.unseen import calibrated_engine, verdicts_as_new_account
+from probewatch.detect.boilerplate import read_texts
 
 PROBEWATCH = "probewatch"
 BENIGN_POOL = "test_benign"
@@ -94,9 +95,18 @@ class EmbeddedTraffic:
     traffic: Traffic
     vectors: np.ndarray  # (n distinct texts, dim) float32
     row_of: dict[str, int]
+    # embeds texts no stream of the traffic reads (streams built later, such as the poisoned
+    # warm-up's, read some of their prompts otherwise); None: every text must be in row_of
+    embed: Callable[[list[str]], np.ndarray] | None = None
 
     def vectors_of(self, stream: AccountStream) -> np.ndarray:
-        return self.vectors[[self.row_of[text] for text in stream.prompts]]
+        """The stream's vectors as the engine embeds its prompts (``boilerplate.read_texts``)."""
+        read = read_texts(stream.prompts)
+        missing = list(dict.fromkeys(t for t in read if t not in self.row_of))
+        if missing and self.embed is not None:
+            self.row_of.update({t: len(self.vectors) + k for k, t in enumerate(missing)})
+            self.vectors = np.concatenate([self.vectors, np.asarray(self.embed(missing), dtype=self.vectors.dtype)])
+        return self.vectors[[self.row_of[text] for text in read]]
 
     def test_pools(self) -> dict[str, list[AccountStream]]:
         """Every stream that is scored: the benign test pool first, then each attack scenario."""
@@ -115,7 +125,7 @@ def embed_traffic(traffic: Traffic, cache, show_progress: bool = True) -> Embedd
             cache.embed(part)
             bar.update(len(part))
     vectors = cache.embed(texts)
-    return EmbeddedTraffic(traffic, vectors, {text: row for row, text in enumerate(texts)})
+    return EmbeddedTraffic(traffic, vectors, {text: row for row, text in enumerate(texts)}, cache.embed)
 
 
 def with_populations(traffic: Traffic, populations, keep_traffic_calibration: bool = True) -> Traffic:

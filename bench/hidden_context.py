@@ -151,7 +151,8 @@ def flagged_share(
             if not texts:
                 continue
             observed += len(texts)
-            verdicts = engine.observe_embeddings([account] * len(texts), vectors_of(texts), prompts=texts)
+            read = engine.read_prompts([account] * len(texts), texts)  # as observe_batch would embed them
+            verdicts = engine.observe_embeddings([account] * len(texts), vectors_of(read), prompts=texts, read=read)
             levels.append(verdicts[-1].level)
         peak = max(levels, key=lambda lv: ("ok", "watch", "flag").index(lv.value))
         flagged += peak.value == "flag"
@@ -200,11 +201,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     texts = sorted(every_text(honest).union(*(every_text(a) for a in [*hiding.values(), *apps.values()])))
     print(f"embedding {len(texts)} distinct texts ...", flush=True)
     cache = EmbeddingCache(pw.Embedder(device="cpu"))
-    rows = {t: i for i, t in enumerate(texts)}
-    vectors = np.asarray(cache.embed(texts), dtype=np.float32)
+    vector_of = dict(zip(texts, np.asarray(cache.embed(texts), dtype=np.float32), strict=True))
 
     def vectors_of(batch: list[str]) -> np.ndarray:
-        return vectors[[rows[t] for t in batch]]
+        """Rows for ``batch``; a text read without its boilerplate is embedded when first met."""
+        missing = [t for t in dict.fromkeys(batch) if t not in vector_of]
+        if missing:
+            vector_of.update(zip(missing, np.asarray(cache.embed(missing), dtype=np.float32), strict=True))
+        return np.stack([vector_of[t] for t in batch])
 
     print(f"\n{args.requests} requests an account, {args.hidden} queries hidden in each")
     print("\n| attack | placement | accounts | % flag / % watch or flag, newest message only | with context |")

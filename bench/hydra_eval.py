@@ -43,6 +43,7 @@ from bench.eval import OPERATING_FPRS, PRIMARY_FPR, BaselineUnderTest, fpr_label
 from bench.traffic import AccountStream, Traffic, build_traffic
 from bench.traffic.hydra import HYDRA_ATTACKS, HydraTraffic, build_hydra
 from probewatch.cli.args import above
+from probewatch.detect.boilerplate import BoilerplateMemory, read_texts
 
 DAY = 86_400.0
 
@@ -67,7 +68,7 @@ class Embedded:
     row_of: dict[str, int]
 
     def vectors_of(self, stream: AccountStream) -> np.ndarray:
-        return self.vectors[[self.row_of[t] for t in stream.prompts]]
+        return self.vectors[[self.row_of[t] for t in read_texts(stream.prompts)]]
 
 
 def add_split_campaigns(traffic: HydraTraffic, main: Traffic) -> None:
@@ -132,9 +133,11 @@ def replay(engine, data: Embedded, scenarios: Sequence[str], show: bool = True) 
     member_of = {s.account: s.campaign for name in scenarios for s in data.traffic.test_streams([name]) if s.campaign}
     started = time.perf_counter()
     bar = tqdm(total=len(events), desc="replay", unit="q", mininterval=10.0, disable=not show)
+    boilerplate = BoilerplateMemory()  # what Engine.embed_batch would read of each prompt, in replay order
     for start in range(0, len(events), REPLAY_BATCH):
         chunk = events[start : start + REPLAY_BATCH]
-        vectors = data.vectors[[data.row_of[e[2]] for e in chunk]]
+        read = boilerplate.read([e[1] for e in chunk], [e[2] for e in chunk])
+        vectors = data.vectors[[data.row_of[t] for t in read]]
         verdicts = engine.observe_embeddings(
             [e[1] for e in chunk],
             vectors,

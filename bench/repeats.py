@@ -23,12 +23,13 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
 from bench.traffic import attacks, sources
 from probewatch.cli.args import at_least
+from probewatch.detect.boilerplate import read_texts
 
 MONITOR_PROMPTS = (
     "Say OK.",
@@ -64,19 +65,20 @@ def flagged_share(accounts: list[list[str]], vectors_of) -> tuple[float, float]:
     return flagged / len(accounts), watched / len(accounts)
 
 
-def share_cells(texts: set[str]) -> Callable[[list[list[str]]], str]:
-    """Embed ``texts`` once (through the benchmark's cache), and return what reads a group of
-    accounts built from them as a table cell: "% flag / % watch or flag" (``flagged_share``)."""
+def share_cells(groups: Iterable[list[list[str]]]) -> Callable[[list[list[str]]], str]:
+    """Embed every text of ``groups`` (groups of accounts, each a list of prompts) once, as the
+    engine reads them (``boilerplate.read_texts``; through the benchmark's cache), and return what
+    reads one of those groups as a table cell: "% flag / % watch or flag" (``flagged_share``)."""
     import probewatch as pw
     from bench.embedcache import EmbeddingCache
 
-    ordered = sorted(texts)
+    ordered = sorted({t for accounts in groups for prompts in accounts for t in read_texts(prompts)})
     print(f"embedding {len(ordered)} distinct texts ...", flush=True)
     vectors = np.asarray(EmbeddingCache(pw.Embedder(device="cpu")).embed(ordered), dtype=np.float32)
     rows = {t: i for i, t in enumerate(ordered)}
 
     def cell(accounts: list[list[str]]) -> str:
-        flag, watch = flagged_share(accounts, lambda prompts: vectors[[rows[t] for t in prompts]])
+        flag, watch = flagged_share(accounts, lambda prompts: vectors[[rows[t] for t in read_texts(prompts)]])
         return f"{100 * flag:.0f} / {100 * watch:.0f}"
 
     return cell
@@ -124,9 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s, accounts in extraction.items()
     }
 
-    every = {t for group in (monitors, users) for a in group for t in a}
-    every |= {t for group in (padded, rotated, numbered) for accounts in group.values() for a in accounts for t in a}
-    cell = share_cells(every)
+    cell = share_cells(
+        [monitors, users, *(accounts for group in (padded, rotated, numbered) for accounts in group.values())]
+    )
 
     print(f"\nprobewatch {pw.__version__}, shipped calibration; % flag / % watch or flag")
     print(

@@ -27,6 +27,7 @@ import numpy as np
 
 from bench.traffic import sources
 from probewatch.cli.args import at_least
+from probewatch.detect.boilerplate import read_texts
 
 
 def transcript_accounts(n_accounts: int, seed: int) -> list[list[str]]:
@@ -75,12 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     accounts = transcript_accounts(args.accounts, args.seed)
     cache = EmbeddingCache(pw.Embedder(device="cpu"))
-    texts = sorted({p for prompts in accounts for p in prompts})
+    texts = sorted({t for prompts in accounts for t in read_texts(prompts)})  # as the engine reads them
     rows = {t: i for i, t in enumerate(texts)}
     vectors = np.asarray(cache.embed(texts), dtype=np.float32)
 
     def vectors_of(prompts: list[str]) -> np.ndarray:
-        return vectors[[rows[p] for p in prompts]]
+        return vectors[[rows[t] for t in read_texts(prompts)]]
 
     queries = [len(p) for p in accounts]
     print(f"{len(accounts)} accounts, {sum(queries)} prompts (median {int(np.median(queries))} per account)")

@@ -17,6 +17,7 @@ from .backend.device import Backend
 from .backend.embedder import Embedder, RepeatCacheStats
 from .campaigns.metadata import check_meta
 from .config import EngineConfig
+from .detect.boilerplate import read_streams
 from .detect.fitting import fit_calibration
 from .detect.pipeline import Pipeline
 from .detect.reference import BenignReference
@@ -48,6 +49,8 @@ class EmbeddedBatch:
     errors: dict[int, ProbewatchError]  # index -> why that item was rejected
     texts: list[str]  # the valid items' prompts (the campaign layer reads shared templates)
     metas: Sequence[dict[str, str] | None] | None
+    # what the model read of each valid prompt (probewatch.detect.boilerplate); the word rules read it too
+    read: list[str] | None = None
 
 
 class Engine:
@@ -191,24 +194,28 @@ class Engine:
     ) -> EmbeddedBatch:
         """The first phase of :meth:`observe_batch`: check the items and embed the valid prompts.
 
-        Touches no account state (only the embedder's repeat cache), so it may run while another
-        batch is being observed or while the caller waits on something else; invalid items are
-        kept in the result and reported by :meth:`observe_embedded`. A mismatched batch length
-        raises here, before anything is embedded."""
+        Touches no account statistics (only the embedder's repeat cache and, on their own lock,
+        the accounts' boilerplate memory: :mod:`probewatch.detect.boilerplate`), so it may run while
+        another batch is being observed or while the caller waits on something else; batches
+        must be embedded in the order they are observed. Invalid items are kept in the result
+        and reported by :meth:`observe_embedded`. A mismatched batch length raises here, before
+        anything is embedded."""
         if prompts is None:
             raise BatchLengthError(
                 "prompts must be a sequence with one prompt per account; got None (observe_embeddings takes vectors)"
             )
         good, texts, stamps, errors = check_items(accounts, ts, prompts, self.config.max_prompt_chars, metas)
-        vectors = self.embedder.encode_device(texts) if texts else None
-        return EmbeddedBatch(list(accounts), good, vectors, stamps, errors, texts, metas)
+        # the model reads each prompt without the long boilerplate its account's last long prompt had
+        read = self.pipeline.boilerplate.read([accounts[i] for i in good], texts) if texts else []
+        vectors = self.embedder.encode_device(read) if texts else None
+        return EmbeddedBatch(list(accounts), good, vectors, stamps, errors, texts, metas, read)
 
     def observe_embedded(self, batch: EmbeddedBatch) -> list[Verdict]:
         """The second phase of :meth:`observe_batch`: detection and the account state update,
         under the engine's lock. Raises :class:`~probewatch.errors.BatchError` (with the valid
         items' verdicts) when the batch held invalid items, as observe_batch does."""
         return self._observe_valid(
-            batch.accounts, batch.good, batch.vectors, batch.stamps, batch.errors, batch.texts, batch.metas
+            batch.accounts, batch.good, batch.vectors, batch.stamps, batch.errors, batch.texts, batch.metas, batch.read
         )
 
     def observe_embeddings(
@@ -218,21 +225,53 @@ class Engine:
         ts: Sequence[float | None] | None = None,
         metas: Sequence[dict[str, str] | None] | None = None,
         prompts: Sequence[str | None] | None = None,
+        read: Sequence[str | None] | None = None,
     ) -> list[Verdict]:
         """Observe precomputed (n, d) vectors (normalised to unit length here). ``prompts``,
         when the caller has them, let the text rules and the campaign layer read them, and mark
         exact repeats of an account's recent prompts (see :meth:`observe_batch`); without them
-        every vector is judged."""
+        every vector is judged.
+
+        A prompt is read without the long boilerplate it shares with its account's last long
+        prompt (:mod:`probewatch.detect.boilerplate`), by the model and by the word rules. To
+        embed as observe_batch does, take each prompt's reading from :meth:`read_prompts`, embed
+        that, and pass it here as ``read`` (one per item, None where there is no prompt); without
+        ``read``, the prompts are read here, for the word rules only."""
         arr = check_vectors(accounts, vectors, self.dim, ts)
         if not self._backend.on_gpu:
             arr = to_numpy(arr)  # device rows handed to a CPU engine: one copy to the host
         good, _, stamps, errors = check_items(accounts, ts, None, 0, metas)
         texts = _prompt_texts(accounts, prompts)
+        if read is not None:
+            check_same_length(accounts=accounts, read=read)
+            given = [None] * len(read) if texts is None else texts
+            odd = next(
+                (i for i, (r, t) in enumerate(zip(read, given, strict=True)) if (r is None) != (t is None)), None
+            )
+            if odd is not None:
+                raise BatchLengthError(
+                    f"read must hold a text for each item with a prompt (Engine.read_prompts) and None for the "
+                    f"others; item {odd} has {'no prompt' if given[odd] is None else 'a prompt'} and read "
+                    f"{'None' if read[odd] is None else 'a text'}"
+                )
         if texts is not None:
             texts = [texts[i] for i in good]
+            if read is None:  # the word rules read what observe_batch's embedder would have
+                read = self.pipeline.boilerplate.read([accounts[i] for i in good], texts)
+            else:
+                read = [read[i] if isinstance(read[i], str) else None for i in good]
         xp = get_array_module(arr)
         kept = arr[xp.asarray(good, dtype=xp.int64)] if errors else arr
-        return self._observe_valid(accounts, good, kept, stamps, errors, texts, metas)
+        return self._observe_valid(accounts, good, kept, stamps, errors, texts, metas, read)
+
+    def read_prompts(self, accounts: Sequence[str], prompts: Sequence[str | None]) -> list[str | None]:
+        """What the model reads of each prompt, as :meth:`observe_batch` reads it: the prompt
+        without the long boilerplate its account's last long prompt also had
+        (:mod:`probewatch.detect.boilerplate`; short prompts as they are). Remembers each
+        account's long prompts, so call it once per prompt, in the order they are observed, and
+        pass the result to :meth:`observe_embeddings` as ``read``. None where a prompt is None."""
+        check_same_length(accounts=accounts, prompts=prompts, required=("accounts", "prompts"))
+        return self.pipeline.boilerplate.read(list(accounts), [p if isinstance(p, str) else None for p in prompts])
 
     def _observe_valid(
         self,
@@ -243,6 +282,7 @@ class Engine:
         errors: dict[int, ProbewatchError],
         texts: list[str | None] | None = None,
         metas: Sequence[dict[str, str] | None] | None = None,
+        read: list[str | None] | None = None,
     ) -> list[Verdict]:
         verdicts: list[Verdict | None] = [None] * len(accounts)
         if good:
@@ -255,7 +295,7 @@ class Engine:
             with self._lock:
                 for i, verdict in zip(
                     good,
-                    self.pipeline.observe([accounts[i] for i in good], vectors, stamps, texts, good_metas),
+                    self.pipeline.observe([accounts[i] for i in good], vectors, stamps, texts, good_metas, read),
                     strict=True,
                 ):
                     verdicts[i] = verdict
@@ -276,9 +316,8 @@ class Engine:
         """Calibrate on known-benign traffic (accounts' prompts in time order)."""
         _, texts, _, errors = check_items(accounts, ts, prompts, self.config.max_prompt_chars)
         _raise_first_calibration_error(errors)
-        self.calibrate_embeddings(
-            accounts, self.embedder.encode(texts), ts, refit_reference=refit_reference, source=source, prompts=texts
-        )
+        vectors = self.embedder.encode(read_streams(list(accounts), texts))  # as embed_batch reads them
+        self.calibrate_embeddings(accounts, vectors, ts, refit_reference=refit_reference, source=source, prompts=texts)
 
     def calibrate_embeddings(
         self,

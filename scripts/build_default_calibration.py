@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.eval import with_populations
     from bench.traffic import build_traffic
     from bench.traffic.populations import build_populations
+    from probewatch.detect.boilerplate import read_streams
 
     started = time.time()
     embedder = pw.Embedder(device="cpu")
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         accounts += [stream.account] * len(stream.prompts)
         texts += list(stream.prompts)
         stamps += list(stream.ts)
-    vectors = cache.embed(texts)
+    vectors = cache.embed(read_streams(accounts, texts))  # as Engine.embed_batch reads them
     engine = pw.Engine.from_benign_embeddings(
         accounts,
         vectors,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from bench.long_prompts import AGENT_FRAME, agent_accounts, few_shot_frame_and_inputs
+from bench.long_prompts import AGENT_FRAME, agent_accounts, dated, few_shot_frame_and_inputs
 from probewatch.backend.embedder import bundled_model_path
 
 
@@ -31,3 +31,10 @@ def test_the_few_shot_frame_holds_labelled_examples_and_the_inputs_are_new():
     assert len(examples) == len(labels) >= 10 and lines[-1] == "Utterance: "
     assert not set(examples) & set(inputs)
     assert len(inputs) > 1000
+
+
+def test_the_dated_agent_app_opens_each_prompt_differently_and_keeps_the_frame():
+    prompts = [dated(3, k, "What is on my calendar?") for k in range(60)]
+    assert len({p.split("\n", 1)[0] for p in prompts}) == 60  # no two first lines alike
+    assert all(AGENT_FRAME + "What is on my calendar?" in p for p in prompts)
+    assert dated(3, 0, "x") != dated(4, 0, "x")  # each account its own user

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from probewatch.detect.boilerplate import read_texts
+
 
 def text_table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
     """Aligned plain-text lines: the first two columns (section, kind) left, numbers right.
@@ -22,12 +24,14 @@ def text_table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
 
 
 def distinct_texts(streams) -> list[str]:
-    """Every distinct prompt of ``streams`` once, in first-seen order (embed these once).
+    """Every distinct text the model reads of ``streams``' prompts once, in first-seen order
+    (embed these once): each stream's prompts as ``probewatch.detect.boilerplate.read_texts``
+    reads them, as the engine does (an account's long boilerplate is read once).
 
     >>> distinct_texts([AccountStream("a", 0, "k", ["x", "y", "x"], [0, 1, 2], [False] * 3)])
     ['x', 'y']
     """
-    return list(dict.fromkeys(text for stream in streams for text in stream.prompts))
+    return list(dict.fromkeys(text for stream in streams for text in read_texts(stream.prompts)))
 
 
 @dataclass

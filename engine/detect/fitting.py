@@ -23,6 +23,7 @@ from ..campaigns.elicitation_default import default_elicitation_head
 from ..campaigns.fitting import fit_group_calibration
 from ..config import EngineConfig
 from ..errors import CalibrationError
+from .boilerplate import read_streams
 from .features import FEATURE_NAMES, N_FEATURES
 from .reference import BenignReference
 from .scoring import (
@@ -84,6 +85,7 @@ def _stream_features(
     ts: list,
     progress: Callable[[int], None] | None,
     texts: Sequence[str | None] | None = None,
+    read: Sequence[str | None] | None = None,
 ):
     stream = FeatureStream(config, reference, Backend.host(), off_ref)
     feats, ns, owner = [], [], []
@@ -95,6 +97,7 @@ def _stream_features(
                 vectors[chunk],
                 [ts[i] for i in chunk],
                 None if texts is None else [texts[i] for i in chunk],
+                None if read is None else [read[i] for i in chunk],
             )
             feats.append(result.features)
             ns.append(result.n)
@@ -246,10 +249,16 @@ def fit_calibration(
     prompts, where known) mark continuations as the live stream does (see ``FeatureStream.step``),
     and leave out the prompts that repeat one their account sent lately, as it does.
     """
-    if texts is not None:  # a prompt sent again is not judged live, so it teaches nothing here
+    read = None
+    if texts is not None:
+        # what the model and the word rules read of each prompt, as the engine reads them live:
+        # every prompt counts here, repeats included (Engine.embed_batch reads those too)
+        read = read_streams(accounts, texts)
+        # a prompt sent again is not judged live, so it teaches nothing here
         new = np.flatnonzero(~np.asarray(repeated_prompts(accounts, texts), dtype=bool))
         if new.size < len(accounts):
-            accounts, vectors, texts = [accounts[i] for i in new], vectors[new], [texts[i] for i in new]
+            accounts, vectors = [accounts[i] for i in new], vectors[new]
+            texts, read = [texts[i] for i in new], [read[i] for i in new]
             ts = None if ts is None else [ts[i] for i in new]
     groups = group_by_account(accounts)
     need = MIN_CALIBRATION_ACCOUNTS + (MIN_REFERENCE_ACCOUNTS if refit_reference else 0)
@@ -269,7 +278,9 @@ def fit_calibration(
     ref_sims = reference.query_stats(vectors[np.concatenate(list(table_groups.values()))]).ref_similarity
     off_ref = float(np.quantile(ref_sims, OFF_REFERENCE_QUANTILE))
     ts_list = list(ts) if ts is not None else [None] * len(accounts)
-    features, ns, owner = _stream_features(config, reference, off_ref, table_groups, vectors, ts_list, progress, texts)
+    features, ns, owner = _stream_features(
+        config, reference, off_ref, table_groups, vectors, ts_list, progress, texts, read
+    )
     calibration, evidence = _cross_fitted(features, ns, owner, len(table_groups), off_ref, rng)
     calibration.source, calibration.n_accounts = source, len(table_groups)
     # the stream visits table accounts in order, each one's queries in order

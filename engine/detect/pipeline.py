@@ -26,6 +26,7 @@ from ..campaigns.layer import CampaignLayer
 from ..config import EngineConfig
 from ..errors import UnknownAccountError, UnknownCampaignError
 from ..types import AccountReport, CampaignReport, FeatureReading, Level, Reason, Verdict
+from .boilerplate import BoilerplateMemory
 from .features import FEATURE_NAMES, AccountState
 from .learning import AccountStanding, LearningRules, ProviderNormal
 from .scoring import BenignModel, Detector
@@ -63,6 +64,9 @@ class Pipeline:
         self.memory_pressure: str | None = None  # why the budget could not be kept cleanly, at the last batch
         self.stream = FeatureStream(config, benign.reference, backend, benign.calibration.off_reference_similarity)
         self.campaigns: CampaignLayer | None = None
+        # each account's last long prompt's segment checksums: Engine.embed_batch reads prompts
+        # through it, on its own lock (see probewatch.detect.boilerplate)
+        self.boilerplate = BoilerplateMemory()
         self._install(benign)
 
     def _install(self, benign: BenignModel) -> None:
@@ -122,7 +126,8 @@ class Pipeline:
 
     def held_bytes(self) -> int:
         campaigns = self.campaigns.nbytes() if self.campaigns is not None else 0
-        return self.stream.held_bytes() + campaigns + len(self.evicted) * EVICTED_RECORD_BYTES
+        held = self.stream.held_bytes() + campaigns + self.boilerplate.nbytes
+        return held + len(self.evicted) * EVICTED_RECORD_BYTES
 
     # -- observing ----------------------------------------------------------------------
     def observe(
@@ -132,17 +137,19 @@ class Pipeline:
         ts: Sequence[float | None],
         texts: Sequence[str | None] | None = None,
         metas: Sequence[dict[str, str] | None] | None = None,
+        read: Sequence[str | None] | None = None,
     ) -> list[Verdict]:
         """Verdicts for validated unit rows (host or device), in order; then the batch's
         housekeeping (population refit when due, memory budget). ``texts`` (for template
-        anchors) and ``metas`` (checked request metadata) feed the campaign layer."""
+        anchors) and ``metas`` (checked request metadata) feed the campaign layer; ``read``
+        (what the model read of each prompt, ``probewatch.detect.boilerplate``) the word rules."""
         accounts = list(accounts)
         # Judging runs under the same BLAS limit as the feature step: a multi-threaded
         # OpenBLAS call here leaves threads spinning against the embedding model.
         with limit_host_blas(self.config.detection_blas_threads):
             if self.evicted:
                 self._restore_evicted(accounts)
-            step = self.stream.step(accounts, vectors, ts, texts)
+            step = self.stream.step(accounts, vectors, ts, texts, read)
             self._advance_clock(ts)
             if step.repeats is not None:
                 verdicts = self._observe_with_repeats(accounts, vectors, ts, texts, metas, step)
@@ -498,6 +505,7 @@ class Pipeline:
         """Drop the account; ``keep_record`` (eviction) keeps its evicted record, a forget
         (a privacy request) drops that too."""
         self.carried_reasons.pop(account, None)  # an evicted record carries them on, a forget drops them
+        self.boilerplate.drop([account])
         if not keep_record and self.evicted.pop(account, None) is not None and account not in self.states:
             return True
         self.population.forget(account)
@@ -507,6 +515,7 @@ class Pipeline:
 
     def reset(self) -> None:
         self.stream.clear()
+        self.boilerplate.clear()
         self.observations = 0
         self.repeats = 0
         self.evicted.clear()
@@ -547,6 +556,7 @@ class Pipeline:
             "clock": self.clock,
             "evicted": dict(self.evicted),
             "carried_reasons": dict(self.carried_reasons),
+            "boilerplate": self.boilerplate.state_dict(),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -560,6 +570,7 @@ class Pipeline:
         self.clock = float(state.get("clock", math.nan))
         self.evicted = {a: tuple(r) for a, r in (state.get("evicted") or {}).items()}
         self.carried_reasons = dict(state.get("carried_reasons") or {})
+        self.boilerplate.load_state(state.get("boilerplate"))  # snapshots before 0.20.0 have none
         if state.get("population") is not None:
             self.population.load_state(state["population"])
         if self.config.population_update_every:

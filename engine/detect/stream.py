@@ -143,6 +143,7 @@ class FeatureStream:
         vectors,
         ts: Sequence[float | None],
         texts: Sequence[str | None] | None = None,
+        read: Sequence[str | None] | None = None,
     ) -> StepResult:
         """Process validated unit rows (host or device) in order; features of every item.
 
@@ -151,11 +152,13 @@ class FeatureStream:
         exactly as if the items had arrived one call at a time. The features of the whole
         batch are then computed in array calls. ``texts``, where given, are the prompts: a
         prompt that continues one of its account's recent prompts is never a walk-away step, and
-        only a query known not to may be a deep-path step (see ``walk_steps``).
+        only a query known not to may be a deep-path step (see ``walk_steps``). ``read``, where
+        given, is what the model read of each prompt (``probewatch.detect.boilerplate``): the word
+        rules compare that, so long boilerplate an account's prompts share hides no edit.
         """
         with limit_host_blas(self.config.detection_blas_threads):
             if len(accounts) <= STEP_CHUNK:
-                return self._step(accounts, vectors, ts, texts)
+                return self._step(accounts, vectors, ts, texts, read)
             # Huge batches go through in chunks (same result: chunks are batches in arrival
             # order), so transient buffers stay a few MB whatever the caller sends.
             parts = [
@@ -164,6 +167,7 @@ class FeatureStream:
                     vectors[i : i + STEP_CHUNK],
                     ts[i : i + STEP_CHUNK],
                     None if texts is None else texts[i : i + STEP_CHUNK],
+                    None if read is None else read[i : i + STEP_CHUNK],
                 )
                 for i in range(0, len(accounts), STEP_CHUNK)
             ]
@@ -184,10 +188,10 @@ class FeatureStream:
         out = repeated_prompts(accounts, texts, self.states.get)
         return out if any(out) else None
 
-    def _step(self, accounts, vectors, ts, texts=None) -> StepResult:
+    def _step(self, accounts, vectors, ts, texts=None, read=None) -> StepResult:
         repeats = self.repeats(accounts, texts)
         if repeats is None:
-            return self._step_new(accounts, vectors, ts, texts)
+            return self._step_new(accounts, vectors, ts, texts, read)
         cfg = self.config
         m = len(accounts)
         keep = [i for i, repeat in enumerate(repeats) if not repeat]
@@ -211,6 +215,7 @@ class FeatureStream:
                 vectors[keep],
                 [ts[i] for i in keep],
                 None if texts is None else [texts[i] for i in keep],
+                None if read is None else [read[i] for i in keep],
             )
             if keep
             else None
@@ -232,7 +237,7 @@ class FeatureStream:
         states = [self.states[account] for account in accounts]
         return StepResult(states, features, n, sketches, repeats)
 
-    def _step_new(self, accounts, vectors, ts, texts=None) -> StepResult:
+    def _step_new(self, accounts, vectors, ts, texts=None, read=None) -> StepResult:
         cfg = self.config
         ref = self.reference.query_stats(vectors)
         sims, counts = self.store.search_then_add(list(accounts), vectors, cfg.k_neighbors)
@@ -251,7 +256,7 @@ class FeatureStream:
                 nn, knn, ref.ref_similarity.tolist(), ref.ref_kernel_mean.tolist(), ref.cell.tolist(), strict=True
             )
         ]
-        return self._fold(accounts, facts, ts, texts, vectors)
+        return self._fold(accounts, facts, ts, texts, vectors, read)
 
     @staticmethod
     def _neighbour_means(sims: np.ndarray, available: np.ndarray) -> tuple[list[float], list[float]]:
@@ -263,13 +268,14 @@ class FeatureStream:
             ).tolist()
         return nn, knn
 
-    def _fold(self, accounts, facts: list[QueryFacts], ts, texts, vectors) -> StepResult:
+    def _fold(self, accounts, facts: list[QueryFacts], ts, texts, vectors, read=None) -> StepResult:
         """Fold each item's facts into its account in order; the batch's feature rows."""
         cfg = self.config
         states = [self._state_of(account) for account in accounts]
         sketches = None
         if texts is not None:  # in arrival order: an item may continue an earlier item of its batch
-            sketches = [None if text is None else word_hashes(text) for text in texts]
+            words = texts if read is None else read  # read: None exactly where texts is None
+            sketches = [None if text is None else word_hashes(text) for text in words]
             rows = to_numpy(vectors)
             for i, text in enumerate(texts):
                 state = states[i]

@@ -190,6 +190,11 @@ def write_snapshot(path: str | Path, state: dict[str, Any]) -> None:
         arrays["state_frame_vectors"] = np.stack([states[i].frame_vectors for i in framed])
     if states:  # each account's sent memory, oldest first, one after another (see AccountState.sent_count)
         arrays["state_sent_digests"] = np.concatenate([s.sent_in_order() for s in states])
+    boilerplate = state.get("boilerplate") or {}
+    if boilerplate:  # each account's last long prompt's segment checksums, one after another
+        header["boilerplate"] = list(boilerplate)
+        arrays["boilerplate_offsets"] = np.cumsum([0] + [len(v) for v in boilerplate.values()], dtype=np.int64)
+        arrays["boilerplate_checksums"] = np.concatenate(list(boilerplate.values())).astype(np.uint32)
     population = state.get("population")
     if population is not None:
         header["population"] = True
@@ -301,6 +306,7 @@ def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> 
             for a, r in _mapping(header, "evicted").items()
         }
         carried_reasons = {str(a): _reasons(r) for a, r in _mapping(header, "carried_reasons").items()}
+        boilerplate = _boilerplate(path, header, arrays)
     except ConfigError as exc:  # before ValueError, which ConfigError subclasses
         raise SnapshotError(f"{path}: stored configuration is invalid ({exc})") from exc
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
@@ -319,7 +325,28 @@ def read_snapshot(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         "clock": clock,
         "evicted": evicted,
         "carried_reasons": carried_reasons,
+        "boilerplate": boilerplate,
     }
+
+
+def _boilerplate(path, header: dict[str, Any], arrays) -> dict[str, np.ndarray]:
+    """The accounts' boilerplate memory (see probewatch.detect.boilerplate); snapshots before
+    0.20.0 have none, and their accounts read their next long prompt whole."""
+    if "boilerplate" not in header:
+        return {}
+    ids = _account_ids(path, header["boilerplate"])
+    offsets = np.asarray(arrays["boilerplate_offsets"])
+    sums = np.asarray(arrays["boilerplate_checksums"])
+    if offsets.dtype.kind not in "iu" or sums.dtype != np.uint32 or sums.ndim != 1:
+        raise SnapshotError(
+            f"{path}: boilerplate tables have dtypes {offsets.dtype}/{sums.dtype}, expected integer offsets "
+            "and uint32 checksums"
+        )
+    if offsets.shape != (len(ids) + 1,) or offsets[0] != 0 or offsets[-1] != len(sums) or (np.diff(offsets) < 0).any():
+        raise SnapshotError(
+            f"{path}: boilerplate offsets {offsets.shape} disagree with {len(ids)} accounts and {len(sums)} checksums"
+        )
+    return {a: sums[offsets[i] : offsets[i + 1]].copy() for i, a in enumerate(ids)}
 
 
 def _account_ids(path, stored: Any) -> list[str]:

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..backend.threads import limit_host_blas
 from ..campaigns.metadata import check_meta
+from ..detect.probes import word_hashes
 from ..engine import Engine
 from ..errors import ConfigError, InputError
 from ..io.validation import check_account
@@ -36,7 +37,7 @@ from .schema import SCHEMA_VERSION, Observation, PoisonMessage
 from .worker import PartitionState, Worker, WorkerError, _Item
 
 RECORD_FIELDS = frozenset(
-    {"schema_version", "account", "ts", "vector", "evidence", "prompt", "meta", "partition", "offset"}
+    {"schema_version", "account", "ts", "vector", "evidence", "prompt", "read", "meta", "partition", "offset"}
 )
 
 
@@ -48,9 +49,12 @@ class CampaignRecord:
     evidence: float
     prompt: str | None
     meta: dict[str, str] | None
+    read: str | None = None  # what the word rules read of the prompt, where not all of it
 
 
-def campaign_record(obs: Observation, vector: np.ndarray, evidence: float, partition: int, offset: int) -> bytes:
+def campaign_record(
+    obs: Observation, vector: np.ndarray, evidence: float, partition: int, offset: int, read: str | None = None
+) -> bytes:
     x = np.asarray(vector, dtype=np.float64)
     unit = (x / np.linalg.norm(x)).astype("<f2")
     body: dict[str, Any] = {
@@ -64,6 +68,8 @@ def campaign_record(obs: Observation, vector: np.ndarray, evidence: float, parti
     }
     if obs.prompt is not None:
         body["prompt"] = obs.prompt
+        if read is not None and read != obs.prompt:  # read without its boilerplate (Engine.read_prompts)
+            body["read"] = read
     if obs.meta:
         body["meta"] = obs.meta
     return json.dumps(body, separators=(",", ":")).encode("utf-8")
@@ -93,8 +99,11 @@ def parse_campaign_record(value: bytes | None, dim: int, max_bytes: int) -> Camp
         raise PoisonMessage("bad_field", f"campaign record: {exc}") from None
     if vector.shape != (dim,) or not np.isfinite(vector).all():
         raise PoisonMessage("wrong_dim", f"campaign record vector has {vector.size} numbers; expected {dim}")
-    prompt = body.get("prompt")
-    return CampaignRecord(account, ts, vector, evidence, prompt if isinstance(prompt, str) else None, meta)
+    prompt, read = body.get("prompt"), body.get("read")
+    prompt = prompt if isinstance(prompt, str) else None
+    return CampaignRecord(
+        account, ts, vector, evidence, prompt, meta, read if isinstance(read, str) and prompt else None
+    )
 
 
 class EvidenceTap:
@@ -128,7 +137,7 @@ def publish_campaign_records(
         worker._produce(
             worker.config.summaries_topic,  # type: ignore[arg-type]
             it.obs.account.encode("utf-8"),  # type: ignore[union-attr]
-            campaign_record(it.obs, it.vector, e, partition, it.offset),  # type: ignore[arg-type]
+            campaign_record(it.obs, it.vector, e, partition, it.offset, it.read),  # type: ignore[arg-type]
         )
 
 
@@ -157,10 +166,11 @@ class CampaignAggregator(Worker):
     def _parse(self, key: bytes | None, value: bytes | None) -> CampaignRecord:
         return parse_campaign_record(value, self.dim, self.config.max_message_bytes)
 
-    def _embed(self, items: list[_Item]) -> None:
-        for it in items:
-            if it.obs is not None:
-                it.vector = it.obs.vector
+    def _embed(self, by_partition: dict[int, list[_Item]]) -> None:
+        for items in by_partition.values():
+            for it in items:
+                if it.obs is not None:
+                    it.vector = it.obs.vector
 
     def _observe_good(self, partition: int, state: PartitionState, good: list[_Item]) -> None:
         layer = state.engine.pipeline.campaigns
@@ -174,6 +184,8 @@ class CampaignAggregator(Worker):
                 [r.meta for r in records],
                 [r.ts for r in records],
                 np.asarray([r.evidence for r in records]),
+                # the word rules read what the worker's engine read of each prompt
+                [None if r.prompt is None else word_hashes(r.read or r.prompt) for r in records],
             )
         for it, (summary, raised) in zip(good, events, strict=True):
             self._campaign_verdicts(state.engine, it, summary, raised, partition)

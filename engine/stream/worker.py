@@ -90,6 +90,7 @@ class _Item:
     obs: Observation | None
     poison: PoisonMessage | None = None
     vector: np.ndarray | None = None
+    read: str | None = None  # what the model reads of the prompt (Engine.read_prompts)
 
 
 class Worker:
@@ -367,7 +368,7 @@ class Worker:
                 items.append(_Item(offset, key, value, None, poison))
         if not by_partition:
             return
-        self._embed([item for items in by_partition.values() for item in items])
+        self._embed(by_partition)
         for p, items in by_partition.items():
             self._observe_partition(p, items)
         self.metrics.batch_size.observe(sum(len(items) for items in by_partition.values()))
@@ -382,11 +383,22 @@ class Worker:
             key=key,
         )
 
-    def _embed(self, items: list[_Item]) -> None:
-        """Every item's vector: the message's own, or the model's for its prompt (one call for the poll)."""
+    def _embed(self, by_partition: dict[int, list[_Item]]) -> None:
+        """Every item's vector: the message's own, or the model's for its prompt (one call for
+        the poll), which reads the prompt as its partition's engine does (``Engine.read_prompts``)."""
+        for p, part in by_partition.items():
+            prompted = [it for it in part if it.obs is not None and it.obs.prompt is not None]
+            if prompted:
+                read = self.partitions[p].engine.read_prompts(
+                    [it.obs.account for it in prompted],  # type: ignore[union-attr]
+                    [it.obs.prompt for it in prompted],  # type: ignore[union-attr]
+                )
+                for it, text in zip(prompted, read, strict=True):
+                    it.read = text
+        items = [item for part in by_partition.values() for item in part]
         with_prompt = [it for it in items if it.obs is not None and it.obs.embedding is None]
         if with_prompt:
-            vectors = self.embedder.encode([it.obs.prompt for it in with_prompt])  # type: ignore[union-attr]
+            vectors = self.embedder.encode([it.read for it in with_prompt])
             for it, vector in zip(with_prompt, vectors, strict=True):
                 it.vector = vector
         for it in items:
@@ -428,6 +440,7 @@ class Worker:
                 [o.ts for o in obs],  # type: ignore[union-attr]
                 [o.meta for o in obs],  # type: ignore[union-attr]
                 [o.prompt for o in obs],  # type: ignore[union-attr]
+                read=[it.read for it in items],
             )
             errors: dict[int, Exception] = {}
         except BatchError as exc:

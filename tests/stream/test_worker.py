@@ -365,16 +365,21 @@ def test_poison_messages_go_to_the_dead_letter_topic_and_the_partition_moves_on(
 
 
 def test_prompts_go_through_the_bundled_model(broker, tmp_path, embedder):
-    """A handful of prompt messages, embedded by the worker with the real model and the shipped calibration."""
+    """A handful of prompt messages, embedded by the worker with the real model and the shipped
+    calibration; alice's sit in one long tool list, which the worker reads as observe_batch
+    does (without the boilerplate her last long prompt had)."""
     tag = unique("prompts")
     settings = setup_topics(broker, tmp_path, tag)
+    tools = "You are an agent with these tools:\n" + "".join(
+        f"- tool_{i}(query): looks up record {i} in the catalogue and returns it as JSON.\n" for i in range(20)
+    )
     prompts = [
         "Summarise the causes of the French revolution in three sentences.",
-        "What is the capital of Australia?",
+        tools + "What is the capital of Australia?",
         "Translate 'good morning' into Japanese.",
-        "Write a haiku about autumn rain.",
+        tools + "Write a haiku about autumn rain.",
         "Explain how a hash map handles collisions.",
-        "List three uses of baking soda.",
+        tools + "List three uses of baking soda.",
     ]
     rows = [("alice" if i % 2 else "bob", p, T0 + i) for i, p in enumerate(prompts)]
     with Publisher(broker.bootstrap, settings["observations_topic"]) as pub:

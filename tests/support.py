@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import random
 import re
@@ -351,3 +352,24 @@ def feature_rows(column: int, values, ns) -> tuple[np.ndarray, np.ndarray]:
     x = np.full((len(values), N_FEATURES), 0.5)
     x[:, column] = values
     return x, np.asarray(ns)
+
+
+def rewrite_snapshot(src, dst, mutate) -> None:
+    """Copy the snapshot (or calibration) file ``src`` to ``dst`` with ``mutate`` applied to its
+    dict of arrays: how the tests damage or age a file."""
+    with np.load(src, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    mutate(arrays)
+    with open(dst, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def header_edit(edit):
+    """A ``rewrite_snapshot`` mutation that applies ``edit`` to the file's JSON header."""
+
+    def mutate(arrays):
+        header = json.loads(arrays["header"].tobytes().decode())
+        edit(header)
+        arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+
+    return mutate

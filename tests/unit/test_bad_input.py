@@ -16,7 +16,7 @@ import pytest
 
 import probewatch as pw
 from probewatch.io.persistence import FORMAT_VERSION
-from tests.support import unit_rows
+from tests.support import header_edit, rewrite_snapshot, unit_rows
 
 DIM = 384  # the shipped default calibration's dimension
 
@@ -597,23 +597,6 @@ def good_snapshot(vec_engine, tmp_path):
     return path
 
 
-def _rewrite(src, dst, mutate):
-    with np.load(src, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    mutate(arrays)
-    with open(dst, "wb") as fh:
-        np.savez(fh, **arrays)
-
-
-def _header_edit(edit):
-    def mutate(arrays):
-        header = json.loads(arrays["header"].tobytes().decode())
-        edit(header)
-        arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-
-    return mutate
-
-
 def _drop(name):
     return lambda arrays: arrays.pop(name)
 
@@ -643,46 +626,64 @@ CORRUPTIONS = {
     "npy-array": (lambda src, dst: dst.write_bytes(_npy_bytes(np.ones(3))), "single .npy array"),
     "zip-of-text": (lambda src, dst: zipfile.ZipFile(dst, "w").writestr("hello.txt", "hi"), "no probewatch header"),
     "header-garbage": (
-        lambda src, dst: _rewrite(src, dst, lambda a: a.__setitem__("header", np.frombuffer(b"\xff{{", np.uint8))),
+        lambda src, dst: rewrite_snapshot(
+            src, dst, lambda a: a.__setitem__("header", np.frombuffer(b"\xff{{", np.uint8))
+        ),
         "header is corrupt",
     ),
     "header-not-object": (
-        lambda src, dst: _rewrite(src, dst, lambda a: a.__setitem__("header", np.frombuffer(b"[1, 2]", np.uint8))),
+        lambda src, dst: rewrite_snapshot(
+            src, dst, lambda a: a.__setitem__("header", np.frombuffer(b"[1, 2]", np.uint8))
+        ),
         "header is corrupt",
     ),
     "wrong-version": (
-        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h.__setitem__("version", FORMAT_VERSION + 1))),
+        lambda src, dst: rewrite_snapshot(
+            src, dst, header_edit(lambda h: h.__setitem__("version", FORMAT_VERSION + 1))
+        ),
         f"format version {FORMAT_VERSION + 1}; this probewatch reads version {FORMAT_VERSION}",
     ),
     "calibration-file": (
-        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h.__setitem__("format", "probewatch-calibration"))),
+        lambda src, dst: rewrite_snapshot(
+            src, dst, header_edit(lambda h: h.__setitem__("format", "probewatch-calibration"))
+        ),
         "expected 'probewatch-snapshot'",
     ),
-    "missing-store-vectors": (lambda src, dst: _rewrite(src, dst, _drop("store_vectors")), "malformed"),
-    "missing-state-array": (lambda src, dst: _rewrite(src, dst, _drop("state_ring_nn")), "malformed"),
-    "missing-reference": (lambda src, dst: _rewrite(src, dst, _drop("ref_bank")), "missing or malformed"),
-    "missing-calibration-bin": (lambda src, dst: _rewrite(src, dst, _drop("cal_bin_3")), "missing or malformed"),
+    "missing-store-vectors": (lambda src, dst: rewrite_snapshot(src, dst, _drop("store_vectors")), "malformed"),
+    "missing-state-array": (lambda src, dst: rewrite_snapshot(src, dst, _drop("state_ring_nn")), "malformed"),
+    "missing-reference": (lambda src, dst: rewrite_snapshot(src, dst, _drop("ref_bank")), "missing or malformed"),
+    "missing-calibration-bin": (
+        lambda src, dst: rewrite_snapshot(src, dst, _drop("cal_bin_3")),
+        "missing or malformed",
+    ),
     "wrong-vector-width": (
-        lambda src, dst: _rewrite(src, dst, lambda a: a.__setitem__("store_vectors", a["store_vectors"][:, :10])),
+        lambda src, dst: rewrite_snapshot(
+            src, dst, lambda a: a.__setitem__("store_vectors", a["store_vectors"][:, :10])
+        ),
         "expected \\(n, 384\\)",
     ),
     "offsets-disagree": (
-        lambda src, dst: _rewrite(src, dst, lambda a: a.__setitem__("store_offsets", a["store_offsets"][:-1])),
+        lambda src, dst: rewrite_snapshot(src, dst, lambda a: a.__setitem__("store_offsets", a["store_offsets"][:-1])),
         "account tables disagree",
     ),
     "bad-config": (
-        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h["config"].__setitem__("window", 3))),
+        lambda src, dst: rewrite_snapshot(src, dst, header_edit(lambda h: h["config"].__setitem__("window", 3))),
         "stored configuration is invalid",
     ),
     "unknown-config-key": (
-        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h["config"].__setitem__("bogus", 1))),
+        lambda src, dst: rewrite_snapshot(src, dst, header_edit(lambda h: h["config"].__setitem__("bogus", 1))),
         "stored configuration is invalid",
     ),
     "state-shape": (
-        lambda src, dst: _rewrite(src, dst, lambda a: a.__setitem__("state_ring_nn", a["state_ring_nn"][:, :5])),
+        lambda src, dst: rewrite_snapshot(
+            src, dst, lambda a: a.__setitem__("state_ring_nn", a["state_ring_nn"][:, :5])
+        ),
         "state array ring_nn",
     ),
-    "missing-header-key": (lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h.pop("accounts"))), "malformed"),
+    "missing-header-key": (
+        lambda src, dst: rewrite_snapshot(src, dst, header_edit(lambda h: h.pop("accounts"))),
+        "malformed",
+    ),
     # starts with "PK" but is no zip: NumPy would try it as a pickle and advise loading it unsafely
     "pk-then-noise": (
         lambda src, dst: dst.write_bytes(b"PK" + np.random.default_rng(1).bytes(4094)),
@@ -690,48 +691,52 @@ CORRUPTIONS = {
     ),
     "compressed-damaged": (lambda src, dst: _damaged_compressed(src, dst), "damaged or cut short"),
     "header-calibration-list": (
-        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h.__setitem__("calibration", []))),
+        lambda src, dst: rewrite_snapshot(src, dst, header_edit(lambda h: h.__setitem__("calibration", []))),
         "calibration entry is a list",
     ),
     "header-evicted-list": (
-        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h.__setitem__("evicted", []))),
+        lambda src, dst: rewrite_snapshot(src, dst, header_edit(lambda h: h.__setitem__("evicted", []))),
         "evicted entry is a list",
     ),
     "header-carried-reasons-list": (
-        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h.__setitem__("carried_reasons", []))),
+        lambda src, dst: rewrite_snapshot(src, dst, header_edit(lambda h: h.__setitem__("carried_reasons", []))),
         "carried_reasons entry is a list",
     ),
     "header-clock-text": (
-        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h.__setitem__("clock", "noon"))),
+        lambda src, dst: rewrite_snapshot(src, dst, header_edit(lambda h: h.__setitem__("clock", "noon"))),
         "malformed",
     ),
     "account-id-number": (
-        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h["accounts"].__setitem__(0, 7))),
+        lambda src, dst: rewrite_snapshot(src, dst, header_edit(lambda h: h["accounts"].__setitem__(0, 7))),
         "stored account 0 has an invalid id: an account id must be a str; got int",
     ),
     "account-id-blank": (
-        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h["accounts"].__setitem__(1, " "))),
+        lambda src, dst: rewrite_snapshot(src, dst, header_edit(lambda h: h["accounts"].__setitem__(1, " "))),
         "stored account 1 has an invalid id",
     ),
     "account-id-newline": (
-        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h["accounts"].__setitem__(1, "bob\n"))),
+        lambda src, dst: rewrite_snapshot(src, dst, header_edit(lambda h: h["accounts"].__setitem__(1, "bob\n"))),
         "stored account 1 has an invalid id: .*control characters",
     ),
     "account-id-twice": (
-        lambda src, dst: _rewrite(src, dst, _header_edit(lambda h: h["accounts"].__setitem__(1, h["accounts"][0]))),
+        lambda src, dst: rewrite_snapshot(
+            src, dst, header_edit(lambda h: h["accounts"].__setitem__(1, h["accounts"][0]))
+        ),
         "is stored twice",
     ),
     "offsets-decrease": (
-        lambda src, dst: _rewrite(src, dst, lambda a: a.__setitem__("store_offsets", np.array([0, 30, 24]))),
+        lambda src, dst: rewrite_snapshot(src, dst, lambda a: a.__setitem__("store_offsets", np.array([0, 30, 24]))),
         "never decrease",
     ),
     # the totals agree, but the first account is given a row more than the queries it sent
     "offsets-misassigned": (
-        lambda src, dst: _rewrite(src, dst, lambda a: a["store_offsets"].__setitem__(1, a["store_offsets"][1] + 1)),
+        lambda src, dst: rewrite_snapshot(
+            src, dst, lambda a: a["store_offsets"].__setitem__(1, a["store_offsets"][1] + 1)
+        ),
         r"has 13 stored vectors but 12 queries",
     ),
     "nan-vectors": (
-        lambda src, dst: _rewrite(src, dst, lambda a: a["store_vectors"].__setitem__((3, 5), np.nan)),
+        lambda src, dst: rewrite_snapshot(src, dst, lambda a: a["store_vectors"].__setitem__((3, 5), np.nan)),
         "NaN or infinity",
     ),
 }
@@ -741,7 +746,7 @@ def test_a_stored_id_from_before_the_format_character_rule_still_loads(good_snap
     """observe has refused zero-width and direction characters only since issue 11: a snapshot
     taken before then may hold such an id, and must not stop loading because of it."""
     old = tmp_path / "old-id.npz"
-    _rewrite(good_snapshot, old, _header_edit(lambda h: h["accounts"].__setitem__(0, "ali\u200bce")))
+    rewrite_snapshot(good_snapshot, old, header_edit(lambda h: h["accounts"].__setitem__(0, "ali\u200bce")))
     engine = pw.Engine.load(old)
     assert "ali\u200bce" in engine.accounts()
 

@@ -3,7 +3,6 @@ a long frame their account's prompts share, in the engine and in bulk alike."""
 
 from __future__ import annotations
 
-import json
 import random
 
 import numpy as np
@@ -21,7 +20,7 @@ from probewatch.detect.boilerplate import (
     read_texts,
     segment_ends,
 )
-from tests.support import counterfactual_variants, probe_seed, unit_rows
+from tests.support import counterfactual_variants, header_edit, probe_seed, rewrite_snapshot, unit_rows
 
 TOOLS = "You are a helpful agent. You can call these tools:\n" + "".join(
     f"- tool_{i}(query): looks up record {i} in the company's catalogue and returns it as JSON.\n" for i in range(24)
@@ -275,22 +274,6 @@ def _with_boilerplate(tmp_path):
     return path
 
 
-def _rewrite(src, dst, edit):
-    with np.load(src, allow_pickle=False) as data:
-        arrays = {name: data[name] for name in data.files}
-    edit(arrays)
-    np.savez(dst, **arrays)
-
-
-def _header(edit):
-    def apply(arrays):
-        header = json.loads(arrays["header"].tobytes().decode("utf-8"))
-        edit(header)
-        arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-
-    return apply
-
-
 DAMAGE = {
     "offsets-short": (lambda a: a.__setitem__("boilerplate_offsets", a["boilerplate_offsets"][:-1]), "disagree"),
     "offsets-decrease": (lambda a: a["boilerplate_offsets"].__setitem__(1, 10**6), "disagree"),
@@ -299,7 +282,7 @@ DAMAGE = {
         "expected integer offsets and uint32 checksums",
     ),
     "missing-checksums": (lambda a: a.pop("boilerplate_checksums"), "malformed"),
-    "account-id-number": (_header(lambda h: h["boilerplate"].__setitem__(0, 7)), "invalid id"),
+    "account-id-number": (header_edit(lambda h: h["boilerplate"].__setitem__(0, 7)), "invalid id"),
 }
 
 
@@ -308,7 +291,7 @@ def test_a_damaged_opening_table_is_refused_with_what_is_wrong(tmp_path, damage)
     edit, pattern = DAMAGE[damage]
     good = _with_boilerplate(tmp_path)
     bad = tmp_path / "bad.npz"
-    _rewrite(good, bad, edit)
+    rewrite_snapshot(good, bad, edit)
     engine = pw.Engine(device="cpu")
     engine.pipeline.boilerplate.read(["carol"], [framed()[2]])
     with pytest.raises(pw.SnapshotError, match=pattern):
@@ -324,9 +307,9 @@ def test_a_snapshot_from_before_the_memory_loads_with_it_empty(tmp_path):
     def drop(arrays):
         arrays.pop("boilerplate_offsets")
         arrays.pop("boilerplate_checksums")
-        _header(lambda h: h.pop("boilerplate"))(arrays)
+        header_edit(lambda h: h.pop("boilerplate"))(arrays)
 
-    _rewrite(good, old, drop)
+    rewrite_snapshot(good, old, drop)
     assert len(pw.Engine.load(old).pipeline.boilerplate) == 0
 
 

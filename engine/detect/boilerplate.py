@@ -12,7 +12,7 @@ ends at a line break, or at ``.``, ``!``, ``?``, ``;`` or ``:`` before white spa
 account's last long prompt also had, white space aside; when together they are at least
 BOILERPLATE_MIN_CHARS characters, the prompt is read without them, the rest in its order.
 Equal segments anywhere count, not only a shared opening: a frame that starts with the date
-or the user's name, or puts the request between two fixed parts, is still found.
+or the user's name, or ends with a short fixed cue after the request, is still found.
 
 A prompt that *continues* the last long prompt (starts with every one of its segments and adds
 more: a chat app re-sending the conversation with each turn, an agent's growing scratchpad) is

@@ -7,7 +7,8 @@ a request's few words of its own mostly fell outside it. 0.19.0 read a long prom
 opening and its end and left prompts of more than 64 distinct words out of the word rules:
 the honest apps were no longer flagged, and neither was an extractor inside the frame. Since
 0.20.0 the model and the word rules read a prompt without the boilerplate it shares with its
-account's last long prompt (``probewatch.detect.boilerplate``). Each account new to the
+account's last long prompt (``probewatch.detect.boilerplate``), and since 0.21.0 without the
+time a frame stamps in each prompt's opening. Each account new to the
 shipped calibration (``Engine()``, campaign layer off), one query per call:
 
 * **agent app**: a tool list with rules (~380 tokens), then the user's request (ShareGPT test

@@ -7,6 +7,7 @@ import random
 
 from bench.long_prompts import AGENT_FRAME, agent_accounts, dated, few_shot_frame_and_inputs
 from probewatch.backend.embedder import bundled_model_path
+from probewatch.detect.boilerplate import read_texts
 
 
 def token_count(text: str) -> int:
@@ -38,3 +39,7 @@ def test_the_dated_agent_app_opens_each_prompt_differently_and_keeps_the_frame()
     assert len({p.split("\n", 1)[0] for p in prompts}) == 60  # no two first lines alike
     assert all(AGENT_FRAME + "What is on my calendar?" in p for p in prompts)
     assert dated(3, 0, "x") != dated(4, 0, "x")  # each account its own user
+    # the engine reads each later prompt as its request alone: the time line is left out with the frame
+    requests = ["Tell me about dogs.", "Tell me about the moon.", "What is 12 + 30?"]
+    read = read_texts([dated(3, k, r) for k, r in enumerate(requests)])
+    assert [text.strip() for text in read[1:]] == requests[1:]

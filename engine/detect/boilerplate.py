@@ -9,8 +9,10 @@ queries in any long frame hides them from every embedding statistic (0.19.0 let 
 
 So the model reads what a prompt adds. A prompt's **boilerplate** is its segments (a segment
 ends at a line break, or at ``.``, ``!``, ``?``, ``;`` or ``:`` before white space) that the
-account's last long prompt also had, white space aside; when together they are at least
-BOILERPLATE_MIN_CHARS characters, the prompt is read without them, the rest in its order.
+account's last long prompt also had, white space aside, and in a prompt's opening a *stamp*'s
+figures aside (a frame that stamps each prompt with the time or a request id is still one
+frame: :func:`numberless`); when together they are at least BOILERPLATE_MIN_CHARS characters,
+the prompt is read without them, the rest in its order.
 Equal segments anywhere count, not only a shared opening: a frame that starts with the date
 or the user's name, or ends with a short fixed cue after the request, is still found.
 
@@ -60,6 +62,18 @@ TRAILING_MAX_CHARS = 256
 MAX_SEGMENTS = 512
 MAX_COMPARED_CHARS = 16_384
 _SEGMENT_END = re.compile(r"\n|[.!?;:](?=\s)")
+# A stamp (``numberless``: the time, a date, an id) is compared without what a fixed frame
+# changes from prompt to prompt: in it, any word that holds a digit counts as the same word.
+# A third of its visible characters digits: "2026-11-01 09:07 UTC." (60 %), a UUID (about 60 %);
+# sentences with a figure in them ("The growth rate is 14%.", 7 %) and lines of prose in
+# scripts written without spaces (one "word" each) stay below it.
+STAMP_DIGIT_SHARE = 1 / 3
+# Stamps are looked for in a prompt's opening only, where frames put them: further in, a
+# segment of figures ("Budget: $11,000", a table row) changed is a document edited, read whole.
+STAMP_OPENING_CHARS = 256
+_WORD = re.compile(r"\S+")
+_VISIBLE = re.compile(r"\S")
+_DIGIT = re.compile(r"\d")
 
 
 def segment_ends(text: str) -> list[int]:
@@ -79,14 +93,41 @@ def segment_ends(text: str) -> list[int]:
     return ends
 
 
+def numberless(segment: str) -> str:
+    """``segment`` as it is compared: a *stamp* (a segment at least STAMP_DIGIT_SHARE digits,
+    white space aside: the time, a date, a request or session id after its label) with each
+    word that holds a digit written as ``0``, since a frame that stamps each prompt is still
+    one frame; any other segment as it is, so a document re-sent with one figure changed is
+    still an edit. Linear in the text.
+
+    >>> numberless(" 2026-11-01 09:07 UTC.")
+    ' 0 0 UTC.'
+    >>> numberless(" The annual growth rate is 14%.")
+    ' The annual growth rate is 14%.'
+    """
+    digits = len(_DIGIT.findall(segment))
+    if not digits or digits < STAMP_DIGIT_SHARE * len(_VISIBLE.findall(segment)):
+        return segment  # most segments
+    return _WORD.sub(_zero_if_numbered, segment)
+
+
+def _zero_if_numbered(word: re.Match) -> str:
+    return "0" if _DIGIT.search(word.group()) else word.group()
+
+
 def segment_checksums(text: str, ends: Sequence[int]) -> np.ndarray:
-    """CRC-32 of each segment's UTF-8 bytes, white space at its ends aside (uint32): stable
-    across processes, for snapshots. A turn that ended a prompt and is followed by a line break
-    in the next is the same segment."""
+    """CRC-32 of each segment's UTF-8 bytes, white space at its ends aside and, in the prompt's
+    first STAMP_OPENING_CHARS characters, a stamp's numbers as one (:func:`numberless`)
+    (uint32): stable across processes, for snapshots. A turn that ended a prompt and is
+    followed by a line break in the next is the same segment, and so is a frame's opening line
+    that carries the time of each prompt."""
     sums = np.empty(len(ends), dtype=np.uint32)
     start = 0
     for i, end in enumerate(ends):
-        sums[i] = zlib.crc32(text[start:end].strip().encode("utf-8", "surrogatepass"))
+        segment = text[start:end].strip()
+        if start < STAMP_OPENING_CHARS:
+            segment = numberless(segment)
+        sums[i] = zlib.crc32(segment.encode("utf-8", "surrogatepass"))
         start = end
     return sums
 
@@ -216,8 +257,11 @@ __all__ = [
     "BOILERPLATE_MIN_CHARS",
     "MAX_COMPARED_CHARS",
     "MAX_SEGMENTS",
+    "STAMP_DIGIT_SHARE",
+    "STAMP_OPENING_CHARS",
     "TRAILING_MAX_CHARS",
     "BoilerplateMemory",
+    "numberless",
     "read_part",
     "read_streams",
     "read_texts",

@@ -798,6 +798,27 @@ class CampaignLayer:
         level = self._campaign_level(best[0])
         return cached[0] if cached[0].level is level else dataclasses.replace(cached[0], level=level)
 
+    @property
+    def relinks(self) -> int:
+        """How many times which groups form which campaign was dropped for a rebuild: a reader
+        that keeps campaign ids (the stream aggregator's compacted verdicts) looks again when it moves."""
+        return self._relinks
+
+    def campaign_composition(self) -> dict[str, tuple[str, ...]]:
+        """campaign id -> the keys of its groups, sorted, as of now."""
+        self._campaigns()
+        return {cid: tuple(keys) for cid, keys in self._campaign_groups.items()}
+
+    def campaign_accounts(self, campaign_id: str) -> set[str]:
+        """The accounts counted with a campaign now (its groups' members and linked accounts); empty if gone."""
+        self._campaigns()
+        out: set[str] = set()
+        for key in self._campaign_groups.get(campaign_id, ()):
+            group = self.groups[key]
+            out.update(self._active_members(group))
+            out.update(self._linked_members(group))
+        return out
+
     def _campaign_level(self, campaign_id: str) -> Level:
         groups = [self.groups[k] for k in self._campaign_groups[campaign_id]]
         return max(max(g.level for g in groups), self.judge.level_for(max(g.campaign_score for g in groups)))

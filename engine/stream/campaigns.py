@@ -153,6 +153,12 @@ class CampaignAggregator(Worker):
         self.group = f"{config.group_id}.campaigns"
         self.input_topic = config.summaries_topic
         self.output_topic = config.campaign_verdicts_topic
+        # what the compacted verdict topic holds for each account (level, campaign id) as this
+        # process wrote it, and each campaign's groups when last looked at: when groups link or
+        # part, members' campaign ids move and their verdicts are written again (_moved_members)
+        self._written: dict[str, tuple[str, str | None]] = {}
+        self._composition: dict[str, tuple[str, ...]] = {}
+        self._relinks_seen = -1
 
     def topics_needed(self) -> list[str]:
         return [self.input_topic, self.output_topic, self.config.dead_letter_topic]
@@ -189,6 +195,37 @@ class CampaignAggregator(Worker):
             )
         for it, (summary, raised) in zip(good, events, strict=True):
             self._campaign_verdicts(state.engine, it, summary, raised, partition)
+        self._moved_members(state.engine, good[-1], partition)
+
+    def _moved_members(self, engine: Engine, item: _Item, partition: int) -> None:
+        """Write the verdicts again of accounts whose campaign id moved since they were written.
+
+        A verdict names the account's campaign as of the query that raised it. When groups link
+        later (a second template of the same campaign turns hot) the campaign's id can change,
+        and members that send nothing more would keep the old id in the compacted topic: a reader
+        would see one campaign as two. Their level stays as written (levels are sticky; only the
+        campaign moves). Accounts written before this process started are not tracked: their
+        next verdict carries the id."""
+        layer = engine.pipeline.campaigns
+        if layer.relinks == self._relinks_seen:  # type: ignore[union-attr]
+            return
+        self._relinks_seen = layer.relinks  # type: ignore[union-attr]
+        now = layer.campaign_composition()  # type: ignore[union-attr]
+        changed = [cid for cid, keys in now.items() if self._composition.get(cid) != keys]
+        gone = set(self._composition) - set(now)
+        self._composition = now
+        look: set[str] = set()
+        for cid in changed:
+            look |= layer.campaign_accounts(cid)  # type: ignore[union-attr]
+        if gone:
+            look |= {a for a, (_, cid) in self._written.items() if cid in gone}
+        for account in sorted(look):
+            written = self._written.get(account)
+            if written is None:
+                continue
+            mine = layer.summary_for(account)  # type: ignore[union-attr]
+            if (mine.id if mine is not None else None) != written[1]:
+                self._write_verdict(account, Level.parse(written[0]), mine, item, partition)
 
     def _campaign_verdicts(
         self, engine: Engine, item: _Item, summary, raised: dict[str, Level], partition: int
@@ -198,13 +235,16 @@ class CampaignAggregator(Worker):
         if summary is not None:
             levels.setdefault(item.obs.account, summary.level)  # type: ignore[union-attr]
         for account, level in levels.items():
-            mine = layer.summary_for(account)  # type: ignore[union-attr]
-            body = {
-                "schema_version": SCHEMA_VERSION,
-                "account": account,
-                "level": Level(level).value,
-                "campaign": mine.to_dict() if mine is not None else None,
-                "partition": partition,
-                "offset": item.offset,
-            }
-            self._produce(self.output_topic, account.encode("utf-8"), json.dumps(body, separators=(",", ":")).encode())
+            self._write_verdict(account, level, layer.summary_for(account), item, partition)  # type: ignore[union-attr]
+
+    def _write_verdict(self, account: str, level: Level, mine, item: _Item, partition: int) -> None:
+        body = {
+            "schema_version": SCHEMA_VERSION,
+            "account": account,
+            "level": Level(level).value,
+            "campaign": mine.to_dict() if mine is not None else None,
+            "partition": partition,
+            "offset": item.offset,
+        }
+        self._produce(self.output_topic, account.encode("utf-8"), json.dumps(body, separators=(",", ":")).encode())
+        self._written[account] = (body["level"], mine.id if mine is not None else None)

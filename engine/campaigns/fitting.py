@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import CalibrationError
-from .groups import pair_stats_from_sums
+from .groups import member_mean_focus, pair_stats_from_sums
 from .scoring import EVIDENCE_CLIP, MEMBER_BIN_EDGES, MIN_MEMBER_QUERIES, GroupCalibration
 
 LIGHT_ACCOUNT_QUERIES = 50
@@ -81,7 +81,7 @@ def benign_crowd_features(
             for k in crowd:
                 duplicates += len(keys[k] & seen)
                 seen |= keys[k]
-            focus.append(stats.focus)
+            focus.append(member_mean_focus(sums[crowd], counts[crowd], sq_norms[crowd], sums[crowd].sum(axis=0), n))
             between.append(stats.between)
             mean_evidence.append(evidence_sums[crowd].sum() / n)
             mean_elicitation.append(elicitation_sums[crowd].sum() / n)
@@ -96,6 +96,7 @@ def benign_crowd_features(
         "members": np.array(members),
         "duplicate_share": np.array(dup),
         "lookalike": np.array(lookalike),
+        "focus_weighting": "members",
     }
 
 

@@ -14,6 +14,8 @@ similarities``), so each query updates a group in O(d) and judging needs no sear
 
 A shared template adds the same component to every vector and cancels out of the
 difference. :func:`pair_similarities` is the brute-force definition the tests compare with.
+Judging takes the focus member by member (:func:`member_mean_focus`: O(members x d)), so a
+few heavy members do not outweigh many light ones.
 """
 
 from __future__ import annotations
@@ -85,6 +87,29 @@ def pair_stats_from_sums(total: np.ndarray, n: int, member_sq_norms: float, memb
         round(within_pairs),
         round(between_pairs),
     )
+
+
+def member_mean_focus(own: np.ndarray, counts: np.ndarray, sq_norms: np.ndarray, total: np.ndarray, n: int) -> float:
+    """Each member's focus (mean similarity of its own query pairs minus that of its queries
+    with the rest of the group's), averaged with one weight per member: members with at least
+    two queries and a rest to compare with; NaN without any. Rows ``own``: member sums of
+    ``counts`` unit vectors with squared norms ``sq_norms``; ``total``: the group sum of ``n``.
+
+    Pooled over pairs (:func:`pair_stats_from_sums`), a few heavy members own most of the
+    within-member pairs and the many light ones most of the between-member pairs, so a crowd of
+    one app's light users beside a few varied heavy accounts reads as less focused than a dealt
+    pool (a negative focus). One weight per member compares like with like: a dealt pool's
+    members average 0 at every size, benign crowds stay above it."""
+    counts = np.asarray(counts, dtype=np.float64)
+    own = np.asarray(own, dtype=np.float64)
+    rest = n - counts
+    keep = (counts >= 2) & (rest > 0)
+    if not keep.any():
+        return math.nan
+    c, r = counts[keep], rest[keep]
+    within = (np.asarray(sq_norms, dtype=np.float64)[keep] - c) / (c * (c - 1))
+    between = (own[keep] @ np.asarray(total, dtype=np.float64) - np.asarray(sq_norms, dtype=np.float64)[keep]) / (c * r)
+    return float(np.mean(within - between))
 
 
 def member_deviation(own: np.ndarray, counts: np.ndarray, total: np.ndarray, n: int) -> np.ndarray:

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ import numpy as np
 from ..config import EngineConfig
 from ..errors import UnknownCampaignError
 from ..types import CampaignReport, CampaignSummary, Level
-from .groups import Group, MembershipPool, member_deviation, pair_stats_from_sums
+from .groups import Group, MembershipPool, member_deviation, member_mean_focus, pair_stats_from_sums
 from .groups import fingerprint as query_fingerprint
 from .metadata import COINCIDENTAL_META_KEYS, MetadataHasher
 from .scoring import (
@@ -242,13 +242,17 @@ class CampaignLayer:
         ts: Sequence[float | None],
         evidence: np.ndarray,
         sketches: Sequence[tuple[list[int], int] | None] | None = None,
+        read_after: Mapping[int, Sequence[str]] | None = None,
+        read_back: dict[tuple[int, str], CampaignSummary | None] | None = None,
     ) -> list[tuple[CampaignSummary | None, dict[str, Level]]]:
         """Fold a batch in, in order; ``evidence`` is each item's signed per-query score from
         the account detector; ``sketches``, where the caller has them, each prompt's
         ``probes.word_hashes`` (None where it has no prompt). Per item, right after it: its
         account's campaign, and the accounts whose campaign level it raised, with the level
         (the pipeline raises their sticky levels), so a batch reads exactly like its items one
-        at a time."""
+        at a time. ``read_after`` {item: accounts} fills ``read_back`` {(item, account): campaign}
+        with those accounts' campaigns right after that item (for prompts sent again between
+        the batch's items, which the layer does not take in)."""
         elicit = self.elicitation.probability(vectors) if self.elicitation is not None else None
         # probes split across accounts: the index's state depends only on its own prompts, in
         # order, and nothing is forgotten during a batch, so the batch goes through it first
@@ -298,6 +302,9 @@ class CampaignLayer:
                 # a linked account is raised once it has the queries to be tested
                 self._raise_linked(self.groups[key], account, raised)
             out.append((self.summary_for(account), raised))
+            if read_after and read_back is not None:
+                for other in read_after.get(i, ()):
+                    read_back[(i, other)] = self.summary_for(other)
         self._enforce_caps()
         return out
 
@@ -572,11 +579,18 @@ class CampaignLayer:
         starts = self.pool.first_ts[slots[active]]
         starts = starts[np.isfinite(starts)]
         spread = float(np.subtract(*np.quantile(starts, [0.75, 0.25]))) / 3600 if starts.size >= 4 else math.nan
+        if self.judge.calibration.focus_weighting == "members":
+            live = slots[active]
+            focus = member_mean_focus(
+                self.pool.vectors[live], counts[active], self.pool.sq_norms[live], group.total, group.n
+            )
+        else:
+            focus = pairs.focus
         return GroupFeatures(
             members=int(active.sum()),
             accounts_seen=group.accounts_seen,
             queries=group.n,
-            member_focus=pairs.focus,
+            member_focus=focus,
             member_evidence=group.evidence_sum / group.n if group.n else math.nan,
             within_similarity=pairs.within,
             between_similarity=pairs.between,
@@ -647,11 +661,16 @@ class CampaignLayer:
         n = int(counts.sum())
         everything = totals.sum(axis=0)
         pairs = pair_stats_from_sums(everything, n, float(sq_norms.sum()), float((counts**2).sum()))
+        focus = (
+            member_mean_focus(totals, counts, sq_norms, everything, n)
+            if self.judge.calibration.focus_weighting == "members"
+            else pairs.focus
+        )
         pooled = GroupFeatures(
             members=len(accounts),
             accounts_seen=len(accounts),
             queries=n,
-            member_focus=pairs.focus,
+            member_focus=focus,
             within_similarity=pairs.within,
             between_similarity=pairs.between,
             member_evidence=sum(x.evidence_sum for x in links) / n,
@@ -671,7 +690,7 @@ class CampaignLayer:
         cal = self.judge.calibration
         tolerance = float(cal.focus_median[0] - cal.focus_q01[0])
         for account, member_focus in zip(accounts, (within - between).tolist(), strict=True):
-            if not member_focus > pairs.focus + tolerance and raised.get(account, Level.OK) < level:
+            if not member_focus > focus + tolerance and raised.get(account, Level.OK) < level:
                 raised[account] = level
 
     # -- campaigns ------------------------------------------------------------------------

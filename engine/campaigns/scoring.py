@@ -100,7 +100,9 @@ class GroupFeatures:
     members: int  # members with at least MIN_MEMBER_QUERIES of the group's queries
     accounts_seen: int
     queries: int
-    member_focus: float  # mean within-member minus between-member query similarity
+    member_focus: (
+        float  # within-member minus between-member query similarity, per member, averaged (see GroupCalibration)
+    )
     within_similarity: float
     between_similarity: float
     member_evidence: float  # mean per-query score (signed) the account detector gave these queries
@@ -134,13 +136,24 @@ class GroupCalibration:
         "elicitation_q99",
     )
 
+    # how member focus is averaged (groups.member_mean_focus, one weight per member, since 0.22.0;
+    # calibration files before it hold tables of the pair-weighted focus, PairStats.focus, and
+    # are read that way: groups are measured as their tables were)
+    FOCUS_WEIGHTINGS = ("pairs", "members")
+
     def __init__(
         self,
         tables: dict[str, np.ndarray],
         max_scores: np.ndarray,
         source: str = "",
         joint_max_scores: np.ndarray | None = None,
+        focus_weighting: str = "members",
     ):
+        if focus_weighting not in self.FOCUS_WEIGHTINGS:
+            raise CalibrationError(
+                f"group calibration focus weighting must be one of {self.FOCUS_WEIGHTINGS}; got {focus_weighting!r}"
+            )
+        self.focus_weighting = focus_weighting
         for name in self.TABLES:
             table = np.asarray(tables[name], dtype=np.float64)
             if table.shape != (N_MEMBER_BINS,) or not np.isfinite(table).all():
@@ -205,9 +218,12 @@ class GroupCalibration:
                 donor = populated[np.argmin(np.abs(populated - b))]
                 for table in tables.values():
                     table[b] = table[donor]
-        draft = cls(tables, np.zeros(10), source)
+        weighting = str(crowds.get("focus_weighting", "members"))
+        draft = cls(tables, np.zeros(10), source, focus_weighting=weighting)
         lines = (focus[ok], between[ok], evidence[ok], elicitation[ok], members[ok], duplicate_share[ok])
-        return cls(tables, draft.score(*lines), source, joint_max_scores=draft.joint_score(*lines))
+        return cls(
+            tables, draft.score(*lines), source, joint_max_scores=draft.joint_score(*lines), focus_weighting=weighting
+        )
 
     def coordination(self, focus, members) -> np.ndarray:
         """Focus deficit against benign groups of the size, in benign spreads (0 = as
@@ -275,13 +291,25 @@ class GroupCalibration:
         out["group_max_scores"] = self.max_scores
         if self.joint_tail is not None:
             out["group_joint_max_scores"] = self.joint_tail.max_scores
+        out["group_focus_weighting"] = np.array(self.FOCUS_WEIGHTINGS.index(self.focus_weighting), dtype=np.int8)
         return out
 
     @classmethod
     def from_arrays(cls, arrays, source: str = "") -> GroupCalibration:
         tables = {name: np.asarray(arrays[f"group_{name}"]) for name in cls.TABLES}
         joint = np.asarray(arrays["group_joint_max_scores"]) if "group_joint_max_scores" in arrays else None
-        return cls(tables, np.asarray(arrays["group_max_scores"]), source, joint_max_scores=joint)
+        weighting = "pairs"  # files before 0.22.0
+        if "group_focus_weighting" in arrays:
+            code = np.asarray(arrays["group_focus_weighting"])
+            if code.shape != () or int(code) not in range(len(cls.FOCUS_WEIGHTINGS)):
+                raise CalibrationError(
+                    f"group_focus_weighting must be one number in 0..{len(cls.FOCUS_WEIGHTINGS) - 1}; "
+                    f"got {code.tolist()!r}"
+                )
+            weighting = cls.FOCUS_WEIGHTINGS[int(code)]
+        return cls(
+            tables, np.asarray(arrays["group_max_scores"]), source, joint_max_scores=joint, focus_weighting=weighting
+        )
 
 
 class GroupJudge:

@@ -181,6 +181,16 @@ class Pipeline:
         )
         new: list[Verdict] = []
         raised_by_item: list[dict[str, Level]] = []  # what each new item's campaign step raised
+        # a repeat after new items names its account's campaign as of right after the last of
+        # them (another account's query can put it in a campaign without raising its level)
+        read_after: dict[int, list[str]] = {}
+        read_back: dict[tuple[int, str], Any] = {}
+        kept_before = 0
+        for i, account in enumerate(accounts):
+            if not repeats[i]:
+                kept_before += 1
+            elif kept_before:
+                read_after.setdefault(kept_before - 1, []).append(account)
         if keep:
             kept_accounts = [accounts[i] for i in keep]
             kept = step.subset(keep)
@@ -196,6 +206,8 @@ class Pipeline:
                     new,
                     kept.sketches,
                     raised_by_item,
+                    read_after,
+                    read_back,
                 )
         self.repeats += len(accounts) - len(keep)
         out: list[Verdict] = []
@@ -212,9 +224,10 @@ class Pipeline:
                 continue
             v = latest.get(account) or standing[i]
             level = max(v.level, raised_so_far.get(account, Level.OK))
+            if k and (k - 1, account) in read_back:
+                v = dataclasses.replace(v, campaign=read_back[(k - 1, account)])
             if level is not v.level:  # its campaign turned hot earlier in the batch
-                campaign = v.campaign or self.campaigns.summary_for(account)
-                v = dataclasses.replace(v, level=level, flagged=level is Level.FLAG, campaign=campaign)
+                v = dataclasses.replace(v, level=level, flagged=level is Level.FLAG)
             out.append(dataclasses.replace(v, repeat=True))
         return out
 
@@ -264,12 +277,14 @@ class Pipeline:
         verdicts: list[Verdict],
         sketches=None,
         raised_by_item: list[dict[str, Level]] | None = None,
+        read_after=None,
+        read_back=None,
     ) -> list[Verdict]:
         """Fold the batch into the campaign layer, raise the members of campaigns that became
         hot (their sticky level), and give each verdict its account's campaign as of its item;
         ``raised_by_item`` (a list to fill) gets the accounts each item raised, with the level."""
         events = self.campaigns.observe(
-            accounts, np.asarray(vectors, dtype=np.float32), texts, metas, ts, evidence, sketches
+            accounts, np.asarray(vectors, dtype=np.float32), texts, metas, ts, evidence, sketches, read_after, read_back
         )
         raised_so_far: dict[str, Level] = {}
         out = []

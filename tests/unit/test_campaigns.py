@@ -18,6 +18,7 @@ from probewatch.campaigns.groups import (
     exchangeable_spread,
     fingerprint,
     member_deviation,
+    member_mean_focus,
     pair_similarities,
     pair_stats_from_sums,
 )
@@ -119,6 +120,55 @@ def test_member_focus_separates_dealt_out_pools_from_own_topics():
     own = [unit_rows(c + 0.6 * rng.standard_normal((20, DIM))) for c in centres]
     assert abs(pair_similarities(dealt).focus) < 0.02
     assert pair_similarities(own).focus > 0.2
+
+
+def _focus_by_member(members):
+    """Brute force: each member's own pairs' mean minus its pairs with the others', averaged over members."""
+    out = []
+    for i, a in enumerate(members):
+        a = np.asarray(a, dtype=np.float64)
+        rest = np.concatenate([m for j, m in enumerate(members) if j != i]).astype(np.float64)
+        if a.shape[0] < 2 or rest.shape[0] == 0:
+            continue
+        own = a @ a.T
+        within = (own.sum() - np.trace(own)) / (a.shape[0] * (a.shape[0] - 1))
+        out.append(within - float((a @ rest.T).mean()))
+    return float(np.mean(out)) if out else math.nan
+
+
+@pytest.mark.parametrize("sizes", [(2, 2), (3, 1, 4), (5, 5, 5, 5), (2, 7, 1, 3, 9), (1, 1)])
+def test_member_mean_focus_equals_brute_force(sizes):
+    rng = np.random.default_rng(10 + sum(sizes))
+    members = [unit_rows(rng.standard_normal((n, DIM))) for n in sizes]
+    sums = np.stack([m.astype(np.float64).sum(axis=0) for m in members])
+    fast = member_mean_focus(
+        sums, np.array(sizes), np.einsum("ij,ij->i", sums, sums), sums.sum(axis=0), int(sum(sizes))
+    )
+    slow = _focus_by_member(members)
+    assert (math.isnan(fast) and math.isnan(slow)) or abs(fast - slow) < 1e-6  # float32 unit rows
+
+
+def test_member_mean_focus_is_not_pulled_below_a_dealt_pool_by_a_few_heavy_members():
+    """One app's light users (one template, each with its own documents) beside a few varied
+    heavy accounts: pooled over pairs, the heavy accounts own the within-member pairs and the
+    light ones the between-member pairs, and the crowd reads as less focused than a dealt pool.
+    One weight per member keeps it above the pool's 0."""
+    rng = np.random.default_rng(3)
+    template = rng.standard_normal(DIM) * 3.0
+    light = [unit_rows(template + rng.standard_normal(DIM) + 0.8 * rng.standard_normal((3, DIM))) for _ in range(60)]
+    heavy = [unit_rows(rng.standard_normal((50, DIM))) for _ in range(4)]  # varied: no topic of their own
+    crowd = light + heavy
+
+    def by_members(blocks):
+        sums = np.stack([b.astype(np.float64).sum(axis=0) for b in blocks])
+        counts = np.array([len(b) for b in blocks])
+        return member_mean_focus(sums, counts, np.einsum("ij,ij->i", sums, sums), sums.sum(axis=0), int(counts.sum()))
+
+    pool = unit_rows(rng.standard_normal((600, DIM)))
+    dealt = [pool[i::60] for i in range(60)]
+    assert pair_similarities(crowd).focus < pair_similarities(dealt).focus - 0.02  # the pooled reading's artefact
+    assert by_members(crowd) > 0.1
+    assert abs(by_members(dealt)) < 0.02
 
 
 def test_member_deviation_equals_its_definition():
@@ -280,9 +330,26 @@ def test_group_calibration_round_trips_and_rejects_bad_tables():
     again = GroupCalibration.from_arrays(cal.to_arrays())
     assert again.threshold_for(1e-3) == cal.threshold_for(1e-3)
     np.testing.assert_array_equal(again.focus_q01, cal.focus_q01)
+    assert again.focus_weighting == cal.focus_weighting
     bad = {**cal.to_arrays(), "group_focus_median": np.zeros(3)}
     with pytest.raises(pw.CalibrationError, match="focus_median"):
         GroupCalibration.from_arrays(bad)
+    for code in (np.array(7, dtype=np.int8), np.array([1, 1], dtype=np.int8)):
+        with pytest.raises(pw.CalibrationError, match="group_focus_weighting"):
+            GroupCalibration.from_arrays({**cal.to_arrays(), "group_focus_weighting": code})
+
+
+def test_a_calibration_before_member_weighting_measures_groups_as_its_tables_were():
+    """Tables fitted on pair-weighted focus (files before 0.22.0) are read with it: the layer
+    measures a group's focus the way its calibration measured the benign crowds."""
+    fitted = _fitted_group_calibration()
+    assert fitted.focus_weighting == "members"
+    arrays = {k: v for k, v in fitted.to_arrays().items() if k != "group_focus_weighting"}
+    assert GroupCalibration.from_arrays(arrays).focus_weighting == "pairs"
+    with pytest.raises(pw.CalibrationError, match="focus weighting"):
+        GroupCalibration(
+            {name: getattr(fitted, name) for name in GroupCalibration.TABLES}, fitted.max_scores, focus_weighting="x"
+        )
 
 
 def test_benign_crowds_are_member_focused_and_fit_a_calibration():

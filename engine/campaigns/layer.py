@@ -579,13 +579,10 @@ class CampaignLayer:
         starts = self.pool.first_ts[slots[active]]
         starts = starts[np.isfinite(starts)]
         spread = float(np.subtract(*np.quantile(starts, [0.75, 0.25]))) / 3600 if starts.size >= 4 else math.nan
-        if self.judge.calibration.focus_weighting == "members":
-            live = slots[active]
-            focus = member_mean_focus(
-                self.pool.vectors[live], counts[active], self.pool.sq_norms[live], group.total, group.n
-            )
-        else:
-            focus = pairs.focus
+        live = slots[active]
+        focus = self._focus(
+            self.pool.vectors[live], counts[active], self.pool.sq_norms[live], group.total, group.n, pairs
+        )
         return GroupFeatures(
             members=int(active.sum()),
             accounts_seen=group.accounts_seen,
@@ -598,6 +595,13 @@ class CampaignLayer:
             elicitation_rate=group.elicitation_sum / group.n if group.n and self.elicitation is not None else math.nan,
             start_spread_hours=spread,
         )
+
+    def _focus(self, own, counts, sq_norms, total, n: int, pairs) -> float:
+        """A group's member focus as its calibration measured the benign crowds: one weight per
+        member (:func:`member_mean_focus`), or pooled over pairs (calibrations before 0.22.0)."""
+        if self.judge.calibration.focus_weighting == "members":
+            return member_mean_focus(own, counts, sq_norms, total, n)
+        return pairs.focus
 
     def is_common(self, group: Group) -> bool:
         """A metadata value shared by more than ``campaign_common_meta_share`` of every account
@@ -661,11 +665,7 @@ class CampaignLayer:
         n = int(counts.sum())
         everything = totals.sum(axis=0)
         pairs = pair_stats_from_sums(everything, n, float(sq_norms.sum()), float((counts**2).sum()))
-        focus = (
-            member_mean_focus(totals, counts, sq_norms, everything, n)
-            if self.judge.calibration.focus_weighting == "members"
-            else pairs.focus
-        )
+        focus = self._focus(totals, counts, sq_norms, everything, n, pairs)
         pooled = GroupFeatures(
             members=len(accounts),
             accounts_seen=len(accounts),

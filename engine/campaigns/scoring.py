@@ -100,9 +100,7 @@ class GroupFeatures:
     members: int  # members with at least MIN_MEMBER_QUERIES of the group's queries
     accounts_seen: int
     queries: int
-    member_focus: (
-        float  # within-member minus between-member query similarity, per member, averaged (see GroupCalibration)
-    )
+    member_focus: float  # within- minus between-member query similarity, averaged over members
     within_similarity: float
     between_similarity: float
     member_evidence: float  # mean per-query score (signed) the account detector gave these queries

@@ -448,7 +448,7 @@ class CampaignLayer:
         focus no higher than the group's by more than the benign spread of small crowds and,
         where bystanders share the indicator by chance, a mean as dealt from the pool."""
         cal = self.judge.calibration
-        tolerance = float(cal.focus_median[0] - cal.focus_q01[0])
+        tolerance = cal.member_focus_tolerance()
         fits = ~(focus > group.pair_stats().focus + tolerance)
         if shared_by_chance(group) and self.member_spread is not None:
             fits &= ~(member_deviation(own, counts, total, n) > 1.0 + MEMBER_DEVIATION_Z * self.member_spread)
@@ -688,7 +688,7 @@ class CampaignLayer:
             within = (sq_norms - counts) / (counts * (counts - 1))
             between = (totals @ everything - np.einsum("ij,ij->i", totals, totals)) / (counts * (n - counts))
         cal = self.judge.calibration
-        tolerance = float(cal.focus_median[0] - cal.focus_q01[0])
+        tolerance = cal.member_focus_tolerance()
         for account, member_focus in zip(accounts, (within - between).tolist(), strict=True):
             if not member_focus > focus + tolerance and raised.get(account, Level.OK) < level:
                 raised[account] = level

@@ -231,6 +231,15 @@ class GroupCalibration:
         z = Z_AT_Q01 * (med - np.asarray(focus, dtype=np.float64)) / np.maximum(med - q01, 1e-6)
         return np.where(np.isfinite(z), np.maximum(z, 0.0), 0.0)
 
+    def member_focus_tolerance(self) -> float:
+        """How far one member's focus may sit above its group's and still count as dealt from
+        the group's pool: the benign spread (median to 1st percentile) of the smallest crowds,
+        two accounts. Averaged one weight per member, a two-account crowd's focus is the mean of
+        two members' and spreads 1/sqrt(2) as far as one member's, so the spread is scaled back
+        up; pooled over pairs, the heavier account's pairs dominate and it stands for one."""
+        spread = float(self.focus_median[0] - self.focus_q01[0])
+        return spread * math.sqrt(2.0) if self.focus_weighting == "members" else spread
+
     def content(self, between, evidence, elicitation, members) -> np.ndarray:
         """How extraction-like the members' queries are, on benign crowds' scales (2.33 = the
         benign 1st or 99th percentile), by the strongest of three signals:

@@ -339,6 +339,16 @@ def test_group_calibration_round_trips_and_rejects_bad_tables():
             GroupCalibration.from_arrays({**cal.to_arrays(), "group_focus_weighting": code})
 
 
+def test_one_members_focus_may_spread_as_far_as_one_member_not_a_two_member_mean():
+    """The member test's tolerance is the benign spread of two-account crowds; averaged one
+    weight per member that spread is of a mean of two, so one member is allowed sqrt(2) of it."""
+    fitted = _fitted_group_calibration()
+    spread = float(fitted.focus_median[0] - fitted.focus_q01[0])
+    assert fitted.member_focus_tolerance() == pytest.approx(spread * math.sqrt(2.0))
+    older = GroupCalibration.from_arrays({k: v for k, v in fitted.to_arrays().items() if k != "group_focus_weighting"})
+    assert older.member_focus_tolerance() == pytest.approx(spread)
+
+
 def test_a_calibration_before_member_weighting_measures_groups_as_its_tables_were():
     """Tables fitted on pair-weighted focus (files before 0.22.0) are read with it: the layer
     measures a group's focus the way its calibration measured the benign crowds."""

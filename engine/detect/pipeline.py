@@ -186,7 +186,7 @@ class Pipeline:
         read_after: dict[int, list[str]] = {}
         read_back: dict[tuple[int, str], Any] = {}
         kept_before = 0
-        for i, account in enumerate(accounts):
+        for i, account in enumerate(accounts if self.campaigns is not None else ()):
             if not repeats[i]:
                 kept_before += 1
             elif kept_before:

@@ -156,7 +156,7 @@ class CampaignAggregator(Worker):
         # what the compacted verdict topic holds for each account (level, campaign id) as this
         # process wrote it, and each campaign's groups when last looked at: when groups link or
         # part, members' campaign ids move and their verdicts are written again (_moved_members)
-        self._written: dict[str, tuple[str, str | None]] = {}
+        self._written: dict[str, tuple[Level, str | None]] = {}
         self._composition: dict[str, tuple[str, ...]] = {}
         self._relinks_seen = -1
 
@@ -225,7 +225,7 @@ class CampaignAggregator(Worker):
                 continue
             mine = layer.summary_for(account)  # type: ignore[union-attr]
             if (mine.id if mine is not None else None) != written[1]:
-                self._write_verdict(account, Level.parse(written[0]), mine, item, partition)
+                self._write_verdict(account, written[0], mine, item, partition)
 
     def _campaign_verdicts(
         self, engine: Engine, item: _Item, summary, raised: dict[str, Level], partition: int
@@ -247,4 +247,4 @@ class CampaignAggregator(Worker):
             "offset": item.offset,
         }
         self._produce(self.output_topic, account.encode("utf-8"), json.dumps(body, separators=(",", ":")).encode())
-        self._written[account] = (body["level"], mine.id if mine is not None else None)
+        self._written[account] = (Level(level), mine.id if mine is not None else None)

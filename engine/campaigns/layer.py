@@ -37,6 +37,7 @@ from .scoring import (
     GroupCalibration,
     GroupFeatures,
     GroupJudge,
+    held_score,
 )
 from .split_probes import SplitProbes
 from .templates import template_anchors
@@ -619,13 +620,18 @@ class CampaignLayer:
         # a group nobody joins by chance may add its two lines; one bystanders can share (a payload
         # region, an address, a user agent) needs each on its own
         joint = not shared_by_chance(group)
-        score, risk = (0.0, 0.0) if self.is_common(group) else self.judge.judge(features, joint=joint)
+        common = self.is_common(group)
+        score, risk = (0.0, 0.0) if common else self.judge.judge(features, joint=joint)
+        held = float(held_score(score, group.score))  # a level takes two looks in a row past its line
         group.score, group.risk = score, risk
         if group.level > Level.OK:
-            self._hot_changed(relinked=False)
-        if score > group.peak_score:
-            group.peak_score = score
-            level = self.judge.level_for(score)
+            # a hot group that turned common (more accounts seen) links nobody any more, and one
+            # that stopped being common links again: the campaign map is stale either way
+            stale = self._campaign_of is not None and (group.key in self._campaign_of) == common
+            self._hot_changed(relinked=stale)
+        if held > group.peak_score:
+            group.peak_score = held
+            level = self.judge.level_for(held)
             if level > group.level:
                 if level is Level.FLAG:
                     group.flagged_at_n = group.n

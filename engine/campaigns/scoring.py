@@ -58,6 +58,16 @@ def joint_evidence(coordination, content) -> np.ndarray:
     return np.where(weaker >= Z_AT_Q01, np.maximum(added, np.maximum(a, b)), weaker)
 
 
+def held_score(score, previous):
+    """The score a group holds after a judgement: the lower of this look's and the last one's.
+    A growing group is judged again and again (:func:`~.groups.judgement_due`) and keeps its
+    level at its peak, while the lines are fitted on one look per benign crowd; a look of a few
+    light members can land past a line by chance (at a member-count bin's edge, against tables
+    fitted on deeper histories) and drop back at the next. A campaign's evidence stays past it,
+    so a level is reached on two looks in a row."""
+    return np.minimum(score, previous)
+
+
 class ScoreTail:
     """Benign groups' score maxima, and an exponential tail fitted past their top
     TAIL_FRACTION: the share of benign groups that reach a score, and its inverse."""

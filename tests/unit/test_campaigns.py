@@ -430,6 +430,84 @@ def feed(engine, accounts, vectors, prompts, metas, batch=16):
     return out
 
 
+def scripted_payment_group(calibration_path, topics, monkeypatch, looks):
+    """hydra_traffic through an engine whose judge gives the campaign's payment group the scores
+    ``looks(i, flag, watch)`` at its i-th judgement and every other group 0: (engine, group,
+    verdicts). No value counts as common (half the accounts share the card)."""
+    engine = make_engine(calibration_path, campaign_common_meta_share=1.0)
+    layer = engine.pipeline.campaigns
+    flag, watch = layer.judge.flag_threshold, layer.judge.watch_threshold
+    current, count = [None], [0]
+    original = layer._judge
+
+    def judging(group, raised):
+        current[0] = group
+        original(group, raised)
+
+    def scripted(features, joint=False):
+        if (current[0].kind, current[0].label) != ("meta", "payment"):
+            return 0.0, 0.0
+        count[0] += 1
+        return looks(count[0] - 1, flag, watch), 0.5
+
+    monkeypatch.setattr(layer, "_judge", judging)
+    monkeypatch.setattr(layer.judge, "judge", scripted)
+    verdicts = feed(engine, *hydra_traffic(topics))
+    (group,) = [g for g in layer.groups.values() if (g.kind, g.label) == ("meta", "payment")]
+    assert count[0] >= 8  # judged again and again as it grew
+    return engine, group, verdicts
+
+
+def test_a_group_reaches_a_level_only_on_two_looks_in_a_row_past_its_line(calibration_path, topics, monkeypatch):
+    """A growing group is judged at every few queries; one look past the flag line between two
+    below it (a few light members landing there by chance) raises nothing, while two in a row
+    raise the group and its members, and the level then stays at that peak."""
+    _, spiky, verdicts = scripted_payment_group(
+        calibration_path, topics, monkeypatch, lambda i, flag, watch: flag + 1.0 if i % 2 else 0.0
+    )
+    assert spiky.level is pw.Level.OK and spiky.peak_score == 0.0 and spiky.score in (0.0, pytest.approx(0))
+    assert not any(v.campaign is not None for v in verdicts)
+
+    def twice_at_watch_then_twice_at_flag(i, flag, watch):
+        return {2: watch + 0.1, 3: watch + 0.1, 6: flag + 0.5, 7: flag + 0.5}.get(i, 0.0)
+
+    engine, steady, verdicts = scripted_payment_group(
+        calibration_path, topics, monkeypatch, twice_at_watch_then_twice_at_flag
+    )
+    assert steady.level is pw.Level.FLAG and steady.peak_score == pytest.approx(
+        engine.pipeline.campaigns.judge.flag_threshold + 0.5
+    )
+    members = {v.account for v in verdicts if v.campaign is not None and v.campaign.level == "flag"}
+    assert members and all(a.startswith("hydra-") for a in members)
+
+    # one look past flag right after one past watch holds watch, not flag
+    _, once, _ = scripted_payment_group(
+        calibration_path, topics, monkeypatch, lambda i, flag, watch: {2: watch + 0.1, 3: flag + 1.0}.get(i, 0.0)
+    )
+    assert once.level is pw.Level.WATCH
+
+
+def test_a_hot_group_that_turns_common_leaves_its_campaign(calibration_path, topics, monkeypatch):
+    """Once more accounts share a hot group's metadata value than campaign_common_meta_share of
+    every account seen, it links nobody: the campaign map drops it at its next judgement, as an
+    engine restored from a snapshot (which builds the map afresh) would."""
+    engine, group, _ = scripted_payment_group(calibration_path, topics, monkeypatch, lambda i, flag, watch: flag + 1.0)
+    layer = engine.pipeline.campaigns
+    assert group.level is pw.Level.FLAG and group.key in layer._campaigns()
+    # the default share: half the accounts share the card
+    layer.config = dataclasses.replace(layer.config, campaign_common_meta_share=0.05)
+    assert layer.is_common(group)
+    member = next(a for a in group.members if a.startswith("hydra-"))
+    feed(
+        engine,
+        [member] * 8,
+        unit_rows(np.random.default_rng(2).standard_normal((8, DIM))),
+        [None] * 8,
+        [{"payment": "pm-shared"}] * 8,
+    )
+    assert group.key not in layer._campaigns()
+
+
 def test_only_groups_nobody_joins_by_chance_add_their_two_lines(calibration_path, topics, monkeypatch):
     from probewatch.campaigns.layer import shared_by_chance
 
@@ -604,8 +682,9 @@ def test_members_of_a_coincidental_group_reach_flag_only_with_16_of_its_queries(
     of a hot payload region or metadata group reaches flag only with MIN_FLAGGED_MEMBER_QUERIES
     of the group's queries; before that it is linked and at watch. Here the campaign's members
     share nothing but a rare user agent and their pool (no wrapper, no card), with group
-    thresholds loose enough that those groups flag; without the hold the same traffic flags
-    members from fewer queries."""
+    thresholds loose enough that those groups flag (and no user agent counted as common, as it
+    would be here among 40 accounts, so the group is judged as its evidence grows); without the
+    hold the same traffic flags members from fewer queries."""
     from probewatch.campaigns import layer
 
     accounts, vectors, prompts, metas = hydra_traffic(topics, seed=7, members=20, per_member=20, crowd=20)
@@ -617,7 +696,9 @@ def test_members_of_a_coincidental_group_reach_flag_only_with_16_of_its_queries(
     def member_flags(hold: bool) -> list:
         if not hold:
             monkeypatch.setattr(layer, "MIN_FLAGGED_MEMBER_QUERIES", layer.MIN_TESTED_MEMBER_QUERIES)
-        engine = make_engine(calibration_path, campaign_fpr_share=1.0, target_fpr=0.01, watch_fpr=0.1)
+        engine = make_engine(
+            calibration_path, campaign_fpr_share=1.0, target_fpr=0.01, watch_fpr=0.1, campaign_common_meta_share=1.0
+        )
         verdicts = feed(engine, accounts, vectors, prompts, metas)
         hot = {(g.kind, g.label) for g in engine.pipeline.campaigns.groups.values() if g.level is pw.Level.FLAG}
         assert ("meta", "user_agent") in hot and all(kind in ("meta", "payload") for kind, _ in hot)
@@ -706,7 +787,10 @@ def test_an_account_outside_a_hot_group_is_raised_by_two_linked_prompts_not_one(
     such prompt (a person who happened to ask a question a campaign varies) is not enough."""
     rng = np.random.default_rng(5)
     (accounts, vectors, prompts, metas), seeds = split_probe_traffic(topics, rng)
-    engine = make_engine(calibration_path, campaign_fpr_share=1.0, target_fpr=0.01, watch_fpr=0.1)
+    # the rare agent would count as common among these 40 accounts (as in the hold test)
+    engine = make_engine(
+        calibration_path, campaign_fpr_share=1.0, target_fpr=0.01, watch_fpr=0.1, campaign_common_meta_share=1.0
+    )
     feed(engine, accounts, vectors, prompts, metas)
     layer = engine.pipeline.campaigns
     (agent,) = [g for g in layer.groups.values() if (g.kind, g.label) == ("meta", "user_agent")]

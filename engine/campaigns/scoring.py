@@ -60,8 +60,9 @@ def joint_evidence(coordination, content) -> np.ndarray:
 
 def held_score(score, previous):
     """The score a group holds after a judgement: the lower of this look's and the last one's.
-    A growing group is judged again and again (:func:`~.groups.judgement_due`) and keeps its
-    level at its peak, while the lines are fitted on one look per benign crowd; a look of a few
+    A growing group is judged again and again (``CampaignLayer``: every JUDGE_EVERY of its
+    queries or a sixteenth, and at each new member while it is small) and keeps its level at its
+    peak, while the lines are fitted on one look per benign crowd; a look of a few
     light members can land past a line by chance (at a member-count bin's edge, against tables
     fitted on deeper histories) and drop back at the next. A campaign's evidence stays past it,
     so a level is reached on two looks in a row."""

@@ -89,27 +89,33 @@ def pair_stats_from_sums(total: np.ndarray, n: int, member_sq_norms: float, memb
     )
 
 
+def member_focuses(own: np.ndarray, counts: np.ndarray, sq_norms: np.ndarray, total: np.ndarray, n: int) -> np.ndarray:
+    """Each member's focus: the mean similarity of its own query pairs minus that of its
+    queries with the rest of the group's. Rows ``own``: member sums of ``counts`` unit vectors
+    with squared norms ``sq_norms``; ``total``: the group sum of ``n``. NaN for a member with
+    fewer than two queries or no rest to compare with."""
+    counts = np.asarray(counts, dtype=np.float64)
+    sq_norms = np.asarray(sq_norms, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        within = (sq_norms - counts) / (counts * (counts - 1))
+        between = (np.asarray(own, dtype=np.float64) @ np.asarray(total, dtype=np.float64) - sq_norms) / (
+            counts * (n - counts)
+        )
+    return np.where((counts >= 2) & (counts < n), within - between, np.nan)
+
+
 def member_mean_focus(own: np.ndarray, counts: np.ndarray, sq_norms: np.ndarray, total: np.ndarray, n: int) -> float:
-    """Each member's focus (mean similarity of its own query pairs minus that of its queries
-    with the rest of the group's), averaged with one weight per member: members with at least
-    two queries and a rest to compare with; NaN without any. Rows ``own``: member sums of
-    ``counts`` unit vectors with squared norms ``sq_norms``; ``total``: the group sum of ``n``.
+    """:func:`member_focuses` averaged with one weight per member (members with two queries or
+    more and a rest to compare with); NaN without any.
 
     Pooled over pairs (:func:`pair_stats_from_sums`), a few heavy members own most of the
     within-member pairs and the many light ones most of the between-member pairs, so a crowd of
     one app's light users beside a few varied heavy accounts reads as less focused than a dealt
     pool (a negative focus). One weight per member compares like with like: a dealt pool's
     members average 0 at every size, benign crowds stay above it."""
-    counts = np.asarray(counts, dtype=np.float64)
-    own = np.asarray(own, dtype=np.float64)
-    rest = n - counts
-    keep = (counts >= 2) & (rest > 0)
-    if not keep.any():
-        return math.nan
-    c, r = counts[keep], rest[keep]
-    within = (np.asarray(sq_norms, dtype=np.float64)[keep] - c) / (c * (c - 1))
-    between = (own[keep] @ np.asarray(total, dtype=np.float64) - np.asarray(sq_norms, dtype=np.float64)[keep]) / (c * r)
-    return float(np.mean(within - between))
+    focus = member_focuses(own, counts, sq_norms, total, n)
+    kept = focus[np.isfinite(focus)]
+    return float(np.mean(kept)) if kept.size else math.nan
 
 
 def member_deviation(own: np.ndarray, counts: np.ndarray, total: np.ndarray, n: int) -> np.ndarray:

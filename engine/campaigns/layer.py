@@ -27,7 +27,7 @@ import numpy as np
 from ..config import EngineConfig
 from ..errors import UnknownCampaignError
 from ..types import CampaignReport, CampaignSummary, Level
-from .groups import Group, MembershipPool, member_deviation, member_mean_focus, pair_stats_from_sums
+from .groups import Group, MembershipPool, member_deviation, member_focuses, member_mean_focus, pair_stats_from_sums
 from .groups import fingerprint as query_fingerprint
 from .metadata import COINCIDENTAL_META_KEYS, MetadataHasher
 from .scoring import (
@@ -690,12 +690,10 @@ class CampaignLayer:
         level = self.judge.level_for(score)
         if level is Level.OK:
             return
-        with np.errstate(invalid="ignore", divide="ignore"):
-            within = (sq_norms - counts) / (counts * (counts - 1))
-            between = (totals @ everything - np.einsum("ij,ij->i", totals, totals)) / (counts * (n - counts))
-        cal = self.judge.calibration
-        tolerance = cal.member_focus_tolerance()
-        for account, member_focus in zip(accounts, (within - between).tolist(), strict=True):
+        tolerance = self.judge.calibration.member_focus_tolerance()
+        for account, member_focus in zip(
+            accounts, member_focuses(totals, counts, sq_norms, everything, n).tolist(), strict=True
+        ):
             if not member_focus > focus + tolerance and raised.get(account, Level.OK) < level:
                 raised[account] = level
 
@@ -771,11 +769,8 @@ class CampaignLayer:
             return active
         active &= counts >= member_min_queries(group)
         own = pool.vectors[slots].astype(np.float64)
-        rest = group.total[None, :] - own
-        with np.errstate(invalid="ignore", divide="ignore"):
-            within = (pool.sq_norms[slots] - counts) / (counts * (counts - 1))
-            between = (own * rest).sum(axis=1) / (counts * (group.n - counts))
-        return active & self._fit_tests(group, own, counts, within - between, group.total, group.n)
+        focus = member_focuses(own, counts, pool.sq_norms[slots], group.total, group.n)
+        return active & self._fit_tests(group, own, counts, focus, group.total, group.n)
 
     def suspected(self, account: str) -> bool:
         """Whether the account is in a group at ``watch`` or above (it may not teach the tables)."""

@@ -9,17 +9,24 @@ groups are built from them, two ways, at every member count the judge uses:
 
 Each member contributes a random run of at most :data:`LIGHT_ACCOUNT_QUERIES` consecutive
 queries, because campaign members are light accounts. Nothing here sees attack traffic.
+
+Probe links (:mod:`.split_probes`) are measured on the benign accounts as they were sent, not
+on made-up crowds: :func:`benign_probe_linked` replays their prompts through the cross-account
+search in time order and counts the accounts that would be probers there.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 
+from ..detect.probes import word_hashes
 from ..errors import CalibrationError
 from .groups import member_mean_focus, pair_stats_from_sums
 from .scoring import EVIDENCE_CLIP, MEMBER_BIN_EDGES, MIN_MEMBER_QUERIES, GroupCalibration
+from .split_probes import MIN_LINKED_PROMPTS, SplitProbes
 
 LIGHT_ACCOUNT_QUERIES = 50
 CROWDS_PER_SIZE = 120
@@ -100,6 +107,33 @@ def benign_crowd_features(
     }
 
 
+def benign_probe_linked(
+    accounts: Sequence[str], texts: Sequence[str], read: Sequence[str] | None = None, memory: int = 100_000
+) -> tuple[int, int]:
+    """(probers, accounts) of benign traffic: the accounts with MIN_MEMBER_QUERIES or more
+    prompts, and how many of them sent MIN_LINKED_PROMPTS prompts as probes (the later prompt of
+    a link: an uncentred variant of a prompt nobody sent, whose near neighbours other accounts
+    sent), as :class:`SplitProbes` with ``memory`` remembered prompts finds them when the
+    prompts arrive in the order given (time order). ``read``: what the word rules read of each
+    prompt (the prompt without the boilerplate it shares, as the engine reads it live)."""
+    if read is not None and len(read) != len(texts):
+        raise ValueError(f"benign_probe_linked needs one read text per prompt; got {len(read)} for {len(texts)}")
+    search = SplitProbes(memory)
+    owner: list[str] = []
+    probes: dict[str, int] = {}
+    for start in range(0, len(texts), 4096):
+        part = slice(start, start + 4096)
+        names, prompts = list(accounts[part]), list(texts[part])
+        sketches = [word_hashes(t) for t in (prompts if read is None else read[part])]
+        for name, partners in zip(names, search.observe_batch(names, prompts, sketches), strict=True):
+            owner.append(name)
+            if partners:
+                probes[name] = probes.get(name, 0) + 1
+    sent = Counter(owner)
+    counted = [a for a, n in sent.items() if n >= MIN_MEMBER_QUERIES]
+    return sum(probes.get(a, 0) >= MIN_LINKED_PROMPTS for a in counted), len(counted)
+
+
 def fit_group_calibration(
     accounts: Sequence[str],
     vectors: np.ndarray,
@@ -107,6 +141,9 @@ def fit_group_calibration(
     elicitation: np.ndarray | None = None,
     seed: int = 0,
     source: str = "",
+    probe_linked: tuple[int, int] | None = None,
 ) -> GroupCalibration:
-    """The group calibration of benign accounts (see the module docstring)."""
-    return GroupCalibration.fit(benign_crowd_features(accounts, vectors, evidence, elicitation, seed), source)
+    """The group calibration of benign accounts (see the module docstring); ``probe_linked``
+    from :func:`benign_probe_linked`, where the prompts are known."""
+    crowds = benign_crowd_features(accounts, vectors, evidence, elicitation, seed)
+    return GroupCalibration.fit(crowds, source, probe_linked=probe_linked)

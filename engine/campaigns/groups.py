@@ -220,6 +220,9 @@ class Group:
     campaign_judged_at: int = 0  # n when its campaign was last judged as one group
     campaign_score: float = 0.0  # peak score of its campaign judged as one group (layer._judge_campaign)
     flagged_at_n: int = -1
+    # the same without probers as content evidence (layer._judge): the level bystanders may reach
+    plain_score: float = 0.0
+    plain_peak: float = 0.0
 
     def __post_init__(self) -> None:
         if self.total is None:

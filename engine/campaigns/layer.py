@@ -39,7 +39,7 @@ from .scoring import (
     GroupJudge,
     held_score,
 )
-from .split_probes import SplitProbes
+from .split_probes import MIN_LINKED_PROMPTS, SplitProbes
 from .templates import template_anchors
 
 log = logging.getLogger("probewatch.campaigns")
@@ -98,7 +98,7 @@ MIN_FLAGGED_MEMBER_QUERIES = sorted(REGION_CHECKPOINTS)[1]
 # account outside the group is raised with it (a *linked account*: it fits the group's pool and
 # has MIN_TESTED_MEMBER_QUERIES queries), without joining its statistics. Two prompts, because
 # one prompt of a person can be the seed a campaign varies (a question from a public set).
-MIN_LINKED_PROMPTS = 2
+# (MIN_LINKED_PROMPTS lives in split_probes: the group calibration counts benign probers by it.)
 MAX_PROBE_LINKS = 64  # (own prompt, partner) links kept per account, latest last
 MAX_LINKED_ACCOUNTS = 4096  # linked accounts kept per group
 
@@ -115,14 +115,23 @@ def member_min_queries(group: Group) -> int:
     return MIN_TESTED_MEMBER_QUERIES if shared_by_chance(group) else MIN_MEMBER_QUERIES
 
 
-def member_level(group: Group, queries: int, probe_linked: bool = False) -> Level:
+def member_level(
+    group: Group, queries: int, probe_linked: bool = False, plain: Level = Level.FLAG, prober: bool = False
+) -> Level:
     """The level a member that fits hot ``group`` (see CampaignLayer._fitting) is raised to
-    with ``queries`` of the group's queries: the group's, held at watch below
-    MIN_FLAGGED_MEMBER_QUERIES where bystanders can share the indicator by chance, unless the
-    member is ``probe_linked`` to members of the group (see MIN_LINKED_PROMPTS)."""
-    if shared_by_chance(group) and queries < MIN_FLAGGED_MEMBER_QUERIES and not probe_linked:
-        return min(group.level, Level.WATCH)
-    return group.level
+    with ``queries`` of the group's queries: the group's; where bystanders can share the
+    indicator by chance, held at watch below MIN_FLAGGED_MEMBER_QUERIES unless the member is
+    ``probe_linked`` to members of the group (see MIN_LINKED_PROMPTS), and at ``plain`` (the
+    level the group reaches without its probers as evidence) unless it is a ``prober`` itself
+    (CampaignLayer.probe_prompts): a region or user agent that probers made hot says nothing of
+    the others who share it."""
+    level = group.level
+    if shared_by_chance(group):
+        if not probe_linked and queries < MIN_FLAGGED_MEMBER_QUERIES:
+            level = min(level, Level.WATCH)
+        if not prober:
+            level = min(level, plain)
+    return level
 
 
 def coarse_regions(codebook: np.ndarray, k: int, iterations: int = 20) -> np.ndarray:
@@ -153,7 +162,8 @@ class AccountLinks:
     the groups it is in."""
 
     __slots__ = (
-        "elicitation_sum", "evidence_sum", "groups", "linked", "n", "probe_links", "region", "sq_norm", "total",
+        "elicitation_sum", "evidence_sum", "groups", "linked", "n", "probe_links", "probe_serials", "region",
+        "sq_norm", "total",
     )  # fmt: skip
 
     def __init__(self, dim: int):
@@ -166,6 +176,9 @@ class AccountLinks:
         self.groups: set[str] = set()
         # (own prompt's serial in split_probes, partner account) per probe link, latest last
         self.probe_links: list[tuple[int, str]] = []
+        # its own serials among those that were the probe side of a link (the later prompt, sent
+        # varying what its partners vary), latest last: people's prompts are linked as partners
+        self.probe_serials: list[int] = []
         self.linked: set[str] = set()  # groups it is linked to without being a member
 
 
@@ -353,6 +366,9 @@ class CampaignLayer:
             if partner not in touched:
                 touched.append(partner)
         del links.probe_links[:-MAX_PROBE_LINKS]
+        if len(touched) > 1:
+            links.probe_serials.append(serial)
+            del links.probe_serials[:-MAX_PROBE_LINKS]
         for one in touched:
             self._check_links(one, raised)
 
@@ -406,15 +422,32 @@ class CampaignLayer:
         links = self.accounts.get(account)
         if links is None:
             return 0
-        if counted is None:  # one account: look its partners up (at most MAX_PROBE_LINKS of them)
-            needed, members, pool_counts = member_min_queries(group), group.members, self.pool.counts
-
-            def is_counted(partner: str) -> bool:
-                slot = members.get(partner)
-                return slot is not None and pool_counts[slot] >= needed
-        else:
-            is_counted = counted.__contains__
+        is_counted = self._is_counted(group, counted)
         return len({serial for serial, partner in links.probe_links if partner != account and is_counted(partner)})
+
+    def probe_prompts(self, group: Group, account: str, counted: set[str] | None = None) -> int:
+        """How many of the account's prompts were sent as probes (the probe side of a link, see
+        AccountLinks.probe_serials) linked to counted members of ``group`` other than itself: an
+        account with MIN_LINKED_PROMPTS of them is one of the group's *probers*. ``counted`` as
+        for :meth:`linked_prompts`."""
+        links = self.accounts.get(account)
+        if links is None or not links.probe_serials:
+            return 0
+        sent, is_counted = set(links.probe_serials), self._is_counted(group, counted)
+        return len({s for s, partner in links.probe_links if s in sent and partner != account and is_counted(partner)})
+
+    def _is_counted(self, group: Group, counted: set[str] | None) -> Callable[[str], bool]:
+        """Membership in ``counted``, or where it is None, one account looked up in the group
+        (an account has at most MAX_PROBE_LINKS partners to look up)."""
+        if counted is not None:
+            return counted.__contains__
+        needed, members, pool_counts = member_min_queries(group), group.members, self.pool.counts
+
+        def is_counted(partner: str) -> bool:
+            slot = members.get(partner)
+            return slot is not None and pool_counts[slot] >= needed
+
+        return is_counted
 
     def _counted_members(self, group: Group) -> set[str]:
         """Members with the queries a member needs to count in ``group`` (:func:`member_min_queries`)."""
@@ -430,7 +463,12 @@ class CampaignLayer:
         if links.n < MIN_TESTED_MEMBER_QUERIES or raised.get(account, Level.OK) >= group.level:
             return
         if group.level > Level.OK and not self.is_common(group) and self._fits_from_outside(group, links):
-            raised[account] = group.level
+            # as a member: past what the group reaches without its probers only as a prober itself
+            level, plain = group.level, self._plain_level(group)
+            if plain < level and self.probe_prompts(group, account) < MIN_LINKED_PROMPTS:
+                level = plain
+            if raised.get(account, Level.OK) < level:
+                raised[account] = level
 
     def _fits_from_outside(self, group: Group, links: AccountLinks) -> bool:
         """:meth:`_fitting` for an account that is not a member: its whole history as if it joined."""
@@ -463,7 +501,7 @@ class CampaignLayer:
         count = int(self.pool.counts[slot])
         if count < member_min_queries(group) or not self._fitting(group, np.array([slot]))[0]:
             return
-        level = member_level(group, count, self.linked_prompts(group, account) >= MIN_LINKED_PROMPTS)
+        level = self._member_level(group, account, count)
         if raised.get(account, Level.OK) < level:
             raised[account] = level
 
@@ -534,8 +572,7 @@ class CampaignLayer:
         group.last_seen = self.observations
         needed = member_min_queries(group)
         hot_member = group.level > Level.OK and c + count >= needed and not self.is_common(group)
-        linked = hot_member and self.linked_prompts(group, account) >= MIN_LINKED_PROMPTS
-        level = member_level(group, c + count, linked)
+        level = self._member_level(group, account, c + count) if hot_member else Level.OK
         if hot_member and raised.get(account, Level.OK) < level and self._fitting(group, np.array([slot]))[0]:
             # a member of a hot group: raised like the others once it fits, and it may link groups
             raised[account] = level
@@ -573,9 +610,11 @@ class CampaignLayer:
 
     # -- judging --------------------------------------------------------------------------
     def features(self, group: Group) -> GroupFeatures:
-        slots = np.fromiter(group.members.values(), dtype=np.int64, count=len(group.members))
+        accounts = list(group.members)
+        slots = np.fromiter(group.members.values(), dtype=np.int64, count=len(accounts))
         counts = self.pool.counts[slots]
         active = counts >= MIN_MEMBER_QUERIES
+        counted = (counts >= member_min_queries(group)).tolist()
         pairs = group.pair_stats()
         starts = self.pool.first_ts[slots[active]]
         starts = starts[np.isfinite(starts)]
@@ -595,7 +634,19 @@ class CampaignLayer:
             duplicate_share=group.duplicates / group.n if group.n else 0.0,
             elicitation_rate=group.elicitation_sum / group.n if group.n and self.elicitation is not None else math.nan,
             start_spread_hours=spread,
+            counted_members=sum(counted),
+            probe_linked_members=self._probers(group, accounts, counted),
         )
+
+    def _probers(self, group: Group, accounts: list[str], counted: list[bool]) -> int:
+        """How many counted members (``counted``, aligned with ``accounts``) are probers: they sent
+        MIN_LINKED_PROMPTS prompts as probes linked to other counted members (:meth:`probe_prompts`)."""
+        links = self.accounts
+        candidates = [a for a, c in zip(accounts, counted, strict=True) if c and a in links and links[a].probe_serials]
+        if not candidates:
+            return 0
+        members = {a for a, c in zip(accounts, counted, strict=True) if c}
+        return sum(self.probe_prompts(group, a, members) >= MIN_LINKED_PROMPTS for a in candidates)
 
     def _focus(self, own, counts, sq_norms, total, n: int, pairs) -> float:
         """A group's member focus as its calibration measured the benign crowds: one weight per
@@ -622,13 +673,21 @@ class CampaignLayer:
         joint = not shared_by_chance(group)
         common = self.is_common(group)
         score, risk = (0.0, 0.0) if common else self.judge.judge(features, joint=joint)
+        # the same look without its probers as evidence: how far bystanders may rise with it
+        plain = score
+        if score > 0.0 and features.probe_linked_members and self.judge.calibration.probe_link_rate is not None:
+            plain, _ = self.judge.judge(dataclasses.replace(features, probe_linked_members=0), joint=joint)
         held = float(held_score(score, group.score))  # a level takes two looks in a row past its line
+        was_plain = self._plain_level(group)
         group.score, group.risk = score, risk
+        group.plain_peak = max(group.plain_peak, float(held_score(plain, group.plain_score)))
+        group.plain_score = plain
         if group.level > Level.OK:
             # a hot group that turned common (more accounts seen) links nobody any more, and one
             # that stopped being common links again: the campaign map is stale either way
             stale = self._campaign_of is not None and (group.key in self._campaign_of) == common
             self._hot_changed(relinked=stale)
+        rose = False
         if held > group.peak_score:
             group.peak_score = held
             level = self.judge.level_for(held)
@@ -637,18 +696,34 @@ class CampaignLayer:
                     group.flagged_at_n = group.n
                 group.level = level
                 self._hot_changed(relinked=True)
-                counted = self._counted_members(group)
-                for account in self._active_members(group):
-                    count = int(self.pool.counts[group.members[account]])
-                    linked = self.linked_prompts(group, account, counted) >= MIN_LINKED_PROMPTS
-                    member = member_level(group, count, linked)
-                    if raised.get(account, Level.OK) < member:
-                        raised[account] = member
-                self._relink(group, raised)
+                rose = True
+        if rose or (shared_by_chance(group) and group.level > Level.OK and self._plain_level(group) > was_plain):
+            counted = self._counted_members(group)
+            for account in self._active_members(group):
+                count = int(self.pool.counts[group.members[account]])
+                member = self._member_level(group, account, count, counted)
+                if raised.get(account, Level.OK) < member:
+                    raised[account] = member
+            self._relink(group, raised)  # linked accounts rise with it (a linked non-prober, to the plain level)
         due = group.n - group.campaign_judged_at >= max(CAMPAIGN_JUDGE_EVERY, group.n // 8)
         if group.level > Level.OK and (due or group.campaign_judged_at == 0):
             group.campaign_judged_at = group.n
             self._judge_campaign(group, raised)
+
+    def _member_level(self, group: Group, account: str, count: int, counted: set[str] | None = None) -> Level:
+        """:func:`member_level` of ``account`` with ``count`` of hot ``group``'s queries;
+        ``counted``: :meth:`_counted_members` of the group, where the caller has it."""
+        plain = self._plain_level(group)
+        prober = shared_by_chance(group) and plain < group.level
+        if prober:
+            prober = self.probe_prompts(group, account, counted) >= MIN_LINKED_PROMPTS
+        linked = self.linked_prompts(group, account, counted) >= MIN_LINKED_PROMPTS
+        return member_level(group, count, linked, plain, prober)
+
+    def _plain_level(self, group: Group) -> Level:
+        """The level ``group`` reaches without its probers as content evidence (its held peak
+        of such scores), never above its own."""
+        return min(group.level, self.judge.level_for(group.plain_peak))
 
     def _judge_campaign(self, group: Group, raised: dict[str, Level]) -> None:
         """Judge the campaign a hot group belongs to as one group: the whole histories of the
@@ -1039,8 +1114,11 @@ class CampaignLayer:
     GROUP_SCALARS = (
         "key", "kind", "label", "n", "member_sq_norms", "member_sq_counts", "accounts_seen", "elicitation_sum",
         "evidence_sum", "duplicates", "first_ts", "last_ts", "last_seen", "judged_at", "score", "risk",
-        "peak_score", "flagged_at_n", "campaign_score", "campaign_judged_at",
+        "peak_score", "flagged_at_n", "campaign_score", "campaign_judged_at", "plain_score", "plain_peak",
     )  # fmt: skip
+    # scalars a snapshot written before 0.24.0 lacks, each read as the one beside it (without
+    # probers as evidence, a group's scores were its scores)
+    GROUP_SCALARS_SINCE_0_24 = (("plain_score", "score"), ("plain_peak", "peak_score"))
 
     def state_dict(self) -> dict[str, Any]:
         """Everything as ``{"header": JSON-able dict, "arrays": {name: ndarray}}`` (host copies)."""
@@ -1067,6 +1145,7 @@ class CampaignLayer:
             "accounts": account_ids,
             "account_scalars": [[x.n, x.sq_norm, x.evidence_sum, x.elicitation_sum, x.region] for x in links],
             "account_probe_links": [[list(link) for link in x.probe_links] for x in links],
+            "account_probe_serials": [list(x.probe_serials) for x in links],
         }
         d = self.dim
         arrays = {
@@ -1102,6 +1181,9 @@ class CampaignLayer:
         # snapshots before 0.14.0 have no probe links and no split-probe index: both start empty
         for account, probe_links in zip(header["accounts"], header.get("account_probe_links") or [], strict=False):
             self.accounts[account].probe_links = [(int(serial), partner) for serial, partner in probe_links]
+        # snapshots before 0.24.0 do not say which side of a link a prompt was: no prober until it probes again
+        for account, serials in zip(header["accounts"], header.get("account_probe_serials") or [], strict=False):
+            self.accounts[account].probe_serials = [int(serial) for serial in serials]
         if self.split_probes is not None:
             self.split_probes.salt = self.hasher.salt  # the digests in the snapshot are keyed with it
             self.split_probes.reset()
@@ -1109,6 +1191,7 @@ class CampaignLayer:
                 self.split_probes.load_state({"header": header["split_probes"], "arrays": arrays})
         row = 0
         for entry, total in zip(header["groups"], arrays["group_totals"], strict=True):
+            entry = {**{new: entry[old] for new, old in self.GROUP_SCALARS_SINCE_0_24 if new not in entry}, **entry}
             scalars = {name: _from_json_number(entry[name]) for name in self.GROUP_SCALARS}
             group = Group(dim=self.dim, total=np.array(total, dtype=np.float64), **scalars)
             group.level = Level(entry["level"])

@@ -8,6 +8,8 @@ answered on a calibrated scale, and a group scores only as high as the weaker an
 * *content*: how much higher is the per-account detector's mean evidence on the members'
   queries than in benign groups of as many members? (2.33 at the benign 99th percentile).
   Light accounts are each too short to flag; a thousand of them, each a little off, are not.
+  Members that probe around the same unsent prompts (probe links, :mod:`.split_probes`) count
+  here too, against the share of benign accounts that send such probes at all.
 
 A summarisation app's users are as unfocused as a campaign but send nothing extraction-like;
 a class doing one assignment is focused on one topic. Queries that another member had
@@ -43,6 +45,8 @@ MIN_GROUP_MEMBERS = 4
 DISTINCT_CROWD_MAX_DUPLICATES = 0.2
 # Per-query evidence is clipped before it is pooled, so no single odd query carries a group.
 EVIDENCE_CLIP = (-3.0, 6.0)
+# The benign prober rate is read at this one-sided upper confidence bound (probe_link_rate).
+PROBE_LINK_CONFIDENCE = 0.95
 
 
 def joint_evidence(coordination, content) -> np.ndarray:
@@ -56,6 +60,24 @@ def joint_evidence(coordination, content) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         added = -special.ndtri_exp(special.log_ndtr(-a) + special.log_ndtr(-b))
     return np.where(weaker >= Z_AT_Q01, np.maximum(added, np.maximum(a, b)), weaker)
+
+
+def probe_link_evidence(linked, counted, rate) -> np.ndarray:
+    """How unlikely ``linked`` probe-linked members among ``counted`` members are for benign
+    accounts, each a prober (MIN_LINKED_PROMPTS of its prompts probe-linked) with probability
+    ``rate``, independently: the standard-normal z of the binomial tail P(X >= linked), 0 where
+    nobody is linked. Capped where the tail underflows, so scores stay finite.
+
+    >>> round(float(probe_link_evidence(3, 20, 0.001)), 2), float(probe_link_evidence(0, 20, 0.001))
+    (4.73, 0.0)
+    """
+    k = np.asarray(linked, dtype=np.float64)
+    m = np.maximum(np.asarray(counted, dtype=np.float64), k)
+    with np.errstate(invalid="ignore"):
+        # P(X >= k) of a binomial (m, rate) is the regularised incomplete beta I_rate(k, m - k + 1)
+        tail = special.betainc(np.maximum(k, 1.0), m - np.maximum(k, 1.0) + 1.0, rate)
+        z = -special.ndtri(np.clip(tail, 1e-300, 1.0))
+    return np.where(k >= 1, np.maximum(z, 0.0), 0.0)
 
 
 def held_score(score, previous):
@@ -118,6 +140,10 @@ class GroupFeatures:
     duplicate_share: float  # share of queries another member had already sent
     elicitation_rate: float  # mean reasoning-trace elicitation probability (NaN without a head)
     start_spread_hours: float  # interquartile range of members' first queries (NaN without timestamps)
+    # members that count in the group (enough of its queries), and how many of them have
+    # MIN_LINKED_PROMPTS prompts probe-linked to other counted members
+    counted_members: int = 0
+    probe_linked_members: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in self.__dict__.items()}
@@ -157,6 +183,7 @@ class GroupCalibration:
         source: str = "",
         joint_max_scores: np.ndarray | None = None,
         focus_weighting: str = "members",
+        probe_linked: tuple[int, int] | None = None,
     ):
         if focus_weighting not in self.FOCUS_WEIGHTINGS:
             raise CalibrationError(
@@ -175,6 +202,29 @@ class GroupCalibration:
         # is scored by the weaker line
         self.joint_tail = None if joint_max_scores is None else ScoreTail(joint_max_scores, "joint scores")
         self.source = source
+        # (probers, accounts) among the benign calibration accounts (benign_probe_linked); None
+        # (calibrations fitted without prompts, or before 0.24.0): probe links add no content evidence
+        if probe_linked is not None:
+            probers, accounts = (int(v) for v in probe_linked)
+            if not 0 <= probers <= accounts or accounts < 1:
+                raise CalibrationError(
+                    "group calibration probe_linked must be (probers, accounts) with 0 <= probers <= accounts "
+                    f"and accounts >= 1; got {tuple(probe_linked)!r}"
+                )
+            probe_linked = (probers, accounts)
+        self.probe_linked = probe_linked
+
+    @property
+    def probe_link_rate(self) -> float | None:
+        """The share of benign accounts that are probers, at its one-sided upper confidence
+        bound (PROBE_LINK_CONFIDENCE, Clopper-Pearson): with none among 2,700 calibration
+        accounts it is 1.1e-3, not 0, so a benign prober or two never reads as a campaign."""
+        if self.probe_linked is None:
+            return None
+        probers, accounts = self.probe_linked
+        if probers >= accounts:
+            return 1.0
+        return float(special.betaincinv(probers + 1.0, float(accounts - probers), PROBE_LINK_CONFIDENCE))
 
     @property
     def max_scores(self) -> np.ndarray:
@@ -182,11 +232,15 @@ class GroupCalibration:
         return self.tail.max_scores
 
     @classmethod
-    def fit(cls, crowds: dict[str, np.ndarray], source: str = "") -> GroupCalibration:
+    def fit(
+        cls, crowds: dict[str, np.ndarray], source: str = "", probe_linked: tuple[int, int] | None = None
+    ) -> GroupCalibration:
         """From benign crowds (``focus``, ``evidence``, ``elicitation`` (NaN without a head),
         ``members``, ``duplicate_share``, ``lookalike`` per crowd): the tables (bins with too
         few crowds borrow from their nearest populated bin), then every benign crowd's score
-        on them for the risk tail."""
+        on them for the risk tail. ``probe_linked``: (probers, accounts) of the benign accounts
+        (:func:`probewatch.campaigns.fitting.benign_probe_linked`). The crowds are scored without
+        probe links: they are made up after the fact, so their members never met in one stream."""
         focus = np.asarray(crowds["focus"], dtype=np.float64)
         evidence = np.asarray(crowds["evidence"], dtype=np.float64)
         elicitation = np.asarray(crowds["elicitation"], dtype=np.float64)
@@ -231,7 +285,12 @@ class GroupCalibration:
         draft = cls(tables, np.zeros(10), source, focus_weighting=weighting)
         lines = (focus[ok], between[ok], evidence[ok], elicitation[ok], members[ok], duplicate_share[ok])
         return cls(
-            tables, draft.score(*lines), source, joint_max_scores=draft.joint_score(*lines), focus_weighting=weighting
+            tables,
+            draft.score(*lines),
+            source,
+            joint_max_scores=draft.joint_score(*lines),
+            focus_weighting=weighting,
+            probe_linked=probe_linked,
         )
 
     def coordination(self, focus, members) -> np.ndarray:
@@ -251,14 +310,17 @@ class GroupCalibration:
         spread = float(self.focus_median[0] - self.focus_q01[0])
         return spread * math.sqrt(2.0) if self.focus_weighting == "members" else spread
 
-    def content(self, between, evidence, elicitation, members) -> np.ndarray:
+    def content(self, between, evidence, elicitation, members, linked=0, counted=0) -> np.ndarray:
         """How extraction-like the members' queries are, on benign crowds' scales (2.33 = the
-        benign 1st or 99th percentile), by the strongest of three signals:
+        benign 1st or 99th percentile), by the strongest of four signals:
 
         * dispersion: pairs of queries from different members less alike than in random
           benign crowds (coverage-maximising selection spreads its picks on purpose);
         * the account detector's mean signed per-query score (against look-alike crowds);
-        * the mean reasoning-trace elicitation probability (against look-alike crowds).
+        * the mean reasoning-trace elicitation probability (against look-alike crowds);
+        * ``linked`` of the ``counted`` members probe around prompts other members vary and
+          nobody sent (:func:`probe_link_evidence`, against the benign accounts' prober rate;
+          off without one): a campaign that deals each seed's variants to different members.
         """
         b = member_bin(members)
         scales = (
@@ -270,9 +332,14 @@ class GroupCalibration:
         for value, med, tail in scales:
             z = Z_AT_Q01 * (np.asarray(value, dtype=np.float64) - med) / np.maximum(tail - med, 1e-6)
             out = np.maximum(out, np.where(np.isfinite(z), z, 0.0))
+        rate = self.probe_link_rate
+        if rate is not None:
+            out = np.maximum(out, probe_link_evidence(linked, counted, rate))
         return out
 
-    def score(self, focus, between, evidence, elicitation, members, duplicate_share, joint=False) -> np.ndarray:
+    def score(
+        self, focus, between, evidence, elicitation, members, duplicate_share, joint=False, linked=0, counted=0
+    ) -> np.ndarray:
         """Both must hold: members act as one (coordination) and what they send looks like
         extraction (content). Queries another member already sent count for neither.
 
@@ -283,16 +350,18 @@ class GroupCalibration:
         (the score of the same benign share), so thresholds, risks and comparisons stay one
         scale. Without joint scores in the calibration, ``joint`` changes nothing."""
         if joint and self.joint_tail is not None:
-            raw = self.joint_score(focus, between, evidence, elicitation, members, duplicate_share)
+            raw = self.joint_score(focus, between, evidence, elicitation, members, duplicate_share, linked, counted)
             return np.asarray(self.tail.threshold_for(self.joint_tail.exceedance(raw)), dtype=np.float64)
-        both = np.minimum(self.coordination(focus, members), self.content(between, evidence, elicitation, members))
-        return both * self._kept(duplicate_share)
+        content = self.content(between, evidence, elicitation, members, linked, counted)
+        return np.minimum(self.coordination(focus, members), content) * self._kept(duplicate_share)
 
-    def joint_score(self, focus, between, evidence, elicitation, members, duplicate_share) -> np.ndarray:
+    def joint_score(
+        self, focus, between, evidence, elicitation, members, duplicate_share, linked=0, counted=0
+    ) -> np.ndarray:
         """:func:`joint_evidence` of the two lines, discounted for duplicates as :meth:`score` is,
         on its own scale (benign groups' joint scores, ``joint_tail``)."""
-        both = joint_evidence(self.coordination(focus, members), self.content(between, evidence, elicitation, members))
-        return both * self._kept(duplicate_share)
+        content = self.content(between, evidence, elicitation, members, linked, counted)
+        return joint_evidence(self.coordination(focus, members), content) * self._kept(duplicate_share)
 
     @staticmethod
     def _kept(duplicate_share) -> np.ndarray:
@@ -310,6 +379,8 @@ class GroupCalibration:
         if self.joint_tail is not None:
             out["group_joint_max_scores"] = self.joint_tail.max_scores
         out["group_focus_weighting"] = np.array(self.FOCUS_WEIGHTINGS.index(self.focus_weighting), dtype=np.int8)
+        if self.probe_linked is not None:
+            out["group_probe_linked"] = np.array(self.probe_linked, dtype=np.int64)
         return out
 
     @classmethod
@@ -325,8 +396,22 @@ class GroupCalibration:
                     f"got {code.tolist()!r}"
                 )
             weighting = cls.FOCUS_WEIGHTINGS[int(code)]
+        probe_linked = None  # files before 0.24.0, or fitted without prompts
+        if "group_probe_linked" in arrays:
+            counts = np.asarray(arrays["group_probe_linked"])
+            if counts.shape != (2,) or not np.issubdtype(counts.dtype, np.integer):
+                raise CalibrationError(
+                    "group_probe_linked must be two integers (probers, accounts); "
+                    f"got {counts.dtype} of shape {counts.shape}"
+                )
+            probe_linked = (int(counts[0]), int(counts[1]))
         return cls(
-            tables, np.asarray(arrays["group_max_scores"]), source, joint_max_scores=joint, focus_weighting=weighting
+            tables,
+            np.asarray(arrays["group_max_scores"]),
+            source,
+            joint_max_scores=joint,
+            focus_weighting=weighting,
+            probe_linked=probe_linked,
         )
 
 
@@ -352,6 +437,8 @@ class GroupJudge:
                 features.members,
                 features.duplicate_share,
                 joint=joint,
+                linked=features.probe_linked_members,
+                counted=features.counted_members,
             )
         )
         return score, float(1.0 - self.calibration.exceedance(score))

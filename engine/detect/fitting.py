@@ -20,7 +20,7 @@ import numpy as np
 
 from ..backend.device import Backend
 from ..campaigns.elicitation_default import default_elicitation_head
-from ..campaigns.fitting import fit_group_calibration
+from ..campaigns.fitting import benign_probe_linked, fit_group_calibration
 from ..config import EngineConfig
 from ..errors import CalibrationError
 from .boilerplate import read_streams
@@ -286,6 +286,18 @@ def fit_calibration(
     # the stream visits table accounts in order, each one's queries in order
     rows = np.concatenate(list(table_groups.values()))
     head = default_elicitation_head(reference.dim)
+    probe_linked = None
+    if texts is not None and config.campaign_probe_memory > 0:
+        # every calibration account, in time order where every query has a time (as they arrived)
+        stamps = [np.nan if t is None else float(t) for t in ts_list]
+        order = np.argsort(stamps, kind="stable") if np.isfinite(stamps).all() else np.arange(len(accounts))
+        kept = [i for i in order.tolist() if texts[i] is not None]
+        probe_linked = benign_probe_linked(
+            [accounts[i] for i in kept],
+            [texts[i] for i in kept],
+            None if read is None else [read[i] for i in kept],
+            config.campaign_probe_memory,
+        )
     groups = fit_group_calibration(
         [accounts[i] for i in rows],
         vectors[rows],
@@ -293,6 +305,7 @@ def fit_calibration(
         head.probability(vectors[rows]) if head is not None else None,
         seed=config.seed,
         source=source,
+        probe_linked=probe_linked,
     )
     return BenignModel(reference, calibration, groups)
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import probewatch as pw
-from probewatch.campaigns.fitting import benign_crowd_features, fit_group_calibration
+from probewatch.campaigns.fitting import benign_crowd_features, benign_probe_linked, fit_group_calibration
 from probewatch.campaigns.groups import (
     exchangeable_spread,
     fingerprint,
@@ -32,6 +32,7 @@ from probewatch.campaigns.scoring import (
     GroupJudge,
     joint_evidence,
     member_bin,
+    probe_link_evidence,
 )
 from probewatch.campaigns.templates import template_anchors, tokens
 from probewatch.detect.scoring import MIN_SCORED_QUERIES
@@ -370,6 +371,91 @@ def test_benign_crowds_are_member_focused_and_fit_a_calibration():
     assert (cal.focus_q01 <= cal.focus_median).all()
     # benign crowds themselves rarely pass the 1 % line
     assert np.mean(cal.max_scores >= cal.threshold_for(0.01)) <= 0.03
+
+
+def test_probe_link_evidence_is_the_z_of_the_binomial_tail():
+    """k probers among m members, each benign account a prober with probability q: the z whose
+    normal upper tail is P(X >= k), checked against scipy's binomial; 0 without a prober,
+    non-decreasing in k, finite where the tail underflows."""
+    from scipy import stats
+
+    for m, q in ((4, 0.02), (20, 0.001), (300, 0.004)):
+        ks = np.arange(0, m + 1)
+        z = probe_link_evidence(ks, m, q)
+        assert z[0] == 0.0 and (np.diff(z) >= -1e-9).all() and np.isfinite(z).all()
+        for k in (1, 2, 3, m // 2):
+            tail = stats.binom.sf(k - 1, m, q)
+            if tail > 1e-250:
+                assert z[k] == pytest.approx(max(-stats.norm.ppf(tail), 0.0), rel=1e-6, abs=1e-9)
+    # one prober among a few hundred benign members is what the rate expects: no evidence to speak of
+    assert probe_link_evidence(1, 212, 0.004) < 1.0
+
+
+def test_the_benign_prober_rate_is_an_upper_bound_and_round_trips():
+    cal = _fitted_group_calibration()
+    assert cal.probe_linked is None and cal.probe_link_rate is None
+    b = int(member_bin(40))
+    focus, between, evidence = float(cal.focus_q01[b]) - 0.05, float(cal.between_median[b]), 0.0
+    plain = float(cal.content(between, evidence, math.nan, 40, 20, 40))
+    assert plain == float(cal.content(between, evidence, math.nan, 40))  # no rate: links add nothing
+    with_rate = GroupCalibration.from_arrays({**cal.to_arrays(), "group_probe_linked": np.array([0, 2000])})
+    assert with_rate.probe_linked == (0, 2000)
+    # none of 2,000: the one-sided 95 % Clopper-Pearson bound, 1 - 0.05 ** (1 / 2000)
+    assert with_rate.probe_link_rate == pytest.approx(1.0 - 0.05 ** (1 / 2000), rel=1e-9)
+    again = GroupCalibration.from_arrays(with_rate.to_arrays())
+    assert again.probe_linked == (0, 2000)
+    # half of 40 members probing: content past every line; none probing: as before
+    assert float(with_rate.content(between, evidence, math.nan, 40, 20, 40)) > 10.0
+    assert float(with_rate.content(between, evidence, math.nan, 40, 0, 40)) == plain
+    judge = GroupJudge(with_rate, 1e-3, 1e-2)
+    linked = GroupFeatures(40, 40, 400, focus, 0.1, between, evidence, 0.0, math.nan, math.nan, 40, 20)
+    alone = dataclasses.replace(linked, probe_linked_members=0)
+    assert judge.judge(alone) == GroupJudge(cal, 1e-3, 1e-2).judge(alone)
+    assert judge.judge(linked)[0] > judge.flag_threshold > judge.judge(alone)[0]
+    for bad in (np.array([3, 2]), np.array([0, 0]), np.array([1, 2, 3]), np.array([0.0, 10.0])):
+        with pytest.raises(pw.CalibrationError, match="probe_linked"):
+            GroupCalibration.from_arrays({**cal.to_arrays(), "group_probe_linked": bad})
+
+
+def test_benign_probe_linked_counts_accounts_that_vary_prompts_others_vary():
+    """Accounts whose prompts are variants of seeds that other accounts also vary (a campaign
+    dealing each seed's variants) are probers; unrelated prompts, or one variant among an
+    account's own questions (a person who asked a question a campaign varies), are not; accounts
+    with one prompt are not counted at all."""
+    rng = np.random.default_rng(4)
+    variants, seeds = _dealt_variants(rng, 8, 6)
+    vocabulary = sorted({"".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 6)) for _ in range(3000)})
+    events = [
+        (f"benign-{a}", " ".join(rng.choice(vocabulary, 10, replace=False)))
+        for a in range(30)
+        for _ in range(int(rng.integers(2, 10)))
+    ]
+    events += [(a, text) for a, texts in variants.items() for text in texts]
+    events.append(("one-prompt", "a single prompt of its own about something else entirely"))
+    one_variant = [*seeds[0][:5], "zzzzzzz", *seeds[0][6:]]
+    events += [("one-link", " ".join(one_variant)), ("one-link", "and then a question of my own about the weather")]
+    events = [events[i] for i in rng.permutation(len(events))]
+    accounts, texts = [e[0] for e in events], [e[1] for e in events]
+    assert benign_probe_linked(accounts, texts) == (8, 39)
+    benign = [i for i, a in enumerate(accounts) if a.startswith("benign-")]
+    assert benign_probe_linked([accounts[i] for i in benign], [texts[i] for i in benign]) == (0, 30)
+    with pytest.raises(ValueError, match="one read text per prompt"):
+        benign_probe_linked(accounts, texts, texts[:-1])
+
+
+def test_an_engine_calibrated_with_prompts_counts_its_benign_probers(topics):
+    """Engine.from_benign_embeddings with prompts measures the prober rate on them (and keeps it
+    through save and load); without prompts, or with the cross-account search off, there is none."""
+    rng = np.random.default_rng(8)
+    accounts, vectors = topical_stream(rng, 40, DIM, q_range=(6, 12), topics=topics)
+    prompts = [f"question {i} from {a} about topic {i % 7}" for i, a in enumerate(accounts)]
+    engine = pw.Engine.from_benign_embeddings(accounts, vectors, device="cpu", prompts=prompts)
+    counted = sum(1 for a in set(accounts) if accounts.count(a) >= MIN_MEMBER_QUERIES)
+    assert engine.pipeline.group_calibration.probe_linked == (0, counted)
+    without_prompts = pw.Engine.from_benign_embeddings(accounts, vectors, device="cpu")
+    assert without_prompts.pipeline.group_calibration.probe_linked is None
+    off = pw.Engine.from_benign_embeddings(accounts, vectors, device="cpu", prompts=prompts, campaign_probe_memory=0)
+    assert off.pipeline.group_calibration.probe_linked is None
 
 
 # -- the layer end to end ----------------------------------------------------------------------
@@ -777,8 +863,97 @@ def test_probe_linked_members_of_a_coincidental_group_are_not_held_at_watch(cali
     for v in linked:
         assert layer.linked_prompts(agent, v.account) >= campaign_layer.MIN_LINKED_PROMPTS
     assert not any(layer.accounts[a].probe_links for a in set(accounts) if not a.startswith("hydra-"))
+    # the group's probers, its content evidence where the calibration knows the benign rate:
+    # counted members that sent two prompts as probes linked to other counted members; every
+    # prompt of a link was sent by a member, so the probe side of each is a member's
+    counted = layer._counted_members(agent)
+    probers = [a for a in counted if layer.probe_prompts(agent, a, counted) >= campaign_layer.MIN_LINKED_PROMPTS]
+    features = layer.features(agent)
+    assert features.counted_members == len(counted) and features.probe_linked_members == len(probers) > 0
+    for a in counted:
+        assert layer.probe_prompts(agent, a, counted) <= layer.linked_prompts(agent, a, counted)
     report = engine.campaign(linked[0].campaign.id)
     assert any("probes split across accounts" in r for r in report.reasons)
+
+
+def test_a_group_made_hot_by_its_probers_raises_them_and_not_its_bystanders(calibration_path, topics, monkeypatch):
+    """The split-probe campaign's rare user agent is shared by bystanders whose queries fit the
+    campaign's pool (diverse, as dealt from it) but who probe nothing. A judge that puts the
+    agent's group past the flag line only on its probers' evidence raises the probers to flag
+    and leaves the bystanders where the group stands without probers (ok); once that plain
+    score passes the line too, they rise. With the cap taken off (member_level ignoring the
+    plain level) they rise at once. An account outside the group that sent, before the
+    campaign began, two prompts the campaign then varied is linked to it (two prompts) but
+    is no prober (its prompts are the earlier side of each link), and is held the same way."""
+    from probewatch.campaigns import layer as campaign_layer
+
+    (accounts, vectors, prompts, metas), seeds = split_probe_traffic(topics, np.random.default_rng(3))
+    rng = np.random.default_rng(12)
+    bystanders = [(f"bystander-{b}", j) for b in range(4) for j in range(20)]
+    rows = unit_rows(rng.standard_normal((len(bystanders), DIM)))  # as broad as the campaign's pool
+    order = rng.permutation(len(accounts) + len(bystanders))
+    events = [(a, v, p, m) for a, v, p, m in zip(accounts, vectors, prompts, metas, strict=True)]
+    events += [
+        (name, rows[i], f"a note of my own number {j} about the garden shed", {"user_agent": "RareAgent/0.9"})
+        for i, (name, j) in enumerate(bystanders)
+    ]
+    events = [events[i] for i in order]
+    early = [" ".join([*seed[:3], "earlybird", *seed[4:]]) for seed in seeds[:2]]
+    early += [f"how do I look after the {plant} in my garden" for plant in ("roses", "ferns", "moss", "ivy", "lawn")]
+    early += ["what should I plant in the shade", "when do bulbs go in", "is compost ready in winter"]
+    pool = unit_rows(rng.standard_normal((len(early), DIM)))
+    agent = {"user_agent": "Common/1.0"}
+    events = [("earlybird", v, text, agent) for v, text in zip(pool, early, strict=True)] + events
+    columns = ([e[0] for e in events], np.stack([e[1] for e in events]), [e[2] for e in events], [e[3] for e in events])
+
+    def raised_to_flag(cap: bool, plain_after: int | None = None) -> tuple[set[str], set[str], campaign_layer.Group]:
+        """(probers raised to flag, others raised to flag, the agent's group)."""
+        engine = make_engine(calibration_path, campaign_common_meta_share=1.0)
+        layer = engine.pipeline.campaigns
+        layer.judge.calibration.probe_linked = (0, 2000)  # this engine's own copy
+        flag = layer.judge.flag_threshold
+        current, looks = [None], [0]
+        original_judge, original_observe = layer._judge, layer.observe
+
+        def judging(group, raised):
+            current[0] = group
+            original_judge(group, raised)
+
+        def scripted(features, joint=False):
+            if (current[0].kind, current[0].label) != ("meta", "user_agent"):
+                return 0.0, 0.0
+            if features.probe_linked_members == 0:  # the plain look
+                looks[0] += 1
+                return (flag + 1.0 if plain_after is not None and looks[0] > plain_after else 0.0), 0.0
+            return flag + 1.0, 0.9
+
+        flagged: set[str] = set()
+
+        def observing(*args, **kwargs):
+            out = original_observe(*args, **kwargs)
+            flagged.update(a for _, raised in out for a, level in raised.items() if level is pw.Level.FLAG)
+            return out
+
+        monkeypatch.setattr(layer, "_judge", judging)
+        monkeypatch.setattr(layer.judge, "judge", scripted)
+        monkeypatch.setattr(layer, "observe", observing)
+        if not cap:
+            monkeypatch.setattr(campaign_layer, "member_level", lambda group, *args: group.level)
+        feed(engine, *columns)
+        monkeypatch.undo()
+        (agent,) = [g for g in layer.groups.values() if (g.kind, g.label) == ("meta", "user_agent")]
+        if plain_after is None:  # the early account: linked by the earlier side of its links only
+            assert layer.linked_prompts(agent, "earlybird") >= campaign_layer.MIN_LINKED_PROMPTS
+            assert layer.probe_prompts(agent, "earlybird") == 0 and "earlybird" not in agent.members
+        return {a for a in flagged if a.startswith("hydra-")}, {a for a in flagged if not a.startswith("hydra-")}, agent
+
+    probers, others_raised, agent = raised_to_flag(cap=True)
+    assert agent.level is pw.Level.FLAG and agent.plain_peak == 0.0
+    assert probers and not others_raised
+    _, uncapped, _ = raised_to_flag(cap=False)
+    assert any(a.startswith("bystander-") for a in uncapped)
+    _, later, agent = raised_to_flag(cap=True, plain_after=3)
+    assert agent.plain_peak > 0.0 and any(a.startswith("bystander-") for a in later) and "earlybird" in later
 
 
 def test_an_account_outside_a_hot_group_is_raised_by_two_linked_prompts_not_one(calibration_path, topics):
@@ -940,6 +1115,25 @@ def test_save_at_t_reload_and_continue_keeps_probe_links(calibration_path, topic
     assert {k: x.probe_links for k, x in a.accounts.items()} == {k: x.probe_links for k, x in b.accounts.items()}
     assert {k: g.linked for k, g in a.groups.items()} == {k: g.linked for k, g in b.groups.items()}
     assert a.split_probes.serial == b.split_probes.serial
+
+
+def test_a_snapshot_before_probe_link_evidence_loads_with_plain_scores_equal_to_its_scores(calibration_path, topics):
+    """Snapshots written before 0.24.0 hold no scores without probers; such a group's scores
+    were never helped by probers, so they load as its plain scores and its members' levels read
+    as before."""
+    (accounts, vectors, prompts, metas), _ = split_probe_traffic(topics, np.random.default_rng(3))
+    engine = make_engine(calibration_path, campaign_fpr_share=1.0, target_fpr=0.01, watch_fpr=0.1)
+    feed(engine, accounts, vectors, prompts, metas)
+    layer = engine.pipeline.campaigns
+    state = layer.state_dict()
+    for entry in state["header"]["groups"]:
+        del entry["plain_score"], entry["plain_peak"]
+    older = make_engine(calibration_path, campaign_fpr_share=1.0, target_fpr=0.01, watch_fpr=0.1).pipeline.campaigns
+    older.load_state(state)
+    assert older.groups.keys() == layer.groups.keys()
+    for key, group in older.groups.items():
+        assert (group.plain_score, group.plain_peak) == (group.score, group.peak_score)
+        assert group.level is layer.groups[key].level and older._plain_level(group) is group.level
 
 
 def test_a_campaign_with_no_account_left_to_name_is_neither_listed_nor_reported(calibration_path, topics):

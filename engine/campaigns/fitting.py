@@ -118,20 +118,12 @@ def benign_probe_linked(
     prompt (the prompt without the boilerplate it shares, as the engine reads it live)."""
     if read is not None and len(read) != len(texts):
         raise ValueError(f"benign_probe_linked needs one read text per prompt; got {len(read)} for {len(texts)}")
-    search = SplitProbes(memory)
-    owner: list[str] = []
-    probes: dict[str, int] = {}
-    for start in range(0, len(texts), 4096):
-        part = slice(start, start + 4096)
-        names, prompts = list(accounts[part]), list(texts[part])
-        sketches = [word_hashes(t) for t in (prompts if read is None else read[part])]
-        for name, partners in zip(names, search.observe_batch(names, prompts, sketches), strict=True):
-            owner.append(name)
-            if partners:
-                probes[name] = probes.get(name, 0) + 1
-    sent = Counter(owner)
-    counted = [a for a, n in sent.items() if n >= MIN_MEMBER_QUERIES]
-    return sum(probes.get(a, 0) >= MIN_LINKED_PROMPTS for a in counted), len(counted)
+    accounts, texts = list(accounts), list(texts)
+    sketches = [word_hashes(t) for t in (texts if read is None else read)]
+    found = SplitProbes(memory).observe_batch(accounts, texts, sketches)
+    probes = Counter(a for a, partners in zip(accounts, found, strict=True) if partners)
+    counted = [a for a, n in Counter(accounts).items() if n >= MIN_MEMBER_QUERIES]
+    return sum(probes[a] >= MIN_LINKED_PROMPTS for a in counted), len(counted)
 
 
 def fit_group_calibration(

@@ -714,9 +714,11 @@ class CampaignLayer:
         """:func:`member_level` of ``account`` with ``count`` of hot ``group``'s queries;
         ``counted``: :meth:`_counted_members` of the group, where the caller has it."""
         plain = self._plain_level(group)
-        prober = shared_by_chance(group) and plain < group.level
-        if prober:
-            prober = self.probe_prompts(group, account, counted) >= MIN_LINKED_PROMPTS
+        prober = (  # asked only where it changes the level
+            shared_by_chance(group)
+            and plain < group.level
+            and self.probe_prompts(group, account, counted) >= MIN_LINKED_PROMPTS
+        )
         linked = self.linked_prompts(group, account, counted) >= MIN_LINKED_PROMPTS
         return member_level(group, count, linked, plain, prober)
 

@@ -63,10 +63,11 @@ def joint_evidence(coordination, content) -> np.ndarray:
 
 
 def probe_link_evidence(linked, counted, rate) -> np.ndarray:
-    """How unlikely ``linked`` probe-linked members among ``counted`` members are for benign
-    accounts, each a prober (MIN_LINKED_PROMPTS of its prompts probe-linked) with probability
-    ``rate``, independently: the standard-normal z of the binomial tail P(X >= linked), 0 where
-    nobody is linked. Capped where the tail underflows, so scores stay finite.
+    """How unlikely ``linked`` probers among ``counted`` members are for benign accounts, each a
+    prober (MIN_LINKED_PROMPTS of its prompts sent as the probe side of a link) with
+    probability ``rate``, independently: the standard-normal z of the binomial tail
+    P(X >= linked), 0 where nobody is a prober. Capped where the tail underflows, so scores
+    stay finite.
 
     >>> round(float(probe_link_evidence(3, 20, 0.001)), 2), float(probe_link_evidence(0, 20, 0.001))
     (4.73, 0.0)
@@ -140,8 +141,8 @@ class GroupFeatures:
     duplicate_share: float  # share of queries another member had already sent
     elicitation_rate: float  # mean reasoning-trace elicitation probability (NaN without a head)
     start_spread_hours: float  # interquartile range of members' first queries (NaN without timestamps)
-    # members that count in the group (enough of its queries), and how many of them have
-    # MIN_LINKED_PROMPTS prompts probe-linked to other counted members
+    # members that count in the group (enough of its queries), and how many of them are probers:
+    # MIN_LINKED_PROMPTS prompts sent as probes linked to other counted members
     counted_members: int = 0
     probe_linked_members: int = 0
 

@@ -45,9 +45,10 @@ import numpy as np
 from ..detect import probes
 from ..detect.probes import EMPTY, SKETCH_WORDS
 
-# An account with this many of its prompts probe-linked (to members of a group, for the
-# campaign layer; to anyone, for the benign prober rate) is a *prober*: one linked prompt
-# can be a person's question that a campaign happened to pick as a seed.
+# Linked prompts an account needs: linked to members of a hot group (either side of each link)
+# to be linked to it (campaign layer), or sent as the probe side of links, to members of a
+# group or (for the benign prober rate) to anyone, to be a *prober*. One is not enough: it can
+# be a person's question that a campaign happened to pick as a seed.
 MIN_LINKED_PROMPTS = 2
 NEIGHBOURS = 16  # as many as an account's own probe memory
 PER_WORD = 256  # latest prompts indexed per word hash

@@ -55,7 +55,10 @@ META_KEYS = ("ip", "network", "user_agent", "org", "payment", "key_created")
 HYDRA_ATTACKS = ("hydra_cot", "hydra_blend", "hydra_kcenter", "hydra_grid", "hydra_relay")
 HYDRA_SCENARIOS = tuple(name for base in HYDRA_ATTACKS for name in (base, f"{base}_meta"))
 HYDRA_CROWDS = ("crowd_rag", "crowd_json", "crowd_agent", "eval_harness", "nat", "class_assignment")
-HYDRA_BENIGN = ("ordinary", *HYDRA_CROWDS)
+# Test-only crowds: hard benign populations the calibration has no example of, to see whether
+# what the calibration learnt of benign crowds generalises.
+HYDRA_UNSEEN_CROWDS = ("class_rewrite",)
+HYDRA_BENIGN = ("ordinary", *HYDRA_CROWDS, *HYDRA_UNSEEN_CROWDS)
 
 PERIOD_START = 1_769_990_400.0  # 2026-02-02T00:00:00Z, a Monday: the test period starts here
 HOUR = 3600.0
@@ -1883,6 +1886,69 @@ def _class(rng: random.Random, half: _Half, classes: int) -> list[AccountStream]
     return streams
 
 
+_REWRITE_FRAMES = (
+    "Rewrite this in plain English: {s}",
+    "is this a good paraphrase? {s}",
+    "make this sentence clearer: {s}",
+    "{s}\n\nthis is my paraphrase for class, give me feedback",
+)
+
+
+def _rewrite_class(rng: random.Random, half: _Half, classes: int) -> list[AccountStream]:
+    """A class doing a paraphrasing exercise: every student is handed the same few sentences
+    and sends their own reworded versions of them (a second or third try now and then), never
+    the sentences as handed out, mostly in the frame the teacher gave. Each sentence's versions
+    are variants of one text nobody sent, spread over thirty accounts: what a campaign that
+    deals its probes out looks like, from a course (course-issued keys made in one batch,
+    campus network) within a few hours."""
+    streams, index = [], 0
+    for c in range(classes):
+        sheet = half.supply.take("natural", rng.randint(4, 6))
+        sheet = [q for q in sheet if 40 <= len(q[0]) <= 300] or sheet
+        assigned = rng.randrange(len(_REWRITE_FRAMES))
+        begin = half.start + math.floor(rng.uniform(0, half.days - 1)) * DAY + rng.uniform(9, 14) * HOUR
+        network = rng.choice(_ACADEMIC)
+        campus = [_ip(rng, network) for _ in range(rng.randint(2, 4))]
+        org, payment = half.org("rewrite", c)
+        batch = begin - rng.uniform(20, 60) * DAY
+        agent = rng.choice(["python-httpx/0.28.1", "OpenAI/Python 1.66.3"])
+        for _ in range(half.spec.class_size):
+            done = sorted(rng.sample(range(len(sheet)), rng.randint(min(3, len(sheet)), len(sheet))))
+            prompts: list[str] = []
+            for q in done:
+                version = sheet[q][0]
+                for _ in range(rng.randint(1, 2)):  # the student's own wording: a change or two
+                    version = human_edit(rng, version)
+                for _ in range(rng.choice([1, 1, 2, 2, 3])):
+                    roll = rng.random()
+                    frame = _REWRITE_FRAMES[assigned] if roll < 0.6 else rng.choice(_REWRITE_FRAMES)
+                    text = version if roll > 0.85 else _fill(frame, s=version)
+                    if text not in prompts:
+                        prompts.append(text)
+                    version = human_edit(rng, version)  # the next try changes a little more
+            t = begin + rng.uniform(0, 2.5 * HOUR)
+            ts = []
+            for _ in prompts:
+                ts.append(t)
+                t += 90.0 * math.exp(rng.gauss(0.0, 0.6))
+            stream = benign.benign_stream(
+                half.account("class_rewrite", index), "benign:class_rewrite", prompts, ts, [sheet[q][1] for q in done]
+            )
+            home = rng.random() < 0.3
+            student_ip = _residential(rng) if home else (rng.choice(campus), network)
+            stream.meta = _compose(
+                ts,
+                lambda _s, where=student_ip: where,
+                lambda _s, agent=agent: agent,
+                org,
+                payment,
+                _iso(batch + rng.uniform(0, 3599)),
+            )
+            streams.append(stream)
+            index += 1
+    return streams
+
+
 # --- calibration/test disjointness --------------------------------------------------------
 
 
@@ -1988,6 +2054,10 @@ def build_hydra(size: str = "quick", seed: int = 0, embed: attacks.Embed | None 
         calibration,
         [s for streams in test_benign.values() for s in streams] + plain_streams,
     )
+    # built after every scenario took its text, and kept apart on its own, so all else stays as it was
+    rewrite = _rewrite_class(_hrng(size, seed, "test/class_rewrite"), test, spec.classes)
+    _keep_apart(_hrng(size, seed, "disjoint/class_rewrite"), calibration, rewrite)
+    test_benign["class_rewrite"] = rewrite
     scenarios: dict[str, list[AccountStream]] = {}
     for name, campaigns in built.items():
         plain, twins = _with_meta_twin(_hrng(size, seed, f"{name}/meta"), spec, size, seed, campaigns)

@@ -98,6 +98,12 @@ MIN_FLAGGED_MEMBER_QUERIES = sorted(REGION_CHECKPOINTS)[1]
 # account outside the group is raised with it (a *linked account*: it fits the group's pool and
 # has MIN_TESTED_MEMBER_QUERIES queries), without joining its statistics. Two prompts, because
 # one prompt of a person can be the seed a campaign varies (a question from a public set).
+# Where a group is hot only on its *probers'* evidence (accounts with MIN_LINKED_PROMPTS prompts
+# sent as the probe side, the later prompt of a link), only probers rise past the level it has
+# without them, and only they are named with its campaign: the earlier side of a link can be a
+# person whose questions a campaign went on to vary. (Restricting the hold's release to probers
+# too took the quick campaign benchmark's grid from 64.7 to 54.9 % of members flagged, benign
+# accounts unchanged, so either side still releases it.)
 # (MIN_LINKED_PROMPTS lives in split_probes: the group calibration counts benign probers by it.)
 MAX_PROBE_LINKS = 64  # (own prompt, partner) links kept per account, latest last
 MAX_LINKED_ACCOUNTS = 4096  # linked accounts kept per group
@@ -401,8 +407,9 @@ class CampaignLayer:
                 self._check_links(account, raised)
 
     def _linked_members(self, group: Group) -> list[str]:
-        """Linked accounts that count with the group: MIN_TESTED_MEMBER_QUERIES queries and a
-        history that fits it (see :meth:`_raise_linked`)."""
+        """Linked accounts that count with the group: MIN_TESTED_MEMBER_QUERIES queries, a
+        history that fits it (see :meth:`_raise_linked`) and, where the group is hot only on its
+        probers' evidence, a prober (:meth:`_held_at_ok`)."""
         return [account for account in sorted(group.linked) if self._counts_as_linked(group, account)]
 
     def _counts_as_linked(self, group: Group, account: str) -> bool:
@@ -414,6 +421,7 @@ class CampaignLayer:
             and links is not None
             and links.n >= MIN_TESTED_MEMBER_QUERIES
             and self._fits_from_outside(group, links)
+            and not self._held_at_ok(group, account)
         )
 
     def linked_prompts(self, group: Group, account: str, counted: set[str] | None = None) -> int:
@@ -697,7 +705,10 @@ class CampaignLayer:
                 group.level = level
                 self._hot_changed(relinked=True)
                 rose = True
-        if rose or (shared_by_chance(group) and group.level > Level.OK and self._plain_level(group) > was_plain):
+        plain_rose = group.level > Level.OK and self._plain_level(group) > was_plain
+        if plain_rose and was_plain is Level.OK:
+            self._hot_changed(relinked=True)  # accounts held at ok are named with the campaign now
+        if rose or plain_rose:
             counted = self._counted_members(group)
             for account in self._active_members(group):
                 count = int(self.pool.counts[group.members[account]])
@@ -721,6 +732,17 @@ class CampaignLayer:
         )
         linked = self.linked_prompts(group, account, counted) >= MIN_LINKED_PROMPTS
         return member_level(group, count, linked, plain, prober)
+
+    def _held_at_ok(self, group: Group, account: str, counted: set[str] | None = None) -> bool:
+        """Whether hot ``group`` raises ``account`` (a member or linked account that fits it) no
+        higher than ok: the group is hot only on its probers' evidence (its plain level is ok)
+        and the account is no prober. Such an account is not named with the group's campaign; a
+        member is held so only where bystanders share the indicator by chance (member_level)."""
+        if group.level is Level.OK or self._plain_level(group) is not Level.OK:
+            return False
+        if account in group.members and not shared_by_chance(group):
+            return False
+        return self.probe_prompts(group, account, counted) < MIN_LINKED_PROMPTS
 
     def _plain_level(self, group: Group) -> Level:
         """The level ``group`` reaches without its probers as content evidence (its held peak
@@ -820,11 +842,25 @@ class CampaignLayer:
 
     def _active_members(self, group: Group) -> list[str]:
         """Members that sent enough of the group's queries (:func:`member_min_queries`) and
-        themselves look dealt from the group's pool (see :meth:`_fitting`): the campaign's members."""
+        themselves look dealt from the group's pool (see :meth:`_fitting`): the campaign's
+        members; in a group hot only on its probers' evidence, its probers (:meth:`_held_at_ok`)."""
         accounts = list(group.members)
         slots = np.fromiter(group.members.values(), dtype=np.int64, count=len(accounts))
         keep = self._fitting(group, slots)
-        return [a for a, k in zip(accounts, keep.tolist(), strict=True) if k]
+        fitting = [a for a, k in zip(accounts, keep.tolist(), strict=True) if k]
+        if fitting and shared_by_chance(group) and group.level > Level.OK and self._plain_level(group) is Level.OK:
+            counted = self._counted_members(group)
+            fitting = [a for a in fitting if not self._held_at_ok(group, a, counted)]
+        return fitting
+
+    def _counts_as_member(self, group: Group, account: str) -> bool:
+        """Whether member ``account`` is one of :meth:`_active_members` of ``group``, tested alone."""
+        slot = group.members.get(account)
+        return (
+            slot is not None
+            and bool(self._fitting(group, np.array([slot]))[0])
+            and not self._held_at_ok(group, account)
+        )
 
     def _fitting(self, group: Group, slots: np.ndarray) -> np.ndarray:
         """Which members (pool rows) count: enough queries (in a hot group,
@@ -876,7 +912,7 @@ class CampaignLayer:
         for key in keys:
             cid = campaign_of.get(key)
             group = self.groups.get(key)
-            if cid is None or group is None or not self._fitting(group, np.array([group.members[account]]))[0]:
+            if cid is None or group is None or not self._counts_as_member(group, account):
                 continue
             if best is None or group.score > best[1]:
                 best = (cid, group.score)
@@ -1019,11 +1055,11 @@ class CampaignLayer:
                 f"accounts (member focus {f.member_focus:.3f}), as when one pool of prompts is dealt out"
             )
             counted = self._counted_members(g)
-            probers = [a for a in group_accounts(g) if self.linked_prompts(g, a, counted) >= MIN_LINKED_PROMPTS]
+            probers = [a for a in group_accounts(g) if self.probe_prompts(g, a, counted) >= MIN_LINKED_PROMPTS]
             if probers:
                 out.append(
-                    f"{len(probers)} accounts each sent {MIN_LINKED_PROMPTS}+ variants of prompts that members of this "
-                    "group also varied, around prompts none of them sent: probes split across accounts"
+                    f"{len(probers)} accounts each sent {MIN_LINKED_PROMPTS}+ variants of prompts that other members of "
+                    "this group had varied before, around prompts none of them sent: probes split across accounts"
                 )
             if not math.isnan(f.elicitation_rate) and f.elicitation_rate >= 0.5:
                 out.append(f"{f.elicitation_rate:.0%} of these queries ask the model to write out its reasoning")

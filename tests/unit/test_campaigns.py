@@ -884,7 +884,9 @@ def test_a_group_made_hot_by_its_probers_raises_them_and_not_its_bystanders(cali
     score passes the line too, they rise. With the cap taken off (member_level ignoring the
     plain level) they rise at once. An account outside the group that sent, before the
     campaign began, two prompts the campaign then varied is linked to it (two prompts) but
-    is no prober (its prompts are the earlier side of each link), and is held the same way."""
+    is no prober (its prompts are the earlier side of each link), and is held the same way.
+    Accounts held at ok are not named with the campaign (its report, their verdicts) until
+    the plain score lets them rise."""
     from probewatch.campaigns import layer as campaign_layer
 
     (accounts, vectors, prompts, metas), seeds = split_probe_traffic(topics, np.random.default_rng(3))
@@ -906,9 +908,12 @@ def test_a_group_made_hot_by_its_probers_raises_them_and_not_its_bystanders(cali
     events = [("earlybird", v, text, agent) for v, text in zip(pool, early, strict=True)] + events
     columns = ([e[0] for e in events], np.stack([e[1] for e in events]), [e[2] for e in events], [e[3] for e in events])
 
+    engines: list[pw.Engine] = []
+
     def raised_to_flag(cap: bool, plain_after: int | None = None) -> tuple[set[str], set[str], campaign_layer.Group]:
         """(probers raised to flag, others raised to flag, the agent's group)."""
         engine = make_engine(calibration_path, campaign_common_meta_share=1.0)
+        engines.append(engine)
         layer = engine.pipeline.campaigns
         layer.judge.calibration.probe_linked = (0, 2000)  # this engine's own copy
         flag = layer.judge.flag_threshold
@@ -947,13 +952,32 @@ def test_a_group_made_hot_by_its_probers_raises_them_and_not_its_bystanders(cali
             assert layer.probe_prompts(agent, "earlybird") == 0 and "earlybird" not in agent.members
         return {a for a in flagged if a.startswith("hydra-")}, {a for a in flagged if not a.startswith("hydra-")}, agent
 
+    def named(engine: pw.Engine, group: campaign_layer.Group) -> tuple[set[str], set[str]]:
+        """(accounts the group's campaign report names, accounts whose verdict names the campaign),
+        checking that the one-account shortcuts agree with the group's lists."""
+        layer = engine.pipeline.campaigns
+        cid = layer._campaigns()[group.key]
+        members, linked = set(layer._active_members(group)), set(layer._linked_members(group))
+        for account in layer.accounts:
+            assert layer._counts_as_member(group, account) == (account in members), account
+            assert layer._counts_as_linked(group, account) == (account in linked), account
+        carrying = {a for a in layer.accounts if (s := layer.summary_for(a)) is not None and s.id == cid}
+        return set(engine.campaign(cid).members), carrying
+
     probers, others_raised, agent = raised_to_flag(cap=True)
     assert agent.level is pw.Level.FLAG and agent.plain_peak == 0.0
     assert probers and not others_raised
+    layer = engines[-1].pipeline.campaigns
+    report_names, verdicts_name = named(engines[-1], agent)
+    assert probers <= report_names and all(a.startswith("hydra-") for a in report_names | verdicts_name)
+    fitting = [a for a in agent.members if layer._fitting(agent, np.array([agent.members[a]]))[0]]
+    assert any(a.startswith("bystander-") for a in fitting)  # they fit the pool: the hold keeps them off
     _, uncapped, _ = raised_to_flag(cap=False)
     assert any(a.startswith("bystander-") for a in uncapped)
     _, later, agent = raised_to_flag(cap=True, plain_after=3)
     assert agent.plain_peak > 0.0 and any(a.startswith("bystander-") for a in later) and "earlybird" in later
+    report_names, verdicts_name = named(engines[-1], agent)
+    assert any(a.startswith("bystander-") for a in report_names & verdicts_name) and "earlybird" in report_names
 
 
 def test_an_account_outside_a_hot_group_is_raised_by_two_linked_prompts_not_one(calibration_path, topics):
@@ -1026,9 +1050,15 @@ def test_member_levels_by_indicator_kind_and_queries():
         assert member_level(coincidental, MIN_FLAGGED_MEMBER_QUERIES - 1) is pw.Level.WATCH
         assert member_level(coincidental, MIN_FLAGGED_MEMBER_QUERIES - 1, probe_linked=True) is pw.Level.FLAG
         assert member_level(coincidental, MIN_FLAGGED_MEMBER_QUERIES) is pw.Level.FLAG
+        # hot only on its probers' evidence: the others stay where the group stands without them
+        for plain in (pw.Level.OK, pw.Level.WATCH):
+            assert member_level(coincidental, MIN_FLAGGED_MEMBER_QUERIES, plain=plain) is plain
+            assert member_level(coincidental, 2, probe_linked=True, plain=plain) is plain
+            assert member_level(coincidental, 2, probe_linked=True, plain=plain, prober=True) is pw.Level.FLAG
     assert member_level(hot("payload", "cell 1", pw.Level.WATCH), 2) is pw.Level.WATCH
     for evidence in (hot("template", "think step by step", pw.Level.FLAG), hot("meta", "payment", pw.Level.FLAG)):
         assert member_level(evidence, 2) is pw.Level.FLAG
+        assert member_level(evidence, 2, plain=pw.Level.OK) is pw.Level.FLAG  # a wrapper is no coincidence
 
 
 def test_only_indicators_shared_by_coincidence_get_the_harder_member_tests():

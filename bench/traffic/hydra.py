@@ -1819,6 +1819,53 @@ _STUDENT_FRAMES = (
 )
 
 
+@dataclass(frozen=True)
+class _Course:
+    """One class's shared setting: when it meets, its campus network and course-issued keys."""
+
+    begin: float
+    network: str
+    campus: list[str]
+    org: str
+    payment: str
+    batch: float  # when its keys were made
+    agent: str
+
+    @classmethod
+    def draw(cls, rng: random.Random, half: _Half, name: str, c: int, hours: tuple[float, float]) -> _Course:
+        begin = half.start + math.floor(rng.uniform(0, half.days - 1)) * DAY + rng.uniform(*hours) * HOUR
+        network = rng.choice(_ACADEMIC)
+        campus = [_ip(rng, network) for _ in range(rng.randint(2, 4))]
+        org, payment = half.org(name, c)
+        batch = begin - rng.uniform(20, 60) * DAY
+        return cls(
+            begin, network, campus, org, payment, batch, rng.choice(["python-httpx/0.28.1", "OpenAI/Python 1.66.3"])
+        )
+
+    def times(self, rng: random.Random, n: int, gap: float) -> list[float]:
+        """A student's ``n`` send times: a start within 2.5 hours of the class's, then a
+        log-normal wait around ``gap`` seconds between prompts."""
+        t = self.begin + rng.uniform(0, 2.5 * HOUR)
+        ts = []
+        for _ in range(n):
+            ts.append(t)
+            t += gap * math.exp(rng.gauss(0.0, 0.6))
+        return ts
+
+    def student_meta(self, rng: random.Random, ts: list[float]) -> list[dict[str, str]]:
+        """A student's metadata: campus, or home (30 %); the course's client, org, card and key batch."""
+        home = rng.random() < 0.3
+        where = _residential(rng) if home else (rng.choice(self.campus), self.network)
+        return _compose(
+            ts,
+            lambda _s: where,
+            lambda _s: self.agent,
+            self.org,
+            self.payment,
+            _iso(self.batch + rng.uniform(0, 3599)),
+        )
+
+
 def _class(rng: random.Random, half: _Half, classes: int) -> list[AccountStream]:
     """A class doing one assignment at once: the same sheet of questions on one topic, each
     student pasting a few of them (some in their own framing), with follow-ups, within a few
@@ -1837,12 +1884,7 @@ def _class(rng: random.Random, half: _Half, classes: int) -> list[AccountStream]
                 break
         if not sheet:
             continue
-        begin = half.start + math.floor(rng.uniform(0, half.days - 1)) * DAY + rng.uniform(15, 20) * HOUR
-        network = rng.choice(_ACADEMIC)
-        campus = [_ip(rng, network) for _ in range(rng.randint(2, 4))]
-        org, payment = half.org("class", c)
-        batch = begin - rng.uniform(20, 60) * DAY
-        agent = rng.choice(["python-httpx/0.28.1", "OpenAI/Python 1.66.3"])
+        course = _Course.draw(rng, half, "class", c, (15, 20))
         for _ in range(spec.class_size):
             asked = rng.sample(range(len(sheet)), rng.randint(3, min(6, len(sheet))))
             prompts: list[str] = []
@@ -1859,11 +1901,7 @@ def _class(rng: random.Random, half: _Half, classes: int) -> list[AccountStream]
                     follow = rng.choice(follow_ups)
                     if follow not in prompts:
                         prompts.append(follow)
-            t = begin + rng.uniform(0, 2.5 * HOUR)
-            ts = []
-            for _ in prompts:
-                ts.append(t)
-                t += 70.0 * math.exp(rng.gauss(0.0, 0.6))
+            ts = course.times(rng, len(prompts), 70.0)
             stream = benign.benign_stream(
                 half.account("class_assignment", index),
                 "benign:class_assignment",
@@ -1871,16 +1909,7 @@ def _class(rng: random.Random, half: _Half, classes: int) -> list[AccountStream]
                 ts,
                 [sheet[q][1] for q in asked],
             )
-            home = rng.random() < 0.3
-            student_ip = _residential(rng) if home else (rng.choice(campus), network)
-            stream.meta = _compose(
-                ts,
-                lambda _s, where=student_ip: where,
-                lambda _s, agent=agent: agent,
-                org,
-                payment,
-                _iso(batch + rng.uniform(0, 3599)),
-            )
+            stream.meta = course.student_meta(rng, ts)
             streams.append(stream)
             index += 1
     return streams
@@ -1906,12 +1935,7 @@ def _rewrite_class(rng: random.Random, half: _Half, classes: int) -> list[Accoun
         sheet = half.supply.take("natural", rng.randint(4, 6))
         sheet = [q for q in sheet if 40 <= len(q[0]) <= 300] or sheet
         assigned = rng.randrange(len(_REWRITE_FRAMES))
-        begin = half.start + math.floor(rng.uniform(0, half.days - 1)) * DAY + rng.uniform(9, 14) * HOUR
-        network = rng.choice(_ACADEMIC)
-        campus = [_ip(rng, network) for _ in range(rng.randint(2, 4))]
-        org, payment = half.org("rewrite", c)
-        batch = begin - rng.uniform(20, 60) * DAY
-        agent = rng.choice(["python-httpx/0.28.1", "OpenAI/Python 1.66.3"])
+        course = _Course.draw(rng, half, "rewrite", c, (9, 14))
         for _ in range(half.spec.class_size):
             done = sorted(rng.sample(range(len(sheet)), rng.randint(min(3, len(sheet)), len(sheet))))
             prompts: list[str] = []
@@ -1926,24 +1950,11 @@ def _rewrite_class(rng: random.Random, half: _Half, classes: int) -> list[Accoun
                     if text not in prompts:
                         prompts.append(text)
                     version = human_edit(rng, version)  # the next try changes a little more
-            t = begin + rng.uniform(0, 2.5 * HOUR)
-            ts = []
-            for _ in prompts:
-                ts.append(t)
-                t += 90.0 * math.exp(rng.gauss(0.0, 0.6))
+            ts = course.times(rng, len(prompts), 90.0)
             stream = benign.benign_stream(
                 half.account("class_rewrite", index), "benign:class_rewrite", prompts, ts, [sheet[q][1] for q in done]
             )
-            home = rng.random() < 0.3
-            student_ip = _residential(rng) if home else (rng.choice(campus), network)
-            stream.meta = _compose(
-                ts,
-                lambda _s, where=student_ip: where,
-                lambda _s, agent=agent: agent,
-                org,
-                payment,
-                _iso(batch + rng.uniform(0, 3599)),
-            )
+            stream.meta = course.student_meta(rng, ts)
             streams.append(stream)
             index += 1
     return streams

@@ -34,7 +34,7 @@ from .errors import (
 )
 from .types import AccountReport, EngineStats, FeatureReading, Level, Reason, Verdict
 
-__version__ = "0.25.0"
+__version__ = "0.26.0"
 
 __all__ = [
     "FEATURE_NAMES",

@@ -147,6 +147,16 @@ def topical_calibration_engine(topics: np.ndarray, seed: int, n_accounts: int = 
     return pw.Engine.from_benign_embeddings(accounts, vectors, device="cpu")
 
 
+def saved_campaign_calibration(directory, dim: int):
+    """The campaign tests' calibration (160 topical accounts of 6-40 queries around 24 topics
+    of ``dim`` dimensions) saved under ``directory``: (its path, the topics)."""
+    topics = np.random.default_rng(11).standard_normal((24, dim))
+    engine = topical_calibration_engine(topics, 12, n_accounts=160, q_range=(6, 40))
+    path = Path(directory) / "calibration.npz"
+    engine.save_calibration(path)
+    return path, topics
+
+
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..types import Level
+from .topics import MAX_TOPICS, UNKNOWN, opens_topic
 
 
 def fingerprint(vector: np.ndarray) -> int:
@@ -223,6 +224,26 @@ class Group:
     # the same without probers as content evidence (layer._judge): the level bystanders may reach
     plain_score: float = 0.0
     plain_peak: float = 0.0
+    # distinct things asked (.topics): the first query of each topic as it came, up to MAX_TOPICS;
+    # topics >= rows (a payload region's block of history counts its queries as topics, unseen)
+    topics: int = 0
+    topic_rows: np.ndarray | None = None
+
+    def note_topic(self, x: np.ndarray) -> None:
+        """Count unit vector ``x``, already summed into ``total``, among the group's topics."""
+        if self.topics == UNKNOWN or self.topics >= MAX_TOPICS:
+            return
+        rows = self.topic_rows
+        if rows is None or opens_topic(rows, x, self.total / self.n):
+            row = np.asarray(x, dtype=np.float32)[None, :]
+            self.topic_rows = row if rows is None else np.concatenate([rows, row])
+            self.topics += 1
+
+    def note_unseen_topics(self, count: int) -> None:
+        """Count ``count`` queries whose vectors the group never saw (a payload region's block of
+        an account's history: diverse by selection) as topics of their own."""
+        if self.topics != UNKNOWN:
+            self.topics = min(MAX_TOPICS, self.topics + count)
 
     def __post_init__(self) -> None:
         if self.total is None:

@@ -41,6 +41,7 @@ from .scoring import (
 )
 from .split_probes import MIN_LINKED_PROMPTS, SplitProbes
 from .templates import template_anchors
+from .topics import MAX_TOPICS, UNKNOWN
 
 log = logging.getLogger("probewatch.campaigns")
 
@@ -567,6 +568,10 @@ class CampaignLayer:
         if not math.isnan(p):
             group.elicitation_sum += p * count
         group.evidence_sum += e * count
+        if count == 1:
+            group.note_topic(x)
+        else:
+            group.note_unseen_topics(count)
         if fingerprint is not None:
             sender = group.fingerprints.get(fingerprint)
             if sender is None:
@@ -603,6 +608,7 @@ class CampaignLayer:
         group.member_sq_counts += n * n
         group.evidence_sum += links.evidence_sum
         group.elicitation_sum += links.elicitation_sum
+        group.note_unseen_topics(n)
 
     def _join(self, group: Group, account: str, links: AccountLinks) -> int | None:
         slot = self.pool.allocate()
@@ -644,6 +650,7 @@ class CampaignLayer:
             start_spread_hours=spread,
             counted_members=sum(counted),
             probe_linked_members=self._probers(group, accounts, counted),
+            topics=group.topics,
         )
 
     def _probers(self, group: Group, accounts: list[str], counted: list[bool]) -> int:
@@ -1054,6 +1061,9 @@ class CampaignLayer:
                 f"{f.members} accounts {what}; their queries are no more alike within an account than across "
                 f"accounts (member focus {f.member_focus:.3f}), as when one pool of prompts is dealt out"
             )
+            if f.topics != UNKNOWN:
+                more = "+" if f.topics >= MAX_TOPICS else ""
+                out.append(f"between them they asked about {f.topics}{more} distinct things (topics)")
             counted = self._counted_members(g)
             probers = [a for a in group_accounts(g) if self.probe_prompts(g, a, counted) >= MIN_LINKED_PROMPTS]
             if probers:
@@ -1143,6 +1153,7 @@ class CampaignLayer:
         return (
             self.pool.nbytes()
             + len(self.groups) * (self.dim * 8 + 512)
+            + sum(g.topic_rows.nbytes for g in self.groups.values() if g.topic_rows is not None)
             + len(self.pending) * 160
             + len(self.accounts) * (self.dim * 4 + 200)
             + (self.split_probes.nbytes() if self.split_probes is not None else 0)
@@ -1176,6 +1187,8 @@ class CampaignLayer:
                     "members": ids,
                     "fingerprints": [[f, a] for f, a in g.fingerprints.items()],
                     "linked": sorted(g.linked),
+                    "topics": g.topics,
+                    "topic_rows": 0 if g.topic_rows is None else int(g.topic_rows.shape[0]),
                 }
                 for g, ids in zip(groups, member_ids, strict=True)
             ],
@@ -1193,6 +1206,9 @@ class CampaignLayer:
             "member_sq_norms": self.pool.sq_norms[rows],
             "member_first_ts": self.pool.first_ts[rows],
             "account_totals": np.stack([x.total for x in links]) if links else np.zeros((0, d), dtype=np.float32),
+            "group_topic_rows": np.concatenate(
+                [np.zeros((0, d), dtype=np.float32), *(g.topic_rows for g in groups if g.topic_rows is not None)]
+            ),
         }
         if self.split_probes is not None:
             split = self.split_probes.state_dict()
@@ -1228,12 +1244,31 @@ class CampaignLayer:
             if "split_probes" in header:
                 self.split_probes.load_state({"header": header["split_probes"], "arrays": arrays})
         row = 0
+        # snapshots before 0.26.0 did not count topics: their groups are never discounted for them
+        topic_rows = np.asarray(arrays.get("group_topic_rows", np.zeros((0, self.dim))), dtype=np.float32)
+        wanted = sum(int(entry.get("topic_rows", 0)) for entry in header["groups"])
+        if topic_rows.shape != (wanted, self.dim):
+            raise ValueError(
+                f"the snapshot's groups hold {wanted} topic rows of {self.dim} dimensions; "
+                f"group_topic_rows has shape {topic_rows.shape}"
+            )
+        topic_row = 0
         for entry, total in zip(header["groups"], arrays["group_totals"], strict=True):
             entry = {**{new: entry[old] for new, old in self.GROUP_SCALARS_SINCE_0_24 if new not in entry}, **entry}
             scalars = {name: _from_json_number(entry[name]) for name in self.GROUP_SCALARS}
             group = Group(dim=self.dim, total=np.array(total, dtype=np.float64), **scalars)
             group.level = Level(entry["level"])
             group.fingerprints = {int(f): a for f, a in entry["fingerprints"]}
+            group.topics = int(entry.get("topics", UNKNOWN))
+            held = int(entry.get("topic_rows", 0))
+            if not ((group.topics == UNKNOWN and held == 0) or 0 <= held <= group.topics <= MAX_TOPICS):
+                raise ValueError(
+                    f"group {group.label!r} says {group.topics} topics and {held} topic rows; "
+                    f"expected 0 <= rows <= topics <= {MAX_TOPICS}, or topics {UNKNOWN} (not counted)"
+                )
+            if held:
+                group.topic_rows = np.array(topic_rows[topic_row : topic_row + held], dtype=np.float32)
+                topic_row += held
             group.linked = {a for a in entry.get("linked", ()) if a in self.accounts}
             for account in group.linked:
                 self.accounts[account].linked.add(group.key)

@@ -31,6 +31,7 @@ from scipy import special
 
 from ..errors import CalibrationError
 from ..types import Level
+from .topics import UNKNOWN, asked_share
 
 # Member-count bins: [2, 4), [4, 8), ... [128, inf)
 MEMBER_BIN_EDGES = np.array([2, 4, 8, 16, 32, 64, 128])
@@ -145,6 +146,8 @@ class GroupFeatures:
     # MIN_LINKED_PROMPTS prompts sent as probes linked to other counted members
     counted_members: int = 0
     probe_linked_members: int = 0
+    # distinct things the group asked (:mod:`.topics`), up to MAX_TOPICS; UNKNOWN: not counted
+    topics: int = UNKNOWN
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in self.__dict__.items()}
@@ -339,7 +342,17 @@ class GroupCalibration:
         return out
 
     def score(
-        self, focus, between, evidence, elicitation, members, duplicate_share, joint=False, linked=0, counted=0
+        self,
+        focus,
+        between,
+        evidence,
+        elicitation,
+        members,
+        duplicate_share,
+        joint=False,
+        linked=0,
+        counted=0,
+        asked=1.0,
     ) -> np.ndarray:
         """Both must hold: members act as one (coordination) and what they send looks like
         extraction (content). Queries another member already sent count for neither.
@@ -349,24 +362,35 @@ class GroupCalibration:
         instead, so a crowd as unfocused as a dealt pool whose content is far past benign is not
         held at its coordination line; that score is put back on this scale by its benign tail
         (the score of the same benign share), so thresholds, risks and comparisons stay one
-        scale. Without joint scores in the calibration, ``joint`` changes nothing."""
+        scale. Without joint scores in the calibration, ``joint`` changes nothing.
+
+        ``asked`` (:func:`.topics.asked_share`) scales the score down where the group asked fewer
+        distinct things than it has accounts. Benign crowds are scored at 1 for the tables: the
+        share only lowers a live group's score, so a benign group stays within the calibrated
+        benign tail."""
         if joint and self.joint_tail is not None:
-            raw = self.joint_score(focus, between, evidence, elicitation, members, duplicate_share, linked, counted)
+            raw = self.joint_score(
+                focus, between, evidence, elicitation, members, duplicate_share, linked, counted, asked
+            )
             return np.asarray(self.tail.threshold_for(self.joint_tail.exceedance(raw)), dtype=np.float64)
         content = self.content(between, evidence, elicitation, members, linked, counted)
-        return np.minimum(self.coordination(focus, members), content) * self._kept(duplicate_share)
+        return np.minimum(self.coordination(focus, members), content) * self._kept(duplicate_share, asked)
 
     def joint_score(
-        self, focus, between, evidence, elicitation, members, duplicate_share, linked=0, counted=0
+        self, focus, between, evidence, elicitation, members, duplicate_share, linked=0, counted=0, asked=1.0
     ) -> np.ndarray:
         """:func:`joint_evidence` of the two lines, discounted for duplicates as :meth:`score` is,
         on its own scale (benign groups' joint scores, ``joint_tail``)."""
         content = self.content(between, evidence, elicitation, members, linked, counted)
-        return joint_evidence(self.coordination(focus, members), content) * self._kept(duplicate_share)
+        return joint_evidence(self.coordination(focus, members), content) * self._kept(duplicate_share, asked)
 
     @staticmethod
-    def _kept(duplicate_share) -> np.ndarray:
-        return 1.0 - np.clip(np.asarray(duplicate_share, dtype=np.float64), 0.0, 1.0)
+    def _kept(duplicate_share, asked) -> np.ndarray:
+        """The share of a score a group keeps: less the queries another member had already sent,
+        and ``asked``, the share it keeps for the distinct things it asked
+        (:func:`.topics.asked_share`: less than 1 where it asked fewer than it has accounts)."""
+        repeats = 1.0 - np.clip(np.asarray(duplicate_share, dtype=np.float64), 0.0, 1.0)
+        return repeats * np.clip(np.asarray(asked, dtype=np.float64), 0.0, 1.0)
 
     def exceedance(self, score) -> np.ndarray:
         return self.tail.exceedance(score)
@@ -440,6 +464,7 @@ class GroupJudge:
                 joint=joint,
                 linked=features.probe_linked_members,
                 counted=features.counted_members,
+                asked=asked_share(features.topics, features.accounts_seen),
             )
         )
         return score, float(1.0 - self.calibration.exceedance(score))

@@ -17,7 +17,7 @@ from probewatch.stream import Publisher, WorkerConfig
 from probewatch.stream.admin import create_topics
 from probewatch.stream.campaigns import parse_campaign_record
 from tests.stream.conftest import WorkerProcess, read_topic, unique, wait_for, worker_settings
-from tests.support import topical_calibration_engine
+from tests.support import saved_campaign_calibration
 from tests.unit.test_campaigns import DIM, SALT, hydra_traffic
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -26,11 +26,7 @@ T0 = 1_767_225_600.0
 
 @pytest.fixture(scope="module")
 def campaign_calibration(tmp_path_factory):
-    topics = np.random.default_rng(11).standard_normal((24, DIM))
-    engine = topical_calibration_engine(topics, 12, n_accounts=160, q_range=(6, 40))
-    path = tmp_path_factory.mktemp("campaign-cal") / "calibration.npz"
-    engine.save_calibration(path)
-    return path, topics
+    return saved_campaign_calibration(tmp_path_factory.mktemp("campaign-cal"), DIM)
 
 
 def test_the_aggregator_finds_a_campaign_no_single_partition_sees_whole(broker, campaign_calibration, tmp_path):

@@ -37,7 +37,7 @@ from probewatch.campaigns.scoring import (
 from probewatch.campaigns.templates import template_anchors, tokens
 from probewatch.detect.scoring import MIN_SCORED_QUERIES
 from probewatch.errors import BatchError, InputError, UnknownCampaignError
-from tests.support import topical_calibration_engine, topical_stream, unit_rows
+from tests.support import saved_campaign_calibration, topical_stream, unit_rows
 
 DIM = 48
 
@@ -460,16 +460,20 @@ def test_an_engine_calibrated_with_prompts_counts_its_benign_probers(topics):
 
 # -- the layer end to end ----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def topics():
-    return np.random.default_rng(11).standard_normal((24, DIM))
+def saved_calibration(tmp_path_factory):
+    return saved_campaign_calibration(tmp_path_factory.mktemp("campaign-calibration"), DIM)
 
 
 @pytest.fixture(scope="module")
-def calibration_path(tmp_path_factory, topics):
-    engine = topical_calibration_engine(topics, 12, n_accounts=160, q_range=(6, 40))
+def topics(saved_calibration):
+    return saved_calibration[1]
+
+
+@pytest.fixture(scope="module")
+def calibration_path(saved_calibration):
+    path = saved_calibration[0]
+    engine = pw.Engine(calibration_path=path, device="cpu")
     assert engine.pipeline.campaigns is not None and engine.pipeline.group_calibration is not None
-    path = tmp_path_factory.mktemp("campaign-calibration") / "calibration.npz"
-    engine.save_calibration(path)
     return path
 
 

@@ -11,8 +11,7 @@ from probewatch.campaigns.scoring import GroupCalibration, GroupFeatures, GroupJ
 from probewatch.campaigns.topics import MAX_TOPICS, TOPIC_COSINE, UNKNOWN, asked_share, count_topics, opens_topic
 from probewatch.errors import SnapshotError
 from tests.support import saved_campaign_calibration, unit_rows
-
-DIM = 48
+from tests.unit.test_campaigns import DIM, feed
 
 
 def rewordings(rng, sentences: np.ndarray, n: int, noise: float = 0.25) -> np.ndarray:
@@ -158,12 +157,6 @@ def class_traffic(rng, students=30, per_student=6, handout=5):
     prompts = [f"rewrite this in plain words please: sentence {i}" for i in range(len(accounts))]
     metas = [{"payment": "course-card"}] * len(accounts)
     return accounts, vectors, prompts, metas
-
-
-def feed(engine, accounts, vectors, prompts, metas, batch=16):
-    for s in range(0, len(accounts), batch):
-        sl = slice(s, s + batch)
-        engine.observe_embeddings(accounts[sl], vectors[sl], metas=metas[sl], prompts=prompts[sl])
 
 
 def payment_group(engine):
